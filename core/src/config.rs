@@ -1,0 +1,371 @@
+//! The gateway's configuration: typed, defaulted, documented, validated.
+//!
+//! Every section is a `#[serde(default)]` struct, so an empty file is a complete configuration
+//! (the embedded defaults) and a file only says what it changes. Unknown keys are errors, so a
+//! typo is reported with its line instead of being ignored. Loading is two steps: TOML into these
+//! types (syntax and types; the TOML error names line, column and key), then [`Config::validate`]
+//! (values; the error names the field). The commented reference, `config/mxgate.example.toml`,
+//! is what `mxgate config example` prints; a test keeps it in step with these types.
+
+use serde::{Deserialize, Serialize};
+
+use crate::smtp::session::BareLf;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listeners, shards, limits on connections, shutdown.
+    pub server: Server,
+    /// SMTP protocol limits.
+    pub smtp: Smtp,
+    /// STARTTLS towards clients.
+    pub tls: Tls,
+    /// The next hop messages are relayed to.
+    pub relay: Relay,
+    /// The content stages run on each message.
+    pub stages: Stages,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Logging.
+    pub log: Log,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    /// Host name used in the greeting, EHLO and `Received:`; empty means the system host name.
+    pub hostname: String,
+    /// Addresses to listen on (`IP:PORT`). Every shard binds each of them with SO_REUSEPORT.
+    pub listen: Vec<String>,
+    /// Number of shards (threads, one per core); 0 means one per available CPU.
+    pub shards: usize,
+    /// CPUs to pin the shards to, in order; empty means no pinning.
+    pub cpus: Vec<usize>,
+    /// Most concurrent connections per shard; more get `421 4.7.0` and are closed.
+    pub max_connections: usize,
+    /// Seconds sessions may take to finish after SIGTERM before they are closed.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            hostname: String::new(),
+            listen: vec!["127.0.0.1:2525".into()],
+            shards: 0,
+            cpus: Vec::new(),
+            max_connections: 10_000,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// `[smtp]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Smtp {
+    /// Longest command line, in bytes (RFC 5321 asks for at least 512).
+    pub max_line_length: usize,
+    /// Largest message in bytes, advertised as SIZE (RFC 1870).
+    pub max_message_size: usize,
+    /// Most recipients per message (`452 4.5.3` beyond).
+    pub max_recipients: usize,
+    /// Most messages per connection (`421 4.7.0` beyond).
+    pub max_transactions: u32,
+    /// Error replies after which the session is closed with `421 4.7.0`.
+    pub max_errors: u32,
+    /// Seconds to wait for a command (RFC 5321 §4.5.3.2: at least 300).
+    pub command_timeout_secs: u64,
+    /// Seconds to wait for more data inside DATA or BDAT (RFC 5321: 180).
+    pub data_timeout_secs: u64,
+    /// Bare LF line endings in DATA: `reject` (550 5.5.2 after end of data) or `accept`.
+    pub bare_lf: BareLf,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            max_line_length: 2048,
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 1000,
+            max_transactions: 1000,
+            max_errors: 20,
+            command_timeout_secs: 300,
+            data_timeout_secs: 180,
+            bare_lf: BareLf::Reject,
+        }
+    }
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain offered with STARTTLS; empty disables STARTTLS.
+    pub cert_file: String,
+    /// PEM private key of that certificate.
+    pub key_file: String,
+}
+
+/// How the relay uses STARTTLS towards the next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayTls {
+    /// Never.
+    None,
+    /// When the next hop offers it, without verifying its certificate (opportunistic TLS,
+    /// Postfix's `smtp_tls_security_level = may`).
+    #[default]
+    May,
+    /// Always; a next hop without STARTTLS is a temporary failure.
+    Encrypt,
+}
+
+/// `[relay]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Relay {
+    /// The next hop (`IP:PORT`) every message is relayed to, before the client gets its reply.
+    pub next_hop: String,
+    /// Name sent in EHLO to the next hop; empty means `server.hostname`.
+    pub helo_name: String,
+    /// Seconds to wait for the TCP connection and the 220 greeting.
+    pub connect_timeout_secs: u64,
+    /// Seconds to wait for replies to EHLO, MAIL, RCPT (RFC 5321 §4.5.3.2: 300).
+    pub command_timeout_secs: u64,
+    /// Seconds to wait for the 354 after DATA (RFC 5321: 120).
+    pub data_init_timeout_secs: u64,
+    /// Seconds allowed for each write of message data (RFC 5321: 180).
+    pub data_block_timeout_secs: u64,
+    /// Seconds to wait for the reply after the end of data (RFC 5321: 600).
+    pub data_done_timeout_secs: u64,
+    /// Idle connections kept per shard for reuse.
+    pub pool_max_idle: usize,
+    /// Seconds an idle pooled connection is kept.
+    pub pool_idle_secs: u64,
+    /// Transactions sent over one connection before it is closed.
+    pub max_reuse: u32,
+    /// STARTTLS towards the next hop: `none`, `may`, `encrypt`.
+    pub starttls: RelayTls,
+    /// Send XFORWARD (client name, address, HELO, protocol) when the next hop offers it.
+    pub xforward: bool,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay {
+            next_hop: "127.0.0.1:10025".into(),
+            helo_name: String::new(),
+            connect_timeout_secs: 30,
+            command_timeout_secs: 300,
+            data_init_timeout_secs: 120,
+            data_block_timeout_secs: 180,
+            data_done_timeout_secs: 600,
+            pool_max_idle: 64,
+            pool_idle_secs: 10,
+            max_reuse: 100,
+            starttls: RelayTls::May,
+            xforward: true,
+        }
+    }
+}
+
+/// The names of the content stages this build has, in the order they run.
+pub const STAGE_NAMES: &[&str] = &["hops"];
+
+/// `[stages]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Stages {
+    /// Content stages to run on each message (see `STAGE_NAMES`); empty runs none (pure relay).
+    pub enabled: Vec<String>,
+    /// `hops`: reject a message with more `Received:` headers than this (mail loop,
+    /// `554 5.4.6`), like Postfix's `hopcount_limit`.
+    pub max_hops: usize,
+}
+
+impl Default for Stages {
+    fn default() -> Self {
+        Stages {
+            enabled: vec!["hops".into()],
+            max_hops: 50,
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    /// Address of the Prometheus text endpoint (`GET /metrics`); empty disables it.
+    pub listen: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: "127.0.0.1:9425".into(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// A `tracing` filter such as `info` or `mxgate=debug,info`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration error: where, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is not valid TOML or does not fit the types.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// File name (or `<flags>`).
+        origin: String,
+        /// The TOML error, with line, column and key.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("{origin}: {field}: {message}")]
+    Invalid {
+        /// File name (or `<flags>`).
+        origin: String,
+        /// Dotted field name, e.g. `server.listen`.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The commented reference configuration (all defaults), as `mxgate config example` prints it.
+pub const EXAMPLE: &str = include_str!("../config/mxgate.example.toml");
+
+impl Config {
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Checks values the types cannot.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |field: &'static str, message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            field,
+            message,
+        };
+        if self.server.listen.is_empty() {
+            return Err(bad(
+                "server.listen",
+                "at least one address is needed".into(),
+            ));
+        }
+        for a in &self.server.listen {
+            a.parse::<std::net::SocketAddr>()
+                .map_err(|e| bad("server.listen", format!("{a:?} is not IP:PORT ({e})")))?;
+        }
+        if self.server.max_connections == 0 {
+            return Err(bad("server.max_connections", "must be at least 1".into()));
+        }
+        if self.smtp.max_line_length < 512 {
+            return Err(bad(
+                "smtp.max_line_length",
+                "RFC 5321 requires at least 512".into(),
+            ));
+        }
+        if self.smtp.max_message_size < 1024 {
+            return Err(bad(
+                "smtp.max_message_size",
+                "must be at least 1024 bytes".into(),
+            ));
+        }
+        if self.smtp.max_recipients == 0 {
+            return Err(bad(
+                "smtp.max_recipients",
+                "must be at least 1 (RFC 5321 asks for 100)".into(),
+            ));
+        }
+        if self.smtp.command_timeout_secs == 0 || self.smtp.data_timeout_secs == 0 {
+            return Err(bad(
+                "smtp.command_timeout_secs",
+                "timeouts must be at least 1 second".into(),
+            ));
+        }
+        if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
+            return Err(bad(
+                "tls.key_file",
+                "cert_file and key_file go together".into(),
+            ));
+        }
+        self.relay
+            .next_hop
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| {
+                bad(
+                    "relay.next_hop",
+                    format!("{:?} is not IP:PORT ({e})", self.relay.next_hop),
+                )
+            })?;
+        if self.relay.max_reuse == 0 {
+            return Err(bad("relay.max_reuse", "must be at least 1".into()));
+        }
+        for s in &self.stages.enabled {
+            if !STAGE_NAMES.contains(&s.as_str()) {
+                return Err(bad(
+                    "stages.enabled",
+                    format!("unknown stage {s:?}; known: {}", STAGE_NAMES.join(", ")),
+                ));
+            }
+        }
+        if !self.metrics.listen.is_empty() {
+            self.metrics
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| {
+                    bad(
+                        "metrics.listen",
+                        format!("{:?} is not IP:PORT ({e})", self.metrics.listen),
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Parses a `--stages` list: comma-separated names, or `none`.
+    pub fn parse_stages(list: &str) -> Result<Vec<String>, ConfigError> {
+        if list.trim() == "none" || list.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).collect();
+        for s in &names {
+            if !STAGE_NAMES.contains(&s.as_str()) {
+                return Err(ConfigError::Invalid {
+                    origin: "--stages".into(),
+                    field: "stages.enabled",
+                    message: format!(
+                        "unknown stage {s:?}; known: none, {}",
+                        STAGE_NAMES.join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(names)
+    }
+}

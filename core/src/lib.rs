@@ -1,0 +1,22 @@
+//! # mxgate-core: the parts of a mail gateway that do no I/O
+//!
+//! Everything in this crate is a pure function of its input: the SMTP server state machine, the
+//! reply type and its wire form, the reply parser an SMTP client needs, the envelope, and the
+//! configuration types. Nothing here opens a socket, reads a file or spawns a thread.
+//!
+//! Why keep it that way? Three reasons that matter for a gateway on the edge of the Internet:
+//!
+//! * **Testability.** The protocol is where hostile input arrives first. A state machine that
+//!   takes bytes and hands back events can be driven by a unit test, a fuzzer or a transcript
+//!   file, one byte at a time or a megabyte at a time, with no sockets and no clock.
+//! * **One implementation, several runtimes.** The gateway runs it on glommio shards, the load
+//!   generator's sink runs the very same machine on tokio. Neither needs to know about the other.
+//! * **Zero-copy.** The machine works on the connection's read buffer in place: DATA is
+//!   dot-unstuffed where it lies and handed out as a [`bytes::Bytes`] split off that buffer, so the
+//!   bytes that came off the socket are the message.
+//!
+//! The crate depends on no other crate of the workspace.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod smtp;

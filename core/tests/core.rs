@@ -1,0 +1,467 @@
+//! Integration tests of mxgate-core: the SMTP state machine driven like a client would drive it,
+//! and the configuration reference.
+
+use bytes::BytesMut;
+use mxgate_core::config::{Config, EXAMPLE};
+use mxgate_core::smtp::session::BareLf;
+use mxgate_core::smtp::{Event, Limits, Session};
+
+/// What a transcript produced: reply codes with enhanced status, messages, and whether it closed.
+#[derive(Default, Debug)]
+struct Outcome {
+    replies: Vec<String>,
+    messages: Vec<Vec<u8>>,
+    closed: bool,
+    starttls: bool,
+}
+
+impl Outcome {
+    fn codes(&self) -> Vec<&str> {
+        self.replies
+            .iter()
+            .map(|r| &r[..r.find(|c: char| c == ' ' || c == '-').unwrap_or(3).max(3)])
+            .collect()
+    }
+    /// The last reply, as "CODE STATUS".
+    fn last(&self) -> &str {
+        self.replies.last().map(String::as_str).unwrap_or("")
+    }
+}
+
+/// Feeds `input` in pieces of `step` bytes (0 = all at once), accepting every MAIL and RCPT
+/// except recipients starting with "reject" (550 5.1.1), and answering each message 250.
+fn drive(limits: &Limits, input: &[u8], step: usize) -> Outcome {
+    let mut s = Session::new(limits);
+    let mut out = Outcome::default();
+    let mut buf = BytesMut::new();
+    let chunks: Vec<&[u8]> = if step == 0 {
+        vec![input]
+    } else {
+        input.chunks(step).collect()
+    };
+    let mut chunks = chunks.into_iter();
+    loop {
+        match s.next(&mut buf) {
+            Event::NeedMore => match chunks.next() {
+                Some(c) => buf.extend_from_slice(c),
+                None => return out,
+            },
+            Event::Reply(r) => out.replies.push(first_line(&r)),
+            Event::Close(r) => {
+                out.replies.push(first_line(&r));
+                out.closed = true;
+                return out;
+            }
+            Event::StartTls => {
+                out.starttls = true;
+                out.replies.push("220 2.0.0".into());
+                buf.clear();
+                s.tls_started();
+            }
+            Event::Mail => {
+                let r = s.accept();
+                out.replies.push(first_line(&r));
+            }
+            Event::Rcpt => {
+                let r = if s.pending_rcpt().unwrap().starts_with("reject") {
+                    s.resolve(mxgate_core::smtp::Reply::new(550, "5.1.1", "User unknown"))
+                } else {
+                    s.accept()
+                };
+                out.replies.push(first_line(&r));
+            }
+            Event::Message(m) => {
+                assert!(!m.envelope.rcpts.is_empty());
+                out.messages.push(m.body.to_vec());
+                out.replies.push("250 2.0.0".into());
+            }
+        }
+    }
+}
+
+/// Runs the transcript at several read sizes; all must agree (the machine must not depend on
+/// how TCP split the stream).
+fn run(limits: &Limits, input: &[u8]) -> Outcome {
+    let whole = drive(limits, input, 0);
+    for step in [1, 2, 3, 7, 64] {
+        let o = drive(limits, input, step);
+        assert_eq!(o.replies, whole.replies, "read size {step}");
+        assert_eq!(o.messages, whole.messages, "read size {step}");
+    }
+    whole
+}
+
+fn first_line(r: &mxgate_core::smtp::Reply) -> String {
+    if r.status.is_empty() {
+        format!("{}", r.code)
+    } else {
+        format!("{} {}", r.code, r.status)
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        hostname: "mx.test".into(),
+        ..Limits::default()
+    }
+}
+
+const HDR: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@d.test>\r\nDATA\r\n";
+
+#[test]
+fn plain_transaction_with_pipelining() {
+    let o = run(
+        &limits(),
+        &[HDR, b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n"].concat(),
+    );
+    assert_eq!(o.codes(), ["250", "250", "250", "354", "250", "221"]);
+    assert_eq!(o.messages, vec![b"Subject: x\r\n\r\nhello\r\n".to_vec()]);
+    assert!(o.closed);
+}
+
+#[test]
+fn dot_unstuffing_in_place() {
+    let o = run(&limits(), &[HDR, b"..leading\r\n...two\r\n.\r\n"].concat());
+    assert_eq!(o.messages, vec![b".leading\r\n..two\r\n".to_vec()]);
+}
+
+#[test]
+fn empty_message_and_two_transactions() {
+    let o = run(
+        &limits(),
+        &[
+            HDR,
+            b".\r\nMAIL FROM:<>\r\nRCPT TO:<x@y.test>\r\nDATA\r\nb\r\n.\r\n",
+        ]
+        .concat(),
+    );
+    assert_eq!(o.messages, vec![b"".to_vec(), b"b\r\n".to_vec()]);
+}
+
+#[test]
+fn smuggling_bare_lf_dot_is_not_end_of_data() {
+    // "\n.\n", "\n.\r\n" and "\r.\r" must not end DATA; the smuggled MAIL never runs.
+    for smuggle in [
+        &b"\n.\nMAIL FROM:<evil@x.test>\n"[..],
+        b"\n.\r\nMAIL FROM:<evil@x.test>\r\n",
+        b"\r.\rMAIL FROM:<evil@x.test>\r",
+    ] {
+        let input = [
+            HDR,
+            b"body",
+            smuggle,
+            b"RCPT TO:<v@x.test>\r\nDATA\r\nmore\r\n.\r\n",
+        ]
+        .concat();
+        let o = run(&limits(), &input);
+        // One DATA, ended only by the real CRLF.CRLF: rejected for its bare newlines (or, for
+        // bare CR, accepted as one message that contains the smuggling attempt as data).
+        assert_eq!(o.codes().len(), 5, "{:?} {:?}", smuggle, o.replies);
+        if smuggle.contains(&b'\n') && !smuggle.starts_with(b"\r") {
+            assert_eq!(o.last(), "550 5.5.2");
+            assert!(o.messages.is_empty());
+        } else {
+            assert_eq!(o.messages.len(), 1);
+            assert!(o.messages[0].windows(10).any(|w| w == b"MAIL FROM:"));
+        }
+    }
+}
+
+#[test]
+fn bare_lf_accept_policy_keeps_message_and_still_refuses_smuggling() {
+    let l = Limits {
+        bare_lf: BareLf::Accept,
+        ..limits()
+    };
+    let o = run(&l, &[HDR, b"a\nb\n.\nstill data\r\n.\r\n"].concat());
+    assert_eq!(o.messages.len(), 1);
+    assert_eq!(o.messages[0], b"a\nb\n\nstill data\r\n".to_vec());
+}
+
+#[test]
+fn size_limits() {
+    let l = Limits {
+        max_message_size: 1024,
+        ..limits()
+    };
+    let o = run(&l, b"EHLO c\r\nMAIL FROM:<a@b.test> SIZE=2000\r\n");
+    assert_eq!(o.last(), "552 5.3.4");
+    let big = vec![b'x'; 100];
+    let mut body = Vec::new();
+    for _ in 0..20 {
+        body.extend_from_slice(&big);
+        body.extend_from_slice(b"\r\n");
+    }
+    let o = run(&l, &[HDR, &body, b".\r\nNOOP\r\n"].concat());
+    assert_eq!(o.codes(), ["250", "250", "250", "354", "552", "250"]);
+    assert!(o.messages.is_empty());
+}
+
+#[test]
+fn sequence_errors() {
+    let o = run(&limits(), b"MAIL FROM:<a@b.test>\r\n");
+    assert_eq!(o.last(), "503 5.5.1");
+    let o = run(&limits(), b"EHLO c\r\nRCPT TO:<a@b.test>\r\n");
+    assert_eq!(o.last(), "503 5.5.1");
+    let o = run(&limits(), b"EHLO c\r\nDATA\r\n");
+    assert_eq!(o.last(), "503 5.5.1");
+    let o = run(&limits(), b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nDATA\r\n");
+    assert_eq!(o.last(), "503 5.5.1");
+    let o = run(
+        &limits(),
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nMAIL FROM:<a@b.test>\r\n",
+    );
+    assert_eq!(o.last(), "503 5.5.1");
+    // all recipients rejected: DATA says there is no valid recipient
+    let o = run(
+        &limits(),
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<reject@b.test>\r\nDATA\r\n",
+    );
+    assert_eq!(o.replies[2], "550 5.1.1");
+    assert_eq!(o.last(), "554 5.5.1");
+}
+
+#[test]
+fn syntax_errors_have_the_right_codes() {
+    let cases: &[(&[u8], &str)] = &[
+        (b"EHLO\r\n", "501 5.5.4"),
+        (b"XYZZY\r\n", "500 5.5.2"),
+        (b"EHLO c\r\nMAIL FROM:<bad>\r\n", "501 5.1.7"),
+        (
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bad@>\r\n",
+            "501 5.1.3",
+        ),
+        (b"EHLO c\r\nMAIL FROM:<a@b.test> XX=1\r\n", "555 5.5.4"),
+        (b"HELO c\r\nMAIL FROM:<a@b.test> SIZE=10\r\n", "555 5.5.4"),
+        (
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<j\xc3\xb6@b.test>\r\n",
+            "553 5.6.7",
+        ),
+        (b"NOOP\0x\r\n", "500 5.5.2"),
+        (b"VRFY\r\n", "501 5.5.4"),
+        (b"VRFY root\r\n", "252 2.0.0"),
+        (b"EXPN staff\r\n", "502 5.5.1"),
+        (b"HELP\r\n", "214 2.0.0"),
+        (b"RSET x\r\n", "501 5.5.4"),
+        (b"STARTTLS\r\n", "502 5.5.1"),
+        (
+            b"EHLO c\r\nMAIL FROM:<a@b.test> BODY=BINARYMIME\r\nRCPT TO:<r@d.test>\r\nDATA\r\n",
+            "503 5.5.1",
+        ),
+    ];
+    for (input, want) in cases {
+        let o = run(&limits(), input);
+        assert_eq!(o.last(), *want, "{}", String::from_utf8_lossy(input));
+    }
+}
+
+#[test]
+fn smtputf8_addresses() {
+    let o = run(&limits(), "EHLO c\r\nMAIL FROM:<jösé@b.test> SMTPUTF8 BODY=8BITMIME\r\nRCPT TO:<δοκιμή@παράδειγμα.δοκιμή>\r\nDATA\r\nx\r\n.\r\n".as_bytes());
+    assert_eq!(o.codes(), ["250", "250", "250", "354", "250"]);
+}
+
+#[test]
+fn line_length_limit() {
+    let long = [b"NOOP ".as_slice(), &vec![b'a'; 5000], b"\r\nNOOP\r\n"].concat();
+    let o = run(&limits(), &long);
+    assert_eq!(o.codes(), ["500", "250"]);
+}
+
+#[test]
+fn recipient_limit() {
+    let l = Limits {
+        max_recipients: 2,
+        ..limits()
+    };
+    let o = run(&l, b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<1@d.test>\r\nRCPT TO:<2@d.test>\r\nRCPT TO:<3@d.test>\r\n");
+    assert_eq!(o.last(), "452 4.5.3");
+}
+
+#[test]
+fn error_limit_closes_with_421() {
+    let l = Limits {
+        max_errors: 3,
+        ..limits()
+    };
+    let o = run(&l, b"X\r\nX\r\nX\r\nNOOP\r\n");
+    assert_eq!(o.codes(), ["500", "500", "500", "421"]);
+    assert_eq!(o.last(), "421 4.7.0");
+    assert!(o.closed);
+}
+
+#[test]
+fn transaction_limit_closes_with_421() {
+    let l = Limits {
+        max_transactions: 1,
+        ..limits()
+    };
+    let o = run(&l, &[HDR, b"x\r\n.\r\nMAIL FROM:<a@b.test>\r\n"].concat());
+    assert_eq!(o.last(), "421 4.7.0");
+    assert!(o.closed);
+}
+
+#[test]
+fn bdat_chunks() {
+    let o = run(&limits(), b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@d.test>\r\nBDAT 5\r\nhelloBDAT 8 LAST\r\n world\r\n");
+    assert_eq!(o.codes(), ["250", "250", "250", "250", "250"]);
+    assert_eq!(o.replies[3], "250 2.0.0");
+    assert_eq!(o.messages, vec![b"hello world\r\n".to_vec()]);
+    // BDAT bodies are not dot-unstuffed, and CRLF.CRLF inside a chunk is data
+    let o = run(
+        &limits(),
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@d.test>\r\nBDAT 7 LAST\r\n.\r\n..\r\n",
+    );
+    assert_eq!(o.messages, vec![b".\r\n..\r\n".to_vec()]);
+    // BDAT 0 LAST ends a chunked message
+    let o = run(
+        &limits(),
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@d.test>\r\nBDAT 2\r\nabBDAT 0 LAST\r\n",
+    );
+    assert_eq!(o.messages, vec![b"ab".to_vec()]);
+}
+
+#[test]
+fn bdat_misuse_skips_the_chunk() {
+    // without a transaction: 503, and the chunk's bytes are not taken as commands
+    let o = run(&limits(), b"EHLO c\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n");
+    assert_eq!(o.codes(), ["250", "503", "250"]);
+    // DATA after BDAT in the same transaction
+    let o = run(
+        &limits(),
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@d.test>\r\nBDAT 1\r\nxDATA\r\n",
+    );
+    assert_eq!(o.last(), "503 5.5.1");
+    // oversize chunk: 552, transaction over
+    let l = Limits {
+        max_message_size: 1024,
+        ..limits()
+    };
+    let chunk = vec![b'y'; 2000];
+    let o = run(
+        &l,
+        &[
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<r@d.test>\r\nBDAT 2000 LAST\r\n"
+                .as_slice(),
+            &chunk,
+            b"RCPT TO:<r@d.test>\r\n",
+        ]
+        .concat(),
+    );
+    assert_eq!(o.codes(), ["250", "250", "250", "552", "503"]);
+    // unparsable size: the stream cannot be resynchronised, so the session closes
+    let o = run(&limits(), b"EHLO c\r\nBDAT x\r\n");
+    assert_eq!(o.last(), "501 5.5.4");
+    assert!(o.closed);
+}
+
+#[test]
+fn starttls_discards_pipelined_plaintext() {
+    let l = Limits {
+        starttls: true,
+        ..limits()
+    };
+    // CVE-2011-0411: a command injected after STARTTLS in the same packet must not run.
+    let o = drive(&l, b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<a@b.test>\r\n", 0);
+    assert!(o.starttls);
+    assert_eq!(o.codes(), ["250", "220"]);
+    // after TLS, HELO is forgotten
+    let o = drive(&l, b"EHLO c\r\nSTARTTLS\r\n", 0);
+    assert!(o.starttls);
+    let o2 = drive(&l, b"STARTTLS\r\n", 0);
+    assert!(o2.starttls);
+}
+
+#[test]
+fn ehlo_advertises_extensions() {
+    let l = Limits {
+        starttls: true,
+        ..limits()
+    };
+    let mut s = Session::new(&l);
+    let mut buf = BytesMut::from(&b"EHLO client.test\r\n"[..]);
+    let Event::Reply(r) = s.next(&mut buf) else {
+        panic!()
+    };
+    let wire = r.to_wire();
+    for ext in [
+        "PIPELINING",
+        "SIZE 26214400",
+        "STARTTLS",
+        "ENHANCEDSTATUSCODES",
+        "8BITMIME",
+        "CHUNKING",
+        "SMTPUTF8",
+    ] {
+        assert!(
+            wire.contains(&format!("250-{ext}\r\n")) || wire.contains(&format!("250 {ext}\r\n")),
+            "{ext} in {wire}"
+        );
+    }
+    assert!(wire.starts_with("250-mx.test\r\n"));
+}
+
+#[test]
+fn timeouts_follow_the_phase() {
+    let l = limits();
+    let mut s = Session::new(&l);
+    assert_eq!(s.timeout(), l.command_timeout);
+    let mut buf = BytesMut::from(&HDR[..]);
+    loop {
+        match s.next(&mut buf) {
+            Event::Mail | Event::Rcpt => {
+                s.accept();
+            }
+            Event::NeedMore => break,
+            _ => {}
+        }
+    }
+    assert_eq!(s.timeout(), l.data_timeout);
+}
+
+#[test]
+fn example_config_is_the_default_and_documents_every_key() {
+    let parsed = Config::from_toml(EXAMPLE, "example").unwrap();
+    assert_eq!(parsed, Config::default());
+    let value = toml::Value::try_from(Config::default()).unwrap();
+    let lines: Vec<&str> = EXAMPLE.lines().collect();
+    for (section, table) in value.as_table().unwrap() {
+        assert!(
+            EXAMPLE.contains(&format!("[{section}]")),
+            "section {section}"
+        );
+        for key in table.as_table().unwrap().keys() {
+            let i = lines
+                .iter()
+                .position(|l| l.starts_with(&format!("{key} =")))
+                .unwrap_or_else(|| panic!("{section}.{key} missing from the example"));
+            assert!(
+                lines[i - 1].starts_with('#'),
+                "{section}.{key} has no comment"
+            );
+        }
+    }
+}
+
+#[test]
+fn config_errors_name_the_field_and_line() {
+    let e = Config::from_toml("[server]\nlisten = [\"nonsense\"]\n", "f.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("f.toml") && e.contains("server.listen") && e.contains("nonsense"),
+        "{e}"
+    );
+    let e = Config::from_toml("[smtp]\nmax_line_lenght = 10\n", "f.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_line_lenght") && e.contains("line 2"), "{e}");
+    let e = Config::from_toml("[smtp]\nmax_errors = \"x\"\n", "f.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_errors"), "{e}");
+    let e = Config::from_toml("[stages]\nenabled = [\"bogus\"]\n", "f.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("stages.enabled") && e.contains("bogus"), "{e}");
+}
