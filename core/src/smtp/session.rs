@@ -166,7 +166,7 @@ const BARE_LF: Reply = Reply::new(
 );
 const DATA_GO: Reply = Reply::new(354, "", "End data with <CR><LF>.<CR><LF>");
 const BDAT_AFTER_DATA_MIX: Reply = Reply::new(503, "5.5.1", "Error: DATA not allowed after BDAT");
-const BINARY_NEEDS_BDAT: Reply = Reply::new(503, "5.5.1", "Error: BODY=BINARYMIME requires BDAT");
+const NO_BINARYMIME: Reply = Reply::new(555, "5.5.4", "Error: BODY=BINARYMIME is not supported");
 const TLS_ACTIVE: Reply = Reply::new(554, "5.5.1", "Error: TLS already active");
 const TLS_UNAVAILABLE: Reply = Reply::new(502, "5.5.1", "Error: command not implemented");
 const EXPN_DENIED: Reply = Reply::new(502, "5.5.1", "Error: command not implemented");
@@ -637,6 +637,9 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
                 if self.transactions >= self.limits.max_transactions {
                     return Ok(Some(self.close(TOO_MANY_TX)));
                 }
+                if m.body == Body::BinaryMime {
+                    return Err(NO_BINARYMIME);
+                }
                 if m.size
                     .is_some_and(|s| s > self.limits.max_message_size as u64)
                 {
@@ -683,9 +686,6 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
                     } else {
                         NEED_RCPT
                     });
-                }
-                if tx.body == Body::BinaryMime {
-                    return Err(BINARY_NEEDS_BDAT);
                 }
                 self.phase = Phase::Data(DataRx::new());
                 Event::Reply(DATA_GO)
@@ -750,7 +750,7 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
         if self.limits.starttls && !self.tls {
             t.push_str("\nSTARTTLS");
         }
-        t.push_str("\nENHANCEDSTATUSCODES\n8BITMIME\nBINARYMIME\nCHUNKING\nSMTPUTF8");
+        t.push_str("\nENHANCEDSTATUSCODES\n8BITMIME\nCHUNKING\nSMTPUTF8");
         t
     }
 }

@@ -1,1 +1,105 @@
-fn main() {}
+//! `mxgate`: the gateway binary. Flags in, `mxgate_pipeline::run` out.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mxgate_pipeline::server::Control;
+use mxgate_pipeline::settings::{self, Overrides, Snapshot};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mxgate: anti-spam and anti-virus SMTP gateway.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway (embedded defaults without --config).
+    Serve {
+        /// TOML configuration file (see `mxgate config example`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address(es), comma-separated; overrides server.listen.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Next hop IP:PORT; overrides relay.next_hop.
+        #[arg(long)]
+        relay: Option<String>,
+        /// Content stages, comma-separated, or `none` for a pure relay; overrides stages.enabled.
+        #[arg(long)]
+        stages: Option<String>,
+        /// Metrics address IP:PORT, or "" to disable; overrides metrics.listen.
+        #[arg(long)]
+        metrics: Option<String>,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the full default configuration with comments.
+    Example,
+    /// Validate a configuration file (and flags) and print the effective configuration.
+    Check {
+        /// The file.
+        config: PathBuf,
+    },
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    // glommio logs through `log`; forward it, or its warnings are lost.
+    let _ = tracing_log::LogTracer::init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Config {
+            cmd: ConfigCmd::Example,
+        } => {
+            print!("{}", mxgate_core::config::EXAMPLE);
+            Ok(())
+        }
+        Cmd::Config {
+            cmd: ConfigCmd::Check { config },
+        } => {
+            let cfg = settings::load(Some(&config), &Overrides::default())?;
+            print!("{}", toml::to_string(&cfg)?);
+            Ok(())
+        }
+        Cmd::Serve {
+            config,
+            listen,
+            relay,
+            stages,
+            metrics,
+        } => {
+            let ov = Overrides {
+                listen,
+                relay,
+                stages,
+                metrics,
+            };
+            let cfg = settings::load(config.as_deref(), &ov)?;
+            init_logging(&cfg.log.level);
+            let snap = Snapshot::build(cfg, config).context("configuration")?;
+            mxgate_pipeline::run(Control::new(snap, ov))
+        }
+    }
+}

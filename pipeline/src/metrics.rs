@@ -1,0 +1,214 @@
+//! Per-shard counters and the Prometheus text endpoint.
+//!
+//! Each shard owns one [`ShardStats`]. Only that shard writes it (relaxed atomics on cache lines
+//! no other core writes, so there is no contention on the hot path); the metrics thread reads all
+//! of them when scraped and sums them.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the relay latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Counters of one shard.
+#[derive(Debug)]
+pub struct ShardStats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Connections open now.
+    pub active: AtomicI64,
+    /// Connections refused for the connection limit.
+    pub refused: AtomicU64,
+    /// Messages received (end of data reached).
+    pub transactions: AtomicU64,
+    /// Messages the next hop accepted.
+    pub relayed: AtomicU64,
+    /// Message bytes received.
+    pub bytes: AtomicU64,
+    /// TLS handshakes completed (server side).
+    pub tls: AtomicU64,
+    /// Failures talking to the next hop (connect, timeout, lost connection).
+    pub relay_errors: AtomicU64,
+    /// Replies sent, by code (index = code).
+    pub replies: Box<[AtomicU64]>,
+    /// Relay latency (end of data received → next hop's final reply), histogram buckets.
+    pub latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of relay latencies in microseconds.
+    pub latency_sum_us: AtomicU64,
+}
+
+impl Default for ShardStats {
+    fn default() -> Self {
+        ShardStats {
+            connections: AtomicU64::new(0),
+            active: AtomicI64::new(0),
+            refused: AtomicU64::new(0),
+            transactions: AtomicU64::new(0),
+            relayed: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            tls: AtomicU64::new(0),
+            relay_errors: AtomicU64::new(0),
+            replies: (0..600).map(|_| AtomicU64::new(0)).collect(),
+            latency: Default::default(),
+            latency_sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ShardStats {
+    /// Counts a reply code.
+    pub fn reply(&self, code: u16) {
+        if let Some(c) = self.replies.get(code as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Records one relay latency.
+    pub fn relay_latency(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency[i].fetch_add(1, Relaxed);
+        self.latency_sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+}
+
+/// Renders the Prometheus text exposition of all shards.
+pub fn render(shards: &[Arc<ShardStats>]) -> String {
+    let sum = |f: &dyn Fn(&ShardStats) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
+    let mut out = String::with_capacity(4096);
+    let mut counter = |name: &str, help: &str, kind: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    };
+    counter(
+        "mxgate_connections_total",
+        "Connections accepted.",
+        "counter",
+        sum(&|s| s.connections.load(Relaxed)),
+    );
+    counter(
+        "mxgate_connections_active",
+        "Connections open now.",
+        "gauge",
+        sum(&|s| s.active.load(Relaxed).max(0) as u64),
+    );
+    counter(
+        "mxgate_connections_refused_total",
+        "Connections refused at the connection limit.",
+        "counter",
+        sum(&|s| s.refused.load(Relaxed)),
+    );
+    counter(
+        "mxgate_transactions_total",
+        "Messages received (end of data).",
+        "counter",
+        sum(&|s| s.transactions.load(Relaxed)),
+    );
+    counter(
+        "mxgate_relayed_total",
+        "Messages accepted by the next hop.",
+        "counter",
+        sum(&|s| s.relayed.load(Relaxed)),
+    );
+    counter(
+        "mxgate_received_bytes_total",
+        "Message bytes received.",
+        "counter",
+        sum(&|s| s.bytes.load(Relaxed)),
+    );
+    counter(
+        "mxgate_tls_handshakes_total",
+        "STARTTLS handshakes completed.",
+        "counter",
+        sum(&|s| s.tls.load(Relaxed)),
+    );
+    counter(
+        "mxgate_relay_errors_total",
+        "Failures talking to the next hop.",
+        "counter",
+        sum(&|s| s.relay_errors.load(Relaxed)),
+    );
+    let _ = writeln!(out, "# HELP mxgate_replies_total Replies sent to clients, by code.\n# TYPE mxgate_replies_total counter");
+    for code in 200..600usize {
+        let v = sum(&|s| s.replies[code].load(Relaxed));
+        if v > 0 {
+            let _ = writeln!(out, "mxgate_replies_total{{code=\"{code}\"}} {v}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP mxgate_relay_latency_seconds End of data to the next hop's reply.\n# TYPE mxgate_relay_latency_seconds histogram"
+    );
+    let mut cum = 0;
+    for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+        cum += sum(&|s| s.latency[i].load(Relaxed));
+        let _ = writeln!(
+            out,
+            "mxgate_relay_latency_seconds_bucket{{le=\"{b}\"}} {cum}"
+        );
+    }
+    cum += sum(&|s| s.latency[LATENCY_BUCKETS.len()].load(Relaxed));
+    let _ = writeln!(
+        out,
+        "mxgate_relay_latency_seconds_bucket{{le=\"+Inf\"}} {cum}"
+    );
+    let _ = writeln!(out, "mxgate_relay_latency_seconds_count {cum}");
+    let _ = writeln!(
+        out,
+        "mxgate_relay_latency_seconds_sum {}",
+        sum(&|s| s.latency_sum_us.load(Relaxed)) as f64 / 1e6
+    );
+    if let Some((cpu, rss)) = process_usage() {
+        let _ = writeln!(out, "# HELP process_cpu_seconds_total CPU time of the process.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}");
+        let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}");
+    }
+    out
+}
+
+/// CPU seconds and RSS bytes of this process, from /proc.
+fn process_usage() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / tck;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let rss = f.get(21)?.parse::<u64>().ok()? * page;
+    Some((cpu, rss))
+}
+
+/// Serves `GET /metrics` on `addr` from a plain thread (scrapes are rare; the shards never wait
+/// for it).
+pub fn serve(addr: std::net::SocketAddr, shards: Vec<Arc<ShardStats>>) -> std::io::Result<()> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut req = [0u8; 2048];
+            let n = s.read(&mut req).unwrap_or(0);
+            let head = String::from_utf8_lossy(&req[..n]);
+            let resp = if head.starts_with("GET /metrics") || head.starts_with("GET / ") {
+                let body = render(&shards);
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned()
+            };
+            let _ = s.write_all(resp.as_bytes());
+        }
+    })?;
+    Ok(())
+}

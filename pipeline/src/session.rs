@@ -1,0 +1,350 @@
+//! One client connection: the I/O around `mxgate_core`'s SMTP state machine, the stage chain,
+//! and the relay. The state machine decides what to say; this decides when to read, write,
+//! upgrade to TLS, ask the next hop, and stop.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Instant, SystemTime};
+
+use bytes::BytesMut;
+use futures_lite::AsyncWriteExt;
+use mxgate_core::smtp::session::{SHUTDOWN, TIMEOUT};
+use mxgate_core::smtp::{Envelope, Event, Message, Reply, Session};
+
+use crate::conn::Conn;
+use crate::relay::{ClientInfo, Target, Transaction};
+use crate::rt::TcpStream;
+use crate::server::{Shard, SnapLimits};
+use crate::stages::{Context, Verdict};
+
+/// Serves one accepted connection to its end.
+pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
+    let peer = tcp
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let _ = tcp.set_nodelay(true);
+    let fd = {
+        use std::os::fd::AsRawFd;
+        tcp.as_raw_fd()
+    };
+    let guard = shard.register(fd);
+    let snap = shard.current();
+    let mut io = Io {
+        conn: Conn::Plain(tcp),
+        wbuf: Vec::with_capacity(256),
+        shard: shard.clone(),
+    };
+    let mut session = Session::new(SnapLimits(snap.clone()));
+    let client = ClientInfo { addr: peer };
+    let helo_name = if snap.snap.config.relay.helo_name.is_empty() {
+        snap.snap.hostname.clone()
+    } else {
+        snap.snap.config.relay.helo_name.clone()
+    };
+    let target = Target {
+        addr: snap.snap.next_hop,
+        cfg: &snap.snap.config.relay,
+        helo: &helo_name,
+    };
+    let mut rbuf = BytesMut::new();
+    let mut tx: Option<Transaction> = None;
+    io.reply(&session.greeting());
+    tracing::debug!(client = %peer, shard = shard.id, "connect");
+
+    loop {
+        let event = session.next(&mut rbuf);
+        match event {
+            Event::NeedMore => {
+                if session.envelope().is_none() {
+                    if let Some(open) = tx.take() {
+                        shard.relay.abort(&target, open).await; // client reset or re-EHLOed
+                    }
+                }
+                if io.flush().await.is_err() {
+                    break;
+                }
+                if rbuf.is_empty() && rbuf.capacity() > 16 * 1024 {
+                    rbuf = BytesMut::new(); // give a large message buffer back while idle
+                }
+                let busy = session.in_transaction() || !rbuf.is_empty();
+                guard.busy.set(busy);
+                if shard.draining() && !busy {
+                    io.reply(&SHUTDOWN);
+                    let _ = io.flush().await;
+                    break;
+                }
+                let hint = session.read_hint().saturating_sub(rbuf.len());
+                match io.conn.read_buf(&mut rbuf, hint, session.timeout()).await {
+                    Ok(0) => {
+                        if shard.draining() && !session.in_transaction() {
+                            io.reply(&SHUTDOWN);
+                            let _ = io.flush().await;
+                        }
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        io.reply(&TIMEOUT);
+                        let _ = io.flush().await;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            Event::Reply(r) => io.reply(&r),
+            Event::Close(r) => {
+                io.reply(&r);
+                let _ = io.flush().await;
+                break;
+            }
+            Event::StartTls => {
+                io.reply(&mxgate_core::smtp::session::STARTTLS_GO);
+                if io.flush().await.is_err() {
+                    break;
+                }
+                rbuf.clear(); // never trust bytes pipelined after STARTTLS
+                let (Some(cfg), Some(plain)) = (snap.snap.tls.clone(), io.conn.take_plain()) else {
+                    break;
+                };
+                let accept = futures_rustls::TlsAcceptor::from(cfg).accept(plain);
+                match crate::rt::timeout(session.timeout(), accept).await {
+                    Some(Ok(s)) => {
+                        io.conn = Conn::Server(Box::new(s));
+                        session.tls_started();
+                        shard.stats.tls.fetch_add(1, Relaxed);
+                    }
+                    _ => {
+                        tracing::debug!(client = %peer, "TLS handshake failed");
+                        break;
+                    }
+                }
+            }
+            Event::Mail => {
+                if let Some(open) = tx.take() {
+                    shard.relay.abort(&target, open).await;
+                }
+                let r = session.accept();
+                io.reply(&r);
+            }
+            Event::Rcpt => {
+                // Before-queue proxy: the next hop answers each recipient.
+                let rcpt = session.pending_rcpt().unwrap_or_default().to_owned();
+                let reply = if tx.is_some() {
+                    shard.relay.rcpt(&target, &mut tx, &rcpt).await
+                } else {
+                    let env = session.envelope().cloned().unwrap_or_default();
+                    let (open, reply) = shard.relay.begin(&target, &client, &env, &rcpt).await;
+                    tx = open;
+                    reply
+                };
+                let r = session.resolve(reply);
+                io.reply(&r);
+            }
+            Event::Message(msg) => {
+                shard.stats.transactions.fetch_add(1, Relaxed);
+                shard.stats.bytes.fetch_add(msg.body.len() as u64, Relaxed);
+                let reply = deliver(
+                    &shard,
+                    &snap.snap,
+                    &target,
+                    &client,
+                    tx.take(),
+                    msg,
+                    io.conn.is_tls(),
+                )
+                .await;
+                session.note_reply(&reply);
+                io.reply(&reply);
+            }
+        }
+    }
+    if let Some(open) = tx.take() {
+        shard.relay.abort(&target, open).await;
+    }
+    let _ = io.conn.close().await;
+    drop(guard);
+}
+
+/// Runs the stages on a message and relays it; returns the client's final reply.
+async fn deliver(
+    shard: &Shard,
+    snap: &crate::settings::Snapshot,
+    target: &Target<'_>,
+    client: &ClientInfo,
+    tx: Option<Transaction>,
+    msg: Message,
+    tls: bool,
+) -> Reply {
+    let Some(tx) = tx else {
+        // Every recipient was accepted by an open downstream transaction; without one, the
+        // next hop went away between RCPT and the end of data.
+        return Reply::new(
+            451,
+            "4.4.2",
+            "Error: lost connection with next hop, try again later",
+        );
+    };
+    let id = shard.next_message_id();
+    let mut ctx = Context {
+        envelope: &msg.envelope,
+        body: &msg.body,
+        client: client.addr,
+        symbols: Vec::new(),
+        add_headers: String::new(),
+    };
+    let verdict = snap.chain.run(&mut ctx);
+    match verdict {
+        Verdict::Accept => {}
+        Verdict::Reject(r) | Verdict::Tempfail(r) => {
+            tracing::info!(id, client = %client.addr, from = %msg.envelope.mail_from, reply = %r, "message refused by stages");
+            shard.relay.abort(target, tx).await;
+            return r;
+        }
+    }
+    let mut prepend = received_header(&snap.hostname, client, &msg.envelope, &id, tls);
+    prepend.push_str(&ctx.add_headers);
+    let started = Instant::now();
+    let reply = shard
+        .relay
+        .data(target, tx, prepend.as_bytes(), &msg.body)
+        .await;
+    shard.stats.relay_latency(started.elapsed());
+    if reply.is_positive() {
+        shard.stats.relayed.fetch_add(1, Relaxed);
+    }
+    tracing::info!(
+        id,
+        client = %client.addr,
+        from = %msg.envelope.mail_from,
+        rcpts = msg.envelope.rcpts.len(),
+        size = msg.body.len(),
+        reply = %reply,
+        "relayed"
+    );
+    reply
+}
+
+/// Our `Received:` field (RFC 5321 §4.4), folded.
+pub fn received_header(
+    hostname: &str,
+    client: &ClientInfo,
+    env: &Envelope,
+    id: &str,
+    tls: bool,
+) -> String {
+    let proto = match (env.smtputf8, env.esmtp, tls) {
+        (true, _, true) => "UTF8SMTPS",
+        (true, _, false) => "UTF8SMTP",
+        (false, true, true) => "ESMTPS",
+        (false, true, false) => "ESMTP",
+        (false, false, true) => "SMTPS",
+        (false, false, false) => "SMTP",
+    };
+    let helo: String = env.helo.chars().filter(|c| !c.is_control()).collect();
+    let mut h = format!(
+        "Received: from {helo} ([{}])\r\n\tby {hostname} (mxgate) with {proto} id {id}",
+        client.addr.ip()
+    );
+    if env.rcpts.len() == 1 {
+        h.push_str(&format!("\r\n\tfor <{}>", env.rcpts[0]));
+    }
+    h.push_str("; ");
+    h.push_str(&rfc5322_date(SystemTime::now()));
+    h.push_str("\r\n");
+    h
+}
+
+/// `Sun, 29 Nov 2026 00:38:21 +0000`.
+pub fn rfc5322_date(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
+        DAYS[days.rem_euclid(7) as usize],
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The write side: replies are queued and flushed when the state machine needs input.
+struct Io {
+    conn: Conn,
+    wbuf: Vec<u8>,
+    shard: Rc<Shard>,
+}
+
+impl Io {
+    fn reply(&mut self, r: &Reply) {
+        self.shard.stats.reply(r.code);
+        r.write_to(&mut self.wbuf);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let r = self
+            .conn
+            .write_all_timeout(&self.wbuf, std::time::Duration::from_secs(300))
+            .await;
+        self.wbuf.clear();
+        if self.wbuf.capacity() > 8192 {
+            self.wbuf = Vec::new();
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_912_701);
+        assert_eq!(rfc5322_date(t), "Sun, 29 Nov 2026 00:38:21 +0000");
+        assert_eq!(
+            rfc5322_date(SystemTime::UNIX_EPOCH),
+            "Thu, 01 Jan 1970 00:00:00 +0000"
+        );
+    }
+
+    #[test]
+    fn received_field() {
+        let env = Envelope {
+            helo: "client.example".into(),
+            esmtp: true,
+            rcpts: vec!["r@x.test".into()],
+            ..Envelope::default()
+        };
+        let c = ClientInfo {
+            addr: "192.0.2.7:1234".parse().unwrap(),
+        };
+        let h = received_header("mx.test", &c, &env, "ABC", true);
+        assert!(h.starts_with("Received: from client.example ([192.0.2.7])\r\n\tby mx.test (mxgate) with ESMTPS id ABC\r\n\tfor <r@x.test>; "));
+        assert!(h.ends_with(" +0000\r\n"));
+    }
+}
