@@ -1,1 +1,473 @@
-fn main() {}
+//! `mxgate-bench`: end-to-end benchmark scenarios, with the peers measured in the same run.
+//!
+//! A scenario is a folder under `bench-harness/scenarios/` holding `scenario.toml` (what to run,
+//! how often, what every run must get right) and the gateway configuration. `run SCENARIO` starts
+//! the processes itself on loopback, measures, checks the expected outcome (a run that gets faster
+//! by losing mail fails), and writes `results.json` and `report.md` into the output folder.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mxgate-bench: end-to-end scenarios against the peers.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a scenario (a folder name under bench-harness/scenarios, or a path).
+    Run {
+        /// Scenario name or folder.
+        scenario: String,
+        /// Output folder (default: bench-results/<scenario>-<unix time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override the repetitions of the scenario.
+        #[arg(long)]
+        reps: Option<usize>,
+        /// Override the messages per run.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// List the scenarios.
+    List,
+}
+
+#[derive(Deserialize)]
+struct Scenario {
+    corpus: Vec<String>,
+    sessions: Vec<usize>,
+    count: u64,
+    reps: usize,
+    per_conn: u64,
+    idle_connections: usize,
+    gateway_config: String,
+    expect: Expect,
+}
+
+#[derive(Deserialize)]
+struct Expect {
+    accepted_fraction: f64,
+}
+
+fn scenarios_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}
+
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe.parent().context("exe has no folder")?.to_path_buf())
+}
+
+fn main() -> anyhow::Result<()> {
+    raise_fd_limit();
+    match Cli::parse().cmd {
+        Cmd::List => {
+            for e in std::fs::read_dir(scenarios_dir())? {
+                println!("{}", e?.file_name().to_string_lossy());
+            }
+            Ok(())
+        }
+        Cmd::Run {
+            scenario,
+            out,
+            reps,
+            count,
+        } => {
+            let dir = if Path::new(&scenario).is_dir() {
+                PathBuf::from(&scenario)
+            } else {
+                scenarios_dir().join(&scenario)
+            };
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let text = std::fs::read_to_string(dir.join("scenario.toml"))
+                .with_context(|| format!("{}/scenario.toml", dir.display()))?;
+            let mut sc: Scenario = toml::from_str(&text)
+                .with_context(|| format!("{}/scenario.toml", dir.display()))?;
+            if let Some(r) = reps {
+                sc.reps = r;
+            }
+            if let Some(c) = count {
+                sc.count = c;
+            }
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let out = out
+                .unwrap_or_else(|| PathBuf::from("bench-results").join(format!("{name}-{stamp}")));
+            std::fs::create_dir_all(&out)?;
+            match name.as_str() {
+                "relay" => relay(&dir, &sc, &out),
+                other => bail!("scenario {other:?} has no runner yet"),
+            }
+        }
+    }
+}
+
+fn raise_fd_limit() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_port(port: u16) -> anyhow::Result<()> {
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on 127.0.0.1:{port}")
+}
+
+struct Daemon {
+    child: Child,
+    name: String,
+}
+
+impl Daemon {
+    fn start(name: &str, cmd: &mut Command, port: u16, out: &Path) -> anyhow::Result<Daemon> {
+        let log = std::fs::File::create(out.join(format!("{name}.log")))?;
+        let child = cmd
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let d = Daemon {
+            child,
+            name: name.to_owned(),
+        };
+        wait_port(port).with_context(|| format!("{} did not start", d.name))?;
+        Ok(d)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU seconds (user + system) of a process, all threads, from /proc.
+fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((f[11].parse::<f64>()? + f[12].parse::<f64>()?) / tck)
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+fn loadgen(
+    bin: &Path,
+    port: u16,
+    corpus: &[PathBuf],
+    sessions: usize,
+    count: u64,
+    per_conn: u64,
+) -> anyhow::Result<Value> {
+    let mut cmd = Command::new(bin.join("mxgate-loadgen"));
+    cmd.arg("send")
+        .arg("--to")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--sessions")
+        .arg(sessions.to_string())
+        .arg("--count")
+        .arg(count.to_string())
+        .arg("--per-conn")
+        .arg(per_conn.to_string())
+        .arg("--json");
+    for c in corpus {
+        cmd.arg("--corpus").arg(c);
+    }
+    let o = cmd.stderr(Stdio::inherit()).output()?;
+    anyhow::ensure!(o.status.success(), "loadgen failed");
+    Ok(serde_json::from_slice(&o.stdout)?)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+fn relay(dir: &Path, sc: &Scenario, out: &Path) -> anyhow::Result<()> {
+    let bin = bin_dir()?;
+    let corpus_root =
+        PathBuf::from(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()));
+    let corpus: Vec<PathBuf> = sc.corpus.iter().map(|c| corpus_root.join(c)).collect();
+    // The mean corpus message size, for the smtp-source message file.
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for c in &corpus {
+        for e in std::fs::read_dir(c).with_context(|| c.display().to_string())? {
+            let m = e?.metadata()?;
+            if m.is_file() {
+                n += 1;
+                bytes += m.len();
+            }
+        }
+    }
+    let mean = (bytes / n.max(1)) as usize;
+    let msgfile = out.join("smtp-source.eml");
+    {
+        let mut f = std::fs::File::create(&msgfile)?;
+        let mut body = String::from(
+            "From: bench@example.test\nTo: rcpt@example.test\nSubject: relay benchmark\n\n",
+        );
+        while body.len() < mean {
+            body.push_str(
+                "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n",
+            );
+        }
+        f.write_all(body.as_bytes())?;
+    }
+
+    let (sink_port, mx_port, pf_port) = (free_port()?, free_port()?, free_port()?);
+    let _sink = Daemon::start(
+        "sink",
+        Command::new(bin.join("mxgate-loadgen")).args([
+            "sink",
+            "--listen",
+            &format!("127.0.0.1:{sink_port}"),
+        ]),
+        sink_port,
+        out,
+    )?;
+    let mx = Daemon::start(
+        "mxgate",
+        Command::new(bin.join("mxgate")).args([
+            "serve",
+            "--config",
+            &dir.join(&sc.gateway_config).display().to_string(),
+            "--listen",
+            &format!("127.0.0.1:{mx_port}"),
+            "--relay",
+            &format!("127.0.0.1:{sink_port}"),
+            "--metrics",
+            "",
+        ]),
+        mx_port,
+        out,
+    )?;
+    let pf = Daemon::start(
+        "smtp-sink",
+        Command::new("smtp-sink").args(["-u", "nobody", &format!("127.0.0.1:{pf_port}"), "1024"]),
+        pf_port,
+        out,
+    )?;
+
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    for &s in &sc.sessions {
+        let (mut direct, mut relay, mut relay_p99, mut direct_p99) =
+            (vec![], vec![], vec![], vec![]);
+        let (mut mx_cpu, mut pf_cpu, mut pf_rate, mut src_rate) = (vec![], vec![], vec![], vec![]);
+        for rep in 0..sc.reps {
+            eprintln!("relay: sessions {s}, rep {}/{}", rep + 1, sc.reps);
+            let d = loadgen(&bin, sink_port, &corpus, s, sc.count, sc.per_conn)?;
+            check(&d, sc, "direct", &mut failures);
+            direct.push(d["msgs_per_s"].as_f64().unwrap_or(0.0));
+            direct_p99.push(d["latency_ms"]["p99"].as_f64().unwrap_or(0.0));
+
+            let c0 = cpu_secs(mx.pid())?;
+            let r = loadgen(&bin, mx_port, &corpus, s, sc.count, sc.per_conn)?;
+            let c1 = cpu_secs(mx.pid())?;
+            check(&r, sc, "mxgate", &mut failures);
+            relay.push(r["msgs_per_s"].as_f64().unwrap_or(0.0));
+            relay_p99.push(r["latency_ms"]["p99"].as_f64().unwrap_or(0.0));
+            mx_cpu.push(1000.0 * (c1 - c0) / r["accepted"].as_f64().unwrap_or(1.0).max(1.0));
+
+            let p0 = cpu_secs(pf.pid())?;
+            let p = loadgen(&bin, pf_port, &corpus, s, sc.count, sc.per_conn)?;
+            let p1 = cpu_secs(pf.pid())?;
+            check(&p, sc, "smtp-sink", &mut failures);
+            pf_rate.push(p["msgs_per_s"].as_f64().unwrap_or(0.0));
+            pf_cpu.push(1000.0 * (p1 - p0) / p["accepted"].as_f64().unwrap_or(1.0).max(1.0));
+
+            let t0 = Instant::now();
+            let o = Command::new("smtp-source")
+                .args([
+                    "-s",
+                    &s.to_string(),
+                    "-m",
+                    &sc.count.to_string(),
+                    "-d",
+                    "-F",
+                ])
+                .arg(&msgfile)
+                .args([
+                    "-f",
+                    "bench@example.test",
+                    "-t",
+                    "rcpt@example.test",
+                    &format!("127.0.0.1:{pf_port}"),
+                ])
+                .output()?;
+            anyhow::ensure!(
+                o.status.success(),
+                "smtp-source failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            src_rate.push(sc.count as f64 / t0.elapsed().as_secs_f64());
+        }
+        let row = json!({
+            "sessions": s,
+            "direct_msgs_per_s": median(direct.clone()),
+            "direct_p99_ms": median(direct_p99),
+            "mxgate_msgs_per_s": median(relay.clone()),
+            "mxgate_p99_ms": median(relay_p99),
+            "mxgate_cpu_ms_per_msg": median(mx_cpu.clone()),
+            "smtp_sink_msgs_per_s": median(pf_rate),
+            "smtp_sink_cpu_ms_per_msg": median(pf_cpu.clone()),
+            "smtp_source_to_smtp_sink_msgs_per_s": median(src_rate),
+            "relay_over_direct": median(relay) / median(direct),
+            "mxgate_cpu_over_smtp_sink_cpu": median(mx_cpu) / median(pf_cpu),
+            "mxgate_rss_kib": rss_kib(mx.pid())?,
+            "runs": sc.reps,
+        });
+        rows.push(row);
+    }
+
+    // RSS per idle connection.
+    let rss0 = rss_kib(mx.pid())?;
+    let mut held = Vec::with_capacity(sc.idle_connections);
+    for _ in 0..sc.idle_connections {
+        let mut c = TcpStream::connect(("127.0.0.1", mx_port))?;
+        let mut g = [0u8; 256];
+        let _ = c.read(&mut g)?;
+        held.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rss1 = rss_kib(mx.pid())?;
+    drop(held);
+    let per_idle = (rss1 as f64 - rss0 as f64) / sc.idle_connections as f64;
+
+    let results = json!({
+        "scenario": "relay",
+        "corpus": sc.corpus,
+        "mean_message_bytes": mean,
+        "count_per_run": sc.count,
+        "rows": rows,
+        "idle": {"connections": sc.idle_connections, "rss_before_kib": rss0, "rss_after_kib": rss1, "kib_per_connection": per_idle},
+        "failures": failures,
+    });
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    let report = report(&results);
+    std::fs::write(out.join("report.md"), &report)?;
+    println!("{report}");
+    println!("results in {}", out.display());
+    if !failures.is_empty() {
+        bail!("correctness check failed: {failures:?}");
+    }
+    Ok(())
+}
+
+fn check(v: &Value, sc: &Scenario, what: &str, failures: &mut Vec<String>) {
+    let accepted = v["accepted"].as_f64().unwrap_or(0.0);
+    let want = sc.expect.accepted_fraction * sc.count as f64;
+    if accepted < want {
+        failures.push(format!(
+            "{what}: {accepted} of {} accepted (want {want})",
+            sc.count
+        ));
+    }
+}
+
+fn report(r: &Value) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "### relay: {} messages per run, corpus {} (mean {} bytes), median of {} runs\n\n",
+        r["count_per_run"], r["corpus"], r["mean_message_bytes"], r["rows"][0]["runs"]
+    ));
+    s.push_str("| sessions | direct msg/s | mxgate msg/s | relay/direct | direct p99 ms | mxgate p99 ms | mxgate CPU ms/msg | smtp-sink CPU ms/msg | CPU ratio | smtp-source→smtp-sink msg/s | mxgate RSS KiB |\n");
+    s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for row in r["rows"].as_array().into_iter().flatten() {
+        let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+        s.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.4} | {:.4} | {:.2} | {:.0} | {} |\n",
+            row["sessions"],
+            f("direct_msgs_per_s"),
+            f("mxgate_msgs_per_s"),
+            f("relay_over_direct"),
+            f("direct_p99_ms"),
+            f("mxgate_p99_ms"),
+            f("mxgate_cpu_ms_per_msg"),
+            f("smtp_sink_cpu_ms_per_msg"),
+            f("mxgate_cpu_over_smtp_sink_cpu"),
+            f("smtp_source_to_smtp_sink_msgs_per_s"),
+            row["mxgate_rss_kib"],
+        ));
+    }
+    s.push_str(&format!(
+        "\nIdle connections: {} held, RSS {} → {} KiB: **{:.2} KiB per connection**.\n",
+        r["idle"]["connections"],
+        r["idle"]["rss_before_kib"],
+        r["idle"]["rss_after_kib"],
+        r["idle"]["kib_per_connection"].as_f64().unwrap_or(f64::NAN)
+    ));
+    s
+}

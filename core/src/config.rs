@@ -90,7 +90,7 @@ impl Default for Smtp {
             max_line_length: 2048,
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 1000,
-            max_transactions: 1000,
+            max_transactions: 10_000,
             max_errors: 20,
             command_timeout_secs: 300,
             data_timeout_secs: 180,
@@ -151,6 +151,11 @@ pub struct Relay {
     pub starttls: RelayTls,
     /// Send XFORWARD (client name, address, HELO, protocol) when the next hop offers it.
     pub xforward: bool,
+    /// When a client pipelines DATA or BDAT right after its first RCPT, accept that recipient
+    /// provisionally and send MAIL, RCPT and the message to the next hop in one round trip; the
+    /// next hop's refusal of the recipient becomes the final reply. Off: every RCPT waits for
+    /// the next hop's answer.
+    pub pipeline_single_recipient: bool,
 }
 
 impl Default for Relay {
@@ -168,6 +173,7 @@ impl Default for Relay {
             max_reuse: 100,
             starttls: RelayTls::May,
             xforward: true,
+            pipeline_single_recipient: true,
         }
     }
 }

@@ -19,7 +19,7 @@ impl Outcome {
     fn codes(&self) -> Vec<&str> {
         self.replies
             .iter()
-            .map(|r| &r[..r.find(|c: char| c == ' ' || c == '-').unwrap_or(3).max(3)])
+            .map(|r| &r[..r.find([' ', '-']).unwrap_or(3).max(3)])
             .collect()
     }
     /// The last reply, as "CODE STATUS".
@@ -406,7 +406,7 @@ fn timeouts_follow_the_phase() {
     let l = limits();
     let mut s = Session::new(&l);
     assert_eq!(s.timeout(), l.command_timeout);
-    let mut buf = BytesMut::from(&HDR[..]);
+    let mut buf = BytesMut::from(HDR);
     loop {
         match s.next(&mut buf) {
             Event::Mail | Event::Rcpt => {

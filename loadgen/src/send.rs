@@ -21,10 +21,10 @@ pub struct Args {
     /// Server address, IP:PORT.
     #[arg(long)]
     to: String,
-    /// Folder (or file) of messages to replay, in name order; without it, generated messages of
-    /// --size bytes are sent.
+    /// Folder (or file) of messages to replay, in name order; may be given several times.
+    /// Without it, generated messages of --size bytes are sent.
     #[arg(long)]
-    corpus: Option<std::path::PathBuf>,
+    corpus: Vec<std::path::PathBuf>,
     /// Concurrent SMTP sessions.
     #[arg(long, default_value_t = 8)]
     sessions: usize,
@@ -117,17 +117,19 @@ fn generated(size: usize, seed: u64, n: usize) -> Vec<Vec<u8>> {
 
 /// Runs the load.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let messages: Vec<Vec<u8>> = match &args.corpus {
-        Some(dir) => crate::load_corpus(dir)?
-            .into_iter()
-            .map(|(_, m)| m)
-            .collect(),
-        None => generated(args.size, args.seed, 64),
+    let messages: Vec<Vec<u8>> = if args.corpus.is_empty() {
+        generated(args.size, args.seed, 64)
+    } else {
+        let mut all = Vec::new();
+        for dir in &args.corpus {
+            all.extend(crate::load_corpus(dir)?.into_iter().map(|(_, m)| m));
+        }
+        all
     };
     let limit = match (args.count, args.duration) {
         (Some(c), _) => c,
         (None, Some(_)) => u64::MAX,
-        (None, None) if args.corpus.is_some() => messages.len() as u64,
+        (None, None) if !args.corpus.is_empty() => messages.len() as u64,
         (None, None) => 1000,
     };
     let tls = args.starttls.then(|| {

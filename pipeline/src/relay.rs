@@ -367,16 +367,7 @@ impl Relay {
                 ds.reply(d).await?; // a refusal only loses the client details
             }
         }
-        ds.wbuf.extend_from_slice(b"MAIL FROM:<");
-        ds.wbuf.extend_from_slice(env.mail_from.as_bytes());
-        ds.wbuf.push(b'>');
-        if env.body == Body::EightBitMime && ds.ext.eightbit {
-            ds.wbuf.extend_from_slice(b" BODY=8BITMIME");
-        }
-        if env.smtputf8 {
-            ds.wbuf.extend_from_slice(b" SMTPUTF8");
-        }
-        ds.wbuf.extend_from_slice(b"\r\n");
+        write_mail(&mut ds.wbuf, env, ds.ext.eightbit);
         if pipelined {
             push_rcpt(&mut ds.wbuf, rcpt);
         }
@@ -468,20 +459,9 @@ impl Relay {
     ) -> Result<Reply, RelayError> {
         let cfg = t.cfg;
         let block = secs(cfg.data_block_timeout_secs);
-        let small = body.len() <= 16 * 1024;
         if ds.ext.chunking {
             // BDAT: the body goes out as it is, no dot-stuffing.
-            let total = prepend.len() + body.len();
-            ds.wbuf
-                .extend_from_slice(format!("BDAT {total} LAST\r\n").as_bytes());
-            ds.wbuf.extend_from_slice(prepend);
-            if small {
-                ds.wbuf.extend_from_slice(body);
-                ds.flush(block).await?;
-            } else {
-                ds.flush(block).await?;
-                ds.send(body, block).await?;
-            }
+            send_bdat(ds, prepend, body, block).await?;
         } else {
             ds.wbuf.extend_from_slice(b"DATA\r\n");
             ds.flush(block).await?;
@@ -489,28 +469,128 @@ impl Relay {
             if r.code != 354 {
                 return Ok(r);
             }
-            ds.wbuf.extend_from_slice(prepend);
-            let segments = wire::stuffed_segments(body);
-            if small {
-                for (i, seg) in segments.iter().enumerate() {
-                    if i > 0 {
-                        ds.wbuf.push(b'.');
-                    }
-                    ds.wbuf.extend_from_slice(seg);
+            send_stuffed(ds, prepend, body, block).await?;
+        }
+        ds.reply(secs(cfg.data_done_timeout_secs)).await
+    }
+
+    /// The whole transaction in one go, for a message with one recipient whose RCPT was
+    /// accepted provisionally (the client pipelined DATA or BDAT right after it): MAIL, RCPT and
+    /// the message are pipelined to the next hop in one write, and the first refusal among its
+    /// answers is the client's final reply. With one recipient that is the exact per-recipient
+    /// outcome, and it saves a round trip to the next hop per message.
+    pub async fn whole(
+        &self,
+        t: &Target<'_>,
+        client: &ClientInfo,
+        env: &Envelope,
+        prepend: &[u8],
+        body: &Bytes,
+    ) -> Reply {
+        let rcpt = env.rcpts.first().map(String::as_str).unwrap_or_default();
+        for attempt in 0..2 {
+            let (mut ds, pooled) = match self.checkout(t).await {
+                Ok(x) => x,
+                Err(e) => {
+                    self.stats
+                        .relay_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(next_hop = %t.addr, error = %e, "relay: cannot open a session");
+                    return e.reply();
                 }
-                ds.wbuf.extend_from_slice(wire::data_terminator(body));
-                ds.flush(block).await?;
-            } else {
-                ds.flush(block).await?;
-                for (i, seg) in segments.iter().enumerate() {
-                    if i > 0 {
-                        ds.send(b".", block).await?;
-                    }
-                    ds.send(seg, block).await?;
+            };
+            if !ds.ext.pipelining {
+                // Step by step on a next hop that does not pipeline.
+                ds.uses = ds.uses.saturating_sub(1);
+                self.checkin(ds, t);
+                return match self.begin(t, client, env, rcpt).await {
+                    (Some(tx), _) => self.data(t, tx, prepend, body).await,
+                    (None, refusal) => refusal,
+                };
+            }
+            if env.smtputf8 && !ds.ext.smtputf8 {
+                self.checkin(ds, t);
+                return NEEDS_UTF8;
+            }
+            let mut mail_answered = false;
+            match self
+                .whole_on(
+                    &mut ds,
+                    t,
+                    client,
+                    env,
+                    rcpt,
+                    prepend,
+                    body,
+                    &mut mail_answered,
+                )
+                .await
+            {
+                Ok(r) => {
+                    self.checkin(ds, t);
+                    return r;
                 }
-                ds.send(wire::data_terminator(body), block).await?;
+                // A pooled connection that died while idle never answered MAIL: safe to retry.
+                Err(e) if pooled && attempt == 0 && !mail_answered => {
+                    tracing::debug!(error = %e, "relay: pooled connection was dead, reconnecting");
+                }
+                Err(e) => {
+                    self.stats
+                        .relay_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(next_hop = %t.addr, error = %e, "relay: transaction failed");
+                    return e.reply();
+                }
             }
         }
+        UNAVAILABLE
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn whole_on(
+        &self,
+        ds: &mut Downstream,
+        t: &Target<'_>,
+        client: &ClientInfo,
+        env: &Envelope,
+        rcpt: &str,
+        prepend: &[u8],
+        body: &Bytes,
+        mail_answered: &mut bool,
+    ) -> Result<Reply, RelayError> {
+        let cfg = t.cfg;
+        let (cmd, block) = (
+            secs(cfg.command_timeout_secs),
+            secs(cfg.data_block_timeout_secs),
+        );
+        let xforward = cfg.xforward && !ds.ext.xforward.is_empty();
+        if xforward {
+            write_xforward(&mut ds.wbuf, &ds.ext.xforward, client, env);
+        }
+        write_mail(&mut ds.wbuf, env, ds.ext.eightbit);
+        push_rcpt(&mut ds.wbuf, rcpt);
+        let chunking = ds.ext.chunking;
+        if chunking {
+            send_bdat(ds, prepend, body, block).await?;
+        } else {
+            ds.wbuf.extend_from_slice(b"DATA\r\n");
+            ds.flush(block).await?;
+        }
+        if xforward {
+            ds.reply(cmd).await?;
+        }
+        let mail = ds.reply(cmd).await?;
+        *mail_answered = true;
+        let rcpt_reply = ds.reply(cmd).await?;
+        if chunking {
+            let fin = ds.reply(secs(cfg.data_done_timeout_secs)).await?;
+            return Ok(first_refusal([mail, rcpt_reply, fin]));
+        }
+        let go = ds.reply(secs(cfg.data_init_timeout_secs)).await?;
+        if !mail.is_positive() || !rcpt_reply.is_positive() || go.code != 354 {
+            return Ok(first_refusal([mail, rcpt_reply, go]));
+        }
+        send_stuffed(ds, prepend, body, block).await?;
         ds.reply(secs(cfg.data_done_timeout_secs)).await
     }
 
@@ -530,6 +610,83 @@ impl Relay {
             self.checkin(ds, t);
         }
     }
+}
+
+/// Small messages are copied into the command buffer and go out in one write with whatever is
+/// pipelined before them; larger ones are written from the message buffer itself.
+const COPY_LIMIT: usize = 16 * 1024;
+
+/// `BDAT n LAST` with our header block and the message, after anything already in `wbuf`.
+async fn send_bdat(
+    ds: &mut Downstream,
+    prepend: &[u8],
+    body: &[u8],
+    block: Duration,
+) -> Result<(), RelayError> {
+    let total = prepend.len() + body.len();
+    ds.wbuf
+        .extend_from_slice(format!("BDAT {total} LAST\r\n").as_bytes());
+    ds.wbuf.extend_from_slice(prepend);
+    if body.len() <= COPY_LIMIT {
+        ds.wbuf.extend_from_slice(body);
+        return ds.flush(block).await;
+    }
+    ds.flush(block).await?;
+    ds.send(body, block).await
+}
+
+/// The message after a 354: our header block, the body dot-stuffed, the terminator.
+async fn send_stuffed(
+    ds: &mut Downstream,
+    prepend: &[u8],
+    body: &[u8],
+    block: Duration,
+) -> Result<(), RelayError> {
+    ds.wbuf.extend_from_slice(prepend);
+    let segments = wire::stuffed_segments(body);
+    if body.len() <= COPY_LIMIT {
+        for (i, seg) in segments.iter().enumerate() {
+            if i > 0 {
+                ds.wbuf.push(b'.');
+            }
+            ds.wbuf.extend_from_slice(seg);
+        }
+        ds.wbuf.extend_from_slice(wire::data_terminator(body));
+        return ds.flush(block).await;
+    }
+    ds.flush(block).await?;
+    for (i, seg) in segments.iter().enumerate() {
+        if i > 0 {
+            ds.send(b".", block).await?;
+        }
+        ds.send(seg, block).await?;
+    }
+    ds.send(wire::data_terminator(body), block).await
+}
+
+/// The first refusal of a pipelined group of replies, or the last reply when none refused.
+fn first_refusal<const N: usize>(replies: [Reply; N]) -> Reply {
+    let mut last = LOST;
+    for r in replies {
+        if !r.is_positive() && !r.is_intermediate() {
+            return r;
+        }
+        last = r;
+    }
+    last
+}
+
+fn write_mail(w: &mut Vec<u8>, env: &Envelope, eightbit: bool) {
+    w.extend_from_slice(b"MAIL FROM:<");
+    w.extend_from_slice(env.mail_from.as_bytes());
+    w.push(b'>');
+    if env.body == Body::EightBitMime && eightbit {
+        w.extend_from_slice(b" BODY=8BITMIME");
+    }
+    if env.smtputf8 {
+        w.extend_from_slice(b" SMTPUTF8");
+    }
+    w.extend_from_slice(b"\r\n");
 }
 
 fn push_rcpt(w: &mut Vec<u8>, rcpt: &str) {

@@ -49,6 +49,9 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
     };
     let mut rbuf = BytesMut::new();
     let mut tx: Option<Transaction> = None;
+    // The first recipient was accepted provisionally and the whole transaction goes to the next
+    // hop at the end of data (see `Relay::whole`).
+    let mut deferred = false;
     io.reply(&session.greeting());
     tracing::debug!(client = %peer, shard = shard.id, "connect");
 
@@ -57,6 +60,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
         match event {
             Event::NeedMore => {
                 if session.envelope().is_none() {
+                    deferred = false;
                     if let Some(open) = tx.take() {
                         shard.relay.abort(&target, open).await; // client reset or re-EHLOed
                     }
@@ -121,6 +125,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
                 }
             }
             Event::Mail => {
+                deferred = false;
                 if let Some(open) = tx.take() {
                     shard.relay.abort(&target, open).await;
                 }
@@ -130,7 +135,18 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
             Event::Rcpt => {
                 // Before-queue proxy: the next hop answers each recipient.
                 let rcpt = session.pending_rcpt().unwrap_or_default().to_owned();
-                let reply = if tx.is_some() {
+                let first = session.envelope().is_some_and(|e| e.rcpts.is_empty());
+                let reply = if deferred {
+                    // Only reachable by a client that sends more recipients after DATA failed.
+                    TOO_MANY_FOR_NOW
+                } else if first
+                    && tx.is_none()
+                    && snap.snap.config.relay.pipeline_single_recipient
+                    && data_follows(&rbuf)
+                {
+                    deferred = true;
+                    mxgate_core::smtp::session::RCPT_OK
+                } else if tx.is_some() {
                     shard.relay.rcpt(&target, &mut tx, &rcpt).await
                 } else {
                     let env = session.envelope().cloned().unwrap_or_default();
@@ -144,16 +160,14 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
             Event::Message(msg) => {
                 shard.stats.transactions.fetch_add(1, Relaxed);
                 shard.stats.bytes.fetch_add(msg.body.len() as u64, Relaxed);
-                let reply = deliver(
-                    &shard,
-                    &snap.snap,
-                    &target,
-                    &client,
-                    tx.take(),
-                    msg,
-                    io.conn.is_tls(),
-                )
-                .await;
+                let downstream = match (tx.take(), std::mem::take(&mut deferred)) {
+                    (Some(open), _) => Downstream::Open(open),
+                    (None, true) => Downstream::Deferred,
+                    (None, false) => Downstream::Lost,
+                };
+                let tls = io.conn.is_tls();
+                let reply =
+                    deliver(&shard, &snap.snap, &target, &client, downstream, msg, tls).await;
                 session.note_reply(&reply);
                 io.reply(&reply);
             }
@@ -166,17 +180,45 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
     drop(guard);
 }
 
+/// Where the message's downstream transaction stands at the end of data. (Moved once per
+/// message on the stack; boxing the open transaction would cost an allocation per message.)
+#[allow(clippy::large_enum_variant)]
+enum Downstream {
+    /// MAIL and RCPTs were relayed live; the transaction waits for the message.
+    Open(Transaction),
+    /// The single recipient was accepted provisionally; all goes out at once.
+    Deferred,
+    /// The next hop went away after accepting recipients.
+    Lost,
+}
+
+/// Reply to a recipient after a provisionally accepted one: RFC 5321 §4.5.3.1.10 lets the
+/// client send it in a new transaction.
+const TOO_MANY_FOR_NOW: Reply = Reply::new(
+    452,
+    "4.5.3",
+    "Error: too many recipients, send the rest in a new transaction",
+);
+
+/// Whether the client pipelined DATA or BDAT right after the command just read, which makes
+/// the recipient the transaction's only one.
+fn data_follows(buf: &[u8]) -> bool {
+    buf.len() >= 5
+        && ((buf[..4].eq_ignore_ascii_case(b"DATA") && matches!(buf[4], b'\r' | b'\n'))
+            || (buf[..4].eq_ignore_ascii_case(b"BDAT") && buf[4] == b' '))
+}
+
 /// Runs the stages on a message and relays it; returns the client's final reply.
 async fn deliver(
     shard: &Shard,
     snap: &crate::settings::Snapshot,
     target: &Target<'_>,
     client: &ClientInfo,
-    tx: Option<Transaction>,
+    downstream: Downstream,
     msg: Message,
     tls: bool,
 ) -> Reply {
-    let Some(tx) = tx else {
+    if matches!(downstream, Downstream::Lost) {
         // Every recipient was accepted by an open downstream transaction; without one, the
         // next hop went away between RCPT and the end of data.
         return Reply::new(
@@ -184,7 +226,7 @@ async fn deliver(
             "4.4.2",
             "Error: lost connection with next hop, try again later",
         );
-    };
+    }
     let id = shard.next_message_id();
     let mut ctx = Context {
         envelope: &msg.envelope,
@@ -198,17 +240,29 @@ async fn deliver(
         Verdict::Accept => {}
         Verdict::Reject(r) | Verdict::Tempfail(r) => {
             tracing::info!(id, client = %client.addr, from = %msg.envelope.mail_from, reply = %r, "message refused by stages");
-            shard.relay.abort(target, tx).await;
+            if let Downstream::Open(tx) = downstream {
+                shard.relay.abort(target, tx).await;
+            }
             return r;
         }
     }
     let mut prepend = received_header(&snap.hostname, client, &msg.envelope, &id, tls);
     prepend.push_str(&ctx.add_headers);
     let started = Instant::now();
-    let reply = shard
-        .relay
-        .data(target, tx, prepend.as_bytes(), &msg.body)
-        .await;
+    let reply = match downstream {
+        Downstream::Open(tx) => {
+            shard
+                .relay
+                .data(target, tx, prepend.as_bytes(), &msg.body)
+                .await
+        }
+        _ => {
+            shard
+                .relay
+                .whole(target, client, &msg.envelope, prepend.as_bytes(), &msg.body)
+                .await
+        }
+    };
     shard.stats.relay_latency(started.elapsed());
     if reply.is_positive() {
         shard.stats.relayed.fetch_add(1, Relaxed);

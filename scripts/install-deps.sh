@@ -1,0 +1,23 @@
+#!/bin/sh
+# Installs the Debian packages mxgate needs to build, run and test, when they are missing.
+# Used by `make run` and `make test`; safe to run again.
+set -eu
+PKGS="build-essential pkg-config openssl ca-certificates python3 procps iproute2 time \
+      postfix swaks libnet-ssleay-perl libio-socket-ssl-perl"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "installing:$missing"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    # Postfix: install its programs only; mxgate's tests run private instances.
+    echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+    $SUDO apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+fi
+command -v cargo >/dev/null 2>&1 || {
+    echo "cargo not found: install Rust (https://rustup.rs) and run this again" >&2
+    exit 1
+}

@@ -1,0 +1,653 @@
+"""End-to-end tests of the mxgate gateway against real SMTP peers: swaks, Postfix's
+smtp-source and smtp-sink, a real Postfix on both sides, Python's smtplib and raw sockets."""
+
+import os
+import re
+import resource
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from email.message import EmailMessage
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import Mxgate, Postfix, PostfixSink, Sink, Smtp, free_port  # noqa: E402
+
+WORK = tempfile.mkdtemp(prefix="mxgate-e2e-")
+CERT, KEY = harness.make_cert(WORK)
+
+
+def swaks(port, *args):
+    r = subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(port), "--helo", "swaks.e2e.test",
+                        "--from", "sender@e2e.test", "--to", "rcpt@e2e.test", "--timeout", "30", *args],
+                       capture_output=True, text=True)
+    return r.returncode, r.stdout + r.stderr
+
+
+def final_reply(transcript):
+    """The server's reply after the end of data in a swaks transcript."""
+    lines = transcript.splitlines()
+    for i, l in enumerate(lines):
+        if l.strip() in ("-> .", " -> ."):
+            for m in lines[i + 1:]:
+                if m.startswith("<-") or m.startswith("<~"):
+                    return m
+    return ""
+
+
+class WithSmtpSink(unittest.TestCase):
+    """mxgate relaying to Postfix's smtp-sink."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sink = PostfixSink(WORK)
+        cls.mx = Mxgate(WORK, cls.sink.port, toml=f'[tls]\ncert_file = "{CERT}"\nkey_file = "{KEY}"\n')
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.mx.stop()
+        cls.sink.stop()
+
+    def test_swaks_plain(self):
+        rc, out = swaks(self.mx.port, "--header", "Subject: plain", "--body", "hello")
+        self.assertEqual(rc, 0, out)
+        self.assertRegex(final_reply(out), r"250 ")
+
+    def test_swaks_starttls(self):
+        rc, out = swaks(self.mx.port, "-tls", "--header", "Subject: tls", "--body", "hello over TLS")
+        self.assertEqual(rc, 0, out)
+        self.assertIn("STARTTLS", out)
+        self.assertIn("TLS started", out)
+        self.assertRegex(final_reply(out), r"250 ")
+
+    def test_swaks_pipelining(self):
+        rc, out = swaks(self.mx.port, "--pipeline", "--to", "a@e2e.test,b@e2e.test", "--body", "pipelined")
+        self.assertEqual(rc, 0, out)
+        self.assertRegex(final_reply(out), r"250 ")
+
+    def test_swaks_8bit_body(self):
+        rc, out = swaks(self.mx.port, "--header", "Content-Type: text/plain; charset=utf-8",
+                        "--body", "Grüße aus Köln, 日本語")
+        self.assertEqual(rc, 0, out)
+        self.assertRegex(final_reply(out), r"250 ")
+
+    def test_swaks_check_script_from_peers(self):
+        script = os.path.join(harness.CORPUS, "..", "peers", "swaks_check.sh")
+        r = subprocess.run([script, f"127.0.0.1:{self.mx.port}"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("SWAKS_OK", r.stdout)
+
+
+class RelayToLoadgenSink(unittest.TestCase):
+    """mxgate relaying to the loadgen sink, which saves and verifies what arrives."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sink = Sink(WORK)
+        cls.mx = Mxgate(WORK, cls.sink.port,
+                        toml='[smtp]\nmax_recipients = 5\nmax_message_size = 100000\n[stages]\nmax_hops = 5\n')
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.mx.stop()
+        cls.sink.stop()
+
+    def last_message(self, before):
+        st = self.sink.wait_messages(before + 1)
+        self.assertGreaterEqual(st["messages"], before + 1)
+        return self.sink.messages()[-1]
+
+    def test_smtplib_smtputf8_and_8bitmime(self):
+        before = self.sink.stats()["messages"]
+        msg = EmailMessage()
+        msg["From"] = "jösé@exämple.test"
+        msg["To"] = "δοκιμή@παράδειγμα.test"
+        msg["Subject"] = "Grüße"
+        msg.set_content("Körper mit Umlauten\n")
+        with smtplib.SMTP("127.0.0.1", self.mx.port) as s:
+            s.ehlo("py.e2e.test")
+            self.assertTrue(s.has_extn("smtputf8"))
+            self.assertTrue(s.has_extn("8bitmime"))
+            refused = s.send_message(msg, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+            self.assertEqual(refused, {})
+        env, body = self.last_message(before)
+        self.assertIn("MAIL FROM:<jösé@exämple.test>", env)
+        self.assertIn("δοκιμή@παράδειγμα.test", env)
+        self.assertIn("Körper".encode(), body)
+        self.assertTrue(body.startswith(b"Received: from py.e2e.test ([127.0.0.1])\r\n\tby mx.e2e.test (mxgate) with UTF8SMTP id "))
+
+    def test_dot_stuffing_survives_both_hops(self):
+        before = self.sink.stats()["messages"]
+        s = Smtp(self.mx.port)
+        s.reply()
+        s.cmd("EHLO raw.e2e.test")
+        s.send("MAIL FROM:<a@e2e.test>\r\nRCPT TO:<b@e2e.test>\r\nDATA\r\n")
+        self.assertEqual([s.reply()[0] for _ in range(3)], [250, 250, 354])
+        s.send("Subject: dots\r\n\r\n..one dot\r\n...two dots\r\n.\r\n")
+        self.assertEqual(s.reply()[0], 250)
+        s.close()
+        env, body = self.last_message(before)
+        self.assertTrue(body.endswith(b"\r\n\r\n.one dot\r\n..two dots\r\n"), body)
+
+    def test_bdat_raw_socket(self):
+        before = self.sink.stats()["messages"]
+        s = Smtp(self.mx.port)
+        s.reply()
+        _, _, ehlo = s.cmd("EHLO raw.e2e.test")
+        self.assertIn("CHUNKING", ehlo)
+        s.send("MAIL FROM:<a@e2e.test>\r\nRCPT TO:<b@e2e.test>\r\n")
+        self.assertEqual([s.reply()[0] for _ in range(2)], [250, 250])
+        part1 = b"Subject: chunked\r\n\r\n"
+        part2 = b".line with a dot stays\r\n.\r\nend\r\n"
+        s.send(b"BDAT %d\r\n" % len(part1) + part1)
+        code, text, _ = s.reply()
+        self.assertEqual((code, text.split()[0]), (250, "2.0.0"))
+        s.send(b"BDAT %d LAST\r\n" % len(part2) + part2)
+        self.assertEqual(s.reply()[0], 250)
+        self.assertEqual(s.cmd("QUIT")[0], 221)
+        env, body = self.last_message(before)
+        self.assertTrue(body.endswith(part1 + part2))
+
+    def test_per_recipient_outcomes_come_from_the_next_hop(self):
+        before = self.sink.stats()["messages"]
+        with smtplib.SMTP("127.0.0.1", self.mx.port) as s:
+            s.ehlo("py.e2e.test")
+            s.mail("a@e2e.test")
+            self.assertEqual(s.rcpt("good@e2e.test")[0], 250)
+            code, text = s.rcpt("reject-me@e2e.test")
+            self.assertEqual(code, 550)
+            self.assertIn(b"5.1.1", text)
+            code, text = s.rcpt("tempfail-me@e2e.test")
+            self.assertEqual(code, 450)
+            self.assertEqual(s.rcpt("good2@e2e.test")[0], 250)
+            code, _ = s.data(b"Subject: partial\r\n\r\nbody\r\n")
+            self.assertEqual(code, 250)
+        env, _ = self.last_message(before)
+        self.assertIn("RCPT TO:good@e2e.test,good2@e2e.test", env)
+
+    def test_loop_is_rejected_by_the_hops_stage(self):
+        before = self.sink.stats()["messages"]
+        received = "".join(f"Received: from hop{i}.test by hop{i}.test; Sun, 29 Nov 2026 00:00:0{i} +0000\r\n" for i in range(6))
+        with smtplib.SMTP("127.0.0.1", self.mx.port) as s:
+            s.ehlo("py.e2e.test")
+            with self.assertRaises(smtplib.SMTPDataError) as cm:
+                s.sendmail("a@e2e.test", ["b@e2e.test"], received + "Subject: loop\r\n\r\nx\r\n")
+            self.assertEqual(cm.exception.smtp_code, 554)
+            self.assertIn(b"5.4.6", cm.exception.smtp_error)
+            # the session goes on
+            self.assertEqual(s.noop()[0], 250)
+        time.sleep(0.3)
+        self.assertEqual(self.sink.stats()["messages"], before)
+
+    def test_protocol_violations_get_the_right_codes(self):
+        cases = [
+            (["MAIL FROM:<a@e2e.test>"], "503 5.5.1"),
+            (["EHLO x", "RCPT TO:<a@e2e.test>"], "503 5.5.1"),
+            (["EHLO x", "DATA"], "503 5.5.1"),
+            (["EHLO x", "MAIL FROM:<a@e2e.test>", "MAIL FROM:<a@e2e.test>"], "503 5.5.1"),
+            (["EHLO x", "MAIL FROM:<a@e2e.test>", "DATA"], "503 5.5.1"),
+            (["EHLO"], "501 5.5.4"),
+            (["FOO BAR"], "500 5.5.2"),
+            (["EHLO x", "MAIL FROM:<not an address>"], "501 5.1.7"),
+            (["EHLO x", "MAIL FROM:<a@e2e.test>", "RCPT TO:<@@>"], "501 5.1.3"),
+            (["EHLO x", "MAIL FROM:<a@e2e.test> FROB=1"], "555 5.5.4"),
+            (["EHLO x", "MAIL FROM:<a@e2e.test> SIZE=200000"], "552 5.3.4"),
+            (["EHLO x", "MAIL FROM:<jösé@e2e.test>"], "553 5.6.7"),
+            (["VRFY postmaster"], "252 2.0.0"),
+            (["EXPN staff"], "502 5.5.1"),
+            (["HELP"], "214 2.0.0"),
+            (["NOOP"], "250 2.0.0"),
+            (["RSET"], "250 2.0.0"),
+            (["STARTTLS"], "502 5.5.1"),
+            (["NOOP " + "x" * 3000], "500 5.5.2"),
+            (["EHLO x", "MAIL FROM:<a@e2e.test>"] + [f"RCPT TO:<r{i}@e2e.test>" for i in range(6)], "452 4.5.3"),
+        ]
+        for lines, want in cases:
+            with self.subTest(lines=lines[-1][:40]):
+                s = Smtp(self.mx.port)
+                s.reply()
+                for l in lines:
+                    code, text, _ = s.cmd(l)
+                got = f"{code} {text.split()[0] if text else ''}"
+                self.assertEqual(got, want)
+                s.close()
+
+    def test_oversized_data_is_refused_after_the_dot(self):
+        s = Smtp(self.mx.port)
+        s.reply()
+        s.cmd("EHLO x")
+        s.send("MAIL FROM:<a@e2e.test>\r\nRCPT TO:<b@e2e.test>\r\nDATA\r\n")
+        self.assertEqual([s.reply()[0] for _ in range(3)], [250, 250, 354])
+        s.send(("x" * 998 + "\r\n") * 150 + ".\r\n")
+        code, text, _ = s.reply()
+        self.assertEqual((code, text.split()[0]), (552, "5.3.4"))
+        self.assertEqual(s.cmd("NOOP")[0], 250)
+
+    def test_smtp_smuggling_is_refused(self):
+        before = self.sink.stats()["messages"]
+        for smuggle in ["\n.\n", "\n.\r\n", "\r\n.\n"]:
+            with self.subTest(smuggle=repr(smuggle)):
+                s = Smtp(self.mx.port)
+                s.reply()
+                s.cmd("EHLO x")
+                s.send("MAIL FROM:<a@e2e.test>\r\nRCPT TO:<b@e2e.test>\r\nDATA\r\n")
+                self.assertEqual([s.reply()[0] for _ in range(3)], [250, 250, 354])
+                s.send("Subject: smuggle\r\n\r\nfirst" + smuggle +
+                       "MAIL FROM:<evil@e2e.test>\r\nRCPT TO:<victim@e2e.test>\r\nDATA\r\n"
+                       "Subject: smuggled\r\n\r\nevil\r\n.\r\n")
+                code, text, _ = s.reply()
+                # the smuggled transaction is data of the first; that one is refused for its
+                # bare LF, and no second reply follows
+                self.assertEqual((code, text.split()[0]), (550, "5.5.2"))
+                s.s.settimeout(0.5)
+                with self.assertRaises(socket.timeout):
+                    s.s.recv(100)
+                s.close()
+        time.sleep(0.3)
+        self.assertEqual(self.sink.stats()["messages"], before)
+
+    def test_bad_bdat_closes(self):
+        s = Smtp(self.mx.port)
+        s.reply()
+        s.cmd("EHLO x")
+        code, text, _ = s.cmd("BDAT lots")
+        self.assertEqual((code, text.split()[0]), (501, "5.5.4"))
+        self.assertTrue(s.closed())
+
+    def test_starttls_not_offered_without_certificate(self):
+        s = Smtp(self.mx.port)
+        s.reply()
+        _, _, ehlo = s.cmd("EHLO x")
+        self.assertNotIn("STARTTLS", ehlo)
+
+    def test_metrics_count_replies(self):
+        m = self.mx.metrics()
+        self.assertGreater(m["mxgate_connections_total"], 0)
+        self.assertIn('mxgate_replies_total{code="220"}', m)
+        self.assertIn("mxgate_relay_latency_seconds_count", m)
+
+
+class SmtpSourceLoad(unittest.TestCase):
+    def test_20_sessions_x_1000_messages_all_accounted_for(self):
+        sink = Sink(WORK, save=False)
+        mx = Mxgate(WORK, sink.port, stages="none")
+        try:
+            msgfile = os.path.join(WORK, "source-msg.eml")
+            with open(msgfile, "w") as f:
+                f.write("From: a@e2e.test\nTo: b@e2e.test\nSubject: smtp-source\n\n" + "line of text\n" * 200)
+            r = subprocess.run(["smtp-source", "-s", "20", "-m", "20000", "-d", "-F", msgfile,
+                                "-f", "a@e2e.test", "-t", "b@e2e.test", f"127.0.0.1:{mx.port}"],
+                               capture_output=True, text=True, timeout=600)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertNotIn("warning", r.stdout + r.stderr)
+            st = sink.wait_messages(20000, timeout=60)
+            self.assertEqual(st["messages"], 20000)
+            self.assertEqual(st["accepted"], 20000)
+            m = mx.metrics()
+            self.assertEqual(m["mxgate_relayed_total"], 20000)
+            self.assertEqual(m["mxgate_transactions_total"], 20000)
+        finally:
+            mx.stop()
+            sink.stop()
+
+    def test_corpus_arrives_unaltered(self):
+        ham = os.path.join(harness.CORPUS, "ham")
+        sink = Sink(WORK, args=["--expect", ham], save=False)
+        mx = Mxgate(WORK, sink.port, toml='[smtp]\nbare_lf = "accept"\n')
+        try:
+            r = subprocess.run([harness.LOADGEN, "send", "--to", f"127.0.0.1:{mx.port}", "--corpus", ham,
+                                "--sessions", "8", "--json"], capture_output=True, text=True, timeout=600)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            n = len([f for f in os.listdir(ham)])
+            st = sink.wait_messages(n)
+            self.assertEqual(st["expect"]["matched"], n, st["expect"])
+            self.assertEqual(st["expect"]["altered"], 0, st["expect"])
+            self.assertEqual(st["expect"]["missing"], 0, st["expect"])
+        finally:
+            mx.stop()
+            sink.stop()
+
+
+class NextHopFailures(unittest.TestCase):
+    def test_next_hop_down_gives_4xx_at_rcpt(self):
+        mx = Mxgate(WORK, free_port())
+        try:
+            with smtplib.SMTP("127.0.0.1", mx.port) as s:
+                s.ehlo("x")
+                s.mail("a@e2e.test")
+                code, text = s.rcpt("b@e2e.test")
+                self.assertEqual(code, 451)
+                self.assertIn(b"4.4.1", text)
+        finally:
+            mx.stop()
+
+    def test_next_hop_killed_mid_transaction_gives_4xx_never_250(self):
+        sink = Sink(WORK, args=["--delay", "3000"])
+        mx = Mxgate(WORK, sink.port)
+        try:
+            s = Smtp(mx.port)
+            s.reply()
+            s.cmd("EHLO x")
+            s.send("MAIL FROM:<a@e2e.test>\r\nRCPT TO:<b@e2e.test>\r\nDATA\r\n")
+            self.assertEqual([s.reply()[0] for _ in range(3)], [250, 250, 354])
+            s.send("Subject: doomed\r\n\r\nbody\r\n.\r\n")
+            time.sleep(1.0)
+            sink.stop(signal.SIGKILL)
+            code, text, _ = s.reply()
+            self.assertEqual(code, 451)
+            self.assertEqual(text.split()[0], "4.4.2")
+        finally:
+            mx.stop()
+
+    def test_next_hop_replies_are_passed_on(self):
+        for fail_code, want in [(451, 451), (554, 554)]:
+            sink = Sink(WORK, args=["--fail-rate", "1", "--fail-code", str(fail_code)])
+            mx = Mxgate(WORK, sink.port)
+            try:
+                with smtplib.SMTP("127.0.0.1", mx.port) as s:
+                    s.ehlo("x")
+                    with self.assertRaises(smtplib.SMTPDataError) as cm:
+                        s.sendmail("a@e2e.test", ["b@e2e.test"], "Subject: x\r\n\r\ny\r\n")
+                    self.assertEqual(cm.exception.smtp_code, want)
+            finally:
+                mx.stop()
+                sink.stop()
+
+    def test_slow_next_hop_times_out_with_4xx(self):
+        sink = Sink(WORK, args=["--delay", "4000"])
+        mx = Mxgate(WORK, sink.port, toml="[relay]\ndata_done_timeout_secs = 1\n")
+        try:
+            with smtplib.SMTP("127.0.0.1", mx.port) as s:
+                s.ehlo("x")
+                with self.assertRaises(smtplib.SMTPDataError) as cm:
+                    s.sendmail("a@e2e.test", ["b@e2e.test"], "Subject: x\r\n\r\ny\r\n")
+                self.assertEqual(cm.exception.smtp_code, 451)
+        finally:
+            mx.stop()
+            sink.stop()
+
+
+class TlsToNextHop(unittest.TestCase):
+    def test_relay_uses_starttls_when_offered(self):
+        sink = Sink(WORK, args=["--tls-cert", CERT, "--tls-key", KEY])
+        mx = Mxgate(WORK, sink.port)
+        try:
+            rc, out = swaks(mx.port, "--body", "to a TLS next hop")
+            self.assertEqual(rc, 0, out)
+            st = sink.wait_messages(1)
+            self.assertEqual(st["tls_sessions"], 1)
+            env, _ = sink.messages()[-1]
+            self.assertIn("TLS true", env)
+        finally:
+            mx.stop()
+            sink.stop()
+
+    def test_loadgen_starttls(self):
+        sink = Sink(WORK, save=False)
+        mx = Mxgate(WORK, sink.port, toml=f'[tls]\ncert_file = "{CERT}"\nkey_file = "{KEY}"\n')
+        try:
+            r = subprocess.run([harness.LOADGEN, "send", "--to", f"127.0.0.1:{mx.port}", "--count", "200",
+                                "--sessions", "4", "--starttls", "--json"], capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn('"accepted":200', r.stdout.replace(" ", ""))
+            self.assertGreaterEqual(mx.metrics()["mxgate_tls_handshakes_total"], 2)
+        finally:
+            mx.stop()
+            sink.stop()
+
+
+class RealPostfix(unittest.TestCase):
+    """A real Postfix as the client relaying into mxgate, and as the next hop mxgate relays to."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sink = Sink(WORK)
+        cls.nexthop = Postfix("postfix-nexthop", free_port(), cls.sink.port, tls_cert=CERT, tls_key=KEY)
+        cls.mx = Mxgate(WORK, cls.nexthop.port)
+        cls.client = Postfix("postfix-client", free_port(), cls.mx.port)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.stop()
+        cls.mx.stop()
+        cls.nexthop.stop()
+        cls.sink.stop()
+
+    def test_postfix_to_mxgate_to_postfix(self):
+        before = self.sink.stats()["messages"]
+        with smtplib.SMTP("127.0.0.1", self.client.port, source_address=("127.0.0.2", 0)) as s:
+            s.ehlo("origin.e2e.test")
+            s.sendmail("origin@e2e.test", ["final@e2e.test"],
+                       "Subject: through two Postfixes\r\nMessage-ID: <pf-e2e@e2e.test>\r\n\r\nhello\r\n")
+        st = self.sink.wait_messages(before + 1, timeout=60)
+        self.assertEqual(st["messages"], before + 1, self.client.log()[-2000:] + self.nexthop.log()[-2000:])
+        env, body = self.sink.messages()[-1]
+        self.assertIn(b"by mx.e2e.test (mxgate) with ESMTP", body)
+        self.assertIn(b"<pf-e2e@e2e.test>", body)
+        # the client Postfix saw 250 from mxgate
+        self.assertTrue(self.client.wait_log("status=sent"), self.client.log()[-2000:])
+        # the next-hop Postfix saw the real client through XFORWARD, and TLS from mxgate
+        self.assertTrue(self.nexthop.wait_log("orig_client="), self.nexthop.log()[-2000:])
+        self.assertIn("TLS connection established from", self.nexthop.log())
+
+    def test_next_hop_rejection_reaches_the_client_postfix_as_bounce_or_defer(self):
+        with smtplib.SMTP("127.0.0.1", self.mx.port) as s:
+            s.ehlo("x")
+            s.mail("a@e2e.test")
+            # the next-hop Postfix refuses relaying for non-loopback... it relays all; but it
+            # refuses an invalid recipient domain syntax
+            code, _ = s.rcpt("user@[999.1.1.1]")
+            self.assertGreaterEqual(code, 400)
+
+
+class Lifecycle(unittest.TestCase):
+    def test_sighup_reload_keeps_connections_and_applies_to_new_ones(self):
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, toml="[smtp]\nmax_recipients = 1\n")
+        try:
+            old = Smtp(mx.port)
+            old.reply()
+            old.cmd("EHLO x")
+            mx.write_config("[smtp]\nmax_recipients = 3\n")
+            mx.kill_with(signal.SIGHUP)
+            time.sleep(0.6)
+            # the open connection is alive and keeps its snapshot
+            old.cmd("MAIL FROM:<a@e2e.test>")
+            self.assertEqual(old.cmd("RCPT TO:<r1@e2e.test>")[0], 250)
+            self.assertEqual(old.cmd("RCPT TO:<r2@e2e.test>")[0], 452)
+            # a new one gets the new limits
+            new = Smtp(mx.port)
+            new.reply()
+            new.cmd("EHLO x")
+            new.cmd("MAIL FROM:<a@e2e.test>")
+            self.assertEqual([new.cmd(f"RCPT TO:<r{i}@e2e.test>")[0] for i in range(3)], [250, 250, 250])
+            # a bad config is refused and the old one stays
+            mx.write_config("[smtp]\nmax_recipients = \"many\"\n")
+            mx.kill_with(signal.SIGHUP)
+            time.sleep(0.6)
+            self.assertIsNone(mx.p.poll())
+            self.assertIn("configuration not reloaded", mx.log())
+            self.assertEqual(Smtp(mx.port).reply()[0], 220)
+        finally:
+            mx.stop()
+            sink.stop()
+
+    def test_sigterm_drains_gracefully(self):
+        sink = Sink(WORK, args=["--delay", "1500"])
+        mx = Mxgate(WORK, sink.port)
+        try:
+            idle = Smtp(mx.port)
+            idle.reply()
+            busy = Smtp(mx.port)
+            busy.reply()
+            busy.cmd("EHLO x")
+            busy.send("MAIL FROM:<a@e2e.test>\r\nRCPT TO:<b@e2e.test>\r\nDATA\r\n")
+            self.assertEqual([busy.reply()[0] for _ in range(3)], [250, 250, 354])
+            busy.send("Subject: in flight\r\n\r\nbody\r\n.\r\n")
+            time.sleep(0.2)
+            mx.kill_with(signal.SIGTERM)
+            # the idle session is told at once
+            code, text, _ = idle.reply()
+            self.assertEqual((code, text.split()[0]), (421, "4.3.2"))
+            # the message in flight completes with the next hop's 250, then the session ends
+            self.assertEqual(busy.reply()[0], 250)
+            self.assertEqual(busy.reply()[0], 421)
+            # new connections are refused
+            time.sleep(0.3)
+            with self.assertRaises(OSError):
+                socket.create_connection(("127.0.0.1", mx.port), timeout=1).recv(10) or (_ for _ in ()).throw(OSError())
+            mx.p.wait(10)
+            self.assertEqual(mx.p.returncode, 0)
+        finally:
+            mx.stop()
+            sink.stop()
+
+    def test_sigint_stops_fast(self):
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, toml="[server]\n" if False else "")
+        try:
+            c = Smtp(mx.port)
+            c.reply()
+            c.cmd("EHLO x")
+            t0 = time.time()
+            mx.kill_with(signal.SIGINT)
+            mx.p.wait(5)
+            self.assertLess(time.time() - t0, 2.0)
+            self.assertTrue(c.closed())
+        finally:
+            mx.stop()
+            sink.stop()
+
+    def test_command_timeout(self):
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, toml="[smtp]\ncommand_timeout_secs = 1\n")
+        try:
+            c = Smtp(mx.port)
+            c.reply()
+            c.cmd("EHLO x")
+            time.sleep(1.5)
+            code, text, _ = c.reply()
+            self.assertEqual((code, text.split()[0]), (421, "4.4.2"))
+            self.assertTrue(c.closed())
+        finally:
+            mx.stop()
+            sink.stop()
+
+    def test_error_and_transaction_limits(self):
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, toml="[smtp]\nmax_errors = 3\nmax_transactions = 2\n")
+        try:
+            c = Smtp(mx.port)
+            c.reply()
+            codes = [c.cmd("BOGUS")[0] for _ in range(3)] + [c.cmd("NOOP")[0]]
+            self.assertEqual(codes, [500, 500, 500, 421])
+            self.assertTrue(c.closed())
+            with smtplib.SMTP("127.0.0.1", mx.port) as s:
+                s.ehlo("x")
+                s.sendmail("a@e2e.test", ["b@e2e.test"], "Subject: 1\r\n\r\n1\r\n")
+                s.sendmail("a@e2e.test", ["b@e2e.test"], "Subject: 2\r\n\r\n2\r\n")
+                code, _ = s.docmd("MAIL FROM:<a@e2e.test>")
+                self.assertEqual(code, 421)
+        finally:
+            mx.stop()
+            sink.stop()
+
+    def test_connection_cap(self):
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, toml="[server]\nshards = 1\nmax_connections = 3\n".replace("[server]\n", ""),
+                    extra=())
+        mx.stop()
+        # shards and the cap live in [server]; write a config with both
+        port = free_port()
+        cfg = os.path.join(WORK, "cap.toml")
+        with open(cfg, "w") as f:
+            f.write("[server]\nshards = 1\nmax_connections = 3\n")
+        p = harness.Proc([harness.MXGATE, "serve", "--config", cfg, "--listen", f"127.0.0.1:{port}",
+                          "--relay", f"127.0.0.1:{sink.port}", "--metrics", ""], os.path.join(WORK, "cap.log"))
+        try:
+            harness.wait_port(port)
+            time.sleep(0.2)
+            held = []
+            for _ in range(3):
+                c = Smtp(port)
+                self.assertEqual(c.reply()[0], 220)
+                held.append(c)
+            extra = Smtp(port)
+            code, text, _ = extra.reply()
+            self.assertEqual((code, text.split()[0]), (421, "4.7.0"))
+            held[0].cmd("QUIT")
+            held[0].close()
+            time.sleep(0.2)
+            self.assertEqual(Smtp(port).reply()[0], 220)
+        finally:
+            p.stop()
+            sink.stop()
+
+    def test_bad_config_names_field_and_line(self):
+        cfg = os.path.join(WORK, "bad.toml")
+        with open(cfg, "w") as f:
+            f.write("[smtp]\nmax_line_length = 100\n")
+        r = subprocess.run([harness.MXGATE, "serve", "--config", cfg], capture_output=True, text=True, timeout=10)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("smtp.max_line_length", r.stderr)
+        with open(cfg, "w") as f:
+            f.write("[relay]\nnext_hopp = \"x\"\n")
+        r = subprocess.run([harness.MXGATE, "serve", "--config", cfg], capture_output=True, text=True, timeout=10)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("next_hopp", r.stderr)
+        self.assertIn("line 2", r.stderr)
+        r = subprocess.run([harness.MXGATE, "serve", "--stages", "nonesuch"], capture_output=True, text=True, timeout=10)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("nonesuch", r.stderr)
+
+    def test_config_example_is_valid(self):
+        r = subprocess.run([harness.MXGATE, "config", "example"], capture_output=True, text=True, check=True)
+        cfg = os.path.join(WORK, "example.toml")
+        with open(cfg, "w") as f:
+            f.write(r.stdout)
+        r2 = subprocess.run([harness.MXGATE, "config", "check", cfg], capture_output=True, text=True)
+        self.assertEqual(r2.returncode, 0, r2.stderr)
+
+
+class ManyConnections(unittest.TestCase):
+    def test_10000_idle_connections_held(self):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 30000)), hard))
+        sink = Sink(WORK, save=False)
+        mx = Mxgate(WORK, sink.port)
+        socks = []
+        try:
+            time.sleep(0.3)
+            rss0 = mx.rss_kib()
+            for i in range(10000):
+                socks.append(socket.create_connection(("127.0.0.1", mx.port), timeout=30))
+            for s in socks:
+                s.settimeout(30)
+                self.assertTrue(s.recv(512).startswith(b"220 "))
+            time.sleep(0.5)
+            m = mx.metrics()
+            self.assertEqual(m["mxgate_connections_active"], 10000)
+            rss1 = mx.rss_kib()
+            per_conn = (rss1 - rss0) / 10000
+            print(f"\nRSS {rss0} KiB idle, {rss1} KiB with 10000 connections: {per_conn:.2f} KiB each", file=sys.stderr)
+            self.assertLessEqual(per_conn, 16.0)
+            # still serving
+            with smtplib.SMTP("127.0.0.1", mx.port) as s:
+                s.ehlo("x")
+                s.sendmail("a@e2e.test", ["b@e2e.test"], "Subject: x\r\n\r\ny\r\n")
+        finally:
+            for s in socks:
+                s.close()
+            mx.stop()
+            sink.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
