@@ -278,7 +278,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     s.write_all(&w).await?;
                     w.clear();
                 }
-                let want = session.read_hint().max(8192);
+                let want = session.read_hint(buf.len()).max(8192);
                 buf.reserve(want);
                 let n = tokio::time::timeout(session.timeout(), s.read_buf(&mut buf)).await??;
                 if n == 0 {

@@ -78,7 +78,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
                     let _ = io.flush().await;
                     break;
                 }
-                let hint = session.read_hint().saturating_sub(rbuf.len());
+                let hint = session.read_hint(rbuf.len());
                 match io.conn.read_buf(&mut rbuf, hint, session.timeout()).await {
                     Ok(0) => {
                         if shard.draining() && !session.in_transaction() {
@@ -304,9 +304,22 @@ pub fn received_header(
         h.push_str(&format!("\r\n\tfor <{}>", env.rcpts[0]));
     }
     h.push_str("; ");
-    h.push_str(&rfc5322_date(SystemTime::now()));
+    DATE.with(|cache| {
+        let now = SystemTime::now();
+        let secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let mut c = cache.borrow_mut();
+        if c.0 != secs {
+            *c = (secs, rfc5322_date(now));
+        }
+        h.push_str(&c.1);
+    });
     h.push_str("\r\n");
     h
+}
+
+thread_local! {
+    /// The date of the current second, formatted once per second per shard.
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
 }
 
 /// `Sun, 29 Nov 2026 00:38:21 +0000`.

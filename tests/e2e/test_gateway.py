@@ -35,7 +35,7 @@ def final_reply(transcript):
     """The server's reply after the end of data in a swaks transcript."""
     lines = transcript.splitlines()
     for i, l in enumerate(lines):
-        if l.strip() in ("-> .", " -> ."):
+        if l.strip() in ("-> .", "~> ."):
             for m in lines[i + 1:]:
                 if m.startswith("<-") or m.startswith("<~"):
                     return m

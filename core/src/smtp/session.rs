@@ -374,15 +374,14 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
         }
     }
 
-    /// How many more bytes the current phase wants at least (a BDAT chunk's remainder); the
-    /// caller can reserve that much before reading.
-    pub fn read_hint(&self) -> usize {
+    /// How much free room the caller should reserve in the buffer (holding `buffered` bytes)
+    /// before the next read: a BDAT chunk's remainder, a generous step inside DATA, else 0.
+    pub fn read_hint(&self, buffered: usize) -> usize {
         match &self.phase {
-            Phase::Chunk {
-                remaining,
-                discard: None,
-                ..
-            } => *remaining as usize,
+            Phase::Chunk { remaining, discard: None, .. } => (*remaining as usize).saturating_sub(buffered),
+            // Inside DATA, read in large steps: most messages then arrive in one or two reads
+            // without the buffer being regrown on the way.
+            Phase::Data(_) => 16 * 1024,
             _ => 0,
         }
     }
