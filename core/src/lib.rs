@@ -19,4 +19,5 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod mime;
 pub mod smtp;

@@ -38,6 +38,12 @@ enum Cmd {
         #[arg(long)]
         metrics: Option<String>,
     },
+    /// Parse message files and print their MIME structure, one JSON object per file per line.
+    Mime {
+        /// Message files (raw RFC 5322, an mbox `From ` first line is fine).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -70,6 +76,15 @@ fn init_logging(level: &str) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Mime { files } => {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            for f in files {
+                let raw = std::fs::read(&f).with_context(|| f.display().to_string())?;
+                writeln!(out, "{}", mime_json(&f, raw))?;
+            }
+            Ok(())
+        }
         Cmd::Config {
             cmd: ConfigCmd::Example,
         } => {
@@ -102,4 +117,38 @@ fn main() -> anyhow::Result<()> {
             mxgate_pipeline::run(Control::new(snap, ov))
         }
     }
+}
+
+/// The `mxgate mime` report of one message.
+fn mime_json(path: &std::path::Path, raw: Vec<u8>) -> serde_json::Value {
+    use mxgate_core::mime::{Message, PartKind};
+    use sha2::Digest;
+    let msg = Message::parse(bytes::Bytes::from(raw));
+    let parts: Vec<serde_json::Value> = msg
+        .parts
+        .iter()
+        .map(|p| {
+            let decoded = msg.decoded(p.id);
+            serde_json::json!({
+                "id": p.id,
+                "parent": p.parent,
+                "content_type": p.content_type,
+                "charset": p.charset,
+                "disposition": p.disposition,
+                "filename": p.filename,
+                "encoding": p.encoding.name(),
+                "kind": match p.kind { PartKind::Leaf => "leaf", PartKind::Multipart => "multipart", PartKind::Message => "message" },
+                "decoded_len": decoded.map(|d| d.len()),
+                "decoded_sha256": decoded.map(|d| hex::encode(sha2::Sha256::digest(d))),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "file": path.display().to_string(),
+        "parts": parts,
+        "anomalies": msg.anomalies.iter().map(|a| a.name()).collect::<Vec<_>>(),
+        "subject": msg.header_text("subject"),
+        "from": msg.header_text("from"),
+        "uris": msg.uris(),
+    })
 }

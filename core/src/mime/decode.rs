@@ -1,0 +1,322 @@
+//! Content-Transfer-Encoding decoders and charset conversion.
+//!
+//! The decoders are tolerant the way deployed mail needs and the way Python's `email` package is
+//! (its `get_payload(decode=True)` is the oracle): base64 skips junk and missing padding and stops
+//! at the first complete padding; quoted-printable keeps malformed escapes as text; uuencode finds
+//! its `begin` line. None of them fails: the worst case is the input returned as it came.
+
+/// The transfer encoding of a part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// 7bit, 8bit, binary, absent or unknown: the body is the content.
+    Identity,
+    /// base64.
+    Base64,
+    /// quoted-printable.
+    QuotedPrintable,
+    /// x-uuencode and its aliases.
+    Uuencode,
+}
+
+impl Encoding {
+    /// From the raw Content-Transfer-Encoding value, compared as Python compares it
+    /// (lower-cased, not trimmed).
+    pub fn from_header(value: Option<&[u8]>) -> Encoding {
+        let Some(v) = value else {
+            return Encoding::Identity;
+        };
+        let v = v.to_ascii_lowercase();
+        match &v[..] {
+            b"base64" => Encoding::Base64,
+            b"quoted-printable" => Encoding::QuotedPrintable,
+            b"x-uuencode" | b"uuencode" | b"uue" | b"x-uue" => Encoding::Uuencode,
+            _ => Encoding::Identity,
+        }
+    }
+
+    /// The name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Identity => "identity",
+            Encoding::Base64 => "base64",
+            Encoding::QuotedPrintable => "quoted-printable",
+            Encoding::Uuencode => "x-uuencode",
+        }
+    }
+}
+
+const INVALID: u8 = 0xff;
+
+const fn b64_table() -> [u8; 256] {
+    let mut t = [INVALID; 256];
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut i = 0;
+    while i < 64 {
+        t[alphabet[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+}
+
+static B64: [u8; 256] = b64_table();
+
+enum B64Error {
+    /// Strict mode found a character or padding it does not allow.
+    Strict,
+    /// One data character after the last full quantum.
+    OneExtra,
+    /// Two or three data characters after the last full quantum, no padding.
+    Padding,
+}
+
+/// `binascii.a2b_base64`, strict or not.
+fn a2b_base64(input: &[u8], strict: bool) -> Result<Vec<u8>, B64Error> {
+    let mut out = Vec::with_capacity(input.len() / 4 * 3 + 3);
+    let (mut quad, mut left, mut pads) = (0u8, 0u8, 0u8);
+    let mut padding_started = false;
+    for (i, &c) in input.iter().enumerate() {
+        if c == b'=' {
+            padding_started = true;
+            if strict && quad == 0 {
+                return Err(B64Error::Strict);
+            }
+            if quad >= 2 {
+                pads += 1;
+                if quad + pads >= 4 {
+                    if strict && i + 1 < input.len() {
+                        return Err(B64Error::Strict);
+                    }
+                    return Ok(out);
+                }
+            }
+            continue;
+        }
+        let v = B64[c as usize];
+        if v == INVALID {
+            if strict {
+                return Err(B64Error::Strict);
+            }
+            continue;
+        }
+        if strict && padding_started {
+            return Err(B64Error::Strict);
+        }
+        pads = 0;
+        match quad {
+            0 => {
+                quad = 1;
+                left = v;
+            }
+            1 => {
+                quad = 2;
+                out.push(left << 2 | v >> 4);
+                left = v & 0x0f;
+            }
+            2 => {
+                quad = 3;
+                out.push(left << 4 | v >> 2);
+                left = v & 0x03;
+            }
+            _ => {
+                quad = 0;
+                out.push(left << 6 | v);
+                left = 0;
+            }
+        }
+    }
+    match quad {
+        0 => Ok(out),
+        1 => Err(B64Error::OneExtra),
+        _ => Err(B64Error::Padding),
+    }
+}
+
+/// Decodes a base64 body as `email._encoded_words.decode_b` does after the line breaks are removed:
+/// strict with padding fixed, then lenient, then lenient with padding added, else the input.
+pub fn base64_body(body: &[u8]) -> Vec<u8> {
+    let joined: Vec<u8> = body.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect();
+    base64_lenient(&joined)
+}
+
+/// The lenient base64 decode of text without line breaks.
+pub fn base64_lenient(s: &[u8]) -> Vec<u8> {
+    let pad_err = s.len() % 4;
+    let mut padded = s.to_vec();
+    if pad_err != 0 {
+        padded.extend_from_slice(&b"==="[..4 - pad_err]);
+    }
+    if let Ok(v) = a2b_base64(&padded, true) {
+        return v;
+    }
+    match a2b_base64(s, false) {
+        Ok(v) => v,
+        Err(_) => {
+            let mut more = s.to_vec();
+            more.extend_from_slice(b"==");
+            match a2b_base64(&more, false) {
+                Ok(v) => v,
+                Err(_) => s.to_vec(),
+            }
+        }
+    }
+}
+
+/// Quoted-printable, as `binascii.a2b_qp` (header=False): soft breaks removed, valid `=XX`
+/// decoded, anything else kept; line endings as they are.
+pub fn quoted_printable(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] != b'=' {
+            out.push(s[i]);
+            i += 1;
+            continue;
+        }
+        i += 1;
+        if i >= s.len() {
+            break;
+        }
+        match s[i] {
+            b'\n' | b'\r' => {
+                if s[i] != b'\n' {
+                    while i < s.len() && s[i] != b'\n' {
+                        i += 1;
+                    }
+                }
+                if i < s.len() {
+                    i += 1;
+                }
+            }
+            b'=' => {
+                out.push(b'=');
+                i += 1;
+            }
+            a if i + 1 < s.len() && super::header::hex(a).is_some() && super::header::hex(s[i + 1]).is_some() => {
+                let (h, l) = (super::header::hex(a).unwrap_or(0), super::header::hex(s[i + 1]).unwrap_or(0));
+                out.push(h << 4 | l);
+                i += 2;
+            }
+            _ => out.push(b'='),
+        }
+    }
+    out
+}
+
+/// uudecode as Python's `email.message._decode_uu`; `None` when there is no `begin` line or the
+/// data is truncated (the caller then keeps the input).
+pub fn uudecode(s: &[u8]) -> Option<Vec<u8>> {
+    let mut lines = split_lines(s).into_iter();
+    loop {
+        let line = lines.next()?;
+        if let Some(rest) = line.strip_prefix(b"begin ") {
+            let mode = rest.split(|&b| b == b' ').next().unwrap_or(b"");
+            if !mode.is_empty() && mode.iter().all(|b| (b'0'..=b'7').contains(b)) {
+                break;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for line in lines {
+        if line.is_empty() {
+            return None;
+        }
+        if super::header::py_strip(line) == b"end" {
+            break;
+        }
+        let n = ((line[0].wrapping_sub(32)) & 63) as usize;
+        let mut quad = [0u8; 4];
+        let mut got = 0;
+        let mut produced = 0;
+        for &c in &line[1..] {
+            if produced >= n {
+                break;
+            }
+            quad[got] = c.wrapping_sub(32) & 63;
+            got += 1;
+            if got == 4 {
+                let bytes = [quad[0] << 2 | quad[1] >> 4, quad[1] << 4 | quad[2] >> 2, quad[2] << 6 | quad[3]];
+                for b in bytes {
+                    if produced < n {
+                        out.push(b);
+                        produced += 1;
+                    }
+                }
+                got = 0;
+            }
+        }
+        if got > 0 && produced < n {
+            for q in quad.iter_mut().skip(got) {
+                *q = 0;
+            }
+            let bytes = [quad[0] << 2 | quad[1] >> 4, quad[1] << 4 | quad[2] >> 2, quad[2] << 6 | quad[3]];
+            for b in bytes {
+                if produced < n {
+                    out.push(b);
+                    produced += 1;
+                }
+            }
+        }
+        while produced < n {
+            out.push(0);
+            produced += 1;
+        }
+    }
+    Some(out)
+}
+
+/// `bytes.splitlines()`.
+fn split_lines(s: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some(l) = super::lines::line_at(s, pos, s.len()) {
+        out.push(&s[l.start..l.content_end]);
+        pos = l.end;
+    }
+    out
+}
+
+/// Converts text in `charset` to UTF-8 with `encoding_rs`. Without a (known) charset, valid UTF-8
+/// stays UTF-8 and other 8-bit text is taken as Windows-1252, the usual undeclared charset.
+pub fn to_utf8(bytes: &[u8], charset: Option<&str>) -> String {
+    if let Some(enc) = charset.and_then(|c| encoding_rs::Encoding::for_label(c.trim().as_bytes())) {
+        return enc.decode_without_bom_handling(bytes).0.into_owned();
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(bytes).0.into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_tolerance() {
+        assert_eq!(base64_body(b"aGVsbG8=\r\n"), b"hello");
+        assert_eq!(base64_body(b"aGVs\r\nbG8"), b"hello"); // missing padding
+        assert_eq!(base64_body(b"aGV*s bG8="), b"hello"); // junk skipped
+        assert_eq!(base64_body(b"QQ==QkI="), b"A"); // stops at the first complete padding
+        assert_eq!(base64_body(b"QUJDR"), b"QUJDR"); // one extra character: input kept
+    }
+
+    #[test]
+    fn qp() {
+        assert_eq!(quoted_printable(b"caf=E9 =\r\nsoft=3d=\nend=XY="), b"caf\xe9 soft=end=XY");
+        assert_eq!(quoted_printable(b"a==b"), b"a=b");
+    }
+
+    #[test]
+    fn uu() {
+        let enc = b"begin 644 x.txt\n%:&5L;&\\`\n`\nend\n";
+        assert_eq!(uudecode(enc).unwrap(), b"hello");
+        assert!(uudecode(b"no begin here").is_none());
+    }
+
+    #[test]
+    fn charsets() {
+        assert_eq!(to_utf8(b"caf\xe9", Some("iso-8859-1")), "café");
+        assert_eq!(to_utf8(b"caf\xe9", None), "café");
+        assert_eq!(to_utf8("café".as_bytes(), None), "café");
+    }
+}

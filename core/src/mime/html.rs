@@ -1,0 +1,366 @@
+//! HTML to text, the way a spam filter needs it: what a reader would see, with what a reader
+//! would not see set apart.
+//!
+//! Comments, `<style>`, `<script>`, `<head>` metadata and `<template>` are dropped; entities are
+//! decoded; block elements break lines; whitespace is folded. Text inside elements made invisible
+//! (`display:none`, `visibility:hidden`, zero font size, `hidden`, white-on-white or equal text and
+//! background colours) does not go into [`Rendered::text`] but into [`Rendered::invisible`]: hidden
+//! text is a classic spam trick, and rules want to see both. Link targets and image sources are
+//! collected for URI extraction. The renderer is a single pass over the input and never fails.
+
+/// What rendering found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// Visible text.
+    pub text: String,
+    /// Text a reader would not see.
+    pub invisible: String,
+    /// `href`, `src`, `action`, `background` values, in order.
+    pub links: Vec<String>,
+    /// Number of `<img>` elements.
+    pub images: usize,
+    /// Number of tags seen.
+    pub tags: usize,
+}
+
+const BLOCK: &[&str] = &[
+    "p", "div", "br", "tr", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote", "hr", "pre",
+    "center", "dd", "dt", "dl", "form", "section", "article", "header", "footer", "address", "title",
+];
+const DROPPED: &[&str] = &["style", "script", "template", "noscript", "object", "xml"];
+
+struct Frame {
+    name: String,
+    hidden: bool,
+}
+
+/// Renders `html`.
+pub fn render(html: &str) -> Rendered {
+    let mut r = Rendered::default();
+    let b = html.as_bytes();
+    let mut i = 0;
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut drop_until: Option<String> = None;
+    let mut text = String::new();
+    let mut invisible = String::new();
+    while i < b.len() {
+        if b[i] == b'<' {
+            if b[i..].starts_with(b"<!--") {
+                i = match memchr::memmem::find(&b[i + 4..], b"-->") {
+                    Some(e) => i + 4 + e + 3,
+                    None => b.len(),
+                };
+                continue;
+            }
+            let Some(close) = memchr::memchr(b'>', &b[i..]) else {
+                push_text(&mut text, &mut invisible, &html[i..], stack.iter().any(|f| f.hidden));
+                break;
+            };
+            let tag = &html[i + 1..i + close];
+            i += close + 1;
+            r.tags += 1;
+            let (name, closing, attrs) = split_tag(tag);
+            if let Some(d) = &drop_until {
+                if closing && name == *d {
+                    drop_until = None;
+                }
+                continue;
+            }
+            if name.starts_with('!') || name.starts_with('?') {
+                continue;
+            }
+            if !closing && DROPPED.contains(&name.as_str()) && !tag.ends_with('/') {
+                drop_until = Some(name);
+                continue;
+            }
+            if BLOCK.contains(&name.as_str()) {
+                newline(&mut text);
+            } else if name == "td" || name == "th" {
+                text.push(' ');
+            }
+            if closing {
+                if let Some(pos) = stack.iter().rposition(|f| f.name == name) {
+                    stack.truncate(pos);
+                }
+                continue;
+            }
+            for key in ["href", "src", "action", "background"] {
+                if let Some(v) = attr(attrs, key) {
+                    let v = decode_entities(v.trim());
+                    if !v.is_empty() {
+                        r.links.push(v);
+                    }
+                }
+            }
+            if name == "img" {
+                r.images += 1;
+                if let Some(alt) = attr(attrs, "alt") {
+                    push_text(&mut text, &mut invisible, &decode_entities(alt), stack.iter().any(|f| f.hidden));
+                }
+            }
+            let void = matches!(name.as_str(), "br" | "img" | "hr" | "meta" | "link" | "input" | "area" | "base" | "col" | "wbr")
+                || tag.ends_with('/');
+            if !void {
+                let parent_hidden = stack.last().is_some_and(|f| f.hidden);
+                stack.push(Frame {
+                    hidden: parent_hidden || is_hidden(&name, attrs),
+                    name,
+                });
+                if stack.len() > 256 {
+                    stack.remove(0); // unclosed tags in bulk: keep the stack bounded
+                }
+            }
+        } else {
+            let end = memchr::memchr(b'<', &b[i..]).map_or(b.len(), |e| i + e);
+            if drop_until.is_none() {
+                let t = decode_entities(&html[i..end]);
+                push_text(&mut text, &mut invisible, &t, stack.last().is_some_and(|f| f.hidden));
+            }
+            i = end;
+        }
+    }
+    r.text = fold(&text);
+    r.invisible = fold(&invisible);
+    r
+}
+
+fn push_text(text: &mut String, invisible: &mut String, t: &str, hidden: bool) {
+    if hidden {
+        invisible.push_str(t);
+        invisible.push(' ');
+    } else {
+        text.push_str(t);
+    }
+}
+
+fn newline(text: &mut String) {
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+}
+
+/// Folds runs of spaces and tabs to one space, keeps line breaks (at most two in a row), trims
+/// lines.
+fn fold(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut blank_lines = 0;
+    for line in s.split('\n') {
+        let words: Vec<&str> = line.split(|c: char| c.is_whitespace()).filter(|w| !w.is_empty()).collect();
+        if words.is_empty() {
+            blank_lines += 1;
+            if blank_lines == 1 && !out.is_empty() {
+                out.push('\n');
+            }
+            continue;
+        }
+        blank_lines = 0;
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&words.join(" "));
+    }
+    out.trim_end().to_owned()
+}
+
+/// Tag name (lower case), whether it is a closing tag, and the attribute text.
+fn split_tag(tag: &str) -> (String, bool, &str) {
+    let t = tag.trim_start();
+    let (closing, t) = match t.strip_prefix('/') {
+        Some(rest) => (true, rest.trim_start()),
+        None => (false, t),
+    };
+    let end = t.find(|c: char| c.is_whitespace() || c == '/' || c == '>').unwrap_or(t.len());
+    (t[..end].to_ascii_lowercase(), closing, &t[end..])
+}
+
+/// The value of attribute `key` in `attrs` (quoted or not).
+pub fn attr<'a>(attrs: &'a str, key: &str) -> Option<&'a str> {
+    let lower = attrs.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(pos) = lower[from..].find(key) {
+        let at = from + pos;
+        from = at + key.len();
+        let before_ok = at == 0 || !lower.as_bytes()[at - 1].is_ascii_alphanumeric() && lower.as_bytes()[at - 1] != b'-';
+        let rest = lower[at + key.len()..].trim_start();
+        if !before_ok || !rest.starts_with('=') {
+            continue;
+        }
+        let vstart = attrs.len() - rest.len() + 1;
+        let v = attrs[vstart..].trim_start();
+        let vpos = attrs.len() - v.len();
+        return Some(match v.chars().next() {
+            Some(q @ ('"' | '\'')) => {
+                let inner = &attrs[vpos + 1..];
+                let e = inner.find(q).unwrap_or(inner.len());
+                &inner[..e]
+            }
+            _ => {
+                let e = v.find(|c: char| c.is_whitespace() || c == '>').unwrap_or(v.len());
+                &v[..e]
+            }
+        });
+    }
+    None
+}
+
+fn is_hidden(name: &str, attrs: &str) -> bool {
+    if attr(attrs, "hidden").is_some() || attrs.to_ascii_lowercase().split_whitespace().any(|w| w == "hidden") {
+        return true;
+    }
+    if name == "font" {
+        if let Some(size) = attr(attrs, "size") {
+            if size.trim() == "0" {
+                return true;
+            }
+        }
+    }
+    let Some(style) = attr(attrs, "style") else {
+        return false;
+    };
+    let style: String = style.to_ascii_lowercase().chars().filter(|c| !c.is_whitespace()).collect();
+    if style.contains("display:none") || style.contains("visibility:hidden") || style.contains("opacity:0;") || style.ends_with("opacity:0") {
+        return true;
+    }
+    for decl in style.split(';') {
+        if let Some(v) = decl.strip_prefix("font-size:") {
+            let num: String = v.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+            if num.parse::<f32>().is_ok_and(|n| n < 1.0) {
+                return true;
+            }
+        }
+    }
+    let color = style_value(&style, "color");
+    let background = style_value(&style, "background-color").or_else(|| style_value(&style, "background"));
+    matches!((color, background), (Some(c), Some(b)) if c == b)
+}
+
+fn style_value<'a>(style: &'a str, key: &str) -> Option<&'a str> {
+    style.split(';').find_map(|d| d.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+}
+
+/// Decodes HTML character references (named ones in common use, decimal, hex).
+pub fn decode_entities(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let after = &rest[amp + 1..];
+        let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '#')).unwrap_or(after.len());
+        let name = &after[..end];
+        let decoded = if let Some(num) = name.strip_prefix('#') {
+            let v = match num.strip_prefix(['x', 'X']) {
+                Some(h) => u32::from_str_radix(h, 16).ok(),
+                None => num.parse::<u32>().ok(),
+            };
+            v.map(|v| char::from_u32(v).unwrap_or('\u{fffd}'))
+        } else {
+            named(name)
+        };
+        match decoded {
+            Some(c) if end > 0 => {
+                out.push(c);
+                let skip = if after[end..].starts_with(';') { end + 1 } else { end };
+                rest = &after[skip..];
+            }
+            _ => {
+                out.push('&');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn named(n: &str) -> Option<char> {
+    Some(match n {
+        "amp" | "AMP" => '&',
+        "lt" | "LT" => '<',
+        "gt" | "GT" => '>',
+        "quot" | "QUOT" => '"',
+        "apos" => '\'',
+        "nbsp" => ' ',
+        "copy" => '©',
+        "reg" => '®',
+        "trade" => '™',
+        "euro" => '€',
+        "pound" => '£',
+        "yen" => '¥',
+        "cent" => '¢',
+        "sect" => '§',
+        "deg" => '°',
+        "plusmn" => '±',
+        "times" => '×',
+        "divide" => '÷',
+        "middot" => '·',
+        "bull" => '•',
+        "hellip" => '…',
+        "ndash" => '–',
+        "mdash" => '—',
+        "lsquo" => '‘',
+        "rsquo" => '’',
+        "ldquo" => '“',
+        "rdquo" => '”',
+        "laquo" => '«',
+        "raquo" => '»',
+        "shy" | "zwnj" | "zwj" => '\u{200c}',
+        "iexcl" => '¡',
+        "iquest" => '¿',
+        "auml" => 'ä',
+        "ouml" => 'ö',
+        "uuml" => 'ü',
+        "Auml" => 'Ä',
+        "Ouml" => 'Ö',
+        "Uuml" => 'Ü',
+        "szlig" => 'ß',
+        "eacute" => 'é',
+        "egrave" => 'è',
+        "ecirc" => 'ê',
+        "aacute" => 'á',
+        "agrave" => 'à',
+        "acirc" => 'â',
+        "iacute" => 'í',
+        "oacute" => 'ó',
+        "uacute" => 'ú',
+        "ntilde" => 'ñ',
+        "ccedil" => 'ç',
+        "Eacute" => 'É',
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_visible_text() {
+        let r = render("<html><head><title>T</title><style>p{}</style></head><body><p>Hello&nbsp;<b>world</b> &amp; co</p><!-- c --><script>x()</script><div>next&#33;</div></body></html>");
+        assert_eq!(r.text, "T\nHello world & co\nnext!");
+    }
+
+    #[test]
+    fn hidden_text_is_set_apart() {
+        let r = render("<p>buy</p><div style=\"display: none\">hidden words</div><font color=#fff style='color:#fff;background-color:#fff'>white</font><span style=\"font-size:0px\">tiny</span>");
+        assert_eq!(r.text, "buy");
+        assert!(r.invisible.contains("hidden words") && r.invisible.contains("white") && r.invisible.contains("tiny"), "{:?}", r.invisible);
+    }
+
+    #[test]
+    fn links_and_images() {
+        let r = render("<a href=\"http://x.test/a?b=1&amp;c=2\">x</a><img src='http://img.test/i.gif' alt=\"Viagra\"><a HREF=http://y.test>y</a>");
+        assert_eq!(r.links, ["http://x.test/a?b=1&c=2", "http://img.test/i.gif", "http://y.test"]);
+        assert_eq!(r.images, 1);
+        assert!(r.text.contains("Viagra"));
+    }
+
+    #[test]
+    fn broken_html_does_not_panic() {
+        for s in ["<", "<a href=", "<!--", "&#99999999;", "&#x;", "<p style='", "é<é>é", "<<<>>>"] {
+            let _ = render(s);
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! URI extraction from text and HTML, normalised the way URI blocklists (SURBL, URIBL) want
+//! them: scheme and host lower case, `hxxp`-style obfuscation undone, hosts written as hex,
+//! decimal or octal numbers turned into dotted quads, `%`-escapes in the host decoded, bare
+//! `www.` and `domain.tld/path` forms and e-mail addresses (as `mailto:`) found in plain text.
+
+use super::html;
+
+/// URIs in plain text.
+pub fn extract_text(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        // Start of a token: a letter or digit after a non-URI character.
+        if !(b[i].is_ascii_alphanumeric()) || (i > 0 && is_uri_char(b[i - 1]) && b[i - 1] != b'(' && b[i - 1] != b'<') {
+            i += 1;
+            continue;
+        }
+        let end = i + b[i..].iter().take_while(|&&c| is_uri_char(c)).count();
+        let token = trim_trailing(&text[i..end]);
+        if let Some(u) = classify(token) {
+            out.push(u);
+        }
+        i = end.max(i + 1);
+    }
+    dedup(out)
+}
+
+/// URIs in HTML: link targets of the markup, then those in its rendered text.
+pub fn extract_html(source: &str) -> Vec<String> {
+    let r = html::render(source);
+    let mut out: Vec<String> = r.links.iter().filter_map(|l| normalize(l.trim())).collect();
+    out.extend(extract_text(&r.text));
+    dedup(out)
+}
+
+fn dedup(v: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(v.len());
+    for u in v {
+        if !out.contains(&u) {
+            out.push(u);
+        }
+    }
+    out
+}
+
+fn is_uri_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&c)
+}
+
+fn trim_trailing(s: &str) -> &str {
+    s.trim_end_matches(['.', ',', ';', ':', '!', '?', ')', '\'', ']', '>'])
+}
+
+/// Decides whether a text token is a URI, an e-mail address or a bare host, and normalises it.
+fn classify(token: &str) -> Option<String> {
+    let lower = token.to_ascii_lowercase();
+    for scheme in ["http://", "https://", "ftp://", "hxxp://", "hxxps://", "hxxp[:]//", "h**p://"] {
+        if lower.starts_with(scheme) {
+            return normalize(token);
+        }
+    }
+    if lower.starts_with("mailto:") {
+        return normalize(token);
+    }
+    if let Some(at) = token.find('@') {
+        let (local, domain) = (&token[..at], &token[at + 1..]);
+        if !local.is_empty() && !local.contains('/') && plausible_host(domain) {
+            return Some(format!("mailto:{}@{}", local, domain.to_ascii_lowercase()));
+        }
+        return None;
+    }
+    if lower.starts_with("www.") {
+        return normalize(&format!("http://{token}"));
+    }
+    let host = lower.split(['/', '?', '#']).next().unwrap_or("");
+    if plausible_host(host) && has_known_tld(host) {
+        return normalize(&format!("http://{token}"));
+    }
+    None
+}
+
+fn plausible_host(h: &str) -> bool {
+    let labels: Vec<&str> = h.split('.').collect();
+    labels.len() >= 2
+        && labels.iter().all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'))
+        && labels.last().is_some_and(|t| t.bytes().all(|c| c.is_ascii_alphabetic()) && t.len() >= 2)
+}
+
+fn has_known_tld(h: &str) -> bool {
+    const GENERIC: &[&str] = &[
+        "com", "net", "org", "info", "biz", "edu", "gov", "mil", "int", "name", "pro", "mobi", "asia", "tel", "xyz", "top",
+        "online", "site", "club", "shop", "store", "app", "dev", "io", "co", "me", "tv", "cc", "ws", "us", "uk", "de", "ru",
+        "cn", "jp", "fr", "nl", "it", "es", "br", "au", "ca", "ch", "pl", "in", "kr", "tw", "hk", "se", "no", "dk", "fi",
+        "be", "at", "cz", "eu", "su", "ua", "tk", "ml", "ga", "cf", "gq", "live", "link", "click", "win", "loan", "work",
+        "ly", "gl", "to", "fm", "nu", "la", "mx", "ar", "cl", "za", "nz", "ie", "pt", "gr", "hu", "ro", "tr", "vn", "th", "id",
+    ];
+    h.rsplit('.').next().is_some_and(|t| GENERIC.contains(&t))
+}
+
+/// Normalises an absolute URI: scheme and host lower case, obfuscated schemes repaired, numeric
+/// hosts as dotted quads, `%`-escapes in the host decoded, userinfo removed. `None` when it has
+/// no usable host.
+pub fn normalize(uri: &str) -> Option<String> {
+    let lower = uri.to_ascii_lowercase();
+    let (scheme, rest) = if let Some(r) = lower.strip_prefix("mailto:") {
+        let addr = uri[uri.len() - r.len()..].split('?').next().unwrap_or("");
+        let (local, domain) = addr.rsplit_once('@')?;
+        return Some(format!("mailto:{}@{}", local, domain.to_ascii_lowercase()));
+    } else if let Some(i) = lower.find("://") {
+        let s = &lower[..i];
+        let s = match s {
+            "hxxp" | "h**p" | "hxxp[:]" => "http",
+            "hxxps" | "h**ps" => "https",
+            other => other,
+        };
+        (s.to_owned(), &uri[i + 3..])
+    } else if let Some(r) = lower.strip_prefix("hxxp[:]//") {
+        ("http".to_owned(), &uri[uri.len() - r.len()..])
+    } else {
+        return None;
+    };
+    if !matches!(scheme.as_str(), "http" | "https" | "ftp") {
+        return None;
+    }
+    let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = (&rest[..split], &rest[split..]);
+    let hostport = authority.rsplit('@').next().unwrap_or(authority);
+    let (host, port) = match hostport.rfind(':') {
+        Some(i) if !hostport.starts_with('[') && hostport[i + 1..].bytes().all(|b| b.is_ascii_digit()) => (&hostport[..i], &hostport[i..]),
+        _ => (hostport, ""),
+    };
+    let host = String::from_utf8_lossy(&super::header::percent_decode(host.as_bytes())).to_ascii_lowercase();
+    let host = host.trim_end_matches('.').to_owned();
+    if host.is_empty() {
+        return None;
+    }
+    let host = numeric_host(&host).unwrap_or(host);
+    Some(format!("{scheme}://{host}{port}{path}"))
+}
+
+/// `0x7f.0.0.1`, `2130706433`, `0177.0.0.01`, `0x7f000001` → `127.0.0.1`.
+fn numeric_host(h: &str) -> Option<String> {
+    let parts: Vec<&str> = h.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut nums = Vec::with_capacity(4);
+    for p in &parts {
+        let v = if let Some(x) = p.strip_prefix("0x") {
+            u64::from_str_radix(x, 16).ok()?
+        } else if p.len() > 1 && p.starts_with('0') {
+            u64::from_str_radix(p, 8).ok()?
+        } else {
+            p.parse::<u64>().ok()?
+        };
+        nums.push(v);
+    }
+    // The last number fills the remaining bytes (inet_aton rules).
+    let last = *nums.last()?;
+    let head = &nums[..nums.len() - 1];
+    if head.iter().any(|&n| n > 255) {
+        return None;
+    }
+    let rest_bytes = 4 - head.len();
+    if last >= 1u64 << (8 * rest_bytes) {
+        return None;
+    }
+    let mut octets: Vec<u64> = head.to_vec();
+    for k in (0..rest_bytes).rev() {
+        octets.push((last >> (8 * k)) & 0xff);
+    }
+    let plain = parts.len() == 4 && parts.iter().all(|p| !p.starts_with('0') || *p == "0");
+    if plain && h.split('.').all(|p| p.parse::<u8>().is_ok()) {
+        return None; // already a dotted quad
+    }
+    Some(octets.iter().map(|o| o.to_string()).collect::<Vec<_>>().join("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_forms() {
+        let t = "Visit http://Example.COM/Path?x=1, or www.shop.test.com. Mail me: Bob@Example.org! \
+                 Also hxxp://evil.example/x and see bit.ly/abc (not.a.host) https://user:pw@[::1]:8080/";
+        let u = extract_text(t);
+        assert!(u.contains(&"http://example.com/Path?x=1".to_string()), "{u:?}");
+        assert!(u.contains(&"http://www.shop.test.com".to_string()), "{u:?}");
+        assert!(u.contains(&"mailto:Bob@example.org".to_string()), "{u:?}");
+        assert!(u.contains(&"http://evil.example/x".to_string()), "{u:?}");
+        assert!(u.contains(&"http://bit.ly/abc".to_string()), "{u:?}");
+    }
+
+    #[test]
+    fn numeric_hosts() {
+        assert_eq!(normalize("http://0x7f.0.0.1/").unwrap(), "http://127.0.0.1/");
+        assert_eq!(normalize("http://2130706433/x").unwrap(), "http://127.0.0.1/x");
+        assert_eq!(normalize("http://0177.0.0.01/").unwrap(), "http://127.0.0.1/");
+        assert_eq!(normalize("http://10.1.2.3/").unwrap(), "http://10.1.2.3/");
+        assert_eq!(normalize("http://%65xample.com/").unwrap(), "http://example.com/");
+    }
+
+    #[test]
+    fn html_links() {
+        let u = extract_html("<a href=\"HTTP://A.test/x\">click http://b.test</a><img src=http://c.test/i.png>");
+        assert_eq!(u, ["http://a.test/x", "http://c.test/i.png", "http://b.test"]);
+    }
+}
