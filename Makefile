@@ -10,6 +10,10 @@ export MXGATE_CORPUS
 
 .PHONY: deps build run test test-rust test-e2e lint bench fuzz clean
 
+# Fuzzing: cargo-fuzz on the stable toolchain (RUSTC_BOOTSTRAP), FUZZ_SECONDS per target, seeded
+# from the corpus. Crashes land in fuzz/artifacts; keep them as regression tests.
+FUZZ_SECONDS ?= 900
+
 deps:
 	@scripts/install-deps.sh
 
@@ -25,6 +29,7 @@ test-rust:
 	cargo test --release --workspace
 
 test-e2e:
+	python3 scripts/mime_parity.py --threshold 0.99 --show 20
 	python3 -W ignore::ResourceWarning -m unittest discover -s tests/e2e -p 'test_*.py' -v
 
 lint:
@@ -34,6 +39,13 @@ lint:
 bench: build
 	cargo bench -p mxgate-core --bench smtp_parser
 	$(BIN)/mxgate-bench run relay
+
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && mkdir -p corpus/mime corpus/smtp_session corpus/smtp_command
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O mime corpus/mime $(MXGATE_CORPUS)/mime-edge -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O smtp_session corpus/smtp_session seeds/smtp -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O smtp_command corpus/smtp_command seeds/smtp -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10
 
 clean:
 	cargo clean

@@ -84,11 +84,15 @@ def main():
     ap.add_argument("--mxgate", default=os.path.join(os.environ.get("MXGATE_BIN_DIR", "/var/tmp/mxgate-target/release"), "mxgate"))
     ap.add_argument("--report", default=None)
     ap.add_argument("--show", type=int, default=50)
+    ap.add_argument("--extra", action="append", default=[os.path.join(here, "core", "testdata", "mime")],
+                    help="more folders of messages (the repository's own MIME test cases by default)")
     a = ap.parse_args()
     paths = []
     for folder in FOLDERS:
         d = os.path.join(a.corpus, folder)
         paths += sorted(os.path.join(d, f) for f in os.listdir(d) if not f.startswith("."))
+    for d in a.extra:
+        paths += sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".eml"))
     ours = mxgate_side(a.mxgate, paths)
     diffs = []
     by_folder = {}
@@ -114,7 +118,7 @@ def main():
     for f, (ok, n) in sorted(by_folder.items()):
         lines.append(f"  {f}: {ok}/{n}")
     for p, what in diffs:
-        lines.append(f"DIFF {os.path.relpath(p, a.corpus)}: {what}")
+        lines.append(f"DIFF {os.path.relpath(p, a.corpus) if p.startswith(a.corpus) else p}: {what}")
     text = "\n".join(lines)
     if a.report:
         with open(a.report, "w") as f:

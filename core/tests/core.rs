@@ -465,3 +465,157 @@ fn config_errors_name_the_field_and_line() {
         .to_string();
     assert!(e.contains("stages.enabled") && e.contains("bogus"), "{e}");
 }
+
+/// Fuzzer finds (cargo fuzz, smtp_command and smtp_session): a multi-byte character where the
+/// `FROM:`/`TO:` keyword ends used to panic on a non-char-boundary slice.
+#[test]
+fn command_parser_survives_multibyte_at_keyword_end() {
+    let crash_command: &[u8] = b"MAIL F x.\xf2\xbb\xad\x8aR~RR@e\t\x07EHfOM";
+    let _ = mxgate_core::smtp::command::parse(crash_command, true);
+    let crash_session: &[u8] = b"EHE>\r\nA\nDAT E>\r\nRCPT TO\xc6\xbbd@e.\x0ff>\r\nBDARCP";
+    let o = run(&limits(), crash_session);
+    assert!(!o.replies.is_empty());
+    for input in [
+        "MAIL FRé:<a@b.c>",
+        "RCPT Té:<a@b.c>",
+        "MAIL FROM:é",
+        "RCPT TO:<é",
+    ] {
+        let _ = mxgate_core::smtp::command::parse(input.as_bytes(), true);
+    }
+}
+
+mod mime_cases {
+    //! Data-driven MIME tests: `testdata/mime/NAME.eml` with `NAME.expected` beside it. Each case
+    //! is also run with its line endings converted (LF ↔ CRLF); the structure must not change.
+    //! `UPDATE_EXPECT=1 cargo test` rewrites the expected files (review the diff!).
+
+    use bytes::Bytes;
+    use mxgate_core::mime::{Anomaly, Message, PartKind};
+
+    fn summary(raw: &[u8]) -> String {
+        let msg = Message::parse(Bytes::copy_from_slice(raw));
+        let mut s = String::new();
+        for p in &msg.parts {
+            s.push_str(&format!(
+                "{} parent={} {} kind={:?} enc={} charset={} file={}\n",
+                p.id,
+                p.parent.map_or("-".to_string(), |x| x.to_string()),
+                p.content_type,
+                p.kind,
+                p.encoding.name(),
+                p.charset.as_deref().unwrap_or("-"),
+                p.filename.as_deref().unwrap_or("-"),
+            ));
+            if p.kind == PartKind::Leaf {
+                let text = msg.text(p.id).unwrap_or_default().replace("\r\n", "\n");
+                let preview: String = text.chars().take(70).collect();
+                s.push_str(&format!("  content: {}\n", preview.escape_debug()));
+            }
+        }
+        let anomalies: Vec<&str> = msg
+            .anomalies
+            .iter()
+            .filter(|a| **a != Anomaly::MixedLineEndings)
+            .map(|a| a.name())
+            .collect();
+        s.push_str(&format!("anomalies: {}\n", anomalies.join(" ")));
+        s.push_str(&format!(
+            "subject: {}\n",
+            msg.header_text("subject").unwrap_or_default()
+        ));
+        s.push_str(&format!(
+            "from: {}\n",
+            msg.header_text("from").unwrap_or_default()
+        ));
+        s.push_str(&format!("uris: {}\n", msg.uris().join(" ")));
+        let rendered: String = msg
+            .rendered_text()
+            .replace("\r\n", "\n")
+            .chars()
+            .take(120)
+            .collect();
+        s.push_str(&format!("rendered: {}\n", rendered.escape_debug()));
+        s
+    }
+
+    fn convert(raw: &[u8]) -> Vec<u8> {
+        if raw.windows(2).any(|w| w == b"\r\n") {
+            raw.iter().copied().filter(|&b| b != b'\r').collect()
+        } else {
+            let mut out = Vec::with_capacity(raw.len() + raw.len() / 20);
+            for &b in raw {
+                if b == b'\n' {
+                    out.push(b'\r');
+                }
+                out.push(b);
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn testdata_cases_match_expected_in_both_line_endings() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/mime");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        names.sort();
+        assert!(names.len() >= 8);
+        for path in names {
+            let raw = std::fs::read(&path).unwrap();
+            let got = summary(&raw);
+            let expected_path = path.with_extension("expected");
+            if std::env::var_os("UPDATE_EXPECT").is_some() {
+                std::fs::write(&expected_path, &got).unwrap();
+            }
+            let want = std::fs::read_to_string(&expected_path)
+                .unwrap_or_else(|_| panic!("{} missing", expected_path.display()));
+            assert_eq!(got, want, "{}", path.display());
+            assert_eq!(
+                summary(&convert(&raw)),
+                got,
+                "{} with converted line endings",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn identity_parts_are_slices_of_the_message() {
+        let raw = Bytes::from_static(
+            b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nplain part\r\n--b--\r\n",
+        );
+        let msg = Message::parse(raw.clone());
+        let d = msg.decoded(1).unwrap();
+        assert_eq!(&d[..], b"plain part");
+        let base = raw.as_ptr() as usize;
+        let p = d.as_ptr() as usize;
+        assert!(
+            p >= base && p < base + raw.len(),
+            "decoded identity content must point into the message"
+        );
+    }
+
+    #[test]
+    fn limits_become_anomalies() {
+        let mut m = String::new();
+        for i in 0..60 {
+            m.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n"
+            ));
+        }
+        m.push_str("\r\ndeep\r\n");
+        let msg = Message::parse(Bytes::from(m));
+        assert!(msg.anomalies.contains(&Anomaly::TooDeep));
+        let big_header = format!(
+            "Subject: x\r\nX-Long: {}\r\n\r\nbody\r\n",
+            "a\r\n ".repeat(50_000)
+        );
+        let msg = Message::parse(Bytes::from(big_header));
+        assert_eq!(msg.parts.len(), 1);
+        assert!(msg.header_text("x-long").unwrap().len() > 50_000);
+    }
+}

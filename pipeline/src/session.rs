@@ -306,7 +306,10 @@ pub fn received_header(
     h.push_str("; ");
     DATE.with(|cache| {
         let now = SystemTime::now();
-        let secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let mut c = cache.borrow_mut();
         if c.0 != secs {
             *c = (secs, rfc5322_date(now));

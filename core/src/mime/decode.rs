@@ -134,7 +134,11 @@ fn a2b_base64(input: &[u8], strict: bool) -> Result<Vec<u8>, B64Error> {
 /// Decodes a base64 body as `email._encoded_words.decode_b` does after the line breaks are removed:
 /// strict with padding fixed, then lenient, then lenient with padding added, else the input.
 pub fn base64_body(body: &[u8]) -> Vec<u8> {
-    let joined: Vec<u8> = body.iter().copied().filter(|&b| b != b'\r' && b != b'\n').collect();
+    let joined: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|&b| b != b'\r' && b != b'\n')
+        .collect();
     base64_lenient(&joined)
 }
 
@@ -191,8 +195,14 @@ pub fn quoted_printable(s: &[u8]) -> Vec<u8> {
                 out.push(b'=');
                 i += 1;
             }
-            a if i + 1 < s.len() && super::header::hex(a).is_some() && super::header::hex(s[i + 1]).is_some() => {
-                let (h, l) = (super::header::hex(a).unwrap_or(0), super::header::hex(s[i + 1]).unwrap_or(0));
+            a if i + 1 < s.len()
+                && super::header::hex(a).is_some()
+                && super::header::hex(s[i + 1]).is_some() =>
+            {
+                let (h, l) = (
+                    super::header::hex(a).unwrap_or(0),
+                    super::header::hex(s[i + 1]).unwrap_or(0),
+                );
                 out.push(h << 4 | l);
                 i += 2;
             }
@@ -234,7 +244,11 @@ pub fn uudecode(s: &[u8]) -> Option<Vec<u8>> {
             quad[got] = c.wrapping_sub(32) & 63;
             got += 1;
             if got == 4 {
-                let bytes = [quad[0] << 2 | quad[1] >> 4, quad[1] << 4 | quad[2] >> 2, quad[2] << 6 | quad[3]];
+                let bytes = [
+                    quad[0] << 2 | quad[1] >> 4,
+                    quad[1] << 4 | quad[2] >> 2,
+                    quad[2] << 6 | quad[3],
+                ];
                 for b in bytes {
                     if produced < n {
                         out.push(b);
@@ -248,7 +262,11 @@ pub fn uudecode(s: &[u8]) -> Option<Vec<u8>> {
             for q in quad.iter_mut().skip(got) {
                 *q = 0;
             }
-            let bytes = [quad[0] << 2 | quad[1] >> 4, quad[1] << 4 | quad[2] >> 2, quad[2] << 6 | quad[3]];
+            let bytes = [
+                quad[0] << 2 | quad[1] >> 4,
+                quad[1] << 4 | quad[2] >> 2,
+                quad[2] << 6 | quad[3],
+            ];
             for b in bytes {
                 if produced < n {
                     out.push(b);
@@ -283,7 +301,10 @@ pub fn to_utf8(bytes: &[u8], charset: Option<&str>) -> String {
     }
     match std::str::from_utf8(bytes) {
         Ok(s) => s.to_owned(),
-        Err(_) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(bytes).0.into_owned(),
+        Err(_) => encoding_rs::WINDOWS_1252
+            .decode_without_bom_handling(bytes)
+            .0
+            .into_owned(),
     }
 }
 
@@ -302,7 +323,10 @@ mod tests {
 
     #[test]
     fn qp() {
-        assert_eq!(quoted_printable(b"caf=E9 =\r\nsoft=3d=\nend=XY="), b"caf\xe9 soft=end=XY");
+        assert_eq!(
+            quoted_printable(b"caf=E9 =\r\nsoft=3d=\nend=XY="),
+            b"caf\xe9 soft=end=XY"
+        );
         assert_eq!(quoted_printable(b"a==b"), b"a=b");
     }
 

@@ -37,7 +37,10 @@ fn is_py_space(b: u8) -> bool {
 /// `str.strip()` on bytes.
 pub fn py_strip(s: &[u8]) -> &[u8] {
     let start = s.iter().position(|&b| !is_py_space(b)).unwrap_or(s.len());
-    let end = s.iter().rposition(|&b| !is_py_space(b)).map_or(start, |i| i + 1);
+    let end = s
+        .iter()
+        .rposition(|&b| !is_py_space(b))
+        .map_or(start, |i| i + 1);
     &s[start..end.max(start)]
 }
 
@@ -107,7 +110,9 @@ impl ParamValue {
     pub fn to_text(&self) -> String {
         match self {
             ParamValue::Plain(v) => bytes_to_text(&unquote(v)),
-            ParamValue::Extended { charset, octets, .. } => {
+            ParamValue::Extended {
+                charset, octets, ..
+            } => {
                 let cs = charset.as_deref().unwrap_or("us-ascii");
                 match encoding_rs::Encoding::for_label(cs.as_bytes()) {
                     Some(enc) => enc.decode_without_bom_handling(octets).0.into_owned(),
@@ -122,7 +127,10 @@ impl ParamValue {
 pub fn bytes_to_text(b: &[u8]) -> String {
     match std::str::from_utf8(b) {
         Ok(s) => s.to_owned(),
-        Err(_) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(b).0.into_owned(),
+        Err(_) => encoding_rs::WINDOWS_1252
+            .decode_without_bom_handling(b)
+            .0
+            .into_owned(),
     }
 }
 
@@ -146,7 +154,9 @@ pub fn params(value: &[u8]) -> (Vec<u8>, Vec<(Vec<u8>, ParamValue)>) {
             let head = &s[..end as usize];
             (count(head, b"\"") as isize - count(head, b"\\\"") as isize) % 2 != 0
         } {
-            end = memchr::memchr(b';', &s[end as usize + 1..]).map(|i| end + 1 + i as isize).unwrap_or(-1);
+            end = memchr::memchr(b';', &s[end as usize + 1..])
+                .map(|i| end + 1 + i as isize)
+                .unwrap_or(-1);
         }
         let end = if end < 0 { s.len() } else { end as usize };
         let f = &s[..end];
@@ -287,7 +297,8 @@ pub fn decode_words(raw: &[u8]) -> String {
     let mut pending: Option<(Vec<u8>, Vec<u8>)> = None;
     let flush = |out: &mut String, pending: &mut Option<(Vec<u8>, Vec<u8>)>| {
         if let Some((charset, octets)) = pending.take() {
-            let enc = encoding_rs::Encoding::for_label(&charset).unwrap_or(encoding_rs::WINDOWS_1252);
+            let enc =
+                encoding_rs::Encoding::for_label(&charset).unwrap_or(encoding_rs::WINDOWS_1252);
             out.push_str(&enc.decode_without_bom_handling(&octets).0);
         }
     };
@@ -303,7 +314,9 @@ pub fn decode_words(raw: &[u8]) -> String {
                     out.push_str(&bytes_to_text(plain));
                 }
                 match &mut pending {
-                    Some((cs, acc)) if cs.eq_ignore_ascii_case(&charset) => acc.extend_from_slice(&octets),
+                    Some((cs, acc)) if cs.eq_ignore_ascii_case(&charset) => {
+                        acc.extend_from_slice(&octets)
+                    }
                     _ => {
                         flush(&mut out, &mut pending);
                         pending = Some((charset, octets));
@@ -360,7 +373,10 @@ fn q_decode(s: &[u8]) -> Vec<u8> {
         match s[i] {
             b'_' => out.push(b' '),
             b'=' => {
-                if let (Some(h), Some(l)) = (s.get(i + 1).and_then(|b| hex(*b)), s.get(i + 2).and_then(|b| hex(*b))) {
+                if let (Some(h), Some(l)) = (
+                    s.get(i + 1).and_then(|b| hex(*b)),
+                    s.get(i + 2).and_then(|b| hex(*b)),
+                ) {
                     out.push(h << 4 | l);
                     i += 3;
                     continue;
@@ -401,8 +417,14 @@ mod tests {
 
     #[test]
     fn encoded_words() {
-        assert_eq!(decode_words(b"=?UTF-8?B?w6l0w6k=?= =?UTF-8?Q?_x?="), "été x");
-        assert_eq!(decode_words(b"Re: =?iso-8859-1?q?caf=E9?= ok"), "Re: café ok");
+        assert_eq!(
+            decode_words(b"=?UTF-8?B?w6l0w6k=?= =?UTF-8?Q?_x?="),
+            "été x"
+        );
+        assert_eq!(
+            decode_words(b"Re: =?iso-8859-1?q?caf=E9?= ok"),
+            "Re: café ok"
+        );
         assert_eq!(decode_words(b"no words =? here"), "no words =? here");
     }
 }

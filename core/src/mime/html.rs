@@ -24,8 +24,34 @@ pub struct Rendered {
 }
 
 const BLOCK: &[&str] = &[
-    "p", "div", "br", "tr", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote", "hr", "pre",
-    "center", "dd", "dt", "dl", "form", "section", "article", "header", "footer", "address", "title",
+    "p",
+    "div",
+    "br",
+    "tr",
+    "li",
+    "ul",
+    "ol",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "table",
+    "blockquote",
+    "hr",
+    "pre",
+    "center",
+    "dd",
+    "dt",
+    "dl",
+    "form",
+    "section",
+    "article",
+    "header",
+    "footer",
+    "address",
+    "title",
 ];
 const DROPPED: &[&str] = &["style", "script", "template", "noscript", "object", "xml"];
 
@@ -53,7 +79,12 @@ pub fn render(html: &str) -> Rendered {
                 continue;
             }
             let Some(close) = memchr::memchr(b'>', &b[i..]) else {
-                push_text(&mut text, &mut invisible, &html[i..], stack.iter().any(|f| f.hidden));
+                push_text(
+                    &mut text,
+                    &mut invisible,
+                    &html[i..],
+                    stack.iter().any(|f| f.hidden),
+                );
                 break;
             };
             let tag = &html[i + 1..i + close];
@@ -95,11 +126,18 @@ pub fn render(html: &str) -> Rendered {
             if name == "img" {
                 r.images += 1;
                 if let Some(alt) = attr(attrs, "alt") {
-                    push_text(&mut text, &mut invisible, &decode_entities(alt), stack.iter().any(|f| f.hidden));
+                    push_text(
+                        &mut text,
+                        &mut invisible,
+                        &decode_entities(alt),
+                        stack.iter().any(|f| f.hidden),
+                    );
                 }
             }
-            let void = matches!(name.as_str(), "br" | "img" | "hr" | "meta" | "link" | "input" | "area" | "base" | "col" | "wbr")
-                || tag.ends_with('/');
+            let void = matches!(
+                name.as_str(),
+                "br" | "img" | "hr" | "meta" | "link" | "input" | "area" | "base" | "col" | "wbr"
+            ) || tag.ends_with('/');
             if !void {
                 let parent_hidden = stack.last().is_some_and(|f| f.hidden);
                 stack.push(Frame {
@@ -114,7 +152,12 @@ pub fn render(html: &str) -> Rendered {
             let end = memchr::memchr(b'<', &b[i..]).map_or(b.len(), |e| i + e);
             if drop_until.is_none() {
                 let t = decode_entities(&html[i..end]);
-                push_text(&mut text, &mut invisible, &t, stack.last().is_some_and(|f| f.hidden));
+                push_text(
+                    &mut text,
+                    &mut invisible,
+                    &t,
+                    stack.last().is_some_and(|f| f.hidden),
+                );
             }
             i = end;
         }
@@ -145,7 +188,10 @@ fn fold(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut blank_lines = 0;
     for line in s.split('\n') {
-        let words: Vec<&str> = line.split(|c: char| c.is_whitespace()).filter(|w| !w.is_empty()).collect();
+        let words: Vec<&str> = line
+            .split(|c: char| c.is_whitespace())
+            .filter(|w| !w.is_empty())
+            .collect();
         if words.is_empty() {
             blank_lines += 1;
             if blank_lines == 1 && !out.is_empty() {
@@ -169,7 +215,9 @@ fn split_tag(tag: &str) -> (String, bool, &str) {
         Some(rest) => (true, rest.trim_start()),
         None => (false, t),
     };
-    let end = t.find(|c: char| c.is_whitespace() || c == '/' || c == '>').unwrap_or(t.len());
+    let end = t
+        .find(|c: char| c.is_whitespace() || c == '/' || c == '>')
+        .unwrap_or(t.len());
     (t[..end].to_ascii_lowercase(), closing, &t[end..])
 }
 
@@ -180,7 +228,9 @@ pub fn attr<'a>(attrs: &'a str, key: &str) -> Option<&'a str> {
     while let Some(pos) = lower[from..].find(key) {
         let at = from + pos;
         from = at + key.len();
-        let before_ok = at == 0 || !lower.as_bytes()[at - 1].is_ascii_alphanumeric() && lower.as_bytes()[at - 1] != b'-';
+        let before_ok = at == 0
+            || !lower.as_bytes()[at - 1].is_ascii_alphanumeric()
+                && lower.as_bytes()[at - 1] != b'-';
         let rest = lower[at + key.len()..].trim_start();
         if !before_ok || !rest.starts_with('=') {
             continue;
@@ -195,7 +245,9 @@ pub fn attr<'a>(attrs: &'a str, key: &str) -> Option<&'a str> {
                 &inner[..e]
             }
             _ => {
-                let e = v.find(|c: char| c.is_whitespace() || c == '>').unwrap_or(v.len());
+                let e = v
+                    .find(|c: char| c.is_whitespace() || c == '>')
+                    .unwrap_or(v.len());
                 &v[..e]
             }
         });
@@ -204,7 +256,12 @@ pub fn attr<'a>(attrs: &'a str, key: &str) -> Option<&'a str> {
 }
 
 fn is_hidden(name: &str, attrs: &str) -> bool {
-    if attr(attrs, "hidden").is_some() || attrs.to_ascii_lowercase().split_whitespace().any(|w| w == "hidden") {
+    if attr(attrs, "hidden").is_some()
+        || attrs
+            .to_ascii_lowercase()
+            .split_whitespace()
+            .any(|w| w == "hidden")
+    {
         return true;
     }
     if name == "font" {
@@ -217,25 +274,39 @@ fn is_hidden(name: &str, attrs: &str) -> bool {
     let Some(style) = attr(attrs, "style") else {
         return false;
     };
-    let style: String = style.to_ascii_lowercase().chars().filter(|c| !c.is_whitespace()).collect();
-    if style.contains("display:none") || style.contains("visibility:hidden") || style.contains("opacity:0;") || style.ends_with("opacity:0") {
+    let style: String = style
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    if style.contains("display:none")
+        || style.contains("visibility:hidden")
+        || style.contains("opacity:0;")
+        || style.ends_with("opacity:0")
+    {
         return true;
     }
     for decl in style.split(';') {
         if let Some(v) = decl.strip_prefix("font-size:") {
-            let num: String = v.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+            let num: String = v
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
             if num.parse::<f32>().is_ok_and(|n| n < 1.0) {
                 return true;
             }
         }
     }
     let color = style_value(&style, "color");
-    let background = style_value(&style, "background-color").or_else(|| style_value(&style, "background"));
+    let background =
+        style_value(&style, "background-color").or_else(|| style_value(&style, "background"));
     matches!((color, background), (Some(c), Some(b)) if c == b)
 }
 
 fn style_value<'a>(style: &'a str, key: &str) -> Option<&'a str> {
-    style.split(';').find_map(|d| d.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+    style
+        .split(';')
+        .find_map(|d| d.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
 }
 
 /// Decodes HTML character references (named ones in common use, decimal, hex).
@@ -248,7 +319,9 @@ pub fn decode_entities(s: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         let after = &rest[amp + 1..];
-        let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '#')).unwrap_or(after.len());
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '#'))
+            .unwrap_or(after.len());
         let name = &after[..end];
         let decoded = if let Some(num) = name.strip_prefix('#') {
             let v = match num.strip_prefix(['x', 'X']) {
@@ -262,7 +335,11 @@ pub fn decode_entities(s: &str) -> String {
         match decoded {
             Some(c) if end > 0 => {
                 out.push(c);
-                let skip = if after[end..].starts_with(';') { end + 1 } else { end };
+                let skip = if after[end..].starts_with(';') {
+                    end + 1
+                } else {
+                    end
+                };
                 rest = &after[skip..];
             }
             _ => {
@@ -346,20 +423,42 @@ mod tests {
     fn hidden_text_is_set_apart() {
         let r = render("<p>buy</p><div style=\"display: none\">hidden words</div><font color=#fff style='color:#fff;background-color:#fff'>white</font><span style=\"font-size:0px\">tiny</span>");
         assert_eq!(r.text, "buy");
-        assert!(r.invisible.contains("hidden words") && r.invisible.contains("white") && r.invisible.contains("tiny"), "{:?}", r.invisible);
+        assert!(
+            r.invisible.contains("hidden words")
+                && r.invisible.contains("white")
+                && r.invisible.contains("tiny"),
+            "{:?}",
+            r.invisible
+        );
     }
 
     #[test]
     fn links_and_images() {
         let r = render("<a href=\"http://x.test/a?b=1&amp;c=2\">x</a><img src='http://img.test/i.gif' alt=\"Viagra\"><a HREF=http://y.test>y</a>");
-        assert_eq!(r.links, ["http://x.test/a?b=1&c=2", "http://img.test/i.gif", "http://y.test"]);
+        assert_eq!(
+            r.links,
+            [
+                "http://x.test/a?b=1&c=2",
+                "http://img.test/i.gif",
+                "http://y.test"
+            ]
+        );
         assert_eq!(r.images, 1);
         assert!(r.text.contains("Viagra"));
     }
 
     #[test]
     fn broken_html_does_not_panic() {
-        for s in ["<", "<a href=", "<!--", "&#99999999;", "&#x;", "<p style='", "é<é>é", "<<<>>>"] {
+        for s in [
+            "<",
+            "<a href=",
+            "<!--",
+            "&#99999999;",
+            "&#x;",
+            "<p style='",
+            "é<é>é",
+            "<<<>>>",
+        ] {
             let _ = render(s);
         }
     }

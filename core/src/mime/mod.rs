@@ -221,7 +221,11 @@ impl Message {
             p.scan_bytes();
             (p.parts, p.anomalies)
         };
-        Message { raw, parts, anomalies }
+        Message {
+            raw,
+            parts,
+            anomalies,
+        }
     }
 
     /// The root part.
@@ -240,7 +244,8 @@ impl Message {
 
     /// A header of the root as text: unfolded, RFC 2047 decoded.
     pub fn header_text(&self, name: &str) -> Option<String> {
-        self.field(0, name).map(|v| header::decode_words(&header::unfold(v)))
+        self.field(0, name)
+            .map(|v| header::decode_words(&header::unfold(v)))
     }
 
     /// The transfer-decoded content of a part (before charset conversion), cached. For an
@@ -269,7 +274,10 @@ impl Message {
     /// The content of a text part as UTF-8 (charset from the part, else detected).
     pub fn text(&self, id: PartId) -> Option<String> {
         let d = self.decoded(id)?;
-        Some(decode::to_utf8(d, self.parts[id as usize].charset.as_deref()))
+        Some(decode::to_utf8(
+            d,
+            self.parts[id as usize].charset.as_deref(),
+        ))
     }
 
     /// Leaf parts in order.
@@ -367,7 +375,14 @@ impl Parser<'_> {
     }
 
     /// Parses one entity (message or part) in `start..end`; returns its id and where it stopped.
-    fn entity(&mut self, start: usize, end: usize, parent: Option<PartId>, depth: u16, default_type: &str) -> (PartId, usize) {
+    fn entity(
+        &mut self,
+        start: usize,
+        end: usize,
+        parent: Option<PartId>,
+        depth: u16,
+        default_type: &str,
+    ) -> (PartId, usize) {
         let id = self.parts.len() as PartId;
         self.last = id;
         self.parts.push(Part {
@@ -480,7 +495,9 @@ impl Parser<'_> {
 
         // Body.
         let ctype = self.parts[id as usize].content_type.clone();
-        if depth >= self.limits.max_depth && (ctype.starts_with("multipart/") || ctype.starts_with("message/")) {
+        if depth >= self.limits.max_depth
+            && (ctype.starts_with("multipart/") || ctype.starts_with("message/"))
+        {
             self.note(Anomaly::TooDeep);
             return self.leaf_body(id, body_start, end);
         }
@@ -503,7 +520,11 @@ impl Parser<'_> {
         self.leaf_body(id, body_start, end)
     }
 
-    fn field(&self, (name_end, value_start, line_start): (usize, usize, usize), stop: usize) -> Field {
+    fn field(
+        &self,
+        (name_end, value_start, line_start): (usize, usize, usize),
+        stop: usize,
+    ) -> Field {
         // value: lstrip(' \t') of the first line, through the last continuation line,
         // rstrip('\r\n').
         let mut v = value_start;
@@ -551,7 +572,14 @@ impl Parser<'_> {
         (id, pos.max(body_start))
     }
 
-    fn multipart(&mut self, id: PartId, body_start: usize, end: usize, depth: u16, _ctype: &str) -> (PartId, usize) {
+    fn multipart(
+        &mut self,
+        id: PartId,
+        body_start: usize,
+        end: usize,
+        depth: u16,
+        _ctype: &str,
+    ) -> (PartId, usize) {
         let boundary = self.param(id, "content-type", "boundary").map(|v| {
             let t = v.to_text();
             t.trim_end().as_bytes().to_vec()
@@ -561,7 +589,9 @@ impl Parser<'_> {
             return self.leaf_body(id, body_start, end);
         };
         if self.parts[id as usize].encoding != Encoding::Identity || {
-            let cte = self.raw_field(id, "content-transfer-encoding").map(|v| v.to_ascii_lowercase());
+            let cte = self
+                .raw_field(id, "content-transfer-encoding")
+                .map(|v| v.to_ascii_lowercase());
             cte.is_some_and(|v| !matches!(&v[..], b"7bit" | b"8bit" | b"binary"))
         } {
             self.note(Anomaly::MultipartWithEncoding);
@@ -605,7 +635,9 @@ impl Parser<'_> {
                 let n = self.line(pos, end);
                 self.eof.push(own);
                 match n {
-                    Some(n) if is_boundary_line(&self.buf[n.start..n.content_end], &sep) => pos = n.end,
+                    Some(n) if is_boundary_line(&self.buf[n.start..n.content_end], &sep) => {
+                        pos = n.end
+                    }
                     _ => break,
                 }
             }
@@ -621,7 +653,9 @@ impl Parser<'_> {
             let (_, stop) = self.entity(pos, end, Some(id), depth + 1, default);
             // The line ending before the boundary belongs to the boundary.
             let last = self.last as usize;
-            if self.parts[last].kind == PartKind::Leaf && !self.parts[last].content_type.starts_with("multipart/") {
+            if self.parts[last].kind == PartKind::Leaf
+                && !self.parts[last].content_type.starts_with("multipart/")
+            {
                 let b = &self.parts[last].body;
                 let body = &self.buf[b.start as usize..b.end as usize];
                 let cut = trailing_eol(body) as u32;
@@ -657,7 +691,13 @@ impl Parser<'_> {
     }
 
     /// `message/delivery-status`: blocks of header fields separated by blank lines.
-    fn delivery_status(&mut self, id: PartId, body_start: usize, end: usize, depth: u16) -> (PartId, usize) {
+    fn delivery_status(
+        &mut self,
+        id: PartId,
+        body_start: usize,
+        end: usize,
+        depth: u16,
+    ) -> (PartId, usize) {
         self.parts[id as usize].kind = PartKind::Message;
         let mut pos = body_start;
         loop {
@@ -690,14 +730,19 @@ impl Parser<'_> {
 
     fn raw_field(&self, id: PartId, name: &str) -> Option<&[u8]> {
         let p = &self.parts[id as usize];
-        let mut found = p.fields.iter().filter(|f| f.name(self.buf).eq_ignore_ascii_case(name.as_bytes()));
+        let mut found = p
+            .fields
+            .iter()
+            .filter(|f| f.name(self.buf).eq_ignore_ascii_case(name.as_bytes()));
         found.next().map(|f| f.raw_value(self.buf))
     }
 
     fn param(&self, id: PartId, field: &str, name: &str) -> Option<ParamValue> {
         let v = self.raw_field(id, field)?;
         let (_, ps) = params(v);
-        ps.into_iter().find(|(n, _)| n == name.as_bytes()).map(|(_, v)| v)
+        ps.into_iter()
+            .find(|(n, _)| n == name.as_bytes())
+            .map(|(_, v)| v)
     }
 
     /// Content type, charset, encoding, disposition and file name of a part.
@@ -705,7 +750,10 @@ impl Parser<'_> {
         let buf = self.buf;
         let (ct_count, ct) = {
             let p = &self.parts[id as usize];
-            let mut it = p.fields.iter().filter(|f| f.name(buf).eq_ignore_ascii_case(b"content-type"));
+            let mut it = p
+                .fields
+                .iter()
+                .filter(|f| f.name(buf).eq_ignore_ascii_case(b"content-type"));
             let first = it.next().map(|f| f.raw_value(buf));
             (first.map_or(0, |_| 1 + it.count()), first)
         };
@@ -728,7 +776,9 @@ impl Parser<'_> {
                 }
             }
         };
-        let charset = self.param(id, "content-type", "charset").map(|v| v.to_text().trim().to_ascii_lowercase());
+        let charset = self
+            .param(id, "content-type", "charset")
+            .map(|v| v.to_text().trim().to_ascii_lowercase());
         let encoding = Encoding::from_header(self.raw_field(id, "content-transfer-encoding"));
         let disposition = self.raw_field(id, "content-disposition").map(|v| {
             let (head, _) = params(v);
@@ -739,7 +789,9 @@ impl Parser<'_> {
             .or_else(|| self.param(id, "content-type", "name"))
             .map(|v| {
                 let t = match &v {
-                    ParamValue::Plain(p) => header::bytes_to_text(&header::unquote(&header::unquote(p))),
+                    ParamValue::Plain(p) => {
+                        header::bytes_to_text(&header::unquote(&header::unquote(p)))
+                    }
                     ext => ext.to_text(),
                 };
                 header::decode_words(&header::unfold(t.trim().as_bytes()))

@@ -12,7 +12,9 @@ pub fn extract_text(text: &str) -> Vec<String> {
     let mut i = 0;
     while i < b.len() {
         // Start of a token: a letter or digit after a non-URI character.
-        if !(b[i].is_ascii_alphanumeric()) || (i > 0 && is_uri_char(b[i - 1]) && b[i - 1] != b'(' && b[i - 1] != b'<') {
+        if !(b[i].is_ascii_alphanumeric())
+            || (i > 0 && is_uri_char(b[i - 1]) && b[i - 1] != b'(' && b[i - 1] != b'<')
+        {
             i += 1;
             continue;
         }
@@ -55,7 +57,15 @@ fn trim_trailing(s: &str) -> &str {
 /// Decides whether a text token is a URI, an e-mail address or a bare host, and normalises it.
 fn classify(token: &str) -> Option<String> {
     let lower = token.to_ascii_lowercase();
-    for scheme in ["http://", "https://", "ftp://", "hxxp://", "hxxps://", "hxxp[:]//", "h**p://"] {
+    for scheme in [
+        "http://",
+        "https://",
+        "ftp://",
+        "hxxp://",
+        "hxxps://",
+        "hxxp[:]//",
+        "h**p://",
+    ] {
         if lower.starts_with(scheme) {
             return normalize(token);
         }
@@ -83,17 +93,25 @@ fn classify(token: &str) -> Option<String> {
 fn plausible_host(h: &str) -> bool {
     let labels: Vec<&str> = h.split('.').collect();
     labels.len() >= 2
-        && labels.iter().all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'))
-        && labels.last().is_some_and(|t| t.bytes().all(|c| c.is_ascii_alphabetic()) && t.len() >= 2)
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        })
+        && labels
+            .last()
+            .is_some_and(|t| t.bytes().all(|c| c.is_ascii_alphabetic()) && t.len() >= 2)
 }
 
 fn has_known_tld(h: &str) -> bool {
     const GENERIC: &[&str] = &[
-        "com", "net", "org", "info", "biz", "edu", "gov", "mil", "int", "name", "pro", "mobi", "asia", "tel", "xyz", "top",
-        "online", "site", "club", "shop", "store", "app", "dev", "io", "co", "me", "tv", "cc", "ws", "us", "uk", "de", "ru",
-        "cn", "jp", "fr", "nl", "it", "es", "br", "au", "ca", "ch", "pl", "in", "kr", "tw", "hk", "se", "no", "dk", "fi",
-        "be", "at", "cz", "eu", "su", "ua", "tk", "ml", "ga", "cf", "gq", "live", "link", "click", "win", "loan", "work",
-        "ly", "gl", "to", "fm", "nu", "la", "mx", "ar", "cl", "za", "nz", "ie", "pt", "gr", "hu", "ro", "tr", "vn", "th", "id",
+        "com", "net", "org", "info", "biz", "edu", "gov", "mil", "int", "name", "pro", "mobi",
+        "asia", "tel", "xyz", "top", "online", "site", "club", "shop", "store", "app", "dev", "io",
+        "co", "me", "tv", "cc", "ws", "us", "uk", "de", "ru", "cn", "jp", "fr", "nl", "it", "es",
+        "br", "au", "ca", "ch", "pl", "in", "kr", "tw", "hk", "se", "no", "dk", "fi", "be", "at",
+        "cz", "eu", "su", "ua", "tk", "ml", "ga", "cf", "gq", "live", "link", "click", "win",
+        "loan", "work", "ly", "gl", "to", "fm", "nu", "la", "mx", "ar", "cl", "za", "nz", "ie",
+        "pt", "gr", "hu", "ro", "tr", "vn", "th", "id",
     ];
     h.rsplit('.').next().is_some_and(|t| GENERIC.contains(&t))
 }
@@ -127,10 +145,16 @@ pub fn normalize(uri: &str) -> Option<String> {
     let (authority, path) = (&rest[..split], &rest[split..]);
     let hostport = authority.rsplit('@').next().unwrap_or(authority);
     let (host, port) = match hostport.rfind(':') {
-        Some(i) if !hostport.starts_with('[') && hostport[i + 1..].bytes().all(|b| b.is_ascii_digit()) => (&hostport[..i], &hostport[i..]),
+        Some(i)
+            if !hostport.starts_with('[')
+                && hostport[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            (&hostport[..i], &hostport[i..])
+        }
         _ => (hostport, ""),
     };
-    let host = String::from_utf8_lossy(&super::header::percent_decode(host.as_bytes())).to_ascii_lowercase();
+    let host = String::from_utf8_lossy(&super::header::percent_decode(host.as_bytes()))
+        .to_ascii_lowercase();
     let host = host.trim_end_matches('.').to_owned();
     if host.is_empty() {
         return None;
@@ -174,7 +198,13 @@ fn numeric_host(h: &str) -> Option<String> {
     if plain && h.split('.').all(|p| p.parse::<u8>().is_ok()) {
         return None; // already a dotted quad
     }
-    Some(octets.iter().map(|o| o.to_string()).collect::<Vec<_>>().join("."))
+    Some(
+        octets
+            .iter()
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join("."),
+    )
 }
 
 #[cfg(test)]
@@ -186,7 +216,10 @@ mod tests {
         let t = "Visit http://Example.COM/Path?x=1, or www.shop.test.com. Mail me: Bob@Example.org! \
                  Also hxxp://evil.example/x and see bit.ly/abc (not.a.host) https://user:pw@[::1]:8080/";
         let u = extract_text(t);
-        assert!(u.contains(&"http://example.com/Path?x=1".to_string()), "{u:?}");
+        assert!(
+            u.contains(&"http://example.com/Path?x=1".to_string()),
+            "{u:?}"
+        );
         assert!(u.contains(&"http://www.shop.test.com".to_string()), "{u:?}");
         assert!(u.contains(&"mailto:Bob@example.org".to_string()), "{u:?}");
         assert!(u.contains(&"http://evil.example/x".to_string()), "{u:?}");
@@ -195,16 +228,33 @@ mod tests {
 
     #[test]
     fn numeric_hosts() {
-        assert_eq!(normalize("http://0x7f.0.0.1/").unwrap(), "http://127.0.0.1/");
-        assert_eq!(normalize("http://2130706433/x").unwrap(), "http://127.0.0.1/x");
-        assert_eq!(normalize("http://0177.0.0.01/").unwrap(), "http://127.0.0.1/");
+        assert_eq!(
+            normalize("http://0x7f.0.0.1/").unwrap(),
+            "http://127.0.0.1/"
+        );
+        assert_eq!(
+            normalize("http://2130706433/x").unwrap(),
+            "http://127.0.0.1/x"
+        );
+        assert_eq!(
+            normalize("http://0177.0.0.01/").unwrap(),
+            "http://127.0.0.1/"
+        );
         assert_eq!(normalize("http://10.1.2.3/").unwrap(), "http://10.1.2.3/");
-        assert_eq!(normalize("http://%65xample.com/").unwrap(), "http://example.com/");
+        assert_eq!(
+            normalize("http://%65xample.com/").unwrap(),
+            "http://example.com/"
+        );
     }
 
     #[test]
     fn html_links() {
-        let u = extract_html("<a href=\"HTTP://A.test/x\">click http://b.test</a><img src=http://c.test/i.png>");
-        assert_eq!(u, ["http://a.test/x", "http://c.test/i.png", "http://b.test"]);
+        let u = extract_html(
+            "<a href=\"HTTP://A.test/x\">click http://b.test</a><img src=http://c.test/i.png>",
+        );
+        assert_eq!(
+            u,
+            ["http://a.test/x", "http://c.test/i.png", "http://b.test"]
+        );
     }
 }

@@ -149,7 +149,12 @@ fn domain_arg<'a>(arg: &'a str, verb: &'static str) -> Result<&'a str, Reply> {
 
 /// Splits `FROM:<path> params` into the path (without brackets) and the parameter string.
 fn split_path<'a>(arg: &'a str, keyword: &str) -> Option<(&'a str, &'a str)> {
-    if arg.len() < keyword.len() || !arg[..keyword.len()].eq_ignore_ascii_case(keyword) {
+    // Compare bytes: `arg` may have a multi-byte character where the keyword ends.
+    if !arg
+        .as_bytes()
+        .get(..keyword.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(keyword.as_bytes()))
+    {
         return None;
     }
     let rest = arg[keyword.len()..].trim_start_matches([' ', '\t']);

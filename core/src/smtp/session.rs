@@ -378,7 +378,11 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
     /// before the next read: a BDAT chunk's remainder, a generous step inside DATA, else 0.
     pub fn read_hint(&self, buffered: usize) -> usize {
         match &self.phase {
-            Phase::Chunk { remaining, discard: None, .. } => (*remaining as usize).saturating_sub(buffered),
+            Phase::Chunk {
+                remaining,
+                discard: None,
+                ..
+            } => (*remaining as usize).saturating_sub(buffered),
             // Inside DATA, read in large steps: most messages then arrive in one or two reads
             // without the buffer being regrown on the way.
             Phase::Data(_) => 16 * 1024,
