@@ -293,19 +293,24 @@ fn split_lines(s: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// Converts text in `charset` to UTF-8 with `encoding_rs`. Without a (known) charset, valid UTF-8
-/// stays UTF-8 and other 8-bit text is taken as Windows-1252, the usual undeclared charset.
+/// Converts text in `charset` to UTF-8 with `encoding_rs`. Without a (known) charset, ASCII and
+/// valid UTF-8 stay as they are and other 8-bit text is given to `chardetng` (Firefox's detector)
+/// to guess its legacy encoding (Windows-1252, KOI8-R, GBK, Shift_JIS, ...).
 pub fn to_utf8(bytes: &[u8], charset: Option<&str>) -> String {
     if let Some(enc) = charset.and_then(|c| encoding_rs::Encoding::for_label(c.trim().as_bytes())) {
         return enc.decode_without_bom_handling(bytes).0.into_owned();
     }
     match std::str::from_utf8(bytes) {
         Ok(s) => s.to_owned(),
-        Err(_) => encoding_rs::WINDOWS_1252
-            .decode_without_bom_handling(bytes)
-            .0
-            .into_owned(),
+        Err(_) => detect(bytes).decode_without_bom_handling(bytes).0.into_owned(),
     }
+}
+
+/// Guesses the encoding of undeclared 8-bit text.
+pub fn detect(bytes: &[u8]) -> &'static encoding_rs::Encoding {
+    let mut d = chardetng::EncodingDetector::new();
+    d.feed(bytes, true);
+    d.guess(None, true)
 }
 
 #[cfg(test)]
@@ -340,7 +345,10 @@ mod tests {
     #[test]
     fn charsets() {
         assert_eq!(to_utf8(b"caf\xe9", Some("iso-8859-1")), "café");
-        assert_eq!(to_utf8(b"caf\xe9", None), "café");
+                assert_eq!(to_utf8(b"caf\xe9 cr\xe8me br\xfbl\xe9e", None), "café crème brûlée");
+        // undeclared KOI8-R is recognised as such
+        let koi8 = encoding_rs::KOI8_R.encode("Привет, как дела? Это проверка кодировки текста.").0;
+        assert_eq!(to_utf8(&koi8, None), "Привет, как дела? Это проверка кодировки текста.");
         assert_eq!(to_utf8("café".as_bytes(), None), "café");
     }
 }
