@@ -427,6 +427,9 @@ async fn transaction(sh: &Shared, c: &mut Client, msg: &[u8]) -> anyhow::Result<
         c.s.write_all(&w).await?;
     }
     let mail = c.reply().await?;
+    if mail.code == 421 {
+        return Ok(421); // the server is closing the connection; the rest was not read
+    }
     let mut accepted = 0;
     let mut first_bad = None;
     for _ in &sh.rcpts {

@@ -355,7 +355,6 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     sink.c.accepted.fetch_add(1, Relaxed);
                     Reply::owned(250, "2.0.0", format!("Ok: queued as S{n}"))
                 };
-                session.note_reply(&r);
                 reply(&mut w, &r);
             }
         }

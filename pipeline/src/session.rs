@@ -168,7 +168,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
                 let tls = io.conn.is_tls();
                 let reply =
                     deliver(&shard, &snap.snap, &target, &client, downstream, msg, tls).await;
-                session.note_reply(&reply);
+                // The next hop's refusals are not the client's errors: not counted.
                 io.reply(&reply);
             }
         }

@@ -1,6 +1,7 @@
 """End-to-end tests of the mxgate gateway against real SMTP peers: swaks, Postfix's
 smtp-source and smtp-sink, a real Postfix on both sides, Python's smtplib and raw sockets."""
 
+import json
 import os
 import re
 import resource
@@ -374,6 +375,28 @@ class NextHopFailures(unittest.TestCase):
             sink.stop()
 
 
+class LoadgenModes(unittest.TestCase):
+    def test_open_loop_rate_and_duration_and_injected_failures(self):
+        sink = Sink(WORK, args=["--fail-rate", "0.25", "--fail-code", "451"], save=False)
+        mx = Mxgate(WORK, sink.port, stages="none")
+        try:
+            t0 = time.time()
+            r = subprocess.run([harness.LOADGEN, "send", "--to", f"127.0.0.1:{mx.port}", "--rate", "200",
+                                "--duration", "2", "--sessions", "4", "--json"],
+                               capture_output=True, text=True, timeout=60)
+            wall = time.time() - t0
+            self.assertEqual(r.returncode, 0, r.stderr)
+            out = json.loads(r.stdout)
+            self.assertTrue(1.8 <= wall <= 6, wall)
+            self.assertTrue(340 <= out["messages"] <= 420, out)
+            # every fourth message is refused by the sink, and the refusal reaches the client
+            self.assertAlmostEqual(out["replies"]["451"] / out["messages"], 0.25, delta=0.02)
+            self.assertEqual(out["replies"]["451"] + out["replies"]["250"], out["messages"])
+        finally:
+            mx.stop()
+            sink.stop()
+
+
 class TlsToNextHop(unittest.TestCase):
     def test_relay_uses_starttls_when_offered(self):
         sink = Sink(WORK, args=["--tls-cert", CERT, "--tls-key", KEY])
@@ -409,7 +432,9 @@ class RealPostfix(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.sink = Sink(WORK)
-        cls.nexthop = Postfix("postfix-nexthop", free_port(), cls.sink.port, tls_cert=CERT, tls_key=KEY)
+        cls.nexthop = Postfix("postfix-nexthop", free_port(), cls.sink.port, tls_cert=CERT, tls_key=KEY,
+                              extra_main="smtpd_recipient_restrictions = check_recipient_access "
+                                         "inline:{ { blocked@e2e.test = REJECT no such user } }, permit_mynetworks, reject\n")
         cls.mx = Mxgate(WORK, cls.nexthop.port)
         cls.client = Postfix("postfix-client", free_port(), cls.mx.port)
 
@@ -437,14 +462,34 @@ class RealPostfix(unittest.TestCase):
         self.assertTrue(self.nexthop.wait_log("orig_client="), self.nexthop.log()[-2000:])
         self.assertIn("TLS connection established from", self.nexthop.log())
 
-    def test_next_hop_rejection_reaches_the_client_postfix_as_bounce_or_defer(self):
+    def test_postfix_recipient_refusal_passes_through_per_recipient(self):
+        before = self.sink.stats()["messages"]
         with smtplib.SMTP("127.0.0.1", self.mx.port) as s:
             s.ehlo("x")
             s.mail("a@e2e.test")
-            # the next-hop Postfix refuses relaying for non-loopback... it relays all; but it
-            # refuses an invalid recipient domain syntax
-            code, _ = s.rcpt("user@[999.1.1.1]")
-            self.assertGreaterEqual(code, 400)
+            self.assertEqual(s.rcpt("ok@e2e.test")[0], 250)
+            code, text = s.rcpt("blocked@e2e.test")
+            self.assertEqual(code, 554)
+            self.assertIn(b"Recipient address rejected: no such user", text)
+            code, _ = s.data(b"Subject: one of two\r\n\r\nbody\r\n")
+            self.assertEqual(code, 250)
+        self.sink.wait_messages(before + 1, timeout=60)
+        env, _ = self.sink.messages()[-1]
+        self.assertIn("RCPT TO:ok@e2e.test\n", env)
+
+    def test_single_recipient_refusal_after_pipelined_data(self):
+        # PIPELINING client, one recipient, DATA right behind it: mxgate accepts the RCPT
+        # provisionally and the next hop's refusal of the recipient is the final reply.
+        s = Smtp(self.mx.port)
+        s.reply()
+        s.cmd("EHLO x")
+        s.send("MAIL FROM:<a@e2e.test>\r\nRCPT TO:<blocked@e2e.test>\r\nDATA\r\n")
+        self.assertEqual([s.reply()[0] for _ in range(3)], [250, 250, 354])
+        s.send("Subject: refused\r\n\r\nbody\r\n.\r\n")
+        code, text, _ = s.reply()
+        self.assertEqual(code, 554)
+        self.assertIn("no such user", text)
+        s.close()
 
 
 class Lifecycle(unittest.TestCase):
