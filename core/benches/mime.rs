@@ -15,11 +15,15 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mxgate_core::mime::{Message, PartKind};
 
 fn corpus() -> Vec<Bytes> {
-    let root = std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus").to_owned());
+    let root = std::env::var("MXGATE_CORPUS")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus").to_owned());
     let mut out = Vec::new();
     for folder in ["ham", "spam", "hard_ham", "mime-edge"] {
         let dir = std::path::Path::new(&root).join(folder);
-        let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
         names.sort();
         for n in names {
             out.push(Bytes::from(std::fs::read(n).unwrap()));

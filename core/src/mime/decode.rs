@@ -302,7 +302,10 @@ pub fn to_utf8(bytes: &[u8], charset: Option<&str>) -> String {
     }
     match std::str::from_utf8(bytes) {
         Ok(s) => s.to_owned(),
-        Err(_) => detect(bytes).decode_without_bom_handling(bytes).0.into_owned(),
+        Err(_) => detect(bytes)
+            .decode_without_bom_handling(bytes)
+            .0
+            .into_owned(),
     }
 }
 
@@ -345,10 +348,18 @@ mod tests {
     #[test]
     fn charsets() {
         assert_eq!(to_utf8(b"caf\xe9", Some("iso-8859-1")), "café");
-                assert_eq!(to_utf8(b"caf\xe9 cr\xe8me br\xfbl\xe9e", None), "café crème brûlée");
+        assert_eq!(
+            to_utf8(b"caf\xe9 cr\xe8me br\xfbl\xe9e", None),
+            "café crème brûlée"
+        );
         // undeclared KOI8-R is recognised as such
-        let koi8 = encoding_rs::KOI8_R.encode("Привет, как дела? Это проверка кодировки текста.").0;
-        assert_eq!(to_utf8(&koi8, None), "Привет, как дела? Это проверка кодировки текста.");
+        let koi8 = encoding_rs::KOI8_R
+            .encode("Привет, как дела? Это проверка кодировки текста.")
+            .0;
+        assert_eq!(
+            to_utf8(&koi8, None),
+            "Привет, как дела? Это проверка кодировки текста."
+        );
         assert_eq!(to_utf8("café".as_bytes(), None), "café");
     }
 }

@@ -180,7 +180,9 @@ pub fn params(value: &[u8]) -> (Vec<u8>, Vec<(Vec<u8>, ParamValue)>) {
     };
     // decode_params
     let mut out: Vec<(Vec<u8>, ParamValue)> = Vec::new();
-    let mut cont: Vec<(Vec<u8>, Vec<(Option<u32>, Vec<u8>, bool)>)> = Vec::new();
+    // RFC 2231 segments by base name: (continuation number, value, %-encoded).
+    type Segments = Vec<(Option<u32>, Vec<u8>, bool)>;
+    let mut cont: Vec<(Vec<u8>, Segments)> = Vec::new();
     for p in it {
         let (name, val) = match memchr::memchr(b'=', &p) {
             Some(i) => (py_strip(&p[..i]).to_vec(), py_strip(&p[i + 1..]).to_vec()),
@@ -197,7 +199,7 @@ pub fn params(value: &[u8]) -> (Vec<u8>, Vec<(Vec<u8>, ParamValue)>) {
         }
     }
     for (name, mut segs) in cont {
-        segs.sort_by(|a, b| a.0.cmp(&b.0));
+        segs.sort_by_key(|s| s.0);
         let mut value = Vec::new();
         let mut extended = false;
         for (_, s, encoded) in segs {

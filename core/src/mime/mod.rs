@@ -598,7 +598,7 @@ impl Parser<'_> {
         }
         let mut sep = b"--".to_vec();
         sep.extend_from_slice(&boundary);
-        if self.eof.iter().any(|s| *s == sep) {
+        if self.eof.contains(&sep) {
             self.note(Anomaly::ClashingBoundary);
         }
         self.parts[id as usize].kind = PartKind::Multipart;
