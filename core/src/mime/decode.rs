@@ -5,6 +5,8 @@
 //! at the first complete padding; quoted-printable keeps malformed escapes as text; uuencode finds
 //! its `begin` line. None of them fails: the worst case is the input returned as it came.
 
+use std::borrow::Cow;
+
 /// The transfer encoding of a part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -69,12 +71,16 @@ enum B64Error {
     Padding,
 }
 
-/// `binascii.a2b_base64`, strict or not.
-fn a2b_base64(input: &[u8], strict: bool) -> Result<Vec<u8>, B64Error> {
+/// `binascii.a2b_base64`, strict or not. With `skip_newlines`, CR and LF are passed over as if
+/// they had been removed first (what Python does with the lines of a body).
+fn a2b_base64(input: &[u8], strict: bool, skip_newlines: bool) -> Result<Vec<u8>, B64Error> {
     let mut out = Vec::with_capacity(input.len() / 4 * 3 + 3);
     let (mut quad, mut left, mut pads) = (0u8, 0u8, 0u8);
     let mut padding_started = false;
     for (i, &c) in input.iter().enumerate() {
+        if skip_newlines && (c == b'\r' || c == b'\n') {
+            continue;
+        }
         if c == b'=' {
             padding_started = true;
             if strict && quad == 0 {
@@ -83,7 +89,11 @@ fn a2b_base64(input: &[u8], strict: bool) -> Result<Vec<u8>, B64Error> {
             if quad >= 2 {
                 pads += 1;
                 if quad + pads >= 4 {
-                    if strict && i + 1 < input.len() {
+                    if strict
+                        && input[i + 1..]
+                            .iter()
+                            .any(|&b| !(skip_newlines && (b == b'\r' || b == b'\n')))
+                    {
                         return Err(B64Error::Strict);
                     }
                     return Ok(out);
@@ -134,6 +144,13 @@ fn a2b_base64(input: &[u8], strict: bool) -> Result<Vec<u8>, B64Error> {
 /// Decodes a base64 body as `email._encoded_words.decode_b` does after the line breaks are removed:
 /// strict with padding fixed, then lenient, then lenient with padding added, else the input.
 pub fn base64_body(body: &[u8]) -> Vec<u8> {
+    // Fast path: a well-formed body decodes strictly in one pass, line breaks skipped.
+    let data_chars = body.iter().filter(|&&b| b != b'\r' && b != b'\n').count();
+    if data_chars % 4 == 0 {
+        if let Ok(v) = a2b_base64(body, true, true) {
+            return v;
+        }
+    }
     let joined: Vec<u8> = body
         .iter()
         .copied()
@@ -149,15 +166,15 @@ pub fn base64_lenient(s: &[u8]) -> Vec<u8> {
     if pad_err != 0 {
         padded.extend_from_slice(&b"==="[..4 - pad_err]);
     }
-    if let Ok(v) = a2b_base64(&padded, true) {
+    if let Ok(v) = a2b_base64(&padded, true, false) {
         return v;
     }
-    match a2b_base64(s, false) {
+    match a2b_base64(s, false, false) {
         Ok(v) => v,
         Err(_) => {
             let mut more = s.to_vec();
             more.extend_from_slice(b"==");
-            match a2b_base64(&more, false) {
+            match a2b_base64(&more, false, false) {
                 Ok(v) => v,
                 Err(_) => s.to_vec(),
             }
@@ -296,23 +313,27 @@ fn split_lines(s: &[u8]) -> Vec<&[u8]> {
 /// Converts text in `charset` to UTF-8 with `encoding_rs`. Without a (known) charset, ASCII and
 /// valid UTF-8 stay as they are and other 8-bit text is given to `chardetng` (Firefox's detector)
 /// to guess its legacy encoding (Windows-1252, KOI8-R, GBK, Shift_JIS, ...).
-pub fn to_utf8(bytes: &[u8], charset: Option<&str>) -> String {
+///
+/// Text that is already valid in its charset and ASCII-compatible comes back borrowed: no copy.
+pub fn to_utf8<'a>(bytes: &'a [u8], charset: Option<&str>) -> Cow<'a, str> {
     if let Some(enc) = charset.and_then(|c| encoding_rs::Encoding::for_label(c.trim().as_bytes())) {
-        return enc.decode_without_bom_handling(bytes).0.into_owned();
+        return enc.decode_without_bom_handling(bytes).0;
     }
     match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_owned(),
-        Err(_) => detect(bytes)
-            .decode_without_bom_handling(bytes)
-            .0
-            .into_owned(),
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => detect(bytes).decode_without_bom_handling(bytes).0,
     }
 }
 
-/// Guesses the encoding of undeclared 8-bit text.
+/// Guesses the encoding of undeclared 8-bit text from its first 4 KiB that hold non-ASCII bytes
+/// (enough for the detector; a long message would only cost time).
 pub fn detect(bytes: &[u8]) -> &'static encoding_rs::Encoding {
+    const SAMPLE: usize = 4096;
+    let first = bytes.iter().position(|b| !b.is_ascii()).unwrap_or(0);
+    let start = first.saturating_sub(256);
+    let sample = &bytes[start..bytes.len().min(start + SAMPLE)];
     let mut d = chardetng::EncodingDetector::new();
-    d.feed(bytes, true);
+    d.feed(sample, true);
     d.guess(None, true)
 }
 

@@ -23,6 +23,7 @@ pub mod html;
 pub mod lines;
 pub mod uri;
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::ops::Range;
 
@@ -272,7 +273,7 @@ impl Message {
     }
 
     /// The content of a text part as UTF-8 (charset from the part, else detected).
-    pub fn text(&self, id: PartId) -> Option<String> {
+    pub fn text(&self, id: PartId) -> Option<Cow<'_, str>> {
         let d = self.decoded(id)?;
         Some(decode::to_utf8(
             d,
@@ -292,7 +293,7 @@ impl Message {
         for p in self.leaves() {
             let t = match p.content_type.as_str() {
                 "text/plain" => self.text(p.id),
-                "text/html" => self.text(p.id).map(|h| html::render(&h).text),
+                "text/html" => self.text(p.id).map(|h| Cow::Owned(html::render(&h).text)),
                 _ => None,
             };
             if let Some(t) = t {
