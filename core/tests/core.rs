@@ -529,6 +529,12 @@ mod mime_cases {
             msg.header_text("from").unwrap_or_default()
         ));
         s.push_str(&format!("uris: {}\n", msg.uris().join(" ")));
+        let uu: Vec<String> = msg
+            .embedded_uu()
+            .iter()
+            .map(|(p, b)| format!("{p}:{}:{}", b.filename, String::from_utf8_lossy(&b.data)))
+            .collect();
+        s.push_str(&format!("uuencoded: {}\n", uu.join(" ")));
         let rendered: String = msg
             .rendered_text()
             .replace("\r\n", "\n")
@@ -563,7 +569,7 @@ mod mime_cases {
             .filter(|p| p.extension().is_some_and(|e| e == "eml"))
             .collect();
         names.sort();
-        assert!(names.len() >= 8);
+        assert!(names.len() >= 9);
         for path in names {
             let raw = std::fs::read(&path).unwrap();
             let got = summary(&raw);

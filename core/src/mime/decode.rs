@@ -232,71 +232,88 @@ pub fn quoted_printable(s: &[u8]) -> Vec<u8> {
 /// uudecode as Python's `email.message._decode_uu`; `None` when there is no `begin` line or the
 /// data is truncated (the caller then keeps the input).
 pub fn uudecode(s: &[u8]) -> Option<Vec<u8>> {
-    let mut lines = split_lines(s).into_iter();
-    loop {
-        let line = lines.next()?;
-        if let Some(rest) = line.strip_prefix(b"begin ") {
-            let mode = rest.split(|&b| b == b' ').next().unwrap_or(b"");
-            if !mode.is_empty() && mode.iter().all(|b| (b'0'..=b'7').contains(b)) {
-                break;
+    let lines = split_lines(s);
+    let start = lines.iter().position(|l| begin_line(l).is_some())?;
+    uu_body(&lines[start + 1..]).map(|(data, _)| data)
+}
+
+/// A file uuencoded inside a text body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UuBlock {
+    /// The name on the `begin` line.
+    pub filename: String,
+    /// The decoded file.
+    pub data: Vec<u8>,
+}
+
+/// The uuencoded files embedded in a text body (`begin MODE NAME` … `end`), as old mailers and
+/// some malware send attachments. Truncated blocks are skipped.
+pub fn uu_blocks(text: &[u8]) -> Vec<UuBlock> {
+    let lines = split_lines(text);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if let Some(name) = begin_line(lines[i]) {
+            if let Some((data, used)) = uu_body(&lines[i + 1..]) {
+                out.push(UuBlock {
+                    filename: super::header::bytes_to_text(name),
+                    data,
+                });
+                i += 1 + used;
+                continue;
             }
         }
+        i += 1;
     }
+    out
+}
+
+/// The file name of a `begin MODE NAME` line with an octal mode.
+fn begin_line(line: &[u8]) -> Option<&[u8]> {
+    let rest = line.strip_prefix(b"begin ")?;
+    let mut it = rest.splitn(2, |&b| b == b' ');
+    let mode = it.next()?;
+    if mode.is_empty() || !mode.iter().all(|b| (b'0'..=b'7').contains(b)) {
+        return None;
+    }
+    Some(super::header::py_strip(it.next().unwrap_or(b"")))
+}
+
+/// Decodes uuencoded lines up to `end`: the data and how many lines were used (`end` included).
+/// `None` when a blank line comes first (truncated input, as Python reports it).
+fn uu_body(lines: &[&[u8]]) -> Option<(Vec<u8>, usize)> {
     let mut out = Vec::new();
-    for line in lines {
+    for (k, line) in lines.iter().enumerate() {
         if line.is_empty() {
             return None;
         }
         if super::header::py_strip(line) == b"end" {
-            break;
+            return Some((out, k + 1));
         }
         let n = ((line[0].wrapping_sub(32)) & 63) as usize;
-        let mut quad = [0u8; 4];
-        let mut got = 0;
         let mut produced = 0;
-        for &c in &line[1..] {
+        for chunk in line[1..].chunks(4) {
             if produced >= n {
                 break;
             }
-            quad[got] = c.wrapping_sub(32) & 63;
-            got += 1;
-            if got == 4 {
-                let bytes = [
-                    quad[0] << 2 | quad[1] >> 4,
-                    quad[1] << 4 | quad[2] >> 2,
-                    quad[2] << 6 | quad[3],
-                ];
-                for b in bytes {
-                    if produced < n {
-                        out.push(b);
-                        produced += 1;
-                    }
-                }
-                got = 0;
+            let mut q = [0u8; 4];
+            for (j, &c) in chunk.iter().enumerate() {
+                q[j] = c.wrapping_sub(32) & 63;
             }
-        }
-        if got > 0 && produced < n {
-            for q in quad.iter_mut().skip(got) {
-                *q = 0;
-            }
-            let bytes = [
-                quad[0] << 2 | quad[1] >> 4,
-                quad[1] << 4 | quad[2] >> 2,
-                quad[2] << 6 | quad[3],
-            ];
-            for b in bytes {
+            for b in [
+                q[0] << 2 | q[1] >> 4,
+                q[1] << 4 | q[2] >> 2,
+                q[2] << 6 | q[3],
+            ] {
                 if produced < n {
                     out.push(b);
                     produced += 1;
                 }
             }
         }
-        while produced < n {
-            out.push(0);
-            produced += 1;
-        }
+        out.resize(out.len() + (n - produced), 0);
     }
-    Some(out)
+    Some((out, lines.len()))
 }
 
 /// `bytes.splitlines()`.
@@ -364,6 +381,15 @@ mod tests {
         let enc = b"begin 644 x.txt\n%:&5L;&\\`\n`\nend\n";
         assert_eq!(uudecode(enc).unwrap(), b"hello");
         assert!(uudecode(b"no begin here").is_none());
+        let text = b"Hi,\nthe file:\n\nbegin 644 hello.txt\n%:&5L;&\\`\n`\nend\n\nbye\nbegin 600 cut.bin\n%:&5L\n\n";
+        let blocks = uu_blocks(text);
+        assert_eq!(
+            blocks,
+            vec![UuBlock {
+                filename: "hello.txt".into(),
+                data: b"hello".to_vec()
+            }]
+        );
     }
 
     #[test]

@@ -281,6 +281,23 @@ impl Message {
         ))
     }
 
+    /// Files uuencoded inside the text parts: (part, block).
+    pub fn embedded_uu(&self) -> Vec<(PartId, decode::UuBlock)> {
+        let mut out = Vec::new();
+        for p in self
+            .leaves()
+            .filter(|p| p.content_type.starts_with("text/") && p.encoding != Encoding::Uuencode)
+        {
+            let Some(d) = self.decoded(p.id) else {
+                continue;
+            };
+            if memchr::memmem::find(d, b"begin ").is_some() {
+                out.extend(decode::uu_blocks(d).into_iter().map(|b| (p.id, b)));
+            }
+        }
+        out
+    }
+
     /// Leaf parts in order.
     pub fn leaves(&self) -> impl Iterator<Item = &Part> {
         self.parts.iter().filter(|p| p.kind == PartKind::Leaf)

@@ -150,5 +150,11 @@ fn mime_json(path: &std::path::Path, raw: Vec<u8>) -> serde_json::Value {
         "subject": msg.header_text("subject"),
         "from": msg.header_text("from"),
         "uris": msg.uris(),
+        "uuencoded": msg.embedded_uu().iter().map(|(part, b)| serde_json::json!({
+            "part": part,
+            "filename": b.filename,
+            "len": b.data.len(),
+            "sha256": hex::encode(sha2::Sha256::digest(&b.data)),
+        })).collect::<Vec<_>>(),
     })
 }
