@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = msg.rendered_text();
     let _ = msg.uris();
+    let _ = msg.embedded_uu();
     let _ = msg.header_text("subject");
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = html::render(s);
