@@ -200,6 +200,14 @@ impl Relay {
         })
     }
 
+    /// Counts and logs a failure talking to the next hop.
+    fn failed(&self, t: &Target<'_>, what: &str, e: &RelayError) {
+        self.stats
+            .relay_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(next_hop = %t.addr, error = %e, "relay: {what}");
+    }
+
     /// Closes every pooled connection (shutdown).
     pub fn clear(&self) {
         self.pool.borrow_mut().clear();
@@ -320,10 +328,7 @@ impl Relay {
             let (ds, pooled) = match self.checkout(t).await {
                 Ok(x) => x,
                 Err(e) => {
-                    self.stats
-                        .relay_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(next_hop = %t.addr, error = %e, "relay: cannot open a session");
+                    self.failed(t, "cannot open a session", &e);
                     return (None, e.reply());
                 }
             };
@@ -334,10 +339,7 @@ impl Relay {
                     tracing::debug!(error = %e, "relay: pooled connection was dead, reconnecting");
                 }
                 Err(e) => {
-                    self.stats
-                        .relay_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(next_hop = %t.addr, error = %e, "relay: MAIL/RCPT failed");
+                    self.failed(t, "MAIL/RCPT failed", &e);
                     return (None, e.reply());
                 }
             }
@@ -416,10 +418,7 @@ impl Relay {
         match r {
             Ok(r) => r,
             Err(e) => {
-                self.stats
-                    .relay_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(error = %e, "relay: RCPT failed");
+                self.failed(t, "RCPT failed", &e);
                 *tx = None;
                 e.reply()
             }
@@ -441,10 +440,7 @@ impl Relay {
                 r
             }
             Err(e) => {
-                self.stats
-                    .relay_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(next_hop = %t.addr, error = %e, "relay: message transfer failed");
+                self.failed(t, "message transfer failed", &e);
                 e.reply()
             }
         }
@@ -492,10 +488,7 @@ impl Relay {
             let (mut ds, pooled) = match self.checkout(t).await {
                 Ok(x) => x,
                 Err(e) => {
-                    self.stats
-                        .relay_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(next_hop = %t.addr, error = %e, "relay: cannot open a session");
+                    self.failed(t, "cannot open a session", &e);
                     return e.reply();
                 }
             };
@@ -535,10 +528,7 @@ impl Relay {
                     tracing::debug!(error = %e, "relay: pooled connection was dead, reconnecting");
                 }
                 Err(e) => {
-                    self.stats
-                        .relay_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(next_hop = %t.addr, error = %e, "relay: transaction failed");
+                    self.failed(t, "transaction failed", &e);
                     return e.reply();
                 }
             }
