@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mxgate_pipeline::server::Control;
 use mxgate_pipeline::settings::{self, Overrides, Snapshot};
+use mxgate_pipeline::tools;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -44,12 +45,76 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Bayesian filter tools.
+    Bayes {
+        #[command(subcommand)]
+        cmd: BayesCmd,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
 }
+
+#[derive(Subcommand)]
+enum BayesCmd {
+    /// Learn messages (files, folders, mbox files) as spam or ham; learning a message again as
+    /// the other class moves it.
+    Learn {
+        /// Database folder.
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: PathBuf,
+        /// Spam messages.
+        #[arg(long, num_args = 1..)]
+        spam: Vec<PathBuf>,
+        /// Ham messages.
+        #[arg(long, num_args = 1..)]
+        ham: Vec<PathBuf>,
+    },
+    /// Forget learned messages.
+    Forget {
+        /// Database folder.
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: PathBuf,
+        /// The messages.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Classify messages: one JSON object per message per line.
+    Classify {
+        /// Database folder.
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: PathBuf,
+        /// How many of the strongest tokens to show.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        /// The messages.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Messages and tokens learned, and whether the filter is ready.
+    Stats {
+        /// Database folder.
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: PathBuf,
+    },
+    /// k-fold cross-validation over spam and ham folders (no database involved).
+    Cv {
+        /// Folds.
+        #[arg(long, default_value_t = 10)]
+        folds: usize,
+        /// Spam messages.
+        #[arg(long, num_args = 1.., required = true)]
+        spam: Vec<PathBuf>,
+        /// Ham messages.
+        #[arg(long, num_args = 1.., required = true)]
+        ham: Vec<PathBuf>,
+    },
+}
+
+/// Where `mxgate bayes` keeps its model unless told otherwise.
+const DEFAULT_DB: &str = "/var/lib/mxgate/bayes";
 
 #[derive(Subcommand)]
 enum ConfigCmd {
@@ -76,6 +141,13 @@ fn init_logging(level: &str) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Bayes { cmd } => match cmd {
+            BayesCmd::Learn { db, spam, ham } => tools::learn(&db, &spam, &ham),
+            BayesCmd::Forget { db, paths } => tools::forget(&db, &paths),
+            BayesCmd::Classify { db, top, paths } => tools::classify_files(&db, &paths, top),
+            BayesCmd::Stats { db } => tools::stats(&db),
+            BayesCmd::Cv { folds, spam, ham } => tools::cross_validate(&spam, &ham, folds.max(2)),
+        },
         Cmd::Mime { files } => {
             use std::io::Write as _;
             let mut out = std::io::stdout().lock();

@@ -1,0 +1,244 @@
+//! Operator tools behind `mxgate bayes ...`: learning, forgetting, classifying, statistics and
+//! cross-validation over message files, folders and mbox files.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use mxgate_core::mime::Message;
+use mxgate_scanners::bayes::{
+    self, classify, message_hash, tokenize, Class, Learned, Model, Params,
+};
+
+/// The model file inside a database folder.
+pub fn model_path(db: &Path) -> PathBuf {
+    db.join("bayes.model")
+}
+
+/// Every message under `paths`: files, folders (recursively, in name order), and mbox files
+/// (split at `From ` lines).
+pub fn messages(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for p in paths {
+        collect(p, &mut files).with_context(|| p.display().to_string())?;
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let raw = std::fs::read(&f).with_context(|| f.display().to_string())?;
+        let name = f.display().to_string();
+        let parts = split_mbox(&raw);
+        if parts.len() > 1 {
+            for (i, m) in parts.into_iter().enumerate() {
+                out.push((format!("{name}#{}", i + 1), m.to_vec()));
+            }
+        } else {
+            out.push((name, raw));
+        }
+    }
+    Ok(out)
+}
+
+fn collect(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if p.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        entries.sort();
+        for e in entries {
+            if e.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                continue;
+            }
+            collect(&e, out)?;
+        }
+    } else {
+        out.push(p.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Splits an mbox at lines starting with `From ` that follow an empty line.
+fn split_mbox(raw: &[u8]) -> Vec<&[u8]> {
+    if !raw.starts_with(b"From ") {
+        return vec![raw];
+    }
+    let mut starts = vec![0];
+    for i in memchr::memmem::find_iter(raw, b"\n\nFrom ") {
+        starts.push(i + 2);
+    }
+    starts.push(raw.len());
+    starts.windows(2).map(|w| &raw[w[0]..w[1]]).collect()
+}
+
+fn ids_of(raw: &[u8]) -> Vec<u64> {
+    tokenize(&Message::parse(Bytes::copy_from_slice(raw)), false).ids
+}
+
+/// `mxgate bayes learn`.
+pub fn learn(db: &Path, spam: &[PathBuf], ham: &[PathBuf]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(db).with_context(|| db.display().to_string())?;
+    let path = model_path(db);
+    let mut model = Model::load(&path)?;
+    let started = Instant::now();
+    let (mut new, mut moved, mut known) = (0, 0, 0);
+    for (paths, class) in [(spam, Class::Spam), (ham, Class::Ham)] {
+        for (_, raw) in messages(paths)? {
+            match model.learn(message_hash(&raw), &ids_of(&raw), class) {
+                Learned::New => new += 1,
+                Learned::Moved => moved += 1,
+                Learned::AlreadyKnown => known += 1,
+            }
+        }
+    }
+    model.save(&path)?;
+    let secs = started.elapsed().as_secs_f64();
+    let n = new + moved + known;
+    println!(
+        "{}",
+        serde_json::json!({"learned": new, "moved": moved, "already_known": known, "spam": model.nspam, "ham": model.nham,
+            "tokens": model.tokens.len(), "seconds": (secs * 1000.0).round() / 1000.0, "msgs_per_s": (n as f64 / secs).round()})
+    );
+    Ok(())
+}
+
+/// `mxgate bayes forget`.
+pub fn forget(db: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
+    let path = model_path(db);
+    let mut model = Model::load(&path)?;
+    let mut forgotten = 0;
+    for (_, raw) in messages(paths)? {
+        forgotten += model.forget(message_hash(&raw)) as usize;
+    }
+    model.save(&path)?;
+    println!(
+        "{}",
+        serde_json::json!({"forgotten": forgotten, "spam": model.nspam, "ham": model.nham})
+    );
+    Ok(())
+}
+
+/// `mxgate bayes classify`: one JSON object per message per line.
+pub fn classify_files(db: &Path, paths: &[PathBuf], top: usize) -> anyhow::Result<()> {
+    let model = Model::load(&model_path(db))?;
+    let p = Params::default();
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for (name, raw) in messages(paths)? {
+        let msg = Message::parse(Bytes::from(raw));
+        let toks = tokenize(&msg, true);
+        let v = match classify(&model, &toks.ids, &p) {
+            Ok(v) => {
+                let tokens: Vec<serde_json::Value> = v
+                    .tokens
+                    .iter()
+                    .take(top)
+                    .map(|(id, f)| {
+                        let text = toks
+                            .text
+                            .iter()
+                            .find(|(x, _)| x == id)
+                            .map(|(_, t)| t.as_str())
+                            .unwrap_or("");
+                        serde_json::json!({"token": text, "p": (f * 1e4).round() / 1e4})
+                    })
+                    .collect();
+                serde_json::json!({"file": name, "p_spam": v.p_spam, "symbol": bayes::symbol(v.p_spam).0, "tokens": tokens})
+            }
+            Err(bayes::Silent::NotEnoughLearned(s, h)) => {
+                serde_json::json!({"file": name, "p_spam": null,
+                "silent": format!("not enough learned: {s} spam and {h} ham, {} and {} needed", p.min_spam, p.min_ham)})
+            }
+        };
+        writeln!(out, "{v}")?;
+    }
+    Ok(())
+}
+
+/// `mxgate bayes stats`.
+pub fn stats(db: &Path) -> anyhow::Result<()> {
+    let model = Model::load(&model_path(db))?;
+    let p = Params::default();
+    let (oldest, newest) = model.tokens.values().fold((u32::MAX, 0), |(lo, hi), c| {
+        (lo.min(c.atime), hi.max(c.atime))
+    });
+    println!(
+        "{}",
+        serde_json::json!({"spam": model.nspam, "ham": model.nham, "messages": model.messages(), "tokens": model.tokens.len(),
+            "ready": model.nspam >= p.min_spam && model.nham >= p.min_ham, "needs": {"spam": p.min_spam, "ham": p.min_ham},
+            "oldest_token_day": (oldest != u32::MAX).then_some(oldest), "newest_token_day": (newest > 0).then_some(newest)})
+    );
+    Ok(())
+}
+
+/// `mxgate bayes cv`: k-fold cross-validation: (1 − AUC), and false positives and negatives at
+/// the BAYES_99 cut, over every fold.
+pub fn cross_validate(spam: &[PathBuf], ham: &[PathBuf], folds: usize) -> anyhow::Result<()> {
+    let mut all: Vec<(u64, Vec<u64>, Class)> = Vec::new();
+    let t0 = Instant::now();
+    for (paths, class) in [(ham, Class::Ham), (spam, Class::Spam)] {
+        for (_, raw) in messages(paths)? {
+            all.push((message_hash(&raw), ids_of(&raw), class));
+        }
+    }
+    let tokenize_s = t0.elapsed().as_secs_f64();
+    let p = Params::default();
+    let mut scores: Vec<(f64, Class)> = Vec::with_capacity(all.len());
+    let (mut learn_s, mut classify_s) = (0.0, 0.0);
+    for k in 0..folds {
+        let t = Instant::now();
+        let mut model = Model::default();
+        for (i, (h, ids, c)) in all.iter().enumerate() {
+            if i % folds != k {
+                model.learn(*h, ids, *c);
+            }
+        }
+        learn_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for (_, ids, c) in all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % folds == k)
+            .map(|(_, x)| x)
+        {
+            let v = classify(&model, ids, &p).map(|v| v.p_spam).unwrap_or(0.5);
+            scores.push((v, *c));
+        }
+        classify_s += t.elapsed().as_secs_f64();
+    }
+    let nham = scores.iter().filter(|s| s.1 == Class::Ham).count();
+    let nspam = scores.len() - nham;
+    let fp = scores
+        .iter()
+        .filter(|s| s.1 == Class::Ham && s.0 >= 0.99)
+        .count();
+    let fn_ = scores
+        .iter()
+        .filter(|s| s.1 == Class::Spam && s.0 < 0.99)
+        .count();
+    // AUC: the probability that a random spam scores above a random ham (ties count half).
+    let mut sorted = scores.clone();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut rank_sum, mut i) = (0.0, 0);
+    while i < sorted.len() {
+        let mut j = i;
+        while j < sorted.len() && sorted[j].0 == sorted[i].0 {
+            j += 1;
+        }
+        let avg_rank = (i + j + 1) as f64 / 2.0;
+        rank_sum += avg_rank * sorted[i..j].iter().filter(|s| s.1 == Class::Spam).count() as f64;
+        i = j;
+    }
+    let auc = (rank_sum - (nspam * (nspam + 1)) as f64 / 2.0) / (nspam as f64 * nham as f64);
+    println!(
+        "{}",
+        serde_json::json!({"folds": folds, "ham": nham, "spam": nspam, "one_minus_auc_percent": (100.0 * (1.0 - auc) * 1e4).round() / 1e4,
+            "bayes99": {"false_positives": fp, "fp_percent": (10000.0 * fp as f64 / nham as f64).round() / 100.0,
+                        "false_negatives": fn_, "fn_percent": (10000.0 * fn_ as f64 / nspam as f64).round() / 100.0},
+            "tokenize_msgs_per_s": (all.len() as f64 / tokenize_s).round(),
+            "learn_msgs_per_s": ((all.len() * (folds - 1)) as f64 / learn_s).round(),
+            "classify_lookup_msgs_per_s": (all.len() as f64 / classify_s).round()})
+    );
+    Ok(())
+}

@@ -1,0 +1,313 @@
+//! The Bayes model: token counts in memory, and a crash-safe file store.
+//!
+//! The hot path (classifying) reads only the in-memory map: no store I/O per message or token.
+//! Learning updates the map; [`Model::save`] writes the whole model to a new file, fsyncs it and
+//! renames it over the old one, so a crash (kill -9, power loss) at any point leaves either the old
+//! or the new model, never a torn one. Messages are remembered by a hash of their bytes, so learning
+//! a message again as the other class moves it (as `sa-learn` does) and learning it again as the
+//! same class changes nothing.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// Counts of one token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Spam messages it was in.
+    pub spam: u32,
+    /// Ham messages it was in.
+    pub ham: u32,
+    /// Last time it was seen (learning), in days since the epoch.
+    pub atime: u32,
+}
+
+/// The class of a learned message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Unwanted.
+    Spam,
+    /// Wanted.
+    Ham,
+}
+
+/// What learning one message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// Learned for the first time.
+    New,
+    /// Already learned as the other class: moved.
+    Moved,
+    /// Already learned as this class: nothing changed.
+    AlreadyKnown,
+}
+
+/// Token counts and message counts.
+#[derive(Debug, Default, Clone)]
+pub struct Model {
+    /// Per token.
+    pub tokens: HashMap<u64, Counts>,
+    /// Spam messages learned.
+    pub nspam: u32,
+    /// Ham messages learned.
+    pub nham: u32,
+    /// Learned messages: message hash → (class, its tokens' ids) so forgetting is exact.
+    seen: HashMap<u64, (Class, Vec<u64>)>,
+}
+
+/// A store error names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// I/O on the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not a model this version reads.
+    #[error("{path}: not an mxgate Bayes model ({what})")]
+    Format {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        what: &'static str,
+    },
+}
+
+const MAGIC: &[u8; 8] = b"MXBAYES1";
+
+fn today() -> u32 {
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        / 86_400) as u32
+}
+
+impl Model {
+    /// Learns a message (its hash and its token ids, deduplicated).
+    pub fn learn(&mut self, msg_hash: u64, ids: &[u64], class: Class) -> Learned {
+        let mut result = Learned::New;
+        if let Some((old, _)) = self.seen.get(&msg_hash) {
+            if *old == class {
+                return Learned::AlreadyKnown;
+            }
+            self.forget(msg_hash);
+            result = Learned::Moved;
+        }
+        let now = today();
+        for &id in ids {
+            let c = self.tokens.entry(id).or_default();
+            match class {
+                Class::Spam => c.spam = c.spam.saturating_add(1),
+                Class::Ham => c.ham = c.ham.saturating_add(1),
+            }
+            c.atime = now;
+        }
+        match class {
+            Class::Spam => self.nspam += 1,
+            Class::Ham => self.nham += 1,
+        }
+        self.seen.insert(msg_hash, (class, ids.to_vec()));
+        result
+    }
+
+    /// Forgets a learned message; false when it was not learned.
+    pub fn forget(&mut self, msg_hash: u64) -> bool {
+        let Some((class, ids)) = self.seen.remove(&msg_hash) else {
+            return false;
+        };
+        for id in ids {
+            if let Some(c) = self.tokens.get_mut(&id) {
+                match class {
+                    Class::Spam => c.spam = c.spam.saturating_sub(1),
+                    Class::Ham => c.ham = c.ham.saturating_sub(1),
+                }
+                if c.spam == 0 && c.ham == 0 {
+                    self.tokens.remove(&id);
+                }
+            }
+        }
+        match class {
+            Class::Spam => self.nspam = self.nspam.saturating_sub(1),
+            Class::Ham => self.nham = self.nham.saturating_sub(1),
+        }
+        true
+    }
+
+    /// Messages learned.
+    pub fn messages(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Writes the model to `path` atomically (temporary file, fsync, rename, fsync of the folder).
+    pub fn save(&self, path: &Path) -> Result<(), StoreError> {
+        let io = |source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let tmp = path.with_extension("tmp");
+        let mut buf = Vec::with_capacity(32 + self.tokens.len() * 20 + self.seen.len() * 64);
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&self.nspam.to_le_bytes());
+        buf.extend_from_slice(&self.nham.to_le_bytes());
+        buf.extend_from_slice(&(self.tokens.len() as u64).to_le_bytes());
+        for (id, c) in &self.tokens {
+            buf.extend_from_slice(&id.to_le_bytes());
+            buf.extend_from_slice(&c.spam.to_le_bytes());
+            buf.extend_from_slice(&c.ham.to_le_bytes());
+            buf.extend_from_slice(&c.atime.to_le_bytes());
+        }
+        buf.extend_from_slice(&(self.seen.len() as u64).to_le_bytes());
+        for (h, (class, ids)) in &self.seen {
+            buf.extend_from_slice(&h.to_le_bytes());
+            buf.push(matches!(class, Class::Spam) as u8);
+            buf.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+            for id in ids {
+                buf.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+        let sum = xxhash_rust::xxh3::xxh3_64(&buf);
+        buf.extend_from_slice(&sum.to_le_bytes());
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&buf).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(io)?;
+        if let Some(dir) = path.parent() {
+            if let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a model written by [`Model::save`]; a missing file is an empty model.
+    pub fn load(path: &Path) -> Result<Model, StoreError> {
+        let p = path.display().to_string();
+        let mut buf = Vec::new();
+        match std::fs::File::open(path) {
+            Ok(mut f) => {
+                f.read_to_end(&mut buf).map_err(|source| StoreError::Io {
+                    path: p.clone(),
+                    source,
+                })?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Model::default()),
+            Err(source) => return Err(StoreError::Io { path: p, source }),
+        }
+        let bad = |what| StoreError::Format {
+            path: p.clone(),
+            what,
+        };
+        if buf.len() < 8 + 8 + 8 + 8 + 8 || &buf[..8] != MAGIC {
+            return Err(bad("wrong header"));
+        }
+        let (body, sum) = buf.split_at(buf.len() - 8);
+        if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != sum {
+            return Err(bad("checksum mismatch"));
+        }
+        let mut r = Reader { b: body, pos: 8 };
+        let mut m = Model {
+            nspam: r.u32().ok_or_else(|| bad("truncated"))?,
+            nham: r.u32().ok_or_else(|| bad("truncated"))?,
+            ..Model::default()
+        };
+        let n = r.u64().ok_or_else(|| bad("truncated"))? as usize;
+        m.tokens.reserve(n.min(50_000_000));
+        for _ in 0..n {
+            let id = r.u64().ok_or_else(|| bad("truncated"))?;
+            let c = Counts {
+                spam: r.u32().ok_or_else(|| bad("truncated"))?,
+                ham: r.u32().ok_or_else(|| bad("truncated"))?,
+                atime: r.u32().ok_or_else(|| bad("truncated"))?,
+            };
+            m.tokens.insert(id, c);
+        }
+        let s = r.u64().ok_or_else(|| bad("truncated"))? as usize;
+        for _ in 0..s {
+            let h = r.u64().ok_or_else(|| bad("truncated"))?;
+            let class = if r.u8().ok_or_else(|| bad("truncated"))? == 1 {
+                Class::Spam
+            } else {
+                Class::Ham
+            };
+            let k = r.u32().ok_or_else(|| bad("truncated"))? as usize;
+            let mut ids = Vec::with_capacity(k.min(1 << 20));
+            for _ in 0..k {
+                ids.push(r.u64().ok_or_else(|| bad("truncated"))?);
+            }
+            m.seen.insert(h, (class, ids));
+        }
+        Ok(m)
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let s = self.b.get(self.pos..self.pos + N)?;
+        self.pos += N;
+        s.try_into().ok()
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take::<4>().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take::<8>().map(u64::from_le_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learn_move_forget_and_round_trip() {
+        let mut m = Model::default();
+        assert_eq!(m.learn(1, &[10, 11], Class::Spam), Learned::New);
+        assert_eq!(m.learn(1, &[10, 11], Class::Spam), Learned::AlreadyKnown);
+        assert_eq!(m.learn(2, &[11, 12], Class::Ham), Learned::New);
+        assert_eq!(
+            m.tokens[&11],
+            Counts {
+                spam: 1,
+                ham: 1,
+                atime: m.tokens[&11].atime
+            }
+        );
+        assert_eq!(m.learn(1, &[10, 11], Class::Ham), Learned::Moved);
+        assert_eq!((m.nspam, m.nham), (0, 2));
+        assert_eq!(m.tokens[&11].ham, 2);
+        let dir = std::env::temp_dir().join(format!("mxgate-bayes-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.bin");
+        m.save(&path).unwrap();
+        let mut back = Model::load(&path).unwrap();
+        assert_eq!(
+            (back.nspam, back.nham, back.tokens.len(), back.messages()),
+            (0, 2, 3, 2)
+        );
+        assert!(back.forget(2));
+        assert!(!back.tokens.contains_key(&12));
+        // a torn file is refused, not half-read
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(Model::load(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,374 @@
+//! Tokens of a message, interned as 64-bit hashes on the fly.
+//!
+//! What is tokenized, as SpamAssassin's Bayes does it: the visible text of the body (text parts
+//! and rendered HTML), selected header fields with their name as a prefix (`H*subject:word`),
+//! tokens derived from `Received:` (client addresses and names), the shape of the `Message-ID`,
+//! and the hosts of URIs (`UD:host` and its parent domains). `X-Spam-*` fields are never read (a
+//! previous filter's verdict would leak the label).
+//!
+//! Words are lower-cased and trimmed of punctuation; words of 3 to 15 characters are tokens; a
+//! longer one becomes `sk:` and its first 7 characters (SpamAssassin's "skip" token); runs of CJK
+//! characters, which have no spaces, give one token per pair of characters. A token is hashed with
+//! its prefix as it is found: no string is allocated per token. [`Tokens::text`] keeps the text only
+//! when asked for (dumps, explanations).
+
+use mxgate_core::mime::{header, Message};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// Headers tokenized, with the prefix their tokens carry.
+const HEADERS: &[(&str, &str)] = &[
+    ("subject", "H*subject:"),
+    ("from", "H*from:"),
+    ("to", "H*to:"),
+    ("reply-to", "H*reply-to:"),
+    ("content-type", "H*content-type:"),
+    ("x-mailer", "H*x-mailer:"),
+    ("user-agent", "H*user-agent:"),
+];
+
+/// Headers not tokenized by name: per-message noise (dates, ids, sizes), fields handled
+/// specially (`Received`, `Message-ID`), and delivery artefacts of the receiving system.
+const SKIPPED: &[&str] = &[
+    "date",
+    "message-id",
+    "received",
+    "content-length",
+    "lines",
+    "status",
+    "x-status",
+    "x-uid",
+    "x-keywords",
+    "delivered-to",
+    "x-original-to",
+    "return-path",
+    "envelope-to",
+    "x-envelope-to",
+    "resent-date",
+    "resent-message-id",
+];
+
+/// The tokens of one message.
+#[derive(Debug, Default, Clone)]
+pub struct Tokens {
+    /// Token ids, each once, sorted.
+    pub ids: Vec<u64>,
+    /// `(id, text)` for every token, when collected (`keep_text`).
+    pub text: Vec<(u64, String)>,
+}
+
+/// The id of a token with a prefix.
+pub fn token_id(prefix: &str, token: &str) -> u64 {
+    xxh3_64_with_seed(
+        token.as_bytes(),
+        xxh3_64_with_seed(prefix.as_bytes(), 0x6d78_6761_7465),
+    )
+}
+
+struct Sink<'a> {
+    out: &'a mut Tokens,
+    keep_text: bool,
+    seed: u64,
+    prefix: &'static str,
+    /// The text of a run-time prefix (only when keeping text).
+    dynamic: String,
+}
+
+impl Sink<'_> {
+    fn with_prefix(&mut self, prefix: &'static str) {
+        self.prefix = prefix;
+        self.dynamic.clear();
+        self.seed = xxh3_64_with_seed(prefix.as_bytes(), 0x6d78_6761_7465);
+    }
+
+    /// A prefix made at run time (a header name); kept as text only when collecting text.
+    fn with_dynamic_prefix(&mut self, prefix: &str) {
+        self.prefix = "";
+        self.seed = xxh3_64_with_seed(prefix.as_bytes(), 0x6d78_6761_7465);
+        if self.keep_text {
+            self.dynamic = prefix.to_owned();
+        }
+    }
+
+    fn push(&mut self, token: &str) {
+        let id = xxh3_64_with_seed(token.as_bytes(), self.seed);
+        self.out.ids.push(id);
+        if self.keep_text {
+            let prefix = if self.prefix.is_empty() {
+                self.dynamic.as_str()
+            } else {
+                self.prefix
+            };
+            self.out.text.push((id, format!("{prefix}{token}")));
+        }
+    }
+}
+
+/// Tokenizes a parsed message.
+pub fn tokenize(msg: &Message, keep_text: bool) -> Tokens {
+    let mut out = Tokens::default();
+    let mut sink = Sink {
+        out: &mut out,
+        keep_text,
+        seed: 0,
+        prefix: "",
+        dynamic: String::new(),
+    };
+    let mut word = String::with_capacity(64);
+    // Body: the visible text.
+    sink.with_prefix("");
+    words(&msg.rendered_text(), &mut sink, &mut word);
+    // Headers: the main ones under fixed prefixes, every other one under its own name.
+    for (name, prefix) in HEADERS {
+        if let Some(v) = msg.header_text(name) {
+            sink.with_prefix(prefix);
+            words(&v, &mut sink, &mut word);
+        }
+    }
+    let mut prefix = String::with_capacity(40);
+    for f in &msg.parts[0].fields {
+        let name = String::from_utf8_lossy(f.name(&msg.raw)).to_ascii_lowercase();
+        if SKIPPED.contains(&name.as_str())
+            || name.starts_with("x-spam")
+            || HEADERS.iter().any(|(h, _)| *h == name)
+        {
+            continue;
+        }
+        prefix.clear();
+        prefix.push_str("H*");
+        prefix.push_str(&name);
+        prefix.push(':');
+        sink.with_dynamic_prefix(&prefix);
+        let v = header::decode_words(&header::unfold(f.raw_value(&msg.raw)));
+        words(&v, &mut sink, &mut word);
+    }
+    received(msg, &mut sink);
+    if let Some(mid) = msg.field(0, "message-id") {
+        sink.with_prefix("H*message-id:shape:");
+        sink.push(&shape(&String::from_utf8_lossy(mid)));
+    }
+    // URI hosts and their parent domains.
+    sink.with_prefix("UD:");
+    for uri in msg.uris() {
+        let host = uri
+            .split_once("://")
+            .map(|(_, r)| r)
+            .or_else(|| {
+                uri.strip_prefix("mailto:")
+                    .and_then(|a| a.rsplit_once('@').map(|(_, d)| d))
+            })
+            .unwrap_or("");
+        let host = host.split(['/', '?', '#', ':']).next().unwrap_or("");
+        let mut h = host;
+        while h.contains('.') {
+            sink.push(h);
+            h = h.split_once('.').map_or("", |(_, r)| r);
+        }
+    }
+    out.ids.sort_unstable();
+    out.ids.dedup();
+    if keep_text {
+        out.text.sort();
+        out.text.dedup();
+    }
+    out
+}
+
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32, 0x3040..=0x30ff | 0x3400..=0x4dbf | 0x4e00..=0x9fff | 0xac00..=0xd7af | 0xf900..=0xfaff)
+}
+
+/// Splits text into word tokens.
+fn words(text: &str, sink: &mut Sink<'_>, word: &mut String) {
+    let mut cjk_prev: Option<char> = None;
+    let flush = |word: &mut String, sink: &mut Sink<'_>| {
+        // Title case is lowered ("Hello" at a sentence start is "hello"); words with more
+        // capitals keep them: "FREE" and "ViAgRa" say more than "free" (SpamAssassin does the same).
+        if word.chars().filter(|c| c.is_uppercase()).count() == 1 {
+            *word = word.to_lowercase();
+        }
+        let t = word.trim_matches(['-', '\'', '"', '.', ',', '!', '*', '_']);
+        let n = t.chars().count();
+        if let Some((user, domain)) = t.split_once('@') {
+            // An address: its user and its domain, each a token.
+            if !user.is_empty() && looks_like_domain(domain) {
+                let mut s = String::with_capacity(t.len() + 2);
+                s.push_str("u:");
+                s.push_str(user);
+                sink.push(&s);
+                s.clear();
+                s.push_str("d:");
+                s.push_str(domain);
+                sink.push(&s);
+                word.clear();
+                return;
+            }
+        }
+        // Host names are kept whole even when long; other words of 3 to 15 characters are tokens.
+        if (3..=15).contains(&n) || (n <= 64 && looks_like_domain(t)) {
+            sink.push(t);
+        } else if n > 15 {
+            let head: String = t.chars().take(7).collect();
+            let mut sk = String::with_capacity(10);
+            sk.push_str("sk:");
+            sk.push_str(&head);
+            sink.push(&sk);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if is_cjk(c) {
+            flush(word, sink);
+            if let Some(p) = cjk_prev {
+                let mut pair = String::with_capacity(8);
+                pair.push(p);
+                pair.push(c);
+                sink.push(&pair);
+            }
+            cjk_prev = Some(c);
+            continue;
+        }
+        cjk_prev = None;
+        if c.is_alphanumeric() || matches!(c, '-' | '\'' | '$' | '!' | '@' | '.' | ',' | '_' | '*')
+        {
+            word.push(c);
+        } else {
+            flush(word, sink);
+        }
+    }
+    flush(word, sink);
+}
+
+/// `label.label[.label...]` of letters, digits and hyphens, ending in a letter TLD.
+fn looks_like_domain(s: &str) -> bool {
+    let mut labels = 0;
+    for l in s.split('.') {
+        if l.is_empty() || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return false;
+        }
+        labels += 1;
+    }
+    labels >= 2
+        && s.rsplit('.')
+            .next()
+            .is_some_and(|t| t.bytes().all(|b| b.is_ascii_alphabetic()))
+}
+
+/// Tokens from `Received:` fields: the client's IP (and its /24) and host names.
+fn received(msg: &Message, sink: &mut Sink<'_>) {
+    let root = &msg.parts[0];
+    for f in root
+        .fields
+        .iter()
+        .filter(|f| f.name(&msg.raw).eq_ignore_ascii_case(b"received"))
+        .take(8)
+    {
+        let v = String::from_utf8_lossy(&header::unfold(f.raw_value(&msg.raw))).into_owned();
+        for ip in v
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|s| s.split('.').count() == 4)
+        {
+            if ip.split('.').all(|o| o.parse::<u8>().is_ok()) {
+                sink.with_prefix("H*received:ip:");
+                sink.push(ip);
+                let net = ip.rsplit_once('.').map_or(ip, |(n, _)| n);
+                sink.with_prefix("H*received:net:");
+                sink.push(net);
+            }
+        }
+        if let Some(rest) = v.strip_prefix("from ") {
+            if let Some(host) = rest.split_whitespace().next() {
+                sink.with_prefix("H*received:from:");
+                sink.push(&host.to_ascii_lowercase());
+            }
+        }
+    }
+}
+
+/// The shape of an identifier: letters as `a`/`A`, digits as `9`, runs collapsed.
+fn shape(s: &str) -> String {
+    let mut out = String::new();
+    let mut last = '\0';
+    for c in s.chars() {
+        let k = if c.is_ascii_digit() {
+            '9'
+        } else if c.is_ascii_lowercase() {
+            'a'
+        } else if c.is_ascii_uppercase() {
+            'A'
+        } else {
+            c
+        };
+        if k != last || !matches!(k, '9' | 'a' | 'A') {
+            out.push(k);
+        }
+        last = k;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toks(raw: &str) -> Vec<String> {
+        let msg = Message::parse(bytes::Bytes::from(raw.to_owned()));
+        tokenize(&msg, true)
+            .text
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
+    }
+
+    #[test]
+    fn body_header_uri_tokens() {
+        let t = toks("Subject: Cheap Meds Online\r\nFrom: Pharmacy <sales@pharma.example>\r\nMessage-ID: <AB12cd@x.example>\r\nReceived: from mail.spam.example (mail.spam.example [192.0.2.15])\r\n\r\nBuy CHEAP viagra... now!!! at http://www.pills.example/buy supercalifragilisticexpialidocious 日本語です\r\n");
+        for want in [
+            "buy",
+            "CHEAP",
+            "viagra",
+            "now",
+            "H*subject:cheap",
+            "H*subject:meds",
+            "H*from:pharmacy",
+            "H*from:u:sales",
+            "H*from:d:pharma.example",
+            "UD:www.pills.example",
+            "UD:pills.example",
+            "sk:superca",
+            "日本",
+            "本語",
+            "H*received:ip:192.0.2.15",
+            "H*received:net:192.0.2",
+            "H*received:from:mail.spam.example",
+            "H*message-id:shape:<A9a@a.a>",
+        ] {
+            assert!(t.contains(&want.to_string()), "{want} missing from {t:?}");
+        }
+        assert!(
+            !t.iter().any(|x| x == "at"),
+            "two-letter words are not tokens"
+        );
+    }
+
+    #[test]
+    fn ids_match_text_and_are_stable() {
+        let msg = Message::parse(bytes::Bytes::from_static(
+            b"Subject: hello\r\n\r\nworld\r\n",
+        ));
+        let t = tokenize(&msg, true);
+        assert_eq!(t.ids.len(), t.text.len());
+        assert!(t.ids.contains(&token_id("H*subject:", "hello")));
+        assert!(t.ids.contains(&token_id("", "world")));
+        // the id of a token must never change between releases: stored models depend on it
+        assert_eq!(token_id("", "world"), token_id("", "world"));
+    }
+
+    #[test]
+    fn x_spam_headers_are_ignored() {
+        let t = toks("X-Spam-Status: Yes, score=20\r\nSubject: hi there\r\n\r\nbody text\r\n");
+        assert!(
+            !t.iter().any(|x| x.contains("yes") || x.contains("score")),
+            "{t:?}"
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! Integration tests of mxgate-scanners against the shared corpus.
+
+use bytes::Bytes;
+use mxgate_core::mime::Message;
+use mxgate_scanners::bayes::{classify, message_hash, tokenize, Class, Model, Params};
+
+fn corpus_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var("MXGATE_CORPUS")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus").into()),
+    )
+}
+
+fn load(folder: &str, class: Class) -> Vec<(u64, Vec<u64>, Class)> {
+    let dir = corpus_dir().join(folder);
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|p| {
+            let raw = std::fs::read(&p).unwrap();
+            let h = message_hash(&raw);
+            let msg = Message::parse(Bytes::from(raw));
+            (h, tokenize(&msg, false).ids, class)
+        })
+        .collect()
+}
+
+/// One fold of ten: learn nine tenths of ham, hard ham and spam, classify the rest at the
+/// BAYES_99 cut. The bounds are a regression floor under today's measured accuracy (0 % false
+/// positives, 18.5 % false negatives on this fold, SpamAssassin's default parameters), not the
+/// goal of the Bayes issue (≤ 0.1 % and ≤ 3 %), which is not met yet: see BENCHMARKS.md.
+#[test]
+fn bayes_holdout_accuracy_floor() {
+    let mut all = load("ham", Class::Ham);
+    all.extend(load("hard_ham", Class::Ham));
+    all.extend(load("spam", Class::Spam));
+    let mut model = Model::default();
+    for (i, (h, ids, c)) in all.iter().enumerate() {
+        if i % 10 != 3 {
+            model.learn(*h, ids, *c);
+        }
+    }
+    let p = Params::default();
+    let (mut fp, mut fn_, mut nham, mut nspam) = (0, 0, 0, 0);
+    for (_, ids, c) in all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 10 == 3)
+        .map(|(_, x)| x)
+    {
+        let v = classify(&model, ids, &p).expect("enough learned");
+        match c {
+            Class::Ham => {
+                nham += 1;
+                fp += (v.p_spam >= 0.99) as usize;
+            }
+            Class::Spam => {
+                nspam += 1;
+                fn_ += (v.p_spam < 0.99) as usize;
+            }
+        }
+    }
+    let (fpr, fnr) = (fp as f64 / nham as f64, fn_ as f64 / nspam as f64);
+    eprintln!(
+        "holdout: {nham} ham, {nspam} spam: FP {fp} ({:.2} %), FN {fn_} ({:.2} %)",
+        100.0 * fpr,
+        100.0 * fnr
+    );
+    assert!(fpr <= 0.0035, "false positives {:.2} %", 100.0 * fpr);
+    assert!(fnr <= 0.20, "false negatives {:.2} %", 100.0 * fnr);
+}
