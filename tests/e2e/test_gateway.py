@@ -696,3 +696,30 @@ class ManyConnections(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class BayesStore(unittest.TestCase):
+    def test_kill_9_during_learning_leaves_a_consistent_store(self):
+        db = tempfile.mkdtemp(prefix="bayes-", dir=WORK)
+        spam, ham = os.path.join(harness.CORPUS, "spam"), os.path.join(harness.CORPUS, "ham")
+        r = subprocess.run([harness.MXGATE, "bayes", "learn", "--db", db, "--spam", spam],
+                           capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        first = json.loads(r.stdout)
+        self.assertEqual(first["spam"], len(os.listdir(spam)))
+        states = {(first["spam"], 0)}
+        for delay in [0.05, 0.2, 0.4, 0.6, 0.8, 1.0]:
+            p = subprocess.Popen([harness.MXGATE, "bayes", "learn", "--db", db, "--ham", ham],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            time.sleep(delay)
+            p.send_signal(signal.SIGKILL)
+            out, _ = p.communicate()
+            if out:
+                done = json.loads(out)
+                states.add((done["spam"], done["ham"]))
+            s = subprocess.run([harness.MXGATE, "bayes", "stats", "--db", db], capture_output=True, text=True, timeout=60)
+            self.assertEqual(s.returncode, 0, f"store unreadable after kill -9 at {delay}s: {s.stderr}")
+            st = json.loads(s.stdout)
+            # either the state before this run or after it, never something in between
+            self.assertIn((st["spam"], st["ham"]), states | {(first["spam"], len(os.listdir(ham)))})
+            self.assertEqual(st["messages"], st["spam"] + st["ham"])

@@ -306,40 +306,66 @@ impl Message {
     /// The message's text for content filters: every `text/plain` part, and every `text/html`
     /// part rendered to text, in order.
     pub fn rendered_text(&self) -> String {
-        let mut out = String::new();
-        for p in self.leaves() {
-            let t = match p.content_type.as_str() {
-                "text/plain" => self.text(p.id),
-                "text/html" => self.text(p.id).map(|h| Cow::Owned(html::render(&h).text)),
-                _ => None,
-            };
-            if let Some(t) = t {
-                if !out.is_empty() {
-                    out.push('\n');
-                }
-                out.push_str(&t);
-            }
-        }
-        out
+        self.view().text
     }
 
     /// URIs found in text and HTML parts, in order, each once.
     pub fn uris(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
+        self.view().uris
+    }
+
+    /// The rendered text and the URIs together, each text part decoded and each HTML part
+    /// rendered once (what content stages want).
+    pub fn view(&self) -> View {
+        let mut v = View::default();
         for p in self.leaves() {
-            let found = match p.content_type.as_str() {
-                "text/plain" => self.text(p.id).map(|t| uri::extract_text(&t)),
-                "text/html" => self.text(p.id).map(|h| uri::extract_html(&h)),
-                _ => None,
+            let (text, found) = match p.content_type.as_str() {
+                "text/plain" => match self.text(p.id) {
+                    Some(t) => {
+                        let u = uri::extract_text(&t);
+                        (t.into_owned(), u)
+                    }
+                    None => continue,
+                },
+                "text/html" => match self.text(p.id) {
+                    Some(h) => {
+                        let r = html::render(&h);
+                        let mut u: Vec<String> = r
+                            .links
+                            .iter()
+                            .filter_map(|l| uri::normalize(l.trim()))
+                            .collect();
+                        u.extend(uri::extract_text(&r.text));
+                        v.invisible_text.push_str(&r.invisible);
+                        (r.text, u)
+                    }
+                    None => continue,
+                },
+                _ => continue,
             };
-            for u in found.into_iter().flatten() {
-                if !out.contains(&u) {
-                    out.push(u);
+            if !v.text.is_empty() {
+                v.text.push('\n');
+            }
+            v.text.push_str(&text);
+            for u in found {
+                if !v.uris.contains(&u) {
+                    v.uris.push(u);
                 }
             }
         }
-        out
+        v
     }
+}
+
+/// What a reader sees of a message, as content stages read it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct View {
+    /// Text parts and rendered HTML parts, in order.
+    pub text: String,
+    /// Text of HTML parts that a reader would not see (hidden, invisible).
+    pub invisible_text: String,
+    /// URIs of text and HTML parts, in order, each once.
+    pub uris: Vec<String>,
 }
 
 /// The separator a line matches: `--boundary`, then optionally `--`, then spaces/tabs only.

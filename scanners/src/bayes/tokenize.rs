@@ -114,9 +114,10 @@ pub fn tokenize(msg: &Message, keep_text: bool) -> Tokens {
         dynamic: String::new(),
     };
     let mut word = String::with_capacity(64);
-    // Body: the visible text.
+    // Body: the visible text, rendered once with its URIs.
+    let view = msg.view();
     sink.with_prefix("");
-    words(&msg.rendered_text(), &mut sink, &mut word);
+    words(&view.text, &mut sink, &mut word);
     // Headers: the main ones under fixed prefixes, every other one under its own name.
     for (name, prefix) in HEADERS {
         if let Some(v) = msg.header_text(name) {
@@ -148,7 +149,7 @@ pub fn tokenize(msg: &Message, keep_text: bool) -> Tokens {
     }
     // URI hosts and their parent domains.
     sink.with_prefix("UD:");
-    for uri in msg.uris() {
+    for uri in &view.uris {
         let host = uri
             .split_once("://")
             .map(|(_, r)| r)
@@ -184,7 +185,11 @@ fn words(text: &str, sink: &mut Sink<'_>, word: &mut String) {
         // Title case is lowered ("Hello" at a sentence start is "hello"); words with more
         // capitals keep them: "FREE" and "ViAgRa" say more than "free" (SpamAssassin does the same).
         if word.chars().filter(|c| c.is_uppercase()).count() == 1 {
-            *word = word.to_lowercase();
+            if word.is_ascii() {
+                word.make_ascii_lowercase();
+            } else {
+                *word = word.to_lowercase();
+            }
         }
         let t = word.trim_matches(['-', '\'', '"', '.', ',', '!', '*', '_']);
         let n = t.chars().count();
