@@ -42,16 +42,9 @@ pub async fn sleep(d: Duration) {
 
 /// Runs `fut` with a deadline; `None` when it expired.
 pub async fn timeout<T, F: Future<Output = T>>(d: Duration, fut: F) -> Option<T> {
-    if NO_TIMERS.with(|n| *n) {
-        return Some(fut.await);
-    }
     glommio::timer::timeout(d, async { Ok(fut.await) })
         .await
         .ok()
-}
-
-thread_local! {
-    static NO_TIMERS: bool = std::env::var_os("MXGATE_NO_TIMERS").is_some();
 }
 
 /// Connects with a deadline.
