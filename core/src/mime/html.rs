@@ -115,8 +115,9 @@ pub fn render(html: &str) -> Rendered {
                 }
                 continue;
             }
+            let list = parse_attrs(attrs);
             for key in ["href", "src", "action", "background"] {
-                if let Some(v) = attr(attrs, key) {
+                if let Some(v) = get(&list, key) {
                     let v = decode_entities(v.trim());
                     if !v.is_empty() {
                         r.links.push(v);
@@ -125,13 +126,9 @@ pub fn render(html: &str) -> Rendered {
             }
             if name == "img" {
                 r.images += 1;
-                if let Some(alt) = attr(attrs, "alt") {
-                    push_text(
-                        &mut text,
-                        &mut invisible,
-                        &decode_entities(alt),
-                        stack.iter().any(|f| f.hidden),
-                    );
+                if let Some(alt) = get(&list, "alt") {
+                    let hidden = stack.iter().any(|f| f.hidden);
+                    push_text(&mut text, &mut invisible, &decode_entities(alt), hidden);
                 }
             }
             let void = matches!(
@@ -141,7 +138,7 @@ pub fn render(html: &str) -> Rendered {
             if !void {
                 let parent_hidden = stack.last().is_some_and(|f| f.hidden);
                 stack.push(Frame {
-                    hidden: parent_hidden || is_hidden(&name, attrs),
+                    hidden: parent_hidden || is_hidden(&name, &list),
                     name,
                 });
                 if stack.len() > 256 {
@@ -221,57 +218,68 @@ fn split_tag(tag: &str) -> (String, bool, &str) {
     (t[..end].to_ascii_lowercase(), closing, &t[end..])
 }
 
-/// The value of attribute `key` in `attrs` (quoted or not).
-pub fn attr<'a>(attrs: &'a str, key: &str) -> Option<&'a str> {
-    let lower = attrs.to_ascii_lowercase();
-    let mut from = 0;
-    while let Some(pos) = lower[from..].find(key) {
-        let at = from + pos;
-        from = at + key.len();
-        let before_ok = at == 0
-            || !lower.as_bytes()[at - 1].is_ascii_alphanumeric()
-                && lower.as_bytes()[at - 1] != b'-';
-        let rest = lower[at + key.len()..].trim_start();
-        if !before_ok || !rest.starts_with('=') {
+/// The attributes of a tag, parsed once: `(name, value)`, value empty for a bare attribute.
+pub fn parse_attrs(attrs: &str) -> Vec<(&str, &str)> {
+    let b = attrs.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
+            i += 1;
+        }
+        let ns = i;
+        while i < b.len() && !b[i].is_ascii_whitespace() && !matches!(b[i], b'=' | b'>' | b'/') {
+            i += 1;
+        }
+        if i == ns {
+            i += 1;
             continue;
         }
-        let vstart = attrs.len() - rest.len() + 1;
-        let v = attrs[vstart..].trim_start();
-        let vpos = attrs.len() - v.len();
-        return Some(match v.chars().next() {
-            Some(q @ ('"' | '\'')) => {
-                let inner = &attrs[vpos + 1..];
-                let e = inner.find(q).unwrap_or(inner.len());
-                &inner[..e]
+        let name = &attrs[ns..i];
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i < b.len() && b[i] == b'=' {
+            i += 1;
+            while i < b.len() && b[i].is_ascii_whitespace() {
+                i += 1;
             }
-            _ => {
-                let e = v
-                    .find(|c: char| c.is_whitespace() || c == '>')
-                    .unwrap_or(v.len());
-                &v[..e]
-            }
-        });
-    }
-    None
-}
-
-fn is_hidden(name: &str, attrs: &str) -> bool {
-    if attr(attrs, "hidden").is_some()
-        || attrs
-            .to_ascii_lowercase()
-            .split_whitespace()
-            .any(|w| w == "hidden")
-    {
-        return true;
-    }
-    if name == "font" {
-        if let Some(size) = attr(attrs, "size") {
-            if size.trim() == "0" {
-                return true;
-            }
+            let value = if i < b.len() && (b[i] == b'"' || b[i] == b'\'') {
+                let q = b[i];
+                let vs = i + 1;
+                let ve = memchr::memchr(q, &b[vs..]).map_or(b.len(), |e| vs + e);
+                i = (ve + 1).min(b.len());
+                &attrs[vs..ve]
+            } else {
+                let vs = i;
+                while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'>' {
+                    i += 1;
+                }
+                &attrs[vs..i]
+            };
+            out.push((name, value));
+        } else {
+            out.push((name, ""));
         }
     }
-    let Some(style) = attr(attrs, "style") else {
+    out
+}
+
+/// The value of attribute `key` (case-insensitive) in a parsed list.
+pub fn get<'a>(list: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
+    list.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| *v)
+}
+
+fn is_hidden(name: &str, list: &[(&str, &str)]) -> bool {
+    if list.iter().any(|(k, _)| k.eq_ignore_ascii_case("hidden")) {
+        return true;
+    }
+    if name == "font" && get(list, "size").is_some_and(|size| size.trim() == "0") {
+        return true;
+    }
+    let Some(style) = get(list, "style") else {
         return false;
     };
     let style: String = style

@@ -9,21 +9,30 @@ use super::html;
 pub fn extract_text(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let b = text.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        // Start of a token: a letter or digit after a non-URI character.
-        if !(b[i].is_ascii_alphanumeric())
-            || (i > 0 && is_uri_char(b[i - 1]) && b[i - 1] != b'(' && b[i - 1] != b'<')
-        {
-            i += 1;
+    let mut done = 0;
+    // Only a token with a dot, an @ or a scheme colon can be a URI: jump from one such byte to
+    // the next and look at the run of URI characters around it.
+    for pos in memchr::memchr3_iter(b'.', b'@', b':', b) {
+        if pos < done {
             continue;
         }
-        let end = i + b[i..].iter().take_while(|&&c| is_uri_char(c)).count();
-        let token = trim_trailing(&text[i..end]);
+        let mut start = pos;
+        while start > 0 && is_uri_char(b[start - 1]) {
+            start -= 1;
+        }
+        let end = pos + b[pos..].iter().take_while(|&&c| is_uri_char(c)).count();
+        done = end.max(pos + 1);
+        // A token starts at a letter or digit ("(http://x)" → "http://x)").
+        while start < end && !b[start].is_ascii_alphanumeric() {
+            start += 1;
+        }
+        if start >= end {
+            continue;
+        }
+        let token = trim_trailing(&text[start..end]);
         if let Some(u) = classify(token) {
             out.push(u);
         }
-        i = end.max(i + 1);
     }
     dedup(out)
 }

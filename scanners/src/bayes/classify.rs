@@ -78,13 +78,17 @@ pub fn classify(model: &Model, ids: &[u64], p: &Params) -> Result<Verdict, Silen
             used.push((id, f.clamp(1e-6, 1.0 - 1e-6)));
         }
     }
-    used.sort_by(|a, b| {
+    let strongest_first = |a: &(u64, f64), b: &(u64, f64)| {
         (b.1 - 0.5)
             .abs()
             .total_cmp(&(a.1 - 0.5).abs())
             .then(a.0.cmp(&b.0))
-    });
-    used.truncate(p.max_tokens);
+    };
+    if used.len() > p.max_tokens {
+        used.select_nth_unstable_by(p.max_tokens, strongest_first);
+        used.truncate(p.max_tokens);
+    }
+    used.sort_unstable_by(strongest_first);
     Ok(Verdict {
         p_spam: combine(&used),
         tokens: used,

@@ -179,68 +179,119 @@ fn is_cjk(c: char) -> bool {
 }
 
 /// Splits text into word tokens.
-fn words(text: &str, sink: &mut Sink<'_>, word: &mut String) {
+fn words(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
+    let b = text.as_bytes();
     let mut cjk_prev: Option<char> = None;
-    let flush = |word: &mut String, sink: &mut Sink<'_>| {
-        // Title case is lowered ("Hello" at a sentence start is "hello"); words with more
-        // capitals keep them: "FREE" and "ViAgRa" say more than "free" (SpamAssassin does the same).
-        if word.chars().filter(|c| c.is_uppercase()).count() == 1 {
-            if word.is_ascii() {
-                word.make_ascii_lowercase();
-            } else {
-                *word = word.to_lowercase();
+    let mut start: Option<usize> = None;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c < 0x80 {
+            cjk_prev = None;
+            if WORD_BYTE[c as usize] {
+                start.get_or_insert(i);
+            } else if let Some(s) = start.take() {
+                word(&text[s..i], sink, scratch);
             }
-        }
-        let t = word.trim_matches(['-', '\'', '"', '.', ',', '!', '*', '_']);
-        let n = t.chars().count();
-        if let Some((user, domain)) = t.split_once('@') {
-            // An address: its user and its domain, each a token.
-            if !user.is_empty() && looks_like_domain(domain) {
-                let mut s = String::with_capacity(t.len() + 2);
-                s.push_str("u:");
-                s.push_str(user);
-                sink.push(&s);
-                s.clear();
-                s.push_str("d:");
-                s.push_str(domain);
-                sink.push(&s);
-                word.clear();
-                return;
-            }
-        }
-        // Host names are kept whole even when long; other words of 3 to 15 characters are tokens.
-        if (3..=15).contains(&n) || (n <= 64 && looks_like_domain(t)) {
-            sink.push(t);
-        } else if n > 15 {
-            let head: String = t.chars().take(7).collect();
-            let mut sk = String::with_capacity(10);
-            sk.push_str("sk:");
-            sk.push_str(&head);
-            sink.push(&sk);
-        }
-        word.clear();
-    };
-    for c in text.chars() {
-        if is_cjk(c) {
-            flush(word, sink);
-            if let Some(p) = cjk_prev {
-                let mut pair = String::with_capacity(8);
-                pair.push(p);
-                pair.push(c);
-                sink.push(&pair);
-            }
-            cjk_prev = Some(c);
+            i += 1;
             continue;
         }
-        cjk_prev = None;
-        if c.is_alphanumeric() || matches!(c, '-' | '\'' | '$' | '!' | '@' | '.' | ',' | '_' | '*')
-        {
-            word.push(c);
+        let ch = text[i..].chars().next().unwrap_or('\u{fffd}');
+        let len = ch.len_utf8();
+        if is_cjk(ch) {
+            if let Some(s) = start.take() {
+                word(&text[s..i], sink, scratch);
+            }
+            if let Some(p) = cjk_prev {
+                scratch.clear();
+                scratch.push(p);
+                scratch.push(ch);
+                sink.push(scratch);
+            }
+            cjk_prev = Some(ch);
         } else {
-            flush(word, sink);
+            cjk_prev = None;
+            if ch.is_alphanumeric() {
+                start.get_or_insert(i);
+            } else if let Some(s) = start.take() {
+                word(&text[s..i], sink, scratch);
+            }
+        }
+        i += len;
+    }
+    if let Some(s) = start {
+        word(&text[s..], sink, scratch);
+    }
+}
+
+/// ASCII bytes that belong to words.
+static WORD_BYTE: [bool; 128] = {
+    let mut t = [false; 128];
+    let mut c = 0;
+    while c < 128 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'\'' | b'$' | b'!' | b'@' | b'.' | b',' | b'_' | b'*'
+            );
+        c += 1;
+    }
+    t
+};
+
+/// One word: case folded as SpamAssassin does, trimmed, then a token, an address pair, a host
+/// name or a `sk:` token.
+fn word(raw: &str, sink: &mut Sink<'_>, scratch: &mut String) {
+    // Title case is lowered ("Hello" at a sentence start is "hello"); words with more capitals
+    // keep them: "FREE" and "ViAgRa" say more than "free" (SpamAssassin does the same).
+    let ascii = raw.is_ascii();
+    let one_capital = if ascii {
+        raw.bytes().filter(u8::is_ascii_uppercase).count() == 1
+    } else {
+        raw.chars().filter(|c| c.is_uppercase()).count() == 1
+    };
+    let folded: &str = if one_capital {
+        scratch.clear();
+        if ascii {
+            scratch.push_str(raw);
+            scratch.make_ascii_lowercase();
+        } else {
+            scratch.extend(raw.chars().flat_map(char::to_lowercase));
+        }
+        scratch
+    } else {
+        raw
+    };
+    let t = folded.trim_matches(['-', '\'', '"', '.', ',', '!', '*', '_']);
+    let n = if ascii { t.len() } else { t.chars().count() };
+    if n < 3 {
+        return;
+    }
+    if let Some(at) = memchr::memchr(b'@', t.as_bytes()) {
+        // An address: its user and its domain, each a token.
+        let (user, domain) = (&t[..at], &t[at + 1..]);
+        if !user.is_empty() && looks_like_domain(domain) {
+            let mut s = String::with_capacity(t.len() + 2);
+            s.push_str("u:");
+            s.push_str(user);
+            sink.push(&s);
+            s.clear();
+            s.push_str("d:");
+            s.push_str(domain);
+            sink.push(&s);
+            return;
         }
     }
-    flush(word, sink);
+    // Host names are kept whole even when long; other words of 3 to 15 characters are tokens.
+    if n <= 15 || (n <= 64 && looks_like_domain(t)) {
+        sink.push(t);
+    } else {
+        let mut sk = String::with_capacity(32);
+        sk.push_str("sk:");
+        sk.extend(t.chars().take(7));
+        sink.push(&sk);
+    }
 }
 
 /// `label.label[.label...]` of letters, digits and hyphens, ending in a letter TLD.

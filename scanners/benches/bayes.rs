@@ -1,0 +1,69 @@
+//! Bayes speed on one core over the corpus held in memory: classifying (MIME parse + tokenize +
+//! lookup + combine) and learning (MIME parse + tokenize + count).
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mxgate_core::mime::Message;
+use mxgate_scanners::bayes::{classify, message_hash, tokenize, Class, Model, Params};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc; // as in the mxgate binary
+
+fn corpus() -> Vec<(Bytes, Class)> {
+    let root = std::env::var("MXGATE_CORPUS")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus").to_owned());
+    let mut out = Vec::new();
+    for (folder, class) in [
+        ("ham", Class::Ham),
+        ("hard_ham", Class::Ham),
+        ("spam", Class::Spam),
+    ] {
+        let dir = std::path::Path::new(&root).join(folder);
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for n in names {
+            out.push((Bytes::from(std::fs::read(n).unwrap()), class));
+        }
+    }
+    out
+}
+
+fn benches(c: &mut Criterion) {
+    let msgs = corpus();
+    let mut model = Model::default();
+    for (raw, class) in &msgs {
+        let ids = tokenize(&Message::parse(raw.clone()), false).ids;
+        model.learn(message_hash(raw), &ids, *class);
+    }
+    let p = Params::default();
+    let mut g = c.benchmark_group("bayes");
+    g.throughput(Throughput::Elements(msgs.len() as u64));
+    g.sample_size(10);
+    g.bench_function("classify", |b| {
+        b.iter(|| {
+            let mut spam = 0;
+            for (raw, _) in &msgs {
+                let ids = tokenize(&Message::parse(raw.clone()), false).ids;
+                spam += (classify(&model, &ids, &p).map_or(0.5, |v| v.p_spam) > 0.5) as usize;
+            }
+            spam
+        })
+    });
+    g.bench_function("learn", |b| {
+        b.iter(|| {
+            let mut m = Model::default();
+            for (raw, class) in &msgs {
+                let ids = tokenize(&Message::parse(raw.clone()), false).ids;
+                m.learn(message_hash(raw), &ids, *class);
+            }
+            m.tokens.len()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(bayes, benches);
+criterion_main!(bayes);
