@@ -174,12 +174,19 @@ pub fn stats(db: &Path) -> anyhow::Result<()> {
 
 /// `mxgate bayes cv`: k-fold cross-validation: (1 − AUC), and false positives and negatives at
 /// the BAYES_99 cut, over every fold.
-pub fn cross_validate(spam: &[PathBuf], ham: &[PathBuf], folds: usize) -> anyhow::Result<()> {
+pub fn cross_validate(
+    spam: &[PathBuf],
+    ham: &[PathBuf],
+    folds: usize,
+    osb: bool,
+) -> anyhow::Result<()> {
     let mut all: Vec<(u64, Vec<u64>, Class)> = Vec::new();
     let t0 = Instant::now();
     for (paths, class) in [(ham, Class::Ham), (spam, Class::Spam)] {
         for (_, raw) in messages(paths)? {
-            all.push((message_hash(&raw), ids_of(&raw), class));
+            let ids =
+                bayes::tokenize_with(&Message::parse(Bytes::from(raw.clone())), false, osb).ids;
+            all.push((message_hash(&raw), ids, class));
         }
     }
     let tokenize_s = t0.elapsed().as_secs_f64();
@@ -233,7 +240,7 @@ pub fn cross_validate(spam: &[PathBuf], ham: &[PathBuf], folds: usize) -> anyhow
     let auc = (rank_sum - (nspam * (nspam + 1)) as f64 / 2.0) / (nspam as f64 * nham as f64);
     println!(
         "{}",
-        serde_json::json!({"folds": folds, "ham": nham, "spam": nspam, "one_minus_auc_percent": (100.0 * (1.0 - auc) * 1e4).round() / 1e4,
+        serde_json::json!({"folds": folds, "osb": osb, "ham": nham, "spam": nspam, "one_minus_auc_percent": (100.0 * (1.0 - auc) * 1e4).round() / 1e4,
             "bayes99": {"false_positives": fp, "fp_percent": (10000.0 * fp as f64 / nham as f64).round() / 100.0,
                         "false_negatives": fn_, "fn_percent": (10000.0 * fn_ as f64 / nspam as f64).round() / 100.0},
             "tokenize_msgs_per_s": (all.len() as f64 / tokenize_s).round(),

@@ -104,6 +104,9 @@ enum BayesCmd {
         /// Folds.
         #[arg(long, default_value_t = 10)]
         folds: usize,
+        /// Add orthogonal sparse bigrams of body words to the tokens.
+        #[arg(long)]
+        osb: bool,
         /// Spam messages.
         #[arg(long, num_args = 1.., required = true)]
         spam: Vec<PathBuf>,
@@ -146,7 +149,12 @@ fn main() -> anyhow::Result<()> {
             BayesCmd::Forget { db, paths } => tools::forget(&db, &paths),
             BayesCmd::Classify { db, top, paths } => tools::classify_files(&db, &paths, top),
             BayesCmd::Stats { db } => tools::stats(&db),
-            BayesCmd::Cv { folds, spam, ham } => tools::cross_validate(&spam, &ham, folds.max(2)),
+            BayesCmd::Cv {
+                folds,
+                osb,
+                spam,
+                ham,
+            } => tools::cross_validate(&spam, &ham, folds.max(2), osb),
         },
         Cmd::Mime { files } => {
             use std::io::Write as _;

@@ -71,6 +71,8 @@ struct Sink<'a> {
     prefix: &'static str,
     /// The text of a run-time prefix (only when keeping text).
     dynamic: String,
+    /// Orthogonal sparse bigrams of body words: the last four body tokens (id, text).
+    osb: Option<Vec<(u64, String)>>,
 }
 
 impl Sink<'_> {
@@ -92,6 +94,36 @@ impl Sink<'_> {
     fn push(&mut self, token: &str) {
         let id = xxh3_64_with_seed(token.as_bytes(), self.seed);
         self.out.ids.push(id);
+        if self.prefix.is_empty() && self.dynamic.is_empty() {
+            if let Some(window) = &mut self.osb {
+                // rspamd-style OSB: this word paired with each of the four before it, the
+                // distance part of the pair.
+                for (d, (prev, prev_text)) in window.iter().rev().enumerate() {
+                    let mut key = [0u8; 17];
+                    key[..8].copy_from_slice(&prev.to_le_bytes());
+                    key[8..16].copy_from_slice(&id.to_le_bytes());
+                    key[16] = d as u8 + 1;
+                    let pair = xxh3_64_with_seed(&key, 0x6f73_6221);
+                    self.out.ids.push(pair);
+                    if self.keep_text {
+                        self.out
+                            .text
+                            .push((pair, format!("osb:{prev_text} +{} {token}", d + 1)));
+                    }
+                }
+                if window.len() == 4 {
+                    window.remove(0);
+                }
+                window.push((
+                    id,
+                    if self.keep_text {
+                        token.to_owned()
+                    } else {
+                        String::new()
+                    },
+                ));
+            }
+        }
         if self.keep_text {
             let prefix = if self.prefix.is_empty() {
                 self.dynamic.as_str()
@@ -103,8 +135,14 @@ impl Sink<'_> {
     }
 }
 
-/// Tokenizes a parsed message.
+/// Tokenizes a parsed message (words only; see [`tokenize_with`]).
 pub fn tokenize(msg: &Message, keep_text: bool) -> Tokens {
+    tokenize_with(msg, keep_text, false)
+}
+
+/// Tokenizes a parsed message; with `osb`, body words are also paired with each of the four
+/// words before them (orthogonal sparse bigrams, as rspamd does).
+pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
     let mut out = Tokens::default();
     let mut sink = Sink {
         out: &mut out,
@@ -112,6 +150,7 @@ pub fn tokenize(msg: &Message, keep_text: bool) -> Tokens {
         seed: 0,
         prefix: "",
         dynamic: String::new(),
+        osb: osb.then(|| Vec::with_capacity(4)),
     };
     let mut word = String::with_capacity(64);
     // Body: the visible text, rendered once with its URIs.
