@@ -25,6 +25,10 @@ pub struct Config {
     pub relay: Relay,
     /// The content stages run on each message.
     pub stages: Stages,
+    /// The Bayes stage.
+    pub bayes: Bayes,
+    /// Turning symbols into a score and the score into an action.
+    pub scoring: Scoring,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Logging.
@@ -179,7 +183,7 @@ impl Default for Relay {
 }
 
 /// The names of the content stages this build has, in the order they run.
-pub const STAGE_NAMES: &[&str] = &["hops"];
+pub const STAGE_NAMES: &[&str] = &["hops", "bayes"];
 
 /// `[stages]`
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -197,6 +201,45 @@ impl Default for Stages {
         Stages {
             enabled: vec!["hops".into()],
             max_hops: 50,
+        }
+    }
+}
+
+/// `[bayes]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Bayes {
+    /// Folder of the model (`mxgate bayes learn --db`); read at start and on reload.
+    pub db: String,
+}
+
+impl Default for Bayes {
+    fn default() -> Self {
+        Bayes {
+            db: "/var/lib/mxgate/bayes".into(),
+        }
+    }
+}
+
+/// `[scoring]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Scoring {
+    /// Score at or above which a message is spam: it is tagged (`X-Spam-Flag: YES`), as
+    /// SpamAssassin's `required_score`.
+    pub required_score: f64,
+    /// Score at or above which a message is refused after DATA with `554 5.7.1`; 0 never refuses.
+    pub reject_score: f64,
+    /// Add `X-Spam-Status` (and `X-Spam-Flag` for spam) to every relayed message that was scored.
+    pub add_headers: bool,
+}
+
+impl Default for Scoring {
+    fn default() -> Self {
+        Scoring {
+            required_score: 5.0,
+            reject_score: 0.0,
+            add_headers: true,
         }
     }
 }
@@ -339,6 +382,21 @@ impl Config {
                     format!("unknown stage {s:?}; known: {}", STAGE_NAMES.join(", ")),
                 ));
             }
+        }
+        if !self.scoring.required_score.is_finite()
+            || !self.scoring.reject_score.is_finite()
+            || self.scoring.reject_score < 0.0
+        {
+            return Err(bad(
+                "scoring.reject_score",
+                "scores must be finite, reject_score 0 or more".into(),
+            ));
+        }
+        if self.stages.enabled.iter().any(|s| s == "bayes") && self.bayes.db.is_empty() {
+            return Err(bad(
+                "bayes.db",
+                "the bayes stage needs a model folder".into(),
+            ));
         }
         if !self.metrics.listen.is_empty() {
             self.metrics

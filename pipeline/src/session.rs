@@ -228,13 +228,7 @@ async fn deliver(
         );
     }
     let id = shard.next_message_id();
-    let mut ctx = Context {
-        envelope: &msg.envelope,
-        body: &msg.body,
-        client: client.addr,
-        symbols: Vec::new(),
-        add_headers: String::new(),
-    };
+    let mut ctx = Context::new(&msg.envelope, &msg.body, client.addr);
     let verdict = snap.chain.run(&mut ctx);
     match verdict {
         Verdict::Accept => {}

@@ -102,7 +102,7 @@ impl Snapshot {
             data_timeout: Duration::from_secs(s.data_timeout_secs),
         };
         let next_hop = config.relay.next_hop.parse()?;
-        let chain = Chain::new(&config.stages);
+        let chain = Chain::new(&config)?;
         Ok(Snapshot {
             hostname,
             limits,

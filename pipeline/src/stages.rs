@@ -9,10 +9,13 @@
 //! a finding, not an error.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use mxgate_core::config::Stages;
+use mxgate_core::config::{Config, Scoring, Stages};
+use mxgate_core::mime::Message;
 use mxgate_core::smtp::{Envelope, Reply};
+use mxgate_scanners::bayes;
 
 /// What the stages found about one message.
 pub struct Context<'a> {
@@ -26,6 +29,25 @@ pub struct Context<'a> {
     pub symbols: Vec<(&'static str, f64)>,
     /// Header fields to add before relaying, each ending with CRLF.
     pub add_headers: String,
+    /// The Bayes probability, when the Bayes stage spoke.
+    pub bayes: Option<f64>,
+    /// The score (sum of the symbols' scores), once the post-filter ran.
+    pub score: f64,
+}
+
+impl<'a> Context<'a> {
+    /// A fresh context for a message.
+    pub fn new(envelope: &'a Envelope, body: &'a Bytes, client: SocketAddr) -> Context<'a> {
+        Context {
+            envelope,
+            body,
+            client,
+            symbols: Vec::new(),
+            add_headers: String::new(),
+            bayes: None,
+            score: 0.0,
+        }
+    }
 }
 
 /// What becomes of the message.
@@ -44,22 +66,42 @@ pub enum Verdict {
 pub struct Chain {
     /// `hops`: the Received: limit, when that stage is on.
     max_hops: Option<usize>,
+    /// `bayes`: the model, when that stage is on.
+    bayes: Option<Arc<bayes::Model>>,
+    scoring: Scoring,
 }
 
 const LOOP: Reply = Reply::new(554, "5.4.6", "Error: too many hops (mail loop?)");
+const SPAM: Reply = Reply::new(554, "5.7.1", "Error: message rejected as spam");
 
 impl Chain {
-    /// Builds the chain from `[stages]` (already validated).
-    pub fn new(stages: &Stages) -> Chain {
+    /// Builds the chain from the configuration (already validated); loads the Bayes model when
+    /// that stage is on.
+    pub fn new(cfg: &Config) -> anyhow::Result<Chain> {
+        let stages: &Stages = &cfg.stages;
         let on = |name: &str| stages.enabled.iter().any(|s| s == name);
-        Chain {
+        let bayes = if on("bayes") {
+            let path = crate::tools::model_path(std::path::Path::new(&cfg.bayes.db));
+            let model = bayes::Model::load(&path)?;
+            if model.nspam < bayes::Params::default().min_spam
+                || model.nham < bayes::Params::default().min_ham
+            {
+                tracing::warn!(model = %path.display(), spam = model.nspam, ham = model.nham, "bayes: not enough learned yet; the stage stays silent");
+            }
+            Some(Arc::new(model))
+        } else {
+            None
+        };
+        Ok(Chain {
             max_hops: on("hops").then_some(stages.max_hops),
-        }
+            bayes,
+            scoring: cfg.scoring.clone(),
+        })
     }
 
     /// Whether no stage is on (pure relay).
     pub fn is_empty(&self) -> bool {
-        self.max_hops.is_none()
+        self.max_hops.is_none() && self.bayes.is_none()
     }
 
     /// Runs the stages in order and decides.
@@ -72,9 +114,49 @@ impl Chain {
                 return Verdict::Reject(LOOP);
             }
         }
-        // Phase: filter. MIME, header analysis, rules, Bayes, AV and OCR run here.
+        if self.bayes.is_none() {
+            return Verdict::Accept; // nothing below reads the content
+        }
+        // Phase: filter. The MIME view is built once; header analysis, rules, AV and OCR join
+        // Bayes here.
+        let msg = Message::parse(ctx.body.clone());
+        // Phase: classify.
+        if let Some(model) = &self.bayes {
+            let tokens = bayes::tokenize(&msg, false);
+            if let Ok(v) = bayes::classify(model, &tokens.ids, &bayes::Params::default()) {
+                ctx.bayes = Some(v.p_spam);
+                ctx.symbols.push(bayes::symbol(v.p_spam));
+            }
+        }
         // Phase: post-filter. Symbols become a score and the score an action.
+        ctx.score = ctx.symbols.iter().map(|(_, s)| s).sum::<f64>() + 0.0; // no -0.0 for no symbols
+        let spam = ctx.score >= self.scoring.required_score;
+        if self.scoring.reject_score > 0.0 && ctx.score >= self.scoring.reject_score {
+            return Verdict::Reject(SPAM);
+        }
+        if self.scoring.add_headers {
+            let tests: Vec<&str> = ctx.symbols.iter().map(|(n, _)| *n).collect();
+            if spam {
+                ctx.add_headers.push_str("X-Spam-Flag: YES\r\n");
+            }
+            ctx.add_headers.push_str(&format!(
+                "X-Spam-Status: {}, score={:.1} required={:.1} tests={}\r\n",
+                if spam { "Yes" } else { "No" },
+                ctx.score,
+                self.scoring.required_score,
+                if tests.is_empty() {
+                    "none".to_owned()
+                } else {
+                    tests.join(",")
+                }
+            ));
+        }
         Verdict::Accept
+    }
+
+    /// The score at which a message is spam.
+    pub fn required_score(&self) -> f64 {
+        self.scoring.required_score
     }
 }
 
@@ -113,19 +195,15 @@ mod tests {
 
     #[test]
     fn loop_is_rejected() {
-        let chain = Chain::new(&Stages {
+        let mut cfg = Config::default();
+        cfg.stages = Stages {
             enabled: vec!["hops".into()],
             max_hops: 2,
-        });
+        };
+        let chain = Chain::new(&cfg).unwrap();
         let env = Envelope::default();
         let body = Bytes::from_static(b"Received: 1\r\nReceived: 2\r\nReceived: 3\r\n\r\nx\r\n");
-        let mut ctx = Context {
-            envelope: &env,
-            body: &body,
-            client: "127.0.0.1:1".parse().unwrap(),
-            symbols: vec![],
-            add_headers: String::new(),
-        };
+        let mut ctx = Context::new(&env, &body, "127.0.0.1:1".parse().unwrap());
         assert_eq!(chain.run(&mut ctx), Verdict::Reject(LOOP));
         assert!(
             Chain::new(&Stages {

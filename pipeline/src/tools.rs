@@ -249,3 +249,45 @@ pub fn cross_validate(
     );
     Ok(())
 }
+
+/// `mxgate scan`: the content stages in-process on message files, one JSON object per message
+/// per line (file, score, required, action, symbols, bayes, elapsed).
+pub fn scan(cfg: &mxgate_core::config::Config, paths: &[PathBuf]) -> anyhow::Result<()> {
+    use crate::stages::{Chain, Context, Verdict};
+    let chain = Chain::new(cfg)?;
+    let env = mxgate_core::smtp::Envelope::default();
+    let client: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for (name, raw) in messages(paths)? {
+        let body = Bytes::from(raw);
+        let started = Instant::now();
+        let mut ctx = Context::new(&env, &body, client);
+        let verdict = chain.run(&mut ctx);
+        let elapsed = started.elapsed();
+        let score: f64 = ctx.symbols.iter().map(|(_, s)| s).sum::<f64>() + 0.0;
+        let (action, reply) = match &verdict {
+            Verdict::Reject(r) => ("reject", Some(r.to_string())),
+            Verdict::Tempfail(r) => ("tempfail", Some(r.to_string())),
+            Verdict::Accept if score >= chain.required_score() => ("tag", None),
+            Verdict::Accept => ("accept", None),
+        };
+        let symbols: serde_json::Map<String, serde_json::Value> = ctx
+            .symbols
+            .iter()
+            .map(|(n, s)| (n.to_string(), serde_json::json!(s)))
+            .collect();
+        let v = serde_json::json!({
+            "file": name,
+            "score": (score * 1000.0).round() / 1000.0,
+            "required": chain.required_score(),
+            "action": action,
+            "reply": reply,
+            "symbols": symbols,
+            "bayes": ctx.bayes.map(|p| serde_json::json!({"p_spam": p})),
+            "elapsed_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+        });
+        writeln!(out, "{v}")?;
+    }
+    Ok(())
+}

@@ -723,3 +723,63 @@ class BayesStore(unittest.TestCase):
             # either the state before this run or after it, never something in between
             self.assertIn((st["spam"], st["ham"]), states | {(first["spam"], len(os.listdir(ham)))})
             self.assertEqual(st["messages"], st["spam"] + st["ham"])
+
+
+class BayesInTheGateway(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.db = tempfile.mkdtemp(prefix="bayes-gw-", dir=WORK)
+        c = harness.CORPUS
+        r = subprocess.run([harness.MXGATE, "bayes", "learn", "--db", cls.db, "--spam", os.path.join(c, "spam"),
+                            "--ham", os.path.join(c, "ham"), os.path.join(c, "hard_ham")],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        cls.spam = os.path.join(c, "spam", sorted(os.listdir(os.path.join(c, "spam")))[4])
+        cls.ham = os.path.join(c, "ham", sorted(os.listdir(os.path.join(c, "ham")))[4])
+
+    def send_file(self, port, path):
+        with open(path, "rb") as f:
+            raw = f.read()
+        if raw.startswith(b"From "):
+            raw = raw.split(b"\n", 1)[1]
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        with smtplib.SMTP("127.0.0.1", port) as s:
+            s.ehlo("x")
+            return s.sendmail("a@e2e.test", ["b@e2e.test"], raw)
+
+    def test_scan_reports_bayes(self):
+        r = subprocess.run([harness.MXGATE, "scan", "--stages", "hops,bayes", "--db", self.db, self.spam, self.ham],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        spam, ham = [json.loads(l) for l in r.stdout.splitlines()]
+        self.assertGreater(spam["bayes"]["p_spam"], 0.99)
+        self.assertLess(ham["bayes"]["p_spam"], 0.01)
+        self.assertIn("BAYES_99", " ".join(spam["symbols"]))
+        self.assertIn("BAYES_00", ham["symbols"])
+
+    def test_gateway_tags_and_rejects_by_score(self):
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, stages="hops,bayes",
+                    toml=f'[bayes]\ndb = "{self.db}"\n[scoring]\nrequired_score = 3.0\n')
+        try:
+            self.send_file(mx.port, self.spam)
+            self.send_file(mx.port, self.ham)
+            sink.wait_messages(2)
+            (_, spam_body), (_, ham_body) = sink.messages()[-2:]
+            self.assertIn(b"X-Spam-Flag: YES\r\n", spam_body)
+            self.assertRegex(spam_body, rb"X-Spam-Status: Yes, score=3\.[57] required=3\.0 tests=BAYES_99")
+            self.assertNotIn(b"X-Spam-Flag", ham_body)
+            self.assertIn(b"X-Spam-Status: No, score=-1.9 required=3.0 tests=BAYES_00", ham_body)
+        finally:
+            mx.stop()
+        mx = Mxgate(WORK, sink.port, stages="hops,bayes",
+                    toml=f'[bayes]\ndb = "{self.db}"\n[scoring]\nreject_score = 3.0\n')
+        try:
+            with self.assertRaises(smtplib.SMTPDataError) as cm:
+                self.send_file(mx.port, self.spam)
+            self.assertEqual(cm.exception.smtp_code, 554)
+            self.assertIn(b"5.7.1", cm.exception.smtp_error)
+            self.assertEqual(self.send_file(mx.port, self.ham), {})
+        finally:
+            mx.stop()
+            sink.stop()

@@ -39,6 +39,22 @@ enum Cmd {
         #[arg(long)]
         metrics: Option<String>,
     },
+    /// Run the content stages on message files (or folders, mbox files), one JSON object per
+    /// message per line.
+    Scan {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Content stages, comma-separated (e.g. `hops,bayes`); overrides stages.enabled.
+        #[arg(long)]
+        stages: Option<String>,
+        /// Bayes model folder; overrides bayes.db.
+        #[arg(long)]
+        db: Option<String>,
+        /// The messages.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Parse message files and print their MIME structure, one JSON object per file per line.
     Mime {
         /// Message files (raw RFC 5322, an mbox `From ` first line is fine).
@@ -156,6 +172,22 @@ fn main() -> anyhow::Result<()> {
                 ham,
             } => tools::cross_validate(&spam, &ham, folds.max(2), osb),
         },
+        Cmd::Scan {
+            config,
+            stages,
+            db,
+            paths,
+        } => {
+            let ov = Overrides {
+                stages,
+                ..Overrides::default()
+            };
+            let mut cfg = settings::load(config.as_deref(), &ov)?;
+            if let Some(db) = db {
+                cfg.bayes.db = db;
+            }
+            tools::scan(&cfg, &paths)
+        }
         Cmd::Mime { files } => {
             use std::io::Write as _;
             let mut out = std::io::stdout().lock();
