@@ -156,6 +156,39 @@ pub fn classify_files(db: &Path, paths: &[PathBuf], top: usize) -> anyhow::Resul
     Ok(())
 }
 
+/// `mxgate bayes expire`.
+pub fn expire(db: &Path, days: u32) -> anyhow::Result<()> {
+    let path = model_path(db);
+    let mut model = Model::load(&path)?;
+    let removed = model.expire(days);
+    model.save(&path)?;
+    println!(
+        "{}",
+        serde_json::json!({"expired_tokens": removed, "tokens": model.tokens.len()})
+    );
+    Ok(())
+}
+
+/// `mxgate bayes dump`: one line per token: id (hex), spam count, ham count, last day seen.
+pub fn dump(db: &Path) -> anyhow::Result<()> {
+    let model = Model::load(&model_path(db))?;
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    writeln!(
+        out,
+        "# mxgate bayes dump: spam {} ham {} tokens {}",
+        model.nspam,
+        model.nham,
+        model.tokens.len()
+    )?;
+    let mut ids: Vec<_> = model.tokens.iter().collect();
+    ids.sort_by_key(|(id, _)| **id);
+    for (id, c) in ids {
+        writeln!(out, "{id:016x}\t{}\t{}\t{}", c.spam, c.ham, c.atime)?;
+    }
+    Ok(())
+}
+
 /// `mxgate bayes stats`.
 pub fn stats(db: &Path) -> anyhow::Result<()> {
     let model = Model::load(&model_path(db))?;

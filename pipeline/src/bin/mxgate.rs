@@ -109,6 +109,21 @@ enum BayesCmd {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Token ageing: drop tokens not learned for DAYS days (and rare ones after DAYS/4).
+    Expire {
+        /// Database folder.
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: PathBuf,
+        /// Age in days.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
+    /// Print every token: id, spam count, ham count, last day seen.
+    Dump {
+        /// Database folder.
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: PathBuf,
+    },
     /// Messages and tokens learned, and whether the filter is ready.
     Stats {
         /// Database folder.
@@ -158,13 +173,29 @@ fn init_logging(level: &str) {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    match run(Cli::parse()) {
+        // `mxgate mime ... | head`: a closed pipe ends the output, it is not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Bayes { cmd } => match cmd {
             BayesCmd::Learn { db, spam, ham } => tools::learn(&db, &spam, &ham),
             BayesCmd::Forget { db, paths } => tools::forget(&db, &paths),
             BayesCmd::Classify { db, top, paths } => tools::classify_files(&db, &paths, top),
             BayesCmd::Stats { db } => tools::stats(&db),
+            BayesCmd::Expire { db, days } => tools::expire(&db, days),
+            BayesCmd::Dump { db } => tools::dump(&db),
             BayesCmd::Cv {
                 folds,
                 osb,

@@ -13,7 +13,7 @@ pub mod model;
 pub mod tokenize;
 
 pub use classify::{classify, symbol, Params, Silent, Verdict};
-pub use model::{Class, Learned, Model};
+pub use model::{Class, FileStore, Learned, Model, Store};
 pub use tokenize::{tokenize, tokenize_with, Tokens};
 
 /// The identity of a message for learning: a hash of its bytes after an mbox `From ` line and

@@ -166,6 +166,18 @@ impl Model {
         self.seen.len()
     }
 
+    /// Token ageing: drops tokens not seen in learning for `days` days, and tokens seen in only
+    /// one message older than `days / 4` (the rare ones that crowd a model). Returns how many went.
+    pub fn expire(&mut self, days: u32) -> usize {
+        let today = today();
+        let before = self.tokens.len();
+        self.tokens.retain(|_, c| {
+            let age = today.saturating_sub(c.atime);
+            age < days && !(c.spam + c.ham <= 1 && age >= days / 4)
+        });
+        before - self.tokens.len()
+    }
+
     /// Writes the model to `path` atomically (temporary file, fsync, rename, fsync of the folder).
     pub fn save(&self, path: &Path) -> Result<(), StoreError> {
         let io = |source| StoreError::Io {
@@ -333,5 +345,50 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         assert!(Model::load(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// Where a model lives. The file store is the embedded default; a cluster backend implements the
+/// same two calls.
+pub trait Store {
+    /// Reads the model (an empty one when there is none yet).
+    fn load(&self) -> Result<Model, StoreError>;
+    /// Writes the model durably and atomically.
+    fn save(&self, model: &Model) -> Result<(), StoreError>;
+}
+
+/// A model in one file, replaced atomically on every save.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    /// The file.
+    pub path: std::path::PathBuf,
+}
+
+impl Store for FileStore {
+    fn load(&self) -> Result<Model, StoreError> {
+        Model::load(&self.path)
+    }
+    fn save(&self, model: &Model) -> Result<(), StoreError> {
+        model.save(&self.path)
+    }
+}
+
+#[cfg(test)]
+mod expire_tests {
+    use super::*;
+
+    #[test]
+    fn expire_drops_old_and_rare_tokens() {
+        let mut m = Model::default();
+        m.learn(1, &[10, 11], Class::Spam);
+        m.learn(2, &[11], Class::Ham);
+        let now = m.tokens[&10].atime;
+        m.tokens.get_mut(&10).unwrap().atime = now - 20; // rare and old enough
+        m.tokens.get_mut(&11).unwrap().atime = now - 20; // seen twice: kept until `days`
+        assert_eq!(m.expire(30), 1);
+        assert!(m.tokens.contains_key(&11) && !m.tokens.contains_key(&10));
+        m.tokens.get_mut(&11).unwrap().atime = now - 31;
+        assert_eq!(m.expire(30), 1);
+        assert!(m.tokens.is_empty());
     }
 }
