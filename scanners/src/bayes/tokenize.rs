@@ -17,7 +17,6 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// Headers tokenized, with the prefix their tokens carry.
 const HEADERS: &[(&str, &str)] = &[
-    ("subject", "H*subject:"),
     ("from", "H*from:"),
     ("to", "H*to:"),
     ("reply-to", "H*reply-to:"),
@@ -38,6 +37,7 @@ const SKIPPED: &[&str] = &[
     "x-status",
     "x-uid",
     "x-keywords",
+    "subject",
     "delivered-to",
     "x-original-to",
     "return-path",
@@ -45,6 +45,75 @@ const SKIPPED: &[&str] = &[
     "x-envelope-to",
     "resent-date",
     "resent-message-id",
+    // SpamAssassin's IGNORED_HDRS: noise, and list headers (a filtered mailing list would become a
+    // ham sign), annotations of mail readers and other filters.
+    "sender",
+    "x-sender",
+    "delivery-date",
+    "x-mime-autoconverted",
+    "x-converted-to-plain-text",
+    "x-list",
+    "mailing-list",
+    "x-mailing-list",
+    "list-archive",
+    "list-help",
+    "list-id",
+    "list-owner",
+    "list-post",
+    "list-subscribe",
+    "list-unsubscribe",
+    "x-list-archive",
+    "x-list-help",
+    "x-list-id",
+    "x-list-owner",
+    "x-list-post",
+    "x-list-subscribe",
+    "x-list-unsubscribe",
+    "list-host",
+    "list-manager",
+    "list-admin",
+    "list-comment",
+    "list-name",
+    "list-url",
+    "x-unsub",
+    "x-unsubscribe",
+    "x-mailman-version",
+    "x-beenthere",
+    "x-loop",
+    "mail-followup-to",
+    "x-egroups-return",
+    "x-egroups-from",
+    "x-mdmailing-list",
+    "x-xemacs-list",
+    "resent-from",
+    "resent-to",
+    "x-resent-from",
+    "x-resent-to",
+    "original-from",
+    "original-to",
+    "original-date",
+    "x-original-from",
+    "x-original-date",
+    "x-mailscanner",
+    "x-antispam",
+    "x-rbl-warning",
+    "x-virus-scanned",
+    "x-pyzor",
+    "x-filtered-by",
+    "x-scanned-by",
+    "x-scanner",
+    "x-bogosity",
+    "content-class",
+    "thread-index",
+    "thread-topic",
+    "x-originalarrivaltime",
+    "x-flags",
+    "replied",
+    "forwarded",
+    "x-uidl",
+    "x-imapbase",
+    "xref",
+    "x-gnus-mail-source",
 ];
 
 /// The tokens of one message.
@@ -156,6 +225,10 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
     // Body: the visible text, rendered once with its URIs.
     let view = msg.view();
     sink.with_prefix("");
+    // The Subject is the first line of the body, as SpamAssassin renders it.
+    if let Some(subject) = msg.header_text("subject") {
+        words(&subject, &mut sink, &mut word);
+    }
     words(&view.text, &mut sink, &mut word);
     // Headers: the main ones under fixed prefixes, every other one under its own name.
     for (name, prefix) in HEADERS {
@@ -422,8 +495,9 @@ mod tests {
             "CHEAP",
             "viagra",
             "now",
-            "H*subject:cheap",
-            "H*subject:meds",
+            "cheap",
+            "meds",
+            "online",
             "H*from:pharmacy",
             "H*from:u:sales",
             "H*from:d:pharma.example",
@@ -452,10 +526,14 @@ mod tests {
         ));
         let t = tokenize(&msg, true);
         assert_eq!(t.ids.len(), t.text.len());
-        assert!(t.ids.contains(&token_id("H*subject:", "hello")));
+        assert!(
+            t.ids.contains(&token_id("", "hello")),
+            "the Subject is read as the first body line"
+        );
         assert!(t.ids.contains(&token_id("", "world")));
         // the id of a token must never change between releases: stored models depend on it
-        assert_eq!(token_id("", "world"), token_id("", "world"));
+        assert_eq!(token_id("", "world"), 0x9274_15a1_2964_98e9);
+        assert_eq!(token_id("H*from:", "u:sales"), 0xe23c_e8f1_96e3_8e50);
     }
 
     #[test]
