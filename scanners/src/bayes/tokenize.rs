@@ -230,6 +230,11 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
         words(&subject, &mut sink, &mut word);
     }
     words(&view.text, &mut sink, &mut word);
+    // Text a reader would not see (hidden HTML) is a clue of its own, kept apart.
+    if !view.invisible_text.is_empty() {
+        sink.with_prefix("I*:");
+        words(&view.invisible_text, &mut sink, &mut word);
+    }
     // Headers: the main ones under fixed prefixes, every other one under its own name.
     for (name, prefix) in HEADERS {
         if let Some(v) = msg.header_text(name) {
@@ -424,29 +429,51 @@ fn looks_like_domain(s: &str) -> bool {
 /// Tokens from `Received:` fields: the client's IP (and its /24) and host names.
 fn received(msg: &Message, sink: &mut Sink<'_>) {
     let root = &msg.parts[0];
+    let mut lower = String::with_capacity(64);
     for f in root
         .fields
         .iter()
         .filter(|f| f.name(&msg.raw).eq_ignore_ascii_case(b"received"))
         .take(8)
     {
-        let v = String::from_utf8_lossy(&header::unfold(f.raw_value(&msg.raw))).into_owned();
-        for ip in v
-            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .filter(|s| s.split('.').count() == 4)
-        {
-            if ip.split('.').all(|o| o.parse::<u8>().is_ok()) {
-                sink.with_prefix("H*received:ip:");
-                sink.push(ip);
-                let net = ip.rsplit_once('.').map_or(ip, |(n, _)| n);
-                sink.with_prefix("H*received:net:");
-                sink.push(net);
+        let raw = f.raw_value(&msg.raw);
+        let v = String::from_utf8_lossy(raw);
+        // One pass over the words: the host after `from`, `by` and `with`, and dotted quads.
+        let mut pending: Option<&'static str> = None;
+        for (i, w) in v.split_ascii_whitespace().enumerate() {
+            if let Some(prefix) = pending.take() {
+                let t = w.trim_matches(|c: char| !c.is_alphanumeric());
+                if !t.is_empty() {
+                    lower.clear();
+                    lower.push_str(t);
+                    lower.make_ascii_lowercase();
+                    sink.with_prefix(prefix);
+                    sink.push(&lower);
+                }
+                continue;
             }
-        }
-        if let Some(rest) = v.strip_prefix("from ") {
-            if let Some(host) = rest.split_whitespace().next() {
-                sink.with_prefix("H*received:from:");
-                sink.push(&host.to_ascii_lowercase());
+            match w {
+                "from" if i == 0 => pending = Some("H*received:from:"),
+                // The receiving host and the protocol: which relays a message crossed, and how.
+                "by" => pending = Some("H*received:by:"),
+                "with" => pending = Some("H*received:with:"),
+                _ => {}
+            }
+            if w.bytes().filter(|&b| b == b'.').count() >= 3
+                && w.bytes().any(|b| b.is_ascii_digit())
+            {
+                for ip in w
+                    .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                    .filter(|s| s.split('.').count() == 4)
+                {
+                    if ip.split('.').all(|o| o.parse::<u8>().is_ok()) {
+                        sink.with_prefix("H*received:ip:");
+                        sink.push(ip);
+                        let net = ip.rsplit_once('.').map_or(ip, |(n, _)| n);
+                        sink.with_prefix("H*received:net:");
+                        sink.push(net);
+                    }
+                }
             }
         }
     }
