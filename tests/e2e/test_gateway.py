@@ -783,3 +783,30 @@ class BayesInTheGateway(unittest.TestCase):
         finally:
             mx.stop()
             sink.stop()
+
+
+class BayesTools(unittest.TestCase):
+    def test_silent_until_enough_learned_and_moves_between_classes(self):
+        db = tempfile.mkdtemp(prefix="bayes-tools-", dir=WORK)
+        spam_dir = os.path.join(harness.CORPUS, "spam")
+        one = os.path.join(spam_dir, sorted(os.listdir(spam_dir))[0])
+
+        def run(cmd, *args):
+            return subprocess.run([harness.MXGATE, "bayes", cmd, "--db", db, *args],
+                                  capture_output=True, text=True, timeout=120)
+
+        r = run("classify", one)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        v = json.loads(r.stdout)
+        self.assertIsNone(v["p_spam"])
+        self.assertIn("not enough learned", v["silent"])
+        r = run("learn", "--spam", one)
+        self.assertEqual(json.loads(r.stdout)["learned"], 1)
+        r = run("learn", "--ham", one)
+        self.assertEqual(json.loads(r.stdout)["moved"], 1)
+        st = json.loads(run("stats").stdout)
+        self.assertEqual((st["spam"], st["ham"], st["ready"]), (0, 1, False))
+        r = run("forget", one)
+        self.assertEqual(json.loads(r.stdout)["forgotten"], 1)
+        st = json.loads(run("stats").stdout)
+        self.assertEqual((st["spam"], st["ham"], st["tokens"]), (0, 0, 0))
