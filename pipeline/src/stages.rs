@@ -68,6 +68,8 @@ pub struct Chain {
     max_hops: Option<usize>,
     /// `bayes`: the model, when that stage is on.
     bayes: Option<Arc<bayes::Model>>,
+    /// Classifier settings.
+    bayes_params: bayes::Params,
     scoring: Scoring,
 }
 
@@ -83,9 +85,8 @@ impl Chain {
         let bayes = if on("bayes") {
             let path = crate::tools::model_path(std::path::Path::new(&cfg.bayes.db));
             let model = bayes::Model::load(&path)?;
-            if model.nspam < bayes::Params::default().min_spam
-                || model.nham < bayes::Params::default().min_ham
-            {
+            let p = bayes::Params::default();
+            if model.nspam < p.min_spam || model.nham < p.min_ham {
                 tracing::warn!(model = %path.display(), spam = model.nspam, ham = model.nham, "bayes: not enough learned yet; the stage stays silent");
             }
             Some(Arc::new(model))
@@ -95,6 +96,7 @@ impl Chain {
         Ok(Chain {
             max_hops: on("hops").then_some(stages.max_hops),
             bayes,
+            bayes_params: bayes::Params::default(),
             scoring: cfg.scoring.clone(),
         })
     }
@@ -123,7 +125,7 @@ impl Chain {
         // Phase: classify.
         if let Some(model) = &self.bayes {
             let tokens = bayes::tokenize(&msg, false);
-            if let Ok(v) = bayes::classify(model, &tokens.ids, &bayes::Params::default()) {
+            if let Ok(v) = bayes::classify(model, &tokens.ids, &self.bayes_params) {
                 ctx.bayes = Some(v.p_spam);
                 ctx.symbols.push(bayes::symbol(v.p_spam));
             }

@@ -331,12 +331,12 @@ pub fn decode_words(raw: &[u8]) -> String {
         }
         i += 1;
     }
+    // Whitespace that only trails the last encoded word is dropped with it.
     let tail = &raw[plain_start..];
-    if !(pending.is_some() && tail.iter().all(|b| *b == b' ' || *b == b'\t')) || tail.is_empty() {
-        flush(&mut out, &mut pending);
+    let drop_tail = pending.is_some() && tail.iter().all(|b| *b == b' ' || *b == b'\t');
+    flush(&mut out, &mut pending);
+    if !drop_tail {
         out.push_str(&bytes_to_text(tail));
-    } else {
-        flush(&mut out, &mut pending);
     }
     out
 }

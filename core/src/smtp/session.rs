@@ -15,7 +15,6 @@
 //! rejected after the real end of data by default ([`BareLf::Reject`], as Postfix's
 //! `smtpd_forbid_bare_newline`), so smuggled commands are never executed.
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -455,14 +454,6 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
         self.resolve(ok)
     }
 
-    /// Counts a reply the caller produced for a message (final replies after DATA): errors
-    /// count towards the error limit.
-    pub fn note_reply(&mut self, reply: &Reply) {
-        if reply.code >= 400 {
-            self.errors += 1;
-        }
-    }
-
     /// TLS is up: the session starts over (RFC 3207 §4.2: forget HELO and any transaction).
     pub fn tls_started(&mut self) {
         self.tls = true;
@@ -755,14 +746,5 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
         }
         t.push_str("\nENHANCEDSTATUSCODES\n8BITMIME\nCHUNKING\nSMTPUTF8");
         t
-    }
-}
-
-/// The reply text for a message accepted by this host (used where no next hop answers).
-pub fn queued(id: &str) -> Reply {
-    Reply {
-        code: 250,
-        status: Cow::Borrowed("2.0.0"),
-        text: Cow::Owned(format!("Ok: queued as {id}")),
     }
 }
