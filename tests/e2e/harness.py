@@ -77,7 +77,9 @@ class Proc:
 class Mxgate(Proc):
     """mxgate serve with a config written from TOML text."""
 
-    def __init__(self, workdir, relay_port, toml="", stages=None, port=None, extra=()):
+    def __init__(self, workdir, relay_port, toml="", stages=None, port=None, extra=(), server=""):
+        """`toml` is appended after the [server] table; `server` adds keys to that table."""
+        self.server = server
         self.port = port or free_port()
         self.metrics_port = free_port()
         self.config_path = os.path.join(workdir, f"mxgate-{self.port}.toml")
@@ -93,7 +95,7 @@ class Mxgate(Proc):
 
     def write_config(self, toml):
         with open(self.config_path, "w") as f:
-            f.write("[server]\nhostname = \"mx.e2e.test\"\nshutdown_grace_secs = 10\n" + toml)
+            f.write("[server]\nhostname = \"mx.e2e.test\"\nshutdown_grace_secs = 10\n" + self.server + toml)
 
     def metrics(self):
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
@@ -103,6 +105,12 @@ class Mxgate(Proc):
                 k, v = line.rsplit(" ", 1)
                 out[k] = float(v)
         return out
+
+    def wait_idle(self, timeout=5):
+        """Waits until no connection is open (the readiness probe's included)."""
+        end = time.time() + timeout
+        while time.time() < end and self.metrics().get("mxgate_connections_active", 0) > 0:
+            time.sleep(0.05)
 
     def rss_kib(self):
         with open(f"/proc/{self.p.pid}/status") as f:

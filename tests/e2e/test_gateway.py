@@ -544,10 +544,13 @@ class Lifecycle(unittest.TestCase):
             # the message in flight completes with the next hop's 250, then the session ends
             self.assertEqual(busy.reply()[0], 250)
             self.assertEqual(busy.reply()[0], 421)
-            # new connections are refused
+            # no new session starts: the connection is refused, or closed without a greeting
             time.sleep(0.3)
-            with self.assertRaises(OSError):
-                socket.create_connection(("127.0.0.1", mx.port), timeout=1).recv(10) or (_ for _ in ()).throw(OSError())
+            try:
+                late = socket.create_connection(("127.0.0.1", mx.port), timeout=1)
+                self.assertEqual(late.recv(10), b"")
+            except OSError:
+                pass
             mx.p.wait(10)
             self.assertEqual(mx.p.returncode, 0)
         finally:
@@ -556,7 +559,7 @@ class Lifecycle(unittest.TestCase):
 
     def test_sigint_stops_fast(self):
         sink = Sink(WORK)
-        mx = Mxgate(WORK, sink.port, toml="[server]\n" if False else "")
+        mx = Mxgate(WORK, sink.port)
         try:
             c = Smtp(mx.port)
             c.reply()
@@ -606,33 +609,23 @@ class Lifecycle(unittest.TestCase):
 
     def test_connection_cap(self):
         sink = Sink(WORK)
-        mx = Mxgate(WORK, sink.port, toml="[server]\nshards = 1\nmax_connections = 3\n".replace("[server]\n", ""),
-                    extra=())
-        mx.stop()
-        # shards and the cap live in [server]; write a config with both
-        port = free_port()
-        cfg = os.path.join(WORK, "cap.toml")
-        with open(cfg, "w") as f:
-            f.write("[server]\nshards = 1\nmax_connections = 3\n")
-        p = harness.Proc([harness.MXGATE, "serve", "--config", cfg, "--listen", f"127.0.0.1:{port}",
-                          "--relay", f"127.0.0.1:{sink.port}", "--metrics", ""], os.path.join(WORK, "cap.log"))
+        mx = Mxgate(WORK, sink.port, server="shards = 1\nmax_connections = 3\n")
         try:
-            harness.wait_port(port)
-            time.sleep(0.2)
+            mx.wait_idle()
             held = []
             for _ in range(3):
-                c = Smtp(port)
+                c = Smtp(mx.port)
                 self.assertEqual(c.reply()[0], 220)
                 held.append(c)
-            extra = Smtp(port)
+            extra = Smtp(mx.port)
             code, text, _ = extra.reply()
             self.assertEqual((code, text.split()[0]), (421, "4.7.0"))
             held[0].cmd("QUIT")
             held[0].close()
             time.sleep(0.2)
-            self.assertEqual(Smtp(port).reply()[0], 220)
+            self.assertEqual(Smtp(mx.port).reply()[0], 220)
         finally:
-            p.stop()
+            mx.stop()
             sink.stop()
 
     def test_bad_config_names_field_and_line(self):
