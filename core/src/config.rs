@@ -25,6 +25,8 @@ pub struct Config {
     pub relay: Relay,
     /// The content stages run on each message.
     pub stages: Stages,
+    /// The rule stage.
+    pub rules: Rules,
     /// The Bayes stage.
     pub bayes: Bayes,
     /// Turning symbols into a score and the score into an action.
@@ -183,7 +185,7 @@ impl Default for Relay {
 }
 
 /// The names of the content stages this build has, in the order they run.
-pub const STAGE_NAMES: &[&str] = &["hops", "bayes"];
+pub const STAGE_NAMES: &[&str] = &["hops", "rules", "bayes"];
 
 /// `[stages]`
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -201,6 +203,30 @@ impl Default for Stages {
         Stages {
             enabled: vec!["hops".into()],
             max_hops: 50,
+        }
+    }
+}
+
+/// `[rules]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rules {
+    /// SpamAssassin rule folders (or files), read in order: every folder's `.pre` files first
+    /// (the plugins `ifplugin` tests), then each folder's `.cf` files in name order.
+    pub paths: Vec<String>,
+    /// Folder where compiled Hyperscan databases are cached; empty compiles at every start.
+    pub cache_dir: String,
+    /// `per-scope` (one database per header, body, rawbody, uri, full; the default) or `single`
+    /// (one database for all rules).
+    pub layout: String,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            paths: vec!["/usr/share/spamassassin".into(), "/etc/spamassassin".into()],
+            cache_dir: "/var/cache/mxgate/rules".into(),
+            layout: "per-scope".into(),
         }
     }
 }
@@ -390,6 +416,18 @@ impl Config {
             return Err(bad(
                 "scoring.reject_score",
                 "scores must be finite, reject_score 0 or more".into(),
+            ));
+        }
+        if self.rules.layout != "per-scope" && self.rules.layout != "single" {
+            return Err(bad(
+                "rules.layout",
+                format!("{:?}: use \"per-scope\" or \"single\"", self.rules.layout),
+            ));
+        }
+        if self.stages.enabled.iter().any(|s| s == "rules") && self.rules.paths.is_empty() {
+            return Err(bad(
+                "rules.paths",
+                "the rules stage needs rule folders".into(),
             ));
         }
         if self.stages.enabled.iter().any(|s| s == "bayes") && self.bayes.db.is_empty() {

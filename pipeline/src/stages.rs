@@ -8,6 +8,8 @@
 //! A stage never does I/O on the shard's thread and never panics on input: malformed mail is
 //! a finding, not an error.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -15,7 +17,7 @@ use bytes::Bytes;
 use mxgate_core::config::{Config, Scoring, Stages};
 use mxgate_core::mime::Message;
 use mxgate_core::smtp::{Envelope, Reply};
-use mxgate_scanners::bayes;
+use mxgate_scanners::{bayes, rules};
 
 /// What the stages found about one message.
 pub struct Context<'a> {
@@ -26,7 +28,7 @@ pub struct Context<'a> {
     /// The client's address.
     pub client: SocketAddr,
     /// Symbols with their scores, in the order found.
-    pub symbols: Vec<(&'static str, f64)>,
+    pub symbols: Vec<(Cow<'static, str>, f64)>,
     /// Header fields to add before relaying, each ending with CRLF.
     pub add_headers: String,
     /// The Bayes probability, when the Bayes stage spoke.
@@ -62,10 +64,12 @@ pub enum Verdict {
 }
 
 /// The compiled chain for one configuration snapshot: immutable, shared by all shards.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Chain {
     /// `hops`: the Received: limit, when that stage is on.
     max_hops: Option<usize>,
+    /// `rules`: the compiled ruleset, when that stage is on.
+    rules: Option<Arc<rules::Engine>>,
     /// `bayes`: the model, when that stage is on.
     bayes: Option<Arc<bayes::Model>>,
     /// Classifier settings.
@@ -93,8 +97,14 @@ impl Chain {
         } else {
             None
         };
+        let rules = if on("rules") {
+            Some(Arc::new(load_rules(cfg, bayes.is_some())?))
+        } else {
+            None
+        };
         Ok(Chain {
             max_hops: on("hops").then_some(stages.max_hops),
+            rules,
             bayes,
             bayes_params: bayes::Params::default(),
             scoring: cfg.scoring.clone(),
@@ -103,7 +113,12 @@ impl Chain {
 
     /// Whether no stage is on (pure relay).
     pub fn is_empty(&self) -> bool {
-        self.max_hops.is_none() && self.bayes.is_none()
+        self.max_hops.is_none() && self.bayes.is_none() && self.rules.is_none()
+    }
+
+    /// The rule engine, when the rules stage is on.
+    pub fn rules(&self) -> Option<&rules::Engine> {
+        self.rules.as_deref()
     }
 
     /// Runs the stages in order and decides.
@@ -112,22 +127,39 @@ impl Chain {
         if let Some(max) = self.max_hops {
             let hops = count_received(ctx.body);
             if hops > max {
-                ctx.symbols.push(("MAIL_LOOP", 0.0));
+                ctx.symbols.push((Cow::Borrowed("MAIL_LOOP"), 0.0));
                 return Verdict::Reject(LOOP);
             }
         }
-        if self.bayes.is_none() {
+        if self.bayes.is_none() && self.rules.is_none() {
             return Verdict::Accept; // nothing below reads the content
         }
-        // Phase: filter. The MIME view is built once; header analysis, rules, AV and OCR join
-        // Bayes here.
+        // Phase: filter. The MIME view is built once; header analysis, AV and OCR join the
+        // rules here.
         let msg = Message::parse(ctx.body.clone());
+        if let Some(engine) = &self.rules {
+            let env = rules::Envelope {
+                // An unknown sender (`mxgate scan`) reads as no envelope; rules then fall back
+                // to Return-Path, as SpamAssassin does without a trusted relay.
+                mail_from: (!ctx.envelope.mail_from.is_empty())
+                    .then(|| ctx.envelope.mail_from.clone()),
+            };
+            let outcome = with_scratch(engine, |s| engine.scan(&msg, &env, s));
+            let set = engine.score_set();
+            for (i, _) in outcome.hits {
+                let r = &engine.set.rules[i];
+                if !r.is_subrule() {
+                    ctx.symbols.push((Cow::Owned(r.name.clone()), r.score(set)));
+                }
+            }
+        }
         // Phase: classify.
         if let Some(model) = &self.bayes {
             let tokens = bayes::tokenize(&msg, false);
             if let Ok(v) = bayes::classify(model, &tokens.ids, &self.bayes_params) {
                 ctx.bayes = Some(v.p_spam);
-                ctx.symbols.push(bayes::symbol(v.p_spam));
+                let (name, score) = bayes::symbol(v.p_spam);
+                ctx.symbols.push((Cow::Borrowed(name), score));
             }
         }
         // Phase: post-filter. Symbols become a score and the score an action.
@@ -137,10 +169,12 @@ impl Chain {
             return Verdict::Reject(SPAM);
         }
         if self.scoring.add_headers {
-            let tests: Vec<&str> = ctx.symbols.iter().map(|(n, _)| *n).collect();
+            let tests: Vec<&str> = ctx.symbols.iter().map(|(n, _)| n.as_ref()).collect();
             if spam {
                 ctx.add_headers.push_str("X-Spam-Flag: YES\r\n");
             }
+            ctx.add_headers
+                .push_str(&format!("X-Spam-Score: {:.1}\r\n", ctx.score));
             ctx.add_headers.push_str(&format!(
                 "X-Spam-Status: {}, score={:.1} required={:.1} tests={}\r\n",
                 if spam { "Yes" } else { "No" },
@@ -160,6 +194,62 @@ impl Chain {
     pub fn required_score(&self) -> f64 {
         self.scoring.required_score
     }
+}
+
+/// Loads and compiles the configured ruleset (compiling off the hot path: at start and on
+/// reload, before the new snapshot is published). The score set follows SpamAssassin: 0 without
+/// Bayes and network tests, 2 with Bayes.
+pub fn load_rules(cfg: &Config, with_bayes: bool) -> anyhow::Result<rules::Engine> {
+    let paths: Vec<std::path::PathBuf> = cfg.rules.paths.iter().map(Into::into).collect();
+    let set = rules::load_paths(&paths);
+    for d in &set.diagnostics {
+        tracing::warn!("rules: {d}");
+    }
+    if set.rules.is_empty() {
+        anyhow::bail!(
+            "rules: no rules found in {} (install the spamassassin package, or set rules.paths)",
+            cfg.rules.paths.join(", ")
+        );
+    }
+    let opts = rules::Options {
+        layout: if cfg.rules.layout == "single" {
+            rules::Layout::Single
+        } else {
+            rules::Layout::PerScope
+        },
+        cache_dir: (!cfg.rules.cache_dir.is_empty()).then(|| cfg.rules.cache_dir.clone().into()),
+        score_set: if with_bayes { 2 } else { 0 },
+    };
+    let engine = rules::Engine::build(set, &opts)?;
+    let s = &engine.stats;
+    tracing::info!(
+        rules = engine.set.rules.len(),
+        hyperscan = s.hyperscan,
+        prefilter = s.prefilter,
+        pcre = s.pcre_only,
+        databases = s.databases,
+        cache_hit = s.cache_hit,
+        compile_ms = s.compile.as_millis() as u64,
+        load_ms = s.cache_load.as_millis() as u64,
+        "rules: ready"
+    );
+    Ok(engine)
+}
+
+thread_local! {
+    /// This thread's Hyperscan scratch, for the engine it was made for.
+    static SCRATCH: RefCell<Option<(u64, rules::Scratch)>> = const { RefCell::new(None) };
+}
+
+fn with_scratch<R>(engine: &rules::Engine, f: impl FnOnce(&mut rules::Scratch) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(id, _)| *id != engine.id()) {
+            *slot = Some((engine.id(), engine.scratch()));
+        }
+        let (_, s) = slot.as_mut().expect("scratch just made");
+        f(s)
+    })
 }
 
 /// Counts `Received:` fields in the header block (up to the first empty line).

@@ -284,7 +284,7 @@ pub fn cross_validate(
 }
 
 /// `mxgate scan`: the content stages in-process on message files, one JSON object per message
-/// per line (file, score, required, action, symbols, bayes, elapsed).
+/// per line (file, score, required, action, symbols, bayes, elapsed_us).
 pub fn scan(cfg: &mxgate_core::config::Config, paths: &[PathBuf]) -> anyhow::Result<()> {
     use crate::stages::{Chain, Context, Verdict};
     let chain = Chain::new(cfg)?;
@@ -318,7 +318,7 @@ pub fn scan(cfg: &mxgate_core::config::Config, paths: &[PathBuf]) -> anyhow::Res
             "reply": reply,
             "symbols": symbols,
             "bayes": ctx.bayes.map(|p| serde_json::json!({"p_spam": p})),
-            "elapsed_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            "elapsed_us": elapsed.as_micros() as u64,
         });
         writeln!(out, "{v}")?;
     }
@@ -339,4 +339,109 @@ mod tests {
         // a plain message is one message
         assert_eq!(split_mbox(b"Subject: x\n\nFrom here on\n").len(), 1);
     }
+}
+
+/// `mxgate rules lint`: loads the rules, compiles them, and lists every problem (file, line,
+/// rule). Returns whether there were errors (warnings, such as a meta naming a rule of a
+/// plugin that is not loaded, do not count).
+pub fn rules_lint(paths: &[PathBuf]) -> anyhow::Result<bool> {
+    use mxgate_scanners::rules;
+    let set = rules::load_paths(paths);
+    let mut errors = 0;
+    let mut warnings = 0;
+    for d in &set.diagnostics {
+        if d.warning {
+            warnings += 1;
+            println!("warning: {d}");
+        } else {
+            errors += 1;
+            println!("error: {d}");
+        }
+    }
+    let nrules = set.rules.len();
+    let nfiles = set.files.len();
+    let origins: std::collections::HashMap<String, String> = set
+        .rules
+        .iter()
+        .map(|r| (r.name.clone(), r.origin.to_string()))
+        .collect();
+    let engine = rules::Engine::build(set, &rules::Options::default())?;
+    for (name, err) in engine.check_pcre() {
+        errors += 1;
+        let at = origins.get(&name).cloned().unwrap_or_default();
+        println!("error: {at}: rule {name}: regex does not compile: {err}");
+    }
+    println!("{nfiles} files, {nrules} rules: {errors} errors, {warnings} warnings");
+    Ok(errors == 0)
+}
+
+/// `mxgate rules stats`: rules by type, how each regex rule runs, eval functions not
+/// implemented, compile time and database size.
+pub fn rules_stats(paths: &[PathBuf], layout: &str, json: bool) -> anyhow::Result<()> {
+    use mxgate_scanners::rules;
+    let set = rules::load_paths(paths);
+    let opts = rules::Options {
+        layout: if layout == "single" {
+            rules::Layout::Single
+        } else {
+            rules::Layout::PerScope
+        },
+        ..rules::Options::default()
+    };
+    let started = Instant::now();
+    let engine = rules::Engine::build(set, &opts)?;
+    let elapsed = started.elapsed();
+    let s = &engine.stats;
+    let v = serde_json::json!({
+        "rules": engine.set.rules.len(),
+        "by_type": s.by_type.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+        "hyperscan": s.hyperscan,
+        "prefilter_confirm": s.prefilter,
+        "pcre_only": s.pcre_only,
+        "eval_not_implemented": s.eval_unimplemented,
+        "disabled_score_0": s.disabled,
+        "databases": s.databases,
+        "database_bytes": s.database_bytes,
+        "layout": layout,
+        "compile_ms": elapsed.as_millis() as u64,
+        "demoted": s.demoted.iter().map(|(r, why)| serde_json::json!({"rule": r, "why": why})).collect::<Vec<_>>(),
+        "eval_functions": s.eval_functions.iter().map(|(f, n)| serde_json::json!({"function": f, "rules": n})).collect::<Vec<_>>(),
+    });
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    println!("rules: {}", engine.set.rules.len());
+    for (k, n) in &s.by_type {
+        println!("  {k:<11} {n}");
+    }
+    println!(
+        "regex rules compiled into Hyperscan as written: {}",
+        s.hyperscan
+    );
+    println!(
+        "regex rules through Hyperscan PREFILTER + PCRE2 confirm: {}",
+        s.prefilter
+    );
+    println!("regex rules on PCRE2 alone: {}", s.pcre_only);
+    println!(
+        "eval and network rules not implemented (never hit): {}",
+        s.eval_unimplemented
+    );
+    println!("rules not run (score 0): {}", s.disabled);
+    println!(
+        "{} databases ({} layout), {:.1} MiB, built in {:.2} s",
+        s.databases,
+        layout,
+        s.database_bytes as f64 / 1048576.0,
+        elapsed.as_secs_f64()
+    );
+    for (r, why) in &s.demoted {
+        println!("  demoted {r}: {why}");
+    }
+    println!("eval functions not implemented (rules calling each):");
+    for (f, n) in &s.eval_functions {
+        println!("  {f} ({n})");
+    }
+    Ok(())
 }

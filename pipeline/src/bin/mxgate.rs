@@ -51,6 +51,9 @@ enum Cmd {
         /// Bayes model folder; overrides bayes.db.
         #[arg(long)]
         db: Option<String>,
+        /// Rule folder or file (repeatable); overrides rules.paths.
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
         /// The messages.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -60,6 +63,11 @@ enum Cmd {
         /// Message files (raw RFC 5322, an mbox `From ` first line is fine).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// SpamAssassin rule tools.
+    Rules {
+        #[command(subcommand)]
+        cmd: RulesCmd,
     },
     /// Bayesian filter tools.
     Bayes {
@@ -151,6 +159,36 @@ enum BayesCmd {
 const DEFAULT_DB: &str = "/var/lib/mxgate/bayes";
 
 #[derive(Subcommand)]
+enum RulesCmd {
+    /// Load and compile the rules; list every problem with file, line and rule. Exits 1 on
+    /// errors.
+    Lint {
+        /// Rule folder or file (repeatable); default: rules.paths of --config or the defaults.
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Rules by type, how the regex rules compile (Hyperscan, prefilter + confirm, PCRE2
+    /// alone), eval rules not implemented, compile time.
+    Stats {
+        /// Rule folder or file (repeatable); default: rules.paths of --config or the defaults.
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// `per-scope` or `single`.
+        #[arg(long, default_value = "per-scope")]
+        layout: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCmd {
     /// Print the full default configuration with comments.
     Example,
@@ -207,6 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             stages,
             db,
+            rules,
             paths,
         } => {
             let ov = Overrides {
@@ -217,7 +256,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(db) = db {
                 cfg.bayes.db = db;
             }
+            if !rules.is_empty() {
+                cfg.rules.paths = rules.iter().map(|p| p.display().to_string()).collect();
+            }
             tools::scan(&cfg, &paths)
+        }
+        Cmd::Rules { cmd } => {
+            let paths =
+                |rules: Vec<PathBuf>, config: Option<PathBuf>| -> anyhow::Result<Vec<PathBuf>> {
+                    if !rules.is_empty() {
+                        return Ok(rules);
+                    }
+                    let cfg = settings::load(config.as_deref(), &Overrides::default())?;
+                    Ok(cfg.rules.paths.iter().map(PathBuf::from).collect())
+                };
+            match cmd {
+                RulesCmd::Lint { rules, config } => {
+                    if !tools::rules_lint(&paths(rules, config)?)? {
+                        std::process::exit(1);
+                    }
+                    Ok(())
+                }
+                RulesCmd::Stats {
+                    rules,
+                    config,
+                    layout,
+                    json,
+                } => tools::rules_stats(&paths(rules, config)?, &layout, json),
+            }
         }
         Cmd::Mime { files } => {
             use std::io::Write as _;

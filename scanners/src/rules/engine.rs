@@ -1,0 +1,1403 @@
+//! Compiling a [`RuleSet`] into Hyperscan databases, and scanning a message with them.
+//!
+//! Every regex rule reads one *input*: a header request (`Subject`, `From:addr`, `ALL`), the
+//! body lines, rawbody chunks, URIs, the full text, or a MIME-part header. Rules are grouped into
+//! databases by [`Layout`]: one database per input (what rspamd found best, and the default) or
+//! one database for everything (what a first design proposed; kept so the two can be measured
+//! against each other). A pattern Hyperscan cannot compile as written is compiled with
+//! `PREFILTER` (a superset) and every hit is confirmed with PCRE2; one it cannot compile at all
+//! runs on PCRE2 alone. `multiple` rules count their matches with PCRE2 once Hyperscan has said
+//! there is one.
+//!
+//! Compiled databases are cached on disk under a key that hashes the patterns and their
+//! flags, the layout, the Hyperscan version and the target platform, so a warm start
+//! deserializes instead of compiling.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use hyperscan::prelude::*;
+use hyperscan::{Block, CompileFlags, PlatformRef, Serialized};
+use mxgate_core::mime::Message;
+use sha2::{Digest, Sha256};
+
+use super::load::{HeaderTest, Rule, RuleSet, Test};
+use super::regex::{pcre, translate, widen_repeats, Matcher, Translated};
+use super::view::{self, Headers};
+
+/// How rules are grouped into Hyperscan databases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// One database per input (header request, body, rawbody, uri, full, MIME header).
+    #[default]
+    PerScope,
+    /// One database of every regex rule; each input is scanned with it and hits of rules that
+    /// read another input are dropped.
+    Single,
+}
+
+/// Build options.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Grouping.
+    pub layout: Layout,
+    /// Folder for compiled databases; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    /// Score set: 0 local tests only, 1 with network tests, 2 with Bayes, 3 with both.
+    pub score_set: usize,
+}
+
+/// How a rule is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Hyperscan decides.
+    Hyperscan,
+    /// Hyperscan prefilters, PCRE2 confirms.
+    Prefilter,
+    /// PCRE2 alone.
+    Pcre,
+    /// `exists:` header test.
+    Exists,
+    /// Meta rule.
+    Meta,
+    /// Eval or network rule not implemented here: never hits.
+    Eval,
+    /// Score 0 in the chosen set: not run, as SpamAssassin does.
+    Disabled,
+}
+
+impl Mode {
+    fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    fn from_u8(v: u8) -> Option<Mode> {
+        [
+            Mode::Hyperscan,
+            Mode::Prefilter,
+            Mode::Pcre,
+            Mode::Exists,
+            Mode::Meta,
+            Mode::Eval,
+            Mode::Disabled,
+        ]
+        .into_iter()
+        .find(|m| m.as_u8() == v)
+    }
+}
+
+/// What a rule reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// A header request of the message.
+    Header(String),
+    /// Rendered body lines.
+    Body,
+    /// Decoded text parts.
+    Rawbody,
+    /// URIs.
+    Uri,
+    /// The whole message.
+    Full,
+    /// A header of each MIME part.
+    MimeHeader(String),
+}
+
+impl Input {
+    /// The scope name (`header`, `body`, ...).
+    pub fn scope(&self) -> &'static str {
+        match self {
+            Input::Header(_) => "header",
+            Input::Body => "body",
+            Input::Rawbody => "rawbody",
+            Input::Uri => "uri",
+            Input::Full => "full",
+            Input::MimeHeader(_) => "mimeheader",
+        }
+    }
+}
+
+struct Compiled {
+    mode: Mode,
+    input: Option<usize>,
+    translated: Option<Translated>,
+    /// What Hyperscan compiles: the expression, or its widened superset (then a prefilter).
+    hs_expr: Option<String>,
+    pcre: OnceLock<Option<Matcher>>,
+}
+
+impl Compiled {
+    fn pcre(&self) -> Option<&Matcher> {
+        self.pcre
+            .get_or_init(|| self.translated.as_ref().and_then(|t| pcre(t).ok()))
+            .as_ref()
+    }
+}
+
+struct Group {
+    db: BlockDatabase,
+    /// Hyperscan id → rule index.
+    ids: Vec<usize>,
+}
+
+/// Figures from a build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildStats {
+    /// Rules by type (`header`, `body`, ..., `meta`, `eval`).
+    pub by_type: Vec<(String, usize)>,
+    /// Regex rules compiled into Hyperscan as written.
+    pub hyperscan: usize,
+    /// Regex rules compiled with `PREFILTER` and confirmed by PCRE2.
+    pub prefilter: usize,
+    /// Regex rules on PCRE2 alone.
+    pub pcre_only: usize,
+    /// Eval and network rules, not implemented (never hit).
+    pub eval_unimplemented: usize,
+    /// Eval functions not implemented, with how many rules call each.
+    pub eval_functions: Vec<(String, usize)>,
+    /// Rules not run because their score in the chosen set is 0.
+    pub disabled: usize,
+    /// Databases.
+    pub databases: usize,
+    /// Total serialized database size.
+    pub database_bytes: usize,
+    /// Time spent compiling (zero on a cache hit).
+    pub compile: Duration,
+    /// Time spent loading from the cache (zero on a miss).
+    pub cache_load: Duration,
+    /// Whether the databases came from the cache.
+    pub cache_hit: bool,
+    /// Patterns demoted after Hyperscan refused them (rule name, reason).
+    pub demoted: Vec<(String, String)>,
+}
+
+/// A compiled ruleset, shared read-only between threads.
+pub struct Engine {
+    /// The rules.
+    pub set: RuleSet,
+    rules: Vec<Compiled>,
+    inputs: Vec<Input>,
+    input_rules: Vec<Vec<usize>>,
+    groups: Vec<Group>,
+    /// Per input: the groups that scan it.
+    input_groups: Vec<Vec<usize>>,
+    layout: Layout,
+    metas: Vec<usize>,
+    score_set: usize,
+    id: u64,
+    /// Build figures.
+    pub stats: BuildStats,
+}
+
+static ENGINE_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Per-thread scan state (Hyperscan scratch).
+pub struct Scratch {
+    hs: Option<hyperscan::Scratch>,
+}
+
+/// What the scan of one message found.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Rules that hit (sub-rules included), with their hit counts, in rule order.
+    pub hits: Vec<(usize, u32)>,
+    /// Sum of the scores of the rules that hit.
+    pub score: f64,
+}
+
+/// Envelope facts rules may read.
+#[derive(Debug, Clone, Default)]
+pub struct Envelope {
+    /// MAIL FROM, when known.
+    pub mail_from: Option<String>,
+}
+
+/// A build error.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Hyperscan failed for a reason other than one pattern.
+    #[error("hyperscan: {0}")]
+    Hyperscan(String),
+}
+
+const CACHE_MAGIC: &[u8; 8] = b"MXGRUL01";
+
+/// Most patterns in one prefilter database.
+const PREFILTER_CHUNK: usize = 24;
+
+fn platform() -> Option<hyperscan::Platform> {
+    // A generic target keeps cached databases portable between machines.
+    Some(hyperscan::Platform::new(
+        hyperscan::Tune::Generic,
+        hyperscan::CpuFeatures::empty(),
+    ))
+}
+
+fn hs_flags(t: &Translated, prefilter: bool) -> CompileFlags {
+    let mut f = CompileFlags::SINGLEMATCH | CompileFlags::ALLOWEMPTY;
+    if t.caseless {
+        f |= CompileFlags::CASELESS;
+    }
+    if t.multiline {
+        f |= CompileFlags::MULTILINE;
+    }
+    if t.dotall {
+        f |= CompileFlags::DOTALL;
+    }
+    if prefilter {
+        f |= CompileFlags::PREFILTER;
+    }
+    f
+}
+
+fn hs_pattern(t: &Translated, expr: &str, prefilter: bool, id: usize) -> Pattern {
+    let mut p = Pattern::with_flags(expr.to_string(), hs_flags(t, prefilter)).expect("pattern");
+    p.id = Some(id);
+    p
+}
+
+impl Engine {
+    /// Compiles (or loads from the cache) a ruleset.
+    pub fn build(set: RuleSet, opts: &Options) -> Result<Engine, BuildError> {
+        let set_ix = opts.score_set.min(3);
+        let mut inputs: Vec<Input> = Vec::new();
+        let mut input_ix: HashMap<Input, usize> = HashMap::new();
+        let mut rules = Vec::with_capacity(set.rules.len());
+        let mut eval_fns: HashMap<String, usize> = HashMap::new();
+        for r in &set.rules {
+            let explicit_zero = !r.is_subrule() && r.scores.is_some() && r.score(set_ix) == 0.0;
+            let (input, regex) = match &r.test {
+                Test::Header(h) => (Some(Input::Header(h.request.clone())), h.regex.as_ref()),
+                Test::MimeHeader(h) => {
+                    (Some(Input::MimeHeader(h.request.clone())), h.regex.as_ref())
+                }
+                Test::Body(re) => (Some(Input::Body), Some(re)),
+                Test::Rawbody(re) => (Some(Input::Rawbody), Some(re)),
+                Test::Uri(re) => (Some(Input::Uri), Some(re)),
+                Test::Full(re) => (Some(Input::Full), Some(re)),
+                Test::Meta(_) => (None, None),
+                Test::Eval(e) => {
+                    *eval_fns.entry(e.function.clone()).or_default() += 1;
+                    (None, None)
+                }
+            };
+            let mode = if explicit_zero {
+                Mode::Disabled
+            } else {
+                match &r.test {
+                    Test::Meta(_) => Mode::Meta,
+                    Test::Eval(_) => Mode::Eval,
+                    Test::Header(HeaderTest { exists: true, .. })
+                    | Test::MimeHeader(HeaderTest { exists: true, .. }) => Mode::Exists,
+                    _ => Mode::Hyperscan,
+                }
+            };
+            let input = if mode == Mode::Disabled {
+                None
+            } else {
+                input.map(|i| {
+                    let n = input_ix.len();
+                    *input_ix.entry(i.clone()).or_insert_with(|| {
+                        inputs.push(i);
+                        n
+                    })
+                })
+            };
+            let translated = regex.map(|re| translate(&re.pattern, &re.flags));
+            rules.push(Compiled {
+                mode,
+                input,
+                translated,
+                hs_expr: None,
+                pcre: OnceLock::new(),
+            });
+        }
+        let mut stats = BuildStats::default();
+        let mut by_type: HashMap<String, usize> = HashMap::new();
+        for r in &set.rules {
+            *by_type.entry(r.kind().to_string()).or_default() += 1;
+        }
+        stats.by_type = by_type.into_iter().collect();
+        stats.by_type.sort();
+        stats.eval_functions = eval_fns.into_iter().collect();
+        stats
+            .eval_functions
+            .sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+
+        // Cache key: everything that decides the databases.
+        let mut h = Sha256::new();
+        h.update(CACHE_MAGIC);
+        h.update(format!("{:?}", opts.layout));
+        h.update(hyperscan::version_str().to_bytes());
+        for (r, c) in set.rules.iter().zip(&rules) {
+            if let (Some(t), Some(i), Mode::Hyperscan) = (&c.translated, c.input, c.mode) {
+                h.update(r.name.as_bytes());
+                h.update([0]);
+                h.update(t.expr.as_bytes());
+                h.update(format!(
+                    "\0{}{}{}\0{}\0",
+                    t.caseless as u8, t.multiline as u8, t.dotall as u8, i
+                ));
+            }
+        }
+        let key = hex::encode(&h.finalize()[..16]);
+        let cache_file = opts
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("rules-{key}.hsdb")));
+
+        let mut groups = None;
+        if let Some(f) = &cache_file {
+            let t = Instant::now();
+            if let Some((modes, g)) = load_cache(f) {
+                if modes.len() == rules.len() {
+                    for (c, m) in rules.iter_mut().zip(modes) {
+                        c.mode = m;
+                    }
+                    groups = Some(g);
+                    stats.cache_hit = true;
+                    stats.cache_load = t.elapsed();
+                }
+            }
+        }
+        let groups = match groups {
+            Some(g) => g,
+            None => {
+                let t = Instant::now();
+                classify(&set, &mut rules);
+                if std::env::var("MXGATE_RULES_DEBUG").is_ok_and(|v| v == "2") {
+                    for (i, c) in rules.iter().enumerate() {
+                        if !matches!(c.mode, Mode::Hyperscan | Mode::Prefilter) {
+                            continue;
+                        }
+                        let t0 = Instant::now();
+                        let r = compile_one(&[i], &rules, platform().as_deref());
+                        let el = t0.elapsed();
+                        if el > Duration::from_millis(150) || r.is_err() {
+                            eprintln!(
+                                "single {} {:?} {:?} ok={} len={}",
+                                set.rules[i].name,
+                                c.mode,
+                                el,
+                                r.is_ok(),
+                                c.translated.as_ref().map_or(0, |t| t.expr.len())
+                            );
+                        }
+                    }
+                }
+                if std::env::var_os("MXGATE_RULES_DEBUG").is_some() {
+                    eprintln!("classify: {:?}", t.elapsed());
+                }
+                let g = compile_groups(&set, &mut rules, &inputs, opts.layout, &mut stats)?;
+                stats.compile = t.elapsed();
+                if let Some(f) = &cache_file {
+                    // A cache that cannot be written only costs the next start a compile.
+                    let _ = save_cache(f, &rules, &g);
+                }
+                g
+            }
+        };
+
+        let mut input_rules = vec![Vec::new(); inputs.len()];
+        for (i, c) in rules.iter().enumerate() {
+            if let Some(k) = c.input {
+                input_rules[k].push(i);
+            }
+        }
+        let mut input_groups = vec![Vec::new(); inputs.len()];
+        for (gi, g) in groups.iter().enumerate() {
+            for &r in &g.ids {
+                if let Some(k) = rules[r].input {
+                    if !input_groups[k].contains(&gi) {
+                        input_groups[k].push(gi);
+                    }
+                }
+            }
+        }
+        if opts.layout == Layout::Single && !groups.is_empty() {
+            input_groups.iter_mut().for_each(|g| *g = vec![0]);
+        }
+        for c in &rules {
+            match c.mode {
+                Mode::Hyperscan => stats.hyperscan += 1,
+                Mode::Prefilter => stats.prefilter += 1,
+                Mode::Pcre => stats.pcre_only += 1,
+                Mode::Eval => stats.eval_unimplemented += 1,
+                Mode::Disabled => stats.disabled += 1,
+                _ => {}
+            }
+        }
+        stats.databases = groups.len();
+        stats.database_bytes = groups.iter().map(|g| g.db.size().unwrap_or(0)).sum();
+        let metas = meta_order(&set);
+        let mut set = set;
+        // Resolve meta names once.
+        let index = set.index.clone();
+        for r in set.rules.iter_mut() {
+            if let Test::Meta(e) = &r.test {
+                r.test = Test::Meta(e.resolve(&|n| index.get(n).copied()));
+            }
+        }
+        Ok(Engine {
+            set,
+            rules,
+            inputs,
+            input_rules,
+            groups,
+            input_groups,
+            layout: opts.layout,
+            metas,
+            score_set: set_ix,
+            id: ENGINE_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            stats,
+        })
+    }
+
+    /// How a rule runs.
+    pub fn mode(&self, rule: usize) -> Mode {
+        self.rules[rule].mode
+    }
+
+    /// Compiles every PCRE2 regex now and lists those PCRE2 rejects (rule, error). Rules in
+    /// [`Mode::Pcre`] or [`Mode::Prefilter`] that fail here never hit.
+    pub fn check_pcre(&self) -> Vec<(String, String)> {
+        let mut bad = Vec::new();
+        for (r, c) in self.set.rules.iter().zip(&self.rules) {
+            if let Some(t) = &c.translated {
+                if let Err(e) = pcre(t) {
+                    bad.push((r.name.clone(), e));
+                }
+            }
+        }
+        bad
+    }
+
+    /// Fresh per-thread scratch space.
+    pub fn scratch(&self) -> Scratch {
+        let mut s: Option<hyperscan::Scratch> = None;
+        for g in &self.groups {
+            match &mut s {
+                None => s = g.db.alloc_scratch().ok(),
+                Some(sc) => {
+                    let _ = g.db.realloc_scratch(sc);
+                }
+            }
+        }
+        Scratch { hs: s }
+    }
+
+    /// A number unique to this engine in the process (per-thread scratch is keyed by it).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The score set in use.
+    pub fn score_set(&self) -> usize {
+        self.score_set
+    }
+
+    /// Scans a message.
+    pub fn scan(&self, msg: &Message, env: &Envelope, scratch: &mut Scratch) -> Outcome {
+        let mut counts = vec![0u32; self.rules.len()];
+        let mut ctx = Ctx {
+            msg,
+            env,
+            headers: None,
+            parts: None,
+        };
+        for (k, input) in self.inputs.iter().enumerate() {
+            let rule_ids = &self.input_rules[k];
+            if rule_ids.is_empty() {
+                continue;
+            }
+            match input {
+                Input::Header(req) => {
+                    let value = ctx.header(req);
+                    self.run_header(k, value.as_deref(), rule_ids, scratch, &mut counts);
+                }
+                Input::MimeHeader(req) => {
+                    let parts = ctx.parts();
+                    let vals: Vec<Option<Vec<u8>>> =
+                        parts.iter().map(|h| mime_value(h, req)).collect();
+                    for &r in rule_ids {
+                        let c = &self.rules[r];
+                        let Some(HeaderTest {
+                            negate,
+                            if_unset,
+                            exists,
+                            ..
+                        }) = header_test(&self.set.rules[r])
+                        else {
+                            continue;
+                        };
+                        let mut hit = false;
+                        for v in &vals {
+                            if *exists {
+                                hit |= v.is_some();
+                                continue;
+                            }
+                            let text: &[u8] = match (v, if_unset) {
+                                (Some(v), _) => v,
+                                (None, Some(d)) => d.as_bytes(),
+                                (None, None) => continue,
+                            };
+                            let m = c.pcre().is_some_and(|re| re.is_match(text));
+                            if m != *negate {
+                                hit = true;
+                                break;
+                            }
+                        }
+                        if hit {
+                            counts[r] = 1;
+                        }
+                    }
+                }
+                Input::Body => {
+                    let subject = ctx
+                        .headers()
+                        .values("subject", false)
+                        .last()
+                        .map(<[u8]>::to_vec);
+                    let lines = view::body_lines(msg, subject.as_deref());
+                    self.run_texts(k, &lines, rule_ids, scratch, &mut counts, true);
+                }
+                Input::Rawbody => {
+                    let chunks = view::rawbody_chunks(msg);
+                    self.run_texts(k, &chunks, rule_ids, scratch, &mut counts, false);
+                }
+                Input::Uri => {
+                    let uris = view::uris(msg);
+                    self.run_texts(k, &uris, rule_ids, scratch, &mut counts, false);
+                }
+                Input::Full => {
+                    let full = view::full_text(msg);
+                    self.run_texts(
+                        k,
+                        std::slice::from_ref(&full.into_owned()),
+                        rule_ids,
+                        scratch,
+                        &mut counts,
+                        false,
+                    );
+                }
+            }
+        }
+        // Metas, dependencies first.
+        for &m in &self.metas {
+            if self.rules[m].mode != Mode::Meta {
+                continue;
+            }
+            if let Test::Meta(e) = &self.set.rules[m].test {
+                let v = e.eval(&|i| counts[i] as f64);
+                if v != 0.0 {
+                    counts[m] = 1;
+                }
+            }
+        }
+        let mut out = Outcome::default();
+        for (i, &c) in counts.iter().enumerate() {
+            if c > 0 {
+                out.hits.push((i, c));
+                out.score += self.set.rules[i].score(self.score_set);
+            }
+        }
+        out
+    }
+
+    /// Hyperscan over one text: rule indices of the candidates that read input `k`.
+    fn hs_candidates(&self, k: usize, text: &[u8], scratch: &mut Scratch, out: &mut Vec<usize>) {
+        out.clear();
+        let Some(s) = scratch.hs.as_mut() else { return };
+        let single = self.layout == Layout::Single;
+        for &g in &self.input_groups[k] {
+            let group = &self.groups[g];
+            let _ = group
+                .db
+                .scan(text, s, |id: u32, _from: u64, _to: u64, _f: u32| {
+                    let r = group.ids[id as usize];
+                    if !single || self.rules[r].input == Some(k) {
+                        out.push(r);
+                    }
+                    Matching::Continue
+                });
+        }
+    }
+
+    fn run_header(
+        &self,
+        k: usize,
+        value: Option<&[u8]>,
+        rule_ids: &[usize],
+        scratch: &mut Scratch,
+        counts: &mut [u32],
+    ) {
+        let mut matched = vec![false; 0];
+        let mut cand = Vec::new();
+        if let Some(v) = value {
+            self.hs_candidates(k, v, scratch, &mut cand);
+            matched = vec![false; rule_ids.len()];
+            for (slot, &r) in rule_ids.iter().enumerate() {
+                let c = &self.rules[r];
+                matched[slot] = match c.mode {
+                    Mode::Hyperscan => cand.contains(&r),
+                    Mode::Prefilter => {
+                        cand.contains(&r) && c.pcre().is_some_and(|re| re.is_match(v))
+                    }
+                    Mode::Pcre => c.pcre().is_some_and(|re| re.is_match(v)),
+                    _ => false,
+                };
+            }
+        }
+        for (slot, &r) in rule_ids.iter().enumerate() {
+            let c = &self.rules[r];
+            let Some(t) = header_test(&self.set.rules[r]) else {
+                continue;
+            };
+            let hit = if c.mode == Mode::Exists {
+                value.is_some()
+            } else {
+                let m = match value {
+                    Some(_) => matched[slot],
+                    // Missing: SpamAssassin matches the `if-unset` text, else an undefined value
+                    // (the empty string).
+                    None => {
+                        let d = t.if_unset.as_deref().unwrap_or("");
+                        c.pcre().is_some_and(|re| re.is_match(d.as_bytes()))
+                    }
+                };
+                m != t.negate
+            };
+            if hit {
+                let tf = &self.set.rules[r].tflags;
+                counts[r] = if tf.multiple && !t.negate {
+                    let text = value.unwrap_or(t.if_unset.as_deref().unwrap_or("").as_bytes());
+                    count_matches(c, text, tf.maxhits).max(1)
+                } else {
+                    1
+                };
+            }
+        }
+    }
+
+    fn run_texts<T: AsRef<[u8]>>(
+        &self,
+        k: usize,
+        texts: &[T],
+        rule_ids: &[usize],
+        scratch: &mut Scratch,
+        counts: &mut [u32],
+        body: bool,
+    ) {
+        let pcre_only: Vec<usize> = rule_ids
+            .iter()
+            .copied()
+            .filter(|&r| self.rules[r].mode == Mode::Pcre)
+            .collect();
+        let mut cand = Vec::new();
+        for (line_no, text) in texts.iter().enumerate() {
+            let text = text.as_ref();
+            self.hs_candidates(k, text, scratch, &mut cand);
+            cand.extend(pcre_only.iter().copied());
+            for &r in &cand {
+                let rule = &self.set.rules[r];
+                let tf = &rule.tflags;
+                if body && line_no == 0 && tf.nosubject {
+                    continue;
+                }
+                if !tf.multiple && counts[r] > 0 {
+                    continue;
+                }
+                if let Some(max) = tf.maxhits {
+                    if counts[r] >= max {
+                        continue;
+                    }
+                }
+                let c = &self.rules[r];
+                let confirmed = match c.mode {
+                    Mode::Hyperscan => true,
+                    Mode::Prefilter | Mode::Pcre => c.pcre().is_some_and(|re| re.is_match(text)),
+                    _ => false,
+                };
+                if !confirmed {
+                    continue;
+                }
+                if tf.multiple {
+                    let left = tf.maxhits.map(|m| m - counts[r]);
+                    counts[r] += count_matches(c, text, left).max(1);
+                } else {
+                    counts[r] = 1;
+                }
+            }
+        }
+    }
+}
+
+fn header_test(r: &Rule) -> Option<&HeaderTest> {
+    match &r.test {
+        Test::Header(h) | Test::MimeHeader(h) => Some(h),
+        _ => None,
+    }
+}
+
+fn count_matches(c: &Compiled, text: &[u8], cap: Option<u32>) -> u32 {
+    c.pcre().map_or(1, |re| re.count(text, cap))
+}
+
+/// Rule order in which metas can be evaluated: each after the metas it uses.
+fn meta_order(set: &RuleSet) -> Vec<usize> {
+    let mut state = vec![0u8; set.rules.len()]; // 0 new, 1 visiting, 2 done
+    let mut order = Vec::new();
+    fn visit(i: usize, set: &RuleSet, state: &mut [u8], order: &mut Vec<usize>) {
+        if state[i] != 0 {
+            return; // done, or a cycle (the rule on the cycle counts as not hit)
+        }
+        state[i] = 1;
+        if let Test::Meta(e) = &set.rules[i].test {
+            for n in e.rule_names() {
+                if let Some(&d) = set.index.get(&n) {
+                    visit(d, set, state, order);
+                }
+            }
+            order.push(i);
+        }
+        state[i] = 2;
+    }
+    for i in 0..set.rules.len() {
+        visit(i, set, &mut state, &mut order);
+    }
+    order
+}
+
+/// Decides, pattern by pattern, whether Hyperscan takes it as written, only as a prefilter, or
+/// not at all.
+fn classify(set: &RuleSet, rules: &mut [Compiled]) {
+    let _ = set;
+    for c in rules.iter_mut() {
+        if c.mode != Mode::Hyperscan {
+            continue;
+        }
+        let Some(t) = &c.translated else {
+            c.mode = Mode::Pcre;
+            continue;
+        };
+        if let Some(w) = widen_repeats(&t.expr) {
+            c.mode = if hs_pattern(t, &w, true, 0).info().is_ok() {
+                Mode::Prefilter
+            } else {
+                Mode::Pcre
+            };
+            c.hs_expr = Some(w);
+            continue;
+        }
+        c.hs_expr = Some(t.expr.clone());
+        if hs_pattern(t, &t.expr, false, 0).info().is_ok() {
+            continue;
+        }
+        c.mode = if hs_pattern(t, &t.expr, true, 0).info().is_ok() {
+            Mode::Prefilter
+        } else {
+            Mode::Pcre
+        };
+    }
+}
+
+fn compile_groups(
+    set: &RuleSet,
+    rules: &mut [Compiled],
+    inputs: &[Input],
+    layout: Layout,
+    stats: &mut BuildStats,
+) -> Result<Vec<Group>, BuildError> {
+    // Members of each group.
+    // Per scope, patterns Hyperscan takes as written and prefilter patterns go to separate
+    // databases: the prefilters (widened repeats, big alternations) are what makes a compile
+    // slow, and kept apart they neither slow down nor bloat the exact ones.
+    let mut members: Vec<Vec<usize>> = match layout {
+        Layout::Single => vec![Vec::new()],
+        Layout::PerScope => vec![Vec::new(); inputs.len() * 2],
+    };
+    for (i, c) in rules.iter().enumerate() {
+        if matches!(c.mode, Mode::Hyperscan | Mode::Prefilter) {
+            if let Some(k) = c.input {
+                let g = match layout {
+                    Layout::Single => 0,
+                    Layout::PerScope => k * 2 + usize::from(c.mode == Mode::Prefilter),
+                };
+                members[g].push(i);
+            }
+        }
+    }
+    members.retain(|m| !m.is_empty());
+    // Prefilter databases compile superlinearly in their size: split them into small ones,
+    // which also lets the compile use every core.
+    if layout == Layout::PerScope {
+        let mut split = Vec::with_capacity(members.len());
+        for m in members {
+            if rules[m[0]].mode == Mode::Prefilter && m.len() > PREFILTER_CHUNK {
+                split.extend(m.chunks(PREFILTER_CHUNK).map(<[usize]>::to_vec));
+            } else {
+                split.push(m);
+            }
+        }
+        members = split;
+    }
+    let plat = platform();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Biggest groups first so the threads finish together.
+    let mut order: Vec<usize> = (0..members.len()).collect();
+    order.sort_by_key(|&g| std::cmp::Reverse(members[g].len()));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let rules_ro: &[Compiled] = rules;
+    let results: Vec<(usize, Result<BlockDatabase, (usize, String)>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.min(order.len()).max(1))
+            .map(|_| {
+                let order = &order;
+                let members = &members;
+                let next = &next;
+                let plat = plat.as_ref();
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&g) = order.get(n) else { break };
+                        let t = Instant::now();
+                        let r = compile_one(&members[g], rules_ro, plat.map(|p| &**p));
+                        if std::env::var_os("MXGATE_RULES_DEBUG").is_some() {
+                            let k = rules_ro[members[g][0]].input.unwrap_or(0);
+                            eprintln!(
+                                "group {g} ({:?}): {} patterns, {:?}",
+                                inputs.get(k),
+                                members[g].len(),
+                                t.elapsed()
+                            );
+                        }
+                        out.push((g, r));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut dbs: Vec<Option<BlockDatabase>> = (0..members.len()).map(|_| None).collect();
+    let mut retry = Vec::new();
+    for (g, r) in results {
+        match r {
+            Ok(db) => dbs[g] = Some(db),
+            Err((rule, why)) => {
+                retry.push(g);
+                demote(set, rules, rule, why, stats);
+            }
+        }
+    }
+    // Groups where one pattern failed: demote and compile again until it builds.
+    for g in retry {
+        loop {
+            members[g].retain(|&r| matches!(rules[r].mode, Mode::Hyperscan | Mode::Prefilter));
+            if members[g].is_empty() {
+                break;
+            }
+            let t0 = Instant::now();
+            let r = compile_one(&members[g], rules, plat.as_deref());
+            if std::env::var_os("MXGATE_RULES_DEBUG").is_some() {
+                eprintln!("retry group {g}: {:?}", t0.elapsed());
+            }
+            match r {
+                Ok(db) => {
+                    dbs[g] = Some(db);
+                    break;
+                }
+                Err((rule, why)) if rule != usize::MAX => demote(set, rules, rule, why, stats),
+                Err((_, why)) => return Err(BuildError::Hyperscan(why)),
+            }
+        }
+    }
+    Ok(members
+        .into_iter()
+        .zip(dbs)
+        .filter_map(|(ids, db)| db.map(|db| Group { db, ids }))
+        .collect())
+}
+
+fn demote(set: &RuleSet, rules: &mut [Compiled], rule: usize, why: String, stats: &mut BuildStats) {
+    let c = &mut rules[rule];
+    c.mode = if c.mode == Mode::Hyperscan {
+        Mode::Prefilter
+    } else {
+        Mode::Pcre
+    };
+    stats.demoted.push((set.rules[rule].name.clone(), why));
+}
+
+/// Compiles one group; on failure, the rule whose pattern failed (or `usize::MAX`).
+fn compile_one(
+    ids: &[usize],
+    rules: &[Compiled],
+    plat: Option<&PlatformRef>,
+) -> Result<BlockDatabase, (usize, String)> {
+    let pats: Patterns = ids
+        .iter()
+        .enumerate()
+        .map(|(hs_id, &r)| {
+            let c = &rules[r];
+            let t = c.translated.as_ref().expect("regex rule");
+            hs_pattern(
+                t,
+                c.hs_expr.as_deref().unwrap_or(&t.expr),
+                c.mode == Mode::Prefilter,
+                hs_id,
+            )
+        })
+        .collect();
+    pats.for_platform::<Block>(plat).map_err(|e| {
+        let msg = e.to_string();
+        match &e {
+            hyperscan::Error::Hyperscan(hyperscan::HsError::CompileError(ce)) => {
+                match ce.expression() {
+                    Some(i) if i < ids.len() => (ids[i], ce.message().to_string()),
+                    _ => (usize::MAX, msg),
+                }
+            }
+            _ => (usize::MAX, msg),
+        }
+    })
+}
+
+fn save_cache(path: &Path, rules: &[Compiled], groups: &[Group]) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    out.extend_from_slice(CACHE_MAGIC);
+    out.extend_from_slice(&(rules.len() as u32).to_le_bytes());
+    out.extend(rules.iter().map(|c| c.mode.as_u8()));
+    out.extend_from_slice(&(groups.len() as u32).to_le_bytes());
+    for g in groups {
+        let ser =
+            g.db.serialize()
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        out.extend_from_slice(&(g.ids.len() as u32).to_le_bytes());
+        for &i in &g.ids {
+            out.extend_from_slice(&(i as u32).to_le_bytes());
+        }
+        out.extend_from_slice(&(ser.len() as u64).to_le_bytes());
+        out.extend_from_slice(&ser);
+    }
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &out)?;
+    std::fs::rename(tmp, path)
+}
+
+fn load_cache(path: &Path) -> Option<(Vec<Mode>, Vec<Group>)> {
+    let data = std::fs::read(path).ok()?;
+    let mut r = Reader { b: &data, pos: 0 };
+    if r.take(8)? != CACHE_MAGIC {
+        return None;
+    }
+    let n = r.u32()? as usize;
+    let modes: Option<Vec<Mode>> = r.take(n)?.iter().map(|&m| Mode::from_u8(m)).collect();
+    let modes = modes?;
+    let ng = r.u32()? as usize;
+    let mut groups = Vec::with_capacity(ng);
+    for _ in 0..ng {
+        let k = r.u32()? as usize;
+        let mut ids = Vec::with_capacity(k);
+        for _ in 0..k {
+            ids.push(r.u32()? as usize);
+        }
+        let len = r.u64()? as usize;
+        let bytes = r.take(len)?;
+        let db: BlockDatabase = bytes.deserialize().ok()?;
+        groups.push(Group { db, ids });
+    }
+    Some((modes, groups))
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(s)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+/// Lazily built views of the message.
+struct Ctx<'a> {
+    msg: &'a Message,
+    env: &'a Envelope,
+    headers: Option<Headers>,
+    parts: Option<Vec<Headers>>,
+}
+
+impl Ctx<'_> {
+    fn headers(&mut self) -> &Headers {
+        let msg = self.msg;
+        self.headers.get_or_insert_with(|| Headers::of_part(msg, 0))
+    }
+
+    fn parts(&mut self) -> &[Headers] {
+        let msg = self.msg;
+        self.parts.get_or_insert_with(|| view::part_headers(msg))
+    }
+
+    /// `PerMsgStatus::get` for one request; `None` when there is no such header.
+    fn header(&mut self, request: &str) -> Option<Vec<u8>> {
+        let env_from = self.env.mail_from.clone();
+        let h = self.headers();
+        header_value(h, request, env_from.as_deref())
+    }
+}
+
+/// `PerMsgStatus::_get` and the join of `do_head_tests`.
+pub fn header_value(h: &Headers, request: &str, env_from: Option<&str>) -> Option<Vec<u8>> {
+    let mut parts = request.split(':');
+    let name = parts.next().unwrap_or("");
+    let mut raw = false;
+    let (mut addr, mut dname, mut first, mut last) = (false, false, false, false);
+    for m in parts {
+        match m {
+            "raw" => raw = true,
+            "addr" => addr = true,
+            "name" => dname = true,
+            "first" => first = true,
+            "last" => last = true,
+            _ => {}
+        }
+    }
+    let need_raw = raw || addr || dname;
+    let mut vals: Vec<Vec<u8>> = match name {
+        "ALL" => {
+            return Some(if raw {
+                h.fields
+                    .iter()
+                    .flat_map(|f| {
+                        let mut v = f.0.as_bytes().to_vec();
+                        v.push(b':');
+                        v.extend_from_slice(&f.2);
+                        v
+                    })
+                    .collect()
+            } else {
+                h.fields
+                    .iter()
+                    .flat_map(|f| {
+                        let mut v = f.0.as_bytes().to_vec();
+                        v.extend_from_slice(b": ");
+                        v.extend_from_slice(&f.1);
+                        v
+                    })
+                    .collect()
+            })
+        }
+        "ToCc" => h
+            .values("to", need_raw)
+            .chain(h.values("cc", need_raw))
+            .map(|v| unfold_raw(v, need_raw))
+            .collect(),
+        "MESSAGEID" => [
+            "X-Message-Id",
+            "Resent-Message-Id",
+            "X-Original-Message-ID",
+            "Message-Id",
+        ]
+        .iter()
+        .flat_map(|n| {
+            h.values(n, need_raw)
+                .map(|v| unfold_raw(v, need_raw))
+                .collect::<Vec<_>>()
+        })
+        .filter(|v| !v.is_empty())
+        .collect(),
+        n if n.eq_ignore_ascii_case("EnvelopeFrom") => {
+            let v = env_from.map(|s| format!("{s}\n").into_bytes()).or_else(|| {
+                ["X-Envelope-From", "Envelope-Sender", "Return-Path"]
+                    .iter()
+                    .find_map(|n| {
+                        h.values(n, true)
+                            .next()
+                            .and_then(|v| first_address(v))
+                            .map(|a| format!("{a}\n").into_bytes())
+                    })
+            });
+            v.into_iter().collect()
+        }
+        n => h
+            .values(n, need_raw)
+            .map(|v| unfold_raw(v, need_raw))
+            .collect(),
+    };
+    if vals.is_empty() {
+        return None;
+    }
+    if first {
+        vals.truncate(1);
+    } else if last {
+        let l = vals.pop();
+        vals = l.into_iter().collect();
+    }
+    if addr || dname {
+        let mut out = Vec::new();
+        for v in &vals {
+            for a in parse_addresses(v) {
+                if addr {
+                    if let Some(x) = a.0 {
+                        out.push(x.into_bytes());
+                    }
+                } else if let Some(x) = a.1 {
+                    let x = if raw {
+                        x
+                    } else {
+                        mxgate_core::mime::header::decode_words(x.as_bytes())
+                    };
+                    let x = x.split_whitespace().collect::<Vec<_>>().join(" ");
+                    let x = x
+                        .strip_prefix('\'')
+                        .and_then(|y| y.strip_suffix('\''))
+                        .map(str::to_string)
+                        .unwrap_or(x);
+                    out.push(x.into_bytes());
+                }
+            }
+        }
+        vals = out;
+        if vals.is_empty() {
+            return None;
+        }
+    }
+    // `join($harr[0] =~ /\n\z/ ? "" : "\n", @harr)`
+    let sep: &[u8] = if vals[0].ends_with(b"\n") { b"" } else { b"\n" };
+    Some(vals.join(sep))
+}
+
+/// `get_header(..., raw)`: raw values are unfolded (`\r?\n\s+` → space).
+fn unfold_raw(v: &[u8], raw: bool) -> Vec<u8> {
+    if !raw {
+        return v.to_vec();
+    }
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] == b'\n' && i + 1 < v.len() && v[i + 1].is_ascii_whitespace() {
+            out.push(b' ');
+            i += 1;
+            while i < v.len() && v[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            continue;
+        }
+        out.push(v[i]);
+        i += 1;
+    }
+    out
+}
+
+fn first_address(v: &[u8]) -> Option<String> {
+    parse_addresses(v).into_iter().find_map(|a| a.0)
+}
+
+/// Addresses in a header value: (address, display name). A simplified
+/// `Util::parse_header_addresses`: groups, quoted names, comments, angle addresses.
+fn parse_addresses(v: &[u8]) -> Vec<(Option<String>, Option<String>)> {
+    let s = String::from_utf8_lossy(v);
+    let mut out = Vec::new();
+    for item in split_top_level(&s) {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let item = match item.find(':') {
+            // A group `name: a, b;` — the first member follows the colon.
+            Some(p)
+                if !item[..p].contains('<')
+                    && !item[..p].contains('@')
+                    && !item[..p].contains('"') =>
+            {
+                item[p + 1..].trim().trim_end_matches(';').trim()
+            }
+            _ => item,
+        };
+        if item.is_empty() {
+            continue;
+        }
+        if let (Some(lt), Some(gt)) = (item.rfind('<'), item.rfind('>')) {
+            if lt < gt {
+                let addr = item[lt + 1..gt].trim().to_string();
+                let name = item[..lt].trim().trim_matches('"').trim().to_string();
+                out.push((
+                    Some(addr).filter(|a| !a.is_empty()),
+                    Some(name).filter(|n| !n.is_empty()),
+                ));
+                continue;
+            }
+        }
+        // `addr (comment)`: the comment is the name.
+        let (addr, comment) = match (item.find('('), item.rfind(')')) {
+            (Some(a), Some(b)) if a < b => (
+                item[..a].trim().to_string(),
+                Some(item[a + 1..b].trim().to_string()),
+            ),
+            _ => (item.to_string(), None),
+        };
+        let addr = addr.trim_matches('"').to_string();
+        out.push((
+            Some(addr).filter(|a| !a.is_empty() && !a.contains(' ')),
+            comment.filter(|c| !c.is_empty()),
+        ));
+    }
+    out
+}
+
+fn split_top_level(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut quote, mut angle, mut paren) = (false, 0i32, 0i32);
+    let mut start = 0;
+    let mut esc = false;
+    for (i, c) in s.char_indices() {
+        if esc {
+            esc = false;
+            continue;
+        }
+        match c {
+            '\\' => esc = true,
+            '"' => quote = !quote,
+            '<' if !quote => angle += 1,
+            '>' if !quote => angle -= 1,
+            '(' if !quote => paren += 1,
+            ')' if !quote => paren -= 1,
+            ',' if !quote && angle <= 0 && paren <= 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// A MIME part's header for `mimeheader` rules (`get_header` in scalar context: the last).
+fn mime_value(h: &Headers, request: &str) -> Option<Vec<u8>> {
+    let mut parts = request.split(':');
+    let name = parts.next().unwrap_or("");
+    let raw = parts.any(|m| m == "raw");
+    h.values(name, raw).last().map(|v| unfold_raw(v, raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::load::load_str;
+
+    fn engine(rules: &str, layout: Layout) -> Engine {
+        let set = load_str(rules, "t.cf");
+        assert!(set.diagnostics.is_empty(), "{:?}", set.diagnostics);
+        Engine::build(
+            set,
+            &Options {
+                layout,
+                ..Options::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn hits(e: &Engine, msg: &str) -> Vec<String> {
+        let m = Message::parse(bytes::Bytes::from(msg.to_string()));
+        let mut s = e.scratch();
+        let o = e.scan(&m, &Envelope::default(), &mut s);
+        o.hits
+            .iter()
+            .map(|(i, c)| format!("{}={c}", e.set.rules[*i].name))
+            .collect()
+    }
+
+    const RULES: &str = "\
+header SUBJ_FREE Subject =~ /\\bfree\\b/i
+header NO_DATE Date !~ /./
+header HAS_XM exists:X-Mailer
+header FROM_ADDR From:addr =~ /^bob\\@example\\.com$/
+header FROM_NAME From:name =~ /^Bob Smith$/
+body BODY_WIN /you (?:have )?won/i
+body BODY_MULTI /money/
+tflags BODY_MULTI multiple maxhits=3
+body BODY_LOOK /cash(?= now)/
+rawbody RAW_TAG /<b>/i
+uri URI_EX /example\\.org/
+full FULL_RCVD /^Received: from/m
+meta META_BOTH SUBJ_FREE && BODY_WIN
+meta META_SUM (SUBJ_FREE + BODY_WIN + NO_DATE) >= 3
+meta META_NOT !HAS_XM
+score BODY_LOOK 0
+";
+
+    const MSG: &str = "Received: from a by b\nFrom: Bob Smith <bob@example.com>\nSubject: Free stuff\nContent-Type: text/plain\n\nYou won!\nmoney money\n\nmoney money money cash now http://example.org/x\n";
+
+    #[test]
+    fn rules_hit_as_spamassassin_would() {
+        for layout in [Layout::PerScope, Layout::Single] {
+            let e = engine(RULES, layout);
+            let h = hits(&e, MSG);
+            assert_eq!(
+                h,
+                [
+                    "SUBJ_FREE=1",
+                    "NO_DATE=1",
+                    "FROM_ADDR=1",
+                    "FROM_NAME=1",
+                    "BODY_WIN=1",
+                    "BODY_MULTI=3",
+                    "URI_EX=1",
+                    "FULL_RCVD=1",
+                    "META_BOTH=1",
+                    "META_SUM=1",
+                    "META_NOT=1"
+                ],
+                "{layout:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lookahead_runs_through_prefilter_and_confirm() {
+        let e = engine(
+            "body LOOK /cash(?= now)/\nbody BACK /(ab)\\1/\n",
+            Layout::PerScope,
+        );
+        assert_eq!(e.mode(0), Mode::Prefilter);
+        let h = hits(&e, "Subject: x\n\ncash later\n");
+        assert!(h.is_empty(), "{h:?}");
+        let h = hits(&e, "Subject: x\n\ncash now abab\n");
+        assert_eq!(h, ["LOOK=1", "BACK=1"]);
+    }
+
+    #[test]
+    fn cache_round_trip() {
+        let dir = std::env::temp_dir().join(format!("mxgate-rules-cache-{}", std::process::id()));
+        let opts = Options {
+            cache_dir: Some(dir.clone()),
+            ..Options::default()
+        };
+        let a = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
+        assert!(!a.stats.cache_hit);
+        let b = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
+        assert!(b.stats.cache_hit);
+        assert_eq!(hits(&a, MSG), hits(&b, MSG));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

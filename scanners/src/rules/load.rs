@@ -1,0 +1,1333 @@
+//! The SpamAssassin rule language: `.pre` and `.cf` files into a [`RuleSet`].
+//!
+//! The reader follows `Mail::SpamAssassin::Conf`: comments start at an unescaped `#`, `lang xx`
+//! lines are other languages' descriptions, `if`/`ifplugin`/`else`/`endif` nest, `include` reads
+//! a file relative to the current one, and a rule defined again replaces the earlier definition.
+//! Settings that are not about rules (report templates, network lists, plugin settings) are
+//! counted and skipped. Every problem is a [`Diagnostic`] naming file, line and rule; loading goes
+//! on past it, as SpamAssassin's own loader does, and `mxgate rules lint` lists them.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::meta::{self, Expr};
+
+/// What a rule reads and how it tests it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Test {
+    /// `header NAME Spec =~ /re/` (or `!~`), `header NAME exists:Spec`.
+    Header(HeaderTest),
+    /// `body NAME /re/`: the rendered text, paragraph by paragraph, Subject first.
+    Body(Regex),
+    /// `rawbody NAME /re/`: decoded, unrendered text parts.
+    Rawbody(Regex),
+    /// `uri NAME /re/`: each URI.
+    Uri(Regex),
+    /// `full NAME /re/`: the whole message as received.
+    Full(Regex),
+    /// `mimeheader NAME Field =~ /re/`: a header of any MIME part.
+    MimeHeader(HeaderTest),
+    /// `meta NAME expr`.
+    Meta(Expr),
+    /// `TYPE NAME eval:func(args)`, or a rule a DNS plugin defines (`urirhssub`, `askdns`).
+    Eval(Eval),
+}
+
+/// A header or MIME-header test.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderTest {
+    /// The request as written, with its modifiers: `From:addr`, `ALL`, `ToCc`.
+    pub request: String,
+    /// `exists:` instead of a regex.
+    pub exists: bool,
+    /// `!~`, or `exists:` negated (`!exists`... is not SpamAssassin; kept for `!~`).
+    pub negate: bool,
+    /// The regex (none for `exists:`).
+    pub regex: Option<Regex>,
+    /// `[if-unset: STRING]`.
+    pub if_unset: Option<String>,
+}
+
+/// A Perl regex as the rule wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Regex {
+    /// The pattern between the delimiters.
+    pub pattern: String,
+    /// Modifiers after the closing delimiter (`i`, `m`, `s`, `x`).
+    pub flags: String,
+}
+
+/// An eval rule: a function a plugin implements.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Eval {
+    /// The rule type it was declared with (`header`, `body`, `uri`, `askdns`, ...).
+    pub scope: String,
+    /// The function name (`check_for_missing_to_header`), or the directive for DNS rules.
+    pub function: String,
+    /// The argument text.
+    pub args: String,
+}
+
+/// `tflags`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TFlags {
+    /// Count every match, not only the first.
+    pub multiple: bool,
+    /// Stop counting at this many.
+    pub maxhits: Option<u32>,
+    /// A ham sign (negative default score).
+    pub nice: bool,
+    /// Needs learning (Bayes).
+    pub learn: bool,
+    /// Not counted for autolearning.
+    pub noautolearn: bool,
+    /// A network test.
+    pub net: bool,
+    /// A body rule that skips the Subject line.
+    pub nosubject: bool,
+    /// A rule that never autolearns or is a user test.
+    pub userconf: bool,
+    /// The flags as written.
+    pub raw: String,
+}
+
+/// One rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Its name.
+    pub name: String,
+    /// What it tests.
+    pub test: Test,
+    /// Scores for the four sets (no Bayes/no net, net, Bayes, Bayes and net); `None` when never
+    /// given a score.
+    pub scores: Option<[f64; 4]>,
+    /// `describe`.
+    pub describe: Option<String>,
+    /// `tflags`.
+    pub tflags: TFlags,
+    /// `priority`.
+    pub priority: i32,
+    /// Where it was defined.
+    pub origin: Origin,
+}
+
+impl Rule {
+    /// A `__` rule: a building block of metas that never scores.
+    pub fn is_subrule(&self) -> bool {
+        self.name.starts_with("__")
+    }
+
+    /// Its score in `set`, with SpamAssassin's defaults: 1.0 for a rule never scored (−1.0 when
+    /// `nice`), 0.01 for `T_` test rules, 0 for sub-rules.
+    pub fn score(&self, set: usize) -> f64 {
+        if self.is_subrule() {
+            return 0.0;
+        }
+        match self.scores {
+            Some(s) => s[set],
+            None if self.name.starts_with("T_") => 0.01,
+            None if self.tflags.nice => -1.0,
+            None => 1.0,
+        }
+    }
+
+    /// The rule type's name as SpamAssassin writes it.
+    pub fn kind(&self) -> &str {
+        match &self.test {
+            Test::Header(_) => "header",
+            Test::Body(_) => "body",
+            Test::Rawbody(_) => "rawbody",
+            Test::Uri(_) => "uri",
+            Test::Full(_) => "full",
+            Test::MimeHeader(_) => "mimeheader",
+            Test::Meta(_) => "meta",
+            Test::Eval(_) => "eval",
+        }
+    }
+
+    /// The regex it matches, if it is a regex rule.
+    pub fn regex(&self) -> Option<&Regex> {
+        match &self.test {
+            Test::Body(r) | Test::Rawbody(r) | Test::Uri(r) | Test::Full(r) => Some(r),
+            Test::Header(h) | Test::MimeHeader(h) => h.regex.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn regex_mut(&mut self) -> Option<&mut Regex> {
+        match &mut self.test {
+            Test::Body(r) | Test::Rawbody(r) | Test::Uri(r) | Test::Full(r) => Some(r),
+            Test::Header(h) | Test::MimeHeader(h) => h.regex.as_mut(),
+            _ => None,
+        }
+    }
+}
+
+/// A file and line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The file.
+    pub file: PathBuf,
+    /// The line, from 1.
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// A problem found while loading: where, which rule, what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Where.
+    pub origin: Origin,
+    /// The rule concerned, when there is one.
+    pub rule: Option<String>,
+    /// What is wrong.
+    pub message: String,
+    /// A warning (the rule still loads), not an error.
+    pub warning: bool,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.rule {
+            Some(r) => write!(f, "{}: rule {}: {}", self.origin, r, self.message),
+            None => write!(f, "{}: {}", self.origin, self.message),
+        }
+    }
+}
+
+/// The rules of a configuration, with its settings.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    /// The rules, in order of first definition.
+    pub rules: Vec<Rule>,
+    /// Name → index in `rules`.
+    pub index: HashMap<String, usize>,
+    /// `required_score`, if set.
+    pub required_score: Option<f64>,
+    /// Plugins loaded by `loadplugin`.
+    pub plugins: HashSet<String>,
+    /// Load problems.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Directives read and skipped (not about rules), by name.
+    pub skipped: HashMap<String, usize>,
+    /// Files read, in order.
+    pub files: Vec<PathBuf>,
+}
+
+/// The SpamAssassin version the ruleset's `if (version >= ...)` tests compare with.
+pub const SA_VERSION: f64 = 4.000001;
+
+/// `can(...)` features SpamAssassin 4.0 answers yes to.
+const FEATURES: &[&str] = &[
+    "Mail::SpamAssassin::Conf::feature_bug6558_free",
+    "Mail::SpamAssassin::Conf::feature_welcomelist_blocklist",
+    "Mail::SpamAssassin::Conf::compat_welcomelist_blocklist",
+    "Mail::SpamAssassin::Conf::perl_min_version_5010000",
+    "Mail::SpamAssassin::Conf::feature_capture_rules",
+    "Mail::SpamAssassin::Conf::feature_dns_block_rule",
+    "Mail::SpamAssassin::Conf::feature_originating_ip_headers",
+    "Mail::SpamAssassin::Conf::feature_dns_local_ports_permit_avoid",
+    "Mail::SpamAssassin::Conf::feature_registryboundaries",
+    "Mail::SpamAssassin::Conf::feature_geodb",
+    "Mail::SpamAssassin::Conf::feature_dns_query_restriction",
+    "Mail::SpamAssassin::Conf::feature_compile_regexp",
+    "Mail::SpamAssassin::Conf::feature_meta_rules_matching",
+    "Mail::SpamAssassin::Conf::feature_subjprefix",
+    "Mail::SpamAssassin::Conf::feature_bayes_stopwords",
+    "Mail::SpamAssassin::Conf::feature_get_host",
+    "Mail::SpamAssassin::Conf::feature_blocklist_welcomelist",
+    "Mail::SpamAssassin::Conf::feature_yesno_takes_args",
+    "Mail::SpamAssassin::Conf::feature_dns_block_rule",
+    "Mail::SpamAssassin::Plugin::BodyEval::has_check_body_length",
+    "Mail::SpamAssassin::Plugin::BodyEval::has_check_stock_info",
+    "Mail::SpamAssassin::Plugin::MIMEEval::has_check_abundant_unicode_ratio",
+    "Mail::SpamAssassin::Plugin::MIMEEval::has_check_for_ascii_text_illegal",
+    "Mail::SpamAssassin::Plugin::HeaderEval::has_check_for_unique_subject_id",
+    "Mail::SpamAssassin::Plugin::FreeMail::has_freemail_headers",
+    "Mail::SpamAssassin::Plugin::URIDetail::has_host",
+    "Mail::SpamAssassin::Plugin::DKIM::has_arc",
+    "Mail::SpamAssassin::Plugin::ReplaceTags::has_tags",
+];
+
+/// Settings that are not rules; read and skipped without a diagnostic.
+const SETTINGS: &[&str] = &[
+    "add_header",
+    "remove_header",
+    "clear_headers",
+    "report",
+    "clear_report_template",
+    "unsafe_report",
+    "clear_unsafe_report_template",
+    "report_contact",
+    "report_safe",
+    "report_safe_copy_headers",
+    "rewrite_header",
+    "envelope_sender_header",
+    "trusted_networks",
+    "internal_networks",
+    "msa_networks",
+    "clear_trusted_networks",
+    "clear_internal_networks",
+    "use_bayes",
+    "use_bayes_rules",
+    "bayes_auto_learn",
+    "bayes_ignore_header",
+    "bayes_ignore_from",
+    "bayes_ignore_to",
+    "bayes_stopword",
+    "bayes_stopword_languages",
+    "util_rb_tld",
+    "util_rb_2tld",
+    "util_rb_3tld",
+    "redirector_pattern",
+    "uridnsbl_skip_domain",
+    "uridnsbl_skip_domains",
+    "uridnsbl_max_domains",
+    "enlist_uri_host",
+    "delist_uri_host",
+    "enlist_addrlist",
+    "blocklist_from",
+    "welcomelist_from",
+    "def_welcomelist_from_rcvd",
+    "welcomelist_from_rcvd",
+    "def_welcomelist_auth",
+    "welcomelist_auth",
+    "unwelcomelist_from",
+    "whitelist_from",
+    "def_whitelist_from_rcvd",
+    "whitelist_from_rcvd",
+    "def_whitelist_auth",
+    "whitelist_auth",
+    "blacklist_from",
+    "welcomelist_to",
+    "more_spam_to",
+    "all_spam_to",
+    "blocklist_to",
+    "freemail_domains",
+    "freemail_whitelist",
+    "freemail_welcomelist",
+    "freemail_import_whitelist_auth",
+    "freemail_import_welcomelist_auth",
+    "freemail_import_def_whitelist_auth",
+    "freemail_import_def_welcomelist_auth",
+    "freemail_max_body_emails",
+    "freemail_max_body_freemails",
+    "freemail_skip_bulk_envfrom",
+    "freemail_skip_when_over_max",
+    "adsp_override",
+    "dkim_minimum_key_bits",
+    "dkim_timeout",
+    "dns_available",
+    "dns_server",
+    "dns_query_restriction",
+    "dns_block_rule",
+    "dns_local_ports_avoid",
+    "dns_options",
+    "dns_test_interval",
+    "skip_rbl_checks",
+    "rbl_timeout",
+    "util_rb_tld",
+    "shortcircuit",
+    "shortcircuit_spam_score",
+    "shortcircuit_ham_score",
+    "ok_locales",
+    "ok_languages",
+    "normalize_charset",
+    "body_part_scan_size",
+    "rawbody_part_scan_size",
+    "lock_method",
+    "allow_user_rules",
+    "use_auto_whitelist",
+    "use_auto_welcomelist",
+    "auto_whitelist_factor",
+    "auto_welcomelist_factor",
+    "txrep_factor",
+    "use_txrep",
+    "spamcop_from_address",
+    "spamcop_to_address",
+    "pyzor_options",
+    "pyzor_timeout",
+    "razor_timeout",
+    "use_razor2",
+    "use_pyzor",
+    "use_dcc",
+    "dcc_home",
+    "hashbl_ignore",
+    "hashbl_acl_freemail",
+    "url_shortener",
+    "url_shortener_get",
+    "clear_url_shortener",
+    "subjprefix",
+    "uri_block_cc",
+    "uri_block_cont",
+    "uri_country_db_path",
+    "geodb_module",
+    "textcat_max_languages",
+    "textcat_optimal_ngrams",
+    "textcat_acceptable_score",
+    "inactive_languages",
+    "bayes_token_sources",
+    "bayes_file_mode",
+    "bayes_path",
+    "bayes_auto_expire",
+    "bayes_learn_during_report",
+    "bayes_sql_override_username",
+    "bayes_auto_learn_threshold_nonspam",
+    "bayes_auto_learn_threshold_spam",
+    "bayes_auto_learn_on_error",
+    "bayes_min_ham_num",
+    "bayes_min_spam_num",
+    "bayes_expiry_max_db_size",
+    "bayes_journal_max_size",
+    "bayes_store_module",
+    "use_learner",
+    "originating_ip_headers",
+    "clear_originating_ip_headers",
+    "uridnsbl_skip_domains",
+    "dns_block_rule",
+    "fold_headers",
+    "dkim_timeout",
+    "spf_timeout",
+    "do_not_use_mail_spf",
+    "ignore_received_spf_header",
+    "use_newest_received_spf_header",
+    "asn_lookup",
+    "asn_lookup_ipv6",
+    "clear_asn_lookups",
+    "asn_prefix",
+    "route_prefix",
+    "check_rbl_sub",
+    "dmarc_save_reports",
+    "hashbl_email_domain_alias",
+    "hashbl_email_welcomelist",
+    "hashbl_email_whitelist",
+    "uri_detail",
+    "ifplugin_dummy",
+    "whitelist_subject",
+    "welcomelist_subject",
+    "blacklist_subject",
+    "blocklist_subject",
+    "whitelist_uri_host",
+    "blacklist_uri_host",
+    "welcomelist_uri_host",
+    "blocklist_uri_host",
+    "mimeheader_dummy",
+    "util_rb_tld",
+    "pdfinfo_dummy",
+    "tflags_dummy",
+    "def_welcomelist_from_spf",
+    "welcomelist_from_spf",
+    "whitelist_from_spf",
+    "def_whitelist_from_spf",
+    "welcomelist_from_dkim",
+    "whitelist_from_dkim",
+    "def_welcomelist_from_dkim",
+    "def_whitelist_from_dkim",
+    "unwhitelist_from_rcvd",
+    "unwelcomelist_from_rcvd",
+    "whitelist_bounce_relays",
+    "welcomelist_bounce_relays",
+    "uridnsbl_skip_domain",
+    "dns_query_restriction",
+    "report_charset",
+    "dcc_timeout",
+    "dcc_body_max",
+    "dcc_fuz1_max",
+    "dcc_fuz2_max",
+    "dcc_dccifd_path",
+    "dcc_path",
+    "pyzor_max",
+    "pyzor_count_min",
+    "pyzor_welcomelist_min",
+    "pyzor_whitelist_min",
+    "pyzor_welcomelist_factor",
+    "pyzor_whitelist_factor",
+    "pyzor_fork",
+    "pyzor_perl",
+    "razor_config",
+    "razor_fork",
+    "dkim_minimum_key_bits",
+    "unwhitelist_from",
+    "unblacklist_from",
+    "unblocklist_from",
+    "unwelcomelist_to",
+    "uri_country_db_isp_path",
+    "user_awl_sql_override_username",
+];
+
+/// DNS plugin directives that define rules (network tests; mxgate's DNS stage implements them).
+const NET_DEFINERS: &[&str] = &[
+    "urirhssub",
+    "urirhsbl",
+    "uridnsbl",
+    "uridnssub",
+    "askdns",
+    "urinsrhsbl",
+    "urinsrhssub",
+    "urifullnsrhsbl",
+    "urifullnsrhssub",
+    "urirhsbl_a",
+    "urirhssub_a",
+];
+
+/// Loads the `.pre` files of every folder (plugin list), then the `.cf` files of each folder in
+/// turn, each folder's files in name order: SpamAssassin's default rules first, then site rules.
+/// A path that is a file is read as it is.
+pub fn load_paths(paths: &[PathBuf]) -> RuleSet {
+    let mut loader = Loader::default();
+    let mut cf = Vec::new();
+    let mut pre = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut names: Vec<PathBuf> = match std::fs::read_dir(p) {
+                Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+                Err(e) => {
+                    loader.diag(p, 0, None, format!("cannot read folder: {e}"));
+                    continue;
+                }
+            };
+            names.sort();
+            for n in names {
+                match n.extension().and_then(|e| e.to_str()) {
+                    Some("pre") => pre.push(n),
+                    Some("cf") => cf.push(n),
+                    _ => {}
+                }
+            }
+        } else {
+            cf.push(p.clone());
+        }
+    }
+    for f in pre.iter().chain(cf.iter()) {
+        loader.file(f, 0);
+    }
+    loader.finish()
+}
+
+/// Loads rules from text (tests, and rules embedded in a config).
+pub fn load_str(text: &str, name: &str) -> RuleSet {
+    let mut loader = Loader::default();
+    loader.text(text.as_bytes(), Path::new(name), 0);
+    loader.finish()
+}
+
+#[derive(Default)]
+struct Loader {
+    set: RuleSet,
+    /// Conditional stack: is each enclosing block active?
+    cond: Vec<bool>,
+    replace_tag: HashMap<String, String>,
+    replace_pre: HashMap<String, String>,
+    replace_inter: HashMap<String, String>,
+    replace_post: HashMap<String, String>,
+    replace_rules: Vec<String>,
+    replace_start: Option<String>,
+    replace_end: Option<String>,
+    /// Scores and other attributes given before the rule was defined.
+    pending_scores: HashMap<String, ([f64; 4], Origin)>,
+    pending_describe: HashMap<String, String>,
+    pending_tflags: HashMap<String, TFlags>,
+    pending_priority: HashMap<String, i32>,
+}
+
+impl Loader {
+    fn diag(&mut self, file: &Path, line: usize, rule: Option<&str>, message: String) {
+        self.set.diagnostics.push(Diagnostic {
+            origin: Origin {
+                file: file.to_path_buf(),
+                line,
+            },
+            rule: rule.map(str::to_string),
+            message,
+            warning: false,
+        });
+    }
+
+    fn file(&mut self, path: &Path, depth: usize) {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                self.set.files.push(path.to_path_buf());
+                self.text(&bytes, path, depth);
+            }
+            Err(e) => self.diag(path, 0, None, format!("cannot read: {e}")),
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.cond.iter().all(|&c| c)
+    }
+
+    fn text(&mut self, bytes: &[u8], path: &Path, depth: usize) {
+        let depth_at_start = self.cond.len();
+        for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+            let lineno = i + 1;
+            // Rules are bytes: patterns may hold Latin-1 or UTF-8 text. Keep each byte as a
+            // char of the same value so nothing is lost; patterns turn it back into `\xHH`.
+            let line: String = raw.iter().map(|&b| b as char).collect();
+            let line = strip_comment(&line);
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (word, rest) = split_word(line);
+            let word_lc = word.to_ascii_lowercase();
+            match word_lc.as_str() {
+                "if" => {
+                    let v = self.active() && self.eval_if(rest, path, lineno);
+                    self.cond.push(v);
+                    continue;
+                }
+                "ifplugin" => {
+                    let v = self.set.plugins.contains(rest.trim());
+                    self.cond.push(v);
+                    continue;
+                }
+                "else" => {
+                    if self.cond.len() > depth_at_start {
+                        let v = self.cond.pop().unwrap_or(true);
+                        self.cond.push(!v);
+                    } else {
+                        self.diag(path, lineno, None, "else without if".into());
+                    }
+                    continue;
+                }
+                "endif" => {
+                    if self.cond.len() > depth_at_start {
+                        self.cond.pop();
+                    } else {
+                        self.diag(path, lineno, None, "endif without if".into());
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if !self.active() {
+                continue;
+            }
+            let origin = Origin {
+                file: path.to_path_buf(),
+                line: lineno,
+            };
+            self.directive(&word_lc, rest, origin, depth);
+        }
+        if self.cond.len() > depth_at_start {
+            self.diag(
+                path,
+                0,
+                None,
+                format!(
+                    "{} if/ifplugin block(s) not closed at end of file",
+                    self.cond.len() - depth_at_start
+                ),
+            );
+            self.cond.truncate(depth_at_start);
+        }
+    }
+
+    /// `if` expressions of the rulesets: `plugin(X)`, `can(X)`, `version >= N`, `!`, `&&`,
+    /// `||`, parentheses.
+    fn eval_if(&mut self, expr: &str, path: &Path, line: usize) -> bool {
+        let mut out = String::new();
+        let mut rest = expr.trim();
+        while !rest.is_empty() {
+            if let Some(r) = rest
+                .strip_prefix("plugin(")
+                .or_else(|| rest.strip_prefix("plugin ("))
+            {
+                let end = r.find(')').unwrap_or(r.len());
+                let name = r[..end].trim();
+                out.push_str(if self.set.plugins.contains(name) {
+                    "1"
+                } else {
+                    "0"
+                });
+                rest = r.get(end + 1..).unwrap_or("");
+            } else if let Some(r) = rest
+                .strip_prefix("can(")
+                .or_else(|| rest.strip_prefix("can ("))
+            {
+                let end = r.find(')').unwrap_or(r.len());
+                let name = r[..end].trim();
+                out.push_str(if FEATURES.contains(&name) { "1" } else { "0" });
+                rest = r.get(end + 1..).unwrap_or("");
+            } else if let Some(r) = rest.strip_prefix("version") {
+                out.push_str(&format!("{SA_VERSION}"));
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix("perl_version") {
+                out.push_str("5.036");
+                rest = r;
+            } else {
+                let c = rest.chars().next().unwrap_or(' ');
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+        match meta::parse(&out) {
+            Ok(e) => e.eval(&|_| 0.0) != 0.0,
+            Err(e) => {
+                self.diag(
+                    path,
+                    line,
+                    None,
+                    format!("cannot evaluate `if {expr}`: {e}"),
+                );
+                false
+            }
+        }
+    }
+
+    fn directive(&mut self, word: &str, rest: &str, origin: Origin, depth: usize) {
+        let (name, def) = split_word(rest);
+        match word {
+            "loadplugin" | "tryplugin" => {
+                self.set.plugins.insert(name.to_string());
+            }
+            "include" => {
+                if depth > 20 {
+                    self.diag(
+                        &origin.file,
+                        origin.line,
+                        None,
+                        "include nested too deep".into(),
+                    );
+                    return;
+                }
+                let base = origin.file.parent().unwrap_or(Path::new("."));
+                let target = rest
+                    .trim()
+                    .replace("__local_rules_dir__", &base.display().to_string());
+                let p = base.join(target);
+                self.file(&p, depth + 1);
+            }
+            "lang" => {} // descriptions and reports in other languages
+            "required_score" | "required_hits" => match rest.trim().parse::<f64>() {
+                Ok(v) => self.set.required_score = Some(v),
+                Err(_) => self.diag(
+                    &origin.file,
+                    origin.line,
+                    None,
+                    format!("bad {word}: {rest}"),
+                ),
+            },
+            "header" | "body" | "rawbody" | "uri" | "full" | "mimeheader" | "meta" => {
+                self.define(word, name, def, origin)
+            }
+            "score" => self.score(name, def, origin),
+            "describe" => {
+                let d = def.trim().to_string();
+                match self.set.index.get(name) {
+                    Some(&i) => self.set.rules[i].describe = Some(d),
+                    None => {
+                        self.pending_describe.insert(name.to_string(), d);
+                    }
+                }
+            }
+            "tflags" => {
+                let t = parse_tflags(def);
+                match self.set.index.get(name) {
+                    Some(&i) => self.set.rules[i].tflags = t,
+                    None => {
+                        self.pending_tflags.insert(name.to_string(), t);
+                    }
+                }
+            }
+            "priority" => match def.trim().parse::<i32>() {
+                Ok(p) => match self.set.index.get(name) {
+                    Some(&i) => self.set.rules[i].priority = p,
+                    None => {
+                        self.pending_priority.insert(name.to_string(), p);
+                    }
+                },
+                Err(_) => self.diag(
+                    &origin.file,
+                    origin.line,
+                    Some(name),
+                    format!("bad priority `{}`", def.trim()),
+                ),
+            },
+            "replace_tag" => {
+                self.replace_tag
+                    .insert(name.to_string(), def.trim().to_string());
+            }
+            "replace_pre" => {
+                self.replace_pre
+                    .insert(name.to_string(), def.trim().to_string());
+            }
+            "replace_inter" => {
+                self.replace_inter
+                    .insert(name.to_string(), def.trim().to_string());
+            }
+            "replace_post" => {
+                self.replace_post
+                    .insert(name.to_string(), def.trim().to_string());
+            }
+            "replace_rules" => self
+                .replace_rules
+                .extend(rest.split_whitespace().map(str::to_string)),
+            "replace_start" => self.replace_start = Some(rest.trim().to_string()),
+            "replace_end" => self.replace_end = Some(rest.trim().to_string()),
+            w if NET_DEFINERS.contains(&w) => {
+                let rule = Rule {
+                    name: name.to_string(),
+                    test: Test::Eval(Eval {
+                        scope: w.to_string(),
+                        function: w.to_string(),
+                        args: def.trim().to_string(),
+                    }),
+                    scores: None,
+                    describe: None,
+                    tflags: TFlags {
+                        net: true,
+                        ..TFlags::default()
+                    },
+                    priority: 0,
+                    origin,
+                };
+                self.insert(rule);
+            }
+            _ => {
+                *self.set.skipped.entry(word.to_string()).or_default() += 1;
+                if !SETTINGS.contains(&word)
+                    && !word.starts_with("bayes_")
+                    && !word.starts_with("dkim_")
+                {
+                    // Unknown to us; SpamAssassin's lint would fail unless a plugin knows it.
+                    // Counted in `skipped`, not an error: plugins add settings freely.
+                }
+            }
+        }
+    }
+
+    fn score(&mut self, name: &str, def: &str, origin: Origin) {
+        let vals: Result<Vec<f64>, _> = def
+            .split_whitespace()
+            .map(|s| {
+                s.trim_start_matches('(')
+                    .trim_end_matches(')')
+                    .parse::<f64>()
+            })
+            .collect();
+        let scores = match vals.as_deref() {
+            Ok([a]) => [*a; 4],
+            Ok([a, b, c, d]) => [*a, *b, *c, *d],
+            _ => {
+                self.diag(
+                    &origin.file,
+                    origin.line,
+                    Some(name),
+                    format!("score needs 1 or 4 numbers, got `{}`", def.trim()),
+                );
+                return;
+            }
+        };
+        match self.set.index.get(name) {
+            Some(&i) => self.set.rules[i].scores = Some(scores),
+            None => {
+                self.pending_scores
+                    .insert(name.to_string(), (scores, origin));
+            }
+        }
+    }
+
+    fn define(&mut self, kind: &str, name: &str, def: &str, origin: Origin) {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            self.diag(
+                &origin.file,
+                origin.line,
+                Some(name),
+                format!("bad rule name in `{kind}` line"),
+            );
+            return;
+        }
+        let def = def.trim();
+        let test = match parse_test(kind, def) {
+            Ok(t) => t,
+            Err(e) => {
+                self.diag(&origin.file, origin.line, Some(name), e);
+                return;
+            }
+        };
+        let rule = Rule {
+            name: name.to_string(),
+            test,
+            scores: None,
+            describe: None,
+            tflags: TFlags::default(),
+            priority: 0,
+            origin,
+        };
+        self.insert(rule);
+    }
+
+    fn insert(&mut self, mut rule: Rule) {
+        match self.set.index.get(&rule.name) {
+            Some(&i) => {
+                // Redefinition: the new test replaces the old, attributes stay.
+                let old = &mut self.set.rules[i];
+                old.test = rule.test;
+                old.origin = rule.origin;
+            }
+            None => {
+                if let Some((s, _)) = self.pending_scores.remove(&rule.name) {
+                    rule.scores = Some(s);
+                }
+                if let Some(d) = self.pending_describe.remove(&rule.name) {
+                    rule.describe = Some(d);
+                }
+                if let Some(t) = self.pending_tflags.remove(&rule.name) {
+                    rule.tflags = t;
+                }
+                if let Some(p) = self.pending_priority.remove(&rule.name) {
+                    rule.priority = p;
+                }
+                self.set
+                    .index
+                    .insert(rule.name.clone(), self.set.rules.len());
+                self.set.rules.push(rule);
+            }
+        }
+    }
+
+    fn finish(mut self) -> RuleSet {
+        self.apply_replace_tags();
+        // Metas referring to rules that do not exist: SpamAssassin counts them as 0 and says so
+        // in lint only for non-sub-rules it cannot find; we list each.
+        let names: HashSet<&str> = self.set.index.keys().map(String::as_str).collect();
+        let mut missing = Vec::new();
+        for r in &self.set.rules {
+            if let Test::Meta(e) = &r.test {
+                for dep in e.rule_names() {
+                    if !names.contains(dep.as_str()) {
+                        missing.push((r.origin.clone(), r.name.clone(), dep));
+                    }
+                }
+            }
+        }
+        for (o, r, dep) in missing {
+            self.set.diagnostics.push(Diagnostic {
+                origin: o,
+                rule: Some(r),
+                message: format!("meta refers to `{dep}`, which is not defined (counts as 0)"),
+                warning: true,
+            });
+        }
+        // Scores for rules never defined are harmless (rulesets score rules of plugins that
+        // are not loaded); they are not diagnostics.
+        self.set
+    }
+
+    fn apply_replace_tags(&mut self) {
+        let start = self.replace_start.clone().unwrap_or_else(|| "<".into());
+        let end = self.replace_end.clone().unwrap_or_else(|| ">".into());
+        let rules = std::mem::take(&mut self.replace_rules);
+        let mut done = HashSet::new();
+        for name in rules {
+            if !done.insert(name.clone()) {
+                continue;
+            }
+            let Some(&i) = self.set.index.get(&name) else {
+                continue;
+            };
+            let Some(re) = self.set.rules[i].regex().map(|r| r.pattern.clone()) else {
+                continue;
+            };
+            let out = replace_tags(
+                &re,
+                &start,
+                &end,
+                &self.replace_tag,
+                &self.replace_pre,
+                &self.replace_inter,
+                &self.replace_post,
+            );
+            if let Some(r) = self.set.rules[i].regex_mut() {
+                r.pattern = out;
+            }
+        }
+    }
+}
+
+/// ReplaceTags as `Mail::SpamAssassin::Plugin::ReplaceTags::finish_parsing_end` does it.
+fn replace_tags(
+    re: &str,
+    start: &str,
+    end: &str,
+    tags: &HashMap<String, String>,
+    pre: &HashMap<String, String>,
+    inter: &HashMap<String, String>,
+    post: &HashMap<String, String>,
+) -> String {
+    let mut re = re.to_string();
+    for _pass in 0..6 {
+        let take = |re: &mut String, kw: &str| -> Option<String> {
+            let open = format!("{start}{kw} ");
+            let s = re.find(&open)?;
+            let after = s + open.len();
+            let e = re[after..].find(end)? + after;
+            if e == after {
+                return None;
+            }
+            let name = re[after..e].to_string();
+            re.replace_range(s..e + end.len(), "");
+            Some(name)
+        };
+        let pre_name = take(&mut re, "pre");
+        let post_name = take(&mut re, "post");
+        let inter_name = take(&mut re, "inter");
+        // split(/(<[^<>]+>)/): text, tag, text, tag, ...; trailing empty fields dropped.
+        let mut parts: Vec<String> = Vec::new();
+        let mut cur = String::new();
+        let b = re.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'<' {
+                if let Some(len) = re[i + 1..].find(['<', '>']) {
+                    if b[i + 1 + len] == b'>' && len > 0 {
+                        parts.push(std::mem::take(&mut cur));
+                        parts.push(re[i..i + len + 2].to_string());
+                        i += len + 2;
+                        continue;
+                    }
+                }
+            }
+            let c = re[i..].chars().next().unwrap_or('\0');
+            cur.push(c);
+            i += c.len_utf8();
+        }
+        parts.push(cur);
+        while parts.last().is_some_and(|p| p.is_empty()) {
+            parts.pop();
+        }
+        let is_tag =
+            |p: &str| p.starts_with(start) && p.ends_with(end) && p.len() > start.len() + end.len();
+        if let Some(p) = pre_name.and_then(|n| pre.get(&n)) {
+            for part in parts.iter_mut().filter(|x| is_tag(x)) {
+                *part = format!("{p}{part}");
+            }
+        }
+        if let Some(p) = post_name.and_then(|n| post.get(&n)) {
+            for part in parts
+                .iter_mut()
+                .filter(|x| x.contains(start) && x.contains(end))
+            {
+                if let Some(pos) = part.find(start) {
+                    if let Some(e) = part[pos..].find(end) {
+                        let at = pos + e + end.len();
+                        part.insert_str(at, p);
+                    }
+                }
+            }
+        }
+        if let Some(p) = inter_name.and_then(|n| inter.get(&n)) {
+            for part in parts.iter_mut().filter(|x| x.is_empty()) {
+                *part = p.clone();
+            }
+        }
+        let mut again = false;
+        for part in parts.iter_mut() {
+            let Some(s) = part.find(start) else { continue };
+            let Some(e) = part[s + start.len()..].find(end) else {
+                continue;
+            };
+            let name = part[s + start.len()..s + start.len() + e].to_string();
+            if name.is_empty() {
+                continue;
+            }
+            if let Some(rep) = tags.get(&name) {
+                *part = part.replace(&format!("{start}{name}{end}"), rep);
+                if rep.contains('<') && rep[rep.find('<').unwrap_or(0)..].contains('>') {
+                    again = true;
+                }
+            }
+        }
+        re = parts.concat();
+        if !again {
+            break;
+        }
+    }
+    re
+}
+
+fn parse_tflags(def: &str) -> TFlags {
+    let mut t = TFlags {
+        raw: def.trim().to_string(),
+        ..TFlags::default()
+    };
+    for w in def.split_whitespace() {
+        match w {
+            "multiple" => t.multiple = true,
+            "nice" => t.nice = true,
+            "learn" => t.learn = true,
+            "noautolearn" => t.noautolearn = true,
+            "net" => t.net = true,
+            "nosubject" => t.nosubject = true,
+            "userconf" => t.userconf = true,
+            _ => {
+                if let Some(n) = w.strip_prefix("maxhits=") {
+                    t.maxhits = n.parse().ok();
+                }
+            }
+        }
+    }
+    t
+}
+
+fn parse_test(kind: &str, def: &str) -> Result<Test, String> {
+    if let Some(ev) = def.strip_prefix("eval:") {
+        let (function, args) = match ev.find('(') {
+            Some(p) => (ev[..p].trim(), ev[p + 1..].trim_end().trim_end_matches(')')),
+            None => (ev.trim(), ""),
+        };
+        if function.is_empty()
+            || !function
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(format!("bad eval call `{def}`"));
+        }
+        return Ok(Test::Eval(Eval {
+            scope: kind.to_string(),
+            function: function.to_string(),
+            args: args.to_string(),
+        }));
+    }
+    match kind {
+        "meta" => meta::parse(def)
+            .map(Test::Meta)
+            .map_err(|e| format!("bad meta expression: {e}")),
+        "body" => Ok(Test::Body(parse_regex(def)?)),
+        "rawbody" => Ok(Test::Rawbody(parse_regex(def)?)),
+        "uri" => Ok(Test::Uri(parse_regex(def)?)),
+        "full" => Ok(Test::Full(parse_regex(def)?)),
+        "header" => Ok(Test::Header(parse_header(def)?)),
+        "mimeheader" => Ok(Test::MimeHeader(parse_header(def)?)),
+        _ => Err(format!("unknown rule type {kind}")),
+    }
+}
+
+fn parse_header(def: &str) -> Result<HeaderTest, String> {
+    if let Some(h) = def.strip_prefix("exists:") {
+        let h = h.trim();
+        if h.is_empty() {
+            return Err("`exists:` without a header name".into());
+        }
+        return Ok(HeaderTest {
+            request: h.to_string(),
+            exists: true,
+            negate: false,
+            regex: None,
+            if_unset: None,
+        });
+    }
+    let (request, rest) = split_word(def);
+    let rest = rest.trim_start();
+    let (negate, rest) = if let Some(r) = rest.strip_prefix("=~") {
+        (false, r)
+    } else if let Some(r) = rest.strip_prefix("!~") {
+        (true, r)
+    } else {
+        return Err(format!("expected `=~` or `!~` after `{request}`"));
+    };
+    let rest = rest.trim_start();
+    let (regex, tail) = split_regex(rest)?;
+    let tail = tail.trim();
+    let if_unset = if tail.is_empty() {
+        None
+    } else if let Some(v) = tail.strip_prefix("[if-unset:") {
+        Some(v.trim_end_matches(']').trim().to_string())
+    } else {
+        return Err(format!("unexpected text after the regex: `{tail}`"));
+    };
+    Ok(HeaderTest {
+        request: request.to_string(),
+        exists: false,
+        negate,
+        regex: Some(regex),
+        if_unset,
+    })
+}
+
+/// A regex written as `/re/flags` or `m{re}flags` (any delimiter after `m`).
+pub fn parse_regex(def: &str) -> Result<Regex, String> {
+    let (re, tail) = split_regex(def.trim())?;
+    if !tail.trim().is_empty() {
+        return Err(format!(
+            "unexpected text after the regex: `{}`",
+            tail.trim()
+        ));
+    }
+    Ok(re)
+}
+
+fn split_regex(s: &str) -> Result<(Regex, &str), String> {
+    let (open, body) = if let Some(r) = s.strip_prefix('/') {
+        ('/', r)
+    } else if let Some(r) = s.strip_prefix('m') {
+        match r.chars().next() {
+            Some(c) if !c.is_alphanumeric() && !c.is_whitespace() => (c, &r[c.len_utf8()..]),
+            _ => return Err(format!("not a regex: `{s}`")),
+        }
+    } else {
+        return Err(format!("not a regex: `{s}`"));
+    };
+    let close = match open {
+        '{' => '}',
+        '(' => ')',
+        '<' => '>',
+        '[' => ']',
+        c => c,
+    };
+    let mut depth = 0usize;
+    let mut escaped = false;
+    for (i, c) in body.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        if c == '\\' {
+            escaped = true;
+        } else if c == open && open != close {
+            depth += 1;
+        } else if c == close {
+            if depth == 0 {
+                let pattern = &body[..i];
+                let after = &body[i + c.len_utf8()..];
+                let flen = after
+                    .bytes()
+                    .take_while(|b| b.is_ascii_alphabetic())
+                    .count();
+                let flags = &after[..flen];
+                if let Some(bad) = flags.chars().find(|c| !"imsxog".contains(*c)) {
+                    return Err(format!("unsupported regex modifier `{bad}`"));
+                }
+                // A `/` delimiter escaped inside the pattern is a literal slash in Perl.
+                let pattern = if open == '/' {
+                    pattern.to_string()
+                } else {
+                    pattern.to_string()
+                };
+                return Ok((
+                    Regex {
+                        pattern,
+                        flags: flags.replace(['o', 'g'], ""),
+                    },
+                    &after[flen..],
+                ));
+            }
+            depth -= 1;
+        }
+    }
+    Err(format!("regex not closed: `{s}`"))
+}
+
+/// Removes a comment: `#` not preceded by a backslash, to the end of the line.
+fn strip_comment(line: &str) -> std::borrow::Cow<'_, str> {
+    let b = line.as_bytes();
+    let mut i = 0;
+    while let Some(p) = memchr::memchr(b'#', &b[i..]) {
+        let at = i + p;
+        if at > 0 && b[at - 1] == b'\\' {
+            i = at + 1;
+            continue;
+        }
+        return std::borrow::Cow::Borrowed(&line[..at]);
+    }
+    std::borrow::Cow::Borrowed(line)
+}
+
+fn split_word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    match s.find(char::is_whitespace) {
+        Some(p) => (&s[..p], s[p..].trim_start()),
+        None => (s, ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_tags_follow_spamassassin() {
+        let mut tags = HashMap::new();
+        tags.insert("A".to_string(), "[a@]".to_string());
+        tags.insert("B".to_string(), "[b8]".to_string());
+        let mut inter = HashMap::new();
+        inter.insert("W1".to_string(), "\\W?".to_string());
+        let mut post = HashMap::new();
+        post.insert("P2".to_string(), "{1,2}".to_string());
+        let e = HashMap::new();
+        assert_eq!(
+            replace_tags("<A><B>c", "<", ">", &tags, &e, &e, &e),
+            "[a@][b8]c"
+        );
+        assert_eq!(
+            replace_tags("<inter W1>x<A><B>", "<", ">", &tags, &e, &inter, &e),
+            "x[a@]\\W?[b8]"
+        );
+        assert_eq!(
+            replace_tags("<post P2><A>", "<", ">", &tags, &e, &e, &post),
+            "[a@]{1,2}"
+        );
+    }
+
+    #[test]
+    fn regex_delimiters() {
+        let r = parse_regex("m{a/b}i").unwrap();
+        assert_eq!((r.pattern.as_str(), r.flags.as_str()), ("a/b", "i"));
+        let r = parse_regex(r"/a\/b/sm").unwrap();
+        assert_eq!((r.pattern.as_str(), r.flags.as_str()), (r"a\/b", "sm"));
+        assert!(parse_regex("/abc").is_err());
+        assert!(parse_regex("/abc/q").is_err());
+    }
+
+    #[test]
+    fn conditionals_and_attributes() {
+        let set = load_str(
+            "loadplugin Foo\nifplugin Foo\nbody A /a/\nendif\nifplugin Bar\nbody B /b/\nendif\n\
+             if (version >= 3.004000)\nbody C /c/ # comment\nelse\nbody D /d/\nendif\n\
+             score A 1 2 3 4\ntflags A multiple maxhits=3\nscore E 2\nheader E From =~ /x\\#y/ [if-unset: none]\n",
+            "t.cf",
+        );
+        assert!(set.diagnostics.is_empty(), "{:?}", set.diagnostics);
+        let names: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["A", "C", "E"]);
+        let a = &set.rules[0];
+        assert_eq!(a.scores, Some([1.0, 2.0, 3.0, 4.0]));
+        assert!(a.tflags.multiple);
+        assert_eq!(a.tflags.maxhits, Some(3));
+        let Test::Header(h) = &set.rules[2].test else {
+            panic!()
+        };
+        assert_eq!(h.regex.as_ref().unwrap().pattern, "x\\#y");
+        assert_eq!(h.if_unset.as_deref(), Some("none"));
+        assert_eq!(set.rules[2].score(0), 2.0);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_rule() {
+        let set = load_str(
+            "body OK /ok/\nbody BAD /unclosed\nmeta M OK && (\nscore X 1 2\n",
+            "local.cf",
+        );
+        let d: Vec<String> = set.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert!(
+            d[0].starts_with("local.cf:2: rule BAD: regex not closed"),
+            "{d:?}"
+        );
+        assert!(
+            d[1].starts_with("local.cf:3: rule M: bad meta expression"),
+            "{d:?}"
+        );
+        assert!(
+            d[2].starts_with("local.cf:4: rule X: score needs 1 or 4 numbers"),
+            "{d:?}"
+        );
+    }
+}

@@ -1,0 +1,318 @@
+//! Perl regexes as Hyperscan and PCRE2 take them.
+//!
+//! SpamAssassin compiles rules with Perl on byte strings. Both engines here run in byte mode too,
+//! so the work is in the spelling: bytes above 0x7F (rule files are Latin-1 or UTF-8 text read as
+//! bytes) become `\xHH`, `/x` comments and whitespace go (Hyperscan has no extended mode), and
+//! the Perl modifiers become engine flags.
+
+/// A pattern ready for both engines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Translated {
+    /// The expression, ASCII only.
+    pub expr: String,
+    /// `/i`.
+    pub caseless: bool,
+    /// `/m`.
+    pub multiline: bool,
+    /// `/s`.
+    pub dotall: bool,
+}
+
+/// Translates a Perl pattern with its modifiers.
+pub fn translate(pattern: &str, flags: &str) -> Translated {
+    let escaped = escape_high(pattern);
+    let expr = if flags.contains('x') {
+        strip_extended(&escaped)
+    } else {
+        escaped
+    };
+    Translated {
+        expr,
+        caseless: flags.contains('i'),
+        multiline: flags.contains('m'),
+        dotall: flags.contains('s'),
+    }
+}
+
+/// Chars U+0080..U+00FF stand for the bytes of the rule file: write them as `\xHH`. An escaped
+/// one (`\é`) is a literal byte in Perl, so the backslash goes.
+fn escape_high(p: &str) -> String {
+    let mut out = String::with_capacity(p.len() + 8);
+    let mut escaped = false;
+    for c in p.chars() {
+        let code = c as u32;
+        if code >= 0x80 {
+            if escaped {
+                out.pop();
+            }
+            let b = if code <= 0xff { code as u8 } else { b'?' };
+            out.push_str(&format!("\\x{b:02x}"));
+            escaped = false;
+            continue;
+        }
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Removes `/x` whitespace and `#` comments outside character classes.
+fn strip_extended(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    let mut chars = p.chars().peekable();
+    let mut in_class = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                out.push(c);
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            }
+            '[' if !in_class => {
+                in_class = true;
+                out.push(c);
+                // `[]` or `[^]` at the start is a literal `]`.
+                if chars.peek() == Some(&'^') {
+                    out.push(chars.next().unwrap_or('^'));
+                }
+                if chars.peek() == Some(&']') {
+                    out.push(chars.next().unwrap_or(']'));
+                }
+            }
+            ']' if in_class => {
+                in_class = false;
+                out.push(c);
+            }
+            c if !in_class && c.is_ascii_whitespace() => {}
+            '#' if !in_class => {
+                for n in chars.by_ref() {
+                    if n == '\n' {
+                        break;
+                    }
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Bounded repeats above this many are widened for Hyperscan (see [`widen_repeats`]).
+pub const WIDEN_ABOVE: u32 = 30;
+
+/// A group longer than this with a bounded repeat after it is widened as well.
+pub const BIG_GROUP: usize = 200;
+
+/// Hyperscan compiles a bounded repeat `x{0,2048}` into a state machine that grows with the
+/// bound: a handful of the ruleset's patterns take seconds each that way, or fail as "too
+/// large". Widening such repeats (`{n,m}` → `{n,}`, with big lower bounds lowered to the
+/// limit) gives a pattern that matches a superset of the original, cheap to compile; it is then
+/// used as a prefilter and PCRE2 confirms each hit with the pattern as written. `None` when
+/// nothing needed widening.
+pub fn widen_repeats(expr: &str) -> Option<String> {
+    let b = expr.as_bytes();
+    let mut out = String::with_capacity(expr.len());
+    let mut i = 0;
+    let mut in_class = false;
+    let mut changed = false;
+    // Open groups (their positions in `out`), and the length of the group just closed.
+    let mut groups: Vec<usize> = Vec::new();
+    let mut closed: Option<usize> = None;
+    while i < b.len() {
+        let c = b[i];
+        let just_closed = closed.take();
+        if c == b'\\' {
+            let end = (i + 2).min(b.len());
+            out.push_str(&expr[i..end]);
+            i = end;
+            continue;
+        }
+        if in_class {
+            if c == b']' {
+                in_class = false;
+            }
+            out.push(c as char);
+            i += 1;
+            continue;
+        }
+        if c == b'[' {
+            in_class = true;
+            out.push('[');
+            i += 1;
+            if b.get(i) == Some(&b'^') {
+                out.push('^');
+                i += 1;
+            }
+            if b.get(i) == Some(&b']') {
+                out.push(']');
+                i += 1;
+            }
+            continue;
+        }
+        if c == b'(' {
+            groups.push(out.len());
+        } else if c == b')' {
+            closed = groups.pop().map(|st| out.len() + 1 - st);
+        }
+        if c == b'{' {
+            if let Some((lo, hi, len)) = quantifier(&b[i..]) {
+                // A big group repeated a few times is copied that many times: widen too.
+                let big_group = just_closed.is_some_and(|n| n > BIG_GROUP) && hi != Some(1);
+                if hi.is_some_and(|h| h > WIDEN_ABOVE) || lo > WIDEN_ABOVE || big_group {
+                    let lo = if big_group {
+                        lo.min(1)
+                    } else {
+                        lo.min(WIDEN_ABOVE)
+                    };
+                    let lo = lo.min(WIDEN_ABOVE);
+                    out.push_str(&match lo {
+                        0 => "*".to_string(),
+                        1 => "+".to_string(),
+                        n => format!("{{{n},}}"),
+                    });
+                    changed = true;
+                    i += len;
+                    continue;
+                }
+            }
+        }
+        out.push(c as char);
+        i += 1;
+    }
+    changed.then_some(out)
+}
+
+/// `{n}`, `{n,}`, `{n,m}` at the start of `b`: (n, m, length).
+fn quantifier(b: &[u8]) -> Option<(u32, Option<u32>, usize)> {
+    let close = b.iter().position(|&c| c == b'}')?;
+    let inner = std::str::from_utf8(&b[1..close]).ok()?;
+    let (lo, hi) = match inner.split_once(',') {
+        Some((l, h)) => {
+            let lo: u32 = l.trim().parse().ok()?;
+            let hi = if h.trim().is_empty() {
+                None
+            } else {
+                Some(h.trim().parse().ok()?)
+            };
+            (lo, hi)
+        }
+        None => {
+            let n: u32 = inner.trim().parse().ok()?;
+            (n, Some(n))
+        }
+    };
+    Some((lo, hi, close + 1))
+}
+
+/// A backtracking matcher with Perl semantics for confirming and counting: PCRE2, or for the
+/// few patterns PCRE2 finds too large (its 64 KiB compiled-size limit; the ruleset's
+/// replace-tag expansions reach 200 KiB), Rust's `regex` when the pattern needs no
+/// backtracking features.
+#[derive(Debug)]
+pub enum Matcher {
+    /// PCRE2 with JIT.
+    Pcre(pcre2::bytes::Regex),
+    /// Rust's `regex`, byte mode.
+    Rust(regex::bytes::Regex),
+}
+
+impl Matcher {
+    /// Whether the text matches.
+    pub fn is_match(&self, text: &[u8]) -> bool {
+        match self {
+            Matcher::Pcre(r) => r.is_match(text).unwrap_or(false),
+            Matcher::Rust(r) => r.is_match(text),
+        }
+    }
+
+    /// Non-overlapping matches, at most `cap`.
+    pub fn count(&self, text: &[u8], cap: Option<u32>) -> u32 {
+        let cap = cap.unwrap_or(u32::MAX);
+        let mut n = 0;
+        match self {
+            Matcher::Pcre(r) => {
+                for m in r.find_iter(text) {
+                    if m.is_err() || n >= cap {
+                        break;
+                    }
+                    n += 1;
+                }
+            }
+            Matcher::Rust(r) => {
+                for _ in r.find_iter(text) {
+                    if n >= cap {
+                        break;
+                    }
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+}
+
+/// Builds the confirming matcher (byte mode).
+pub fn pcre(t: &Translated) -> Result<Matcher, String> {
+    let mut b = pcre2::bytes::RegexBuilder::new();
+    b.caseless(t.caseless)
+        .multi_line(t.multiline)
+        .dotall(t.dotall)
+        .jit_if_available(true);
+    match b.build(&t.expr) {
+        Ok(r) => Ok(Matcher::Pcre(r)),
+        Err(e) => regex::bytes::RegexBuilder::new(&t.expr)
+            .unicode(false)
+            .case_insensitive(t.caseless)
+            .multi_line(t.multiline)
+            .dot_matches_new_line(t.dotall)
+            .size_limit(1 << 30)
+            .dfa_size_limit(1 << 26)
+            .build()
+            .map(Matcher::Rust)
+            .map_err(|e2| {
+                format!(
+                    "PCRE2: {e}; regex: {}",
+                    e2.to_string().lines().last().unwrap_or("")
+                )
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn high_bytes_become_escapes() {
+        assert_eq!(translate("caf\u{e9}", "").expr, "caf\\xe9");
+        assert_eq!(translate("a\\\u{e9}", "").expr, "a\\xe9");
+        assert_eq!(translate("a\\\\\u{e9}", "").expr, "a\\\\\\xe9");
+    }
+
+    #[test]
+    fn big_repeats_widen() {
+        assert_eq!(widen_repeats("a{1,3}b"), None);
+        assert_eq!(
+            widen_repeats("[^>]{0,2048}x{1,80}y{40}z{35,}").as_deref(),
+            Some("[^>]*x+y{30,}z{30,}")
+        );
+        assert_eq!(widen_repeats("[{1,99}]\\{1,99}"), None);
+        let big = format!("(?:{}){{1,3}}(a){{2}}", "x|".repeat(150));
+        assert_eq!(
+            widen_repeats(&big),
+            Some(format!("(?:{})+(a){{2}}", "x|".repeat(150)))
+        );
+    }
+
+    #[test]
+    fn extended_mode_is_flattened() {
+        let t = translate("a b # comment\n [ #] \\ c", "xi");
+        assert_eq!(t.expr, "ab[ #]\\ c");
+        assert!(t.caseless);
+    }
+}

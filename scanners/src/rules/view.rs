@@ -1,0 +1,354 @@
+//! The message as SpamAssassin's rules read it.
+//!
+//! Each rule type reads its own text, and each is built here the way
+//! `Mail::SpamAssassin::Message` and `PerMsgStatus` build it, because a rule written against one
+//! view does not mean the same thing against another:
+//!
+//! * header values are unfolded, trimmed, RFC 2047 decoded (except `Received`, `Message-ID`,
+//!   `Date`, `MIME-Version`, `References`, `In-Reply-To`, `List-*`) and end in a newline; several
+//!   fields of one name are concatenated; `:raw` keeps the value as written;
+//! * body text is the rendered text of the `text/plain` and `text/html` leaves, blank-line runs
+//!   made paragraph breaks, other whitespace runs made one space, Subject first, split into lines
+//!   of at most 2,048 bytes;
+//! * rawbody text is each decoded `text/*` or `message/*` leaf, in paragraphs of 2–4 KiB;
+//! * full text is the message as received, CRLF made LF.
+
+use std::borrow::Cow;
+
+use mxgate_core::mime::{self, header, html, Message, PartKind};
+
+/// SpamAssassin's `MAX_BODY_LINE_LENGTH`.
+pub const MAX_BODY_LINE: usize = 2048;
+/// `body_part_scan_size` default.
+pub const BODY_PART_SCAN_SIZE: usize = 50_000;
+/// `rawbody_part_scan_size` default.
+pub const RAWBODY_PART_SCAN_SIZE: usize = 500_000;
+
+/// Header fields of one part in SpamAssassin's form.
+#[derive(Debug, Default)]
+pub struct Headers {
+    /// (name as written, decoded value with "\n", raw value after the colon with "\n").
+    pub fields: Vec<(String, Vec<u8>, Vec<u8>)>,
+}
+
+impl Headers {
+    /// Reads the fields of one MIME part.
+    pub fn of_part(msg: &Message, part: mime::PartId) -> Headers {
+        let raw = &msg.raw[..];
+        let fields = msg.parts[part as usize]
+            .fields
+            .iter()
+            .map(|f| {
+                let name = String::from_utf8_lossy(f.name(raw)).trim_end().to_string();
+                let after_name = f.name.end as usize;
+                let colon = memchr::memchr(b':', &raw[after_name..f.value.end as usize])
+                    .map_or(f.value.start as usize, |p| after_name + p + 1);
+                let mut rawv: Vec<u8> = raw[colon..f.value.end as usize]
+                    .iter()
+                    .copied()
+                    .filter(|&b| b != b'\r')
+                    .collect();
+                rawv.push(b'\n');
+                let dec = decode_value(&name, &rawv);
+                (name, dec, rawv)
+            })
+            .collect();
+        Headers { fields }
+    }
+
+    /// Values of every field named `name` (case-insensitive), decoded or raw.
+    pub fn values<'a>(&'a self, name: &'a str, raw: bool) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.fields
+            .iter()
+            .filter(move |f| f.0.eq_ignore_ascii_case(name))
+            .map(move |f| if raw { &f.2[..] } else { &f.1[..] })
+    }
+}
+
+/// `Node::header`: unfold (`\n[ \t]+` → space), trim, decode encoded words; then a newline.
+fn decode_value(name: &str, raw: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'\n' && raw.get(i + 1).is_some_and(|&b| b == b' ' || b == b'\t') {
+            v.push(b' ');
+            i += 1;
+            while i < raw.len() && (raw[i] == b' ' || raw[i] == b'\t') {
+                i += 1;
+            }
+            continue;
+        }
+        v.push(raw[i]);
+        i += 1;
+    }
+    let t = trim(&v);
+    let lname = name.to_ascii_lowercase();
+    let exempt = lname == "received"
+        || lname == "message-id"
+        || lname == "resent-message-id"
+        || lname == "date"
+        || lname == "resent-date"
+        || lname == "mime-version"
+        || lname == "references"
+        || lname == "in-reply-to"
+        || lname.starts_with("list-");
+    let mut out = if !exempt && memchr::memmem::find(t, b"=?").is_some() {
+        header::decode_words(t).into_bytes()
+    } else if t.is_ascii() || std::str::from_utf8(t).is_ok() {
+        t.to_vec()
+    } else {
+        header::decode_words(t).into_bytes()
+    };
+    out.retain(|&b| b != b'\n' && b != b'\r');
+    out.push(b'\n');
+    out
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let is_ws = |b: &u8| b.is_ascii_whitespace() || *b == 0x0b;
+    let start = s.iter().position(|b| !is_ws(b)).unwrap_or(s.len());
+    let end = s.iter().rposition(|b| !is_ws(b)).map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+/// The rendered body as body rules see it: lines (paragraphs) of at most 2,048 bytes, the
+/// Subject first.
+pub fn body_lines(msg: &Message, subject: Option<&[u8]>) -> Vec<Vec<u8>> {
+    let mut text = String::new();
+    for p in msg.leaves() {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        let rendered = match p.content_type.as_str() {
+            "text/plain" => msg.text(p.id).map(Cow::into_owned),
+            "text/html" => msg
+                .text(p.id)
+                .filter(|h| !h.is_empty())
+                .map(|h| html::render(&h).text),
+            _ => None,
+        };
+        if let Some(mut r) = rendered {
+            if r.len() > BODY_PART_SCAN_SIZE {
+                truncate_at(&mut r, BODY_PART_SCAN_SIZE);
+            }
+            text.push_str(&r);
+        }
+    }
+    let collapsed = collapse_whitespace(&text);
+    let mut all = Vec::with_capacity(collapsed.len() + 128);
+    match subject {
+        Some(s) => all.extend_from_slice(s),
+        None => all.push(b'\n'),
+    }
+    all.extend_from_slice(collapsed.as_bytes());
+    split_short_lines(&all)
+}
+
+/// `s/\n+\s*\n+/\0/g; s/\s+/ /g; tr/\0/\n/`.
+fn collapse_whitespace(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c.is_whitespace() {
+            // A whitespace run: a paragraph break if it holds two newlines with only whitespace
+            // between them (the run `\n+\s*\n+`), else one space. Perl's regex applies the
+            // paragraph rule first, so a run with two or more newlines becomes `\n`, keeping
+            // whitespace before the first newline as a space.
+            let start = i;
+            let mut end = i + c.len_utf8();
+            while let Some(&(j, d)) = chars.peek() {
+                if d.is_whitespace() {
+                    end = j + d.len_utf8();
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            let run = &text[start..end];
+            let first_nl = run.find('\n');
+            let last_nl = run.rfind('\n');
+            match (first_nl, last_nl) {
+                (Some(f), Some(l)) if f != l => {
+                    if f > 0 {
+                        out.push(' ');
+                    }
+                    out.push('\n');
+                    if l + 1 < run.len() {
+                        out.push(' ');
+                    }
+                }
+                _ => out.push(' '),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `split_into_array_of_short_lines`.
+pub fn split_short_lines(text: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for mut line in text.split_inclusive(|&b| b == b'\n') {
+        while line.len() > MAX_BODY_LINE {
+            let cut = line[..=MAX_BODY_LINE]
+                .iter()
+                .rposition(|&b| b == b' ')
+                .map_or(MAX_BODY_LINE, |p| p + 1);
+            let cut = if cut == 0 { MAX_BODY_LINE } else { cut };
+            out.push(line[..cut].to_vec());
+            line = &line[cut..];
+        }
+        out.push(line.to_vec());
+    }
+    out
+}
+
+fn truncate_at(s: &mut String, size: usize) {
+    let b = s.as_bytes();
+    let cut = match memchr::memchr(b'\n', &b[size..]) {
+        Some(p) if p <= 1024 => size + p + 1,
+        _ => match memchr::memchr(b' ', &b[size..]) {
+            Some(p) if p <= 1024 => size + p + 1,
+            _ => size,
+        },
+    };
+    let mut cut = cut.min(s.len());
+    while !s.is_char_boundary(cut) {
+        cut += 1;
+    }
+    s.truncate(cut);
+}
+
+/// The decoded text parts as rawbody rules see them.
+pub fn rawbody_chunks(msg: &Message) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for p in msg.leaves() {
+        let t = p.content_type.as_str();
+        if !(t.starts_with("text/") || t.starts_with("message/")) || t == "text/calendar" {
+            continue;
+        }
+        let Some(d) = msg.decoded(p.id) else { continue };
+        let mut d: &[u8] = d;
+        if d.len() > RAWBODY_PART_SCAN_SIZE {
+            let s = RAWBODY_PART_SCAN_SIZE;
+            let cut = [b'\n', b'>', b' ']
+                .iter()
+                .find_map(|&c| {
+                    memchr::memchr(c, &d[s..])
+                        .filter(|&p| p <= 1024)
+                        .map(|p| s + p + 1)
+                })
+                .unwrap_or(s);
+            d = &d[..cut];
+        }
+        split_short_paragraphs(d, &mut out);
+    }
+    out
+}
+
+/// `split_into_array_of_short_paragraphs`.
+fn split_short_paragraphs(t: &[u8], out: &mut Vec<Vec<u8>>) {
+    let n = t.len();
+    if n <= MAX_BODY_LINE {
+        out.push(t.to_vec());
+        return;
+    }
+    let mut ofs = 0;
+    while n - ofs > 2 * MAX_BODY_LINE {
+        let from = ofs + MAX_BODY_LINE;
+        let fits = |j: usize| j - ofs < 2 * MAX_BODY_LINE;
+        let j = [b'\n', b'>', b' ']
+            .iter()
+            .find_map(|&c| {
+                memchr::memchr(c, &t[from..])
+                    .map(|p| from + p)
+                    .filter(|&j| fits(j))
+            })
+            .unwrap_or(ofs + MAX_BODY_LINE);
+        out.push(t[ofs..=j].to_vec());
+        ofs = j + 1;
+    }
+    if ofs < n {
+        out.push(t[ofs..].to_vec());
+    }
+}
+
+/// The whole message as full rules see it.
+pub fn full_text(msg: &Message) -> Cow<'_, [u8]> {
+    if memchr::memchr(b'\r', &msg.raw).is_some() {
+        let mut v = Vec::with_capacity(msg.raw.len());
+        let r = &msg.raw[..];
+        for (i, &b) in r.iter().enumerate() {
+            if b == b'\r' && r.get(i + 1) == Some(&b'\n') {
+                continue;
+            }
+            v.push(b);
+        }
+        Cow::Owned(v)
+    } else {
+        Cow::Borrowed(&msg.raw[..])
+    }
+}
+
+/// The URIs uri rules see: each URI as found, and for a URI without a scheme the `http://`
+/// form too.
+pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for u in msg.uris() {
+        let v = u.into_bytes();
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Every part's headers (for mimeheader rules), root first.
+pub fn part_headers(msg: &Message) -> Vec<Headers> {
+    msg.parts
+        .iter()
+        .filter(|p| {
+            p.kind == PartKind::Leaf || p.kind == PartKind::Multipart || p.kind == PartKind::Message
+        })
+        .map(|p| Headers::of_part(msg, p.id))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whitespace_collapses_as_spamassassin_does() {
+        assert_eq!(
+            collapse_whitespace("a  b\n c\n\n\nd \n \n e"),
+            "a b c\nd \n e"
+        );
+        assert_eq!(collapse_whitespace("x\ty"), "x y");
+    }
+
+    #[test]
+    fn long_lines_split_at_spaces() {
+        let mut s = vec![b'a'; 3000];
+        s[100] = b' ';
+        let l = split_short_lines(&s);
+        let lens: Vec<usize> = l.iter().map(Vec::len).collect();
+        assert_eq!(lens, [101, 2048, 851]);
+    }
+
+    #[test]
+    fn body_lines_put_the_subject_first() {
+        let m = Message::parse(bytes::Bytes::from_static(
+            b"Subject: Hello\n\nfirst  line\nsame para\n\nsecond\n",
+        ));
+        let h = Headers::of_part(&m, 0);
+        let subj = h.values("subject", false).next().map(|v| v.to_vec());
+        let lines = body_lines(&m, subj.as_deref());
+        let lines: Vec<String> = lines
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        assert_eq!(lines, ["Hello\n", "first line same para\n", "second "]);
+    }
+}
