@@ -31,6 +31,9 @@ pub struct Context<'a> {
     pub symbols: Vec<(Cow<'static, str>, f64)>,
     /// Header fields to add before relaying, each ending with CRLF.
     pub add_headers: String,
+    /// Every rule that hit (sub-rules included) with its hit count, by index into the
+    /// engine's ruleset, when the rules stage ran.
+    pub rule_hits: Vec<(usize, u32)>,
     /// The Bayes probability, when the Bayes stage spoke.
     pub bayes: Option<f64>,
     /// The score (sum of the symbols' scores), once the post-filter ran.
@@ -46,6 +49,7 @@ impl<'a> Context<'a> {
             client,
             symbols: Vec::new(),
             add_headers: String::new(),
+            rule_hits: Vec::new(),
             bayes: None,
             score: 0.0,
         }
@@ -146,12 +150,13 @@ impl Chain {
             };
             let outcome = with_scratch(engine, |s| engine.scan(&msg, &env, s));
             let set = engine.score_set();
-            for (i, _) in outcome.hits {
+            for &(i, _) in &outcome.hits {
                 let r = &engine.set.rules[i];
                 if !r.is_subrule() {
                     ctx.symbols.push((Cow::Owned(r.name.clone()), r.score(set)));
                 }
             }
+            ctx.rule_hits = outcome.hits;
         }
         // Phase: classify.
         if let Some(model) = &self.bayes {

@@ -285,7 +285,11 @@ pub fn cross_validate(
 
 /// `mxgate scan`: the content stages in-process on message files, one JSON object per message
 /// per line (file, score, required, action, symbols, bayes, elapsed_us).
-pub fn scan(cfg: &mxgate_core::config::Config, paths: &[PathBuf]) -> anyhow::Result<()> {
+pub fn scan(
+    cfg: &mxgate_core::config::Config,
+    paths: &[PathBuf],
+    all_hits: bool,
+) -> anyhow::Result<()> {
     use crate::stages::{Chain, Context, Verdict};
     let chain = Chain::new(cfg)?;
     let env = mxgate_core::smtp::Envelope::default();
@@ -310,7 +314,7 @@ pub fn scan(cfg: &mxgate_core::config::Config, paths: &[PathBuf]) -> anyhow::Res
             .iter()
             .map(|(n, s)| (n.to_string(), serde_json::json!(s)))
             .collect();
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "file": name,
             "score": (score * 1000.0).round() / 1000.0,
             "required": chain.required_score(),
@@ -320,6 +324,16 @@ pub fn scan(cfg: &mxgate_core::config::Config, paths: &[PathBuf]) -> anyhow::Res
             "bayes": ctx.bayes.map(|p| serde_json::json!({"p_spam": p})),
             "elapsed_us": elapsed.as_micros() as u64,
         });
+        if all_hits {
+            if let Some(engine) = chain.rules() {
+                let hits: serde_json::Map<String, serde_json::Value> = ctx
+                    .rule_hits
+                    .iter()
+                    .map(|&(i, n)| (engine.set.rules[i].name.clone(), serde_json::json!(n)))
+                    .collect();
+                v["hits"] = serde_json::Value::Object(hits);
+            }
+        }
         writeln!(out, "{v}")?;
     }
     Ok(())
@@ -373,6 +387,27 @@ pub fn rules_lint(paths: &[PathBuf]) -> anyhow::Result<bool> {
     }
     println!("{nfiles} files, {nrules} rules: {errors} errors, {warnings} warnings");
     Ok(errors == 0)
+}
+
+/// `mxgate rules list`: one JSON object per rule: name, type, how it runs, score, whether
+/// mxgate implements everything it depends on, file and line.
+pub fn rules_list(paths: &[PathBuf]) -> anyhow::Result<()> {
+    use mxgate_scanners::rules;
+    use std::io::Write as _;
+    let engine = rules::Engine::build(rules::load_paths(paths), &rules::Options::default())?;
+    let mut out = std::io::stdout().lock();
+    for (i, r) in engine.set.rules.iter().enumerate() {
+        let v = serde_json::json!({
+            "name": r.name,
+            "type": r.kind(),
+            "mode": format!("{:?}", engine.mode(i)).to_lowercase(),
+            "score": r.score(engine.score_set()),
+            "implemented": engine.implemented(i),
+            "origin": r.origin.to_string(),
+        });
+        writeln!(out, "{v}")?;
+    }
+    Ok(())
 }
 
 /// `mxgate rules stats`: rules by type, how each regex rule runs, eval functions not

@@ -54,6 +54,9 @@ enum Cmd {
         /// Rule folder or file (repeatable); overrides rules.paths.
         #[arg(long = "rules")]
         rules: Vec<PathBuf>,
+        /// Add "hits": every rule that hit, sub-rules included, with its hit count.
+        #[arg(long)]
+        hits: bool,
         /// The messages.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -170,6 +173,15 @@ enum RulesCmd {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// One JSON object per rule: name, type, how it runs, score, whether implemented.
+    List {
+        /// Rule folder or file (repeatable); default: rules.paths of --config or the defaults.
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Rules by type, how the regex rules compile (Hyperscan, prefilter + confirm, PCRE2
     /// alone), eval rules not implemented, compile time.
     Stats {
@@ -246,6 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             stages,
             db,
             rules,
+            hits,
             paths,
         } => {
             let ov = Overrides {
@@ -259,7 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !rules.is_empty() {
                 cfg.rules.paths = rules.iter().map(|p| p.display().to_string()).collect();
             }
-            tools::scan(&cfg, &paths)
+            tools::scan(&cfg, &paths, hits)
         }
         Cmd::Rules { cmd } => {
             let paths =
@@ -277,6 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     Ok(())
                 }
+                RulesCmd::List { rules, config } => tools::rules_list(&paths(rules, config)?),
                 RulesCmd::Stats {
                     rules,
                     config,

@@ -488,6 +488,31 @@ impl Engine {
         Scratch { hs: s }
     }
 
+    /// Whether mxgate implements the rule and everything it depends on: regex and `exists:`
+    /// rules (except those reading SpamAssassin's relay pseudo-headers, `X-Spam-Relays-*` and
+    /// `ALL-TRUSTED` and the like, which need its trust-path analysis), and metas over such
+    /// rules. Eval and network rules are not.
+    pub fn implemented(&self, rule: usize) -> bool {
+        let mut seen = vec![false; self.set.rules.len()];
+        self.implemented_rec(rule, &mut seen)
+    }
+
+    fn implemented_rec(&self, rule: usize, seen: &mut [bool]) -> bool {
+        if seen[rule] {
+            return true;
+        }
+        seen[rule] = true;
+        match &self.set.rules[rule].test {
+            Test::Eval(_) => false,
+            Test::Header(h) => !is_pseudo_header(&h.request),
+            Test::Meta(e) => e
+                .rule_ids()
+                .into_iter()
+                .all(|d| self.implemented_rec(d, seen)),
+            _ => true,
+        }
+    }
+
     /// A number unique to this engine in the process (per-thread scratch is keyed by it).
     pub fn id(&self) -> u64 {
         self.id
@@ -732,6 +757,14 @@ impl Engine {
             }
         }
     }
+}
+
+/// Header requests SpamAssassin answers from its relay analysis, not from the message's fields.
+fn is_pseudo_header(request: &str) -> bool {
+    let name = request.split(':').next().unwrap_or("");
+    name.starts_with("X-Spam-Relays-")
+        || name.starts_with("ALL-")
+        || name.eq_ignore_ascii_case("X-Spam-Relays")
 }
 
 fn header_test(r: &Rule) -> Option<&HeaderTest> {

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod load;
 pub mod meta;
 pub mod regex;
+pub mod sa_html;
 pub mod view;
 
 pub use engine::{BuildStats, Engine, Envelope, Layout, Mode, Options, Outcome, Scratch};

@@ -15,7 +15,7 @@
 
 use std::borrow::Cow;
 
-use mxgate_core::mime::{self, header, html, Message, PartKind};
+use mxgate_core::mime::{self, header, Message, PartKind};
 
 /// SpamAssassin's `MAX_BODY_LINE_LENGTH`.
 pub const MAX_BODY_LINE: usize = 2048;
@@ -124,7 +124,7 @@ pub fn body_lines(msg: &Message, subject: Option<&[u8]>) -> Vec<Vec<u8>> {
             "text/html" => msg
                 .text(p.id)
                 .filter(|h| !h.is_empty())
-                .map(|h| html::render(&h).text),
+                .map(|h| super::sa_html::render(&h)),
             _ => None,
         };
         if let Some(mut r) = rendered {

@@ -1,0 +1,201 @@
+//! HTML to text the way SpamAssassin's `Mail::SpamAssassin::HTML` renders it for body rules.
+//!
+//! The MIME crate's renderer aims at what a reader sees; body rules were written against
+//! SpamAssassin's rendering, whose whitespace decides what a `^...$` rule matches. So this
+//! follows `HTML.pm`: `<br>` and `<div>` (opening and closing) give a newline; `li`, `td`, `th`,
+//! `dd`, `dt`, `embed` and headings a space; `p`, `hr`, `blockquote`, `pre`, `title` and the
+//! literal blocks a blank line; runs of whitespace in text become one space, a space before a
+//! break is dropped and so is one after it; scripts, styles and comments are not text; the
+//! title is.
+
+use mxgate_core::mime::html::decode_entities;
+
+struct Piece {
+    text: String,
+    whitespace: bool,
+}
+
+/// Renders HTML to text as SpamAssassin's body rules see it.
+pub fn render(html: &str) -> String {
+    let b = html.as_bytes();
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut i = 0;
+    let mut text_start = 0;
+    while i < b.len() {
+        if b[i] != b'<' {
+            i += 1;
+            continue;
+        }
+        // What follows `<` decides whether it is markup.
+        let next = b.get(i + 1).copied().unwrap_or(0);
+        let is_markup = next.is_ascii_alphabetic()
+            || next == b'/' && b.get(i + 2).is_some_and(u8::is_ascii_alphabetic)
+            || next == b'!'
+            || next == b'?';
+        if !is_markup {
+            i += 1;
+            continue;
+        }
+        flush_text(&html[text_start..i], &mut pieces);
+        if b[i..].starts_with(b"<!--") {
+            i = match memchr::memmem::find(&b[i + 4..], b"-->") {
+                Some(e) => i + 4 + e + 3,
+                None => b.len(),
+            };
+            text_start = i;
+            continue;
+        }
+        if next == b'!' || next == b'?' {
+            i = memchr::memchr(b'>', &b[i..]).map_or(b.len(), |e| i + e + 1);
+            text_start = i;
+            continue;
+        }
+        let end = tag_end(b, i + 1);
+        let inner = &html[i + 1..end.min(b.len())];
+        i = (end + 1).min(b.len());
+        let (closing, rest) = match inner.strip_prefix('/') {
+            Some(r) => (true, r),
+            None => (false, inner),
+        };
+        let name_len = rest
+            .bytes()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == b':' || *c == b'-' || *c == b'_')
+            .count();
+        let name = rest[..name_len].to_ascii_lowercase();
+        whitespace_for(&name, &mut pieces);
+        if !closing
+            && matches!(
+                name.as_str(),
+                "script" | "style" | "xmp" | "plaintext" | "textarea"
+            )
+        {
+            // Literal content up to the closing tag.
+            let close = format!("</{name}");
+            let lower_end = if name == "plaintext" {
+                None
+            } else {
+                find_ci(&b[i..], close.as_bytes()).map(|p| i + p)
+            };
+            let content_end = lower_end.unwrap_or(b.len());
+            if name == "xmp" || name == "plaintext" || name == "textarea" {
+                display(&mut pieces, &html[i..content_end], false);
+            }
+            i = content_end;
+        }
+        text_start = i;
+    }
+    flush_text(&html[text_start.min(b.len())..], &mut pieces);
+    pieces.into_iter().map(|p| p.text).collect()
+}
+
+fn flush_text(raw: &str, pieces: &mut Vec<Piece>) {
+    if raw.is_empty() {
+        return;
+    }
+    let t = decode_entities(raw);
+    display(pieces, &t, false);
+}
+
+/// `display_text`.
+fn display(pieces: &mut Vec<Piece>, text: &str, whitespace: bool) {
+    if whitespace {
+        if let Some(last) = pieces.last_mut() {
+            if !last.whitespace && last.text.ends_with(' ') {
+                last.text.pop();
+            }
+        }
+        pieces.push(Piece {
+            text: text.to_string(),
+            whitespace: true,
+        });
+        return;
+    }
+    // s/[ \t\n\r\f\x0b]+|\xc2\xa0/ /gs
+    let mut t = String::with_capacity(text.len());
+    let mut in_ws = false;
+    for c in text.chars() {
+        if matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c' | '\x0b') {
+            if !in_ws {
+                t.push(' ');
+            }
+            in_ws = true;
+        } else if c == '\u{a0}' {
+            t.push(' ');
+            in_ws = false;
+        } else {
+            t.push(c);
+            in_ws = false;
+        }
+    }
+    if pieces.last().is_some_and(|p| p.whitespace) {
+        if let Some(stripped) = t.strip_prefix(' ') {
+            t = stripped.to_string();
+        }
+    }
+    pieces.push(Piece {
+        text: t,
+        whitespace: false,
+    });
+}
+
+/// `html_whitespace`: the break a tag (opening or closing) inserts.
+fn whitespace_for(name: &str, pieces: &mut Vec<Piece>) {
+    let ws = match name {
+        "br" | "div" => "\n",
+        "li" | "th" | "td" | "dd" | "dt" | "embed" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" => " ",
+        "p" | "hr" | "blockquote" | "pre" | "listing" | "plaintext" | "xmp" | "title" => "\n\n",
+        _ => return,
+    };
+    display(pieces, ws, true);
+}
+
+/// The `>` ending a tag that starts at `from`, skipping quoted attribute values.
+fn tag_end(b: &[u8], from: usize) -> usize {
+    let mut i = from;
+    let mut quote: Option<u8> = None;
+    while i < b.len() {
+        let c = b[i];
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == b'>' => return i,
+            None if (c == b'"' || c == b'\'')
+                && i > from
+                && matches!(b[i - 1], b'=' | b' ' | b'\t' | b'\n') =>
+            {
+                quote = Some(c)
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    // An unterminated quote: end at the first `>` instead.
+    memchr::memchr(b'>', &b[from..]).map_or(b.len(), |p| from + p)
+}
+
+fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    (0..=hay.len() - needle.len()).find(|&p| hay[p..p + needle.len()].eq_ignore_ascii_case(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaks_follow_html_pm() {
+        assert_eq!(
+            render("<html><head><title>T</title></head><body>a <b>b</b><br>c</body>"),
+            "\n\nT\n\na b\nc"
+        );
+        assert_eq!(render("<p>one </p><p> two</p>"), "\n\none\n\n\n\ntwo\n\n");
+        assert_eq!(
+            render("x<script>var a = '<p>';</script>y<!-- c -->z"),
+            "xyz"
+        );
+        assert_eq!(render("a&amp;b&nbsp;c <td>d"), "a&b c d");
+        assert_eq!(render("1 < 2 <a href='x>y'>link</a>"), "1 < 2 link");
+    }
+}

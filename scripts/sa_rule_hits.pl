@@ -1,0 +1,33 @@
+#!/usr/bin/perl
+# Prints the SpamAssassin rules (sub-rules included) each message hits, one JSON object per
+# line: {"file": ..., "hits": [...], "score": ...}. The settings are those of
+# `spamassassin -L -t` with Bayes off: local tests only, no Bayes, no auto-welcomelist; the
+# ruleset is the one the spamassassin command uses (Debian: /usr/share/spamassassin and
+# /etc/spamassassin). Loading the rules once and checking every message with the same object
+# is what `spamassassin` does per message, without paying rule compilation per file.
+use strict;
+use warnings;
+use Mail::SpamAssassin;
+use JSON::PP;
+
+my $sa = Mail::SpamAssassin->new({
+    local_tests_only => 1,
+    dont_copy_prefs => 1,
+    userprefs_filename => '/dev/null',
+    post_config_text => "use_bayes 0\nuse_auto_whitelist 0\nuse_auto_welcomelist 0\nbayes_auto_learn 0\n",
+});
+$sa->init(1);
+my $json = JSON::PP->new->canonical;
+my @files = @ARGV;
+if (!@files) { chomp(@files = <STDIN>); }
+for my $f (@files) {
+    open(my $fh, '<', $f) or do { warn "$f: $!\n"; next };
+    my @lines = <$fh>;
+    close $fh;
+    my $msg = $sa->parse(\@lines);
+    my $st = $sa->check($msg);
+    my @hits = (split(/,/, $st->get_names_of_tests_hit), split(/,/, $st->get_names_of_subtests_hit));
+    print $json->encode({file => $f, hits => [sort grep { $_ ne '' } @hits], score => $st->get_score + 0}), "\n";
+    $st->finish;
+    $msg->finish;
+}
