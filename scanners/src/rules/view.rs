@@ -119,7 +119,7 @@ pub fn body_lines(msg: &Message, subject: Option<&[u8]>) -> Vec<Vec<u8>> {
         if !text.is_empty() {
             text.push('\n');
         }
-        let rendered = match p.content_type.as_str() {
+        let rendered = match sa_type(&p.content_type) {
             "text/plain" => msg.text(p.id).map(Cow::into_owned),
             "text/html" => msg
                 .text(p.id)
@@ -142,6 +142,12 @@ pub fn body_lines(msg: &Message, subject: Option<&[u8]>) -> Vec<Vec<u8>> {
     }
     all.extend_from_slice(collapsed.as_bytes());
     split_short_lines(&all)
+}
+
+/// The type as SpamAssassin reads a `Content-Type` value: up to the first space or `;`
+/// (`TEXT/PLAIN charset=US-ASCII`, missing its semicolon, is `text/plain`).
+fn sa_type(ct: &str) -> &str {
+    ct.split([' ', '\t', ';']).next().unwrap_or(ct)
 }
 
 /// `s/\n+\s*\n+/\0/g; s/\s+/ /g; tr/\0/\n/`.
@@ -224,7 +230,7 @@ fn truncate_at(s: &mut String, size: usize) {
 pub fn rawbody_chunks(msg: &Message) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for p in msg.leaves() {
-        let t = p.content_type.as_str();
+        let t = sa_type(&p.content_type);
         if !(t.starts_with("text/") || t.starts_with("message/")) || t == "text/calendar" {
             continue;
         }
@@ -291,14 +297,81 @@ pub fn full_text(msg: &Message) -> Cow<'_, [u8]> {
     }
 }
 
-/// The URIs uri rules see: each URI as found, and for a URI without a scheme the `http://`
-/// form too.
+/// The URIs uri rules see, as `PerMsgStatus::get_uri_list` gives them: link targets of HTML
+/// parts as written and URIs found in text, each followed by its canonical variants
+/// (`uri_list_canonicalize`: backslashes as slashes, `%`-escapes decoded, a scheme added to a
+/// bare host, a slash before `?` or `#` after the host).
 pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
+    let mut found: Vec<String> = Vec::new();
+    for p in msg.leaves() {
+        match sa_type(&p.content_type) {
+            "text/plain" => {
+                if let Some(t) = msg.text(p.id) {
+                    found.extend(mime::uri::extract_text(&t));
+                }
+            }
+            "text/html" => {
+                if let Some(h) = msg.text(p.id) {
+                    let r = mime::html::render(&h);
+                    found.extend(r.links.iter().map(|l| l.trim().to_string()));
+                    found.extend(mime::uri::extract_text(&r.text));
+                }
+            }
+            _ => {}
+        }
+    }
     let mut out: Vec<Vec<u8>> = Vec::new();
-    for u in msg.uris() {
+    let mut push = |u: String, out: &mut Vec<Vec<u8>>| {
         let v = u.into_bytes();
         if !out.contains(&v) {
             out.push(v);
+        }
+    };
+    for u in found {
+        let u: String = u.chars().filter(|&c| c != '\n' && c != '\r').collect();
+        let u = u.trim().to_string();
+        if u.len() <= 1
+            || u.starts_with(['#', '?', '&'])
+            || (u.starts_with('/') && !u.starts_with("//"))
+        {
+            continue;
+        }
+        push(u.clone(), &mut out);
+        let lower = u.to_ascii_lowercase();
+        if lower.starts_with("mailto:") || u.split(':').next().is_some_and(|s| s.contains('@')) {
+            continue;
+        }
+        let mut n = u.replace('\\', "/");
+        for scheme in ["http:", "https:"] {
+            if n.len() > scheme.len() && n[..scheme.len()].eq_ignore_ascii_case(scheme) {
+                let rest = n[scheme.len()..].trim_start_matches('/').to_string();
+                n = format!("{}//{rest}", &n[..scheme.len()]);
+            }
+        }
+        if n.contains('%') {
+            n = String::from_utf8_lossy(&mime::header::percent_decode(n.as_bytes())).into_owned();
+        }
+        let has_scheme = n.split_once(':').is_some_and(|(s, _)| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        });
+        if !has_scheme {
+            n = if n.starts_with("ftp.") {
+                format!("ftp://{n}")
+            } else {
+                format!("http://{n}")
+            };
+        }
+        if let Some(after) = n.find("://").map(|i| i + 3) {
+            if let Some(q) = n[after..].find(['/', '?', '#']).map(|i| after + i) {
+                if n.as_bytes()[q] != b'/' {
+                    n.insert(q, '/');
+                }
+            }
+        }
+        if n != u {
+            push(n, &mut out);
         }
     }
     out
