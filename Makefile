@@ -30,6 +30,8 @@ test-rust:
 
 test-e2e:
 	python3 scripts/mime_parity.py --threshold 0.99 --show 20
+	python3 scripts/rules_parity.py --mxgate $(BIN)/mxgate --sample 60 --min 99.5 --list-limit 30 \
+		$(MXGATE_CORPUS)/ham $(MXGATE_CORPUS)/spam $(MXGATE_CORPUS)/hard_ham
 	python3 -W ignore::ResourceWarning -m unittest discover -s tests/e2e -p 'test_*.py' -v
 
 lint:
@@ -38,6 +40,7 @@ lint:
 
 bench: build
 	cargo bench -p mxgate-core --bench smtp_parser
+	cargo bench -p mxgate-scanners --bench rules
 	$(BIN)/mxgate-bench run relay
 
 fuzz:

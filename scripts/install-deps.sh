@@ -3,7 +3,7 @@
 # Used by `make run` and `make test`; safe to run again.
 set -eu
 PKGS="build-essential pkg-config openssl ca-certificates python3 procps iproute2 time \
-      postfix swaks libnet-ssleay-perl libio-socket-ssl-perl"
+      postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libhyperscan-dev spamassassin"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

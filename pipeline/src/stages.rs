@@ -82,6 +82,11 @@ pub struct Chain {
 }
 
 const LOOP: Reply = Reply::new(554, "5.4.6", "Error: too many hops (mail loop?)");
+const STAGE_FAILED: Reply = Reply::new(
+    451,
+    "4.3.0",
+    "Error: content filter failed, try again later",
+);
 const SPAM: Reply = Reply::new(554, "5.7.1", "Error: message rejected as spam");
 
 impl Chain {
@@ -138,6 +143,25 @@ impl Chain {
         if self.bayes.is_none() && self.rules.is_none() {
             return Verdict::Accept; // nothing below reads the content
         }
+        // The content stages must not panic on any input (fuzzing and the parity runs are
+        // there for that); if one does anyway, the message is not lost and the shard lives on:
+        // the client gets a temporary failure and will retry.
+        let ctx_cell = std::panic::AssertUnwindSafe(&mut *ctx);
+        match std::panic::catch_unwind(move || {
+            let ctx = ctx_cell;
+            self.content(ctx.0)
+        }) {
+            Ok(v) => v,
+            Err(_) => {
+                tracing::error!("a content stage panicked; the message gets 451 4.3.0");
+                ctx.symbols.clear();
+                ctx.add_headers.clear();
+                Verdict::Tempfail(STAGE_FAILED)
+            }
+        }
+    }
+
+    fn content(&self, ctx: &mut Context<'_>) -> Verdict {
         // Phase: filter. The MIME view is built once; header analysis, AV and OCR join the
         // rules here.
         let msg = Message::parse(ctx.body.clone());

@@ -778,6 +778,131 @@ class BayesInTheGateway(unittest.TestCase):
             sink.stop()
 
 
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+def plain_message(subject, body):
+    return (f"From: Alice <alice@e2e.test>\r\nTo: bob@e2e.test\r\nSubject: {subject}\r\n"
+            f"Date: Mon, 2 Jun 2025 10:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@e2e.test>\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n{body}\r\n").encode()
+
+
+def send_raw(port, raw):
+    with smtplib.SMTP("127.0.0.1", port) as s:
+        s.ehlo("x")
+        return s.sendmail("alice@e2e.test", ["bob@e2e.test"], raw)
+
+
+class RulesInTheGateway(unittest.TestCase):
+    """The SpamAssassin ruleset Debian installs, and local rules, in `mxgate scan` and `serve`."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cache = os.path.join(WORK, "rules-cache")
+        cls.local = tempfile.mkdtemp(prefix="rules-local-", dir=WORK)
+        with open(os.path.join(cls.local, "local.cf"), "w") as f:
+            f.write("body LOCAL_TAG_ME /tag me please/i\nscore LOCAL_TAG_ME 6.0\n"
+                    "header LOCAL_SUBJ Subject =~ /^Quarterly report$/\nscore LOCAL_SUBJ -1.5\n"
+                    "meta LOCAL_BOTH LOCAL_TAG_ME && LOCAL_SUBJ\nscore LOCAL_BOTH 0.5\n")
+        cls.gtube = os.path.join(WORK, "gtube.eml")
+        with open(cls.gtube, "wb") as f:
+            f.write(plain_message("test", "This is the GTUBE, the\r\n" + GTUBE + "\r\n"))
+        cls.ham = os.path.join(WORK, "ham-rules.eml")
+        with open(cls.ham, "wb") as f:
+            f.write(plain_message("Quarterly report", "Hi Bob,\r\n\r\nthe figures are attached.\r\n\r\nAlice"))
+        # A first scan compiles the ruleset and fills the cache the gateways below start from.
+        cls.config = os.path.join(WORK, "rules-scan.toml")
+        with open(cls.config, "w") as f:
+            f.write(f'[rules]\ncache_dir = "{cls.cache}"\n')
+        r = subprocess.run([harness.MXGATE, "scan", "--config", cls.config, "--stages", "rules", cls.gtube, cls.ham],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        cls.first_scan = [json.loads(l) for l in r.stdout.splitlines()]
+
+    def test_scan_with_the_debian_ruleset(self):
+        gtube, ham = self.first_scan
+        self.assertEqual(set(gtube) >= {"file", "score", "required", "action", "symbols", "elapsed_us"}, True)
+        self.assertIn("GTUBE", gtube["symbols"])
+        self.assertGreaterEqual(gtube["score"], 1000)
+        self.assertEqual(gtube["action"], "tag")
+        self.assertEqual(gtube["required"], 5.0)
+        self.assertNotIn("GTUBE", ham["symbols"])
+        self.assertLess(ham["score"], 5.0)
+        self.assertEqual(ham["action"], "accept")
+        self.assertAlmostEqual(ham["score"], sum(ham["symbols"].values()), places=2)
+
+    def test_scan_with_local_rules_and_metas(self):
+        tagme = os.path.join(WORK, "tagme.eml")
+        with open(tagme, "wb") as f:
+            f.write(plain_message("Quarterly report", "Please TAG ME PLEASE now."))
+        r = subprocess.run([harness.MXGATE, "scan", "--rules", self.local, "--stages", "rules", "--hits", tagme],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        v = json.loads(r.stdout)
+        self.assertEqual(v["symbols"], {"LOCAL_TAG_ME": 6.0, "LOCAL_SUBJ": -1.5, "LOCAL_BOTH": 0.5})
+        self.assertEqual(v["score"], 5.0)
+        self.assertEqual(v["action"], "tag")
+
+    def test_gateway_rejects_gtube_and_tags_by_rule_score(self):
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, stages="hops,rules",
+                    toml=f'[rules]\ncache_dir = "{self.cache}"\n[scoring]\nreject_score = 20.0\n')
+        try:
+            with self.assertRaises(smtplib.SMTPDataError) as cm:
+                send_raw(mx.port, plain_message("test", GTUBE))
+            self.assertEqual(cm.exception.smtp_code, 554)
+            self.assertIn(b"5.7.1", cm.exception.smtp_error)
+            self.assertEqual(send_raw(mx.port, plain_message("Lunch", "Shall we meet at noon?")), {})
+            sink.wait_messages(1)
+            (_, body), = sink.messages()[-1:]
+            self.assertIn(b"X-Spam-Score: ", body)
+            self.assertRegex(body, rb"X-Spam-Status: No, score=-?\d+\.\d required=5\.0 tests=")
+            self.assertNotIn(b"X-Spam-Flag", body)
+            self.assertIn(b"Shall we meet at noon?", body)
+        finally:
+            mx.stop()
+        mx = Mxgate(WORK, sink.port, stages="hops,rules",
+                    toml=f'[rules]\npaths = ["{self.local}"]\ncache_dir = "{self.cache}"\n')
+        try:
+            send_raw(mx.port, plain_message("Hello", "Could you tag me please?"))
+            sink.wait_messages(2)
+            (_, body), = sink.messages()[-1:]
+            self.assertIn(b"X-Spam-Flag: YES\r\n", body)
+            self.assertIn(b"X-Spam-Score: 6.0\r\n", body)
+            self.assertIn(b"X-Spam-Status: Yes, score=6.0 required=5.0 tests=LOCAL_TAG_ME\r\n", body)
+        finally:
+            mx.stop()
+            sink.stop()
+
+    def test_lint_names_file_line_and_rule(self):
+        bad = tempfile.mkdtemp(prefix="rules-bad-", dir=WORK)
+        with open(os.path.join(bad, "bad.cf"), "w") as f:
+            f.write("body GOOD /fine/\nbody BROKEN /unclosed\nmeta HALF GOOD &&\nheader NOOP Subject ~~ /x/\n")
+        r = subprocess.run([harness.MXGATE, "rules", "lint", "--rules", bad], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("bad.cf:2: rule BROKEN: regex not closed", r.stdout)
+        self.assertIn("bad.cf:3: rule HALF: bad meta expression", r.stdout)
+        self.assertIn("bad.cf:4: rule NOOP: expected `=~` or `!~`", r.stdout)
+        self.assertIn("3 errors", r.stdout)
+        r = subprocess.run([harness.MXGATE, "rules", "lint", "--rules", self.local], capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout)
+
+    def test_stats_on_the_debian_ruleset(self):
+        r = subprocess.run([harness.MXGATE, "rules", "stats", "--json"], capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        v = json.loads(r.stdout)
+        t = v["by_type"]
+        self.assertGreater(t["body"], 500)
+        self.assertGreater(t["header"], 600)
+        self.assertGreater(t["meta"], 800)
+        regex = sum(t.get(k, 0) for k in ("body", "header", "rawbody", "uri", "full", "mimeheader"))
+        self.assertLessEqual(v["hyperscan"] + v["prefilter_confirm"] + v["pcre_only"], regex)
+        self.assertGreater(v["prefilter_confirm"], 100)
+        self.assertGreater(v["eval_not_implemented"], 100)
+        self.assertTrue(any(e["function"] == "check_rbl" for e in v["eval_functions"]))
+
+
 class BayesTools(unittest.TestCase):
     def test_silent_until_enough_learned_and_moves_between_classes(self):
         db = tempfile.mkdtemp(prefix="bayes-tools-", dir=WORK)

@@ -343,7 +343,10 @@ pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
         }
         let mut n = u.replace('\\', "/");
         for scheme in ["http:", "https:"] {
-            if n.len() > scheme.len() && n[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            if n.len() > scheme.len()
+                && n.get(..scheme.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+            {
                 let rest = n[scheme.len()..].trim_start_matches('/').to_string();
                 n = format!("{}//{rest}", &n[..scheme.len()]);
             }

@@ -1,0 +1,187 @@
+//! Rule-engine speed on one core: the whole SpamAssassin ruleset (Debian's package, as
+//! installed) over the corpus held in memory (MIME parse + every view + every scan + metas),
+//! a 1 MB message through every rule, and the cold compile / warm load of the ruleset.
+//!
+//! Besides criterion's figures it prints per-message p50/p99 and MB/s (criterion reports means).
+//! `MXGATE_RULES` overrides the rule folders (colon-separated).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mxgate_core::mime::Message;
+use mxgate_scanners::rules::{load_paths, Engine, Envelope, Layout, Options};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc; // as in the mxgate binary
+
+fn rule_paths() -> Vec<PathBuf> {
+    std::env::var("MXGATE_RULES")
+        .unwrap_or_else(|_| "/usr/share/spamassassin:/etc/spamassassin".into())
+        .split(':')
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn corpus() -> Vec<Bytes> {
+    let root = std::env::var("MXGATE_CORPUS")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus").to_owned());
+    let mut out = Vec::new();
+    for folder in ["ham", "hard_ham", "spam"] {
+        let dir = std::path::Path::new(&root).join(folder);
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for n in names {
+            out.push(Bytes::from(std::fs::read(n).unwrap()));
+        }
+    }
+    out
+}
+
+/// A 1 MB message: a multipart with plain text, HTML and a base64 attachment, text that looks
+/// like mail (so rules have something to chew on).
+fn big_message() -> Bytes {
+    let para = "Dear friend, we are pleased to inform you that you have won $1,000,000 in our \
+                international lottery. Click here http://example.com/claim?id=12345 to claim \
+                your prize now! This is not spam. Unsubscribe at http://example.org/u.\n";
+    let mut m = String::from(
+        "From: Lottery <winner@example.com>\nTo: you@example.net\nSubject: You have WON!!!\n\
+         Date: Mon, 2 Jun 2025 10:00:00 +0000\nMessage-ID: <abc@example.com>\nMIME-Version: 1.0\n\
+         Content-Type: multipart/mixed; boundary=\"b1\"\n\n--b1\nContent-Type: text/plain\n\n",
+    );
+    while m.len() < 400_000 {
+        m.push_str(para);
+        m.push('\n');
+    }
+    m.push_str("--b1\nContent-Type: text/html\n\n<html><body>");
+    while m.len() < 800_000 {
+        m.push_str("<p><font color=red>");
+        m.push_str(para);
+        m.push_str("</font><a href=\"http://example.com/x\">click</a></p>\n");
+    }
+    m.push_str("</body></html>\n--b1\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\n");
+    while m.len() < 1_000_000 {
+        m.push_str(
+            "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\n",
+        );
+    }
+    m.push_str("--b1--\n");
+    Bytes::from(m)
+}
+
+fn engine(layout: Layout, cache: Option<PathBuf>) -> (Engine, Duration) {
+    let t = Instant::now();
+    let e = Engine::build(
+        load_paths(&rule_paths()),
+        &Options {
+            layout,
+            cache_dir: cache,
+            score_set: 0,
+        },
+    )
+    .expect("rules compile");
+    (e, t.elapsed())
+}
+
+fn percentiles(e: &Engine, msgs: &[Bytes]) {
+    let mut s = e.scratch();
+    let env = Envelope::default();
+    let mut times = Vec::with_capacity(msgs.len());
+    let mut bytes = 0usize;
+    let started = Instant::now();
+    for raw in msgs {
+        let t = Instant::now();
+        let m = Message::parse(raw.clone());
+        std::hint::black_box(e.scan(&m, &env, &mut s));
+        times.push(t.elapsed());
+        bytes += raw.len();
+    }
+    let total = started.elapsed();
+    times.sort();
+    let p = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+    println!(
+        "rules/corpus: {} messages, mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs, {:.1} MB/s",
+        msgs.len(),
+        total.as_secs_f64() * 1e6 / msgs.len() as f64,
+        p(0.5).as_secs_f64() * 1e6,
+        p(0.99).as_secs_f64() * 1e6,
+        times.last().map_or(0.0, |d| d.as_secs_f64() * 1e6),
+        bytes as f64 / total.as_secs_f64() / 1e6
+    );
+}
+
+fn benches(c: &mut Criterion) {
+    let cache = std::env::temp_dir().join("mxgate-rules-bench-cache");
+    let _ = std::fs::remove_dir_all(&cache);
+    let (_, cold) = engine(Layout::PerScope, Some(cache.clone()));
+    let (e, warm) = engine(Layout::PerScope, Some(cache.clone()));
+    println!(
+        "rules/build: cold compile {:.2} s, warm start {:.0} ms (database load {:.1} ms), {} databases",
+        cold.as_secs_f64(),
+        warm.as_secs_f64() * 1e3,
+        e.stats.cache_load.as_secs_f64() * 1e3,
+        e.stats.databases
+    );
+    let msgs = corpus();
+    percentiles(&e, &msgs);
+    let bytes: usize = msgs.iter().map(Bytes::len).sum();
+    let env = Envelope::default();
+    let mut g = c.benchmark_group("rules");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes(bytes as u64));
+    g.bench_function("corpus_per_scope", |b| {
+        let mut s = e.scratch();
+        b.iter(|| {
+            let mut hits = 0;
+            for raw in &msgs {
+                hits += e
+                    .scan(&Message::parse(raw.clone()), &env, &mut s)
+                    .hits
+                    .len();
+            }
+            hits
+        })
+    });
+    let big = big_message();
+    g.throughput(Throughput::Bytes(big.len() as u64));
+    g.bench_function("one_mb_message", |b| {
+        let mut s = e.scratch();
+        b.iter(|| {
+            e.scan(&Message::parse(big.clone()), &env, &mut s)
+                .hits
+                .len()
+        })
+    });
+    if std::env::var_os("MXGATE_BENCH_SINGLE").is_some() {
+        let single_cache = std::env::temp_dir().join("mxgate-rules-bench-cache-single");
+        let (es, t) = engine(Layout::Single, Some(single_cache));
+        println!(
+            "rules/build single layout: {:.2} s (cache hit: {})",
+            t.as_secs_f64(),
+            es.stats.cache_hit
+        );
+        percentiles(&es, &msgs);
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.bench_function("corpus_single", |b| {
+            let mut s = es.scratch();
+            b.iter(|| {
+                let mut hits = 0;
+                for raw in &msgs {
+                    hits += es
+                        .scan(&Message::parse(raw.clone()), &env, &mut s)
+                        .hits
+                        .len();
+                }
+                hits
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(rules, benches);
+criterion_main!(rules);
