@@ -339,22 +339,6 @@ pub fn scan(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mbox_files_split_at_from_lines() {
-        let mbox = b"From a@b Mon Jan 1 00:00:00 2024\nSubject: one\n\nbody\nFrom the text, not a separator\n\nFrom c@d Tue Jan 2 00:00:00 2024\nSubject: two\n\nbody two\n";
-        let parts = split_mbox(mbox);
-        assert_eq!(parts.len(), 2);
-        assert!(parts[0].ends_with(b"From the text, not a separator\n\n"));
-        assert!(parts[1].starts_with(b"From c@d"));
-        // a plain message is one message
-        assert_eq!(split_mbox(b"Subject: x\n\nFrom here on\n").len(), 1);
-    }
-}
-
 /// `mxgate rules lint`: loads the rules, compiles them, and lists every problem (file, line,
 /// rule). Returns whether there were errors (warnings, such as a meta naming a rule of a
 /// plugin that is not loaded, do not count).
@@ -479,4 +463,20 @@ pub fn rules_stats(paths: &[PathBuf], layout: &str, json: bool) -> anyhow::Resul
         println!("  {f} ({n})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mbox_files_split_at_from_lines() {
+        let mbox = b"From a@b Mon Jan 1 00:00:00 2024\nSubject: one\n\nbody\nFrom the text, not a separator\n\nFrom c@d Tue Jan 2 00:00:00 2024\nSubject: two\n\nbody two\n";
+        let parts = split_mbox(mbox);
+        assert_eq!(parts.len(), 2);
+        assert!(parts[0].ends_with(b"From the text, not a separator\n\n"));
+        assert!(parts[1].starts_with(b"From c@d"));
+        // a plain message is one message
+        assert_eq!(split_mbox(b"Subject: x\n\nFrom here on\n").len(), 1);
+    }
 }

@@ -126,6 +126,9 @@ struct Compiled {
     /// What Hyperscan compiles: the expression, or its widened superset (then a prefilter).
     hs_expr: Option<String>,
     pcre: OnceLock<Option<Matcher>>,
+    /// Whether the pattern matches the `if-unset` text (or the empty string): the value a
+    /// header rule takes when its header is missing, the same for every message.
+    unset_match: OnceLock<bool>,
 }
 
 impl Compiled {
@@ -312,6 +315,7 @@ impl Engine {
                 translated,
                 hs_expr: None,
                 pcre: OnceLock::new(),
+                unset_match: OnceLock::new(),
             });
         }
         let mut stats = BuildStats::default();
@@ -329,7 +333,14 @@ impl Engine {
         // Cache key: everything that decides the databases.
         let mut h = Sha256::new();
         h.update(CACHE_MAGIC);
-        h.update(format!("{:?}", opts.layout));
+        // The grouping and widening choices shape the databases too.
+        h.update(format!(
+            "{:?} chunk={PREFILTER_CHUNK} widen={} group={} big={}",
+            opts.layout,
+            super::regex::WIDEN_ABOVE,
+            super::regex::BIG_GROUP,
+            super::regex::BIG_PATTERN
+        ));
         h.update(hyperscan::version_str().to_bytes());
         for (r, c) in set.rules.iter().zip(&rules) {
             if let (Some(t), Some(i), Mode::Hyperscan) = (&c.translated, c.input, c.mode) {
@@ -687,10 +698,10 @@ impl Engine {
                     Some(_) => matched[slot],
                     // Missing: SpamAssassin matches the `if-unset` text, else an undefined value
                     // (the empty string).
-                    None => {
+                    None => *c.unset_match.get_or_init(|| {
                         let d = t.if_unset.as_deref().unwrap_or("");
                         c.pcre().is_some_and(|re| re.is_match(d.as_bytes()))
-                    }
+                    }),
                 };
                 m != t.negate
             };
@@ -883,7 +894,7 @@ fn compile_groups(
     order.sort_by_key(|&g| std::cmp::Reverse(members[g].len()));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let rules_ro: &[Compiled] = rules;
-    let results: Vec<(usize, Result<BlockDatabase, (usize, String)>)> = std::thread::scope(|s| {
+    let results: Vec<(usize, Compiled1)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads.min(order.len()).max(1))
             .map(|_| {
                 let order = &order;
@@ -966,6 +977,9 @@ fn demote(set: &RuleSet, rules: &mut [Compiled], rule: usize, why: String, stats
     };
     stats.demoted.push((set.rules[rule].name.clone(), why));
 }
+
+/// A compiled group, or the rule whose pattern failed (`usize::MAX`: none in particular) and why.
+type Compiled1 = Result<BlockDatabase, (usize, String)>;
 
 /// Compiles one group; on failure, the rule whose pattern failed (or `usize::MAX`).
 fn compile_one(
@@ -1164,7 +1178,7 @@ pub fn header_value(h: &Headers, request: &str, env_from: Option<&str>) -> Optio
                     .find_map(|n| {
                         h.values(n, true)
                             .next()
-                            .and_then(|v| first_address(v))
+                            .and_then(first_address)
                             .map(|a| format!("{a}\n").into_bytes())
                     })
             });

@@ -1206,12 +1206,8 @@ fn split_regex(s: &str) -> Result<(Regex, &str), String> {
                 if let Some(bad) = flags.chars().find(|c| !"imsxog".contains(*c)) {
                     return Err(format!("unsupported regex modifier `{bad}`"));
                 }
-                // A `/` delimiter escaped inside the pattern is a literal slash in Perl.
-                let pattern = if open == '/' {
-                    pattern.to_string()
-                } else {
-                    pattern.to_string()
-                };
+                // An escaped delimiter (`\\/`) stays escaped: both engines read it as the literal.
+                let pattern = pattern.to_string();
                 return Ok((
                     Regex {
                         pattern,

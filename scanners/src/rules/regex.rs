@@ -256,8 +256,84 @@ impl Matcher {
     }
 }
 
-/// Builds the confirming matcher (byte mode).
+/// Patterns longer than this confirm with Rust's `regex` when it can express them: the
+/// ruleset's big replace-tag patterns backtrack heavily in PCRE2, while `regex` matches in
+/// linear time.
+pub const BIG_PATTERN: usize = 1000;
+
+/// The pattern as Rust's `regex` reads it, when the spelling can be kept: Perl's `$` (without
+/// `/m`: at the end or before a final newline) becomes `(?:\n?\z)`, the same for deciding
+/// whether a text matches. `None` for constructs whose meaning differs (`&&`, `--`, `~~` are set
+/// operations inside `regex` classes; a `[` inside a class opens a nested one).
+fn for_rust_regex(t: &Translated) -> Option<String> {
+    let b = t.expr.as_bytes();
+    let mut out = String::with_capacity(t.expr.len() + 16);
+    let mut i = 0;
+    let mut in_class = false;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\\' {
+            let end = (i + 2).min(b.len());
+            out.push_str(&t.expr[i..end]);
+            i = end;
+            continue;
+        }
+        if in_class {
+            if c == b']' {
+                in_class = false;
+            } else if c == b'['
+                || b[i..].starts_with(b"&&")
+                || b[i..].starts_with(b"--")
+                || b[i..].starts_with(b"~~")
+            {
+                return None;
+            }
+            out.push(c as char);
+            i += 1;
+            continue;
+        }
+        match c {
+            b'[' => {
+                in_class = true;
+                out.push('[');
+                i += 1;
+                if b.get(i) == Some(&b'^') {
+                    out.push('^');
+                    i += 1;
+                }
+                if b.get(i) == Some(&b']') {
+                    out.push_str("\\]");
+                    i += 1;
+                }
+                continue;
+            }
+            b'$' if !t.multiline => out.push_str("(?:\n?\\z)"),
+            _ => out.push(c as char),
+        }
+        i += 1;
+    }
+    Some(out)
+}
+
+fn rust_regex(expr: &str, t: &Translated) -> Result<regex::bytes::Regex, regex::Error> {
+    regex::bytes::RegexBuilder::new(expr)
+        .unicode(false)
+        .case_insensitive(t.caseless)
+        .multi_line(t.multiline)
+        .dot_matches_new_line(t.dotall)
+        .size_limit(1 << 30)
+        .dfa_size_limit(1 << 26)
+        .build()
+}
+
+/// Builds the confirming matcher (byte mode): PCRE2, except for big patterns `regex` can take,
+/// and for patterns too large for PCRE2.
 pub fn pcre(t: &Translated) -> Result<Matcher, String> {
+    if t.expr.len() > BIG_PATTERN {
+        if let Some(Ok(r)) = for_rust_regex(t).map(|e| rust_regex(&e, t)) {
+            return Ok(Matcher::Rust(r));
+        }
+    }
     let mut b = pcre2::bytes::RegexBuilder::new();
     b.caseless(t.caseless)
         .multi_line(t.multiline)
@@ -265,20 +341,15 @@ pub fn pcre(t: &Translated) -> Result<Matcher, String> {
         .jit_if_available(true);
     match b.build(&t.expr) {
         Ok(r) => Ok(Matcher::Pcre(r)),
-        Err(e) => regex::bytes::RegexBuilder::new(&t.expr)
-            .unicode(false)
-            .case_insensitive(t.caseless)
-            .multi_line(t.multiline)
-            .dot_matches_new_line(t.dotall)
-            .size_limit(1 << 30)
-            .dfa_size_limit(1 << 26)
-            .build()
-            .map(Matcher::Rust)
-            .map_err(|e2| {
-                format!(
-                    "PCRE2: {e}; regex: {}",
-                    e2.to_string().lines().last().unwrap_or("")
-                )
+        Err(e) => for_rust_regex(t)
+            .ok_or_else(|| format!("PCRE2: {e}; regex: set operations in a class"))
+            .and_then(|x| {
+                rust_regex(&x, t).map(Matcher::Rust).map_err(|e2| {
+                    format!(
+                        "PCRE2: {e}; regex: {}",
+                        e2.to_string().lines().last().unwrap_or("")
+                    )
+                })
             }),
     }
 }
@@ -306,6 +377,18 @@ mod tests {
         assert_eq!(
             widen_repeats(&big),
             Some(format!("(?:{})+(a){{2}}", "x|".repeat(150)))
+        );
+    }
+
+    #[test]
+    fn rust_regex_keeps_perl_dollar() {
+        let t = translate("^ab$", "");
+        let m = rust_regex(&for_rust_regex(&t).unwrap(), &t).unwrap();
+        assert!(m.is_match(b"ab\n") && m.is_match(b"ab") && !m.is_match(b"ab\nc"));
+        assert!(for_rust_regex(&translate("[a&&b]", "")).is_none());
+        assert_eq!(
+            for_rust_regex(&translate("[]a]\\$", "")).unwrap(),
+            "[\\]a]\\$"
         );
     }
 

@@ -38,9 +38,10 @@ pub fn render(html: &str) -> String {
         }
         flush_text(&html[text_start..i], &mut pieces);
         if b[i..].starts_with(b"<!--") {
+            // A comment never closed by `-->` ends at the next `>`, as HTML::Parser has it.
             i = match memchr::memmem::find(&b[i + 4..], b"-->") {
                 Some(e) => i + 4 + e + 3,
-                None => b.len(),
+                None => memchr::memchr(b'>', &b[i + 4..]).map_or(b.len(), |e| i + 4 + e + 1),
             };
             text_start = i;
             continue;
@@ -197,5 +198,6 @@ mod tests {
         );
         assert_eq!(render("a&amp;b&nbsp;c <td>d"), "a&b c d");
         assert_eq!(render("1 < 2 <a href='x>y'>link</a>"), "1 < 2 link");
+        assert_eq!(render("a <!--#rotate>b"), "a b");
     }
 }

@@ -321,7 +321,7 @@ pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
         }
     }
     let mut out: Vec<Vec<u8>> = Vec::new();
-    let mut push = |u: String, out: &mut Vec<Vec<u8>>| {
+    let push = |u: String, out: &mut Vec<Vec<u8>>| {
         let v = u.into_bytes();
         if !out.contains(&v) {
             out.push(v);
