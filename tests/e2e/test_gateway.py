@@ -823,7 +823,7 @@ class RulesInTheGateway(unittest.TestCase):
         gtube, ham = self.first_scan
         self.assertEqual(set(gtube) >= {"file", "score", "required", "action", "symbols", "elapsed_us"}, True)
         self.assertIn("GTUBE", gtube["symbols"])
-        self.assertGreaterEqual(gtube["score"], 1000)
+        self.assertGreater(gtube["score"], 990)  # GTUBE scores 1000; other rules add or take a little
         self.assertEqual(gtube["action"], "tag")
         self.assertEqual(gtube["required"], 5.0)
         self.assertNotIn("GTUBE", ham["symbols"])
