@@ -120,7 +120,7 @@ pub fn body_lines(msg: &Message, subject: Option<&[u8]>) -> Vec<Vec<u8>> {
             text.push('\n');
         }
         let rendered = match sa_type(&p.content_type) {
-            "text/plain" => msg.text(p.id).map(Cow::into_owned),
+            "text/plain" => msg.text(p.id).map(|t| t.replace("\r\n", "\n")),
             "text/html" => msg
                 .text(p.id)
                 .filter(|h| !h.is_empty())
@@ -235,7 +235,10 @@ pub fn rawbody_chunks(msg: &Message) -> Vec<Vec<u8>> {
             continue;
         }
         let Some(d) = msg.decoded(p.id) else { continue };
-        let mut d: &[u8] = d;
+        // `Node::decode` turns CRLF into LF in decoded text (the message itself was read with
+        // LF line ends).
+        let d = crlf_to_lf(d);
+        let mut d: &[u8] = &d;
         if d.len() > RAWBODY_PART_SCAN_SIZE {
             let s = RAWBODY_PART_SCAN_SIZE;
             let cut = [b'\n', b'>', b' ']
@@ -251,6 +254,23 @@ pub fn rawbody_chunks(msg: &Message) -> Vec<Vec<u8>> {
         split_short_paragraphs(d, &mut out);
     }
     out
+}
+
+fn crlf_to_lf(d: &[u8]) -> Cow<'_, [u8]> {
+    if memchr::memmem::find(d, b"\r\n").is_none() {
+        return Cow::Borrowed(d);
+    }
+    let mut v = Vec::with_capacity(d.len());
+    let mut i = 0;
+    while i < d.len() {
+        if d[i] == b'\r' && d.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        v.push(d[i]);
+        i += 1;
+    }
+    Cow::Owned(v)
 }
 
 /// `split_into_array_of_short_paragraphs`.
