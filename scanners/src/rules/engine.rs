@@ -383,29 +383,6 @@ impl Engine {
             None => {
                 let t = Instant::now();
                 classify(&set, &mut rules);
-                if std::env::var("MXGATE_RULES_DEBUG").is_ok_and(|v| v == "2") {
-                    for (i, c) in rules.iter().enumerate() {
-                        if !matches!(c.mode, Mode::Hyperscan | Mode::Prefilter) {
-                            continue;
-                        }
-                        let t0 = Instant::now();
-                        let r = compile_one(&[i], &rules, platform().as_deref());
-                        let el = t0.elapsed();
-                        if el > Duration::from_millis(150) || r.is_err() {
-                            eprintln!(
-                                "single {} {:?} {:?} ok={} len={}",
-                                set.rules[i].name,
-                                c.mode,
-                                el,
-                                r.is_ok(),
-                                c.translated.as_ref().map_or(0, |t| t.expr.len())
-                            );
-                        }
-                    }
-                }
-                if std::env::var_os("MXGATE_RULES_DEBUG").is_some() {
-                    eprintln!("classify: {:?}", t.elapsed());
-                }
                 let g = compile_groups(&set, &mut rules, &inputs, opts.layout, &mut stats)?;
                 stats.compile = t.elapsed();
                 if let Some(f) = &cache_file {
@@ -911,17 +888,7 @@ fn compile_groups(
                     loop {
                         let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(&g) = order.get(n) else { break };
-                        let t = Instant::now();
                         let r = compile_one(&members[g], rules_ro, plat.map(|p| &**p));
-                        if std::env::var_os("MXGATE_RULES_DEBUG").is_some() {
-                            let k = rules_ro[members[g][0]].input.unwrap_or(0);
-                            eprintln!(
-                                "group {g} ({:?}): {} patterns, {:?}",
-                                inputs.get(k),
-                                members[g].len(),
-                                t.elapsed()
-                            );
-                        }
                         out.push((g, r));
                     }
                     out
@@ -951,11 +918,7 @@ fn compile_groups(
             if members[g].is_empty() {
                 break;
             }
-            let t0 = Instant::now();
             let r = compile_one(&members[g], rules, plat.as_deref());
-            if std::env::var_os("MXGATE_RULES_DEBUG").is_some() {
-                eprintln!("retry group {g}: {:?}", t0.elapsed());
-            }
             match r {
                 Ok(db) => {
                     dbs[g] = Some(db);

@@ -120,9 +120,8 @@ pub fn body_lines(msg: &Message, subject: Option<&[u8]>) -> Vec<Vec<u8>> {
             text.push('\n');
         }
         let rendered = match sa_type(&p.content_type) {
-            "text/plain" => msg.text(p.id).map(|t| t.replace("\r\n", "\n")),
-            "text/html" => msg
-                .text(p.id)
+            "text/plain" => part_text(msg, p),
+            "text/html" => part_text(msg, p)
                 .filter(|h| !h.is_empty())
                 .map(|h| super::sa_html::render(&h)),
             _ => None,
@@ -234,10 +233,9 @@ pub fn rawbody_chunks(msg: &Message) -> Vec<Vec<u8>> {
         if !(t.starts_with("text/") || t.starts_with("message/")) || t == "text/calendar" {
             continue;
         }
-        let Some(d) = msg.decoded(p.id) else { continue };
-        // `Node::decode` turns CRLF into LF in decoded text (the message itself was read with
-        // LF line ends).
-        let d = crlf_to_lf(d);
+        let Some(d) = sa_decoded(msg, p) else {
+            continue;
+        };
         let mut d: &[u8] = &d;
         if d.len() > RAWBODY_PART_SCAN_SIZE {
             let s = RAWBODY_PART_SCAN_SIZE;
@@ -252,6 +250,66 @@ pub fn rawbody_chunks(msg: &Message) -> Vec<Vec<u8>> {
             d = &d[..cut];
         }
         split_short_paragraphs(d, &mut out);
+    }
+    out
+}
+
+/// A part's content as `Node::decode` gives it: quoted-printable decoded SpamAssassin's way
+/// (trailing blanks dropped before decoding, as RFC 2045 asks), CRLF made LF.
+fn sa_decoded<'a>(msg: &'a Message, p: &mime::Part) -> Option<Cow<'a, [u8]>> {
+    if p.encoding == mime::Encoding::QuotedPrintable {
+        let raw = &msg.raw[p.body.start as usize..p.body.end as usize];
+        return Some(Cow::Owned(qp_decode(raw)));
+    }
+    msg.decoded(p.id).map(|d| crlf_to_lf(d))
+}
+
+/// The text of a text part, charset-converted, from [`sa_decoded`].
+fn part_text(msg: &Message, p: &mime::Part) -> Option<String> {
+    let d = sa_decoded(msg, p)?;
+    Some(mime::decode::to_utf8(&d, p.charset.as_deref()).into_owned())
+}
+
+/// `Util::qp_decode`: `s/[ \t]+(?=\r?\n)//g; s/=\r?\n//g; s/=([0-9a-fA-F]{2})/chr(hex($1))/ge`.
+fn qp_decode(s: &[u8]) -> Vec<u8> {
+    // Line by line: trailing blanks go, a final `=` joins the next line.
+    let mut out = Vec::with_capacity(s.len());
+    for line in s.split_inclusive(|&b| b == b'\n') {
+        let (body, nl) = match line.strip_suffix(b"\n") {
+            Some(b) => (b.strip_suffix(b"\r").unwrap_or(b), true),
+            None => (line, false),
+        };
+        let trimmed = if nl {
+            let end = body
+                .iter()
+                .rposition(|&b| b != b' ' && b != b'\t')
+                .map_or(0, |e| e + 1);
+            &body[..end]
+        } else {
+            body
+        };
+        let (content, soft) = match trimmed.strip_suffix(b"=") {
+            Some(c) if nl => (c, true),
+            _ => (trimmed, false),
+        };
+        let mut i = 0;
+        while i < content.len() {
+            if content[i] == b'=' {
+                if let (Some(h), Some(l)) = (
+                    content.get(i + 1).and_then(|&c| mime::header::hex(c)),
+                    content.get(i + 2).and_then(|&c| mime::header::hex(c)),
+                ) {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(content[i]);
+            i += 1;
+        }
+        if nl && !soft {
+            out.push(b'\n');
+        }
     }
     out
 }
@@ -422,6 +480,12 @@ mod tests {
             "a b c\nd \n e"
         );
         assert_eq!(collapse_whitespace("x\ty"), "x y");
+    }
+
+    #[test]
+    fn quoted_printable_as_spamassassin_decodes_it() {
+        assert_eq!(qp_decode(b"a=20b  \nc=\nd=3D\r\ne=4"), b"a b\ncd=\ne=4");
+        assert_eq!(qp_decode(b"Inquiry \n      x"), b"Inquiry\n      x");
     }
 
     #[test]
