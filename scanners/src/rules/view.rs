@@ -29,6 +29,8 @@ pub const RAWBODY_PART_SCAN_SIZE: usize = 500_000;
 pub struct Headers {
     /// (name as written, decoded value with "\n", raw value after the colon with "\n").
     pub fields: Vec<(String, Vec<u8>, Vec<u8>)>,
+    /// Lower-case name → indices into `fields` (rules ask for some 150 names per message).
+    index: std::collections::HashMap<String, Vec<usize>>,
 }
 
 impl Headers {
@@ -52,16 +54,33 @@ impl Headers {
                 let dec = decode_value(&name, &rawv);
                 (name, dec, rawv)
             })
-            .collect();
-        Headers { fields }
+            .collect::<Vec<_>>();
+        let mut index: std::collections::HashMap<String, Vec<usize>> =
+            std::collections::HashMap::with_capacity(fields.len());
+        for (i, f) in fields.iter().enumerate() {
+            index.entry(f.0.to_ascii_lowercase()).or_default().push(i);
+        }
+        Headers { fields, index }
     }
 
     /// Values of every field named `name` (case-insensitive), decoded or raw.
     pub fn values<'a>(&'a self, name: &'a str, raw: bool) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.fields
-            .iter()
-            .filter(move |f| f.0.eq_ignore_ascii_case(name))
-            .map(move |f| if raw { &f.2[..] } else { &f.1[..] })
+        let ids: &[usize] = match self.index.get(name) {
+            Some(v) => v,
+            None if name.bytes().any(|b| b.is_ascii_uppercase()) => self
+                .index
+                .get(&name.to_ascii_lowercase())
+                .map_or(&[], Vec::as_slice),
+            None => &[],
+        };
+        ids.iter().map(move |&i| {
+            let f = &self.fields[i];
+            if raw {
+                &f.2[..]
+            } else {
+                &f.1[..]
+            }
+        })
     }
 }
 
