@@ -237,12 +237,31 @@ impl Default for Rules {
 pub struct Bayes {
     /// Folder of the model (`mxgate bayes learn --db`); read at start and on reload.
     pub db: String,
+    /// Learn from the gateway's own verdicts as SpamAssassin does (with the rules stage on):
+    /// spam when the score without Bayes reaches `autolearn_spam` with 3 header and 3 body
+    /// points, ham below `autolearn_ham`.
+    pub autolearn: bool,
+    /// SpamAssassin's `bayes_auto_learn_threshold_spam`.
+    pub autolearn_spam: f64,
+    /// SpamAssassin's `bayes_auto_learn_threshold_nonspam`.
+    pub autolearn_ham: f64,
+    /// At most this many messages learned per minute (a burst of one campaign must not swamp
+    /// the model); the rest are skipped.
+    pub autolearn_per_minute: u32,
+    /// Learned messages are written to the model file and used for classifying every this
+    /// many seconds.
+    pub autolearn_flush_secs: u64,
 }
 
 impl Default for Bayes {
     fn default() -> Self {
         Bayes {
             db: "/var/lib/mxgate/bayes".into(),
+            autolearn: true,
+            autolearn_spam: 12.0,
+            autolearn_ham: 0.1,
+            autolearn_per_minute: 120,
+            autolearn_flush_secs: 30,
         }
     }
 }

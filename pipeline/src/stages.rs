@@ -19,6 +19,8 @@ use mxgate_core::mime::Message;
 use mxgate_core::smtp::{Envelope, Reply};
 use mxgate_scanners::{bayes, rules};
 
+use crate::learner::Learner;
+
 /// What the stages found about one message.
 pub struct Context<'a> {
     /// The envelope.
@@ -34,6 +36,10 @@ pub struct Context<'a> {
     /// Every rule that hit (sub-rules included) with its hit count, by index into the
     /// engine's ruleset, when the rules stage ran.
     pub rule_hits: Vec<(usize, u32)>,
+    /// What autolearning decided: learn as spam, as ham, or not at all.
+    pub autolearn: Option<bool>,
+    /// The strongest Bayes tokens with their probabilities (`mxgate scan` only).
+    pub bayes_tokens: Vec<(String, f64)>,
     /// The Bayes probability, when the Bayes stage spoke.
     pub bayes: Option<f64>,
     /// The score (sum of the symbols' scores), once the post-filter ran.
@@ -50,6 +56,8 @@ impl<'a> Context<'a> {
             symbols: Vec::new(),
             add_headers: String::new(),
             rule_hits: Vec::new(),
+            autolearn: None,
+            bayes_tokens: Vec::new(),
             bayes: None,
             score: 0.0,
         }
@@ -74,11 +82,33 @@ pub struct Chain {
     max_hops: Option<usize>,
     /// `rules`: the compiled ruleset, when that stage is on.
     rules: Option<Arc<rules::Engine>>,
-    /// `bayes`: the model, when that stage is on.
-    bayes: Option<Arc<bayes::Model>>,
+    /// `bayes`: the model (behind the learner when autolearning), when that stage is on.
+    bayes: Option<BayesModel>,
+    /// Autolearn thresholds, when autolearning is on.
+    autolearn: Option<rules::AutolearnThresholds>,
+    /// Keep the text of the strongest Bayes tokens (`mxgate scan`).
+    explain: bool,
     /// Classifier settings.
     bayes_params: bayes::Params,
     scoring: Scoring,
+}
+
+/// The model the Bayes stage classifies with.
+#[derive(Clone)]
+enum BayesModel {
+    /// Read at start, never changed.
+    Fixed(Arc<bayes::Model>),
+    /// Kept by the learner thread, republished after each flush.
+    Learning(Learner),
+}
+
+impl BayesModel {
+    fn current(&self) -> Arc<bayes::Model> {
+        match self {
+            BayesModel::Fixed(m) => Arc::clone(m),
+            BayesModel::Learning(l) => l.model(),
+        }
+    }
 }
 
 const LOOP: Reply = Reply::new(554, "5.4.6", "Error: too many hops (mail loop?)");
@@ -93,6 +123,18 @@ impl Chain {
     /// Builds the chain from the configuration (already validated); loads the Bayes model when
     /// that stage is on.
     pub fn new(cfg: &Config) -> anyhow::Result<Chain> {
+        Chain::build(cfg, true)
+    }
+
+    /// The chain for `mxgate scan`: the same stages, no learning (a scan only reports what
+    /// autolearning would do), and the strongest Bayes tokens kept with their text.
+    pub fn for_scan(cfg: &Config) -> anyhow::Result<Chain> {
+        let mut c = Chain::build(cfg, false)?;
+        c.explain = true;
+        Ok(c)
+    }
+
+    fn build(cfg: &Config, learn: bool) -> anyhow::Result<Chain> {
         let stages: &Stages = &cfg.stages;
         let on = |name: &str| stages.enabled.iter().any(|s| s == name);
         let bayes = if on("bayes") {
@@ -102,10 +144,29 @@ impl Chain {
             if model.nspam < p.min_spam || model.nham < p.min_ham {
                 tracing::warn!(model = %path.display(), spam = model.nspam, ham = model.nham, "bayes: not enough learned yet; the stage stays silent");
             }
-            Some(Arc::new(model))
+            Some(model)
         } else {
             None
         };
+        let autolearn = (cfg.bayes.autolearn && on("rules") && bayes.is_some()).then_some(
+            rules::AutolearnThresholds {
+                ham_below: cfg.bayes.autolearn_ham,
+                spam_at: cfg.bayes.autolearn_spam,
+            },
+        );
+        let bayes = bayes.map(|model| {
+            if learn && autolearn.is_some() {
+                let path = crate::tools::model_path(std::path::Path::new(&cfg.bayes.db));
+                BayesModel::Learning(Learner::start(
+                    model,
+                    path,
+                    cfg.bayes.autolearn_per_minute,
+                    std::time::Duration::from_secs(cfg.bayes.autolearn_flush_secs.max(1)),
+                ))
+            } else {
+                BayesModel::Fixed(Arc::new(model))
+            }
+        });
         let rules = if on("rules") {
             Some(Arc::new(load_rules(cfg, bayes.is_some())?))
         } else {
@@ -115,6 +176,8 @@ impl Chain {
             max_hops: on("hops").then_some(stages.max_hops),
             rules,
             bayes,
+            autolearn,
+            explain: false,
             bayes_params: bayes::Params::default(),
             scoring: cfg.scoring.clone(),
         })
@@ -183,17 +246,51 @@ impl Chain {
             ctx.rule_hits = outcome.hits;
         }
         // Phase: classify.
+        let mut tokens = None;
+        let mut learned_points = 0.0;
         if let Some(model) = &self.bayes {
-            let tokens = bayes::tokenize(&msg, false);
-            if let Ok(v) = bayes::classify(model, &tokens.ids, &self.bayes_params) {
+            let model = model.current();
+            let toks = bayes::tokenize(&msg, self.explain);
+            if let Ok(v) = bayes::classify(&model, &toks.ids, &self.bayes_params) {
                 ctx.bayes = Some(v.p_spam);
                 let (name, score) = bayes::symbol(v.p_spam);
                 ctx.symbols.push((Cow::Borrowed(name), score));
+                learned_points = score;
+                if self.explain {
+                    ctx.bayes_tokens = v
+                        .tokens
+                        .iter()
+                        .take(10)
+                        .map(|(id, f)| {
+                            let text = toks
+                                .text
+                                .iter()
+                                .find(|(x, _)| x == id)
+                                .map_or("", |(_, t)| t.as_str());
+                            (text.to_string(), *f)
+                        })
+                        .collect();
+                }
             }
+            tokens = Some(toks);
         }
         // Phase: post-filter. Symbols become a score and the score an action.
         ctx.score = ctx.symbols.iter().map(|(_, s)| s).sum::<f64>() + 0.0; // no -0.0 for no symbols
         let spam = ctx.score >= self.scoring.required_score;
+        // Autolearning, as SpamAssassin decides it, on the rules' points without Bayes.
+        if let (Some(t), Some(engine), Some(toks)) = (&self.autolearn, &self.rules, tokens) {
+            let mut points = engine.autolearn_points(&ctx.rule_hits);
+            points.learned = learned_points;
+            ctx.autolearn = points.decide(t, spam);
+            if let (Some(is_spam), Some(BayesModel::Learning(l))) = (ctx.autolearn, &self.bayes) {
+                let class = if is_spam {
+                    bayes::Class::Spam
+                } else {
+                    bayes::Class::Ham
+                };
+                l.offer(bayes::message_hash(ctx.body), toks.ids, class);
+            }
+        }
         if self.scoring.reject_score > 0.0 && ctx.score >= self.scoring.reject_score {
             return Verdict::Reject(SPAM);
         }

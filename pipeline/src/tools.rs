@@ -291,7 +291,7 @@ pub fn scan(
     all_hits: bool,
 ) -> anyhow::Result<()> {
     use crate::stages::{Chain, Context, Verdict};
-    let chain = Chain::new(cfg)?;
+    let chain = Chain::for_scan(cfg)?;
     let env = mxgate_core::smtp::Envelope::default();
     let client: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
     use std::io::Write as _;
@@ -321,7 +321,9 @@ pub fn scan(
             "action": action,
             "reply": reply,
             "symbols": symbols,
-            "bayes": ctx.bayes.map(|p| serde_json::json!({"p_spam": p})),
+            "bayes": ctx.bayes.map(|p| serde_json::json!({"p_spam": p, "tokens": ctx.bayes_tokens.iter()
+                .map(|(t, f)| serde_json::json!({"token": t, "p": (f * 1e4).round() / 1e4})).collect::<Vec<_>>()})),
+            "autolearn": match ctx.autolearn { Some(true) => "spam", Some(false) => "ham", None => "no" },
             "elapsed_us": elapsed.as_micros() as u64,
         });
         if all_hits {

@@ -903,6 +903,71 @@ class RulesInTheGateway(unittest.TestCase):
         self.assertTrue(any(e["function"] == "check_rbl" for e in v["eval_functions"]))
 
 
+class Autolearn(unittest.TestCase):
+    """The gateway learns from its own confident verdicts, as SpamAssassin's autolearning does."""
+
+    def test_confident_verdicts_are_learned_and_saved(self):
+        c = harness.CORPUS
+        db = tempfile.mkdtemp(prefix="bayes-al-", dir=WORK)
+        r = subprocess.run([harness.MXGATE, "bayes", "learn", "--db", db, "--spam", os.path.join(c, "spam"),
+                            "--ham", os.path.join(c, "ham")], capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+        def stats():
+            r = subprocess.run([harness.MXGATE, "bayes", "stats", "--db", db], capture_output=True, text=True,
+                               timeout=60)
+            v = json.loads(r.stdout)
+            return v["spam"], v["ham"]
+
+        before = stats()
+        rules_dir = tempfile.mkdtemp(prefix="rules-al-", dir=WORK)
+        with open(os.path.join(rules_dir, "local.cf"), "w") as f:
+            # 5 header points and 10 body points: over SpamAssassin's autolearn bar of 12.
+            f.write("header AL_HEAD Subject =~ /autolearn-me/\nscore AL_HEAD 5\n"
+                    "body AL_BODY /autolearn-me/\nscore AL_BODY 10\n")
+
+        def variant(folder, subject_prefix):
+            d = os.path.join(c, folder)
+            with open(os.path.join(d, sorted(os.listdir(d))[7]), "rb") as f:
+                raw = f.read()
+            if raw.startswith(b"From "):
+                raw = raw.split(b"\n", 1)[1]
+            # A changed Subject makes a message the model has not seen (learning is idempotent).
+            raw = re.sub(rb"(?mi)^Subject:", b"Subject: " + subject_prefix, raw, count=1)
+            return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+        spam = variant("spam", b"autolearn-me")
+        spam = spam.replace(b"\r\n\r\n", b"\r\n\r\nautolearn-me\r\n", 1)
+        ham = variant("ham", b"[e2e]")
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, stages="hops,rules,bayes",
+                    toml=f'[rules]\npaths = ["{rules_dir}"]\ncache_dir = "{os.path.join(WORK, "rules-cache")}"\n'
+                         f'[bayes]\ndb = "{db}"\nautolearn_flush_secs = 1\n')
+        try:
+            send_raw(mx.port, spam)
+            send_raw(mx.port, ham)
+            sink.wait_messages(2)
+            deadline = time.time() + 20
+            while time.time() < deadline and stats() != (before[0] + 1, before[1] + 1):
+                time.sleep(0.5)
+            self.assertEqual(stats(), (before[0] + 1, before[1] + 1))
+            self.assertIn("autolearned messages saved", mx.log())
+        finally:
+            mx.stop()
+            sink.stop()
+        # What the scan says autolearning would do (a scan itself learns nothing).
+        spam_file = os.path.join(WORK, "al-spam.eml")
+        with open(spam_file, "wb") as f:
+            f.write(spam)
+        r = subprocess.run([harness.MXGATE, "scan", "--stages", "rules,bayes", "--rules", rules_dir, "--db", db,
+                            spam_file], capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        v = json.loads(r.stdout)
+        self.assertEqual(v["autolearn"], "spam")
+        self.assertGreater(len(v["bayes"]["tokens"]), 0)
+        self.assertEqual(stats(), (before[0] + 1, before[1] + 1))
+
+
 class BayesTools(unittest.TestCase):
     def test_silent_until_enough_learned_and_moves_between_classes(self):
         db = tempfile.mkdtemp(prefix="bayes-tools-", dir=WORK)

@@ -506,6 +506,49 @@ impl Engine {
         }
     }
 
+    /// The autolearn points of a scan's hits: rules with `noautolearn` or `userconf` left out,
+    /// `learn` rules counted apart, scores from the set without Bayes.
+    pub fn autolearn_points(&self, hits: &[(usize, u32)]) -> AutolearnPoints {
+        let set = self.score_set & !2;
+        let mut p = AutolearnPoints::default();
+        let kind = |i: usize| match &self.set.rules[i].test {
+            Test::Header(_) | Test::MimeHeader(_) => Some(true),
+            Test::Body(_) | Test::Rawbody(_) | Test::Uri(_) | Test::Full(_) => Some(false),
+            Test::Eval(e) => Some(e.scope == "header"),
+            Test::Meta(_) => None,
+        };
+        for &(i, _) in hits {
+            let r = &self.set.rules[i];
+            if r.is_subrule() || r.tflags.noautolearn || r.tflags.userconf {
+                continue;
+            }
+            if r.tflags.learn {
+                p.learned += r.score(self.score_set);
+                continue;
+            }
+            let score = r.score(set);
+            if score == 0.0 {
+                continue;
+            }
+            match (kind(i), &r.test) {
+                (Some(true), _) => p.head += score,
+                (Some(false), _) => p.body += score,
+                (None, Test::Meta(e)) => {
+                    let deps = e.rule_ids();
+                    let head = deps.iter().filter(|&&d| kind(d) == Some(true)).count() as f64;
+                    let body = deps.iter().filter(|&&d| kind(d) == Some(false)).count() as f64;
+                    if head + body > 0.0 {
+                        p.head += score * head / (head + body);
+                        p.body += score * body / (head + body);
+                    }
+                }
+                _ => {}
+            }
+            p.total += score;
+        }
+        p
+    }
+
     /// A number unique to this engine in the process (per-thread scratch is keyed by it).
     pub fn id(&self) -> u64 {
         self.id
@@ -748,6 +791,52 @@ impl Engine {
                     counts[r] = 1;
                 }
             }
+        }
+    }
+}
+
+/// The points SpamAssassin's autolearning weighs (`PerMsgStatus::_get_autolearn_points`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AutolearnPoints {
+    /// The score in the score set without Bayes, of the rules autolearning may count.
+    pub total: f64,
+    /// The part of it from header rules (a meta's score split by its header and body inputs).
+    pub head: f64,
+    /// The part of it from body, rawbody, uri and full rules.
+    pub body: f64,
+    /// Points of `learn` rules (Bayes), in the current set.
+    pub learned: f64,
+}
+
+/// SpamAssassin's autolearn thresholds (`bayes_auto_learn_threshold_*`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AutolearnThresholds {
+    /// Learn as ham below this (0.1).
+    pub ham_below: f64,
+    /// Learn as spam at or above this (12.0), with 3 header and 3 body points.
+    pub spam_at: f64,
+}
+
+impl Default for AutolearnThresholds {
+    fn default() -> Self {
+        AutolearnThresholds {
+            ham_below: 0.1,
+            spam_at: 12.0,
+        }
+    }
+}
+
+impl AutolearnPoints {
+    /// `AutoLearnThreshold::autolearn_discriminator`: `Some(true)` learn as spam, `Some(false)`
+    /// as ham, `None` leave it. `is_spam`: the message's full score reached the required score.
+    pub fn decide(&self, t: &AutolearnThresholds, is_spam: bool) -> Option<bool> {
+        if self.total < t.ham_below {
+            (self.learned <= 1.0 && !is_spam).then_some(false)
+        } else if self.total >= t.spam_at {
+            (self.body >= 3.0 && self.head >= 3.0 && self.learned >= -1.0 && is_spam)
+                .then_some(true)
+        } else {
+            None
         }
     }
 }
@@ -1399,6 +1488,27 @@ score BODY_LOOK 0
         assert!(h.is_empty(), "{h:?}");
         let h = hits(&e, "Subject: x\n\ncash now abab\n");
         assert_eq!(h, ["LOOK=1", "BACK=1"]);
+    }
+
+    #[test]
+    fn autolearn_follows_spamassassin() {
+        let e = engine(
+            "header H1 Subject =~ /win/\nscore H1 4\nbody B1 /money/\nscore B1 9\n\
+             body NA /cash/\nscore NA 20\ntflags NA noautolearn\nmeta M1 H1 && B1\nscore M1 2\n",
+            Layout::PerScope,
+        );
+        let m = Message::parse(bytes::Bytes::from_static(b"Subject: win\n\nmoney cash\n"));
+        let mut s = e.scratch();
+        let o = e.scan(&m, &Envelope::default(), &mut s);
+        let p = e.autolearn_points(&o.hits);
+        assert_eq!((p.total, p.head, p.body), (15.0, 5.0, 10.0));
+        let t = AutolearnThresholds::default();
+        assert_eq!(p.decide(&t, true), Some(true));
+        assert_eq!(p.decide(&t, false), None); // not spam by its full score: no spam learning
+        let low = AutolearnPoints { total: 0.0, ..p };
+        assert_eq!(low.decide(&t, false), Some(false));
+        let few_head = AutolearnPoints { head: 2.0, ..p };
+        assert_eq!(few_head.decide(&t, true), None);
     }
 
     #[test]

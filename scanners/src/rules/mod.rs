@@ -20,5 +20,8 @@ pub mod regex;
 pub mod sa_html;
 pub mod view;
 
-pub use engine::{BuildStats, Engine, Envelope, Layout, Mode, Options, Outcome, Scratch};
+pub use engine::{
+    AutolearnPoints, AutolearnThresholds, BuildStats, Engine, Envelope, Layout, Mode, Options,
+    Outcome, Scratch,
+};
 pub use load::{load_paths, load_str, Diagnostic, Rule, RuleSet, Test};
