@@ -105,20 +105,6 @@ pub enum Input {
     MimeHeader(String),
 }
 
-impl Input {
-    /// The scope name (`header`, `body`, ...).
-    pub fn scope(&self) -> &'static str {
-        match self {
-            Input::Header(_) => "header",
-            Input::Body => "body",
-            Input::Rawbody => "rawbody",
-            Input::Uri => "uri",
-            Input::Full => "full",
-            Input::MimeHeader(_) => "mimeheader",
-        }
-    }
-}
-
 struct Compiled {
     mode: Mode,
     input: Option<usize>,
@@ -382,7 +368,7 @@ impl Engine {
             Some(g) => g,
             None => {
                 let t = Instant::now();
-                classify(&set, &mut rules);
+                classify(&mut rules);
                 let g = compile_groups(&set, &mut rules, &inputs, opts.layout, &mut stats)?;
                 stats.compile = t.elapsed();
                 if let Some(f) = &cache_file {
@@ -887,8 +873,7 @@ fn meta_order(set: &RuleSet) -> Vec<usize> {
 
 /// Decides, pattern by pattern, whether Hyperscan takes it as written, only as a prefilter, or
 /// not at all.
-fn classify(set: &RuleSet, rules: &mut [Compiled]) {
-    let _ = set;
+fn classify(rules: &mut [Compiled]) {
     for c in rules.iter_mut() {
         if c.mode != Mode::Hyperscan {
             continue;
@@ -1187,27 +1172,19 @@ pub fn header_value(h: &Headers, request: &str, env_from: Option<&str>) -> Optio
     let need_raw = raw || addr || dname;
     let mut vals: Vec<Vec<u8>> = match name {
         "ALL" => {
-            return Some(if raw {
-                h.fields
-                    .iter()
-                    .flat_map(|f| {
-                        let mut v = f.0.as_bytes().to_vec();
-                        v.push(b':');
-                        v.extend_from_slice(&f.2);
-                        v
-                    })
-                    .collect()
-            } else {
-                h.fields
-                    .iter()
-                    .flat_map(|f| {
-                        let mut v = f.0.as_bytes().to_vec();
-                        v.extend_from_slice(b": ");
-                        v.extend_from_slice(&f.1);
-                        v
-                    })
-                    .collect()
-            })
+            // Raw: each field as written after its name; decoded: `Name: value`.
+            let mut all = Vec::new();
+            for (name, decoded, raw_value) in &h.fields {
+                all.extend_from_slice(name.as_bytes());
+                if raw {
+                    all.push(b':');
+                    all.extend_from_slice(raw_value);
+                } else {
+                    all.extend_from_slice(b": ");
+                    all.extend_from_slice(decoded);
+                }
+            }
+            return Some(all);
         }
         "ToCc" => h
             .values("to", need_raw)

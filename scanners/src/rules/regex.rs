@@ -142,16 +142,7 @@ pub fn widen_repeats(expr: &str) -> Option<String> {
         }
         if c == b'[' {
             in_class = true;
-            out.push('[');
-            i += 1;
-            if b.get(i) == Some(&b'^') {
-                out.push('^');
-                i += 1;
-            }
-            if b.get(i) == Some(&b']') {
-                out.push(']');
-                i += 1;
-            }
+            i = open_class(b, i, &mut out, "]");
             continue;
         }
         if c == b'(' {
@@ -185,6 +176,22 @@ pub fn widen_repeats(expr: &str) -> Option<String> {
         i += 1;
     }
     changed.then_some(out)
+}
+
+/// Copies the `[` at `b[i]` with a following `^`, and a `]` right after them (a literal in Perl),
+/// written as `literal_close`; returns the index after them.
+fn open_class(b: &[u8], mut i: usize, out: &mut String, literal_close: &str) -> usize {
+    out.push('[');
+    i += 1;
+    if b.get(i) == Some(&b'^') {
+        out.push('^');
+        i += 1;
+    }
+    if b.get(i) == Some(&b']') {
+        out.push_str(literal_close);
+        i += 1;
+    }
+    i
 }
 
 /// `{n}`, `{n,}`, `{n,m}` at the start of `b`: (n, m, length).
@@ -295,16 +302,7 @@ fn for_rust_regex(t: &Translated) -> Option<String> {
         match c {
             b'[' => {
                 in_class = true;
-                out.push('[');
-                i += 1;
-                if b.get(i) == Some(&b'^') {
-                    out.push('^');
-                    i += 1;
-                }
-                if b.get(i) == Some(&b']') {
-                    out.push_str("\\]");
-                    i += 1;
-                }
+                i = open_class(b, i, &mut out, "\\]");
                 continue;
             }
             b'$' if !t.multiline => out.push_str("(?:\n?\\z)"),
