@@ -168,7 +168,13 @@ impl Chain {
             }
         });
         let rules = if on("rules") {
-            Some(Arc::new(load_rules(cfg, bayes.is_some())?))
+            let engine = Arc::new(load_rules(cfg, bayes.is_some())?);
+            // PCRE2 and regex matchers compile in the background, off the shards.
+            let warm = Arc::clone(&engine);
+            let _ = std::thread::Builder::new()
+                .name("mxgate-rules-warm".into())
+                .spawn(move || warm.warm_matchers());
+            Some(engine)
         } else {
             None
         };

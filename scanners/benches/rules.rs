@@ -126,6 +126,12 @@ fn benches(c: &mut Criterion) {
         e.stats.cache_load.as_secs_f64() * 1e3,
         e.stats.databases
     );
+    let t = Instant::now();
+    e.warm_matchers();
+    println!(
+        "rules/warm_matchers: {:.0} ms (in the gateway: a background thread after start)",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let msgs = corpus();
     percentiles(&e, &msgs);
     let bytes: usize = msgs.iter().map(Bytes::len).sum();

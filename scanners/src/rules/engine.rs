@@ -174,6 +174,10 @@ pub struct Engine {
     input_groups: Vec<Vec<usize>>,
     layout: Layout,
     metas: Vec<usize>,
+    /// Rule → the metas that read it.
+    dependents: Vec<Vec<u32>>,
+    /// Each meta's hit count when no non-meta rule hits.
+    baseline: Vec<u32>,
     score_set: usize,
     id: u64,
     /// Build figures.
@@ -419,6 +423,20 @@ impl Engine {
                 r.test = Test::Meta(e.resolve(&|n| index.get(n).copied()));
             }
         }
+        // Each meta's value when no other rule hits, and who reads whom: a scan then evaluates
+        // only the metas downstream of a rule that hit (most of the 870 metas never are).
+        let mut dependents: Vec<Vec<u32>> = vec![Vec::new(); set.rules.len()];
+        let mut baseline = vec![0u32; set.rules.len()];
+        for &m in &metas {
+            if let (Test::Meta(e), Mode::Meta) = (&set.rules[m].test, rules[m].mode) {
+                for d in e.rule_ids() {
+                    if !dependents[d].contains(&(m as u32)) {
+                        dependents[d].push(m as u32);
+                    }
+                }
+                baseline[m] = u32::from(e.eval(&|i| baseline[i] as f64) != 0.0);
+            }
+        }
         Ok(Engine {
             set,
             rules,
@@ -428,6 +446,8 @@ impl Engine {
             input_groups,
             layout: opts.layout,
             metas,
+            dependents,
+            baseline,
             score_set: set_ix,
             id: ENGINE_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             stats,
@@ -451,6 +471,20 @@ impl Engine {
             }
         }
         bad
+    }
+
+    /// Compiles every confirming matcher a scan may need (prefilter and PCRE2-only rules,
+    /// `multiple` counts, header rules for missing headers), which scans otherwise compile on
+    /// first use. Meant for a background thread right after [`Engine::build`]: the engine is
+    /// usable at once, and the first messages do not pay for the compiles.
+    pub fn warm_matchers(&self) {
+        for (r, c) in self.set.rules.iter().zip(&self.rules) {
+            let needed = matches!(c.mode, Mode::Prefilter | Mode::Pcre)
+                || (c.mode == Mode::Hyperscan && (r.tflags.multiple || header_test(r).is_some()));
+            if needed {
+                let _ = c.pcre();
+            }
+        }
     }
 
     /// Fresh per-thread scratch space.
@@ -631,15 +665,30 @@ impl Engine {
                 }
             }
         }
-        // Metas, dependencies first.
+        // Metas, dependencies first; only those downstream of a change are evaluated, the
+        // others keep their no-hit value.
+        let mut dirty = vec![false; self.rules.len()];
+        for (i, &c) in counts.iter().enumerate() {
+            if c > 0 {
+                for &m in &self.dependents[i] {
+                    dirty[m as usize] = true;
+                }
+            }
+        }
         for &m in &self.metas {
             if self.rules[m].mode != Mode::Meta {
                 continue;
             }
+            if !dirty[m] {
+                counts[m] = self.baseline[m];
+                continue;
+            }
             if let Test::Meta(e) = &self.set.rules[m].test {
-                let v = e.eval(&|i| counts[i] as f64);
-                if v != 0.0 {
-                    counts[m] = 1;
+                counts[m] = u32::from(e.eval(&|i| counts[i] as f64) != 0.0);
+                if counts[m] != self.baseline[m] {
+                    for &d in &self.dependents[m] {
+                        dirty[d as usize] = true;
+                    }
                 }
             }
         }
