@@ -65,6 +65,16 @@ fn trim_trailing(s: &str) -> &str {
 
 /// Decides whether a text token is a URI, an e-mail address or a bare host, and normalises it.
 fn classify(token: &str) -> Option<String> {
+    // `href=http://...`, `url:"http://...`: the URI starts at its scheme.
+    let token = match token.find("://") {
+        Some(p) if p > 0 => {
+            let start = token[..p]
+                .rfind(|c: char| !c.is_ascii_alphanumeric() && c != '+' && c != '-')
+                .map_or(0, |i| i + 1);
+            &token[start..]
+        }
+        _ => token,
+    };
     let lower = token.to_ascii_lowercase();
     for scheme in [
         "http://",
@@ -233,6 +243,9 @@ mod tests {
         assert!(u.contains(&"mailto:Bob@example.org".to_string()), "{u:?}");
         assert!(u.contains(&"http://evil.example/x".to_string()), "{u:?}");
         assert!(u.contains(&"http://bit.ly/abc".to_string()), "{u:?}");
+        // Markup quoted in plain text: the URI starts at its scheme.
+        let u = extract_text("see <a href=http://www.aaronsw.com/weblog/>");
+        assert_eq!(u, ["http://www.aaronsw.com/weblog/"]);
     }
 
     #[test]
