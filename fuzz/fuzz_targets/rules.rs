@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(e) = Engine::build(set, &Options::default()) {
                 let m = Message::parse(bytes::Bytes::from_static(b"Subject: x\n\nbody http://a.b/c\n"));
                 let mut s = e.scratch();
-                let _ = e.scan(&m, &Envelope::default(), &mut s);
+                let _ = e.scan(&m, Envelope::default(), &mut s);
             }
         }
         return;
@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = MimeLimits { max_depth: 20, max_parts: 500, max_header_bytes: 64 * 1024 };
     let msg = Message::parse_with(bytes::Bytes::copy_from_slice(data), limits);
     let mut s = e.scratch();
-    let env = Envelope { mail_from: Some("a@b.example".into()) };
-    let o = e.scan(&msg, &env, &mut s);
+    let env = Envelope { mail_from: Some("a@b.example") };
+    let o = e.scan(&msg, env, &mut s);
     assert!(o.score.is_finite());
 });

@@ -238,10 +238,9 @@ impl Chain {
             let env = rules::Envelope {
                 // An unknown sender (`mxgate scan`) reads as no envelope; rules then fall back
                 // to Return-Path, as SpamAssassin does without a trusted relay.
-                mail_from: (!ctx.envelope.mail_from.is_empty())
-                    .then(|| ctx.envelope.mail_from.clone()),
+                mail_from: Some(ctx.envelope.mail_from.as_str()).filter(|m| !m.is_empty()),
             };
-            let outcome = with_scratch(engine, |s| engine.scan(&msg, &env, s));
+            let outcome = with_scratch(engine, |s| engine.scan(&msg, env, s));
             let set = engine.score_set();
             for &(i, _) in &outcome.hits {
                 let r = &engine.set.rules[i];

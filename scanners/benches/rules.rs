@@ -96,7 +96,7 @@ fn percentiles(e: &Engine, msgs: &[Bytes]) {
     for raw in msgs {
         let t = Instant::now();
         let m = Message::parse(raw.clone());
-        std::hint::black_box(e.scan(&m, &env, &mut s));
+        std::hint::black_box(e.scan(&m, env, &mut s));
         times.push(t.elapsed());
         bytes += raw.len();
     }
@@ -144,10 +144,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let mut hits = 0;
             for raw in &msgs {
-                hits += e
-                    .scan(&Message::parse(raw.clone()), &env, &mut s)
-                    .hits
-                    .len();
+                hits += e.scan(&Message::parse(raw.clone()), env, &mut s).hits.len();
             }
             hits
         })
@@ -156,11 +153,7 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(big.len() as u64));
     g.bench_function("one_mb_message", |b| {
         let mut s = e.scratch();
-        b.iter(|| {
-            e.scan(&Message::parse(big.clone()), &env, &mut s)
-                .hits
-                .len()
-        })
+        b.iter(|| e.scan(&Message::parse(big.clone()), env, &mut s).hits.len())
     });
     if std::env::var_os("MXGATE_BENCH_SINGLE").is_some() {
         let single_cache = std::env::temp_dir().join("mxgate-rules-bench-cache-single");
@@ -178,7 +171,7 @@ fn benches(c: &mut Criterion) {
                 let mut hits = 0;
                 for raw in &msgs {
                     hits += es
-                        .scan(&Message::parse(raw.clone()), &env, &mut s)
+                        .scan(&Message::parse(raw.clone()), env, &mut s)
                         .hits
                         .len();
                 }

@@ -169,6 +169,8 @@ pub struct Engine {
     rules: Vec<Compiled>,
     inputs: Vec<Input>,
     input_rules: Vec<Vec<usize>>,
+    /// Per input: its rules that run on PCRE2 alone (every text, no nomination).
+    input_pcre_only: Vec<Vec<usize>>,
     groups: Vec<Group>,
     /// Per input: the groups that scan it.
     input_groups: Vec<Vec<usize>>,
@@ -189,6 +191,14 @@ static ENGINE_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 /// Per-thread scan state (Hyperscan scratch).
 pub struct Scratch {
     hs: Option<hyperscan::Scratch>,
+    /// Hit counts by rule, reset per message.
+    counts: Vec<u32>,
+    /// Metas to evaluate, by rule.
+    dirty: Vec<bool>,
+    /// Hyperscan's candidates for the current text.
+    cand: Vec<usize>,
+    /// The same as flags by rule (set while one text is judged, cleared after).
+    flagged: Vec<bool>,
 }
 
 /// What the scan of one message found.
@@ -201,10 +211,10 @@ pub struct Outcome {
 }
 
 /// Envelope facts rules may read.
-#[derive(Debug, Clone, Default)]
-pub struct Envelope {
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Envelope<'a> {
     /// MAIL FROM, when known.
-    pub mail_from: Option<String>,
+    pub mail_from: Option<&'a str>,
 }
 
 /// A build error.
@@ -384,9 +394,13 @@ impl Engine {
         };
 
         let mut input_rules = vec![Vec::new(); inputs.len()];
+        let mut input_pcre_only = vec![Vec::new(); inputs.len()];
         for (i, c) in rules.iter().enumerate() {
             if let Some(k) = c.input {
                 input_rules[k].push(i);
+                if c.mode == Mode::Pcre {
+                    input_pcre_only[k].push(i);
+                }
             }
         }
         let mut input_groups = vec![Vec::new(); inputs.len()];
@@ -442,6 +456,7 @@ impl Engine {
             rules,
             inputs,
             input_rules,
+            input_pcre_only,
             groups,
             input_groups,
             layout: opts.layout,
@@ -498,7 +513,13 @@ impl Engine {
                 }
             }
         }
-        Scratch { hs: s }
+        Scratch {
+            hs: s,
+            counts: vec![0; self.rules.len()],
+            dirty: vec![false; self.rules.len()],
+            cand: Vec::new(),
+            flagged: vec![false; self.rules.len()],
+        }
     }
 
     /// Whether mxgate implements the rule and everything it depends on: regex and `exists:`
@@ -580,8 +601,8 @@ impl Engine {
     }
 
     /// Scans a message.
-    pub fn scan(&self, msg: &Message, env: &Envelope, scratch: &mut Scratch) -> Outcome {
-        let mut counts = vec![0u32; self.rules.len()];
+    pub fn scan(&self, msg: &Message, env: Envelope<'_>, scratch: &mut Scratch) -> Outcome {
+        scratch.counts.iter_mut().for_each(|c| *c = 0);
         let mut ctx = Ctx {
             msg,
             env,
@@ -589,50 +610,18 @@ impl Engine {
             parts: None,
         };
         for (k, input) in self.inputs.iter().enumerate() {
-            let rule_ids = &self.input_rules[k];
-            if rule_ids.is_empty() {
+            if self.input_rules[k].is_empty() {
                 continue;
             }
             match input {
                 Input::Header(req) => {
                     let value = ctx.header(req);
-                    self.run_header(k, value.as_deref(), rule_ids, scratch, &mut counts);
+                    self.run_header(k, value.as_deref(), scratch);
                 }
                 Input::MimeHeader(req) => {
-                    let parts = ctx.parts();
-                    let vals: Vec<Option<Vec<u8>>> =
-                        parts.iter().map(|h| mime_value(h, req)).collect();
-                    for &r in rule_ids {
-                        let c = &self.rules[r];
-                        let Some(HeaderTest {
-                            negate,
-                            if_unset,
-                            exists,
-                            ..
-                        }) = header_test(&self.set.rules[r])
-                        else {
-                            continue;
-                        };
-                        let mut hit = false;
-                        for v in &vals {
-                            if *exists {
-                                hit |= v.is_some();
-                                continue;
-                            }
-                            let text: &[u8] = match (v, if_unset) {
-                                (Some(v), _) => v,
-                                (None, Some(d)) => d.as_bytes(),
-                                (None, None) => continue,
-                            };
-                            let m = c.pcre().is_some_and(|re| re.is_match(text));
-                            if m != *negate {
-                                hit = true;
-                                break;
-                            }
-                        }
-                        if hit {
-                            counts[r] = 1;
-                        }
+                    for part in ctx.parts() {
+                        let value = mime_value(part, req);
+                        self.run_mime_header(k, value.as_deref(), scratch);
                     }
                 }
                 Input::Body => {
@@ -642,32 +631,29 @@ impl Engine {
                         .last()
                         .map(<[u8]>::to_vec);
                     let lines = view::body_lines(msg, subject.as_deref());
-                    self.run_texts(k, &lines, rule_ids, scratch, &mut counts, true);
+                    self.run_texts(k, &lines, scratch, true);
                 }
-                Input::Rawbody => {
-                    let chunks = view::rawbody_chunks(msg);
-                    self.run_texts(k, &chunks, rule_ids, scratch, &mut counts, false);
-                }
-                Input::Uri => {
-                    let uris = view::uris(msg);
-                    self.run_texts(k, &uris, rule_ids, scratch, &mut counts, false);
-                }
-                Input::Full => {
-                    let full = view::full_text(msg);
-                    self.run_texts(
-                        k,
-                        std::slice::from_ref(&full.into_owned()),
-                        rule_ids,
-                        scratch,
-                        &mut counts,
-                        false,
-                    );
-                }
+                Input::Rawbody => self.run_texts(k, &view::rawbody_chunks(msg), scratch, false),
+                Input::Uri => self.run_texts(k, &view::uris(msg), scratch, false),
+                Input::Full => self.run_texts(k, &[view::full_text(msg)], scratch, false),
             }
         }
-        // Metas, dependencies first; only those downstream of a change are evaluated, the
-        // others keep their no-hit value.
-        let mut dirty = vec![false; self.rules.len()];
+        self.eval_metas(scratch);
+        let mut out = Outcome::default();
+        for (i, &c) in scratch.counts.iter().enumerate() {
+            if c > 0 {
+                out.hits.push((i, c));
+                out.score += self.set.rules[i].score(self.score_set);
+            }
+        }
+        out
+    }
+
+    /// Metas, dependencies first; only those downstream of a change are evaluated, the others
+    /// keep their no-hit value.
+    fn eval_metas(&self, scratch: &mut Scratch) {
+        let Scratch { counts, dirty, .. } = scratch;
+        dirty.iter_mut().for_each(|d| *d = false);
         for (i, &c) in counts.iter().enumerate() {
             if c > 0 {
                 for &m in &self.dependents[i] {
@@ -692,20 +678,16 @@ impl Engine {
                 }
             }
         }
-        let mut out = Outcome::default();
-        for (i, &c) in counts.iter().enumerate() {
-            if c > 0 {
-                out.hits.push((i, c));
-                out.score += self.set.rules[i].score(self.score_set);
-            }
-        }
-        out
     }
 
-    /// Hyperscan over one text: rule indices of the candidates that read input `k`.
-    fn hs_candidates(&self, k: usize, text: &[u8], scratch: &mut Scratch, out: &mut Vec<usize>) {
-        out.clear();
-        let Some(s) = scratch.hs.as_mut() else { return };
+    /// Hyperscan over one text: the rules reading input `k` it nominates, into `scratch.cand`
+    /// and flagged in `scratch.flagged` (cleared by [`Engine::unflag`]).
+    fn hs_candidates(&self, k: usize, text: &[u8], scratch: &mut Scratch) {
+        let Scratch {
+            hs, cand, flagged, ..
+        } = scratch;
+        cand.clear();
+        let Some(s) = hs.as_mut() else { return };
         let single = self.layout == Layout::Single;
         for &g in &self.input_groups[k] {
             let group = &self.groups[g];
@@ -714,118 +696,126 @@ impl Engine {
                 .scan(text, s, |id: u32, _from: u64, _to: u64, _f: u32| {
                     let r = group.ids[id as usize];
                     if !single || self.rules[r].input == Some(k) {
-                        out.push(r);
+                        cand.push(r);
+                        flagged[r] = true;
                     }
                     Matching::Continue
                 });
         }
     }
 
-    fn run_header(
-        &self,
-        k: usize,
-        value: Option<&[u8]>,
-        rule_ids: &[usize],
-        scratch: &mut Scratch,
-        counts: &mut [u32],
-    ) {
-        let mut matched = vec![false; 0];
-        let mut cand = Vec::new();
-        if let Some(v) = value {
-            self.hs_candidates(k, v, scratch, &mut cand);
-            matched = vec![false; rule_ids.len()];
-            for (slot, &r) in rule_ids.iter().enumerate() {
-                let c = &self.rules[r];
-                matched[slot] = match c.mode {
-                    Mode::Hyperscan => cand.contains(&r),
-                    Mode::Prefilter => {
-                        cand.contains(&r) && c.pcre().is_some_and(|re| re.is_match(v))
-                    }
-                    Mode::Pcre => c.pcre().is_some_and(|re| re.is_match(v)),
-                    _ => false,
-                };
-            }
+    fn unflag(scratch: &mut Scratch) {
+        for &r in &scratch.cand {
+            scratch.flagged[r] = false;
         }
-        for (slot, &r) in rule_ids.iter().enumerate() {
-            let c = &self.rules[r];
+    }
+
+    /// Whether rule `r` matches `text`, Hyperscan having nominated it or not (`flagged`).
+    fn matches(&self, r: usize, text: &[u8], flagged: bool) -> bool {
+        let c = &self.rules[r];
+        match c.mode {
+            Mode::Hyperscan => flagged,
+            Mode::Prefilter => flagged && c.pcre().is_some_and(|re| re.is_match(text)),
+            Mode::Pcre => c.pcre().is_some_and(|re| re.is_match(text)),
+            _ => false,
+        }
+    }
+
+    /// Whether rule `r` (a header test) matches a missing header: SpamAssassin matches the
+    /// `if-unset` text, else an undefined value (the empty string). The same for every message.
+    fn matches_unset(&self, r: usize, t: &HeaderTest) -> bool {
+        let c = &self.rules[r];
+        *c.unset_match.get_or_init(|| {
+            let d = t.if_unset.as_deref().unwrap_or("");
+            c.pcre().is_some_and(|re| re.is_match(d.as_bytes()))
+        })
+    }
+
+    /// The header rules reading input `k`, on the message's value for it.
+    fn run_header(&self, k: usize, value: Option<&[u8]>, scratch: &mut Scratch) {
+        if let Some(v) = value {
+            self.hs_candidates(k, v, scratch);
+        }
+        for &r in &self.input_rules[k] {
             let Some(t) = header_test(&self.set.rules[r]) else {
                 continue;
             };
-            let hit = if c.mode == Mode::Exists {
-                value.is_some()
-            } else {
-                let m = match value {
-                    Some(_) => matched[slot],
-                    // Missing: SpamAssassin matches the `if-unset` text, else an undefined value
-                    // (the empty string).
-                    None => *c.unset_match.get_or_init(|| {
-                        let d = t.if_unset.as_deref().unwrap_or("");
-                        c.pcre().is_some_and(|re| re.is_match(d.as_bytes()))
-                    }),
-                };
-                m != t.negate
+            let hit = match value {
+                _ if t.exists => value.is_some(),
+                Some(v) => self.matches(r, v, scratch.flagged[r]) != t.negate,
+                None => self.matches_unset(r, t) != t.negate,
             };
             if hit {
                 let tf = &self.set.rules[r].tflags;
-                counts[r] = if tf.multiple && !t.negate {
+                scratch.counts[r] = if tf.multiple && !t.negate {
                     let text = value.unwrap_or(t.if_unset.as_deref().unwrap_or("").as_bytes());
-                    count_matches(c, text, tf.maxhits).max(1)
+                    count_matches(&self.rules[r], text, tf.maxhits).max(1)
                 } else {
                     1
                 };
             }
         }
+        if value.is_some() {
+            Engine::unflag(scratch);
+        }
     }
 
-    fn run_texts<T: AsRef<[u8]>>(
-        &self,
-        k: usize,
-        texts: &[T],
-        rule_ids: &[usize],
-        scratch: &mut Scratch,
-        counts: &mut [u32],
-        body: bool,
-    ) {
-        let pcre_only: Vec<usize> = rule_ids
-            .iter()
-            .copied()
-            .filter(|&r| self.rules[r].mode == Mode::Pcre)
-            .collect();
-        let mut cand = Vec::new();
+    /// The mimeheader rules reading input `k`, on one MIME part's value: a rule hits when any
+    /// part matches (`Plugin::MIMEHeader`); a part without the field is skipped unless the rule
+    /// has an `if-unset` text.
+    fn run_mime_header(&self, k: usize, value: Option<&[u8]>, scratch: &mut Scratch) {
+        if let Some(v) = value {
+            self.hs_candidates(k, v, scratch);
+        }
+        for &r in &self.input_rules[k] {
+            let Some(t) = header_test(&self.set.rules[r]) else {
+                continue;
+            };
+            if scratch.counts[r] > 0 {
+                continue;
+            }
+            let hit = match value {
+                _ if t.exists => value.is_some(),
+                Some(v) => self.matches(r, v, scratch.flagged[r]) != t.negate,
+                None if t.if_unset.is_some() => self.matches_unset(r, t) != t.negate,
+                None => false,
+            };
+            if hit {
+                scratch.counts[r] = 1;
+            }
+        }
+        if value.is_some() {
+            Engine::unflag(scratch);
+        }
+    }
+
+    /// The rules reading input `k` over its texts (body paragraphs, rawbody chunks, URIs, the
+    /// full message): a rule hits once, or counts every match when `multiple`.
+    fn run_texts<T: AsRef<[u8]>>(&self, k: usize, texts: &[T], scratch: &mut Scratch, body: bool) {
         for (line_no, text) in texts.iter().enumerate() {
             let text = text.as_ref();
-            self.hs_candidates(k, text, scratch, &mut cand);
-            cand.extend(pcre_only.iter().copied());
-            for &r in &cand {
-                let rule = &self.set.rules[r];
-                let tf = &rule.tflags;
+            self.hs_candidates(k, text, scratch);
+            let Scratch { cand, counts, .. } = &mut *scratch;
+            for &r in cand.iter().chain(&self.input_pcre_only[k]) {
+                let tf = &self.set.rules[r].tflags;
                 if body && line_no == 0 && tf.nosubject {
                     continue;
                 }
-                if !tf.multiple && counts[r] > 0 {
+                if (!tf.multiple && counts[r] > 0) || tf.maxhits.is_some_and(|max| counts[r] >= max)
+                {
                     continue;
                 }
-                if let Some(max) = tf.maxhits {
-                    if counts[r] >= max {
-                        continue;
-                    }
-                }
-                let c = &self.rules[r];
-                let confirmed = match c.mode {
-                    Mode::Hyperscan => true,
-                    Mode::Prefilter | Mode::Pcre => c.pcre().is_some_and(|re| re.is_match(text)),
-                    _ => false,
-                };
-                if !confirmed {
+                if !self.matches(r, text, true) {
                     continue;
                 }
-                if tf.multiple {
+                counts[r] = if tf.multiple {
                     let left = tf.maxhits.map(|m| m - counts[r]);
-                    counts[r] += count_matches(c, text, left).max(1);
+                    counts[r] + count_matches(&self.rules[r], text, left).max(1)
                 } else {
-                    counts[r] = 1;
-                }
+                    1
+                };
             }
+            Engine::unflag(scratch);
         }
     }
 }
@@ -1178,7 +1168,7 @@ impl<'a> Reader<'a> {
 /// Lazily built views of the message.
 struct Ctx<'a> {
     msg: &'a Message,
-    env: &'a Envelope,
+    env: Envelope<'a>,
     headers: Option<Headers>,
     parts: Option<Vec<Headers>>,
 }
@@ -1196,9 +1186,9 @@ impl Ctx<'_> {
 
     /// `PerMsgStatus::get` for one request; `None` when there is no such header.
     fn header(&mut self, request: &str) -> Option<Vec<u8>> {
-        let env_from = self.env.mail_from.clone();
+        let env_from = self.env.mail_from;
         let h = self.headers();
-        header_value(h, request, env_from.as_deref())
+        header_value(h, request, env_from)
     }
 }
 
@@ -1450,7 +1440,7 @@ mod tests {
     fn hits(e: &Engine, msg: &str) -> Vec<String> {
         let m = Message::parse(bytes::Bytes::from(msg.to_string()));
         let mut s = e.scratch();
-        let o = e.scan(&m, &Envelope::default(), &mut s);
+        let o = e.scan(&m, Envelope::default(), &mut s);
         o.hits
             .iter()
             .map(|(i, c)| format!("{}={c}", e.set.rules[*i].name))
@@ -1525,7 +1515,7 @@ score BODY_LOOK 0
         );
         let m = Message::parse(bytes::Bytes::from_static(b"Subject: win\n\nmoney cash\n"));
         let mut s = e.scratch();
-        let o = e.scan(&m, &Envelope::default(), &mut s);
+        let o = e.scan(&m, Envelope::default(), &mut s);
         let p = e.autolearn_points(&o.hits);
         assert_eq!((p.total, p.head, p.body), (15.0, 5.0, 10.0));
         let t = AutolearnThresholds::default();

@@ -1010,18 +1010,17 @@ fn split_regex(s: &str) -> Result<(Regex, &str), String> {
 }
 
 /// Removes a comment: `#` not preceded by a backslash, to the end of the line.
-fn strip_comment(line: &str) -> std::borrow::Cow<'_, str> {
+fn strip_comment(line: &str) -> &str {
     let b = line.as_bytes();
     let mut i = 0;
     while let Some(p) = memchr::memchr(b'#', &b[i..]) {
         let at = i + p;
-        if at > 0 && b[at - 1] == b'\\' {
-            i = at + 1;
-            continue;
+        if at == 0 || b[at - 1] != b'\\' {
+            return &line[..at];
         }
-        return std::borrow::Cow::Borrowed(&line[..at]);
+        i = at + 1;
     }
-    std::borrow::Cow::Borrowed(line)
+    line
 }
 
 fn split_word(s: &str) -> (&str, &str) {

@@ -379,19 +379,7 @@ fn split_short_paragraphs(t: &[u8], out: &mut Vec<Vec<u8>>) {
 
 /// The whole message as full rules see it.
 pub fn full_text(msg: &Message) -> Cow<'_, [u8]> {
-    if memchr::memchr(b'\r', &msg.raw).is_some() {
-        let mut v = Vec::with_capacity(msg.raw.len());
-        let r = &msg.raw[..];
-        for (i, &b) in r.iter().enumerate() {
-            if b == b'\r' && r.get(i + 1) == Some(&b'\n') {
-                continue;
-            }
-            v.push(b);
-        }
-        Cow::Owned(v)
-    } else {
-        Cow::Borrowed(&msg.raw[..])
-    }
+    crlf_to_lf(&msg.raw)
 }
 
 /// The URIs uri rules see, as `PerMsgStatus::get_uri_list` gives them: link targets of HTML
