@@ -6,29 +6,20 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mxgate_core::mime::Message;
 use mxgate_scanners::bayes::{classify, message_hash, tokenize, Class, Model, Params};
 
+mod common;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc; // as in the mxgate binary
 
 fn corpus() -> Vec<(Bytes, Class)> {
-    let root = std::env::var("MXGATE_CORPUS")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus").to_owned());
-    let mut out = Vec::new();
-    for (folder, class) in [
+    [
         ("ham", Class::Ham),
         ("hard_ham", Class::Ham),
         ("spam", Class::Spam),
-    ] {
-        let dir = std::path::Path::new(&root).join(folder);
-        let mut names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.unwrap().path())
-            .collect();
-        names.sort();
-        for n in names {
-            out.push((Bytes::from(std::fs::read(n).unwrap()), class));
-        }
-    }
-    out
+    ]
+    .into_iter()
+    .flat_map(|(f, class)| common::folder(f).into_iter().map(move |m| (m, class)))
+    .collect()
 }
 
 fn benches(c: &mut Criterion) {

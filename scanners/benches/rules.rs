@@ -13,6 +13,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mxgate_core::mime::Message;
 use mxgate_scanners::rules::{load_paths, Engine, Envelope, Layout, Options};
 
+mod common;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc; // as in the mxgate binary
 
@@ -25,21 +27,10 @@ fn rule_paths() -> Vec<PathBuf> {
 }
 
 fn corpus() -> Vec<Bytes> {
-    let root = std::env::var("MXGATE_CORPUS")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus").to_owned());
-    let mut out = Vec::new();
-    for folder in ["ham", "hard_ham", "spam"] {
-        let dir = std::path::Path::new(&root).join(folder);
-        let mut names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| e.unwrap().path())
-            .collect();
-        names.sort();
-        for n in names {
-            out.push(Bytes::from(std::fs::read(n).unwrap()));
-        }
-    }
-    out
+    ["ham", "hard_ham", "spam"]
+        .into_iter()
+        .flat_map(common::folder)
+        .collect()
 }
 
 /// A 1 MB message: a multipart with plain text, HTML and a base64 attachment, text that looks

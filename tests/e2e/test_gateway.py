@@ -821,7 +821,7 @@ class RulesInTheGateway(unittest.TestCase):
 
     def test_scan_with_the_debian_ruleset(self):
         gtube, ham = self.first_scan
-        self.assertEqual(set(gtube) >= {"file", "score", "required", "action", "symbols", "elapsed_us"}, True)
+        self.assertLessEqual({"file", "score", "required", "action", "symbols", "elapsed_us"}, set(gtube))
         self.assertIn("GTUBE", gtube["symbols"])
         self.assertGreater(gtube["score"], 990)  # GTUBE scores 1000; other rules add or take a little
         self.assertEqual(gtube["action"], "tag")

@@ -1,0 +1,20 @@
+//! The shared corpus, read for the benchmarks of this crate.
+
+use bytes::Bytes;
+
+/// Every message of one corpus folder (`ham`, `hard_ham`, `spam`), in name order. The corpus is
+/// `MXGATE_CORPUS`, else `../shared/corpus` beside the workspace.
+pub fn folder(name: &str) -> Vec<Bytes> {
+    let root = std::env::var("MXGATE_CORPUS")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus").to_owned());
+    let dir = std::path::Path::new(&root).join(name);
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| Bytes::from(std::fs::read(n).unwrap()))
+        .collect()
+}
