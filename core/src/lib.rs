@@ -2,7 +2,8 @@
 //!
 //! Everything in this crate is a pure function of its input: the SMTP server state machine, the
 //! reply type and its wire form, the reply parser an SMTP client needs, the envelope, and the
-//! configuration types. Nothing here opens a socket, reads a file or spawns a thread.
+//! configuration types. Nothing here opens a socket or reads a file; the one piece that spawns
+//! threads is [`pool`], the bounded worker pool the blocking engines (AV, OCR) run on.
 //!
 //! Why keep it that way? Three reasons that matter for a gateway on the edge of the Internet:
 //!
@@ -20,4 +21,5 @@
 
 pub mod config;
 pub mod mime;
+pub mod pool;
 pub mod smtp;

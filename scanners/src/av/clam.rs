@@ -1,0 +1,357 @@
+//! libclamav in-process: one compiled engine shared by every thread, scans from memory, and
+//! reload by building a new engine beside the old one.
+
+use std::ffi::{CStr, CString};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Once, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use clamav_sys as sys;
+
+use super::{AvEngine, Limits, Outcome, ScanOptions};
+
+/// Why an engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// libclamav refused a signature folder or file.
+    #[error("{path}: {message}")]
+    Load {
+        /// The folder or file.
+        path: PathBuf,
+        /// libclamav's message.
+        message: String,
+    },
+    /// No signature was loaded from any folder.
+    #[error("no signatures found in {0}")]
+    NoSignatures(String),
+    /// libclamav failed to initialize, to create or to compile the engine.
+    #[error("libclamav: {0}")]
+    Engine(String),
+}
+
+/// What the engine is built from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Signature folders (or files), loaded in order. Folders that do not exist are skipped, so
+    /// `/var/lib/clamav` can be listed whether freshclam runs or not.
+    pub signatures: Vec<PathBuf>,
+    /// Scan limits.
+    pub limits: Limits,
+    /// What to look for.
+    pub options: ScanOptions,
+}
+
+fn strerror(e: sys::cl_error_t) -> String {
+    // SAFETY: cl_strerror returns a static string for any code.
+    unsafe { CStr::from_ptr(sys::cl_strerror(e)) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn init() -> Result<(), LoadError> {
+    static INIT: Once = Once::new();
+    static mut RESULT: sys::cl_error_t = sys::cl_error_t::CL_SUCCESS;
+    // SAFETY: cl_init is called once, before any engine exists; RESULT is written only inside
+    // call_once and read after it.
+    unsafe {
+        INIT.call_once(|| RESULT = sys::cl_init(sys::CL_INIT_DEFAULT));
+        let r = RESULT;
+        if r != sys::cl_error_t::CL_SUCCESS {
+            return Err(LoadError::Engine(format!("cl_init: {}", strerror(r))));
+        }
+    }
+    Ok(())
+}
+
+/// libclamav's version string.
+pub fn version() -> String {
+    // SAFETY: cl_retver returns a static string.
+    unsafe { CStr::from_ptr(sys::cl_retver()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// One compiled libclamav engine. Immutable once compiled; libclamav allows concurrent scans
+/// on it from any number of threads.
+pub struct Engine {
+    ptr: *mut sys::cl_engine,
+    signatures: u32,
+    options: ScanOptions,
+}
+
+// SAFETY: a compiled cl_engine is read-only during scans and libclamav documents concurrent
+// scanning with one engine as supported; it is freed once, in Drop.
+unsafe impl Send for Engine {}
+// SAFETY: as above.
+unsafe impl Sync for Engine {}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // SAFETY: ptr came from cl_engine_new and is freed only here.
+        unsafe {
+            sys::cl_engine_free(self.ptr);
+        }
+    }
+}
+
+impl Engine {
+    /// Loads every signature source and compiles the engine (seconds for the official
+    /// databases: call it off any latency-sensitive thread).
+    pub fn build(settings: &Settings) -> Result<Engine, LoadError> {
+        init()?;
+        // SAFETY: cl_init succeeded; a null return is handled.
+        let ptr = unsafe { sys::cl_engine_new() };
+        if ptr.is_null() {
+            return Err(LoadError::Engine("cl_engine_new failed".into()));
+        }
+        let mut engine = Engine {
+            ptr,
+            signatures: 0,
+            options: settings.options,
+        };
+        let l = &settings.limits;
+        for (field, value) in [
+            (sys::cl_engine_field::CL_ENGINE_MAX_FILESIZE, l.max_filesize),
+            (sys::cl_engine_field::CL_ENGINE_MAX_SCANSIZE, l.max_scansize),
+            (
+                sys::cl_engine_field::CL_ENGINE_MAX_RECURSION,
+                l.max_recursion,
+            ),
+            (sys::cl_engine_field::CL_ENGINE_MAX_FILES, l.max_files),
+            (
+                sys::cl_engine_field::CL_ENGINE_MAX_SCANTIME,
+                l.max_scantime_ms,
+            ),
+        ] {
+            // SAFETY: engine is valid and not compiled yet; the fields take numbers.
+            let r = unsafe { sys::cl_engine_set_num(ptr, field, value as i64) };
+            if r != sys::cl_error_t::CL_SUCCESS {
+                return Err(LoadError::Engine(format!("limit: {}", strerror(r))));
+            }
+        }
+        let mut dbopts = sys::CL_DB_STDOPT; // phishing signatures and URLs, bytecode
+        if !settings.options.phishing {
+            dbopts &= !(sys::CL_DB_PHISHING | sys::CL_DB_PHISHING_URLS);
+        }
+        let mut loaded_from = Vec::new();
+        for path in &settings.signatures {
+            if !path.exists() {
+                continue;
+            }
+            let c =
+                CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| LoadError::Load {
+                    path: path.clone(),
+                    message: "path holds a NUL byte".into(),
+                })?;
+            let mut signo: u32 = 0;
+            // SAFETY: engine valid; c is a NUL-terminated path; signo is written by cl_load.
+            let r = unsafe { sys::cl_load(c.as_ptr(), ptr, &mut signo, dbopts) };
+            if r != sys::cl_error_t::CL_SUCCESS {
+                return Err(LoadError::Load {
+                    path: path.clone(),
+                    message: strerror(r),
+                });
+            }
+            engine.signatures += signo;
+            loaded_from.push(path.display().to_string());
+        }
+        if engine.signatures == 0 {
+            let tried: Vec<String> = settings
+                .signatures
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            return Err(LoadError::NoSignatures(tried.join(", ")));
+        }
+        // SAFETY: engine valid; the callback matches clcb_virus_found and reads its context as
+        // the `Found` that `scan` passes.
+        unsafe { sys::cl_engine_set_clcb_virus_found(ptr, Some(on_virus_found)) };
+        // SAFETY: engine valid, loaded, compiled once.
+        let r = unsafe { sys::cl_engine_compile(ptr) };
+        if r != sys::cl_error_t::CL_SUCCESS {
+            return Err(LoadError::Engine(format!("compile: {}", strerror(r))));
+        }
+        Ok(engine)
+    }
+
+    /// How many signatures were loaded.
+    pub fn signatures(&self) -> u32 {
+        self.signatures
+    }
+
+    /// Scans bytes in memory (through a libclamav fmap; no copy, no temporary file for the
+    /// input itself). `name` is a hint for logs only.
+    pub fn scan(&self, data: &[u8], name: Option<&str>) -> Outcome {
+        let mut opts = self.options.to_clam();
+        let cname = name.and_then(|n| CString::new(n).ok());
+        let mut virname: *const std::os::raw::c_char = std::ptr::null();
+        let mut found = Found(None);
+        let mut scanned: std::os::raw::c_ulong = 0;
+        // An empty input still gets a valid one-byte-free map: libclamav refuses len 0.
+        if data.is_empty() {
+            return Outcome::Clean;
+        }
+        // SAFETY: data outlives the map, which is closed before returning; the engine is
+        // compiled and shared read-only; virname points into the engine's signature table and
+        // is copied before the engine can go away (we hold &self).
+        unsafe {
+            let map = sys::cl_fmap_open_memory(data.as_ptr().cast(), data.len());
+            if map.is_null() {
+                return Outcome::Error("cl_fmap_open_memory failed".into());
+            }
+            let r = sys::cl_scanmap_callback(
+                map,
+                cname.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+                &mut virname,
+                &mut scanned,
+                self.ptr,
+                &mut opts,
+                (&mut found as *mut Found).cast(),
+            );
+            sys::cl_fmap_close(map);
+            match r {
+                sys::cl_error_t::CL_CLEAN => Outcome::Clean,
+                sys::cl_error_t::CL_VIRUS => {
+                    // Heuristic alerts (limits among them) come through the callback only.
+                    let name = if !virname.is_null() {
+                        CStr::from_ptr(virname).to_string_lossy().into_owned()
+                    } else {
+                        found.0.unwrap_or_else(|| "Unknown".to_owned())
+                    };
+                    Outcome::found(name)
+                }
+                e => Outcome::Error(strerror(e)),
+            }
+        }
+    }
+}
+
+/// The first name libclamav reported during one scan.
+struct Found(Option<String>);
+
+unsafe extern "C" fn on_virus_found(
+    _fd: std::os::raw::c_int,
+    virname: *const std::os::raw::c_char,
+    context: *mut std::os::raw::c_void,
+) {
+    if context.is_null() || virname.is_null() {
+        return;
+    }
+    // SAFETY: context is the `Found` that `Engine::scan` passed for this scan, alive for its
+    // duration and touched by no one else meanwhile; virname is a NUL-terminated string.
+    unsafe {
+        let found = &mut *(context as *mut Found);
+        if found.0.is_none() {
+            found.0 = Some(CStr::from_ptr(virname).to_string_lossy().into_owned());
+        }
+    }
+}
+
+/// A libclamav engine that can be replaced while in use: scans take the current engine (an
+/// `Arc`), a reload builds the next one on the calling thread and swaps it in; the old engine
+/// is freed when its last scan ends.
+pub struct ClamAv {
+    settings: Settings,
+    current: RwLock<Arc<Engine>>,
+    /// What the signature sources looked like when the current engine was built.
+    seen: Mutex<Vec<(PathBuf, u64, SystemTime)>>,
+}
+
+impl ClamAv {
+    /// Builds the first engine.
+    pub fn new(settings: Settings) -> Result<ClamAv, LoadError> {
+        let seen = fingerprint(&settings.signatures);
+        let engine = Engine::build(&settings)?;
+        Ok(ClamAv {
+            settings,
+            current: RwLock::new(Arc::new(engine)),
+            seen: Mutex::new(seen),
+        })
+    }
+
+    /// The engine scans use now.
+    pub fn engine(&self) -> Arc<Engine> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Rebuilds the engine when a signature file was added, removed or changed since the last
+    /// build. Returns whether it swapped. On a load error the current engine stays.
+    pub fn reload_if_changed(&self) -> Result<bool, LoadError> {
+        let now = fingerprint(&self.settings.signatures);
+        {
+            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if *seen == now {
+                return Ok(false);
+            }
+        }
+        let next = Arc::new(Engine::build(&self.settings)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        Ok(true)
+    }
+
+    /// Checks the signature sources every `every` on a background thread and reloads when they
+    /// changed, as long as this `ClamAv` lives. `report` hears of each reload: the new
+    /// signature count, or why the current engine stays.
+    pub fn watch(
+        self: &Arc<Self>,
+        every: Duration,
+        report: impl Fn(Result<u32, LoadError>) + Send + 'static,
+    ) -> std::io::Result<()> {
+        let weak: Weak<ClamAv> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("mxgate-av-reload".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                let Some(av) = weak.upgrade() else { return };
+                match av.reload_if_changed() {
+                    Ok(true) => report(Ok(av.engine().signatures())),
+                    Ok(false) => {}
+                    Err(e) => report(Err(e)),
+                }
+            })?;
+        Ok(())
+    }
+}
+
+impl AvEngine for ClamAv {
+    fn name(&self) -> &str {
+        "clamav"
+    }
+
+    fn scan(&self, data: &[u8], name: Option<&str>) -> Outcome {
+        self.engine().scan(data, name)
+    }
+}
+
+/// Every file under the signature sources with its size and modification time, sorted.
+fn fingerprint(sources: &[PathBuf]) -> Vec<(PathBuf, u64, SystemTime)> {
+    let mut out = Vec::new();
+    for s in sources {
+        collect(s, &mut out);
+    }
+    out.sort();
+    out
+}
+
+fn collect(path: &Path, out: &mut Vec<(PathBuf, u64, SystemTime)>) {
+    let Ok(md) = std::fs::metadata(path) else {
+        return;
+    };
+    if md.is_dir() {
+        if let Ok(rd) = std::fs::read_dir(path) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_file() {
+                    collect(&p, out);
+                }
+            }
+        }
+    } else {
+        out.push((
+            path.to_path_buf(),
+            md.len(),
+            md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        ));
+    }
+}
