@@ -25,6 +25,10 @@ pub struct Config {
     pub relay: Relay,
     /// The content stages run on each message.
     pub stages: Stages,
+    /// The anti-virus stage.
+    pub av: Av,
+    /// The OCR stage.
+    pub ocr: Ocr,
     /// The rule stage.
     pub rules: Rules,
     /// The Bayes stage.
@@ -185,7 +189,10 @@ impl Default for Relay {
 }
 
 /// The names of the content stages this build has, in the order they run.
-pub const STAGE_NAMES: &[&str] = &["hops", "rules", "bayes"];
+pub const STAGE_NAMES: &[&str] = &["hops", "av", "ocr", "rules", "bayes"];
+
+/// What can be done with a message found to carry a virus.
+pub const VIRUS_ACTIONS: &[&str] = &["reject", "quarantine", "drop", "tag"];
 
 /// `[stages]`
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -227,6 +234,133 @@ impl Default for Rules {
             paths: vec!["/usr/share/spamassassin".into(), "/etc/spamassassin".into()],
             cache_dir: "/var/cache/mxgate/rules".into(),
             layout: "per-scope".into(),
+        }
+    }
+}
+
+/// `[av]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Av {
+    /// libclamav signature folders (or files), loaded in order; missing ones are skipped.
+    pub signatures: Vec<String>,
+    /// Also load the project's own signature files, built into the binary (EICAR and the
+    /// ClamAV test files, so the stage works and can be tried without freshclam).
+    pub builtin_signatures: bool,
+    /// Folder of `*.sha256` files (`HEX NAME` per line) for the second engine, a digest
+    /// blocklist; empty or missing lists nothing.
+    pub blocklist_dir: String,
+    /// What to do with a message carrying a virus: `reject` (554 5.7.1), `quarantine` (kept in
+    /// `quarantine_dir`, not relayed), `drop` (accepted and discarded), `tag` (relayed with an
+    /// `X-Virus-Found` header).
+    pub action: String,
+    /// Where quarantined messages are written, one file each.
+    pub quarantine_dir: String,
+    /// Worker threads running libclamav.
+    pub workers: usize,
+    /// Messages that may wait for a worker; beyond that a message gets 451 4.3.0.
+    pub queue: usize,
+    /// Longest wait for a verdict; a message not scanned in time gets 451 4.3.0.
+    pub timeout_secs: u64,
+    /// How often the signature folders are checked for changes (0: never; SIGHUP still
+    /// reloads).
+    pub reload_check_secs: u64,
+    /// Largest file scanned, bytes (clamd's MaxFileSize).
+    pub max_filesize: u64,
+    /// Most bytes scanned per input, archives expanded (MaxScanSize).
+    pub max_scansize: u64,
+    /// Deepest archive nesting (MaxRecursion).
+    pub max_recursion: u64,
+    /// Most files inside one input (MaxFiles).
+    pub max_files: u64,
+    /// Treat a message cut short by a limit as a virus (else it gets the symbol
+    /// `AV_SCAN_INCOMPLETE` and an `X-Virus-Scan` header).
+    pub limits_block: bool,
+    /// Alert on Office documents with VBA macros.
+    pub alert_macros: bool,
+    /// Alert on encrypted archives and documents.
+    pub alert_encrypted: bool,
+    /// Alert on broken executables and media.
+    pub alert_broken: bool,
+    /// Phishing signatures and URL checks.
+    pub phishing: bool,
+    /// Fuzzy hashes of images, for image signatures (costly; off unless signatures use them).
+    pub image_fuzzy_hash: bool,
+}
+
+impl Default for Av {
+    fn default() -> Self {
+        Av {
+            signatures: vec!["/var/lib/clamav".into()],
+            builtin_signatures: true,
+            blocklist_dir: "/etc/mxgate/blocklist".into(),
+            action: "reject".into(),
+            quarantine_dir: "/var/lib/mxgate/quarantine".into(),
+            workers: 2,
+            queue: 64,
+            timeout_secs: 60,
+            reload_check_secs: 60,
+            max_filesize: 25 << 20,
+            max_scansize: 100 << 20,
+            max_recursion: 17,
+            max_files: 10_000,
+            limits_block: false,
+            alert_macros: true,
+            alert_encrypted: false,
+            alert_broken: false,
+            phishing: true,
+            image_fuzzy_hash: false,
+        }
+    }
+}
+
+/// `[ocr]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ocr {
+    /// Worker threads, one Tesseract engine each.
+    pub workers: usize,
+    /// Messages that may wait for a worker; beyond that a message gets 451 4.3.0.
+    pub queue: usize,
+    /// Tesseract language(s): `eng`, `eng+deu` (the tesseract-ocr-LANG packages).
+    pub lang: String,
+    /// Read images only when the message's own text has fewer non-space characters than this
+    /// (0: always).
+    pub max_text_chars: usize,
+    /// Most images read per message.
+    pub max_images: usize,
+    /// Time for one image, milliseconds.
+    pub image_timeout_ms: u64,
+    /// Time for all images of a message, milliseconds; the message goes on without the text
+    /// of images not read by then.
+    pub message_timeout_ms: u64,
+    /// Results kept by image content (campaigns repeat one picture).
+    pub cache_entries: usize,
+    /// Images narrower or lower than this many pixels are skipped.
+    pub min_side: u32,
+    /// Images with more pixels than this are skipped.
+    pub max_pixels: u64,
+    /// Images with more pixels than this are scaled down to it.
+    pub pixel_cap: u64,
+    /// Images lower than this are scaled up first.
+    pub upscale_below: u32,
+}
+
+impl Default for Ocr {
+    fn default() -> Self {
+        Ocr {
+            workers: 1,
+            queue: 32,
+            lang: "eng".into(),
+            max_text_chars: 3000,
+            max_images: 8,
+            image_timeout_ms: 5_000,
+            message_timeout_ms: 10_000,
+            cache_entries: 4096,
+            min_side: 24,
+            max_pixels: 40_000_000,
+            pixel_cap: 20_000_000,
+            upscale_below: 40,
         }
     }
 }
@@ -454,6 +588,31 @@ impl Config {
                 "bayes.db",
                 "the bayes stage needs a model folder".into(),
             ));
+        }
+        if !VIRUS_ACTIONS.contains(&self.av.action.as_str()) {
+            return Err(bad(
+                "av.action",
+                format!(
+                    "{:?}: use one of {}",
+                    self.av.action,
+                    VIRUS_ACTIONS.join(", ")
+                ),
+            ));
+        }
+        if self.av.action == "quarantine" && self.av.quarantine_dir.is_empty() {
+            return Err(bad(
+                "av.quarantine_dir",
+                "the quarantine action needs a folder".into(),
+            ));
+        }
+        if self.av.workers == 0 || self.ocr.workers == 0 {
+            return Err(bad("av.workers", "pools need at least 1 worker".into()));
+        }
+        if self.av.timeout_secs == 0 {
+            return Err(bad("av.timeout_secs", "must be at least 1".into()));
+        }
+        if self.ocr.lang.is_empty() {
+            return Err(bad("ocr.lang", "name a Tesseract language".into()));
         }
         if !self.metrics.listen.is_empty() {
             self.metrics

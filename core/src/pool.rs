@@ -19,7 +19,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The pool's queue is full: every worker is busy and `queue` jobs wait already.
@@ -162,7 +161,6 @@ type Job<J, R> = (J, Completer<R>);
 /// A fixed set of worker threads taking jobs from one bounded queue.
 pub struct Pool<J: Send + 'static, R: Send + 'static> {
     tx: Option<crossbeam_channel::Sender<Job<J, R>>>,
-    threads: Vec<JoinHandle<()>>,
     workers: usize,
 }
 
@@ -185,12 +183,12 @@ impl<J: Send + 'static, R: Send + 'static> Pool<J, R> {
         let (tx, rx) = crossbeam_channel::bounded::<Job<J, R>>(queue);
         let init = Arc::new(init);
         let work = Arc::new(work);
-        let mut threads = Vec::with_capacity(workers);
         for n in 0..workers {
             let rx = rx.clone();
             let init = Arc::clone(&init);
             let work = Arc::clone(&work);
-            threads.push(
+            // Detached: the threads end when the queue is closed and drained.
+            drop(
                 std::thread::Builder::new()
                     .name(format!("{name}-{n}"))
                     .spawn(move || {
@@ -210,7 +208,6 @@ impl<J: Send + 'static, R: Send + 'static> Pool<J, R> {
         }
         Ok(Pool {
             tx: Some(tx),
-            threads,
             workers,
         })
     }
@@ -235,12 +232,11 @@ impl<J: Send + 'static, R: Send + 'static> Pool<J, R> {
 }
 
 impl<J: Send + 'static, R: Send + 'static> Drop for Pool<J, R> {
-    /// Closes the queue and lets the workers finish what was queued.
+    /// Closes the queue; the workers finish what was queued and exit on their own. Nothing
+    /// waits for them here, so dropping a pool never blocks the dropping thread (a shard
+    /// releasing an old configuration snapshot).
     fn drop(&mut self) {
         self.tx.take();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
     }
 }
 

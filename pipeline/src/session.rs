@@ -229,9 +229,19 @@ async fn deliver(
     }
     let id = shard.next_message_id();
     let mut ctx = Context::new(&msg.envelope, &msg.body, client.addr);
+    // AV and OCR run on their pools meanwhile; this session yields until both answered or ran
+    // out of time.
+    ctx.offloaded = snap.chain.submit(&msg.body).resolve().await;
     let verdict = snap.chain.run(&mut ctx);
     match verdict {
         Verdict::Accept => {}
+        Verdict::Discard(what) => {
+            tracing::info!(id, client = %client.addr, from = %msg.envelope.mail_from, what, "message taken, not relayed");
+            if let Downstream::Open(tx) = downstream {
+                shard.relay.abort(target, tx).await;
+            }
+            return Reply::owned(250, "2.0.0", format!("Ok: {id} {what}"));
+        }
         Verdict::Reject(r) | Verdict::Tempfail(r) => {
             tracing::info!(id, client = %client.addr, from = %msg.envelope.mail_from, reply = %r, "message refused by stages");
             if let Downstream::Open(tx) = downstream {

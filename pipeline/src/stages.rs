@@ -20,6 +20,7 @@ use mxgate_core::smtp::{Envelope, Reply};
 use mxgate_scanners::{bayes, rules};
 
 use crate::learner::Learner;
+use crate::offload::{AvStage, OcrStage, Offloaded, Pending, Unavailable, VirusAction};
 
 /// What the stages found about one message.
 pub struct Context<'a> {
@@ -44,6 +45,9 @@ pub struct Context<'a> {
     pub bayes: Option<f64>,
     /// The score (sum of the symbols' scores), once the post-filter ran.
     pub score: f64,
+    /// What the AV and OCR pools found (set by the caller after waiting on
+    /// [`Chain::submit`]'s tickets).
+    pub offloaded: Offloaded,
 }
 
 impl<'a> Context<'a> {
@@ -60,6 +64,7 @@ impl<'a> Context<'a> {
             bayes_tokens: Vec::new(),
             bayes: None,
             score: 0.0,
+            offloaded: Offloaded::default(),
         }
     }
 }
@@ -73,6 +78,8 @@ pub enum Verdict {
     Reject(Reply),
     /// Refuse it for now (4xx after DATA).
     Tempfail(Reply),
+    /// Take it (250) and relay nothing: dropped, or kept in quarantine. The text says which.
+    Discard(&'static str),
 }
 
 /// The compiled chain for one configuration snapshot: immutable, shared by all shards.
@@ -80,6 +87,10 @@ pub enum Verdict {
 pub struct Chain {
     /// `hops`: the Received: limit, when that stage is on.
     max_hops: Option<usize>,
+    /// `av`: the engines and their pool, when that stage is on.
+    av: Option<Arc<AvStage>>,
+    /// `ocr`: the Tesseract pool, when that stage is on.
+    ocr: Option<Arc<OcrStage>>,
     /// `rules`: the compiled ruleset, when that stage is on.
     rules: Option<Arc<rules::Engine>>,
     /// `bayes`: the model (behind the learner when autolearning), when that stage is on.
@@ -118,6 +129,16 @@ const STAGE_FAILED: Reply = Reply::new(
     "Error: content filter failed, try again later",
 );
 const SPAM: Reply = Reply::new(554, "5.7.1", "Error: message rejected as spam");
+const SCANNER_BUSY: Reply = Reply::new(
+    451,
+    "4.3.0",
+    "Error: content scanners busy, try again later",
+);
+const SCANNER_FAILED: Reply = Reply::new(
+    451,
+    "4.3.0",
+    "Error: virus scan not completed, try again later",
+);
 
 impl Chain {
     /// Builds the chain from the configuration (already validated); loads the Bayes model when
@@ -178,8 +199,20 @@ impl Chain {
         } else {
             None
         };
+        let av = if on("av") {
+            Some(Arc::new(AvStage::new(cfg, !learn)?))
+        } else {
+            None
+        };
+        let ocr = if on("ocr") {
+            Some(Arc::new(OcrStage::new(cfg)?))
+        } else {
+            None
+        };
         Ok(Chain {
             max_hops: on("hops").then_some(stages.max_hops),
+            av,
+            ocr,
             rules,
             bayes,
             autolearn,
@@ -191,7 +224,27 @@ impl Chain {
 
     /// Whether no stage is on (pure relay).
     pub fn is_empty(&self) -> bool {
-        self.max_hops.is_none() && self.bayes.is_none() && self.rules.is_none()
+        self.max_hops.is_none() && !self.reads_content()
+    }
+
+    /// Whether a stage reads the message's content.
+    fn reads_content(&self) -> bool {
+        self.bayes.is_some() || self.rules.is_some() || self.av.is_some() || self.ocr.is_some()
+    }
+
+    /// Hands the message to the AV and OCR pools (when those stages are on); the caller waits
+    /// on the result ([`Pending::resolve`] on a shard, [`Pending::wait`] elsewhere), puts it in
+    /// [`Context::offloaded`], then calls [`Chain::run`].
+    pub fn submit(&self, body: &Bytes) -> Pending {
+        if self.av.is_none() && self.ocr.is_none() {
+            return Pending::none();
+        }
+        Pending::submit(self.av.as_deref(), self.ocr.as_deref(), body)
+    }
+
+    /// The AV stage, when on.
+    pub fn av(&self) -> Option<&AvStage> {
+        self.av.as_deref()
     }
 
     /// The rule engine, when the rules stage is on.
@@ -209,8 +262,15 @@ impl Chain {
                 return Verdict::Reject(LOOP);
             }
         }
-        if self.bayes.is_none() && self.rules.is_none() {
+        if !self.reads_content() {
             return Verdict::Accept; // nothing below reads the content
+        }
+        // Phase: AV, whose verdict can end the message here.
+        if let Some(v) = self.av_verdict(ctx) {
+            return v;
+        }
+        if let Some(Err(Unavailable::Saturated)) = &ctx.offloaded.ocr {
+            return Verdict::Tempfail(SCANNER_BUSY);
         }
         // The content stages must not panic on any input (fuzzing and the parity runs are
         // there for that); if one does anyway, the message is not lost and the shard lives on:
@@ -230,15 +290,82 @@ impl Chain {
         }
     }
 
+    /// The AV stage's decision: `Some` ends the message (rejected, deferred, discarded);
+    /// `None` goes on, with symbols and headers added for a tagged virus or an incomplete scan.
+    fn av_verdict(&self, ctx: &mut Context<'_>) -> Option<Verdict> {
+        let (Some(stage), Some(result)) = (&self.av, &ctx.offloaded.av) else {
+            return None;
+        };
+        let done = match result {
+            Ok(d) => d,
+            Err(Unavailable::Saturated) => return Some(Verdict::Tempfail(SCANNER_BUSY)),
+            Err(why) => {
+                tracing::warn!(?why, "av: no verdict; the message is deferred");
+                return Some(Verdict::Tempfail(SCANNER_FAILED));
+            }
+        };
+        let r = &done.report;
+        for e in &r.errors {
+            tracing::warn!("av: {e}");
+        }
+        let mut names = r.names();
+        if stage.limits_block {
+            names.extend(r.limits.iter().cloned());
+        } else if !r.limits.is_empty() {
+            ctx.symbols.push((Cow::Borrowed("AV_SCAN_INCOMPLETE"), 0.0));
+            ctx.add_headers.push_str(&format!(
+                "X-Virus-Scan: incomplete ({})\r\n",
+                r.limits.join(", ")
+            ));
+        }
+        if names.is_empty() {
+            return None;
+        }
+        tracing::info!(viruses = %names.join(","), action = ?stage.action, "av: virus found");
+        for n in &names {
+            ctx.symbols.push((Cow::Owned(format!("VIRUS({n})")), 0.0));
+        }
+        match stage.action {
+            VirusAction::Reject => Some(Verdict::Reject(Reply::owned(
+                554,
+                "5.7.1",
+                format!("Error: message contains a virus ({})", names.join(", ")),
+            ))),
+            VirusAction::Quarantine if stage.dry_run => Some(Verdict::Discard("quarantined")),
+            VirusAction::Quarantine => match (&done.quarantined, &done.quarantine_error) {
+                (Some(p), _) => {
+                    tracing::info!(file = %p.display(), "av: message quarantined");
+                    Some(Verdict::Discard("quarantined"))
+                }
+                (None, e) => {
+                    tracing::error!(error = ?e, "av: quarantine failed; the message is deferred");
+                    Some(Verdict::Tempfail(SCANNER_FAILED))
+                }
+            },
+            VirusAction::Drop => Some(Verdict::Discard("dropped")),
+            VirusAction::Tag => {
+                ctx.add_headers
+                    .push_str(&format!("X-Virus-Found: {}\r\n", names.join(", ")));
+                None
+            }
+        }
+    }
+
     fn content(&self, ctx: &mut Context<'_>) -> Verdict {
         // Phase: filter. The MIME view is built once; header analysis, AV and OCR join the
         // rules here.
         let msg = Message::parse(ctx.body.clone());
+        // What OCR read in the images: one more text part for the rules and Bayes.
+        let extracted = match &ctx.offloaded.ocr {
+            Some(Ok(r)) if !r.text.is_empty() => Some(r.text.clone()),
+            _ => None,
+        };
         if let Some(engine) = &self.rules {
             let env = rules::Envelope {
                 // An unknown sender (`mxgate scan`) reads as no envelope; rules then fall back
                 // to Return-Path, as SpamAssassin does without a trusted relay.
                 mail_from: Some(ctx.envelope.mail_from.as_str()).filter(|m| !m.is_empty()),
+                extracted_text: extracted.as_deref(),
             };
             let outcome = with_scratch(engine, |s| engine.scan(&msg, env, s));
             let set = engine.score_set();
@@ -255,7 +382,10 @@ impl Chain {
         let mut learned_points = 0.0;
         if let Some(model) = &self.bayes {
             let model = model.current();
-            let toks = bayes::tokenize(&msg, self.explain);
+            let mut toks = bayes::tokenize(&msg, self.explain);
+            if let Some(x) = &extracted {
+                bayes::add_body_text(&mut toks, x, self.explain);
+            }
             if let Ok(v) = bayes::classify(&model, &toks.ids, &self.bayes_params) {
                 ctx.bayes = Some(v.p_spam);
                 let (name, score) = bayes::symbol(v.p_spam);

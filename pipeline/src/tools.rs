@@ -300,12 +300,15 @@ pub fn scan(
         let body = Bytes::from(raw);
         let started = Instant::now();
         let mut ctx = Context::new(&env, &body, client);
+        ctx.offloaded = chain.submit(&body).wait();
         let verdict = chain.run(&mut ctx);
         let elapsed = started.elapsed();
         let score: f64 = ctx.symbols.iter().map(|(_, s)| s).sum::<f64>() + 0.0;
         let (action, reply) = match &verdict {
             Verdict::Reject(r) => ("reject", Some(r.to_string())),
             Verdict::Tempfail(r) => ("tempfail", Some(r.to_string())),
+            Verdict::Discard("quarantined") => ("quarantine", None),
+            Verdict::Discard(_) => ("drop", None),
             Verdict::Accept if score >= chain.required_score() => ("tag", None),
             Verdict::Accept => ("accept", None),
         };
@@ -326,6 +329,25 @@ pub fn scan(
             "autolearn": match ctx.autolearn { Some(true) => "spam", Some(false) => "ham", None => "no" },
             "elapsed_us": elapsed.as_micros() as u64,
         });
+        match &ctx.offloaded.av {
+            Some(Ok(d)) => {
+                v["virus"] = serde_json::json!(d.report.names());
+                if !d.report.limits.is_empty() {
+                    v["av_limits"] = serde_json::json!(d.report.limits);
+                }
+            }
+            Some(Err(why)) => v["virus"] = serde_json::json!({"unavailable": format!("{why:?}")}),
+            None if chain.av().is_some() => v["virus"] = serde_json::json!([]),
+            None => {}
+        }
+        match &ctx.offloaded.ocr {
+            Some(Ok(r)) => {
+                v["ocr"] = serde_json::json!({"images": r.images, "chars": r.chars, "text": r.text,
+                    "cached": r.cached, "skipped": r.skipped, "out_of_time": r.out_of_time});
+            }
+            Some(Err(why)) => v["ocr"] = serde_json::json!({"unavailable": format!("{why:?}")}),
+            None => {}
+        }
         if all_hits {
             if let Some(engine) = chain.rules() {
                 let hits: serde_json::Map<String, serde_json::Value> = ctx
@@ -463,6 +485,137 @@ pub fn rules_stats(paths: &[PathBuf], layout: &str, json: bool) -> anyhow::Resul
     println!("eval functions not implemented (rules calling each):");
     for (f, n) in &s.eval_functions {
         println!("  {f} ({n})");
+    }
+    Ok(())
+}
+
+/// `mxgate av scan`: libclamav in-process on files, printed as clamscan prints them. Returns
+/// the exit status: 0 clean, 1 something found, 2 an error.
+pub fn av_scan(
+    cfg: &mxgate_core::config::Config,
+    signatures: &[PathBuf],
+    paths: &[PathBuf],
+) -> anyhow::Result<i32> {
+    use mxgate_scanners::av::{clam, AvEngine, Outcome};
+    let mut settings = crate::offload::clam_settings(&cfg.av);
+    if !signatures.is_empty() {
+        // Like clamscan -d: these sources only.
+        settings.signatures = signatures.to_vec();
+        settings.builtin = false;
+    }
+    let engine = clam::ClamAv::new(settings)?;
+    let mut files = Vec::new();
+    for p in paths {
+        walk(p, &mut files);
+    }
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let (mut found, mut errors) = (0, 0);
+    for f in files {
+        let data = match std::fs::read(&f) {
+            Ok(d) => d,
+            Err(e) => {
+                errors += 1;
+                writeln!(out, "{}: {e} ERROR", f.display())?;
+                continue;
+            }
+        };
+        if data.is_empty() {
+            writeln!(out, "{}: Empty file", f.display())?;
+            continue;
+        }
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+        match engine.scan(&data, name.as_deref()) {
+            Outcome::Clean => writeln!(out, "{}: OK", f.display())?,
+            Outcome::Virus(n) | Outcome::Limit(n) => {
+                found += 1;
+                writeln!(out, "{}: {n} FOUND", f.display())?;
+            }
+            Outcome::Error(e) => {
+                errors += 1;
+                writeln!(out, "{}: {e} ERROR", f.display())?;
+            }
+        }
+    }
+    Ok(if errors > 0 {
+        2
+    } else if found > 0 {
+        1
+    } else {
+        0
+    })
+}
+
+fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+    if p.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        entries.sort();
+        for e in entries {
+            walk(&e, out);
+        }
+    } else {
+        out.push(p.to_path_buf());
+    }
+}
+
+/// `mxgate ocr`: the OCR pool on image files (all submitted at once, read in parallel by the
+/// configured workers), the text of each printed in order.
+pub fn ocr_images(
+    cfg: &mxgate_core::config::Config,
+    images: &[PathBuf],
+    json: bool,
+) -> anyhow::Result<()> {
+    let o = &cfg.ocr;
+    let pc = mxgate_ocr::Config {
+        workers: o.workers,
+        // Every file is queued at once.
+        queue: images.len().max(1),
+        lang: o.lang.clone(),
+        datapath: None,
+        image_budget: std::time::Duration::from_millis(o.image_timeout_ms),
+        message_budget: std::time::Duration::from_millis(o.message_timeout_ms),
+        max_images: 1,
+        cache_entries: o.cache_entries,
+        prepare: mxgate_ocr::Prepare {
+            min_side: o.min_side,
+            max_pixels: o.max_pixels,
+            pixel_cap: o.pixel_cap,
+            upscale_below: o.upscale_below,
+            ..mxgate_ocr::Prepare::default()
+        },
+    };
+    let pool = mxgate_ocr::Pool::new(&pc)?;
+    let mut tickets = Vec::new();
+    for f in images {
+        let data = std::fs::read(f).with_context(|| f.display().to_string())?;
+        let t = pool
+            .submit(vec![Bytes::from(data)])
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tickets.push((f, t));
+    }
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for (f, t) in tickets {
+        let r = t
+            .wait()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))??;
+        if json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"file": f.display().to_string(), "text": r.text, "chars": r.chars, "skipped": r.skipped})
+            )?;
+        } else {
+            if images.len() > 1 {
+                writeln!(out, "== {}", f.display())?;
+            }
+            for s in &r.skipped {
+                writeln!(out, "(skipped: {s})")?;
+            }
+            writeln!(out, "{}", r.text)?;
+        }
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ fn signatures() -> PathBuf {
 fn settings(dirs: Vec<PathBuf>) -> clam::Settings {
     clam::Settings {
         signatures: dirs,
+        builtin: false,
         limits: av::Limits::default(),
         options: av::ScanOptions::default(),
     }

@@ -82,6 +82,41 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Anti-virus tools.
+    Av {
+        #[command(subcommand)]
+        cmd: AvCmd,
+    },
+    /// Read the text in image files with the OCR pool, as the ocr stage does.
+    Ocr {
+        /// TOML configuration file (the [ocr] section).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// One JSON object per image per line instead of plain text.
+        #[arg(long)]
+        json: bool,
+        /// The images (PNG, JPEG, GIF, BMP, TIFF, WebP).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AvCmd {
+    /// Scan files or folders with libclamav in-process and print each file's verdict as clamscan
+    /// does (`FILE: NAME FOUND`, `FILE: OK`); exit status 1 when something was found, 2 on errors.
+    Scan {
+        /// TOML configuration file (the [av] section: signatures, limits, options).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Signature folder or file (repeatable); replaces the configured ones and the built-in
+        /// signatures, like clamscan's -d.
+        #[arg(long = "signatures")]
+        signatures: Vec<PathBuf>,
+        /// Files or folders (folders are walked).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +258,8 @@ fn init_logging(level: &str) {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Tesseract reads OMP_THREAD_LIMIT only at process start: re-executes when it is missing.
+    mxgate_ocr::ensure_single_thread_omp();
     match run(Cli::parse()) {
         // `mxgate mime ... | head`: a closed pipe ends the output, it is not an error.
         Err(e)
@@ -298,6 +335,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     json,
                 } => tools::rules_stats(&paths(rules, config)?, &layout, json),
             }
+        }
+        Cmd::Av {
+            cmd:
+                AvCmd::Scan {
+                    config,
+                    signatures,
+                    paths,
+                },
+        } => {
+            let cfg = settings::load(config.as_deref(), &Overrides::default())?;
+            let code = tools::av_scan(&cfg, &signatures, &paths)?;
+            std::process::exit(code);
+        }
+        Cmd::Ocr {
+            config,
+            json,
+            images,
+        } => {
+            let cfg = settings::load(config.as_deref(), &Overrides::default())?;
+            tools::ocr_images(&cfg, &images, json)
         }
         Cmd::Mime { files } => {
             use std::io::Write as _;

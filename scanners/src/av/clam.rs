@@ -35,6 +35,8 @@ pub struct Settings {
     /// Signature folders (or files), loaded in order. Folders that do not exist are skipped, so
     /// `/var/lib/clamav` can be listed whether freshclam runs or not.
     pub signatures: Vec<PathBuf>,
+    /// Also load [`super::BUILTIN_SIGNATURES`].
+    pub builtin: bool,
     /// Scan limits.
     pub limits: Limits,
     /// What to look for.
@@ -133,9 +135,21 @@ impl Engine {
         if !settings.options.phishing {
             dbopts &= !(sys::CL_DB_PHISHING | sys::CL_DB_PHISHING_URLS);
         }
-        let mut loaded_from = Vec::new();
-        for path in &settings.signatures {
-            if !path.exists() {
+        // The built-in files go through a private folder: cl_load reads paths only.
+        let builtin_dir = if settings.builtin {
+            Some(BuiltinDir::write().map_err(|e| LoadError::Load {
+                path: std::env::temp_dir(),
+                message: format!("cannot write the built-in signatures: {e}"),
+            })?)
+        } else {
+            None
+        };
+        let sources = settings
+            .signatures
+            .iter()
+            .chain(builtin_dir.as_ref().map(|d| &d.0));
+        for path in sources {
+            if !holds_signatures(path) {
                 continue;
             }
             let c =
@@ -153,14 +167,17 @@ impl Engine {
                 });
             }
             engine.signatures += signo;
-            loaded_from.push(path.display().to_string());
         }
+        drop(builtin_dir);
         if engine.signatures == 0 {
-            let tried: Vec<String> = settings
+            let mut tried: Vec<String> = settings
                 .signatures
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect();
+            if settings.builtin {
+                tried.push("the built-in signatures".into());
+            }
             return Err(LoadError::NoSignatures(tried.join(", ")));
         }
         // SAFETY: engine valid; the callback matches clcb_virus_found and reads its context as
@@ -223,6 +240,55 @@ impl Engine {
                 e => Outcome::Error(strerror(e)),
             }
         }
+    }
+}
+
+/// The file name extensions libclamav loads signatures from.
+const DB_EXTENSIONS: &[&str] = &[
+    "cvd", "cld", "cud", "hdb", "hsb", "hdu", "hsu", "mdb", "msb", "mdu", "msu", "ndb", "ndu",
+    "ldb", "ldu", "idb", "cdb", "crb", "cat", "cbc", "fp", "sfp", "ign", "ign2", "pdb", "gdb",
+    "wdb", "ftm", "yar", "yara", "imp", "pwdb", "info",
+];
+
+/// Whether a source is a signature file, or a folder with at least one (an empty
+/// `/var/lib/clamav`, or one holding only freshclam's state file, is skipped, not an error).
+fn holds_signatures(path: &Path) -> bool {
+    let is_db = |p: &Path| {
+        p.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| DB_EXTENSIONS.contains(&e))
+    };
+    if path.is_dir() {
+        std::fs::read_dir(path).is_ok_and(|rd| rd.flatten().any(|e| is_db(&e.path())))
+    } else {
+        path.is_file()
+    }
+}
+
+/// A temporary folder holding the built-in signature files, removed when dropped.
+struct BuiltinDir(PathBuf);
+
+impl BuiltinDir {
+    fn write() -> std::io::Result<BuiltinDir> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "mxgate-signatures-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let d = BuiltinDir(dir);
+        for (name, text) in super::BUILTIN_SIGNATURES {
+            std::fs::write(d.0.join(name), text)?;
+        }
+        Ok(d)
+    }
+}
+
+impl Drop for BuiltinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

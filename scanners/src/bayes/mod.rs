@@ -14,7 +14,7 @@ pub mod tokenize;
 
 pub use classify::{classify, symbol, Params, Silent, Verdict};
 pub use model::{Class, FileStore, Learned, Model, Store};
-pub use tokenize::{tokenize, tokenize_with, Tokens};
+pub use tokenize::{add_body_text, tokenize, tokenize_with, Tokens};
 
 /// The identity of a message for learning: a hash of its bytes after an mbox `From ` line and
 /// any `X-Spam-*` fields are left out, so the same message learned twice is recognised.

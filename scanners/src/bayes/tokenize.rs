@@ -209,6 +209,22 @@ pub fn tokenize(msg: &Message, keep_text: bool) -> Tokens {
     tokenize_with(msg, keep_text, false)
 }
 
+/// Adds the words of text the message carries outside its text parts (what OCR read in its
+/// images) as body tokens, as if it were one more text part.
+pub fn add_body_text(tokens: &mut Tokens, text: &str, keep_text: bool) {
+    let mut sink = Sink {
+        out: tokens,
+        keep_text,
+        seed: 0,
+        prefix: "",
+        dynamic: String::new(),
+        osb: None,
+    };
+    sink.with_prefix("");
+    let mut word = String::with_capacity(64);
+    words(text, &mut sink, &mut word);
+}
+
 /// Tokenizes a parsed message; with `osb`, body words are also paired with each of the four
 /// words before them (orthogonal sparse bigrams, as rspamd does).
 pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {

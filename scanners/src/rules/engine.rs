@@ -215,6 +215,9 @@ pub struct Outcome {
 pub struct Envelope<'a> {
     /// MAIL FROM, when known.
     pub mail_from: Option<&'a str>,
+    /// Text found outside the message's text parts (what OCR read in its images), which body
+    /// rules see as one more text part, as SpamAssassin's ExtractText plugin presents it.
+    pub extracted_text: Option<&'a str>,
 }
 
 /// A build error.
@@ -630,7 +633,7 @@ impl Engine {
                         .values("subject", false)
                         .last()
                         .map(<[u8]>::to_vec);
-                    let lines = view::body_lines(msg, subject.as_deref());
+                    let lines = view::body_lines(msg, subject.as_deref(), ctx.env.extracted_text);
                     self.run_texts(k, &lines, scratch, true);
                 }
                 Input::Rawbody => self.run_texts(k, &view::rawbody_chunks(msg), scratch, false),

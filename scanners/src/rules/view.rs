@@ -131,8 +131,8 @@ fn trim(s: &[u8]) -> &[u8] {
 }
 
 /// The rendered body as body rules see it: lines (paragraphs) of at most 2,048 bytes, the
-/// Subject first.
-pub fn body_lines(msg: &Message, subject: Option<&[u8]>) -> Vec<Vec<u8>> {
+/// Subject first; `extracted`, text read from non-text parts, comes last as one more part.
+pub fn body_lines(msg: &Message, subject: Option<&[u8]>, extracted: Option<&str>) -> Vec<Vec<u8>> {
     let mut text = String::new();
     for p in msg.leaves() {
         if !text.is_empty() {
@@ -151,6 +151,10 @@ pub fn body_lines(msg: &Message, subject: Option<&[u8]>) -> Vec<Vec<u8>> {
             }
             text.push_str(&r);
         }
+    }
+    if let Some(x) = extracted.filter(|x| !x.is_empty()) {
+        text.push('\n');
+        text.push_str(x);
     }
     let collapsed = collapse_whitespace(&text);
     let mut all = Vec::with_capacity(collapsed.len() + 128);
@@ -511,7 +515,7 @@ mod tests {
         ));
         let h = Headers::of_part(&m, 0);
         let subj = h.values("subject", false).next().map(|v| v.to_vec());
-        let lines = body_lines(&m, subj.as_deref());
+        let lines = body_lines(&m, subj.as_deref(), None);
         let lines: Vec<String> = lines
             .iter()
             .map(|l| String::from_utf8_lossy(l).into_owned())
