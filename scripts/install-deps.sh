@@ -5,7 +5,7 @@ set -eu
 PKGS="build-essential pkg-config openssl ca-certificates python3 procps iproute2 time \
       postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libhyperscan-dev spamassassin \
       libclamav-dev clamav clamav-daemon tesseract-ocr tesseract-ocr-eng libtesseract-dev \
-      libleptonica-dev clang libclang-dev imagemagick"
+      libleptonica-dev clang libclang-dev imagemagick fonts-dejavu-core fonts-dejavu-extra"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

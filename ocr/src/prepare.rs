@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 
-use image::{imageops::FilterType, GrayImage, ImageFormat, ImageReader};
+use image::{imageops::FilterType, GrayImage, ImageFormat, ImageReader, RgbImage};
 
 /// How images are chosen and prepared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,8 +68,9 @@ pub fn sniff(data: &[u8]) -> Option<ImageFormat> {
         .filter(|f| FORMATS.contains(f))
 }
 
-/// Decodes an image to 8-bit grayscale, upscaled when small.
-pub fn prepare(data: &[u8], p: &Prepare) -> Result<GrayImage, Skip> {
+/// Decodes an image (gray or RGB, transparency on white), scaled up when small and down when
+/// beyond the pixel cap.
+pub fn prepare(data: &[u8], p: &Prepare) -> Result<Prepared, Skip> {
     let format = sniff(data).ok_or(Skip::NotAnImage)?;
     let (w, h) = ImageReader::with_format(Cursor::new(data), format)
         .into_dimensions()
@@ -85,18 +86,30 @@ pub fn prepare(data: &[u8], p: &Prepare) -> Result<GrayImage, Skip> {
     limits.max_alloc = Some(p.max_pixels * 8);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| Skip::Broken(e.to_string()))?;
-    // Transparent pixels read as white paper, as a mail client shows them on a white page.
-    let gray = if img.color().has_alpha() {
+    // Gray stays gray; colour stays colour: Tesseract thresholds each channel of a colour image
+    // and keeps the one that separates text from background best, which reads coloured text on
+    // coloured backgrounds better than one luminance channel would. Transparent pixels become
+    // white paper, as a mail client shows them on a white page.
+    let on_white =
+        |c: u8, a: u8| ((u32::from(c) * u32::from(a) + 255 * (255 - u32::from(a))) / 255) as u8;
+    let prepared = if !img.color().has_color() {
+        if img.color().has_alpha() {
+            let la = img.to_luma_alpha8();
+            Prepared::Gray(GrayImage::from_fn(w, h, |x, y| {
+                let [l, a] = la.get_pixel(x, y).0;
+                image::Luma([on_white(l, a)])
+            }))
+        } else {
+            Prepared::Gray(img.to_luma8())
+        }
+    } else if img.color().has_alpha() {
         let rgba = img.to_rgba8();
-        GrayImage::from_fn(w, h, |x, y| {
-            let px = rgba.get_pixel(x, y).0;
-            let a = u32::from(px[3]);
-            let luma =
-                (299 * u32::from(px[0]) + 587 * u32::from(px[1]) + 114 * u32::from(px[2])) / 1000;
-            image::Luma([((luma * a + 255 * (255 - a)) / 255) as u8])
-        })
+        Prepared::Rgb(RgbImage::from_fn(w, h, |x, y| {
+            let [r, g, b, a] = rgba.get_pixel(x, y).0;
+            image::Rgb([on_white(r, a), on_white(g, a), on_white(b, a)])
+        }))
     } else {
-        img.to_luma8()
+        Prepared::Rgb(img.to_rgb8())
     };
     let pixels = u64::from(w) * u64::from(h);
     if pixels > p.pixel_cap {
@@ -105,16 +118,45 @@ pub fn prepare(data: &[u8], p: &Prepare) -> Result<GrayImage, Skip> {
             ((f64::from(w) * scale) as u32).max(1),
             ((f64::from(h) * scale) as u32).max(1),
         );
-        return Ok(image::imageops::resize(&gray, nw, nh, FilterType::Triangle));
+        return Ok(prepared.resize(nw, nh, FilterType::Triangle));
     }
     let factor = p.upscale_below.div_ceil(h.max(1));
     if h < p.upscale_below && u64::from(w * factor) * u64::from(h * factor) <= p.max_pixels {
-        return Ok(image::imageops::resize(
-            &gray,
-            w * factor,
-            h * factor,
-            FilterType::CatmullRom,
-        ));
+        return Ok(prepared.resize(w * factor, h * factor, FilterType::CatmullRom));
     }
-    Ok(gray)
+    Ok(prepared)
+}
+
+/// A decoded image ready for Tesseract.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    /// 8-bit gray.
+    Gray(GrayImage),
+    /// 8-bit RGB.
+    Rgb(RgbImage),
+}
+
+impl Prepared {
+    /// Width and height.
+    pub fn dimensions(&self) -> (u32, u32) {
+        match self {
+            Prepared::Gray(i) => i.dimensions(),
+            Prepared::Rgb(i) => i.dimensions(),
+        }
+    }
+
+    /// The pixels, row by row, and the bytes per pixel.
+    pub fn raw(&self) -> (&[u8], u32) {
+        match self {
+            Prepared::Gray(i) => (i.as_raw(), 1),
+            Prepared::Rgb(i) => (i.as_raw(), 3),
+        }
+    }
+
+    fn resize(&self, w: u32, h: u32, filter: FilterType) -> Prepared {
+        match self {
+            Prepared::Gray(i) => Prepared::Gray(image::imageops::resize(i, w, h, filter)),
+            Prepared::Rgb(i) => Prepared::Rgb(image::imageops::resize(i, w, h, filter)),
+        }
+    }
 }

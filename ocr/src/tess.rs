@@ -6,7 +6,7 @@
 
 use std::ffi::{CStr, CString};
 
-use image::GrayImage;
+use crate::prepare::Prepared;
 use tesseract_sys as sys;
 
 /// Why Tesseract could not start or read an image.
@@ -70,19 +70,20 @@ impl Tesseract {
         }
     }
 
-    /// Reads the text of a grayscale image, giving up after `deadline_ms` milliseconds.
-    pub fn read(&mut self, img: &GrayImage, deadline_ms: u32) -> Result<String, TessError> {
+    /// Reads the text of an image, giving up after `deadline_ms` milliseconds.
+    pub fn read(&mut self, img: &Prepared, deadline_ms: u32) -> Result<String, TessError> {
         let (w, h) = img.dimensions();
+        let (pixels, bpp) = img.raw();
         // SAFETY: the image buffer outlives the recognition (cleared before returning); the
         // monitor is created and deleted here; the returned text is copied and freed.
         unsafe {
             sys::TessBaseAPISetImage(
                 self.api,
-                img.as_raw().as_ptr(),
+                pixels.as_ptr(),
                 w as i32,
                 h as i32,
-                1,
-                w as i32,
+                bpp as i32,
+                (w * bpp) as i32,
             );
             let monitor = sys::TessMonitorCreate();
             sys::TessMonitorSetDeadlineMSecs(monitor, deadline_ms.min(i32::MAX as u32) as i32);

@@ -156,3 +156,21 @@ fn a_missing_signature_folder_is_a_clear_error() {
         .expect("no signatures");
     assert!(e.to_string().contains("/nonexistent/mxgate"), "{e}");
 }
+
+#[test]
+fn a_message_beyond_libclamav_mail_limits_is_scanned_whole() {
+    let engines = av::Engines::new(vec![Arc::new(
+        clam::ClamAv::new(settings(vec![signatures()])).unwrap(),
+    )]);
+    // 300 empty Content-Type arguments: libclamav's mail parser stops at 256 and says so.
+    let raw = format!(
+        "Subject: x\r\nContent-Type: text/plain{}\r\n\r\nhello\r\n",
+        " ;".repeat(300)
+    );
+    let r = engines.scan_message(&Message::parse(Bytes::from(raw)));
+    assert_eq!(r.scanned, 1, "one input: the whole message");
+    assert_eq!(
+        r.limits,
+        vec!["Heuristics.Limits.Exceeded.EmailMIMEArguments".to_owned()]
+    );
+}

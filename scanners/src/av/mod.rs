@@ -228,6 +228,27 @@ impl Report {
     }
 }
 
+/// Whether a message comes near the limits libclamav's mail parser enforces (and reports as
+/// `Heuristics.Limits.Exceeded.Email*`): 256 arguments in one header, 1,024 headers, 256 KB of
+/// header, 1,024 MIME parts. Such a message is handed to libclamav whole, so its verdict is the
+/// one libclamav gives the message. The thresholds are a little lower than libclamav's: a
+/// message near them costs one whole-message scan, never a different verdict.
+fn near_clamav_mail_limits(msg: &Message) -> bool {
+    if msg.parts.len() >= 1000 {
+        return true;
+    }
+    msg.parts.iter().any(|p| {
+        p.fields.len() >= 1000
+            || (p.header.end - p.header.start) as usize >= 250 * 1024
+            || p.fields.iter().any(|f| {
+                let name = f.name(&msg.raw);
+                (name.eq_ignore_ascii_case(b"content-type")
+                    || name.eq_ignore_ascii_case(b"content-disposition"))
+                    && memchr::memchr_iter(b';', f.raw_value(&msg.raw)).count() >= 200
+            })
+    })
+}
+
 /// Several engines whose verdicts are combined: a message is infected when any engine finds a
 /// virus (the dual-engine setup of the reference product).
 pub struct Engines {
@@ -257,8 +278,9 @@ impl Engines {
     /// Every engine on every part of a message: each leaf part transfer-decoded (a slice of
     /// the message when it was not encoded) and each file uuencoded inside a text part. The
     /// whole message is scanned as one input instead when its MIME structure hit a parser
-    /// limit or lost its way between boundaries (so nothing the parser gave up on goes
-    /// unscanned: libclamav then parses the mail itself).
+    /// limit or lost its way between boundaries, or comes near the limits of libclamav's own
+    /// mail parser (so nothing a parser gave up on goes unscanned, and libclamav names the limit
+    /// it reached as it would for the whole message).
     pub fn scan_message(&self, msg: &Message) -> Report {
         let mut r = Report::default();
         use mxgate_core::mime::Anomaly as A;
@@ -273,7 +295,7 @@ impl Engines {
                     | A::ClashingBoundary
             )
         });
-        if broken {
+        if broken || near_clamav_mail_limits(msg) {
             self.scan_into(&mut r, &msg.raw, None);
             return r;
         }
