@@ -256,6 +256,9 @@ pub struct Av {
     pub action: String,
     /// Where quarantined messages are written, one file each.
     pub quarantine_dir: String,
+    /// Where libclamav unpacks archives and writes normalized layers (empty: the system's
+    /// temporary folder).
+    pub tmpdir: String,
     /// Worker threads running libclamav.
     pub workers: usize,
     /// Messages that may wait for a worker; beyond that a message gets 451 4.3.0.
@@ -296,6 +299,7 @@ impl Default for Av {
             blocklist_dir: "/etc/mxgate/blocklist".into(),
             action: "reject".into(),
             quarantine_dir: "/var/lib/mxgate/quarantine".into(),
+            tmpdir: "/dev/shm/mxgate-av".into(),
             workers: 2,
             queue: 64,
             timeout_secs: 60,

@@ -42,6 +42,13 @@ impl Drop for Tesseract {
 impl Tesseract {
     /// Loads `lang` (`eng`) from the default tessdata folder, or `datapath`.
     pub fn new(datapath: Option<&str>, lang: &str) -> Result<Tesseract, TessError> {
+        // Leptonica reports oddities of images it handles for Tesseract on stderr ("invalid
+        // box"); they are not errors of ours, and a gateway's log is no place for them.
+        static QUIET: std::sync::Once = std::sync::Once::new();
+        // SAFETY: sets a process-wide severity level; no pointers involved.
+        QUIET.call_once(|| unsafe {
+            leptonica_sys::setMsgSeverity(6); // L_SEVERITY_NONE
+        });
         let err = || TessError::Init(lang.to_owned());
         let c_lang = CString::new(lang).map_err(|_| err())?;
         let c_path = datapath.map(CString::new).transpose().map_err(|_| err())?;

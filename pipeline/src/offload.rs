@@ -138,6 +138,8 @@ pub fn clam_settings(a: &mxgate_core::config::Av) -> clam::Settings {
     clam::Settings {
         signatures: a.signatures.iter().map(PathBuf::from).collect(),
         builtin: a.builtin_signatures,
+        cache: true,
+        tmpdir: (!a.tmpdir.is_empty()).then(|| PathBuf::from(&a.tmpdir)),
         limits: av::Limits {
             max_filesize: a.max_filesize,
             max_scansize: a.max_scansize,

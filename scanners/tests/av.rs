@@ -22,6 +22,8 @@ fn settings(dirs: Vec<PathBuf>) -> clam::Settings {
     clam::Settings {
         signatures: dirs,
         builtin: false,
+        cache: true,
+        tmpdir: None,
         limits: av::Limits::default(),
         options: av::ScanOptions::default(),
     }

@@ -6,6 +6,8 @@
 //! let settings = clam::Settings {
 //!     signatures: vec!["/var/lib/clamav".into()],
 //!     builtin: true,
+//!     cache: true,
+//!     tmpdir: None,
 //!     limits: av::Limits::default(),
 //!     options: av::ScanOptions::default(),
 //! };
