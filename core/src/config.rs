@@ -265,6 +265,10 @@ pub struct Av {
     pub queue: usize,
     /// Longest wait for a verdict; a message not scanned in time gets 451 4.3.0.
     pub timeout_secs: u64,
+    /// `concurrent` (the new engine is built beside the running one: no scan waits, memory holds
+    /// two engines meanwhile) or `low-memory` (the running engine is freed first and scans wait
+    /// for the new one: one engine's memory at most).
+    pub reload: String,
     /// How often the signature folders are checked for changes (0: never; SIGHUP still
     /// reloads).
     pub reload_check_secs: u64,
@@ -303,6 +307,7 @@ impl Default for Av {
             workers: 2,
             queue: 64,
             timeout_secs: 60,
+            reload: "concurrent".into(),
             reload_check_secs: 60,
             max_filesize: 25 << 20,
             max_scansize: 100 << 20,
@@ -601,6 +606,12 @@ impl Config {
                     self.av.action,
                     VIRUS_ACTIONS.join(", ")
                 ),
+            ));
+        }
+        if self.av.reload != "concurrent" && self.av.reload != "low-memory" {
+            return Err(bad(
+                "av.reload",
+                format!("{:?}: use \"concurrent\" or \"low-memory\"", self.av.reload),
             ));
         }
         if self.av.action == "quarantine" && self.av.quarantine_dir.is_empty() {

@@ -108,7 +108,7 @@ impl AvStage {
             },
         )?;
         tracing::info!(
-            signatures = clamav.engine().signatures(),
+            signatures = clamav.signatures(),
             libclamav = %clam::version(),
             workers = a.workers,
             "av: ready"
@@ -125,7 +125,7 @@ impl AvStage {
 
     /// Signatures loaded in the running engine.
     pub fn signatures(&self) -> u32 {
-        self.clamav.engine().signatures()
+        self.clamav.signatures()
     }
 
     fn submit(&self, body: &Bytes) -> Result<Ticket<AvDone>, Saturated> {
@@ -154,6 +154,11 @@ pub fn clam_settings(a: &mxgate_core::config::Av) -> clam::Settings {
             alert_broken: a.alert_broken,
             phishing: a.phishing,
             image_fuzzy_hash: a.image_fuzzy_hash,
+        },
+        reload: if a.reload == "low-memory" {
+            clam::Reload::LowMemory
+        } else {
+            clam::Reload::Concurrent
         },
     }
 }

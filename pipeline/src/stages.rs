@@ -309,6 +309,10 @@ impl Chain {
             tracing::warn!("av: {e}");
         }
         let mut names = r.names();
+        if names.is_empty() && !r.errors.is_empty() {
+            // An engine could not say: the message is not let through unscanned.
+            return Some(Verdict::Tempfail(SCANNER_FAILED));
+        }
         if stage.limits_block {
             names.extend(r.limits.iter().cloned());
         } else if !r.limits.is_empty() {

@@ -234,6 +234,7 @@ fn main() {
             tmpdir: Some(std::path::PathBuf::from("/dev/shm/mxgate-bench-av")),
             limits,
             options: av::ScanOptions::default(),
+            reload: clam::Reload::Concurrent,
         })
         .unwrap(),
     );

@@ -26,6 +26,7 @@ fn settings(dirs: Vec<PathBuf>) -> clam::Settings {
         tmpdir: None,
         limits: av::Limits::default(),
         options: av::ScanOptions::default(),
+        reload: clam::Reload::Concurrent,
     }
 }
 
@@ -50,7 +51,7 @@ fn base64(data: &[u8]) -> String {
 #[test]
 fn eicar_is_found_and_clean_input_is_clean() {
     let av = clam::ClamAv::new(settings(vec![signatures()])).unwrap();
-    assert!(av.engine().signatures() >= 4);
+    assert!(av.signatures() >= 4);
     match av.scan(&eicar(), Some("eicar.com")) {
         Outcome::Virus(n) => assert!(n.starts_with("Mxgate.Test.Eicar-Signature"), "{n}"),
         o => panic!("EICAR not found: {o:?}"),
@@ -105,7 +106,7 @@ fn new_signatures_are_picked_up_and_old_engine_lives_on() {
     let marker = b"this line marks a reload test 7f3a";
     assert_eq!(av.scan(marker, None), Outcome::Clean);
     assert!(!av.reload_if_changed().unwrap(), "nothing changed yet");
-    let old = av.engine();
+    let old = av.engine().unwrap();
     std::fs::write(
         dir.join("b.ndb"),
         format!("Mxgate.Test.Reload:0:*:{}\n", hex::encode(marker)),
@@ -175,4 +176,33 @@ fn a_message_beyond_libclamav_mail_limits_is_scanned_whole() {
         r.limits,
         vec!["Heuristics.Limits.Exceeded.EmailMIMEArguments".to_owned()]
     );
+}
+
+#[test]
+fn a_low_memory_reload_swaps_and_a_failed_one_defers() {
+    let dir = std::env::temp_dir().join(format!("mxgate-av-lowmem-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(signatures().join("mxgate-test.ndb"), dir.join("a.ndb")).unwrap();
+    let mut s = settings(vec![dir.clone()]);
+    s.reload = clam::Reload::LowMemory;
+    let av = clam::ClamAv::new(s).unwrap();
+    let marker = b"low memory reload marker 51e0";
+    assert_eq!(av.scan(marker, None), Outcome::Clean);
+    std::fs::write(
+        dir.join("b.ndb"),
+        format!("Mxgate.Test.LowMem:0:*:{}\n", hex::encode(marker)),
+    )
+    .unwrap();
+    assert!(av.reload_if_changed().unwrap());
+    assert!(matches!(av.scan(marker, None), Outcome::Virus(_)));
+    // Broken signatures: no engine is left, and scans say so rather than pass anything.
+    std::fs::write(dir.join("c.ndb"), "not a signature\n").unwrap();
+    assert!(av.reload_if_changed().is_err());
+    assert!(matches!(av.scan(marker, None), Outcome::Error(_)));
+    // Mended: the next check loads again.
+    std::fs::remove_file(dir.join("c.ndb")).unwrap();
+    assert!(av.reload_if_changed().unwrap());
+    assert!(matches!(av.scan(&eicar(), None), Outcome::Virus(_)));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -48,6 +48,22 @@ pub struct Settings {
     pub limits: Limits,
     /// What to look for.
     pub options: ScanOptions,
+    /// How a reload trades memory for availability.
+    pub reload: Reload,
+}
+
+/// How the engine is replaced when signatures change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reload {
+    /// The new engine is built beside the running one, which serves scans until the swap:
+    /// no scan ever waits, and memory holds two engines for the length of the build.
+    #[default]
+    Concurrent,
+    /// The running engine is freed first (once its scans in flight have ended), then the new
+    /// one is built; scans wait for it meanwhile. Memory holds one engine at most (clamd's
+    /// `ConcurrentDatabaseReload no`). If the new signatures fail to load, scans report an
+    /// error (the gateway defers mail) until a set that loads is in place.
+    LowMemory,
 }
 
 fn strerror(e: sys::cl_error_t) -> String {
@@ -349,7 +365,8 @@ unsafe extern "C" fn on_virus_found(
 /// is freed when its last scan ends.
 pub struct ClamAv {
     settings: Settings,
-    current: RwLock<Arc<Engine>>,
+    /// The engine; `None` only after a failed low-memory reload.
+    current: RwLock<Option<Arc<Engine>>>,
     /// What the signature sources looked like when the current engine was built.
     seen: Mutex<Vec<(PathBuf, u64, SystemTime)>>,
 }
@@ -361,28 +378,57 @@ impl ClamAv {
         let engine = Engine::build(&settings)?;
         Ok(ClamAv {
             settings,
-            current: RwLock::new(Arc::new(engine)),
+            current: RwLock::new(Some(Arc::new(engine))),
             seen: Mutex::new(seen),
         })
     }
 
-    /// The engine scans use now.
-    pub fn engine(&self) -> Arc<Engine> {
-        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    /// The engine scans use now (waiting while a low-memory reload builds the next one);
+    /// `None` when a low-memory reload failed.
+    pub fn engine(&self) -> Option<Arc<Engine>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Signatures in the engine scans use now.
+    pub fn signatures(&self) -> u32 {
+        self.engine().map_or(0, |e| e.signatures())
     }
 
     /// Rebuilds the engine when a signature file was added, removed or changed since the last
-    /// build. Returns whether it swapped. On a load error the current engine stays.
+    /// build (or when no engine is in place). Returns whether it swapped. On a load error the
+    /// current engine stays (concurrent reload) or none is left (low-memory reload).
     pub fn reload_if_changed(&self) -> Result<bool, LoadError> {
         let now = fingerprint(&self.settings.signatures);
+        // A failed low-memory reload leaves no engine: the sources are then tried again even if
+        // they went back to what they were.
+        let has_engine = self.engine().is_some();
         {
             let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if *seen == now {
+            if *seen == now && has_engine {
                 return Ok(false);
             }
         }
-        let next = Arc::new(Engine::build(&self.settings)?);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+        match self.settings.reload {
+            Reload::Concurrent => {
+                let next = Arc::new(Engine::build(&self.settings)?);
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(next);
+            }
+            Reload::LowMemory => {
+                // New scans wait on this lock from here until the new engine is in.
+                let mut slot = self.current.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(old) = slot.take() {
+                    // Scans that took the engine before the lock finish on it; then it goes.
+                    while Arc::strong_count(&old) > 1 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    drop(old);
+                }
+                *slot = Some(Arc::new(Engine::build(&self.settings)?));
+            }
+        }
         *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = now;
         Ok(true)
     }
@@ -402,7 +448,7 @@ impl ClamAv {
                 std::thread::sleep(every);
                 let Some(av) = weak.upgrade() else { return };
                 match av.reload_if_changed() {
-                    Ok(true) => report(Ok(av.engine().signatures())),
+                    Ok(true) => report(Ok(av.signatures())),
                     Ok(false) => {}
                     Err(e) => report(Err(e)),
                 }
@@ -417,7 +463,10 @@ impl AvEngine for ClamAv {
     }
 
     fn scan(&self, data: &[u8], name: Option<&str>) -> Outcome {
-        self.engine().scan(data, name)
+        match self.engine() {
+            Some(e) => e.scan(data, name),
+            None => Outcome::Error("no engine: the last signature reload failed".into()),
+        }
     }
 }
 

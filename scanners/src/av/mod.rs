@@ -10,6 +10,7 @@
 //!     tmpdir: None,
 //!     limits: av::Limits::default(),
 //!     options: av::ScanOptions::default(),
+//!     reload: clam::Reload::Concurrent,
 //! };
 //! let clamav = clam::ClamAv::new(settings).expect("signatures");
 //! let verdict = clamav.scan(b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*", None);
