@@ -43,6 +43,8 @@ lint:
 bench: build
 	cargo bench -p mxgate-core --bench smtp_parser
 	cargo bench -p mxgate-scanners --bench rules
+	cargo bench -p mxgate-scanners --bench av
+	cargo bench -p mxgate-ocr --bench ocr
 	$(BIN)/mxgate-bench run relay
 
 fuzz:

@@ -2,8 +2,8 @@
 //!
 //! A stage reads the message and adds to its [`Context`]: symbols (what it found, with a score)
 //! and headers to add. The chain's order is written out in [`Chain::run`] as a literal sequence
-//! tagged with rspamd's phase names, so reading one function tells what runs when. Content
-//! stages (MIME, rules, Bayes, AV, OCR) slot into the `filter` phase as their issues land.
+//! tagged with rspamd's phase names, so reading one function tells what runs when. AV and OCR
+//! run on worker pools before it ([`Chain::submit`]); their results arrive in the context.
 //!
 //! A stage never does I/O on the shard's thread and never panics on input: malformed mail is
 //! a finding, not an error.
