@@ -291,6 +291,25 @@ class OcrInTheGateway(unittest.TestCase):
             mx.stop()
             sink.stop()
 
+    def test_ocr_out_of_time_does_not_hold_the_message(self):
+        # A budget far below what the page needs: the message goes on without the page's text,
+        # well within the stage's time, and is relayed.
+        page = render_png(["Cheap replica watches for sale, visit our online pharmacy today."] * 40,
+                          pointsize=24, name="slow-page.png")
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, stages="hops,ocr,rules",
+                    toml=f'[rules]\npaths = ["{self.rules}"]\n[ocr]\nimage_timeout_ms = 5\nmessage_timeout_ms = 5\n')
+        try:
+            started = time.time()
+            self.assertEqual(send(mx.port, image_only("Long page", page)), {})
+            self.assertLess(time.time() - started, 2.5)
+            sink.wait_messages(1)
+            (_, body), = sink.messages()[-1:]
+            self.assertNotIn(b"X-Spam-Flag: YES", body)
+        finally:
+            mx.stop()
+            sink.stop()
+
     def test_gtube_image_from_the_corpus(self):
         corpus = os.environ.get("MXGATE_CORPUS", os.path.join(REPO, "..", "shared", "corpus"))
         msg = os.path.join(corpus, "image-spam", "spamassassin-t_spam_extracttext_gtube_png.eml")
