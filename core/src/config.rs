@@ -265,9 +265,9 @@ pub struct Av {
     pub queue: usize,
     /// Longest wait for a verdict; a message not scanned in time gets 451 4.3.0.
     pub timeout_secs: u64,
-    /// `concurrent` (the new engine is built beside the running one: no scan waits, memory holds
-    /// two engines meanwhile) or `low-memory` (the running engine is freed first and scans wait
-    /// for the new one: one engine's memory at most).
+    /// `low-memory` (the running engine is freed first and scans wait for the new one: one
+    /// engine's memory at most; the default) or `concurrent` (the new engine is built beside the
+    /// running one: no scan waits, memory holds two engines meanwhile).
     pub reload: String,
     /// How often the signature folders are checked for changes (0: never; SIGHUP still
     /// reloads).
@@ -307,7 +307,7 @@ impl Default for Av {
             workers: 2,
             queue: 64,
             timeout_secs: 60,
-            reload: "concurrent".into(),
+            reload: "low-memory".into(),
             reload_check_secs: 60,
             max_filesize: 25 << 20,
             max_scansize: 100 << 20,

@@ -86,7 +86,7 @@ impl Control {
     pub fn reload(&self) -> anyhow::Result<()> {
         let path = self.snapshot().path.clone();
         let cfg = settings::load(path.as_deref(), &self.overrides)?;
-        let snap = Snapshot::build(cfg, path)?;
+        let snap = Snapshot::rebuild(cfg, path, Some(&self.snapshot()))?;
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap);
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())

@@ -75,6 +75,17 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds the snapshot; fails on unreadable TLS files.
     pub fn build(config: Config, path: Option<PathBuf>) -> anyhow::Result<Snapshot> {
+        Snapshot::rebuild(config, path, None)
+    }
+
+    /// Builds the snapshot for a reload: stages whose configuration did not change are taken
+    /// over from `prev` as they are (the AV engine and its watcher, the OCR workers) rather than
+    /// built a second time beside the running ones.
+    pub fn rebuild(
+        config: Config,
+        path: Option<PathBuf>,
+        prev: Option<&Snapshot>,
+    ) -> anyhow::Result<Snapshot> {
         let hostname = if config.server.hostname.is_empty() {
             system_hostname()
         } else {
@@ -102,7 +113,7 @@ impl Snapshot {
             data_timeout: Duration::from_secs(s.data_timeout_secs),
         };
         let next_hop = config.relay.next_hop.parse()?;
-        let chain = Chain::new(&config)?;
+        let chain = Chain::new_after(&config, prev.map(|p| (&p.config, &p.chain)))?;
         Ok(Snapshot {
             hostname,
             limits,

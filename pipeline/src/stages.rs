@@ -144,18 +144,25 @@ impl Chain {
     /// Builds the chain from the configuration (already validated); loads the Bayes model when
     /// that stage is on.
     pub fn new(cfg: &Config) -> anyhow::Result<Chain> {
-        Chain::build(cfg, true)
+        Chain::build(cfg, true, None)
+    }
+
+    /// The chain for a reloaded configuration: the AV and OCR stages of `prev` are kept when
+    /// their sections did not change (the AV engine reloads changed signature files by itself;
+    /// building a second one beside it would double its memory for nothing).
+    pub fn new_after(cfg: &Config, prev: Option<(&Config, &Chain)>) -> anyhow::Result<Chain> {
+        Chain::build(cfg, true, prev)
     }
 
     /// The chain for `mxgate scan`: the same stages, no learning (a scan only reports what
     /// autolearning would do), and the strongest Bayes tokens kept with their text.
     pub fn for_scan(cfg: &Config) -> anyhow::Result<Chain> {
-        let mut c = Chain::build(cfg, false)?;
+        let mut c = Chain::build(cfg, false, None)?;
         c.explain = true;
         Ok(c)
     }
 
-    fn build(cfg: &Config, learn: bool) -> anyhow::Result<Chain> {
+    fn build(cfg: &Config, learn: bool, prev: Option<(&Config, &Chain)>) -> anyhow::Result<Chain> {
         let stages: &Stages = &cfg.stages;
         let on = |name: &str| stages.enabled.iter().any(|s| s == name);
         let bayes = if on("bayes") {
@@ -199,15 +206,15 @@ impl Chain {
         } else {
             None
         };
-        let av = if on("av") {
-            Some(Arc::new(AvStage::new(cfg, !learn)?))
-        } else {
-            None
+        let av = match prev {
+            _ if !on("av") => None,
+            Some((pc, pch)) if pc.av == cfg.av && pch.av.is_some() => pch.av.clone(),
+            _ => Some(Arc::new(AvStage::new(cfg, !learn)?)),
         };
-        let ocr = if on("ocr") {
-            Some(Arc::new(OcrStage::new(cfg)?))
-        } else {
-            None
+        let ocr = match prev {
+            _ if !on("ocr") => None,
+            Some((pc, pch)) if pc.ocr == cfg.ocr && pch.ocr.is_some() => pch.ocr.clone(),
+            _ => Some(Arc::new(OcrStage::new(cfg)?)),
         };
         Ok(Chain {
             max_hops: on("hops").then_some(stages.max_hops),

@@ -35,7 +35,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    println!("libclamav {}, {} signatures", clam::version(), clamav.signatures());
+    println!(
+        "libclamav {}, {} signatures",
+        clam::version(),
+        clamav.signatures()
+    );
     let mut engines: Vec<Arc<dyn AvEngine>> = vec![Arc::new(clamav)];
     match Blocklist::load_dir("/etc/mxgate/blocklist".as_ref()) {
         Ok(b) if !b.is_empty() => engines.push(Arc::new(b)),

@@ -3,6 +3,7 @@ by swaks and smtplib, and the operator commands `mxgate av scan`, `mxgate ocr`, 
 
 import email.policy
 import hashlib
+import signal
 import json
 import os
 import smtplib
@@ -171,6 +172,27 @@ class AvInTheGateway(unittest.TestCase):
             body = self.last_body(before + 1)
             self.assertRegex(body, rb"X-Virus-Found: Mxgate\.Test\.Eicar-Signature[^\r]*\r\n")
             self.assertIn(b"tag me", body)
+        finally:
+            mx.stop()
+
+    def test_sighup_keeps_an_unchanged_engine_and_rebuilds_a_changed_one(self):
+        mx = Mxgate(WORK, self.sink.port, stages="hops,av", toml=av_config())
+        try:
+            mx.kill_with(signal.SIGHUP)
+            time.sleep(1)
+            self.assertEqual(mx.log().count("av: ready"), 1, "an unchanged [av] keeps its engine")
+            with self.assertRaises(smtplib.SMTPDataError) as cm:
+                send(mx.port, with_attachment("after hup", EICAR, "a.com"))
+            self.assertEqual(cm.exception.smtp_code, 554)
+            mx.write_config(av_config('action = "tag"\n'))
+            mx.kill_with(signal.SIGHUP)
+            deadline = time.time() + 10
+            while mx.log().count("av: ready") < 2 and time.time() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)
+            before = self.sink.stats()["messages"]
+            self.assertEqual(send(mx.port, with_attachment("tagged after hup", EICAR, "b.com")), {})
+            self.assertIn(b"X-Virus-Found: Mxgate.Test.Eicar", self.last_body(before + 1))
         finally:
             mx.stop()
 

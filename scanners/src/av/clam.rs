@@ -57,12 +57,12 @@ pub struct Settings {
 pub enum Reload {
     /// The new engine is built beside the running one, which serves scans until the swap:
     /// no scan ever waits, and memory holds two engines for the length of the build.
-    #[default]
     Concurrent,
     /// The running engine is freed first (once its scans in flight have ended), then the new
     /// one is built; scans wait for it meanwhile. Memory holds one engine at most (clamd's
     /// `ConcurrentDatabaseReload no`). If the new signatures fail to load, scans report an
     /// error (the gateway defers mail) until a set that loads is in place.
+    #[default]
     LowMemory,
 }
 
