@@ -378,7 +378,8 @@ impl Default for Ocr {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Bayes {
-    /// Folder of the model (`mxgate bayes learn --db`); read at start and on reload.
+    /// Folder of the store (`bayes.redb`, as `mxgate bayes learn --db` writes it); read into
+    /// memory at start and on reload.
     pub db: String,
     /// Learn from the gateway's own verdicts as SpamAssassin does (with the rules stage on):
     /// spam when the score without Bayes reaches `autolearn_spam` with 3 header and 3 body

@@ -7,12 +7,11 @@
 //! the model file (atomically, as `mxgate bayes learn` does) and publishes a fresh read-only copy
 //! that the shards classify with from their next message on.
 
-use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use mxgate_scanners::bayes::{Class, Model};
+use mxgate_scanners::bayes::{Class, Model, RedbStore, Store};
 
 struct Item {
     hash: u64,
@@ -28,8 +27,8 @@ pub struct Learner {
 }
 
 impl Learner {
-    /// Starts the learner thread over `model`, saving to `path`.
-    pub fn start(model: Model, path: PathBuf, per_minute: u32, flush: Duration) -> Learner {
+    /// Starts the learner thread over `model`, saving to `store`.
+    pub fn start(model: Model, store: RedbStore, per_minute: u32, flush: Duration) -> Learner {
         let current = Arc::new(RwLock::new(Arc::new(model.clone())));
         let (tx, rx) = sync_channel::<Item>(1024);
         let published = Arc::clone(&current);
@@ -60,7 +59,7 @@ impl Learner {
                         Err(RecvTimeoutError::Disconnected) => true,
                     };
                     if dirty > 0 && (done || Instant::now() >= next_flush) {
-                        match model.save(&path) {
+                        match store.save(&mut model) {
                             Ok(()) => {
                                 tracing::info!(
                                     learned = dirty,
@@ -73,7 +72,7 @@ impl Learner {
                                 }
                                 dirty = 0;
                             }
-                            Err(e) => tracing::error!("bayes: cannot save {}: {e}", path.display()),
+                            Err(e) => tracing::error!("bayes: cannot save: {e}"),
                         }
                     }
                     if Instant::now() >= next_flush {

@@ -165,12 +165,15 @@ impl Chain {
     fn build(cfg: &Config, learn: bool, prev: Option<(&Config, &Chain)>) -> anyhow::Result<Chain> {
         let stages: &Stages = &cfg.stages;
         let on = |name: &str| stages.enabled.iter().any(|s| s == name);
+        let mut bayes_store = None;
         let bayes = if on("bayes") {
-            let path = crate::tools::model_path(std::path::Path::new(&cfg.bayes.db));
-            let model = bayes::Model::load(&path)?;
+            let store = crate::tools::open_store(std::path::Path::new(&cfg.bayes.db))?;
+            let model = bayes::Store::load(&store)?;
+            let shown = store.path.display().to_string();
+            bayes_store = Some(store);
             let p = bayes::Params::default();
             if model.nspam < p.min_spam || model.nham < p.min_ham {
-                tracing::warn!(model = %path.display(), spam = model.nspam, ham = model.nham, "bayes: not enough learned yet; the stage stays silent");
+                tracing::warn!(model = %shown, spam = model.nspam, ham = model.nham, "bayes: not enough learned yet; the stage stays silent");
             }
             Some(model)
         } else {
@@ -183,11 +186,10 @@ impl Chain {
             },
         );
         let bayes = bayes.map(|model| {
-            if learn && autolearn.is_some() {
-                let path = crate::tools::model_path(std::path::Path::new(&cfg.bayes.db));
+            if let (true, Some(_), Some(store)) = (learn, &autolearn, bayes_store.take()) {
                 BayesModel::Learning(Learner::start(
                     model,
-                    path,
+                    store,
                     cfg.bayes.autolearn_per_minute,
                     std::time::Duration::from_secs(cfg.bayes.autolearn_flush_secs.max(1)),
                 ))

@@ -8,12 +8,20 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use mxgate_core::mime::Message;
 use mxgate_scanners::bayes::{
-    self, classify, message_hash, tokenize, Class, Learned, Model, Params,
+    self, classify, message_hash, tokenize, Class, Learned, Model, Params, Store as _,
 };
 
-/// The model file inside a database folder.
-pub fn model_path(db: &Path) -> PathBuf {
-    db.join("bayes.model")
+/// The Bayes store of a database folder: `bayes.redb` inside it. A folder that holds only a
+/// model file of an earlier version (`bayes.model`) has it carried over into the store once.
+pub fn open_store(db: &Path) -> anyhow::Result<bayes::RedbStore> {
+    let store = bayes::RedbStore::new(db.join("bayes.redb"));
+    let old = db.join("bayes.model");
+    if !store.path.exists() && old.exists() {
+        let mut model = Model::load(&old)?;
+        store.save(&mut model)?;
+        tracing::info!(from = %old.display(), to = %store.path.display(), "bayes: model carried over into the store");
+    }
+    Ok(store)
 }
 
 /// Every message under `paths`: files, folders (recursively, in name order), and mbox files
@@ -78,9 +86,8 @@ fn ids_of(raw: &[u8]) -> Vec<u64> {
 
 /// `mxgate bayes learn`.
 pub fn learn(db: &Path, spam: &[PathBuf], ham: &[PathBuf]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(db).with_context(|| db.display().to_string())?;
-    let path = model_path(db);
-    let mut model = Model::load(&path)?;
+    let store = open_store(db)?;
+    let mut model = store.load()?;
     let started = Instant::now();
     let (mut new, mut moved, mut known) = (0, 0, 0);
     for (paths, class) in [(spam, Class::Spam), (ham, Class::Ham)] {
@@ -92,7 +99,7 @@ pub fn learn(db: &Path, spam: &[PathBuf], ham: &[PathBuf]) -> anyhow::Result<()>
             }
         }
     }
-    model.save(&path)?;
+    store.save(&mut model)?;
     let secs = started.elapsed().as_secs_f64();
     let n = new + moved + known;
     println!(
@@ -105,13 +112,13 @@ pub fn learn(db: &Path, spam: &[PathBuf], ham: &[PathBuf]) -> anyhow::Result<()>
 
 /// `mxgate bayes forget`.
 pub fn forget(db: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
-    let path = model_path(db);
-    let mut model = Model::load(&path)?;
+    let store = open_store(db)?;
+    let mut model = store.load()?;
     let mut forgotten = 0;
     for (_, raw) in messages(paths)? {
         forgotten += model.forget(message_hash(&raw)) as usize;
     }
-    model.save(&path)?;
+    store.save(&mut model)?;
     println!(
         "{}",
         serde_json::json!({"forgotten": forgotten, "spam": model.nspam, "ham": model.nham})
@@ -121,7 +128,7 @@ pub fn forget(db: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
 
 /// `mxgate bayes classify`: one JSON object per message per line.
 pub fn classify_files(db: &Path, paths: &[PathBuf], top: usize) -> anyhow::Result<()> {
-    let model = Model::load(&model_path(db))?;
+    let model = open_store(db)?.load()?;
     let p = Params::default();
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
@@ -158,10 +165,10 @@ pub fn classify_files(db: &Path, paths: &[PathBuf], top: usize) -> anyhow::Resul
 
 /// `mxgate bayes expire`.
 pub fn expire(db: &Path, days: u32) -> anyhow::Result<()> {
-    let path = model_path(db);
-    let mut model = Model::load(&path)?;
+    let store = open_store(db)?;
+    let mut model = store.load()?;
     let removed = model.expire(days);
-    model.save(&path)?;
+    store.save(&mut model)?;
     println!(
         "{}",
         serde_json::json!({"expired_tokens": removed, "tokens": model.tokens.len()})
@@ -171,7 +178,7 @@ pub fn expire(db: &Path, days: u32) -> anyhow::Result<()> {
 
 /// `mxgate bayes dump`: one line per token: id (hex), spam count, ham count, last day seen.
 pub fn dump(db: &Path) -> anyhow::Result<()> {
-    let model = Model::load(&model_path(db))?;
+    let model = open_store(db)?.load()?;
     use std::io::Write as _;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     writeln!(
@@ -191,7 +198,7 @@ pub fn dump(db: &Path) -> anyhow::Result<()> {
 
 /// `mxgate bayes stats`.
 pub fn stats(db: &Path) -> anyhow::Result<()> {
-    let model = Model::load(&model_path(db))?;
+    let model = open_store(db)?.load()?;
     let p = Params::default();
     let (oldest, newest) = model.tokens.values().fold((u32::MAX, 0), |(lo, hi), c| {
         (lo.min(c.atime), hi.max(c.atime))
@@ -623,6 +630,28 @@ pub fn ocr_images(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_model_file_of_an_earlier_version_is_carried_into_the_store() {
+        let db = std::env::temp_dir().join(format!("mxgate-carry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&db);
+        std::fs::create_dir_all(&db).unwrap();
+        let mut old = Model::default();
+        old.learn(1, &[5, 6], Class::Spam);
+        old.learn(2, &[6, 7], Class::Ham);
+        old.save(&db.join("bayes.model")).unwrap();
+        let store = open_store(&db).unwrap();
+        assert!(store.path.exists());
+        let m = store.load().unwrap();
+        assert_eq!(
+            (m.nspam, m.nham, m.tokens.len(), m.messages()),
+            (1, 1, 3, 2)
+        );
+        // Once carried over, the store is the model: the old file is not read again.
+        std::fs::remove_file(db.join("bayes.model")).unwrap();
+        assert_eq!(open_store(&db).unwrap().load().unwrap().tokens.len(), 3);
+        std::fs::remove_dir_all(&db).unwrap();
+    }
 
     #[test]
     fn mbox_files_split_at_from_lines() {

@@ -700,6 +700,7 @@ class BayesStore(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         first = json.loads(r.stdout)
         self.assertEqual(first["spam"], len(os.listdir(spam)))
+        self.assertTrue(os.path.exists(os.path.join(db, "bayes.redb")), "the embedded store is used")
         states = {(first["spam"], 0)}
         for delay in [0.05, 0.2, 0.4, 0.6, 0.8, 1.0]:
             p = subprocess.Popen([harness.MXGATE, "bayes", "learn", "--db", db, "--ham", ham],

@@ -10,10 +10,12 @@
 
 pub mod classify;
 pub mod model;
+pub mod store;
 pub mod tokenize;
 
 pub use classify::{classify, symbol, Params, Silent, Verdict};
-pub use model::{Class, FileStore, Learned, Model, Store};
+pub use model::{Class, FileStore, Learned, Model, Store, StoreError};
+pub use store::RedbStore;
 pub use tokenize::{add_body_text, tokenize, tokenize_with, Tokens};
 
 /// The identity of a message for learning: a hash of its bytes after an mbox `From ` line and

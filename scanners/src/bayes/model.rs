@@ -76,7 +76,17 @@ pub struct Model {
     /// Ham messages learned.
     pub nham: u32,
     /// Learned messages: message hash → (class, its tokens' ids) so forgetting is exact.
-    seen: IdMap<(Class, Vec<u64>)>,
+    pub(crate) seen: IdMap<(Class, Vec<u64>)>,
+    /// What changed since a store that saves changes only ([`super::RedbStore`]) last saved or
+    /// loaded it; `None`: everything (a new model, or one read from elsewhere).
+    pub(crate) dirty: Option<Dirty>,
+}
+
+/// Token ids and message hashes changed since the last incremental save.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Dirty {
+    pub(crate) tokens: IdMap<()>,
+    pub(crate) seen: IdMap<()>,
 }
 
 /// A store error names the file.
@@ -122,6 +132,10 @@ impl Model {
             result = Learned::Moved;
         }
         let now = today();
+        if let Some(d) = &mut self.dirty {
+            d.seen.insert(msg_hash, ());
+            d.tokens.extend(ids.iter().map(|&id| (id, ())));
+        }
         for &id in ids {
             let c = self.tokens.entry(id).or_default();
             match class {
@@ -143,6 +157,10 @@ impl Model {
         let Some((class, ids)) = self.seen.remove(&msg_hash) else {
             return false;
         };
+        if let Some(d) = &mut self.dirty {
+            d.seen.insert(msg_hash, ());
+            d.tokens.extend(ids.iter().map(|&id| (id, ())));
+        }
         for id in ids {
             if let Some(c) = self.tokens.get_mut(&id) {
                 match class {
@@ -171,9 +189,16 @@ impl Model {
     pub fn expire(&mut self, days: u32) -> usize {
         let today = today();
         let before = self.tokens.len();
-        self.tokens.retain(|_, c| {
+        let dirty = &mut self.dirty;
+        self.tokens.retain(|&id, c| {
             let age = today.saturating_sub(c.atime);
-            age < days && !(c.spam + c.ham <= 1 && age >= days / 4)
+            let keep = age < days && !(c.spam + c.ham <= 1 && age >= days / 4);
+            if !keep {
+                if let Some(d) = dirty {
+                    d.tokens.insert(id, ());
+                }
+            }
+            keep
         });
         before - self.tokens.len()
     }
@@ -353,8 +378,9 @@ mod tests {
 pub trait Store {
     /// Reads the model (an empty one when there is none yet).
     fn load(&self) -> Result<Model, StoreError>;
-    /// Writes the model durably and atomically.
-    fn save(&self, model: &Model) -> Result<(), StoreError>;
+    /// Writes the model durably and atomically (a store may write only what changed since it
+    /// loaded or last saved this model, and marks it saved).
+    fn save(&self, model: &mut Model) -> Result<(), StoreError>;
 }
 
 /// A model in one file, replaced atomically on every save.
@@ -368,7 +394,7 @@ impl Store for FileStore {
     fn load(&self) -> Result<Model, StoreError> {
         Model::load(&self.path)
     }
-    fn save(&self, model: &Model) -> Result<(), StoreError> {
+    fn save(&self, model: &mut Model) -> Result<(), StoreError> {
         model.save(&self.path)
     }
 }
