@@ -187,6 +187,27 @@ fn quarantine(dir: &Path, raw: &[u8]) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// The OCR pool settings of an `[ocr]` section.
+pub fn ocr_config(o: &mxgate_core::config::Ocr) -> mxgate_ocr::Config {
+    mxgate_ocr::Config {
+        workers: o.workers,
+        queue: o.queue,
+        lang: o.lang.clone(),
+        datapath: None,
+        image_budget: Duration::from_millis(o.image_timeout_ms),
+        message_budget: Duration::from_millis(o.message_timeout_ms),
+        max_images: o.max_images,
+        cache_entries: o.cache_entries,
+        prepare: mxgate_ocr::Prepare {
+            min_side: o.min_side,
+            max_pixels: o.max_pixels,
+            pixel_cap: o.pixel_cap,
+            upscale_below: o.upscale_below,
+            ..mxgate_ocr::Prepare::default()
+        },
+    }
+}
+
 /// The OCR stage: the pool and when to use it.
 pub struct OcrStage {
     pool: mxgate_ocr::Pool,
@@ -199,23 +220,7 @@ impl OcrStage {
     /// Starts the Tesseract workers (fails when the language data is missing).
     pub fn new(cfg: &Config) -> anyhow::Result<OcrStage> {
         let o = &cfg.ocr;
-        let pc = mxgate_ocr::Config {
-            workers: o.workers,
-            queue: o.queue,
-            lang: o.lang.clone(),
-            datapath: None,
-            image_budget: Duration::from_millis(o.image_timeout_ms),
-            message_budget: Duration::from_millis(o.message_timeout_ms),
-            max_images: o.max_images,
-            cache_entries: o.cache_entries,
-            prepare: mxgate_ocr::Prepare {
-                min_side: o.min_side,
-                max_pixels: o.max_pixels,
-                pixel_cap: o.pixel_cap,
-                upscale_below: o.upscale_below,
-                ..mxgate_ocr::Prepare::default()
-            },
-        };
+        let pc = ocr_config(o);
         let pool = mxgate_ocr::Pool::new(&pc)?;
         if std::env::var_os("OMP_THREAD_LIMIT").is_none_or(|v| v != "1") {
             tracing::warn!(

@@ -574,24 +574,11 @@ pub fn ocr_images(
     images: &[PathBuf],
     json: bool,
 ) -> anyhow::Result<()> {
-    let o = &cfg.ocr;
     let pc = mxgate_ocr::Config {
-        workers: o.workers,
-        // Every file is queued at once.
+        // Every file is queued at once, each a "message" of one image.
         queue: images.len().max(1),
-        lang: o.lang.clone(),
-        datapath: None,
-        image_budget: std::time::Duration::from_millis(o.image_timeout_ms),
-        message_budget: std::time::Duration::from_millis(o.message_timeout_ms),
         max_images: 1,
-        cache_entries: o.cache_entries,
-        prepare: mxgate_ocr::Prepare {
-            min_side: o.min_side,
-            max_pixels: o.max_pixels,
-            pixel_cap: o.pixel_cap,
-            upscale_below: o.upscale_below,
-            ..mxgate_ocr::Prepare::default()
-        },
+        ..crate::offload::ocr_config(&cfg.ocr)
     };
     let pool = mxgate_ocr::Pool::new(&pc)?;
     let mut tickets = Vec::new();

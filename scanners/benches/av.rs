@@ -261,33 +261,15 @@ fn main() {
             sizes[sizes.len() / 2]
         );
         let e = engine.clone();
-        let ours = run(
+        let ours: ScanFn = Arc::new(move |d: &[u8]| {
+            matches!(e.scan(d, None), Outcome::Virus(_) | Outcome::Limit(_))
+        });
+        side_by_side(
             &files,
             threads,
             secs,
-            Arc::new(move |d: &[u8]| {
-                matches!(e.scan(d, None), Outcome::Virus(_) | Outcome::Limit(_))
-            }),
-        );
-        let theirs = run(
-            &files,
-            threads,
-            secs,
-            Arc::new(move |d: &[u8]| Clamd::scan(port, d)),
-        );
-        let theirs_mem = run(
-            &files,
-            threads,
-            secs,
-            Arc::new(move |d: &[u8]| Clamd::scan(port_mem, d)),
-        );
-        let a = report("mxgate in-process", ours);
-        let b = report("clamd, tmp on disk", theirs);
-        let c = report("clamd, tmp in memory", theirs_mem);
-        println!(
-            "in-process / clamd: {:.2}x (clamd as installed), {:.2}x (clamd with tmp in memory)",
-            a / b,
-            a / c
+            ("mxgate in-process", ours),
+            (port, port_mem),
         );
     }
     // The gateway's job: is there a virus in this message? mxgate parses the MIME structure
@@ -301,36 +283,43 @@ fn main() {
         total as f64 / 1e6
     );
     let engines = Arc::new(av::Engines::new(vec![engine.clone()]));
-    let ours = run(
+    let ours: ScanFn = Arc::new(move |d: &[u8]| {
+        let r = engines.scan_message(&Message::parse(Bytes::copy_from_slice(d)));
+        !r.viruses.is_empty() || !r.limits.is_empty()
+    });
+    side_by_side(
         &messages,
         threads,
         secs,
-        Arc::new(move |d: &[u8]| {
-            let r = engines.scan_message(&Message::parse(Bytes::copy_from_slice(d)));
-            !r.viruses.is_empty() || !r.limits.is_empty()
-        }),
+        ("mxgate per part", ours),
+        (port, port_mem),
     );
-    let theirs = run(
-        &messages,
-        threads,
-        secs,
-        Arc::new(move |d: &[u8]| Clamd::scan(port, d)),
+    drop((clamd_disk, clamd_mem));
+}
+
+/// Runs mxgate's side, then both clamds, on the same inputs; prints the three and the ratios.
+fn side_by_side(
+    inputs: &Arc<Vec<Bytes>>,
+    threads: usize,
+    secs: f64,
+    (name, ours): (&str, ScanFn),
+    (port_disk, port_mem): (u16, u16),
+) {
+    let a = report(name, run(inputs, threads, secs, ours));
+    let clamd = |port: u16| -> ScanFn { Arc::new(move |d: &[u8]| Clamd::scan(port, d)) };
+    let b = report(
+        "clamd, tmp on disk",
+        run(inputs, threads, secs, clamd(port_disk)),
     );
-    let theirs_mem = run(
-        &messages,
-        threads,
-        secs,
-        Arc::new(move |d: &[u8]| Clamd::scan(port_mem, d)),
+    let c = report(
+        "clamd, tmp in memory",
+        run(inputs, threads, secs, clamd(port_mem)),
     );
-    let a = report("mxgate per part", ours);
-    let b = report("clamd, tmp on disk", theirs);
-    let c = report("clamd, tmp in memory", theirs_mem);
     println!(
         "in-process / clamd: {:.2}x (clamd as installed), {:.2}x (clamd with tmp in memory)",
         a / b,
         a / c
     );
-    drop((clamd_disk, clamd_mem));
 }
 
 fn report(name: &str, (n, bytes, s, found): (usize, usize, f64, usize)) -> f64 {
