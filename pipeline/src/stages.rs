@@ -395,10 +395,7 @@ impl Chain {
         let mut learned_points = 0.0;
         if let Some(model) = &self.bayes {
             let model = model.current();
-            let mut toks = bayes::tokenize(&msg, self.explain);
-            if let Some(x) = &extracted {
-                bayes::add_body_text(&mut toks, x, self.explain);
-            }
+            let toks = bayes::tokens_for(&model, &msg, extracted.as_deref(), self.explain);
             if let Ok(v) = bayes::classify(&model, &toks.ids, &self.bayes_params) {
                 ctx.bayes = Some(v.p_spam);
                 let (name, score) = bayes::symbol(v.p_spam);

@@ -80,8 +80,14 @@ fn split_mbox(raw: &[u8]) -> Vec<&[u8]> {
     starts.windows(2).map(|w| &raw[w[0]..w[1]]).collect()
 }
 
-fn ids_of(raw: &[u8]) -> Vec<u64> {
-    tokenize(&Message::parse(Bytes::copy_from_slice(raw)), false).ids
+fn ids_of(model: &Model, raw: &[u8]) -> Vec<u64> {
+    bayes::tokens_for(
+        model,
+        &Message::parse(Bytes::copy_from_slice(raw)),
+        None,
+        false,
+    )
+    .ids
 }
 
 /// `mxgate bayes learn`.
@@ -92,7 +98,8 @@ pub fn learn(db: &Path, spam: &[PathBuf], ham: &[PathBuf]) -> anyhow::Result<()>
     let (mut new, mut moved, mut known) = (0, 0, 0);
     for (paths, class) in [(spam, Class::Spam), (ham, Class::Ham)] {
         for (_, raw) in messages(paths)? {
-            match model.learn(message_hash(&raw), &ids_of(&raw), class) {
+            let ids = ids_of(&model, &raw);
+            match model.learn(message_hash(&raw), &ids, class) {
                 Learned::New => new += 1,
                 Learned::Moved => moved += 1,
                 Learned::AlreadyKnown => known += 1,
@@ -134,7 +141,7 @@ pub fn classify_files(db: &Path, paths: &[PathBuf], top: usize) -> anyhow::Resul
     let mut out = std::io::stdout().lock();
     for (name, raw) in messages(paths)? {
         let msg = Message::parse(Bytes::from(raw));
-        let toks = tokenize(&msg, true);
+        let toks = bayes::tokens_for(&model, &msg, None, true);
         let v = match classify(&model, &toks.ids, &p) {
             Ok(v) => {
                 let tokens: Vec<serde_json::Value> = v
@@ -493,6 +500,48 @@ pub fn rules_stats(paths: &[PathBuf], layout: &str, json: bool) -> anyhow::Resul
     for (f, n) in &s.eval_functions {
         println!("  {f} ({n})");
     }
+    Ok(())
+}
+
+/// `mxgate bayes tokens`: each message's tokens (mxgate's, or SpamAssassin's with `sa`).
+pub fn print_tokens(paths: &[PathBuf], sa: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let conf = bayes::sa::default_config();
+    let mut out = std::io::stdout().lock();
+    for (name, raw) in messages(paths)? {
+        let msg = Message::parse(Bytes::from(raw));
+        if sa {
+            for (id, t) in bayes::sa::tokenize(&msg, conf) {
+                out.write_all(format!("{name}\t{id:010x}\t").as_bytes())?;
+                out.write_all(&t)?;
+                out.write_all(b"\n")?;
+            }
+        } else {
+            for (id, t) in tokenize(&msg, true).text {
+                writeln!(out, "{name}\t{id:016x}\t{t}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `mxgate bayes restore`: a `sa-learn --backup` file into the store.
+pub fn restore(db: &Path, file: &Path) -> anyhow::Result<()> {
+    let text = if file.as_os_str() == "-" {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)?;
+        v
+    } else {
+        std::fs::read(file).with_context(|| file.display().to_string())?
+    };
+    let mut model = bayes::sa::restore(&text).with_context(|| file.display().to_string())?;
+    let store = open_store(db)?;
+    store.save(&mut model)?;
+    println!(
+        "{}",
+        serde_json::json!({"restored_tokens": model.tokens.len(), "spam": model.nspam, "ham": model.nham,
+            "tokenizer": "spamassassin", "db": store.path.display().to_string()})
+    );
     Ok(())
 }
 

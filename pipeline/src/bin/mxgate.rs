@@ -164,6 +164,26 @@ enum BayesCmd {
         #[arg(long, default_value_t = 90)]
         days: u32,
     },
+    /// Print the tokens of messages, one per line: FILE, id (hex), token. With --sa, the tokens
+    /// SpamAssassin's Bayes makes (what a model restored from sa-learn reads).
+    Tokens {
+        /// SpamAssassin's tokens and ids instead of mxgate's.
+        #[arg(long)]
+        sa: bool,
+        /// Message files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Load a SpamAssassin database from a `sa-learn --backup` file (token counts, message
+    /// totals) into the store, replacing what it held; the filter then tokenizes as
+    /// SpamAssassin does.
+    Restore {
+        /// Database folder.
+        #[arg(long, default_value = DEFAULT_DB)]
+        db: PathBuf,
+        /// The backup file (`-` for standard input).
+        file: PathBuf,
+    },
     /// Print every token: id, spam count, ham count, last day seen.
     Dump {
         /// Database folder.
@@ -283,6 +303,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             BayesCmd::Stats { db } => tools::stats(&db),
             BayesCmd::Expire { db, days } => tools::expire(&db, days),
             BayesCmd::Dump { db } => tools::dump(&db),
+            BayesCmd::Tokens { sa, paths } => tools::print_tokens(&paths, sa),
+            BayesCmd::Restore { db, file } => tools::restore(&db, &file),
             BayesCmd::Cv {
                 folds,
                 osb,

@@ -77,9 +77,21 @@ pub struct Model {
     pub nham: u32,
     /// Learned messages: message hash → (class, its tokens' ids) so forgetting is exact.
     pub(crate) seen: IdMap<(Class, Vec<u64>)>,
+    /// Whose tokens the counts are under.
+    pub scheme: Scheme,
     /// What changed since a store that saves changes only ([`super::RedbStore`]) last saved or
     /// loaded it; `None`: everything (a new model, or one read from elsewhere).
     pub(crate) dirty: Option<Dirty>,
+}
+
+/// Whose tokenizer made a model's token ids.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Scheme {
+    /// mxgate's tokens, interned as xxh3 ids.
+    #[default]
+    Native,
+    /// SpamAssassin's tokens and ids (a model restored from `sa-learn --backup`).
+    SpamAssassin,
 }
 
 /// Token ids and message hashes changed since the last incremental save.

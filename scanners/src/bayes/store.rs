@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::model::{Class, Counts, Dirty, Model, Store, StoreError};
+use super::model::{Class, Counts, Dirty, Model, Scheme, Store, StoreError};
 
 const TOKENS: TableDefinition<u64, (u32, u32, u32)> = TableDefinition::new("tokens");
 const SEEN: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
@@ -105,6 +105,11 @@ impl Store for RedbStore {
         }
         m.nspam = get("nspam")? as u32;
         m.nham = get("nham")? as u32;
+        m.scheme = if get("scheme")? == 1 {
+            Scheme::SpamAssassin
+        } else {
+            Scheme::Native
+        };
         let tokens = r.open_table(TOKENS).map_err(|e| self.err(e))?;
         m.tokens
             .reserve(tokens.len().map_err(|e| self.err(e))? as usize);
@@ -176,6 +181,11 @@ impl Store for RedbStore {
                 .map_err(|e| self.err(e))?;
             meta.insert("nham", u64::from(model.nham))
                 .map_err(|e| self.err(e))?;
+            let scheme = match model.scheme {
+                Scheme::Native => 0,
+                Scheme::SpamAssassin => 1,
+            };
+            meta.insert("scheme", scheme).map_err(|e| self.err(e))?;
         }
         w.commit().map_err(|e| self.err(e))?;
         model.dirty = Some(Dirty::default());
@@ -225,6 +235,14 @@ mod tests {
         store.save(&mut other).unwrap();
         let back = store.load().unwrap();
         assert_eq!((back.nspam, back.nham, back.tokens.len()), (0, 1, 1));
+        assert_eq!(back.scheme, Scheme::Native);
+        // A restored SpamAssassin model keeps its tokenizer.
+        let mut sa = Model {
+            scheme: Scheme::SpamAssassin,
+            ..Model::default()
+        };
+        store.save(&mut sa).unwrap();
+        assert_eq!(store.load().unwrap().scheme, Scheme::SpamAssassin);
         std::fs::remove_file(&path).unwrap();
     }
 }

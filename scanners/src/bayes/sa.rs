@@ -1,0 +1,923 @@
+//! SpamAssassin's own Bayes tokens, for databases trained with `sa-learn`.
+//!
+//! A `sa-learn --backup` file holds token counts under SpamAssassin's token ids, the last 40
+//! bits of the SHA-1 of each token's text, so a model restored from one can only be read with
+//! SpamAssassin's tokens. This module makes them from a message the way
+//! `Mail::SpamAssassin::Plugin::Bayes::tokenize` does (4.0, default settings): the visible
+//! rendered body as body rules see it (Subject first), the URI list, and the headers, less the
+//! ignored ones, with the address, Message-ID, Received and Content-Type values pre-chewed,
+//! header names compressed, From/To/Cc, Message-ID/In-Reply-To/References and
+//! X-Mailer/User-Agent also mapped together, the last two Received fields only; each line split
+//! by `_tokenize_line` (title case lowered, `...` and `--` split off, 3 bytes and more, the
+//! English stop words of the ruleset left out, body mail addresses and host names broken out,
+//! long tokens as `sk:` skips, body tokens decomposed).
+//!
+//! What is not reproduced: the `X-Spam-Relays-*` pseudo-headers SpamAssassin derives from its
+//! Received parser, and text hidden in HTML (its `I*:` tokens). Those tokens are missing from
+//! the set; classification otherwise uses the same counts and the same combining.
+
+use std::collections::HashMap;
+
+use mxgate_core::mime::Message;
+use sha1::{Digest, Sha1};
+
+use crate::rules::view;
+
+/// SpamAssassin's id of a token: the last 40 bits of its SHA-1.
+pub fn token_id(token: &[u8]) -> u64 {
+    let d = Sha1::digest(token);
+    d[15..20].iter().fold(0u64, |a, &b| a << 8 | u64::from(b))
+}
+
+/// The ruleset's English stop-word pattern (`bayes_stopword_en` in `60_bayes_stopwords.cf`),
+/// anchored and case-insensitive as SpamAssassin applies it.
+pub struct StopWords(regex::bytes::Regex);
+
+impl StopWords {
+    /// Reads `bayes_stopword_en` from the rule files of `dirs` (the first found wins).
+    pub fn from_rules(dirs: &[std::path::PathBuf]) -> Option<StopWords> {
+        for d in dirs {
+            let Ok(text) = std::fs::read_to_string(d.join("60_bayes_stopwords.cf")) else {
+                continue;
+            };
+            for line in text.lines() {
+                if let Some(re) = line.trim_start().strip_prefix("bayes_stopword_en ") {
+                    return StopWords::new(re.trim());
+                }
+            }
+        }
+        None
+    }
+
+    /// From a Perl pattern.
+    pub fn new(perl: &str) -> Option<StopWords> {
+        let p = perl.replace("\\'", "'");
+        regex::bytes::Regex::new(&format!("(?i-u)^(?:{p})$"))
+            .ok()
+            .map(StopWords)
+    }
+
+    fn is_stop(&self, t: &[u8]) -> bool {
+        self.0.is_match(t)
+    }
+}
+
+const IGNORED: &[&str] = &[
+    "sender",
+    "x-sender",
+    "delivered-to",
+    "delivery-date",
+    "envelope-to",
+    "x-envelope-to",
+    "x-mime-autoconverted",
+    "x-converted-to-plain-text",
+    "subject",
+    "date",
+    "x-list",
+    "mailing-list",
+    "x-mailing-list",
+    "x-unsub",
+    "x-unsubscribe",
+    "x-mailman-version",
+    "x-beenthere",
+    "x-loop",
+    "mail-followup-to",
+    "x-egroups-return",
+    "x-egroups-from",
+    "x-mdmailing-list",
+    "x-xemacs-list",
+    "x-sympa-to",
+    "resent-from",
+    "resent-to",
+    "resent-date",
+    "x-resent-from",
+    "x-resent-to",
+    "x-resent-date",
+    "original-from",
+    "original-to",
+    "original-date",
+    "x-original-from",
+    "x-original-to",
+    "x-original-date",
+    "x-mailscanner",
+    "x-mailscanner-spamcheck",
+    "x-spam",
+    "x-spam-status",
+    "x-spam-level",
+    "x-spam-flag",
+    "x-spam-report",
+    "x-spam-hits",
+    "x-spam-score",
+    "x-spam-checker-version",
+    "x-antispam",
+    "x-rbl-warning",
+    "x-mdaemon-deliver-to",
+    "x-virus-scanned",
+    "x-mass-check-id",
+    "x-pyzor",
+    "x-filtered-by",
+    "x-scanned-by",
+    "x-scanner",
+    "x-ap-spam-score",
+    "x-ap-spam-status",
+    "x-ripe-spam-status",
+    "x-smtpd",
+    "spam-apparently-to",
+    "x-spam-apparently-to",
+    "spam",
+    "x-perlmx-spam",
+    "x-bogosity",
+    "content-class",
+    "thread-index",
+    "thread-topic",
+    "x-originalarrivaltime",
+    "status",
+    "x-status",
+    "x-flags",
+    "x-keywords",
+    "replied",
+    "forwarded",
+    "lines",
+    "content-length",
+    "x-uid",
+    "x-uidl",
+    "x-imapbase",
+    "x-gnus-mail-source",
+    "xref",
+];
+
+fn ignored(name: &str) -> bool {
+    let l = name.to_ascii_lowercase();
+    if IGNORED.contains(&l.as_str()) {
+        return true;
+    }
+    let list = |s: &str| {
+        s.strip_prefix("list-").is_some_and(|r| {
+            [
+                "archive",
+                "help",
+                "id",
+                "owner",
+                "post",
+                "subscribe",
+                "unsubscribe",
+                "host",
+                "manager",
+                "admin",
+                "comment",
+                "name",
+                "url",
+            ]
+            .contains(&r)
+        })
+    };
+    list(&l)
+        || l.strip_prefix("x-").is_some_and(list)
+        || l.starts_with("x-spamcop-")
+        || l.starts_with("x-bugzilla-")
+        || (l.starts_with("x-dcc-") && l.ends_with("-metrics"))
+        || l.starts_with("x-vm-")
+}
+
+fn presence_only(name: &str) -> bool {
+    let l = name.to_ascii_lowercase();
+    matches!(
+        l.as_str(),
+        "x-face"
+            | "dkim-signature"
+            | "domainkey-signature"
+            | "x-google-dkim-signature"
+            | "arc-message-signature"
+            | "arc-seal"
+            | "autocrypt"
+    ) || (l.starts_with("x-")
+        && l.ends_with("-fingerprint")
+        && ["gnupg", "gnu-pg", "pgp", "gpg"].iter().any(|k| {
+            let mid = &l[2..l.len() - "-fingerprint".len()];
+            mid == *k || mid.strip_suffix("-key") == Some(k)
+        }))
+}
+
+fn compressed(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "Message-Id" => "*m",
+        "Message-ID" => "*M",
+        "Received" => "*r",
+        "User-Agent" => "*u",
+        "References" => "*f",
+        "In-Reply-To" => "*i",
+        "From" => "*F",
+        "Reply-To" => "*R",
+        "Return-Path" => "*p",
+        "Return-path" => "*rp",
+        "X-Mailer" => "*x",
+        "X-Authentication-Warning" => "*a",
+        "Organization" | "Organisation" => "*o",
+        "Content-Type" => "*ct",
+        "Content-Disposition" => "*cd",
+        "Content-Transfer-Encoding" => "*ce",
+        _ => return None,
+    })
+}
+
+/// What the ruleset configures for Bayes tokens: the English stop words and the
+/// `bayes_ignore_header` names.
+#[derive(Default)]
+pub struct SaConfig {
+    /// `bayes_stopword_en`.
+    pub stop: Option<StopWords>,
+    /// `bayes_ignore_header` names, lower case.
+    pub ignore: std::collections::HashSet<String>,
+}
+
+impl SaConfig {
+    /// Reads both from the `.cf` files of rule folders.
+    pub fn from_rules(dirs: &[std::path::PathBuf]) -> SaConfig {
+        let mut c = SaConfig {
+            stop: StopWords::from_rules(dirs),
+            ..SaConfig::default()
+        };
+        for d in dirs {
+            let Ok(rd) = std::fs::read_dir(d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_none_or(|x| x != "cf") {
+                    continue;
+                }
+                let Ok(text) = std::fs::read_to_string(&p) else {
+                    continue;
+                };
+                for line in text.lines() {
+                    if let Some(h) = line.trim_start().strip_prefix("bayes_ignore_header ") {
+                        let h = h.trim().trim_end_matches(':');
+                        c.ignore.insert(h.to_ascii_lowercase());
+                    }
+                }
+            }
+        }
+        c
+    }
+}
+
+/// The configuration from SpamAssassin's default rule folders, read once.
+pub fn default_config() -> &'static SaConfig {
+    static CONF: std::sync::OnceLock<SaConfig> = std::sync::OnceLock::new();
+    CONF.get_or_init(|| {
+        SaConfig::from_rules(&["/usr/share/spamassassin".into(), "/etc/spamassassin".into()])
+    })
+}
+
+/// The tokens of a message, each once: (SpamAssassin's id, text).
+pub fn tokenize(msg: &Message, conf: &SaConfig) -> Vec<(u64, Vec<u8>)> {
+    tokenize_with(msg, conf, None)
+}
+
+/// [`tokenize`], with text read outside the text parts (OCR) as one more text part.
+pub fn tokenize_with(msg: &Message, conf: &SaConfig, extra: Option<&str>) -> Vec<(u64, Vec<u8>)> {
+    let stop = conf.stop.as_ref();
+    let mut all: Vec<Vec<u8>> = Vec::new();
+    let headers = view::Headers::of_part(msg, 0);
+    let subject = headers.values("subject", false).last().map(<[u8]>::to_vec);
+    let subject = subject.map(|mut s| {
+        while s.last() == Some(&b'\n') {
+            s.pop();
+        }
+        s.push(b'\n');
+        s
+    });
+    let mut n = 0;
+    for line in view::body_lines(msg, subject.as_deref(), extra) {
+        n += tokenize_line(&line, b"", Region::Body, stop, &mut all);
+        if n >= 50_000 {
+            break;
+        }
+    }
+    let mut n = 0;
+    for u in view::uris(msg) {
+        n += tokenize_line(&u, b"", Region::Uri, stop, &mut all);
+        if n >= 10_000 {
+            break;
+        }
+    }
+    for (prefix, value) in header_values(&headers, &conf.ignore) {
+        let mut p = b"H".to_vec();
+        p.extend_from_slice(prefix.as_bytes());
+        p.push(b':');
+        tokenize_line(&value, &p, Region::Header, stop, &mut all);
+    }
+    let mut out: HashMap<u64, Vec<u8>> = HashMap::with_capacity(all.len());
+    for t in all {
+        if !t.is_empty() {
+            out.insert(token_id(&t), t);
+        }
+    }
+    let mut v: Vec<(u64, Vec<u8>)> = out.into_iter().collect();
+    v.sort();
+    v
+}
+
+/// `_tokenize_headers`: (prefix, value) per header name after mapping, in first-seen order.
+fn header_values(
+    h: &view::Headers,
+    ignore: &std::collections::HashSet<String>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut order: Vec<String> = Vec::new();
+    let mut parsed: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut add = |k: &str, v: &[u8], order: &mut Vec<String>| match parsed.get_mut(k) {
+        Some(e) => {
+            e.push(b' ');
+            e.extend_from_slice(v);
+        }
+        None => {
+            parsed.insert(k.to_owned(), v.to_vec());
+            order.push(k.to_owned());
+        }
+    };
+    let mut received: Vec<&(String, Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut fields: Vec<&(String, Vec<u8>, Vec<u8>)> = Vec::new();
+    for f in &h.fields {
+        if f.0.eq_ignore_ascii_case("received") {
+            received.push(f);
+        } else if !ignored(&f.0) && !ignore.contains(&f.0.to_ascii_lowercase()) {
+            fields.push(f);
+        }
+    }
+    // The last two Received fields, the last first.
+    fields.extend(received.iter().rev().take(2));
+    for f in fields {
+        let name = f.0.as_str();
+        let mut val: Vec<u8> = f.1.clone();
+        while val.last() == Some(&b'\n') {
+            val.pop();
+        }
+        let l = name.to_ascii_lowercase();
+        let base = l
+            .strip_prefix("x-")
+            .or_else(|| l.strip_prefix("resent-"))
+            .unwrap_or(&l);
+        if base == "message-id" {
+            val = chew_message_id(&val);
+        } else if [
+            "return-path",
+            "from",
+            "to",
+            "cc",
+            "reply-to",
+            "errors-to",
+            "mail-followup-to",
+            "sender",
+        ]
+        .contains(&base)
+        {
+            val = chew_addresses(&val);
+        } else if name == "Received" {
+            val = chew_received(&val);
+        } else if name == "Content-Type" {
+            val = chew_content_type(&val);
+        } else if name == "MIME-Version" {
+            if let Some(p) = memchr::memmem::find(&val, b"1.0") {
+                val.drain(p..p + 3);
+            }
+        } else if presence_only(name) {
+            val = b"1".to_vec();
+        }
+        if ["in-reply-to", "references", "message-id"].contains(&l.as_str()) {
+            add("*MI", &val, &mut order);
+        }
+        if ["from", "to", "cc"].contains(&l.as_str()) {
+            add("*Ad", &val, &mut order);
+        }
+        if ["x-mailer", "user-agent"].contains(&l.as_str()) {
+            add("*UA", &val, &mut order);
+        }
+        let key = compressed(name).unwrap_or(name);
+        add(key, &val, &mut order);
+    }
+    order
+        .into_iter()
+        .map(|k| {
+            let v = parsed.remove(&k).unwrap_or_default();
+            (k, v)
+        })
+        .collect()
+}
+
+fn re(p: &str) -> regex::bytes::Regex {
+    regex::bytes::Regex::new(p).expect("a valid pattern")
+}
+
+thread_local! {
+    static RX: Rx = Rx::new();
+}
+
+struct Rx {
+    oe: regex::bytes::Regex,
+    exim_mid: regex::bytes::Regex,
+    sendmail_mid: regex::bytes::Regex,
+    non_word: regex::bytes::Regex,
+    rcvd: [regex::bytes::Regex; 5],
+    ip: regex::bytes::Regex,
+    rcvd_words: regex::bytes::Regex,
+    boundary: regex::bytes::Regex,
+    ct_stop: regex::bytes::Regex,
+    token_chars: regex::bytes::Regex,
+    dots: regex::bytes::Regex,
+    dashes: regex::bytes::Regex,
+    title: regex::bytes::Regex,
+    skip: regex::bytes::Regex,
+    u8chars: regex::bytes::Regex,
+}
+
+impl Rx {
+    fn new() -> Rx {
+        Rx {
+            oe: re(
+                r"<([0-9a-f]{4})[0-9a-f]{4}[0-9a-f]{4}\$([0-9a-f]{4})[0-9a-f]{4}\$([0-9a-f]{8})@(\S+)>",
+            ),
+            exim_mid: re(r"<[A-Za-z0-9]{7}-[A-Za-z0-9]{6}-0[A-Za-z0-9]@"),
+            sendmail_mid: re(r"<20\d\d[01]\d[0123]\d[012]\d[012345]\d[012345]\d\.[A-F0-9]{10,12}@"),
+            non_word: re(r"[^_A-Za-z0-9]"),
+            rcvd: [
+                re(r"\swith\sSMTP\sid\sg[\dA-Z]{10,12}\s"),
+                re(r"\swith\sESMTP\sid\s[\dA-F]{10,12}\s"),
+                re(r"\bid\s[a-zA-Z0-9]{7,20}\b"),
+                re(r"\bid\s[A-Za-z0-9]{7}-[A-Za-z0-9]{6}-0[A-Za-z0-9]"),
+                re(
+                    r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun),\s)?[0-3\s]?[0-9]\s(?:Jan|Feb|Ma[ry]|Apr|Ju[nl]|Aug|Sep|Oct|Nov|Dec)\s(?:19|20)?[0-9]{2}\s[0-2][0-9](?::[0-5][0-9]){1,2}\s(?:\s*\(|\)|\s*(?:[+-][0-9]{4})|\s*(?:UT|[A-Z]{2,3}T))*",
+                ),
+            ],
+            ip: re(r"\b(\d{1,3}\.)(\d{1,3}\.)(\d{1,3})(\.\d{1,3})\b"),
+            rcvd_words: re(r"\b(?:with|from|for|SMTP|ESMTP)\b"),
+            boundary: re(r#"(?i)boundary=["'](.*?)["']"#),
+            ct_stop: re(r"\b(?:text|charset)\b"),
+            token_chars: re(
+                r#"(?s-u)([A-Za-z0-9,@*!_'"$. -]+|[\xC0-\xDF][\x80-\xBF]|[\xE0-\xEF][\x80-\xBF]{2}|[\xF0-\xF4][\x80-\xBF]{3}|[\xA1-\xFF])|."#,
+            ),
+            dots: re(r"(\w)(\.{3,6})(\w)"),
+            dashes: re(r"(\w)(-{2,6})(\w)"),
+            title: re(r"(?-u)(?:^|\.\s+)([A-Z])([^A-Z]+)(?:\s|$)"),
+            skip: re(
+                r"(?s-u)^((?:[\x00-\x7F\xF5-\xFF]|[\xC0-\xDF][\x80-\xBF]|[\xE0-\xEF][\x80-\xBF]{2}|[\xF0-\xF4][\x80-\xBF]{3}|.){7}).{2,}$",
+            ),
+            u8chars: re(r"(?-u)(?:[\xE0-\xEF]|[\xF0-\xF4][\x80-\xBF])[\x80-\xBF]{2}"),
+        }
+    }
+}
+
+fn chew_message_id(v: &[u8]) -> Vec<u8> {
+    RX.with(|rx| {
+        let v = rx.oe.replace_all(v, &b" OEA$1 OEB$2 OEC$3 $4 "[..]);
+        let v = rx.exim_mid.replace(&v, &b""[..]);
+        let v = rx.sendmail_mid.replace_all(&v, &b""[..]);
+        rx.non_word.replace_all(&v, &b" "[..]).into_owned()
+    })
+}
+
+fn chew_received(v: &[u8]) -> Vec<u8> {
+    RX.with(|rx| {
+        let mut v = v.to_vec();
+        for r in &rx.rcvd {
+            v = r.replace_all(&v, &b" "[..]).into_owned();
+        }
+        // The date pattern is removed outright, not replaced by a space.
+        let v = rx.ip.replace_all(&v, |c: &regex::bytes::Captures| {
+            let (a, b, c3, d) = (&c[1], &c[2], &c[3], &c[4]);
+            let mut o = Vec::new();
+            // As written in SpamAssassin: it compares the second octet (with its dot) to
+            // "10" and "192", so the full address is never kept.
+            let keep_full = b == b"10" || (b == b"192" && c3 == b"168");
+            o.extend_from_slice(a);
+            o.extend_from_slice(b);
+            o.extend_from_slice(c3);
+            if keep_full {
+                o.extend_from_slice(d);
+            }
+            o.extend_from_slice(b" ip*");
+            o.extend_from_slice(a);
+            o.extend_from_slice(b);
+            o.extend_from_slice(c3);
+            o.extend_from_slice(d);
+            o.push(b' ');
+            o
+        });
+        rx.rcvd_words.replace_all(&v, &b" "[..]).into_owned()
+    })
+}
+
+fn chew_content_type(v: &[u8]) -> Vec<u8> {
+    RX.with(|rx| {
+        let mut boundary: Option<Vec<u8>> = None;
+        let replaced = rx.boundary.replace_all(v, |c: &regex::bytes::Captures| {
+            boundary = Some(c[1].to_vec());
+            b" ".to_vec()
+        });
+        let mut v = replaced.into_owned();
+        if let Some(b) = boundary {
+            let mut h: Vec<u8> = b
+                .iter()
+                .map(|&c| if c.is_ascii_hexdigit() { b'H' } else { c })
+                .collect();
+            // Runs of separator characters become their own tokens.
+            let mut out = Vec::with_capacity(h.len() + 8);
+            let mut i = 0;
+            while i < h.len() {
+                if matches!(h[i], b'-' | b'_' | b'.' | b'=') {
+                    let s = i;
+                    while i < h.len() && matches!(h[i], b'-' | b'_' | b'.' | b'=') {
+                        i += 1;
+                    }
+                    out.push(b' ');
+                    out.extend_from_slice(&h[s..i]);
+                    out.push(b' ');
+                } else {
+                    out.push(h[i]);
+                    i += 1;
+                }
+            }
+            h = out;
+            v.extend_from_slice(&h);
+        }
+        rx.ct_stop.replace_all(&v, &b" "[..]).into_owned()
+    })
+}
+
+/// `_pre_chew_addr_header` over a simple address-list parser: each address's phrase words
+/// as `N*` tokens, its user and domains as `U*` and `D*` tokens.
+fn chew_addresses(v: &[u8]) -> Vec<u8> {
+    let s = String::from_utf8_lossy(v);
+    let mut toks: Vec<String> = Vec::new();
+    for item in split_addresses(&s) {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        let (phrase, addr) = match (item.find('<'), item.rfind('>')) {
+            (Some(a), Some(b)) if a < b => (
+                item[..a].trim().to_owned(),
+                item[a + 1..b].trim().to_owned(),
+            ),
+            _ => {
+                // addr (comment) or a bare address
+                let (a, c) = match item.find('(') {
+                    Some(p) => (
+                        item[..p].trim(),
+                        item[p..].trim_matches(['(', ')', ' ']).to_owned(),
+                    ),
+                    None => (item, String::new()),
+                };
+                if a.contains('@') {
+                    (c, a.to_owned())
+                } else {
+                    (item.to_owned(), String::new())
+                }
+            }
+        };
+        let phrase: String = phrase.replace('"', "");
+        for w in phrase.split_whitespace() {
+            toks.push(format!("N*{w}"));
+        }
+        if !addr.is_empty() {
+            toks.extend(mail_addr_tokens(&addr));
+        }
+    }
+    toks.join(" ").into_bytes()
+}
+
+fn split_addresses(s: &str) -> Vec<String> {
+    let (mut out, mut cur) = (Vec::new(), String::new());
+    let (mut quoted, mut angle, mut paren) = (false, false, 0i32);
+    for c in s.chars() {
+        match c {
+            '"' if !angle => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            '(' if !quoted && !angle => paren += 1,
+            ')' if !quoted && !angle => paren -= 1,
+            ',' if !quoted && !angle && paren <= 0 => {
+                out.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    out.push(cur);
+    out
+}
+
+/// `_tokenize_mail_addrs`: `U*user`, `D*domain` and `D*` of each parent domain.
+fn mail_addr_tokens(addr: &str) -> Vec<String> {
+    let Some(at) = addr.rfind('@') else {
+        return Vec::new();
+    };
+    let (user, mut dom) = (&addr[..at], &addr[at + 1..]);
+    if user.is_empty() || dom.is_empty() {
+        return Vec::new();
+    }
+    let mut v = vec![format!("U*{user}"), format!("D*{dom}")];
+    while let Some(p) = dom.find('.') {
+        if p == 0 || p + 1 >= dom.len() {
+            break;
+        }
+        dom = &dom[p + 1..];
+        v.push(format!("D*{dom}"));
+    }
+    v
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Region {
+    Header,
+    Body,
+    Uri,
+}
+
+/// `_tokenize_line`; returns how many tokens it added.
+fn tokenize_line(
+    line: &[u8],
+    prefix: &[u8],
+    region: Region,
+    stop: Option<&StopWords>,
+    out: &mut Vec<Vec<u8>>,
+) -> usize {
+    let before = out.len();
+    RX.with(|rx| {
+        let s = rx
+            .token_chars
+            .replace_all(line, |c: &regex::bytes::Captures| {
+                c.get(1).map_or(b" ".to_vec(), |m| m.as_bytes().to_vec())
+            });
+        let s = rx.dots.replace_all(&s, &b"$1 $2 $3"[..]);
+        let s = rx.dashes.replace_all(&s, &b"$1 $2 $3"[..]);
+        let s = if region != Region::Header {
+            rx.title
+                .replace_all(&s, |c: &regex::bytes::Captures| {
+                    let mut o = vec![b' ', c[1][0].to_ascii_lowercase()];
+                    o.extend_from_slice(&c[2]);
+                    o.push(b' ');
+                    o
+                })
+                .into_owned()
+        } else {
+            s.into_owned()
+        };
+        let trim = |b: &u8| matches!(b, b'-' | b'\'' | b'"' | b'.' | b',');
+        for raw in s
+            .split(|b| b.is_ascii_whitespace())
+            .filter(|t| !t.is_empty())
+        {
+            let start = raw.iter().position(|b| !trim(b)).unwrap_or(raw.len());
+            let end = raw.iter().rposition(|b| !trim(b)).map_or(start, |e| e + 1);
+            let mut token: Vec<u8> = raw[start..end].to_vec();
+            let len = token.len();
+            if len < 3 {
+                continue;
+            }
+            if let Some(sw) = stop {
+                if sw.is_stop(&token) {
+                    continue;
+                }
+            }
+            let body = region != Region::Header;
+            if body {
+                let at = token.windows(3).any(|w| {
+                    w[1] == b'@' && !w[0].is_ascii_whitespace() && !w[2].is_ascii_whitespace()
+                });
+                if at {
+                    let t = String::from_utf8_lossy(&token).into_owned();
+                    out.extend(mail_addr_tokens(&t).into_iter().map(String::into_bytes));
+                } else if token
+                    .windows(3)
+                    .any(|w| w[1] == b'.' && w[2].is_ascii_alphabetic())
+                {
+                    let mut ud = b"UD:".to_vec();
+                    ud.extend_from_slice(&token);
+                    out.push(ud);
+                    let mut bit: &[u8] = &token;
+                    while let Some(p) = bit.iter().position(|&b| b == b'.') {
+                        if p == 0 || p + 1 >= bit.len() {
+                            break;
+                        }
+                        bit = &bit[p + 1..];
+                        let mut ud = b"UD:".to_vec();
+                        ud.extend_from_slice(bit);
+                        out.push(ud);
+                    }
+                }
+            }
+            if len > 15 && !token.contains(&b'*') {
+                if token
+                    .windows(2)
+                    .any(|w| (0x80..=0xBF).contains(&w[0]) && (0x80..=0xBF).contains(&w[1]))
+                {
+                    let chars: Vec<Vec<u8>> = rx
+                        .u8chars
+                        .find_iter(&token)
+                        .map(|m| m.as_bytes().to_vec())
+                        .collect();
+                    if !chars.is_empty() {
+                        for c in chars {
+                            let mut t = prefix.to_vec();
+                            t.extend_from_slice(b"u8:");
+                            t.extend_from_slice(&c);
+                            out.push(t);
+                        }
+                        continue;
+                    }
+                }
+                if region != Region::Uri {
+                    if let Some(c) = rx.skip.captures(&token) {
+                        let mut t = b"sk:".to_vec();
+                        t.extend_from_slice(&c[1]);
+                        token = t;
+                    }
+                }
+            }
+            if body {
+                let is_word = |b: &u8| {
+                    b.is_ascii_alphanumeric()
+                        || *b == b'_'
+                        || *b == b':'
+                        || *b == b'*'
+                        || *b >= 0x80
+                };
+                if token.iter().any(|b| !is_word(b)) {
+                    let mut t = prefix.to_vec();
+                    t.extend(token.iter().copied().filter(is_word));
+                    out.push(t);
+                }
+                if token.iter().any(u8::is_ascii_uppercase) {
+                    let lower = token.to_ascii_lowercase();
+                    let mut t = prefix.to_vec();
+                    t.extend_from_slice(&lower);
+                    out.push(t);
+                    if token.iter().any(|b| !is_word(b)) {
+                        let mut t = prefix.to_vec();
+                        t.extend(lower.iter().copied().filter(is_word));
+                        out.push(t);
+                    }
+                }
+            }
+            let mut t = prefix.to_vec();
+            t.extend_from_slice(&token);
+            out.push(t);
+        }
+    });
+    out.len() - before
+}
+
+/// A line of a backup file that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct RestoreError {
+    /// The line (1-based).
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Reads a `sa-learn --backup` file: `v` lines (database version, spam and ham totals), `t`
+/// lines (spam count, ham count, last access time, the token id in hex) and `s` lines
+/// (learned message ids, counted by the totals only: they carry no tokens, so such messages
+/// cannot be forgotten one by one).
+pub fn restore(text: &[u8]) -> Result<super::Model, RestoreError> {
+    let mut m = super::Model {
+        scheme: super::Scheme::SpamAssassin,
+        ..super::Model::default()
+    };
+    let mut version = None;
+    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let err = |m: &str| RestoreError {
+            line: i + 1,
+            message: m.to_owned(),
+        };
+        let f: Vec<&str> = line.split('\t').collect();
+        let num = |s: &str| s.trim().parse::<u64>().map_err(|_| err("not a number"));
+        match f[0] {
+            "v" if f.len() >= 3 => {
+                let n = num(f[1])?;
+                match f[2].split_whitespace().next().unwrap_or("") {
+                    "db_version" => version = Some(n),
+                    "num_spam" => m.nspam = n as u32,
+                    "num_nonspam" => m.nham = n as u32,
+                    _ => {}
+                }
+            }
+            "t" if f.len() >= 5 => {
+                if version.is_none() {
+                    return Err(err("a token before the db_version line"));
+                }
+                let hex = f[4].trim();
+                if hex.len() != 10 {
+                    return Err(err("a token id has 10 hex digits (40 bits)"));
+                }
+                let id = u64::from_str_radix(hex, 16).map_err(|_| err("token id not hex"))?;
+                let c = super::model::Counts {
+                    spam: num(f[1])? as u32,
+                    ham: num(f[2])? as u32,
+                    atime: (num(f[3])? / 86_400) as u32,
+                };
+                m.tokens.insert(id, c);
+            }
+            "s" if f.len() >= 3 => {}
+            _ => return Err(err("not a v, t or s line of a sa-learn backup")),
+        }
+    }
+    match version {
+        Some(2 | 3) => Ok(m),
+        Some(v) => Err(RestoreError {
+            line: 1,
+            message: format!("database version {v} is not one this reads (2 or 3)"),
+        }),
+        None => Err(RestoreError {
+            line: 1,
+            message: "no db_version line: not a sa-learn backup".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_is_restored_and_bad_lines_are_named() {
+        let text = b"v\t3\tdb_version # this must be the first line!!!\nv\t2\tnum_spam\nv\t5\tnum_nonspam\n\
+t\t2\t0\t1021543432\t00ad62ea5f\nt\t0\t1\t1029944878\t047e55ecef\ns\th\tabc@sa_generated\n";
+        let m = restore(text).unwrap();
+        assert_eq!(m.scheme, super::super::Scheme::SpamAssassin);
+        assert_eq!((m.nspam, m.nham, m.tokens.len()), (2, 5, 2));
+        let c = m.tokens[&0x00ad62ea5f];
+        assert_eq!((c.spam, c.ham, c.atime), (2, 0, 1021543432 / 86_400));
+        let e = restore(b"v\t3\tdb_version\nt\t1\t0\t5\tnothex!!!!\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(
+            restore(b"t\t1\t0\t5\t00ad62ea5f\n").is_err(),
+            "no version line first"
+        );
+        assert!(restore(b"v\t9\tdb_version\n").is_err(), "unknown version");
+    }
+
+    #[test]
+    fn lines_split_as_spamassassin_splits_them() {
+        let mut out = Vec::new();
+        tokenize_line(
+            b"Visit www.Example.com... now -- FREE!! mail bob@mail.example.org",
+            b"",
+            Region::Body,
+            None,
+            &mut out,
+        );
+        let got: Vec<String> = out
+            .iter()
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .collect();
+        for want in [
+            "visit",
+            "UD:www.Example.com",
+            "UD:Example.com",
+            "UD:com",
+            "www.Example.com",
+            "wwwExamplecom",
+            "www.example.com",
+            "now",
+            "FREE!!",
+            "free!!",
+            "free",
+            "FREE",
+            "mail",
+            "U*bob",
+            "D*mail.example.org",
+            "D*example.org",
+            "D*org",
+            "sk:bob@mai",
+        ] {
+            assert!(
+                got.iter().any(|g| g == want),
+                "{want:?} missing from {got:?}"
+            );
+        }
+        out.clear();
+        tokenize_line(
+            b"averyveryverylongtokenindeed",
+            b"H*x:",
+            Region::Header,
+            None,
+            &mut out,
+        );
+        assert_eq!(out, vec![b"H*x:sk:averyve".to_vec()]);
+    }
+
+    #[test]
+    fn ids_are_the_last_40_bits_of_sha1() {
+        // sha1("hello") = aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d
+        assert_eq!(token_id(b"hello"), 0xd9aea9434d);
+    }
+}
