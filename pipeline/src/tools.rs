@@ -226,13 +226,22 @@ pub fn cross_validate(
     ham: &[PathBuf],
     folds: usize,
     osb: bool,
+    sa: bool,
 ) -> anyhow::Result<()> {
     let mut all: Vec<(u64, Vec<u64>, Class)> = Vec::new();
+    let sa_conf = bayes::sa::default_config();
     let t0 = Instant::now();
     for (paths, class) in [(ham, Class::Ham), (spam, Class::Spam)] {
         for (_, raw) in messages(paths)? {
-            let ids =
-                bayes::tokenize_with(&Message::parse(Bytes::from(raw.clone())), false, osb).ids;
+            let msg = Message::parse(Bytes::from(raw.clone()));
+            let ids = if sa {
+                bayes::sa::tokenize(&msg, sa_conf)
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect()
+            } else {
+                bayes::tokenize_with(&msg, false, osb).ids
+            };
             all.push((message_hash(&raw), ids, class));
         }
     }
@@ -287,7 +296,7 @@ pub fn cross_validate(
     let auc = (rank_sum - (nspam * (nspam + 1)) as f64 / 2.0) / (nspam as f64 * nham as f64);
     println!(
         "{}",
-        serde_json::json!({"folds": folds, "osb": osb, "ham": nham, "spam": nspam, "one_minus_auc_percent": (100.0 * (1.0 - auc) * 1e4).round() / 1e4,
+        serde_json::json!({"folds": folds, "osb": osb, "tokenizer": if sa { "spamassassin" } else { "mxgate" }, "ham": nham, "spam": nspam, "one_minus_auc_percent": (100.0 * (1.0 - auc) * 1e4).round() / 1e4,
             "bayes99": {"false_positives": fp, "fp_percent": (10000.0 * fp as f64 / nham as f64).round() / 100.0,
                         "false_negatives": fn_, "fn_percent": (10000.0 * fn_ as f64 / nspam as f64).round() / 100.0},
             "tokenize_msgs_per_s": (all.len() as f64 / tokenize_s).round(),

@@ -204,6 +204,9 @@ enum BayesCmd {
         /// Add orthogonal sparse bigrams of body words to the tokens.
         #[arg(long)]
         osb: bool,
+        /// Tokenize as SpamAssassin does (the tokenizer restored databases use).
+        #[arg(long, conflicts_with = "osb")]
+        sa: bool,
         /// Spam messages.
         #[arg(long, num_args = 1.., required = true)]
         spam: Vec<PathBuf>,
@@ -308,9 +311,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             BayesCmd::Cv {
                 folds,
                 osb,
+                sa,
                 spam,
                 ham,
-            } => tools::cross_validate(&spam, &ham, folds.max(2), osb),
+            } => tools::cross_validate(&spam, &ham, folds.max(2), osb, sa),
         },
         Cmd::Scan {
             config,

@@ -142,6 +142,8 @@ struct Sink<'a> {
     dynamic: String,
     /// Orthogonal sparse bigrams of body words: the last four body tokens (id, text).
     osb: Option<Vec<(u64, String)>>,
+    /// Room for the plain forms of a word (no allocation per word).
+    plain: String,
 }
 
 impl Sink<'_> {
@@ -219,6 +221,7 @@ pub fn add_body_text(tokens: &mut Tokens, text: &str, keep_text: bool) {
         prefix: "",
         dynamic: String::new(),
         osb: None,
+        plain: String::with_capacity(64),
     };
     sink.with_prefix("");
     let mut word = String::with_capacity(64);
@@ -236,6 +239,7 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
         prefix: "",
         dynamic: String::new(),
         osb: osb.then(|| Vec::with_capacity(4)),
+        plain: String::with_capacity(64),
     };
     let mut word = String::with_capacity(64);
     // Body: the visible text, rendered once with its URIs.
@@ -396,7 +400,9 @@ fn word(raw: &str, sink: &mut Sink<'_>, scratch: &mut String) {
     } else {
         raw
     };
-    let t = folded.trim_matches(['-', '\'', '"', '.', ',', '!', '*', '_']);
+    // Trimmed as SpamAssassin trims: "FREE!!" keeps its exclamation marks (the plain word is
+    // added below).
+    let t = folded.trim_matches(['-', '\'', '"', '.', ',']);
     let n = if ascii { t.len() } else { t.chars().count() };
     if n < 3 {
         return;
@@ -419,12 +425,48 @@ fn word(raw: &str, sink: &mut Sink<'_>, scratch: &mut String) {
     // Host names are kept whole even when long; other words of 3 to 15 characters are tokens.
     if n <= 15 || (n <= 64 && looks_like_domain(t)) {
         sink.push(t);
+        // Body words also count as their plain forms (SpamAssassin's decomposition): "FREE!!"
+        // is evidence of its own, and for "FREE", "free!!" and "free".
+        if sink.prefix.is_empty() && sink.dynamic.is_empty() {
+            decompose(t, sink);
+        }
     } else {
         let mut sk = String::with_capacity(32);
         sk.push_str("sk:");
         sk.extend(t.chars().take(7));
         sink.push(&sk);
     }
+}
+
+/// The plain forms of a body word: without punctuation, in lower case, and both.
+fn decompose(t: &str, sink: &mut Sink<'_>) {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_';
+    let punct = !t.chars().all(is_word);
+    let upper = t.bytes().any(|b| b.is_ascii_uppercase());
+    if !punct && !upper {
+        return;
+    }
+    let mut plain = std::mem::take(&mut sink.plain);
+    if punct {
+        plain.clear();
+        plain.extend(t.chars().filter(|&c| is_word(c)));
+        if plain.len() >= 3 {
+            sink.push(&plain);
+        }
+    }
+    if upper {
+        plain.clear();
+        plain.push_str(t);
+        plain.make_ascii_lowercase();
+        sink.push(&plain);
+        if punct {
+            plain.retain(is_word);
+            if plain.len() >= 3 {
+                sink.push(&plain);
+            }
+        }
+    }
+    sink.plain = plain;
 }
 
 /// `label.label[.label...]` of letters, digits and hyphens, ending in a letter TLD.
