@@ -403,9 +403,8 @@ impl Chain {
                 learned_points = score;
                 if self.explain {
                     ctx.bayes_tokens = v
-                        .tokens
+                        .strongest(10)
                         .iter()
-                        .take(10)
                         .map(|(id, f)| {
                             let text = toks
                                 .text

@@ -145,9 +145,8 @@ pub fn classify_files(db: &Path, paths: &[PathBuf], top: usize) -> anyhow::Resul
         let v = match classify(&model, &toks.ids, &p) {
             Ok(v) => {
                 let tokens: Vec<serde_json::Value> = v
-                    .tokens
+                    .strongest(top)
                     .iter()
-                    .take(top)
                     .map(|(id, f)| {
                         let text = toks
                             .text

@@ -44,8 +44,26 @@ impl Default for Params {
 pub struct Verdict {
     /// Probability of spam, 0..1.
     pub p_spam: f64,
-    /// The tokens used, strongest first: (id, f(w)).
+    /// The tokens used, in no particular order: (id, f(w)). [`Verdict::strongest`] sorts.
     pub tokens: Vec<(u64, f64)>,
+}
+
+impl Verdict {
+    /// The `n` strongest tokens used, strongest first.
+    pub fn strongest(&self, n: usize) -> Vec<(u64, f64)> {
+        let mut t = self.tokens.clone();
+        t.sort_unstable_by(strongest_first);
+        t.truncate(n);
+        t
+    }
+}
+
+/// Farther from 0.5 first; ties by id, so the order is stable.
+fn strongest_first(a: &(u64, f64), b: &(u64, f64)) -> std::cmp::Ordering {
+    (b.1 - 0.5)
+        .abs()
+        .total_cmp(&(a.1 - 0.5).abs())
+        .then(a.0.cmp(&b.0))
 }
 
 /// Why the classifier said nothing.
@@ -78,17 +96,11 @@ pub fn classify(model: &Model, ids: &[u64], p: &Params) -> Result<Verdict, Silen
             used.push((id, f.clamp(1e-6, 1.0 - 1e-6)));
         }
     }
-    let strongest_first = |a: &(u64, f64), b: &(u64, f64)| {
-        (b.1 - 0.5)
-            .abs()
-            .total_cmp(&(a.1 - 0.5).abs())
-            .then(a.0.cmp(&b.0))
-    };
     if used.len() > p.max_tokens {
         used.select_nth_unstable_by(p.max_tokens, strongest_first);
         used.truncate(p.max_tokens);
     }
-    used.sort_unstable_by(strongest_first);
+    // Combining does not depend on the order: sorting waits for a caller that shows tokens.
     Ok(Verdict {
         p_spam: combine(&used),
         tokens: used,
