@@ -301,7 +301,15 @@ pub fn tokenize_with(msg: &Message, conf: &SaConfig, extra: Option<&str>) -> Vec
             break;
         }
     }
-    for (prefix, value) in header_values(&headers, &conf.ignore) {
+    // The relay pseudo-headers SpamAssassin derives from the Received fields (all relays
+    // untrusted and external when no trusted networks are configured).
+    let relays = relay_string(&headers);
+    let mut header_vals = header_values(&headers, &conf.ignore);
+    if !relays.is_empty() {
+        header_vals.push(("*RU".to_owned(), relays.clone()));
+        header_vals.push(("x-spam-relays-external".to_owned(), relays));
+    }
+    for (prefix, value) in header_vals {
         let mut p = b"H".to_vec();
         p.extend_from_slice(prefix.as_bytes());
         p.push(b':');
@@ -402,6 +410,107 @@ fn header_values(
             (k, v)
         })
         .collect()
+}
+
+/// One relay as SpamAssassin's Received parser records it.
+#[derive(Default)]
+struct Relay {
+    ip: String,
+    rdns: String,
+    helo: String,
+    by: String,
+    ident: String,
+    envfrom: String,
+    id: String,
+}
+
+/// The relays of the Received fields, top down, as `X-Spam-Relays-Untrusted` lists them after
+/// `_tokenize_headers` dropped the field names (` [a-z]+=` → space): the values only.
+fn relay_string(h: &view::Headers) -> Vec<u8> {
+    let mut relays: Vec<Relay> = Vec::new();
+    for v in h.values("received", false) {
+        let line = String::from_utf8_lossy(v);
+        let line: String = line.split_whitespace().collect::<Vec<_>>().join(" ");
+        // A mail fetcher's marker restarts the parse: what came before was local delivery.
+        if line.contains(" by localhost with ") && line.contains("fetchmail") {
+            relays.clear();
+            continue;
+        }
+        if let Some(r) = parse_received(&line) {
+            relays.push(r);
+        }
+    }
+    let mut out = String::new();
+    for r in relays {
+        let rdns = if r.rdns.eq_ignore_ascii_case("unknown") || r.rdns.starts_with('[') {
+            ""
+        } else {
+            r.rdns.trim_end_matches('.')
+        };
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&format!(
+            "[ {} {rdns} {} {} {} {} 0 {}  0 ]",
+            r.ip, r.helo, r.by, r.ident, r.envfrom, r.id
+        ));
+    }
+    out.into_bytes()
+}
+
+/// The common Received forms: `from HELO (RDNS [IP])`, `from HELO (ident@RDNS [IP])`,
+/// `from HELO ([IP])`, `from HELO [IP]`; then `by HOST`, `id ID`, `envelope-from ADDR`.
+fn parse_received(line: &str) -> Option<Relay> {
+    let rest = line.strip_prefix("from ")?;
+    let (helo, rest) = rest.split_once(' ')?;
+    let mut r = Relay {
+        helo: helo.to_owned(),
+        ..Relay::default()
+    };
+    let ip_of = |s: &str| -> Option<String> {
+        let s = s.trim_start_matches("IPv6:").trim_start_matches("::ffff:");
+        (s.parse::<std::net::IpAddr>().is_ok()).then(|| s.to_owned())
+    };
+    if let Some(inner) = rest.strip_prefix('(') {
+        let end = inner.find(')')?;
+        let inside = &inner[..end];
+        let open = inside.find('[')?;
+        let close = inside[open..].find(']')? + open;
+        r.ip = ip_of(&inside[open + 1..close])?;
+        let host = inside[..open].trim();
+        let host = match host.rsplit_once('@') {
+            Some((ident, h)) => {
+                r.ident = ident.trim_start_matches("IDENT:").to_owned();
+                h
+            }
+            None => host,
+        };
+        r.rdns = host.to_owned();
+    } else if let Some(inner) = rest.strip_prefix('[') {
+        let close = inner.find(']')?;
+        r.ip = ip_of(&inner[..close])?;
+    } else {
+        return None;
+    }
+    let words: Vec<&str> = line.split(' ').collect();
+    let after = |key: &str| -> String {
+        words
+            .windows(2)
+            .find(|w| w[0] == key)
+            .map(|w| w[1].trim_end_matches(';').to_owned())
+            .unwrap_or_default()
+    };
+    r.by = after("by");
+    r.id = after("id");
+    if let Some(p) = line.find("envelope-from ") {
+        r.envfrom = line[p + 14..]
+            .split([' ', ')', ';'])
+            .next()
+            .unwrap_or("")
+            .trim_matches(['<', '>'])
+            .to_owned();
+    }
+    Some(r)
 }
 
 fn re(p: &str) -> regex::bytes::Regex {
@@ -913,6 +1022,51 @@ t\t2\t0\t1021543432\t00ad62ea5f\nt\t0\t1\t1029944878\t047e55ecef\ns\th\tabc@sa_g
             &mut out,
         );
         assert_eq!(out, vec![b"H*x:sk:averyve".to_vec()]);
+    }
+
+    #[test]
+    fn received_fields_become_relays_as_spamassassin_records_them() {
+        let r = parse_received(
+            "from lugh.tuatha.org (root@lugh.tuatha.org [194.125.145.45]) by webnote.net \
+             (8.9.3/8.9.3) with ESMTP id SAA24559 for <jm@jmason.org>; Sat, 20 Jul 2002",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                r.ip.as_str(),
+                r.rdns.as_str(),
+                r.helo.as_str(),
+                r.by.as_str(),
+                r.ident.as_str(),
+                r.id.as_str()
+            ),
+            (
+                "194.125.145.45",
+                "lugh.tuatha.org",
+                "lugh.tuatha.org",
+                "webnote.net",
+                "root",
+                "SAA24559"
+            )
+        );
+        let r =
+            parse_received("from html ([206.216.197.214]) by webcust2.hightowertech.com with SMTP")
+                .unwrap();
+        assert_eq!(
+            (r.ip.as_str(), r.rdns.as_str(), r.helo.as_str()),
+            ("206.216.197.214", "", "html")
+        );
+        assert!(
+            parse_received("(from mail@localhost) by int-mx1.example id g7MBY7g11259").is_none()
+        );
+        // A mail fetcher's marker drops what was recorded above it.
+        let msg = Message::parse(bytes::Bytes::from_static(
+            b"Received: from localhost (localhost [127.0.0.1]) by a.example (Postfix) id X1;\r\n\
+              Received: from b.example [127.0.0.1] by localhost with IMAP (fetchmail-5.9.0);\r\n\
+              Received: from c.example (c.example [192.0.2.7]) by b.example id Y2;\r\n\r\nbody\r\n",
+        ));
+        let s = String::from_utf8(relay_string(&view::Headers::of_part(&msg, 0))).unwrap();
+        assert_eq!(s, "[ 192.0.2.7 c.example c.example b.example   0 Y2  0 ]");
     }
 
     #[test]
