@@ -58,7 +58,11 @@ impl StopWords {
     }
 
     fn is_stop(&self, t: &[u8]) -> bool {
-        self.0.is_match(t)
+        // Stop words are short words of letters (and apostrophes): anything else cannot match,
+        // and most tokens (hosts, numbers, ids) are not worth the pattern.
+        t.len() <= 16
+            && t.iter().all(|b| b.is_ascii_alphabetic() || *b == b'\'')
+            && self.0.is_match(t)
     }
 }
 
@@ -531,7 +535,6 @@ struct Rx {
     rcvd_words: regex::bytes::Regex,
     boundary: regex::bytes::Regex,
     ct_stop: regex::bytes::Regex,
-    token_chars: regex::bytes::Regex,
     dots: regex::bytes::Regex,
     dashes: regex::bytes::Regex,
     title: regex::bytes::Regex,
@@ -561,9 +564,6 @@ impl Rx {
             rcvd_words: re(r"\b(?:with|from|for|SMTP|ESMTP)\b"),
             boundary: re(r#"(?i)boundary=["'](.*?)["']"#),
             ct_stop: re(r"\b(?:text|charset)\b"),
-            token_chars: re(
-                r#"(?s-u)([A-Za-z0-9,@*!_'"$. -]+|[\xC0-\xDF][\x80-\xBF]|[\xE0-\xEF][\x80-\xBF]{2}|[\xF0-\xF4][\x80-\xBF]{3}|[\xA1-\xFF])|."#,
-            ),
             dots: re(r"(\w)(\.{3,6})(\w)"),
             dashes: re(r"(\w)(-{2,6})(\w)"),
             title: re(r"(?-u)(?:^|\.\s+)([A-Z])([^A-Z]+)(?:\s|$)"),
@@ -743,6 +743,49 @@ enum Region {
     Uri,
 }
 
+/// `s{ ([A-Za-z0-9,@*!_'"\$. -]+ | UTF-8 sequences | [\xA1-\xFF]) | . }{$1 or " "}xsge`:
+/// every byte that is not a token character, not part of a well-formed 2-4 byte UTF-8 sequence
+/// and not in A1-FF becomes a space (a hand-written pass: the regex with a closure per match
+/// was most of the time).
+fn token_chars(line: &[u8]) -> Vec<u8> {
+    let keep = |b: u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b',' | b'@' | b'*' | b'!' | b'_' | b'\'' | b'"' | b'$' | b'.' | b' ' | b'-'
+            )
+    };
+    let cont = |b: Option<&u8>| b.is_some_and(|&b| (0x80..=0xBF).contains(&b));
+    let mut out = Vec::with_capacity(line.len());
+    let mut i = 0;
+    while i < line.len() {
+        let b = line[i];
+        let n = if b < 0x80 {
+            usize::from(keep(b))
+        } else if (0xC0..=0xDF).contains(&b) && cont(line.get(i + 1)) {
+            2
+        } else if (0xE0..=0xEF).contains(&b) && cont(line.get(i + 1)) && cont(line.get(i + 2)) {
+            3
+        } else if (0xF0..=0xF4).contains(&b)
+            && cont(line.get(i + 1))
+            && cont(line.get(i + 2))
+            && cont(line.get(i + 3))
+        {
+            4
+        } else {
+            usize::from(b >= 0xA1)
+        };
+        if n == 0 {
+            out.push(b' ');
+            i += 1;
+        } else {
+            out.extend_from_slice(&line[i..i + n]);
+            i += n;
+        }
+    }
+    out
+}
+
 /// `_tokenize_line`; returns how many tokens it added.
 fn tokenize_line(
     line: &[u8],
@@ -753,11 +796,7 @@ fn tokenize_line(
 ) -> usize {
     let before = out.len();
     RX.with(|rx| {
-        let s = rx
-            .token_chars
-            .replace_all(line, |c: &regex::bytes::Captures| {
-                c.get(1).map_or(b" ".to_vec(), |m| m.as_bytes().to_vec())
-            });
+        let s = token_chars(line);
         let s = rx.dots.replace_all(&s, &b"$1 $2 $3"[..]);
         let s = rx.dashes.replace_all(&s, &b"$1 $2 $3"[..]);
         let s = if region != Region::Header {
@@ -875,6 +914,26 @@ fn tokenize_line(
         }
     });
     out.len() - before
+}
+
+/// The header tokens alone (relay pseudo-headers included), as text: what mxgate's own
+/// tokenizer adds to its body tokens (SpamAssassin's header handling measured better than its
+/// own; see BENCHMARKS.md).
+pub fn header_tokens(msg: &Message, conf: &SaConfig, out: &mut Vec<Vec<u8>>) {
+    let headers = view::Headers::of_part(msg, 0);
+    let relays = relay_string(&headers);
+    let mut vals = header_values(&headers, &conf.ignore);
+    if !relays.is_empty() {
+        vals.push(("*RU".to_owned(), relays.clone()));
+        vals.push(("x-spam-relays-external".to_owned(), relays));
+    }
+    let stop = conf.stop.as_ref();
+    for (prefix, value) in vals {
+        let mut p = b"H".to_vec();
+        p.extend_from_slice(prefix.as_bytes());
+        p.push(b':');
+        tokenize_line(&value, &p, Region::Header, stop, out);
+    }
 }
 
 /// A line of a backup file that is not one.

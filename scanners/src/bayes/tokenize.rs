@@ -162,6 +162,17 @@ impl Sink<'_> {
         }
     }
 
+    /// A token given as bytes (SpamAssassin's header tokens), hashed as they are.
+    fn push_bytes(&mut self, token: &[u8]) {
+        let id = xxh3_64_with_seed(token, self.seed);
+        self.out.ids.push(id);
+        if self.keep_text {
+            self.out
+                .text
+                .push((id, String::from_utf8_lossy(token).into_owned()));
+        }
+    }
+
     fn push(&mut self, token: &str) {
         let id = xxh3_64_with_seed(token.as_bytes(), self.seed);
         self.out.ids.push(id);
@@ -290,6 +301,15 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
         words(&v, &mut sink, &mut word);
     }
     received(msg, &mut sink);
+    // SpamAssassin's header tokens as well (its address, Message-ID, Received and relay
+    // handling): with them false negatives fell from 14.0 % to 11.0 % and 1 - AUC from 0.022 %
+    // to 0.018 %, both better than SpamAssassin's own Bayes (BENCHMARKS.md).
+    let mut texts = Vec::with_capacity(128);
+    super::sa::header_tokens(msg, super::sa::default_config(), &mut texts);
+    sink.with_prefix("");
+    for t in &texts {
+        sink.push_bytes(t);
+    }
     if let Some(mid) = msg.field(0, "message-id") {
         sink.with_prefix("H*message-id:shape:");
         sink.push(&shape(&String::from_utf8_lossy(mid)));
