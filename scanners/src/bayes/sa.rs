@@ -587,7 +587,17 @@ fn chew_message_id(v: &[u8]) -> Vec<u8> {
 fn chew_received(v: &[u8]) -> Vec<u8> {
     RX.with(|rx| {
         let mut v = v.to_vec();
-        for r in &rx.rcvd {
+        // Each pattern needs a word it starts from: skip the ones that cannot match.
+        const MONTHS: [&[u8]; 12] = [
+            b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+            b"Dec",
+        ];
+        let has_id = memchr::memmem::find(&v, b"id").is_some();
+        let has_month = MONTHS.iter().any(|m| memchr::memmem::find(&v, m).is_some());
+        for (i, r) in rx.rcvd.iter().enumerate() {
+            if (i < 4 && !has_id) || (i == 4 && !has_month) {
+                continue;
+            }
             v = r.replace_all(&v, &b" "[..]).into_owned();
         }
         // The date pattern is removed outright, not replaced by a space.
@@ -786,7 +796,7 @@ fn token_chars(line: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `_tokenize_line`; returns how many tokens it added.
+/// `_tokenize_line` into a vector of owned tokens; returns how many it added.
 fn tokenize_line(
     line: &[u8],
     prefix: &[u8],
@@ -795,10 +805,39 @@ fn tokenize_line(
     out: &mut Vec<Vec<u8>>,
 ) -> usize {
     let before = out.len();
+    tokenize_line_with(line, prefix, region, stop, &mut |t| out.push(t.to_vec()));
+    out.len() - before
+}
+
+/// `_tokenize_line`, each token handed to `emit` from a reused buffer.
+fn tokenize_line_with(
+    line: &[u8],
+    prefix: &[u8],
+    region: Region,
+    stop: Option<&StopWords>,
+    emit: &mut dyn FnMut(&[u8]),
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(64);
+    let mut emit_parts = |parts: &[&[u8]]| {
+        buf.clear();
+        for p in parts {
+            buf.extend_from_slice(p);
+        }
+        emit(&buf);
+    };
     RX.with(|rx| {
         let s = token_chars(line);
-        let s = rx.dots.replace_all(&s, &b"$1 $2 $3"[..]);
-        let s = rx.dashes.replace_all(&s, &b"$1 $2 $3"[..]);
+        // The two patterns only ever match around "..." and "--": look for those first.
+        let s = if memchr::memmem::find(&s, b"...").is_some() {
+            rx.dots.replace_all(&s, &b"$1 $2 $3"[..]).into_owned()
+        } else {
+            s
+        };
+        let s = if memchr::memmem::find(&s, b"--").is_some() {
+            rx.dashes.replace_all(&s, &b"$1 $2 $3"[..]).into_owned()
+        } else {
+            s
+        };
         let s = if region != Region::Header {
             rx.title
                 .replace_all(&s, |c: &regex::bytes::Captures| {
@@ -809,22 +848,27 @@ fn tokenize_line(
                 })
                 .into_owned()
         } else {
-            s.into_owned()
+            s
         };
         let trim = |b: &u8| matches!(b, b'-' | b'\'' | b'"' | b'.' | b',');
+        let is_word = |b: &u8| {
+            b.is_ascii_alphanumeric() || *b == b'_' || *b == b':' || *b == b'*' || *b >= 0x80
+        };
+        let mut skipped: Vec<u8> = Vec::new();
+        let mut plain: Vec<u8> = Vec::new();
         for raw in s
             .split(|b| b.is_ascii_whitespace())
             .filter(|t| !t.is_empty())
         {
             let start = raw.iter().position(|b| !trim(b)).unwrap_or(raw.len());
             let end = raw.iter().rposition(|b| !trim(b)).map_or(start, |e| e + 1);
-            let mut token: Vec<u8> = raw[start..end].to_vec();
+            let mut token: &[u8] = &raw[start..end];
             let len = token.len();
             if len < 3 {
                 continue;
             }
             if let Some(sw) = stop {
-                if sw.is_stop(&token) {
+                if sw.is_stop(token) {
                     continue;
                 }
             }
@@ -834,24 +878,21 @@ fn tokenize_line(
                     w[1] == b'@' && !w[0].is_ascii_whitespace() && !w[2].is_ascii_whitespace()
                 });
                 if at {
-                    let t = String::from_utf8_lossy(&token).into_owned();
-                    out.extend(mail_addr_tokens(&t).into_iter().map(String::into_bytes));
+                    for t in mail_addr_tokens(&String::from_utf8_lossy(token)) {
+                        emit_parts(&[t.as_bytes()]);
+                    }
                 } else if token
                     .windows(3)
                     .any(|w| w[1] == b'.' && w[2].is_ascii_alphabetic())
                 {
-                    let mut ud = b"UD:".to_vec();
-                    ud.extend_from_slice(&token);
-                    out.push(ud);
-                    let mut bit: &[u8] = &token;
+                    emit_parts(&[b"UD:", token]);
+                    let mut bit: &[u8] = token;
                     while let Some(p) = bit.iter().position(|&b| b == b'.') {
                         if p == 0 || p + 1 >= bit.len() {
                             break;
                         }
                         bit = &bit[p + 1..];
-                        let mut ud = b"UD:".to_vec();
-                        ud.extend_from_slice(bit);
-                        out.push(ud);
+                        emit_parts(&[b"UD:", bit]);
                     }
                 }
             }
@@ -860,66 +901,50 @@ fn tokenize_line(
                     .windows(2)
                     .any(|w| (0x80..=0xBF).contains(&w[0]) && (0x80..=0xBF).contains(&w[1]))
                 {
-                    let chars: Vec<Vec<u8>> = rx
-                        .u8chars
-                        .find_iter(&token)
-                        .map(|m| m.as_bytes().to_vec())
-                        .collect();
-                    if !chars.is_empty() {
-                        for c in chars {
-                            let mut t = prefix.to_vec();
-                            t.extend_from_slice(b"u8:");
-                            t.extend_from_slice(&c);
-                            out.push(t);
-                        }
+                    let mut any = false;
+                    for m in rx.u8chars.find_iter(token) {
+                        any = true;
+                        emit_parts(&[prefix, b"u8:", m.as_bytes()]);
+                    }
+                    if any {
                         continue;
                     }
                 }
                 if region != Region::Uri {
-                    if let Some(c) = rx.skip.captures(&token) {
-                        let mut t = b"sk:".to_vec();
-                        t.extend_from_slice(&c[1]);
-                        token = t;
+                    if let Some(c) = rx.skip.captures(token) {
+                        skipped.clear();
+                        skipped.extend_from_slice(b"sk:");
+                        skipped.extend_from_slice(&c[1]);
+                        token = &skipped;
                     }
                 }
             }
             if body {
-                let is_word = |b: &u8| {
-                    b.is_ascii_alphanumeric()
-                        || *b == b'_'
-                        || *b == b':'
-                        || *b == b'*'
-                        || *b >= 0x80
-                };
-                if token.iter().any(|b| !is_word(b)) {
-                    let mut t = prefix.to_vec();
-                    t.extend(token.iter().copied().filter(is_word));
-                    out.push(t);
+                let punct = token.iter().any(|b| !is_word(b));
+                if punct {
+                    plain.clear();
+                    plain.extend(token.iter().copied().filter(is_word));
+                    emit_parts(&[prefix, &plain]);
                 }
                 if token.iter().any(u8::is_ascii_uppercase) {
-                    let lower = token.to_ascii_lowercase();
-                    let mut t = prefix.to_vec();
-                    t.extend_from_slice(&lower);
-                    out.push(t);
-                    if token.iter().any(|b| !is_word(b)) {
-                        let mut t = prefix.to_vec();
-                        t.extend(lower.iter().copied().filter(is_word));
-                        out.push(t);
+                    plain.clear();
+                    plain.extend(token.iter().map(u8::to_ascii_lowercase));
+                    emit_parts(&[prefix, &plain]);
+                    if punct {
+                        plain.retain(is_word);
+                        emit_parts(&[prefix, &plain]);
                     }
                 }
             }
-            let mut t = prefix.to_vec();
-            t.extend_from_slice(&token);
-            out.push(t);
+            emit_parts(&[prefix, token]);
         }
     });
-    out.len() - before
 }
 
-/// The header tokens alone (relay pseudo-headers included), as text: what mxgate's own
-/// tokenizer adds to its body tokens (SpamAssassin's header handling measured better than its
-/// own; see BENCHMARKS.md).
-pub fn header_tokens(msg: &Message, conf: &SaConfig, out: &mut Vec<Vec<u8>>) {
+/// The header tokens alone (relay pseudo-headers included), each handed to `emit`: what
+/// mxgate's own tokenizer adds to its body tokens (SpamAssassin's header handling measured
+/// better than its own; see BENCHMARKS.md).
+pub fn header_tokens(msg: &Message, conf: &SaConfig, emit: &mut dyn FnMut(&[u8])) {
     let headers = view::Headers::of_part(msg, 0);
     let relays = relay_string(&headers);
     let mut vals = header_values(&headers, &conf.ignore);
@@ -932,7 +957,7 @@ pub fn header_tokens(msg: &Message, conf: &SaConfig, out: &mut Vec<Vec<u8>>) {
         let mut p = b"H".to_vec();
         p.extend_from_slice(prefix.as_bytes());
         p.push(b':');
-        tokenize_line(&value, &p, Region::Header, stop, out);
+        tokenize_line_with(&value, &p, Region::Header, stop, emit);
     }
 }
 

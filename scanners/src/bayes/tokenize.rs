@@ -304,12 +304,10 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
     // SpamAssassin's header tokens as well (its address, Message-ID, Received and relay
     // handling): with them false negatives fell from 14.0 % to 11.0 % and 1 - AUC from 0.022 %
     // to 0.018 %, both better than SpamAssassin's own Bayes (BENCHMARKS.md).
-    let mut texts = Vec::with_capacity(128);
-    super::sa::header_tokens(msg, super::sa::default_config(), &mut texts);
     sink.with_prefix("");
-    for t in &texts {
-        sink.push_bytes(t);
-    }
+    super::sa::header_tokens(msg, super::sa::default_config(), &mut |t| {
+        sink.push_bytes(t)
+    });
     if let Some(mid) = msg.field(0, "message-id") {
         sink.with_prefix("H*message-id:shape:");
         sink.push(&shape(&String::from_utf8_lossy(mid)));
