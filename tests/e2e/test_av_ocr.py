@@ -116,6 +116,17 @@ class AvCommands(unittest.TestCase):
         self.assertEqual((b["virus"], b["action"]), ([], "accept"))
 
 
+    def test_scan_reports_a_quarantine_without_writing_one(self):
+        qdir = os.path.join(WORK, "scan-quarantine")
+        cfg = write("av-scan-q.toml", av_config(f'action = "quarantine"\nquarantine_dir = "{qdir}"\n').encode())
+        infected = write("infected-q.eml", with_attachment("invoice", EICAR, "invoice.com"))
+        r = subprocess.run([harness.MXGATE, "scan", "--config", cfg, "--stages", "av", infected],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["action"], "quarantine")
+        self.assertFalse(os.path.exists(qdir) and os.listdir(qdir), "mxgate scan only reports")
+
+
 class AvInTheGateway(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
