@@ -72,7 +72,16 @@ fn a_full_queue_is_refused_at_once() {
     };
     let pool = Pool::new(&cfg).unwrap();
     let big: Vec<Bytes> = (0..8).map(|i| png(1200 + i, 900)).collect();
-    let first = pool.submit(big.clone());
+    // With no queue a job is taken only by a worker waiting for one: the worker may still be
+    // loading its Tesseract engine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        match pool.submit(big.clone()) {
+            Ok(t) => break Ok(t),
+            Err(e) if std::time::Instant::now() > deadline => break Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
     // The single worker is busy with eight images: nothing waits behind it.
     let mut refused = false;
     for _ in 0..50 {
