@@ -167,7 +167,8 @@ pub struct Pool<J: Send + 'static, R: Send + 'static> {
 impl<J: Send + 'static, R: Send + 'static> Pool<J, R> {
     /// Starts `workers` threads named `name-N` (at least one). Each builds its state with
     /// `init(N)` on its own thread, then runs `work(&mut state, job)` for each job taken. At most
-    /// `queue` jobs wait beyond those being worked on.
+    /// `queue` jobs wait beyond those being worked on. Returns once every worker has built its
+    /// state and waits for jobs, so the pool takes work from its first moment.
     pub fn new<S, I, W>(
         name: &str,
         workers: usize,
@@ -183,16 +184,20 @@ impl<J: Send + 'static, R: Send + 'static> Pool<J, R> {
         let (tx, rx) = crossbeam_channel::bounded::<Job<J, R>>(queue);
         let init = Arc::new(init);
         let work = Arc::new(work);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         for n in 0..workers {
             let rx = rx.clone();
             let init = Arc::clone(&init);
             let work = Arc::clone(&work);
+            let ready = ready_tx.clone();
             // Detached: the threads end when the queue is closed and drained.
             drop(
                 std::thread::Builder::new()
                     .name(format!("{name}-{n}"))
                     .spawn(move || {
                         let mut state = init(n);
+                        let _ = ready.send(());
+                        drop(ready);
                         for (job, done) in rx.iter() {
                             // A panic in one job fails that job (its ticket says so); the worker
                             // and its state go on with the next.
@@ -205,6 +210,13 @@ impl<J: Send + 'static, R: Send + 'static> Pool<J, R> {
                         }
                     })?,
             );
+        }
+        drop(ready_tx);
+        // Every worker reports once (a worker whose init panicked closes its sender instead).
+        for _ in 0..workers {
+            if ready_rx.recv().is_err() {
+                break;
+            }
         }
         Ok(Pool {
             tx: Some(tx),
