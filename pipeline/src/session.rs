@@ -240,7 +240,8 @@ async fn deliver(
             if let Downstream::Open(tx) = downstream {
                 shard.relay.abort(target, tx).await;
             }
-            return Reply::owned(250, "2.0.0", format!("Ok: {id} {what}"));
+            // The sender is not told what became of it (as Postfix's DISCARD answers).
+            return Reply::owned(250, "2.0.0", format!("Ok: queued as {id}"));
         }
         Verdict::Reject(r) | Verdict::Tempfail(r) => {
             tracing::info!(id, client = %client.addr, from = %msg.envelope.mail_from, reply = %r, "message refused by stages");
