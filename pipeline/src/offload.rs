@@ -330,11 +330,10 @@ impl Pending {
 
 async fn wait_async<R>(t: Result<Ticket<R>, Saturated>, limit: Duration) -> Result<R, Unavailable> {
     let t = t.map_err(|_| Unavailable::Saturated)?;
-    let timer = async {
-        glommio::timer::sleep(limit).await;
-        Err(Abandoned::TimedOut)
-    };
-    Ok(futures_lite::future::or(t, timer).await?)
+    crate::rt::timeout(limit, t)
+        .await
+        .unwrap_or(Err(Abandoned::TimedOut))
+        .map_err(Unavailable::from)
 }
 
 fn wait_blocking<R>(t: Result<Ticket<R>, Saturated>, limit: Duration) -> Result<R, Unavailable> {
