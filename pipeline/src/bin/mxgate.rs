@@ -89,7 +89,7 @@ enum Cmd {
     },
     /// Read the text in image files with the OCR pool, as the ocr stage does.
     Ocr {
-        /// TOML configuration file (the [ocr] section).
+        /// TOML configuration file (its `ocr` section).
         #[arg(long)]
         config: Option<PathBuf>,
         /// One JSON object per image per line instead of plain text.
@@ -106,7 +106,7 @@ enum AvCmd {
     /// Scan files or folders with libclamav in-process and print each file's verdict as clamscan
     /// does (`FILE: NAME FOUND`, `FILE: OK`); exit status 1 when something was found, 2 on errors.
     Scan {
-        /// TOML configuration file (the [av] section: signatures, limits, options).
+        /// TOML configuration file (its `av` section: signatures, limits, options).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Signature folder or file (repeatable); replaces the configured ones and the built-in
