@@ -151,8 +151,12 @@ const IGNORED: &[&str] = &[
 ];
 
 fn ignored(name: &str) -> bool {
-    let l = name.to_ascii_lowercase();
-    if IGNORED.contains(&l.as_str()) {
+    ignored_lower(&name.to_ascii_lowercase())
+}
+
+/// Whether SpamAssassin's Bayes ignores a header (`$IGNORED_HDRS`), given its lower-case name.
+pub(crate) fn ignored_lower(l: &str) -> bool {
+    if IGNORED.contains(&l) {
         return true;
     }
     let list = |s: &str| {
@@ -175,7 +179,7 @@ fn ignored(name: &str) -> bool {
             .contains(&r)
         })
     };
-    list(&l)
+    list(l)
         || l.strip_prefix("x-").is_some_and(list)
         || l.starts_with("x-spamcop-")
         || l.starts_with("x-bugzilla-")

@@ -26,7 +26,9 @@ const HEADERS: &[(&str, &str)] = &[
 ];
 
 /// Headers not tokenized by name: per-message noise (dates, ids, sizes), fields handled
-/// specially (`Received`, `Message-ID`), and delivery artefacts of the receiving system.
+/// specially (`Received`, `Message-ID`), and delivery artefacts of the receiving system. Besides
+/// these, SpamAssassin's ignored headers ([`super::sa::ignored_lower`]: list headers, reader
+/// annotations, other filters' verdicts).
 const SKIPPED: &[&str] = &[
     "date",
     "message-id",
@@ -45,75 +47,6 @@ const SKIPPED: &[&str] = &[
     "x-envelope-to",
     "resent-date",
     "resent-message-id",
-    // SpamAssassin's IGNORED_HDRS: noise, and list headers (a filtered mailing list would become a
-    // ham sign), annotations of mail readers and other filters.
-    "sender",
-    "x-sender",
-    "delivery-date",
-    "x-mime-autoconverted",
-    "x-converted-to-plain-text",
-    "x-list",
-    "mailing-list",
-    "x-mailing-list",
-    "list-archive",
-    "list-help",
-    "list-id",
-    "list-owner",
-    "list-post",
-    "list-subscribe",
-    "list-unsubscribe",
-    "x-list-archive",
-    "x-list-help",
-    "x-list-id",
-    "x-list-owner",
-    "x-list-post",
-    "x-list-subscribe",
-    "x-list-unsubscribe",
-    "list-host",
-    "list-manager",
-    "list-admin",
-    "list-comment",
-    "list-name",
-    "list-url",
-    "x-unsub",
-    "x-unsubscribe",
-    "x-mailman-version",
-    "x-beenthere",
-    "x-loop",
-    "mail-followup-to",
-    "x-egroups-return",
-    "x-egroups-from",
-    "x-mdmailing-list",
-    "x-xemacs-list",
-    "resent-from",
-    "resent-to",
-    "x-resent-from",
-    "x-resent-to",
-    "original-from",
-    "original-to",
-    "original-date",
-    "x-original-from",
-    "x-original-date",
-    "x-mailscanner",
-    "x-antispam",
-    "x-rbl-warning",
-    "x-virus-scanned",
-    "x-pyzor",
-    "x-filtered-by",
-    "x-scanned-by",
-    "x-scanner",
-    "x-bogosity",
-    "content-class",
-    "thread-index",
-    "thread-topic",
-    "x-originalarrivaltime",
-    "x-flags",
-    "replied",
-    "forwarded",
-    "x-uidl",
-    "x-imapbase",
-    "xref",
-    "x-gnus-mail-source",
 ];
 
 /// The tokens of one message.
@@ -289,7 +222,10 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
         name.clear();
         name.push_str(&String::from_utf8_lossy(f.name(&msg.raw)));
         name.make_ascii_lowercase();
-        if NOT_BY_NAME.contains(name.as_str()) || name.starts_with("x-spam") {
+        if NOT_BY_NAME.contains(name.as_str())
+            || name.starts_with("x-spam")
+            || super::sa::ignored_lower(&name)
+        {
             continue;
         }
         prefix.clear();
