@@ -262,18 +262,22 @@ impl From<Abandoned> for Unavailable {
 }
 
 /// What the offloaded stages found, once waited for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Offloaded {
     /// The AV scan, when the stage is on.
     pub av: Option<Result<AvDone, Unavailable>>,
     /// The OCR text, when the stage is on and the message had images worth reading.
     pub ocr: Option<Result<mxgate_ocr::OcrResult, Unavailable>>,
+    /// The message as parsed on the shard to find its images, for the content stages to use
+    /// rather than parse it again.
+    pub message: Option<Message>,
 }
 
 /// Tickets for a message's offloaded work.
 pub struct Pending {
     av: Option<(Result<Ticket<AvDone>, Saturated>, Duration)>,
     ocr: Option<(Result<OcrTicket, Saturated>, Duration)>,
+    message: Option<Message>,
 }
 
 impl Pending {
@@ -282,18 +286,20 @@ impl Pending {
         Pending {
             av: None,
             ocr: None,
+            message: None,
         }
     }
 
     /// Hands the message to the stages that are on.
     pub fn submit(av: Option<&AvStage>, ocr: Option<&OcrStage>, body: &Bytes) -> Pending {
         let av = av.map(|s| (s.submit(body), s.timeout));
+        let mut message = None;
         let ocr = ocr.and_then(|s| {
-            let msg = Message::parse(body.clone());
-            let images = mxgate_ocr::images_to_read(&msg, &s.when);
+            let msg = message.insert(Message::parse(body.clone()));
+            let images = mxgate_ocr::images_to_read(msg, &s.when);
             (!images.is_empty()).then(|| (s.pool.submit(images), s.timeout))
         });
-        Pending { av, ocr }
+        Pending { av, ocr, message }
     }
 
     /// Waits on a glommio shard: both stages run at once, each bounded by its own deadline.
@@ -315,7 +321,11 @@ impl Pending {
             }
         };
         let (av, ocr) = futures_lite::future::zip(av, ocr).await;
-        Offloaded { av, ocr }
+        Offloaded {
+            av,
+            ocr,
+            message: self.message,
+        }
     }
 
     /// Waits, blocking the calling thread (`mxgate scan`, plain threaded programs).
@@ -324,7 +334,11 @@ impl Pending {
         let ocr = self.ocr.map(|(t, limit)| {
             wait_blocking(t, limit).and_then(|r| r.map_err(|_| Unavailable::Failed))
         });
-        Offloaded { av, ocr }
+        Offloaded {
+            av,
+            ocr,
+            message: self.message,
+        }
     }
 }
 

@@ -236,7 +236,7 @@ async fn deliver(
     match verdict {
         Verdict::Accept => {}
         Verdict::Discard(what) => {
-            tracing::info!(id, client = %client.addr, from = %msg.envelope.mail_from, what, "message taken, not relayed");
+            tracing::info!(id, client = %client.addr, from = %msg.envelope.mail_from, ?what, "message taken, not relayed");
             if let Downstream::Open(tx) = downstream {
                 shard.relay.abort(target, tx).await;
             }

@@ -78,8 +78,17 @@ pub enum Verdict {
     Reject(Reply),
     /// Refuse it for now (4xx after DATA).
     Tempfail(Reply),
-    /// Take it (250) and relay nothing: dropped, or kept in quarantine. The text says which.
-    Discard(&'static str),
+    /// Take it (250) and relay nothing.
+    Discard(Discarded),
+}
+
+/// What became of a message taken and not relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discarded {
+    /// Written to the quarantine folder.
+    Quarantined,
+    /// Dropped.
+    Dropped,
 }
 
 /// The compiled chain for one configuration snapshot: immutable, shared by all shards.
@@ -344,18 +353,20 @@ impl Chain {
                 "5.7.1",
                 format!("Error: message contains a virus ({})", names.join(", ")),
             ))),
-            VirusAction::Quarantine if stage.dry_run => Some(Verdict::Discard("quarantined")),
+            VirusAction::Quarantine if stage.dry_run => {
+                Some(Verdict::Discard(Discarded::Quarantined))
+            }
             VirusAction::Quarantine => match (&done.quarantined, &done.quarantine_error) {
                 (Some(p), _) => {
                     tracing::info!(file = %p.display(), "av: message quarantined");
-                    Some(Verdict::Discard("quarantined"))
+                    Some(Verdict::Discard(Discarded::Quarantined))
                 }
                 (None, e) => {
                     tracing::error!(error = ?e, "av: quarantine failed; the message is deferred");
                     Some(Verdict::Tempfail(SCANNER_FAILED))
                 }
             },
-            VirusAction::Drop => Some(Verdict::Discard("dropped")),
+            VirusAction::Drop => Some(Verdict::Discard(Discarded::Dropped)),
             VirusAction::Tag => {
                 ctx.add_headers
                     .push_str(&format!("X-Virus-Found: {}\r\n", names.join(", ")));
@@ -367,7 +378,11 @@ impl Chain {
     fn content(&self, ctx: &mut Context<'_>) -> Verdict {
         // Phase: filter. The MIME view is built once; header analysis, AV and OCR join the
         // rules here.
-        let msg = Message::parse(ctx.body.clone());
+        let msg = ctx
+            .offloaded
+            .message
+            .take()
+            .unwrap_or_else(|| Message::parse(ctx.body.clone()));
         // What OCR read in the images: one more text part for the rules and Bayes.
         let extracted = match &ctx.offloaded.ocr {
             Some(Ok(r)) if !r.text.is_empty() => Some(r.text.clone()),
@@ -402,18 +417,7 @@ impl Chain {
                 ctx.symbols.push((Cow::Borrowed(name), score));
                 learned_points = score;
                 if self.explain {
-                    ctx.bayes_tokens = v
-                        .strongest(10)
-                        .iter()
-                        .map(|(id, f)| {
-                            let text = toks
-                                .text
-                                .iter()
-                                .find(|(x, _)| x == id)
-                                .map_or("", |(_, t)| t.as_str());
-                            (text.to_string(), *f)
-                        })
-                        .collect();
+                    ctx.bayes_tokens = v.strongest_named(10, &toks);
                 }
             }
             tokens = Some(toks);

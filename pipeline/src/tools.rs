@@ -145,17 +145,9 @@ pub fn classify_files(db: &Path, paths: &[PathBuf], top: usize) -> anyhow::Resul
         let v = match classify(&model, &toks.ids, &p) {
             Ok(v) => {
                 let tokens: Vec<serde_json::Value> = v
-                    .strongest(top)
-                    .iter()
-                    .map(|(id, f)| {
-                        let text = toks
-                            .text
-                            .iter()
-                            .find(|(x, _)| x == id)
-                            .map(|(_, t)| t.as_str())
-                            .unwrap_or("");
-                        serde_json::json!({"token": text, "p": (f * 1e4).round() / 1e4})
-                    })
+                    .strongest_named(top, &toks)
+                    .into_iter()
+                    .map(|(text, f)| serde_json::json!({"token": text, "p": (f * 1e4).round() / 1e4}))
                     .collect();
                 serde_json::json!({"file": name, "p_spam": v.p_spam, "symbol": bayes::symbol(v.p_spam).0, "tokens": tokens})
             }
@@ -312,7 +304,7 @@ pub fn scan(
     paths: &[PathBuf],
     all_hits: bool,
 ) -> anyhow::Result<()> {
-    use crate::stages::{Chain, Context, Verdict};
+    use crate::stages::{Chain, Context, Discarded, Verdict};
     let chain = Chain::for_scan(cfg)?;
     let env = mxgate_core::smtp::Envelope::default();
     let client: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -329,8 +321,8 @@ pub fn scan(
         let (action, reply) = match &verdict {
             Verdict::Reject(r) => ("reject", Some(r.to_string())),
             Verdict::Tempfail(r) => ("tempfail", Some(r.to_string())),
-            Verdict::Discard("quarantined") => ("quarantine", None),
-            Verdict::Discard(_) => ("drop", None),
+            Verdict::Discard(Discarded::Quarantined) => ("quarantine", None),
+            Verdict::Discard(Discarded::Dropped) => ("drop", None),
             Verdict::Accept if score >= chain.required_score() => ("tag", None),
             Verdict::Accept => ("accept", None),
         };

@@ -1,30 +1,18 @@
 //! Integration tests of mxgate-scanners against the shared corpus.
 
-use bytes::Bytes;
 use mxgate_core::mime::Message;
 use mxgate_scanners::bayes::{classify, message_hash, tokenize, Class, Model, Params};
 
-fn corpus_dir() -> std::path::PathBuf {
-    std::path::PathBuf::from(
-        std::env::var("MXGATE_CORPUS")
-            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus").into()),
-    )
-}
+#[path = "../benches/common/mod.rs"]
+mod common;
 
+/// Every message of a corpus folder as (hash, token ids, class).
 fn load(folder: &str, class: Class) -> Vec<(u64, Vec<u64>, Class)> {
-    let dir = corpus_dir().join(folder);
-    let mut names: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    names.sort();
-    names
+    common::folder(folder)
         .into_iter()
-        .map(|p| {
-            let raw = std::fs::read(&p).unwrap();
+        .map(|raw| {
             let h = message_hash(&raw);
-            let msg = Message::parse(Bytes::from(raw));
-            (h, tokenize(&msg, false).ids, class)
+            (h, tokenize(&Message::parse(raw), false).ids, class)
         })
         .collect()
 }

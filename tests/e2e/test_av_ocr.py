@@ -73,7 +73,7 @@ def render_png(lines, pointsize=40, name="text.png"):
     p = os.path.join(WORK, name)
     # One label per line, stacked: ImageMagick caps the length of one label's text.
     subprocess.run(["convert", "-background", "white", "-fill", "black", "-font", "DejaVu-Sans",
-                    "-pointsize", str(pointsize), *[f"label:{line}" for line in lines], "-append",
+                    "-pointsize", str(pointsize), *[f"label:{line}" for line in lines], "-append", "+repage",
                     "-bordercolor", "white", "-border", "30", p], check=True)
     with open(p, "rb") as f:
         return f.read()
@@ -325,16 +325,20 @@ class OcrInTheGateway(unittest.TestCase):
             sink.stop()
 
     def test_ocr_out_of_time_does_not_hold_the_message(self):
-        # A budget far below what the page needs: the message goes on without the page's text,
+        # A budget far below what the image needs: the message goes on without the image's text,
         # well within the stage's time, and is relayed.
-        page = render_png(["Cheap replica watches for sale, visit our online pharmacy today."] * 40,
-                          pointsize=24, name="slow-page.png")
+        # With its time, the same image is read and scored: what the budget takes away is real.
+        full = write("timed-image.eml", image_only("Special offer", self.png))
+        r = subprocess.run([harness.MXGATE, "scan", "--rules", self.rules, "--stages", "ocr,rules", full],
+                           capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("MXTEST_REPLICA", json.loads(r.stdout)["symbols"])
         sink = Sink(WORK)
         mx = Mxgate(WORK, sink.port, stages="hops,ocr,rules",
                     toml=f'[rules]\npaths = ["{self.rules}"]\n[ocr]\nimage_timeout_ms = 5\nmessage_timeout_ms = 5\n')
         try:
             started = time.time()
-            self.assertEqual(send(mx.port, image_only("Long page", page)), {})
+            self.assertEqual(send(mx.port, image_only("Special offer", self.png)), {})
             self.assertLess(time.time() - started, 2.5)
             sink.wait_messages(1)
             (_, body), = sink.messages()[-1:]

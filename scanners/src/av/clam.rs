@@ -3,7 +3,7 @@
 
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Once, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use clamav_sys as sys;
@@ -74,16 +74,11 @@ fn strerror(e: sys::cl_error_t) -> String {
 }
 
 fn init() -> Result<(), LoadError> {
-    static INIT: Once = Once::new();
-    static mut RESULT: sys::cl_error_t = sys::cl_error_t::CL_SUCCESS;
-    // SAFETY: cl_init is called once, before any engine exists; RESULT is written only inside
-    // call_once and read after it.
-    unsafe {
-        INIT.call_once(|| RESULT = sys::cl_init(sys::CL_INIT_DEFAULT));
-        let r = RESULT;
-        if r != sys::cl_error_t::CL_SUCCESS {
-            return Err(LoadError::Engine(format!("cl_init: {}", strerror(r))));
-        }
+    static INIT: OnceLock<sys::cl_error_t> = OnceLock::new();
+    // SAFETY: cl_init runs once, before any engine exists.
+    let r = *INIT.get_or_init(|| unsafe { sys::cl_init(sys::CL_INIT_DEFAULT) });
+    if r != sys::cl_error_t::CL_SUCCESS {
+        return Err(LoadError::Engine(format!("cl_init: {}", strerror(r))));
     }
     Ok(())
 }
@@ -101,7 +96,8 @@ pub fn version() -> String {
 pub struct Engine {
     ptr: *mut sys::cl_engine,
     signatures: u32,
-    options: ScanOptions,
+    /// The scan options in libclamav's form, computed once.
+    options: sys::cl_scan_options,
 }
 
 // SAFETY: a compiled cl_engine is read-only during scans and libclamav documents concurrent
@@ -132,7 +128,7 @@ impl Engine {
         let mut engine = Engine {
             ptr,
             signatures: 0,
-            options: settings.options,
+            options: settings.options.to_clam(),
         };
         let l = &settings.limits;
         for (field, value) in [
@@ -246,7 +242,7 @@ impl Engine {
     /// Scans bytes in memory (through a libclamav fmap; no copy, no temporary file for the
     /// input itself). `name` is a hint for logs only.
     pub fn scan(&self, data: &[u8], name: Option<&str>) -> Outcome {
-        let mut opts = self.options.to_clam();
+        let mut opts = self.options;
         let cname = name.and_then(|n| CString::new(n).ok());
         let mut virname: *const std::os::raw::c_char = std::ptr::null();
         let mut found = Found(None);

@@ -58,6 +58,24 @@ impl Verdict {
     }
 }
 
+impl Verdict {
+    /// The `n` strongest tokens with their text (when the tokens were made with `keep_text`;
+    /// empty otherwise), strongest first.
+    pub fn strongest_named(&self, n: usize, tokens: &super::Tokens) -> Vec<(String, f64)> {
+        self.strongest(n)
+            .into_iter()
+            .map(|(id, f)| {
+                let text = tokens
+                    .text
+                    .iter()
+                    .find(|(x, _)| *x == id)
+                    .map_or("", |(_, t)| t.as_str());
+                (text.to_owned(), f)
+            })
+            .collect()
+    }
+}
+
 /// Farther from 0.5 first; ties by id, so the order is stable.
 fn strongest_first(a: &(u64, f64), b: &(u64, f64)) -> std::cmp::Ordering {
     (b.1 - 0.5)
