@@ -44,7 +44,6 @@ pub struct AvDone {
 
 /// The anti-virus stage: the engines, and the pool they run on.
 pub struct AvStage {
-    clamav: Arc<clam::ClamAv>,
     pool: pool::Pool<Bytes, AvDone>,
     /// Longest wait for a verdict.
     pub timeout: Duration,
@@ -70,6 +69,7 @@ impl AvStage {
             })?;
         }
         let mut engines: Vec<Arc<dyn AvEngine>> = vec![clamav.clone()];
+        // The pool's closure owns the engines (the watcher holds only a weak reference).
         if !a.blocklist_dir.is_empty() {
             let list = Blocklist::load_dir(Path::new(&a.blocklist_dir))?;
             if !list.is_empty() {
@@ -114,18 +114,12 @@ impl AvStage {
             "av: ready"
         );
         Ok(AvStage {
-            clamav,
             pool,
             timeout: Duration::from_secs(a.timeout_secs),
             action,
             limits_block: a.limits_block,
             dry_run,
         })
-    }
-
-    /// Signatures loaded in the running engine.
-    pub fn signatures(&self) -> u32 {
-        self.clamav.signatures()
     }
 
     fn submit(&self, body: &Bytes) -> Result<Ticket<AvDone>, Saturated> {

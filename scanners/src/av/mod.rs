@@ -177,21 +177,6 @@ impl ScanOptions {
             dev: 0,
         }
     }
-
-    /// The `clamscan` options that select the same behaviour (for parity checks).
-    pub fn clamscan_args(&self) -> Vec<String> {
-        let yn = |b: bool| if b { "yes" } else { "no" };
-        vec![
-            format!("--alert-macros={}", yn(self.alert_macros)),
-            format!("--alert-encrypted={}", yn(self.alert_encrypted)),
-            format!("--alert-exceeds-max={}", yn(self.alert_exceeds_max)),
-            format!("--alert-broken={}", yn(self.alert_broken)),
-            format!("--alert-broken-media={}", yn(self.alert_broken)),
-            format!("--phishing-sigs={}", yn(self.phishing)),
-            format!("--phishing-scan-urls={}", yn(self.phishing)),
-            format!("--scan-image-fuzzy-hash={}", yn(self.image_fuzzy_hash)),
-        ]
-    }
 }
 
 /// What every engine found in a message.
