@@ -218,6 +218,11 @@ pub struct RuleSet {
     pub skipped: HashMap<String, usize>,
     /// Files read, in order.
     pub files: Vec<PathBuf>,
+    /// DNS plugin definitions (`urirhssub NAME zone A subtest`, ...) by rule name, kept apart
+    /// because the ruleset then redefines the rule as `eval:check_uridnsbl('NAME')`.
+    pub net_defs: HashMap<String, Eval>,
+    /// `uridnsbl_skip_domain`: registrable domains never looked up in URI blocklists.
+    pub uri_skip_domains: HashSet<String>,
 }
 
 /// The SpamAssassin version the ruleset's `if (version >= ...)` tests compare with.
@@ -566,7 +571,19 @@ impl Loader {
                 .extend(rest.split_whitespace().map(str::to_string)),
             "replace_start" => self.replace_start = Some(rest.trim().to_string()),
             "replace_end" => self.replace_end = Some(rest.trim().to_string()),
+            "uridnsbl_skip_domain" => self
+                .set
+                .uri_skip_domains
+                .extend(rest.split_whitespace().map(str::to_ascii_lowercase)),
             w if NET_DEFINERS.contains(&w) => {
+                self.set.net_defs.insert(
+                    name.to_string(),
+                    Eval {
+                        scope: w.to_string(),
+                        function: w.to_string(),
+                        args: def.trim().to_string(),
+                    },
+                );
                 let rule = Rule {
                     name: name.to_string(),
                     test: Test::Eval(Eval {

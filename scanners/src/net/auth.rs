@@ -1,0 +1,285 @@
+//! SPF (RFC 7208), DKIM (RFC 6376), DMARC (RFC 7489) and ARC (RFC 8617) through the
+//! `mail-auth` crate, on the resolver service, with the results as plain data: the symbols the
+//! SpamAssassin ruleset names (`SPF_PASS`, `DKIM_VALID_AU`, `DMARC_REJECT`, ...) and an
+//! `Authentication-Results` field (RFC 8601).
+//!
+//! The checks run in the order their dependencies allow: SPF for HELO and MAIL FROM, DKIM and
+//! ARC at once, then DMARC from both. All of it is one task on the resolver thread, so a
+//! message's DNS queries for keys and policies overlap with its blocklist queries and with the
+//! content scan on the shard.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::dmarc::Policy;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, SpfResult};
+
+use super::{Dns, Pending};
+
+/// What a check found, reduced to its RFC result word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Outcome {
+    /// Passed.
+    Pass,
+    /// Failed.
+    Fail,
+    /// SPF `softfail`.
+    SoftFail,
+    /// SPF `neutral`, or a DKIM signature that could not be evaluated.
+    Neutral,
+    /// Nothing to check (no record, no signature).
+    #[default]
+    None,
+    /// A transient error (DNS).
+    TempError,
+    /// A permanent error (a broken record or key).
+    PermError,
+}
+
+impl Outcome {
+    fn spf(r: SpfResult) -> Outcome {
+        match r {
+            SpfResult::Pass => Outcome::Pass,
+            SpfResult::Fail => Outcome::Fail,
+            SpfResult::SoftFail => Outcome::SoftFail,
+            SpfResult::Neutral => Outcome::Neutral,
+            SpfResult::TempError => Outcome::TempError,
+            SpfResult::PermError => Outcome::PermError,
+            SpfResult::None => Outcome::None,
+        }
+    }
+
+    fn dkim(r: &DkimResult) -> Outcome {
+        match r {
+            DkimResult::Pass => Outcome::Pass,
+            DkimResult::Neutral(_) => Outcome::Neutral,
+            DkimResult::Fail(_) => Outcome::Fail,
+            DkimResult::PermError(_) => Outcome::PermError,
+            DkimResult::TempError(_) => Outcome::TempError,
+            DkimResult::None => Outcome::None,
+        }
+    }
+
+    fn dmarc(r: &DmarcResult) -> Outcome {
+        match r {
+            DmarcResult::Pass => Outcome::Pass,
+            DmarcResult::Fail(_) => Outcome::Fail,
+            DmarcResult::TempError(_) => Outcome::TempError,
+            DmarcResult::PermError(_) => Outcome::PermError,
+            DmarcResult::None => Outcome::None,
+        }
+    }
+}
+
+/// The DMARC policy of the author domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DmarcPolicy {
+    /// `p=none` (or no record).
+    #[default]
+    None,
+    /// `p=quarantine`.
+    Quarantine,
+    /// `p=reject`.
+    Reject,
+}
+
+/// One DKIM signature's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// The result.
+    pub outcome: Outcome,
+    /// Its `d=` domain (empty when the field could not be parsed).
+    pub domain: String,
+}
+
+/// Everything the checks found about one message.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Results {
+    /// SPF for the MAIL FROM identity (the HELO identity for a null sender).
+    pub spf: Outcome,
+    /// SPF for the HELO identity.
+    pub spf_helo: Outcome,
+    /// Each DKIM signature.
+    pub dkim: Vec<Signature>,
+    /// The author (From:) domain.
+    pub author_domain: String,
+    /// DMARC's result for the author domain.
+    pub dmarc: Outcome,
+    /// The author domain's policy, when it has a DMARC record.
+    pub dmarc_policy: Option<DmarcPolicy>,
+    /// The ARC chain's result (`None` when the message has no ARC set).
+    pub arc: Outcome,
+    /// The `Authentication-Results:` field, CRLF-terminated.
+    pub header: String,
+}
+
+impl Results {
+    /// Whether a signature verified.
+    pub fn dkim_valid(&self) -> bool {
+        self.dkim.iter().any(|s| s.outcome == Outcome::Pass)
+    }
+
+    /// Whether a signature of the author domain (or a parent of it) verified.
+    pub fn dkim_valid_author(&self) -> bool {
+        let a = self.author_domain.to_ascii_lowercase();
+        !a.is_empty()
+            && self.dkim.iter().any(|s| {
+                let d = s.domain.to_ascii_lowercase();
+                s.outcome == Outcome::Pass && (a == d || a.ends_with(&format!(".{d}")))
+            })
+    }
+
+    /// The symbols the SpamAssassin ruleset names for these results.
+    pub fn symbols(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        out.push(match self.spf {
+            Outcome::Pass => "SPF_PASS",
+            Outcome::Fail => "SPF_FAIL",
+            Outcome::SoftFail => "SPF_SOFTFAIL",
+            Outcome::Neutral => "SPF_NEUTRAL",
+            Outcome::None => "SPF_NONE",
+            Outcome::TempError => "T_SPF_TEMPERROR",
+            Outcome::PermError => "T_SPF_PERMERROR",
+        });
+        out.push(match self.spf_helo {
+            Outcome::Pass => "SPF_HELO_PASS",
+            Outcome::Fail => "SPF_HELO_FAIL",
+            Outcome::SoftFail => "SPF_HELO_SOFTFAIL",
+            Outcome::Neutral => "SPF_HELO_NEUTRAL",
+            Outcome::None => "SPF_HELO_NONE",
+            Outcome::TempError => "T_SPF_HELO_TEMPERROR",
+            Outcome::PermError => "T_SPF_HELO_PERMERROR",
+        });
+        if !self.dkim.is_empty() {
+            out.push("DKIM_SIGNED");
+            if self.dkim_valid() {
+                out.push("DKIM_VALID");
+                if self.dkim_valid_author() {
+                    out.push("DKIM_VALID_AU");
+                }
+            } else {
+                out.push("DKIM_INVALID");
+            }
+        }
+        match (self.dmarc, self.dmarc_policy) {
+            (_, None) => out.push("DMARC_MISSING"),
+            (Outcome::Pass, Some(_)) => out.push("DMARC_PASS"),
+            (Outcome::Fail, Some(DmarcPolicy::Reject)) => out.push("DMARC_REJECT"),
+            (Outcome::Fail, Some(DmarcPolicy::Quarantine)) => out.push("DMARC_QUAR"),
+            (Outcome::Fail, Some(DmarcPolicy::None)) => out.push("DMARC_NONE"),
+            _ => {}
+        }
+        match self.arc {
+            Outcome::None => {}
+            Outcome::Pass => out.extend(["ARC_SIGNED", "ARC_VALID"]),
+            _ => out.extend(["ARC_SIGNED", "ARC_INVALID"]),
+        }
+        out
+    }
+}
+
+/// What the checks need from the session.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The client's address.
+    pub client: IpAddr,
+    /// The HELO/EHLO name.
+    pub helo: String,
+    /// MAIL FROM (empty for the null sender).
+    pub mail_from: String,
+    /// This host's name (the `authserv-id` and SPF's `r` macro).
+    pub hostname: String,
+    /// The message as received.
+    pub message: Bytes,
+}
+
+impl Dns {
+    /// Runs SPF, DKIM, ARC and DMARC for a message on the resolver thread.
+    pub fn authenticate(&self, req: Request) -> Pending<Results> {
+        self.run(move |auth| async move { check(&auth, &req).await })
+    }
+}
+
+async fn check(auth: &mail_auth::MessageAuthenticator, req: &Request) -> Results {
+    let helo = req.helo.trim_start_matches('[').trim_end_matches(']');
+    let spf_helo = auth
+        .verify_spf(SpfParameters::verify_ehlo(req.client, helo, &req.hostname))
+        .await;
+    let spf = if req.mail_from.is_empty() {
+        spf_helo.clone()
+    } else {
+        auth.verify_spf(SpfParameters::verify_mail_from(
+            req.client,
+            helo,
+            &req.hostname,
+            &req.mail_from,
+        ))
+        .await
+    };
+    let sender = if req.mail_from.is_empty() {
+        format!("postmaster@{helo}")
+    } else {
+        req.mail_from.clone()
+    };
+    let spf_domain = req
+        .mail_from
+        .rsplit_once('@')
+        .map_or(helo, |(_, d)| d)
+        .to_string();
+    let mut results = Results {
+        spf: Outcome::spf(spf.result()),
+        spf_helo: Outcome::spf(spf_helo.result()),
+        ..Results::default()
+    };
+    let Some(msg) = AuthenticatedMessage::parse(&req.message) else {
+        // No header block mail-auth can read: SPF stands alone.
+        results.header = AuthenticationResults::new(&req.hostname)
+            .with_spf_mailfrom_result(&spf, req.client, &sender, helo)
+            .to_header();
+        return results;
+    };
+    let (dkim, arc) = futures_join(auth.verify_dkim(&msg), auth.verify_arc(&msg)).await;
+    let dmarc = auth
+        .verify_dmarc(DmarcParameters::new(&msg, &dkim, &spf_domain, &spf))
+        .await;
+    results.dkim = dkim
+        .iter()
+        .map(|o| Signature {
+            outcome: Outcome::dkim(o.result()),
+            domain: o.signature().map(|s| s.d.clone()).unwrap_or_default(),
+        })
+        .collect();
+    results.author_domain = dmarc.domain().to_string();
+    results.dmarc = Outcome::dmarc(&dmarc.result());
+    results.dmarc_policy = dmarc.dmarc_record().map(|_| match dmarc.policy() {
+        Policy::Reject => DmarcPolicy::Reject,
+        Policy::Quarantine => DmarcPolicy::Quarantine,
+        Policy::None | Policy::Unspecified => DmarcPolicy::None,
+    });
+    let arc_present = !msg.as_headers.is_empty() || !msg.ams_headers.is_empty();
+    results.arc = if !arc_present {
+        Outcome::None
+    } else {
+        Outcome::dkim(arc.result())
+    };
+    let mut ar = AuthenticationResults::new(&req.hostname)
+        .with_dkim_results(&dkim, msg.from.first().map_or("", String::as_str))
+        .with_spf_mailfrom_result(&spf, req.client, &sender, helo)
+        .with_dmarc_result(&dmarc);
+    if arc_present {
+        ar = ar.with_arc_result(&arc, req.client);
+    }
+    results.header = ar.to_header();
+    results
+}
+
+/// Both futures to completion, polled together.
+async fn futures_join<A: std::future::Future, B: std::future::Future>(
+    a: A,
+    b: B,
+) -> (A::Output, B::Output) {
+    tokio::join!(a, b)
+}

@@ -1,0 +1,327 @@
+//! Network checks: DNS blocklists and URI blocklists ([`lists`]), SPF, DKIM, DMARC and ARC
+//! ([`auth`]), all through one resolver service.
+//!
+//! The resolver is hickory's, driven by a Tokio runtime on one thread of its own
+//! ([`Dns::start`]). Callers on any thread (glommio shards, a plain threaded program) hand it a
+//! query and get a [`Pending`] back: a future that any executor can await (its waker is
+//! runtime-neutral) or a blocking [`Pending::wait`]. One thread is enough: a DNS query costs
+//! microseconds of CPU and milliseconds of waiting, so a thousand in flight share it, and the
+//! cache (hickory's, sized by `cache_entries`) is then one cache for the whole process rather
+//! than one per core, which is what a DNS cache wants: the second message from a client, or
+//! with a URI seen a minute ago, costs no query on any core. Every query carries its deadline
+//! on the service side, so an unresponsive server costs a session its budget and no more.
+
+pub mod auth;
+pub mod lists;
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::proto::rr::{RData, RecordType};
+use mail_auth::MessageAuthenticator;
+
+/// Resolver settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Name servers to ask (IP:PORT); empty reads `/etc/resolv.conf`.
+    pub nameservers: Vec<SocketAddr>,
+    /// Time allowed for one query (all attempts together).
+    pub timeout: Duration,
+    /// Attempts per query and server.
+    pub attempts: usize,
+    /// Answers kept in the cache.
+    pub cache_entries: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(2),
+            attempts: 2,
+            cache_entries: 20_000,
+        }
+    }
+}
+
+/// Why a lookup gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    /// The name does not exist or has no record of the type (the usual "not listed").
+    #[error("no such record")]
+    NotFound,
+    /// No answer within the deadline.
+    #[error("timed out")]
+    TimedOut,
+    /// Server failure, refused, malformed answer, network error.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// An error starting the service.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The resolver could not be configured.
+    #[error("DNS resolver: {0}")]
+    Resolver(String),
+    /// The service thread could not start.
+    #[error("DNS thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// The resolver service: cheap to clone, shared by every thread. The thread ends when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct Dns {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    handle: tokio::runtime::Handle,
+    auth: MessageAuthenticator,
+    timeout: Duration,
+    /// Dropping it ends the service thread's `block_on`.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Dns {
+    /// Starts the resolver thread.
+    pub fn start(settings: &Settings) -> Result<Dns, StartError> {
+        let config = if settings.nameservers.is_empty() {
+            let (config, _) = hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| StartError::Resolver(format!("/etc/resolv.conf: {e}")))?;
+            config
+        } else {
+            let servers = settings
+                .nameservers
+                .iter()
+                .map(|a| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = a.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = a.port();
+                    NameServerConfig::new(a.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            ResolverConfig::from_name_servers(servers)
+        };
+        let mut opts = ResolverOpts::default();
+        let attempts = settings.attempts.max(1);
+        opts.attempts = attempts;
+        opts.timeout = settings.timeout / attempts as u32;
+        opts.cache_size = settings.cache_entries;
+        // A message's URI checks put a hundred queries in flight at once.
+        opts.max_active_requests = 1024;
+        opts.ndots = 0;
+        opts.edns0 = true;
+        opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+        // Lists answer within seconds of a listing; a cached "not listed" must not outlive that
+        // by much.
+        opts.negative_max_ttl = Some(Duration::from_secs(300));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("mxgate-dns".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(StartError::Thread(e)));
+                        return;
+                    }
+                };
+                let built = {
+                    let _guard = rt.enter();
+                    MessageAuthenticator::new(config, opts)
+                        .map_err(|e| StartError::Resolver(e.to_string()))
+                };
+                let auth = match built {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = started_tx.send(Ok((rt.handle().clone(), auth)));
+                let _ = rt.block_on(stop_rx);
+            })?;
+        let (handle, auth) = started_rx
+            .recv()
+            .map_err(|_| StartError::Resolver("the DNS thread ended at start".into()))??;
+        Ok(Dns {
+            inner: Arc::new(Inner {
+                handle,
+                auth,
+                timeout: settings.timeout,
+                _stop: stop_tx,
+            }),
+        })
+    }
+
+    /// The per-query deadline.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// Runs `f` (given the authenticator, which holds the resolver) on the service thread.
+    pub fn run<F, T>(&self, f: impl FnOnce(MessageAuthenticator) -> F) -> Pending<T>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let fut = f(self.inner.auth.clone());
+        self.inner.handle.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        Pending { rx }
+    }
+
+    /// The IPv4 addresses a name resolves to (a DNS list's answer), within the deadline.
+    pub fn a(&self, name: String) -> Pending<Result<Vec<Ipv4Addr>, LookupError>> {
+        let deadline = self.inner.timeout;
+        self.run(move |auth| async move {
+            let q = auth.resolver().lookup(name.as_str(), RecordType::A);
+            match tokio::time::timeout(deadline, q).await {
+                Err(_) => Err(LookupError::TimedOut),
+                Ok(Err(e)) => Err(classify(&e)),
+                Ok(Ok(l)) => Ok(l
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(a.0),
+                        _ => None,
+                    })
+                    .collect()),
+            }
+        })
+    }
+
+    /// The TXT strings of a name (each record's strings joined), within the deadline.
+    pub fn txt(&self, name: String) -> Pending<Result<Vec<String>, LookupError>> {
+        let deadline = self.inner.timeout;
+        self.run(move |auth| async move {
+            let q = auth.resolver().lookup(name.as_str(), RecordType::TXT);
+            match tokio::time::timeout(deadline, q).await {
+                Err(_) => Err(LookupError::TimedOut),
+                Ok(Err(e)) => Err(classify(&e)),
+                Ok(Ok(l)) => Ok(l
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TXT(t) => Some(
+                            t.txt_data
+                                .iter()
+                                .map(|b| String::from_utf8_lossy(b))
+                                .collect::<String>(),
+                        ),
+                        _ => None,
+                    })
+                    .collect()),
+            }
+        })
+    }
+}
+
+fn classify(e: &hickory_resolver::net::NetError) -> LookupError {
+    if e.is_no_records_found() || e.is_nx_domain() {
+        LookupError::NotFound
+    } else if e.to_string().contains("timed out") {
+        LookupError::TimedOut
+    } else {
+        LookupError::Failed(e.to_string())
+    }
+}
+
+/// An answer on its way from the service thread. Awaiting it gives `None` only when the
+/// service stopped before answering.
+pub struct Pending<T> {
+    rx: tokio::sync::oneshot::Receiver<T>,
+}
+
+impl<T> Pending<T> {
+    /// Blocks the calling thread until the answer arrives (not for use inside an executor).
+    pub fn wait(self) -> Option<T> {
+        self.rx.blocking_recv().ok()
+    }
+}
+
+impl<T> Future for Pending<T> {
+    type Output = Option<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        Pin::new(&mut self.rx).poll(cx).map(Result::ok)
+    }
+}
+
+/// Whether an address is worth a DNS list lookup: public unicast, not loopback, private,
+/// link-local, documentation or shared address space (RFC 6890 special-purpose ranges answer
+/// nothing useful and leak internal addresses to list operators).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 2)
+                || (o[0] == 198 && o[1] == 51 && o[2] == 100)
+                || (o[0] == 203 && o[1] == 0 && o[2] == 113)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_addresses() {
+        for a in ["8.8.8.8", "81.2.69.160", "2a00:1450::1"] {
+            assert!(is_public(a.parse().unwrap()), "{a}");
+        }
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.16.0.1",
+            "100.64.0.1",
+            "192.0.2.1",
+            "169.254.1.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "2001:db8::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(a.parse().unwrap()), "{a}");
+        }
+    }
+}
