@@ -33,6 +33,12 @@ pub struct Config {
     pub rules: Rules,
     /// The Bayes stage.
     pub bayes: Bayes,
+    /// The resolver and DNS lists (the `dns` stage).
+    pub dns: Dns,
+    /// SPF, DKIM, DMARC and ARC (the `auth` stage).
+    pub auth: Auth,
+    /// Greylisting at RCPT.
+    pub greylist: Greylist,
     /// Turning symbols into a score and the score into an action.
     pub scoring: Scoring,
     /// Prometheus metrics.
@@ -189,7 +195,12 @@ impl Default for Relay {
 }
 
 /// The names of the content stages this build has, in the order they run.
-pub const STAGE_NAMES: &[&str] = &["hops", "av", "ocr", "rules", "bayes"];
+pub const STAGE_NAMES: &[&str] = &[
+    "hops", "dns", "auth", "av", "ocr", "headers", "rules", "bayes",
+];
+
+/// What a configured DNS list looks up.
+pub const DNS_LIST_TARGETS: &[&str] = &["client", "uri"];
 
 /// What can be done with a message found to carry a virus.
 pub const VIRUS_ACTIONS: &[&str] = &["reject", "quarantine", "drop", "tag"];
@@ -406,6 +417,142 @@ impl Default for Bayes {
             autolearn_ham: 0.1,
             autolearn_per_minute: 120,
             autolearn_flush_secs: 30,
+        }
+    }
+}
+
+/// `[dns]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Dns {
+    /// Name servers (IP:PORT); empty uses those of `/etc/resolv.conf`.
+    pub nameservers: Vec<String>,
+    /// Time allowed for one lookup, all attempts together, in milliseconds.
+    pub timeout_ms: u64,
+    /// Attempts per lookup.
+    pub attempts: usize,
+    /// Answers kept in the resolver's cache.
+    pub cache_entries: u64,
+    /// Skip lookups of private, loopback and other special-purpose client addresses.
+    pub exclude_private_ips: bool,
+    /// Most registrable domains of one message's URIs looked up.
+    pub max_uri_domains: usize,
+    /// Look up the zones the ruleset's network rules name (`check_rbl`, `urirhssub`), when
+    /// the rules stage is on.
+    pub ruleset: bool,
+    /// Lists of this gateway's own, each scored by itself.
+    pub lists: Vec<DnsList>,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            nameservers: Vec::new(),
+            timeout_ms: 2000,
+            attempts: 2,
+            cache_entries: 20_000,
+            exclude_private_ips: true,
+            max_uri_domains: 20,
+            ruleset: true,
+            lists: Vec::new(),
+        }
+    }
+}
+
+/// `[[dns.lists]]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsList {
+    /// Symbol reported when listed.
+    pub symbol: String,
+    /// The DNS zone.
+    pub zone: String,
+    /// `client` (the client's address: DNSBL, DNSWL) or `uri` (registrable domains of body
+    /// URIs: SURBL, URIBL, DBL).
+    #[serde(default = "default_on")]
+    pub on: String,
+    /// Answers that count, in SpamAssassin's sub-test syntax: `127.0.0.2`, a range
+    /// `127.0.0.2-127.0.0.3`, a bit mask over the last octet (`2`, `0x40`); empty for any
+    /// 127.0.0.0/8 answer.
+    #[serde(default)]
+    pub subtest: String,
+    /// Score added when listed (negative for allowlists).
+    #[serde(default)]
+    pub score: f64,
+}
+
+fn default_on() -> String {
+    "client".into()
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// The `authserv-id` of the `Authentication-Results:` field; empty uses the host name.
+    pub authserv_id: String,
+    /// Add an `Authentication-Results:` field (RFC 8601) to relayed messages.
+    pub add_header: bool,
+    /// Refuse (`550 5.7.1`) a message whose DMARC check fails for an author domain with
+    /// `p=reject`, as OpenDMARC's `RejectFailures`; otherwise it is only scored.
+    pub reject_dmarc: bool,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            authserv_id: String::new(),
+            add_header: true,
+            reject_dmarc: false,
+        }
+    }
+}
+
+/// `[greylist]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Greylist {
+    /// Greylist recipients at RCPT.
+    pub enabled: bool,
+    /// The store (an embedded database file).
+    pub db: String,
+    /// Seconds a new (client network, sender, recipient) triplet is deferred.
+    pub delay: u64,
+    /// Seconds after the first attempt within which a retry passes.
+    pub retry_window: u64,
+    /// Seconds a passed triplet, or a whitelisted client, is remembered after last use.
+    pub lifetime: u64,
+    /// Passed triplets after which a client network is let through for any triplet; 0 never.
+    pub auto_whitelist: u32,
+    /// Prefix length IPv4 clients are grouped by.
+    pub ipv4_prefix: u8,
+    /// Prefix length IPv6 clients are grouped by.
+    pub ipv6_prefix: u8,
+    /// Client networks never greylisted (`192.0.2.0/24`, `2001:db8::/32`).
+    pub exempt_networks: Vec<String>,
+    /// Sender domains never greylisted (subdomains included).
+    pub exempt_sender_domains: Vec<String>,
+    /// Recipients never greylisted: addresses, or `@domain`.
+    pub exempt_recipients: Vec<String>,
+    /// Sender domains exempt when SPF passes for the client.
+    pub spf_exempt_domains: Vec<String>,
+}
+
+impl Default for Greylist {
+    fn default() -> Self {
+        Greylist {
+            enabled: false,
+            db: "/var/lib/mxgate/greylist.redb".into(),
+            delay: 300,
+            retry_window: 4 * 3600,
+            lifetime: 35 * 86_400,
+            auto_whitelist: 5,
+            ipv4_prefix: 24,
+            ipv6_prefix: 64,
+            exempt_networks: Vec::new(),
+            exempt_sender_domains: Vec::new(),
+            exempt_recipients: Vec::new(),
+            spf_exempt_domains: Vec::new(),
         }
     }
 }
@@ -630,6 +777,62 @@ impl Config {
         if self.ocr.lang.is_empty() {
             return Err(bad("ocr.lang", "name a Tesseract language".into()));
         }
+        for a in &self.dns.nameservers {
+            a.parse::<std::net::SocketAddr>()
+                .map_err(|e| bad("dns.nameservers", format!("{a:?} is not IP:PORT ({e})")))?;
+        }
+        if self.dns.timeout_ms == 0 || self.dns.attempts == 0 {
+            return Err(bad(
+                "dns.timeout_ms",
+                "timeout_ms and attempts must be at least 1".into(),
+            ));
+        }
+        for l in &self.dns.lists {
+            if !DNS_LIST_TARGETS.contains(&l.on.as_str()) {
+                return Err(bad(
+                    "dns.lists.on",
+                    format!("{:?} for {}: use \"client\" or \"uri\"", l.on, l.symbol),
+                ));
+            }
+            if l.symbol.is_empty() || l.zone.is_empty() {
+                return Err(bad(
+                    "dns.lists",
+                    "each list needs a symbol and a zone".into(),
+                ));
+            }
+            if !valid_subtest(&l.subtest) {
+                return Err(bad(
+                    "dns.lists.subtest",
+                    format!(
+                        "{:?} for {}: an address, a range a-b, or a bit mask",
+                        l.subtest, l.symbol
+                    ),
+                ));
+            }
+        }
+        if self.greylist.delay >= self.greylist.retry_window {
+            return Err(bad(
+                "greylist.delay",
+                "must be shorter than retry_window".into(),
+            ));
+        }
+        if self.greylist.ipv4_prefix > 32 || self.greylist.ipv6_prefix > 128 {
+            return Err(bad(
+                "greylist.ipv4_prefix",
+                "prefixes are at most 32 (IPv4) and 128 (IPv6)".into(),
+            ));
+        }
+        for n in &self.greylist.exempt_networks {
+            if !valid_network(n) {
+                return Err(bad(
+                    "greylist.exempt_networks",
+                    format!("{n:?} is not ADDRESS or ADDRESS/PREFIX"),
+                ));
+            }
+        }
+        if self.greylist.enabled && self.greylist.db.is_empty() {
+            return Err(bad("greylist.db", "greylisting needs a store file".into()));
+        }
         if !self.metrics.listen.is_empty() {
             self.metrics
                 .listen
@@ -642,6 +845,11 @@ impl Config {
                 })?;
         }
         Ok(())
+    }
+
+    /// Whether a stage is on.
+    pub fn stage(&self, name: &str) -> bool {
+        self.stages.enabled.iter().any(|s| s == name)
     }
 
     /// Parses a `--stages` list: comma-separated names, or `none`.
@@ -663,5 +871,30 @@ impl Config {
             }
         }
         Ok(names)
+    }
+}
+
+/// SpamAssassin's DNS list sub-test syntax: empty, an address, `a-b`, or a (hex) bit mask.
+fn valid_subtest(s: &str) -> bool {
+    let s = s.trim();
+    s.is_empty()
+        || s.parse::<std::net::Ipv4Addr>().is_ok()
+        || s.parse::<u32>().is_ok()
+        || s.strip_prefix("0x")
+            .is_some_and(|h| u32::from_str_radix(h, 16).is_ok())
+        || s.split_once('-').is_some_and(|(a, b)| {
+            a.trim().parse::<std::net::Ipv4Addr>().is_ok()
+                && b.trim().parse::<std::net::Ipv4Addr>().is_ok()
+        })
+}
+
+/// `ADDRESS` or `ADDRESS/PREFIX`.
+fn valid_network(s: &str) -> bool {
+    match s.split_once('/') {
+        None => s.trim().parse::<std::net::IpAddr>().is_ok(),
+        Some((a, p)) => match (a.trim().parse::<std::net::IpAddr>(), p.trim().parse::<u8>()) {
+            (Ok(a), Ok(p)) => p <= if a.is_ipv4() { 32 } else { 128 },
+            _ => false,
+        },
     }
 }

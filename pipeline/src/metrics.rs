@@ -32,6 +32,8 @@ pub struct ShardStats {
     pub bytes: AtomicU64,
     /// TLS handshakes completed (server side).
     pub tls: AtomicU64,
+    /// Recipients deferred by greylisting.
+    pub greylisted: AtomicU64,
     /// Failures talking to the next hop (connect, timeout, lost connection).
     pub relay_errors: AtomicU64,
     /// Replies sent, by code (index = code).
@@ -52,6 +54,7 @@ impl Default for ShardStats {
             relayed: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             tls: AtomicU64::new(0),
+            greylisted: AtomicU64::new(0),
             relay_errors: AtomicU64::new(0),
             replies: (0..600).map(|_| AtomicU64::new(0)).collect(),
             latency: Default::default(),
@@ -131,6 +134,12 @@ pub fn render(shards: &[Arc<ShardStats>]) -> String {
         "STARTTLS handshakes completed.",
         "counter",
         sum(&|s| s.tls.load(Relaxed)),
+    );
+    counter(
+        "mxgate_greylisted_total",
+        "Recipients deferred by greylisting (451 4.7.1).",
+        "counter",
+        sum(&|s| s.greylisted.load(Relaxed)),
     );
     counter(
         "mxgate_relay_errors_total",

@@ -284,12 +284,21 @@ impl Pending {
         }
     }
 
-    /// Hands the message to the stages that are on.
-    pub fn submit(av: Option<&AvStage>, ocr: Option<&OcrStage>, body: &Bytes) -> Pending {
+    /// Hands the message to the stages that are on; `parsed` is the message parsed by the
+    /// caller, when it was (else it is parsed here, if OCR needs it, and kept).
+    pub fn submit(
+        av: Option<&AvStage>,
+        ocr: Option<&OcrStage>,
+        body: &Bytes,
+        parsed: Option<&Message>,
+    ) -> Pending {
         let av = av.map(|s| (s.submit(body), s.timeout));
         let mut message = None;
         let ocr = ocr.and_then(|s| {
-            let msg = message.insert(Message::parse(body.clone()));
+            let msg = match parsed {
+                Some(m) => m,
+                None => message.insert(Message::parse(body.clone())),
+            };
             let images = mxgate_ocr::images_to_read(msg, &s.when);
             (!images.is_empty()).then(|| (s.pool.submit(images), s.timeout))
         });

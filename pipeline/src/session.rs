@@ -52,6 +52,12 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
     // The first recipient was accepted provisionally and the whole transaction goes to the next
     // hop at the end of data (see `Relay::whole`).
     let mut deferred = false;
+    // The client's DNS list lookups start now; the first message's checks collect them.
+    let mut early = snap
+        .snap
+        .chain
+        .net()
+        .and_then(|n| n.client_lookups(peer.ip()));
     io.reply(&session.greeting());
     tracing::debug!(client = %peer, shard = shard.id, "connect");
 
@@ -136,7 +142,17 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
                 // Before-queue proxy: the next hop answers each recipient.
                 let rcpt = session.pending_rcpt().unwrap_or_default().to_owned();
                 let first = session.envelope().is_some_and(|e| e.rcpts.is_empty());
-                let reply = if deferred {
+                let grey = match snap.snap.chain.greylist() {
+                    Some(g) if !deferred => {
+                        let env = session.envelope().cloned().unwrap_or_default();
+                        greylisted(g, snap.snap.chain.net(), peer.ip(), &env, &rcpt).await
+                    }
+                    _ => None,
+                };
+                let reply = if let Some(r) = grey {
+                    shard.stats.greylisted.fetch_add(1, Relaxed);
+                    r
+                } else if deferred {
                     // Only reachable by a client that sends more recipients after DATA failed.
                     TOO_MANY_FOR_NOW
                 } else if first
@@ -166,8 +182,17 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
                     (None, false) => Downstream::Lost,
                 };
                 let tls = io.conn.is_tls();
-                let reply =
-                    deliver(&shard, &snap.snap, &target, &client, downstream, msg, tls).await;
+                let reply = deliver(
+                    &shard,
+                    &snap.snap,
+                    &target,
+                    &client,
+                    downstream,
+                    msg,
+                    tls,
+                    early.take(),
+                )
+                .await;
                 // The next hop's refusals are not the client's errors: not counted.
                 io.reply(&reply);
             }
@@ -192,6 +217,41 @@ enum Downstream {
     Lost,
 }
 
+/// Greylisting's answer for a recipient: `Some(451 4.7.1)` when deferred.
+async fn greylisted(
+    g: &mxgate_scanners::greylist::Greylist,
+    net: Option<&crate::netstage::NetStage>,
+    client: std::net::IpAddr,
+    env: &Envelope,
+    rcpt: &str,
+) -> Option<Reply> {
+    use mxgate_scanners::greylist::Decision;
+    use mxgate_scanners::net::auth::Outcome;
+    let spf_pass = match net {
+        Some(n) if g.wants_spf(&env.mail_from) => {
+            let p = n.dns().spf(
+                client,
+                env.helo.clone(),
+                env.mail_from.clone(),
+                n.hostname().to_string(),
+            );
+            p.await == Some(Outcome::Pass)
+        }
+        _ => false,
+    };
+    match g.check(client, &env.mail_from, rcpt, spf_pass) {
+        Decision::Defer(secs) => {
+            tracing::info!(client = %client, from = %env.mail_from, rcpt, secs, "greylisted");
+            Some(Reply::owned(
+                451,
+                "4.7.1",
+                format!("Greylisted, try again in {secs} seconds"),
+            ))
+        }
+        _ => None,
+    }
+}
+
 /// Reply to a recipient after a provisionally accepted one: RFC 5321 §4.5.3.1.10 lets the
 /// client send it in a new transaction.
 const TOO_MANY_FOR_NOW: Reply = Reply::new(
@@ -209,6 +269,7 @@ fn data_follows(buf: &[u8]) -> bool {
 }
 
 /// Runs the stages on a message and relays it; returns the client's final reply.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn deliver(
     shard: &Shard,
     snap: &crate::settings::Snapshot,
@@ -217,6 +278,7 @@ async fn deliver(
     downstream: Downstream,
     msg: Message,
     tls: bool,
+    early: Option<crate::netstage::Early>,
 ) -> Reply {
     if matches!(downstream, Downstream::Lost) {
         // Every recipient was accepted by an open downstream transaction; without one, the
@@ -229,9 +291,25 @@ async fn deliver(
     }
     let id = shard.next_message_id();
     let mut ctx = Context::new(&msg.envelope, &msg.body, client.addr);
-    // AV and OCR run on their pools meanwhile; this session yields until both answered or ran
-    // out of time.
-    ctx.offloaded = snap.chain.submit(&msg.body).resolve().await;
+    // AV and OCR run on their pools and the DNS and auth checks on the resolver thread
+    // meanwhile; this session yields until all answered or ran out of time.
+    let parsed = snap
+        .chain
+        .needs_message()
+        .then(|| mxgate_core::mime::Message::parse(msg.body.clone()));
+    let offload = snap.chain.submit(&msg.body, parsed.as_ref());
+    match (snap.chain.net(), &parsed) {
+        (Some(net), Some(m)) => {
+            let facts = net.gather(early, Some(client.addr.ip()), &msg.envelope, &msg.body, m);
+            let (off, facts) = futures_lite::future::zip(offload.resolve(), facts).await;
+            ctx.offloaded = off;
+            ctx.net = Some(facts);
+        }
+        _ => ctx.offloaded = offload.resolve().await,
+    }
+    if ctx.offloaded.message.is_none() {
+        ctx.offloaded.message = parsed;
+    }
     let verdict = snap.chain.run(&mut ctx);
     match verdict {
         Verdict::Accept => {}

@@ -17,9 +17,12 @@ use bytes::Bytes;
 use mxgate_core::config::{Config, Scoring, Stages};
 use mxgate_core::mime::Message;
 use mxgate_core::smtp::{Envelope, Reply};
+use mxgate_scanners::greylist::{self, Greylist};
+use mxgate_scanners::net::Facts;
 use mxgate_scanners::{bayes, rules};
 
 use crate::learner::Learner;
+use crate::netstage::NetStage;
 use crate::offload::{AvStage, OcrStage, Offloaded, Pending, Unavailable, VirusAction};
 
 /// What the stages found about one message.
@@ -48,6 +51,8 @@ pub struct Context<'a> {
     /// What the AV and OCR pools found (set by the caller after waiting on
     /// [`Chain::submit`]'s tickets).
     pub offloaded: Offloaded,
+    /// What the DNS and auth stages found (set by the caller after [`NetStage::gather`]).
+    pub net: Option<Facts>,
 }
 
 impl<'a> Context<'a> {
@@ -65,6 +70,7 @@ impl<'a> Context<'a> {
             bayes: None,
             score: 0.0,
             offloaded: Offloaded::default(),
+            net: None,
         }
     }
 }
@@ -100,8 +106,12 @@ pub struct Chain {
     av: Option<Arc<AvStage>>,
     /// `ocr`: the Tesseract pool, when that stage is on.
     ocr: Option<Arc<OcrStage>>,
-    /// `rules`: the compiled ruleset, when that stage is on.
+    /// `rules` (or `headers`, its eval rules alone): the compiled ruleset, when on.
     rules: Option<Arc<rules::Engine>>,
+    /// `dns` and `auth`: the resolver and what to ask it, when either is on.
+    net: Option<Arc<NetStage>>,
+    /// Greylisting at RCPT, when on.
+    greylist: Option<Arc<Greylist>>,
     /// `bayes`: the model (behind the learner when autolearning), when that stage is on.
     bayes: Option<BayesModel>,
     /// Autolearn thresholds, when autolearning is on.
@@ -206,8 +216,9 @@ impl Chain {
                 BayesModel::Fixed(Arc::new(model))
             }
         });
-        let rules = if on("rules") {
-            let engine = Arc::new(load_rules(cfg, bayes.is_some())?);
+        let net_on = on("dns") || on("auth");
+        let rules = if on("rules") || on("headers") {
+            let engine = Arc::new(load_rules(cfg, bayes.is_some(), net_on, !on("rules"))?);
             // PCRE2 and regex matchers compile in the background, off the shards.
             let warm = Arc::clone(&engine);
             let _ = std::thread::Builder::new()
@@ -227,11 +238,41 @@ impl Chain {
             Some((pc, pch)) if pc.ocr == cfg.ocr && pch.ocr.is_some() => pch.ocr.clone(),
             _ => Some(Arc::new(OcrStage::new(cfg)?)),
         };
+        let net = if net_on {
+            let hostname = if cfg.server.hostname.is_empty() {
+                crate::settings::system_hostname()
+            } else {
+                cfg.server.hostname.clone()
+            };
+            Some(Arc::new(NetStage::new(
+                cfg,
+                rules.as_deref().map(rules::Engine::dns_plan),
+                &hostname,
+            )?))
+        } else {
+            None
+        };
+        let greylist = match prev {
+            _ if !cfg.greylist.enabled || !learn => None,
+            Some((pc, pch)) if pc.greylist.db == cfg.greylist.db && pch.greylist.is_some() => {
+                let g = pch.greylist.clone();
+                if let Some(g) = &g {
+                    g.update(greylist_settings(cfg));
+                }
+                g
+            }
+            _ => Some(Arc::new(Greylist::open(
+                std::path::Path::new(&cfg.greylist.db),
+                greylist_settings(cfg),
+            )?)),
+        };
         Ok(Chain {
             max_hops: on("hops").then_some(stages.max_hops),
             av,
             ocr,
             rules,
+            net,
+            greylist,
             bayes,
             autolearn,
             explain: false,
@@ -247,17 +288,37 @@ impl Chain {
 
     /// Whether a stage reads the message's content.
     fn reads_content(&self) -> bool {
-        self.bayes.is_some() || self.rules.is_some() || self.av.is_some() || self.ocr.is_some()
+        self.bayes.is_some()
+            || self.rules.is_some()
+            || self.av.is_some()
+            || self.ocr.is_some()
+            || self.net.is_some()
+    }
+
+    /// Whether a stage wants the parsed message before the content scan (OCR finds its
+    /// images; DNS its URIs and relays).
+    pub fn needs_message(&self) -> bool {
+        self.ocr.is_some() || self.net.is_some()
+    }
+
+    /// The DNS and auth stages, when on.
+    pub fn net(&self) -> Option<&NetStage> {
+        self.net.as_deref()
+    }
+
+    /// The greylist, when on.
+    pub fn greylist(&self) -> Option<&Greylist> {
+        self.greylist.as_deref()
     }
 
     /// Hands the message to the AV and OCR pools (when those stages are on); the caller waits
     /// on the result ([`Pending::resolve`] on a shard, [`Pending::wait`] elsewhere), puts it in
     /// [`Context::offloaded`], then calls [`Chain::run`].
-    pub fn submit(&self, body: &Bytes) -> Pending {
+    pub fn submit(&self, body: &Bytes, parsed: Option<&Message>) -> Pending {
         if self.av.is_none() && self.ocr.is_none() {
             return Pending::none();
         }
-        Pending::submit(self.av.as_deref(), self.ocr.as_deref(), body)
+        Pending::submit(self.av.as_deref(), self.ocr.as_deref(), body, parsed)
     }
 
     /// The AV stage, when on.
@@ -294,9 +355,11 @@ impl Chain {
         // there for that); if one does anyway, the message is not lost and the shard lives on:
         // the client gets a temporary failure and will retry.
         let ctx_cell = std::panic::AssertUnwindSafe(&mut *ctx);
+        // The chain is only read; a panic leaves nothing of it half-changed.
+        let this = std::panic::AssertUnwindSafe(self);
         match std::panic::catch_unwind(move || {
-            let ctx = ctx_cell;
-            self.content(ctx.0)
+            let (ctx, this) = (ctx_cell, this);
+            this.0.content(ctx.0)
         }) {
             Ok(v) => v,
             Err(_) => {
@@ -388,12 +451,36 @@ impl Chain {
             Some(Ok(r)) if !r.text.is_empty() => Some(r.text.clone()),
             _ => None,
         };
+        // The gateway's own DNS lists, and auth results (scored here when no ruleset does).
+        if let (Some(stage), Some(facts)) = (&self.net, &ctx.net) {
+            stage.symbols(
+                facts,
+                self.rules.is_some(),
+                &mut ctx.symbols,
+                &mut ctx.add_headers,
+            );
+            if stage.reject_dmarc {
+                if let Some(a) = &facts.auth {
+                    if a.symbols().contains(&"DMARC_REJECT") {
+                        return Verdict::Reject(Reply::owned(
+                            550,
+                            "5.7.1",
+                            format!(
+                                "Error: DMARC policy of {} rejects this message",
+                                a.author_domain
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         if let Some(engine) = &self.rules {
             let env = rules::Envelope {
                 // An unknown sender (`mxgate scan`) reads as no envelope; rules then fall back
                 // to Return-Path, as SpamAssassin does without a trusted relay.
                 mail_from: Some(ctx.envelope.mail_from.as_str()).filter(|m| !m.is_empty()),
                 extracted_text: extracted.as_deref(),
+                net: ctx.net.as_ref(),
             };
             let outcome = with_scratch(engine, |s| engine.scan(&msg, env, s));
             let set = engine.score_set();
@@ -473,7 +560,12 @@ impl Chain {
 /// Loads and compiles the configured ruleset (compiling off the hot path: at start and on
 /// reload, before the new snapshot is published). The score set follows SpamAssassin: 0 without
 /// Bayes and network tests, 2 with Bayes.
-pub fn load_rules(cfg: &Config, with_bayes: bool) -> anyhow::Result<rules::Engine> {
+pub fn load_rules(
+    cfg: &Config,
+    with_bayes: bool,
+    with_net: bool,
+    evals_only: bool,
+) -> anyhow::Result<rules::Engine> {
     let paths: Vec<std::path::PathBuf> = cfg.rules.paths.iter().map(Into::into).collect();
     let set = rules::load_paths(&paths);
     for d in &set.diagnostics {
@@ -492,7 +584,8 @@ pub fn load_rules(cfg: &Config, with_bayes: bool) -> anyhow::Result<rules::Engin
             rules::Layout::PerScope
         },
         cache_dir: (!cfg.rules.cache_dir.is_empty()).then(|| cfg.rules.cache_dir.clone().into()),
-        score_set: if with_bayes { 2 } else { 0 },
+        score_set: usize::from(with_bayes) * 2 + usize::from(with_net),
+        evals_only,
     };
     let engine = rules::Engine::build(set, &opts)?;
     let s = &engine.stats;
@@ -542,6 +635,33 @@ pub fn count_received(msg: &[u8]) -> usize {
         start = end;
     }
     n
+}
+
+/// The greylist settings of a configuration.
+pub fn greylist_settings(cfg: &Config) -> greylist::Settings {
+    let g = &cfg.greylist;
+    let secs = std::time::Duration::from_secs;
+    greylist::Settings {
+        delay: secs(g.delay),
+        retry_window: secs(g.retry_window),
+        lifetime: secs(g.lifetime),
+        auto_whitelist: g.auto_whitelist,
+        ipv4_prefix: g.ipv4_prefix,
+        ipv6_prefix: g.ipv6_prefix,
+        exempt_networks: g
+            .exempt_networks
+            .iter()
+            .filter_map(|n| greylist::parse_network(n))
+            .collect(),
+        exempt_sender_domains: g.exempt_sender_domains.clone(),
+        exempt_recipients: g.exempt_recipients.clone(),
+        spf_exempt_domains: g.spf_exempt_domains.clone(),
+        partitions: if cfg.server.shards == 0 {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            cfg.server.shards
+        },
+    }
 }
 
 #[cfg(test)]

@@ -314,7 +314,16 @@ pub fn scan(
         let body = Bytes::from(raw);
         let started = Instant::now();
         let mut ctx = Context::new(&env, &body, client);
-        ctx.offloaded = chain.submit(&body).wait();
+        let parsed = chain
+            .needs_message()
+            .then(|| mxgate_core::mime::Message::parse(body.clone()));
+        ctx.offloaded = chain.submit(&body, parsed.as_ref()).wait();
+        if let (Some(net), Some(m)) = (chain.net(), &parsed) {
+            ctx.net = Some(net.gather_blocking(None, &env, &body, m));
+        }
+        if ctx.offloaded.message.is_none() {
+            ctx.offloaded.message = parsed;
+        }
         let verdict = chain.run(&mut ctx);
         let elapsed = started.elapsed();
         let score: f64 = ctx.symbols.iter().map(|(_, s)| s).sum::<f64>() + 0.0;
@@ -361,6 +370,19 @@ pub fn scan(
             }
             Some(Err(why)) => v["ocr"] = serde_json::json!({"unavailable": format!("{why:?}")}),
             None => {}
+        }
+        if let Some(f) = &ctx.net {
+            let mut listed: Vec<&String> = f.a.keys().chain(f.txt.keys()).collect();
+            listed.sort();
+            v["dns"] = serde_json::json!({"relays": f.relays.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                "uri_domains": f.uri_domains, "listed": listed, "timed_out": f.timed_out, "failed": f.failed});
+            if let Some(a) = &f.auth {
+                v["auth"] = serde_json::json!({"spf": format!("{:?}", a.spf), "spf_helo": format!("{:?}", a.spf_helo),
+                    "dkim": a.dkim.iter().map(|d| serde_json::json!({"domain": d.domain, "result": format!("{:?}", d.outcome)})).collect::<Vec<_>>(),
+                    "author_domain": a.author_domain, "dmarc": format!("{:?}", a.dmarc),
+                    "dmarc_policy": a.dmarc_policy.map(|p| format!("{p:?}")), "arc": format!("{:?}", a.arc),
+                    "symbols": a.symbols(), "header": a.header});
+            }
         }
         if all_hits {
             if let Some(engine) = chain.rules() {

@@ -72,6 +72,7 @@ fn engine(layout: Layout, cache: Option<PathBuf>) -> (Engine, Duration) {
             layout,
             cache_dir: cache,
             score_set: 0,
+            evals_only: false,
         },
     )
     .expect("rules compile");

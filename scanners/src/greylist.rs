@@ -196,7 +196,7 @@ struct Partition {
 }
 
 struct Shared {
-    settings: Settings,
+    settings: std::sync::RwLock<Arc<Settings>>,
     parts: Vec<Mutex<Partition>>,
     db: Database,
     path: PathBuf,
@@ -243,7 +243,7 @@ impl Greylist {
             }
         }
         let shared = Arc::new(Shared {
-            settings,
+            settings: std::sync::RwLock::new(Arc::new(settings)),
             parts,
             db,
             path: path.to_path_buf(),
@@ -274,8 +274,17 @@ impl Greylist {
     }
 
     /// The settings in use.
-    pub fn settings(&self) -> &Settings {
-        &self.shared.settings
+    pub fn settings(&self) -> Arc<Settings> {
+        self.shared.settings()
+    }
+
+    /// Replaces the settings (a configuration reload); the partition count stays.
+    pub fn update(&self, settings: Settings) {
+        *self
+            .shared
+            .settings
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
     }
 
     /// Whether a sender's domain is one whose mail is exempt when SPF passes (so the caller
@@ -283,7 +292,7 @@ impl Greylist {
     pub fn wants_spf(&self, sender: &str) -> bool {
         sender
             .rsplit_once('@')
-            .is_some_and(|(_, d)| domain_in(d, &self.shared.settings.spf_exempt_domains))
+            .is_some_and(|(_, d)| domain_in(d, &self.settings().spf_exempt_domains))
     }
 
     /// Decides for one recipient; `spf_pass` says whether SPF passed for the sender.
@@ -300,7 +309,7 @@ impl Greylist {
         spf_pass: bool,
         now: u64,
     ) -> Decision {
-        let s = &self.shared.settings;
+        let s = self.settings();
         let sender_domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
         let rcpt_l = rcpt.to_ascii_lowercase();
         let rcpt_domain = rcpt_l.rsplit_once('@').map_or("", |(_, d)| d);
@@ -370,7 +379,7 @@ impl Greylist {
     }
 
     fn client_passed(&self, net: &str, now: u64) {
-        if self.shared.settings.auto_whitelist == 0 {
+        if self.settings().auto_whitelist == 0 {
             return;
         }
         let p = partition_of(net, self.shared.parts.len());
@@ -412,14 +421,19 @@ impl Drop for Greylist {
 }
 
 impl Shared {
+    fn settings(&self) -> Arc<Settings> {
+        Arc::clone(&self.settings.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Writes dirty records and drops expired ones, in one transaction.
     fn flush(&self, now: u64) -> Result<(), StoreError> {
         let err = |e: &dyn std::fmt::Display| StoreError {
             path: self.path.clone(),
             message: e.to_string(),
         };
-        let lifetime = self.settings.lifetime.as_secs();
-        let window = self.settings.retry_window.as_secs();
+        let s = self.settings();
+        let lifetime = s.lifetime.as_secs();
+        let window = s.retry_window.as_secs();
         let mut put_t = Vec::new();
         let mut del_t = Vec::new();
         let mut put_c = Vec::new();

@@ -9,6 +9,7 @@
 //! content scan on the shard.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use mail_auth::common::headers::HeaderWriter;
@@ -197,9 +198,44 @@ pub struct Request {
 }
 
 impl Dns {
-    /// Runs SPF, DKIM, ARC and DMARC for a message on the resolver thread.
-    pub fn authenticate(&self, req: Request) -> Pending<Results> {
-        self.run(move |auth| async move { check(&auth, &req).await })
+    /// Runs SPF, DKIM, ARC and DMARC for a message on the resolver thread, within `budget`
+    /// (SPF alone may take ten lookups in a row); past it every result is a temporary error.
+    pub fn authenticate(&self, req: Request, budget: Duration) -> Pending<Results> {
+        self.run(move |auth| async move {
+            match tokio::time::timeout(budget, check(&auth, &req)).await {
+                Ok(r) => r,
+                Err(_) => Results {
+                    spf: Outcome::TempError,
+                    spf_helo: Outcome::TempError,
+                    dmarc: Outcome::TempError,
+                    dmarc_policy: Some(DmarcPolicy::None),
+                    header: format!(
+                        "Authentication-Results: {};\r\n\tspf=temperror (DNS timed out)\r\n",
+                        req.hostname
+                    ),
+                    ..Results::default()
+                },
+            }
+        })
+    }
+
+    /// SPF alone for the MAIL FROM identity (greylisting's SPF exemption, at RCPT).
+    pub fn spf(
+        &self,
+        client: IpAddr,
+        helo: String,
+        mail_from: String,
+        hostname: String,
+    ) -> Pending<Outcome> {
+        let budget = self.timeout() * 2;
+        self.run(move |auth| async move {
+            let helo = helo.trim_start_matches('[').trim_end_matches(']');
+            let p = SpfParameters::verify_mail_from(client, helo, &hostname, &mail_from);
+            match tokio::time::timeout(budget, auth.verify_spf(p)).await {
+                Ok(o) => Outcome::spf(o.result()),
+                Err(_) => Outcome::TempError,
+            }
+        })
     }
 }
 

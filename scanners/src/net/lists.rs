@@ -164,7 +164,7 @@ pub fn uri_host(u: &str) -> Option<String> {
         u
     };
     let end = rest
-        .find(|c| matches!(c, '/' | '?' | '#' | '>' | '"' | '\'' | ' '))
+        .find(['/', '?', '#', '>', '"', '\'', ' '])
         .unwrap_or(rest.len());
     let auth = &rest[..end];
     let host = auth.rsplit_once('@').map_or(auth, |(_, h)| h);

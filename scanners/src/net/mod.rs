@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod lists;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
@@ -228,6 +229,113 @@ impl Dns {
                     .collect()),
             }
         })
+    }
+}
+
+/// What the DNS and auth stages found about one message, for the rules' network tests and the
+/// configured lists.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// Relay addresses checked against address lists; the first is the one that handed the
+    /// message over (the client, or the newest `Received:` hop for a scanned file).
+    pub relays: Vec<IpAddr>,
+    /// A answers by query name (names with no answer are absent).
+    pub a: HashMap<String, Vec<Ipv4Addr>>,
+    /// TXT answers by query name.
+    pub txt: HashMap<String, Vec<String>>,
+    /// The registrable domains of the message's URIs that were looked up.
+    pub uri_domains: Vec<String>,
+    /// SPF, DKIM, DMARC and ARC, when the auth stage ran.
+    pub auth: Option<auth::Results>,
+    /// Queries that got no answer in time.
+    pub timed_out: usize,
+    /// Queries that failed otherwise.
+    pub failed: usize,
+}
+
+/// One query of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Query {
+    /// The name.
+    pub name: String,
+    /// TXT rather than A.
+    pub txt: bool,
+}
+
+impl Dns {
+    /// Runs a batch of queries at once (one hand-over to the service thread for all of
+    /// them) and files the answers into `facts`' shape: what comes back is merged by
+    /// [`Facts::absorb`].
+    pub fn lookup_all(&self, queries: Vec<Query>) -> Pending<Answers> {
+        let deadline = self.inner.timeout;
+        self.run(move |auth| async move {
+            let mut set = tokio::task::JoinSet::new();
+            for q in queries {
+                let auth = auth.clone();
+                set.spawn(async move {
+                    let t = if q.txt {
+                        RecordType::TXT
+                    } else {
+                        RecordType::A
+                    };
+                    let r =
+                        tokio::time::timeout(deadline, auth.resolver().lookup(q.name.as_str(), t))
+                            .await;
+                    let r = match r {
+                        Err(_) => Err(LookupError::TimedOut),
+                        Ok(Err(e)) => Err(classify(&e)),
+                        Ok(Ok(l)) => Ok(l
+                            .answers()
+                            .iter()
+                            .filter_map(|r| match &r.data {
+                                RData::A(a) => Some(a.0.to_string()),
+                                RData::TXT(t) => Some(
+                                    t.txt_data
+                                        .iter()
+                                        .map(|b| String::from_utf8_lossy(b))
+                                        .collect::<String>(),
+                                ),
+                                _ => None,
+                            })
+                            .collect::<Vec<String>>()),
+                    };
+                    (q, r)
+                });
+            }
+            let mut out = Answers::default();
+            while let Some(r) = set.join_next().await {
+                if let Ok(r) = r {
+                    out.0.push(r);
+                }
+            }
+            out
+        })
+    }
+}
+
+/// A batch's answers.
+#[derive(Debug, Default)]
+pub struct Answers(pub Vec<(Query, Result<Vec<String>, LookupError>)>);
+
+impl Facts {
+    /// Files a batch's answers.
+    pub fn absorb(&mut self, answers: Answers) {
+        for (q, r) in answers.0 {
+            match r {
+                Ok(v) if q.txt => {
+                    self.txt.insert(q.name, v);
+                }
+                Ok(v) => {
+                    let a: Vec<Ipv4Addr> = v.iter().filter_map(|s| s.parse().ok()).collect();
+                    if !a.is_empty() {
+                        self.a.insert(q.name, a);
+                    }
+                }
+                Err(LookupError::NotFound) => {}
+                Err(LookupError::TimedOut) => self.timed_out += 1,
+                Err(LookupError::Failed(_)) => self.failed += 1,
+            }
+        }
     }
 }
 

@@ -13,7 +13,7 @@
 //! flags, the layout, the Hyperscan version and the target platform, so a warm start
 //! deserializes instead of compiling.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use hyperscan::{Block, CompileFlags, PlatformRef, Serialized};
 use mxgate_core::mime::Message;
 use sha2::{Digest, Sha256};
 
+use super::evals;
 use super::load::{HeaderTest, Rule, RuleSet, Test};
 use super::regex::{pcre, translate, widen_repeats, Matcher, Translated};
 use super::view::{self, Headers};
@@ -47,6 +48,9 @@ pub struct Options {
     pub cache_dir: Option<PathBuf>,
     /// Score set: 0 local tests only, 1 with network tests, 2 with Bayes, 3 with both.
     pub score_set: usize,
+    /// Run only the natively implemented eval rules and the metas over them (header
+    /// analysis, DNS and auth tests without the regex rules: the `headers` stage).
+    pub evals_only: bool,
 }
 
 /// How a rule is run.
@@ -144,6 +148,8 @@ pub struct BuildStats {
     pub pcre_only: usize,
     /// Eval and network rules, not implemented (never hit).
     pub eval_unimplemented: usize,
+    /// Eval and network rules implemented natively ([`super::evals`]).
+    pub eval_native: usize,
     /// Eval functions not implemented, with how many rules call each.
     pub eval_functions: Vec<(String, usize)>,
     /// Rules not run because their score in the chosen set is 0.
@@ -181,7 +187,14 @@ pub struct Engine {
     /// Each meta's hit count when no non-meta rule hits.
     baseline: Vec<u32>,
     score_set: usize,
+    evals_only: bool,
     id: u64,
+    /// Eval rules implemented natively, with their parsed calls (rules that run only).
+    calls: Vec<(usize, evals::Call)>,
+    /// `check_rbl` set name → (zone, TXT?).
+    set_zones: HashMap<String, (String, bool)>,
+    /// The lookups the network rules need.
+    plan: evals::DnsPlan,
     /// Build figures.
     pub stats: BuildStats,
 }
@@ -218,6 +231,8 @@ pub struct Envelope<'a> {
     /// Text found outside the message's text parts (what OCR read in its images), which body
     /// rules see as one more text part, as SpamAssassin's ExtractText plugin presents it.
     pub extracted_text: Option<&'a str>,
+    /// What the DNS and auth stages found, for the network rules.
+    pub net: Option<&'a crate::net::Facts>,
 }
 
 /// A build error.
@@ -276,7 +291,20 @@ impl Engine {
         let mut input_ix: HashMap<Input, usize> = HashMap::new();
         let mut rules = Vec::with_capacity(set.rules.len());
         let mut eval_fns: HashMap<String, usize> = HashMap::new();
-        for r in &set.rules {
+        // Eval rules implemented natively, parsed once.
+        let calls: Vec<(usize, evals::Call)> = set
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| match &r.test {
+                Test::Eval(e) => {
+                    evals::Call::parse(&e.function, &e.args, &set.net_defs).map(|c| (i, c))
+                }
+                _ => None,
+            })
+            .collect();
+        let native: HashSet<usize> = calls.iter().map(|(i, _)| *i).collect();
+        for (ri, r) in set.rules.iter().enumerate() {
             let explicit_zero = !r.is_subrule() && r.scores.is_some() && r.score(set_ix) == 0.0;
             let (input, regex) = match &r.test {
                 Test::Header(h) => (Some(Input::Header(h.request.clone())), h.regex.as_ref()),
@@ -289,7 +317,9 @@ impl Engine {
                 Test::Full(re) => (Some(Input::Full), Some(re)),
                 Test::Meta(_) => (None, None),
                 Test::Eval(e) => {
-                    *eval_fns.entry(e.function.clone()).or_default() += 1;
+                    if !native.contains(&ri) {
+                        *eval_fns.entry(e.function.clone()).or_default() += 1;
+                    }
                     (None, None)
                 }
             };
@@ -419,11 +449,12 @@ impl Engine {
         if opts.layout == Layout::Single && !groups.is_empty() {
             input_groups.iter_mut().for_each(|g| *g = vec![0]);
         }
-        for c in &rules {
+        for (i, c) in rules.iter().enumerate() {
             match c.mode {
                 Mode::Hyperscan => stats.hyperscan += 1,
                 Mode::Prefilter => stats.prefilter += 1,
                 Mode::Pcre => stats.pcre_only += 1,
+                Mode::Eval if native.contains(&i) => stats.eval_native += 1,
                 Mode::Eval => stats.eval_unimplemented += 1,
                 Mode::Disabled => stats.disabled += 1,
                 _ => {}
@@ -454,7 +485,29 @@ impl Engine {
                 baseline[m] = u32::from(e.eval(&|i| baseline[i] as f64) != 0.0);
             }
         }
+        let calls: Vec<(usize, evals::Call)> = calls
+            .into_iter()
+            .filter(|(i, _)| rules[*i].mode == Mode::Eval)
+            .collect();
+        let mut set_zones = HashMap::new();
+        for (_, c) in &calls {
+            if let evals::Call::Rbl {
+                set: name,
+                zone,
+                txt,
+                ..
+            } = c
+            {
+                set_zones
+                    .entry(name.clone())
+                    .or_insert_with(|| (zone.clone(), *txt));
+            }
+        }
+        let plan = evals::DnsPlan::of(calls.iter().map(|(_, c)| c), set.uri_skip_domains.clone());
         Ok(Engine {
+            calls,
+            set_zones,
+            plan,
             set,
             rules,
             inputs,
@@ -467,9 +520,15 @@ impl Engine {
             dependents,
             baseline,
             score_set: set_ix,
+            evals_only: opts.evals_only,
             id: ENGINE_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             stats,
         })
+    }
+
+    /// The DNS lookups the ruleset's network rules ask for.
+    pub fn dns_plan(&self) -> &evals::DnsPlan {
+        &self.plan
     }
 
     /// How a rule runs.
@@ -528,7 +587,7 @@ impl Engine {
     /// Whether mxgate implements the rule and everything it depends on: regex and `exists:`
     /// rules (except those reading SpamAssassin's relay pseudo-headers, `X-Spam-Relays-*` and
     /// `ALL-TRUSTED` and the like, which need its trust-path analysis), and metas over such
-    /// rules. Eval and network rules are not.
+    /// rules, and the eval rules of [`super::evals`].
     pub fn implemented(&self, rule: usize) -> bool {
         let mut seen = vec![false; self.set.rules.len()];
         self.implemented_rec(rule, &mut seen)
@@ -540,7 +599,7 @@ impl Engine {
         }
         seen[rule] = true;
         match &self.set.rules[rule].test {
-            Test::Eval(_) => false,
+            Test::Eval(_) => self.calls.iter().any(|(i, _)| *i == rule),
             Test::Header(h) => !is_pseudo_header(&h.request),
             Test::Meta(e) => e
                 .rule_ids()
@@ -613,7 +672,7 @@ impl Engine {
             parts: None,
         };
         for (k, input) in self.inputs.iter().enumerate() {
-            if self.input_rules[k].is_empty() {
+            if self.input_rules[k].is_empty() || self.evals_only {
                 continue;
             }
             match input {
@@ -639,6 +698,23 @@ impl Engine {
                 Input::Rawbody => self.run_texts(k, &view::rawbody_chunks(msg), scratch, false),
                 Input::Uri => self.run_texts(k, &view::uris(msg), scratch, false),
                 Input::Full => self.run_texts(k, &[view::full_text(msg)], scratch, false),
+            }
+        }
+        if !self.calls.is_empty() {
+            let mail_from = ctx.env.mail_from;
+            let net = ctx.env.net;
+            let headers = ctx.headers();
+            let input = evals::EvalInput {
+                headers,
+                mail_from,
+                net,
+                set_zones: &self.set_zones,
+            };
+            for (i, call) in &self.calls {
+                if call.is_net() && net.is_none() {
+                    continue;
+                }
+                scratch.counts[*i] = evals::eval(call, &input);
             }
         }
         self.eval_metas(scratch);

@@ -14,6 +14,7 @@
 //! the engine closest to Perl, has the last word. Most rules never get that far.
 
 pub mod engine;
+pub mod evals;
 pub mod load;
 pub mod meta;
 pub mod regex;
@@ -24,4 +25,5 @@ pub use engine::{
     AutolearnPoints, AutolearnThresholds, BuildStats, Engine, Envelope, Layout, Mode, Options,
     Outcome, Scratch,
 };
-pub use load::{load_paths, load_str, Diagnostic, Rule, RuleSet, Test};
+pub use evals::DnsPlan;
+pub use load::{load_paths, load_str, Diagnostic, Eval, Rule, RuleSet, Test};

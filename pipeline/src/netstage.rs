@@ -1,0 +1,400 @@
+//! The `dns` and `auth` stages: what a message's checks ask of the network, started as soon
+//! as their input is known and gathered beside the content scan.
+//!
+//! The client's address is known at connect, so its list lookups start then
+//! ([`NetStage::client_lookups`]); the message's URIs, its `Received:` relays and its signatures
+//! are known at the end of data, when [`NetStage::gather`] starts the rest: the URI lookups, the
+//! relay lookups and SPF/DKIM/DMARC/ARC, all at once on the resolver thread, while the AV and OCR
+//! pools work on the same message. The session awaits both; no lookup ever runs on a shard.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mxgate_core::config::Config;
+use mxgate_core::mime::Message;
+use mxgate_core::smtp::Envelope;
+use mxgate_scanners::net::lists::{self, List, Subtest, Target};
+use mxgate_scanners::net::{self, auth, Answers, Dns, Facts, Pending, Query};
+use mxgate_scanners::rules::{self, DnsPlan};
+
+/// The network stages of one configuration.
+pub struct NetStage {
+    dns: Dns,
+    /// The gateway's own lists.
+    lists: Vec<List>,
+    /// What the ruleset's network rules ask for (empty without the rules or headers stage).
+    plan: DnsPlan,
+    /// The `dns` stage is on.
+    lookups: bool,
+    /// The `auth` stage is on.
+    auth: bool,
+    exclude_private: bool,
+    max_uri_domains: usize,
+    hostname: String,
+    /// Add `Authentication-Results:`.
+    pub add_header: bool,
+    /// Refuse DMARC failures under `p=reject`.
+    pub reject_dmarc: bool,
+}
+
+/// Lookups started at connect for a client.
+pub struct Early {
+    client: IpAddr,
+    answers: Pending<Answers>,
+}
+
+/// SpamAssassin's default scores for the auth symbols, used when no ruleset scores them (the
+/// rules and headers stages off).
+const AUTH_SCORES: &[(&str, f64)] = &[
+    ("SPF_FAIL", 0.919),
+    ("SPF_SOFTFAIL", 0.665),
+    ("SPF_HELO_FAIL", 0.001),
+    ("SPF_HELO_SOFTFAIL", 0.732),
+    ("SPF_PASS", -0.001),
+    ("SPF_HELO_PASS", -0.001),
+    ("DKIM_VALID", -0.1),
+    ("DKIM_VALID_AU", -0.1),
+    ("DKIM_SIGNED", 0.1),
+    ("DKIM_INVALID", 0.1),
+    ("DMARC_REJECT", 1.8),
+    ("DMARC_QUAR", 1.2),
+    ("DMARC_NONE", 0.9),
+    ("DMARC_PASS", -0.1),
+];
+
+impl NetStage {
+    /// Starts the resolver. `plan` is the ruleset's, when a rule engine runs.
+    pub fn new(cfg: &Config, plan: Option<&DnsPlan>, hostname: &str) -> anyhow::Result<NetStage> {
+        let d = &cfg.dns;
+        let settings = net::Settings {
+            nameservers: d
+                .nameservers
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            timeout: Duration::from_millis(d.timeout_ms),
+            attempts: d.attempts,
+            cache_entries: d.cache_entries,
+        };
+        let dns = Dns::start(&settings)?;
+        let lookups = cfg.stage("dns");
+        let lists = d
+            .lists
+            .iter()
+            .map(|l| List {
+                symbol: l.symbol.clone(),
+                zone: l.zone.trim_end_matches('.').to_string(),
+                target: if l.on == "uri" {
+                    Target::Uri
+                } else {
+                    Target::Client
+                },
+                subtest: Subtest::parse(&l.subtest).unwrap_or(Subtest::Any),
+                score: l.score,
+            })
+            .collect();
+        let plan = match plan {
+            Some(p) if lookups && d.ruleset => p.clone(),
+            Some(p) => DnsPlan {
+                skip: p.skip.clone(),
+                ..DnsPlan::default()
+            },
+            None => DnsPlan::default(),
+        };
+        Ok(NetStage {
+            dns,
+            lists,
+            plan,
+            lookups,
+            auth: cfg.stage("auth"),
+            exclude_private: d.exclude_private_ips,
+            max_uri_domains: d.max_uri_domains,
+            hostname: if cfg.auth.authserv_id.is_empty() {
+                hostname.to_string()
+            } else {
+                cfg.auth.authserv_id.clone()
+            },
+            add_header: cfg.auth.add_header,
+            reject_dmarc: cfg.auth.reject_dmarc,
+        })
+    }
+
+    /// The resolver.
+    pub fn dns(&self) -> &Dns {
+        &self.dns
+    }
+
+    /// The host name checks run under.
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    fn wanted(&self, ip: IpAddr) -> bool {
+        !self.exclude_private || net::is_public(ip)
+    }
+
+    /// Address list queries for relays: the first is the client (both last-external and
+    /// all-relay sets read it), the others only all-relay sets.
+    fn relay_queries(&self, relays: &[IpAddr], out: &mut Vec<Query>) {
+        for (k, &ip) in relays.iter().enumerate() {
+            if !self.wanted(ip) {
+                continue;
+            }
+            for l in self.lists.iter().filter(|l| l.target == Target::Client) {
+                if k == 0 {
+                    push(out, lists::ip_query(ip, &l.zone), false);
+                }
+            }
+            for (_, zone, txt, last) in &self.plan.ip {
+                if k == 0 || !last {
+                    push(out, lists::ip_query(ip, zone), *txt);
+                }
+            }
+        }
+    }
+
+    /// Starts the client's lookups at connect; `None` when there is nothing to ask.
+    pub fn client_lookups(&self, client: IpAddr) -> Option<Early> {
+        if !self.lookups {
+            return None;
+        }
+        let mut q = Vec::new();
+        self.relay_queries(&[client], &mut q);
+        (!q.is_empty()).then(|| Early {
+            client,
+            answers: self.dns.lookup_all(q),
+        })
+    }
+
+    /// Starts everything else for a message and gathers all answers. `client` is `None` for
+    /// a scanned file (the newest `Received:` hop then stands for the client).
+    pub async fn gather(
+        &self,
+        early: Option<Early>,
+        client: Option<IpAddr>,
+        env: &Envelope,
+        body: &Bytes,
+        msg: &Message,
+    ) -> Facts {
+        let (facts, queries, auth_req) = self.prepare(early.as_ref(), client, env, body, msg);
+        let lookups = (!queries.is_empty()).then(|| self.dns.lookup_all(queries));
+        let auth = auth_req.map(|r| self.dns.authenticate(r, self.dns.timeout() * 3));
+        let early = early.map(|e| e.answers);
+        let slack = self.dns.timeout() * 3 + Duration::from_secs(1);
+        let all = async {
+            let a = async {
+                match lookups {
+                    Some(p) => p.await,
+                    None => None,
+                }
+            };
+            let b = async {
+                match early {
+                    Some(p) => p.await,
+                    None => None,
+                }
+            };
+            let c = async {
+                match auth {
+                    Some(p) => p.await,
+                    None => None,
+                }
+            };
+            futures_lite::future::zip(futures_lite::future::zip(a, b), c).await
+        };
+        // The service bounds every query; this only guards against a stopped service.
+        let ((a, b), c) = crate::rt::timeout(slack, all)
+            .await
+            .unwrap_or(((None, None), None));
+        finish(facts, a, b, c)
+    }
+
+    /// [`NetStage::gather`] for a plain thread (`mxgate scan`).
+    pub fn gather_blocking(
+        &self,
+        client: Option<IpAddr>,
+        env: &Envelope,
+        body: &Bytes,
+        msg: &Message,
+    ) -> Facts {
+        let (facts, queries, auth_req) = self.prepare(None, client, env, body, msg);
+        let lookups = (!queries.is_empty()).then(|| self.dns.lookup_all(queries));
+        let auth = auth_req.map(|r| self.dns.authenticate(r, self.dns.timeout() * 3));
+        let a = lookups.and_then(Pending::wait);
+        let c = auth.and_then(Pending::wait);
+        finish(facts, a, None, c)
+    }
+
+    fn prepare(
+        &self,
+        early: Option<&Early>,
+        client: Option<IpAddr>,
+        env: &Envelope,
+        body: &Bytes,
+        msg: &Message,
+    ) -> (Facts, Vec<Query>, Option<auth::Request>) {
+        let mut facts = Facts::default();
+        let mut queries = Vec::new();
+        if self.lookups {
+            let mut relays: Vec<IpAddr> = client.into_iter().collect();
+            relays.extend(received_ips(msg));
+            relays.dedup();
+            relays.retain(|&ip| self.wanted(ip));
+            // What connect already asked is not asked again.
+            let skip_first = early.is_some_and(|e| relays.first() == Some(&e.client));
+            let mut q = Vec::new();
+            self.relay_queries(&relays, &mut q);
+            if skip_first {
+                let mut first = Vec::new();
+                self.relay_queries(&relays[..1], &mut first);
+                q.retain(|x| !first.contains(x));
+            }
+            queries.extend(q);
+            facts.relays = relays;
+            let has_uri_lists =
+                !self.plan.uri.is_empty() || self.lists.iter().any(|l| l.target == Target::Uri);
+            if has_uri_lists {
+                let uris = rules::view::uris(msg);
+                let domains = lists::uri_domains(
+                    uris.iter().filter_map(|u| std::str::from_utf8(u).ok()),
+                    &self.plan.skip,
+                    self.max_uri_domains,
+                );
+                for d in &domains {
+                    for l in self.lists.iter().filter(|l| l.target == Target::Uri) {
+                        push(&mut queries, lists::domain_query(d, &l.zone), false);
+                    }
+                    for zone in &self.plan.uri {
+                        push(&mut queries, lists::domain_query(d, zone), false);
+                    }
+                }
+                facts.uri_domains = domains;
+            }
+        }
+        // A scanned file has no envelope: its newest hop and Return-Path stand in.
+        let mail_from = if env.mail_from.is_empty() && client.is_none() {
+            msg.header_text("Return-Path")
+                .map(|r| {
+                    r.trim()
+                        .trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .to_string()
+                })
+                .unwrap_or_default()
+        } else {
+            env.mail_from.clone()
+        };
+        let auth_req = self.auth.then(|| auth::Request {
+            client: client
+                .or_else(|| received_ips(msg).first().copied())
+                .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            helo: env.helo.clone(),
+            mail_from,
+            hostname: self.hostname.clone(),
+            message: body.clone(),
+        });
+        (facts, queries, auth_req)
+    }
+
+    /// Symbols of the gateway's own lists, of the auth results when no ruleset scores them,
+    /// and the `Authentication-Results:` field.
+    pub fn symbols(
+        &self,
+        facts: &Facts,
+        ruleset_scores_auth: bool,
+        symbols: &mut Vec<(Cow<'static, str>, f64)>,
+        headers: &mut String,
+    ) {
+        for l in &self.lists {
+            let listed = match l.target {
+                Target::Client => facts.relays.first().is_some_and(|&ip| {
+                    facts
+                        .a
+                        .get(&lists::ip_query(ip, &l.zone))
+                        .is_some_and(|a| l.subtest.any(a))
+                }),
+                Target::Uri => facts.uri_domains.iter().any(|d| {
+                    facts
+                        .a
+                        .get(&lists::domain_query(d, &l.zone))
+                        .is_some_and(|a| l.subtest.any(a))
+                }),
+            };
+            if listed {
+                symbols.push((Cow::Owned(l.symbol.clone()), l.score));
+            }
+        }
+        if facts.timed_out > 0 {
+            symbols.push((Cow::Borrowed("DNS_TIMEOUT"), 0.0));
+        }
+        if let Some(r) = &facts.auth {
+            if !ruleset_scores_auth {
+                for s in r.symbols() {
+                    let score = AUTH_SCORES
+                        .iter()
+                        .find(|(n, _)| *n == s)
+                        .map_or(0.0, |(_, v)| *v);
+                    symbols.push((Cow::Borrowed(s), score));
+                }
+            }
+            if self.add_header && !r.header.is_empty() {
+                headers.push_str(&r.header);
+            }
+        }
+    }
+}
+
+fn push(out: &mut Vec<Query>, name: String, txt: bool) {
+    let q = Query { name, txt };
+    if !out.contains(&q) {
+        out.push(q);
+    }
+}
+
+fn finish(
+    mut facts: Facts,
+    lookups: Option<Answers>,
+    early: Option<Answers>,
+    auth: Option<auth::Results>,
+) -> Facts {
+    if let Some(a) = lookups {
+        facts.absorb(a);
+    }
+    if let Some(a) = early {
+        facts.absorb(a);
+    }
+    facts.auth = auth;
+    facts
+}
+
+/// The relay addresses of the `Received:` fields, newest first: the bracketed address of
+/// each `from` clause (`from host (name [192.0.2.1])`).
+pub fn received_ips(msg: &Message) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let Some(root) = msg.parts.first() else {
+        return out;
+    };
+    for f in &root.fields {
+        if !f.name(&msg.raw).eq_ignore_ascii_case(b"received") {
+            continue;
+        }
+        let v = String::from_utf8_lossy(f.raw_value(&msg.raw));
+        let from_part = v.split(" by ").next().unwrap_or(&v);
+        let mut rest = from_part;
+        while let Some(i) = rest.find('[') {
+            let after = &rest[i + 1..];
+            let Some(j) = after.find(']') else { break };
+            let lit = after[..j]
+                .trim_start_matches("IPv6:")
+                .trim_start_matches("ipv6:");
+            if let Ok(ip) = lit.parse::<IpAddr>() {
+                out.push(ip);
+                break;
+            }
+            rest = &after[j + 1..];
+        }
+    }
+    out
+}

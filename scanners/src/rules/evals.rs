@@ -1,0 +1,558 @@
+//! Eval rules implemented natively: the DNS list tests (`check_rbl*`, `check_uridnsbl` over
+//! `urirhssub`/`urirhsbl`), the authentication tests (`check_for_spf_*`, `check_dkim_*`,
+//! `check_dmarc_*`, `check_arc_*`) and header tests of SpamAssassin's HeaderEval plugin.
+//!
+//! A call is parsed once, when the engine is built ([`Call::parse`]); a function this module
+//! does not know stays an unimplemented eval rule that never hits, as before. Network tests read
+//! what the DNS and auth stages found ([`crate::net::Facts`]); without those facts (no `dns`
+//! stage, or `mxgate scan` without it) they do not hit, as SpamAssassin's do with network
+//! tests off. The engine's [`DnsPlan`] says which lookups the ruleset asks for, so the DNS
+//! stage can start them before the content scan.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use crate::net::lists::{self, Subtest};
+use crate::net::{auth, Facts};
+
+use super::engine::header_value;
+use super::view::Headers;
+
+/// A parsed eval call.
+#[derive(Debug, Clone)]
+pub enum Call {
+    /// `check_rbl('set', 'zone'[, 'subtest'])`, `check_rbl_txt(...)`.
+    Rbl {
+        /// The set name (`zen-lastexternal`).
+        set: String,
+        /// The DNS zone.
+        zone: String,
+        /// Which answers count.
+        subtest: Subtest,
+        /// TXT lookups rather than A.
+        txt: bool,
+    },
+    /// `check_rbl_sub('set', 'subtest')`: another reading of a set's answers.
+    RblSub {
+        /// The set name.
+        set: String,
+        /// Which answers count.
+        subtest: Subtest,
+    },
+    /// `check_uridnsbl('NAME')`, or an `urirhssub`/`urirhsbl` definition itself.
+    UriBl {
+        /// The DNS zone.
+        zone: String,
+        /// Which answers count.
+        subtest: Subtest,
+    },
+    /// An SPF, DKIM, DMARC or ARC result.
+    Auth(AuthTest),
+    /// `check_for_missing_to_header()`.
+    MissingTo,
+    /// `subject_is_all_caps()`.
+    SubjectAllCaps,
+    /// `check_for_to_in_subject('address'|'user')`.
+    ToInSubject {
+        /// Whole address (`address`) or its user part (`user`).
+        user: bool,
+    },
+    /// `check_illegal_chars('Header', ratio, count)`.
+    IllegalChars {
+        /// The header.
+        header: String,
+        /// Least share of illegal characters.
+        ratio: f64,
+        /// Least number of illegal characters.
+        count: usize,
+    },
+}
+
+/// One authentication result an eval rule asks about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthTest {
+    /// SPF (MAIL FROM) had this outcome.
+    Spf(auth::Outcome),
+    /// SPF (HELO) had this outcome.
+    SpfHelo(auth::Outcome),
+    /// The message carries a DKIM signature.
+    DkimSigned,
+    /// A DKIM signature verified.
+    DkimValid,
+    /// A DKIM signature of the author domain verified.
+    DkimValidAuthor,
+    /// DMARC passed.
+    DmarcPass,
+    /// DMARC failed with this policy.
+    DmarcFail(auth::DmarcPolicy),
+    /// The author domain has no DMARC record.
+    DmarcMissing,
+    /// The message carries an ARC set.
+    ArcSigned,
+    /// The ARC chain verified.
+    ArcValid,
+}
+
+/// Splits `'a', 'b', 3` into its arguments, unquoted.
+fn args(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    for c in text.chars() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, ',') => {
+                out.push(cur.trim().to_string());
+                cur.clear();
+            }
+            (_, c) => cur.push(c),
+        }
+    }
+    if !cur.trim().is_empty() || !out.is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}
+
+impl Call {
+    /// The call for an eval rule (`function`, `args` as the rule wrote them), with the DNS
+    /// plugins' definitions for `check_uridnsbl`; `None` when it is not implemented.
+    pub fn parse(
+        function: &str,
+        arg_text: &str,
+        net_defs: &HashMap<String, super::Eval>,
+    ) -> Option<Call> {
+        use auth::Outcome as O;
+        let a = args(arg_text);
+        let arg = |i: usize| a.get(i).map(String::as_str).unwrap_or("");
+        let spf = |o| Some(Call::Auth(AuthTest::Spf(o)));
+        let helo = |o| Some(Call::Auth(AuthTest::SpfHelo(o)));
+        match function {
+            "check_rbl" | "check_rbl_txt" => Some(Call::Rbl {
+                set: arg(0).to_string(),
+                zone: arg(1).trim_end_matches('.').to_string(),
+                subtest: if a.len() > 2 {
+                    Subtest::parse(arg(2))?
+                } else {
+                    Subtest::Any
+                },
+                txt: function == "check_rbl_txt",
+            }),
+            "check_rbl_sub" => Some(Call::RblSub {
+                set: arg(0).to_string(),
+                subtest: Subtest::parse(arg(1))?,
+            }),
+            "check_uridnsbl" => {
+                let def = net_defs.get(arg(0))?;
+                Call::parse(&def.function, &def.args, net_defs)
+            }
+            "urirhssub" | "urirhsbl" => {
+                // `zone A subtest` / `zone A`; TXT lists are rare and not read here.
+                let mut w = arg_text.split_whitespace();
+                let zone = w.next()?.trim_end_matches('.').to_string();
+                if !w.next()?.eq_ignore_ascii_case("A") {
+                    return None;
+                }
+                let subtest = match w.next() {
+                    Some(s) => Subtest::parse(s)?,
+                    None => Subtest::Any,
+                };
+                Some(Call::UriBl { zone, subtest })
+            }
+            "check_for_spf_pass" => spf(O::Pass),
+            "check_for_spf_neutral" => spf(O::Neutral),
+            "check_for_spf_none" => spf(O::None),
+            "check_for_spf_fail" => spf(O::Fail),
+            "check_for_spf_softfail" => spf(O::SoftFail),
+            "check_for_spf_permerror" => spf(O::PermError),
+            "check_for_spf_temperror" => spf(O::TempError),
+            "check_for_spf_helo_pass" => helo(O::Pass),
+            "check_for_spf_helo_neutral" => helo(O::Neutral),
+            "check_for_spf_helo_none" => helo(O::None),
+            "check_for_spf_helo_fail" => helo(O::Fail),
+            "check_for_spf_helo_softfail" => helo(O::SoftFail),
+            "check_for_spf_helo_permerror" => helo(O::PermError),
+            "check_for_spf_helo_temperror" => helo(O::TempError),
+            // With arguments these name domains (welcome lists); not read here.
+            "check_dkim_signed" if a.is_empty() => Some(Call::Auth(AuthTest::DkimSigned)),
+            "check_dkim_valid" if a.is_empty() => Some(Call::Auth(AuthTest::DkimValid)),
+            "check_dkim_valid_author_sig" if a.is_empty() => {
+                Some(Call::Auth(AuthTest::DkimValidAuthor))
+            }
+            "check_dmarc_pass" => Some(Call::Auth(AuthTest::DmarcPass)),
+            "check_dmarc_reject" => {
+                Some(Call::Auth(AuthTest::DmarcFail(auth::DmarcPolicy::Reject)))
+            }
+            "check_dmarc_quarantine" => Some(Call::Auth(AuthTest::DmarcFail(
+                auth::DmarcPolicy::Quarantine,
+            ))),
+            "check_dmarc_none" => Some(Call::Auth(AuthTest::DmarcFail(auth::DmarcPolicy::None))),
+            "check_dmarc_missing" => Some(Call::Auth(AuthTest::DmarcMissing)),
+            "check_arc_signed" => Some(Call::Auth(AuthTest::ArcSigned)),
+            "check_arc_valid" => Some(Call::Auth(AuthTest::ArcValid)),
+            "check_for_missing_to_header" => Some(Call::MissingTo),
+            "subject_is_all_caps" => Some(Call::SubjectAllCaps),
+            "check_for_to_in_subject" => Some(Call::ToInSubject {
+                user: arg(0) == "user",
+            }),
+            "check_illegal_chars" => Some(Call::IllegalChars {
+                header: arg(0).to_string(),
+                ratio: arg(1).parse().ok()?,
+                count: arg(2).parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether the call needs network facts.
+    pub fn is_net(&self) -> bool {
+        matches!(
+            self,
+            Call::Rbl { .. } | Call::RblSub { .. } | Call::UriBl { .. } | Call::Auth(_)
+        )
+    }
+}
+
+/// The lookups a ruleset's network rules ask for.
+#[derive(Debug, Clone, Default)]
+pub struct DnsPlan {
+    /// Client address lists: (set, zone, TXT?, last external relay only?).
+    pub ip: Vec<(String, String, bool, bool)>,
+    /// URI domain lists (zones).
+    pub uri: Vec<String>,
+    /// `uridnsbl_skip_domain`.
+    pub skip: HashSet<String>,
+}
+
+impl DnsPlan {
+    /// The plan for the calls of a ruleset.
+    pub fn of<'a>(calls: impl IntoIterator<Item = &'a Call>, skip: HashSet<String>) -> DnsPlan {
+        let mut p = DnsPlan {
+            skip,
+            ..DnsPlan::default()
+        };
+        for c in calls {
+            match c {
+                Call::Rbl { set, zone, txt, .. } => {
+                    let e = (set.clone(), zone.clone(), *txt, last_only(set));
+                    if !p.ip.contains(&e) {
+                        p.ip.push(e);
+                    }
+                }
+                Call::UriBl { zone, .. } if !p.uri.contains(zone) => p.uri.push(zone.clone()),
+                _ => {}
+            }
+        }
+        p
+    }
+
+    /// Whether the plan asks for anything.
+    pub fn is_empty(&self) -> bool {
+        self.ip.is_empty() && self.uri.is_empty()
+    }
+}
+
+/// Sets that look at the relay that handed the message over (or, for allowlists, the first
+/// trusted one, which for a gateway is the same address) rather than every untrusted relay.
+fn last_only(set: &str) -> bool {
+    set.ends_with("-lastexternal") || set.ends_with("-firsttrusted")
+}
+
+/// What an eval rule reads besides the header view.
+pub struct EvalInput<'a> {
+    /// The message's top-level headers.
+    pub headers: &'a Headers,
+    /// MAIL FROM.
+    pub mail_from: Option<&'a str>,
+    /// Network facts, when the DNS or auth stage ran.
+    pub net: Option<&'a Facts>,
+    /// Zones of the sets named by `check_rbl` calls.
+    pub set_zones: &'a HashMap<String, (String, bool)>,
+}
+
+/// Evaluates one call: the rule's hit count (0 or 1).
+pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
+    u32::from(match call {
+        Call::Rbl {
+            set,
+            zone,
+            subtest,
+            txt,
+            ..
+        } => input
+            .net
+            .is_some_and(|n| rbl_listed(n, zone, *txt, last_only(set), subtest)),
+        Call::RblSub { set, subtest } => match (input.net, input.set_zones.get(set.as_str())) {
+            (Some(n), Some((zone, txt))) => rbl_listed(n, zone, *txt, last_only(set), subtest),
+            _ => false,
+        },
+        Call::UriBl { zone, subtest } => input.net.is_some_and(|n| {
+            n.uri_domains.iter().any(|d| {
+                n.a.get(&lists::domain_query(d, zone))
+                    .is_some_and(|a| subtest.any(a))
+            })
+        }),
+        Call::Auth(t) => input
+            .net
+            .and_then(|n| n.auth.as_ref())
+            .is_some_and(|r| auth_test(r, *t)),
+        Call::MissingTo => {
+            let h = input.headers;
+            let get = |n: &str| header_value(h, n, None).filter(|v| !v.is_empty());
+            get("To").or_else(|| get("Apparently-To")).is_none()
+        }
+        Call::SubjectAllCaps => subject_all_caps(input.headers),
+        Call::ToInSubject { user } => to_in_subject(input.headers, *user),
+        Call::IllegalChars {
+            header,
+            ratio,
+            count,
+        } => illegal_chars(input.headers, header, *ratio, *count),
+    })
+}
+
+fn rbl_listed(n: &Facts, zone: &str, txt: bool, last: bool, subtest: &Subtest) -> bool {
+    let relays: &[IpAddr] = if last {
+        &n.relays[..n.relays.len().min(1)]
+    } else {
+        &n.relays
+    };
+    relays.iter().any(|&ip| {
+        let q = lists::ip_query(ip, zone);
+        if txt {
+            n.txt.get(&q).is_some_and(|t| !t.is_empty())
+        } else {
+            n.a.get(&q).is_some_and(|a| subtest.any(a))
+        }
+    })
+}
+
+fn auth_test(r: &auth::Results, t: AuthTest) -> bool {
+    match t {
+        AuthTest::Spf(o) => r.spf == o,
+        AuthTest::SpfHelo(o) => r.spf_helo == o,
+        AuthTest::DkimSigned => !r.dkim.is_empty(),
+        AuthTest::DkimValid => r.dkim_valid(),
+        AuthTest::DkimValidAuthor => r.dkim_valid_author(),
+        AuthTest::DmarcPass => r.dmarc_policy.is_some() && r.dmarc == auth::Outcome::Pass,
+        AuthTest::DmarcFail(p) => r.dmarc_policy == Some(p) && r.dmarc == auth::Outcome::Fail,
+        AuthTest::DmarcMissing => r.dmarc_policy.is_none(),
+        AuthTest::ArcSigned => r.arc != auth::Outcome::None,
+        AuthTest::ArcValid => r.arc == auth::Outcome::Pass,
+    }
+}
+
+fn text(v: Option<Vec<u8>>) -> String {
+    v.map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// HeaderEval's `subject_is_all_caps`.
+fn subject_all_caps(h: &Headers) -> bool {
+    let s = text(header_value(h, "Subject", None));
+    let mut s = s.trim();
+    // `s/^(?:(?:Re|Fwd|Fw|Aw|Antwort|WG|SV|VB|VS|VL):\s*)+//i`
+    loop {
+        let lower = s.to_ascii_lowercase();
+        let Some(p) = [
+            "re", "fwd", "fw", "aw", "antwort", "wg", "sv", "vb", "vs", "vl",
+        ]
+        .iter()
+        .find(|p| lower.starts_with(&format!("{p}:"))) else {
+            break;
+        };
+        s = s[p.len() + 1..].trim_start();
+    }
+    if !s.chars().any(char::is_whitespace) || s.chars().count() < 10 {
+        return false;
+    }
+    let letters: String = s.chars().filter(char::is_ascii_alphabetic).collect();
+    let raw = text(header_value(h, "Subject:raw", None)).to_ascii_lowercase();
+    if likely_caps_charset(&raw) {
+        return false;
+    }
+    !letters.is_empty() && letters == letters.to_ascii_uppercase()
+}
+
+/// `=?CHARSET?` with one of SpamAssassin's CHARSETS_LIKELY_TO_FP_AS_CAPS.
+fn likely_caps_charset(raw_lower: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "koi",
+        "jp",
+        "jis",
+        "euc",
+        "gb",
+        "big5",
+        "isoir",
+        "cp1251",
+        "windows-1251",
+        "georgianps",
+        "pt154",
+        "tis",
+    ];
+    let mut rest = raw_lower;
+    while let Some(i) = rest.find("=?") {
+        let after = &rest[i + 2..];
+        let cs_end = after.find('?').unwrap_or(after.len());
+        let cs = &after[..cs_end];
+        if cs_end < after.len()
+            && cs
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            // `[-_a-z0-9]*(?:names)[-_a-z0-9]*`: anywhere inside the charset name.
+            && NAMES.iter().any(|n| cs.contains(n))
+        {
+            return true;
+        }
+        rest = after;
+    }
+    false
+}
+
+/// HeaderEval's `check_for_to_in_subject`.
+fn to_in_subject(h: &Headers, user: bool) -> bool {
+    let to = text(header_value(h, "To:addr", None));
+    let to = to.trim_end_matches('\n');
+    if to.is_empty() {
+        return false;
+    }
+    let subject = text(header_value(h, "Subject", None));
+    let subject = subject.trim_end_matches('\n');
+    let sl = subject.to_lowercase();
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    if !user {
+        // `/\b\Q$full_to\E\b/i`
+        let tl = to.to_lowercase();
+        let mut from = 0;
+        while let Some(i) = sl[from..].find(&tl) {
+            let s = from + i;
+            let e = s + tl.len();
+            let before_ok = !word(tl.chars().next()) || !word(sl[..s].chars().next_back());
+            let after_ok = !word(tl.chars().next_back()) || !word(sl[e..].chars().next());
+            if before_ok && after_ok {
+                return true;
+            }
+            from = s + tl.len().max(1);
+            if from > sl.len() {
+                break;
+            }
+        }
+        return false;
+    }
+    let local = to.split('@').next().unwrap_or("");
+    if local.is_empty() {
+        return false;
+    }
+    let ll = local.to_lowercase();
+    // (?:re|fw):\s*(?:\w+\s+)?TO$
+    for p in ["re:", "fw:"] {
+        if let Some(rest) = sl.strip_prefix(p) {
+            let rest = rest.trim_start();
+            if rest == ll {
+                return true;
+            }
+            if let Some((w, tail)) = rest.split_once(char::is_whitespace) {
+                if !w.is_empty()
+                    && w.chars().all(|c| c.is_alphanumeric() || c == '_')
+                    && tail.trim_start() == ll
+                {
+                    return true;
+                }
+            }
+        }
+    }
+    // (?-i:TO)\s*[,:;!?-](?:$|\s)
+    if let Some(rest) = subject.strip_prefix(local) {
+        let rest = rest.trim_start();
+        let mut c = rest.chars();
+        if matches!(c.next(), Some(',' | ':' | ';' | '!' | '?' | '-'))
+            && c.next().is_none_or(char::is_whitespace)
+        {
+            return true;
+        }
+    }
+    // TO$ (anchored at the start: the whole subject)
+    if sl == ll {
+        return true;
+    }
+    // ,\s*TO[,:;!?-]$
+    if let Some(rest) = sl.strip_prefix(',') {
+        let rest = rest.trim_start();
+        if let Some(tail) = rest.strip_prefix(ll.as_str()) {
+            if matches!(tail, "," | ":" | ";" | "!" | "?" | "-") {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// HeaderEval's `check_illegal_chars`.
+fn illegal_chars(h: &Headers, header: &str, ratio: f64, count: usize) -> bool {
+    let req = if header.ends_with(":raw") {
+        header.to_string()
+    } else {
+        format!("{header}:raw")
+    };
+    let Some(v) = header_value(h, &req, None) else {
+        return false;
+    };
+    if !v.iter().any(|b| !b.is_ascii_whitespace()) {
+        return false;
+    }
+    let control = |b: &u8| matches!(b, 0x00..=0x08 | 0x0b | 0x0c | 0x0e..=0x1f);
+    if v.iter().any(|b| !b.is_ascii()) && std::str::from_utf8(&v).is_ok() && !v.iter().any(control)
+    {
+        return false; // valid UTF-8 without controls
+    }
+    let mut illegal = v.iter().filter(|b| control(b) || **b >= 0x7f).count();
+    if illegal > 0 && req.eq_ignore_ascii_case("subject:raw") {
+        let exempt = v.iter().filter(|b| matches!(b, 0xa2 | 0xa3 | 0xae)).count();
+        if exempt == 1 {
+            illegal -= 1;
+        }
+    }
+    (illegal as f64 / v.len() as f64) >= ratio && illegal >= count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_lists() {
+        assert_eq!(
+            args("'zen-lastexternal', 'zen.spamhaus.org.'"),
+            vec!["zen-lastexternal", "zen.spamhaus.org."]
+        );
+        assert_eq!(args("'Subject', 0.05, 1"), vec!["Subject", "0.05", "1"]);
+        assert!(args("").is_empty());
+    }
+
+    #[test]
+    fn calls() {
+        let mut defs = HashMap::new();
+        defs.insert(
+            "URIBL_BLACK".to_string(),
+            super::super::Eval {
+                scope: "urirhssub".into(),
+                function: "urirhssub".into(),
+                args: "multi.uribl.com.        A   2".into(),
+            },
+        );
+        match Call::parse("check_uridnsbl", "'URIBL_BLACK'", &defs) {
+            Some(Call::UriBl { zone, subtest }) => {
+                assert_eq!(zone, "multi.uribl.com");
+                assert_eq!(subtest, Subtest::Mask(2));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Call::parse("check_uridnsbl", "'NOPE'", &defs).is_none());
+        assert!(Call::parse("check_razor2", "", &defs).is_none());
+        assert!(matches!(
+            Call::parse("check_rbl_sub", "'zen', '127.0.0.2'", &defs),
+            Some(Call::RblSub { .. })
+        ));
+    }
+}
