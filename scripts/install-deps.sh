@@ -5,7 +5,8 @@ set -eu
 PKGS="build-essential pkg-config openssl ca-certificates python3 procps iproute2 time \
       postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libhyperscan-dev spamassassin \
       libclamav-dev clamav clamav-daemon tesseract-ocr tesseract-ocr-eng libtesseract-dev \
-      libleptonica-dev clang libclang-dev imagemagick fonts-dejavu-core fonts-dejavu-extra"
+      libleptonica-dev clang libclang-dev imagemagick fonts-dejavu-core fonts-dejavu-extra \
+      unbound dnsutils"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -27,10 +28,13 @@ if [ -n "$missing" ]; then
     fi
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
     # The tests and benchmarks start their own clamd; the packaged services stay off.
-    for s in clamav-daemon clamav-freshclam; do
+    for s in clamav-daemon clamav-freshclam unbound; do
         $SUDO service "$s" stop >/dev/null 2>&1 || true
     done
 fi
+# The DKIM signer the end-to-end tests sign with (dkimpy), for the python3 that runs them.
+python3 -c 'import dkim' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check dkimpy \
+    || echo "dkimpy could not be installed: the DKIM end-to-end tests will fail" >&2
 command -v cargo >/dev/null 2>&1 || {
     echo "cargo not found: install Rust (https://rustup.rs) and run this again" >&2
     exit 1

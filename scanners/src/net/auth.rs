@@ -288,6 +288,19 @@ async fn check(auth: &mail_auth::MessageAuthenticator, req: &Request) -> Results
             domain: o.signature().map(|s| s.d.clone()).unwrap_or_default(),
         })
         .collect();
+    // Signature fields mail-auth could not parse give no output; they are still signatures
+    // (SpamAssassin's DKIM_SIGNED: "not necessarily valid").
+    let fields = msg
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"dkim-signature"))
+        .count();
+    while results.dkim.len() < fields {
+        results.dkim.push(Signature {
+            outcome: Outcome::PermError,
+            domain: String::new(),
+        });
+    }
     results.author_domain = dmarc.domain().to_string();
     results.dmarc = Outcome::dmarc(&dmarc.result());
     results.dmarc_policy = dmarc.dmarc_record().map(|_| match dmarc.policy() {

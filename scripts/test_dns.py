@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""A real DNS server on loopback for tests and benchmarks: Debian's unbound, serving only the
+records given (everything else NXDOMAIN), on a port of its own.
+
+As a module:
+    with TestDns(["2.0.0.127.bl.test. A 127.0.0.2", 'x.test. TXT "v=spf1 -all"']) as dns:
+        dns.port  # 127.0.0.1:<port>
+
+As a command (runs until killed):
+    test_dns.py [--port N] [--delay-ms N] RECORD...
+
+--delay-ms adds latency the way a distant server has it: unbound then runs inside a network
+namespace whose link is slowed by netem (root only), reached at 10.99.0.2.
+"""
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def txt_chunks(value):
+    """A TXT value as unbound wants it: quoted strings of at most 255 bytes."""
+    return " ".join('"%s"' % value[i : i + 255] for i in range(0, len(value), 255)) or '""'
+
+
+class TestDns:
+    def __init__(self, records, port=None, delay_ms=0):
+        self.records = list(records)
+        self.port = port or free_port()
+        self.delay_ms = delay_ms
+        self.host = "127.0.0.1"
+        self.proc = None
+        self.dir = None
+        self.ns = None
+
+    def config(self):
+        iface = self.host
+        lines = [
+            "server:",
+            f"  interface: {iface}",
+            f"  port: {self.port}",
+            "  do-daemonize: no",
+            '  chroot: ""',
+            '  username: ""',
+            f'  directory: "{self.dir}"',
+            '  pidfile: ""',
+            "  use-syslog: no",
+            '  logfile: ""',
+            "  verbosity: 0",
+            "  do-ip6: no",
+            "  do-tcp: yes",
+            "  access-control: 0.0.0.0/0 allow",
+            '  module-config: "iterator"',
+            '  local-zone: "." static',
+            "  num-threads: 1",
+            "  so-reuseport: no",
+        ]
+        for r in self.records:
+            lines.append("  local-data: '%s'" % r.replace("'", ""))
+        return "\n".join(lines) + "\n"
+
+    def __enter__(self):
+        if not shutil.which("unbound"):
+            raise RuntimeError("unbound is not installed (apt-get install unbound)")
+        self.dir = tempfile.mkdtemp(prefix="mxgate-dns-")
+        cmd_prefix = []
+        if self.delay_ms:
+            self.ns = "mxgdns%d" % os.getpid()
+            self.host = "10.99.0.2"
+            self._netns_up()
+            cmd_prefix = ["ip", "netns", "exec", self.ns]
+        conf = os.path.join(self.dir, "unbound.conf")
+        with open(conf, "w") as f:
+            f.write(self.config())
+        subprocess.run(["unbound-checkconf", conf], check=True, capture_output=True)
+        self.proc = subprocess.Popen(
+            cmd_prefix + ["unbound", "-d", "-c", conf],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self._wait_ready()
+        return self
+
+    def _netns_up(self):
+        ns, run = self.ns, lambda *a: subprocess.run(list(a), check=True, capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", "mxgdns0"], capture_output=True)
+        run("ip", "netns", "add", ns)
+        run("ip", "link", "add", "mxgdns0", "type", "veth", "peer", "name", "mxgdns1")
+        run("ip", "link", "set", "mxgdns1", "netns", ns)
+        run("ip", "addr", "add", "10.99.0.1/30", "dev", "mxgdns0")
+        run("ip", "link", "set", "mxgdns0", "up")
+        run("ip", "netns", "exec", ns, "ip", "addr", "add", "10.99.0.2/30", "dev", "mxgdns1")
+        run("ip", "netns", "exec", ns, "ip", "link", "set", "mxgdns1", "up")
+        run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        # Half the round trip each way.
+        half = "%.1fms" % (self.delay_ms / 2)
+        run("tc", "qdisc", "add", "dev", "mxgdns0", "root", "netem", "delay", half)
+        run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "mxgdns1", "root", "netem", "delay", half)
+
+    def _wait_ready(self):
+        deadline = time.time() + 10
+        q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x05probe\x00\x00\x01\x00\x01"
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("unbound exited: %s" % self.proc.stderr.read().decode())
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(0.2)
+            try:
+                s.sendto(q, (self.host, self.port))
+                s.recvfrom(512)
+                return
+            except OSError:
+                time.sleep(0.05)
+            finally:
+                s.close()
+        raise RuntimeError("unbound did not answer on %s:%d" % (self.host, self.port))
+
+    @property
+    def address(self):
+        return "%s:%d" % (self.host, self.port)
+
+    def __exit__(self, *exc):
+        if self.proc:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if self.ns:
+            subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+            subprocess.run(["ip", "link", "del", "mxgdns0"], capture_output=True)
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--delay-ms", type=float, default=0)
+    ap.add_argument("records", nargs="*")
+    a = ap.parse_args()
+    with TestDns(a.records, a.port or None, a.delay_ms) as d:
+        print(d.address, flush=True)
+        signal.sigwait([signal.SIGTERM, signal.SIGINT])
+
+
+if __name__ == "__main__":
+    main()
