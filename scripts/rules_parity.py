@@ -137,6 +137,14 @@ def main():
     print(f"messages: {len(files)}; rules compared: {len(compared)} of {len(rules)}")
     print(f"(message, rule) decisions: {total}; agree: {agree} ({pct:.3f} %)")
     print(f"decisions where either side hit: {either}; agree: {either_agree} ({pct_either:.2f} %)")
+    # The natively implemented eval rules (header analysis) on their own.
+    evals = [r["name"] for r in rules if r["implemented"] and r["mode"] == "eval"]
+    ev_total = sum(1 for f in files if f in sa and f in mx) * len(evals)
+    ev_bad = sum(len(only_sa[r]) + len(only_mx[r]) for r in evals)
+    ev_hit = sum(both[r] + len(only_sa[r]) + len(only_mx[r]) for r in evals)
+    ev_pct = 100.0 * (ev_total - ev_bad) / max(ev_total, 1)
+    print(f"native eval rules: {len(evals)}; decisions: {ev_total}; agree: {ev_pct:.3f} %; "
+          f"either side hit: {ev_hit}, of which agree: {ev_hit - ev_bad}")
     bad = sorted(set(only_sa) | set(only_mx), key=lambda r: -(len(only_sa[r]) + len(only_mx[r])))
     print(f"rules with a disagreement: {len(bad)}")
     for r in bad[: a.list_limit]:
@@ -150,6 +158,7 @@ def main():
                     "decisions": total,
                     "agree": agree,
                     "agree_percent": pct,
+                    "native_evals": {"rules": evals, "decisions": ev_total, "agree_percent": ev_pct},
                     "either_hit": either,
                     "either_agree": either_agree,
                     "rules": {

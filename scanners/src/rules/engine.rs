@@ -188,6 +188,8 @@ pub struct Engine {
     baseline: Vec<u32>,
     score_set: usize,
     evals_only: bool,
+    /// With `evals_only`, the rules whose hits count (the rest read rules that did not run).
+    evals_only_keep: Option<Vec<bool>>,
     id: u64,
     /// Eval rules implemented natively, with their parsed calls (rules that run only).
     calls: Vec<(usize, evals::Call)>,
@@ -504,6 +506,20 @@ impl Engine {
             }
         }
         let plan = evals::DnsPlan::of(calls.iter().map(|(_, c)| c), set.uri_skip_domains.clone());
+        // For the `headers` stage: the native evals and the metas built only from them.
+        let evals_only_keep = opts.evals_only.then(|| {
+            let mut keep = vec![false; set.rules.len()];
+            for (i, _) in &calls {
+                keep[*i] = true;
+            }
+            for &m in &metas {
+                if let Test::Meta(e) = &set.rules[m].test {
+                    let ids = e.rule_ids();
+                    keep[m] = !ids.is_empty() && ids.iter().all(|&d| keep[d]);
+                }
+            }
+            keep
+        });
         Ok(Engine {
             calls,
             set_zones,
@@ -521,6 +537,7 @@ impl Engine {
             baseline,
             score_set: set_ix,
             evals_only: opts.evals_only,
+            evals_only_keep,
             id: ENGINE_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             stats,
         })
@@ -718,6 +735,13 @@ impl Engine {
             }
         }
         self.eval_metas(scratch);
+        if let Some(keep) = &self.evals_only_keep {
+            for (c, k) in scratch.counts.iter_mut().zip(keep) {
+                if !k {
+                    *c = 0;
+                }
+            }
+        }
         let mut out = Outcome::default();
         for (i, &c) in scratch.counts.iter().enumerate() {
             if c > 0 {

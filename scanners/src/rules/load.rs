@@ -257,6 +257,8 @@ const FEATURES: &[&str] = &[
     "Mail::SpamAssassin::Plugin::FreeMail::has_freemail_headers",
     "Mail::SpamAssassin::Plugin::URIDetail::has_host",
     "Mail::SpamAssassin::Plugin::DKIM::has_arc",
+    "Mail::SpamAssassin::Plugin::URIDNSBL::has_tflags_domains_only",
+    "Mail::SpamAssassin::Plugin::URIDNSBL::has_uridnsbl_for_a",
     "Mail::SpamAssassin::Plugin::ReplaceTags::has_tags",
 ];
 
