@@ -9,8 +9,9 @@ As a module:
 As a command (runs until killed):
     test_dns.py [--port N] [--delay-ms N] RECORD...
 
---delay-ms adds latency the way a distant server has it: unbound then runs inside a network
-namespace whose link is slowed by netem (root only), reached at 10.99.0.2.
+--delay-ms adds latency the way a distant server has it: queries then go through
+`mxgate-loadgen dns-delay`, a UDP relay holding each datagram delay/2 in each direction (the
+kernel's netem is not available everywhere), and `address` is the relay's.
 """
 import argparse
 import os
@@ -37,14 +38,18 @@ def txt_chunks(value):
 
 
 class TestDns:
-    def __init__(self, records, port=None, delay_ms=0):
+    def __init__(self, records, port=None, delay_ms=0, loadgen=None):
         self.records = list(records)
         self.port = port or free_port()
         self.delay_ms = delay_ms
         self.host = "127.0.0.1"
         self.proc = None
+        self.relay = None
+        self.relay_address = None
         self.dir = None
-        self.ns = None
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        bindir = os.environ.get("MXGATE_BIN_DIR") or os.path.join(root, "target", "release")
+        self.loadgen = loadgen or os.path.join(bindir, "mxgate-loadgen")
 
     def config(self):
         iface = self.host
@@ -76,40 +81,23 @@ class TestDns:
         if not shutil.which("unbound"):
             raise RuntimeError("unbound is not installed (apt-get install unbound)")
         self.dir = tempfile.mkdtemp(prefix="mxgate-dns-")
-        cmd_prefix = []
-        if self.delay_ms:
-            self.ns = "mxgdns%d" % os.getpid()
-            self.host = "10.99.0.2"
-            self._netns_up()
-            cmd_prefix = ["ip", "netns", "exec", self.ns]
         conf = os.path.join(self.dir, "unbound.conf")
         with open(conf, "w") as f:
             f.write(self.config())
         subprocess.run(["unbound-checkconf", conf], check=True, capture_output=True)
         self.proc = subprocess.Popen(
-            cmd_prefix + ["unbound", "-d", "-c", conf],
+            ["unbound", "-d", "-c", conf],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         self._wait_ready()
+        if self.delay_ms:
+            self.relay = subprocess.Popen(
+                [self.loadgen, "dns-delay", "--upstream", "%s:%d" % (self.host, self.port),
+                 "--delay-ms", str(self.delay_ms)],
+                stdout=subprocess.PIPE, text=True)
+            self.relay_address = self.relay.stdout.readline().strip()
         return self
-
-    def _netns_up(self):
-        ns, run = self.ns, lambda *a: subprocess.run(list(a), check=True, capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", "mxgdns0"], capture_output=True)
-        run("ip", "netns", "add", ns)
-        run("ip", "link", "add", "mxgdns0", "type", "veth", "peer", "name", "mxgdns1")
-        run("ip", "link", "set", "mxgdns1", "netns", ns)
-        run("ip", "addr", "add", "10.99.0.1/30", "dev", "mxgdns0")
-        run("ip", "link", "set", "mxgdns0", "up")
-        run("ip", "netns", "exec", ns, "ip", "addr", "add", "10.99.0.2/30", "dev", "mxgdns1")
-        run("ip", "netns", "exec", ns, "ip", "link", "set", "mxgdns1", "up")
-        run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-        # Half the round trip each way.
-        half = "%.1fms" % (self.delay_ms / 2)
-        run("tc", "qdisc", "add", "dev", "mxgdns0", "root", "netem", "delay", half)
-        run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "mxgdns1", "root", "netem", "delay", half)
 
     def _wait_ready(self):
         deadline = time.time() + 10
@@ -131,7 +119,7 @@ class TestDns:
 
     @property
     def address(self):
-        return "%s:%d" % (self.host, self.port)
+        return self.relay_address or "%s:%d" % (self.host, self.port)
 
     def __exit__(self, *exc):
         if self.proc:
@@ -140,9 +128,9 @@ class TestDns:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        if self.ns:
-            subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
-            subprocess.run(["ip", "link", "del", "mxgdns0"], capture_output=True)
+        if self.relay:
+            self.relay.terminate()
+            self.relay.wait(5)
         if self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -10,6 +10,7 @@
 //!   answer with injected failures and delays, save what it gets, and with `--expect DIR` check that
 //!   every message of a corpus arrived unaltered.
 
+mod delay;
 mod send;
 mod sink;
 
@@ -32,6 +33,8 @@ enum Cmd {
     Send(send::Args),
     /// Accept, count and optionally verify messages.
     Sink(sink::Args),
+    /// Relay DNS over UDP with an added delay (a distant server, on loopback).
+    DnsDelay(delay::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +50,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Send(a) => rt.block_on(send::run(a)),
         Cmd::Sink(a) => rt.block_on(sink::run(a)),
+        Cmd::DnsDelay(a) => rt.block_on(delay::run(a)),
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod lists;
+mod udp;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::rr::RecordType;
 use mail_auth::MessageAuthenticator;
 
 /// Resolver settings.
@@ -85,6 +86,8 @@ pub struct Dns {
 struct Inner {
     handle: tokio::runtime::Handle,
     auth: MessageAuthenticator,
+    /// List lookups (A and TXT) on pooled sockets.
+    lists: Arc<udp::Client>,
     timeout: Duration,
     /// Dropping it ends the service thread's `block_on`.
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -111,6 +114,20 @@ impl Dns {
                 .collect();
             ResolverConfig::from_name_servers(servers)
         };
+        // The list client asks the same servers.
+        let servers: Vec<SocketAddr> = config
+            .name_servers()
+            .iter()
+            .map(|ns| {
+                let port = ns.connections.first().map_or(53, |c| c.port);
+                SocketAddr::new(ns.ip, port)
+            })
+            .collect();
+        if servers.is_empty() {
+            return Err(StartError::Resolver("no name server configured".into()));
+        }
+        let cache_entries = settings.cache_entries;
+        let list_timeout = settings.timeout;
         let mut opts = ResolverOpts::default();
         let attempts = settings.attempts.max(1);
         opts.attempts = attempts;
@@ -151,16 +168,29 @@ impl Dns {
                         return;
                     }
                 };
-                let _ = started_tx.send(Ok((rt.handle().clone(), auth)));
+                let lists = match rt.block_on(udp::Client::new(
+                    &servers,
+                    cache_entries,
+                    attempts,
+                    list_timeout,
+                )) {
+                    Ok(c) => Arc::new(c),
+                    Err(e) => {
+                        let _ = started_tx.send(Err(StartError::Thread(e)));
+                        return;
+                    }
+                };
+                let _ = started_tx.send(Ok((rt.handle().clone(), auth, lists)));
                 let _ = rt.block_on(stop_rx);
             })?;
-        let (handle, auth) = started_rx
+        let (handle, auth, lists) = started_rx
             .recv()
             .map_err(|_| StartError::Resolver("the DNS thread ended at start".into()))??;
         Ok(Dns {
             inner: Arc::new(Inner {
                 handle,
                 auth,
+                lists,
                 timeout: settings.timeout,
                 _stop: stop_tx,
             }),
@@ -188,47 +218,19 @@ impl Dns {
 
     /// The IPv4 addresses a name resolves to (a DNS list's answer), within the deadline.
     pub fn a(&self, name: String) -> Pending<Result<Vec<Ipv4Addr>, LookupError>> {
-        let deadline = self.inner.timeout;
-        self.run(move |auth| async move {
-            let q = auth.resolver().lookup(name.as_str(), RecordType::A);
-            match tokio::time::timeout(deadline, q).await {
-                Err(_) => Err(LookupError::TimedOut),
-                Ok(Err(e)) => Err(classify(&e)),
-                Ok(Ok(l)) => Ok(l
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::A(a) => Some(a.0),
-                        _ => None,
-                    })
-                    .collect()),
-            }
+        let lists = Arc::clone(&self.inner.lists);
+        self.run(move |_| async move {
+            lists
+                .lookup(&name, RecordType::A)
+                .await
+                .map(|v| v.iter().filter_map(|a| a.parse().ok()).collect())
         })
     }
 
     /// The TXT strings of a name (each record's strings joined), within the deadline.
     pub fn txt(&self, name: String) -> Pending<Result<Vec<String>, LookupError>> {
-        let deadline = self.inner.timeout;
-        self.run(move |auth| async move {
-            let q = auth.resolver().lookup(name.as_str(), RecordType::TXT);
-            match tokio::time::timeout(deadline, q).await {
-                Err(_) => Err(LookupError::TimedOut),
-                Ok(Err(e)) => Err(classify(&e)),
-                Ok(Ok(l)) => Ok(l
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        RData::TXT(t) => Some(
-                            t.txt_data
-                                .iter()
-                                .map(|b| String::from_utf8_lossy(b))
-                                .collect::<String>(),
-                        ),
-                        _ => None,
-                    })
-                    .collect()),
-            }
-        })
+        let lists = Arc::clone(&self.inner.lists);
+        self.run(move |_| async move { lists.lookup(&name, RecordType::TXT).await })
     }
 }
 
@@ -267,38 +269,18 @@ impl Dns {
     /// them) and files the answers into `facts`' shape: what comes back is merged by
     /// [`Facts::absorb`].
     pub fn lookup_all(&self, queries: Vec<Query>) -> Pending<Answers> {
-        let deadline = self.inner.timeout;
-        self.run(move |auth| async move {
+        let lists = Arc::clone(&self.inner.lists);
+        self.run(move |_| async move {
             let mut set = tokio::task::JoinSet::new();
             for q in queries {
-                let auth = auth.clone();
+                let lists = Arc::clone(&lists);
                 set.spawn(async move {
                     let t = if q.txt {
                         RecordType::TXT
                     } else {
                         RecordType::A
                     };
-                    let r =
-                        tokio::time::timeout(deadline, auth.resolver().lookup(q.name.as_str(), t))
-                            .await;
-                    let r = match r {
-                        Err(_) => Err(LookupError::TimedOut),
-                        Ok(Err(e)) => Err(classify(&e)),
-                        Ok(Ok(l)) => Ok(l
-                            .answers()
-                            .iter()
-                            .filter_map(|r| match &r.data {
-                                RData::A(a) => Some(a.0.to_string()),
-                                RData::TXT(t) => Some(
-                                    t.txt_data
-                                        .iter()
-                                        .map(|b| String::from_utf8_lossy(b))
-                                        .collect::<String>(),
-                                ),
-                                _ => None,
-                            })
-                            .collect::<Vec<String>>()),
-                    };
+                    let r = lists.lookup(&q.name, t).await;
                     (q, r)
                 });
             }
@@ -336,16 +318,6 @@ impl Facts {
                 Err(LookupError::Failed(_)) => self.failed += 1,
             }
         }
-    }
-}
-
-fn classify(e: &hickory_resolver::net::NetError) -> LookupError {
-    if e.is_no_records_found() || e.is_nx_domain() {
-        LookupError::NotFound
-    } else if e.to_string().contains("timed out") {
-        LookupError::TimedOut
-    } else {
-        LookupError::Failed(e.to_string())
     }
 }
 
