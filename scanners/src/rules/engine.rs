@@ -722,10 +722,13 @@ impl Engine {
             let net = ctx.env.net;
             let headers = ctx.headers();
             let input = evals::EvalInput {
+                msg,
                 headers,
                 mail_from,
                 net,
                 set_zones: &self.set_zones,
+                mime: Default::default(),
+                date_diff: Default::default(),
             };
             for (i, call) in &self.calls {
                 if call.is_net() && net.is_none() {

@@ -9,8 +9,11 @@
 //! tests off. The engine's [`DnsPlan`] says which lookups the ruleset asks for, so the DNS
 //! stage can start them before the content scan.
 
+use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+
+use mxgate_core::mime::{Message, PartKind};
 
 use crate::net::lists::{self, Subtest};
 use crate::net::{auth, Facts};
@@ -57,6 +60,37 @@ pub enum Call {
         /// Whole address (`address`) or its user part (`user`).
         user: bool,
     },
+    /// `check_for_shifted_date(min, max)`: the Date: header against the Received: dates, in
+    /// hours (`undef` for no bound).
+    ShiftedDate {
+        /// Lower bound (inclusive).
+        min: Option<f64>,
+        /// Upper bound (exclusive).
+        max: Option<f64>,
+    },
+    /// `check_for_mime('name')`: one of MIMEEval's part statistics.
+    Mime(MimeTest),
+    /// `check_for_mime_html()`.
+    MimeHtml,
+    /// `check_for_mime_html_only()`.
+    MimeHtmlOnly,
+    /// `check_mime_multipart_ratio(min, max)`: text/plain over text/html size in an
+    /// alternative.
+    MultipartRatio {
+        /// Lower bound (inclusive).
+        min: f64,
+        /// Upper bound (exclusive).
+        max: f64,
+    },
+    /// `check_ma_non_text()`.
+    MaNonText,
+    /// `check_base64_length(min[, max])`: the longest base64 line.
+    Base64Length {
+        /// Lower bound (inclusive).
+        min: usize,
+        /// Upper bound (inclusive).
+        max: Option<usize>,
+    },
     /// `check_illegal_chars('Header', ratio, count)`.
     IllegalChars {
         /// The header.
@@ -66,6 +100,27 @@ pub enum Call {
         /// Least number of illegal characters.
         count: usize,
     },
+}
+
+/// The part statistics `check_for_mime` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MimeTest {
+    /// `mime_base64_count`.
+    Base64Count,
+    /// `mime_qp_count`.
+    QpCount,
+    /// `mime_base64_encoded_text`.
+    Base64EncodedText,
+    /// `mime_attachment`.
+    Attachment,
+    /// `mime_qp_long_line`.
+    QpLongLine,
+    /// `mime_bad_iso_charset`.
+    BadIsoCharset,
+    /// `mime_faraway_charset` (never, with the default `ok_locales all`).
+    FarawayCharset,
+    /// `mimepart_limit_exceeded` (1000 parts).
+    PartLimitExceeded,
 }
 
 /// One authentication result an eval rule asks about.
@@ -196,6 +251,45 @@ impl Call {
             "check_for_to_in_subject" => Some(Call::ToInSubject {
                 user: arg(0) == "user",
             }),
+            "check_for_shifted_date" => {
+                let bound = |v: &str| -> Option<Option<f64>> {
+                    if v == "undef" {
+                        Some(None)
+                    } else {
+                        v.parse().ok().map(Some)
+                    }
+                };
+                Some(Call::ShiftedDate {
+                    min: bound(arg(0))?,
+                    max: bound(arg(1))?,
+                })
+            }
+            "check_for_mime" => Some(Call::Mime(match arg(0) {
+                "mime_base64_count" => MimeTest::Base64Count,
+                "mime_qp_count" => MimeTest::QpCount,
+                "mime_base64_encoded_text" => MimeTest::Base64EncodedText,
+                "mime_attachment" => MimeTest::Attachment,
+                "mime_qp_long_line" => MimeTest::QpLongLine,
+                "mime_bad_iso_charset" => MimeTest::BadIsoCharset,
+                "mime_faraway_charset" => MimeTest::FarawayCharset,
+                "mimepart_limit_exceeded" => MimeTest::PartLimitExceeded,
+                _ => return None,
+            })),
+            "check_for_mime_html" => Some(Call::MimeHtml),
+            "check_for_mime_html_only" => Some(Call::MimeHtmlOnly),
+            "check_mime_multipart_ratio" => Some(Call::MultipartRatio {
+                min: arg(0).parse().ok()?,
+                max: arg(1).parse().ok()?,
+            }),
+            "check_ma_non_text" => Some(Call::MaNonText),
+            "check_base64_length" => Some(Call::Base64Length {
+                min: arg(0).parse().ok()?,
+                max: if a.len() > 1 {
+                    Some(arg(1).parse().ok()?)
+                } else {
+                    None
+                },
+            }),
             "check_illegal_chars" => Some(Call::IllegalChars {
                 header: arg(0).to_string(),
                 ratio: arg(1).parse().ok()?,
@@ -261,6 +355,8 @@ fn last_only(set: &str) -> bool {
 
 /// What an eval rule reads besides the header view.
 pub struct EvalInput<'a> {
+    /// The message.
+    pub msg: &'a Message,
     /// The message's top-level headers.
     pub headers: &'a Headers,
     /// MAIL FROM.
@@ -269,6 +365,10 @@ pub struct EvalInput<'a> {
     pub net: Option<&'a Facts>,
     /// Zones of the sets named by `check_rbl` calls.
     pub set_zones: &'a HashMap<String, (String, bool)>,
+    /// MIMEEval's part statistics, computed on first use.
+    pub mime: OnceCell<MimeStats>,
+    /// The Date: header minus the nearest Received: date, computed on first use.
+    pub date_diff: OnceCell<i64>,
 }
 
 /// Evaluates one call: the rule's hit count (0 or 1).
@@ -309,6 +409,292 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             ratio,
             count,
         } => illegal_chars(input.headers, header, *ratio, *count),
+        Call::ShiftedDate { min, max } => {
+            let d = *input.date_diff.get_or_init(|| date_diff(input.headers)) as f64;
+            min.is_none_or(|m| d >= 3600.0 * m) && max.is_none_or(|m| d < 3600.0 * m)
+        }
+        Call::Mime(t) => {
+            let m = input.mime.get_or_init(|| mime_stats(input.msg));
+            match t {
+                MimeTest::Base64Count => m.base64_count > 0,
+                MimeTest::QpCount => m.qp_count != 0.0,
+                MimeTest::Base64EncodedText => m.base64_encoded_text,
+                MimeTest::Attachment => m.attachment,
+                MimeTest::QpLongLine => m.qp_long_line,
+                MimeTest::BadIsoCharset => m.bad_iso_charset,
+                MimeTest::FarawayCharset => false,
+                MimeTest::PartLimitExceeded => input.msg.parts.len() > 1000,
+            }
+        }
+        Call::MimeHtml | Call::MimeHtmlOnly => {
+            let ct = text(header_value(input.headers, "Content-Type", None)).to_ascii_lowercase();
+            if ct.starts_with("text/html") {
+                true
+            } else {
+                let m = input.mime.get_or_init(|| mime_stats(input.msg));
+                m.html_count > 0 && (matches!(call, Call::MimeHtml) || m.text_count == 0)
+            }
+        }
+        Call::MultipartRatio { min, max } => {
+            let m = input.mime.get_or_init(|| mime_stats(input.msg));
+            m.multipart_ratio >= *min && m.multipart_ratio < *max
+        }
+        Call::MaNonText => ma_non_text(input.msg),
+        Call::Base64Length { min, max } => {
+            let m = input.mime.get_or_init(|| mime_stats(input.msg));
+            max.is_none_or(|x| m.base64_length <= x) && m.base64_length >= *min
+        }
+    })
+}
+
+/// HeaderEval's `_check_date_diff`: the Date: (or Resent-Date:) time minus the Received:
+/// date nearest to it; 0 without a date or without Received: dates.
+fn date_diff(h: &Headers) -> i64 {
+    let mut date = None;
+    'outer: for name in ["resent-date", "date"] {
+        for v in h.values(name, false) {
+            let v = String::from_utf8_lossy(v);
+            let v = v.trim_end_matches('\n');
+            if !v.is_empty() {
+                date = super::sa_date::parse_rfc822_date(v);
+            }
+            if date.is_some() {
+                break 'outer;
+            }
+        }
+    }
+    let Some(date) = date else { return 0 };
+    let received: Vec<String> = text(header_value(h, "Received", None))
+        .split('\n')
+        .map(str::to_string)
+        .collect();
+    let times = super::sa_date::received_times(&received);
+    if times.is_empty() {
+        return 0;
+    }
+    let mut diffs: Vec<i64> = times.iter().map(|t| date - t).collect();
+    if diffs.len() > 1 && diffs.last() == Some(&0) {
+        diffs.pop();
+    }
+    diffs.sort_by_key(|d| d.abs());
+    diffs[0]
+}
+
+/// MIMEEval's `_check_attachments`, the statistics the rules read.
+#[derive(Debug, Clone, Default)]
+pub struct MimeStats {
+    html_count: u32,
+    text_count: u32,
+    base64_count: u32,
+    /// Parts with a quoted-printable encoding; once QP lines were seen, SpamAssassin's
+    /// count of needlessly encoded characters in them instead.
+    qp_count: f64,
+    base64_encoded_text: bool,
+    attachment: bool,
+    qp_long_line: bool,
+    bad_iso_charset: bool,
+    multipart_ratio: f64,
+    base64_length: usize,
+}
+
+fn field_lower(msg: &Message, part: usize, name: &str) -> String {
+    msg.field(part as u32, name)
+        .map(|v| {
+            let v = mxgate_core::mime::header::unfold(v);
+            String::from_utf8_lossy(&v).trim().to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// The lines of a part's raw body, each with its `\n` and without a `\r` before it.
+fn raw_lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    body.split_inclusive(|&b| b == b'\n')
+}
+
+fn line_len(l: &[u8]) -> usize {
+    if l.ends_with(b"\r\n") {
+        l.len() - 1
+    } else {
+        l.len()
+    }
+}
+
+fn mime_stats(msg: &Message) -> MimeStats {
+    let mut m = MimeStats {
+        multipart_ratio: 1.0,
+        ..MimeStats::default()
+    };
+    let mut alternative = false;
+    let (mut qp_bytes, mut qp_encoded) = (0usize, 0.0f64);
+    // (type, bytes) of each leaf; bytes only for non-attachments.
+    let mut leaves: Vec<(String, Option<usize>)> = Vec::new();
+    let ascii_names = [
+        "us-ascii",
+        "ansi_x3.4-1968",
+        "iso-ir-6",
+        "ansi_x3.4-1986",
+        "iso_646.irv:1991",
+        "ascii",
+        "iso646-us",
+        "us",
+        "ibm367",
+        "cp367",
+        "csascii",
+    ];
+    for (i, p) in msg.parts.iter().enumerate() {
+        let ctype = p.content_type.as_str();
+        if ctype == "multipart/alternative" {
+            alternative = true;
+        }
+        let cte = field_lower(msg, i, "content-transfer-encoding");
+        let cd = field_lower(msg, i, "content-disposition");
+        let charset = p.charset.clone().unwrap_or_default();
+        if ctype == "text/html" {
+            m.html_count += 1;
+        } else if ctype.starts_with("text") {
+            m.text_count += 1;
+        }
+        if cte.contains("base64") {
+            m.base64_count += 1;
+        } else if cte.contains("quoted-printable") {
+            m.qp_count += 1.0;
+        }
+        if cd.contains("attachment") {
+            m.attachment = true;
+        }
+        if ctype.starts_with("text")
+            && cte.contains("base64")
+            && (charset.is_empty() || ascii_names.iter().any(|n| charset.contains(n)))
+            && !(cd.starts_with("attachment") || cd.starts_with("inline"))
+        {
+            m.base64_encoded_text = true;
+        }
+        if bad_iso(&charset) {
+            m.bad_iso_charset = true;
+        }
+        if p.kind != PartKind::Leaf {
+            continue;
+        }
+        let body = &msg.raw[p.body.start as usize..p.body.end as usize];
+        let mut bytes = (!cd.contains("attachment")).then_some(0usize);
+        for l in raw_lines(body) {
+            let len = line_len(l);
+            if alternative
+                && !cd.contains("attachment")
+                && (ctype == "text/plain" || ctype == "text/html")
+            {
+                if let Some(b) = bytes.as_mut() {
+                    *b += len;
+                }
+            }
+            if cte == "quoted-printable" && !l.starts_with(b"SPAM: ") {
+                if len > 79 {
+                    m.qp_long_line = true;
+                }
+                qp_bytes += len;
+                qp_encoded += needless_qp(l);
+            }
+        }
+        if ctype != "application/ics" && cte == "base64" {
+            for l in raw_lines(body) {
+                m.base64_length = m.base64_length.max(line_len(l));
+            }
+        }
+        leaves.push((ctype.to_string(), bytes));
+    }
+    if qp_bytes > 0 {
+        m.qp_count = qp_encoded;
+    }
+    if alternative {
+        let (mut text, mut html) = (None, None);
+        for (t, b) in leaves.iter().rev() {
+            let Some(b) = b else { continue };
+            if html.is_none() && t == "text/html" {
+                html = Some(*b);
+            } else if text.is_none() && t == "text/plain" {
+                text = Some(*b);
+            }
+            if html.is_some() && text.is_some() {
+                break;
+            }
+        }
+        if let (Some(t), Some(h)) = (text, html) {
+            if h > 0 {
+                m.multipart_ratio = t as f64 / h as f64;
+            }
+        }
+    }
+    m
+}
+
+/// Characters a quoted-printable line encodes that need no encoding
+/// (`=(?:09|3[0-9ABCEF]|[2456][0-9A-F]|7[0-9A-E])`), less the encoded tabs and spaces that end
+/// it, as MIMEEval counts them.
+fn needless_qp(line: &[u8]) -> f64 {
+    if !line.contains(&b'=') {
+        return 0.0;
+    }
+    let hex = |b: u8| b.is_ascii_digit() || (b'A'..=b'F').contains(&b);
+    let mut n = 0usize;
+    let mut i = 0;
+    while i + 2 < line.len() {
+        if line[i] == b'=' {
+            let (a, b) = (line[i + 1], line[i + 2]);
+            let hit = match a {
+                b'0' => b == b'9',
+                b'3' => b.is_ascii_digit() || matches!(b, b'A' | b'B' | b'C' | b'E' | b'F'),
+                b'2' | b'4' | b'5' | b'6' => hex(b),
+                b'7' => b.is_ascii_digit() || (b'A'..=b'E').contains(&b),
+                _ => false,
+            };
+            if hit {
+                n += 1;
+                i += 3;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    if n == 0 {
+        return 0.0;
+    }
+    // `((?:=09|=20)+)\s*$`: the encoded blanks at the end of the line.
+    let mut end = line.len();
+    while end > 0 && line[end - 1].is_ascii_whitespace() {
+        end -= 1;
+    }
+    let mut start = end;
+    while start >= 3 && (&line[start - 3..start] == b"=09" || &line[start - 3..start] == b"=20") {
+        start -= 3;
+    }
+    n as f64 - ((end - start) / 3) as f64
+}
+
+/// `$charset =~ /iso-\S+-\S+\b/i && $charset !~ /iso-(?:8859-\d{1,2}|2022-(?:jp|kr))\b/`.
+fn bad_iso(charset: &str) -> bool {
+    use std::sync::OnceLock;
+    static RE: OnceLock<(regex::Regex, regex::Regex)> = OnceLock::new();
+    let (bad, good) = RE.get_or_init(|| {
+        (
+            regex::Regex::new(r"(?i)iso-\S+-\S+\b").expect("re"),
+            regex::Regex::new(r"iso-(?:8859-\d{1,2}|2022-(?:jp|kr))\b").expect("re"),
+        )
+    });
+    bad.is_match(charset) && !good.is_match(charset)
+}
+
+/// MIMEEval's `check_ma_non_text`: a multipart/alternative with a direct leaf child that is
+/// not text (nor RTF).
+fn ma_non_text(msg: &Message) -> bool {
+    msg.parts.iter().any(|p| {
+        p.content_type == "multipart/alternative"
+            && msg.parts.iter().any(|c| {
+                c.parent == Some(p.id)
+                    && c.kind == PartKind::Leaf
+                    && c.content_type != "multipart/related"
+                    && c.content_type != "application/rtf"
+                    && !c.content_type.starts_with("text/")
+            })
     })
 }
 
@@ -519,6 +905,15 @@ fn illegal_chars(h: &Headers, header: &str, ratio: f64, count: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn needless_quoted_printable() {
+        // =3D is '=' (needs encoding); =41 is 'A' (does not); trailing =20 are forgiven.
+        assert_eq!(needless_qp(b"a=3Db=41c=20=20\n"), 1.0);
+        assert_eq!(needless_qp(b"caf=C3=A9\n"), 0.0);
+        assert_eq!(needless_qp(b"=41=42\n"), 2.0);
+        assert_eq!(needless_qp(b"plain\n"), 0.0);
+    }
 
     #[test]
     fn argument_lists() {

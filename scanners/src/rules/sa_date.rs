@@ -1,0 +1,274 @@
+//! SpamAssassin's date reading (`Mail::SpamAssassin::Util::parse_rfc822_date`), rule for
+//! rule: the date tests compare what it makes of odd dates, so its quirks are kept (a
+//! `Mon DD HH:MM:SS YYYY` date loses its time; an unknown zone name counts as -0000; days past
+//! the month's end roll to the next month's first; years are clamped to 1970..=2037).
+
+use std::sync::OnceLock;
+
+use regex::Regex;
+
+const MONTHS: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
+
+const ZONES: &[(&str, i64)] = &[
+    ("UT", 0),
+    ("UTC", 0),
+    ("NDT", -230),
+    ("AST", -400),
+    ("ADT", -300),
+    ("NST", -330),
+    ("EST", -500),
+    ("EDT", -400),
+    ("CST", -600),
+    ("CDT", -500),
+    ("MST", -700),
+    ("MDT", -600),
+    ("PST", -800),
+    ("PDT", -700),
+    ("HST", -1000),
+    ("AKST", -900),
+    ("AKDT", -800),
+    ("HADT", -900),
+    ("HAST", -1000),
+    ("GMT", 0),
+    ("BST", 100),
+    ("IST", 100),
+    ("WET", 0),
+    ("WEST", 100),
+    ("CET", 100),
+    ("CEST", 200),
+    ("EET", 200),
+    ("EEST", 300),
+    ("MSK", 300),
+    ("MSD", 400),
+    ("MET", 100),
+    ("MEZ", 100),
+    ("MEST", 200),
+    ("MESZ", 200),
+    ("BRST", -200),
+    ("BRT", -300),
+    ("AEST", 1000),
+    ("AEDT", 1100),
+    ("ACST", 930),
+    ("ACDT", 1030),
+    ("AWST", 800),
+    ("NZST", 1200),
+    ("NZDT", 1300),
+    ("JST", 900),
+    ("KST", 900),
+    ("HKT", 800),
+    ("SGT", 800),
+    ("PHT", 800),
+    ("IDT", 300),
+];
+
+struct Res {
+    dmy: Regex,
+    mdy: Regex,
+    dmy2: Regex,
+    hms: Regex,
+    num_tz: Regex,
+    name_tz: Regex,
+    received: Regex,
+}
+
+fn res() -> &'static Res {
+    static R: OnceLock<Res> = OnceLock::new();
+    R.get_or_init(|| {
+        let m = "(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)";
+        let re = |s: &str| Regex::new(s).expect("date regex");
+        Res {
+            dmy: re(&format!(r"(?i) (\d+) {m} (\d{{4}}) ")),
+            mdy: re(&format!(r"(?i) {m} +(\d+) \d+:\d+:\d+ (\d{{4}}) ")),
+            dmy2: re(&format!(r"(?i) (\d+) {m} (\d{{2,3}}) ")),
+            hms: re(r" (\d?\d):(\d\d)(:(\d\d))? "),
+            num_tz: re(r" ([-+]\d{4}) "),
+            name_tz: re(r"(?-u:\b)([A-Z]{2,4}(?:-DST)?)(?-u:\b)"),
+            received: re(r"(\s.?\d+ \S\S\S \d+ \d+:\d+:\d+ \S+)"),
+        }
+    })
+}
+
+/// Seconds since the epoch, or `None` where SpamAssassin gets none.
+pub fn parse_rfc822_date(date: &str) -> Option<i64> {
+    let r = res();
+    // ` $date `, commas and their spaces to one space, whitespace runs to one space.
+    let mut s = format!(" {date} ");
+    s = Regex::new(r", *").map_or(s.clone(), |re| re.replace_all(&s, " ").into_owned());
+    s = s.split(char::is_whitespace).collect::<Vec<_>>().join(" ");
+    let (dd, mon, mut yyyy): (i64, String, i64);
+    let take = |re: &Regex, s: &mut String| -> Option<Vec<String>> {
+        let c = re.captures(s)?;
+        let groups = (0..c.len())
+            .map(|i| c.get(i).map_or(String::new(), |m| m.as_str().to_string()))
+            .collect::<Vec<_>>();
+        let range = c.get(0)?.range();
+        s.replace_range(range, " ");
+        Some(groups)
+    };
+    if let Some(g) = take(&r.dmy, &mut s) {
+        dd = g[1].parse().ok()?;
+        mon = g[2].to_ascii_lowercase();
+        yyyy = g[3].parse().ok()?;
+    } else if let Some(g) = take(&r.mdy, &mut s) {
+        dd = g[2].parse().ok()?;
+        mon = g[1].to_ascii_lowercase();
+        yyyy = g[3].parse().ok()?;
+    } else if let Some(g) = take(&r.dmy2, &mut s) {
+        dd = g[1].parse().ok()?;
+        mon = g[2].to_ascii_lowercase();
+        let digits = g[3].len();
+        yyyy = g[3].parse().ok()?;
+        if digits == 2 && yyyy < 50 {
+            yyyy += 2000;
+        } else {
+            yyyy += 1900;
+        }
+    } else {
+        return None;
+    }
+    let (mut hh, mut mm, mut ss) = (0i64, 0i64, 0i64);
+    if let Some(g) = take(&r.hms, &mut s) {
+        hh = g[1].parse().unwrap_or(0);
+        mm = g[2].parse().unwrap_or(0);
+        ss = g[4].parse().unwrap_or(0);
+    }
+    let mut tz: i64 = 0; // -0000
+    if let Some(g) = take(&r.num_tz, &mut s) {
+        tz = g[1].trim_start_matches('+').parse().unwrap_or(0);
+    } else if let Some(g) = take(&r.name_tz, &mut s) {
+        if let Some(&(_, z)) = ZONES.iter().find(|(n, _)| *n == g[1]) {
+            tz = z;
+        }
+    }
+    let mut mmm = MONTHS
+        .iter()
+        .position(|m| *m == mon)
+        .map_or(0, |i| i as i64 + 1);
+    let mut dd = dd;
+    ss = ss.min(59);
+    mm = mm.min(59);
+    hh = hh.min(23);
+    let max_dd = match mmm {
+        4 | 6 | 9 | 11 => 30,
+        2 if yyyy % 4 == 0 && (yyyy % 100 != 0 || yyyy % 400 == 0) => 29,
+        2 => 28,
+        _ => 31,
+    };
+    if dd > max_dd {
+        dd = 1;
+        mmm += 1;
+        if mmm > 12 {
+            mmm = 1;
+            yyyy += 1;
+        }
+    }
+    yyyy = yyyy.clamp(1970, 2037);
+    // Time::Local's timegm croaks on a day or month out of range.
+    if !(1..=12).contains(&mmm) || dd < 1 {
+        return None;
+    }
+    let mut time = days_from_civil(yyyy, mmm, dd) * 86_400 + hh * 3600 + mm * 60 + ss;
+    let off = ((tz.abs() / 100) * 60 + tz.abs() % 100) * 60;
+    if tz < 0 {
+        time += off;
+    } else if time < off {
+        time = 0;
+    } else {
+        time -= off;
+    }
+    Some(time)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The dates of `Received:` fields (each unfolded, newest first), with SpamAssassin's
+/// fetchmail handling: a first hop from localhost (or qmail's "invoked by uid") and a
+/// fetchmail hop are set apart.
+pub fn received_times(received: &[String]) -> Vec<i64> {
+    let mut rcvd: Vec<&str> = received
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.chars().any(|c| !c.is_whitespace()))
+        .collect();
+    if rcvd.is_empty() {
+        return Vec::new();
+    }
+    static LOCAL: OnceLock<(Regex, Regex, Regex)> = OnceLock::new();
+    let (local_re, qmail_re, fetch_re) = LOCAL.get_or_init(|| {
+        (
+            Regex::new(r"\bfrom (?:localhost\s|(?:\S+ ){1,2}\S*\b127\.0\.0\.1\b)").expect("re"),
+            Regex::new(r"qmail \d+ invoked by uid \d+").expect("re"),
+            Regex::new(r"\bby localhost with \w+ \(fetchmail-[\d.]+").expect("re"),
+        )
+    });
+    let mut local = Vec::new();
+    if local_re.is_match(rcvd[0]) || qmail_re.is_match(rcvd[0]) {
+        local.push(rcvd.remove(0));
+    }
+    if !rcvd.is_empty() && fetch_re.is_match(rcvd[0]) {
+        local.push(rcvd.remove(0));
+    } else if let Some(l) = local.pop() {
+        rcvd.insert(0, l);
+    }
+    rcvd.iter()
+        .filter_map(|l| res().received.captures(l))
+        .filter_map(|c| parse_rfc822_date(c.get(1)?.as_str()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_as_spamassassin_reads_them() {
+        assert_eq!(
+            parse_rfc822_date("Sun, 29 Nov 2026 00:38:21 +0000"),
+            Some(1_795_912_701)
+        );
+        assert_eq!(
+            parse_rfc822_date("Sun, 29 Nov 2026 01:38:21 +0100"),
+            Some(1_795_912_701)
+        );
+        assert_eq!(
+            parse_rfc822_date("Sat, 28 Nov 2026 16:38:21 PST"),
+            Some(1_795_912_701)
+        );
+        // Unknown zone names count as -0000; two-digit years below 50 are 20xx.
+        assert_eq!(
+            parse_rfc822_date("29 Nov 26 00:38:21 XYZ"),
+            Some(1_795_912_701)
+        );
+        // `Mon DD HH:MM:SS YYYY` loses its time (the date pattern eats it).
+        assert_eq!(
+            parse_rfc822_date("Sun Nov 29 00:38:21 2026"),
+            Some(1_795_912_701 - 2301)
+        );
+        assert_eq!(parse_rfc822_date("yesterday"), None);
+        // Day 31 of November rolls to 1 December.
+        assert_eq!(
+            parse_rfc822_date("31 Nov 2026 00:00:00 +0000"),
+            parse_rfc822_date("1 Dec 2026 00:00:00 +0000")
+        );
+    }
+
+    #[test]
+    fn received_dates() {
+        let r = vec![
+            "from a.example (a.example [192.0.2.1]) by mx.example; Sun, 29 Nov 2026 00:38:21 +0000"
+                .to_string(),
+            "from b by a.example; 28 Nov 2026 23:00:00 -0100".to_string(),
+        ];
+        assert_eq!(received_times(&r), vec![1_795_912_701, 1_795_910_400]);
+    }
+}
