@@ -274,6 +274,77 @@ class Authentication(unittest.TestCase):
         self.assertGreater(sealed, 2)
 
 
+RULES_CACHE = os.environ.get("MXGATE_RULES_CACHE", "/var/tmp/mxgate-rules-cache")
+
+
+class RulesetNetworkRules(unittest.TestCase):
+    """The SpamAssassin ruleset's own DNS rules (check_rbl_sub on zen, urirhssub on
+    multi.uribl.com and dbl.spamhaus.org) resolved against test zones of those names."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dns = TestDns([
+            "9.100.51.198.zen.spamhaus.org. A 127.0.0.2",
+            "1.0.0.127.zen.spamhaus.org. A 127.0.0.2",
+            "listed-shop.example.dbl.spamhaus.org. A 127.0.1.2",
+            "listed-shop.example.multi.uribl.com. A 127.0.0.2",
+        ]).__enter__()
+        cls.cfg = os.path.join(WORK, "ruleset-net.toml")
+        with open(cls.cfg, "w") as f:
+            f.write(cls.toml())
+
+    @classmethod
+    def toml(cls):
+        return (f'[dns]\nnameservers = ["{cls.dns.address}"]\nexclude_private_ips = false\n'
+                f'[rules]\ncache_dir = "{RULES_CACHE}"\n')
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.dns.__exit__(None, None, None)
+
+    def eml(self, name, body):
+        p = os.path.join(WORK, name)
+        with open(p, "wb") as f:
+            f.write(b"Received: from mail.sender.example (mail.sender.example [198.51.100.9])\n"
+                    b"\tby mx.example.org with ESMTP id 1; Sun, 29 Nov 2026 07:00:00 +0000\n"
+                    b"From: alice@sender.example\nTo: bob@example.org\nSubject: offer\n"
+                    b"Date: Sun, 29 Nov 2026 07:00:00 +0000\nMessage-ID: <a1@sender.example>\n\n" + body)
+        return p
+
+    def test_scan_resolves_the_rulesets_lists(self):
+        listed = self.eml("rbl-listed.eml", b"Visit http://www.listed-shop.example/buy now.\n")
+        clean = self.eml("rbl-clean.eml", b"Visit http://www.other-shop.example/ now.\n")
+        with open(clean, "rb") as f:
+            data = f.read().replace(b"198.51.100.9", b"198.51.100.10")
+        with open(clean, "wb") as f:
+            f.write(data)
+        for stages in ("dns,headers", "dns,rules"):
+            r = subprocess.run([harness.MXGATE, "scan", "--config", self.cfg, "--stages", stages, listed, clean],
+                               capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            a, b = map(json.loads, r.stdout.splitlines())
+            for sym in ("RCVD_IN_SBL", "URIBL_BLACK", "URIBL_DBL_SPAM"):
+                self.assertIn(sym, a["symbols"], (stages, a))
+                self.assertNotIn(sym, b["symbols"], (stages, b))
+            self.assertGreater(a["symbols"]["URIBL_BLACK"], 0)
+            self.assertEqual(a["dns"]["relays"], ["198.51.100.9"])
+
+    def test_serve_checks_the_client_address(self):
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, stages="hops,dns,headers", toml=self.toml())
+        try:
+            rc, out = swaks(mx.port, "--body", "Visit http://www.listed-shop.example/buy now.")
+            self.assertEqual(rc, 0, out)
+            sink.wait_messages(1)
+            (_, got), = sink.messages()[-1:]
+            status = header_of(got, "X-Spam-Status")[0]
+            for sym in ("RCVD_IN_SBL", "URIBL_BLACK", "URIBL_DBL_SPAM"):
+                self.assertIn(sym, status)
+        finally:
+            mx.stop()
+            sink.stop()
+
+
 class DnsBudget(unittest.TestCase):
     def test_unresponsive_dns_server_costs_the_budget_and_no_more(self):
         # A server that reads queries and never answers.

@@ -325,7 +325,9 @@ impl Engine {
                     (None, None)
                 }
             };
-            let mode = if explicit_zero {
+            // The `headers` stage runs no regex rule: nothing to compile for them.
+            let regex_only = !matches!(r.test, Test::Meta(_) | Test::Eval(_));
+            let mode = if explicit_zero || (opts.evals_only && regex_only) {
                 Mode::Disabled
             } else {
                 match &r.test {
