@@ -30,8 +30,9 @@ test-rust:
 
 test-e2e:
 	python3 scripts/mime_parity.py --threshold 0.99 --show 20
-	python3 scripts/rules_parity.py --mxgate $(BIN)/mxgate --sample 60 --min 99.5 --list-limit 30 \
-		$(MXGATE_CORPUS)/ham $(MXGATE_CORPUS)/spam $(MXGATE_CORPUS)/hard_ham
+	python3 scripts/rules_parity.py --mxgate $(BIN)/mxgate --sample 60 --min 99.5 --min-evals 99.5 \
+		--list-limit 30 $(MXGATE_CORPUS)/ham $(MXGATE_CORPUS)/spam $(MXGATE_CORPUS)/hard_ham \
+		$(MXGATE_CORPUS)/mime-edge
 	python3 scripts/sa_restore_parity.py --mxgate $(BIN)/mxgate --corpus $(MXGATE_CORPUS) --train 250 --test 75 --min 95
 	python3 scripts/av_parity.py --mxgate $(BIN)/mxgate --corpus $(MXGATE_CORPUS)
 	python3 scripts/ocr_parity.py --mxgate $(BIN)/mxgate --corpus $(MXGATE_CORPUS) --min 95

@@ -91,6 +91,8 @@ def main():
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", help="write the per-rule table here")
     ap.add_argument("--list-limit", type=int, default=400)
+    ap.add_argument("--min-evals", type=float, default=0.0,
+                    help="least agreement (percent) of the native eval rules' decisions")
     ap.add_argument("dirs", nargs="+")
     a = ap.parse_args()
 
@@ -170,6 +172,9 @@ def main():
             )
     if pct < a.min:
         print(f"FAIL: agreement {pct:.3f} % is below {a.min} %")
+        return 1
+    if ev_pct < a.min_evals:
+        print(f"FAIL: native eval agreement {ev_pct:.3f} % is below {a.min_evals} %")
         return 1
     return 0
 
