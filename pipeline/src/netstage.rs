@@ -286,6 +286,14 @@ impl NetStage {
         } else {
             env.mail_from.clone()
         };
+        if self.lookups {
+            for (template, txt) in &self.plan.ask {
+                for (name, dkim) in expand(template, msg, &mail_from, &env.helo) {
+                    push(&mut queries, name.clone(), *txt);
+                    facts.askdns.push((template.clone(), name, dkim));
+                }
+            }
+        }
         let auth_req = self.auth.then(|| auth::Request {
             client: client
                 .or_else(|| received_ips(msg).first().copied())
@@ -396,5 +404,88 @@ pub fn received_ips(msg: &Message) -> Vec<IpAddr> {
             rest = &after[j + 1..];
         }
     }
+    out
+}
+
+/// The query names of an `askdns` template for a message, each with the signing domain it was
+/// made for (`_DKIMDOMAIN_`); none when a tag it uses has no value here.
+fn expand(
+    template: &str,
+    msg: &Message,
+    mail_from: &str,
+    helo: &str,
+) -> Vec<(String, Option<String>)> {
+    let domain_of = |a: &str| {
+        a.rsplit_once('@')
+            .map(|(_, d)| d.trim_end_matches('>').trim().to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+    };
+    let mut out = vec![(template.to_string(), None::<String>)];
+    let mut fill = |tag: &str, values: Vec<(String, bool)>| {
+        if !template.contains(tag) {
+            return;
+        }
+        let mut next = Vec::new();
+        for (q, d) in &out {
+            for (v, is_dkim) in &values {
+                let dkim = if *is_dkim { Some(v.clone()) } else { d.clone() };
+                next.push((q.replace(tag, v), dkim));
+            }
+        }
+        out = next;
+    };
+    let author = msg.header_text("From").and_then(|f| {
+        let addr = f
+            .rsplit_once('<')
+            .map_or(f.as_str(), |(_, a)| a.split('>').next().unwrap_or(a))
+            .trim()
+            .to_string();
+        domain_of(&addr)
+    });
+    fill(
+        "_AUTHORDOMAIN_",
+        author.into_iter().map(|d| (d, false)).collect(),
+    );
+    fill(
+        "_SENDERDOMAIN_",
+        domain_of(mail_from)
+            .into_iter()
+            .map(|d| (d, false))
+            .collect(),
+    );
+    let helo = helo.trim().trim_end_matches('.').to_ascii_lowercase();
+    fill(
+        "_LASTEXTERNALHELO_",
+        (!helo.is_empty() && !helo.starts_with('['))
+            .then_some((helo, false))
+            .into_iter()
+            .collect(),
+    );
+    let mut dkim: Vec<(String, bool)> = Vec::new();
+    if let Some(root) = msg.parts.first() {
+        for f in &root.fields {
+            if !f.name(&msg.raw).eq_ignore_ascii_case(b"dkim-signature") {
+                continue;
+            }
+            let v = String::from_utf8_lossy(f.raw_value(&msg.raw)).to_string();
+            for tag in v.split(';') {
+                if let Some(d) = tag.trim().strip_prefix("d=") {
+                    let d: String = d
+                        .split_whitespace()
+                        .collect::<String>()
+                        .to_ascii_lowercase();
+                    if !d.is_empty() && !dkim.iter().any(|(x, _)| *x == d) {
+                        dkim.push((d, true));
+                    }
+                }
+            }
+        }
+    }
+    fill("_DKIMDOMAIN_", dkim);
+    // A tag left unexpanded (unknown here, or without a value) makes no query.
+    out.retain(|(q, _)| {
+        !q.split('.')
+            .any(|l| l.len() > 2 && l.starts_with('_') && l.ends_with('_'))
+    });
     out
 }

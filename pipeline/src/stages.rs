@@ -451,6 +451,14 @@ impl Chain {
             Some(Ok(r)) if !r.text.is_empty() => Some(r.text.clone()),
             _ => None,
         };
+        // The MIME parser's anomalies, as symbols without a score of their own (local rules
+        // score them through `eval:check_mime_anomaly('NAME')`).
+        if self.rules.is_some() {
+            for a in &msg.anomalies {
+                ctx.symbols
+                    .push((Cow::Owned(format!("MXG_MIME_{}", a.name())), 0.0));
+            }
+        }
         // The gateway's own DNS lists, and auth results (scored here when no ruleset does).
         if let (Some(stage), Some(facts)) = (&self.net, &ctx.net) {
             stage.symbols(

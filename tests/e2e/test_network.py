@@ -288,6 +288,8 @@ class RulesetNetworkRules(unittest.TestCase):
             "1.0.0.127.zen.spamhaus.org. A 127.0.0.2",
             "listed-shop.example.dbl.spamhaus.org. A 127.0.1.2",
             "listed-shop.example.multi.uribl.com. A 127.0.0.2",
+            # askdns: the From: domain is newly registered.
+            "sender.example.fresh.fmb.la. A 127.2.0.2",
         ]).__enter__()
         cls.cfg = os.path.join(WORK, "ruleset-net.toml")
         with open(cls.cfg, "w") as f:
@@ -326,6 +328,8 @@ class RulesetNetworkRules(unittest.TestCase):
             for sym in ("RCVD_IN_SBL", "URIBL_BLACK", "URIBL_DBL_SPAM"):
                 self.assertIn(sym, a["symbols"], (stages, a))
                 self.assertNotIn(sym, b["symbols"], (stages, b))
+            # askdns over _AUTHORDOMAIN_ (both messages are From: sender.example).
+            self.assertIn("FROM_FMBLA_NEWDOM", a["symbols"], (stages, a))
             self.assertGreater(a["symbols"]["URIBL_BLACK"], 0)
             self.assertEqual(a["dns"]["relays"], ["198.51.100.9"])
 

@@ -247,6 +247,8 @@ pub struct Facts {
     pub txt: HashMap<String, Vec<String>>,
     /// The registrable domains of the message's URIs that were looked up.
     pub uri_domains: Vec<String>,
+    /// `askdns` queries made: (template, query name, the signing domain for `_DKIMDOMAIN_`).
+    pub askdns: Vec<(String, String, Option<String>)>,
     /// SPF, DKIM, DMARC and ARC, when the auth stage ran.
     pub auth: Option<auth::Results>,
     /// Queries that got no answer in time.

@@ -49,6 +49,16 @@ pub enum Call {
         /// Which answers count.
         subtest: Subtest,
     },
+    /// `askdns NAME QUERY TYPE /regex/`: a query built from the message (`_AUTHORDOMAIN_`,
+    /// `_SENDERDOMAIN_`, `_DKIMDOMAIN_`, `_LASTEXTERNALHELO_`), its answers matched as text.
+    AskDns {
+        /// The query with its template tags.
+        template: String,
+        /// TXT rather than A.
+        txt: bool,
+        /// What an answer must match.
+        answer: regex::Regex,
+    },
     /// An SPF, DKIM, DMARC or ARC result.
     Auth(AuthTest),
     /// `check_for_missing_to_header()`.
@@ -91,6 +101,9 @@ pub enum Call {
         /// Upper bound (inclusive).
         max: Option<usize>,
     },
+    /// `check_mime_anomaly('NAME')` (mxgate's own): the MIME parser found this anomaly
+    /// (`mime::Anomaly::name`, such as `MULTIPART_NO_BOUNDARY`), for local rules to score.
+    MimeAnomaly(String),
     /// `check_illegal_chars('Header', ratio, count)`.
     IllegalChars {
         /// The header.
@@ -215,6 +228,23 @@ impl Call {
                 };
                 Some(Call::UriBl { zone, subtest })
             }
+            "askdns" => {
+                let mut w = arg_text.split_whitespace();
+                let template = w.next()?.trim_end_matches('.').to_string();
+                let txt = match w.next()? {
+                    t if t.eq_ignore_ascii_case("A") => false,
+                    t if t.eq_ignore_ascii_case("TXT") => true,
+                    _ => return None,
+                };
+                let rest: Vec<&str> = w.collect();
+                let sub = rest.join(" ");
+                let re = sub.strip_prefix('/')?.strip_suffix('/')?;
+                Some(Call::AskDns {
+                    template,
+                    txt,
+                    answer: regex::Regex::new(re).ok()?,
+                })
+            }
             "check_for_spf_pass" => spf(O::Pass),
             "check_for_spf_neutral" => spf(O::Neutral),
             "check_for_spf_none" => spf(O::None),
@@ -282,6 +312,7 @@ impl Call {
                 max: arg(1).parse().ok()?,
             }),
             "check_ma_non_text" => Some(Call::MaNonText),
+            "check_mime_anomaly" => Some(Call::MimeAnomaly(arg(0).to_ascii_uppercase())),
             "check_base64_length" => Some(Call::Base64Length {
                 min: arg(0).parse().ok()?,
                 max: if a.len() > 1 {
@@ -303,7 +334,11 @@ impl Call {
     pub fn is_net(&self) -> bool {
         matches!(
             self,
-            Call::Rbl { .. } | Call::RblSub { .. } | Call::UriBl { .. } | Call::Auth(_)
+            Call::Rbl { .. }
+                | Call::RblSub { .. }
+                | Call::UriBl { .. }
+                | Call::AskDns { .. }
+                | Call::Auth(_)
         )
     }
 }
@@ -315,6 +350,8 @@ pub struct DnsPlan {
     pub ip: Vec<(String, String, bool, bool)>,
     /// URI domain lists (zones).
     pub uri: Vec<String>,
+    /// `askdns` queries: (template, TXT?).
+    pub ask: Vec<(String, bool)>,
     /// `uridnsbl_skip_domain`.
     pub skip: HashSet<String>,
 }
@@ -335,6 +372,12 @@ impl DnsPlan {
                     }
                 }
                 Call::UriBl { zone, .. } if !p.uri.contains(zone) => p.uri.push(zone.clone()),
+                Call::AskDns { template, txt, .. } => {
+                    let e = (template.clone(), *txt);
+                    if !p.ask.contains(&e) {
+                        p.ask.push(e);
+                    }
+                }
                 _ => {}
             }
         }
@@ -343,7 +386,7 @@ impl DnsPlan {
 
     /// Whether the plan asks for anything.
     pub fn is_empty(&self) -> bool {
-        self.ip.is_empty() && self.uri.is_empty()
+        self.ip.is_empty() && self.uri.is_empty() && self.ask.is_empty()
     }
 }
 
@@ -393,6 +436,32 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
                     .is_some_and(|a| subtest.any(a))
             })
         }),
+        Call::AskDns {
+            template,
+            txt,
+            answer,
+        } => input.net.is_some_and(|n| {
+            n.askdns.iter().any(|(t, q, dkim)| {
+                // A signing domain counts once its signature verified.
+                let signed_ok = dkim.as_ref().is_none_or(|d| {
+                    n.auth.as_ref().is_some_and(|a| {
+                        a.dkim.iter().any(|s| {
+                            s.outcome == auth::Outcome::Pass && s.domain.eq_ignore_ascii_case(d)
+                        })
+                    })
+                });
+                t == template
+                    && signed_ok
+                    && if *txt {
+                        n.txt
+                            .get(q)
+                            .is_some_and(|v| v.iter().any(|s| answer.is_match(s)))
+                    } else {
+                        n.a.get(q)
+                            .is_some_and(|v| v.iter().any(|a| answer.is_match(&a.to_string())))
+                    }
+            })
+        }),
         Call::Auth(t) => input
             .net
             .and_then(|n| n.auth.as_ref())
@@ -440,6 +509,7 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             m.multipart_ratio >= *min && m.multipart_ratio < *max
         }
         Call::MaNonText => ma_non_text(input.msg),
+        Call::MimeAnomaly(name) => input.msg.anomalies.iter().any(|a| a.name() == name),
         Call::Base64Length { min, max } => {
             let m = input.mime.get_or_init(|| mime_stats(input.msg));
             max.is_none_or(|x| m.base64_length <= x) && m.base64_length >= *min
