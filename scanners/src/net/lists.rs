@@ -42,7 +42,7 @@ pub fn domain_query(domain: &str, zone: &str) -> String {
 }
 
 /// Which answers count as listed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Subtest {
     /// Any answer in 127.0.0.0/8.
     Any,
@@ -52,13 +52,35 @@ pub enum Subtest {
     Range(Ipv4Addr, Ipv4Addr),
     /// Any of these bits set in the last octet (an address 127.0.0.0/8).
     Mask(u32),
+    /// A regular expression over the answer as text (`^127\.0\.\d+\.1$`, or a TXT answer).
+    Regex(regex::Regex),
+}
+
+impl PartialEq for Subtest {
+    fn eq(&self, other: &Subtest) -> bool {
+        match (self, other) {
+            (Subtest::Any, Subtest::Any) => true,
+            (Subtest::Addrs(a), Subtest::Addrs(b)) => a == b,
+            (Subtest::Range(a, b), Subtest::Range(c, d)) => a == c && b == d,
+            (Subtest::Mask(a), Subtest::Mask(b)) => a == b,
+            (Subtest::Regex(a), Subtest::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
 }
 
 impl Subtest {
     /// Reads SpamAssassin's sub-test syntax: `127.0.0.2`, `127.0.0.2-127.0.0.9`, a decimal or
-    /// `0x` bit mask, or a comma list of addresses. `None` for what it does not read (a regex
-    /// over the answer text, used only by a few TXT lists).
+    /// `0x` bit mask, a comma list of addresses, or else a regular expression over the answer
+    /// text. `None` for a regex that does not compile.
     pub fn parse(s: &str) -> Option<Subtest> {
+        Subtest::parse_plain(s).or_else(|| {
+            let s = s.trim().trim_matches(|c| c == '\'' || c == '"');
+            regex::Regex::new(s).ok().map(Subtest::Regex)
+        })
+    }
+
+    fn parse_plain(s: &str) -> Option<Subtest> {
         let s = s.trim().trim_matches(|c| c == '\'' || c == '"');
         if s.is_empty() {
             return Some(Subtest::Any);
@@ -86,6 +108,15 @@ impl Subtest {
             Subtest::Addrs(v) => v.contains(&a),
             Subtest::Range(lo, hi) => (*lo..=*hi).contains(&a),
             Subtest::Mask(m) => a.octets()[0] == 127 && (u32::from(a.octets()[3]) & m) != 0,
+            Subtest::Regex(re) => re.is_match(&a.to_string()),
+        }
+    }
+
+    /// Whether a TXT answer matches (any answer for `Any`; regexes over the text).
+    pub fn matches_text(&self, t: &str) -> bool {
+        match self {
+            Subtest::Regex(re) => re.is_match(t),
+            _ => true,
         }
     }
 
@@ -218,7 +249,11 @@ mod tests {
         assert!(r.matches(a("127.0.0.3")) && !r.matches(a("127.0.0.4")));
         assert!(Subtest::parse("").unwrap().matches(a("127.0.0.10")));
         assert!(!Subtest::Any.matches(a("10.0.0.1")));
-        assert_eq!(Subtest::parse("^127\\.0\\.0\\.2$"), None);
+        let re = Subtest::parse("^127\\.0\\.\\d+\\.1$").unwrap();
+        assert!(matches!(re, Subtest::Regex(_)));
+        assert!(re.matches(a("127.0.15.1")) && !re.matches(a("127.0.15.2")));
+        assert!(Subtest::parse("(?i:spamcop)").unwrap().matches_text("Blocked - see SpamCop"));
+        assert_eq!(Subtest::parse("(unclosed"), None);
     }
 
     #[test]

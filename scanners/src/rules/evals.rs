@@ -777,7 +777,9 @@ fn rbl_listed(n: &Facts, zone: &str, txt: bool, last: bool, subtest: &Subtest) -
     relays.iter().any(|&ip| {
         let q = lists::ip_query(ip, zone);
         if txt {
-            n.txt.get(&q).is_some_and(|t| !t.is_empty())
+            n.txt
+                .get(&q)
+                .is_some_and(|t| t.iter().any(|x| subtest.matches_text(x)))
         } else {
             n.a.get(&q).is_some_and(|a| subtest.any(a))
         }
