@@ -252,7 +252,9 @@ mod tests {
         let re = Subtest::parse("^127\\.0\\.\\d+\\.1$").unwrap();
         assert!(matches!(re, Subtest::Regex(_)));
         assert!(re.matches(a("127.0.15.1")) && !re.matches(a("127.0.15.2")));
-        assert!(Subtest::parse("(?i:spamcop)").unwrap().matches_text("Blocked - see SpamCop"));
+        assert!(Subtest::parse("(?i:spamcop)")
+            .unwrap()
+            .matches_text("Blocked - see SpamCop"));
         assert_eq!(Subtest::parse("(unclosed"), None);
     }
 

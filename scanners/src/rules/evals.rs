@@ -101,6 +101,22 @@ pub enum Call {
         /// Upper bound (inclusive).
         max: Option<usize>,
     },
+    /// `check_outlook_message_id()`: an Outlook-style Message-ID whose time does not fit the
+    /// Date: or Received: time.
+    OutlookMessageId,
+    /// `check_header_count_range('Header', min, max)`: distinct values of a header.
+    HeaderCount {
+        /// The header.
+        header: String,
+        /// Least count.
+        min: usize,
+        /// Most count.
+        max: usize,
+    },
+    /// `check_for_ascii_text_illegal()`.
+    AsciiTextIllegal,
+    /// `check_abundant_unicode_ratio(ratio)`.
+    UnicodeRatio(f64),
     /// `check_mime_anomaly('NAME')` (mxgate's own): the MIME parser found this anomaly
     /// (`mime::Anomaly::name`, such as `MULTIPART_NO_BOUNDARY`), for local rules to score.
     MimeAnomaly(String),
@@ -312,6 +328,23 @@ impl Call {
                 max: arg(1).parse().ok()?,
             }),
             "check_ma_non_text" => Some(Call::MaNonText),
+            "check_outlook_message_id" => Some(Call::OutlookMessageId),
+            "check_header_count_range" => Some(Call::HeaderCount {
+                header: arg(0).to_string(),
+                min: arg(1).parse().ok()?,
+                max: arg(2).parse().ok()?,
+            }),
+            "check_for_ascii_text_illegal" => Some(Call::AsciiTextIllegal),
+            "check_abundant_unicode_ratio" => {
+                // MIMEEval only takes `\d{0,3}\.\d{1,3}`.
+                let r = arg(0);
+                let (i, f) = r.split_once('.')?;
+                (i.len() <= 3
+                    && (1..=3).contains(&f.len())
+                    && i.bytes().chain(f.bytes()).all(|b| b.is_ascii_digit()))
+                .then(|| r.parse().ok().map(Call::UnicodeRatio))
+                .flatten()
+            }
             "check_mime_anomaly" => Some(Call::MimeAnomaly(arg(0).to_ascii_uppercase())),
             "check_base64_length" => Some(Call::Base64Length {
                 min: arg(0).parse().ok()?,
@@ -509,12 +542,64 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             m.multipart_ratio >= *min && m.multipart_ratio < *max
         }
         Call::MaNonText => ma_non_text(input.msg),
+        Call::OutlookMessageId => outlook_message_id(input.headers),
+        Call::HeaderCount { header, min, max } => {
+            let mut seen: Vec<&[u8]> = Vec::new();
+            for v in input.headers.values(header, false) {
+                if !seen.contains(&v) {
+                    seen.push(v);
+                }
+            }
+            (*min..=*max).contains(&seen.len())
+        }
+        Call::AsciiTextIllegal => {
+            input
+                .mime
+                .get_or_init(|| mime_stats(input.msg))
+                .ascii_illegal
+        }
+        Call::UnicodeRatio(r) => {
+            let m = input.mime.get_or_init(|| mime_stats(input.msg));
+            m.unicode_ratio >= *r
+        }
         Call::MimeAnomaly(name) => input.msg.anomalies.iter().any(|a| a.name() == name),
         Call::Base64Length { min, max } => {
             let m = input.mime.get_or_init(|| mime_stats(input.msg));
             max.is_none_or(|x| m.base64_length <= x) && m.base64_length >= *min
         }
     })
+}
+
+/// HeaderEval's `check_outlook_message_id` (which, as written, reads the date of the whole
+/// Received: text rather than of the match it looks for).
+fn outlook_message_id(h: &Headers) -> bool {
+    let id = text(header_value(h, "MESSAGEID", None));
+    let b = id.as_bytes();
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    // `^<[0-9a-f]{4}([0-9a-f]{8})\$[0-9a-f]{8}\$[0-9a-f]{8}\@`
+    if b.len() < 33
+        || b[0] != b'<'
+        || !hex(&b[1..13])
+        || b[13] != b'$'
+        || !hex(&b[14..22])
+        || b[22] != b'$'
+        || !hex(&b[23..31])
+        || b[31] != b'@'
+    {
+        return false;
+    }
+    let token = i64::from_str_radix(&id[5..13], 16).unwrap_or(0);
+    let expected = |t: i64| (t as f64 * 0.002_328_306_436_538_7 + 27_111_902.832_984_9) as i64;
+    let date = super::sa_date::parse_rfc822_date(&text(header_value(h, "Date", None))).unwrap_or(0);
+    if (token - expected(date)).abs() < 250 {
+        return false;
+    }
+    let rcvd =
+        super::sa_date::parse_rfc822_date(&text(header_value(h, "Received", None))).unwrap_or(0);
+    (token - expected(rcvd)).abs() >= 250
 }
 
 /// HeaderEval's `_check_date_diff`: the Date: (or Resent-Date:) time minus the Received:
@@ -565,6 +650,10 @@ pub struct MimeStats {
     bad_iso_charset: bool,
     multipart_ratio: f64,
     base64_length: usize,
+    /// A us-ascii text/plain line with NUL, a bare CR or 8-bit bytes.
+    ascii_illegal: bool,
+    /// `&#xHHHH;` entities per plain character in 7/8-bit text/plain.
+    unicode_ratio: f64,
 }
 
 fn field_lower(msg: &Message, part: usize, name: &str) -> String {
@@ -596,6 +685,7 @@ fn mime_stats(msg: &Message) -> MimeStats {
     };
     let mut alternative = false;
     let (mut qp_bytes, mut qp_encoded) = (0usize, 0.0f64);
+    let (mut normal_chars, mut unicode_chars) = (0usize, 0usize);
     // (type, bytes) of each leaf; bytes only for non-attachments.
     let mut leaves: Vec<(String, Option<usize>)> = Vec::new();
     let ascii_names = [
@@ -657,6 +747,22 @@ fn mime_stats(msg: &Message) -> MimeStats {
                     *b += len;
                 }
             }
+            let plain = ctype == "text/plain";
+            // The line without its ending (a CRLF counts as the LF SpamAssassin sees).
+            let content = l
+                .strip_suffix(b"\r\n")
+                .or_else(|| l.strip_suffix(b"\n"))
+                .unwrap_or(l);
+            if plain && (p.charset.is_none() || charset == "us-ascii") {
+                if content.iter().any(|&b| b == 0 || b == b'\r' || b >= 0x80) {
+                    m.ascii_illegal = true;
+                }
+            }
+            if plain && (cte.is_empty() || cte == "7bit" || cte == "8bit") {
+                let (kept, subs) = strip_unicode_entities(content);
+                normal_chars += kept + usize::from(l.ends_with(b"\n"));
+                unicode_chars += subs;
+            }
             if cte == "quoted-printable" && !l.starts_with(b"SPAM: ") {
                 if len > 79 {
                     m.qp_long_line = true;
@@ -674,6 +780,9 @@ fn mime_stats(msg: &Message) -> MimeStats {
     }
     if qp_bytes > 0 {
         m.qp_count = qp_encoded;
+    }
+    if normal_chars > 0 {
+        m.unicode_ratio = unicode_chars as f64 / normal_chars as f64;
     }
     if alternative {
         let (mut text, mut html) = (None, None);
@@ -695,6 +804,26 @@ fn mime_stats(msg: &Message) -> MimeStats {
         }
     }
     m
+}
+
+/// `s/&#x[0-9A-F]{4};//g` on a line: (bytes left, entities removed).
+fn strip_unicode_entities(l: &[u8]) -> (usize, usize) {
+    let (mut kept, mut subs, mut i) = (0, 0, 0);
+    let upper_hex = |b: u8| b.is_ascii_digit() || (b'A'..=b'F').contains(&b);
+    while i < l.len() {
+        if l[i..].starts_with(b"&#x")
+            && l.len() >= i + 8
+            && l[i + 3..i + 7].iter().all(|&b| upper_hex(b))
+            && l[i + 7] == b';'
+        {
+            subs += 1;
+            i += 8;
+        } else {
+            kept += 1;
+            i += 1;
+        }
+    }
+    (kept, subs)
 }
 
 /// Characters a quoted-printable line encodes that need no encoding
