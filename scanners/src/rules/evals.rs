@@ -753,10 +753,11 @@ fn mime_stats(msg: &Message) -> MimeStats {
                 .strip_suffix(b"\r\n")
                 .or_else(|| l.strip_suffix(b"\n"))
                 .unwrap_or(l);
-            if plain && (p.charset.is_none() || charset == "us-ascii") {
-                if content.iter().any(|&b| b == 0 || b == b'\r' || b >= 0x80) {
-                    m.ascii_illegal = true;
-                }
+            if plain
+                && (p.charset.is_none() || charset == "us-ascii")
+                && content.iter().any(|&b| b == 0 || b == b'\r' || b >= 0x80)
+            {
+                m.ascii_illegal = true;
             }
             if plain && (cte.is_empty() || cte == "7bit" || cte == "8bit") {
                 let (kept, subs) = strip_unicode_entities(content);
