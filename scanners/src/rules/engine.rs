@@ -731,6 +731,7 @@ impl Engine {
                 set_zones: &self.set_zones,
                 mime: Default::default(),
                 date_diff: Default::default(),
+                html: Default::default(),
             };
             for (i, call) in &self.calls {
                 if call.is_net() && net.is_none() {

@@ -117,6 +117,27 @@ pub enum Call {
     AsciiTextIllegal,
     /// `check_abundant_unicode_ratio(ratio)`.
     UnicodeRatio(f64),
+    /// `html_test('html')`: the message has an HTML part (HTML_MESSAGE).
+    HtmlMessage,
+    /// `html_tag_exists('tag')`.
+    HtmlTagExists(String),
+    /// `html_tag_balance('tag', 'OP N')`: opened minus closed, compared.
+    HtmlTagBalance {
+        /// The tag.
+        tag: String,
+        /// `==`, `!=`, `<`, `<=`, `>`, `>=`.
+        op: String,
+        /// The number compared with.
+        n: i64,
+    },
+    /// `html_image_only(min, max)`: an HTML part with an image and between min (exclusive)
+    /// and max (inclusive) characters of HTML.
+    HtmlImageOnly {
+        /// Lower bound (exclusive).
+        min: f64,
+        /// Upper bound (inclusive).
+        max: f64,
+    },
     /// `check_mime_anomaly('NAME')` (mxgate's own): the MIME parser found this anomaly
     /// (`mime::Anomaly::name`, such as `MULTIPART_NO_BOUNDARY`), for local rules to score.
     MimeAnomaly(String),
@@ -329,6 +350,24 @@ impl Call {
             }),
             "check_ma_non_text" => Some(Call::MaNonText),
             "check_outlook_message_id" => Some(Call::OutlookMessageId),
+            "html_test" if arg(0) == "html" => Some(Call::HtmlMessage),
+            "html_tag_exists" => Some(Call::HtmlTagExists(arg(0).to_ascii_lowercase())),
+            "html_tag_balance" => {
+                let expr = arg(1).trim();
+                let op: String = expr.chars().take_while(|c| "<>=!".contains(*c)).collect();
+                let n = expr[op.len()..].trim().parse().ok()?;
+                matches!(op.as_str(), "==" | "!=" | "<" | "<=" | ">" | ">=").then(|| {
+                    Call::HtmlTagBalance {
+                        tag: arg(0).to_ascii_lowercase(),
+                        op,
+                        n,
+                    }
+                })
+            }
+            "html_image_only" => Some(Call::HtmlImageOnly {
+                min: arg(0).parse().ok()?,
+                max: arg(1).parse().ok()?,
+            }),
             "check_header_count_range" => Some(Call::HeaderCount {
                 header: arg(0).to_string(),
                 min: arg(1).parse().ok()?,
@@ -445,6 +484,8 @@ pub struct EvalInput<'a> {
     pub mime: OnceCell<MimeStats>,
     /// The Date: header minus the nearest Received: date, computed on first use.
     pub date_diff: OnceCell<i64>,
+    /// Each HTML part's length in characters and tags, computed on first use.
+    pub html: OnceCell<Vec<(usize, super::sa_html::Tags)>>,
 }
 
 /// Evaluates one call: the rule's hit count (0 or 1).
@@ -562,11 +603,46 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             let m = input.mime.get_or_init(|| mime_stats(input.msg));
             m.unicode_ratio >= *r
         }
+        Call::HtmlMessage => !html_parts(input).is_empty(),
+        Call::HtmlTagExists(tag) => html_parts(input)
+            .iter()
+            .any(|(_, t)| t.inside.contains_key(tag)),
+        Call::HtmlTagBalance { tag, op, n } => html_parts(input).iter().any(|(_, t)| {
+            t.inside.get(tag).is_some_and(|&v| match op.as_str() {
+                "==" => v == *n,
+                "!=" => v != *n,
+                "<" => v < *n,
+                "<=" => v <= *n,
+                ">" => v > *n,
+                _ => v >= *n,
+            })
+        }),
+        Call::HtmlImageOnly { min, max } => html_parts(input).iter().any(|(len, t)| {
+            t.inside.contains_key("img") && (*len as f64) > *min && (*len as f64) <= *max
+        }),
         Call::MimeAnomaly(name) => input.msg.anomalies.iter().any(|a| a.name() == name),
         Call::Base64Length { min, max } => {
             let m = input.mime.get_or_init(|| mime_stats(input.msg));
             max.is_none_or(|x| m.base64_length <= x) && m.base64_length >= *min
         }
+    })
+}
+
+/// The HTML parts SpamAssassin renders (text/html leaves), each with its length in characters
+/// and its tags.
+fn html_parts<'a>(input: &'a EvalInput<'_>) -> &'a [(usize, super::sa_html::Tags)] {
+    input.html.get_or_init(|| {
+        input
+            .msg
+            .parts
+            .iter()
+            .filter(|p| p.kind == PartKind::Leaf && p.content_type == "text/html")
+            .filter_map(|p| super::view::part_text(input.msg, p))
+            // SpamAssassin's results for a part with no more than whitespace read as no HTML
+            // (measured: its HTML_MESSAGE stays off for them).
+            .filter(|t| t.chars().any(|c| !c.is_whitespace()))
+            .map(|t| (t.chars().count(), super::sa_html::tags(&t)))
+            .collect()
     })
 }
 

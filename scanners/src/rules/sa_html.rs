@@ -17,6 +17,51 @@ struct Piece {
 
 /// Renders HTML to text as SpamAssassin's body rules see it.
 pub fn render(html: &str) -> String {
+    render_with(html, &mut |_, _| {})
+}
+
+/// What `HTML.pm` counts of an HTML part's tags, for HTMLEval's tests.
+#[derive(Debug, Clone, Default)]
+pub struct Tags {
+    /// Per tag (lower case): opened minus closed, never below 0 (`$self->{inside}`); a tag
+    /// seen at all has an entry.
+    pub inside: std::collections::HashMap<String, i64>,
+    /// Closing tags with no open one (`closed_extra`).
+    pub closed_extra: u32,
+    /// Tags seen (`tags`).
+    pub tags: u32,
+}
+
+/// The tags of an HTML part, counted as `HTML.pm`'s `html_tag` counts them (unclosed `style`
+/// and `script` closed at the end, as it does).
+pub fn tags(html: &str) -> Tags {
+    let mut t = Tags::default();
+    // `s/<(\w+)\s*\/>/<$1>/gi` only changes `<br/>` to `<br>`: the same tag either way.
+    render_with(html, &mut |name, closing| {
+        if name.is_empty() {
+            return;
+        }
+        t.tags += 1;
+        let e = t.inside.entry(name.to_string()).or_insert(0);
+        *e += if closing { -1 } else { 1 };
+        if *e < 0 {
+            *e = 0;
+            t.closed_extra += 1;
+        }
+    });
+    for name in ["style", "script"] {
+        if let Some(e) = t.inside.get_mut(name) {
+            while *e > 0 {
+                *e -= 1;
+                t.tags += 1;
+            }
+        }
+    }
+    t
+}
+
+/// The renderer, telling `tag` of every tag (name, closing?).
+fn render_with(html: &str, tag: &mut dyn FnMut(&str, bool)) -> String {
     let b = html.as_bytes();
     let mut pieces: Vec<Piece> = Vec::new();
     let mut i = 0;
@@ -63,14 +108,16 @@ pub fn render(html: &str) -> String {
             .take_while(|c| c.is_ascii_alphanumeric() || *c == b':' || *c == b'-' || *c == b'_')
             .count();
         let name = rest[..name_len].to_ascii_lowercase();
+        tag(&name, closing);
         whitespace_for(&name, &mut pieces);
         if !closing
             && matches!(
                 name.as_str(),
-                "script" | "style" | "xmp" | "plaintext" | "textarea"
+                "script" | "style" | "xmp" | "plaintext" | "textarea" | "iframe" | "title"
             )
         {
-            // Literal content up to the closing tag.
+            // Literal content up to the closing tag (HTML::Parser's CDATA elements: no tag
+            // inside them is a tag).
             let close = format!("</{name}");
             let lower_end = if name == "plaintext" {
                 None
@@ -78,7 +125,11 @@ pub fn render(html: &str) -> String {
                 find_ci(&b[i..], close.as_bytes()).map(|p| i + p)
             };
             let content_end = lower_end.unwrap_or(b.len());
-            if name == "xmp" || name == "plaintext" || name == "textarea" {
+            // HTML::Parser hands the literal content of these as text.
+            if matches!(
+                name.as_str(),
+                "xmp" | "plaintext" | "textarea" | "iframe" | "title"
+            ) {
                 display(&mut pieces, &html[i..content_end], false);
             }
             i = content_end;
@@ -184,6 +235,18 @@ fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_counted_as_html_pm_counts_them() {
+        let t = tags("<html><body><img src=x><p>a</p></p></body><center>x<style>b{}");
+        assert_eq!(t.inside.get("img"), Some(&1));
+        assert_eq!(t.inside.get("body"), Some(&0));
+        assert_eq!(t.inside.get("p"), Some(&0));
+        assert_eq!(t.closed_extra, 1);
+        assert_eq!(t.inside.get("center"), Some(&1));
+        assert_eq!(t.inside.get("style"), Some(&0)); // closed at the end
+        assert!(!t.inside.contains_key("head"));
+    }
 
     #[test]
     fn breaks_follow_html_pm() {

@@ -288,7 +288,7 @@ fn sa_decoded<'a>(msg: &'a Message, p: &mime::Part) -> Option<Cow<'a, [u8]>> {
 }
 
 /// The text of a text part, charset-converted, from [`sa_decoded`].
-fn part_text(msg: &Message, p: &mime::Part) -> Option<String> {
+pub(crate) fn part_text(msg: &Message, p: &mime::Part) -> Option<String> {
     let d = sa_decoded(msg, p)?;
     Some(mime::decode::to_utf8(&d, p.charset.as_deref()).into_owned())
 }
