@@ -273,26 +273,19 @@ impl Dns {
     pub fn lookup_all(&self, queries: Vec<Query>) -> Pending<Answers> {
         let lists = Arc::clone(&self.inner.lists);
         self.run(move |_| async move {
-            let mut set = tokio::task::JoinSet::new();
-            for q in queries {
-                let lists = Arc::clone(&lists);
-                set.spawn(async move {
+            let asked: Vec<(String, RecordType)> = queries
+                .iter()
+                .map(|q| {
                     let t = if q.txt {
                         RecordType::TXT
                     } else {
                         RecordType::A
                     };
-                    let r = lists.lookup(&q.name, t).await;
-                    (q, r)
-                });
-            }
-            let mut out = Answers::default();
-            while let Some(r) = set.join_next().await {
-                if let Ok(r) = r {
-                    out.0.push(r);
-                }
-            }
-            out
+                    (q.name.clone(), t)
+                })
+                .collect();
+            let answers = lists.lookup_many(&asked).await;
+            Answers(queries.into_iter().zip(answers).collect())
         })
     }
 }

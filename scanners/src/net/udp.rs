@@ -115,6 +115,108 @@ impl Client {
         Err(last)
     }
 
+    /// Many lookups at once: every query sent before any answer is awaited, one deadline per
+    /// attempt for the whole batch (no task or timer per query), what went unanswered asked
+    /// again of the next server. Answers come back in the order asked.
+    pub(crate) async fn lookup_many(&self, queries: &[(String, RecordType)]) -> Vec<Answer> {
+        let mut out: Vec<Option<Answer>> = vec![None; queries.len()];
+        let mut todo: Vec<usize> = Vec::new();
+        {
+            let cache = lock(&self.cache);
+            let now = Instant::now();
+            for (i, (name, rtype)) in queries.iter().enumerate() {
+                match cache.get(&(name.to_ascii_lowercase(), *rtype)) {
+                    Some((until, a)) if *until > now => out[i] = Some(a.clone()),
+                    _ => todo.push(i),
+                }
+            }
+        }
+        let tries = self.attempts * self.servers.len().max(1);
+        let per_try = self.timeout / tries as u32;
+        for t in 0..tries {
+            if todo.is_empty() {
+                break;
+            }
+            let server = &self.servers[t % self.servers.len()];
+            let mut waiting = Vec::with_capacity(todo.len());
+            for &i in &todo {
+                let (name, rtype) = &queries[i];
+                let Ok(qname) = Name::from_ascii(format!("{}.", name.trim_end_matches('.'))) else {
+                    out[i] = Some(Err(LookupError::Failed(format!("{name}: not a name"))));
+                    continue;
+                };
+                match self.send(server, &qname, *rtype).await {
+                    Ok((id, rx)) => waiting.push((i, id, rx)),
+                    Err(e) => out[i] = Some(Err(e)),
+                }
+            }
+            let deadline = tokio::time::Instant::now() + per_try;
+            let mut next = Vec::new();
+            for (i, id, rx) in waiting {
+                match tokio::time::timeout_at(deadline, rx).await {
+                    Ok(Ok(reply)) => {
+                        let (answer, ttl) = read(&reply, queries[i].1);
+                        if !matches!(answer, Err(LookupError::Failed(_))) {
+                            let key = (queries[i].0.to_ascii_lowercase(), queries[i].1);
+                            self.remember(key, answer.clone(), ttl);
+                        }
+                        out[i] = Some(answer);
+                    }
+                    _ => {
+                        lock(&server.waiting).remove(&id);
+                        next.push(i);
+                    }
+                }
+            }
+            todo = next;
+        }
+        out.into_iter()
+            .map(|a| a.unwrap_or(Err(LookupError::TimedOut)))
+            .collect()
+    }
+
+    /// Sends one query; the receiver gets its reply.
+    async fn send(
+        &self,
+        server: &Server,
+        qname: &Name,
+        rtype: RecordType,
+    ) -> Result<(u16, oneshot::Receiver<Message>), LookupError> {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut w = lock(&server.waiting);
+            let mut id: u16 = rand::random();
+            while w.contains_key(&id) {
+                id = rand::random();
+            }
+            w.insert(id, (qname.clone(), rtype, tx));
+            id
+        };
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(qname.clone(), rtype));
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        m.set_edns(edns);
+        let sent = match m.to_vec() {
+            Ok(bytes) => {
+                let k = self.next.fetch_add(1, Ordering::Relaxed) % server.sockets.len();
+                server.sockets[k]
+                    .send(&bytes)
+                    .await
+                    .map_err(|e| LookupError::Failed(e.to_string()))
+            }
+            Err(e) => Err(LookupError::Failed(e.to_string())),
+        };
+        match sent {
+            Ok(_) => Ok((id, rx)),
+            Err(e) => {
+                lock(&server.waiting).remove(&id);
+                Err(e)
+            }
+        }
+    }
+
     async fn ask(
         &self,
         server: &Server,
