@@ -117,6 +117,9 @@ pub enum Call {
     AsciiTextIllegal,
     /// `check_abundant_unicode_ratio(ratio)`.
     UnicodeRatio(f64),
+    /// `check_for_forged_gmail_received_headers()`: From: gmail.com without Google's relay
+    /// headers.
+    ForgedGmail,
     /// `html_test('html')`: the message has an HTML part (HTML_MESSAGE).
     HtmlMessage,
     /// `html_tag_exists('tag')`.
@@ -351,6 +354,7 @@ impl Call {
             "check_ma_non_text" => Some(Call::MaNonText),
             "check_outlook_message_id" => Some(Call::OutlookMessageId),
             "html_test" if arg(0) == "html" => Some(Call::HtmlMessage),
+            "check_for_forged_gmail_received_headers" => Some(Call::ForgedGmail),
             "html_tag_exists" => Some(Call::HtmlTagExists(arg(0).to_ascii_lowercase())),
             "html_tag_balance" => {
                 let expr = arg(1).trim();
@@ -603,6 +607,7 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             let m = input.mime.get_or_init(|| mime_stats(input.msg));
             m.unicode_ratio >= *r
         }
+        Call::ForgedGmail => forged_gmail(input.headers),
         Call::HtmlMessage => !html_parts(input).is_empty(),
         Call::HtmlTagExists(tag) => html_parts(input)
             .iter()
@@ -644,6 +649,34 @@ fn html_parts<'a>(input: &'a EvalInput<'_>) -> &'a [(usize, super::sa_html::Tags
             .map(|t| (t.chars().count(), super::sa_html::tags(&t)))
             .collect()
     })
+}
+
+/// HeaderEval's `check_for_forged_gmail_received_headers`.
+fn forged_gmail(h: &Headers) -> bool {
+    use std::sync::OnceLock;
+    static RE: OnceLock<[regex::Regex; 4]> = OnceLock::new();
+    let [from_re, x10, x2002, esmtpsa] = RE.get_or_init(|| {
+        [
+            regex::Regex::new(r"(?i)\bgmail\.com$").expect("re"),
+            regex::Regex::new(r"by 10\.\S+ with SMTP id \S+").expect("re"),
+            regex::Regex::new(r"by 2002:a\d\d:\w+:\S+ with SMTP id \S+").expect("re"),
+            regex::Regex::new(r"by smtp\.googlemail\.com with ESMTPSA id \S+").expect("re"),
+        ]
+    });
+    // `$` before a final newline, as Perl's does.
+    let from = text(header_value(h, "From:addr", None));
+    if !from_re.is_match(from.strip_suffix('\n').unwrap_or(&from)) {
+        return false;
+    }
+    let xreceived = text(header_value(h, "X-Received", None));
+    if x10.is_match(&xreceived) || x2002.is_match(&xreceived) {
+        return false;
+    }
+    if esmtpsa.is_match(&text(header_value(h, "Received", None))) {
+        return false;
+    }
+    let len = |n: &str| text(header_value(h, n, None)).chars().count();
+    !(len("X-Gm-Message-State") >= 60 && len("X-Google-Smtp-Source") >= 60)
 }
 
 /// HeaderEval's `check_outlook_message_id` (which, as written, reads the date of the whole
