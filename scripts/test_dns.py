@@ -25,11 +25,21 @@ import time
 
 
 def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A port free for both UDP and TCP on 127.0.0.1 (unbound binds both)."""
+    for _ in range(50):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("127.0.0.1", 0))
+        p = u.getsockname()[1]
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            t.bind(("127.0.0.1", p))
+            return p
+        except OSError:
+            continue
+        finally:
+            t.close()
+            u.close()
+    raise RuntimeError("no free port")
 
 
 def txt_chunks(value):
@@ -82,15 +92,23 @@ class TestDns:
             raise RuntimeError("unbound is not installed (apt-get install unbound)")
         self.dir = tempfile.mkdtemp(prefix="mxgate-dns-")
         conf = os.path.join(self.dir, "unbound.conf")
-        with open(conf, "w") as f:
-            f.write(self.config())
-        subprocess.run(["unbound-checkconf", conf], check=True, capture_output=True)
-        self.proc = subprocess.Popen(
-            ["unbound", "-d", "-c", conf],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self._wait_ready()
+        # A port taken between choosing it and unbound binding it: choose again.
+        for attempt in range(5):
+            with open(conf, "w") as f:
+                f.write(self.config())
+            subprocess.run(["unbound-checkconf", conf], check=True, capture_output=True)
+            self.proc = subprocess.Popen(
+                ["unbound", "-d", "-c", conf],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            try:
+                self._wait_ready()
+                break
+            except RuntimeError as e:
+                if attempt == 4 or "could not open ports" not in str(e):
+                    raise
+                self.port = free_port()
         if self.delay_ms:
             self.relay = subprocess.Popen(
                 [self.loadgen, "dns-delay", "--upstream", "%s:%d" % (self.host, self.port),

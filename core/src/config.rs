@@ -39,6 +39,8 @@ pub struct Config {
     pub auth: Auth,
     /// Greylisting at RCPT.
     pub greylist: Greylist,
+    /// The hardware profile and the placement plan.
+    pub tuning: Tuning,
     /// Turning symbols into a score and the score into an action.
     pub scoring: Scoring,
     /// Prometheus metrics.
@@ -59,8 +61,11 @@ pub struct Server {
     pub shards: usize,
     /// CPUs to pin the shards to, in order; empty means no pinning.
     pub cpus: Vec<usize>,
-    /// Most concurrent connections per shard; more get `421 4.7.0` and are closed.
+    /// Most concurrent connections per shard; more get `421 4.7.0` and are closed. 0: from the
+    /// tuning plan (10,000 without one).
     pub max_connections: usize,
+    /// io_uring registered memory per shard, KiB. 0: from the tuning plan (1,024 without one).
+    pub io_memory_kib: usize,
     /// Seconds sessions may take to finish after SIGTERM before they are closed.
     pub shutdown_grace_secs: u64,
 }
@@ -72,7 +77,8 @@ impl Default for Server {
             listen: vec!["127.0.0.1:2525".into()],
             shards: 0,
             cpus: Vec::new(),
-            max_connections: 10_000,
+            max_connections: 0,
+            io_memory_kib: 0,
             shutdown_grace_secs: 30,
         }
     }
@@ -270,8 +276,10 @@ pub struct Av {
     /// Where libclamav unpacks archives and writes normalized layers (empty: the system's
     /// temporary folder).
     pub tmpdir: String,
-    /// Worker threads running libclamav.
+    /// Worker threads running libclamav. 0: from the tuning plan (2 without one).
     pub workers: usize,
+    /// CPUs the workers are pinned to; empty: from the tuning plan, or not pinned.
+    pub cpus: Vec<usize>,
     /// Messages that may wait for a worker; beyond that a message gets 451 4.3.0.
     pub queue: usize,
     /// Longest wait for a verdict; a message not scanned in time gets 451 4.3.0.
@@ -315,7 +323,8 @@ impl Default for Av {
             action: "reject".into(),
             quarantine_dir: "/var/lib/mxgate/quarantine".into(),
             tmpdir: "/dev/shm/mxgate-av".into(),
-            workers: 2,
+            workers: 0,
+            cpus: Vec::new(),
             queue: 64,
             timeout_secs: 60,
             reload: "low-memory".into(),
@@ -338,8 +347,10 @@ impl Default for Av {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Ocr {
-    /// Worker threads, one Tesseract engine each.
+    /// Worker threads, one Tesseract engine each. 0: from the tuning plan (1 without one).
     pub workers: usize,
+    /// CPUs the workers are pinned to; empty: from the tuning plan, or not pinned.
+    pub cpus: Vec<usize>,
     /// Messages that may wait for a worker; beyond that a message gets 451 4.3.0.
     pub queue: usize,
     /// Tesseract language(s): `eng`, `eng+deu` (the tesseract-ocr-LANG packages).
@@ -369,7 +380,8 @@ pub struct Ocr {
 impl Default for Ocr {
     fn default() -> Self {
         Ocr {
-            workers: 1,
+            workers: 0,
+            cpus: Vec::new(),
             queue: 32,
             lang: "eng".into(),
             max_text_chars: 3000,
@@ -557,6 +569,30 @@ impl Default for Greylist {
     }
 }
 
+/// `[tuning]`
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tuning {
+    /// `auto` (the profile that fits this machine best), a profile's name, or `none` (the
+    /// configuration's own numbers only).
+    pub profile: String,
+    /// A folder of more profiles (`*.toml`) beside the built-in ones.
+    pub profiles_dir: String,
+    /// Where the machine's `/sys` and `/proc` are read from (`/`; another root reads a saved
+    /// tree).
+    pub topology: String,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            profile: "auto".into(),
+            profiles_dir: String::new(),
+            topology: "/".into(),
+        }
+    }
+}
+
 /// `[scoring]`
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -666,9 +702,7 @@ impl Config {
             a.parse::<std::net::SocketAddr>()
                 .map_err(|e| bad("server.listen", format!("{a:?} is not IP:PORT ({e})")))?;
         }
-        if self.server.max_connections == 0 {
-            return Err(bad("server.max_connections", "must be at least 1".into()));
-        }
+
         if self.smtp.max_line_length < 512 {
             return Err(bad(
                 "smtp.max_line_length",
@@ -768,9 +802,7 @@ impl Config {
                 "the quarantine action needs a folder".into(),
             ));
         }
-        if self.av.workers == 0 || self.ocr.workers == 0 {
-            return Err(bad("av.workers", "pools need at least 1 worker".into()));
-        }
+
         if self.av.timeout_secs == 0 {
             return Err(bad("av.timeout_secs", "must be at least 1".into()));
         }

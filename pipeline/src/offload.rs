@@ -86,11 +86,14 @@ impl AvStage {
         };
         let qdir = PathBuf::from(&a.quarantine_dir);
         let write_quarantine = action == VirusAction::Quarantine && !dry_run;
+        let cpus = a.cpus.clone();
         let pool = pool::Pool::new(
             "mxgate-av",
             a.workers,
             a.queue,
-            |_| (),
+            move |_| {
+                pool::pin_current_thread(&cpus);
+            },
             move |_: &mut (), body: Bytes| {
                 let msg = Message::parse(body);
                 let report = engines.scan_message(&msg);
@@ -185,6 +188,7 @@ fn quarantine(dir: &Path, raw: &[u8]) -> std::io::Result<PathBuf> {
 pub fn ocr_config(o: &mxgate_core::config::Ocr) -> mxgate_ocr::Config {
     mxgate_ocr::Config {
         workers: o.workers,
+        cpus: o.cpus.clone(),
         queue: o.queue,
         lang: o.lang.clone(),
         datapath: None,

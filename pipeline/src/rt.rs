@@ -10,6 +10,7 @@ pub use glommio::net::{TcpListener, TcpStream};
 pub fn start_shard<G, F>(
     name: &str,
     cpu: Option<usize>,
+    io_memory: usize,
     main: G,
 ) -> std::io::Result<glommio::ExecutorJoinHandle<()>>
 where
@@ -20,11 +21,11 @@ where
         Some(c) => glommio::Placement::Fixed(c),
         None => glommio::Placement::Unbound,
     };
-    // io_memory must stay inside RLIMIT_MEMLOCK (8 MiB here) summed over shards; sockets do not
-    // use the registered buffers, so a small area is enough.
+    // io_memory must stay inside RLIMIT_MEMLOCK (8 MiB here) summed over shards (the tuning plan
+    // sees to it); sockets do not use the registered buffers, so a small area is enough.
     glommio::LocalExecutorBuilder::new(placement)
         .name(name)
-        .io_memory(1 << 20)
+        .io_memory(io_memory)
         .preempt_timer(Duration::from_millis(10))
         .spawn(main)
         .map_err(|e| std::io::Error::other(e.to_string()))

@@ -50,7 +50,98 @@ pub fn load(path: Option<&Path>, ov: &Overrides) -> Result<Config, ConfigError> 
         cfg.metrics.listen = m.clone();
     }
     cfg.validate(&format!("{origin} + flags"))?;
+    apply_tuning(&mut cfg).map_err(|message| ConfigError::Invalid {
+        origin: origin.clone(),
+        field: "tuning.profile",
+        message,
+    })?;
     Ok(cfg)
+}
+
+/// The placement plan for a configuration's `[tuning]` section: `None` with `profile = "none"`.
+pub fn tuning_plan(cfg: &Config) -> Result<Option<mxgate_tuning::Plan>, String> {
+    use mxgate_tuning::{probe, Plan, Profile, Topology};
+    let t = &cfg.tuning;
+    if t.profile == "none" {
+        return Ok(None);
+    }
+    let dir = (!t.profiles_dir.is_empty()).then(|| Path::new(&t.profiles_dir));
+    let profiles = Profile::all(dir).map_err(|e| e.to_string())?;
+    let topology = Topology::detect(Path::new(&t.topology)).map_err(|e| e.to_string())?;
+    let profile = if t.profile == "auto" {
+        probe(&profiles, &topology).map(|(p, _)| p)
+    } else {
+        profiles.iter().find(|p| p.name == t.profile)
+    };
+    let Some(profile) = profile else {
+        let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
+        return Err(format!(
+            "{:?}: no such profile (known: auto, none, {})",
+            t.profile,
+            names.join(", ")
+        ));
+    };
+    Ok(Some(Plan::compute(
+        profile,
+        &topology,
+        mxgate_tuning::memlock_limit(),
+    )))
+}
+
+/// Fills the settings left to the plan (0 or empty): shards and their CPUs, connection limit,
+/// io_uring memory, AV and OCR worker counts and CPUs; the fallbacks without a plan. CPUs this
+/// process may not run on (a cpuset, `taskset`) are left out of the plan's pinning.
+pub fn apply_tuning(cfg: &mut Config) -> Result<Option<mxgate_tuning::Plan>, String> {
+    let plan = tuning_plan(cfg)?;
+    if let Some(plan) = &plan {
+        let allowed = mxgate_core::pool::allowed_cpus();
+        let ok = |cpus: &[usize]| -> Vec<usize> {
+            cpus.iter()
+                .copied()
+                .filter(|c| allowed.is_empty() || allowed.contains(c))
+                .collect()
+        };
+        let s = &mut cfg.server;
+        if s.shards == 0 && s.cpus.is_empty() {
+            let cpus = ok(&plan.shard_cpus());
+            if !cpus.is_empty() {
+                s.shards = cpus.len();
+                s.cpus = cpus;
+            }
+        }
+        if s.max_connections == 0 {
+            s.max_connections = plan.max_connections_per_shard;
+        }
+        if s.io_memory_kib == 0 {
+            s.io_memory_kib = plan.io_memory_bytes / 1024;
+        }
+        if cfg.av.workers == 0 {
+            cfg.av.workers = plan.av.count;
+            if cfg.av.cpus.is_empty() {
+                cfg.av.cpus = ok(&plan.av.cpus);
+            }
+        }
+        if cfg.ocr.workers == 0 {
+            cfg.ocr.workers = plan.ocr.count;
+            if cfg.ocr.cpus.is_empty() {
+                cfg.ocr.cpus = ok(&plan.ocr.cpus);
+            }
+        }
+    }
+    let s = &mut cfg.server;
+    if s.max_connections == 0 {
+        s.max_connections = 10_000;
+    }
+    if s.io_memory_kib == 0 {
+        s.io_memory_kib = 1024;
+    }
+    if cfg.av.workers == 0 {
+        cfg.av.workers = 2;
+    }
+    if cfg.ocr.workers == 0 {
+        cfg.ocr.workers = 1;
+    }
+    Ok(plan)
 }
 
 /// Everything derived from one configuration: built once, shared read-only by all shards,

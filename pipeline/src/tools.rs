@@ -478,6 +478,7 @@ pub fn rules_stats(paths: &[PathBuf], layout: &str, json: bool) -> anyhow::Resul
         "prefilter_confirm": s.prefilter,
         "pcre_only": s.pcre_only,
         "eval_not_implemented": s.eval_unimplemented,
+        "eval_native": s.eval_native,
         "disabled_score_0": s.disabled,
         "databases": s.databases,
         "database_bytes": s.database_bytes,
@@ -506,6 +507,10 @@ pub fn rules_stats(paths: &[PathBuf], layout: &str, json: bool) -> anyhow::Resul
     println!(
         "eval and network rules not implemented (never hit): {}",
         s.eval_unimplemented
+    );
+    println!(
+        "eval and network rules implemented natively: {}",
+        s.eval_native
     );
     println!("rules not run (score 0): {}", s.disabled);
     println!(
@@ -681,6 +686,75 @@ pub fn ocr_images(
             }
             writeln!(out, "{}", r.text)?;
         }
+    }
+    Ok(())
+}
+
+fn tune_inputs(
+    topology: Option<&Path>,
+    profiles: Option<&Path>,
+) -> anyhow::Result<(mxgate_tuning::Topology, Vec<mxgate_tuning::Profile>)> {
+    let root = topology.unwrap_or(Path::new("/"));
+    let t = mxgate_tuning::Topology::detect(root)?;
+    let p = mxgate_tuning::Profile::all(profiles)?;
+    Ok((t, p))
+}
+
+/// `mxgate tune probe`: the profile that fits the machine best, and why.
+pub fn tune_probe(
+    topology: Option<&Path>,
+    profiles: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (t, all) = tune_inputs(topology, profiles)?;
+    let (p, why) = mxgate_tuning::probe(&all, &t)
+        .ok_or_else(|| anyhow::anyhow!("no profile fits (not even generic)"))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"profile": p.name, "description": p.description, "why": why,
+                "machine": t.summary(), "topology": t})
+        );
+    } else {
+        println!(
+            "{}
+  {}
+  machine: {}",
+            p.name,
+            p.description,
+            t.summary()
+        );
+        for w in &why {
+            println!("  matches: {w}");
+        }
+    }
+    Ok(())
+}
+
+/// `mxgate tune show`: the plan for a profile (the probed one by default).
+pub fn tune_show(
+    profile: Option<&str>,
+    topology: Option<&Path>,
+    profiles: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (t, all) = tune_inputs(topology, profiles)?;
+    let p = match profile {
+        Some(name) => all.iter().find(|p| p.name == name).ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
+            anyhow::anyhow!("no profile {name:?} (known: {})", names.join(", "))
+        })?,
+        None => {
+            mxgate_tuning::probe(&all, &t)
+                .ok_or_else(|| anyhow::anyhow!("no profile fits"))?
+                .0
+        }
+    };
+    let plan = mxgate_tuning::Plan::compute(p, &t, mxgate_tuning::memlock_limit());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{}", plan.render());
     }
     Ok(())
 }

@@ -87,6 +87,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AvCmd,
     },
+    /// Hardware profiles and the placement plan.
+    Tune {
+        #[command(subcommand)]
+        cmd: TuneCmd,
+    },
     /// Read the text in image files with the OCR pool, as the ocr stage does.
     Ocr {
         /// TOML configuration file (its `ocr` section).
@@ -98,6 +103,37 @@ enum Cmd {
         /// The images (PNG, JPEG, GIF, BMP, TIFF, WebP).
         #[arg(required = true)]
         images: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TuneCmd {
+    /// Print the placement plan `mxgate serve` follows.
+    Show {
+        /// A profile by name (default: the one `probe` picks).
+        #[arg(long)]
+        profile: Option<String>,
+        /// Read the machine from this saved /sys and /proc tree instead of `/`.
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// More profiles (a folder of *.toml) beside the built-in ones.
+        #[arg(long)]
+        profiles: Option<PathBuf>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Name the profile that fits this machine best, and why.
+    Probe {
+        /// Read the machine from this saved /sys and /proc tree instead of `/`.
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// More profiles (a folder of *.toml) beside the built-in ones.
+        #[arg(long)]
+        profiles: Option<PathBuf>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -404,6 +440,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", toml::to_string(&cfg)?);
             Ok(())
         }
+        Cmd::Tune { cmd } => match cmd {
+            TuneCmd::Show {
+                profile,
+                topology,
+                profiles,
+                json,
+            } => tools::tune_show(
+                profile.as_deref(),
+                topology.as_deref(),
+                profiles.as_deref(),
+                json,
+            ),
+            TuneCmd::Probe {
+                topology,
+                profiles,
+                json,
+            } => tools::tune_probe(topology.as_deref(), profiles.as_deref(), json),
+        },
         Cmd::Serve {
             config,
             listen,
@@ -419,6 +473,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let cfg = settings::load(config.as_deref(), &ov)?;
             init_logging(&cfg.log.level);
+            if let Ok(Some(plan)) = settings::tuning_plan(&cfg) {
+                tracing::info!(
+                    profile = %plan.profile,
+                    machine = %plan.topology,
+                    shards = cfg.server.shards,
+                    cpus = ?cfg.server.cpus,
+                    av_workers = cfg.av.workers,
+                    ocr_workers = cfg.ocr.workers,
+                    "tuning plan (mxgate tune show prints it whole)"
+                );
+            }
             let snap = Snapshot::build(cfg, config).context("configuration")?;
             mxgate_pipeline::run(Control::new(snap, ov))
         }
