@@ -42,6 +42,11 @@ enum Cmd {
         /// Override the messages per run.
         #[arg(long)]
         count: Option<u64>,
+        /// Also run the peers (rspamd, SpamAssassin's spamd) on the same corpus in the same
+        /// run, with the scripts of ../shared/peers (or $MXGATE_PEERS), and print the ratios
+        /// (the `content` scenario).
+        #[arg(long)]
+        peers: bool,
     },
     /// List the scenarios.
     List,
@@ -54,6 +59,7 @@ struct Scenario {
     count: u64,
     reps: usize,
     per_conn: u64,
+    #[serde(default)]
     idle_connections: usize,
     gateway_config: String,
     expect: Expect,
@@ -87,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             out,
             reps,
             count,
+            peers,
         } => {
             let dir = if Path::new(&scenario).is_dir() {
                 PathBuf::from(&scenario)
@@ -115,6 +122,7 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&out)?;
             match name.as_str() {
                 "relay" => relay(&dir, &sc, &out),
+                "content" => content(&dir, &sc, &out, peers),
                 other => bail!("scenario {other:?} has no runner yet"),
             }
         }
@@ -417,6 +425,166 @@ fn relay(dir: &Path, sc: &Scenario, out: &Path) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&results)?,
     )?;
     let report = report(&results);
+    std::fs::write(out.join("report.md"), &report)?;
+    println!("{report}");
+    println!("results in {}", out.display());
+    if !failures.is_empty() {
+        bail!("correctness check failed: {failures:?}");
+    }
+    Ok(())
+}
+
+/// The content filter: the gateway's CPU per message with the rules stage on, latency and
+/// throughput; with `peers`, rspamd and spamd on the same corpus in the same run.
+fn content(dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result<()> {
+    let bin = bin_dir()?;
+    let corpus_root =
+        PathBuf::from(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()));
+    let corpus: Vec<PathBuf> = sc.corpus.iter().map(|c| corpus_root.join(c)).collect();
+    let (sink_port, mx_port) = (free_port()?, free_port()?);
+    let _sink = Daemon::start(
+        "sink",
+        Command::new(bin.join("mxgate-loadgen")).args([
+            "sink",
+            "--listen",
+            &format!("127.0.0.1:{sink_port}"),
+        ]),
+        sink_port,
+        out,
+    )?;
+    let mx = Daemon::start(
+        "mxgate",
+        Command::new(bin.join("mxgate")).args([
+            "serve",
+            "--config",
+            &dir.join(&sc.gateway_config).display().to_string(),
+            "--listen",
+            &format!("127.0.0.1:{mx_port}"),
+            "--relay",
+            &format!("127.0.0.1:{sink_port}"),
+            "--metrics",
+            "",
+        ]),
+        mx_port,
+        out,
+    )?;
+    // Warm-up: matchers compiled on first use, caches filled.
+    let sessions_max = sc.sessions.iter().copied().max().unwrap_or(8);
+    loadgen(&bin, mx_port, &corpus, sessions_max, 500, sc.per_conn)?;
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    for &s in &sc.sessions {
+        let (mut rate, mut p50, mut p99, mut cpu) = (vec![], vec![], vec![], vec![]);
+        for rep in 0..sc.reps {
+            eprintln!("content: sessions {s}, rep {}/{}", rep + 1, sc.reps);
+            let c0 = cpu_secs(mx.pid())?;
+            let r = loadgen(&bin, mx_port, &corpus, s, sc.count, sc.per_conn)?;
+            let c1 = cpu_secs(mx.pid())?;
+            check(&r, sc, "mxgate", &mut failures);
+            rate.push(r["msgs_per_s"].as_f64().unwrap_or(0.0));
+            p50.push(r["latency_ms"]["p50"].as_f64().unwrap_or(0.0));
+            p99.push(r["latency_ms"]["p99"].as_f64().unwrap_or(0.0));
+            cpu.push(1000.0 * (c1 - c0) / r["accepted"].as_f64().unwrap_or(1.0).max(1.0));
+        }
+        rows.push(json!({
+            "sessions": s,
+            "mxgate_msgs_per_s": median(rate),
+            "mxgate_p50_ms": median(p50),
+            "mxgate_p99_ms": median(p99),
+            "mxgate_cpu_ms_per_msg": median(cpu),
+            "mxgate_rss_kib": rss_kib(mx.pid())?,
+            "runs": sc.reps,
+        }));
+    }
+    drop(mx);
+    let mut peer_rows = Vec::new();
+    if peers {
+        let scripts = PathBuf::from(
+            std::env::var("MXGATE_PEERS").unwrap_or_else(|_| "../shared/peers".into()),
+        );
+        for (name, script) in [("rspamd", "bench_rspamd.sh"), ("spamd", "bench_spamd.sh")] {
+            let dest = out.join(name);
+            eprintln!("content: peer {name}");
+            let status = Command::new("bash")
+                .arg(scripts.join(script))
+                .arg(&corpus_root)
+                .arg(&dest)
+                .env("REPS", "1")
+                .env("CONC", sessions_max.to_string())
+                .env("MIN_SECONDS", "30")
+                .env("VERDICT_PASS", "0")
+                .env("RSPAMC_CHECK", "0")
+                .env("QUIET_MAX_WAIT", "5")
+                .env("WORK", out.join(format!("{name}-work")))
+                .stdout(Stdio::null())
+                .status()?;
+            anyhow::ensure!(status.success(), "{script} failed");
+            let r: Value = serde_json::from_str(&std::fs::read_to_string(
+                dest.join(format!("rep1_c{sessions_max}.json")),
+            )?)?;
+            peer_rows.push(json!({
+                "peer": name,
+                "sessions": sessions_max,
+                "msgs_per_s": r["msgs_per_s"],
+                "p50_ms": r["latency_ms"]["p50"],
+                "p95_ms": r["latency_ms"]["p95"],
+                "cpu_ms_per_msg": r["daemon_cpu_ms_per_msg"],
+            }));
+        }
+    }
+    let mx_cpu = rows
+        .last()
+        .and_then(|r| r["mxgate_cpu_ms_per_msg"].as_f64())
+        .unwrap_or(f64::NAN);
+    for p in &mut peer_rows {
+        let ratio = p["cpu_ms_per_msg"].as_f64().unwrap_or(f64::NAN) / mx_cpu;
+        p["peer_cpu_over_mxgate_cpu"] = json!(ratio);
+    }
+    let results = json!({
+        "scenario": "content",
+        "corpus": sc.corpus,
+        "count_per_run": sc.count,
+        "stages": "hops, rules (full SpamAssassin ruleset and native eval tests); no Bayes, AV, OCR, DNS",
+        "rows": rows,
+        "peers": peer_rows,
+        "failures": failures,
+    });
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    let mut report = format!(
+        "### content: {} messages per run, corpus {}, median of {} runs\n\n\
+         | sessions | mxgate msg/s | p50 ms | p99 ms | mxgate CPU ms/msg | RSS KiB |\n|---:|---:|---:|---:|---:|---:|\n",
+        sc.count, results["corpus"], sc.reps
+    );
+    for row in &rows {
+        let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
+        report.push_str(&format!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.3} | {} |\n",
+            row["sessions"],
+            f("mxgate_msgs_per_s"),
+            f("mxgate_p50_ms"),
+            f("mxgate_p99_ms"),
+            f("mxgate_cpu_ms_per_msg"),
+            row["mxgate_rss_kib"]
+        ));
+    }
+    if !peer_rows.is_empty() {
+        report.push_str("\n| peer (same corpus, same run) | msg/s | p50 ms | p95 ms | CPU ms/msg | peer CPU / mxgate CPU |\n|---|---:|---:|---:|---:|---:|\n");
+        for p in &peer_rows {
+            let f = |k: &str| p[k].as_f64().unwrap_or(f64::NAN);
+            report.push_str(&format!(
+                "| {} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} |\n",
+                p["peer"].as_str().unwrap_or(""),
+                f("msgs_per_s"),
+                f("p50_ms"),
+                f("p95_ms"),
+                f("cpu_ms_per_msg"),
+                f("peer_cpu_over_mxgate_cpu")
+            ));
+        }
+    }
     std::fs::write(out.join("report.md"), &report)?;
     println!("{report}");
     println!("results in {}", out.display());
