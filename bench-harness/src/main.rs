@@ -233,6 +233,19 @@ fn loadgen(
     count: u64,
     per_conn: u64,
 ) -> anyhow::Result<Value> {
+    loadgen_at(bin, port, corpus, sessions, count, per_conn, None)
+}
+
+/// [`loadgen`] with an offered rate (messages per second), or as fast as it goes.
+fn loadgen_at(
+    bin: &Path,
+    port: u16,
+    corpus: &[PathBuf],
+    sessions: usize,
+    count: u64,
+    per_conn: u64,
+    rate: Option<f64>,
+) -> anyhow::Result<Value> {
     let mut cmd = Command::new(bin.join("mxgate-loadgen"));
     cmd.arg("send")
         .arg("--to")
@@ -244,6 +257,9 @@ fn loadgen(
         .arg("--per-conn")
         .arg(per_conn.to_string())
         .arg("--json");
+    if let Some(r) = rate {
+        cmd.arg("--rate").arg(format!("{r:.0}"));
+    }
     for c in corpus {
         cmd.arg("--corpus").arg(c);
     }
@@ -441,7 +457,7 @@ fn content(dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result
     let corpus_root =
         PathBuf::from(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()));
     let corpus: Vec<PathBuf> = sc.corpus.iter().map(|c| corpus_root.join(c)).collect();
-    let (sink_port, mx_port) = (free_port()?, free_port()?);
+    let sink_port = free_port()?;
     let _sink = Daemon::start(
         "sink",
         Command::new(bin.join("mxgate-loadgen")).args([
@@ -452,27 +468,34 @@ fn content(dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result
         sink_port,
         out,
     )?;
-    let mx = Daemon::start(
-        "mxgate",
-        Command::new(bin.join("mxgate")).args([
-            "serve",
-            "--config",
-            &dir.join(&sc.gateway_config).display().to_string(),
-            "--listen",
-            &format!("127.0.0.1:{mx_port}"),
-            "--relay",
-            &format!("127.0.0.1:{sink_port}"),
-            "--metrics",
-            "",
-        ]),
-        mx_port,
-        out,
-    )?;
-    // Warm-up: matchers compiled on first use, caches filled.
     let sessions_max = sc.sessions.iter().copied().max().unwrap_or(8);
+    let mut failures = Vec::new();
+    // Scaling: the same load on one shard (pinned to CPU 0), then on the plan's shards.
+    let base = std::fs::read_to_string(dir.join(&sc.gateway_config))?;
+    let one_shard = out.join("gateway-1-shard.toml");
+    std::fs::write(
+        &one_shard,
+        base.replacen("[server]\n", "[server]\nshards = 1\ncpus = [0]\n", 1),
+    )?;
+    let mut scaling = Vec::new();
+    {
+        let port = free_port()?;
+        let mx = start_gateway(&bin, &one_shard, port, sink_port, out)?;
+        loadgen(&bin, port, &corpus, sessions_max, 500, sc.per_conn)?;
+        let mut rate = vec![];
+        for _ in 0..sc.reps {
+            let r = loadgen(&bin, port, &corpus, sessions_max, sc.count, sc.per_conn)?;
+            check(&r, sc, "mxgate, 1 shard", &mut failures);
+            rate.push(r["msgs_per_s"].as_f64().unwrap_or(0.0));
+        }
+        drop(mx);
+        scaling.push(json!({"shards": 1, "msgs_per_s": median(rate)}));
+    }
+    let mx_port = free_port()?;
+    let mx = start_gateway(&bin, &dir.join(&sc.gateway_config), mx_port, sink_port, out)?;
+    // Warm-up: matchers compiled on first use, caches filled.
     loadgen(&bin, mx_port, &corpus, sessions_max, 500, sc.per_conn)?;
     let mut rows = Vec::new();
-    let mut failures = Vec::new();
     for &s in &sc.sessions {
         let (mut rate, mut p50, mut p99, mut cpu) = (vec![], vec![], vec![], vec![]);
         for rep in 0..sc.reps {
@@ -496,7 +519,28 @@ fn content(dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result
             "runs": sc.reps,
         }));
     }
+    // Latency at 80 % of the throughput just measured.
+    let max_rate = rows
+        .last()
+        .and_then(|r| r["mxgate_msgs_per_s"].as_f64())
+        .unwrap_or(0.0);
+    let mut at80 = vec![];
+    for _ in 0..sc.reps {
+        let r = loadgen_at(
+            &bin,
+            mx_port,
+            &corpus,
+            sessions_max,
+            sc.count,
+            sc.per_conn,
+            Some(0.8 * max_rate),
+        )?;
+        check(&r, sc, "mxgate at 80 %", &mut failures);
+        at80.push(r["latency_ms"]["p99"].as_f64().unwrap_or(f64::NAN));
+    }
+    let p99_at_80 = median(at80);
     drop(mx);
+    scaling.push(json!({"shards": "plan", "msgs_per_s": max_rate}));
     let mut peer_rows = Vec::new();
     if peers {
         let scripts = PathBuf::from(
@@ -546,6 +590,9 @@ fn content(dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result
         "count_per_run": sc.count,
         "stages": "hops, rules (full SpamAssassin ruleset and native eval tests); no Bayes, AV, OCR, DNS",
         "rows": rows,
+        "p99_ms_at_80_percent": p99_at_80,
+        "offered_at_80_percent": 0.8 * max_rate,
+        "scaling": scaling,
         "peers": peer_rows,
         "failures": failures,
     });
@@ -570,6 +617,14 @@ fn content(dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result
             row["mxgate_rss_kib"]
         ));
     }
+    report.push_str(&format!(
+        "\np99 at 80 % of that throughput ({:.0} msg/s offered): **{:.2} ms**. One shard on CPU 0: {:.0} msg/s; the plan's shards: {:.0} msg/s ({:.2}x).\n",
+        0.8 * max_rate,
+        p99_at_80,
+        scaling[0]["msgs_per_s"].as_f64().unwrap_or(f64::NAN),
+        max_rate,
+        max_rate / scaling[0]["msgs_per_s"].as_f64().unwrap_or(f64::NAN)
+    ));
     if !peer_rows.is_empty() {
         report.push_str("\n| peer (same corpus, same run) | msg/s | p50 ms | p95 ms | CPU ms/msg | peer CPU / mxgate CPU |\n|---|---:|---:|---:|---:|---:|\n");
         for p in &peer_rows {
@@ -592,6 +647,31 @@ fn content(dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result
         bail!("correctness check failed: {failures:?}");
     }
     Ok(())
+}
+
+fn start_gateway(
+    bin: &Path,
+    config: &Path,
+    port: u16,
+    sink_port: u16,
+    out: &Path,
+) -> anyhow::Result<Daemon> {
+    Daemon::start(
+        "mxgate",
+        Command::new(bin.join("mxgate")).args([
+            "serve",
+            "--config",
+            &config.display().to_string(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--relay",
+            &format!("127.0.0.1:{sink_port}"),
+            "--metrics",
+            "",
+        ]),
+        port,
+        out,
+    )
 }
 
 fn check(v: &Value, sc: &Scenario, what: &str, failures: &mut Vec<String>) {
