@@ -63,6 +63,20 @@ struct Scenario {
     idle_connections: usize,
     gateway_config: String,
     expect: Expect,
+    /// Folders (relative to MXGATE_CORPUS) to train Bayes on first, spam then ham: the model
+    /// goes to the output folder and replaces `@BAYES_DB@` in the gateway configuration.
+    #[serde(default)]
+    bayes_spam: Vec<String>,
+    /// See `bayes_spam`.
+    #[serde(default)]
+    bayes_ham: Vec<String>,
+    /// Offered loads, as fractions of the measured maximum, for the latency/throughput curve
+    /// (with SVG plots); empty: none.
+    #[serde(default)]
+    sweep: Vec<f64>,
+    /// Sessions for the sweep (default: the largest of `sessions`).
+    #[serde(default)]
+    sweep_sessions: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -122,7 +136,9 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&out)?;
             match name.as_str() {
                 "relay" => relay(&dir, &sc, &out),
-                "content" => content(&dir, &sc, &out, peers),
+                "content" | "rules-bayes" | "full" | "overload" => {
+                    content(&name, &dir, &sc, &out, peers)
+                }
                 other => bail!("scenario {other:?} has no runner yet"),
             }
         }
@@ -452,7 +468,7 @@ fn relay(dir: &Path, sc: &Scenario, out: &Path) -> anyhow::Result<()> {
 
 /// The content filter: the gateway's CPU per message with the rules stage on, latency and
 /// throughput; with `peers`, rspamd and spamd on the same corpus in the same run.
-fn content(dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result<()> {
+fn content(name: &str, dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result<()> {
     let bin = bin_dir()?;
     let corpus_root =
         PathBuf::from(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()));
@@ -471,7 +487,23 @@ fn content(dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result
     let sessions_max = sc.sessions.iter().copied().max().unwrap_or(8);
     let mut failures = Vec::new();
     // Scaling: the same load on one shard (pinned to CPU 0), then on the plan's shards.
-    let base = std::fs::read_to_string(dir.join(&sc.gateway_config))?;
+    let mut base = std::fs::read_to_string(dir.join(&sc.gateway_config))?;
+    if !sc.bayes_spam.is_empty() {
+        let db = out.join("bayes");
+        let mut cmd = Command::new(bin.join("mxgate"));
+        cmd.args(["bayes", "learn", "--db"]).arg(&db);
+        for f in &sc.bayes_spam {
+            cmd.arg("--spam").arg(corpus_root.join(f));
+        }
+        for f in &sc.bayes_ham {
+            cmd.arg("--ham").arg(corpus_root.join(f));
+        }
+        let st = cmd.stdout(Stdio::null()).status()?;
+        anyhow::ensure!(st.success(), "mxgate bayes learn failed");
+        base = base.replace("@BAYES_DB@", &db.display().to_string());
+    }
+    let config = out.join("gateway.toml");
+    std::fs::write(&config, &base)?;
     let one_shard = out.join("gateway-1-shard.toml");
     std::fs::write(
         &one_shard,
@@ -492,7 +524,7 @@ fn content(dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result
         scaling.push(json!({"shards": 1, "msgs_per_s": median(rate)}));
     }
     let mx_port = free_port()?;
-    let mx = start_gateway(&bin, &dir.join(&sc.gateway_config), mx_port, sink_port, out)?;
+    let mx = start_gateway(&bin, &config, mx_port, sink_port, out)?;
     // Warm-up: matchers compiled on first use, caches filled.
     loadgen(&bin, mx_port, &corpus, sessions_max, 500, sc.per_conn)?;
     let mut rows = Vec::new();
@@ -539,6 +571,69 @@ fn content(dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result
         at80.push(r["latency_ms"]["p99"].as_f64().unwrap_or(f64::NAN));
     }
     let p99_at_80 = median(at80);
+    // The curve: offered load against throughput, latency and temporary failures.
+    let mut curve = Vec::new();
+    for &f in &sc.sweep {
+        let offered = f * max_rate;
+        eprintln!("{name}: offered {offered:.0} msg/s ({:.0} %)", 100.0 * f);
+        let r = loadgen_at(
+            &bin,
+            mx_port,
+            &corpus,
+            sc.sweep_sessions.unwrap_or(sessions_max),
+            sc.count,
+            sc.per_conn,
+            Some(offered),
+        )?;
+        let tempfail: f64 = r["replies"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with('4'))
+            .filter_map(|(_, v)| v.as_f64())
+            .sum::<f64>()
+            + 0.0; // no -0 for none
+        curve.push(json!({
+            "offered_msgs_per_s": offered,
+            "msgs_per_s": r["msgs_per_s"],
+            "p50_ms": r["latency_ms"]["p50"],
+            "p99_ms": r["latency_ms"]["p99"],
+            "tempfail": tempfail,
+            "accepted": r["accepted"],
+            "messages": r["messages"],
+        }));
+    }
+    if !curve.is_empty() {
+        let pts = |k: &str| -> Vec<(f64, f64)> {
+            curve
+                .iter()
+                .map(|c| {
+                    (
+                        c["offered_msgs_per_s"].as_f64().unwrap_or(0.0),
+                        c[k].as_f64().unwrap_or(0.0),
+                    )
+                })
+                .collect()
+        };
+        std::fs::write(
+            out.join("throughput.svg"),
+            svg_plot(
+                "Throughput against offered load",
+                "offered msg/s",
+                "msg/s",
+                &pts("msgs_per_s"),
+            ),
+        )?;
+        std::fs::write(
+            out.join("latency.svg"),
+            svg_plot(
+                "p99 latency against offered load",
+                "offered msg/s",
+                "p99 ms",
+                &pts("p99_ms"),
+            ),
+        )?;
+    }
     drop(mx);
     scaling.push(json!({"shards": "plan", "msgs_per_s": max_rate}));
     let mut peer_rows = Vec::new();
@@ -585,7 +680,8 @@ fn content(dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result
         p["peer_cpu_over_mxgate_cpu"] = json!(ratio);
     }
     let results = json!({
-        "scenario": "content",
+        "scenario": name,
+        "curve": curve,
         "corpus": sc.corpus,
         "count_per_run": sc.count,
         "stages": "hops, rules (full SpamAssassin ruleset and native eval tests); no Bayes, AV, OCR, DNS",
@@ -601,7 +697,7 @@ fn content(dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result
         serde_json::to_string_pretty(&results)?,
     )?;
     let mut report = format!(
-        "### content: {} messages per run, corpus {}, median of {} runs\n\n\
+        "### {name}: {} messages per run, corpus {}, median of {} runs\n\n\
          | sessions | mxgate msg/s | p50 ms | p99 ms | mxgate CPU ms/msg | RSS KiB |\n|---:|---:|---:|---:|---:|---:|\n",
         sc.count, results["corpus"], sc.reps
     );
@@ -625,6 +721,24 @@ fn content(dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result
         max_rate,
         max_rate / scaling[0]["msgs_per_s"].as_f64().unwrap_or(f64::NAN)
     ));
+    if let Some(c) = results["curve"].as_array().filter(|c| !c.is_empty()) {
+        report.push_str(
+            "\n| offered msg/s | msg/s | p50 ms | p99 ms | 4xx | accepted |\n|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for p in c {
+            let f = |k: &str| p[k].as_f64().unwrap_or(f64::NAN);
+            report.push_str(&format!(
+                "| {:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} |\n",
+                f("offered_msgs_per_s"),
+                f("msgs_per_s"),
+                f("p50_ms"),
+                f("p99_ms"),
+                f("tempfail"),
+                f("accepted")
+            ));
+        }
+        report.push_str("\nPlots: `throughput.svg`, `latency.svg` in the output folder.\n");
+    }
     if !peer_rows.is_empty() {
         report.push_str("\n| peer (same corpus, same run) | msg/s | p50 ms | p95 ms | CPU ms/msg | peer CPU / mxgate CPU |\n|---|---:|---:|---:|---:|---:|\n");
         for p in &peer_rows {
@@ -647,6 +761,72 @@ fn content(dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result
         bail!("correctness check failed: {failures:?}");
     }
     Ok(())
+}
+
+/// A line chart as SVG: the points joined, both axes from 0 with five ticks.
+fn svg_plot(title: &str, xlabel: &str, ylabel: &str, pts: &[(f64, f64)]) -> String {
+    let (w, h, m) = (640.0, 400.0, 60.0);
+    let xmax = pts.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
+    let ymax = pts.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let x = |v: f64| m + v / xmax * (w - 2.0 * m);
+    let y = |v: f64| h - m - v / ymax * (h - 2.0 * m);
+    let mut s = String::new();
+    s.push_str(&format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n"
+    ));
+    s.push_str("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    s.push_str(&format!(
+        "<text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{title}</text>\n",
+        w / 2.0
+    ));
+    s.push_str(&format!(
+        "<line x1=\"{m}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"black\"/>\n",
+        h - m,
+        w - m
+    ));
+    s.push_str(&format!(
+        "<line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n",
+        h - m
+    ));
+    s.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{xlabel}</text>\n",
+        w / 2.0,
+        h - 15.0
+    ));
+    s.push_str(&format!(
+        "<text x=\"16\" y=\"{0}\" transform=\"rotate(-90 16 {0})\" text-anchor=\"middle\">{ylabel}</text>\n",
+        h / 2.0
+    ));
+    for i in 0..=5 {
+        let (xv, yv) = (xmax * f64::from(i) / 5.0, ymax * f64::from(i) / 5.0);
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{xv:.0}</text>\n",
+            x(xv),
+            h - m + 16.0
+        ));
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{yv:.1}</text>\n",
+            m - 6.0,
+            y(yv) + 4.0
+        ));
+    }
+    let path: Vec<String> = pts
+        .iter()
+        .map(|&(a, b)| format!("{:.1},{:.1}", x(a), y(b)))
+        .collect();
+    s.push_str(&format!(
+        "<polyline fill=\"none\" stroke=\"#1f5fa8\" stroke-width=\"2\" points=\"{}\"/>\n",
+        path.join(" ")
+    ));
+    for &(a, b) in pts {
+        s.push_str(&format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#1f5fa8\"/>\n",
+            x(a),
+            y(b)
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
 }
 
 fn start_gateway(
