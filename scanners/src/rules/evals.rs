@@ -141,6 +141,16 @@ pub enum Call {
         /// Upper bound (inclusive).
         max: f64,
     },
+    /// `html_range('closed_extra_ratio'|'bad_tag_ratio'|'non_element_ratio'|'length', min,
+    /// max)`: min < value <= max (`inf` for no upper bound).
+    HtmlRange {
+        /// Which value.
+        test: HtmlValue,
+        /// Lower bound (exclusive).
+        min: f64,
+        /// Upper bound (inclusive); `None` for `inf`.
+        max: Option<f64>,
+    },
     /// `check_mime_anomaly('NAME')` (mxgate's own): the MIME parser found this anomaly
     /// (`mime::Anomaly::name`, such as `MULTIPART_NO_BOUNDARY`), for local rules to score.
     MimeAnomaly(String),
@@ -174,6 +184,19 @@ pub enum MimeTest {
     FarawayCharset,
     /// `mimepart_limit_exceeded` (1000 parts).
     PartLimitExceeded,
+}
+
+/// The HTML statistics `html_range` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HtmlValue {
+    /// Closing tags with no open one, per tag.
+    ClosedExtraRatio,
+    /// Tags that are not elements, per tag.
+    BadTagRatio,
+    /// Distinct non-element names, per distinct name.
+    NonElementRatio,
+    /// The part's length in characters.
+    Length,
 }
 
 /// One authentication result an eval rule asks about.
@@ -368,6 +391,21 @@ impl Call {
                     }
                 })
             }
+            "html_range" => Some(Call::HtmlRange {
+                test: match arg(0) {
+                    "closed_extra_ratio" => HtmlValue::ClosedExtraRatio,
+                    "bad_tag_ratio" => HtmlValue::BadTagRatio,
+                    "non_element_ratio" => HtmlValue::NonElementRatio,
+                    "length" => HtmlValue::Length,
+                    _ => return None,
+                },
+                min: arg(1).parse().ok()?,
+                max: if arg(2) == "inf" || a.len() < 3 {
+                    None
+                } else {
+                    Some(arg(2).parse().ok()?)
+                },
+            }),
             "html_image_only" => Some(Call::HtmlImageOnly {
                 min: arg(0).parse().ok()?,
                 max: arg(1).parse().ok()?,
@@ -624,6 +662,15 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         }),
         Call::HtmlImageOnly { min, max } => html_parts(input).iter().any(|(len, t)| {
             t.inside.contains_key("img") && (*len as f64) > *min && (*len as f64) <= *max
+        }),
+        Call::HtmlRange { test, min, max } => html_parts(input).iter().any(|(len, t)| {
+            let v = match test {
+                HtmlValue::ClosedExtraRatio => t.closed_extra_ratio(),
+                HtmlValue::BadTagRatio => t.bad_tag_ratio(),
+                HtmlValue::NonElementRatio => t.non_element_ratio(),
+                HtmlValue::Length => Some(*len as f64),
+            };
+            v.is_some_and(|v| v > *min && max.is_none_or(|m| v <= m))
         }),
         Call::MimeAnomaly(name) => input.msg.anomalies.iter().any(|a| a.name() == name),
         Call::Base64Length { min, max } => {

@@ -30,6 +30,144 @@ pub struct Tags {
     pub closed_extra: u32,
     /// Tags seen (`tags`).
     pub tags: u32,
+    /// Tags that are HTML elements HTML.pm knows (`elements`).
+    pub elements: u32,
+    /// Distinct tag names seen (`tags_seen`).
+    pub tags_seen: u32,
+    /// Distinct element names seen (`elements_seen`).
+    pub elements_seen: u32,
+}
+
+/// The elements `HTML.pm` counts (strict, loose and a few non-standard ones).
+const ELEMENTS: &[&str] = &[
+    "a",
+    "abbr",
+    "acronym",
+    "address",
+    "area",
+    "b",
+    "base",
+    "bdo",
+    "big",
+    "blockquote",
+    "body",
+    "br",
+    "button",
+    "caption",
+    "cite",
+    "code",
+    "col",
+    "colgroup",
+    "dd",
+    "del",
+    "dfn",
+    "div",
+    "dl",
+    "dt",
+    "em",
+    "fieldset",
+    "form",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "head",
+    "hr",
+    "html",
+    "i",
+    "img",
+    "input",
+    "ins",
+    "kbd",
+    "label",
+    "legend",
+    "li",
+    "link",
+    "map",
+    "meta",
+    "noscript",
+    "object",
+    "ol",
+    "optgroup",
+    "option",
+    "p",
+    "param",
+    "pre",
+    "q",
+    "samp",
+    "script",
+    "select",
+    "small",
+    "span",
+    "strong",
+    "style",
+    "sub",
+    "sup",
+    "table",
+    "tbody",
+    "td",
+    "textarea",
+    "tfoot",
+    "th",
+    "thead",
+    "title",
+    "tr",
+    "tt",
+    "ul",
+    "var",
+    "applet",
+    "basefont",
+    "center",
+    "dir",
+    "font",
+    "frame",
+    "frameset",
+    "iframe",
+    "isindex",
+    "menu",
+    "noframes",
+    "s",
+    "strike",
+    "u",
+    "nobr",
+    "x-sigsep",
+    "x-tab",
+];
+
+impl Tags {
+    /// `closed_extra_ratio`: closing tags with no open one, per tag.
+    pub fn closed_extra_ratio(&self) -> Option<f64> {
+        (self.tags > 0).then(|| f64::from(self.closed_extra) / f64::from(self.tags))
+    }
+
+    /// `bad_tag_ratio`: tags that are not elements, per tag (when an element was seen).
+    pub fn bad_tag_ratio(&self) -> Option<f64> {
+        (self.tags > 0 && self.elements > 0)
+            .then(|| f64::from(self.tags - self.elements) / f64::from(self.tags))
+    }
+
+    /// `non_element_ratio`: distinct non-element names, per distinct name.
+    pub fn non_element_ratio(&self) -> Option<f64> {
+        (self.tags_seen > 0 && self.elements_seen > 0)
+            .then(|| f64::from(self.tags_seen - self.elements_seen) / f64::from(self.tags_seen))
+    }
+}
+
+/// `m@^(?:o|st\d):[\w-]+/?$@`: Office namespace tags, counted as elements.
+fn office_namespace(tag: &str) -> bool {
+    let rest = tag.strip_prefix("o:").or_else(|| {
+        let t = tag.strip_prefix("st")?;
+        let d = t.chars().next()?;
+        d.is_ascii_digit().then(|| &t[1..])?.strip_prefix(':')
+    });
+    rest.is_some_and(|r| {
+        let r = r.strip_suffix('/').unwrap_or(r);
+        !r.is_empty()
+            && r.chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+    })
 }
 
 /// The tags of an HTML part, counted as `HTML.pm`'s `html_tag` counts them (unclosed `style`
@@ -41,7 +179,13 @@ pub fn tags(html: &str) -> Tags {
         if name.is_empty() {
             return;
         }
+        let new = !t.inside.contains_key(name);
+        if ELEMENTS.contains(&name) || office_namespace(name) {
+            t.elements += 1;
+            t.elements_seen += u32::from(new);
+        }
         t.tags += 1;
+        t.tags_seen += u32::from(new);
         let e = t.inside.entry(name.to_string()).or_insert(0);
         *e += if closing { -1 } else { 1 };
         if *e < 0 {
@@ -54,6 +198,7 @@ pub fn tags(html: &str) -> Tags {
             while *e > 0 {
                 *e -= 1;
                 t.tags += 1;
+                t.elements += 1;
             }
         }
     }
