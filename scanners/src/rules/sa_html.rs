@@ -391,6 +391,12 @@ mod tests {
         assert_eq!(t.inside.get("center"), Some(&1));
         assert_eq!(t.inside.get("style"), Some(&0)); // closed at the end
         assert!(!t.inside.contains_key("head"));
+        let t = tags("<html><blink>x</blink><b></b></i><o:p></o:p>");
+        assert_eq!((t.tags, t.elements, t.closed_extra), (8, 6, 1));
+        assert_eq!(t.closed_extra_ratio(), Some(1.0 / 8.0));
+        assert_eq!(t.bad_tag_ratio(), Some(2.0 / 8.0));
+        // Seen: html, blink, b, i, o:p; blink alone is no element.
+        assert_eq!(t.non_element_ratio(), Some(1.0 / 5.0));
     }
 
     #[test]
