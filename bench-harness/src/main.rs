@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+mod flame;
+
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -47,6 +49,10 @@ enum Cmd {
         /// (the `content` scenario).
         #[arg(long)]
         peers: bool,
+        /// Sample the gateway with `perf record` during the measured runs and draw
+        /// `flamegraph.svg` (content scenarios).
+        #[arg(long)]
+        profile: bool,
     },
     /// List the scenarios.
     List,
@@ -108,6 +114,7 @@ fn main() -> anyhow::Result<()> {
             reps,
             count,
             peers,
+            profile,
         } => {
             let dir = if Path::new(&scenario).is_dir() {
                 PathBuf::from(&scenario)
@@ -137,7 +144,7 @@ fn main() -> anyhow::Result<()> {
             match name.as_str() {
                 "relay" => relay(&dir, &sc, &out),
                 "content" | "rules-bayes" | "full" | "overload" => {
-                    content(&name, &dir, &sc, &out, peers)
+                    content(&name, &dir, &sc, &out, peers, profile)
                 }
                 other => bail!("scenario {other:?} has no runner yet"),
             }
@@ -468,7 +475,14 @@ fn relay(dir: &Path, sc: &Scenario, out: &Path) -> anyhow::Result<()> {
 
 /// The content filter: the gateway's CPU per message with the rules stage on, latency and
 /// throughput; with `peers`, rspamd and spamd on the same corpus in the same run.
-fn content(name: &str, dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> anyhow::Result<()> {
+fn content(
+    name: &str,
+    dir: &Path,
+    sc: &Scenario,
+    out: &Path,
+    peers: bool,
+    profile: bool,
+) -> anyhow::Result<()> {
     let bin = bin_dir()?;
     let corpus_root =
         PathBuf::from(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()));
@@ -527,6 +541,11 @@ fn content(name: &str, dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> an
     let mx = start_gateway(&bin, &config, mx_port, sink_port, out)?;
     // Warm-up: matchers compiled on first use, caches filled.
     loadgen(&bin, mx_port, &corpus, sessions_max, 500, sc.per_conn)?;
+    let recording = if profile {
+        Some(flame::Recording::start(mx.pid(), out)?)
+    } else {
+        None
+    };
     let mut rows = Vec::new();
     for &s in &sc.sessions {
         let (mut rate, mut p50, mut p99, mut cpu) = (vec![], vec![], vec![], vec![]);
@@ -550,6 +569,10 @@ fn content(name: &str, dir: &Path, sc: &Scenario, out: &Path, peers: bool) -> an
             "mxgate_rss_kib": rss_kib(mx.pid())?,
             "runs": sc.reps,
         }));
+    }
+    if let Some(r) = recording {
+        let svg = r.finish(&format!("mxgate, scenario {name}"))?;
+        eprintln!("{name}: flame graph in {}", svg.display());
     }
     // Latency at 80 % of the throughput just measured.
     let max_rate = rows
