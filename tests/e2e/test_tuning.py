@@ -112,6 +112,18 @@ class Serve(unittest.TestCase):
         got = [int(c) for c in m.group(1).split(",") if c.strip()]
         self.assertEqual(set(got), set(range(32)) & os.sched_getaffinity(0))
 
+    def test_the_plans_allocator_settings_reach_the_environment(self):
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, stages="hops", toml='[tuning]\nprofile = "xeon-scalable-2s"\n')
+        try:
+            with open(f"/proc/{mx.p.pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            self.assertIn(b"MIMALLOC_USE_NUMA_NODES=2", env)
+            self.assertIn(b"OMP_THREAD_LIMIT=1", env)
+        finally:
+            mx.stop()
+            sink.stop()
+
     def test_profile_none_leaves_the_configuration_alone(self):
         log = self.serve_log('[tuning]\nprofile = "none"\n')
         self.assertNotIn("tuning plan", log)

@@ -317,8 +317,7 @@ fn init_logging(level: &str) {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Tesseract reads OMP_THREAD_LIMIT only at process start: re-executes when it is missing.
-    mxgate_ocr::ensure_single_thread_omp();
+    ensure_start_env();
     match run(Cli::parse()) {
         // `mxgate mime ... | head`: a closed pipe ends the output, it is not an error.
         Err(e)
@@ -331,6 +330,62 @@ fn main() -> anyhow::Result<()> {
         }
         other => other,
     }
+}
+
+/// What is read only at process start: Tesseract's `OMP_THREAD_LIMIT` (1: OpenMP threads would
+/// fight the OCR pool's), and for `serve` the allocator settings of the tuning plan (mimalloc
+/// reads its `MIMALLOC_*` options before `main`). When one is missing, the program executes
+/// itself again with it; settings already in the environment win.
+fn ensure_start_env() {
+    use std::os::unix::process::CommandExt;
+    let mut want: Vec<(String, String)> = Vec::new();
+    if std::env::var_os("OMP_THREAD_LIMIT").is_none_or(|v| v != "1") {
+        want.push(("OMP_THREAD_LIMIT".into(), "1".into()));
+    }
+    if let Ok(Cli {
+        cmd:
+            Cmd::Serve {
+                config,
+                listen,
+                relay,
+                stages,
+                metrics,
+            },
+    }) = Cli::try_parse()
+    {
+        let ov = Overrides {
+            listen,
+            relay,
+            stages,
+            metrics,
+        };
+        if let Ok(cfg) = settings::load(config.as_deref(), &ov) {
+            if let Ok(Some(plan)) = settings::tuning_plan(&cfg) {
+                for (k, v) in plan.allocator {
+                    if std::env::var_os(&k).is_none() {
+                        want.push((k, v));
+                    }
+                }
+            }
+        }
+    }
+    // Once only: a second start that still misses something goes on without it.
+    if want.is_empty() || std::env::var_os("MXGATE_REEXECUTED").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        eprintln!("mxgate: cannot find its own program to set {want:?}; OCR will be slow");
+        return;
+    };
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
+    let err = std::process::Command::new(&exe)
+        .arg0(argv0)
+        .args(args)
+        .envs(want.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("MXGATE_REEXECUTED", "1")
+        .exec();
+    eprintln!("mxgate: re-executing with {want:?} failed ({err}); going on without");
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
