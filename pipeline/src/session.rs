@@ -291,6 +291,7 @@ async fn deliver(
     }
     let id = shard.next_message_id();
     let mut ctx = Context::new(&msg.envelope, &msg.body, client.addr);
+    ctx.shard = Some(shard.id);
     // AV and OCR run on their pools and the DNS and auth checks on the resolver thread
     // meanwhile; this session yields until all answered or ran out of time.
     let parsed = snap

@@ -53,6 +53,8 @@ pub struct Context<'a> {
     pub offloaded: Offloaded,
     /// What the DNS and auth stages found (set by the caller after [`NetStage::gather`]).
     pub net: Option<Facts>,
+    /// The shard running the message (it picks the rule engine copy of its NUMA node).
+    pub shard: Option<usize>,
 }
 
 impl<'a> Context<'a> {
@@ -71,6 +73,7 @@ impl<'a> Context<'a> {
             score: 0.0,
             offloaded: Offloaded::default(),
             net: None,
+            shard: None,
         }
     }
 }
@@ -108,6 +111,11 @@ pub struct Chain {
     ocr: Option<Arc<OcrStage>>,
     /// `rules` (or `headers`, its eval rules alone): the compiled ruleset, when on.
     rules: Option<Arc<rules::Engine>>,
+    /// Copies of the rule engine for the NUMA nodes after the first, each built by a thread on
+    /// its node (so its memory is the node's), when the tuning plan asks for them.
+    rules_by_node: Vec<(usize, Arc<rules::Engine>)>,
+    /// The NUMA node of each shard (by shard index), for picking its copy.
+    shard_nodes: Vec<usize>,
     /// `dns` and `auth`: the resolver and what to ask it, when either is on.
     net: Option<Arc<NetStage>>,
     /// Greylisting at RCPT, when on.
@@ -228,6 +236,58 @@ impl Chain {
         } else {
             None
         };
+        let (mut rules_by_node, mut shard_nodes) = (Vec::new(), Vec::new());
+        if let (Some(_), true) = (&rules, learn) {
+            if let Ok(Some(plan)) = crate::settings::tuning_plan(cfg) {
+                if plan.per_node_copies {
+                    shard_nodes = cfg
+                        .server
+                        .cpus
+                        .iter()
+                        .map(|c| {
+                            plan.shards
+                                .iter()
+                                .find(|s| s.cpu == *c)
+                                .map_or(0, |s| s.node)
+                        })
+                        .collect();
+                    let first = shard_nodes.first().copied().unwrap_or(0);
+                    let mut nodes: Vec<(usize, usize)> = Vec::new(); // (node, a CPU of it)
+                    for (cpu, node) in cfg.server.cpus.iter().zip(&shard_nodes) {
+                        if *node != first && !nodes.iter().any(|(n, _)| n == node) {
+                            nodes.push((*node, *cpu));
+                        }
+                    }
+                    for (node, cpu) in nodes {
+                        let c = cfg.clone();
+                        let with_bayes = bayes.is_some();
+                        let evals_only = !on("rules");
+                        let engine = std::thread::Builder::new()
+                            .name(format!("mxgate-rules-node{node}"))
+                            .spawn(move || {
+                                // Built on the node: its pages are the node's (first touch).
+                                mxgate_core::pool::pin_current_thread(&[cpu]);
+                                let e = load_rules(&c, with_bayes, net_on, evals_only);
+                                if let Ok(e) = &e {
+                                    e.warm_matchers();
+                                }
+                                e
+                            })?
+                            .join()
+                            .map_err(|_| {
+                                anyhow::anyhow!("rules: building node {node}'s copy panicked")
+                            })??;
+                        rules_by_node.push((node, Arc::new(engine)));
+                    }
+                    if !rules_by_node.is_empty() {
+                        tracing::info!(
+                            copies = rules_by_node.len() + 1,
+                            "rules: a copy of the compiled rules per NUMA node"
+                        );
+                    }
+                }
+            }
+        }
         let av = match prev {
             _ if !on("av") => None,
             Some((pc, pch)) if pc.av == cfg.av && pch.av.is_some() => pch.av.clone(),
@@ -271,6 +331,8 @@ impl Chain {
             av,
             ocr,
             rules,
+            rules_by_node,
+            shard_nodes,
             net,
             greylist,
             bayes,
@@ -329,6 +391,19 @@ impl Chain {
     /// The rule engine, when the rules stage is on.
     pub fn rules(&self) -> Option<&rules::Engine> {
         self.rules.as_deref()
+    }
+
+    /// The rule engine for a shard: its NUMA node's copy when there is one.
+    pub fn rules_for(&self, shard: Option<usize>) -> Option<&Arc<rules::Engine>> {
+        let node = shard.and_then(|s| self.shard_nodes.get(s));
+        node.and_then(|n| self.rules_by_node.iter().find(|(m, _)| m == n))
+            .map(|(_, e)| e)
+            .or(self.rules.as_ref())
+    }
+
+    /// Copies of the rule engine beyond the first (one per further NUMA node).
+    pub fn node_copies(&self) -> usize {
+        self.rules_by_node.len()
     }
 
     /// Runs the stages in order and decides.
@@ -482,7 +557,7 @@ impl Chain {
                 }
             }
         }
-        if let Some(engine) = &self.rules {
+        if let Some(engine) = self.rules_for(ctx.shard) {
             let env = rules::Envelope {
                 // An unknown sender (`mxgate scan`) reads as no envelope; rules then fall back
                 // to Return-Path, as SpamAssassin does without a trusted relay.
@@ -675,6 +750,26 @@ pub fn greylist_settings(cfg: &Config) -> greylist::Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_use_their_nodes_copy_of_the_rules() {
+        let engine = || {
+            let set = rules::load_str("body T_X /x/\nscore T_X 1\n", "t.cf");
+            Arc::new(rules::Engine::build(set, &rules::Options::default()).unwrap())
+        };
+        let (a, b) = (engine(), engine());
+        let chain = Chain {
+            rules: Some(Arc::clone(&a)),
+            rules_by_node: vec![(1, Arc::clone(&b))],
+            shard_nodes: vec![0, 1],
+            ..Chain::default()
+        };
+        assert!(Arc::ptr_eq(chain.rules_for(Some(0)).unwrap(), &a));
+        assert!(Arc::ptr_eq(chain.rules_for(Some(1)).unwrap(), &b));
+        assert!(Arc::ptr_eq(chain.rules_for(None).unwrap(), &a));
+        assert!(Arc::ptr_eq(chain.rules_for(Some(7)).unwrap(), &a));
+        assert_eq!(chain.node_copies(), 1);
+    }
 
     #[test]
     fn received_counted_in_header_only() {

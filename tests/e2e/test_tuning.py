@@ -124,6 +124,38 @@ class Serve(unittest.TestCase):
             mx.stop()
             sink.stop()
 
+    def test_two_node_machine_gets_a_rules_copy_per_node(self):
+        # A 2-socket, 1-core-per-socket machine whose sockets are NUMA nodes: CPUs 0 and 1 of
+        # this machine then sit on different nodes, and the plan (generic) asks for a copy of
+        # the compiled rules on each.
+        sys.path.insert(0, os.path.join(REPO, "scripts"))
+        import make_topology
+        root = os.path.join(WORK, "two-nodes")
+        make_topology.make(root, "", 2, 1, 1, 1, 1, 8)
+        rc, out, err = mxgate("tune", "show", "--topology", root, "--json")
+        plan = json.loads(out)
+        self.assertEqual([s["node"] for s in plan["shards"]], [0, 1])
+        self.assertTrue(plan["per_node_copies"])
+        cache = os.environ.get("MXGATE_RULES_CACHE", "/var/tmp/mxgate-rules-cache")
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, stages="hops,rules",
+                    toml=f'[tuning]\ntopology = "{root}"\n[rules]\ncache_dir = "{cache}"\n')
+        try:
+            for i in range(6):
+                r = subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(mx.port),
+                                    "--from", "a@e2e.test", "--to", "b@e2e.test",
+                                    "--header", f"Subject: copy test {i}", "--timeout", "30"],
+                                   capture_output=True, text=True)
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            sink.wait_messages(6)
+            for _, body in sink.messages()[-6:]:
+                self.assertIn(b"X-Spam-Status:", body)
+            log = re.sub(r"\x1b\[[0-9;]*m", "", mx.log())
+            self.assertIn("a copy of the compiled rules per NUMA node copies=2", log)
+        finally:
+            mx.stop()
+            sink.stop()
+
     def test_profile_none_leaves_the_configuration_alone(self):
         log = self.serve_log('[tuning]\nprofile = "none"\n')
         self.assertNotIn("tuning plan", log)
