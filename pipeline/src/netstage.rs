@@ -182,6 +182,7 @@ impl NetStage {
         let lookups = (!queries.is_empty()).then(|| self.dns.lookup_all(queries));
         let auth = auth_req.map(|r| self.dns.authenticate(r, self.dns.timeout() * 3));
         let early = early.map(|e| e.answers);
+        let uri_ip = self.uri_ip(&facts);
         let slack = self.dns.timeout() * 3 + Duration::from_secs(1);
         let all = async {
             let a = async {
@@ -202,13 +203,40 @@ impl NetStage {
                     None => None,
                 }
             };
-            futures_lite::future::zip(futures_lite::future::zip(a, b), c).await
+            let d = async {
+                match uri_ip {
+                    Some(p) => p.await,
+                    None => None,
+                }
+            };
+            let ab = futures_lite::future::zip(a, b);
+            futures_lite::future::zip(ab, futures_lite::future::zip(c, d)).await
         };
         // The service bounds every query; this only guards against a stopped service.
-        let ((a, b), c) = crate::rt::timeout(slack, all)
+        let ((a, b), (c, d)) = crate::rt::timeout(slack, all)
             .await
-            .unwrap_or(((None, None), None));
-        finish(facts, a, b, c)
+            .unwrap_or(((None, None), (None, None)));
+        let mut facts = finish(facts, a, b, c);
+        if let Some((ips, answers)) = d {
+            facts.uri_ips = ips;
+            facts.absorb(answers);
+        }
+        facts
+    }
+
+    /// Starts the lookups of the addresses behind the message's URI domains, when the
+    /// ruleset asks for them (`uridnssub`).
+    fn uri_ip(&self, facts: &Facts) -> Option<Pending<(Vec<net::UriAddress>, net::Answers)>> {
+        let domains: Vec<String> = facts
+            .uri_domains
+            .iter()
+            .filter(|d| d.parse::<IpAddr>().is_err())
+            .cloned()
+            .collect();
+        (self.lookups && !self.plan.uri_ip.is_empty() && !domains.is_empty()).then(|| {
+            self.dns
+                .uri_ip_lookups(domains, self.plan.uri_ip.clone(), self.exclude_private)
+        })
     }
 
     /// [`NetStage::gather`] for a plain thread (`mxgate scan`).
@@ -222,9 +250,16 @@ impl NetStage {
         let (facts, queries, auth_req) = self.prepare(None, client, env, body, msg);
         let lookups = (!queries.is_empty()).then(|| self.dns.lookup_all(queries));
         let auth = auth_req.map(|r| self.dns.authenticate(r, self.dns.timeout() * 3));
+        let uri_ip = self.uri_ip(&facts);
         let a = lookups.and_then(Pending::wait);
         let c = auth.and_then(Pending::wait);
-        finish(facts, a, None, c)
+        let d = uri_ip.and_then(Pending::wait);
+        let mut facts = finish(facts, a, None, c);
+        if let Some((ips, answers)) = d {
+            facts.uri_ips = ips;
+            facts.absorb(answers);
+        }
+        facts
     }
 
     fn prepare(
@@ -253,8 +288,9 @@ impl NetStage {
             }
             queries.extend(q);
             facts.relays = relays;
-            let has_uri_lists =
-                !self.plan.uri.is_empty() || self.lists.iter().any(|l| l.target == Target::Uri);
+            let has_uri_lists = !self.plan.uri.is_empty()
+                || !self.plan.uri_ip.is_empty()
+                || self.lists.iter().any(|l| l.target == Target::Uri);
             if has_uri_lists {
                 let uris = rules::view::uris(msg);
                 let domains = lists::uri_domains(

@@ -290,6 +290,13 @@ class RulesetNetworkRules(unittest.TestCase):
             "listed-shop.example.multi.uribl.com. A 127.0.0.2",
             # askdns: the From: domain is newly registered.
             "sender.example.fresh.fmb.la. A 127.2.0.2",
+            # uridnssub: a URI domain whose name server is on the SBL, another whose own
+            # address is on the CSS list.
+            "listed-shop.example. NS ns1.bad-host.example.",
+            "ns1.bad-host.example. A 203.0.113.20",
+            "20.113.0.203.zen.spamhaus.org. A 127.0.0.2",
+            "listed-shop.example. A 203.0.113.21",
+            "21.113.0.203.zen.spamhaus.org. A 127.0.0.3",
         ]).__enter__()
         cls.cfg = os.path.join(WORK, "ruleset-net.toml")
         with open(cls.cfg, "w") as f:
@@ -330,6 +337,10 @@ class RulesetNetworkRules(unittest.TestCase):
                 self.assertNotIn(sym, b["symbols"], (stages, b))
             # askdns over _AUTHORDOMAIN_ (both messages are From: sender.example).
             self.assertIn("FROM_FMBLA_NEWDOM", a["symbols"], (stages, a))
+            # uridnssub: the listed domain's name server (SBL) and its own address (CSS).
+            self.assertIn("URIBL_SBL", a["symbols"], (stages, a))
+            self.assertIn("URIBL_CSS_A", a["symbols"], (stages, a))
+            self.assertNotIn("URIBL_SBL", b["symbols"], (stages, b))
             self.assertGreater(a["symbols"]["URIBL_BLACK"], 0)
             self.assertEqual(a["dns"]["relays"], ["198.51.100.9"])
 

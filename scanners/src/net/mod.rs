@@ -247,6 +247,9 @@ pub struct Facts {
     pub txt: HashMap<String, Vec<String>>,
     /// The registrable domains of the message's URIs that were looked up.
     pub uri_domains: Vec<String>,
+    /// Addresses behind URI domains: (domain, address, from its own A records rather than
+    /// its name servers').
+    pub uri_ips: Vec<UriAddress>,
     /// `askdns` queries made: (template, query name, the signing domain for `_DKIMDOMAIN_`).
     pub askdns: Vec<(String, String, Option<String>)>,
     /// SPF, DKIM, DMARC and ARC, when the auth stage ran.
@@ -289,6 +292,87 @@ impl Dns {
         })
     }
 }
+
+impl Dns {
+    /// The addresses behind URI domains and their answers on address lists: each domain's
+    /// name servers' addresses (NS, then A) and its own A records, as `zones` asks ((zone, own A
+    /// records?)), each address then asked of its zones. Three rounds of lookups, each a batch.
+    /// Non-public addresses are skipped when `exclude_private`.
+    pub fn uri_ip_lookups(
+        &self,
+        domains: Vec<String>,
+        zones: Vec<(String, bool)>,
+        exclude_private: bool,
+    ) -> Pending<(Vec<UriAddress>, Answers)> {
+        let lists = Arc::clone(&self.inner.lists);
+        self.run(move |_| async move {
+            let mut ips: Vec<(String, IpAddr, bool)> = Vec::new();
+            let keep = |d: &str, a: &str, via_a: bool, ips: &mut Vec<(String, IpAddr, bool)>| {
+                if let Ok(ip) = a.parse::<Ipv4Addr>() {
+                    let ip = IpAddr::V4(ip);
+                    if (!exclude_private || is_public(ip))
+                        && !ips.iter().any(|x| x.0 == d && x.1 == ip && x.2 == via_a)
+                    {
+                        ips.push((d.to_string(), ip, via_a));
+                    }
+                }
+            };
+            if zones.iter().any(|(_, a)| *a) {
+                let asked: Vec<(String, RecordType)> =
+                    domains.iter().map(|d| (d.clone(), RecordType::A)).collect();
+                for (d, r) in domains.iter().zip(lists.lookup_many(&asked).await) {
+                    for a in r.unwrap_or_default() {
+                        keep(d, &a, true, &mut ips);
+                    }
+                }
+            }
+            if zones.iter().any(|(_, a)| !*a) {
+                let asked: Vec<(String, RecordType)> = domains
+                    .iter()
+                    .map(|d| (d.clone(), RecordType::NS))
+                    .collect();
+                // At most three name servers a domain, as a spammer could list hundreds.
+                let mut hosts: Vec<(String, String)> = Vec::new();
+                for (d, r) in domains.iter().zip(lists.lookup_many(&asked).await) {
+                    for h in r.unwrap_or_default().into_iter().take(3) {
+                        hosts.push((d.clone(), h));
+                    }
+                }
+                let asked: Vec<(String, RecordType)> = hosts
+                    .iter()
+                    .map(|(_, h)| (h.clone(), RecordType::A))
+                    .collect();
+                for ((d, _), r) in hosts.iter().zip(lists.lookup_many(&asked).await) {
+                    for a in r.unwrap_or_default() {
+                        keep(d, &a, false, &mut ips);
+                    }
+                }
+            }
+            let mut queries: Vec<Query> = Vec::new();
+            for (_, ip, via_a) in &ips {
+                for (zone, a) in &zones {
+                    let q = Query {
+                        name: lists::ip_query(*ip, zone),
+                        txt: false,
+                    };
+                    if a == via_a && !queries.contains(&q) {
+                        queries.push(q);
+                    }
+                }
+            }
+            let asked: Vec<(String, RecordType)> = queries
+                .iter()
+                .map(|q| (q.name.clone(), RecordType::A))
+                .collect();
+            let answers = lists.lookup_many(&asked).await;
+            (ips, Answers(queries.into_iter().zip(answers).collect()))
+        })
+    }
+}
+
+/// An address behind a URI domain: (domain, address, from the domain's own A records rather
+/// than its name servers').
+pub type UriAddress = (String, IpAddr, bool);
 
 /// A batch's answers.
 #[derive(Debug, Default)]

@@ -320,6 +320,9 @@ fn read(reply: &Message, rtype: RecordType) -> (Answer, u32) {
                     .map(|b| String::from_utf8_lossy(b))
                     .collect(),
             ),
+            (RData::NS(ns), RecordType::NS) => {
+                out.push(ns.0.to_ascii().trim_end_matches('.').to_string())
+            }
             _ => continue,
         }
         ttl = ttl.min(r.ttl);

@@ -300,7 +300,13 @@ impl Engine {
             .enumerate()
             .filter_map(|(i, r)| match &r.test {
                 Test::Eval(e) => {
-                    evals::Call::parse(&e.function, &e.args, &set.net_defs).map(|c| (i, c))
+                    evals::Call::parse(&e.function, &e.args, &set.net_defs).map(|mut c| {
+                        // `tflags a`: a uridnssub rule about the domain's own A records.
+                        if let evals::Call::UriIp { a_records, .. } = &mut c {
+                            *a_records = r.tflags.raw.split_whitespace().any(|w| w == "a");
+                        }
+                        (i, c)
+                    })
                 }
                 _ => None,
             })

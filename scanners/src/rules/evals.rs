@@ -49,6 +49,16 @@ pub enum Call {
         /// Which answers count.
         subtest: Subtest,
     },
+    /// `uridnssub`/`uridnsbl`: the addresses behind a URI's domain (its name servers', or with
+    /// tflags `a` its own A records) looked up on an address list.
+    UriIp {
+        /// The DNS zone.
+        zone: String,
+        /// Which answers count.
+        subtest: Subtest,
+        /// The domain's own A records rather than its name servers'.
+        a_records: bool,
+    },
     /// `askdns NAME QUERY TYPE /regex/`: a query built from the message (`_AUTHORDOMAIN_`,
     /// `_SENDERDOMAIN_`, `_DKIMDOMAIN_`, `_LASTEXTERNALHELO_`), its answers matched as text.
     AskDns {
@@ -278,6 +288,24 @@ impl Call {
                 let def = net_defs.get(arg(0))?;
                 Call::parse(&def.function, &def.args, net_defs)
             }
+            "uridnssub" | "uridnsbl" => {
+                // `zone A [subtest]`; whether the domain's own A records or its name servers'
+                // are meant is the rule's tflags `a` (set by the engine).
+                let mut w = arg_text.split_whitespace();
+                let zone = w.next()?.trim_end_matches('.').to_string();
+                if !w.next()?.eq_ignore_ascii_case("A") {
+                    return None;
+                }
+                let subtest = match w.next() {
+                    Some(s) => Subtest::parse(s)?,
+                    None => Subtest::Any,
+                };
+                Some(Call::UriIp {
+                    zone,
+                    subtest,
+                    a_records: false,
+                })
+            }
             "urirhssub" | "urirhsbl" => {
                 // `zone A subtest` / `zone A`; TXT lists are rare and not read here.
                 let mut w = arg_text.split_whitespace();
@@ -451,6 +479,7 @@ impl Call {
             Call::Rbl { .. }
                 | Call::RblSub { .. }
                 | Call::UriBl { .. }
+                | Call::UriIp { .. }
                 | Call::AskDns { .. }
                 | Call::Auth(_)
         )
@@ -464,6 +493,9 @@ pub struct DnsPlan {
     pub ip: Vec<(String, String, bool, bool)>,
     /// URI domain lists (zones).
     pub uri: Vec<String>,
+    /// Address lists for the addresses behind URI domains: (zone, own A records rather than the
+    /// name servers').
+    pub uri_ip: Vec<(String, bool)>,
     /// `askdns` queries: (template, TXT?).
     pub ask: Vec<(String, bool)>,
     /// `uridnsbl_skip_domain`.
@@ -486,6 +518,14 @@ impl DnsPlan {
                     }
                 }
                 Call::UriBl { zone, .. } if !p.uri.contains(zone) => p.uri.push(zone.clone()),
+                Call::UriIp {
+                    zone, a_records, ..
+                } => {
+                    let e = (zone.clone(), *a_records);
+                    if !p.uri_ip.contains(&e) {
+                        p.uri_ip.push(e);
+                    }
+                }
                 Call::AskDns { template, txt, .. } => {
                     let e = (template.clone(), *txt);
                     if !p.ask.contains(&e) {
@@ -500,7 +540,7 @@ impl DnsPlan {
 
     /// Whether the plan asks for anything.
     pub fn is_empty(&self) -> bool {
-        self.ip.is_empty() && self.uri.is_empty() && self.ask.is_empty()
+        self.ip.is_empty() && self.uri.is_empty() && self.ask.is_empty() && self.uri_ip.is_empty()
     }
 }
 
@@ -550,6 +590,18 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             n.uri_domains.iter().any(|d| {
                 n.a.get(&lists::domain_query(d, zone))
                     .is_some_and(|a| subtest.any(a))
+            })
+        }),
+        Call::UriIp {
+            zone,
+            subtest,
+            a_records,
+        } => input.net.is_some_and(|n| {
+            n.uri_ips.iter().any(|(_, ip, via_a)| {
+                via_a == a_records
+                    && n.a
+                        .get(&lists::ip_query(*ip, zone))
+                        .is_some_and(|a| subtest.any(a))
             })
         }),
         Call::AskDns {
