@@ -728,9 +728,11 @@ impl Engine {
         if !self.calls.is_empty() {
             let mail_from = ctx.env.mail_from;
             let net = ctx.env.net;
+            let extracted_text = ctx.env.extracted_text;
             let headers = ctx.headers();
             let input = evals::EvalInput {
                 msg,
+                extracted_text,
                 headers,
                 mail_from,
                 net,

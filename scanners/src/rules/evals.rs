@@ -161,6 +161,15 @@ pub enum Call {
         /// Upper bound (inclusive); `None` for `inf`.
         max: Option<f64>,
     },
+    /// `check_for_uppercase(min, max)`: the share of upper-case letters in the body text.
+    Uppercase {
+        /// Lower bound (exclusive), percent.
+        min: f64,
+        /// Upper bound (inclusive), percent.
+        max: f64,
+    },
+    /// `check_body_length(max)`: the body as received is at most this many bytes.
+    BodyLength(usize),
     /// `check_mime_anomaly('NAME')` (mxgate's own): the MIME parser found this anomaly
     /// (`mime::Anomaly::name`, such as `MULTIPART_NO_BOUNDARY`), for local rules to score.
     MimeAnomaly(String),
@@ -404,6 +413,11 @@ impl Call {
             }),
             "check_ma_non_text" => Some(Call::MaNonText),
             "check_outlook_message_id" => Some(Call::OutlookMessageId),
+            "check_for_uppercase" => Some(Call::Uppercase {
+                min: arg(0).parse().ok()?,
+                max: arg(1).parse().ok()?,
+            }),
+            "check_body_length" => Some(Call::BodyLength(arg(0).parse().ok()?)),
             "html_test" if arg(0) == "html" => Some(Call::HtmlMessage),
             "check_for_forged_gmail_received_headers" => Some(Call::ForgedGmail),
             "html_tag_exists" => Some(Call::HtmlTagExists(arg(0).to_ascii_lowercase())),
@@ -554,6 +568,8 @@ fn last_only(set: &str) -> bool {
 pub struct EvalInput<'a> {
     /// The message.
     pub msg: &'a Message,
+    /// Text found outside the text parts (OCR), a body text part of its own.
+    pub extracted_text: Option<&'a str>,
     /// The message's top-level headers.
     pub headers: &'a Headers,
     /// MAIL FROM.
@@ -678,6 +694,18 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         }
         Call::MaNonText => ma_non_text(input.msg),
         Call::OutlookMessageId => outlook_message_id(input.headers),
+        Call::Uppercase { min, max } => {
+            let u = uppercase_percent(input);
+            u > *min && u <= *max
+        }
+        Call::BodyLength(max) => {
+            // `pristine_body_length`: the body as received, line endings as LF.
+            input.msg.parts.first().is_some_and(|p| {
+                let body = &input.msg.raw[p.body.start as usize..p.body.end as usize];
+                let crs = memchr::memmem::find_iter(body, b"\r\n").count();
+                body.len() - crs <= *max
+            })
+        }
         Call::HeaderCount { header, min, max } => {
             let mut seen: Vec<&[u8]> = Vec::new();
             for v in input.headers.values(header, false) {
@@ -776,6 +804,86 @@ fn forged_gmail(h: &Headers) -> bool {
     }
     let len = |n: &str| text(header_value(h, n, None)).chars().count();
     !(len("X-Gm-Message-State") >= 60 && len("X-Google-Smtp-Source") >= 60)
+}
+
+/// BodyEval's `check_for_uppercase` figure: upper-case letters per letter and digit, in percent,
+/// over the body text lines with an inner space (the Subject first); 0 under 200 characters or
+/// for charsets written in capitals (SpamAssassin's CHARSETS_LIKELY_TO_FP_AS_CAPS).
+fn uppercase_percent(input: &EvalInput<'_>) -> f64 {
+    let mut charsets: Vec<String> = input
+        .msg
+        .parts
+        .iter()
+        .filter_map(|p| p.charset.clone())
+        .collect();
+    let ct = text(header_value(input.headers, "Content-Type", None)).to_ascii_lowercase();
+    if let Some(i) = ct.find("charset=") {
+        let v = ct[i + 8..].trim_start_matches(['"', '\'']);
+        charsets.push(
+            v.split(['"', '\'', ';', ' ', '\n'])
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        );
+    }
+    const CAPS: &[&str] = &[
+        "koi",
+        "jp",
+        "jis",
+        "euc",
+        "gb",
+        "big5",
+        "isoir",
+        "cp1251",
+        "windows-1251",
+        "georgianps",
+        "pt154",
+        "tis",
+    ];
+    if charsets.iter().any(|c| {
+        c.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            && CAPS.iter().any(|n| c.contains(n))
+    }) {
+        return 0.0;
+    }
+    let subject = input
+        .headers
+        .values("subject", false)
+        .last()
+        .map(<[u8]>::to_vec);
+    let lines = super::view::body_lines(input.msg, subject.as_deref(), input.extracted_text);
+    let (mut len, mut lower, mut upper) = (0usize, 0usize, 0usize);
+    for l in &lines {
+        let line = String::from_utf8_lossy(l);
+        // `/\S\s+\S/`: an inner space.
+        let t = line.trim();
+        if !t.chars().any(char::is_whitespace) {
+            continue;
+        }
+        // Lingering base64 (`^(?:[A-Za-z0-9+/=]{60,76} ){2}`).
+        let b64 = |w: &str| {
+            (60..=76).contains(&w.len())
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+        };
+        let mut words = line.split(' ');
+        if let (Some(a), Some(b), Some(_)) = (words.next(), words.next(), words.next()) {
+            if b64(a) && b64(b) {
+                continue;
+            }
+        }
+        len += line.chars().count();
+        lower += line
+            .bytes()
+            .filter(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            .count();
+        upper += line.bytes().filter(u8::is_ascii_uppercase).count();
+    }
+    if len < 200 || upper + lower == 0 {
+        return 0.0;
+    }
+    upper as f64 / (upper + lower) as f64 * 100.0
 }
 
 /// HeaderEval's `check_outlook_message_id` (which, as written, reads the date of the whole
