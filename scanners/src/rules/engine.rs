@@ -695,6 +695,7 @@ impl Engine {
             env,
             headers: None,
             parts: None,
+            body: None,
         };
         for (k, input) in self.inputs.iter().enumerate() {
             if self.input_rules[k].is_empty() || self.evals_only {
@@ -712,13 +713,8 @@ impl Engine {
                     }
                 }
                 Input::Body => {
-                    let subject = ctx
-                        .headers()
-                        .values("subject", false)
-                        .last()
-                        .map(<[u8]>::to_vec);
-                    let lines = view::body_lines(msg, subject.as_deref(), ctx.env.extracted_text);
-                    self.run_texts(k, &lines, scratch, true);
+                    let lines = ctx.body_lines();
+                    self.run_texts(k, lines, scratch, true);
                 }
                 Input::Rawbody => self.run_texts(k, &view::rawbody_chunks(msg), scratch, false),
                 Input::Uri => self.run_texts(k, &view::uris(msg), scratch, false),
@@ -729,10 +725,16 @@ impl Engine {
             let mail_from = ctx.env.mail_from;
             let net = ctx.env.net;
             let extracted_text = ctx.env.extracted_text;
+            let body = ctx
+                .body
+                .take()
+                .map(std::cell::OnceCell::from)
+                .unwrap_or_default();
             let headers = ctx.headers();
             let input = evals::EvalInput {
                 msg,
                 extracted_text,
+                body,
                 headers,
                 mail_from,
                 net,
@@ -1288,9 +1290,26 @@ struct Ctx<'a> {
     env: Envelope<'a>,
     headers: Option<Headers>,
     parts: Option<Vec<Headers>>,
+    /// The body lines, once built (body rules and the body evals share them).
+    body: Option<Vec<Vec<u8>>>,
 }
 
 impl Ctx<'_> {
+    /// The rendered body lines, the Subject first, built once.
+    fn body_lines(&mut self) -> &[Vec<u8>] {
+        if self.body.is_none() {
+            let msg = self.msg;
+            let extracted = self.env.extracted_text;
+            let subject = self
+                .headers()
+                .values("subject", false)
+                .last()
+                .map(<[u8]>::to_vec);
+            self.body = Some(view::body_lines(msg, subject.as_deref(), extracted));
+        }
+        self.body.as_deref().unwrap_or_default()
+    }
+
     fn headers(&mut self) -> &Headers {
         let msg = self.msg;
         self.headers.get_or_insert_with(|| Headers::of_part(msg, 0))

@@ -570,6 +570,8 @@ pub struct EvalInput<'a> {
     pub msg: &'a Message,
     /// Text found outside the text parts (OCR), a body text part of its own.
     pub extracted_text: Option<&'a str>,
+    /// The rendered body lines, the Subject first (the engine's, when body rules built them).
+    pub body: OnceCell<Vec<Vec<u8>>>,
     /// The message's top-level headers.
     pub headers: &'a Headers,
     /// MAIL FROM.
@@ -847,14 +849,12 @@ fn uppercase_percent(input: &EvalInput<'_>) -> f64 {
     }) {
         return 0.0;
     }
-    let subject = input
-        .headers
-        .values("subject", false)
-        .last()
-        .map(<[u8]>::to_vec);
-    let lines = super::view::body_lines(input.msg, subject.as_deref(), input.extracted_text);
+    let lines = input.body.get_or_init(|| {
+        let subject = input.headers.values("subject", false).last();
+        super::view::body_lines(input.msg, subject, input.extracted_text)
+    });
     let (mut len, mut lower, mut upper) = (0usize, 0usize, 0usize);
-    for l in &lines {
+    for l in lines {
         let line = String::from_utf8_lossy(l);
         // `/\S\s+\S/`: an inner space.
         let t = line.trim();
