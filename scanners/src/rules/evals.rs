@@ -828,25 +828,7 @@ fn uppercase_percent(input: &EvalInput<'_>) -> f64 {
                 .to_string(),
         );
     }
-    const CAPS: &[&str] = &[
-        "koi",
-        "jp",
-        "jis",
-        "euc",
-        "gb",
-        "big5",
-        "isoir",
-        "cp1251",
-        "windows-1251",
-        "georgianps",
-        "pt154",
-        "tis",
-    ];
-    if charsets.iter().any(|c| {
-        c.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-            && CAPS.iter().any(|n| c.contains(n))
-    }) {
+    if charsets.iter().any(|c| caps_charset(c)) {
         return 0.0;
     }
     let lines = input.body.get_or_init(|| {
@@ -1279,34 +1261,39 @@ fn subject_all_caps(h: &Headers) -> bool {
     !letters.is_empty() && letters == letters.to_ascii_uppercase()
 }
 
+/// SpamAssassin's CHARSETS_LIKELY_TO_FP_AS_CAPS (`[-_a-z0-9]*(?:NAMES)[-_a-z0-9]*`): charsets
+/// whose text reads as capitals to an ASCII count.
+const LIKELY_CAPS: &[&str] = &[
+    "koi",
+    "jp",
+    "jis",
+    "euc",
+    "gb",
+    "big5",
+    "isoir",
+    "cp1251",
+    "windows-1251",
+    "georgianps",
+    "pt154",
+    "tis",
+];
+
+/// Whether a (lower-case) charset name is one of [`LIKELY_CAPS`]: a name of `[-_a-z0-9]`
+/// with one of them anywhere inside.
+fn caps_charset(cs: &str) -> bool {
+    cs.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && LIKELY_CAPS.iter().any(|n| cs.contains(n))
+}
+
 /// `=?CHARSET?` with one of SpamAssassin's CHARSETS_LIKELY_TO_FP_AS_CAPS.
 fn likely_caps_charset(raw_lower: &str) -> bool {
-    const NAMES: &[&str] = &[
-        "koi",
-        "jp",
-        "jis",
-        "euc",
-        "gb",
-        "big5",
-        "isoir",
-        "cp1251",
-        "windows-1251",
-        "georgianps",
-        "pt154",
-        "tis",
-    ];
     let mut rest = raw_lower;
     while let Some(i) = rest.find("=?") {
         let after = &rest[i + 2..];
         let cs_end = after.find('?').unwrap_or(after.len());
         let cs = &after[..cs_end];
-        if cs_end < after.len()
-            && cs
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            // `[-_a-z0-9]*(?:names)[-_a-z0-9]*`: anywhere inside the charset name.
-            && NAMES.iter().any(|n| cs.contains(n))
-        {
+        if cs_end < after.len() && caps_charset(cs) {
             return true;
         }
         rest = after;
