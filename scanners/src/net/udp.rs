@@ -85,34 +85,11 @@ impl Client {
         })
     }
 
-    /// One lookup: from the cache, or asked of the servers in turn, each attempt with its
-    /// share of the deadline.
+    /// One lookup: a batch of one.
     pub(crate) async fn lookup(&self, name: &str, rtype: RecordType) -> Answer {
-        let key = (name.to_ascii_lowercase(), rtype);
-        if let Some((until, a)) = lock(&self.cache).get(&key) {
-            if *until > Instant::now() {
-                return a.clone();
-            }
-        }
-        let qname = Name::from_ascii(format!("{}.", key.0.trim_end_matches('.')))
-            .map_err(|e| LookupError::Failed(format!("{name}: {e}")))?;
-        let tries = self.attempts * self.servers.len().max(1);
-        let per_try = self.timeout / tries as u32;
-        let mut last = LookupError::TimedOut;
-        for t in 0..tries {
-            let server = &self.servers[t % self.servers.len()];
-            match self.ask(server, &qname, rtype, per_try).await {
-                Ok(reply) => {
-                    let (answer, ttl) = read(&reply, rtype);
-                    if !matches!(answer, Err(LookupError::Failed(_))) {
-                        self.remember(key, answer.clone(), ttl);
-                    }
-                    return answer;
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        let asked = [(name.to_string(), rtype)];
+        let mut answers = self.lookup_many(&asked).await;
+        answers.pop().unwrap_or(Err(LookupError::TimedOut))
     }
 
     /// Many lookups at once: every query sent before any answer is awaited, one deadline per
@@ -215,44 +192,6 @@ impl Client {
                 Err(e)
             }
         }
-    }
-
-    async fn ask(
-        &self,
-        server: &Server,
-        qname: &Name,
-        rtype: RecordType,
-        limit: Duration,
-    ) -> Result<Message, LookupError> {
-        let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut w = lock(&server.waiting);
-            let mut id: u16 = rand::random();
-            while w.contains_key(&id) {
-                id = rand::random();
-            }
-            w.insert(id, (qname.clone(), rtype, tx));
-            id
-        };
-        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-        m.metadata.recursion_desired = true;
-        m.add_query(Query::query(qname.clone(), rtype));
-        let mut edns = Edns::new();
-        edns.set_max_payload(1232);
-        m.set_edns(edns);
-        let bytes = m.to_vec().map_err(|e| LookupError::Failed(e.to_string()))?;
-        let k = self.next.fetch_add(1, Ordering::Relaxed) % server.sockets.len();
-        let sent = server.sockets[k].send(&bytes).await;
-        let out = match sent {
-            Err(e) => Err(LookupError::Failed(e.to_string())),
-            Ok(_) => match tokio::time::timeout(limit, rx).await {
-                Ok(Ok(reply)) => Ok(reply),
-                Ok(Err(_)) => Err(LookupError::Failed("receiver gone".into())),
-                Err(_) => Err(LookupError::TimedOut),
-            },
-        };
-        lock(&server.waiting).remove(&id);
-        out
     }
 
     fn remember(&self, key: (String, RecordType), answer: Answer, ttl: u32) {
