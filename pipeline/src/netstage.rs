@@ -178,50 +178,52 @@ impl NetStage {
         body: &Bytes,
         msg: &Message,
     ) -> Facts {
-        let (facts, queries, auth_req) = self.prepare(early.as_ref(), client, env, body, msg);
-        let lookups = (!queries.is_empty()).then(|| self.dns.lookup_all(queries));
-        let auth = auth_req.map(|r| self.dns.authenticate(r, self.dns.timeout() * 3));
-        let early = early.map(|e| e.answers);
-        let uri_ip = self.uri_ip(&facts);
+        let s = self.start(early, client, env, body, msg);
         let slack = self.dns.timeout() * 3 + Duration::from_secs(1);
-        let all = async {
-            let a = async {
-                match lookups {
-                    Some(p) => p.await,
-                    None => None,
-                }
-            };
-            let b = async {
-                match early {
-                    Some(p) => p.await,
-                    None => None,
-                }
-            };
-            let c = async {
-                match auth {
-                    Some(p) => p.await,
-                    None => None,
-                }
-            };
-            let d = async {
-                match uri_ip {
-                    Some(p) => p.await,
-                    None => None,
-                }
-            };
-            let ab = futures_lite::future::zip(a, b);
-            futures_lite::future::zip(ab, futures_lite::future::zip(c, d)).await
-        };
+        let (lookups, early, auth, uri_ip) = (s.lookups, s.early, s.auth, s.uri_ip);
+        let all = futures_lite::future::zip(
+            futures_lite::future::zip(answer(lookups), answer(early)),
+            futures_lite::future::zip(answer(auth), answer(uri_ip)),
+        );
         // The service bounds every query; this only guards against a stopped service.
         let ((a, b), (c, d)) = crate::rt::timeout(slack, all)
             .await
             .unwrap_or(((None, None), (None, None)));
-        let mut facts = finish(facts, a, b, c);
-        if let Some((ips, answers)) = d {
-            facts.uri_ips = ips;
-            facts.absorb(answers);
+        finish(s.facts, [a, b], c, d)
+    }
+
+    /// [`NetStage::gather`] for a plain thread (`mxgate scan`).
+    pub fn gather_blocking(
+        &self,
+        client: Option<IpAddr>,
+        env: &Envelope,
+        body: &Bytes,
+        msg: &Message,
+    ) -> Facts {
+        let s = self.start(None, client, env, body, msg);
+        let a = s.lookups.and_then(Pending::wait);
+        let c = s.auth.and_then(Pending::wait);
+        let d = s.uri_ip.and_then(Pending::wait);
+        finish(s.facts, [a, None], c, d)
+    }
+
+    /// Starts a message's lookups and checks on the resolver thread.
+    fn start(
+        &self,
+        early: Option<Early>,
+        client: Option<IpAddr>,
+        env: &Envelope,
+        body: &Bytes,
+        msg: &Message,
+    ) -> Started {
+        let (facts, queries, auth_req) = self.prepare(early.as_ref(), client, env, body, msg);
+        Started {
+            lookups: (!queries.is_empty()).then(|| self.dns.lookup_all(queries)),
+            auth: auth_req.map(|r| self.dns.authenticate(r, self.dns.timeout() * 3)),
+            uri_ip: self.uri_ip(&facts),
+            early: early.map(|e| e.answers),
+            facts,
         }
-        facts
     }
 
     /// Starts the lookups of the addresses behind the message's URI domains, when the
@@ -237,29 +239,6 @@ impl NetStage {
             self.dns
                 .uri_ip_lookups(domains, self.plan.uri_ip.clone(), self.exclude_private)
         })
-    }
-
-    /// [`NetStage::gather`] for a plain thread (`mxgate scan`).
-    pub fn gather_blocking(
-        &self,
-        client: Option<IpAddr>,
-        env: &Envelope,
-        body: &Bytes,
-        msg: &Message,
-    ) -> Facts {
-        let (facts, queries, auth_req) = self.prepare(None, client, env, body, msg);
-        let lookups = (!queries.is_empty()).then(|| self.dns.lookup_all(queries));
-        let auth = auth_req.map(|r| self.dns.authenticate(r, self.dns.timeout() * 3));
-        let uri_ip = self.uri_ip(&facts);
-        let a = lookups.and_then(Pending::wait);
-        let c = auth.and_then(Pending::wait);
-        let d = uri_ip.and_then(Pending::wait);
-        let mut facts = finish(facts, a, None, c);
-        if let Some((ips, answers)) = d {
-            facts.uri_ips = ips;
-            facts.absorb(answers);
-        }
-        facts
     }
 
     fn prepare(
@@ -397,17 +376,36 @@ fn push(out: &mut Vec<Query>, name: String, txt: bool) {
     }
 }
 
+/// A message's checks under way.
+struct Started {
+    facts: Facts,
+    lookups: Option<Pending<Answers>>,
+    early: Option<Pending<Answers>>,
+    auth: Option<Pending<auth::Results>>,
+    uri_ip: Option<Pending<(Vec<net::UriAddress>, Answers)>>,
+}
+
+/// A started check's answer; `None` when it was not started or the service stopped.
+async fn answer<T>(p: Option<Pending<T>>) -> Option<T> {
+    match p {
+        Some(p) => p.await,
+        None => None,
+    }
+}
+
+/// Files the answers into the facts.
 fn finish(
     mut facts: Facts,
-    lookups: Option<Answers>,
-    early: Option<Answers>,
+    lookups: [Option<Answers>; 2],
     auth: Option<auth::Results>,
+    uri_ip: Option<(Vec<net::UriAddress>, Answers)>,
 ) -> Facts {
-    if let Some(a) = lookups {
+    for a in lookups.into_iter().flatten() {
         facts.absorb(a);
     }
-    if let Some(a) = early {
-        facts.absorb(a);
+    if let Some((ips, answers)) = uri_ip {
+        facts.uri_ips = ips;
+        facts.absorb(answers);
     }
     facts.auth = auth;
     facts
