@@ -113,28 +113,28 @@ enum TuneCmd {
         /// A profile by name (default: the one `probe` picks).
         #[arg(long)]
         profile: Option<String>,
-        /// Read the machine from this saved /sys and /proc tree instead of `/`.
-        #[arg(long)]
-        topology: Option<PathBuf>,
-        /// More profiles (a folder of *.toml) beside the built-in ones.
-        #[arg(long)]
-        profiles: Option<PathBuf>,
-        /// JSON instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        input: TuneInput,
     },
     /// Name the profile that fits this machine best, and why.
     Probe {
-        /// Read the machine from this saved /sys and /proc tree instead of `/`.
-        #[arg(long)]
-        topology: Option<PathBuf>,
-        /// More profiles (a folder of *.toml) beside the built-in ones.
-        #[arg(long)]
-        profiles: Option<PathBuf>,
-        /// JSON instead of text.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        input: TuneInput,
     },
+}
+
+/// What `mxgate tune` reads, and how it prints.
+#[derive(clap::Args)]
+struct TuneInput {
+    /// Read the machine from this saved /sys and /proc tree instead of `/`.
+    #[arg(long)]
+    topology: Option<PathBuf>,
+    /// More profiles (a folder of *.toml) beside the built-in ones.
+    #[arg(long)]
+    profiles: Option<PathBuf>,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -337,7 +337,6 @@ fn main() -> anyhow::Result<()> {
 /// reads its `MIMALLOC_*` options before `main`). When one is missing, the program executes
 /// itself again with it; settings already in the environment win.
 fn ensure_start_env() {
-    use std::os::unix::process::CommandExt;
     let mut want: Vec<(String, String)> = Vec::new();
     if std::env::var_os("OMP_THREAD_LIMIT").is_none_or(|v| v != "1") {
         want.push(("OMP_THREAD_LIMIT".into(), "1".into()));
@@ -369,23 +368,7 @@ fn ensure_start_env() {
             }
         }
     }
-    // Once only: a second start that still misses something goes on without it.
-    if want.is_empty() || std::env::var_os("MXGATE_REEXECUTED").is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        eprintln!("mxgate: cannot find its own program to set {want:?}; OCR will be slow");
-        return;
-    };
-    let mut args = std::env::args_os();
-    let argv0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
-    let err = std::process::Command::new(&exe)
-        .arg0(argv0)
-        .args(args)
-        .envs(want.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("MXGATE_REEXECUTED", "1")
-        .exec();
-    eprintln!("mxgate: re-executing with {want:?} failed ({err}); going on without");
+    mxgate_ocr::reexec_with_env(&want);
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -496,22 +479,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Tune { cmd } => match cmd {
-            TuneCmd::Show {
-                profile,
-                topology,
-                profiles,
-                json,
-            } => tools::tune_show(
+            TuneCmd::Show { profile, input: i } => tools::tune_show(
                 profile.as_deref(),
-                topology.as_deref(),
-                profiles.as_deref(),
-                json,
+                i.topology.as_deref(),
+                i.profiles.as_deref(),
+                i.json,
             ),
-            TuneCmd::Probe {
-                topology,
-                profiles,
-                json,
-            } => tools::tune_probe(topology.as_deref(), profiles.as_deref(), json),
+            TuneCmd::Probe { input: i } => {
+                tools::tune_probe(i.topology.as_deref(), i.profiles.as_deref(), i.json)
+            }
         },
         Cmd::Serve {
             config,
