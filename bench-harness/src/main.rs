@@ -331,32 +331,8 @@ fn relay(dir: &Path, sc: &Scenario, out: &Path) -> anyhow::Result<()> {
     }
 
     let (sink_port, mx_port, pf_port) = (free_port()?, free_port()?, free_port()?);
-    let _sink = Daemon::start(
-        "sink",
-        Command::new(bin.join("mxgate-loadgen")).args([
-            "sink",
-            "--listen",
-            &format!("127.0.0.1:{sink_port}"),
-        ]),
-        sink_port,
-        out,
-    )?;
-    let mx = Daemon::start(
-        "mxgate",
-        Command::new(bin.join("mxgate")).args([
-            "serve",
-            "--config",
-            &dir.join(&sc.gateway_config).display().to_string(),
-            "--listen",
-            &format!("127.0.0.1:{mx_port}"),
-            "--relay",
-            &format!("127.0.0.1:{sink_port}"),
-            "--metrics",
-            "",
-        ]),
-        mx_port,
-        out,
-    )?;
+    let _sink = start_sink(&bin, sink_port, out)?;
+    let mx = start_gateway(&bin, &dir.join(&sc.gateway_config), mx_port, sink_port, out)?;
     let pf = Daemon::start(
         "smtp-sink",
         Command::new("smtp-sink").args(["-u", "nobody", &format!("127.0.0.1:{pf_port}"), "1024"]),
@@ -488,16 +464,7 @@ fn content(
         PathBuf::from(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()));
     let corpus: Vec<PathBuf> = sc.corpus.iter().map(|c| corpus_root.join(c)).collect();
     let sink_port = free_port()?;
-    let _sink = Daemon::start(
-        "sink",
-        Command::new(bin.join("mxgate-loadgen")).args([
-            "sink",
-            "--listen",
-            &format!("127.0.0.1:{sink_port}"),
-        ]),
-        sink_port,
-        out,
-    )?;
+    let _sink = start_sink(&bin, sink_port, out)?;
     let sessions_max = sc.sessions.iter().copied().max().unwrap_or(8);
     let mut failures = Vec::new();
     // Scaling: the same load on one shard (pinned to CPU 0), then on the plan's shards.
@@ -852,6 +819,21 @@ fn svg_plot(title: &str, xlabel: &str, ylabel: &str, pts: &[(f64, f64)]) -> Stri
     s
 }
 
+/// The bundled sink on `port`.
+fn start_sink(bin: &Path, port: u16, out: &Path) -> anyhow::Result<Daemon> {
+    Daemon::start(
+        "sink",
+        Command::new(bin.join("mxgate-loadgen")).args([
+            "sink",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ]),
+        port,
+        out,
+    )
+}
+
+/// The gateway with `config`, on `port`, relaying to the sink on `sink_port`.
 fn start_gateway(
     bin: &Path,
     config: &Path,
