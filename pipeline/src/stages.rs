@@ -236,58 +236,10 @@ impl Chain {
         } else {
             None
         };
-        let (mut rules_by_node, mut shard_nodes) = (Vec::new(), Vec::new());
-        if let (Some(_), true) = (&rules, learn) {
-            if let Ok(Some(plan)) = crate::settings::tuning_plan(cfg) {
-                if plan.per_node_copies {
-                    shard_nodes = cfg
-                        .server
-                        .cpus
-                        .iter()
-                        .map(|c| {
-                            plan.shards
-                                .iter()
-                                .find(|s| s.cpu == *c)
-                                .map_or(0, |s| s.node)
-                        })
-                        .collect();
-                    let first = shard_nodes.first().copied().unwrap_or(0);
-                    let mut nodes: Vec<(usize, usize)> = Vec::new(); // (node, a CPU of it)
-                    for (cpu, node) in cfg.server.cpus.iter().zip(&shard_nodes) {
-                        if *node != first && !nodes.iter().any(|(n, _)| n == node) {
-                            nodes.push((*node, *cpu));
-                        }
-                    }
-                    for (node, cpu) in nodes {
-                        let c = cfg.clone();
-                        let with_bayes = bayes.is_some();
-                        let evals_only = !on("rules");
-                        let engine = std::thread::Builder::new()
-                            .name(format!("mxgate-rules-node{node}"))
-                            .spawn(move || {
-                                // Built on the node: its pages are the node's (first touch).
-                                mxgate_core::pool::pin_current_thread(&[cpu]);
-                                let e = load_rules(&c, with_bayes, net_on, evals_only);
-                                if let Ok(e) = &e {
-                                    e.warm_matchers();
-                                }
-                                e
-                            })?
-                            .join()
-                            .map_err(|_| {
-                                anyhow::anyhow!("rules: building node {node}'s copy panicked")
-                            })??;
-                        rules_by_node.push((node, Arc::new(engine)));
-                    }
-                    if !rules_by_node.is_empty() {
-                        tracing::info!(
-                            copies = rules_by_node.len() + 1,
-                            "rules: a copy of the compiled rules per NUMA node"
-                        );
-                    }
-                }
-            }
-        }
+        let (rules_by_node, shard_nodes) = match (&rules, learn) {
+            (Some(_), true) => rules_node_copies(cfg, bayes.is_some(), net_on, !on("rules"))?,
+            _ => (Vec::new(), Vec::new()),
+        };
         let av = match prev {
             _ if !on("av") => None,
             Some((pc, pch)) if pc.av == cfg.av && pch.av.is_some() => pch.av.clone(),
@@ -544,7 +496,7 @@ impl Chain {
             );
             if stage.reject_dmarc {
                 if let Some(a) = &facts.auth {
-                    if a.symbols().contains(&"DMARC_REJECT") {
+                    if a.dmarc_rejects() {
                         return Verdict::Reject(Reply::owned(
                             550,
                             "5.7.1",
@@ -718,6 +670,62 @@ pub fn count_received(msg: &[u8]) -> usize {
         start = end;
     }
     n
+}
+
+/// The copies of the rules for the NUMA nodes after the first that run shards, when the tuning
+/// plan asks for them, and the node of each shard. Each copy is built by a thread pinned to a
+/// CPU of its node, so its pages are the node's (the kernel places a page where it is first
+/// touched).
+#[allow(clippy::type_complexity)] // (copies by node, node by shard)
+fn rules_node_copies(
+    cfg: &Config,
+    with_bayes: bool,
+    with_net: bool,
+    evals_only: bool,
+) -> anyhow::Result<(Vec<(usize, Arc<rules::Engine>)>, Vec<usize>)> {
+    let plan = match crate::settings::tuning_plan(cfg) {
+        Ok(Some(plan)) if plan.per_node_copies => plan,
+        _ => return Ok((Vec::new(), Vec::new())),
+    };
+    let node_of = |cpu: &usize| {
+        plan.shards
+            .iter()
+            .find(|s| s.cpu == *cpu)
+            .map_or(0, |s| s.node)
+    };
+    let shard_nodes: Vec<usize> = cfg.server.cpus.iter().map(node_of).collect();
+    let first = shard_nodes.first().copied().unwrap_or(0);
+    // (node, a CPU of it) for each further node.
+    let mut nodes: Vec<(usize, usize)> = Vec::new();
+    for (&cpu, &node) in cfg.server.cpus.iter().zip(&shard_nodes) {
+        if node != first && !nodes.iter().any(|(n, _)| *n == node) {
+            nodes.push((node, cpu));
+        }
+    }
+    let mut copies = Vec::new();
+    for (node, cpu) in nodes {
+        let c = cfg.clone();
+        let engine = std::thread::Builder::new()
+            .name(format!("mxgate-rules-node{node}"))
+            .spawn(move || {
+                mxgate_core::pool::pin_current_thread(&[cpu]);
+                let e = load_rules(&c, with_bayes, with_net, evals_only);
+                if let Ok(e) = &e {
+                    e.warm_matchers();
+                }
+                e
+            })?
+            .join()
+            .map_err(|_| anyhow::anyhow!("rules: building node {node}'s copy panicked"))??;
+        copies.push((node, Arc::new(engine)));
+    }
+    if !copies.is_empty() {
+        tracing::info!(
+            copies = copies.len() + 1,
+            "rules: a copy of the compiled rules per NUMA node"
+        );
+    }
+    Ok((copies, shard_nodes))
 }
 
 /// The greylist settings of a configuration.

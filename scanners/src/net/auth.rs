@@ -133,6 +133,11 @@ impl Results {
             })
     }
 
+    /// Whether DMARC failed for an author domain whose policy is `p=reject`.
+    pub fn dmarc_rejects(&self) -> bool {
+        self.dmarc == Outcome::Fail && self.dmarc_policy == Some(DmarcPolicy::Reject)
+    }
+
     /// The symbols the SpamAssassin ruleset names for these results.
     pub fn symbols(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
@@ -168,7 +173,7 @@ impl Results {
         match (self.dmarc, self.dmarc_policy) {
             (_, None) => out.push("DMARC_MISSING"),
             (Outcome::Pass, Some(_)) => out.push("DMARC_PASS"),
-            (Outcome::Fail, Some(DmarcPolicy::Reject)) => out.push("DMARC_REJECT"),
+            _ if self.dmarc_rejects() => out.push("DMARC_REJECT"),
             (Outcome::Fail, Some(DmarcPolicy::Quarantine)) => out.push("DMARC_QUAR"),
             (Outcome::Fail, Some(DmarcPolicy::None)) => out.push("DMARC_NONE"),
             _ => {}
