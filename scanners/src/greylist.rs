@@ -152,11 +152,15 @@ pub fn normalize_sender(sender: &str) -> String {
     format!("{out}@{domain}")
 }
 
+/// Whether `domain` is one of `list` or below one (case-insensitive, no allocation: this runs
+/// for every recipient).
 fn domain_in(domain: &str, list: &[String]) -> bool {
-    let d = domain.to_ascii_lowercase();
+    let d = domain.as_bytes();
     list.iter().any(|l| {
-        let l = l.trim_start_matches('.').to_ascii_lowercase();
-        d == l || d.ends_with(&format!(".{l}"))
+        let l = l.trim_start_matches('.').as_bytes();
+        d.len() >= l.len()
+            && d[d.len() - l.len()..].eq_ignore_ascii_case(l)
+            && (d.len() == l.len() || d[d.len() - l.len() - 1] == b'.')
     })
 }
 
@@ -316,8 +320,9 @@ impl Greylist {
         if s.exempt_networks.iter().any(|&n| in_network(client, n))
             || (!sender_domain.is_empty() && domain_in(sender_domain, &s.exempt_sender_domains))
             || s.exempt_recipients.iter().any(|r| {
-                let r = r.to_ascii_lowercase();
-                r == rcpt_l || r.strip_prefix('@') == Some(rcpt_domain)
+                r.eq_ignore_ascii_case(&rcpt_l)
+                    || r.strip_prefix('@')
+                        .is_some_and(|d| d.eq_ignore_ascii_case(rcpt_domain))
             })
             || (spf_pass && domain_in(sender_domain, &s.spf_exempt_domains))
         {
