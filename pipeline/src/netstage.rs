@@ -251,9 +251,10 @@ impl NetStage {
     ) -> (Facts, Vec<Query>, Option<auth::Request>) {
         let mut facts = Facts::default();
         let mut queries = Vec::new();
+        let received = received_ips(msg);
         if self.lookups {
             let mut relays: Vec<IpAddr> = client.into_iter().collect();
-            relays.extend(received_ips(msg));
+            relays.extend(&received);
             relays.dedup();
             relays.retain(|&ip| self.wanted(ip));
             // What connect already asked is not asked again.
@@ -286,6 +287,7 @@ impl NetStage {
                     }
                 }
                 facts.uri_domains = domains;
+                facts.uris = Some(uris);
             }
         }
         // A scanned file has no envelope: its newest hop and Return-Path stand in.
@@ -311,7 +313,7 @@ impl NetStage {
         }
         let auth_req = self.auth.then(|| auth::Request {
             client: client
-                .or_else(|| received_ips(msg).first().copied())
+                .or_else(|| received.first().copied())
                 .unwrap_or(IpAddr::from([0, 0, 0, 0])),
             helo: env.helo.clone(),
             mail_from,

@@ -245,6 +245,9 @@ pub struct Facts {
     pub a: HashMap<String, Vec<Ipv4Addr>>,
     /// TXT answers by query name.
     pub txt: HashMap<String, Vec<String>>,
+    /// The message's URIs as the rules read them (`rules::view::uris`), when the URI lists
+    /// needed them; the rule engine then uses these rather than finding them again.
+    pub uris: Option<Vec<Vec<u8>>>,
     /// The registrable domains of the message's URIs that were looked up.
     pub uri_domains: Vec<String>,
     /// Addresses behind URI domains: (domain, address, from its own A records rather than

@@ -717,7 +717,11 @@ impl Engine {
                     self.run_texts(k, lines, scratch, true);
                 }
                 Input::Rawbody => self.run_texts(k, &view::rawbody_chunks(msg), scratch, false),
-                Input::Uri => self.run_texts(k, &view::uris(msg), scratch, false),
+                Input::Uri => match ctx.env.net.and_then(|n| n.uris.as_deref()) {
+                    // The DNS stage found them already.
+                    Some(uris) => self.run_texts(k, uris, scratch, false),
+                    None => self.run_texts(k, &view::uris(msg), scratch, false),
+                },
                 Input::Full => self.run_texts(k, &[view::full_text(msg)], scratch, false),
             }
         }
