@@ -143,10 +143,12 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
                 let rcpt = session.pending_rcpt().unwrap_or_default().to_owned();
                 let first = session.envelope().is_some_and(|e| e.rcpts.is_empty());
                 let grey = match snap.snap.chain.greylist() {
-                    Some(g) if !deferred => {
-                        let env = session.envelope().cloned().unwrap_or_default();
-                        greylisted(g, snap.snap.chain.net(), peer.ip(), &env, &rcpt).await
-                    }
+                    Some(g) if !deferred => match session.envelope() {
+                        Some(env) => {
+                            greylisted(g, snap.snap.chain.net(), peer.ip(), env, &rcpt).await
+                        }
+                        None => None,
+                    },
                     _ => None,
                 };
                 let reply = if let Some(r) = grey {
