@@ -1,13 +1,14 @@
 //! Network checks: DNS blocklists and URI blocklists ([`lists`]), SPF, DKIM, DMARC and ARC
 //! ([`auth`]), all through one resolver service.
 //!
-//! The resolver is hickory's, driven by a Tokio runtime on one thread of its own
-//! ([`Dns::start`]). Callers on any thread (glommio shards, a plain threaded program) hand it a
-//! query and get a [`Pending`] back: a future that any executor can await (its waker is
-//! runtime-neutral) or a blocking [`Pending::wait`]. One thread is enough: a DNS query costs
-//! microseconds of CPU and milliseconds of waiting, so a thousand in flight share it, and the
-//! cache (hickory's, sized by `cache_entries`) is then one cache for the whole process rather
-//! than one per core, which is what a DNS cache wants: the second message from a client, or
+//! The service is a Tokio runtime on one thread of its own ([`Dns::start`]): list lookups go
+//! through a small client of its own (`udp.rs`: pooled sockets, a cache by TTL), SPF, DKIM and
+//! DMARC through hickory's resolver. Callers on any thread (glommio shards, a plain threaded
+//! program) hand it work and get a [`Pending`] back: a future that any executor can await (its
+//! waker is runtime-neutral) or a blocking [`Pending::wait`]. One thread is enough: a DNS query
+//! costs microseconds of CPU and milliseconds of waiting, so a thousand in flight share it, and
+//! the cache (sized by `cache_entries`) is then one cache for the whole process rather than one
+//! per core, which is what a DNS cache wants: the second message from a client, or
 //! with a URI seen a minute ago, costs no query on any core. Every query carries its deadline
 //! on the service side, so an unresponsive server costs a session its budget and no more.
 
@@ -215,23 +216,6 @@ impl Dns {
         });
         Pending { rx }
     }
-
-    /// The IPv4 addresses a name resolves to (a DNS list's answer), within the deadline.
-    pub fn a(&self, name: String) -> Pending<Result<Vec<Ipv4Addr>, LookupError>> {
-        let lists = Arc::clone(&self.inner.lists);
-        self.run(move |_| async move {
-            lists
-                .lookup(&name, RecordType::A)
-                .await
-                .map(|v| v.iter().filter_map(|a| a.parse().ok()).collect())
-        })
-    }
-
-    /// The TXT strings of a name (each record's strings joined), within the deadline.
-    pub fn txt(&self, name: String) -> Pending<Result<Vec<String>, LookupError>> {
-        let lists = Arc::clone(&self.inner.lists);
-        self.run(move |_| async move { lists.lookup(&name, RecordType::TXT).await })
-    }
 }
 
 /// What the DNS and auth stages found about one message, for the rules' network tests and the
@@ -294,9 +278,7 @@ impl Dns {
             Answers(queries.into_iter().zip(answers).collect())
         })
     }
-}
 
-impl Dns {
     /// The addresses behind URI domains and their answers on address lists: each domain's
     /// name servers' addresses (NS, then A) and its own A records, as `zones` asks ((zone, own A
     /// records?)), each address then asked of its zones. Three rounds of lookups, each a batch.

@@ -85,13 +85,6 @@ impl Client {
         })
     }
 
-    /// One lookup: a batch of one.
-    pub(crate) async fn lookup(&self, name: &str, rtype: RecordType) -> Answer {
-        let asked = [(name.to_string(), rtype)];
-        let mut answers = self.lookup_many(&asked).await;
-        answers.pop().unwrap_or(Err(LookupError::TimedOut))
-    }
-
     /// Many lookups at once: every query sent before any answer is awaited, one deadline per
     /// attempt for the whole batch (no task or timer per query), what went unanswered asked
     /// again of the next server. Answers come back in the order asked.
