@@ -236,16 +236,17 @@ fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A KiB figure of `/proc/PID/status` (`VmRSS:`, `VmHWM:` for the peak).
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = s
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS value")?
-        .parse()?)
+        .find(|l| l.starts_with(field))
+        .context(field.to_string())?;
+    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
 }
 
 fn loadgen(
@@ -534,6 +535,7 @@ fn content(
             "mxgate_p99_ms": median(p99),
             "mxgate_cpu_ms_per_msg": median(cpu),
             "mxgate_rss_kib": rss_kib(mx.pid())?,
+            "mxgate_peak_rss_kib": status_kib(mx.pid(), "VmHWM:")?,
             "runs": sc.reps,
         }));
     }
@@ -688,19 +690,20 @@ fn content(
     )?;
     let mut report = format!(
         "### {name}: {} messages per run, corpus {}, median of {} runs\n\n\
-         | sessions | mxgate msg/s | p50 ms | p99 ms | mxgate CPU ms/msg | RSS KiB |\n|---:|---:|---:|---:|---:|---:|\n",
+         | sessions | mxgate msg/s | p50 ms | p99 ms | mxgate CPU ms/msg | RSS KiB | peak RSS KiB |\n|---:|---:|---:|---:|---:|---:|---:|\n",
         sc.count, results["corpus"], sc.reps
     );
     for row in &rows {
         let f = |k: &str| row[k].as_f64().unwrap_or(f64::NAN);
         report.push_str(&format!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.3} | {} |\n",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.3} | {} | {} |\n",
             row["sessions"],
             f("mxgate_msgs_per_s"),
             f("mxgate_p50_ms"),
             f("mxgate_p99_ms"),
             f("mxgate_cpu_ms_per_msg"),
-            row["mxgate_rss_kib"]
+            row["mxgate_rss_kib"],
+            row["mxgate_peak_rss_kib"]
         ));
     }
     report.push_str(&format!(
