@@ -418,6 +418,19 @@ pub struct Bayes {
     /// Learned messages are written to the model file and used for classifying every this
     /// many seconds.
     pub autolearn_flush_secs: u64,
+    /// Chi-square combining: Robinson's `s`, the strength of the prior (unset: 0.3 for
+    /// mxgate's models, SpamAssassin's 0.03 for one restored from `sa-learn --backup`).
+    pub robs: Option<f64>,
+    /// Robinson's `x`, the prior for an unknown token (unset: 0.538).
+    pub robx: Option<f64>,
+    /// Tokens whose probability lies closer than this to 0.5 are ignored (unset: 0.346).
+    pub min_prob_strength: Option<f64>,
+    /// At most this many of the strongest tokens are combined (unset: 150).
+    pub max_tokens: Option<usize>,
+    /// Bayes stays silent until this many spam messages are learned (unset: 200).
+    pub min_spam: Option<u32>,
+    /// ... and this many ham messages (unset: 200).
+    pub min_ham: Option<u32>,
 }
 
 impl Default for Bayes {
@@ -429,7 +442,35 @@ impl Default for Bayes {
             autolearn_ham: 0.1,
             autolearn_per_minute: 120,
             autolearn_flush_secs: 30,
+            robs: None,
+            robx: None,
+            min_prob_strength: None,
+            max_tokens: None,
+            min_spam: None,
+            min_ham: None,
         }
+    }
+}
+
+impl Bayes {
+    /// Checks the classifier settings that are set: `(field, what is wrong)`.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if let Some(s) = self.robs.filter(|s| !(*s > 0.0 && s.is_finite())) {
+            return Err(("bayes.robs", format!("must be above 0, not {s}")));
+        }
+        if let Some(x) = self.robx.filter(|x| !(*x > 0.0 && *x < 1.0)) {
+            return Err(("bayes.robx", format!("must lie between 0 and 1, not {x}")));
+        }
+        if let Some(m) = self.min_prob_strength.filter(|m| !(0.0..0.5).contains(m)) {
+            return Err((
+                "bayes.min_prob_strength",
+                format!("must lie in [0, 0.5), not {m}"),
+            ));
+        }
+        if self.max_tokens == Some(0) {
+            return Err(("bayes.max_tokens", "must be at least 1".into()));
+        }
+        Ok(())
     }
 }
 
@@ -842,6 +883,7 @@ impl Config {
                 ));
             }
         }
+        self.bayes.check().map_err(|(field, m)| bad(field, m))?;
         if self.greylist.delay >= self.greylist.retry_window {
             return Err(bad(
                 "greylist.delay",

@@ -464,6 +464,23 @@ fn config_errors_name_the_field_and_line() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("stages.enabled") && e.contains("bogus"), "{e}");
+    for (text, field) in [
+        ("robs = 0.0", "bayes.robs"),
+        ("robx = 1.0", "bayes.robx"),
+        ("min_prob_strength = 0.5", "bayes.min_prob_strength"),
+        ("max_tokens = 0", "bayes.max_tokens"),
+    ] {
+        let e = Config::from_toml(&format!("[bayes]\n{text}\n"), "f.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{text}: {e}");
+    }
+    let ok = Config::from_toml("[bayes]\nrobs = 0.03\nmax_tokens = 150\n", "f.toml").unwrap();
+    assert_eq!(
+        (ok.bayes.robs, ok.bayes.max_tokens),
+        (Some(0.03), Some(150))
+    );
+    assert_eq!(ok.bayes.robx, None);
 }
 
 /// Fuzzer finds (cargo fuzz, smtp_command and smtp_session): a multi-byte character where the

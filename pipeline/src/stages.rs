@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use mxgate_core::config::{Config, Scoring, Stages};
+use mxgate_core::config::{self, Config, Scoring, Stages};
 use mxgate_core::mime::Message;
 use mxgate_core::smtp::{Envelope, Reply};
 use mxgate_scanners::greylist::{self, Greylist};
@@ -126,9 +126,23 @@ pub struct Chain {
     autolearn: Option<rules::AutolearnThresholds>,
     /// Keep the text of the strongest Bayes tokens (`mxgate scan`).
     explain: bool,
-    /// Classifier settings.
-    bayes_params: bayes::Params,
+    /// Classifier settings, as configured (unset ones follow the model's tokenizer).
+    bayes_settings: config::Bayes,
     scoring: Scoring,
+}
+
+/// The classifier settings for a model made by `scheme`'s tokenizer: the configured ones, and
+/// for those left unset the tokenizer's defaults.
+pub fn bayes_params(cfg: &config::Bayes, scheme: bayes::Scheme) -> bayes::Params {
+    let d = bayes::Params::for_scheme(scheme);
+    bayes::Params {
+        robs: cfg.robs.unwrap_or(d.robs),
+        robx: cfg.robx.unwrap_or(d.robx),
+        min_prob_strength: cfg.min_prob_strength.unwrap_or(d.min_prob_strength),
+        max_tokens: cfg.max_tokens.unwrap_or(d.max_tokens),
+        min_spam: cfg.min_spam.unwrap_or(d.min_spam),
+        min_ham: cfg.min_ham.unwrap_or(d.min_ham),
+    }
 }
 
 /// The model the Bayes stage classifies with.
@@ -198,7 +212,7 @@ impl Chain {
             let model = bayes::Store::load(&store)?;
             let shown = store.path.display().to_string();
             bayes_store = Some(store);
-            let p = bayes::Params::default();
+            let p = bayes_params(&cfg.bayes, model.scheme);
             if model.nspam < p.min_spam || model.nham < p.min_ham {
                 tracing::warn!(model = %shown, spam = model.nspam, ham = model.nham, "bayes: not enough learned yet; the stage stays silent");
             }
@@ -290,7 +304,7 @@ impl Chain {
             bayes,
             autolearn,
             explain: false,
-            bayes_params: bayes::Params::default(),
+            bayes_settings: cfg.bayes.clone(),
             scoring: cfg.scoring.clone(),
         })
     }
@@ -533,7 +547,8 @@ impl Chain {
         if let Some(model) = &self.bayes {
             let model = model.current();
             let toks = bayes::tokens_for(&model, &msg, extracted.as_deref(), self.explain);
-            if let Ok(v) = bayes::classify(&model, &toks.ids, &self.bayes_params) {
+            let params = bayes_params(&self.bayes_settings, model.scheme);
+            if let Ok(v) = bayes::classify(&model, &toks.ids, &params) {
                 ctx.bayes = Some(v.p_spam);
                 let (name, score) = bayes::symbol(v.p_spam);
                 ctx.symbols.push((Cow::Borrowed(name), score));

@@ -136,7 +136,7 @@ pub fn forget(db: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
 /// `mxgate bayes classify`: one JSON object per message per line.
 pub fn classify_files(db: &Path, paths: &[PathBuf], top: usize) -> anyhow::Result<()> {
     let model = open_store(db)?.load()?;
-    let p = Params::default();
+    let p = Params::for_scheme(model.scheme);
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     for (name, raw) in messages(paths)? {
@@ -197,7 +197,7 @@ pub fn dump(db: &Path) -> anyhow::Result<()> {
 /// `mxgate bayes stats`.
 pub fn stats(db: &Path) -> anyhow::Result<()> {
     let model = open_store(db)?.load()?;
-    let p = Params::default();
+    let p = Params::for_scheme(model.scheme);
     let (oldest, newest) = model.tokens.values().fold((u32::MAX, 0), |(lo, hi), c| {
         (lo.min(c.atime), hi.max(c.atime))
     });
@@ -210,15 +210,26 @@ pub fn stats(db: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `mxgate bayes cv`: k-fold cross-validation: (1 − AUC), and false positives and negatives at
-/// the BAYES_99 cut, over every fold.
+/// `mxgate bayes cv`: k-fold cross-validation: (1 − AUC), false positives and negatives at
+/// the BAYES_99 cut, and how many of each class fell in each BAYES_* bucket, over every fold.
+/// `settings` are the classifier's, as `[bayes]` gives them (unset ones: the tokenizer's).
 pub fn cross_validate(
     spam: &[PathBuf],
     ham: &[PathBuf],
     folds: usize,
     osb: bool,
     sa: bool,
+    settings: &mxgate_core::config::Bayes,
 ) -> anyhow::Result<()> {
+    settings
+        .check()
+        .map_err(|(field, m)| anyhow::anyhow!("{field}: {m}"))?;
+    let scheme = if sa {
+        bayes::Scheme::SpamAssassin
+    } else {
+        bayes::Scheme::Native
+    };
+    let p = crate::stages::bayes_params(settings, scheme);
     let mut all: Vec<(u64, Vec<u64>, Class)> = Vec::new();
     let sa_conf = bayes::sa::default_config();
     let t0 = Instant::now();
@@ -237,7 +248,6 @@ pub fn cross_validate(
         }
     }
     let tokenize_s = t0.elapsed().as_secs_f64();
-    let p = Params::default();
     let mut scores: Vec<(f64, Class)> = Vec::with_capacity(all.len());
     let (mut learn_s, mut classify_s) = (0.0, 0.0);
     for k in 0..folds {
@@ -285,9 +295,19 @@ pub fn cross_validate(
         i = j;
     }
     let auc = (rank_sum - (nspam * (nspam + 1)) as f64 / 2.0) / (nspam as f64 * nham as f64);
+    let mut buckets = serde_json::Map::new();
+    for (v, c) in &scores {
+        let e = buckets
+            .entry(bayes::symbol(*v).0)
+            .or_insert_with(|| serde_json::json!({"ham": 0, "spam": 0}));
+        let k = if *c == Class::Ham { "ham" } else { "spam" };
+        e[k] = (e[k].as_u64().unwrap_or(0) + 1).into();
+    }
     println!(
         "{}",
-        serde_json::json!({"folds": folds, "osb": osb, "tokenizer": if sa { "spamassassin" } else { "mxgate" }, "ham": nham, "spam": nspam, "one_minus_auc_percent": (100.0 * (1.0 - auc) * 1e4).round() / 1e4,
+        serde_json::json!({"folds": folds, "osb": osb,
+            "params": {"robs": p.robs, "robx": p.robx, "min_prob_strength": p.min_prob_strength, "max_tokens": p.max_tokens},
+            "buckets": buckets, "tokenizer": if sa { "spamassassin" } else { "mxgate" }, "ham": nham, "spam": nspam, "one_minus_auc_percent": (100.0 * (1.0 - auc) * 1e4).round() / 1e4,
             "bayes99": {"false_positives": fp, "fp_percent": (10000.0 * fp as f64 / nham as f64).round() / 100.0,
                         "false_negatives": fn_, "fn_percent": (10000.0 * fn_ as f64 / nspam as f64).round() / 100.0},
             "tokenize_msgs_per_s": (all.len() as f64 / tokenize_s).round(),

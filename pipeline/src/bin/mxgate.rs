@@ -240,9 +240,22 @@ enum BayesCmd {
         /// Add orthogonal sparse bigrams of body words to the tokens.
         #[arg(long)]
         osb: bool,
-        /// Tokenize as SpamAssassin does (the tokenizer restored databases use).
+        /// Tokenize as SpamAssassin does (the tokenizer restored databases use), and combine
+        /// with SpamAssassin's settings unless the options below say otherwise.
         #[arg(long, conflicts_with = "osb")]
         sa: bool,
+        /// Robinson's s (as `[bayes] robs`).
+        #[arg(long)]
+        robs: Option<f64>,
+        /// Robinson's x (as `[bayes] robx`).
+        #[arg(long)]
+        robx: Option<f64>,
+        /// Tokens closer than this to 0.5 are ignored (as `[bayes] min_prob_strength`).
+        #[arg(long)]
+        min_prob_strength: Option<f64>,
+        /// At most this many tokens are combined (as `[bayes] max_tokens`).
+        #[arg(long)]
+        max_tokens: Option<usize>,
         /// Spam messages.
         #[arg(long, num_args = 1.., required = true)]
         spam: Vec<PathBuf>,
@@ -386,9 +399,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 folds,
                 osb,
                 sa,
+                robs,
+                robx,
+                min_prob_strength,
+                max_tokens,
                 spam,
                 ham,
-            } => tools::cross_validate(&spam, &ham, folds.max(2), osb, sa),
+            } => {
+                let settings = mxgate_core::config::Bayes {
+                    robs,
+                    robx,
+                    min_prob_strength,
+                    max_tokens,
+                    ..Default::default()
+                };
+                tools::cross_validate(&spam, &ham, folds.max(2), osb, sa, &settings)
+            }
         },
         Cmd::Scan {
             config,
