@@ -15,6 +15,58 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The stages whose time is counted, as the `stage` label names them.
+pub const TIMED_STAGES: [&str; 5] = ["mime", "av_ocr", "dns", "rules", "bayes"];
+
+/// Indices into [`TIMED_STAGES`].
+#[derive(Debug, Clone, Copy)]
+pub enum Timed {
+    /// Parsing the message (on the shard).
+    Mime = 0,
+    /// Waiting for the AV and OCR pools (off the shard; wall time).
+    AvOcr = 1,
+    /// Waiting for the DNS lists and SPF/DKIM/DMARC beyond the pools (wall time).
+    Dns = 2,
+    /// The rule engine, header analysis included (on the shard).
+    Rules = 3,
+    /// Tokenizing and classifying (on the shard).
+    Bayes = 4,
+}
+
+/// The time one message spent in each stage it went through.
+#[derive(Debug, Clone, Default)]
+pub struct StageTimes([Option<Duration>; TIMED_STAGES.len()]);
+
+impl StageTimes {
+    /// Sets a stage's time.
+    pub fn set(&mut self, stage: Timed, d: Duration) {
+        self.0[stage as usize] = Some(d);
+    }
+
+    /// A stage's time, if the message went through it.
+    pub fn get(&self, stage: Timed) -> Option<Duration> {
+        self.0[stage as usize]
+    }
+}
+
+/// What became of a message, as the `verdict` label names it.
+pub const VERDICTS: [&str; 5] = ["clean", "spam", "rejected", "deferred", "discarded"];
+
+/// Indices into [`VERDICTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Relayed, below the spam score.
+    Clean = 0,
+    /// Relayed and tagged as spam.
+    Spam = 1,
+    /// Refused by a stage with 5xx (spam over the reject score, a virus, DMARC, a mail loop).
+    Rejected = 2,
+    /// Refused by a stage with 4xx (a scanner busy or failed).
+    Deferred = 3,
+    /// Taken and not relayed (quarantined, dropped).
+    Discarded = 4,
+}
+
 /// Counters of one shard.
 #[derive(Debug)]
 pub struct ShardStats {
@@ -42,6 +94,12 @@ pub struct ShardStats {
     pub latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// Sum of relay latencies in microseconds.
     pub latency_sum_us: AtomicU64,
+    /// Microseconds spent per stage ([`TIMED_STAGES`]).
+    pub stage_us: [AtomicU64; TIMED_STAGES.len()],
+    /// Messages that went through each stage.
+    pub stage_runs: [AtomicU64; TIMED_STAGES.len()],
+    /// Messages per outcome ([`VERDICTS`]).
+    pub verdicts: [AtomicU64; VERDICTS.len()],
 }
 
 impl Default for ShardStats {
@@ -59,6 +117,9 @@ impl Default for ShardStats {
             replies: (0..600).map(|_| AtomicU64::new(0)).collect(),
             latency: Default::default(),
             latency_sum_us: AtomicU64::new(0),
+            stage_us: Default::default(),
+            stage_runs: Default::default(),
+            verdicts: Default::default(),
         }
     }
 }
@@ -69,6 +130,21 @@ impl ShardStats {
         if let Some(c) = self.replies.get(code as usize) {
             c.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Adds the times one message spent in the stages it went through.
+    pub fn stages(&self, times: &StageTimes) {
+        for (i, t) in times.0.iter().enumerate() {
+            if let Some(d) = t {
+                self.stage_us[i].fetch_add(d.as_micros() as u64, Relaxed);
+                self.stage_runs[i].fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Counts what became of one message.
+    pub fn verdict(&self, outcome: Outcome) {
+        self.verdicts[outcome as usize].fetch_add(1, Relaxed);
     }
 
     /// Records one relay latency.
@@ -153,6 +229,25 @@ pub fn render(shards: &[Arc<ShardStats>]) -> String {
         if v > 0 {
             let _ = writeln!(out, "mxgate_replies_total{{code=\"{code}\"}} {v}");
         }
+    }
+    let _ = writeln!(out, "# HELP mxgate_messages_total Messages by what became of them (clean and spam: relayed; rejected: 5xx; deferred: 4xx by a stage; discarded: quarantined or dropped).\n# TYPE mxgate_messages_total counter");
+    for (i, v) in VERDICTS.iter().enumerate() {
+        let n = sum(&|s| s.verdicts[i].load(Relaxed));
+        let _ = writeln!(out, "mxgate_messages_total{{verdict=\"{v}\"}} {n}");
+    }
+    let _ = writeln!(out, "# HELP mxgate_stage_seconds_total Time messages spent per stage: on the shard for mime, rules and bayes; waited for av_ocr (the pools) and dns (beyond the pools); the next hop's share is mxgate_relay_latency_seconds.\n# TYPE mxgate_stage_seconds_total counter");
+    for (i, st) in TIMED_STAGES.iter().enumerate() {
+        let us = sum(&|s| s.stage_us[i].load(Relaxed));
+        let _ = writeln!(
+            out,
+            "mxgate_stage_seconds_total{{stage=\"{st}\"}} {}",
+            us as f64 / 1e6
+        );
+    }
+    let _ = writeln!(out, "# HELP mxgate_stage_runs_total Messages that went through each stage.\n# TYPE mxgate_stage_runs_total counter");
+    for (i, st) in TIMED_STAGES.iter().enumerate() {
+        let n = sum(&|s| s.stage_runs[i].load(Relaxed));
+        let _ = writeln!(out, "mxgate_stage_runs_total{{stage=\"{st}\"}} {n}");
     }
     let _ = writeln!(
         out,

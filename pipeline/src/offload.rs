@@ -288,6 +288,11 @@ impl Pending {
         }
     }
 
+    /// Whether anything was handed to a pool.
+    pub fn is_some(&self) -> bool {
+        self.av.is_some() || self.ocr.is_some()
+    }
+
     /// Hands the message to the stages that are on; `parsed` is the message parsed by the
     /// caller, when it was (else it is parsed here, if OCR needs it, and kept).
     pub fn submit(

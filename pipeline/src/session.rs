@@ -13,6 +13,7 @@ use mxgate_core::smtp::session::{SHUTDOWN, TIMEOUT};
 use mxgate_core::smtp::{Envelope, Event, Message, Reply, Session};
 
 use crate::conn::Conn;
+use crate::metrics::{Outcome, Timed};
 use crate::relay::{ClientInfo, Target, Transaction};
 use crate::rt::TcpStream;
 use crate::server::{Shard, SnapLimits};
@@ -296,24 +297,53 @@ async fn deliver(
     ctx.shard = Some(shard.id);
     // AV and OCR run on their pools and the DNS and auth checks on the resolver thread
     // meanwhile; this session yields until all answered or ran out of time.
+    let started = Instant::now();
     let parsed = snap
         .chain
         .needs_message()
         .then(|| mxgate_core::mime::Message::parse(msg.body.clone()));
+    if parsed.is_some() {
+        ctx.times.set(Timed::Mime, started.elapsed());
+    }
     let offload = snap.chain.submit(&msg.body, parsed.as_ref());
+    let offloading = offload.is_some();
+    let started = Instant::now();
     match (snap.chain.net(), &parsed) {
         (Some(net), Some(m)) => {
             let facts = net.gather(early, Some(client.addr.ip()), &msg.envelope, &msg.body, m);
-            let (off, facts) = futures_lite::future::zip(offload.resolve(), facts).await;
+            let pools = async {
+                let off = offload.resolve().await;
+                (off, started.elapsed())
+            };
+            let ((off, pools_waited), facts) = futures_lite::future::zip(pools, facts).await;
             ctx.offloaded = off;
             ctx.net = Some(facts);
+            if offloading {
+                ctx.times.set(Timed::AvOcr, pools_waited);
+            }
+            // What the DNS checks added to the wait beyond the pools.
+            ctx.times
+                .set(Timed::Dns, started.elapsed().saturating_sub(pools_waited));
         }
-        _ => ctx.offloaded = offload.resolve().await,
+        _ => {
+            ctx.offloaded = offload.resolve().await;
+            if offloading {
+                ctx.times.set(Timed::AvOcr, started.elapsed());
+            }
+        }
     }
     if ctx.offloaded.message.is_none() {
         ctx.offloaded.message = parsed;
     }
     let verdict = snap.chain.run(&mut ctx);
+    shard.stats.stages(&ctx.times);
+    shard.stats.verdict(match &verdict {
+        Verdict::Accept if ctx.spam => Outcome::Spam,
+        Verdict::Accept => Outcome::Clean,
+        Verdict::Reject(_) => Outcome::Rejected,
+        Verdict::Tempfail(_) => Outcome::Deferred,
+        Verdict::Discard(_) => Outcome::Discarded,
+    });
     match verdict {
         Verdict::Accept => {}
         Verdict::Discard(what) => {

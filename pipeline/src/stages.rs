@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::metrics::{StageTimes, Timed};
 use bytes::Bytes;
 use mxgate_core::config::{self, Config, Scoring, Stages};
 use mxgate_core::mime::Message;
@@ -55,6 +56,10 @@ pub struct Context<'a> {
     pub net: Option<Facts>,
     /// The shard running the message (it picks the rule engine copy of its NUMA node).
     pub shard: Option<usize>,
+    /// The time spent per stage (the caller sets what it waited for; [`Chain::run`] the rest).
+    pub times: StageTimes,
+    /// Whether the score reached the spam score (set by the post-filter).
+    pub spam: bool,
 }
 
 impl<'a> Context<'a> {
@@ -74,6 +79,8 @@ impl<'a> Context<'a> {
             offloaded: Offloaded::default(),
             net: None,
             shard: None,
+            times: StageTimes::default(),
+            spam: false,
         }
     }
 }
@@ -482,11 +489,15 @@ impl Chain {
     fn content(&self, ctx: &mut Context<'_>) -> Verdict {
         // Phase: filter. The MIME view is built once; header analysis, AV and OCR join the
         // rules here.
-        let msg = ctx
-            .offloaded
-            .message
-            .take()
-            .unwrap_or_else(|| Message::parse(ctx.body.clone()));
+        let msg = match ctx.offloaded.message.take() {
+            Some(m) => m,
+            None => {
+                let started = std::time::Instant::now();
+                let m = Message::parse(ctx.body.clone());
+                ctx.times.set(Timed::Mime, started.elapsed());
+                m
+            }
+        };
         // What OCR read in the images: one more text part for the rules and Bayes.
         let extracted = match &ctx.offloaded.ocr {
             Some(Ok(r)) if !r.text.is_empty() => Some(r.text.clone()),
@@ -531,6 +542,7 @@ impl Chain {
                 extracted_text: extracted.as_deref(),
                 net: ctx.net.as_ref(),
             };
+            let started = std::time::Instant::now();
             let outcome = with_scratch(engine, |s| engine.scan(&msg, env, s));
             let set = engine.score_set();
             for &(i, _) in &outcome.hits {
@@ -540,11 +552,13 @@ impl Chain {
                 }
             }
             ctx.rule_hits = outcome.hits;
+            ctx.times.set(Timed::Rules, started.elapsed());
         }
         // Phase: classify.
         let mut tokens = None;
         let mut learned_points = 0.0;
         if let Some(model) = &self.bayes {
+            let started = std::time::Instant::now();
             let model = model.current();
             let toks = bayes::tokens_for(&model, &msg, extracted.as_deref(), self.explain);
             let params = bayes_params(&self.bayes_settings, model.scheme);
@@ -558,10 +572,12 @@ impl Chain {
                 }
             }
             tokens = Some(toks);
+            ctx.times.set(Timed::Bayes, started.elapsed());
         }
         // Phase: post-filter. Symbols become a score and the score an action.
         ctx.score = ctx.symbols.iter().map(|(_, s)| s).sum::<f64>() + 0.0; // no -0.0 for no symbols
         let spam = ctx.score >= self.scoring.required_score;
+        ctx.spam = spam;
         // Autolearning, as SpamAssassin decides it, on the rules' points without Bayes.
         if let (Some(t), Some(engine), Some(toks)) = (&self.autolearn, &self.rules, tokens) {
             let mut points = engine.autolearn_points(&ctx.rule_hits);

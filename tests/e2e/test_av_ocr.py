@@ -154,6 +154,11 @@ class AvInTheGateway(unittest.TestCase):
             body = self.last_body(before + 1)
             self.assertIn(b"just words", body)
             self.assertEqual(self.sink.stats()["messages"], before + 1, "the virus never reached the next hop")
+            m = mx.metrics()
+            self.assertEqual(m['mxgate_messages_total{verdict="rejected"}'], 1)
+            self.assertEqual(m['mxgate_messages_total{verdict="clean"}'], 1)
+            self.assertEqual(m['mxgate_stage_runs_total{stage="av_ocr"}'], 2)
+            self.assertGreater(m['mxgate_stage_seconds_total{stage="av_ocr"}'], 0)
         finally:
             mx.stop()
 
@@ -167,6 +172,7 @@ class AvInTheGateway(unittest.TestCase):
             self.assertEqual(send(mx.port, raw), {})  # 250: the message is safe, in quarantine
             files = [f for f in os.listdir(qdir) if f.endswith(".eml")]
             self.assertEqual(len(files), 1)
+            self.assertEqual(mx.metrics()['mxgate_messages_total{verdict="discarded"}'], 1)
             with open(os.path.join(qdir, files[0]), "rb") as f:
                 self.assertIn(b"quarantine me", f.read())
         finally:

@@ -764,6 +764,14 @@ class BayesInTheGateway(unittest.TestCase):
             self.assertRegex(spam_body, rb"X-Spam-Status: Yes, score=3\.[57] required=3\.0 tests=BAYES_99")
             self.assertNotIn(b"X-Spam-Flag", ham_body)
             self.assertIn(b"X-Spam-Status: No, score=-1.9 required=3.0 tests=BAYES_00", ham_body)
+            # The metrics count the verdicts and the time the stages took.
+            m = mx.metrics()
+            self.assertEqual(m['mxgate_messages_total{verdict="spam"}'], 1)
+            self.assertEqual(m['mxgate_messages_total{verdict="clean"}'], 1)
+            self.assertEqual(m['mxgate_messages_total{verdict="rejected"}'], 0)
+            self.assertEqual(m['mxgate_stage_runs_total{stage="bayes"}'], 2)
+            self.assertEqual(m['mxgate_stage_runs_total{stage="rules"}'], 0)
+            self.assertGreater(m['mxgate_stage_seconds_total{stage="bayes"}'], 0)
         finally:
             mx.stop()
         mx = Mxgate(WORK, sink.port, stages="hops,bayes",
@@ -774,6 +782,10 @@ class BayesInTheGateway(unittest.TestCase):
             self.assertEqual(cm.exception.smtp_code, 554)
             self.assertIn(b"5.7.1", cm.exception.smtp_error)
             self.assertEqual(self.send_file(mx.port, self.ham), {})
+            m = mx.metrics()
+            self.assertEqual(m['mxgate_messages_total{verdict="rejected"}'], 1)
+            self.assertEqual(m['mxgate_messages_total{verdict="clean"}'], 1)
+            self.assertEqual(m['mxgate_messages_total{verdict="spam"}'], 0)
         finally:
             mx.stop()
             sink.stop()
@@ -860,6 +872,13 @@ class RulesInTheGateway(unittest.TestCase):
             self.assertRegex(body, rb"X-Spam-Status: No, score=-?\d+\.\d required=5\.0 tests=")
             self.assertNotIn(b"X-Spam-Flag", body)
             self.assertIn(b"Shall we meet at noon?", body)
+            m = mx.metrics()
+            self.assertEqual(m['mxgate_messages_total{verdict="rejected"}'], 1)
+            self.assertEqual(m['mxgate_messages_total{verdict="clean"}'], 1)
+            self.assertEqual(m['mxgate_stage_runs_total{stage="rules"}'], 2)
+            self.assertEqual(m['mxgate_stage_runs_total{stage="mime"}'], 2)
+            self.assertEqual(m['mxgate_stage_runs_total{stage="av_ocr"}'], 0)
+            self.assertGreater(m['mxgate_stage_seconds_total{stage="rules"}'], 0)
         finally:
             mx.stop()
         mx = Mxgate(WORK, sink.port, stages="hops,rules",
