@@ -68,6 +68,10 @@ struct Scenario {
     #[serde(default)]
     idle_connections: usize,
     gateway_config: String,
+    /// The loadgen's seed: the corpus is sent in the order it draws (`--shuffle --seed`), so a
+    /// run sends the same messages in the same order every time.
+    #[serde(default = "default_seed")]
+    seed: u64,
     expect: Expect,
     /// Folders (relative to MXGATE_CORPUS) to train Bayes on first, spam then ham: the model
     /// goes to the output folder and replaces `@BAYES_DB@` in the gateway configuration.
@@ -85,9 +89,18 @@ struct Scenario {
     sweep_sessions: Option<usize>,
 }
 
+fn default_seed() -> u64 {
+    1
+}
+
 #[derive(Deserialize)]
 struct Expect {
     accepted_fraction: f64,
+    /// Per verdict of the gateway's metrics (`clean`, `spam`, `rejected`, `deferred`,
+    /// `discarded`): the least and most share of a run's messages it may have, so that a
+    /// benchmark also checks that the filter still tells spam from ham.
+    #[serde(default)]
+    verdicts: std::collections::BTreeMap<String, [f64; 2]>,
 }
 
 fn scenarios_dir() -> PathBuf {
@@ -249,22 +262,28 @@ fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
 }
 
+/// What a loadgen run sends: the corpus folders, in the order the seed draws.
+struct Load<'a> {
+    corpus: &'a [PathBuf],
+    seed: u64,
+}
+
 fn loadgen(
     bin: &Path,
     port: u16,
-    corpus: &[PathBuf],
+    load: &Load<'_>,
     sessions: usize,
     count: u64,
     per_conn: u64,
 ) -> anyhow::Result<Value> {
-    loadgen_at(bin, port, corpus, sessions, count, per_conn, None)
+    loadgen_at(bin, port, load, sessions, count, per_conn, None)
 }
 
 /// [`loadgen`] with an offered rate (messages per second), or as fast as it goes.
 fn loadgen_at(
     bin: &Path,
     port: u16,
-    corpus: &[PathBuf],
+    load: &Load<'_>,
     sessions: usize,
     count: u64,
     per_conn: u64,
@@ -272,6 +291,9 @@ fn loadgen_at(
 ) -> anyhow::Result<Value> {
     let mut cmd = Command::new(bin.join("mxgate-loadgen"));
     cmd.arg("send")
+        .arg("--shuffle")
+        .arg("--seed")
+        .arg(load.seed.to_string())
         .arg("--to")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--sessions")
@@ -284,7 +306,7 @@ fn loadgen_at(
     if let Some(r) = rate {
         cmd.arg("--rate").arg(format!("{r:.0}"));
     }
-    for c in corpus {
+    for c in load.corpus {
         cmd.arg("--corpus").arg(c);
     }
     let o = cmd.stderr(Stdio::inherit()).output()?;
@@ -305,6 +327,10 @@ fn relay(dir: &Path, sc: &Scenario, out: &Path) -> anyhow::Result<()> {
     let corpus_root =
         PathBuf::from(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()));
     let corpus: Vec<PathBuf> = sc.corpus.iter().map(|c| corpus_root.join(c)).collect();
+    let load = Load {
+        corpus: &corpus,
+        seed: sc.seed,
+    };
     // The mean corpus message size, for the smtp-source message file.
     let (mut n, mut bytes) = (0u64, 0u64);
     for c in &corpus {
@@ -349,21 +375,28 @@ fn relay(dir: &Path, sc: &Scenario, out: &Path) -> anyhow::Result<()> {
         let (mut mx_cpu, mut pf_cpu, mut pf_rate, mut src_rate) = (vec![], vec![], vec![], vec![]);
         for rep in 0..sc.reps {
             eprintln!("relay: sessions {s}, rep {}/{}", rep + 1, sc.reps);
-            let d = loadgen(&bin, sink_port, &corpus, s, sc.count, sc.per_conn)?;
+            let d = loadgen(&bin, sink_port, &load, s, sc.count, sc.per_conn)?;
             check(&d, sc, "direct", &mut failures);
             direct.push(d["msgs_per_s"].as_f64().unwrap_or(0.0));
             direct_p99.push(d["latency_ms"]["p99"].as_f64().unwrap_or(0.0));
 
+            let m0 = mx.metrics()?;
             let c0 = cpu_secs(mx.pid())?;
-            let r = loadgen(&bin, mx_port, &corpus, s, sc.count, sc.per_conn)?;
+            let r = loadgen(&bin, mx_port, &load, s, sc.count, sc.per_conn)?;
             let c1 = cpu_secs(mx.pid())?;
             check(&r, sc, "mxgate", &mut failures);
+            check_verdicts(
+                &run_metrics(&m0, &mx.metrics()?),
+                sc,
+                &format!("mxgate, sessions {s}, run {}", rep + 1),
+                &mut failures,
+            );
             relay.push(r["msgs_per_s"].as_f64().unwrap_or(0.0));
             relay_p99.push(r["latency_ms"]["p99"].as_f64().unwrap_or(0.0));
             mx_cpu.push(1000.0 * (c1 - c0) / r["accepted"].as_f64().unwrap_or(1.0).max(1.0));
 
             let p0 = cpu_secs(pf.pid())?;
-            let p = loadgen(&bin, pf_port, &corpus, s, sc.count, sc.per_conn)?;
+            let p = loadgen(&bin, pf_port, &load, s, sc.count, sc.per_conn)?;
             let p1 = cpu_secs(pf.pid())?;
             check(&p, sc, "smtp-sink", &mut failures);
             pf_rate.push(p["msgs_per_s"].as_f64().unwrap_or(0.0));
@@ -464,6 +497,10 @@ fn content(
     let corpus_root =
         PathBuf::from(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()));
     let corpus: Vec<PathBuf> = sc.corpus.iter().map(|c| corpus_root.join(c)).collect();
+    let load = Load {
+        corpus: &corpus,
+        seed: sc.seed,
+    };
     let sink_port = free_port()?;
     let _sink = start_sink(&bin, sink_port, out)?;
     let sessions_max = sc.sessions.iter().copied().max().unwrap_or(8);
@@ -495,10 +532,10 @@ fn content(
     {
         let port = free_port()?;
         let mx = start_gateway(&bin, &one_shard, port, sink_port, out)?;
-        loadgen(&bin, port, &corpus, sessions_max, 500, sc.per_conn)?;
+        loadgen(&bin, port, &load, sessions_max, 500, sc.per_conn)?;
         let mut rate = vec![];
         for _ in 0..sc.reps {
-            let r = loadgen(&bin, port, &corpus, sessions_max, sc.count, sc.per_conn)?;
+            let r = loadgen(&bin, port, &load, sessions_max, sc.count, sc.per_conn)?;
             check(&r, sc, "mxgate, 1 shard", &mut failures);
             rate.push(r["msgs_per_s"].as_f64().unwrap_or(0.0));
         }
@@ -508,7 +545,7 @@ fn content(
     let mx_port = free_port()?;
     let mx = start_gateway(&bin, &config, mx_port, sink_port, out)?;
     // Warm-up: matchers compiled on first use, caches filled.
-    loadgen(&bin, mx_port, &corpus, sessions_max, 500, sc.per_conn)?;
+    loadgen(&bin, mx_port, &load, sessions_max, 500, sc.per_conn)?;
     let recording = if profile {
         Some(flame::Recording::start(mx.pid(), out)?)
     } else {
@@ -517,12 +554,21 @@ fn content(
     let mut rows = Vec::new();
     for &s in &sc.sessions {
         let (mut rate, mut p50, mut p99, mut cpu) = (vec![], vec![], vec![], vec![]);
+        let mut gateway_says = Value::Null;
         for rep in 0..sc.reps {
             eprintln!("content: sessions {s}, rep {}/{}", rep + 1, sc.reps);
+            let m0 = mx.metrics()?;
             let c0 = cpu_secs(mx.pid())?;
-            let r = loadgen(&bin, mx_port, &corpus, s, sc.count, sc.per_conn)?;
+            let r = loadgen(&bin, mx_port, &load, s, sc.count, sc.per_conn)?;
             let c1 = cpu_secs(mx.pid())?;
+            gateway_says = run_metrics(&m0, &mx.metrics()?);
             check(&r, sc, "mxgate", &mut failures);
+            check_verdicts(
+                &gateway_says,
+                sc,
+                &format!("mxgate, sessions {s}, run {}", rep + 1),
+                &mut failures,
+            );
             rate.push(r["msgs_per_s"].as_f64().unwrap_or(0.0));
             p50.push(r["latency_ms"]["p50"].as_f64().unwrap_or(0.0));
             p99.push(r["latency_ms"]["p99"].as_f64().unwrap_or(0.0));
@@ -537,6 +583,7 @@ fn content(
             "mxgate_rss_kib": rss_kib(mx.pid())?,
             "mxgate_peak_rss_kib": status_kib(mx.pid(), "VmHWM:")?,
             "runs": sc.reps,
+            "last_run": gateway_says,
         }));
     }
     if let Some(r) = recording {
@@ -553,7 +600,7 @@ fn content(
         let r = loadgen_at(
             &bin,
             mx_port,
-            &corpus,
+            &load,
             sessions_max,
             sc.count,
             sc.per_conn,
@@ -571,7 +618,7 @@ fn content(
         let r = loadgen_at(
             &bin,
             mx_port,
-            &corpus,
+            &load,
             sc.sweep_sessions.unwrap_or(sessions_max),
             sc.count,
             sc.per_conn,
@@ -706,6 +753,21 @@ fn content(
             row["mxgate_peak_rss_kib"]
         ));
     }
+    if let Some(last) = rows.last().map(|r| &r["last_run"]) {
+        let list = |v: &Value, unit: &str, prec: usize| -> String {
+            v.as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, x)| format!("{k} {:.*}{unit}", prec, x.as_f64().unwrap_or(f64::NAN)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        report.push_str(&format!(
+            "\nThe gateway's metrics over the last run: verdicts {}; per stage, ms per message: {}.\n",
+            list(&last["verdicts"], "", 0),
+            list(&last["stage_ms_per_msg"], "", 3)
+        ));
+    }
     report.push_str(&format!(
         "\np99 at 80 % of that throughput ({:.0} msg/s offered): **{:.2} ms**. One shard on CPU 0: {:.0} msg/s; the plan's shards: {:.0} msg/s ({:.2}x).\n",
         0.8 * max_rate,
@@ -837,14 +899,45 @@ fn start_sink(bin: &Path, port: u16, out: &Path) -> anyhow::Result<Daemon> {
 }
 
 /// The gateway with `config`, on `port`, relaying to the sink on `sink_port`.
+/// The gateway under test, with its metrics endpoint.
+struct Gateway {
+    daemon: Daemon,
+    metrics_port: u16,
+}
+
+impl Gateway {
+    fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
+    /// The gateway's counters (`/metrics`), by name with labels.
+    fn metrics(&self) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Ok(body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect())
+    }
+}
+
 fn start_gateway(
     bin: &Path,
     config: &Path,
     port: u16,
     sink_port: u16,
     out: &Path,
-) -> anyhow::Result<Daemon> {
-    Daemon::start(
+) -> anyhow::Result<Gateway> {
+    let metrics_port = free_port()?;
+    let daemon = Daemon::start(
         "mxgate",
         Command::new(bin.join("mxgate")).args([
             "serve",
@@ -855,11 +948,63 @@ fn start_gateway(
             "--relay",
             &format!("127.0.0.1:{sink_port}"),
             "--metrics",
-            "",
+            &format!("127.0.0.1:{metrics_port}"),
         ]),
         port,
         out,
-    )
+    )?;
+    Ok(Gateway {
+        daemon,
+        metrics_port,
+    })
+}
+
+/// What the gateway's metrics say about one run: messages per verdict, and per stage the mean
+/// milliseconds per message that went through it.
+fn run_metrics(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+) -> Value {
+    let delta =
+        |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    let mut verdicts = serde_json::Map::new();
+    for v in ["clean", "spam", "rejected", "deferred", "discarded"] {
+        verdicts.insert(
+            v.into(),
+            json!(delta(&format!("mxgate_messages_total{{verdict=\"{v}\"}}"))),
+        );
+    }
+    let mut stages = serde_json::Map::new();
+    for st in ["mime", "av_ocr", "dns", "rules", "bayes"] {
+        let runs = delta(&format!("mxgate_stage_runs_total{{stage=\"{st}\"}}"));
+        if runs > 0.0 {
+            let secs = delta(&format!("mxgate_stage_seconds_total{{stage=\"{st}\"}}"));
+            stages.insert(st.into(), json!(1000.0 * secs / runs));
+        }
+    }
+    json!({"verdicts": verdicts, "stage_ms_per_msg": stages})
+}
+
+/// Checks a run's verdict counts against the scenario's expected shares.
+fn check_verdicts(m: &Value, sc: &Scenario, what: &str, failures: &mut Vec<String>) {
+    let total: f64 = m["verdicts"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, v)| v.as_f64())
+        .sum();
+    for (verdict, [lo, hi]) in &sc.expect.verdicts {
+        let n = m["verdicts"][verdict].as_f64().unwrap_or(0.0);
+        let share = if total > 0.0 { n / total } else { 0.0 };
+        if share < *lo || share > *hi {
+            failures.push(format!(
+                "{what}: {verdict} {n} of {total} ({:.1} %), expected {:.1}-{:.1} %",
+                100.0 * share,
+                100.0 * lo,
+                100.0 * hi
+            ));
+        }
+    }
 }
 
 fn check(v: &Value, sc: &Scenario, what: &str, failures: &mut Vec<String>) {

@@ -55,9 +55,14 @@ pub struct Args {
     /// Send with BDAT instead of DATA.
     #[arg(long)]
     bdat: bool,
-    /// Seed for generated content.
+    /// Seed for generated content, and for the corpus order with `--shuffle`.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Send the corpus in an order drawn from `--seed` (the same for the same seed) rather than
+    /// folder by folder in name order: ham and spam mixed, and with `--count` below the corpus
+    /// size a sample of every folder.
+    #[arg(long)]
+    shuffle: bool,
     /// Print one JSON summary line instead of text.
     #[arg(long)]
     json: bool,
@@ -123,6 +128,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let mut all = Vec::new();
         for dir in &args.corpus {
             all.extend(crate::load_corpus(dir)?.into_iter().map(|(_, m)| m));
+        }
+        if args.shuffle {
+            use rand::seq::SliceRandom;
+            all.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(args.seed));
         }
         all
     };
