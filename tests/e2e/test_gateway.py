@@ -397,6 +397,33 @@ class LoadgenModes(unittest.TestCase):
             sink.stop()
 
 
+class LoadgenCorpusOrder(unittest.TestCase):
+    def order(self, *extra):
+        sink = Sink(WORK)
+        try:
+            r = subprocess.run([harness.LOADGEN, "send", "--to", f"127.0.0.1:{sink.port}", "--corpus", self.corpus,
+                                "--sessions", "1", "--count", "12", "--json", *extra],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            sink.wait_messages(12)
+            return [re.search(rb"Subject: (m\d+)", body).group(1).decode() for _, body in sink.messages()]
+        finally:
+            sink.stop()
+
+    def test_shuffle_follows_the_seed(self):
+        self.corpus = tempfile.mkdtemp(prefix="order-", dir=WORK)
+        for i in range(12):
+            with open(os.path.join(self.corpus, f"{i:02}.eml"), "w") as f:
+                f.write(f"From: a@e2e.test\r\nSubject: m{i}\r\n\r\nbody {i}\r\n")
+        in_order = self.order()
+        self.assertEqual(in_order, [f"m{i}" for i in range(12)])
+        seven = self.order("--shuffle", "--seed", "7")
+        self.assertEqual(sorted(seven), sorted(in_order))
+        self.assertNotEqual(seven, in_order)
+        self.assertEqual(self.order("--shuffle", "--seed", "7"), seven)
+        self.assertNotEqual(self.order("--shuffle", "--seed", "8"), seven)
+
+
 class TlsToNextHop(unittest.TestCase):
     def test_relay_uses_starttls_when_offered(self):
         sink = Sink(WORK, args=["--tls-cert", CERT, "--tls-key", KEY])
