@@ -40,18 +40,23 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     raise_fd_limit();
+    match cli.cmd {
+        Cmd::Send(a) => runtime()?.block_on(send::run(a)),
+        Cmd::Sink(a) => runtime()?.block_on(sink::run(a)),
+        // Plain threads with precise timers (see the module).
+        Cmd::DnsDelay(a) => delay::run(a),
+    }
+}
+
+/// A Tokio runtime with a worker per CPU.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
-        .build()?;
-    match cli.cmd {
-        Cmd::Send(a) => rt.block_on(send::run(a)),
-        Cmd::Sink(a) => rt.block_on(sink::run(a)),
-        Cmd::DnsDelay(a) => rt.block_on(delay::run(a)),
-    }
+        .build()
 }
 
 fn raise_fd_limit() {

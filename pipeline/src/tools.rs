@@ -395,7 +395,8 @@ pub fn scan(
             let mut listed: Vec<&String> = f.a.keys().chain(f.txt.keys()).collect();
             listed.sort();
             v["dns"] = serde_json::json!({"relays": f.relays.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
-                "uri_domains": f.uri_domains, "listed": listed, "timed_out": f.timed_out, "failed": f.failed});
+                "uri_domains": f.uri_domains, "listed": listed, "timed_out": f.timed_out, "failed": f.failed,
+                "slowest_query_us": f.slowest_query.as_micros() as u64});
             if let Some(a) = &f.auth {
                 v["auth"] = serde_json::json!({"spf": format!("{:?}", a.spf), "spf_helo": format!("{:?}", a.spf_helo),
                     "dkim": a.dkim.iter().map(|d| serde_json::json!({"domain": d.domain, "result": format!("{:?}", d.outcome)})).collect::<Vec<_>>(),

@@ -243,6 +243,8 @@ pub struct Facts {
     pub auth: Option<auth::Results>,
     /// Queries that got no answer in time.
     pub timed_out: usize,
+    /// The latency of the slowest list query answered (the longest of the message's batches).
+    pub slowest_query: Duration,
     /// Queries that failed otherwise.
     pub failed: usize,
 }
@@ -274,8 +276,11 @@ impl Dns {
                     (q.name.clone(), t)
                 })
                 .collect();
-            let answers = lists.lookup_many(&asked).await;
-            Answers(queries.into_iter().zip(answers).collect())
+            let (answers, slowest) = lists.lookup_many(&asked).await;
+            Answers {
+                answers: queries.into_iter().zip(answers).collect(),
+                slowest,
+            }
         })
     }
 
@@ -302,10 +307,14 @@ impl Dns {
                     }
                 }
             };
+            // The three rounds run one after the other: their slowest queries add up.
+            let mut slowest = Duration::ZERO;
             if zones.iter().any(|(_, a)| *a) {
                 let asked: Vec<(String, RecordType)> =
                     domains.iter().map(|d| (d.clone(), RecordType::A)).collect();
-                for (d, r) in domains.iter().zip(lists.lookup_many(&asked).await) {
+                let (answers, t) = lists.lookup_many(&asked).await;
+                slowest += t;
+                for (d, r) in domains.iter().zip(answers) {
                     for a in r.unwrap_or_default() {
                         keep(d, &a, true, &mut ips);
                     }
@@ -318,7 +327,9 @@ impl Dns {
                     .collect();
                 // At most three name servers a domain, as a spammer could list hundreds.
                 let mut hosts: Vec<(String, String)> = Vec::new();
-                for (d, r) in domains.iter().zip(lists.lookup_many(&asked).await) {
+                let (answers, t) = lists.lookup_many(&asked).await;
+                slowest += t;
+                for (d, r) in domains.iter().zip(answers) {
                     for h in r.unwrap_or_default().into_iter().take(3) {
                         hosts.push((d.clone(), h));
                     }
@@ -327,7 +338,9 @@ impl Dns {
                     .iter()
                     .map(|(_, h)| (h.clone(), RecordType::A))
                     .collect();
-                for ((d, _), r) in hosts.iter().zip(lists.lookup_many(&asked).await) {
+                let (answers, t) = lists.lookup_many(&asked).await;
+                slowest += t;
+                for ((d, _), r) in hosts.iter().zip(answers) {
                     for a in r.unwrap_or_default() {
                         keep(d, &a, false, &mut ips);
                     }
@@ -349,8 +362,15 @@ impl Dns {
                 .iter()
                 .map(|q| (q.name.clone(), RecordType::A))
                 .collect();
-            let answers = lists.lookup_many(&asked).await;
-            (ips, Answers(queries.into_iter().zip(answers).collect()))
+            let (answers, t) = lists.lookup_many(&asked).await;
+            slowest += t;
+            (
+                ips,
+                Answers {
+                    answers: queries.into_iter().zip(answers).collect(),
+                    slowest,
+                },
+            )
         })
     }
 }
@@ -361,12 +381,19 @@ pub type UriAddress = (String, IpAddr, bool);
 
 /// A batch's answers.
 #[derive(Debug, Default)]
-pub struct Answers(pub Vec<(Query, Result<Vec<String>, LookupError>)>);
+pub struct Answers {
+    /// Each query with its answer.
+    pub answers: Vec<(Query, Result<Vec<String>, LookupError>)>,
+    /// The latency of the batch's slowest answered query (for rounds asked one after the
+    /// other, the sum of each round's slowest).
+    pub slowest: Duration,
+}
 
 impl Facts {
     /// Files a batch's answers.
     pub fn absorb(&mut self, answers: Answers) {
-        for (q, r) in answers.0 {
+        self.slowest_query = self.slowest_query.max(answers.slowest);
+        for (q, r) in answers.answers {
             match r {
                 Ok(v) if q.txt => {
                     self.txt.insert(q.name, v);

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hickory_resolver::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_resolver::proto::op::{Message, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
@@ -33,7 +33,9 @@ const MAX_TTL: u32 = 3600;
 const MAX_NEGATIVE_TTL: u32 = 300;
 
 type Answer = Result<Vec<String>, LookupError>;
-type Waiters = Mutex<HashMap<u16, (Name, RecordType, oneshot::Sender<Message>)>>;
+/// Queries awaiting replies, by ID: the question, and where the reply goes with the time it
+/// was received.
+type Waiters = Mutex<HashMap<u16, (Name, RecordType, oneshot::Sender<(Message, Instant)>)>>;
 
 struct Server {
     sockets: Vec<Arc<UdpSocket>>,
@@ -87,8 +89,13 @@ impl Client {
 
     /// Many lookups at once: every query sent before any answer is awaited, one deadline per
     /// attempt for the whole batch (no task or timer per query), what went unanswered asked
-    /// again of the next server. Answers come back in the order asked.
-    pub(crate) async fn lookup_many(&self, queries: &[(String, RecordType)]) -> Vec<Answer> {
+    /// again of the next server. Answers come back in the order asked, with the latency of the
+    /// slowest query that was answered (its datagram handed to the kernel → its reply read).
+    pub(crate) async fn lookup_many(
+        &self,
+        queries: &[(String, RecordType)],
+    ) -> (Vec<Answer>, Duration) {
+        let mut slowest = Duration::ZERO;
         let mut out: Vec<Option<Answer>> = vec![None; queries.len()];
         let mut todo: Vec<usize> = Vec::new();
         {
@@ -108,23 +115,61 @@ impl Client {
                 break;
             }
             let server = &self.servers[t % self.servers.len()];
+            // Every query built and registered first, then sent in one burst: the last query
+            // leaves microseconds after the first, so all answers come back about together.
             let mut waiting = Vec::with_capacity(todo.len());
-            for &i in &todo {
-                let (name, rtype) = &queries[i];
-                let Ok(qname) = Name::from_ascii(format!("{}.", name.trim_end_matches('.'))) else {
-                    out[i] = Some(Err(LookupError::Failed(format!("{name}: not a name"))));
-                    continue;
-                };
-                match self.send(server, &qname, *rtype).await {
-                    Ok((id, rx)) => waiting.push((i, id, rx)),
-                    Err(e) => out[i] = Some(Err(e)),
+            let mut datagrams = Vec::with_capacity(todo.len());
+            {
+                let mut w = lock(&server.waiting);
+                for &i in &todo {
+                    let (name, rtype) = &queries[i];
+                    let name = name.trim_end_matches('.');
+                    let (Ok(qname), Some(mut bytes)) = (
+                        Name::from_ascii(format!("{name}.")),
+                        encode_query(name, *rtype),
+                    ) else {
+                        out[i] = Some(Err(LookupError::Failed(format!("{name}: not a name"))));
+                        continue;
+                    };
+                    let mut id: u16 = rand::random();
+                    while w.contains_key(&id) {
+                        id = rand::random();
+                    }
+                    bytes[..2].copy_from_slice(&id.to_be_bytes());
+                    let (tx, rx) = oneshot::channel();
+                    w.insert(id, (qname, *rtype, tx));
+                    waiting.push((i, id, rx));
+                    datagrams.push(bytes);
+                }
+            }
+            let first = self.next.fetch_add(1, Ordering::Relaxed);
+            let mut sent_at = vec![Instant::now(); datagrams.len()];
+            for (k, sock) in server.sockets.iter().enumerate() {
+                // Round robin over the sockets, from where the last batch left off.
+                let (which, mine): (Vec<usize>, Vec<&[u8]>) = datagrams
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| (first + j) % server.sockets.len() == k)
+                    .map(|(j, d)| (j, d.as_slice()))
+                    .unzip();
+                let sent = send_burst(sock, &mine);
+                let now = Instant::now();
+                for &j in &which[..sent] {
+                    sent_at[j] = now;
+                }
+                for (&j, d) in which[sent..].iter().zip(&mine[sent..]) {
+                    // The socket's buffer was full: the rest go one at a time, waiting for room
+                    // (a failed send leaves its query to time out and be asked again).
+                    let _ = sock.send(d).await;
+                    sent_at[j] = Instant::now();
                 }
             }
             let deadline = tokio::time::Instant::now() + per_try;
             let mut next = Vec::new();
-            for (i, id, rx) in waiting {
+            for ((i, id, rx), sent) in waiting.into_iter().zip(sent_at) {
                 match tokio::time::timeout_at(deadline, rx).await {
-                    Ok(Ok(reply)) => {
+                    Ok(Ok((reply, received))) => {
+                        slowest = slowest.max(received.saturating_duration_since(sent));
                         let (answer, ttl) = read(&reply, queries[i].1);
                         if !matches!(answer, Err(LookupError::Failed(_))) {
                             let key = (queries[i].0.to_ascii_lowercase(), queries[i].1);
@@ -140,51 +185,11 @@ impl Client {
             }
             todo = next;
         }
-        out.into_iter()
+        let answers = out
+            .into_iter()
             .map(|a| a.unwrap_or(Err(LookupError::TimedOut)))
-            .collect()
-    }
-
-    /// Sends one query; the receiver gets its reply.
-    async fn send(
-        &self,
-        server: &Server,
-        qname: &Name,
-        rtype: RecordType,
-    ) -> Result<(u16, oneshot::Receiver<Message>), LookupError> {
-        let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut w = lock(&server.waiting);
-            let mut id: u16 = rand::random();
-            while w.contains_key(&id) {
-                id = rand::random();
-            }
-            w.insert(id, (qname.clone(), rtype, tx));
-            id
-        };
-        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-        m.metadata.recursion_desired = true;
-        m.add_query(Query::query(qname.clone(), rtype));
-        let mut edns = Edns::new();
-        edns.set_max_payload(1232);
-        m.set_edns(edns);
-        let sent = match m.to_vec() {
-            Ok(bytes) => {
-                let k = self.next.fetch_add(1, Ordering::Relaxed) % server.sockets.len();
-                server.sockets[k]
-                    .send(&bytes)
-                    .await
-                    .map_err(|e| LookupError::Failed(e.to_string()))
-            }
-            Err(e) => Err(LookupError::Failed(e.to_string())),
-        };
-        match sent {
-            Ok(_) => Ok((id, rx)),
-            Err(e) => {
-                lock(&server.waiting).remove(&id);
-                Err(e)
-            }
-        }
+            .collect();
+        (answers, slowest)
     }
 
     fn remember(&self, key: (String, RecordType), answer: Answer, ttl: u32) {
@@ -203,13 +208,83 @@ impl Client {
     }
 }
 
+/// A DNS query for `name` (no trailing dot) with ID 0, recursion desired, and an EDNS0 record
+/// offering 1,232-byte answers; `None` when `name` is not a valid domain name.
+fn encode_query(name: &str, rtype: RecordType) -> Option<Vec<u8>> {
+    let mut q = Vec::with_capacity(12 + name.len() + 2 + 4 + 11);
+    q.extend_from_slice(&[0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
+    if !name.is_empty() {
+        for label in name.split('.') {
+            if label.is_empty() || label.len() > 63 || !label.is_ascii() {
+                return None;
+            }
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+    }
+    q.push(0);
+    if q.len() - 12 > 255 {
+        return None;
+    }
+    q.extend_from_slice(&u16::from(rtype).to_be_bytes());
+    q.extend_from_slice(&[0, 1]); // class IN
+    q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]); // OPT, 1232 bytes
+    Some(q)
+}
+
+/// Sends `datagrams` on a connected socket with one `sendmmsg(2)` (no waiting); how many went.
+fn send_burst(sock: &UdpSocket, datagrams: &[&[u8]]) -> usize {
+    use std::os::fd::AsRawFd;
+    if datagrams.is_empty() {
+        return 0;
+    }
+    let mut iov: Vec<libc::iovec> = datagrams
+        .iter()
+        .map(|d| libc::iovec {
+            iov_base: d.as_ptr() as *mut libc::c_void,
+            iov_len: d.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iov
+        .iter_mut()
+        .map(|v| {
+            // SAFETY: an all-zero msghdr is valid (no name: the socket is connected).
+            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+            h.msg_iov = v;
+            h.msg_iovlen = 1;
+            libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            }
+        })
+        .collect();
+    let mut sent = 0;
+    while sent < msgs.len() {
+        // SAFETY: `msgs` points into `iov` and `datagrams`, alive for the call; the socket is
+        // non-blocking (Tokio's), so a full buffer returns at once.
+        let r = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                msgs[sent..].as_mut_ptr(),
+                (msgs.len() - sent) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r <= 0 {
+            break;
+        }
+        sent += r as usize;
+    }
+    sent
+}
+
 /// Receives replies on one socket and hands each to the query waiting for its ID (and
 /// question: a reply to another question with a reused ID is dropped).
 async fn receive(sock: Arc<UdpSocket>, waiting: Arc<Waiters>) {
     let mut buf = vec![0u8; 4096];
     loop {
-        let n = match sock.recv(&mut buf).await {
-            Ok(n) => n,
+        let (n, received) = match sock.recv(&mut buf).await {
+            Ok(n) => (n, Instant::now()),
             Err(_) => {
                 // ICMP unreachable and the like: the waiting query times out and retries.
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -229,7 +304,7 @@ async fn receive(sock: Arc<UdpSocket>, waiting: Arc<Waiters>) {
         });
         if same {
             if let Some((_, _, tx)) = w.remove(&id) {
-                let _ = tx.send(reply);
+                let _ = tx.send((reply, received));
             }
         }
     }
@@ -275,4 +350,30 @@ fn read(reply: &Message, rtype: RecordType) -> (Answer, u32) {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_what_a_dns_parser_reads() {
+        let mut bytes = encode_query("2.0.0.127.zen.example.test", RecordType::TXT).unwrap();
+        bytes[..2].copy_from_slice(&0xbeefu16.to_be_bytes());
+        let m = Message::from_vec(&bytes).unwrap();
+        assert_eq!(m.metadata.id, 0xbeef);
+        assert!(m.metadata.recursion_desired);
+        assert_eq!(m.queries.len(), 1);
+        assert_eq!(
+            m.queries[0].name(),
+            &Name::from_ascii("2.0.0.127.zen.example.test.").unwrap()
+        );
+        assert_eq!(m.queries[0].query_type(), RecordType::TXT);
+        assert_eq!(m.edns.as_ref().map(|e| e.max_payload()), Some(1232));
+        // Not names: an empty label, a label over 63 bytes, a name over 255.
+        assert!(encode_query("a..b", RecordType::A).is_none());
+        assert!(encode_query(&"x".repeat(64), RecordType::A).is_none());
+        let long = vec!["abcdefghi"; 30].join(".");
+        assert!(encode_query(&long, RecordType::A).is_none());
+    }
 }
