@@ -10,7 +10,8 @@
 //! from anyone else); IDs are random and matched with the question. SPF, DKIM and DMARC keep
 //! hickory's resolver, which follows CNAMEs, retries over TCP and validates more.
 //!
-//! Messages are built and parsed by hickory-proto.
+//! Queries are encoded here (one question and an EDNS0 record); replies are parsed by
+//! hickory-proto.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
