@@ -5,6 +5,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import smtplib
 import socket
@@ -870,6 +871,80 @@ class RulesInTheGateway(unittest.TestCase):
         self.assertLess(ham["score"], 5.0)
         self.assertEqual(ham["action"], "accept")
         self.assertAlmostEqual(ham["score"], sum(ham["symbols"].values()), places=2)
+
+    def test_address_and_uri_host_lists_as_spamassassin_reads_them(self):
+        """welcomelist_from, blocklist_from, the _to lists, enlist_addrlist, the URI host lists
+        (with a `!` exception): mxgate's hits against SpamAssassin's on the same messages."""
+        site = tempfile.mkdtemp(prefix="sa-site-", dir=WORK)
+        for name in os.listdir("/etc/spamassassin"):
+            if name.endswith((".pre", ".cf")):
+                shutil.copy(os.path.join("/etc/spamassassin", name), site)
+        with open(os.path.join(site, "lists.cf"), "w") as f:
+            f.write("welcomelist_from *@friends.e2e.test boss@e2e.test\n"
+                    "welcomelist_from gone@e2e.test\nunwelcomelist_from gone@e2e.test\n"
+                    "blacklist_from spam?er@*.bad.e2e.test\n"
+                    "welcomelist_to vip@e2e.test\nmore_spam_to *@lenient.e2e.test\n"
+                    "all_spam_to postmaster@e2e.test\nblocklist_to *@closed.e2e.test\n"
+                    "enlist_addrlist (LOCAL_PARTNERS) *@partner.e2e.test\n"
+                    "header LOCAL_FROM_PARTNER eval:check_from_in_list('LOCAL_PARTNERS')\n"
+                    "score LOCAL_FROM_PARTNER 0.1\n"
+                    "header LOCAL_REPLYTO_PARTNER eval:check_replyto_in_list('LOCAL_PARTNERS')\n"
+                    "score LOCAL_REPLYTO_PARTNER 0.1\n"
+                    "blocklist_uri_host evil.e2e-test.com evil.e2e.test\n"
+                    "welcomelist_uri_host good.e2e-test.com !shop.good.e2e-test.com\n")
+
+        def msg(frm, to, body="Hello.", extra=""):
+            return (f"From: {frm}\r\nTo: {to}\r\nSubject: lists\r\n{extra}"
+                    f"Date: Mon, 2 Jun 2025 10:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@e2e.test>\r\n"
+                    f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n{body}\r\n").encode()
+
+        cases = {
+            "wl-glob": msg("Ann <ann@friends.e2e.test>", "bob@e2e.test"),
+            "wl-exact-case": msg("BOSS@E2E.TEST", "bob@e2e.test"),
+            "wl-removed": msg("gone@e2e.test", "bob@e2e.test"),
+            "bl-glob": msg("spammer@mx.bad.e2e.test", "bob@e2e.test"),
+            "bl-no-match": msg("spammmer@mx.bad.e2e.test", "bob@e2e.test"),
+            "resent-from": msg("ann@friends.e2e.test", "bob@e2e.test", extra="Resent-From: x@other.e2e.test\r\n"),
+            "to-lists": msg("carol@e2e.test", "vip@e2e.test, a@lenient.e2e.test",
+                            extra="Cc: postmaster@e2e.test, z@closed.e2e.test\r\n"),
+            "partner": msg("p@partner.e2e.test", "bob@e2e.test", extra="Reply-To: q@partner.e2e.test\r\n"),
+            "uri-hosts": msg("carol@e2e.test", "bob@e2e.test",
+                             body="See http://www.evil.e2e-test.com/x and https://good.e2e-test.com/ok"),
+            "uri-exception": msg("carol@e2e.test", "bob@e2e.test", body="See http://shop.good.e2e-test.com/buy"),
+            # Not a public suffix: SpamAssassin reads no host from it.
+            "uri-unknown-tld": msg("carol@e2e.test", "bob@e2e.test", body="See http://www.evil.e2e.test/x"),
+        }
+        names = ("USER_IN_WELCOMELIST", "USER_IN_BLOCKLIST", "USER_IN_WELCOMELIST_TO", "USER_IN_MORE_SPAM_TO",
+                 "USER_IN_ALL_SPAM_TO", "USER_IN_BLOCKLIST_TO", "URI_HOST_IN_BLOCKLIST",
+                 "URI_HOST_IN_WELCOMELIST", "LOCAL_FROM_PARTNER", "LOCAL_REPLYTO_PARTNER")
+        files = []
+        for name, raw in cases.items():
+            path = os.path.join(site, "..", f"lists-{name}.eml")
+            with open(path, "wb") as f:
+                f.write(raw)
+            files.append(os.path.abspath(path))
+        r = subprocess.run([harness.MXGATE, "scan", "--config", self.config, "--rules", "/usr/share/spamassassin",
+                            "--rules", site, "--stages", "rules", *files],
+                           capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ours = {os.path.basename(v["file"]): {n for n in v["symbols"] if n in names}
+                for v in map(json.loads, r.stdout.splitlines())}
+        for path in files:
+            with open(path, "rb") as f:
+                out = subprocess.run(["spamassassin", "-L", "--siteconfigpath", site, "-t"], input=f.read(),
+                                     capture_output=True, timeout=120).stdout.decode("utf-8", "replace")
+            status = re.search(r"^X-Spam-Status: .*?tests=(.*?)\s(?:autolearn|version)=", out, re.S | re.M)
+            theirs = {t.strip() for t in status.group(1).replace("\n", "").split(",")} & set(names)
+            self.assertEqual(ours[os.path.basename(path)], theirs, os.path.basename(path))
+        # What the cases are there for, beyond agreeing.
+        self.assertEqual(ours["lists-wl-glob.eml"], {"USER_IN_WELCOMELIST"})
+        self.assertEqual(ours["lists-wl-removed.eml"], set())
+        self.assertEqual(ours["lists-bl-glob.eml"], {"USER_IN_BLOCKLIST"})
+        self.assertEqual(ours["lists-to-lists.eml"], {"USER_IN_WELCOMELIST_TO", "USER_IN_MORE_SPAM_TO",
+                                                      "USER_IN_ALL_SPAM_TO", "USER_IN_BLOCKLIST_TO"})
+        self.assertEqual(ours["lists-uri-hosts.eml"], {"URI_HOST_IN_BLOCKLIST", "URI_HOST_IN_WELCOMELIST"})
+        self.assertEqual(ours["lists-uri-exception.eml"], set())
+        self.assertEqual(ours["lists-uri-unknown-tld.eml"], set())
 
     def test_scan_with_local_rules_and_metas(self):
         tagme = os.path.join(WORK, "tagme.eml")

@@ -743,6 +743,8 @@ impl Engine {
                 mail_from,
                 net,
                 set_zones: &self.set_zones,
+                addr_lists: &self.set.addr_lists,
+                uri_host_lists: &self.set.uri_host_lists,
                 mime: Default::default(),
                 date_diff: Default::default(),
                 html: Default::default(),

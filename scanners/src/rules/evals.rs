@@ -73,6 +73,18 @@ pub enum Call {
     Auth(AuthTest),
     /// `check_for_missing_to_header()`.
     MissingTo,
+    /// A sender address on an address list: `check_from_in_list('LIST')`,
+    /// `check_from_in_welcomelist()` (`welcomelist_from`), `check_from_in_blocklist()`.
+    FromInList(String),
+    /// A recipient address on an address list: `check_to_in_list('LIST')`,
+    /// `check_to_in_welcomelist()`, `check_to_in_more_spam()`, `check_to_in_all_spam()`,
+    /// `check_to_in_blocklist()`.
+    ToInList(String),
+    /// The Reply-To address on an address list: `check_replyto_in_list('LIST')`.
+    ReplyToInList(String),
+    /// A URI's host (or a parent domain) on a URI host list: `check_uri_host_listed('LIST')`,
+    /// `check_uri_host_in_blocklist()` (`BLOCK`), `check_uri_host_in_welcomelist()` (`WELCOME`).
+    UriHostListed(String),
     /// `subject_is_all_caps()`.
     SubjectAllCaps,
     /// `check_for_to_in_subject('address'|'user')`.
@@ -243,6 +255,161 @@ pub enum AuthTest {
     ArcValid,
 }
 
+/// `all_from_addrs`: the first Resent-From's addresses when there is one, else those of
+/// From, Envelope-Sender, Resent-Sender, X-Envelope-From and the envelope sender; runs of dots
+/// squeezed, each once.
+fn from_addrs(input: &EvalInput<'_>) -> Vec<String> {
+    let h = input.headers;
+    let get = |req: &str| -> Vec<String> {
+        header_value(h, req, input.mail_from)
+            .map(|v| {
+                String::from_utf8_lossy(&v)
+                    .split('\n')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut addrs = get("Resent-From:first:addr");
+    if addrs.is_empty() {
+        for req in [
+            "From:addr",
+            "Envelope-Sender:addr",
+            "Resent-Sender:addr",
+            "X-Envelope-From:addr",
+            "EnvelopeFrom:addr",
+        ] {
+            addrs.extend(get(req));
+        }
+    }
+    let mut out: Vec<String> = Vec::new();
+    for a in addrs {
+        let mut squeezed = String::with_capacity(a.len());
+        for c in a.chars() {
+            if !(c == '.' && squeezed.ends_with('.')) {
+                squeezed.push(c);
+            }
+        }
+        if !out.contains(&squeezed) {
+            out.push(squeezed);
+        }
+    }
+    out
+}
+
+/// `all_to_addrs`: the first Resent-To's and Resent-Cc's addresses when there are any, else
+/// the `for <addr>` of the newest three Received fields and the addresses of To, Apparently-To,
+/// Delivered-To, Envelope-Recipients, Apparently-Resent-To, X-Envelope-To, Envelope-To,
+/// X-Delivered-To, X-Original-To, X-Rcpt-To, X-Real-To and Cc; each once.
+fn to_addrs(h: &Headers) -> Vec<String> {
+    let get = |req: &str| -> Vec<String> {
+        header_value(h, req, None)
+            .map(|v| {
+                String::from_utf8_lossy(&v)
+                    .split('\n')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut addrs = get("Resent-To:first:addr");
+    addrs.extend(get("Resent-Cc:first:addr"));
+    if addrs.is_empty() {
+        for v in h.values("received", false).take(3) {
+            let v = String::from_utf8_lossy(v);
+            // ` for <?(\S+\@(\S+?))>?;` with a valid domain.
+            if let Some(p) = v.find(" for ") {
+                let rest = &v[p + 5..];
+                if let Some(end) = rest.find(';') {
+                    let cand = rest[..end].trim_start_matches('<').trim_end_matches('>');
+                    let ok = !cand.contains(char::is_whitespace)
+                        && cand.split_once('@').is_some_and(|(u, d)| {
+                            !u.is_empty() && d.contains('.') && !d.contains('@')
+                        });
+                    if ok {
+                        addrs.push(cand.to_string());
+                    }
+                }
+            }
+        }
+        for req in [
+            "To:addr",
+            "Apparently-To:addr",
+            "Delivered-To:addr",
+            "Envelope-Recipients:addr",
+            "Apparently-Resent-To:addr",
+            "X-Envelope-To:addr",
+            "Envelope-To:addr",
+            "X-Delivered-To:addr",
+            "X-Original-To:addr",
+            "X-Rcpt-To:addr",
+            "X-Real-To:addr",
+            "Cc:addr",
+        ] {
+            addrs.extend(get(req));
+        }
+    }
+    let mut out: Vec<String> = Vec::new();
+    for a in addrs {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// Whether a URI host of the message (not of `mailto:`), or a parent domain of it, is on a
+/// host list with a positive verdict: the most specific listed name decides (`!host`
+/// exempts), as `check_uri_host_listed` does. Names under no known public suffix are skipped,
+/// as SpamAssassin's URI parser gives them no host.
+fn uri_host_listed(msg: &Message, list: &HashMap<String, bool>) -> bool {
+    let mut seen: HashSet<String> = HashSet::new();
+    for u in super::view::uris(msg) {
+        let u = String::from_utf8_lossy(&u);
+        if u.len() >= 7 && u[..7].eq_ignore_ascii_case("mailto:") {
+            continue;
+        }
+        let Some((_, rest)) = u.split_once("://") else {
+            continue;
+        };
+        let auth = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let host = auth.rsplit('@').next().unwrap_or("");
+        let host = if host.starts_with('[') {
+            host.split(']').next().unwrap_or("").trim_start_matches('[')
+        } else {
+            host.split(':').next().unwrap_or("")
+        }
+        .to_ascii_lowercase();
+        if host.is_empty() || !seen.insert(host.clone()) {
+            continue;
+        }
+        let mut keys: Vec<&str> = Vec::new();
+        if host.parse::<IpAddr>().is_ok() {
+            keys.push(&host);
+        } else if psl::suffix(host.as_bytes()).is_some_and(|s| s.is_known()) {
+            let mut h = host.as_str();
+            loop {
+                keys.push(h);
+                match h.split_once('.') {
+                    Some((_, r)) => h = r,
+                    None => break,
+                }
+            }
+            // SpamAssassin keeps the last eleven (the most general names).
+            if keys.len() > 11 {
+                keys.drain(..keys.len() - 11);
+            }
+        }
+        // (A name under no known public suffix is no host to SpamAssassin: no keys.)
+        if keys.iter().find_map(|k| list.get(*k)).copied() == Some(true) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Splits `'a', 'b', 3` into its arguments, unquoted.
 fn args(text: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -377,6 +544,30 @@ impl Call {
             "check_arc_signed" => Some(Call::Auth(AuthTest::ArcSigned)),
             "check_arc_valid" => Some(Call::Auth(AuthTest::ArcValid)),
             "check_for_missing_to_header" => Some(Call::MissingTo),
+            "check_from_in_welcomelist" | "check_from_in_whitelist" => {
+                Some(Call::FromInList("welcomelist_from".into()))
+            }
+            "check_from_in_blocklist" | "check_from_in_blacklist" => {
+                Some(Call::FromInList("blocklist_from".into()))
+            }
+            "check_from_in_list" => Some(Call::FromInList(arg(0).to_string())),
+            "check_to_in_welcomelist" | "check_to_in_whitelist" => {
+                Some(Call::ToInList("welcomelist_to".into()))
+            }
+            "check_to_in_more_spam" => Some(Call::ToInList("more_spam_to".into())),
+            "check_to_in_all_spam" => Some(Call::ToInList("all_spam_to".into())),
+            "check_to_in_blocklist" | "check_to_in_blacklist" => {
+                Some(Call::ToInList("blocklist_to".into()))
+            }
+            "check_to_in_list" => Some(Call::ToInList(arg(0).to_string())),
+            "check_replyto_in_list" => Some(Call::ReplyToInList(arg(0).to_string())),
+            "check_uri_host_in_blocklist" | "check_uri_host_in_blacklist" => {
+                Some(Call::UriHostListed("BLOCK".into()))
+            }
+            "check_uri_host_in_welcomelist" | "check_uri_host_in_whitelist" => {
+                Some(Call::UriHostListed("WELCOME".into()))
+            }
+            "check_uri_host_listed" => Some(Call::UriHostListed(arg(0).to_string())),
             "subject_is_all_caps" => Some(Call::SubjectAllCaps),
             "check_for_to_in_subject" => Some(Call::ToInSubject {
                 user: arg(0) == "user",
@@ -580,6 +771,10 @@ pub struct EvalInput<'a> {
     pub net: Option<&'a Facts>,
     /// Zones of the sets named by `check_rbl` calls.
     pub set_zones: &'a HashMap<String, (String, bool)>,
+    /// The ruleset's address lists (`welcomelist_from`, `enlist_addrlist`, ...).
+    pub addr_lists: &'a super::load::AddrLists,
+    /// The ruleset's URI host lists (`enlist_uri_host`, `blocklist_uri_host`, ...).
+    pub uri_host_lists: &'a HashMap<String, HashMap<String, bool>>,
     /// MIMEEval's part statistics, computed on first use.
     pub mime: OnceCell<MimeStats>,
     /// The Date: header minus the nearest Received: date, computed on first use.
@@ -657,6 +852,31 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             let get = |n: &str| header_value(h, n, None).filter(|v| !v.is_empty());
             get("To").or_else(|| get("Apparently-To")).is_none()
         }
+        Call::FromInList(list) => {
+            input.addr_lists.has(list)
+                && from_addrs(input)
+                    .iter()
+                    .any(|a| input.addr_lists.contains(list, a))
+        }
+        Call::ToInList(list) => {
+            input.addr_lists.has(list)
+                && to_addrs(input.headers)
+                    .iter()
+                    .any(|a| input.addr_lists.contains(list, a))
+        }
+        Call::ReplyToInList(list) => {
+            input.addr_lists.has(list)
+                && header_value(input.headers, "Reply-To:addr", None).is_some_and(|v| {
+                    // SpamAssassin reads the first address (`get` in scalar context joins
+                    // them; a list entry matches the whole string only when there is one).
+                    let v = String::from_utf8_lossy(&v);
+                    input.addr_lists.contains(list, v.trim_end_matches('\n'))
+                })
+        }
+        Call::UriHostListed(list) => input
+            .uri_host_lists
+            .get(list.as_str())
+            .is_some_and(|l| !l.is_empty() && uri_host_listed(input.msg, l)),
         Call::SubjectAllCaps => subject_all_caps(input.headers),
         Call::ToInSubject { user } => to_in_subject(input.headers, *user),
         Call::IllegalChars {

@@ -223,6 +223,68 @@ pub struct RuleSet {
     pub net_defs: HashMap<String, Eval>,
     /// `uridnsbl_skip_domain`: registrable domains never looked up in URI blocklists.
     pub uri_skip_domains: HashSet<String>,
+    /// Address lists: `welcomelist_from`, `blocklist_from`, `welcomelist_to`, `more_spam_to`,
+    /// `all_spam_to`, `blocklist_to` and those of `enlist_addrlist (NAME)`.
+    pub addr_lists: AddrLists,
+    /// URI host lists: `enlist_uri_host (NAME)`, `blocklist_uri_host` (`BLOCK`),
+    /// `welcomelist_uri_host` (`WELCOME`): host → listed (`false` for a `!host` exception).
+    pub uri_host_lists: HashMap<String, HashMap<String, bool>>,
+}
+
+/// SpamAssassin's address lists by name; each entry as written (lower case) with the pattern
+/// its glob stands for (`*` any string, `?` one character, everything else literal).
+#[derive(Debug, Default, Clone)]
+pub struct AddrLists(HashMap<String, HashMap<String, regex::Regex>>);
+
+impl AddrLists {
+    /// Adds whitespace-separated address globs to a list.
+    pub fn add(&mut self, list: &str, globs: &str) {
+        let l = self.0.entry(list.to_string()).or_default();
+        for g in globs.split_whitespace() {
+            let g = g.to_lowercase();
+            // As SpamAssassin's `add_to_addrlist`: NUL, backslash and `(` become `_`.
+            let mut re = String::from("(?s)^");
+            let mut star = false;
+            for c in g.chars() {
+                match c {
+                    '*' if star => continue,
+                    '*' => re.push_str(".*"),
+                    '?' => re.push('.'),
+                    '\0' | '\\' | '(' => re.push('_'),
+                    c => re.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
+                }
+                star = c == '*';
+            }
+            re.push('$');
+            if let Ok(r) = regex::Regex::new(&re) {
+                l.insert(g, r);
+            }
+        }
+    }
+
+    /// Removes entries as written (`unwelcomelist_from` and the like: a glob removes only the
+    /// same glob).
+    pub fn remove(&mut self, list: &str, globs: &str) {
+        if let Some(l) = self.0.get_mut(list) {
+            for g in globs.split_whitespace() {
+                l.remove(&g.to_lowercase());
+            }
+        }
+    }
+
+    /// Whether `addr` is on `list` (case-insensitive).
+    pub fn contains(&self, list: &str, addr: &str) -> bool {
+        let Some(l) = self.0.get(list) else {
+            return false;
+        };
+        let a = addr.to_lowercase();
+        l.contains_key(&a) || l.values().any(|r| r.is_match(&a))
+    }
+
+    /// Whether a list has any entry.
+    pub fn has(&self, list: &str) -> bool {
+        self.0.get(list).is_some_and(|l| !l.is_empty())
+    }
 }
 
 /// The SpamAssassin version the ruleset's `if (version >= ...)` tests compare with.
@@ -573,6 +635,79 @@ impl Loader {
                 .extend(rest.split_whitespace().map(str::to_string)),
             "replace_start" => self.replace_start = Some(rest.trim().to_string()),
             "replace_end" => self.replace_end = Some(rest.trim().to_string()),
+            "welcomelist_from" | "whitelist_from" => {
+                self.set.addr_lists.add("welcomelist_from", rest)
+            }
+            "unwelcomelist_from" | "unwhitelist_from" => {
+                self.set.addr_lists.remove("welcomelist_from", rest)
+            }
+            "blocklist_from" | "blacklist_from" => self.set.addr_lists.add("blocklist_from", rest),
+            "unblocklist_from" | "unblacklist_from" => {
+                self.set.addr_lists.remove("blocklist_from", rest)
+            }
+            "welcomelist_to" | "whitelist_to" => self.set.addr_lists.add("welcomelist_to", rest),
+            "more_spam_to" => self.set.addr_lists.add("more_spam_to", rest),
+            "all_spam_to" => self.set.addr_lists.add("all_spam_to", rest),
+            "blocklist_to" | "blacklist_to" => self.set.addr_lists.add("blocklist_to", rest),
+            "enlist_addrlist" => match listed(rest) {
+                Some((list, globs)) => self.set.addr_lists.add(list, globs),
+                None => self.diag(
+                    &origin.file,
+                    origin.line,
+                    None,
+                    format!(
+                        "enlist_addrlist needs (LIST) and addresses, got `{}`",
+                        rest.trim()
+                    ),
+                ),
+            },
+            "enlist_uri_host"
+            | "blocklist_uri_host"
+            | "blacklist_uri_host"
+            | "welcomelist_uri_host"
+            | "whitelist_uri_host" => {
+                let (list, hosts) = match word {
+                    "enlist_uri_host" => match listed(rest) {
+                        Some(x) => x,
+                        None => {
+                            self.diag(
+                                &origin.file,
+                                origin.line,
+                                None,
+                                format!(
+                                    "enlist_uri_host needs (LIST) and hosts, got `{}`",
+                                    rest.trim()
+                                ),
+                            );
+                            return;
+                        }
+                    },
+                    w if w.starts_with("bl") => ("BLOCK", rest),
+                    _ => ("WELCOME", rest),
+                };
+                let l = self.set.uri_host_lists.entry(list.to_string()).or_default();
+                for h in hosts.split_whitespace() {
+                    let h = h.to_lowercase();
+                    match h.strip_prefix('!') {
+                        Some(h) => l.insert(h.to_string(), false),
+                        None => l.insert(h, true),
+                    };
+                }
+            }
+            "delist_uri_host" => {
+                let (lists, hosts): (Vec<String>, &str) = match listed(rest) {
+                    Some((list, hosts)) => (vec![list.to_string()], hosts),
+                    None => (self.set.uri_host_lists.keys().cloned().collect(), rest),
+                };
+                for list in lists {
+                    if let Some(l) = self.set.uri_host_lists.get_mut(&list) {
+                        for h in hosts.split_whitespace() {
+                            let h = h.to_lowercase();
+                            l.remove(h.trim_start_matches('!'));
+                        }
+                    }
+                }
+            }
             "uridnsbl_skip_domain" => self
                 .set
                 .uri_skip_domains
@@ -1050,9 +1185,46 @@ fn split_word(s: &str) -> (&str, &str) {
     }
 }
 
+/// `(NAME) rest...` of `enlist_addrlist` and `enlist_uri_host`.
+fn listed(rest: &str) -> Option<(&str, &str)> {
+    let r = rest.trim().strip_prefix('(')?;
+    let (name, tail) = r.split_once(')')?;
+    let tail = tail.trim();
+    (!name.is_empty() && !tail.is_empty()).then_some((name, tail))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_globs_match_as_spamassassin_compiles_them() {
+        let mut l = AddrLists::default();
+        l.add(
+            "w",
+            "*@Friends.example spam?er@*.bad.example a.b+c@x.example",
+        );
+        assert!(l.contains("w", "ann@friends.example"));
+        assert!(l.contains("w", "ANN@FRIENDS.EXAMPLE"));
+        assert!(l.contains("w", "spammer@mx.bad.example"));
+        assert!(!l.contains("w", "spammmer@mx.bad.example"));
+        // `.` and `+` are literal, not pattern characters.
+        assert!(l.contains("w", "a.b+c@x.example"));
+        assert!(!l.contains("w", "aXb+c@x.example"));
+        assert!(!l.contains("w", "a.bbc@x.example"));
+        // Removing takes the entry as written, not what it matches.
+        l.remove("w", "ann@friends.example");
+        assert!(l.contains("w", "ann@friends.example"));
+        l.remove("w", "*@friends.example");
+        assert!(!l.contains("w", "ann@friends.example"));
+        assert!(!l.contains("other", "ann@friends.example"));
+        assert_eq!(
+            listed("(BANKS) *@a.example *@b.example"),
+            Some(("BANKS", "*@a.example *@b.example"))
+        );
+        assert_eq!(listed("BANKS *@a.example"), None);
+        assert_eq!(listed("(BANKS)"), None);
+    }
 
     #[test]
     fn replace_tags_follow_spamassassin() {
