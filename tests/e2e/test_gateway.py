@@ -891,10 +891,11 @@ class RulesInTheGateway(unittest.TestCase):
                     "header LOCAL_REPLYTO_PARTNER eval:check_replyto_in_list('LOCAL_PARTNERS')\n"
                     "score LOCAL_REPLYTO_PARTNER 0.1\n"
                     "blocklist_uri_host evil.e2e-test.com evil.e2e.test\n"
-                    "welcomelist_uri_host good.e2e-test.com !shop.good.e2e-test.com\n")
+                    "welcomelist_uri_host good.e2e-test.com !shop.good.e2e-test.com\n"
+                    "welcomelist_subject Invoice #???? paid\nblocklist_subject *cheap meds*\n")
 
-        def msg(frm, to, body="Hello.", extra=""):
-            return (f"From: {frm}\r\nTo: {to}\r\nSubject: lists\r\n{extra}"
+        def msg(frm, to, body="Hello.", extra="", subject="lists"):
+            return (f"From: {frm}\r\nTo: {to}\r\nSubject: {subject}\r\n{extra}"
                     f"Date: Mon, 2 Jun 2025 10:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@e2e.test>\r\n"
                     f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n{body}\r\n").encode()
 
@@ -911,12 +912,16 @@ class RulesInTheGateway(unittest.TestCase):
             "uri-hosts": msg("carol@e2e.test", "bob@e2e.test",
                              body="See http://www.evil.e2e-test.com/x and https://good.e2e-test.com/ok"),
             "uri-exception": msg("carol@e2e.test", "bob@e2e.test", body="See http://shop.good.e2e-test.com/buy"),
+            "subject-wl": msg("carol@e2e.test", "bob@e2e.test", subject="Re: INVOICE #1234 PAID today"),
+            "subject-wl-miss": msg("carol@e2e.test", "bob@e2e.test", subject="Invoice #12345 paid"),
+            "subject-bl": msg("carol@e2e.test", "bob@e2e.test", subject="Buy Cheap Meds now"),
             # Not a public suffix: SpamAssassin reads no host from it.
             "uri-unknown-tld": msg("carol@e2e.test", "bob@e2e.test", body="See http://www.evil.e2e.test/x"),
         }
         names = ("USER_IN_WELCOMELIST", "USER_IN_BLOCKLIST", "USER_IN_WELCOMELIST_TO", "USER_IN_MORE_SPAM_TO",
                  "USER_IN_ALL_SPAM_TO", "USER_IN_BLOCKLIST_TO", "URI_HOST_IN_BLOCKLIST",
-                 "URI_HOST_IN_WELCOMELIST", "LOCAL_FROM_PARTNER", "LOCAL_REPLYTO_PARTNER")
+                 "URI_HOST_IN_WELCOMELIST", "LOCAL_FROM_PARTNER", "LOCAL_REPLYTO_PARTNER",
+                 "SUBJECT_IN_WELCOMELIST", "SUBJECT_IN_BLOCKLIST")
         files = []
         for name, raw in cases.items():
             path = os.path.join(site, "..", f"lists-{name}.eml")
@@ -945,6 +950,8 @@ class RulesInTheGateway(unittest.TestCase):
         self.assertEqual(ours["lists-uri-hosts.eml"], {"URI_HOST_IN_BLOCKLIST", "URI_HOST_IN_WELCOMELIST"})
         self.assertEqual(ours["lists-uri-exception.eml"], set())
         self.assertEqual(ours["lists-uri-unknown-tld.eml"], set())
+        self.assertEqual(ours["lists-subject-wl.eml"], {"SUBJECT_IN_WELCOMELIST"})
+        self.assertEqual(ours["lists-subject-bl.eml"], {"SUBJECT_IN_BLOCKLIST"})
 
     def test_scan_with_local_rules_and_metas(self):
         tagme = os.path.join(WORK, "tagme.eml")

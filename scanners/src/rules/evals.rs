@@ -82,6 +82,9 @@ pub enum Call {
     ToInList(String),
     /// The Reply-To address on an address list: `check_replyto_in_list('LIST')`.
     ReplyToInList(String),
+    /// The Subject on a subject list: `check_subject_in_welcomelist()`,
+    /// `check_subject_in_blocklist()`.
+    SubjectInList(String),
     /// A URI's host (or a parent domain) on a URI host list: `check_uri_host_listed('LIST')`,
     /// `check_uri_host_in_blocklist()` (`BLOCK`), `check_uri_host_in_welcomelist()` (`WELCOME`).
     UriHostListed(String),
@@ -561,6 +564,12 @@ impl Call {
             }
             "check_to_in_list" => Some(Call::ToInList(arg(0).to_string())),
             "check_replyto_in_list" => Some(Call::ReplyToInList(arg(0).to_string())),
+            "check_subject_in_welcomelist" | "check_subject_in_whitelist" => {
+                Some(Call::SubjectInList("welcomelist_subject".into()))
+            }
+            "check_subject_in_blocklist" | "check_subject_in_blacklist" => {
+                Some(Call::SubjectInList("blocklist_subject".into()))
+            }
             "check_uri_host_in_blocklist" | "check_uri_host_in_blacklist" => {
                 Some(Call::UriHostListed("BLOCK".into()))
             }
@@ -871,6 +880,14 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
                     // them; a list entry matches the whole string only when there is one).
                     let v = String::from_utf8_lossy(&v);
                     input.addr_lists.contains(list, v.trim_end_matches('\n'))
+                })
+        }
+        Call::SubjectInList(list) => {
+            input.addr_lists.has(list)
+                && header_value(input.headers, "Subject", None).is_some_and(|v| {
+                    let v = String::from_utf8_lossy(&v);
+                    let v = v.trim_end_matches('\n');
+                    !v.is_empty() && input.addr_lists.subject_matches(list, v)
                 })
         }
         Call::UriHostListed(list) => input

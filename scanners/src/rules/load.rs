@@ -281,6 +281,37 @@ impl AddrLists {
         l.contains_key(&a) || l.values().any(|r| r.is_match(&a))
     }
 
+    /// Adds one subject glob (`welcomelist_subject`, `blocklist_subject`: the whole rest of the
+    /// line, lower case, matched anywhere in the Subject).
+    pub fn add_subject(&mut self, list: &str, glob: &str) {
+        let g = glob.trim().to_lowercase();
+        if g.is_empty() {
+            return;
+        }
+        let mut re = String::new();
+        let mut star = false;
+        for c in g.chars() {
+            match c {
+                '*' if star => continue,
+                '*' => re.push_str(".*"),
+                '?' => re.push('.'),
+                c => re.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
+            }
+            star = c == '*';
+        }
+        if let Ok(r) = regex::Regex::new(&re) {
+            self.0.entry(list.to_string()).or_default().insert(g, r);
+        }
+    }
+
+    /// Whether a subject glob of `list` matches somewhere in `subject` (case-insensitive).
+    pub fn subject_matches(&self, list: &str, subject: &str) -> bool {
+        let s = subject.to_lowercase();
+        self.0
+            .get(list)
+            .is_some_and(|l| l.values().any(|r| r.is_match(&s)))
+    }
+
     /// Whether a list has any entry.
     pub fn has(&self, list: &str) -> bool {
         self.0.get(list).is_some_and(|l| !l.is_empty())
@@ -647,6 +678,12 @@ impl Loader {
             }
             "welcomelist_to" | "whitelist_to" => self.set.addr_lists.add("welcomelist_to", rest),
             "more_spam_to" => self.set.addr_lists.add("more_spam_to", rest),
+            "welcomelist_subject" | "whitelist_subject" => {
+                self.set.addr_lists.add_subject("welcomelist_subject", rest)
+            }
+            "blocklist_subject" | "blacklist_subject" => {
+                self.set.addr_lists.add_subject("blocklist_subject", rest)
+            }
             "all_spam_to" => self.set.addr_lists.add("all_spam_to", rest),
             "blocklist_to" | "blacklist_to" => self.set.addr_lists.add("blocklist_to", rest),
             "enlist_addrlist" => match listed(rest) {
