@@ -140,6 +140,20 @@ pub enum Call {
     },
     /// `check_for_ascii_text_illegal()`.
     AsciiTextIllegal,
+    /// `sorted_recipients()`: seven or more To/Cc addresses in sorted order.
+    SortedRecipients,
+    /// `similar_recipients(min, max)`: how alike five or more To/Cc addresses are.
+    SimilarRecipients {
+        /// Lower bound (inclusive).
+        min: Option<f64>,
+        /// Upper bound (exclusive).
+        max: Option<f64>,
+    },
+    /// `check_unresolved_template()`: a `%TEMPLATE` left in a header.
+    UnresolvedTemplate,
+    /// `check_ratware_name_id()`: a 28-capital Message-ID whose right part is the From address
+    /// behind a quoted name.
+    RatwareNameId,
     /// `check_abundant_unicode_ratio(ratio)`.
     UnicodeRatio(f64),
     /// `check_for_forged_gmail_received_headers()`: From: gmail.com without Google's relay
@@ -256,6 +270,122 @@ pub enum AuthTest {
     ArcSigned,
     /// The ARC chain verified.
     ArcValid,
+}
+
+/// HeaderEval's `_check_recipients`: the To/Cc addresses (Bcc's too while fewer than five),
+/// neighbours that differ only in case taken once, at most 256; (sorted: seven or more in
+/// byte order, similarity: the share of address pairs with the same first two characters of
+/// the user, plus pairs of different hosts with the same first two characters of the host).
+fn recipients(h: &Headers) -> (bool, f64) {
+    let mut inputs: Vec<String> = Vec::new();
+    for req in ["ToCc:addr", "Bcc:addr"] {
+        if let Some(v) = header_value(h, req, None) {
+            inputs.extend(
+                String::from_utf8_lossy(&v)
+                    .split('\n')
+                    .filter(|a| !a.is_empty())
+                    .map(str::to_string),
+            );
+        }
+        if inputs.len() >= 5 {
+            break;
+        }
+    }
+    let mut address: Vec<String> = Vec::new();
+    let mut previous = String::new();
+    for current in inputs {
+        // Perl's `while (my $current = shift @inputs)` ends at a false value.
+        if current == "0" {
+            break;
+        }
+        if current.to_lowercase() != previous.to_lowercase() {
+            previous = current.clone();
+            address.push(current);
+        }
+        if address.len() == 256 {
+            break;
+        }
+    }
+    let sorted = address.len() >= 7 && {
+        let mut s = address.clone();
+        s.sort();
+        s == address
+    };
+    let mut similar = 0.0;
+    if address.len() >= 5 {
+        let first2 = |s: &str| s.chars().take(2).collect::<String>();
+        let user: Vec<String> = address.iter().map(|a| first2(a)).collect();
+        // `map { m/\@(.*)/ }` drops addresses without an `@`, so later ones shift down.
+        let fqhn: Vec<&str> = address
+            .iter()
+            .filter_map(|a| a.split_once('@').map(|(_, h)| h))
+            .collect();
+        let host: Vec<String> = fqhn.iter().map(|h| first2(h)).collect();
+        let (mut hits, mut combinations) = (0u32, 0u32);
+        for i in 0..address.len() {
+            for j in i + 1..address.len() {
+                if user[i] == user[j] {
+                    hits += 1;
+                }
+                let hi = host.get(i).map_or("", String::as_str);
+                let hj = host.get(j).map_or("", String::as_str);
+                let fi = fqhn.get(i).copied().unwrap_or("");
+                let fj = fqhn.get(j).copied().unwrap_or("");
+                if hi == hj && fi != fj {
+                    hits += 1;
+                }
+                combinations += 1;
+            }
+        }
+        similar = f64::from(hits) / f64::from(combinations);
+    }
+    (sorted, similar)
+}
+
+/// A header line holding `%[A-Z][A-Z_-]` outside the fields where such text is normal.
+fn unresolved_template(h: &Headers) -> bool {
+    static EXEMPT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"(?i)^(?:X-VMS-To|X-UIDL|X-Face|To|Cc|From|Subject|References|In-Reply-To|(?:X-|Resent-|X-Original-)?Message-Id):",
+        )
+        .expect("valid")
+    });
+    let Some(all) = header_value(h, "ALL", None) else {
+        return false;
+    };
+    let all = String::from_utf8_lossy(&all);
+    all.split('\n').any(|line| {
+        let b = line.as_bytes();
+        b.windows(3).any(|w| {
+            w[0] == b'%'
+                && w[1].is_ascii_uppercase()
+                && (w[2].is_ascii_uppercase() || w[2] == b'_' || w[2] == b'-')
+        }) && !EXEMPT.is_match(line)
+    })
+}
+
+/// `<[A-Z]{28}\.(.+?)>` in the Message-ID, and `"name" <that>` in From.
+fn ratware_name_id(h: &Headers) -> bool {
+    static MID: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"<[A-Z]{28}\.([^>]+?)>").expect("valid"));
+    let Some(mid) = header_value(h, "MESSAGEID", None) else {
+        return false;
+    };
+    let mid = String::from_utf8_lossy(&mid);
+    let Some(right) = MID.captures(&mid).and_then(|c| c.get(1)) else {
+        return false;
+    };
+    let Some(from) = header_value(h, "From", None) else {
+        return false;
+    };
+    let from = String::from_utf8_lossy(&from);
+    let Ok(re) = regex::Regex::new(&format!(
+        "\"[^\"]+\"\\s*<{}>",
+        regex::escape(right.as_str())
+    )) else {
+        return false;
+    };
+    re.is_match(&from)
 }
 
 /// `all_from_addrs`: the first Resent-From's addresses when there is one, else those of
@@ -658,6 +788,22 @@ impl Call {
                 max: arg(2).parse().ok()?,
             }),
             "check_for_ascii_text_illegal" => Some(Call::AsciiTextIllegal),
+            "sorted_recipients" => Some(Call::SortedRecipients),
+            "similar_recipients" => {
+                let bound = |v: &str| -> Option<Option<f64>> {
+                    if v == "undef" {
+                        Some(None)
+                    } else {
+                        v.parse().ok().map(Some)
+                    }
+                };
+                Some(Call::SimilarRecipients {
+                    min: bound(arg(0))?,
+                    max: bound(arg(1))?,
+                })
+            }
+            "check_unresolved_template" => Some(Call::UnresolvedTemplate),
+            "check_ratware_name_id" => Some(Call::RatwareNameId),
             "check_abundant_unicode_ratio" => {
                 // MIMEEval only takes `\d{0,3}\.\d{1,3}`.
                 let r = arg(0);
@@ -954,6 +1100,13 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             }
             (*min..=*max).contains(&seen.len())
         }
+        Call::SortedRecipients => recipients(input.headers).0,
+        Call::SimilarRecipients { min, max } => {
+            let v = recipients(input.headers).1;
+            min.is_none_or(|m| v >= m) && max.is_none_or(|m| v < m)
+        }
+        Call::UnresolvedTemplate => unresolved_template(input.headers),
+        Call::RatwareNameId => ratware_name_id(input.headers),
         Call::AsciiTextIllegal => {
             input
                 .mime
