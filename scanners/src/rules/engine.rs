@@ -748,6 +748,7 @@ impl Engine {
                 mime: Default::default(),
                 date_diff: Default::default(),
                 html: Default::default(),
+                madiff: Default::default(),
             };
             for (i, call) in &self.calls {
                 if call.is_net() && net.is_none() {

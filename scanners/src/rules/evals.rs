@@ -154,6 +154,22 @@ pub enum Call {
     /// `check_ratware_name_id()`: a 28-capital Message-ID whose right part is the From address
     /// behind a quoted name.
     RatwareNameId,
+    /// `multipart_alternative_difference(min, max)`: the largest share (%) of an alternative's
+    /// HTML words that its text part lacks.
+    MpartAltDiff {
+        /// Lower bound (exclusive; 0: none).
+        min: f64,
+        /// Upper bound (inclusive).
+        max: Option<f64>,
+    },
+    /// `multipart_alternative_difference_count(ratio, minhtml)`: text words over HTML words
+    /// of the last alternative with HTML words.
+    MpartAltDiffCount {
+        /// The ratio to exceed.
+        ratio: f64,
+        /// HTML words needed (exclusive).
+        min_html: f64,
+    },
     /// `check_abundant_unicode_ratio(ratio)`.
     UnicodeRatio(f64),
     /// `check_for_forged_gmail_received_headers()`: From: gmail.com without Google's relay
@@ -804,6 +820,18 @@ impl Call {
             }
             "check_unresolved_template" => Some(Call::UnresolvedTemplate),
             "check_ratware_name_id" => Some(Call::RatwareNameId),
+            "multipart_alternative_difference" => Some(Call::MpartAltDiff {
+                min: arg(0).parse().ok()?,
+                max: if arg(1) == "undef" {
+                    None
+                } else {
+                    Some(arg(1).parse().ok()?)
+                },
+            }),
+            "multipart_alternative_difference_count" => Some(Call::MpartAltDiffCount {
+                ratio: arg(0).parse().ok()?,
+                min_html: arg(1).parse().ok()?,
+            }),
             "check_abundant_unicode_ratio" => {
                 // MIMEEval only takes `\d{0,3}\.\d{1,3}`.
                 let r = arg(0);
@@ -936,6 +964,103 @@ pub struct EvalInput<'a> {
     pub date_diff: OnceCell<i64>,
     /// Each HTML part's length in characters and tags, computed on first use.
     pub html: OnceCell<Vec<(usize, super::sa_html::Tags)>>,
+    /// How the text and HTML of multipart/alternative parts differ, computed on first use.
+    pub madiff: OnceCell<AltDifference>,
+}
+
+/// BodyEval's `_multipart_alternative_difference`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AltDifference {
+    /// The largest share (%) of an alternative's distinct HTML words its text lacks.
+    pub diff: f64,
+    /// Distinct HTML words of the last alternative that had any.
+    pub html: usize,
+    /// Distinct text words of that alternative.
+    pub text: usize,
+}
+
+/// The parts under `id`, itself first, depth first in order (`find_parts`).
+fn subtree(msg: &Message, id: usize, out: &mut Vec<usize>) {
+    out.push(id);
+    for &c in &msg.parts[id].children {
+        subtree(msg, c as usize, out);
+    }
+}
+
+fn madiff(input: &EvalInput<'_>) -> AltDifference {
+    *input.madiff.get_or_init(|| {
+        let msg = input.msg;
+        let mut r = AltDifference::default();
+        let ty = |i: usize| {
+            let ct = &msg.parts[i].content_type;
+            ct.split([' ', '\t', ';']).next().unwrap_or(ct).to_string()
+        };
+        // An invitation (multipart/alternative of text/html and text/calendar) is left alone.
+        let root = &msg.parts[0];
+        if ty(0) == "multipart/alternative"
+            && root.children.len() == 2
+            && msg.parts[root.children[0] as usize].children.is_empty()
+            && msg.parts[root.children[1] as usize].children.is_empty()
+            && ty(root.children[0] as usize) == "text/html"
+            && ty(root.children[1] as usize) == "text/calendar"
+        {
+            return r;
+        }
+        let words = |t: &str, into: &mut HashMap<String, u32>| {
+            for w in t.split(|c: char| c.is_whitespace()) {
+                if w.chars().any(|c| c.is_alphanumeric() || c == '_') {
+                    *into.entry(w.to_string()).or_default() += 1;
+                }
+            }
+        };
+        let mut all = Vec::new();
+        subtree(msg, 0, &mut all);
+        for &ma in all.iter().filter(|&&i| {
+            msg.parts[i].kind == PartKind::Multipart && ty(i).starts_with("multipart/alternative")
+        }) {
+            let (mut html, mut text): (HashMap<String, u32>, HashMap<String, u32>) =
+                Default::default();
+            let mut under = Vec::new();
+            subtree(msg, ma, &mut under);
+            for &i in &under {
+                let p = &msg.parts[i];
+                let t = ty(i);
+                if p.kind != PartKind::Leaf || !(t == "text" || t.starts_with("text/")) {
+                    continue;
+                }
+                let Some(body) = super::view::part_text(msg, p) else {
+                    continue;
+                };
+                if t == "text/html" {
+                    words(&super::sa_html::render(&body), &mut html);
+                    if html.is_empty() && super::sa_html::tags(&body).inside.contains_key("img") {
+                        html.insert("\n".into(), 1);
+                    }
+                } else {
+                    words(&body, &mut text);
+                }
+            }
+            let orig = html.len();
+            if orig == 0 {
+                continue;
+            }
+            r.html = orig;
+            r.text = text.len();
+            for (k, v) in &text {
+                if html
+                    .get(k)
+                    .is_some_and(|h| i64::from(*h) - i64::from(*v) < 1)
+                {
+                    html.remove(k);
+                }
+            }
+            let diff = html.len() as f64 / orig as f64 * 100.0;
+            if diff > r.diff {
+                r.diff = diff;
+            }
+        }
+        r
+    })
 }
 
 /// Evaluates one call: the rule's hit count (0 or 1).
@@ -1107,6 +1232,14 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         }
         Call::UnresolvedTemplate => unresolved_template(input.headers),
         Call::RatwareNameId => ratware_name_id(input.headers),
+        Call::MpartAltDiff { min, max } => {
+            let d = madiff(input).diff;
+            (*min == 0.0 || d > *min) && max.is_none_or(|m| d <= m)
+        }
+        Call::MpartAltDiffCount { ratio, min_html } => {
+            let d = madiff(input);
+            d.html as f64 > *min_html && d.text as f64 / d.html as f64 > *ratio
+        }
         Call::AsciiTextIllegal => {
             input
                 .mime
