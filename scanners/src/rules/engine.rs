@@ -745,6 +745,7 @@ impl Engine {
                 set_zones: &self.set_zones,
                 addr_lists: &self.set.addr_lists,
                 uri_host_lists: &self.set.uri_host_lists,
+                freemail: &self.set.freemail,
                 mime: Default::default(),
                 date_diff: Default::default(),
                 html: Default::default(),

@@ -154,6 +154,16 @@ pub enum Call {
     /// `check_ratware_name_id()`: a 28-capital Message-ID whose right part is the From address
     /// behind a quoted name.
     RatwareNameId,
+    /// `check_freemail_header('Header'[, 'regex'])`: an address of the header at a free mail
+    /// provider (and matching the pattern).
+    FreemailHeader {
+        /// The header request (`Reply-To`, `EnvelopeFrom`, `Reply-To:addr`).
+        header: String,
+        /// What the address must match as well.
+        pattern: Option<regex::Regex>,
+    },
+    /// `check_freemail_from(['regex'])`: a sender address at a free mail provider.
+    FreemailFrom(Option<regex::Regex>),
     /// `multipart_alternative_difference(min, max)`: the largest share (%) of an alternative's
     /// HTML words that its text part lacks.
     MpartAltDiff {
@@ -820,6 +830,17 @@ impl Call {
             }
             "check_unresolved_template" => Some(Call::UnresolvedTemplate),
             "check_ratware_name_id" => Some(Call::RatwareNameId),
+            "check_freemail_header" => Some(Call::FreemailHeader {
+                header: arg(0).to_string(),
+                pattern: match a.get(1) {
+                    Some(p) => Some(regex::Regex::new(p).ok()?),
+                    None => None,
+                },
+            }),
+            "check_freemail_from" => Some(Call::FreemailFrom(match a.first() {
+                Some(p) => Some(regex::Regex::new(p).ok()?),
+                None => None,
+            })),
             "multipart_alternative_difference" => Some(Call::MpartAltDiff {
                 min: arg(0).parse().ok()?,
                 max: if arg(1) == "undef" {
@@ -958,6 +979,8 @@ pub struct EvalInput<'a> {
     pub addr_lists: &'a super::load::AddrLists,
     /// The ruleset's URI host lists (`enlist_uri_host`, `blocklist_uri_host`, ...).
     pub uri_host_lists: &'a HashMap<String, HashMap<String, bool>>,
+    /// The ruleset's free mail providers.
+    pub freemail: &'a super::load::Freemail,
     /// MIMEEval's part statistics, computed on first use.
     pub mime: OnceCell<MimeStats>,
     /// The Date: header minus the nearest Received: date, computed on first use.
@@ -1232,6 +1255,28 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         }
         Call::UnresolvedTemplate => unresolved_template(input.headers),
         Call::RatwareNameId => ratware_name_id(input.headers),
+        Call::FreemailHeader { header, pattern } => {
+            let fm = input.freemail;
+            // `$pms->get("$header:addr")`: a request with modifiers gets `:addr` appended.
+            let req = format!("{header}:addr");
+            fm.available()
+                && header_value(input.headers, &req, input.mail_from).is_some_and(|v| {
+                    String::from_utf8_lossy(&v)
+                        .split('\n')
+                        .map(str::to_lowercase)
+                        .any(|e| {
+                            fm.is_freemail(&e) && pattern.as_ref().is_none_or(|p| p.is_match(&e))
+                        })
+                })
+        }
+        Call::FreemailFrom(pattern) => {
+            let fm = input.freemail;
+            fm.available()
+                && from_addrs(input)
+                    .iter()
+                    .map(|a| a.to_lowercase())
+                    .any(|e| fm.is_freemail(&e) && pattern.as_ref().is_none_or(|p| p.is_match(&e)))
+        }
         Call::MpartAltDiff { min, max } => {
             let d = madiff(input).diff;
             (*min == 0.0 || d > *min) && max.is_none_or(|m| d <= m)

@@ -229,6 +229,95 @@ pub struct RuleSet {
     /// URI host lists: `enlist_uri_host (NAME)`, `blocklist_uri_host` (`BLOCK`),
     /// `welcomelist_uri_host` (`WELCOME`): host → listed (`false` for a `!host` exception).
     pub uri_host_lists: HashMap<String, HashMap<String, bool>>,
+    /// The FreeMail plugin's `freemail_domains` and `freemail_welcomelist`.
+    pub freemail: Freemail,
+}
+
+/// Free mail providers (`freemail_domains`, wildcards allowed) and the addresses or domains
+/// exempted from them (`freemail_welcomelist`).
+#[derive(Debug, Default, Clone)]
+pub struct Freemail {
+    domains: HashSet<String>,
+    wildcards: Vec<String>,
+    pattern: Option<regex::Regex>,
+    welcome: HashSet<String>,
+}
+
+impl Freemail {
+    fn add_domains(&mut self, value: &str) {
+        for t in value.split_whitespace() {
+            // Letters, digits, `.`, `-` and the wildcards only (others are refused).
+            if !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.*?".contains(&b))
+            {
+                continue;
+            }
+            let t = t.to_ascii_lowercase();
+            if t.contains(['*', '?']) {
+                self.wildcards.push(t);
+            } else {
+                self.domains.insert(t);
+            }
+        }
+        // `\@(?:a|b)$` of the wildcards: `*` any run within a label, `?` one character.
+        let alts: Vec<String> = self
+            .wildcards
+            .iter()
+            .map(|w| {
+                w.chars()
+                    .map(|c| match c {
+                        '*' => "[^.]*".to_string(),
+                        '?' => ".".to_string(),
+                        c => regex::escape(c.encode_utf8(&mut [0; 4])),
+                    })
+                    .collect()
+            })
+            .collect();
+        self.pattern = (!alts.is_empty())
+            .then(|| regex::Regex::new(&format!("@(?:{})$", alts.join("|"))).ok())
+            .flatten();
+    }
+
+    fn add_welcome(&mut self, value: &str) {
+        for t in value.split_whitespace() {
+            let t = t.to_lowercase();
+            // `\w[.@]\w`: an address or a domain.
+            let b = t.as_bytes();
+            let ok = b.windows(3).any(|w| {
+                (w[0].is_ascii_alphanumeric() || w[0] == b'_')
+                    && (w[1] == b'.' || w[1] == b'@')
+                    && (w[2].is_ascii_alphanumeric() || w[2] == b'_')
+            });
+            if ok {
+                self.welcome.insert(t);
+            }
+        }
+    }
+
+    /// Whether any provider is configured (the plugin's tests say nothing otherwise).
+    pub fn available(&self) -> bool {
+        !self.domains.is_empty() || !self.wildcards.is_empty()
+    }
+
+    /// `_is_freemail`: a lower-case address at a provider, not exempted, and not one of the
+    /// role or machine addresses providers send from (abuse@, postmaster@, bounce-, ...).
+    pub fn is_freemail(&self, email: &str) -> bool {
+        static ROLE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            regex::Regex::new(
+                r"(?i)^(?:abuse|support|sales|info|helpdesk|contact|kontakt|(?:post|host|domain)master|undisclosed.*|request-[a-f0-9]{16}|bounced?-|[a-f0-9]{8}(?:\.[a-f0-9]{8}|-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12})|.+=.+=.+)@",
+            )
+            .expect("valid")
+        });
+        if email.is_empty() || self.welcome.contains(email) {
+            return false;
+        }
+        let domain = email.rsplit_once('@').map_or(email, |(_, d)| d);
+        if self.welcome.contains(domain) || ROLE.is_match(email) {
+            return false;
+        }
+        self.domains.contains(domain) || self.pattern.as_ref().is_some_and(|p| p.is_match(email))
+    }
 }
 
 /// SpamAssassin's address lists by name; each entry as written (lower case) with the pattern
@@ -678,6 +767,8 @@ impl Loader {
             }
             "welcomelist_to" | "whitelist_to" => self.set.addr_lists.add("welcomelist_to", rest),
             "more_spam_to" => self.set.addr_lists.add("more_spam_to", rest),
+            "freemail_domains" => self.set.freemail.add_domains(rest),
+            "freemail_welcomelist" | "freemail_whitelist" => self.set.freemail.add_welcome(rest),
             "welcomelist_subject" | "whitelist_subject" => {
                 self.set.addr_lists.add_subject("welcomelist_subject", rest)
             }
