@@ -271,6 +271,8 @@ pub enum HtmlValue {
     NonElementRatio,
     /// The part's length in characters.
     Length,
+    /// Words split by markup, per tag.
+    ObfuscationRatio,
 }
 
 /// One authentication result an eval rule asks about.
@@ -795,6 +797,7 @@ impl Call {
                     "bad_tag_ratio" => HtmlValue::BadTagRatio,
                     "non_element_ratio" => HtmlValue::NonElementRatio,
                     "length" => HtmlValue::Length,
+                    "obfuscation_ratio" => HtmlValue::ObfuscationRatio,
                     _ => return None,
                 },
                 min: arg(1).parse().ok()?,
@@ -1319,6 +1322,7 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
                 HtmlValue::BadTagRatio => t.bad_tag_ratio(),
                 HtmlValue::NonElementRatio => t.non_element_ratio(),
                 HtmlValue::Length => Some(*len as f64),
+                HtmlValue::ObfuscationRatio => t.obfuscation_ratio(),
             };
             v.is_some_and(|v| v > *min && max.is_none_or(|m| v <= m))
         }),

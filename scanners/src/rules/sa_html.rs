@@ -17,7 +17,7 @@ struct Piece {
 
 /// Renders HTML to text as SpamAssassin's body rules see it.
 pub fn render(html: &str) -> String {
-    render_with(html, &mut |_, _| {})
+    render_with(html, &mut |_, _| {}).0
 }
 
 /// What `HTML.pm` counts of an HTML part's tags, for HTMLEval's tests.
@@ -36,6 +36,9 @@ pub struct Tags {
     pub tags_seen: u32,
     /// Distinct element names seen (`elements_seen`).
     pub elements_seen: u32,
+    /// Text runs that continue a word the previous run ended, split by markup in between
+    /// (`V<b></b>iagra`: `obfuscation`).
+    pub obfuscation: u32,
 }
 
 /// The elements `HTML.pm` counts (strict, loose and a few non-standard ones).
@@ -142,6 +145,12 @@ impl Tags {
         (self.tags > 0).then(|| f64::from(self.closed_extra) / f64::from(self.tags))
     }
 
+    /// `obfuscation_ratio`: words split by markup, per tag (when any was).
+    pub fn obfuscation_ratio(&self) -> Option<f64> {
+        (self.tags > 0 && self.obfuscation > 0)
+            .then(|| f64::from(self.obfuscation) / f64::from(self.tags))
+    }
+
     /// `bad_tag_ratio`: tags that are not elements, per tag (when an element was seen).
     pub fn bad_tag_ratio(&self) -> Option<f64> {
         (self.tags > 0 && self.elements > 0)
@@ -175,7 +184,7 @@ fn office_namespace(tag: &str) -> bool {
 pub fn tags(html: &str) -> Tags {
     let mut t = Tags::default();
     // `s/<(\w+)\s*\/>/<$1>/gi` only changes `<br/>` to `<br>`: the same tag either way.
-    render_with(html, &mut |name, closing| {
+    let (_, obfuscation) = render_with(html, &mut |name, closing| {
         if name.is_empty() {
             return;
         }
@@ -193,6 +202,7 @@ pub fn tags(html: &str) -> Tags {
             t.closed_extra += 1;
         }
     });
+    t.obfuscation = obfuscation;
     for name in ["style", "script"] {
         if let Some(e) = t.inside.get_mut(name) {
             while *e > 0 {
@@ -205,10 +215,23 @@ pub fn tags(html: &str) -> Tags {
     t
 }
 
-/// The renderer, telling `tag` of every tag (name, closing?).
-fn render_with(html: &str, tag: &mut dyn FnMut(&str, bool)) -> String {
+/// The renderer, telling `tag` of every tag (name, closing?); with the text, how many text
+/// runs continued a word the run before them ended (`obfuscation`).
+fn render_with(html: &str, tag: &mut dyn FnMut(&str, bool)) -> (String, u32) {
+    // As `HTML.pm` prepares the text: `&nbsp;` is a space, and curly double quotes are
+    // straight ones (they would spoil attribute values).
+    let normalized;
+    let html = if html.contains(['\u{201C}', '\u{201D}']) || html.contains("&nbsp;") {
+        normalized = html
+            .replace(['\u{201C}', '\u{201D}'], "\"")
+            .replace("&nbsp;", " ");
+        normalized.as_str()
+    } else {
+        html
+    };
     let b = html.as_bytes();
     let mut pieces: Vec<Piece> = Vec::new();
+    let mut obfuscation = 0;
     let mut i = 0;
     let mut text_start = 0;
     while i < b.len() {
@@ -226,7 +249,7 @@ fn render_with(html: &str, tag: &mut dyn FnMut(&str, bool)) -> String {
             i += 1;
             continue;
         }
-        flush_text(&html[text_start..i], &mut pieces);
+        obfuscation += flush_text(&html[text_start..i], &mut pieces);
         if b[i..].starts_with(b"<!--") {
             // A comment never closed by `-->` ends at the next `>`, as HTML::Parser has it.
             i = match memchr::memmem::find(&b[i + 4..], b"-->") {
@@ -281,16 +304,25 @@ fn render_with(html: &str, tag: &mut dyn FnMut(&str, bool)) -> String {
         }
         text_start = i;
     }
-    flush_text(&html[text_start.min(b.len())..], &mut pieces);
-    pieces.into_iter().map(|p| p.text).collect()
+    obfuscation += flush_text(&html[text_start.min(b.len())..], &mut pieces);
+    (pieces.into_iter().map(|p| p.text).collect(), obfuscation)
 }
 
-fn flush_text(raw: &str, pieces: &mut Vec<Piece>) {
+/// A text run between tags, displayed; 1 when it continues a word the last piece ended (both
+/// sides a character that is neither white space nor ASCII punctuation), else 0.
+fn flush_text(raw: &str, pieces: &mut Vec<Piece>) -> u32 {
     if raw.is_empty() {
-        return;
+        return 0;
     }
     let t = decode_entities(raw);
+    let wordish = |c: char| !(c.is_ascii_whitespace() || c == '\x0b' || c.is_ascii_punctuation());
+    let split = t.chars().next().is_some_and(wordish)
+        && pieces
+            .last()
+            .and_then(|p| p.text.chars().last())
+            .is_some_and(wordish);
     display(pieces, &t, false);
+    u32::from(split)
 }
 
 /// `display_text`.
