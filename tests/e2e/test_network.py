@@ -211,6 +211,44 @@ class Authentication(unittest.TestCase):
         finally:
             mx.stop()
 
+    def test_spf_and_dkim_welcomelists(self):
+        """welcomelist_auth, welcomelist_from_dkim with a named signing domain, and the
+        ruleset's def_ lists: listed senders who pass SPF or carry a valid signature get the
+        ruleset's USER_IN_*_WELCOMELIST scores; a listed address that fails both gets none."""
+        import dkim
+        local = tempfile.mkdtemp(prefix="wl-rules-", dir=WORK)
+        with open(os.path.join(local, "wl.cf"), "w") as f:
+            f.write("welcomelist_auth alice@signed.e2e.test\n"
+                    "welcomelist_from_dkim *@partner.e2e.test signed.e2e.test\n"
+                    "def_welcomelist_auth *@forger.e2e.test\n")
+        rules = f'[rules]\npaths = ["/usr/share/spamassassin", "/etc/spamassassin", "{local}"]\n' \
+                f'cache_dir = "{os.path.join(WORK, "rules-cache-wl")}"\n'
+        mx = Mxgate(WORK, self.sink.port, stages="hops,auth,rules", toml=self.config() + rules)
+        try:
+            before = len(self.sink.messages())
+            # Listed, SPF pass (127.0.0.1 is allowed for signed.e2e.test) and signed.
+            self.send(mx.port, self.signed("welcome"), "alice@signed.e2e.test")
+            # Another author, signed by the domain the entry accepts; envelope from elsewhere.
+            raw = message("bob@partner.e2e.test", "carol@e2e.test", "partner", "Hello.\n")
+            sig = dkim.sign(raw, b"sel", b"signed.e2e.test", self.key,
+                            include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+            self.send(mx.port, sig + raw, "bob@partner.e2e.test")
+            # Listed by the default list, but SPF fails (192.0.2.1 only) and nothing is signed.
+            forged = message("eve@forger.e2e.test", "bob@e2e.test", "forged", "Hi.\n")
+            self.send(mx.port, forged, "eve@forger.e2e.test")
+            self.sink.wait_messages(before + 3)
+            welcome, partner, forged = (header_of(b, "X-Spam-Status")[0] for _, b in self.sink.messages()[-3:])
+            self.assertIn("USER_IN_DKIM_WELCOMELIST", welcome)
+            self.assertIn("USER_IN_SPF_WELCOMELIST", welcome)
+            self.assertNotIn("USER_IN_DEF_", welcome)
+            self.assertIn("USER_IN_DKIM_WELCOMELIST", partner)
+            self.assertNotIn("USER_IN_SPF_WELCOMELIST", partner)
+            self.assertNotIn("USER_IN_", forged)
+            self.assertIn("SPF_FAIL", forged)
+            self.assertRegex(welcome, r"score=-\d")  # -100 each: far below the spam score
+        finally:
+            mx.stop()
+
     def test_dmarc_reject_policy_enforced_when_configured(self):
         forged = message("ceo@signed.e2e.test", "bob@e2e.test", "wire transfer", "Pay today.\n")
         mx = Mxgate(WORK, self.sink.port, stages="hops,auth", toml=self.config("reject_dmarc = true\n"))

@@ -82,6 +82,19 @@ pub enum Call {
     ToInList(String),
     /// The Reply-To address on an address list: `check_replyto_in_list('LIST')`.
     ReplyToInList(String),
+    /// `check_for_spf_welcomelist_from()` (`welcomelist_from_spf`, `welcomelist_auth`), with
+    /// `def` the `def_` lists: the envelope sender on the list, and SPF passed for it.
+    SpfWelcomelist {
+        /// The default (ruleset) lists rather than the user's.
+        def: bool,
+    },
+    /// `check_for_dkim_welcomelist_from()` (`welcomelist_from_dkim`, `welcomelist_auth`), with
+    /// `def` the `def_` lists: an author address on the list, and a valid DKIM signature of an
+    /// accepted signing domain (the author's own, or the one the entry names).
+    DkimWelcomelist {
+        /// The default (ruleset) lists rather than the user's.
+        def: bool,
+    },
     /// The Subject on a subject list: `check_subject_in_welcomelist()`,
     /// `check_subject_in_blocklist()`.
     SubjectInList(String),
@@ -298,6 +311,56 @@ pub enum AuthTest {
     ArcSigned,
     /// The ARC chain verified.
     ArcValid,
+}
+
+/// The DKIM plugin's `_check_dkim_welcomelist` for one pair of lists: an author (From)
+/// address matching an entry, and a valid signature whose domain the entry accepts: the
+/// author's domain (`welcomelist_auth`, or a `welcomelist_from_dkim` entry naming none), the
+/// named domain, or with `.domain`/`*.domain` any name under it.
+fn dkim_welcomelisted(
+    input: &EvalInput<'_>,
+    a: &auth::Results,
+    dkim: &str,
+    auth_list: &str,
+) -> bool {
+    let lists = input.addr_lists;
+    if !lists.has(dkim) && !lists.has(auth_list) {
+        return false;
+    }
+    let valid: Vec<String> = a
+        .dkim
+        .iter()
+        .filter(|s| s.outcome == auth::Outcome::Pass && !s.domain.is_empty())
+        .map(|s| s.domain.to_ascii_lowercase())
+        .collect();
+    if valid.is_empty() {
+        return false;
+    }
+    let Some(from) = header_value(input.headers, "From:addr", None) else {
+        return false;
+    };
+    let from = String::from_utf8_lossy(&from).to_lowercase();
+    from.split('\n').filter(|x| !x.is_empty()).any(|author| {
+        let author_domain = author.rsplit_once('@').map_or("", |(_, d)| d);
+        let accepts = |sdid: &str, accepted: &str| -> bool {
+            let accepted = accepted.rsplit_once('@').map_or(accepted, |(_, d)| d);
+            if accepted.is_empty() {
+                return sdid == author_domain;
+            }
+            match accepted
+                .strip_prefix("*.")
+                .or_else(|| accepted.strip_prefix('.'))
+            {
+                Some(parent) => sdid.ends_with(&format!(".{parent}")),
+                None => sdid == accepted,
+            }
+        };
+        let by_auth = lists.contains(auth_list, author) && valid.iter().any(|d| d == author_domain);
+        by_auth
+            || lists
+                .dkim_domains(dkim, author)
+                .any(|acc| valid.iter().any(|d| accepts(d, acc)))
+    })
 }
 
 /// HeaderEval's `_check_recipients`: the To/Cc addresses (Bcc's too while fewer than five),
@@ -722,6 +785,18 @@ impl Call {
             }
             "check_to_in_list" => Some(Call::ToInList(arg(0).to_string())),
             "check_replyto_in_list" => Some(Call::ReplyToInList(arg(0).to_string())),
+            "check_for_spf_welcomelist_from" | "check_for_spf_whitelist_from" => {
+                Some(Call::SpfWelcomelist { def: false })
+            }
+            "check_for_def_spf_welcomelist_from" | "check_for_def_spf_whitelist_from" => {
+                Some(Call::SpfWelcomelist { def: true })
+            }
+            "check_for_dkim_welcomelist_from" | "check_for_dkim_whitelist_from" => {
+                Some(Call::DkimWelcomelist { def: false })
+            }
+            "check_for_def_dkim_welcomelist_from" | "check_for_def_dkim_whitelist_from" => {
+                Some(Call::DkimWelcomelist { def: true })
+            }
             "check_subject_in_welcomelist" | "check_subject_in_whitelist" => {
                 Some(Call::SubjectInList("welcomelist_subject".into()))
             }
@@ -894,6 +969,8 @@ impl Call {
                 | Call::UriIp { .. }
                 | Call::AskDns { .. }
                 | Call::Auth(_)
+                | Call::SpfWelcomelist { .. }
+                | Call::DkimWelcomelist { .. }
         )
     }
 }
@@ -1178,6 +1255,38 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
                     let v = String::from_utf8_lossy(&v);
                     input.addr_lists.contains(list, v.trim_end_matches('\n'))
                 })
+        }
+        Call::SpfWelcomelist { def } => {
+            let (spf, auth) = if *def {
+                ("def_welcomelist_from_spf", "def_welcomelist_auth")
+            } else {
+                ("welcomelist_from_spf", "welcomelist_auth")
+            };
+            let lists = input.addr_lists;
+            let passed = input
+                .net
+                .and_then(|n| n.auth.as_ref())
+                .is_some_and(|a| a.spf == auth::Outcome::Pass);
+            passed
+                && header_value(input.headers, "EnvelopeFrom:addr", input.mail_from).is_some_and(
+                    |v| {
+                        let v = String::from_utf8_lossy(&v).to_lowercase();
+                        let sender = v.split('\n').next().unwrap_or("");
+                        !sender.is_empty()
+                            && (lists.contains(spf, sender) || lists.contains(auth, sender))
+                    },
+                )
+        }
+        Call::DkimWelcomelist { def } => {
+            let (dkim, auth) = if *def {
+                ("def_welcomelist_from_dkim", "def_welcomelist_auth")
+            } else {
+                ("welcomelist_from_dkim", "welcomelist_auth")
+            };
+            input
+                .net
+                .and_then(|n| n.auth.as_ref())
+                .is_some_and(|a| dkim_welcomelisted(input, a, dkim, auth))
         }
         Call::SubjectInList(list) => {
             input.addr_lists.has(list)

@@ -321,40 +321,84 @@ impl Freemail {
 }
 
 /// SpamAssassin's address lists by name; each entry as written (lower case) with the pattern
-/// its glob stands for (`*` any string, `?` one character, everything else literal).
+/// its glob stands for (`*` any string, `?` one character, everything else literal). The DKIM
+/// lists (`welcomelist_from_dkim ADDR [SIGNING-DOMAIN]`) keep the signing domains each
+/// entry accepts ("" for the author's own).
 #[derive(Debug, Default, Clone)]
-pub struct AddrLists(HashMap<String, HashMap<String, regex::Regex>>);
+pub struct AddrLists {
+    lists: HashMap<String, HashMap<String, regex::Regex>>,
+    dkim: HashMap<String, HashMap<String, (regex::Regex, Vec<String>)>>,
+}
+
+/// `add_to_addrlist`'s pattern for a glob: NUL, backslash and `(` become `_`, `*` any string,
+/// `?` one character, the rest literal; anchored at both ends.
+fn glob_pattern(glob: &str) -> Option<regex::Regex> {
+    let mut re = String::from("(?s)^");
+    let mut star = false;
+    for c in glob.chars() {
+        match c {
+            '*' if star => continue,
+            '*' => re.push_str(".*"),
+            '?' => re.push('.'),
+            '\0' | '\\' | '(' => re.push('_'),
+            c => re.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
+        }
+        star = c == '*';
+    }
+    re.push('$');
+    regex::Regex::new(&re).ok()
+}
 
 impl AddrLists {
     /// Adds whitespace-separated address globs to a list.
     pub fn add(&mut self, list: &str, globs: &str) {
-        let l = self.0.entry(list.to_string()).or_default();
+        let l = self.lists.entry(list.to_string()).or_default();
         for g in globs.split_whitespace() {
             let g = g.to_lowercase();
-            // As SpamAssassin's `add_to_addrlist`: NUL, backslash and `(` become `_`.
-            let mut re = String::from("(?s)^");
-            let mut star = false;
-            for c in g.chars() {
-                match c {
-                    '*' if star => continue,
-                    '*' => re.push_str(".*"),
-                    '?' => re.push('.'),
-                    '\0' | '\\' | '(' => re.push('_'),
-                    c => re.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
-                }
-                star = c == '*';
-            }
-            re.push('$');
-            if let Ok(r) = regex::Regex::new(&re) {
+            if let Some(r) = glob_pattern(&g) {
                 l.insert(g, r);
             }
         }
     }
 
+    /// Adds `ADDR [SIGNING-DOMAIN]` to a DKIM list (`welcomelist_from_dkim`).
+    pub fn add_dkim(&mut self, list: &str, value: &str) {
+        let mut w = value.split_whitespace();
+        let Some(addr) = w.next().map(str::to_lowercase) else {
+            return;
+        };
+        let domain = w.next().unwrap_or("").to_lowercase();
+        let Some(r) = glob_pattern(&addr) else {
+            return;
+        };
+        self.dkim
+            .entry(list.to_string())
+            .or_default()
+            .entry(addr)
+            .or_insert_with(|| (r, Vec::new()))
+            .1
+            .push(domain);
+    }
+
+    /// The DKIM list's entries matching `author` (lower case): the signing domains each
+    /// accepts.
+    pub fn dkim_domains<'a>(
+        &'a self,
+        list: &str,
+        author: &'a str,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.dkim
+            .get(list)
+            .into_iter()
+            .flat_map(|l| l.values())
+            .filter(move |(r, _)| r.is_match(author))
+            .flat_map(|(_, d)| d.iter().map(String::as_str))
+    }
+
     /// Removes entries as written (`unwelcomelist_from` and the like: a glob removes only the
     /// same glob).
     pub fn remove(&mut self, list: &str, globs: &str) {
-        if let Some(l) = self.0.get_mut(list) {
+        if let Some(l) = self.lists.get_mut(list) {
             for g in globs.split_whitespace() {
                 l.remove(&g.to_lowercase());
             }
@@ -363,7 +407,7 @@ impl AddrLists {
 
     /// Whether `addr` is on `list` (case-insensitive).
     pub fn contains(&self, list: &str, addr: &str) -> bool {
-        let Some(l) = self.0.get(list) else {
+        let Some(l) = self.lists.get(list) else {
             return false;
         };
         let a = addr.to_lowercase();
@@ -389,21 +433,22 @@ impl AddrLists {
             star = c == '*';
         }
         if let Ok(r) = regex::Regex::new(&re) {
-            self.0.entry(list.to_string()).or_default().insert(g, r);
+            self.lists.entry(list.to_string()).or_default().insert(g, r);
         }
     }
 
     /// Whether a subject glob of `list` matches somewhere in `subject` (case-insensitive).
     pub fn subject_matches(&self, list: &str, subject: &str) -> bool {
         let s = subject.to_lowercase();
-        self.0
+        self.lists
             .get(list)
             .is_some_and(|l| l.values().any(|r| r.is_match(&s)))
     }
 
     /// Whether a list has any entry.
     pub fn has(&self, list: &str) -> bool {
-        self.0.get(list).is_some_and(|l| !l.is_empty())
+        self.lists.get(list).is_some_and(|l| !l.is_empty())
+            || self.dkim.get(list).is_some_and(|l| !l.is_empty())
     }
 }
 
@@ -769,6 +814,28 @@ impl Loader {
             "more_spam_to" => self.set.addr_lists.add("more_spam_to", rest),
             "freemail_domains" => self.set.freemail.add_domains(rest),
             "freemail_welcomelist" | "freemail_whitelist" => self.set.freemail.add_welcome(rest),
+            "welcomelist_auth" | "whitelist_auth" => {
+                self.set.addr_lists.add("welcomelist_auth", rest)
+            }
+            "unwelcomelist_auth" | "unwhitelist_auth" => {
+                self.set.addr_lists.remove("welcomelist_auth", rest)
+            }
+            "def_welcomelist_auth" | "def_whitelist_auth" => {
+                self.set.addr_lists.add("def_welcomelist_auth", rest)
+            }
+            "welcomelist_from_spf" | "whitelist_from_spf" => {
+                self.set.addr_lists.add("welcomelist_from_spf", rest)
+            }
+            "def_welcomelist_from_spf" | "def_whitelist_from_spf" => {
+                self.set.addr_lists.add("def_welcomelist_from_spf", rest)
+            }
+            "welcomelist_from_dkim" | "whitelist_from_dkim" => {
+                self.set.addr_lists.add_dkim("welcomelist_from_dkim", rest)
+            }
+            "def_welcomelist_from_dkim" | "def_whitelist_from_dkim" => self
+                .set
+                .addr_lists
+                .add_dkim("def_welcomelist_from_dkim", rest),
             "welcomelist_subject" | "whitelist_subject" => {
                 self.set.addr_lists.add_subject("welcomelist_subject", rest)
             }

@@ -417,7 +417,10 @@ mod tests {
     fn words_split_by_markup_count_as_obfuscation() {
         // As measured with SpamAssassin's HTML.pm: a word split by a tag counts; a split after
         // punctuation or space does not, and curly double quotes read as straight ones.
-        assert_eq!(tags("<p>V<b></b>iagra and C<i>i</i>alis</p>").obfuscation, 3);
+        assert_eq!(
+            tags("<p>V<b></b>iagra and C<i>i</i>alis</p>").obfuscation,
+            3
+        );
         assert_eq!(tags("<p>know: \u{201C}<u>What</u></p>").obfuscation, 0);
         assert_eq!(tags("<p>x <b>bold</b>, then</p>").obfuscation, 0);
         assert_eq!(render("a&nbsp;b \u{201C}q\u{201D}"), "a b \"q\"");
