@@ -591,10 +591,12 @@ fn to_addrs(h: &Headers) -> Vec<String> {
 fn uri_host_listed(msg: &Message, list: &HashMap<String, bool>) -> bool {
     let mut seen: HashSet<String> = HashSet::new();
     for u in super::view::uris(msg) {
-        let u = String::from_utf8_lossy(&u);
-        if u.len() >= 7 && u[..7].eq_ignore_ascii_case("mailto:") {
+        if u.get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"mailto:"))
+        {
             continue;
         }
+        let u = String::from_utf8_lossy(&u);
         let Some((_, rest)) = u.split_once("://") else {
             continue;
         };
@@ -2091,6 +2093,20 @@ fn illegal_chars(h: &Headers, header: &str, ratio: f64, count: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uri_hosts_of_any_text_are_read_without_panicking() {
+        // A relative link whose seventh byte falls inside a character (a gateway once deferred
+        // such a message: the content stage panicked).
+        let raw = "From: a@b.example\r\nContent-Type: text/html; charset=utf-8\r\n\r\n\
+                   <a href=\"./廣告信.files/filelist.xml\">x</a> <a href=\"http://www.Evil.com/x\">y</a>\r\n";
+        let msg = Message::parse(bytes::Bytes::from(raw));
+        let mut list = HashMap::new();
+        list.insert("evil.com".to_string(), true);
+        assert!(uri_host_listed(&msg, &list));
+        list.insert("www.evil.com".to_string(), false);
+        assert!(!uri_host_listed(&msg, &list));
+    }
 
     #[test]
     fn needless_quoted_printable() {
