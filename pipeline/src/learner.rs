@@ -19,17 +19,29 @@ struct Item {
     class: Class,
 }
 
+/// The published model: the first node's, and a copy for each further NUMA node.
+type Published = (Arc<Model>, Vec<(usize, Arc<Model>)>);
+
 /// The handle shards hold: the model to classify with, and the way to the learner.
 #[derive(Clone)]
 pub struct Learner {
     tx: SyncSender<Item>,
-    current: Arc<RwLock<Arc<Model>>>,
+    current: Arc<RwLock<Published>>,
 }
 
 impl Learner {
-    /// Starts the learner thread over `model`, saving to `store`.
-    pub fn start(model: Model, store: RedbStore, per_minute: u32, flush: Duration) -> Learner {
-        let current = Arc::new(RwLock::new(Arc::new(model.clone())));
+    /// Starts the learner thread over `model`, saving to `store`; each published model is also
+    /// copied onto the NUMA nodes of `nodes` ((node, a CPU of it)).
+    pub fn start(
+        model: Model,
+        store: RedbStore,
+        per_minute: u32,
+        flush: Duration,
+        nodes: Vec<(usize, usize)>,
+    ) -> Learner {
+        let first = Arc::new(model.clone());
+        let copies = crate::stages::bayes_node_copies(&first, &nodes);
+        let current = Arc::new(RwLock::new((first, copies)));
         let (tx, rx) = sync_channel::<Item>(1024);
         let published = Arc::clone(&current);
         let spawned = std::thread::Builder::new()
@@ -67,8 +79,10 @@ impl Learner {
                                     ham = model.nham,
                                     "bayes: autolearned messages saved"
                                 );
+                                let first = Arc::new(model.clone());
+                                let copies = crate::stages::bayes_node_copies(&first, &nodes);
                                 if let Ok(mut w) = published.write() {
-                                    *w = Arc::new(model.clone());
+                                    *w = (first, copies);
                                 }
                                 dirty = 0;
                             }
@@ -89,11 +103,16 @@ impl Learner {
         Learner { tx, current }
     }
 
-    /// The model to classify with now.
-    pub fn model(&self) -> Arc<Model> {
+    /// The model to classify with now, for a shard on `node` (its node's copy when there is
+    /// one).
+    pub fn model(&self, node: Option<usize>) -> Arc<Model> {
+        let pick = |(first, copies): &Published| {
+            node.and_then(|n| copies.iter().find(|(m, _)| *m == n))
+                .map_or_else(|| Arc::clone(first), |(_, c)| Arc::clone(c))
+        };
         match self.current.read() {
-            Ok(m) => Arc::clone(&m),
-            Err(p) => Arc::clone(&p.into_inner()),
+            Ok(p) => pick(&p),
+            Err(p) => pick(&p.into_inner()),
         }
     }
 

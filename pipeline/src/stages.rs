@@ -155,17 +155,25 @@ pub fn bayes_params(cfg: &config::Bayes, scheme: bayes::Scheme) -> bayes::Params
 /// The model the Bayes stage classifies with.
 #[derive(Clone)]
 enum BayesModel {
-    /// Read at start, never changed.
-    Fixed(Arc<bayes::Model>),
-    /// Kept by the learner thread, republished after each flush.
+    /// Read at start, never changed; with a copy per further NUMA node.
+    Fixed {
+        /// The model (the first node's).
+        model: Arc<bayes::Model>,
+        /// Copies by node.
+        by_node: Vec<(usize, Arc<bayes::Model>)>,
+    },
+    /// Kept by the learner thread, republished (with its node copies) after each flush.
     Learning(Learner),
 }
 
 impl BayesModel {
-    fn current(&self) -> Arc<bayes::Model> {
+    /// The model for a shard on `node` (its node's copy when there is one).
+    fn current(&self, node: Option<usize>) -> Arc<bayes::Model> {
         match self {
-            BayesModel::Fixed(m) => Arc::clone(m),
-            BayesModel::Learning(l) => l.model(),
+            BayesModel::Fixed { model, by_node } => node
+                .and_then(|n| by_node.iter().find(|(m, _)| *m == n))
+                .map_or_else(|| Arc::clone(model), |(_, c)| Arc::clone(c)),
+            BayesModel::Learning(l) => l.model(node),
         }
     }
 }
@@ -233,17 +241,31 @@ impl Chain {
                 spam_at: cfg.bayes.autolearn_spam,
             },
         );
+        // Per-node copies only where shards serve (not for `mxgate scan`).
+        let nodes = if learn { node_plan(cfg) } else { None };
+        let (further, shard_nodes) =
+            nodes.map_or((Vec::new(), Vec::new()), |n| (n.further, n.shard_nodes));
         let bayes = bayes.map(|model| {
-            if let (true, Some(_), Some(store)) = (learn, &autolearn, bayes_store.take()) {
+            let b = if let (true, Some(_), Some(store)) = (learn, &autolearn, bayes_store.take()) {
                 BayesModel::Learning(Learner::start(
                     model,
                     store,
                     cfg.bayes.autolearn_per_minute,
                     std::time::Duration::from_secs(cfg.bayes.autolearn_flush_secs.max(1)),
+                    further.clone(),
                 ))
             } else {
-                BayesModel::Fixed(Arc::new(model))
+                let model = Arc::new(model);
+                let by_node = bayes_node_copies(&model, &further);
+                BayesModel::Fixed { model, by_node }
+            };
+            if !further.is_empty() {
+                tracing::info!(
+                    copies = further.len() + 1,
+                    "bayes: a copy of the model per NUMA node"
+                );
             }
+            b
         });
         let net_on = on("dns") || on("auth");
         let rules = if on("rules") || on("headers") {
@@ -257,9 +279,9 @@ impl Chain {
         } else {
             None
         };
-        let (rules_by_node, shard_nodes) = match (&rules, learn) {
-            (Some(_), true) => rules_node_copies(cfg, bayes.is_some(), net_on, !on("rules"))?,
-            _ => (Vec::new(), Vec::new()),
+        let rules_by_node = match &rules {
+            Some(_) => rules_node_copies(cfg, &further, bayes.is_some(), net_on, !on("rules"))?,
+            None => Vec::new(),
         };
         let av = match prev {
             _ if !on("av") => None,
@@ -559,7 +581,8 @@ impl Chain {
         let mut learned_points = 0.0;
         if let Some(model) = &self.bayes {
             let started = std::time::Instant::now();
-            let model = model.current();
+            let node = ctx.shard.and_then(|s| self.shard_nodes.get(s).copied());
+            let model = model.current(node);
             let toks = bayes::tokens_for(&model, &msg, extracted.as_deref(), self.explain);
             let params = bayes_params(&self.bayes_settings, model.scheme);
             if let Ok(v) = bayes::classify(&model, &toks.ids, &params) {
@@ -703,20 +726,18 @@ pub fn count_received(msg: &[u8]) -> usize {
     n
 }
 
-/// The copies of the rules for the NUMA nodes after the first that run shards, when the tuning
-/// plan asks for them, and the node of each shard. Each copy is built by a thread pinned to a
-/// CPU of its node, so its pages are the node's (the kernel places a page where it is first
-/// touched).
-#[allow(clippy::type_complexity)] // (copies by node, node by shard)
-fn rules_node_copies(
-    cfg: &Config,
-    with_bayes: bool,
-    with_net: bool,
-    evals_only: bool,
-) -> anyhow::Result<(Vec<(usize, Arc<rules::Engine>)>, Vec<usize>)> {
+/// Where the shards run, by NUMA node, when the tuning plan asks for per-node copies of
+/// read-mostly data: the node of each shard, and (node, a CPU of it) for each node after the
+/// first.
+struct NodePlan {
+    shard_nodes: Vec<usize>,
+    further: Vec<(usize, usize)>,
+}
+
+fn node_plan(cfg: &Config) -> Option<NodePlan> {
     let plan = match crate::settings::tuning_plan(cfg) {
         Ok(Some(plan)) if plan.per_node_copies => plan,
-        _ => return Ok((Vec::new(), Vec::new())),
+        _ => return None,
     };
     let node_of = |cpu: &usize| {
         plan.shards
@@ -726,15 +747,30 @@ fn rules_node_copies(
     };
     let shard_nodes: Vec<usize> = cfg.server.cpus.iter().map(node_of).collect();
     let first = shard_nodes.first().copied().unwrap_or(0);
-    // (node, a CPU of it) for each further node.
-    let mut nodes: Vec<(usize, usize)> = Vec::new();
+    let mut further: Vec<(usize, usize)> = Vec::new();
     for (&cpu, &node) in cfg.server.cpus.iter().zip(&shard_nodes) {
-        if node != first && !nodes.iter().any(|(n, _)| *n == node) {
-            nodes.push((node, cpu));
+        if node != first && !further.iter().any(|(n, _)| *n == node) {
+            further.push((node, cpu));
         }
     }
+    Some(NodePlan {
+        shard_nodes,
+        further,
+    })
+}
+
+/// The copies of the rules for the NUMA nodes after the first that run shards. Each copy is
+/// built by a thread pinned to a CPU of its node, so its pages are the node's (the kernel places
+/// a page where it is first touched).
+fn rules_node_copies(
+    cfg: &Config,
+    nodes: &[(usize, usize)],
+    with_bayes: bool,
+    with_net: bool,
+    evals_only: bool,
+) -> anyhow::Result<Vec<(usize, Arc<rules::Engine>)>> {
     let mut copies = Vec::new();
-    for (node, cpu) in nodes {
+    for &(node, cpu) in nodes {
         let c = cfg.clone();
         let engine = std::thread::Builder::new()
             .name(format!("mxgate-rules-node{node}"))
@@ -756,7 +792,32 @@ fn rules_node_copies(
             "rules: a copy of the compiled rules per NUMA node"
         );
     }
-    Ok((copies, shard_nodes))
+    Ok(copies)
+}
+
+/// Copies of a Bayes model for the NUMA nodes after the first, each made by a thread pinned to
+/// a CPU of its node (first touch places the pages there). A copy that cannot be made is left
+/// out: that node's shards read the first copy.
+pub fn bayes_node_copies(
+    model: &Arc<bayes::Model>,
+    nodes: &[(usize, usize)],
+) -> Vec<(usize, Arc<bayes::Model>)> {
+    let mut copies = Vec::new();
+    for &(node, cpu) in nodes {
+        let m = Arc::clone(model);
+        let made = std::thread::Builder::new()
+            .name(format!("mxgate-bayes-node{node}"))
+            .spawn(move || {
+                mxgate_core::pool::pin_current_thread(&[cpu]);
+                Arc::new((*m).clone())
+            })
+            .ok()
+            .and_then(|h| h.join().ok());
+        if let Some(copy) = made {
+            copies.push((node, copy));
+        }
+    }
+    copies
 }
 
 /// The greylist settings of a configuration.
@@ -789,6 +850,29 @@ pub fn greylist_settings(cfg: &Config) -> greylist::Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_use_their_nodes_copy_of_the_bayes_model() {
+        let mut m = bayes::Model::default();
+        m.learn(1, &[10, 11], bayes::Class::Spam);
+        let model = Arc::new(m);
+        // A copy made on "node 1" (pinned to this machine's first allowed CPU).
+        let cpu = mxgate_core::pool::allowed_cpus()
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let by_node = bayes_node_copies(&model, &[(1, cpu)]);
+        assert_eq!(by_node.len(), 1);
+        assert!(!Arc::ptr_eq(&by_node[0].1, &model));
+        assert_eq!(by_node[0].1.tokens.len(), model.tokens.len());
+        let b = BayesModel::Fixed {
+            model: Arc::clone(&model),
+            by_node,
+        };
+        assert!(!Arc::ptr_eq(&b.current(Some(1)), &model));
+        assert!(Arc::ptr_eq(&b.current(Some(0)), &model));
+        assert!(Arc::ptr_eq(&b.current(None), &model));
+    }
 
     #[test]
     fn shards_use_their_nodes_copy_of_the_rules() {

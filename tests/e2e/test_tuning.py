@@ -124,10 +124,10 @@ class Serve(unittest.TestCase):
             mx.stop()
             sink.stop()
 
-    def test_two_node_machine_gets_a_rules_copy_per_node(self):
+    def test_two_node_machine_gets_rules_and_bayes_copies_per_node(self):
         # A 2-socket, 1-core-per-socket machine whose sockets are NUMA nodes: CPUs 0 and 1 of
         # this machine then sit on different nodes, and the plan (generic) asks for a copy of
-        # the compiled rules on each.
+        # the compiled rules and of the Bayes model on each.
         sys.path.insert(0, os.path.join(REPO, "scripts"))
         import make_topology
         root = os.path.join(WORK, "two-nodes")
@@ -138,8 +138,10 @@ class Serve(unittest.TestCase):
         self.assertTrue(plan["per_node_copies"])
         cache = os.environ.get("MXGATE_RULES_CACHE", "/var/tmp/mxgate-rules-cache")
         sink = Sink(WORK)
-        mx = Mxgate(WORK, sink.port, stages="hops,rules",
-                    toml=f'[tuning]\ntopology = "{root}"\n[rules]\ncache_dir = "{cache}"\n')
+        db = os.path.join(WORK, "two-nodes-bayes")
+        mx = Mxgate(WORK, sink.port, stages="hops,rules,bayes",
+                    toml=f'[tuning]\ntopology = "{root}"\n[rules]\ncache_dir = "{cache}"\n'
+                         f'[bayes]\ndb = "{db}"\n')
         try:
             for i in range(6):
                 r = subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(mx.port),
@@ -152,6 +154,7 @@ class Serve(unittest.TestCase):
                 self.assertIn(b"X-Spam-Status:", body)
             log = re.sub(r"\x1b\[[0-9;]*m", "", mx.log())
             self.assertIn("a copy of the compiled rules per NUMA node copies=2", log)
+            self.assertIn("bayes: a copy of the model per NUMA node copies=2", log)
         finally:
             mx.stop()
             sink.stop()
