@@ -8,6 +8,7 @@
 //! pools work on the same message. The session awaits both; no lookup ever runs on a shard.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -155,6 +156,66 @@ impl NetStage {
         }
     }
 
+    /// Whether the configuration asks URI lists about the message's domains.
+    fn has_uri_lists(&self) -> bool {
+        !self.plan.uri.is_empty()
+            || !self.plan.uri_ip.is_empty()
+            || self.lists.iter().any(|l| l.target == Target::Uri)
+    }
+
+    /// The URI list queries for some registrable domains.
+    fn uri_queries(&self, domains: &[String], out: &mut Vec<Query>) {
+        for d in domains {
+            for l in self.lists.iter().filter(|l| l.target == Target::Uri) {
+                push(out, lists::domain_query(d, &l.zone), false);
+            }
+            for zone in &self.plan.uri {
+                push(out, lists::domain_query(d, zone), false);
+            }
+        }
+    }
+
+    /// Starts lookups for the URI domains of the message received so far, while DATA still
+    /// streams in: the complete lines not yet read are searched for URIs, and the domains not
+    /// asked yet are asked now, so their answers are on their way (or in the cache) when the
+    /// message ends. Encoded parts are read at the end of data as before.
+    pub fn stream_uris(&self, s: &mut Streamed, so_far: &[u8]) {
+        if !self.lookups || !self.has_uri_lists() || s.scanned >= so_far.len() {
+            return;
+        }
+        let Some(nl) = memchr::memrchr(b'\n', &so_far[s.scanned..]) else {
+            return;
+        };
+        let end = s.scanned + nl + 1;
+        let text = String::from_utf8_lossy(&so_far[s.scanned..end]);
+        s.scanned = end;
+        if s.domains.len() >= self.max_uri_domains {
+            return;
+        }
+        let uris = mxgate_core::mime::uri::extract_text(&text);
+        let found = lists::uri_domains(
+            uris.iter().map(String::as_str),
+            &self.plan.skip,
+            self.max_uri_domains,
+        );
+        let new: Vec<String> = found
+            .into_iter()
+            .filter(|d| !s.domains.contains(d))
+            .take(self.max_uri_domains - s.domains.len())
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let mut q = Vec::new();
+        self.uri_queries(&new, &mut q);
+        q.retain(|x| !s.asked.contains(&x.name));
+        s.domains.extend(new);
+        if !q.is_empty() {
+            s.asked.extend(q.iter().map(|x| x.name.clone()));
+            s.answers.push(self.dns.lookup_all(q));
+        }
+    }
+
     /// Starts the client's lookups at connect; `None` when there is nothing to ask.
     pub fn client_lookups(&self, client: IpAddr) -> Option<Early> {
         if !self.lookups {
@@ -173,23 +234,47 @@ impl NetStage {
     pub async fn gather(
         &self,
         early: Option<Early>,
+        streamed: Option<Streamed>,
         client: Option<IpAddr>,
         env: &Envelope,
         body: &Bytes,
         msg: &Message,
     ) -> Facts {
-        let s = self.start(early, client, env, body, msg);
+        // What was asked while DATA streamed in is not asked again; its answers join the rest.
+        let s = self.start(
+            early,
+            streamed.as_ref().map(|st| &st.asked),
+            client,
+            env,
+            body,
+            msg,
+        );
+        let streamed = streamed.map_or_else(Vec::new, |st| st.answers);
         let slack = self.dns.timeout() * 3 + Duration::from_secs(1);
         let (lookups, early, auth, uri_ip) = (s.lookups, s.early, s.auth, s.uri_ip);
+        let during_data = async {
+            let mut out = Vec::with_capacity(streamed.len());
+            for p in streamed {
+                out.extend(p.await);
+            }
+            out
+        };
         let all = futures_lite::future::zip(
-            futures_lite::future::zip(answer(lookups), answer(early)),
-            futures_lite::future::zip(answer(auth), answer(uri_ip)),
+            futures_lite::future::zip(
+                futures_lite::future::zip(answer(lookups), answer(early)),
+                futures_lite::future::zip(answer(auth), answer(uri_ip)),
+            ),
+            during_data,
         );
         // The service bounds every query; this only guards against a stopped service.
-        let ((a, b), (c, d)) = crate::rt::timeout(slack, all)
+        let (((a, b), (c, d)), e) = crate::rt::timeout(slack, all)
             .await
-            .unwrap_or(((None, None), (None, None)));
-        finish(s.facts, [a, b], c, d)
+            .unwrap_or((((None, None), (None, None)), Vec::new()));
+        let mut facts = finish(s.facts, [a, b], c, d);
+        for answers in e {
+            facts.absorb(answers);
+        }
+        facts
     }
 
     /// [`NetStage::gather`] for a plain thread (`mxgate scan`).
@@ -200,7 +285,7 @@ impl NetStage {
         body: &Bytes,
         msg: &Message,
     ) -> Facts {
-        let s = self.start(None, client, env, body, msg);
+        let s = self.start(None, None, client, env, body, msg);
         let a = s.lookups.and_then(Pending::wait);
         let c = s.auth.and_then(Pending::wait);
         let d = s.uri_ip.and_then(Pending::wait);
@@ -211,12 +296,16 @@ impl NetStage {
     fn start(
         &self,
         early: Option<Early>,
+        asked: Option<&HashSet<String>>,
         client: Option<IpAddr>,
         env: &Envelope,
         body: &Bytes,
         msg: &Message,
     ) -> Started {
-        let (facts, queries, auth_req) = self.prepare(early.as_ref(), client, env, body, msg);
+        let (facts, mut queries, auth_req) = self.prepare(early.as_ref(), client, env, body, msg);
+        if let Some(asked) = asked {
+            queries.retain(|q| !asked.contains(&q.name));
+        }
         Started {
             lookups: (!queries.is_empty()).then(|| self.dns.lookup_all(queries)),
             auth: auth_req.map(|r| self.dns.authenticate(r, self.dns.timeout() * 3)),
@@ -268,24 +357,14 @@ impl NetStage {
             }
             queries.extend(q);
             facts.relays = relays;
-            let has_uri_lists = !self.plan.uri.is_empty()
-                || !self.plan.uri_ip.is_empty()
-                || self.lists.iter().any(|l| l.target == Target::Uri);
-            if has_uri_lists {
+            if self.has_uri_lists() {
                 let uris = rules::view::uris(msg);
                 let domains = lists::uri_domains(
                     uris.iter().filter_map(|u| std::str::from_utf8(u).ok()),
                     &self.plan.skip,
                     self.max_uri_domains,
                 );
-                for d in &domains {
-                    for l in self.lists.iter().filter(|l| l.target == Target::Uri) {
-                        push(&mut queries, lists::domain_query(d, &l.zone), false);
-                    }
-                    for zone in &self.plan.uri {
-                        push(&mut queries, lists::domain_query(d, zone), false);
-                    }
-                }
+                self.uri_queries(&domains, &mut queries);
                 facts.uri_domains = domains;
                 facts.uris = Some(uris);
             }
@@ -376,6 +455,19 @@ fn push(out: &mut Vec<Query>, name: String, txt: bool) {
     if !out.contains(&q) {
         out.push(q);
     }
+}
+
+/// URI lookups started while a message's DATA streams in ([`NetStage::stream_uris`]).
+#[derive(Default)]
+pub struct Streamed {
+    /// Bytes of the message already searched (up to a line end).
+    scanned: usize,
+    /// Registrable domains found so far.
+    domains: Vec<String>,
+    /// Query names asked.
+    asked: HashSet<String>,
+    /// The batches' answers on their way.
+    answers: Vec<Pending<Answers>>,
 }
 
 /// A message's checks under way.

@@ -59,6 +59,8 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
         .chain
         .net()
         .and_then(|n| n.client_lookups(peer.ip()));
+    // The current message's URI lookups started while its DATA streams in.
+    let mut streamed: Option<crate::netstage::Streamed> = None;
     io.reply(&session.greeting());
     tracing::debug!(client = %peer, shard = shard.id, "connect");
 
@@ -68,12 +70,19 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
             Event::NeedMore => {
                 if session.envelope().is_none() {
                     deferred = false;
+                    streamed = None;
                     if let Some(open) = tx.take() {
                         shard.relay.abort(&target, open).await; // client reset or re-EHLOed
                     }
                 }
                 if io.flush().await.is_err() {
                     break;
+                }
+                // DATA streaming in: URI lookups start on what has arrived.
+                if let (Some(net), Some(so_far)) =
+                    (snap.snap.chain.net(), session.data_so_far(&rbuf))
+                {
+                    net.stream_uris(streamed.get_or_insert_with(Default::default), so_far);
                 }
                 if rbuf.is_empty() && rbuf.capacity() > 16 * 1024 {
                     rbuf = BytesMut::new(); // give a large message buffer back while idle
@@ -194,6 +203,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
                     msg,
                     tls,
                     early.take(),
+                    streamed.take(),
                 )
                 .await;
                 // The next hop's refusals are not the client's errors: not counted.
@@ -282,6 +292,7 @@ async fn deliver(
     msg: Message,
     tls: bool,
     early: Option<crate::netstage::Early>,
+    streamed: Option<crate::netstage::Streamed>,
 ) -> Reply {
     if matches!(downstream, Downstream::Lost) {
         // Every recipient was accepted by an open downstream transaction; without one, the
@@ -310,7 +321,14 @@ async fn deliver(
     let started = Instant::now();
     match (snap.chain.net(), &parsed) {
         (Some(net), Some(m)) => {
-            let facts = net.gather(early, Some(client.addr.ip()), &msg.envelope, &msg.body, m);
+            let facts = net.gather(
+                early,
+                streamed,
+                Some(client.addr.ip()),
+                &msg.envelope,
+                &msg.body,
+                m,
+            );
             let pools = async {
                 let off = offload.resolve().await;
                 (off, started.elapsed())

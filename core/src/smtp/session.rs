@@ -389,6 +389,16 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
         }
     }
 
+    /// The message received so far (dot-unstuffed), while DATA streams in: `buf` is the
+    /// buffer [`Session::next`] reads from. `None` outside DATA (and for BDAT, whose chunks are
+    /// collected apart).
+    pub fn data_so_far<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
+        match &self.phase {
+            Phase::Data(rx) => buf.get(..rx.write),
+            _ => None,
+        }
+    }
+
     /// Whether a transaction or DATA is in progress (graceful shutdown waits for those).
     pub fn in_transaction(&self) -> bool {
         self.tx.is_some() || !matches!(self.phase, Phase::Command | Phase::Closed)
