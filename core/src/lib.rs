@@ -23,3 +23,4 @@ pub mod config;
 pub mod mime;
 pub mod pool;
 pub mod smtp;
+pub mod udp;

@@ -112,12 +112,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .filter(|(_, _, to)| to.is_none())
             .map(|(_, b, _)| b.as_slice())
             .collect();
-        sendmmsg(back.as_raw_fd(), &up, &[]);
+        // What a full buffer refuses is dropped, as a link drops.
+        mxgate_core::udp::send_many(back.as_raw_fd(), &up, &[], 0);
         let (down, to): (Vec<&[u8]>, Vec<SocketAddr>) = batch
             .iter()
             .filter_map(|(_, b, to)| to.map(|c| (b.as_slice(), c)))
             .unzip();
-        sendmmsg(front.as_raw_fd(), &down, &to);
+        mxgate_core::udp::send_many(front.as_raw_fd(), &down, &to, 0);
     }
 }
 
@@ -193,55 +194,5 @@ fn receive(
         if !out.is_empty() && tx.send(out).is_err() {
             return;
         }
-    }
-}
-
-/// `sendmmsg(2)` of `datagrams` (to `addrs`, one each, or on a connected socket with none);
-/// what a full buffer refuses is dropped, as a link drops.
-fn sendmmsg(fd: RawFd, datagrams: &[&[u8]], addrs: &[SocketAddr]) {
-    if datagrams.is_empty() {
-        return;
-    }
-    let names: Vec<socket2::SockAddr> = addrs.iter().map(|a| (*a).into()).collect();
-    let mut iov: Vec<libc::iovec> = datagrams
-        .iter()
-        .map(|d| libc::iovec {
-            iov_base: d.as_ptr() as *mut libc::c_void,
-            iov_len: d.len(),
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iov
-        .iter_mut()
-        .enumerate()
-        .map(|(i, v)| {
-            // SAFETY: an all-zero msghdr is valid (no name, no control data).
-            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-            h.msg_iov = v;
-            h.msg_iovlen = 1;
-            if let Some(n) = names.get(i) {
-                h.msg_name = n.as_ptr() as *mut libc::c_void;
-                h.msg_namelen = n.len();
-            }
-            libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            }
-        })
-        .collect();
-    let mut sent = 0;
-    while sent < msgs.len() {
-        // SAFETY: `msgs` points into `iov`, `names` and `datagrams`, all alive for the call.
-        let r = unsafe {
-            libc::sendmmsg(
-                fd,
-                msgs[sent..].as_mut_ptr(),
-                (msgs.len() - sent) as libc::c_uint,
-                0,
-            )
-        };
-        if r <= 0 {
-            return;
-        }
-        sent += r as usize;
     }
 }

@@ -153,7 +153,10 @@ impl Client {
                     .filter(|(j, _)| (first + j) % server.sockets.len() == k)
                     .map(|(j, d)| (j, d.as_slice()))
                     .unzip();
-                let sent = send_burst(sock, &mine);
+                let sent = {
+                    use std::os::fd::AsRawFd;
+                    mxgate_core::udp::send_many(sock.as_raw_fd(), &mine, &[], libc::MSG_DONTWAIT)
+                };
                 let now = Instant::now();
                 for &j in &which[..sent] {
                     sent_at[j] = now;
@@ -231,52 +234,6 @@ fn encode_query(name: &str, rtype: RecordType) -> Option<Vec<u8>> {
     q.extend_from_slice(&[0, 1]); // class IN
     q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]); // OPT, 1232 bytes
     Some(q)
-}
-
-/// Sends `datagrams` on a connected socket with one `sendmmsg(2)` (no waiting); how many went.
-fn send_burst(sock: &UdpSocket, datagrams: &[&[u8]]) -> usize {
-    use std::os::fd::AsRawFd;
-    if datagrams.is_empty() {
-        return 0;
-    }
-    let mut iov: Vec<libc::iovec> = datagrams
-        .iter()
-        .map(|d| libc::iovec {
-            iov_base: d.as_ptr() as *mut libc::c_void,
-            iov_len: d.len(),
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = iov
-        .iter_mut()
-        .map(|v| {
-            // SAFETY: an all-zero msghdr is valid (no name: the socket is connected).
-            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-            h.msg_iov = v;
-            h.msg_iovlen = 1;
-            libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            }
-        })
-        .collect();
-    let mut sent = 0;
-    while sent < msgs.len() {
-        // SAFETY: `msgs` points into `iov` and `datagrams`, alive for the call; the socket is
-        // non-blocking (Tokio's), so a full buffer returns at once.
-        let r = unsafe {
-            libc::sendmmsg(
-                sock.as_raw_fd(),
-                msgs[sent..].as_mut_ptr(),
-                (msgs.len() - sent) as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if r <= 0 {
-            break;
-        }
-        sent += r as usize;
-    }
-    sent
 }
 
 /// Receives replies on one socket and hands each to the query waiting for its ID (and

@@ -370,14 +370,7 @@ fn dkim_welcomelisted(
 fn recipients(h: &Headers) -> (bool, f64) {
     let mut inputs: Vec<String> = Vec::new();
     for req in ["ToCc:addr", "Bcc:addr"] {
-        if let Some(v) = header_value(h, req, None) {
-            inputs.extend(
-                String::from_utf8_lossy(&v)
-                    .split('\n')
-                    .filter(|a| !a.is_empty())
-                    .map(str::to_string),
-            );
-        }
+        inputs.extend(addresses(h, req, None));
         if inputs.len() >= 5 {
             break;
         }
@@ -483,18 +476,7 @@ fn ratware_name_id(h: &Headers) -> bool {
 /// From, Envelope-Sender, Resent-Sender, X-Envelope-From and the envelope sender; runs of dots
 /// squeezed, each once.
 fn from_addrs(input: &EvalInput<'_>) -> Vec<String> {
-    let h = input.headers;
-    let get = |req: &str| -> Vec<String> {
-        header_value(h, req, input.mail_from)
-            .map(|v| {
-                String::from_utf8_lossy(&v)
-                    .split('\n')
-                    .filter(|a| !a.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let get = |req: &str| addresses(input.headers, req, input.mail_from);
     let mut addrs = get("Resent-From:first:addr");
     if addrs.is_empty() {
         for req in [
@@ -527,17 +509,7 @@ fn from_addrs(input: &EvalInput<'_>) -> Vec<String> {
 /// Delivered-To, Envelope-Recipients, Apparently-Resent-To, X-Envelope-To, Envelope-To,
 /// X-Delivered-To, X-Original-To, X-Rcpt-To, X-Real-To and Cc; each once.
 fn to_addrs(h: &Headers) -> Vec<String> {
-    let get = |req: &str| -> Vec<String> {
-        header_value(h, req, None)
-            .map(|v| {
-                String::from_utf8_lossy(&v)
-                    .split('\n')
-                    .filter(|a| !a.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let get = |req: &str| addresses(h, req, None);
     let mut addrs = get("Resent-To:first:addr");
     addrs.extend(get("Resent-Cc:first:addr"));
     if addrs.is_empty() {
@@ -634,6 +606,29 @@ fn uri_host_listed(msg: &Message, list: &HashMap<String, bool>) -> bool {
         }
     }
     false
+}
+
+/// A bound written as a number or `undef` (none); `None` when it is neither.
+fn undef_or(v: &str) -> Option<Option<f64>> {
+    if v == "undef" {
+        Some(None)
+    } else {
+        v.parse().ok().map(Some)
+    }
+}
+
+/// The addresses of a header request (`From:addr`, `Cc:addr`, ...), each once per line of
+/// the joined value.
+fn addresses(h: &Headers, req: &str, env_from: Option<&str>) -> Vec<String> {
+    header_value(h, req, env_from)
+        .map(|v| {
+            String::from_utf8_lossy(&v)
+                .split('\n')
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Splits `'a', 'b', 3` into its arguments, unquoted.
@@ -816,19 +811,10 @@ impl Call {
             "check_for_to_in_subject" => Some(Call::ToInSubject {
                 user: arg(0) == "user",
             }),
-            "check_for_shifted_date" => {
-                let bound = |v: &str| -> Option<Option<f64>> {
-                    if v == "undef" {
-                        Some(None)
-                    } else {
-                        v.parse().ok().map(Some)
-                    }
-                };
-                Some(Call::ShiftedDate {
-                    min: bound(arg(0))?,
-                    max: bound(arg(1))?,
-                })
-            }
+            "check_for_shifted_date" => Some(Call::ShiftedDate {
+                min: undef_or(arg(0))?,
+                max: undef_or(arg(1))?,
+            }),
             "check_for_mime" => Some(Call::Mime(match arg(0) {
                 "mime_base64_count" => MimeTest::Base64Count,
                 "mime_qp_count" => MimeTest::QpCount,
@@ -895,19 +881,10 @@ impl Call {
             }),
             "check_for_ascii_text_illegal" => Some(Call::AsciiTextIllegal),
             "sorted_recipients" => Some(Call::SortedRecipients),
-            "similar_recipients" => {
-                let bound = |v: &str| -> Option<Option<f64>> {
-                    if v == "undef" {
-                        Some(None)
-                    } else {
-                        v.parse().ok().map(Some)
-                    }
-                };
-                Some(Call::SimilarRecipients {
-                    min: bound(arg(0))?,
-                    max: bound(arg(1))?,
-                })
-            }
+            "similar_recipients" => Some(Call::SimilarRecipients {
+                min: undef_or(arg(0))?,
+                max: undef_or(arg(1))?,
+            }),
             "check_unresolved_template" => Some(Call::UnresolvedTemplate),
             "check_ratware_name_id" => Some(Call::RatwareNameId),
             "check_freemail_header" => Some(Call::FreemailHeader {
@@ -923,11 +900,7 @@ impl Call {
             })),
             "multipart_alternative_difference" => Some(Call::MpartAltDiff {
                 min: arg(0).parse().ok()?,
-                max: if arg(1) == "undef" {
-                    None
-                } else {
-                    Some(arg(1).parse().ok()?)
-                },
+                max: undef_or(arg(1))?,
             }),
             "multipart_alternative_difference_count" => Some(Call::MpartAltDiffCount {
                 ratio: arg(0).parse().ok()?,
