@@ -321,32 +321,68 @@ impl Freemail {
 }
 
 /// SpamAssassin's address lists by name; each entry as written (lower case) with the pattern
-/// its glob stands for (`*` any string, `?` one character, everything else literal). The DKIM
-/// lists (`welcomelist_from_dkim ADDR [SIGNING-DOMAIN]`) keep the signing domains each
-/// entry accepts ("" for the author's own).
+/// its glob stands for (`*` any string, `?` one character, everything else literal). A list is
+/// matched with one pattern of all its entries, built on first use (the ruleset's default
+/// lists hold nearly two thousand). The DKIM lists (`welcomelist_from_dkim ADDR
+/// [SIGNING-DOMAIN]`) keep the signing domains each entry accepts ("" for the author's own).
 #[derive(Debug, Default, Clone)]
 pub struct AddrLists {
-    lists: HashMap<String, HashMap<String, regex::Regex>>,
+    lists: HashMap<String, AddrList>,
     dkim: HashMap<String, HashMap<String, (regex::Regex, Vec<String>)>>,
 }
 
-/// `add_to_addrlist`'s pattern for a glob: NUL, backslash and `(` become `_`, `*` any string,
-/// `?` one character, the rest literal; anchored at both ends.
-fn glob_pattern(glob: &str) -> Option<regex::Regex> {
-    let mut re = String::from("(?s)^");
+/// One list: entry → its pattern, and all of them as one pattern.
+#[derive(Debug, Default, Clone)]
+struct AddrList {
+    entries: HashMap<String, String>,
+    combined: std::sync::OnceLock<Option<regex::Regex>>,
+}
+
+impl AddrList {
+    fn insert(&mut self, entry: String, pattern: String) {
+        self.entries.insert(entry, pattern);
+        self.combined = Default::default();
+    }
+
+    fn remove(&mut self, entry: &str) {
+        self.entries.remove(entry);
+        self.combined = Default::default();
+    }
+
+    fn is_match(&self, s: &str) -> bool {
+        self.combined
+            .get_or_init(|| {
+                let all: Vec<String> = self.entries.values().map(|p| format!("(?:{p})")).collect();
+                regex::RegexBuilder::new(&format!("(?s){}", all.join("|")))
+                    .size_limit(64 << 20)
+                    .build()
+                    .ok()
+            })
+            .as_ref()
+            .is_some_and(|r| r.is_match(s))
+    }
+}
+
+/// The pattern a glob stands for: `*` any string, `?` one character, the rest literal.
+/// `add_to_addrlist`'s globs (`anchored`) must match whole, with NUL, backslash and `(` read
+/// as `_`; the subject lists' match anywhere and take those characters as they are.
+fn glob_source(glob: &str, anchored: bool) -> String {
+    let mut re = String::from(if anchored { "^" } else { "" });
     let mut star = false;
     for c in glob.chars() {
         match c {
             '*' if star => continue,
             '*' => re.push_str(".*"),
             '?' => re.push('.'),
-            '\0' | '\\' | '(' => re.push('_'),
+            '\0' | '\\' | '(' if anchored => re.push('_'),
             c => re.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
         }
         star = c == '*';
     }
-    re.push('$');
-    regex::Regex::new(&re).ok()
+    if anchored {
+        re.push('$');
+    }
+    re
 }
 
 impl AddrLists {
@@ -355,9 +391,8 @@ impl AddrLists {
         let l = self.lists.entry(list.to_string()).or_default();
         for g in globs.split_whitespace() {
             let g = g.to_lowercase();
-            if let Some(r) = glob_pattern(&g) {
-                l.insert(g, r);
-            }
+            let p = glob_source(&g, true);
+            l.insert(g, p);
         }
     }
 
@@ -368,7 +403,7 @@ impl AddrLists {
             return;
         };
         let domain = w.next().unwrap_or("").to_lowercase();
-        let Some(r) = glob_pattern(&addr) else {
+        let Ok(r) = regex::Regex::new(&format!("(?s){}", glob_source(&addr, true))) else {
             return;
         };
         self.dkim
@@ -411,43 +446,29 @@ impl AddrLists {
             return false;
         };
         let a = addr.to_lowercase();
-        l.contains_key(&a) || l.values().any(|r| r.is_match(&a))
+        l.entries.contains_key(&a) || l.is_match(&a)
     }
 
     /// Adds one subject glob (`welcomelist_subject`, `blocklist_subject`: the whole rest of the
     /// line, lower case, matched anywhere in the Subject).
     pub fn add_subject(&mut self, list: &str, glob: &str) {
         let g = glob.trim().to_lowercase();
-        if g.is_empty() {
-            return;
-        }
-        let mut re = String::new();
-        let mut star = false;
-        for c in g.chars() {
-            match c {
-                '*' if star => continue,
-                '*' => re.push_str(".*"),
-                '?' => re.push('.'),
-                c => re.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
-            }
-            star = c == '*';
-        }
-        if let Ok(r) = regex::Regex::new(&re) {
-            self.lists.entry(list.to_string()).or_default().insert(g, r);
+        if !g.is_empty() {
+            let p = glob_source(&g, false);
+            self.lists.entry(list.to_string()).or_default().insert(g, p);
         }
     }
 
     /// Whether a subject glob of `list` matches somewhere in `subject` (case-insensitive).
     pub fn subject_matches(&self, list: &str, subject: &str) -> bool {
-        let s = subject.to_lowercase();
         self.lists
             .get(list)
-            .is_some_and(|l| l.values().any(|r| r.is_match(&s)))
+            .is_some_and(|l| l.is_match(&subject.to_lowercase()))
     }
 
     /// Whether a list has any entry.
     pub fn has(&self, list: &str) -> bool {
-        self.lists.get(list).is_some_and(|l| !l.is_empty())
+        self.lists.get(list).is_some_and(|l| !l.entries.is_empty())
             || self.dkim.get(list).is_some_and(|l| !l.is_empty())
     }
 }
