@@ -750,6 +750,8 @@ impl Engine {
                 date_diff: Default::default(),
                 html: Default::default(),
                 madiff: Default::default(),
+                senders: Default::default(),
+                recipients: Default::default(),
             };
             for (i, call) in &self.calls {
                 if call.is_net() && net.is_none() {

@@ -472,6 +472,16 @@ fn ratware_name_id(h: &Headers) -> bool {
     re.is_match(&from)
 }
 
+/// The message's sender addresses as the list rules read them, computed once.
+fn senders<'a>(input: &'a EvalInput<'_>) -> &'a [String] {
+    input.senders.get_or_init(|| from_addrs(input))
+}
+
+/// The message's recipient addresses as the list rules read them, computed once.
+fn recipient_addrs<'a>(input: &'a EvalInput<'_>) -> &'a [String] {
+    input.recipients.get_or_init(|| to_addrs(input.headers))
+}
+
 /// `all_from_addrs`: the first Resent-From's addresses when there is one, else those of
 /// From, Envelope-Sender, Resent-Sender, X-Envelope-From and the envelope sender; runs of dots
 /// squeezed, each once.
@@ -569,18 +579,13 @@ fn uri_host_listed(msg: &Message, list: &HashMap<String, bool>) -> bool {
             continue;
         }
         let u = String::from_utf8_lossy(&u);
-        let Some((_, rest)) = u.split_once("://") else {
+        if !u.contains("://") {
+            continue;
+        }
+        let Some(host) = lists::uri_host(&u) else {
             continue;
         };
-        let auth = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let host = auth.rsplit('@').next().unwrap_or("");
-        let host = if host.starts_with('[') {
-            host.split(']').next().unwrap_or("").trim_start_matches('[')
-        } else {
-            host.split(':').next().unwrap_or("")
-        }
-        .to_ascii_lowercase();
-        if host.is_empty() || !seen.insert(host.clone()) {
+        if !seen.insert(host.clone()) {
             continue;
         }
         let mut keys: Vec<&str> = Vec::new();
@@ -606,6 +611,21 @@ fn uri_host_listed(msg: &Message, list: &HashMap<String, bool>) -> bool {
         }
     }
     false
+}
+
+/// `zone A [subtest]` of the URI list definitions (`urirhssub`, `uridnssub`, ...); TXT lists
+/// are rare and not read here.
+fn zone_a_subtest(arg_text: &str) -> Option<(String, Subtest)> {
+    let mut w = arg_text.split_whitespace();
+    let zone = w.next()?.trim_end_matches('.').to_string();
+    if !w.next()?.eq_ignore_ascii_case("A") {
+        return None;
+    }
+    let subtest = match w.next() {
+        Some(s) => Subtest::parse(s)?,
+        None => Subtest::Any,
+    };
+    Some((zone, subtest))
 }
 
 /// A bound written as a number or `undef` (none); `None` when it is neither.
@@ -686,17 +706,9 @@ impl Call {
                 Call::parse(&def.function, &def.args, net_defs)
             }
             "uridnssub" | "uridnsbl" => {
-                // `zone A [subtest]`; whether the domain's own A records or its name servers'
-                // are meant is the rule's tflags `a` (set by the engine).
-                let mut w = arg_text.split_whitespace();
-                let zone = w.next()?.trim_end_matches('.').to_string();
-                if !w.next()?.eq_ignore_ascii_case("A") {
-                    return None;
-                }
-                let subtest = match w.next() {
-                    Some(s) => Subtest::parse(s)?,
-                    None => Subtest::Any,
-                };
+                // Whether the domain's own A records or its name servers' are meant is the
+                // rule's tflags `a` (set by the engine).
+                let (zone, subtest) = zone_a_subtest(arg_text)?;
                 Some(Call::UriIp {
                     zone,
                     subtest,
@@ -704,16 +716,7 @@ impl Call {
                 })
             }
             "urirhssub" | "urirhsbl" => {
-                // `zone A subtest` / `zone A`; TXT lists are rare and not read here.
-                let mut w = arg_text.split_whitespace();
-                let zone = w.next()?.trim_end_matches('.').to_string();
-                if !w.next()?.eq_ignore_ascii_case("A") {
-                    return None;
-                }
-                let subtest = match w.next() {
-                    Some(s) => Subtest::parse(s)?,
-                    None => Subtest::Any,
-                };
+                let (zone, subtest) = zone_a_subtest(arg_text)?;
                 Some(Call::UriBl { zone, subtest })
             }
             "askdns" => {
@@ -1044,6 +1047,10 @@ pub struct EvalInput<'a> {
     pub html: OnceCell<Vec<(usize, super::sa_html::Tags)>>,
     /// How the text and HTML of multipart/alternative parts differ, computed on first use.
     pub madiff: OnceCell<AltDifference>,
+    /// `all_from_addrs`, computed on first use (several list rules read it).
+    pub senders: OnceCell<Vec<String>>,
+    /// `all_to_addrs`, computed on first use.
+    pub recipients: OnceCell<Vec<String>>,
 }
 
 /// BodyEval's `_multipart_alternative_difference`.
@@ -1212,13 +1219,13 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         }
         Call::FromInList(list) => {
             input.addr_lists.has(list)
-                && from_addrs(input)
+                && senders(input)
                     .iter()
                     .any(|a| input.addr_lists.contains(list, a))
         }
         Call::ToInList(list) => {
             input.addr_lists.has(list)
-                && to_addrs(input.headers)
+                && recipient_addrs(input)
                     .iter()
                     .any(|a| input.addr_lists.contains(list, a))
         }
@@ -1359,7 +1366,7 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         Call::FreemailFrom(pattern) => {
             let fm = input.freemail;
             fm.available()
-                && from_addrs(input)
+                && senders(input)
                     .iter()
                     .map(|a| a.to_lowercase())
                     .any(|e| fm.is_freemail(&e) && pattern.as_ref().is_none_or(|p| p.is_match(&e)))
