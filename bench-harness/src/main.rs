@@ -322,11 +322,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The corpus (`MXGATE_CORPUS`, else `../shared/corpus`) and the scenario's folders in it.
+fn corpus_dirs(sc: &Scenario) -> (PathBuf, Vec<PathBuf>) {
+    let root =
+        PathBuf::from(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()));
+    let dirs = sc.corpus.iter().map(|c| root.join(c)).collect();
+    (root, dirs)
+}
+
 fn relay(dir: &Path, sc: &Scenario, out: &Path) -> anyhow::Result<()> {
     let bin = bin_dir()?;
-    let corpus_root =
-        PathBuf::from(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()));
-    let corpus: Vec<PathBuf> = sc.corpus.iter().map(|c| corpus_root.join(c)).collect();
+    let (_, corpus) = corpus_dirs(sc);
     let load = Load {
         corpus: &corpus,
         seed: sc.seed,
@@ -494,9 +500,7 @@ fn content(
     profile: bool,
 ) -> anyhow::Result<()> {
     let bin = bin_dir()?;
-    let corpus_root =
-        PathBuf::from(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()));
-    let corpus: Vec<PathBuf> = sc.corpus.iter().map(|c| corpus_root.join(c)).collect();
+    let (corpus_root, corpus) = corpus_dirs(sc);
     let load = Load {
         corpus: &corpus,
         seed: sc.seed,
