@@ -86,6 +86,8 @@ pub struct ShardStats {
     pub tls: AtomicU64,
     /// Recipients deferred by greylisting.
     pub greylisted: AtomicU64,
+    /// Greylist triplets held by this shard's partition.
+    pub greylist_triplets: AtomicU64,
     /// Failures talking to the next hop (connect, timeout, lost connection).
     pub relay_errors: AtomicU64,
     /// Replies sent, by code (index = code).
@@ -113,6 +115,7 @@ impl Default for ShardStats {
             bytes: AtomicU64::new(0),
             tls: AtomicU64::new(0),
             greylisted: AtomicU64::new(0),
+            greylist_triplets: AtomicU64::new(0),
             relay_errors: AtomicU64::new(0),
             replies: (0..600).map(|_| AtomicU64::new(0)).collect(),
             latency: Default::default(),
@@ -223,6 +226,11 @@ pub fn render(shards: &[Arc<ShardStats>]) -> String {
         "counter",
         sum(&|s| s.relay_errors.load(Relaxed)),
     );
+    let _ = writeln!(out, "# HELP mxgate_greylist_triplets Greylist triplets held, by the shard that owns them.\n# TYPE mxgate_greylist_triplets gauge");
+    for (i, s) in shards.iter().enumerate() {
+        let n = s.greylist_triplets.load(Relaxed);
+        let _ = writeln!(out, "mxgate_greylist_triplets{{shard=\"{i}\"}} {n}");
+    }
     let _ = writeln!(out, "# HELP mxgate_replies_total Replies sent to clients, by code.\n# TYPE mxgate_replies_total counter");
     for code in 200..600usize {
         let v = sum(&|s| s.replies[code].load(Relaxed));

@@ -234,13 +234,21 @@ impl Shard {
         }
     }
 
+    /// Runs this shard's partition of the greylist, unless it already runs (a reload keeps the
+    /// greylist when its store stays).
+    fn serve_greylist(&self, snap: &Snapshot) {
+        if let Some(owner) = snap.chain.greylist().and_then(|g| g.serve(self.id)) {
+            rt::spawn(owner);
+        }
+    }
+
     fn refresh(&self) {
         let g = self.control.generation.load(Ordering::Acquire);
         if g != self.generation.get() {
             self.generation.set(g);
-            *self.current.borrow_mut() = Rc::new(ShardSnap {
-                snap: self.control.snapshot(),
-            });
+            let snap = self.control.snapshot();
+            self.serve_greylist(&snap);
+            *self.current.borrow_mut() = Rc::new(ShardSnap { snap });
             tracing::info!(shard = self.id, generation = g, "configuration reloaded");
         }
     }
@@ -284,6 +292,7 @@ pub async fn shard_main(
             }
         }
     }
+    shard.serve_greylist(&snap);
     let _ = ready.send(Ok(()));
     let accepting = Rc::new(Cell::new(listeners.len()));
     for l in listeners {
@@ -298,6 +307,10 @@ pub async fn shard_main(
     loop {
         rt::sleep(Duration::from_millis(100)).await;
         shard.refresh();
+        if let Some(g) = shard.current().snap.chain.greylist() {
+            let held = g.held_by(id) as u64;
+            shard.stats.greylist_triplets.store(held, Ordering::Relaxed);
+        }
         match control.state() {
             RunState::Running => continue,
             RunState::Draining => {

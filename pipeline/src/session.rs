@@ -252,7 +252,7 @@ async fn greylisted(
         }
         _ => false,
     };
-    match g.check(client, &env.mail_from, rcpt, spf_pass) {
+    match g.check(client, &env.mail_from, rcpt, spf_pass).await {
         Decision::Defer(secs) => {
             tracing::info!(client = %client, from = %env.mail_from, rcpt, secs, "greylisted");
             Some(Reply::owned(
@@ -261,7 +261,12 @@ async fn greylisted(
                 format!("Greylisted, try again in {secs} seconds"),
             ))
         }
-        _ => None,
+        Decision::Unavailable => Some(Reply::new(
+            451,
+            "4.3.0",
+            "Greylisting unavailable, try again later",
+        )),
+        Decision::Exempt | Decision::Whitelisted | Decision::Known => None,
     }
 }
 

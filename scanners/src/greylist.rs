@@ -9,21 +9,24 @@
 //! postgrey does it: lower-cased, with VERP and SRS-like numbers folded, so each bounce of a
 //! mailing list does not start a triplet of its own.
 //!
-//! State lives in memory, in partitions chosen by the triplet's hash (one per shard, each under
-//! its own lock, so two shards meet only when their triplets share a partition), and is written
-//! to an embedded redb store in batches by a flusher thread once a second and at drop: a restart
-//! forgets at most the last second, which costs a client one more deferral, never a lost
-//! message. Expired records are purged on the same thread.
+//! State lives in memory in partitions, one per shard: a triplet (and a client network) belongs
+//! to the partition its hash picks, and only the shard that owns that partition touches it.
+//! Another shard asks the owner over a channel and awaits the answer, so no record is behind a
+//! lock and two shards never contend. Once a second a writer thread asks every owner for what
+//! changed (owners also drop expired records then) and writes it to an embedded redb store in
+//! one transaction; an owner reports its last changes when its shard stops. A crash forgets at
+//! most the last second or two, which costs a client one more deferral, never a lost message.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
 
 /// (first seen, last seen, passes), seconds since the epoch.
 const TRIPLETS: TableDefinition<&str, (u64, u64, u32)> = TableDefinition::new("triplets");
@@ -181,6 +184,9 @@ pub enum Decision {
     Known,
     /// Deferred: try again after this many seconds.
     Defer(u64),
+    /// The partition's owner is gone (its shard stopped): the caller defers without a
+    /// record.
+    Unavailable,
 }
 
 /// An error opening or writing the store.
@@ -191,6 +197,7 @@ pub struct StoreError {
     message: String,
 }
 
+/// A partition's records, owned by one shard's task.
 #[derive(Default)]
 struct Partition {
     triplets: HashMap<String, (u64, u64, u32)>,
@@ -199,23 +206,190 @@ struct Partition {
     dirty_clients: HashSet<String>,
 }
 
-struct Shared {
-    settings: std::sync::RwLock<Arc<Settings>>,
-    parts: Vec<Mutex<Partition>>,
-    db: Database,
-    path: PathBuf,
-    stop: AtomicBool,
-    wake: (Mutex<bool>, Condvar),
+impl Partition {
+    /// Whether a client network is auto-whitelisted at `now`; a use counts as a pass.
+    fn whitelisted(&mut self, net: &str, now: u64, s: &Settings) -> bool {
+        let listed = self.clients.get(net).is_some_and(|&(last, n)| {
+            n >= s.auto_whitelist && now.saturating_sub(last) <= s.lifetime.as_secs()
+        });
+        if listed {
+            self.passed(net, now);
+        }
+        listed
+    }
+
+    /// Counts a passed triplet for a client network.
+    fn passed(&mut self, net: &str, now: u64) {
+        let e = self.clients.entry(net.to_string()).or_insert((now, 0));
+        e.0 = now;
+        e.1 = e.1.saturating_add(1);
+        self.dirty_clients.insert(net.to_string());
+    }
+
+    /// Decides for a triplet at `now` and records the attempt.
+    fn triplet(&mut self, key: String, now: u64, s: &Settings) -> Decision {
+        let delay = s.delay.as_secs();
+        let window = s.retry_window.as_secs();
+        let lifetime = s.lifetime.as_secs();
+        let (decision, record) = match self.triplets.get(&key).copied() {
+            Some((first, last, passes)) if passes > 0 && now.saturating_sub(last) <= lifetime => {
+                (Decision::Known, (first, now, passes.saturating_add(1)))
+            }
+            Some((first, _, 0)) if now.saturating_sub(first) < delay => {
+                // Too early: the clock keeps running from the first attempt.
+                (
+                    Decision::Defer(delay - now.saturating_sub(first)),
+                    (first, now, 0),
+                )
+            }
+            Some((first, _, 0)) if now.saturating_sub(first) <= window => {
+                (Decision::Known, (first, now, 1))
+            }
+            _ => (Decision::Defer(delay), (now, now, 0)),
+        };
+        self.triplets.insert(key.clone(), record);
+        self.dirty_triplets.insert(key);
+        decision
+    }
+
+    /// Drops expired records (passed triplets and clients after their lifetime, unpassed
+    /// triplets after the retry window) and takes what the store must learn.
+    fn take_changes(&mut self, now: u64, s: &Settings) -> Changes {
+        let lifetime = s.lifetime.as_secs();
+        let window = s.retry_window.as_secs();
+        let mut c = Changes::default();
+        self.triplets.retain(|k, &mut (first, last, passes)| {
+            let keep = if passes > 0 {
+                now.saturating_sub(last) <= lifetime
+            } else {
+                now.saturating_sub(first) <= window
+            };
+            if !keep {
+                c.del_triplets.push(k.clone());
+            }
+            keep
+        });
+        self.clients.retain(|k, &mut (last, _)| {
+            let keep = now.saturating_sub(last) <= lifetime;
+            if !keep {
+                c.del_clients.push(k.clone());
+            }
+            keep
+        });
+        for k in self.dirty_triplets.drain() {
+            if let Some(&v) = self.triplets.get(&k) {
+                c.put_triplets.push((k, v));
+            }
+        }
+        for k in self.dirty_clients.drain() {
+            if let Some(&v) = self.clients.get(&k) {
+                c.put_clients.push((k, v));
+            }
+        }
+        c
+    }
 }
 
-/// The greylist: shared by all shards.
+/// What a partition changed since it last reported: one store transaction's worth.
+#[derive(Default)]
+struct Changes {
+    put_triplets: Vec<(String, (u64, u64, u32))>,
+    del_triplets: Vec<String>,
+    put_clients: Vec<(String, (u64, u32))>,
+    del_clients: Vec<String>,
+}
+
+impl Changes {
+    fn is_empty(&self) -> bool {
+        self.put_triplets.is_empty()
+            && self.del_triplets.is_empty()
+            && self.put_clients.is_empty()
+            && self.del_clients.is_empty()
+    }
+}
+
+/// A request to a partition's owner.
+enum Request {
+    /// Whether the client network is auto-whitelisted (counting the use as a pass).
+    Client {
+        net: String,
+        now: u64,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Decide for a triplet.
+    Triplet {
+        key: String,
+        now: u64,
+        reply: oneshot::Sender<Decision>,
+    },
+    /// A triplet of this client network passed.
+    Passed { net: String, now: u64 },
+    /// Report changes to the store writer.
+    Flush,
+}
+
+type Inbox = mpsc::UnboundedSender<Request>;
+
+/// A partition and what its owner needs: the shard that serves it runs [`Owner::run`].
+struct Owner {
+    rx: mpsc::UnboundedReceiver<Request>,
+    part: Partition,
+    settings: Arc<RwLock<Arc<Settings>>>,
+    changes: std::sync::mpsc::Sender<Changes>,
+    /// Triplets this partition holds, readable by all.
+    held: Arc<AtomicUsize>,
+}
+
+impl Owner {
+    async fn run(mut self) {
+        while let Some(req) = self.rx.recv().await {
+            let s = read(&self.settings);
+            match req {
+                Request::Client { net, now, reply } => {
+                    let _ = reply.send(self.part.whitelisted(&net, now, &s));
+                }
+                Request::Triplet { key, now, reply } => {
+                    let _ = reply.send(self.part.triplet(key, now, &s));
+                }
+                Request::Passed { net, now } => self.part.passed(&net, now),
+                Request::Flush => self.report(now_secs(), &s),
+            }
+            self.held.store(self.part.triplets.len(), Ordering::Relaxed);
+        }
+    }
+
+    fn report(&mut self, now: u64, s: &Settings) {
+        let c = self.part.take_changes(now, s);
+        if !c.is_empty() {
+            let _ = self.changes.send(c);
+        }
+    }
+}
+
+impl Drop for Owner {
+    /// The shard is going away: what changed since the last report goes to the store writer.
+    fn drop(&mut self) {
+        let s = read(&self.settings);
+        self.report(now_secs(), &s);
+    }
+}
+
+/// The greylist. Each partition is owned by one shard, which alone touches its records; other
+/// shards ask the owner over a channel.
 pub struct Greylist {
-    shared: Arc<Shared>,
-    flusher: Option<std::thread::JoinHandle<()>>,
+    settings: Arc<RwLock<Arc<Settings>>>,
+    inboxes: Vec<Inbox>,
+    /// Partitions not served yet; [`Greylist::serve`] takes them.
+    unserved: Vec<Mutex<Option<Owner>>>,
+    /// Triplets held, by partition.
+    held: Vec<Arc<AtomicUsize>>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Greylist {
-    /// Opens (or creates) the store at `path` and loads what it holds.
+    /// Opens (or creates) the store at `path` and loads what it holds. Nothing is decided until
+    /// each partition is served: see [`Greylist::serve`].
     pub fn open(path: &Path, settings: Settings) -> Result<Greylist, StoreError> {
         let err = |e: &dyn std::fmt::Display| StoreError {
             path: path.to_path_buf(),
@@ -226,69 +400,87 @@ impl Greylist {
         }
         let db = Database::create(path).map_err(|e| err(&e))?;
         let n = settings.partitions.max(1);
-        let parts: Vec<Mutex<Partition>> = (0..n).map(|_| Mutex::default()).collect();
+        let mut parts: Vec<Partition> = (0..n).map(|_| Partition::default()).collect();
         {
             let r = db.begin_read().map_err(|e| err(&e))?;
             if let Ok(t) = r.open_table(TRIPLETS) {
                 for e in t.iter().map_err(|e| err(&e))? {
                     let (k, v) = e.map_err(|e| err(&e))?;
                     let key = k.value().to_string();
-                    let p = partition_of(&key, n);
-                    lock(&parts[p]).triplets.insert(key, v.value());
+                    parts[partition_of(&key, n)].triplets.insert(key, v.value());
                 }
             }
             if let Ok(t) = r.open_table(CLIENTS) {
                 for e in t.iter().map_err(|e| err(&e))? {
                     let (k, v) = e.map_err(|e| err(&e))?;
                     let key = k.value().to_string();
-                    let p = partition_of(&key, n);
-                    lock(&parts[p]).clients.insert(key, v.value());
+                    parts[partition_of(&key, n)].clients.insert(key, v.value());
                 }
             }
         }
-        let shared = Arc::new(Shared {
-            settings: std::sync::RwLock::new(Arc::new(settings)),
-            parts,
+        let settings = Arc::new(RwLock::new(Arc::new(settings)));
+        let (changes, changed) = std::sync::mpsc::channel();
+        let mut inboxes = Vec::with_capacity(n);
+        let mut unserved = Vec::with_capacity(n);
+        let mut held = Vec::with_capacity(n);
+        for part in parts {
+            let (tx, rx) = mpsc::unbounded_channel();
+            inboxes.push(tx);
+            held.push(Arc::new(AtomicUsize::new(part.triplets.len())));
+            unserved.push(Mutex::new(Some(Owner {
+                rx,
+                part,
+                settings: Arc::clone(&settings),
+                changes: changes.clone(),
+                held: Arc::clone(&held[held.len() - 1]),
+            })));
+        }
+        drop(changes);
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let writer = StoreWriter {
             db,
             path: path.to_path_buf(),
-            stop: AtomicBool::new(false),
-            wake: (Mutex::new(false), Condvar::new()),
-        });
-        let s = Arc::clone(&shared);
-        let flusher = std::thread::Builder::new()
+            owners: inboxes.iter().map(|i| i.downgrade()).collect(),
+            changed,
+            stop: Arc::clone(&stop),
+        };
+        let writer = std::thread::Builder::new()
             .name("mxgate-greylist".into())
-            .spawn(move || loop {
-                {
-                    let (m, cv) = &s.wake;
-                    let g = m.lock().unwrap_or_else(|p| p.into_inner());
-                    let _ = cv.wait_timeout(g, Duration::from_secs(1));
-                }
-                if let Err(e) = s.flush(now_secs()) {
-                    log::warn!("{e}");
-                }
-                if s.stop.load(Ordering::Acquire) {
-                    break;
-                }
-            })
+            .spawn(move || writer.run())
             .map_err(|e| err(&e))?;
         Ok(Greylist {
-            shared,
-            flusher: Some(flusher),
+            settings,
+            inboxes,
+            unserved,
+            held,
+            stop,
+            writer: Some(writer),
         })
+    }
+
+    /// Partition `i`'s owner, to run on the shard that serves it (once; `None` afterwards or
+    /// when there is no such partition). It ends when the greylist is dropped.
+    pub fn serve(
+        &self,
+        i: usize,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let owner = lock(self.unserved.get(i)?).take()?;
+        Some(owner.run())
+    }
+
+    /// How many partitions there are (one per shard).
+    pub fn partitions(&self) -> usize {
+        self.inboxes.len()
     }
 
     /// The settings in use.
     pub fn settings(&self) -> Arc<Settings> {
-        self.shared.settings()
+        read(&self.settings)
     }
 
     /// Replaces the settings (a configuration reload); the partition count stays.
     pub fn update(&self, settings: Settings) {
-        *self
-            .shared
-            .settings
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
     }
 
     /// Whether a sender's domain is one whose mail is exempt when SPF passes (so the caller
@@ -300,12 +492,19 @@ impl Greylist {
     }
 
     /// Decides for one recipient; `spf_pass` says whether SPF passed for the sender.
-    pub fn check(&self, client: IpAddr, sender: &str, rcpt: &str, spf_pass: bool) -> Decision {
+    pub async fn check(
+        &self,
+        client: IpAddr,
+        sender: &str,
+        rcpt: &str,
+        spf_pass: bool,
+    ) -> Decision {
         self.check_at(client, sender, rcpt, spf_pass, now_secs())
+            .await
     }
 
     /// [`Greylist::check`] at a given time (seconds since the epoch).
-    pub fn check_at(
+    pub async fn check_at(
         &self,
         client: IpAddr,
         sender: &str,
@@ -340,73 +539,49 @@ impl Greylist {
             v4 => v4,
         };
         let net = net.to_string();
-        let lifetime = s.lifetime.as_secs();
-        if s.auto_whitelist > 0 {
-            let p = partition_of(&net, self.shared.parts.len());
-            let part = lock(&self.shared.parts[p]);
-            if let Some(&(last, n)) = part.clients.get(&net) {
-                if n >= s.auto_whitelist && now.saturating_sub(last) <= lifetime {
-                    drop(part);
-                    self.client_passed(&net, now);
-                    return Decision::Whitelisted;
-                }
+        let awl = s.auto_whitelist > 0;
+        if awl {
+            let (reply, answer) = oneshot::channel();
+            let asked = self.owner_of(&net).send(Request::Client {
+                net: net.clone(),
+                now,
+                reply,
+            });
+            // (A refused request still holds the reply's sender: no waiting for it.)
+            if asked.is_err() {
+                return Decision::Unavailable;
+            }
+            match answer.await {
+                Ok(true) => return Decision::Whitelisted,
+                Ok(false) => {}
+                Err(_) => return Decision::Unavailable,
             }
         }
         let key = format!("{net}|{}|{rcpt_l}", normalize_sender(sender));
-        let p = partition_of(&key, self.shared.parts.len());
-        let mut part = lock(&self.shared.parts[p]);
-        let delay = s.delay.as_secs();
-        let window = s.retry_window.as_secs();
-        let entry = part.triplets.get(&key).copied();
-        let (decision, record) = match entry {
-            Some((first, last, passes)) if passes > 0 && now.saturating_sub(last) <= lifetime => {
-                (Decision::Known, (first, now, passes.saturating_add(1)))
-            }
-            Some((first, _, 0)) if now.saturating_sub(first) < delay => {
-                // Too early: the clock keeps running from the first attempt.
-                (
-                    Decision::Defer(delay - now.saturating_sub(first)),
-                    (first, now, 0),
-                )
-            }
-            Some((first, _, 0)) if now.saturating_sub(first) <= window => {
-                (Decision::Known, (first, now, 1))
-            }
-            _ => (Decision::Defer(delay), (now, now, 0)),
+        let (reply, answer) = oneshot::channel();
+        let owner = self.owner_of(&key);
+        let decision = match owner.send(Request::Triplet { key, now, reply }) {
+            Ok(()) => answer.await.unwrap_or(Decision::Unavailable),
+            Err(_) => Decision::Unavailable,
         };
-        part.triplets.insert(key.clone(), record);
-        part.dirty_triplets.insert(key);
-        drop(part);
-        if decision == Decision::Known {
-            self.client_passed(&net, now);
+        if awl && decision == Decision::Known {
+            let _ = self.owner_of(&net).send(Request::Passed { net, now });
         }
         decision
     }
 
-    fn client_passed(&self, net: &str, now: u64) {
-        if self.settings().auto_whitelist == 0 {
-            return;
-        }
-        let p = partition_of(net, self.shared.parts.len());
-        let mut part = lock(&self.shared.parts[p]);
-        let e = part.clients.entry(net.to_string()).or_insert((now, 0));
-        e.0 = now;
-        e.1 = e.1.saturating_add(1);
-        part.dirty_clients.insert(net.to_string());
-    }
-
-    /// Writes what changed to the store now (it is also written once a second).
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.shared.flush(now_secs())
+    fn owner_of(&self, key: &str) -> &Inbox {
+        &self.inboxes[partition_of(key, self.inboxes.len())]
     }
 
     /// Triplets held (for tests and stats).
     pub fn len(&self) -> usize {
-        self.shared
-            .parts
-            .iter()
-            .map(|p| lock(p).triplets.len())
-            .sum()
+        self.held.iter().map(|h| h.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Triplets partition `i` holds.
+    pub fn held_by(&self, i: usize) -> usize {
+        self.held.get(i).map_or(0, |h| h.load(Ordering::Relaxed))
     }
 
     /// Whether no triplet is held.
@@ -416,84 +591,89 @@ impl Greylist {
 }
 
 impl Drop for Greylist {
+    /// Closes the owners' inboxes (each owner then reports its last changes and ends) and
+    /// waits for the writer to store them.
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
-        self.shared.wake.1.notify_all();
-        if let Some(h) = self.flusher.take() {
+        self.inboxes.clear();
+        self.unserved.clear();
+        *lock(&self.stop.0) = true;
+        self.stop.1.notify_all();
+        if let Some(h) = self.writer.take() {
             let _ = h.join();
         }
     }
 }
 
-impl Shared {
-    fn settings(&self) -> Arc<Settings> {
-        Arc::clone(&self.settings.read().unwrap_or_else(|p| p.into_inner()))
+/// The thread that writes the partitions' changes to the store: once a second it asks every
+/// owner to report, and writes what they reported in one transaction.
+struct StoreWriter {
+    db: Database,
+    path: PathBuf,
+    owners: Vec<mpsc::WeakUnboundedSender<Request>>,
+    changed: std::sync::mpsc::Receiver<Changes>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl StoreWriter {
+    fn run(self) {
+        loop {
+            let stopping = {
+                let (m, cv) = &*self.stop;
+                let g = lock(m);
+                let (g, _) = cv
+                    .wait_timeout_while(g, Duration::from_secs(1), |stop| !*stop)
+                    .unwrap_or_else(|p| p.into_inner());
+                *g
+            };
+            let mut batch = Vec::new();
+            if stopping {
+                // Until every owner has reported for the last time (bounded, should a shard
+                // hang).
+                while let Ok(c) = self.changed.recv_timeout(Duration::from_secs(5)) {
+                    batch.push(c);
+                }
+            } else {
+                batch.extend(self.changed.try_iter());
+                for o in &self.owners {
+                    if let Some(o) = o.upgrade() {
+                        let _ = o.send(Request::Flush);
+                    }
+                }
+            }
+            if let Err(e) = self.write(&batch) {
+                log::warn!("{e}");
+            }
+            if stopping {
+                return;
+            }
+        }
     }
 
-    /// Writes dirty records and drops expired ones, in one transaction.
-    fn flush(&self, now: u64) -> Result<(), StoreError> {
+    fn write(&self, batch: &[Changes]) -> Result<(), StoreError> {
+        if batch.iter().all(Changes::is_empty) {
+            return Ok(());
+        }
         let err = |e: &dyn std::fmt::Display| StoreError {
             path: self.path.clone(),
             message: e.to_string(),
         };
-        let s = self.settings();
-        let lifetime = s.lifetime.as_secs();
-        let window = s.retry_window.as_secs();
-        let mut put_t = Vec::new();
-        let mut del_t = Vec::new();
-        let mut put_c = Vec::new();
-        let mut del_c = Vec::new();
-        for p in &self.parts {
-            let mut part = lock(p);
-            let part = &mut *part;
-            // Expire: passed triplets after their lifetime, unpassed ones after the window.
-            part.triplets.retain(|k, &mut (first, last, passes)| {
-                let keep = if passes > 0 {
-                    now.saturating_sub(last) <= lifetime
-                } else {
-                    now.saturating_sub(first) <= window
-                };
-                if !keep {
-                    del_t.push(k.clone());
-                }
-                keep
-            });
-            part.clients.retain(|k, &mut (last, _)| {
-                let keep = now.saturating_sub(last) <= lifetime;
-                if !keep {
-                    del_c.push(k.clone());
-                }
-                keep
-            });
-            for k in part.dirty_triplets.drain() {
-                if let Some(&v) = part.triplets.get(&k) {
-                    put_t.push((k, v));
-                }
-            }
-            for k in part.dirty_clients.drain() {
-                if let Some(&v) = part.clients.get(&k) {
-                    put_c.push((k, v));
-                }
-            }
-        }
-        if put_t.is_empty() && del_t.is_empty() && put_c.is_empty() && del_c.is_empty() {
-            return Ok(());
-        }
         let w = self.db.begin_write().map_err(|e| err(&e))?;
         {
             let mut t = w.open_table(TRIPLETS).map_err(|e| err(&e))?;
-            for (k, v) in &put_t {
-                t.insert(k.as_str(), v).map_err(|e| err(&e))?;
-            }
-            for k in &del_t {
-                t.remove(k.as_str()).map_err(|e| err(&e))?;
-            }
             let mut c = w.open_table(CLIENTS).map_err(|e| err(&e))?;
-            for (k, v) in &put_c {
-                c.insert(k.as_str(), v).map_err(|e| err(&e))?;
-            }
-            for k in &del_c {
-                c.remove(k.as_str()).map_err(|e| err(&e))?;
+            for ch in batch {
+                for (k, v) in &ch.put_triplets {
+                    t.insert(k.as_str(), v).map_err(|e| err(&e))?;
+                }
+                for k in &ch.del_triplets {
+                    t.remove(k.as_str()).map_err(|e| err(&e))?;
+                }
+                for (k, v) in &ch.put_clients {
+                    c.insert(k.as_str(), v).map_err(|e| err(&e))?;
+                }
+                for k in &ch.del_clients {
+                    c.remove(k.as_str()).map_err(|e| err(&e))?;
+                }
             }
         }
         w.commit().map_err(|e| err(&e))
@@ -510,12 +690,39 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn read(s: &RwLock<Arc<Settings>>) -> Arc<Settings> {
+    Arc::clone(&s.read().unwrap_or_else(|p| p.into_inner()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A greylist of three partitions, each served by a thread of its own (as shards would).
     fn open(dir: &Path, s: Settings) -> Greylist {
-        Greylist::open(&dir.join("greylist.redb"), s).unwrap()
+        let g =
+            Greylist::open(&dir.join("greylist.redb"), Settings { partitions: 3, ..s }).unwrap();
+        for i in 0..g.partitions() {
+            let owner = g.serve(i).unwrap();
+            std::thread::spawn(move || block_on(owner));
+        }
+        assert!(g.serve(0).is_none(), "a partition is served once");
+        g
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn check(g: &Greylist, ip: IpAddr, from: &str, rcpt: &str, spf: bool) -> Decision {
+        block_on(g.check(ip, from, rcpt, spf))
+    }
+
+    fn check_at(g: &Greylist, ip: IpAddr, from: &str, rcpt: &str, spf: bool, t: u64) -> Decision {
+        block_on(g.check_at(ip, from, rcpt, spf, t))
     }
 
     fn tmp(name: &str) -> PathBuf {
@@ -531,26 +738,26 @@ mod tests {
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
         let t0 = 1_000_000;
         assert_eq!(
-            g.check_at(ip, "a@s.example", "r@x.example", false, t0),
+            check_at(&g, ip, "a@s.example", "r@x.example", false, t0),
             Decision::Defer(300)
         );
         assert_eq!(
-            g.check_at(ip, "a@s.example", "r@x.example", false, t0 + 60),
+            check_at(&g, ip, "a@s.example", "r@x.example", false, t0 + 60),
             Decision::Defer(240)
         );
         // Another address of the same /24 is the same client.
         let ip2: IpAddr = "198.51.100.200".parse().unwrap();
         assert_eq!(
-            g.check_at(ip2, "a@s.example", "r@x.example", false, t0 + 301),
+            check_at(&g, ip2, "a@s.example", "r@x.example", false, t0 + 301),
             Decision::Known
         );
         assert_eq!(
-            g.check_at(ip, "a@s.example", "r@x.example", false, t0 + 86_400),
+            check_at(&g, ip, "a@s.example", "r@x.example", false, t0 + 86_400),
             Decision::Known
         );
         // Another recipient is another triplet.
         assert!(matches!(
-            g.check_at(ip, "a@s.example", "other@x.example", false, t0 + 301),
+            check_at(&g, ip, "a@s.example", "other@x.example", false, t0 + 301),
             Decision::Defer(_)
         ));
         let _ = std::fs::remove_dir_all(&d);
@@ -563,11 +770,11 @@ mod tests {
         let ip: IpAddr = "203.0.113.9".parse().unwrap();
         let t0 = 5_000_000;
         assert!(matches!(
-            g.check_at(ip, "a@b.c", "r@d.e", false, t0),
+            check_at(&g, ip, "a@b.c", "r@d.e", false, t0),
             Decision::Defer(_)
         ));
         assert_eq!(
-            g.check_at(ip, "a@b.c", "r@d.e", false, t0 + 5 * 3600),
+            check_at(&g, ip, "a@b.c", "r@d.e", false, t0 + 5 * 3600),
             Decision::Defer(300)
         );
         let _ = std::fs::remove_dir_all(&d);
@@ -586,28 +793,34 @@ mod tests {
         let g = open(&d, s);
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
         assert_eq!(
-            g.check("10.9.8.7".parse().unwrap(), "a@b.c", "r@x.example", false),
+            check(
+                &g,
+                "10.9.8.7".parse().unwrap(),
+                "a@b.c",
+                "r@x.example",
+                false
+            ),
             Decision::Exempt
         );
         assert_eq!(
-            g.check(ip, "a@mail.trusted.example", "r@x.example", false),
+            check(&g, ip, "a@mail.trusted.example", "r@x.example", false),
             Decision::Exempt
         );
         assert_eq!(
-            g.check(ip, "a@b.c", "Postmaster@X.example", false),
+            check(&g, ip, "a@b.c", "Postmaster@X.example", false),
             Decision::Exempt
         );
         assert_eq!(
-            g.check(ip, "a@b.c", "any@open.example", false),
+            check(&g, ip, "a@b.c", "any@open.example", false),
             Decision::Exempt
         );
         assert!(g.wants_spf("alerts@bank.example"));
         assert_eq!(
-            g.check(ip, "alerts@bank.example", "r@x.example", true),
+            check(&g, ip, "alerts@bank.example", "r@x.example", true),
             Decision::Exempt
         );
         assert!(matches!(
-            g.check(ip, "alerts@bank.example", "r@x.example", false),
+            check(&g, ip, "alerts@bank.example", "r@x.example", false),
             Decision::Defer(_)
         ));
         let _ = std::fs::remove_dir_all(&d);
@@ -627,18 +840,18 @@ mod tests {
         let t0 = 9_000_000;
         for r in ["a@x.example", "b@x.example"] {
             assert!(matches!(
-                g.check_at(ip, "l@list.example", r, false, t0),
+                check_at(&g, ip, "l@list.example", r, false, t0),
                 Decision::Defer(_)
             ));
             assert_eq!(
-                g.check_at(ip, "l@list.example", r, false, t0 + 400),
+                check_at(&g, ip, "l@list.example", r, false, t0 + 400),
                 Decision::Known
             );
         }
         // Same /64, new recipient: no deferral.
         let ip2: IpAddr = "2001:db8:1:2::99".parse().unwrap();
         assert_eq!(
-            g.check_at(ip2, "l@list.example", "c@x.example", false, t0 + 500),
+            check_at(&g, ip2, "l@list.example", "c@x.example", false, t0 + 500),
             Decision::Whitelisted
         );
         let _ = std::fs::remove_dir_all(&d);
@@ -652,16 +865,30 @@ mod tests {
         {
             let g = open(&d, Settings::default());
             assert!(matches!(
-                g.check_at(ip, "a@b.c", "r@d.e", false, now - 400),
+                check_at(&g, ip, "a@b.c", "r@d.e", false, now - 400),
                 Decision::Defer(_)
             ));
         }
         let g = open(&d, Settings::default());
         assert_eq!(g.len(), 1);
         assert_eq!(
-            g.check_at(ip, "a@b.c", "r@d.e", false, now),
+            check_at(&g, ip, "a@b.c", "r@d.e", false, now),
             Decision::Known
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_partition_without_its_owner_answers_unavailable() {
+        let d = tmp("gone");
+        let g = Greylist::open(&d.join("greylist.redb"), Settings::default()).unwrap();
+        drop(g.serve(0));
+        let ip: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(
+            check(&g, ip, "a@b.c", "r@d.e", false),
+            Decision::Unavailable
+        );
+        drop(g);
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -90,6 +90,53 @@ class Greylisting(unittest.TestCase):
             mx.stop()
         self.sink.wait_messages(2)
 
+    def test_triplets_owned_by_the_shards_their_hash_picks(self):
+        """Two shards: the triplets of one session are spread over both shards' partitions
+        (each served by its owner), every retry after the delay passes whichever shard the
+        session landed on, and a restart loads each partition back."""
+        rcpts = [f"user{i}@e2e.test" for i in range(12)]
+
+        def attempt(mx):
+            c = smtplib.SMTP("127.0.0.1", mx.port, timeout=30)
+            try:
+                c.ehlo("client.e2e.test")
+                c.mail("list@e2e.test")
+                codes = [c.rcpt(r) for r in rcpts]
+                c.rset()
+                c.quit()
+            except smtplib.SMTPException:
+                c.close()
+                raise
+            return codes
+
+        def held(mx):
+            time.sleep(0.4)  # the gauge follows the partition every 100 ms
+            m = mx.metrics()
+            return [m.get(f'mxgate_greylist_triplets{{shard="{i}"}}', -1) for i in range(2)]
+
+        mx = Mxgate(WORK, self.sink.port, stages="hops", toml=self.toml, server="shards = 2\n")
+        try:
+            codes = attempt(mx)
+            self.assertEqual([c for c, _ in codes], [451] * 12, codes)
+            self.assertTrue(all(b"4.7.1" in t for _, t in codes), codes)
+            by_shard = held(mx)
+            self.assertEqual(sum(by_shard), 12, by_shard)
+            self.assertTrue(all(n > 0 for n in by_shard), by_shard)
+            time.sleep(2.2)
+            # Several connections, so sessions land on both shards and ask the other's owner.
+            for _ in range(4):
+                codes = attempt(mx)
+                self.assertEqual([c for c, _ in codes], [250] * 12, codes)
+        finally:
+            mx.stop()
+        mx = Mxgate(WORK, self.sink.port, stages="hops", toml=self.toml, server="shards = 2\n")
+        try:
+            self.assertEqual(held(mx), by_shard)
+            codes = attempt(mx)
+            self.assertEqual([c for c, _ in codes], [250] * 12, codes)
+        finally:
+            mx.stop()
+
     def test_exempt_recipient_and_network_pass_at_once(self):
         for exemption, rcpt in [('exempt_recipients = ["postmaster@e2e.test"]', "postmaster@e2e.test"),
                                 ('exempt_networks = ["127.0.0.0/8"]', "someone@e2e.test")]:
