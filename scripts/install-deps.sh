@@ -2,7 +2,7 @@
 # Installs the Debian packages mxgate needs to build, run and test, when they are missing.
 # Used by `make run` and `make test`; safe to run again.
 set -eu
-PKGS="build-essential pkg-config openssl ca-certificates python3 procps iproute2 time \
+PKGS="build-essential pkg-config libcrypt-dev openssl ca-certificates python3 procps iproute2 time \
       postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libhyperscan-dev spamassassin \
       libclamav-dev clamav clamav-daemon tesseract-ocr tesseract-ocr-eng libtesseract-dev \
       libleptonica-dev clang libclang-dev imagemagick fonts-dejavu-core fonts-dejavu-extra \

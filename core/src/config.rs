@@ -104,6 +104,12 @@ pub struct Smtp {
     pub data_timeout_secs: u64,
     /// Bare LF line endings in DATA: `reject` (550 5.5.2 after end of data) or `accept`.
     pub bare_lf: BareLf,
+    /// SMTP AUTH users: a passwd-file of `user:crypt-hash` lines; empty offers no AUTH.
+    pub auth_users_file: String,
+    /// Whether AUTH is offered only after STARTTLS (passwords never cross in clear).
+    pub auth_needs_tls: bool,
+    /// Seconds a failed AUTH waits before its `535` (slows password guessing).
+    pub auth_failure_delay_secs: u64,
 }
 
 impl Default for Smtp {
@@ -117,6 +123,9 @@ impl Default for Smtp {
             command_timeout_secs: 300,
             data_timeout_secs: 180,
             bare_lf: BareLf::Reject,
+            auth_users_file: String::new(),
+            auth_needs_tls: true,
+            auth_failure_delay_secs: 1,
         }
     }
 }

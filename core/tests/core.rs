@@ -13,6 +13,8 @@ struct Outcome {
     messages: Vec<Vec<u8>>,
     closed: bool,
     starttls: bool,
+    /// The authenticated user of each message's envelope.
+    auth: Vec<Option<String>>,
 }
 
 impl Outcome {
@@ -70,8 +72,18 @@ fn drive(limits: &Limits, input: &[u8], step: usize) -> Outcome {
                 };
                 out.replies.push(first_line(&r));
             }
+            Event::Auth => {
+                let c = s.pending_auth().unwrap();
+                let r = if c.user == "alice" && c.password == "secret" {
+                    s.resolve_auth(mxgate_core::smtp::session::AUTH_OK)
+                } else {
+                    s.resolve_auth(mxgate_core::smtp::session::AUTH_FAILED)
+                };
+                out.replies.push(first_line(&r));
+            }
             Event::Message(m) => {
                 assert!(!m.envelope.rcpts.is_empty());
+                out.auth.push(m.envelope.auth.clone());
                 out.messages.push(m.body.to_vec());
                 out.replies.push("250 2.0.0".into());
             }
@@ -641,4 +653,120 @@ mod mime_cases {
         assert_eq!(msg.parts.len(), 1);
         assert!(msg.header_text("x-long").unwrap().len() > 50_000);
     }
+}
+
+fn auth_limits(needs_tls: bool) -> Limits {
+    Limits {
+        auth: true,
+        auth_needs_tls: needs_tls,
+        starttls: true,
+        ..limits()
+    }
+}
+
+const MSG: &[u8] = b"MAIL FROM:<a@b.test>\r\nRCPT TO:<r@d.test>\r\nDATA\r\nhi\r\n.\r\n";
+
+#[test]
+fn auth_plain_with_initial_response_marks_the_envelope() {
+    let l = auth_limits(false);
+    let o = run(
+        &l,
+        &[b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n", MSG].concat(),
+    );
+    assert_eq!(o.codes(), ["250", "235", "250", "250", "354", "250"]);
+    assert_eq!(o.replies[1], "235 2.7.0");
+    assert_eq!(o.auth, [Some("alice".to_string())]);
+    // With an authorization identity, and a second AUTH refused.
+    let o = run(
+        &l,
+        b"EHLO c\r\nAUTH PLAIN YWRtaW4AYWxpY2UAc2VjcmV0\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
+    );
+    assert_eq!(o.replies[1..], ["235 2.7.0", "503 5.5.1"]);
+}
+
+#[test]
+fn auth_plain_and_login_by_challenge() {
+    let l = auth_limits(false);
+    let o = run(&l, b"EHLO c\r\nAUTH PLAIN\r\nAGFsaWNlAHNlY3JldA==\r\n");
+    assert_eq!(o.codes(), ["250", "334", "235"]);
+    let o = run(
+        &l,
+        &[b"EHLO c\r\nAUTH LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\n", MSG].concat(),
+    );
+    assert_eq!(
+        o.codes(),
+        ["250", "334", "334", "235", "250", "250", "354", "250"]
+    );
+    assert_eq!(o.auth, [Some("alice".to_string())]);
+    // LOGIN with the user name as initial response.
+    let o = run(&l, b"EHLO c\r\nauth login YWxpY2U=\r\nc2VjcmV0\r\n");
+    assert_eq!(o.codes(), ["250", "334", "235"]);
+}
+
+#[test]
+fn auth_failures() {
+    let l = auth_limits(false);
+    let cases: &[(&[u8], &str)] = &[
+        (b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHdyb25n\r\n", "535 5.7.8"),
+        (b"EHLO c\r\nAUTH PLAIN\r\n*\r\n", "501 5.7.0"),
+        (b"EHLO c\r\nAUTH PLAIN not!base64\r\n", "501 5.5.2"),
+        (b"EHLO c\r\nAUTH PLAIN YWxpY2U=\r\n", "501 5.5.2"), // no NULs
+        (b"EHLO c\r\nAUTH CRAM-MD5\r\n", "504 5.5.4"),
+        (b"EHLO c\r\nAUTH\r\n", "501 5.5.4"),
+        (
+            b"HELO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
+            "503 5.5.1",
+        ),
+        (
+            b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
+            "503 5.5.1",
+        ),
+    ];
+    for (input, want) in cases {
+        let o = run(&l, input);
+        assert_eq!(o.last(), *want, "{}", String::from_utf8_lossy(input));
+    }
+    // A failed AUTH leaves the session unauthenticated, and the mail flows as anyone's.
+    let o = run(
+        &l,
+        &[b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHdyb25n\r\n", MSG].concat(),
+    );
+    assert_eq!(o.auth, [None]);
+    // Not offered at all.
+    let o = run(&limits(), b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    assert_eq!(o.last(), "503 5.5.1");
+}
+
+#[test]
+fn auth_waits_for_tls_when_asked_to() {
+    let l = auth_limits(true);
+    let ehlo = |l: &Limits, tls: bool| {
+        let mut s = Session::new(l);
+        if tls {
+            s.tls_started();
+        }
+        let mut buf = BytesMut::from(&b"EHLO client.test\r\n"[..]);
+        let Event::Reply(r) = s.next(&mut buf) else {
+            panic!()
+        };
+        r.to_wire()
+    };
+    assert!(!ehlo(&l, false).contains("AUTH"));
+    assert!(ehlo(&l, true).contains("250-AUTH PLAIN LOGIN\r\n"));
+    assert!(ehlo(&auth_limits(false), false).contains("AUTH PLAIN LOGIN"));
+    let o = run(&l, b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    assert_eq!(o.last(), "538 5.7.11");
+    // After STARTTLS the exchange works.
+    let o = drive(&l, b"EHLO c\r\nSTARTTLS\r\n", 0);
+    assert!(o.starttls);
+    let mut s = Session::new(&l);
+    s.tls_started();
+    let mut buf = BytesMut::from(&b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n"[..]);
+    assert!(matches!(s.next(&mut buf), Event::Reply(_)));
+    assert!(matches!(s.next(&mut buf), Event::Auth));
+    s.resolve_auth(mxgate_core::smtp::session::AUTH_OK);
+    assert_eq!(s.authenticated(), Some("alice"));
+    // A new TLS session forgets it.
+    s.tls_started();
+    assert_eq!(s.authenticated(), None);
 }

@@ -296,6 +296,11 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 s.write_all(&w).await?;
                 return Ok(End::StartTls(s));
             }
+            Event::Auth => {
+                // AUTH is not offered by the sink; refuse should it come.
+                let r = session.resolve_auth(mxgate_core::smtp::session::AUTH_FAILED);
+                reply(&mut w, &r);
+            }
             Event::Mail => {
                 let r = session.accept();
                 reply(&mut w, &r);

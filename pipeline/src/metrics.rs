@@ -86,6 +86,10 @@ pub struct ShardStats {
     pub tls: AtomicU64,
     /// Recipients deferred by greylisting.
     pub greylisted: AtomicU64,
+    /// SMTP AUTH attempts that succeeded.
+    pub auth_ok: AtomicU64,
+    /// SMTP AUTH attempts that failed (wrong credentials, or not checkable now).
+    pub auth_failed: AtomicU64,
     /// Greylist triplets held by this shard's partition.
     pub greylist_triplets: AtomicU64,
     /// Failures talking to the next hop (connect, timeout, lost connection).
@@ -116,6 +120,8 @@ impl Default for ShardStats {
             tls: AtomicU64::new(0),
             greylisted: AtomicU64::new(0),
             greylist_triplets: AtomicU64::new(0),
+            auth_ok: AtomicU64::new(0),
+            auth_failed: AtomicU64::new(0),
             relay_errors: AtomicU64::new(0),
             replies: (0..600).map(|_| AtomicU64::new(0)).collect(),
             latency: Default::default(),
@@ -219,6 +225,18 @@ pub fn render(shards: &[Arc<ShardStats>]) -> String {
         "Recipients deferred by greylisting (451 4.7.1).",
         "counter",
         sum(&|s| s.greylisted.load(Relaxed)),
+    );
+    counter(
+        "mxgate_auth_succeeded_total",
+        "SMTP AUTH logins that succeeded.",
+        "counter",
+        sum(&|s| s.auth_ok.load(Relaxed)),
+    );
+    counter(
+        "mxgate_auth_failed_total",
+        "SMTP AUTH logins refused (535) or not checkable (454).",
+        "counter",
+        sum(&|s| s.auth_failed.load(Relaxed)),
     );
     counter(
         "mxgate_relay_errors_total",

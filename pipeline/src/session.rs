@@ -140,6 +140,16 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
                     }
                 }
             }
+            Event::Auth => {
+                let reply = login(&snap.snap, &session, peer.ip()).await;
+                if reply.is_positive() {
+                    shard.stats.auth_ok.fetch_add(1, Relaxed);
+                } else {
+                    shard.stats.auth_failed.fetch_add(1, Relaxed);
+                }
+                let r = session.resolve_auth(reply);
+                io.reply(&r);
+            }
             Event::Mail => {
                 deferred = false;
                 if let Some(open) = tx.take() {
@@ -154,10 +164,11 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
                 let first = session.envelope().is_some_and(|e| e.rcpts.is_empty());
                 let grey = match snap.snap.chain.greylist() {
                     Some(g) if !deferred => match session.envelope() {
-                        Some(env) => {
+                        // Clients that logged in are not greylisted.
+                        Some(env) if env.auth.is_none() => {
                             greylisted(g, snap.snap.chain.net(), peer.ip(), env, &rcpt).await
                         }
-                        None => None,
+                        _ => None,
                     },
                     _ => None,
                 };
@@ -228,6 +239,37 @@ enum Downstream {
     Deferred,
     /// The next hop went away after accepting recipients.
     Lost,
+}
+
+/// Checks the credentials of an AUTH off the shard; the reply to give.
+async fn login(
+    snap: &crate::settings::Snapshot,
+    session: &Session<SnapLimits>,
+    client: std::net::IpAddr,
+) -> Reply {
+    use mxgate_core::smtp::session::{AUTH_FAILED, AUTH_OK, AUTH_TEMPFAIL};
+    let (Some(v), Some(c)) = (snap.sasl.as_ref(), session.pending_auth()) else {
+        return AUTH_TEMPFAIL;
+    };
+    // No acting as somebody else: an authorization identity must be the user's own.
+    let proxy = !c.authzid.is_empty() && c.authzid != c.user;
+    let checked = match v.check(&c.user, &c.password) {
+        Some(ticket) => ticket.await.ok(),
+        None => None,
+    };
+    match checked {
+        Some(true) if !proxy => {
+            tracing::info!(client = %client, user = %c.user, "authenticated");
+            AUTH_OK
+        }
+        Some(_) => {
+            tracing::warn!(client = %client, user = %c.user, "authentication failed");
+            let delay = snap.config.smtp.auth_failure_delay_secs;
+            crate::rt::sleep(std::time::Duration::from_secs(delay)).await;
+            AUTH_FAILED
+        }
+        None => AUTH_TEMPFAIL,
+    }
 }
 
 /// Greylisting's answer for a recipient: `Some(451 4.7.1)` when deferred.
@@ -426,13 +468,18 @@ pub fn received_header(
     id: &str,
     tls: bool,
 ) -> String {
-    let proto = match (env.smtputf8, env.esmtp, tls) {
-        (true, _, true) => "UTF8SMTPS",
-        (true, _, false) => "UTF8SMTP",
-        (false, true, true) => "ESMTPS",
-        (false, true, false) => "ESMTP",
-        (false, false, true) => "SMTPS",
-        (false, false, false) => "SMTP",
+    // RFC 3848: S for TLS, A for an authenticated session (only ESMTP can authenticate).
+    let proto = match (env.smtputf8, env.esmtp, tls, env.auth.is_some()) {
+        (true, _, true, true) => "UTF8SMTPSA",
+        (true, _, false, true) => "UTF8SMTPA",
+        (true, _, true, false) => "UTF8SMTPS",
+        (true, _, false, false) => "UTF8SMTP",
+        (false, true, true, true) => "ESMTPSA",
+        (false, true, false, true) => "ESMTPA",
+        (false, true, true, false) => "ESMTPS",
+        (false, true, false, false) => "ESMTP",
+        (false, false, true, _) => "SMTPS",
+        (false, false, false, _) => "SMTP",
     };
     let helo: String = env.helo.chars().filter(|c| !c.is_control()).collect();
     let mut h = format!(
@@ -555,5 +602,13 @@ mod tests {
         let h = received_header("mx.test", &c, &env, "ABC", true);
         assert!(h.starts_with("Received: from client.example ([192.0.2.7])\r\n\tby mx.test (mxgate) with ESMTPS id ABC\r\n\tfor <r@x.test>; "));
         assert!(h.ends_with(" +0000\r\n"));
+        let authed = Envelope {
+            auth: Some("alice".into()),
+            ..env.clone()
+        };
+        for (tls, proto) in [(true, "ESMTPSA"), (false, "ESMTPA")] {
+            let h = received_header("mx.test", &c, &authed, "ABC", tls);
+            assert!(h.contains(&format!(" with {proto} id ABC")), "{h}");
+        }
     }
 }

@@ -155,6 +155,8 @@ pub struct Snapshot {
     pub limits: Limits,
     /// STARTTLS server configuration, when a certificate is configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// SMTP AUTH password checks, when a users file is configured.
+    pub sasl: Option<crate::sasl::Verifier>,
     /// The next hop.
     pub next_hop: SocketAddr,
     /// The stage chain.
@@ -191,6 +193,17 @@ impl Snapshot {
             )?)
         };
         let s = &config.smtp;
+        let sasl = if s.auth_users_file.is_empty() {
+            None
+        } else {
+            let v = crate::sasl::Verifier::new(std::path::Path::new(&s.auth_users_file))?;
+            if s.auth_needs_tls && tls.is_none() {
+                tracing::warn!(
+                    "smtp.auth_users_file is set but AUTH needs TLS and [tls] has no certificate: AUTH is not offered"
+                );
+            }
+            Some(v)
+        };
         let limits = Limits {
             hostname: hostname.clone(),
             max_line_length: s.max_line_length,
@@ -200,6 +213,8 @@ impl Snapshot {
             max_errors: s.max_errors,
             bare_lf: s.bare_lf,
             starttls: tls.is_some(),
+            auth: sasl.is_some() && (tls.is_some() || !s.auth_needs_tls),
+            auth_needs_tls: s.auth_needs_tls,
             command_timeout: Duration::from_secs(s.command_timeout_secs),
             data_timeout: Duration::from_secs(s.data_timeout_secs),
         };
@@ -209,6 +224,7 @@ impl Snapshot {
             hostname,
             limits,
             tls,
+            sasl,
             next_hop,
             chain,
             path,

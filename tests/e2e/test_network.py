@@ -17,6 +17,7 @@ from email.mime.text import MIMEText
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+import harness  # noqa: E402
 from harness import Mxgate, Sink  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -146,6 +147,76 @@ class Greylisting(unittest.TestCase):
                 self.assertEqual(rc, 0, out)
             finally:
                 mx.stop()
+
+
+class SmtpAuth(unittest.TestCase):
+    """SMTP AUTH against a passwd-file of crypt(3) hashes made by openssl, driven by swaks."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.sink = Sink(WORK)
+        cert, key = harness.make_cert(WORK)
+        users = os.path.join(WORK, "users")
+        hashes = {}
+        for user, alg in [("alice", "-6"), ("bob", "-5")]:
+            hashes[user] = subprocess.run(["openssl", "passwd", alg, "s3cret-" + user], check=True,
+                                          capture_output=True, text=True).stdout.strip()
+        with open(users, "w") as f:
+            f.write("# users who may log in\n")
+            f.write(f"alice:{hashes['alice']}::::\n")
+            f.write(f"bob:{{SHA256-CRYPT}}{hashes['bob']}\n")
+        db = os.path.join(WORK, "greylist-auth-%d.redb" % time.time_ns())
+        cls.mx = Mxgate(WORK, cls.sink.port, stages="hops",
+                        toml=(f'auth_users_file = "{users}"\n'
+                              f'[tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+                              f'[greylist]\nenabled = true\ndb = "{db}"\ndelay = 600\n'),
+                        server="[smtp]\n")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.mx.stop()
+        cls.sink.stop()
+
+    def test_logged_in_clients_pass_greylisting_and_are_marked(self):
+        n = len(self.sink.messages())
+        for user, mech in [("alice", "PLAIN"), ("bob", "LOGIN")]:
+            rc, out = swaks(self.mx.port, "-tls", "--auth", mech, "--auth-user", user,
+                            "--auth-password", "s3cret-" + user, "--header", f"Subject: from {user}",
+                            frm=f"{user}@e2e.test", to=f"friend-of-{user}@e2e.test")
+            self.assertEqual(rc, 0, out)
+            self.assertIn("235 2.7.0 Authentication successful", out)
+        self.sink.wait_messages(n + 2)
+        for _, raw in self.sink.messages()[-2:]:
+            self.assertIn("with ESMTPSA", header_of(raw, "Received")[0])
+        # The same client without logging in is greylisted.
+        rc, out = swaks(self.mx.port, "-tls", to="friend-of-alice@e2e.test")
+        self.assertIn("451 4.7.1", out)
+        m = self.mx.metrics()
+        self.assertGreaterEqual(m.get("mxgate_auth_succeeded_total", 0), 2)
+
+    def test_wrong_password_refused_after_a_pause(self):
+        before = self.mx.metrics().get("mxgate_auth_failed_total", 0)
+        t0 = time.monotonic()
+        rc, out = swaks(self.mx.port, "-tls", "--auth", "PLAIN", "--auth-user", "alice",
+                        "--auth-password", "s3cret-bob")
+        self.assertNotEqual(rc, 0)
+        self.assertIn("535 5.7.8", out)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.9)
+        rc, out = swaks(self.mx.port, "-tls", "--auth", "PLAIN", "--auth-user", "mallory",
+                        "--auth-password", "s3cret-alice")
+        self.assertIn("535 5.7.8", out)
+        self.assertEqual(self.mx.metrics().get("mxgate_auth_failed_total", 0), before + 2)
+
+    def test_not_offered_in_clear(self):
+        with smtplib.SMTP("127.0.0.1", self.mx.port, timeout=30) as c:
+            c.ehlo("client.e2e.test")
+            self.assertFalse(c.has_extn("auth"))
+            code, msg = c.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0alice\0s3cret-alice").decode())
+            self.assertEqual((code, msg[:6]), (538, b"5.7.11"))
+            c.starttls()
+            c.ehlo("client.e2e.test")
+            self.assertIn("PLAIN", c.esmtp_features.get("auth", ""))
+            c.login("alice", "s3cret-alice")  # smtplib's own AUTH
 
 
 class DnsLists(unittest.TestCase):

@@ -141,6 +141,15 @@ fn a2b_base64(input: &[u8], strict: bool, skip_newlines: bool) -> Result<Vec<u8>
     }
 }
 
+/// Strict base64 (RFC 4648: padded, nothing but the alphabet), as SASL responses are; `None`
+/// when the text is not that.
+pub fn base64_strict(s: &[u8]) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(4) {
+        return None;
+    }
+    a2b_base64(s, true, false).ok()
+}
+
 /// Decodes a base64 body as `email._encoded_words.decode_b` does after the line breaks are removed:
 /// strict with padding fixed, then lenient, then lenient with padding added, else the input.
 pub fn base64_body(body: &[u8]) -> Vec<u8> {

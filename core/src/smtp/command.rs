@@ -42,6 +42,13 @@ pub enum Command<'a> {
     Help,
     /// `STARTTLS` (RFC 3207)
     StartTls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954)
+    Auth {
+        /// The SASL mechanism, as the client spelled it.
+        mechanism: &'a str,
+        /// The initial response (base64, or `=` for an empty one), when given.
+        initial: Option<&'a str>,
+    },
 }
 
 /// The BODY= parameter of MAIL (RFC 6152, RFC 3030).
@@ -115,6 +122,13 @@ pub fn parse(line: &[u8], extended: bool) -> Result<Command<'_>, Reply> {
         b"EXPN" => Ok(Command::Expn),
         b"HELP" => Ok(Command::Help),
         b"STARTTLS" => no_arg(arg, Command::StartTls, "STARTTLS"),
+        b"AUTH" => {
+            let mut words = arg.split([' ', '\t']).filter(|w| !w.is_empty());
+            match (words.next(), words.next(), words.next()) {
+                (Some(mechanism), initial, None) => Ok(Command::Auth { mechanism, initial }),
+                _ => Err(Reply::new(501, "5.5.4", "Syntax: AUTH mechanism")),
+            }
+        }
         _ => Err(UNRECOGNIZED),
     }
 }
@@ -277,6 +291,8 @@ fn parse_mail(arg: &str, extended: bool) -> Result<MailFrom<'_>, Reply> {
             };
         } else if key.eq_ignore_ascii_case("SMTPUTF8") && value.is_none() {
             mail.smtputf8 = true;
+        } else if key.eq_ignore_ascii_case("AUTH") && value.is_some() {
+            // RFC 4954 §5: the submitter another server authenticated; not trusted, ignored.
         } else {
             return Err(Reply::owned(
                 555,

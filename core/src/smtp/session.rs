@@ -52,6 +52,11 @@ pub struct Limits {
     pub bare_lf: BareLf,
     /// Whether STARTTLS is offered (a certificate is configured).
     pub starttls: bool,
+    /// Whether AUTH (PLAIN and LOGIN, RFC 4954) is offered: a credential source is configured.
+    pub auth: bool,
+    /// Whether AUTH is offered only under TLS (Postfix's `smtpd_tls_auth_only`); without TLS
+    /// the command gets `538 5.7.11`.
+    pub auth_needs_tls: bool,
     /// Time allowed waiting for a command (RFC 5321 §4.5.3.2: at least 5 minutes).
     pub command_timeout: Duration,
     /// Time allowed between two reads inside DATA or a BDAT chunk (RFC 5321: 3 minutes).
@@ -69,6 +74,8 @@ impl Default for Limits {
             max_errors: 20,
             bare_lf: BareLf::Reject,
             starttls: false,
+            auth: false,
+            auth_needs_tls: true,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
         }
@@ -82,6 +89,8 @@ pub struct Envelope {
     pub helo: String,
     /// Whether the client said EHLO (ESMTP).
     pub esmtp: bool,
+    /// The user the session authenticated as (SMTP AUTH), when it did.
+    pub auth: Option<String>,
     /// Whether the session was under TLS.
     pub tls: bool,
     /// The reverse path; empty for the null sender.
@@ -125,10 +134,40 @@ pub enum Event {
     /// RCPT TO passed syntax and state checks; decide with [`Session::resolve`]
     /// ([`Session::pending_rcpt`] tells the address).
     Rcpt,
+    /// AUTH credentials arrived; check [`Session::pending_auth`] and answer with
+    /// [`Session::resolve_auth`].
+    Auth,
     /// A complete message. Process it and queue the final reply; the session is ready for the
     /// next transaction already.
     Message(Message),
 }
+
+/// Credentials a client gave with AUTH, for the caller to check.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The identity to act as (PLAIN's authorization identity); empty when none was given.
+    pub authzid: String,
+    /// The user name.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("authzid", &self.authzid)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reply to credentials that check out.
+pub const AUTH_OK: Reply = Reply::new(235, "2.7.0", "Authentication successful");
+/// Reply to credentials that do not.
+pub const AUTH_FAILED: Reply = Reply::new(535, "5.7.8", "Authentication credentials invalid");
+/// Reply when the credentials cannot be checked now.
+pub const AUTH_TEMPFAIL: Reply = Reply::new(454, "4.7.0", "Temporary authentication failure");
 
 /// The reply that starts TLS.
 pub const STARTTLS_GO: Reply = Reply::new(220, "2.0.0", "Ready to start TLS");
@@ -177,7 +216,7 @@ const VRFY: Reply = Reply::new(
 const HELP: Reply = Reply::new(
     214,
     "2.0.0",
-    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS",
+    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
 );
 const OK: Reply = Reply::new(250, "2.0.0", "Ok");
 const BYE: Reply = Reply::new(221, "2.0.0", "Bye");
@@ -308,15 +347,45 @@ enum Phase {
         /// The chunk is read and dropped, then this reply is given.
         discard: Option<Reply>,
     },
+    /// Inside an AUTH exchange: the next line is a SASL response.
+    Auth(Sasl),
     /// Closed; every call returns `Close`.
     Closed,
 }
+
+/// Where an AUTH exchange stands.
+#[derive(Debug)]
+enum Sasl {
+    /// PLAIN: the response (authzid NUL user NUL password) is awaited.
+    Plain,
+    /// LOGIN: the user name is awaited.
+    LoginUser,
+    /// LOGIN: the password is awaited.
+    LoginPassword(String),
+}
+
+const AUTH_NOT_ENABLED: Reply = Reply::new(503, "5.5.1", "Error: authentication not enabled");
+const AUTH_TWICE: Reply = Reply::new(503, "5.5.1", "Error: already authenticated");
+const AUTH_IN_TX: Reply = Reply::new(503, "5.5.1", "Error: MAIL transaction in progress");
+const AUTH_NEEDS_EHLO: Reply = Reply::new(503, "5.5.1", "Error: send EHLO first");
+const AUTH_NEEDS_TLS: Reply = Reply::new(
+    538,
+    "5.7.11",
+    "Encryption required for requested authentication mechanism",
+);
+const AUTH_MECHANISM: Reply = Reply::new(504, "5.5.4", "Unrecognized authentication type");
+const AUTH_ABORTED: Reply = Reply::new(501, "5.7.0", "Authentication aborted");
+/// LOGIN's challenges: "Username:" and "Password:", base64.
+const LOGIN_USER: Reply = Reply::new(334, "", "VXNlcm5hbWU6");
+const LOGIN_PASSWORD: Reply = Reply::new(334, "", "UGFzc3dvcmQ6");
+const AUTH_BAD_RESPONSE: Reply = Reply::new(501, "5.5.2", "Cannot decode response");
 
 #[derive(Debug)]
 enum Pending {
     None,
     Mail(Envelope),
     Rcpt(String),
+    Auth(Credentials),
 }
 
 /// One SMTP server session. `L` is how the limits are shared (`Rc<Limits>` on a thread-per-core
@@ -328,6 +397,8 @@ pub struct Session<L> {
     helo: Option<String>,
     esmtp: bool,
     tls: bool,
+    /// The user AUTH succeeded for.
+    user: Option<String>,
     /// The open transaction: after MAIL was accepted.
     tx: Option<Envelope>,
     /// A MAIL or RCPT awaiting [`Session::resolve`].
@@ -347,6 +418,7 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
             helo: None,
             esmtp: false,
             tls: false,
+            user: None,
             tx: None,
             pending: Pending::None,
             chunks: None,
@@ -430,6 +502,33 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
         }
     }
 
+    /// The credentials awaiting a check (after [`Event::Auth`]).
+    pub fn pending_auth(&self) -> Option<&Credentials> {
+        match &self.pending {
+            Pending::Auth(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Answers pending credentials: a positive `reply` ([`AUTH_OK`]) authenticates the session
+    /// as their user, any other ([`AUTH_FAILED`], [`AUTH_TEMPFAIL`]) does not and counts as an
+    /// error. Returns the reply to queue.
+    pub fn resolve_auth(&mut self, reply: Reply) -> Reply {
+        if let Pending::Auth(c) = std::mem::replace(&mut self.pending, Pending::None) {
+            if reply.is_positive() {
+                self.user = Some(c.user);
+                return reply;
+            }
+        }
+        self.errors += 1;
+        reply
+    }
+
+    /// The user the session authenticated as, once it did.
+    pub fn authenticated(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
     /// The open transaction's envelope (sender and recipients accepted so far).
     pub fn envelope(&self) -> Option<&Envelope> {
         self.tx.as_ref()
@@ -447,7 +546,7 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
                         tx.rcpts.push(r);
                     }
                 }
-                Pending::None => {}
+                Pending::None | Pending::Auth(_) => {}
             }
         } else {
             self.errors += 1;
@@ -467,6 +566,7 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
     /// TLS is up: the session starts over (RFC 3207 §4.2: forget HELO and any transaction).
     pub fn tls_started(&mut self) {
         self.tls = true;
+        self.user = None;
         self.helo = None;
         self.esmtp = false;
         self.reset_tx();
@@ -578,6 +678,25 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
                         chunked: true,
                     });
                 }
+                Phase::Auth(_) => {
+                    let Some(nl) = memchr::memchr(b'\n', buf) else {
+                        // RFC 4954 §4: a response line may be up to 12,288 octets.
+                        if buf.len() > self.limits.max_line_length.max(12_288) {
+                            buf.clear();
+                            self.phase = Phase::SkipLine;
+                            return self.error(LINE_TOO_LONG);
+                        }
+                        return Event::NeedMore;
+                    };
+                    let line = buf.split_to(nl + 1);
+                    let line = line.strip_suffix(b"\n").unwrap_or(&line);
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let Phase::Auth(step) = std::mem::replace(&mut self.phase, Phase::Command)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    return self.sasl(step, line);
+                }
                 Phase::Command => {
                     if self.errors >= self.limits.max_errors {
                         return self.close(TOO_MANY_ERRORS);
@@ -653,6 +772,7 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
                     helo: self.helo.clone().unwrap_or_default(),
                     esmtp: self.esmtp,
                     tls: self.tls,
+                    auth: self.user.clone(),
                     mail_from: m.address.to_owned(),
                     body: m.body,
                     smtputf8: m.smtputf8,
@@ -743,7 +863,86 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
                 }
                 Event::StartTls
             }
+            Command::Auth { mechanism, initial } => {
+                if !self.limits.auth {
+                    return Err(AUTH_NOT_ENABLED);
+                }
+                if !self.esmtp {
+                    return Err(AUTH_NEEDS_EHLO);
+                }
+                if self.user.is_some() {
+                    return Err(AUTH_TWICE);
+                }
+                if self.tx.is_some() {
+                    return Err(AUTH_IN_TX);
+                }
+                if self.limits.auth_needs_tls && !self.tls {
+                    return Err(AUTH_NEEDS_TLS);
+                }
+                let step = if mechanism.eq_ignore_ascii_case("PLAIN") {
+                    Sasl::Plain
+                } else if mechanism.eq_ignore_ascii_case("LOGIN") {
+                    Sasl::LoginUser
+                } else {
+                    return Err(AUTH_MECHANISM);
+                };
+                match initial {
+                    Some(r) => self.sasl(step, r.as_bytes()),
+                    None => {
+                        let challenge = match step {
+                            Sasl::LoginUser => LOGIN_USER,
+                            _ => Reply::new(334, "", ""),
+                        };
+                        self.phase = Phase::Auth(step);
+                        Event::Reply(challenge)
+                    }
+                }
+            }
         }))
+    }
+
+    /// One SASL response line (base64, `=` for empty, `*` to cancel) at `step`.
+    fn sasl(&mut self, step: Sasl, line: &[u8]) -> Event {
+        if line == b"*" {
+            return self.error(AUTH_ABORTED);
+        }
+        let decoded = if line == b"=" {
+            Some(String::new())
+        } else {
+            crate::mime::decode::base64_strict(line).and_then(|b| String::from_utf8(b).ok())
+        };
+        let Some(text) = decoded else {
+            return self.error(AUTH_BAD_RESPONSE);
+        };
+        let creds = match step {
+            Sasl::Plain => {
+                let mut parts = text.splitn(3, '\0');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(authzid), Some(user), Some(password)) if !user.is_empty() => {
+                        Credentials {
+                            authzid: authzid.to_owned(),
+                            user: user.to_owned(),
+                            password: password.to_owned(),
+                        }
+                    }
+                    _ => return self.error(AUTH_BAD_RESPONSE),
+                }
+            }
+            Sasl::LoginUser => {
+                if text.is_empty() {
+                    return self.error(AUTH_BAD_RESPONSE);
+                }
+                self.phase = Phase::Auth(Sasl::LoginPassword(text));
+                return Event::Reply(LOGIN_PASSWORD);
+            }
+            Sasl::LoginPassword(user) => Credentials {
+                authzid: String::new(),
+                user,
+                password: text,
+            },
+        };
+        self.pending = Pending::Auth(creds);
+        Event::Auth
     }
 
     fn ehlo_text(&self) -> String {
@@ -753,6 +952,9 @@ impl<L: std::ops::Deref<Target = Limits>> Session<L> {
         t.push_str(&self.limits.max_message_size.to_string());
         if self.limits.starttls && !self.tls {
             t.push_str("\nSTARTTLS");
+        }
+        if self.limits.auth && (self.tls || !self.limits.auth_needs_tls) && self.user.is_none() {
+            t.push_str("\nAUTH PLAIN LOGIN");
         }
         t.push_str("\nENHANCEDSTATUSCODES\n8BITMIME\nCHUNKING\nSMTPUTF8");
         t
