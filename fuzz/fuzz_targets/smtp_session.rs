@@ -1,5 +1,5 @@
 //! The SMTP server state machine fed arbitrary bytes in arbitrary pieces (the first byte picks
-//! the piece size), accepting every MAIL and RCPT.
+//! the piece size), accepting every MAIL and RCPT, and AUTH when the password is "secret".
 #![no_main]
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
@@ -14,6 +14,8 @@ fuzz_target!(|data: &[u8]| {
         max_line_length: 512,
         max_recipients: 5,
         starttls: true,
+        auth: true,
+        auth_needs_tls: step % 3 == 0,
         bare_lf: if step % 2 == 0 { BareLf::Accept } else { BareLf::Reject },
         ..Limits::default()
     };
@@ -36,6 +38,16 @@ fuzz_target!(|data: &[u8]| {
             }
             Event::Mail | Event::Rcpt => {
                 s.accept();
+            }
+            Event::Auth => {
+                let ok = s.pending_auth().is_some_and(|c| c.password == "secret");
+                let r = if ok {
+                    mxgate_core::smtp::session::AUTH_OK
+                } else {
+                    mxgate_core::smtp::session::AUTH_FAILED
+                };
+                s.resolve_auth(r);
+                assert_eq!(ok, s.authenticated().is_some());
             }
             Event::Message(m) => {
                 assert!(m.body.len() <= limits.max_message_size);
