@@ -147,7 +147,9 @@ def main():
     ev_pct = 100.0 * (ev_total - ev_bad) / max(ev_total, 1)
     print(f"native eval rules: {len(evals)}; decisions: {ev_total}; agree: {ev_pct:.3f} %; "
           f"either side hit: {ev_hit}, of which agree: {ev_hit - ev_bad}")
-    bad = sorted(set(only_sa) | set(only_mx), key=lambda r: -(len(only_sa[r]) + len(only_mx[r])))
+    # (The eval tally above touched every eval rule's entry: keep those with a disagreement.)
+    bad = sorted({r for r in set(only_sa) | set(only_mx) if only_sa[r] or only_mx[r]},
+                 key=lambda r: -(len(only_sa[r]) + len(only_mx[r])))
     print(f"rules with a disagreement: {len(bad)}")
     for r in bad[: a.list_limit]:
         ex = (only_sa[r] or only_mx[r])[0]

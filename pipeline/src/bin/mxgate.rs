@@ -305,6 +305,13 @@ enum RulesCmd {
         #[arg(long)]
         json: bool,
     },
+    /// How the Received fields of message files parse: the relays as SpamAssassin's
+    /// `X-Spam-Relays-*` pseudo-headers give them to rules, one JSON object per file.
+    Relays {
+        /// Message files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -460,6 +467,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     layout,
                     json,
                 } => tools::rules_stats(&paths(rules, config)?, &layout, json),
+                RulesCmd::Relays { files } => {
+                    use std::io::Write as _;
+                    let mut out = std::io::stdout().lock();
+                    for f in files {
+                        let raw = std::fs::read(&f).with_context(|| f.display().to_string())?;
+                        writeln!(out, "{}", relays_json(&f, raw))?;
+                    }
+                    Ok(())
+                }
             }
         }
         Cmd::Av {
@@ -548,6 +564,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// The `mxgate mime` report of one message.
+fn relays_json(path: &std::path::Path, raw: Vec<u8>) -> serde_json::Value {
+    use mxgate_scanners::rules::{relays, view::Headers};
+    let msg = mxgate_core::mime::Message::parse(bytes::Bytes::from(raw));
+    let r = relays::analyze(&Headers::of_part(&msg, 0));
+    let list = |name: &str| r.pseudo_header(name).unwrap_or_default();
+    serde_json::json!({
+        "file": path.display().to_string(),
+        "trusted": list("X-Spam-Relays-Trusted"),
+        "untrusted": list("X-Spam-Relays-Untrusted"),
+        "internal": list("X-Spam-Relays-Internal"),
+        "external": list("X-Spam-Relays-External"),
+        "unparseable": r.unparseable,
+    })
+}
+
 fn mime_json(path: &std::path::Path, raw: Vec<u8>) -> serde_json::Value {
     use mxgate_core::mime::{Message, PartKind};
     use sha2::Digest;

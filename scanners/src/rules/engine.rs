@@ -625,7 +625,18 @@ impl Engine {
         seen[rule] = true;
         match &self.set.rules[rule].test {
             Test::Eval(_) => self.calls.iter().any(|(i, _)| *i == rule),
-            Test::Header(h) => !is_pseudo_header(&h.request),
+            Test::Header(h) => {
+                let name = h.request.split(':').next().unwrap_or("");
+                !is_pseudo_header(name)
+                    || name.to_ascii_lowercase().starts_with("x-spam-relays-")
+                    || [
+                        "ALL-TRUSTED",
+                        "ALL-INTERNAL",
+                        "ALL-UNTRUSTED",
+                        "ALL-EXTERNAL",
+                    ]
+                    .contains(&name)
+            }
             Test::Meta(e) => e
                 .rule_ids()
                 .into_iter()
@@ -696,6 +707,7 @@ impl Engine {
             headers: None,
             parts: None,
             body: None,
+            relays: None,
         };
         for (k, input) in self.inputs.iter().enumerate() {
             if self.input_rules[k].is_empty() || self.evals_only {
@@ -734,6 +746,10 @@ impl Engine {
                 .take()
                 .map(std::cell::OnceCell::from)
                 .unwrap_or_default();
+            if ctx.relays.is_none() {
+                ctx.relays();
+            }
+            let relays = ctx.relays.take().unwrap_or_default();
             let headers = ctx.headers();
             let input = evals::EvalInput {
                 msg,
@@ -752,6 +768,7 @@ impl Engine {
                 madiff: Default::default(),
                 senders: Default::default(),
                 recipients: Default::default(),
+                relays: &relays,
             };
             for (i, call) in &self.calls {
                 if call.is_net() && net.is_none() {
@@ -993,6 +1010,42 @@ impl AutolearnPoints {
             None
         }
     }
+}
+
+/// `get_all_hdrs_in_rcvd_index_range`: the fields from the `start`th Received field down to
+/// the `end`th (counted from the top, from 0; both included), as `ALL` gives them.
+fn fields_in_received_range(
+    h: &Headers,
+    start: Option<i64>,
+    end: Option<i64>,
+    raw: bool,
+) -> Option<Vec<u8>> {
+    if end.is_some_and(|e| e < 0) {
+        return None;
+    }
+    let mut cur = -1i64;
+    let mut out = Vec::new();
+    for (name, decoded, raw_value) in &h.fields {
+        if name.eq_ignore_ascii_case("received") {
+            cur += 1;
+        }
+        let inside = start.is_none_or(|s| s <= cur) && end.is_none_or(|e| cur < e);
+        let last = !inside && end == Some(cur);
+        if inside || last {
+            out.extend_from_slice(name.as_bytes());
+            if raw {
+                out.push(b':');
+                out.extend_from_slice(raw_value);
+            } else {
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(decoded);
+            }
+        }
+        if last {
+            break;
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// Header requests SpamAssassin answers from its relay analysis, not from the message's fields.
@@ -1302,6 +1355,8 @@ struct Ctx<'a> {
     parts: Option<Vec<Headers>>,
     /// The body lines, once built (body rules and the body evals share them).
     body: Option<Vec<Vec<u8>>>,
+    /// The relays of the Received fields, once analysed.
+    relays: Option<super::relays::Relays>,
 }
 
 impl Ctx<'_> {
@@ -1330,8 +1385,34 @@ impl Ctx<'_> {
         self.parts.get_or_insert_with(|| view::part_headers(msg))
     }
 
+    fn relays(&mut self) -> &super::relays::Relays {
+        if self.relays.is_none() {
+            let r = super::relays::analyze(self.headers());
+            self.relays = Some(r);
+        }
+        self.relays.get_or_insert_with(Default::default)
+    }
+
     /// `PerMsgStatus::get` for one request; `None` when there is no such header.
     fn header(&mut self, request: &str) -> Option<Vec<u8>> {
+        if is_pseudo_header(request) {
+            let mut parts = request.split(':');
+            let name = parts.next().unwrap_or("");
+            let raw = parts.any(|m| m == "raw");
+            let r = self.relays();
+            if let Some(v) = r.pseudo_header(name) {
+                return Some(v.into_bytes());
+            }
+            let (t, i) = (r.last_trusted_index + 1, r.last_internal_index + 1);
+            let (start, end) = match name {
+                "ALL-TRUSTED" => (None, Some(t)),
+                "ALL-INTERNAL" => (None, Some(i)),
+                "ALL-UNTRUSTED" => (Some(t), None),
+                "ALL-EXTERNAL" => (Some(i), None),
+                _ => return None,
+            };
+            return fields_in_received_range(self.headers(), start, end, raw);
+        }
         let env_from = self.env.mail_from;
         let h = self.headers();
         header_value(h, request, env_from)

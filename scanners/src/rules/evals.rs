@@ -241,6 +241,17 @@ pub enum Call {
     /// `check_mime_anomaly('NAME')` (mxgate's own): the MIME parser found this anomaly
     /// (`mime::Anomaly::name`, such as `MULTIPART_NO_BOUNDARY`), for local rules to score.
     MimeAnomaly(String),
+    /// A test of the relays the Received fields describe (RelayEval, and HeaderEval's forged
+    /// Received checks).
+    Relay(super::relays::Test),
+    /// `check_for_from_domain_in_received_headers('domain', 'true'|'false')`: whether the
+    /// From domain's own hosts handed the message over.
+    FromDomainInReceived {
+        /// The domain.
+        domain: String,
+        /// What the rule asks for.
+        desired: bool,
+    },
     /// `check_illegal_chars('Header', ratio, count)`.
     IllegalChars {
         /// The header.
@@ -928,6 +939,13 @@ impl Call {
                     None
                 },
             }),
+            "check_for_from_domain_in_received_headers" => Some(Call::FromDomainInReceived {
+                domain: arg(0).to_string(),
+                desired: arg(1) == "true",
+            }),
+            f if super::relays::Test::of(f).is_some() => {
+                super::relays::Test::of(f).map(Call::Relay)
+            }
             "check_illegal_chars" => Some(Call::IllegalChars {
                 header: arg(0).to_string(),
                 ratio: arg(1).parse().ok()?,
@@ -1051,6 +1069,8 @@ pub struct EvalInput<'a> {
     pub senders: OnceCell<Vec<String>>,
     /// `all_to_addrs`, computed on first use.
     pub recipients: OnceCell<Vec<String>>,
+    /// The relays of the Received fields.
+    pub relays: &'a super::relays::Relays,
 }
 
 /// BodyEval's `_multipart_alternative_difference`.
@@ -1418,6 +1438,11 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             v.is_some_and(|v| v > *min && max.is_none_or(|m| v <= m))
         }),
         Call::MimeAnomaly(name) => input.msg.anomalies.iter().any(|a| a.name() == name),
+        Call::Relay(t) => super::relays::run(*t, input.relays, input.headers),
+        Call::FromDomainInReceived { domain, desired } => {
+            from_domain_in_received(input, domain) == Some(true) && *desired
+                || from_domain_in_received(input, domain) == Some(false) && !*desired
+        }
         Call::Base64Length { min, max } => {
             let m = input.mime.get_or_init(|| mime_stats(input.msg));
             max.is_none_or(|x| m.base64_length <= x) && m.base64_length >= *min
@@ -2068,6 +2093,34 @@ fn illegal_chars(h: &Headers, header: &str, ratio: f64, count: usize) -> bool {
         }
     }
     (illegal as f64 / v.len() as f64) >= ratio && illegal >= count
+}
+
+/// `check_for_from_domain_in_received_headers`: `None` when the From address does not
+/// mention the domain (the rule then does not hit either way), else whether a relay of the
+/// domain handed over to a host of the domain.
+fn from_domain_in_received(input: &EvalInput<'_>, domain: &str) -> Option<bool> {
+    let from = header_value(input.headers, "From:addr", input.mail_from)
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default();
+    let d = regex::escape(domain);
+    let mentions = regex::RegexBuilder::new(&format!(r"\b{d}"))
+        .case_insensitive(true)
+        .build()
+        .is_ok_and(|r| r.is_match(&from));
+    if !mentions {
+        return None;
+    }
+    let r = input.relays;
+    let all = format!(
+        "{}\n{}",
+        r.pseudo_header("X-Spam-Relays-Trusted").unwrap_or_default(),
+        r.pseudo_header("X-Spam-Relays-Untrusted")
+            .unwrap_or_default()
+    );
+    Some(
+        regex::Regex::new(&format!(r" rdns=\S*\b{d} [^\]]*by=\S*\b{d} "))
+            .is_ok_and(|re| re.is_match(&all)),
+    )
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod evals;
 pub mod load;
 pub mod meta;
 pub mod regex;
+pub mod relays;
 pub mod sa_date;
 pub mod sa_html;
 pub mod view;

@@ -1,0 +1,2059 @@
+//! SpamAssassin's relay analysis (`Mail::SpamAssassin::Message::Metadata::Received`): each
+//! `Received:` field parsed into a relay (IP, reverse DNS, HELO, by, ident, envelope sender,
+//! id, authentication), the chain split where trust ends, and the relays written out as the
+//! `X-Spam-Relays-Trusted/Untrusted/Internal/External` pseudo-headers that some hundred rules of
+//! the ruleset match, and that the relay eval tests (`RelayEval`) read.
+//!
+//! The parser is a port of SpamAssassin's: the same patterns (PCRE2 takes Perl's syntax as it
+//! is) tried in the same order, since MTAs write Received fields in dozens of shapes and a rule's
+//! hit depends on which field lands where. Trust follows SpamAssassin with `trusted_networks`
+//! unset, as the ruleset is run here: a relay is trusted while its client address is private
+//! or the handover was authenticated; the first public, unauthenticated one ends the trusted
+//! part, and everything after it is untrusted and external.
+
+use std::sync::OnceLock;
+
+use pcre2::bytes::{Regex, RegexBuilder};
+
+use super::view::Headers;
+
+/// SpamAssassin's `IP_ADDRESS` (Constants.pm), as it interpolates: `(?^xi:...)`.
+macro_rules! ip_address {
+    () => {
+        r"(?xi:
+            (?:
+              \b(?<!:)
+              (?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)\.
+              (?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)\.
+              (?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)\.
+              (?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)\b
+            |
+              (?:IPv6: | (?<![a-f0-9:]) )
+              (?:
+                (?:
+                  (?:[a-f0-9]{1,4}:){6}
+                  | ::(?:[a-f0-9]{1,4}:){0,5}
+                  | (?:[a-f0-9]{1,4}:){1,5}:
+                  | [a-f0-9]{1,4}::(?:[a-f0-9]{1,4}:){1,4}
+                  | (?:[a-f0-9]{1,4}:){2}:(?:[a-f0-9]{1,4}:){1,3}
+                  | (?:[a-f0-9]{1,4}:){3}:(?:[a-f0-9]{1,4}:){1,2}
+                  | (?:[a-f0-9]{1,4}:){4}:[a-f0-9]{1,4}:
+                )
+                (?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)\.
+                (?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)\.
+                (?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)\.
+                (?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)
+              | (?:[a-f0-9]{1,4}:){7}[a-f0-9]{1,4}
+              | :(?::[a-f0-9]{1,4}){1,7}
+              | (?:[a-f0-9]{1,4}:){1,7}:
+              | [a-f0-9]{1,4}:(?::[a-f0-9]{1,4}){1,6}
+              | (?:[a-f0-9]{1,4}:){2}(?::[a-f0-9]{1,4}){1,5}
+              | (?:[a-f0-9]{1,4}:){3}(?::[a-f0-9]{1,4}){1,4}
+              | (?:[a-f0-9]{1,4}:){4}(?::[a-f0-9]{1,4}){1,3}
+              | (?:[a-f0-9]{1,4}:){5}(?::[a-f0-9]{1,4}){1,2}
+              | (?:[a-f0-9]{1,4}:){6}:[a-f0-9]{1,4}
+              | ::
+              )
+              (?![a-f0-9:])
+            )
+        )"
+    };
+}
+
+/// SpamAssassin's `LOCALHOST`.
+macro_rules! localhost {
+    () => {
+        r"(?xi:
+            (?:
+              localhost(?:\.localdomain)?
+            |
+              \b(?<!:) 127\.0\.0\.1 \b
+            |
+              (?:IPv6: | (?<![a-f0-9:]) )
+              (?:
+                (?:
+                  (?:0{1,4}:){5} ffff:
+                  | ::(?:0{1,4}:){0,4} ffff:
+                  | (?:0{1,4}:){1,4}: ffff:
+                  | 0{1,4}::(?:0{1,4}:){1,3} ffff:
+                  | (?:0{1,4}:){2}:0{1,2}: ffff:
+                  | (?:0{1,4}:){3}:0: ffff:
+                  | (?:0{1,4}:){4}: ffff:
+                )
+                127\.0\.0\.1
+              | (?:0{1,4}:){7} 0{0,3}1
+              | :(?::0{1,4}){0,6}: 0{0,3}1
+              | 0{1,4}:(?::0{1,4}){0,5}: 0{0,3}1
+              | (?:0{1,4}:){2}(?::0{1,4}){0,4}: 0{0,3}1
+              | (?:0{1,4}:){3}(?::0{1,4}){0,3}: 0{0,3}1
+              | (?:0{1,4}:){4}(?::0{1,4}){0,2}: 0{0,3}1
+              | (?:0{1,4}:){5}(?::0{1,4}){0,1}: 0{0,3}1
+              | (?:0{1,4}:){6}: 0{0,3}1
+              )
+              (?![a-f0-9:])
+            )
+        )"
+    };
+}
+
+/// SpamAssassin's `IP_PRIVATE` (anchored at the start, as there).
+macro_rules! ip_private {
+    () => {
+        r"(?xi:^(?:
+            (?: 10 | 127 | 169\.254 | 172\.(?:1[6-9]|2[0-9]|3[01]) | 192\.168
+              | 100\.(?:6[4-9]|[7-9][0-9]|1[01][0-9]|12[0-7]) )\..*
+          |
+            (?:IPv6: | (?<![a-f0-9:]) )
+            (?:
+              (?:
+                (?:0{1,4}:){5} ffff:
+                | ::(?:0{1,4}:){0,4} ffff:
+                | (?:0{1,4}:){1,4}: ffff:
+                | 0{1,4}::(?:0{1,4}:){1,3} ffff:
+                | (?:0{1,4}:){2}:0{1,2}: ffff:
+                | (?:0{1,4}:){3}:0: ffff:
+                | (?:0{1,4}:){4}: ffff:
+              )
+              (?: 10 | 127 | 169\.254 | 172\.(?:1[6-9]|2[0-9]|3[01]) | 192\.168
+                | 100\.(?:6[4-9]|[7-9][0-9]|1[01][0-9]|12[0-7]) )\..*
+            | fe[89ab][0-9a-f]:.*
+            | (?:0{1,4}:){7} 0{0,3}1
+            | :(?::0{1,4}){0,6}: 0{0,3}1
+            | 0{1,4}:(?::0{1,4}){0,5}: 0{0,3}1
+            | (?:0{1,4}:){2}(?::0{1,4}){0,4}: 0{0,3}1
+            | (?:0{1,4}:){3}(?::0{1,4}){0,3}: 0{0,3}1
+            | (?:0{1,4}:){4}(?::0{1,4}){0,2}: 0{0,3}1
+            | (?:0{1,4}:){5}(?::0{1,4}){0,1}: 0{0,3}1
+            | (?:0{1,4}:){6}: 0{0,3}1
+            )
+            (?![a-f0-9:])
+        ))"
+    };
+}
+
+fn build(pattern: &str) -> Regex {
+    RegexBuilder::new()
+        .jit_if_available(true)
+        .build(pattern)
+        .unwrap_or_else(|e| panic!("relay pattern {pattern}: {e}"))
+}
+
+/// A pattern compiled once, where it is written.
+macro_rules! re {
+    ($($p:expr),+ $(,)?) => {{
+        static R: OnceLock<Regex> = OnceLock::new();
+        R.get_or_init(|| build(concat!($($p),+)))
+    }};
+}
+
+/// The captures of a match, as text (an unset group is empty).
+struct Caps(Vec<Option<String>>);
+
+impl Caps {
+    fn s(&self, i: usize) -> String {
+        self.0.get(i).cloned().flatten().unwrap_or_default()
+    }
+    fn opt(&self, i: usize) -> Option<String> {
+        self.0.get(i).cloned().flatten()
+    }
+}
+
+fn caps(r: &Regex, s: &str) -> Option<Caps> {
+    let c = r.captures(s.as_bytes()).ok()??;
+    Some(Caps(
+        (0..c.len())
+            .map(|i| {
+                c.get(i)
+                    .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+            })
+            .collect(),
+    ))
+}
+
+fn is(r: &Regex, s: &str) -> bool {
+    r.is_match(s.as_bytes()).unwrap_or(false)
+}
+
+/// One relay (a `Received:` handover).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Relay {
+    /// The client address.
+    pub ip: String,
+    /// Its reverse DNS name, as the receiving MTA recorded it (empty when none).
+    pub rdns: String,
+    /// The HELO name.
+    pub helo: String,
+    /// The receiving host.
+    pub by: String,
+    /// The ident the MTA recorded.
+    pub ident: String,
+    /// The envelope sender, when recorded.
+    pub envfrom: Option<String>,
+    /// The MTA's id of the transaction.
+    pub id: String,
+    /// How the client authenticated, when it did.
+    pub auth: String,
+    /// The MTA looked up reverse DNS and found none.
+    pub no_reverse_dns: bool,
+    /// The client address is private.
+    pub ip_private: bool,
+    /// The relay is internal.
+    pub internal: bool,
+    /// `[ ip=... rdns=... ... ]`, as the pseudo-headers list it.
+    pub as_string: String,
+}
+
+impl Relay {
+    /// The receiving host, lower case.
+    pub fn lc_by(&self) -> String {
+        self.by.to_ascii_lowercase()
+    }
+    /// The reverse DNS name, lower case.
+    pub fn lc_rdns(&self) -> String {
+        self.rdns.to_ascii_lowercase()
+    }
+    /// The HELO name, lower case.
+    pub fn lc_helo(&self) -> String {
+        self.helo.to_ascii_lowercase()
+    }
+
+    fn make_string(&mut self) {
+        self.as_string = format!(
+            "[ ip={} rdns={} helo={} by={} ident={} envfrom={} intl={} id={} auth={} msa=0 ]",
+            self.ip,
+            self.rdns,
+            self.helo,
+            self.by,
+            self.ident,
+            self.envfrom.as_deref().unwrap_or(""),
+            u8::from(self.internal),
+            self.id,
+            self.auth
+        );
+    }
+}
+
+/// The relays of a message, split where trust ends.
+#[derive(Debug, Clone, Default)]
+pub struct Relays {
+    /// Trusted relays, newest first.
+    pub trusted: Vec<Relay>,
+    /// Untrusted relays, newest first.
+    pub untrusted: Vec<Relay>,
+    /// Internal relays, newest first.
+    pub internal: Vec<Relay>,
+    /// External relays, newest first.
+    pub external: Vec<Relay>,
+    /// Received fields that could not be parsed.
+    pub unparseable: usize,
+    /// Index of the last trusted Received field, counting from the top (-1: none).
+    pub last_trusted_index: i64,
+    /// Index of the last internal Received field (-1: none).
+    pub last_internal_index: i64,
+}
+
+impl Relays {
+    /// The pseudo-header for `X-Spam-Relays-<which>` (`Trusted`, `Untrusted`, `Internal`,
+    /// `External`, any case); `None` for another name.
+    pub fn pseudo_header(&self, name: &str) -> Option<String> {
+        let list = match name.to_ascii_lowercase().as_str() {
+            "x-spam-relays-trusted" => &self.trusted,
+            "x-spam-relays-untrusted" => &self.untrusted,
+            "x-spam-relays-internal" => &self.internal,
+            "x-spam-relays-external" => &self.external,
+            _ => return None,
+        };
+        Some(
+            list.iter()
+                .map(|r| r.as_string.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    }
+}
+
+/// What parsing one Received field gave.
+enum Parsed {
+    /// A handover.
+    Relay(Relay),
+    /// A field that is knowingly not a TCP handover (local delivery, a fetcher, ...).
+    Skip,
+    /// A mail fetcher's marker: what came before was delivered to a mailbox.
+    Fetcher,
+    /// qmail-scanner's field: its envelope sender belongs to the next field's relay.
+    QmailScanner(Option<String>),
+    /// Not understood.
+    Unparseable,
+}
+
+/// Analyses the Received fields of a message (top down, newest first).
+pub fn analyze(h: &Headers) -> Relays {
+    let mut r = Relays {
+        last_trusted_index: -1,
+        last_internal_index: -1,
+        ..Relays::default()
+    };
+    let mut in_trusted = true;
+    let mut in_internal = true;
+    let mut allow_fetcher_markers = true;
+    let mut qms_env_from: Option<Option<String>> = None;
+    // Single-line fields naming the originating client become handovers of their own
+    // (`originating_ip_headers`).
+    let mut lines: Vec<String> = h
+        .values("received", false)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    for name in [
+        "X-Yahoo-Post-IP",
+        "X-Originating-IP",
+        "X-Apparently-From",
+        "X-SenderIP",
+    ] {
+        let first = h.values(name, false).next().map(String::from_utf8_lossy);
+        if let Some(c) = first.and_then(|v| caps(re!(r"(", ip_address!(), r")"), &v)) {
+            lines.push(format!("from X-Originating-IP: {}\n", c.s(1)));
+        }
+    }
+    for line in &lines {
+        let carried = qms_env_from.take();
+        let relay = match parse_line(line) {
+            Parsed::Relay(relay) => Some(relay),
+            Parsed::Skip => None,
+            Parsed::Fetcher => {
+                if allow_fetcher_markers {
+                    r.trusted.clear();
+                    r.internal.clear();
+                    r.external.clear();
+                }
+                None
+            }
+            Parsed::QmailScanner(env) => {
+                qms_env_from = Some(env);
+                None
+            }
+            Parsed::Unparseable => {
+                r.unparseable += 1;
+                None
+            }
+        };
+        let Some(mut relay) = relay else {
+            if in_trusted {
+                r.last_trusted_index += 1;
+            }
+            if in_internal {
+                r.last_internal_index += 1;
+            }
+            continue;
+        };
+        if let Some(env) = carried {
+            relay.envfrom = env;
+        }
+        if in_trusted && !relay.ip_private && relay.auth.is_empty() {
+            in_trusted = false;
+            in_internal = false;
+        }
+        relay.internal = in_internal;
+        relay.make_string();
+        if in_trusted {
+            r.trusted.push(relay.clone());
+            allow_fetcher_markers = true;
+            r.last_trusted_index += 1;
+        } else {
+            r.untrusted.push(relay.clone());
+            allow_fetcher_markers = false;
+        }
+        if in_internal {
+            r.internal.push(relay);
+            r.last_internal_index += 1;
+        } else {
+            r.external.push(relay);
+        }
+    }
+    r
+}
+
+/// `parse_received_line`.
+fn parse_line(raw: &str) -> Parsed {
+    // Whitespace runs to one space, trimmed, trailing semicolons gone.
+    let mut s: String = raw.split_whitespace().collect::<Vec<_>>().join(" ");
+    while let Some(t) = s.strip_suffix(';') {
+        s = t.strip_suffix(' ').unwrap_or(t).to_string();
+    }
+    let mut f = Fields::default();
+
+    if !is(re!(r"(?i)^\(?from "), &s) {
+        return Parsed::Skip;
+    }
+    if is(re!(r"\bwith local for\b"), &s) {
+        return Parsed::Skip;
+    }
+    if let Some(c) = caps(re!(r"(?i)^from (\S+) by [^\s;]+ ?;"), &s) {
+        if !is(re!(r"^\[[\d.]+\]$"), &c.s(1)) {
+            return Parsed::Skip;
+        }
+    }
+    // The date at the end.
+    if let Some(m) = re!(r"[\s;]+(?:(?:Mon|T(?:ue|hu)|Wed|Fri|S(?:at|un)), )?\d+ (?:J(?:an|u[nl])|Feb|Ma[ry]|A(?:pr|ug)|Sep|Oct|Nov|Dec) \d+ \d+:\d+(?::\d+)? \S+$")
+        .find(s.as_bytes())
+        .ok()
+        .flatten()
+    {
+        s.truncate(m.start());
+    }
+    if let Some(i) = s.find(")by ") {
+        s.replace_range(i..i + 4, ") by ");
+    }
+
+    if let Some(c) = caps(re!(r" id <?([^\s<>;]{3,})"), &s) {
+        f.id = c.s(1);
+    }
+    if let Some(c) = caps(
+        re!(r"\bhelo=([-A-Za-z0-9\.\^+_&:=?!@%*\$\\\/]+)(?:[^-A-Za-z0-9\.\^+_&:=?!@%*\$\\\/]|$)"),
+        &s,
+    ) {
+        f.helo = c.s(1);
+    } else if let Some(c) = caps(
+        re!(
+            r"\b(?:HELO|EHLO) ([-A-Za-z0-9\.\^+_&:=?!@%*\$\\\/]+)(?:[^-A-Za-z0-9\.\^+_&:=?!@%*\$\\\/]|$)"
+        ),
+        &s,
+    ) {
+        f.helo = c.s(1);
+    }
+    if let Some(c) = caps(re!(r" by (\S+)(?:[^-A-Za-z0-9\;\.]|$)"), &s) {
+        f.by = c.s(1);
+    }
+
+    f.auth = authentication(&s);
+
+    if let Some(rest) = s.strip_prefix("from ") {
+        let t = rest.to_string();
+        match from_line(&t, &mut f) {
+            Some(Step::Enough) => return enough(f),
+            Some(Step::Skip) => return Parsed::Skip,
+            Some(Step::Fetcher) => return Parsed::Fetcher,
+            Some(Step::QmailScanner) => {
+                let env = f.envfrom.map(|e| strip_envfrom(&e));
+                return Parsed::QmailScanner(env);
+            }
+            None => {}
+        }
+        return fall_through(&t, f);
+    } else if let Some(rest) = s.strip_prefix("FROM ") {
+        let t = rest.to_string();
+        if let Some(c) = caps(
+            re!(
+                r"^(\S+) \((\S+) \[(",
+                ip_address!(),
+                r")\]\) BY (\S+) (?:\([^\)]+\) WITH SMTP )?ID <?(\S+?)>?(?: FOR <[^>]+>)?$"
+            ),
+            &t,
+        ) {
+            f.looked_up = true;
+            f.helo = c.s(1);
+            f.rdns = c.s(2);
+            f.ip = c.s(3);
+            f.by = c.s(4);
+            f.id = c.s(5);
+            if f.rdns == "unverified" {
+                f.rdns.clear();
+            }
+            return enough(f);
+        }
+        return fall_through(&t, f);
+    } else if let Some(rest) = s.strip_prefix("(from ") {
+        let t = rest.to_string();
+        if let Some(c) = caps(
+            re!(
+                r"^(\S*) \[(",
+                ip_address!(),
+                r")\]\) by (\S+) \(NAVGW .*?\) with "
+            ),
+            &t,
+        ) {
+            f.helo = c.s(1);
+            f.ip = c.s(2);
+            f.by = c.s(3);
+            return enough(f);
+        }
+        if is(re!(r"^\S+\@localhost\) by \S+ "), &t)
+            || is(
+                re!(r"^[^\s\@]+\@[^)]+\) by \S+\(jqueuemail\) id [^\s;]+"),
+                &t,
+            )
+        {
+            return Parsed::Skip;
+        }
+        return fall_through(&t, f);
+    }
+    fall_through(&s, f)
+}
+
+/// The general patterns tried last, on what is left of the line.
+fn fall_through(t: &str, mut f: Fields) -> Parsed {
+    if f.ip.is_empty() {
+        if let Some(c) = caps(re!(r"\[(", ip_address!(), r")\]"), t) {
+            f.ip = c.s(1);
+        }
+    }
+    if !f.ip.is_empty() && !f.by.is_empty() {
+        return enough(f);
+    }
+    Parsed::Unparseable
+}
+
+/// What the parse has found so far.
+#[derive(Default)]
+struct Fields {
+    ip: String,
+    helo: String,
+    rdns: String,
+    by: String,
+    id: String,
+    ident: String,
+    envfrom: Option<String>,
+    looked_up: bool,
+    auth: String,
+}
+
+enum Step {
+    Enough,
+    Skip,
+    Fetcher,
+    QmailScanner,
+}
+
+/// How the handover was authenticated, from the MTAs' ways of saying it.
+fn authentication(s: &str) -> String {
+    if s.contains(" by ") {
+        if let Some(c) = caps(
+            re!(r"(?i) with ((?:ES|L|UTF8S|UTF8L)MTPS?A|ASMTP|HTTP[SU]?)(?: |;|$)"),
+            s,
+        ) {
+            return c.s(1);
+        }
+    }
+    if let (true, Some(c)) = (
+        is(
+            re!(
+                r" by mx\.google\.com with ESMTPS id [a-z0-9]{1,4}sm[0-9]{2,9}[a-z]{3}\.[0-9]{1,3}\.[0-9]{4}\.(?:[0-6][0-9]\.){4}[0-6][0-9]"
+            ),
+            s,
+        ),
+        caps(re!(r"\(version=([^ ]+) cipher=([^\)]+)\)"), s),
+    ) {
+        return format!("GMail - transport={} cipher={}", c.s(1), c.s(2));
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^from .*?(?:\]\)|\)\]) \(AUTH: (LOGIN|PLAIN|DIGEST-MD5|CRAM-MD5) \S+(?:, .*?)?\) by "
+        ),
+        s,
+    ) {
+        return c.s(1);
+    }
+    if s.contains("authenticated")
+        && is(
+            re!(r"^from .*?(?:\](?: \([^)]*\))?\)|\)\]) .*?\(.*?authenticated.*?\).*? by"),
+            s,
+        )
+    {
+        return "Sendmail".into();
+    }
+    if let Some(c) = caps(
+        re!(
+            r"from \S* \((?:HELO|EHLO) (\S*)\) \[(",
+            ip_address!(),
+            r")\] by (mail\.gmx\.(?:net|com)) \([^\)]+\) with ((?:ESMTP|SMTP))"
+        ),
+        s,
+    ) {
+        return format!("GMX ({} / {})", c.s(4), c.s(3));
+    }
+    if s.contains(" (authenticated as ")
+        && is(
+            re!(r"\) by .+ \(\d{1,2}\.\d\.\d{3}(?:\.\d{1,3})?\) \(authenticated as .+\) id "),
+            s,
+        )
+    {
+        return "CriticalPath".into();
+    }
+    if let Some(c) = caps(
+        re!(r"\) \(Authenticated sender: \S+\) by \S+ \(([^\)]+)\) with "),
+        s,
+    ) {
+        let name = c.s(1);
+        return if name == "Postfix" {
+            name
+        } else {
+            format!("Postfix ({name})")
+        };
+    }
+    if is(re!(r"CommuniGate Pro (HTTP|SMTP|XIMSS|IMAP)"), s) && s.contains(" (account ") {
+        return "Communigate".into();
+    }
+    if is(re!(r" with Microsoft Exchange Server HTTP-DAV\b"), s) {
+        return "HTTP-DAV".into();
+    }
+    if s.contains(" by ") {
+        if let Some(c) = caps(re!(r"(?i) \(via (HTTP.?)\)(?: |;|$)"), s) {
+            return c.s(1);
+        }
+    }
+    String::new()
+}
+
+/// Removes one `helo=`/`ident=` item from an Exim-style comment.
+fn sub_item(sub: &mut String, r: &Regex) -> Option<String> {
+    let c = r.captures(sub.as_bytes()).ok()??;
+    let whole = c.get(0)?;
+    let val = String::from_utf8_lossy(c.get(1)?.as_bytes()).into_owned();
+    let (a, b) = (whole.start(), whole.end());
+    sub.replace_range(a..b, "");
+    Some(val)
+}
+
+/// The body of `if (s/^from //) { ... }`: `None` falls through.
+fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
+    use Step::*;
+    if let Some(c) = caps(
+        re!(r"(?i)(?:return-path:? |envelope-(?:sender|from)[ =])(\S+)\b"),
+        t,
+    ) {
+        f.envfrom = Some(c.s(1));
+    }
+    if is(re!(r" \((?:SquirrelMail|NaSMail) authenticated user "), t) {
+        if let Some(c) = caps(
+            re!(
+                r"(",
+                ip_address!(),
+                r")\b(?![.-]).{10,80}by (\S+) with HTTP"
+            ),
+            t,
+        ) {
+            f.ip = c.s(1);
+            f.by = c.s(2);
+            return Some(Enough);
+        }
+    }
+    if t.contains("aol.com") && t.contains("with HTTP (WebMailUI)") {
+        if let Some(c) = caps(
+            re!(
+                r"(",
+                ip_address!(),
+                r") by (\S+) \(",
+                ip_address!(),
+                r"\) with HTTP \(WebMailUI\)"
+            ),
+            t,
+        ) {
+            f.ip = c.s(1);
+            f.by = c.s(2);
+            return Some(Enough);
+        }
+    }
+
+    if t.contains(" SMTPSVC") {
+        if let Some(c) = caps(
+            re!(
+                r"^(\S*) \(\[(",
+                ip_address!(),
+                r")\][^\)]{0,40}\) by (\S+) with Microsoft SMTPSVC"
+            ),
+            t,
+        ) {
+            f.helo = c.s(1);
+            f.ip = c.s(2);
+            f.by = c.s(3);
+            return Some(Enough);
+        }
+        if is(
+            re!(r"^mail pickup service by (\S+) with Microsoft SMTPSVC$"),
+            t,
+        ) {
+            return Some(Skip);
+        }
+    } else if is(
+        re!(r" with (?:Microsoft SMTP Server|mapi id) (?:\([^\)]+\) )?\d+\.\d+\.\d+\.\d+(?:$| )"),
+        t,
+    ) {
+        if let Some(c) = caps(
+            re!(
+                r"^(\S+) \(\[?(",
+                ip_address!(),
+                r")(?:%[A-Z0-9._~-]*)?\]?\) by (\S+) "
+            ),
+            t,
+        ) {
+            f.helo = c.s(1);
+            f.ip = c.s(2);
+            f.by = c.s(3);
+            f.id.clear();
+            return Some(Enough);
+        }
+    } else if t.contains("[XMail ") {
+        if let Some(c) = caps(
+            re!(
+                r"^(\S+) \((\[?",
+                ip_address!(),
+                r"\]?)(?::\d+)\) by (\S+)(?: \(\S+\))? with \[XMail"
+            ),
+            t,
+        ) {
+            f.helo = c.s(1);
+            f.ip = c.s(2);
+            f.by = c.s(3);
+            if let Some(c) = caps(re!(r" id <(\S+)>"), t) {
+                f.id = c.s(1);
+            }
+            if let Some(c) = caps(re!(r" from <(\S+)>"), t) {
+                f.envfrom = Some(c.s(1));
+            }
+            return Some(Enough);
+        }
+    } else if is(re!(r"\(ecelerity\b"), t) {
+        if let Some(c) = caps(
+            re!(r"^\(\[(", ip_address!(), r"):\d+\] helo=(\S+)\) by (\S+) "),
+            t,
+        ) {
+            f.ip = c.s(1);
+            f.helo = c.s(2);
+            f.by = c.s(3);
+            return Some(Enough);
+        }
+        if let Some(c) = caps(re!(r"^\S+ \(\[(", ip_address!(), r"):\d+\]\) by (\S+) "), t) {
+            f.ip = c.s(1);
+            f.by = c.s(2);
+            return Some(Enough);
+        }
+    } else if t.contains("Exim") {
+        if is(re!(r"\bwith local(?:-\S+)? "), t) {
+            return Some(Skip);
+        }
+        if let Some(c) = caps(re!(r"^\[(", ip_address!(), r")\] \((.*?)\) by (\S+) "), t) {
+            f.ip = c.s(1);
+            let mut sub = c.s(2);
+            f.by = c.s(3);
+            if let Some(v) = sub_item(&mut sub, re!(r"helo=(\S+)")) {
+                f.helo = v;
+            }
+            if let Some(v) = sub_item(&mut sub, re!(r"ident=(\S*)")) {
+                f.ident = v;
+            }
+            return Some(Enough);
+        }
+        if let Some(c) = caps(
+            re!(r"^(\S+) \(\[(", ip_address!(), r")\](.*?)\) by (\S+) "),
+            t,
+        ) {
+            f.rdns = c.s(1);
+            f.ip = c.s(2);
+            let mut sub = c.s(3);
+            f.by = c.s(4);
+            f.helo = f.rdns.clone();
+            if let Some(v) = sub_item(&mut sub, re!(r"helo=(\S+)")) {
+                f.helo = v;
+            }
+            if let Some(v) = sub_item(&mut sub, re!(r"ident=(\S*)")) {
+                f.ident = v;
+            }
+            return Some(Enough);
+        }
+        if let Some(c) = caps(
+            re!(r"^(\S+) \[(", ip_address!(), r")\](:\d+)? by (\S+) "),
+            t,
+        ) {
+            f.rdns = c.s(1);
+            f.ip = c.s(2);
+            f.helo = c.s(1);
+            f.by = c.s(4);
+            return Some(Enough);
+        }
+        if let Some(c) = caps(re!(r"^(\S+) "), t) {
+            f.rdns = c.s(1);
+        }
+        if let Some(c) = caps(re!(r" \((\S+)\) "), t) {
+            f.helo = c.s(1);
+        }
+        if let Some(c) = caps(re!(r" \[(", ip_address!(), r")(?:\.\d+)?\] "), t) {
+            f.ip = c.s(1);
+        }
+        if let Some(c) = caps(re!(r"by (\S+) "), t) {
+            f.by = c.s(1);
+            if !f.ip.is_empty() {
+                return Some(Enough);
+            }
+        }
+    } else if t.contains(" (Postfix) with") {
+        if let Some(c) = caps(
+            re!(r"^(\S+) \((\S+) \[(", ip_address!(), r")\]\) by (\S+) "),
+            t,
+        ) {
+            f.looked_up = true;
+            f.helo = c.s(1);
+            f.rdns = c.s(2);
+            f.ip = c.s(3);
+            f.by = c.s(4);
+            if f.rdns == "unknown" {
+                f.rdns.clear();
+            }
+            return Some(Enough);
+        }
+        if let Some(c) = caps(
+            re!(r"^(\S+) \((\S+)\[(", ip_address!(), r")\]\) by (\S+) "),
+            t,
+        ) {
+            f.looked_up = true;
+            f.helo = c.s(1);
+            f.rdns = c.s(2);
+            f.ip = c.s(3);
+            f.by = c.s(4);
+            if f.rdns == "unknown" {
+                f.rdns.clear();
+            }
+            return Some(Enough);
+        }
+    } else if t.contains("(Scalix SMTP Relay") {
+        if let Some(c) = caps(re!(r"^(\S+) \( ?(", ip_address!(), r")\) by (\S+)"), t) {
+            f.helo = c.s(1);
+            f.ip = c.s(2);
+            f.by = c.s(3);
+            return Some(Enough);
+        }
+    } else if t.contains(" (Lotus Domino ") {
+        if let Some(c) = caps(
+            re!(r"^(\S+) \(\[(", ip_address!(), r")\]\) by (\S+) \(Lotus"),
+            t,
+        ) {
+            f.looked_up = false;
+            f.helo = c.s(1);
+            f.ip = c.s(2);
+            f.by = c.s(3);
+            return Some(Enough);
+        }
+    }
+
+    if is(re!(r"\bwith HTTP\b"), t) {
+        if let Some(c) = caps(
+            re!(
+                r"^(",
+                ip_address!(),
+                r") \(\[",
+                ip_address!(),
+                r"\]\) by (\S+)"
+            ),
+            t,
+        ) {
+            f.ip = c.s(1);
+            f.by = c.s(2);
+            return Some(Enough);
+        }
+    }
+
+    if !is(re!(r" by \S+ \(qmail-\S+\) with "), t) {
+        if let Some(c) = caps(
+            re!(r"^(\S+) \((\S+) \[(", ip_address!(), r")\].*\) by (\S+) \("),
+            t,
+        ) {
+            f.looked_up = true;
+            f.helo = c.s(1);
+            f.rdns = c.s(2);
+            f.ip = c.s(3);
+            f.by = c.s(4);
+            if let Some(v) = sub_item(&mut f.rdns, re!(r"^IDENT:([^\@]*)\@")) {
+                f.ident = v;
+            }
+            if let Some(v) = sub_item(&mut f.rdns, re!(r"^([^\@]*)\@")) {
+                f.ident = v;
+            }
+            return Some(Enough);
+        }
+    }
+
+    // From here on the formats get less standard.
+    macro_rules! take {
+        ($c:expr; $($field:ident = $i:expr),* $(; $lookup:expr)?) => {{
+            $( f.$field = $c.s($i); )*
+            $( f.looked_up = $lookup; )?
+            return Some(Enough);
+        }};
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \((\S+) \[(",
+            ip_address!(),
+            r")\]\) by (\S+) with \S+ \("
+        ),
+        t,
+    ) {
+        take!(c; rdns = 2, ip = 3, helo = 1, by = 4; true);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \(\[(",
+            ip_address!(),
+            r")\] helo=(\S+)\) by (\S+) with "
+        ),
+        t,
+    ) {
+        take!(c; rdns = 1, ip = 2, helo = 3, by = 4);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \(<unknown\S*>\[(",
+            ip_address!(),
+            r")\]\) by (\S+) "
+        ),
+        t,
+    ) {
+        take!(c; helo = 1, ip = 2, by = 3);
+    }
+    if let Some(c) = caps(
+        re!(r"^(\S+) \((\S+\.\S+)\[(", ip_address!(), r")\]\) by (\S+) "),
+        t,
+    ) {
+        take!(c; helo = 1, rdns = 2, ip = 3, by = 4; true);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \((\S*)\@\[(",
+            ip_address!(),
+            r")\].*\) by (\S+) \("
+        ),
+        t,
+    ) {
+        take!(c; helo = 1, ip = 3, by = 4, ident = 2; true);
+    }
+    if let Some(c) = caps(re!(r"by (\S+\.hotmail\.msn\.com) "), t) {
+        f.by = c.s(1);
+        if let Some(c) = caps(re!(r"^(", ip_address!(), r") "), t) {
+            f.ip = c.s(1);
+        }
+        return Some(Enough);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \((?:HELO|EHLO) (\S*)\) \((",
+            ip_address!(),
+            r")\) by (\S+) \(qpsmtpd\/\S+\) with (?:ESMTP|SMTP)"
+        ),
+        t,
+    ) {
+        take!(c; rdns = 1, helo = 2, ip = 3, by = 4);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \(LHLO (\S*)\) \((",
+            ip_address!(),
+            r")\) by (\S+) with LMTP"
+        ),
+        t,
+    ) {
+        take!(c; rdns = 1, helo = 2, ip = 3, by = 4);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \((?:HELO|EHLO) (\S*)\) \[(",
+            ip_address!(),
+            r")\] by (\S+) \([^\)]+\) with (?:ESMTP|SMTP)"
+        ),
+        t,
+    ) {
+        take!(c; rdns = 1, helo = 2, ip = 3, by = 4);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \(\[(",
+            ip_address!(),
+            r")\]\) by (\S+) via smtpd \(for \S+\) with SMTP\("
+        ),
+        t,
+    ) {
+        take!(c; helo = 1, ip = 2, by = 3);
+    }
+    // The many qmail forms.
+    if is(
+        re!(
+            r"^\S+( \((?:HELO|EHLO) \S*\))? \((\S+\@)?\[?",
+            ip_address!(),
+            r"\]?\)( \(envelope-sender <\S+>\))? by \S+( \(.+\))* with (.* )?(SMTP|QMQP)(?! id )"
+        ),
+        t,
+    ) {
+        if let Some(c) = caps(
+            re!(
+                r"^(\S+) \((?:HELO|EHLO) ([^ \(\)]*)\) \((\S*)\@\[?(",
+                ip_address!(),
+                r")\]?\)( \(envelope-sender <\S+>\))? by (\S+)"
+            ),
+            t,
+        ) {
+            f.rdns = c.s(1);
+            f.helo = c.s(2);
+            f.ident = c.s(3);
+            f.ip = c.s(4);
+            f.by = c.s(6);
+        } else if let Some(c) = caps(
+            re!(
+                r"^(\S+) \((?:HELO|EHLO) ([^ \(\)]*)\) \(\[?(",
+                ip_address!(),
+                r")\]?\)( \(envelope-sender <\S+>\))? by (\S+)"
+            ),
+            t,
+        ) {
+            f.rdns = c.s(1);
+            f.helo = c.s(2);
+            f.ip = c.s(3);
+            f.by = c.s(5);
+        } else if let Some(c) = caps(
+            re!(
+                r"^(\S+) \((\S*)\@\[?(",
+                ip_address!(),
+                r")\]?\)( \(envelope-sender <\S+>\))? by (\S+)"
+            ),
+            t,
+        ) {
+            f.rdns = c.s(1);
+            f.helo = c.s(1);
+            f.ident = c.s(2);
+            f.ip = c.s(3);
+            f.by = c.s(5);
+        } else if let Some(c) = caps(
+            re!(
+                r"^(\S+) \(\[?(",
+                ip_address!(),
+                r")\]?\)( \(envelope-sender <\S+>\))? by (\S+)"
+            ),
+            t,
+        ) {
+            f.rdns = c.s(1);
+            f.helo = c.s(1);
+            f.ip = c.s(2);
+            f.by = c.s(4);
+        }
+        if f.rdns != "unknown" {
+            f.looked_up = true;
+        } else {
+            f.rdns.clear();
+        }
+        return Some(Enough);
+    }
+    if t.ends_with(" via HTTP") {
+        if let Some(c) = caps(re!(r"^\[(", ip_address!(), r")\] by (\S+) via HTTP$"), t) {
+            take!(c; ip = 1, by = 2);
+        }
+    }
+    if let Some(c) = caps(
+        re!(r"^(\S+) \( \[(", ip_address!(), r")\]\).*? by (\S+) "),
+        t,
+    ) {
+        take!(c; ip = 2, by = 3);
+    }
+    if let Some(c) = caps(re!(r"^\((\S+) \[(", ip_address!(), r")\]\) by (\S+) "), t) {
+        take!(c; helo = 1, ip = 2, by = 3);
+    }
+    if let Some(c) = caps(re!(r"^\[(", ip_address!(), r")\] by (\S+) "), t) {
+        take!(c; ip = 1, by = 2);
+    }
+    if let Some(c) = caps(re!(r"^\(\[?(", ip_address!(), r")\]?\) by (\S+) "), t) {
+        take!(c; ip = 1, by = 2);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \[(",
+            ip_address!(),
+            r")\] by (\S+) \[",
+            ip_address!(),
+            r"\] with "
+        ),
+        t,
+    ) {
+        take!(c; helo = 1, ip = 2, by = 3; true);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \[\((",
+            ip_address!(),
+            r")\)\] by (\S+) \(",
+            ip_address!(),
+            r"\) "
+        ),
+        t,
+    ) {
+        take!(c; helo = 1, ip = 2, by = 3);
+    }
+    if let Some(c) = caps(re!(r"^(\S+) \(\[(", ip_address!(), r")\]\) by (\S+) \("), t) {
+        take!(c; helo = 1, ip = 2, by = 3; true);
+    }
+    if let Some(c) = caps(
+        re!(r"^(\S+) \((\S+) \[(", ip_address!(), r")\]\).*? by (\S+)\b"),
+        t,
+    ) {
+        if c.s(2) == "softdnserr" {
+            f.looked_up = false;
+        } else {
+            f.looked_up = true;
+            f.rdns = c.s(2);
+        }
+        take!(c; helo = 1, ip = 3, by = 4);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \(\[(",
+            ip_address!(),
+            r")(?:[.:]\d+)?\]\).*? by (\S+) "
+        ),
+        t,
+    ) {
+        take!(c; helo = 1, ip = 2, by = 3; true);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \((\S+) \[(",
+            ip_address!(),
+            r")\]\)(?: \(authenticated bits=\d+\))? by (\S+) \("
+        ),
+        t,
+    ) {
+        take!(c; helo = 1, rdns = 2, ip = 3, by = 4; true);
+    }
+    if is(re!(r"with (?:POP3|IMAP)"), t) {
+        return Some(Fetcher);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \((?:HELO|EHLO) ([^\)]*)\) \((\S*@)?\[?(",
+            ip_address!(),
+            r")\]?\).* by (\S+) "
+        ),
+        t,
+    ) {
+        f.looked_up = true;
+        f.rdns = c.s(1);
+        f.helo = c.s(2);
+        f.ident = c.s(3).trim_end_matches('@').to_string();
+        f.ip = c.s(4);
+        f.by = c.s(5);
+        return Some(Enough);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \((\S*@)?\[?(",
+            ip_address!(),
+            r")\]?\).* by (\S+) "
+        ),
+        t,
+    ) {
+        f.looked_up = true;
+        f.rdns = c.s(1);
+        f.helo = c.s(1);
+        f.ident = c.s(2).trim_end_matches('@').to_string();
+        f.ip = c.s(3);
+        f.by = c.s(4);
+        return Some(Enough);
+    }
+    if t.contains(" with http for ") {
+        if let Some(c) = caps(
+            re!(r"^\[(", ip_address!(), r")\] by (\S+) with http for "),
+            t,
+        ) {
+            take!(c; ip = 1, by = 2);
+        }
+    }
+    if t.contains(" via smap ") {
+        if let Some(c) = caps(
+            re!(r"^(\S+)\((", ip_address!(), r")\) by (\S+) via smap "),
+            t,
+        ) {
+            take!(c; rdns = 1, ip = 2, by = 3; true);
+        }
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+)\((",
+            ip_address!(),
+            r"), (?:HELO|EHLO) (\S*)\) by (\S+) via smap "
+        ),
+        t,
+    ) {
+        take!(c; rdns = 1, ip = 2, helo = 3, by = 4; true);
+    }
+    if t.contains(" (Post") {
+        if let Some(c) = caps(re!(r"^\[(", ip_address!(), r")\] by (\S+) \(Post"), t) {
+            take!(c; ip = 1, by = 2);
+        }
+    }
+    if t.contains(" (ArGoSoft") {
+        if let Some(c) = caps(re!(r"^\[(", ip_address!(), r")\] by (\S+) \(ArGoSoft"), t) {
+            take!(c; ip = 1, by = 2);
+        }
+    }
+    if let Some(c) = caps(
+        re!(r"^(", ip_address!(), r") by (\S+) \((?:SMTPL|InterScan)\b"),
+        t,
+    ) {
+        take!(c; ip = 1, by = 2);
+    }
+    if t.contains(" with BSMTP") && is(re!(r"^\S+ by \S+ with BSMTP"), t) {
+        return Some(Skip);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \((\S+) \[(",
+            ip_address!(),
+            r")\]\) by (\S+) with "
+        ),
+        t,
+    ) {
+        take!(c; helo = 1, rdns = 2, ip = 3, by = 4; true);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \((?:HELO|EHLO) (\S*)\) \((?:(\S+)\@)?(",
+            ip_address!(),
+            r").*?\) by (\S+) with "
+        ),
+        t,
+    ) {
+        f.looked_up = true;
+        f.rdns = c.s(1);
+        f.helo = c.s(2);
+        f.ip = c.s(4);
+        f.by = c.s(5);
+        if let Some(i) = c.opt(3) {
+            f.ident = i;
+        }
+        return Some(Enough);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^\[(",
+            ip_address!(),
+            r")\] \((?:account \S+ )?(?:HELO|EHLO) (\S*)\) by (\S+) \("
+        ),
+        t,
+    ) {
+        take!(c; ip = 1, helo = 2, by = 3);
+    }
+    if t.contains(" (CommuniGate Pro") {
+        if let Some(c) = caps(
+            re!(
+                r"^(\S+) \(\[(",
+                ip_address!(),
+                r")\] verified\) by (\S+) \("
+            ),
+            t,
+        ) {
+            take!(c; rdns = 1, helo = 1, ip = 2, by = 3; true);
+        }
+    }
+    if let Some(c) = caps(re!(r"^\(\[(", ip_address!(), r")\]\) by (\S+) with "), t) {
+        take!(c; ip = 1, by = 2);
+    }
+    if let Some(c) = caps(re!(r"^([^\d]\S+) \((", ip_address!(), r")\) by (\S+) "), t) {
+        take!(c; helo = 1, ip = 2, by = 3);
+    }
+    if is(re!(r"^\S+ \(\S+\) by \S+ \(Content Technologies "), t) {
+        return Some(Skip);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \(\[(",
+            ip_address!(),
+            r")\] \[(\S+)\]\) by (\S+) with "
+        ),
+        t,
+    ) {
+        take!(c; helo = 1, ip = 2, by = 4);
+    }
+    if let Some(c) = caps(re!(r"^(", ip_address!(), r") by (\S+) with "), t) {
+        take!(c; ip = 1, by = 2);
+    }
+    if let Some(c) = caps(
+        re!(r"^(\S+) \((\S+)\[(", ip_address!(), r")\]\) by (\S+) "),
+        t,
+    ) {
+        take!(c; helo = 1, rdns = 2, ip = 3, by = 4; true);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^\[(",
+            ip_address!(),
+            r")\]\S+ \((?:HELO|EHLO) (\S*)\) by (\S+) "
+        ),
+        t,
+    ) {
+        take!(c; ip = 1, helo = 2, by = 3);
+    }
+    if let Some(c) = caps(
+        re!(r"^(", ip_address!(), r") \((?:HELO|EHLO) (\S*)\) by (\S+) "),
+        t,
+    ) {
+        take!(c; ip = 1, helo = 2, by = 3);
+    }
+    if let Some(c) = caps(re!(r"^(\S+) \[(", ip_address!(), r")\] by (\S+) "), t) {
+        take!(c; helo = 1, ip = 2, by = 3);
+    }
+    if let Some(c) = caps(re!(r"^(\S+)\((", ip_address!(), r")\) by (\S+) "), t) {
+        take!(c; rdns = 1, ip = 2, by = 3);
+    }
+    if let Some(c) = caps(re!(r"^\[(", ip_address!(), r")\] by (\S+) \(MailGate "), t) {
+        take!(c; ip = 1, by = 2);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \(unverified \[(",
+            ip_address!(),
+            r")\]\) by (\S+) "
+        ),
+        t,
+    ) {
+        take!(c; helo = 1, ip = 2, by = 3);
+    }
+    if let Some(c) = caps(
+        re!(r"^(", ip_address!(), r") \([A-Za-z][^\)]+\) by (\S+) with "),
+        t,
+    ) {
+        take!(c; ip = 1, by = 2);
+    }
+    if let Some(c) = caps(
+        re!(r"^\[(", ip_address!(), r")\] \(([^\)]+)\) by (\S+) "),
+        t,
+    ) {
+        f.ip = c.s(1);
+        let mut sub = c.s(2);
+        f.by = c.s(3);
+        if let Some(v) = sub_item(&mut sub, re!(r"helo=(\S+)")) {
+            f.helo = v;
+        }
+        if let Some(v) = sub_item(&mut sub, re!(r"ident=(\S*)")) {
+            f.ident = v;
+        }
+        return Some(Enough);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \((?:\S+\@)?(",
+            ip_address!(),
+            r")\) by (\S+) with "
+        ),
+        t,
+    ) {
+        take!(c; rdns = 1, ip = 2, by = 3);
+    }
+    if let Some(c) = caps(
+        re!(
+            r#"^(\S+)\(("#,
+            ip_address!(),
+            r#")\)(?:, claiming to be "(\S+)")? via \S+ by (\S+),"#
+        ),
+        t,
+    ) {
+        f.rdns = c.s(1);
+        f.ip = c.s(2);
+        f.helo = c.s(3);
+        f.by = c.s(4);
+        if c.s(1) != "UNKNOWN" {
+            f.looked_up = true;
+        }
+        return Some(Enough);
+    }
+    if let Some(c) = caps(
+        re!(
+            r"^(\S+) \((\S+)@(",
+            ip_address!(),
+            r") with login\) by (\S+\.yahoo\.com) with SMTP"
+        ),
+        t,
+    ) {
+        take!(c; helo = 1, ip = 3, by = 4);
+    }
+    if let Some(c) = caps(re!(r"^X-Originating-IP: (", ip_address!(), r")$"), t) {
+        f.ip = c.s(1);
+        f.by.clear();
+        return Some(Enough);
+    }
+
+    // Handovers to ignore.
+    let skips: [&Regex; 12] = [
+        re!(r"^\S+ \([^\s\@]+\@", localhost!(), r"\) by \S+ \("),
+        re!(r"^\S+ \S+ by \S+ with local-e?smtp "),
+        re!(r"^127\.0\.0\.1 \(AVG SMTP \S+ \[\S+\]\)"),
+        re!(r"^\S+\@\S+ by \S+ by uid \S+ "),
+        re!(r"^\S+\@\S+ by \S+ "),
+        re!(r"^Unknown\/Local \("),
+        re!(
+            r"^",
+            localhost!(),
+            r" \((?:\S+\@)?",
+            localhost!(),
+            r"[\)\[]"
+        ),
+        re!(r"^\S+ \((?:\S+\@)?", localhost!(), r"\) "),
+        re!(r"^\S+ \(\S+\@\S+ \[", localhost!(), r"\]\) "),
+        re!(r"^\(AUTH: \S+\) by \S+ with "),
+        re!(r"^localhost \(localhost \[\[UNIX: localhost\]\]\) by "),
+        re!(r"^\S+\.amazon\.com by \S+\.amazon\.com with ESMTP \(peer crosscheck: "),
+    ];
+    if skips.iter().any(|r| is(r, t)) {
+        return Some(Skip);
+    }
+    if is(re!(r"^[^\.]+ by \S+ with Novell_GroupWise"), t)
+        || is(re!(r"^no\.name\.available by \S+ via smtpd \(for "), t)
+    {
+        return Some(Skip);
+    }
+    if is(re!(r"^\S+ by \S+ \(.{0,100}\) with qmail-scanner"), t) {
+        return Some(QmailScanner);
+    }
+    let more: [&Regex; 12] = [
+        re!(r"^\S+ by \S+ with local"),
+        re!(r"^\S+ \(\[unix socket\]\) by \S+ \(Cyrus v[0-9]*?\.[0-9]*?\.[0-9]*?\) with LMTPA"),
+        re!(r"^\S+ by \S+ (?:with|via|for|\()"),
+        re!(r"^\S+ (?:(?:with|via|for) \S+|\(unverified\)) by\b"),
+        re!(r"^\S+ \(unknown\) by \S+ \(SG\) with \b"),
+        re!(r"^\S+ \(\S+ \[local\]\) by \S+ \(OpenSMTPD\) with \b"),
+        re!(r"\(LSMTP for"),
+        re!(r"^\(\[", localhost!(), r"\]\) with MailEnable "),
+        re!(r"^facebook\.com \([^\)]+\) by facebook\.com with Thrift id \S+$"),
+        re!(r"^\S+ named \S+ by gmailapi\.google\.com with HTTPREST$"),
+        re!(r"^\S+ id \S+$"),
+        re!(r"^\[<.*? \(Jetsend"),
+    ];
+    if more.iter().any(|r| is(r, t)) {
+        return Some(Skip);
+    }
+    if f.helo.is_empty() {
+        if let Some(c) = caps(re!(r"^(\S+)[^-A-Za-z0-9\.]"), t) {
+            f.helo = c.s(1);
+        }
+    }
+    None
+}
+
+/// An envelope sender cleaned as SpamAssassin does.
+fn strip_envfrom(e: &str) -> String {
+    let e = e.trim_start().trim_start_matches('<');
+    let e = e.trim_end().trim_end_matches('>');
+    strip_chars(e)
+}
+
+/// Invalid characters become `!` (so `[1.2.3.4]` HELOs read `!1.2.3.4!`).
+fn strip_chars(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_whitespace()
+                || matches!(c, '\0' | '#' | '[' | ']' | '(' | ')' | '<' | '>' | '|')
+            {
+                '!'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// The `enough:` label: the parse is done; clean up and build the relay.
+fn enough(f: Fields) -> Parsed {
+    let mut rdns = f.rdns.trim_end_matches('.').to_string();
+    if rdns.eq_ignore_ascii_case("unknown") || rdns.starts_with('[') {
+        rdns.clear();
+    }
+    let mut ip = f.ip;
+    if ip.len() >= 5 && ip[..5].eq_ignore_ascii_case("ipv6:") {
+        ip.drain(..5);
+    }
+    let ip = ip.strip_prefix('[').unwrap_or(&ip).to_string();
+    let mut ip = ip.strip_suffix(']').unwrap_or(&ip).to_string();
+    if let Some(c) = caps(re!(r"(?i)%[A-Z0-9._~-]*\z"), &ip) {
+        let n = c.s(0).len();
+        ip.truncate(ip.len() - n);
+    }
+    if let Some(c) = caps(re!(r"(?i)^0*:0*:(?:0*:)*ffff:(\d+\.\d+\.\d+\.\d+)$"), &ip) {
+        ip = c.s(1);
+    }
+    let by = f.by.strip_suffix(';').unwrap_or(&f.by).to_string();
+    let mut relay = Relay {
+        ip: strip_chars(&ip),
+        by: strip_chars(&by),
+        helo: strip_chars(&f.helo),
+        ident: strip_chars(&f.ident),
+        envfrom: f.envfrom.map(|e| strip_envfrom(&e)),
+        id: f.id,
+        auth: f.auth,
+        rdns: strip_chars(&rdns),
+        ..Relay::default()
+    };
+    if relay.rdns.is_empty() && f.looked_up {
+        relay.no_reverse_dns = true;
+    }
+    relay.ip_private = is(re!(ip_private!()), &relay.ip);
+    relay.make_string();
+    Parsed::Relay(relay)
+}
+
+/// `hostname_to_domain` of RelayEval.
+pub fn hostname_to_domain(host: &str) -> String {
+    if !host.bytes().any(|b| b.is_ascii_alphabetic()) {
+        return host.to_string();
+    }
+    // Perl's split drops trailing empty fields.
+    let mut parts: Vec<&str> = host.split('.').collect();
+    while parts.last() == Some(&"") {
+        parts.pop();
+    }
+    let last = parts.last().copied().unwrap_or("");
+    let long_tld = last.chars().filter(|c| !c.is_whitespace()).count() >= 3
+        || last.contains("ie")
+        || last.contains("fr")
+        || last.contains("de");
+    if parts.len() > 1 && long_tld {
+        parts[parts.len() - 2..].join(".")
+    } else if parts.len() > 2 {
+        parts[parts.len() - 3..].join(".")
+    } else {
+        host.to_string()
+    }
+}
+
+/// Whether a string is an IPv4 address (`IS_IPV4_ADDRESS`).
+pub fn is_ipv4(s: &str) -> bool {
+    is(
+        re!(
+            r"^\b(?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)\.(?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)\.(?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)\.(?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)\b$"
+        ),
+        s,
+    )
+}
+
+/// Whether an address is private (`IS_IP_PRIVATE`).
+pub fn is_private(s: &str) -> bool {
+    is(re!(r"^", ip_private!(), r"$"), s)
+}
+
+/// The relay tests of RelayEval and the Received checks of HeaderEval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Test {
+    /// `check_for_numeric_helo()`: an untrusted relay HELOed with a public IPv4 address.
+    NumericHelo,
+    /// `helo_ip_mismatch()`: an untrusted relay's IP HELO names another /24 than its address.
+    HeloIpMismatch,
+    /// `check_all_trusted()`.
+    AllTrusted,
+    /// `check_no_relays()`.
+    NoRelays,
+    /// `check_relays_unparseable()`.
+    Unparseable,
+    /// `check_for_sender_no_reverse()`: the first untrusted relay has no usable rDNS.
+    SenderNoReverse,
+    /// `check_for_no_rdns_dotcom_helo()`.
+    NoRdnsDotcomHelo,
+    /// `check_for_forged_received_trail()`: a relay's `by` is not the next one's rDNS, twice.
+    ForgedTrail,
+    /// `check_for_forged_received_ip_helo()`.
+    ForgedIpHelo,
+    /// `check_for_fake_aol_relay_in_rcvd()`.
+    FakeAolRelay,
+    /// `gated_through_received_hdr_remover()`.
+    GatedThroughRemover,
+    /// `check_for_forged_hotmail_received_headers()`.
+    ForgedHotmail,
+    /// `check_for_no_hotmail_received_headers()`.
+    NoHotmail,
+    /// `check_for_forged_eudoramail_received_headers()`.
+    ForgedEudoramail,
+    /// `check_for_forged_yahoo_received_headers()`.
+    ForgedYahoo,
+    /// `check_for_forged_juno_received_headers()`.
+    ForgedJuno,
+}
+
+impl Test {
+    /// The test an eval function names, when it is one of these.
+    pub fn of(function: &str) -> Option<Test> {
+        Some(match function {
+            "check_for_numeric_helo" => Test::NumericHelo,
+            "helo_ip_mismatch" => Test::HeloIpMismatch,
+            "check_all_trusted" => Test::AllTrusted,
+            "check_no_relays" => Test::NoRelays,
+            "check_relays_unparseable" => Test::Unparseable,
+            "check_for_sender_no_reverse" => Test::SenderNoReverse,
+            "check_for_no_rdns_dotcom_helo" => Test::NoRdnsDotcomHelo,
+            "check_for_forged_received_trail" => Test::ForgedTrail,
+            "check_for_forged_received_ip_helo" => Test::ForgedIpHelo,
+            "check_for_fake_aol_relay_in_rcvd" => Test::FakeAolRelay,
+            "gated_through_received_hdr_remover" => Test::GatedThroughRemover,
+            "check_for_forged_hotmail_received_headers" => Test::ForgedHotmail,
+            "check_for_no_hotmail_received_headers" => Test::NoHotmail,
+            "check_for_forged_eudoramail_received_headers" => Test::ForgedEudoramail,
+            "check_for_forged_yahoo_received_headers" => Test::ForgedYahoo,
+            "check_for_forged_juno_received_headers" => Test::ForgedJuno,
+            _ => return None,
+        })
+    }
+}
+
+/// A header as `PerMsgStatus::get` gives it, as text (`None` when absent).
+fn get(h: &Headers, request: &str) -> Option<String> {
+    super::engine::header_value(h, request, None).map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+fn squeeze(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Runs a relay test.
+pub fn run(test: Test, r: &Relays, h: &Headers) -> bool {
+    match test {
+        Test::NumericHelo => {
+            let s = r
+                .pseudo_header("X-Spam-Relays-Untrusted")
+                .unwrap_or_default();
+            caps(
+                re!(r"(?i)\bhelo=(\b(?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)\.(?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)\.(?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)\.(?:1\d\d|2[0-4]\d|25[0-5]|[1-9]\d|\d)\b)(?=[\000-\040,;\[()<>]|\z)"),
+                &s,
+            )
+            .is_some_and(|c| !is(re!(ip_private!()), &c.s(1)))
+        }
+        Test::HeloIpMismatch => r.untrusted.iter().any(|x| {
+            if !is_ipv4(&x.helo) || is_private(&x.helo) {
+                return false;
+            }
+            let net = caps(re!(r"^(\d+\.\d+\.\d+\.)"), &x.helo).map(|c| c.s(1));
+            is_ipv4(&x.ip)
+                && !is_private(&x.ip)
+                && x.helo != x.ip
+                && net.is_some_and(|n| !x.ip.starts_with(&n))
+        }),
+        Test::AllTrusted => !r.trusted.is_empty() && r.untrusted.is_empty() && r.unparseable == 0,
+        Test::NoRelays => r.trusted.is_empty() && r.untrusted.is_empty() && r.unparseable == 0,
+        Test::Unparseable => r.unparseable > 0,
+        Test::SenderNoReverse => r
+            .untrusted
+            .last()
+            .is_some_and(|x| x.rdns.contains('.') && !x.ip_private),
+        Test::NoRdnsDotcomHelo => {
+            // As written: each public relay with a HELO resets the verdict.
+            let mut hit = false;
+            for x in r.untrusted.iter().filter(|x| !x.ip_private) {
+                hit = is(
+                    re!(r"(?ix)(?:\.|^)(lycos\.com|lycos\.co\.uk|hotmail\.com
+                        |localhost\.com|excite\.com|caramail\.com
+                        |cs\.com|aol\.com|msn\.com|yahoo\.com|drizzle\.com)$"),
+                    &x.helo,
+                ) && x.no_reverse_dns;
+            }
+            hit
+        }
+        Test::ForgedTrail => forged_received(r).0 > 1,
+        Test::ForgedIpHelo => forged_received(r).1 > 0,
+        Test::FakeAolRelay => {
+            let rcvd = squeeze(&get(h, "Received").unwrap_or_default());
+            is(re!(r"(?i) rly-[a-z][a-z]\d\d\."), &rcvd)
+                && !is(re!(r"\/AOL-\d+\.\d+\.\d+\)"), &rcvd)
+                && !is(re!(r"ESMTP id (?:RELAY|MAILRELAY|MAILIN)"), &rcvd)
+        }
+        Test::GatedThroughRemover => gated_through_remover(h),
+        Test::ForgedHotmail => forged_hotmail(h) == Some(true),
+        Test::NoHotmail => forged_hotmail(h) == Some(false),
+        Test::ForgedEudoramail => {
+            let from = get(h, "From:addr").unwrap_or_default();
+            if !is(re!(r"(?im)\beudoramail\.com$"), &from) || gated_through_remover(h) {
+                return false;
+            }
+            let rcvd = squeeze(&get(h, "Received").unwrap_or_default());
+            let ip = get(h, "X-Sender-Ip").is_some_and(|v| is(re!(ip_address!()), &v));
+            !(is(re!(r"by \S*whowhere.com\;"), &rcvd) && ip)
+        }
+        Test::ForgedYahoo => forged_yahoo(r, h),
+        Test::ForgedJuno => forged_juno(h),
+    }
+}
+
+/// `_check_for_forged_received`: (from mismatches, IP HELO mismatches).
+fn forged_received(r: &Relays) -> (u32, u32) {
+    let fqdn = re!(r"^\w+(?:[\w.-]+\.)+\w+$");
+    let by: Vec<String> = r
+        .untrusted
+        .iter()
+        .map(|x| hostname_to_domain(&x.lc_by()))
+        .collect();
+    let mut from: Vec<Option<String>> = r
+        .untrusted
+        .iter()
+        .map(|x| Some(hostname_to_domain(&x.lc_rdns())))
+        .collect();
+    let helo: Vec<String> = r
+        .untrusted
+        .iter()
+        .map(|x| hostname_to_domain(&x.lc_helo()))
+        .collect();
+    let (mut mismatch_from, mut mismatch_ip_helo) = (0, 0);
+    for i in 0..r.untrusted.len() {
+        if !is(fqdn, &by[i]) {
+            continue;
+        }
+        let fip = &r.untrusted[i].ip;
+        if from[i]
+            .as_deref()
+            .is_some_and(|f| is(re!(r"^localhost(?:\.localdomain)?$"), f))
+            && fip == "127.0.0.1"
+        {
+            from[i] = None;
+        }
+        let hlo = &helo[i];
+        let quad = re!(r"^\d+\.\d+\.\d+\.\d+$");
+        if is(quad, hlo) && is(quad, fip) && fip != hlo {
+            let classb = |s: &str| caps(re!(r"^(\d+\.\d+)\.\d+\.\d+$"), s).map(|c| c.s(1));
+            if let (Some(h), Some(f)) = (classb(hlo), classb(fip)) {
+                if h != f && !is(re!(r"^", ip_private!(), r"$"), hlo) {
+                    mismatch_ip_helo += 1;
+                }
+            }
+        }
+        if i > 0 {
+            if let Some(prev) = &from[i - 1] {
+                let welcomelisted = by[i] == "msn.com" && prev == "hotmail.com";
+                if is(fqdn, prev) && &by[i] != prev && !welcomelisted {
+                    mismatch_from += 1;
+                }
+            }
+        }
+    }
+    (mismatch_from, mismatch_ip_helo)
+}
+
+fn gated_through_remover(h: &Headers) -> bool {
+    if let Some(txt) = get(h, "Mailing-List") {
+        if is(re!(r"(?m)^contact \S+\@\S+\; run by ezmlm$"), &txt) {
+            let dlto = get(h, "Delivered-To").unwrap_or_default();
+            let rcvd = get(h, "Received").unwrap_or_default();
+            if is(re!(r"(?m)^mailing list \S+\@\S+"), &dlto)
+                && is(
+                    re!(r"qmail \d+ invoked (?:from network|by .{3,20})\); \d+ ... \d+"),
+                    &rcvd,
+                )
+            {
+                return true;
+            }
+        }
+    }
+    match get(h, "Received") {
+        None => true,
+        Some(rcvd) => is(re!(r"from groups\.msn\.com \(\S+\.msn\.com "), &rcvd),
+    }
+}
+
+fn msn_groups(h: &Headers) -> bool {
+    let to = get(h, "To").unwrap_or_default();
+    let Some(list) = caps(re!(r"(?i)<(\S+)\@groups\.msn\.com>"), &to).map(|c| c.s(1)) else {
+        return false;
+    };
+    let rcvd = get(h, "Received").unwrap_or_default();
+    let Some(server) = caps(
+        re!(r"from mail pickup service by ((?:p\d\d\.)groups\.msn\.com)\b"),
+        &rcvd,
+    )
+    .map(|c| c.s(1)) else {
+        return false;
+    };
+    let mid = get(h, "Message-Id").unwrap_or_default();
+    let esc = |s: &str| {
+        s.chars()
+            .flat_map(|c| {
+                let special = !c.is_ascii_alphanumeric() && c != '_';
+                special
+                    .then_some('\\')
+                    .into_iter()
+                    .chain(std::iter::once(c))
+            })
+            .collect::<String>()
+    };
+    let test = |pattern: String, text: &str| {
+        RegexBuilder::new()
+            .build(&pattern)
+            .is_ok_and(|r| r.is_match(text.as_bytes()).unwrap_or(false))
+    };
+    if list == "notifications" {
+        test(format!(r"^<\S+\@{}>", esc(&server)), &mid)
+    } else {
+        let env = get(h, "EnvelopeFrom:addr").unwrap_or_default();
+        test(format!(r"^<{}-\S+\@groups\.msn\.com>", esc(&list)), &mid)
+            && test(format!(r"{}-bounce\@groups\.msn\.com", esc(&list)), &env)
+    }
+}
+
+/// `_check_for_forged_hotmail_received_headers`: `Some(true)` forged, `Some(false)` a hotmail
+/// From without hotmail's relays, `None` neither.
+fn forged_hotmail(h: &Headers) -> Option<bool> {
+    let rcvd = squeeze(&get(h, "Received").unwrap_or_default());
+    if is(
+        re!(r"from mail pickup service by hotmail\.com with Microsoft SMTPSVC;"),
+        &rcvd,
+    ) || msn_groups(h)
+    {
+        return None;
+    }
+    let ip = get(h, "X-Originating-Ip").is_some_and(|v| is(re!(ip_address!()), &v));
+    let orig =
+        get(h, "X-OriginatorOrg").is_some_and(|v| is(re!(r"hotmail\.com|msonline\-outlook"), &v));
+    if gated_through_remover(h) {
+        return None;
+    }
+    let legit = (ip
+        && is(
+            re!(r"from (?:\S*\.)?hotmail.com \(\S+\.hotmail(?:\.msn)?\.com[ \)]"),
+            &rcvd,
+        ))
+        || (orig
+            && is(
+                re!(
+                    r"from \S*\.outbound\.protection\.outlook\.com \(\S+\.outbound\.protection\.outlook\.com[ \)]"
+                ),
+                &rcvd,
+            ))
+        || (orig
+            && is(
+                re!(
+                    r"from \S*\.(?:eur|nam)prd\d+\.prod\.outlook\.com \(",
+                    ip_address!(),
+                    r"\)"
+                ),
+                &rcvd,
+            ))
+        || (ip
+            && is(
+                re!(r"from \S*\.hotmail.com \(\[", ip_address!(), r"\][ \):]"),
+                &rcvd,
+            ))
+        || (ip
+            && is(
+                re!(r"from \S+ by \S+\.hotmail(?:\.msn)?\.com with HTTP\;"),
+                &rcvd,
+            ))
+        || (ip && is(re!(r"from \[66\.218.\S+\] by \S+\.yahoo\.com"), &rcvd));
+    if legit {
+        return None;
+    }
+    if is(re!(r"(?:from |HELO |helo=)\S*hotmail\.com\b"), &rcvd) {
+        return Some(true);
+    }
+    let from = get(h, "From:addr").unwrap_or_default();
+    is(re!(r"(?im)\bhotmail\.com$"), &from).then_some(false)
+}
+
+fn forged_yahoo(r: &Relays, h: &Headers) -> bool {
+    let from = get(h, "From:addr").unwrap_or_default();
+    if !is(re!(r"(?im)\byahoo\.com$"), &from) {
+        return false;
+    }
+    let mut rcvd = get(h, "Received").unwrap_or_default();
+    let nonempty = |n: &str| get(h, n).is_some_and(|v| !v.is_empty());
+    if nonempty("Resent-From") && nonempty("Resent-To") {
+        if let Some(x) = get(h, "X-Received").filter(|v| !v.is_empty()) {
+            rcvd = x;
+        }
+    }
+    let rcvd = squeeze(&rcvd);
+    if gated_through_remover(h) {
+        return false;
+    }
+    let trusted = r.pseudo_header("X-Spam-Relays-Trusted").unwrap_or_default();
+    let untrusted = r
+        .pseudo_header("X-Spam-Relays-Untrusted")
+        .unwrap_or_default();
+    if is(re!(r" rdns=\S+\.yahoo\.com "), &trusted)
+        || is(re!(r"^[^\]]+ rdns=\S+\.yahoo\.com "), &untrusted)
+    {
+        return false;
+    }
+    let fine = [
+        re!(r"by web\S+\.mail\S*\.yahoo\.com via HTTP"),
+        re!(r"by sonic\S+\.consmr\.mail\S*\.yahoo\.com with HTTP"),
+        re!(r"by smtp\S+\.yahoo\.com with SMTP"),
+        re!(
+            r"from \[",
+            ip_address!(),
+            r"\] by \S+\.(?:groups|scd|dcn)\.yahoo\.com with NNFMP"
+        ),
+        re!(r"by \w+\.\w+\.yahoo\.com \(\d+\.\d+\.\d+\/\d+\.\d+\.\d+\)(?: with ESMTP)? id \w+"),
+    ];
+    if fine.iter().any(|p| is(p, &rcvd)) {
+        return false;
+    }
+    !(is(re!(r"\bmailer\d+\.bulk\.scd\.yahoo\.com\b"), &rcvd)
+        && is(re!(r"(?im)\@reply\.yahoo\.com$"), &from))
+}
+
+fn forged_juno(h: &Headers) -> bool {
+    let from = get(h, "From:addr").unwrap_or_default();
+    if !is(re!(r"(?im)\bjuno\.com$"), &from) || gated_through_remover(h) {
+        return false;
+    }
+    let xorig = get(h, "X-Originating-IP").unwrap_or_default();
+    let xmailer = get(h, "X-Mailer").unwrap_or_default();
+    let rcvd = get(h, "Received").unwrap_or_default();
+    if !xorig.is_empty() {
+        if !is(
+            re!(
+                r"from.*\b(?:juno|untd)\.com.*[\[\(]",
+                ip_address!(),
+                r"[\]\)].*by"
+            ),
+            &rcvd,
+        ) && !is(re!(r" cookie\.(?:juno|untd)\.com "), &rcvd)
+        {
+            return true;
+        }
+        if !xmailer.contains("Juno ") {
+            return true;
+        }
+    } else {
+        if is(
+            re!(r"from.*\bmail\.com.*\[", ip_address!(), r"\].*by"),
+            &rcvd,
+        ) {
+            if !is(re!(r"\bmail\.com"), &xmailer) {
+                return true;
+            }
+        } else if is(
+            re!(
+                r"from (webmail\S+\.untd\.com) \(\1 \[",
+                ip_address!(),
+                r"\]\) by"
+            ),
+            &rcvd,
+        ) {
+            if !is(re!(r"^Webmail Version \d"), &xmailer) {
+                return true;
+            }
+        } else {
+            return true;
+        }
+        if !is(re!(ip_address!()), &xorig) {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(line: &str) -> Relay {
+        match parse_line(line) {
+            Parsed::Relay(r) => r,
+            _ => panic!("not parsed: {line}"),
+        }
+    }
+
+    #[test]
+    fn common_forms() {
+        let r = one("from mail.example.org (mail.example.org [198.51.100.7]) by mx.example.net (Postfix) with ESMTP id 4A1B2C3D4E for <u@example.net>; Mon, 3 Mar 2025 10:00:00 +0000 (UTC)");
+        assert_eq!(
+            r.as_string,
+            "[ ip=198.51.100.7 rdns=mail.example.org helo=mail.example.org by=mx.example.net ident= envfrom= intl=0 id=4A1B2C3D4E auth= msa=0 ]"
+        );
+        let r = one("from unknown (HELO friend) (198.51.100.9) by mx.example.net with SMTP; 3 Mar 2025 10:00:00 -0000");
+        assert_eq!(
+            (r.ip.as_str(), r.helo.as_str(), r.rdns.as_str()),
+            ("198.51.100.9", "friend", "")
+        );
+        let r = one("from [192.168.1.5] (helo=laptop) by smtp.example.org with esmtpsa (Exim 4.96) id 1abc-0001-XY; Mon, 03 Mar 2025 10:00:00 +0000");
+        assert_eq!(
+            (r.helo.as_str(), r.auth.as_str(), r.ip_private),
+            ("laptop", "esmtpsa", true)
+        );
+        let r = one("from client.example ([192.0.2.7]) by mx.test (mxgate) with ESMTPS id ABC for <r@x.test>; Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            (r.ip.as_str(), r.helo.as_str(), r.by.as_str()),
+            ("192.0.2.7", "client.example", "mx.test")
+        );
+        assert!(matches!(
+            parse_line("by mail.example.org (Postfix, from userid 1000) id 123ABC; Mon, 3 Mar 2025 10:00:00 +0000"),
+            Parsed::Skip
+        ));
+        assert!(matches!(
+            parse_line("from nowhere at all"),
+            Parsed::Unparseable
+        ));
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(hostname_to_domain("mx1.mail.example.com"), "example.com");
+        assert_eq!(hostname_to_domain("a.b.co.uk"), "b.co.uk");
+        assert_eq!(hostname_to_domain("192.0.2.1"), "192.0.2.1");
+        assert!(is_private("10.1.2.3") && is_private("127.0.0.1") && !is_private("8.8.8.8"));
+        assert!(is_ipv4("192.0.2.1") && !is_ipv4("192.0.2"));
+    }
+
+    fn headers(text: &str) -> Headers {
+        let msg = mxgate_core::mime::Message::parse(bytes::Bytes::from(text.replace('\n', "\r\n")));
+        Headers::of_part(&msg, 0)
+    }
+
+    #[test]
+    fn trust_ends_at_the_first_public_relay() {
+        let h = headers(concat!(
+            "Received: from mx.example.net (localhost [127.0.0.1]) by inbox.example.net (Postfix) with ESMTP id 1A; Mon, 3 Mar 2025 10:00:02 +0000\n",
+            "Received: from out.sender.example (out.sender.example [203.0.113.5]) by mx.example.net (Postfix) with ESMTP id 2B; Mon, 3 Mar 2025 10:00:01 +0000\n",
+            "Received: from laptop (unknown [10.0.0.9]) by out.sender.example (Postfix) with ESMTPSA id 3C; Mon, 3 Mar 2025 10:00:00 +0000\n",
+            "Subject: x\n\nbody\n"
+        ));
+        let r = analyze(&h);
+        assert_eq!(r.trusted.len(), 1);
+        assert_eq!(r.untrusted.len(), 2);
+        assert_eq!(r.untrusted[0].ip, "203.0.113.5");
+        assert_eq!(r.untrusted[1].auth, "ESMTPSA");
+        assert_eq!(r.last_trusted_index, 0);
+        let ext = r.pseudo_header("X-Spam-Relays-External").unwrap();
+        assert!(ext.starts_with("[ ip=203.0.113.5 rdns=out.sender.example helo=out.sender.example by=mx.example.net "), "{ext}");
+        assert!(!run(Test::AllTrusted, &r, &h));
+        assert!(!run(Test::NoRelays, &r, &h));
+        // All local: every relay trusted.
+        let h = headers("Received: from a (localhost [127.0.0.1]) by b.example (Postfix) with ESMTP id 9Z; Mon, 3 Mar 2025 10:00:00 +0000\nSubject: x\n\nb\n");
+        let r = analyze(&h);
+        assert!(run(Test::AllTrusted, &r, &h));
+        let h = headers("Subject: x\n\nb\n");
+        assert!(run(Test::NoRelays, &analyze(&h), &h));
+    }
+
+    #[test]
+    fn forged_trail_and_helo_checks() {
+        // Each relay's "by" should be the previous hop's reverse DNS: here two handovers lie.
+        let h = headers(concat!(
+            "Received: from a.one.example (a.one.example [198.51.100.1]) by mx.dest.example (Postfix) with ESMTP id 1; Mon, 3 Mar 2025 10:00:03 +0000\n",
+            "Received: from b.two.example (b.two.example [198.51.100.2]) by relay.three.example (Postfix) with ESMTP id 2; Mon, 3 Mar 2025 10:00:02 +0000\n",
+            "Received: from c.four.example (c.four.example [198.51.100.3]) by relay.five.example (Postfix) with ESMTP id 3; Mon, 3 Mar 2025 10:00:01 +0000\n",
+            "Subject: x\n\nb\n"
+        ));
+        let r = analyze(&h);
+        assert!(run(Test::ForgedTrail, &r, &h));
+        let h = headers(concat!(
+            "Received: from a.one.example (a.one.example [198.51.100.1]) by mx.dest.example (Postfix) with ESMTP id 1; Mon, 3 Mar 2025 10:00:03 +0000\n",
+            "Received: from b.two.example (b.two.example [198.51.100.2]) by a.one.example (Postfix) with ESMTP id 2; Mon, 3 Mar 2025 10:00:02 +0000\n",
+            "Subject: x\n\nb\n"
+        ));
+        assert!(!run(Test::ForgedTrail, &analyze(&h), &h));
+        // A HELO that is another network's address, and a dotcom HELO without reverse DNS.
+        let h = headers(concat!(
+            "Received: from 203.0.113.50 (unknown [198.51.100.9]) by mx.dest.example (Postfix) with ESMTP id 1; Mon, 3 Mar 2025 10:00:03 +0000\n",
+            "Subject: x\n\nb\n"
+        ));
+        let r = analyze(&h);
+        assert!(r.untrusted[0].no_reverse_dns);
+        assert!(run(Test::HeloIpMismatch, &r, &h));
+        assert!(run(Test::NumericHelo, &r, &h));
+        let h = headers(concat!(
+            "Received: from mail.yahoo.com (unknown [198.51.100.9]) by mx.dest.example (Postfix) with ESMTP id 1; Mon, 3 Mar 2025 10:00:03 +0000\n",
+            "From: someone@yahoo.com\nSubject: x\n\nb\n"
+        ));
+        let r = analyze(&h);
+        assert!(run(Test::NoRdnsDotcomHelo, &r, &h));
+        assert!(run(Test::ForgedYahoo, &r, &h));
+        assert!(!run(Test::HeloIpMismatch, &r, &h));
+    }
+
+}
