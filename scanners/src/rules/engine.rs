@@ -762,6 +762,7 @@ impl Engine {
                 addr_lists: &self.set.addr_lists,
                 uri_host_lists: &self.set.uri_host_lists,
                 freemail: &self.set.freemail,
+                ok_locales: self.set.ok_locales.as_deref().unwrap_or(&[]),
                 mime: Default::default(),
                 date_diff: Default::default(),
                 html: Default::default(),
@@ -1694,6 +1695,58 @@ score BODY_LOOK 0
 ";
 
     const MSG: &str = "Received: from a by b\nFrom: Bob Smith <bob@example.com>\nSubject: Free stuff\nContent-Type: text/plain\n\nYou won!\nmoney money\n\nmoney money money cash now http://example.org/x\n";
+
+    #[test]
+    fn faraway_charsets_follow_ok_locales() {
+        let rules = "\
+body CHARSET_FARAWAY eval:check_for_faraway_charset()
+header CHARSET_FARAWAY_HEADER eval:check_for_faraway_charset_in_headers()
+body MIME_FARAWAY eval:check_for_mime('mime_faraway_charset')
+";
+        let cyrillic =
+            "\u{0446}\u{0435}\u{043d}\u{0430} \u{043d}\u{0438}\u{0437}\u{043a}\u{0430}\u{044f}";
+        let msg = format!(
+            "From: =?koi8-r?B?8NLJ18XU?= <a@example.ru>\nSubject: x\nMIME-Version: 1.0\nContent-Type: text/plain; charset=\"koi8-r\"\n\n{cyrillic}\n"
+        );
+        let with = |locales: &str| {
+            let e = engine(&format!("{locales}{rules}"), Layout::PerScope);
+            let mut h = hits(&e, &msg);
+            h.sort();
+            h
+        };
+        // The default (all), and a Russian reader: nothing is far away.
+        assert!(with("").is_empty());
+        assert!(with("ok_locales en ru\n").is_empty());
+        assert_eq!(
+            with("ok_locales en\n"),
+            [
+                "CHARSET_FARAWAY=1",
+                "CHARSET_FARAWAY_HEADER=1",
+                "MIME_FARAWAY=1"
+            ]
+        );
+    }
+
+    #[test]
+    fn relay_pseudo_headers_are_matched() {
+        let e = engine(
+            "\
+header RDNS_NONE X-Spam-Relays-Untrusted =~ /^[^\\]]+ rdns= /
+header LAST_EXT_NO_AUTH X-Spam-Relays-External =~ /^\\[ [^\\]]* auth= /
+header UNTRUSTED_HAS_MAILER ALL-UNTRUSTED =~ /^X-Mailer: /m
+header ALL_TRUSTED eval:check_all_trusted()
+",
+            Layout::PerScope,
+        );
+        let msg = "Received: from mx (localhost [127.0.0.1]) by box.example (Postfix) with ESMTP id 1A; Mon, 3 Mar 2025 10:00:02 +0000\n\
+X-Mailer: inner\n\
+Received: from helo.example (unknown [198.51.100.7]) by mx.example (Postfix) with ESMTP id 2B; Mon, 3 Mar 2025 10:00:01 +0000\n\
+Subject: x\n\nbody\n";
+        let mut h = hits(&e, msg);
+        h.sort();
+        // The X-Mailer sits above the untrusted handover: it is trusted, not untrusted.
+        assert_eq!(h, ["LAST_EXT_NO_AUTH=1", "RDNS_NONE=1"]);
+    }
 
     #[test]
     fn rules_hit_as_spamassassin_would() {

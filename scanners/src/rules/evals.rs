@@ -241,6 +241,10 @@ pub enum Call {
     /// `check_mime_anomaly('NAME')` (mxgate's own): the MIME parser found this anomaly
     /// (`mime::Anomaly::name`, such as `MULTIPART_NO_BOUNDARY`), for local rules to score.
     MimeAnomaly(String),
+    /// A charset of another script than `ok_locales` allow: `check_for_faraway_charset()` (the
+    /// message's charset, with mostly 8-bit text), `check_for_faraway_charset_in_headers()`
+    /// (encoded words of From and Subject), `html_charset_faraway()` (HTML `<meta>` charsets).
+    Faraway(Faraway),
     /// A test of the relays the Received fields describe (RelayEval, and HeaderEval's forged
     /// Received checks).
     Relay(super::relays::Test),
@@ -261,6 +265,17 @@ pub enum Call {
         /// Least number of illegal characters.
         count: usize,
     },
+}
+
+/// Where a faraway charset is looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Faraway {
+    /// The message's Content-Type charset, with mostly 8-bit body text.
+    Body,
+    /// Encoded words in From and Subject.
+    Headers,
+    /// `<meta http-equiv="Content-Type">` charsets of HTML parts.
+    Html,
 }
 
 /// The part statistics `check_for_mime` reads.
@@ -939,6 +954,9 @@ impl Call {
                     None
                 },
             }),
+            "check_for_faraway_charset" => Some(Call::Faraway(Faraway::Body)),
+            "check_for_faraway_charset_in_headers" => Some(Call::Faraway(Faraway::Headers)),
+            "html_charset_faraway" => Some(Call::Faraway(Faraway::Html)),
             "check_for_from_domain_in_received_headers" => Some(Call::FromDomainInReceived {
                 domain: arg(0).to_string(),
                 desired: arg(1) == "true",
@@ -1071,6 +1089,8 @@ pub struct EvalInput<'a> {
     pub recipients: OnceCell<Vec<String>>,
     /// The relays of the Received fields.
     pub relays: &'a super::relays::Relays,
+    /// `ok_locales`; empty when not set (`all`).
+    pub ok_locales: &'a [String],
 }
 
 /// BodyEval's `_multipart_alternative_difference`.
@@ -1322,7 +1342,17 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
                 MimeTest::Attachment => m.attachment,
                 MimeTest::QpLongLine => m.qp_long_line,
                 MimeTest::BadIsoCharset => m.bad_iso_charset,
-                MimeTest::FarawayCharset => false,
+                MimeTest::FarawayCharset => {
+                    let l = input.ok_locales;
+                    !l.is_empty()
+                        && !super::locales::all(l)
+                        && input.msg.parts.iter().any(|p| {
+                            p.charset.as_deref().is_some_and(|c| {
+                                c.chars().any(|ch| ch.is_ascii_alphabetic())
+                                    && !super::locales::charset_ok(c, l)
+                            })
+                        })
+                }
                 MimeTest::PartLimitExceeded => input.msg.parts.len() > 1000,
             }
         }
@@ -1439,6 +1469,7 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         }),
         Call::MimeAnomaly(name) => input.msg.anomalies.iter().any(|a| a.name() == name),
         Call::Relay(t) => super::relays::run(*t, input.relays, input.headers),
+        Call::Faraway(w) => faraway(*w, input),
         Call::FromDomainInReceived { domain, desired } => {
             from_domain_in_received(input, domain) == Some(true) && *desired
                 || from_domain_in_received(input, domain) == Some(false) && !*desired
@@ -2121,6 +2152,72 @@ fn from_domain_in_received(input: &EvalInput<'_>, domain: &str) -> Option<bool> 
         regex::Regex::new(&format!(r" rdns=\S*\b{d} [^\]]*by=\S*\b{d} "))
             .is_ok_and(|re| re.is_match(&all)),
     )
+}
+
+/// The faraway charset tests; never with `ok_locales` unset or `all`.
+fn faraway(w: Faraway, input: &EvalInput<'_>) -> bool {
+    use super::locales::{all, charset_ok, mostly_high_bits};
+    let l = input.ok_locales;
+    if l.is_empty() || all(l) {
+        return false;
+    }
+    match w {
+        Faraway::Body => {
+            let Some(ct) = header_value(input.headers, "Content-Type", None) else {
+                return false;
+            };
+            let ct = String::from_utf8_lossy(&ct);
+            let cs = regex::Regex::new(r#"(?i)charset="([^"]+)"|charset='([^']+)'|charset=(\S+)"#)
+                .ok()
+                .and_then(|r| r.captures(&ct))
+                .and_then(|c| c.get(1).or(c.get(2)).or(c.get(3)))
+                .map(|m| m.as_str().to_string());
+            let Some(cs) = cs else { return false };
+            if charset_ok(&cs, l) {
+                return false;
+            }
+            let lines = input.body.get_or_init(|| {
+                let subject = input.headers.values("subject", false).last();
+                super::view::body_lines(input.msg, subject, input.extracted_text)
+            });
+            mostly_high_bits(&lines.join(&b"\n"[..]))
+        }
+        Faraway::Headers => {
+            let word = regex::Regex::new(r"=\?(.+?)\?.\?.*?\?=").expect("a valid pattern");
+            ["From:raw", "Subject:raw"].iter().any(|req| {
+                header_value(input.headers, req, None).is_some_and(|v| {
+                    word.captures_iter(&String::from_utf8_lossy(&v))
+                        .any(|c| !charset_ok(&c[1], l))
+                })
+            })
+        }
+        Faraway::Html => {
+            let meta = regex::Regex::new(
+                r#"(?is)<meta\b[^>]*http-equiv\s*=\s*["']?content-type[^>]*content\s*=\s*["'][^"']*\bcharset\s*=\s*([^"'\s;>]+)"#,
+            )
+            .expect("a valid pattern");
+            input
+                .msg
+                .parts
+                .iter()
+                .filter(|p| p.content_type == "text/html")
+                .any(|p| {
+                    let Some(html) = input.msg.decoded(p.id) else {
+                        return false;
+                    };
+                    let text = String::from_utf8_lossy(html);
+                    let (mut ok, mut bad) = (0, 0);
+                    for c in meta.captures_iter(&text) {
+                        if charset_ok(&c[1], l) {
+                            ok += 1;
+                        } else {
+                            bad += 1;
+                        }
+                    }
+                    bad > 0 && bad >= ok
+                })
+        }
+    }
 }
 
 #[cfg(test)]

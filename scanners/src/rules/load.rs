@@ -231,6 +231,8 @@ pub struct RuleSet {
     pub uri_host_lists: HashMap<String, HashMap<String, bool>>,
     /// The FreeMail plugin's `freemail_domains` and `freemail_welcomelist`.
     pub freemail: Freemail,
+    /// `ok_locales` (the last one given); `None`: `all`.
+    pub ok_locales: Option<Vec<String>>,
 }
 
 /// Free mail providers (`freemail_domains`, wildcards allowed) and the addresses or domains
@@ -834,6 +836,9 @@ impl Loader {
             "welcomelist_to" | "whitelist_to" => self.set.addr_lists.add("welcomelist_to", rest),
             "more_spam_to" => self.set.addr_lists.add("more_spam_to", rest),
             "freemail_domains" => self.set.freemail.add_domains(rest),
+            "ok_locales" => {
+                self.set.ok_locales = Some(rest.split_whitespace().map(str::to_string).collect())
+            }
             "freemail_welcomelist" | "freemail_whitelist" => self.set.freemail.add_welcome(rest),
             "welcomelist_auth" | "whitelist_auth" => {
                 self.set.addr_lists.add("welcomelist_auth", rest)

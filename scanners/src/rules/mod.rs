@@ -16,6 +16,7 @@
 pub mod engine;
 pub mod evals;
 pub mod load;
+pub mod locales;
 pub mod meta;
 pub mod regex;
 pub mod relays;

@@ -2055,5 +2055,4 @@ mod tests {
         assert!(run(Test::ForgedYahoo, &r, &h));
         assert!(!run(Test::HeloIpMismatch, &r, &h));
     }
-
 }
