@@ -708,6 +708,7 @@ impl Engine {
             parts: None,
             body: None,
             relays: None,
+            env_from: None,
         };
         for (k, input) in self.inputs.iter().enumerate() {
             if self.input_rules[k].is_empty() || self.evals_only {
@@ -738,7 +739,8 @@ impl Engine {
             }
         }
         if !self.calls.is_empty() {
-            let mail_from = ctx.env.mail_from;
+            let env_from = ctx.env_from().to_string();
+            let mail_from = Some(env_from.as_str());
             let net = ctx.env.net;
             let extracted_text = ctx.env.extracted_text;
             let body = ctx
@@ -1358,6 +1360,9 @@ struct Ctx<'a> {
     body: Option<Vec<Vec<u8>>>,
     /// The relays of the Received fields, once analysed.
     relays: Option<super::relays::Relays>,
+    /// The envelope sender as SpamAssassin finds it (the SMTP one, else from the relays and
+    /// the headers), once looked for; `Some("")` when there is none.
+    env_from: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -1414,9 +1419,27 @@ impl Ctx<'_> {
             };
             return fields_in_received_range(self.headers(), start, end, raw);
         }
-        let env_from = self.env.mail_from;
+        let env_from = self.env_from().to_string();
         let h = self.headers();
-        header_value(h, request, env_from)
+        header_value(h, request, Some(&env_from))
+    }
+
+    /// `get_envelope_from`: the SMTP sender when there is one, else what the relays and the
+    /// headers tell.
+    fn env_from(&mut self) -> &str {
+        if self.env_from.is_none() {
+            let found = match self.env.mail_from {
+                Some(m) => m.to_string(),
+                None => {
+                    self.relays();
+                    let r = self.relays.as_ref().expect("analysed above");
+                    let h = self.headers.as_ref().expect("parsed by relays()");
+                    super::relays::envelope_from(h, r).unwrap_or_default()
+                }
+            };
+            self.env_from = Some(found);
+        }
+        self.env_from.as_deref().unwrap_or_default()
     }
 }
 
@@ -1473,15 +1496,24 @@ pub fn header_value(h: &Headers, request: &str, env_from: Option<&str>) -> Optio
         .filter(|v| !v.is_empty())
         .collect(),
         n if n.eq_ignore_ascii_case("EnvelopeFrom") => {
-            let v = env_from.map(|s| format!("{s}\n").into_bytes()).or_else(|| {
-                ["X-Envelope-From", "Envelope-Sender", "Return-Path"]
-                    .iter()
-                    .find_map(|n| {
-                        h.values(n, true)
-                            .next()
-                            .and_then(first_address)
-                            .map(|a| format!("{a}\n").into_bytes())
-                    })
+            // The engine passes the sender it resolved (`""`: none); other callers may pass
+            // `None` and get the header fallback.
+            let v = match env_from {
+                Some("") => None,
+                Some(s) => Some(format!("{s}\n").into_bytes()),
+                None => None,
+            };
+            let v = v.or_else(|| {
+                env_from.is_none().then_some(()).and_then(|()| {
+                    ["X-Envelope-From", "Envelope-Sender", "Return-Path"]
+                        .iter()
+                        .find_map(|n| {
+                            h.values(n, true)
+                                .next()
+                                .and_then(first_address)
+                                .map(|a| format!("{a}\n").into_bytes())
+                        })
+                })
             });
             v.into_iter().collect()
         }

@@ -245,6 +245,10 @@ pub enum Call {
     /// message's charset, with mostly 8-bit text), `check_for_faraway_charset_in_headers()`
     /// (encoded words of From and Subject), `html_charset_faraway()` (HTML `<meta>` charsets).
     Faraway(Faraway),
+    /// An envelope-sender test: `check_for_matching_env_and_hdr_from()`,
+    /// `check_ratware_envelope_from()`, `check_equal_from_domains()`,
+    /// `check_mailfrom_matches_rcvd()`.
+    Envelope(EnvTest),
     /// A test of the relays the Received fields describe (RelayEval, and HeaderEval's forged
     /// Received checks).
     Relay(super::relays::Test),
@@ -265,6 +269,19 @@ pub enum Call {
         /// Least number of illegal characters.
         count: usize,
     },
+}
+
+/// The envelope-sender tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvTest {
+    /// The envelope sender is the From address.
+    MatchesFrom,
+    /// Ratware's `domain.user@` envelope sender built from the recipient.
+    Ratware,
+    /// From and envelope sender are of different second-level domains.
+    DifferentDomains,
+    /// The envelope sender's domain is the handing-over relay's.
+    MatchesRelay,
 }
 
 /// Where a faraway charset is looked for.
@@ -954,6 +971,10 @@ impl Call {
                     None
                 },
             }),
+            "check_for_matching_env_and_hdr_from" => Some(Call::Envelope(EnvTest::MatchesFrom)),
+            "check_ratware_envelope_from" => Some(Call::Envelope(EnvTest::Ratware)),
+            "check_equal_from_domains" => Some(Call::Envelope(EnvTest::DifferentDomains)),
+            "check_mailfrom_matches_rcvd" => Some(Call::Envelope(EnvTest::MatchesRelay)),
             "check_for_faraway_charset" => Some(Call::Faraway(Faraway::Body)),
             "check_for_faraway_charset_in_headers" => Some(Call::Faraway(Faraway::Headers)),
             "html_charset_faraway" => Some(Call::Faraway(Faraway::Html)),
@@ -1470,6 +1491,7 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         Call::MimeAnomaly(name) => input.msg.anomalies.iter().any(|a| a.name() == name),
         Call::Relay(t) => super::relays::run(*t, input.relays, input.headers),
         Call::Faraway(w) => faraway(*w, input),
+        Call::Envelope(t) => envelope_test(*t, input),
         Call::FromDomainInReceived { domain, desired } => {
             from_domain_in_received(input, domain) == Some(true) && *desired
                 || from_domain_in_received(input, domain) == Some(false) && !*desired
@@ -2216,6 +2238,90 @@ fn faraway(w: Faraway, input: &EvalInput<'_>) -> bool {
                     }
                     bad > 0 && bad >= ok
                 })
+        }
+    }
+}
+
+/// The registrable domain of a host name (`trim_domain`), itself when the suffix is unknown.
+fn trim_domain(d: &str) -> String {
+    psl::domain_str(d).unwrap_or(d).to_string()
+}
+
+fn envelope_test(t: EnvTest, input: &EvalInput<'_>) -> bool {
+    let get = |req: &str| {
+        header_value(input.headers, req, input.mail_from)
+            .map(|v| {
+                String::from_utf8_lossy(&v)
+                    .trim_end_matches('\n')
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    let env = get("EnvelopeFrom:addr");
+    match t {
+        EnvTest::MatchesFrom => env.to_lowercase() == get("From:addr").to_lowercase(),
+        EnvTest::Ratware => {
+            let to = get("To:addr");
+            if env.is_empty() || to.is_empty() {
+                return false;
+            }
+            if env.len() >= 4
+                && env[..3].eq_ignore_ascii_case("SRS")
+                && env.as_bytes()[3].is_ascii_digit()
+                && env[4..].starts_with(['=', '+', '-'])
+            {
+                return false;
+            }
+            let Some((user, dom)) = to.split_once('@') else {
+                return false;
+            };
+            if user.is_empty() || dom.is_empty() || dom.contains('@') {
+                return false;
+            }
+            let dom = trim_domain(dom);
+            let valid =
+                dom.contains('.') && psl::suffix(dom.as_bytes()).is_some_and(|s| s.is_known());
+            if !valid {
+                return false;
+            }
+            // `/\b\Qdom\E.\Quser\E@/i`
+            let p = format!(r"(?i)\b{}.{}@", regex::escape(&dom), regex::escape(user));
+            regex::Regex::new(&p).is_ok_and(|r| r.is_match(&env))
+        }
+        EnvTest::DifferentDomains => {
+            let second_level = |a: &str| -> String {
+                let d = a.rsplit_once('@').map_or("", |(_, d)| d);
+                if d.contains('@') {
+                    return String::new();
+                }
+                // `s/^.+\.([^\.]+\.[^\.]+)$/$1/`
+                let labels: Vec<&str> = d.split('.').collect();
+                if labels.len() >= 3 && !labels[..labels.len() - 2].join(".").is_empty() {
+                    labels[labels.len() - 2..].join(".")
+                } else {
+                    d.to_string()
+                }
+            };
+            let (f, e) = (second_level(&get("From:addr")), second_level(&env));
+            !f.is_empty() && !e.is_empty() && !f.eq_ignore_ascii_case(&e)
+        }
+        EnvTest::MatchesRelay => {
+            let Some((_, dom)) = env.rsplit_once('@') else {
+                return false;
+            };
+            if env.is_empty() || !dom.contains('.') {
+                return false;
+            }
+            let adrd = trim_domain(&dom.to_lowercase());
+            let r = input.relays;
+            let relays: Vec<&super::relays::Relay> = match r.untrusted.first() {
+                Some(first) => vec![first],
+                None => r.trusted.iter().collect(),
+            };
+            relays
+                .iter()
+                .filter(|x| !x.rdns.is_empty())
+                .any(|x| trim_domain(&x.lc_rdns()) == adrd)
         }
     }
 }

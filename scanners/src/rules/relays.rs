@@ -1492,6 +1492,49 @@ fn enough(f: Fields) -> Parsed {
     Parsed::Relay(relay)
 }
 
+/// `get_envelope_from` without an SMTP envelope: the envelope sender the last untrusted (or
+/// first trusted) relay recorded, else `X-Envelope-From`, `Envelope-Sender` or `Return-Path`
+/// when no Received field precedes them (and no fetchmail delivery makes them doubtful).
+pub fn envelope_from(h: &Headers, r: &Relays) -> Option<String> {
+    let lasthop = r.untrusted.first().or(r.trusted.last());
+    if let Some(e) = lasthop.and_then(|x| x.envfrom.as_deref()) {
+        if e.find('@').is_some_and(|i| i > 0) || e.is_empty() {
+            return Some(e.to_string());
+        }
+    }
+    let first_addr = |name: &str| get(h, &format!("{name}:first:addr"));
+    if first_addr("X-Sender").is_some_and(|a| a.contains('@'))
+        && h.values("received", false)
+            .any(|v| memchr::memmem::find(v, b"(fetchmail").is_some())
+    {
+        return None;
+    }
+    // Whether a Received field comes before one of these: then a relay added it, not ours.
+    let after_received = |name: &str| {
+        let first_rcvd = h
+            .fields
+            .iter()
+            .position(|(n, _, _)| n.eq_ignore_ascii_case("received"));
+        let last = h
+            .fields
+            .iter()
+            .rposition(|(n, _, _)| n.eq_ignore_ascii_case(name));
+        matches!((first_rcvd, last), (Some(a), Some(b)) if a < b)
+    };
+    let clean = |a: String| a.trim_end_matches('\n').to_string();
+    if let Some(e) = first_addr("X-Envelope-From") {
+        return (!after_received("X-Envelope-From")).then(|| clean(e));
+    }
+    for name in ["Envelope-Sender", "Return-Path"] {
+        if let Some(e) = first_addr(name) {
+            if !after_received(name) {
+                return Some(clean(e));
+            }
+        }
+    }
+    None
+}
+
 /// `hostname_to_domain` of RelayEval.
 pub fn hostname_to_domain(host: &str) -> String {
     if !host.bytes().any(|b| b.is_ascii_alphabetic()) {
@@ -2054,5 +2097,28 @@ mod tests {
         assert!(run(Test::NoRdnsDotcomHelo, &r, &h));
         assert!(run(Test::ForgedYahoo, &r, &h));
         assert!(!run(Test::HeloIpMismatch, &r, &h));
+    }
+
+    #[test]
+    fn envelope_sender_from_relays_then_headers() {
+        let h = headers(concat!(
+            "Received: from out.example.org (out.example.org [203.0.113.5]) by mx.example.net (8.14.4/8.14.4) with ESMTP id x1 (envelope-from <bounce@example.org>); Mon, 3 Mar 2025 10:00:01 +0000\n",
+            "Return-Path: <other@example.com>\n",
+            "Subject: x\n\nb\n"
+        ));
+        let r = analyze(&h);
+        assert_eq!(
+            r.untrusted[0].envfrom.as_deref(),
+            Some("bounce@example.org")
+        );
+        assert_eq!(envelope_from(&h, &r).as_deref(), Some("bounce@example.org"));
+        // A Return-Path above the Received fields is ours; one below was a relay's.
+        let above = headers("Return-Path: <a@example.com>\nReceived: from x ([203.0.113.9]) by y.example (Postfix) with SMTP id 1; Mon, 3 Mar 2025 10:00:01 +0000\nSubject: x\n\nb\n");
+        assert_eq!(
+            envelope_from(&above, &analyze(&above)).as_deref(),
+            Some("a@example.com")
+        );
+        let below = headers("Received: from x ([203.0.113.9]) by y.example (Postfix) with SMTP id 1; Mon, 3 Mar 2025 10:00:01 +0000\nReturn-Path: <a@example.com>\nSubject: x\n\nb\n");
+        assert_eq!(envelope_from(&below, &analyze(&below)), None);
     }
 }
