@@ -176,9 +176,10 @@ impl NetStage {
     }
 
     /// Starts lookups for the URI domains of the message received so far, while DATA still
-    /// streams in: the complete lines not yet read are searched for URIs, and the domains not
+    /// streams in: the complete lines not yet read are searched for URIs, and so is the text of
+    /// base64 and quoted-printable text parts as it is decoded line by line; the domains not
     /// asked yet are asked now, so their answers are on their way (or in the cache) when the
-    /// message ends. Encoded parts are read at the end of data as before.
+    /// message ends.
     pub fn stream_uris(&self, s: &mut Streamed, so_far: &[u8]) {
         if !self.lookups || !self.has_uri_lists() || s.scanned >= so_far.len() {
             return;
@@ -187,12 +188,18 @@ impl NetStage {
             return;
         };
         let end = s.scanned + nl + 1;
-        let text = String::from_utf8_lossy(&so_far[s.scanned..end]);
+        let lines = &so_far[s.scanned..end];
+        let decoded = s.parts.feed(lines);
         s.scanned = end;
         if s.domains.len() >= self.max_uri_domains {
             return;
         }
-        let uris = mxgate_core::mime::uri::extract_text(&text);
+        let mut uris = mxgate_core::mime::uri::extract_text(&String::from_utf8_lossy(lines));
+        if !decoded.is_empty() {
+            uris.extend(mxgate_core::mime::uri::extract_text(
+                &String::from_utf8_lossy(&decoded),
+            ));
+        }
         let found = lists::uri_domains(
             uris.iter().map(String::as_str),
             &self.plan.skip,
@@ -462,6 +469,8 @@ fn push(out: &mut Vec<Query>, name: String, txt: bool) {
 pub struct Streamed {
     /// Bytes of the message already searched (up to a line end).
     scanned: usize,
+    /// The encoded text parts, decoded as their lines arrive.
+    parts: mxgate_core::mime::stream::EncodedText,
     /// Registrable domains found so far.
     domains: Vec<String>,
     /// Query names asked.

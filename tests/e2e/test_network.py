@@ -314,6 +314,56 @@ class UriLookupsDuringData(unittest.TestCase):
                 sink.stop()
 
 
+class EncodedUriLookupsDuringData(unittest.TestCase):
+    def test_uris_of_a_base64_html_part_looked_up_before_the_end(self):
+        """The listed domain is only in a base64-encoded HTML part; the client pauses after
+        that part: its URIs are decoded and looked up during the pause."""
+        html = MIMEText('<p>Offer: <a href="http://www.b64-listed.example/x">here</a></p>', "html")
+        del html["Content-Transfer-Encoding"]
+        html.set_payload(base64.encodebytes(html.get_payload().encode()).decode())
+        html["Content-Transfer-Encoding"] = "base64"
+        first = ("From: a@e2e.test\r\nTo: b@e2e.test\r\nSubject: offer\r\nMIME-Version: 1.0\r\n"
+                 "Content-Type: multipart/alternative; boundary=\"BB\"\r\n\r\n--BB\r\n"
+                 "Content-Type: text/plain\r\n\r\nSee the HTML part.\r\n--BB\r\n"
+                 + html.as_string().replace("\n", "\r\n") + "\r\n--BB\r\n").encode()
+        with TestDns(["b64-listed.example.uribl.e2e.test. A 127.0.0.4"], delay_ms=600) as dns:
+            sink = Sink(WORK)
+            toml = (f'[dns]\nnameservers = ["{dns.address}"]\ntimeout_ms = 3000\n'
+                    '[[dns.lists]]\nsymbol = "E2E_URIBL"\nzone = "uribl.e2e.test"\non = "uri"\n'
+                    'subtest = "4"\nscore = 3.0\n')
+            mx = Mxgate(WORK, sink.port, stages="hops,dns", toml=toml)
+            try:
+                with socket.create_connection(("127.0.0.1", mx.port), timeout=30) as c:
+                    f = c.makefile("rb")
+
+                    def cmd(line):
+                        c.sendall(line)
+                        while True:
+                            r = f.readline()
+                            if r[3:4] != b"-":
+                                return r
+                    f.readline()
+                    self.assertTrue(cmd(b"EHLO client.e2e.test\r\n").startswith(b"250"))
+                    self.assertTrue(cmd(b"MAIL FROM:<a@e2e.test>\r\n").startswith(b"250"))
+                    self.assertTrue(cmd(b"RCPT TO:<b@e2e.test>\r\n").startswith(b"250"))
+                    self.assertTrue(cmd(b"DATA\r\n").startswith(b"354"))
+                    self.assertNotIn(b"b64-listed", first)  # only in encoded form
+                    c.sendall(first)
+                    time.sleep(1.5)
+                    t0 = time.monotonic()
+                    reply = cmd(b"Content-Type: text/plain\r\n\r\nBye.\r\n--BB--\r\n.\r\n")
+                    waited = time.monotonic() - t0
+                    self.assertTrue(reply.startswith(b"250"), reply)
+                    cmd(b"QUIT\r\n")
+                sink.wait_messages(1)
+                (_, body), = sink.messages()[-1:]
+                self.assertIn("E2E_URIBL", header_of(body, "X-Spam-Status")[0])
+                self.assertLess(waited, 0.45, waited)
+            finally:
+                mx.stop()
+                sink.stop()
+
+
 class Authentication(unittest.TestCase):
     @classmethod
     def setUpClass(cls):

@@ -21,6 +21,7 @@ pub mod decode;
 pub mod header;
 pub mod html;
 pub mod lines;
+pub mod stream;
 pub mod uri;
 
 use std::borrow::Cow;
