@@ -43,7 +43,9 @@ pub struct NetStage {
 /// Lookups started at connect for a client.
 pub struct Early {
     client: IpAddr,
-    answers: Pending<Answers>,
+    answers: Option<Pending<Answers>>,
+    /// The client's forward-confirmed host name, asked at connect as an MTA does.
+    name: Pending<String>,
 }
 
 /// SpamAssassin's default scores for the auth symbols, used when no ruleset scores them (the
@@ -223,16 +225,18 @@ impl NetStage {
         }
     }
 
-    /// Starts the client's lookups at connect; `None` when there is nothing to ask.
+    /// Starts the client's lookups at connect (its host name, and its address on the lists);
+    /// `None` when the dns stage is off.
     pub fn client_lookups(&self, client: IpAddr) -> Option<Early> {
         if !self.lookups {
             return None;
         }
         let mut q = Vec::new();
         self.relay_queries(&[client], &mut q);
-        (!q.is_empty()).then(|| Early {
+        Some(Early {
             client,
-            answers: self.dns.lookup_all(q),
+            answers: (!q.is_empty()).then(|| self.dns.lookup_all(q)),
+            name: self.dns.client_name(client),
         })
     }
 
@@ -259,6 +263,7 @@ impl NetStage {
         let streamed = streamed.map_or_else(Vec::new, |st| st.answers);
         let slack = self.dns.timeout() * 3 + Duration::from_secs(1);
         let (lookups, early, auth, uri_ip) = (s.lookups, s.early, s.auth, s.uri_ip);
+        let name = s.name;
         let during_data = async {
             let mut out = Vec::with_capacity(streamed.len());
             for p in streamed {
@@ -271,13 +276,14 @@ impl NetStage {
                 futures_lite::future::zip(answer(lookups), answer(early)),
                 futures_lite::future::zip(answer(auth), answer(uri_ip)),
             ),
-            during_data,
+            futures_lite::future::zip(during_data, answer(name)),
         );
         // The service bounds every query; this only guards against a stopped service.
-        let (((a, b), (c, d)), e) = crate::rt::timeout(slack, all)
+        let (((a, b), (c, d)), (e, name)) = crate::rt::timeout(slack, all)
             .await
-            .unwrap_or((((None, None), (None, None)), Vec::new()));
+            .unwrap_or((((None, None), (None, None)), (Vec::new(), None)));
         let mut facts = finish(s.facts, [a, b], c, d);
+        facts.client_name = name;
         for answers in e {
             facts.absorb(answers);
         }
@@ -313,11 +319,16 @@ impl NetStage {
         if let Some(asked) = asked {
             queries.retain(|q| !asked.contains(&q.name));
         }
+        let (early, name) = match early {
+            Some(e) => (e.answers, Some(e.name)),
+            None => (None, None),
+        };
         Started {
             lookups: (!queries.is_empty()).then(|| self.dns.lookup_all(queries)),
             auth: auth_req.map(|r| self.dns.authenticate(r, self.dns.timeout() * 3)),
             uri_ip: self.uri_ip(&facts),
-            early: early.map(|e| e.answers),
+            early,
+            name,
             facts,
         }
     }
@@ -484,6 +495,8 @@ struct Started {
     facts: Facts,
     lookups: Option<Pending<Answers>>,
     early: Option<Pending<Answers>>,
+    /// The client's host name, asked at connect.
+    name: Option<Pending<String>>,
     auth: Option<Pending<auth::Results>>,
     uri_ip: Option<Pending<(Vec<net::UriAddress>, Answers)>>,
 }

@@ -557,7 +557,27 @@ impl Chain {
             }
         }
         if let Some(engine) = self.rules_for(ctx.shard) {
+            // In a session whose client's name was looked up, the rules see the handover to
+            // this gateway as the newest relay, as SpamAssassin sees its MTA's Received field.
+            let handover = match (&self.net, ctx.net.as_ref()) {
+                (
+                    Some(n),
+                    Some(Facts {
+                        client_name: Some(name),
+                        ..
+                    }),
+                ) => Some(rules::relays::Handover {
+                    ip: ctx.client.ip(),
+                    name,
+                    helo: &ctx.envelope.helo,
+                    by: n.hostname(),
+                    mail_from: &ctx.envelope.mail_from,
+                    authenticated: ctx.envelope.auth.is_some(),
+                }),
+                _ => None,
+            };
             let env = rules::Envelope {
+                handover,
                 // An unknown sender (`mxgate scan`) reads as no envelope; rules then fall back
                 // to Return-Path, as SpamAssassin does without a trusted relay.
                 mail_from: Some(ctx.envelope.mail_from.as_str()).filter(|m| !m.is_empty()),

@@ -364,6 +364,49 @@ class EncodedUriLookupsDuringData(unittest.TestCase):
                 sink.stop()
 
 
+class ClientNameInRelays(unittest.TestCase):
+    def test_the_gateway_handover_is_the_newest_relay(self):
+        """The client's name is looked up at connect (PTR, then confirmed by A): the rules see
+        the session as the newest relay, `rdns=` empty when the PTR name does not resolve back."""
+        records = ["2.0.0.127.in-addr.arpa. PTR named-client.e2e.test.",
+                   "named-client.e2e.test. A 127.0.0.2",
+                   "3.0.0.127.in-addr.arpa. PTR liar.e2e.test.",
+                   "liar.e2e.test. A 127.0.0.99"]
+        local = tempfile.mkdtemp(prefix="relay-rules-", dir=WORK)
+        with open(os.path.join(local, "relays.cf"), "w") as f:
+            f.write("header E2E_NAMED X-Spam-Relays-Trusted =~ "
+                    "/^\\[ ip=127\\.0\\.0\\.2 rdns=named-client\\.e2e\\.test helo=client\\.e2e\\.test by=mx\\.e2e\\.test /\n"
+                    "score E2E_NAMED 0.1\n"
+                    "header E2E_UNNAMED X-Spam-Relays-Trusted =~ /^\\[ ip=127\\.0\\.0\\.3 rdns= helo=/\n"
+                    "score E2E_UNNAMED 0.1\n"
+                    "header E2E_ALL_TRUSTED eval:check_all_trusted()\n"
+                    "score E2E_ALL_TRUSTED 0.1\n")
+        with TestDns(records) as dns:
+            sink = Sink(WORK)
+            toml = (f'[dns]\nnameservers = ["{dns.address}"]\ntimeout_ms = 2000\n'
+                    f'[rules]\npaths = ["{local}"]\ncache_dir = "{os.path.join(WORK, "rules-cache-relays")}"\n')
+            mx = Mxgate(WORK, sink.port, stages="hops,dns,rules", toml=toml)
+            try:
+                for source in ["127.0.0.2", "127.0.0.3"]:
+                    with smtplib.SMTP("127.0.0.1", mx.port, timeout=30,
+                                      source_address=(source, 0)) as c:
+                        c.ehlo("client.e2e.test")
+                        c.sendmail("a@e2e.test", ["b@e2e.test"],
+                                   message("a@e2e.test", "b@e2e.test", "from " + source, "Hi.\n"))
+                sink.wait_messages(2)
+                (_, named), (_, unnamed) = sink.messages()[-2:]
+                named, unnamed = (header_of(named, "X-Spam-Status")[0],
+                                  header_of(unnamed, "X-Spam-Status")[0])
+                self.assertIn("E2E_NAMED", named)
+                self.assertIn("E2E_ALL_TRUSTED", named)  # a private client, no other relay
+                self.assertNotIn("E2E_UNNAMED", named)
+                self.assertIn("E2E_UNNAMED", unnamed)
+                self.assertNotIn("E2E_NAMED", unnamed)
+            finally:
+                mx.stop()
+                sink.stop()
+
+
 class Authentication(unittest.TestCase):
     @classmethod
     def setUpClass(cls):

@@ -247,6 +247,9 @@ pub struct Facts {
     pub slowest_query: Duration,
     /// Queries that failed otherwise.
     pub failed: usize,
+    /// The client's host name, forward-confirmed (its PTR name resolves back to it), when it
+    /// was looked up: `Some("")` for none (Postfix's "unknown").
+    pub client_name: Option<String>,
 }
 
 /// One query of a batch.
@@ -371,6 +374,58 @@ impl Dns {
                     slowest,
                 },
             )
+        })
+    }
+}
+
+impl Dns {
+    /// The client's host name as an MTA records it: the first PTR name whose A (or AAAA)
+    /// records include the address; `""` when there is none, or the lookups failed (Postfix's
+    /// "unknown"). `None` only when the service stopped.
+    pub fn client_name(&self, ip: IpAddr) -> Pending<String> {
+        let lists = Arc::clone(&self.inner.lists);
+        self.run(move |_| async move {
+            let zone =
+                if ip.is_ipv4() || matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()) {
+                    "in-addr.arpa"
+                } else {
+                    "ip6.arpa"
+                };
+            let (ptr, _) = lists
+                .lookup_many(&[(lists::ip_query(ip, zone), RecordType::PTR)])
+                .await;
+            // At most three names, as a spammer could publish hundreds.
+            let names: Vec<String> = ptr
+                .into_iter()
+                .next()
+                .and_then(Result::ok)
+                .unwrap_or_default()
+                .into_iter()
+                .take(3)
+                .collect();
+            let rtype = if zone == "ip6.arpa" {
+                RecordType::AAAA
+            } else {
+                RecordType::A
+            };
+            let asked: Vec<(String, RecordType)> =
+                names.iter().map(|n| (n.clone(), rtype)).collect();
+            let (addrs, _) = lists.lookup_many(&asked).await;
+            let want = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                v4 => v4,
+            };
+            names
+                .into_iter()
+                .zip(addrs)
+                .find(|(_, a)| {
+                    a.as_ref().is_ok_and(|a| {
+                        a.iter()
+                            .any(|x| x.parse::<IpAddr>().is_ok_and(|x| x == want))
+                    })
+                })
+                .map(|(n, _)| n)
+                .unwrap_or_default()
         })
     }
 }

@@ -288,6 +288,10 @@ fn read(reply: &Message, rtype: RecordType) -> (Answer, u32) {
             (RData::NS(ns), RecordType::NS) => {
                 out.push(ns.0.to_ascii().trim_end_matches('.').to_string())
             }
+            (RData::PTR(p), RecordType::PTR) => {
+                out.push(p.0.to_ascii().trim_end_matches('.').to_string())
+            }
+            (RData::AAAA(a), RecordType::AAAA) => out.push(a.0.to_string()),
             _ => continue,
         }
         ttl = ttl.min(r.ttl);

@@ -235,6 +235,8 @@ pub struct Envelope<'a> {
     pub extracted_text: Option<&'a str>,
     /// What the DNS and auth stages found, for the network rules.
     pub net: Option<&'a crate::net::Facts>,
+    /// The handover to this MTA (the gateway's session), the newest relay the rules see.
+    pub handover: Option<super::relays::Handover<'a>>,
 }
 
 /// A build error.
@@ -1393,7 +1395,8 @@ impl Ctx<'_> {
 
     fn relays(&mut self) -> &super::relays::Relays {
         if self.relays.is_none() {
-            let r = super::relays::analyze(self.headers());
+            let handover = self.env.handover;
+            let r = super::relays::analyze_with(self.headers(), handover.as_ref());
             self.relays = Some(r);
         }
         self.relays.get_or_insert_with(Default::default)
@@ -1409,7 +1412,8 @@ impl Ctx<'_> {
             if let Some(v) = r.pseudo_header(name) {
                 return Some(v.into_bytes());
             }
-            let (t, i) = (r.last_trusted_index + 1, r.last_internal_index + 1);
+            let v = r.virtual_relays;
+            let (t, i) = (r.last_trusted_index + 1 - v, r.last_internal_index + 1 - v);
             let (start, end) = match name {
                 "ALL-TRUSTED" => (None, Some(t)),
                 "ALL-INTERNAL" => (None, Some(i)),

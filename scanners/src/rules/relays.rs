@@ -250,6 +250,56 @@ pub struct Relays {
     pub last_trusted_index: i64,
     /// Index of the last internal Received field (-1: none).
     pub last_internal_index: i64,
+    /// Relays counted in the indexes above that have no field in the message: this MTA's own
+    /// handover (see [`Handover`]).
+    pub virtual_relays: i64,
+}
+
+/// The handover of the message to this MTA. When SpamAssassin runs after an MTA, that MTA's
+/// own `Received:` field is the newest one it reads; mxgate writes its field when it relays,
+/// after the scan, so the rules are given the handover this way.
+#[derive(Debug, Clone, Copy)]
+pub struct Handover<'a> {
+    /// The client's address.
+    pub ip: std::net::IpAddr,
+    /// Its forward-confirmed host name; empty when it has none.
+    pub name: &'a str,
+    /// What it said in HELO/EHLO.
+    pub helo: &'a str,
+    /// This host's name.
+    pub by: &'a str,
+    /// The envelope sender.
+    pub mail_from: &'a str,
+    /// Whether the client authenticated (SMTP AUTH).
+    pub authenticated: bool,
+}
+
+impl Handover<'_> {
+    fn relay(&self) -> Relay {
+        let ip = match self.ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(self.ip, std::net::IpAddr::V4),
+            v4 => v4,
+        }
+        .to_string();
+        let mut r = Relay {
+            ip_private: is(re!(ip_private!()), &ip),
+            ip,
+            rdns: strip_chars(self.name.trim_end_matches('.')),
+            helo: strip_chars(self.helo),
+            by: strip_chars(self.by),
+            envfrom: Some(strip_envfrom(self.mail_from)),
+            auth: if self.authenticated {
+                "ESMTPA".into()
+            } else {
+                String::new()
+            },
+            // The name was looked up: none means none.
+            no_reverse_dns: self.name.is_empty(),
+            ..Relay::default()
+        };
+        r.make_string();
+        r
+    }
 }
 
 impl Relays {
@@ -288,9 +338,15 @@ enum Parsed {
 
 /// Analyses the Received fields of a message (top down, newest first).
 pub fn analyze(h: &Headers) -> Relays {
+    analyze_with(h, None)
+}
+
+/// [`analyze`], with this MTA's handover as the newest relay.
+pub fn analyze_with(h: &Headers, handover: Option<&Handover<'_>>) -> Relays {
     let mut r = Relays {
         last_trusted_index: -1,
         last_internal_index: -1,
+        virtual_relays: i64::from(handover.is_some()),
         ..Relays::default()
     };
     let mut in_trusted = true;
@@ -314,9 +370,14 @@ pub fn analyze(h: &Headers) -> Relays {
             lines.push(format!("from X-Originating-IP: {}\n", c.s(1)));
         }
     }
-    for line in &lines {
+    let mut parsed: Vec<Parsed> = handover
+        .map(|h| Parsed::Relay(h.relay()))
+        .into_iter()
+        .collect();
+    parsed.extend(lines.iter().map(|l| parse_line(l)));
+    for p in parsed {
         let carried = qms_env_from.take();
-        let relay = match parse_line(line) {
+        let relay = match p {
             Parsed::Relay(relay) => Some(relay),
             Parsed::Skip => None,
             Parsed::Fetcher => {
