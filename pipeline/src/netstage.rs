@@ -44,8 +44,9 @@ pub struct NetStage {
 pub struct Early {
     client: IpAddr,
     answers: Option<Pending<Answers>>,
-    /// The client's forward-confirmed host name, asked at connect as an MTA does.
-    name: Pending<String>,
+    /// The client's forward-confirmed host name, asked at its first MAIL (a connection that
+    /// never sends mail costs no lookup).
+    name: Option<Pending<String>>,
 }
 
 /// SpamAssassin's default scores for the auth symbols, used when no ruleset scores them (the
@@ -225,8 +226,7 @@ impl NetStage {
         }
     }
 
-    /// Starts the client's lookups at connect (its host name, and its address on the lists);
-    /// `None` when the dns stage is off.
+    /// Starts the client's list lookups at connect; `None` when the dns stage is off.
     pub fn client_lookups(&self, client: IpAddr) -> Option<Early> {
         if !self.lookups {
             return None;
@@ -236,8 +236,16 @@ impl NetStage {
         Some(Early {
             client,
             answers: (!q.is_empty()).then(|| self.dns.lookup_all(q)),
-            name: self.dns.client_name(client),
+            name: None,
         })
+    }
+
+    /// Starts the lookup of the client's host name (PTR, confirmed by A/AAAA), once: called at
+    /// MAIL, so the answer is in by the end of data.
+    pub fn ask_client_name(&self, early: &mut Early) {
+        if early.name.is_none() {
+            early.name = Some(self.dns.client_name(early.client));
+        }
     }
 
     /// Starts everything else for a message and gathers all answers. `client` is `None` for
@@ -320,9 +328,15 @@ impl NetStage {
             queries.retain(|q| !asked.contains(&q.name));
         }
         let (early, name) = match early {
-            Some(e) => (e.answers, Some(e.name)),
+            Some(e) => (e.answers, e.name),
             None => (None, None),
         };
+        // A later message of the session asks again (the resolver's cache answers).
+        let name = name.or_else(|| {
+            client
+                .filter(|_| self.lookups)
+                .map(|c| self.dns.client_name(c))
+        });
         Started {
             lookups: (!queries.is_empty()).then(|| self.dns.lookup_all(queries)),
             auth: auth_req.map(|r| self.dns.authenticate(r, self.dns.timeout() * 3)),

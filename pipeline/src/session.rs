@@ -152,6 +152,9 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
             }
             Event::Mail => {
                 deferred = false;
+                if let (Some(net), Some(e)) = (snap.snap.chain.net(), early.as_mut()) {
+                    net.ask_client_name(e);
+                }
                 if let Some(open) = tx.take() {
                     shard.relay.abort(&target, open).await;
                 }
@@ -205,7 +208,9 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
                     (None, false) => Downstream::Lost,
                 };
                 let tls = io.conn.is_tls();
-                let reply = deliver(
+                // Boxed: the delivery's state (the stages' futures, several KiB) is held only
+                // while a message is delivered, not by every idle session.
+                let reply = Box::pin(deliver(
                     &shard,
                     &snap.snap,
                     &target,
@@ -215,7 +220,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
                     tls,
                     early.take(),
                     streamed.take(),
-                )
+                ))
                 .await;
                 // The next hop's refusals are not the client's errors: not counted.
                 io.reply(&reply);
