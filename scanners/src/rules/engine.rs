@@ -1764,6 +1764,24 @@ body MIME_FARAWAY eval:check_for_mime('mime_faraway_charset')
     }
 
     #[test]
+    fn html_comments_and_titles_matched() {
+        let e = engine(
+            "\
+body SAVED_URL eval:html_text_match('comment', '<!-- saved from url=\\(\\d{4}\\)')
+body SHORT_COMMENT eval:html_text_match('comment', '<!(?!-).{0,6}>')
+body LONG_TITLE eval:html_text_match('title', '.{40}')
+",
+            Layout::PerScope,
+        );
+        let msg = "Subject: x\nContent-Type: text/html\n\n<html><!-- saved from url=(0022)http://internet.e2e.test -->\n<head><title>A title well over forty characters &amp; long</title></head><body>Hi</body></html>\n";
+        let mut h = hits(&e, msg);
+        h.sort();
+        assert_eq!(h, ["LONG_TITLE=1", "SAVED_URL=1"]);
+        let plain = "Subject: x\nContent-Type: text/html\n\n<html><head><title>Short</title></head><body><!-- ok --></body></html>\n";
+        assert!(hits(&e, plain).is_empty());
+    }
+
+    #[test]
     fn relay_pseudo_headers_are_matched() {
         let e = engine(
             "\

@@ -249,6 +249,13 @@ pub enum Call {
     /// `check_ratware_envelope_from()`, `check_equal_from_domains()`,
     /// `check_mailfrom_matches_rcvd()`.
     Envelope(EnvTest),
+    /// `html_text_match('comment'|'title', 'regex')`: an HTML part's comment or title matches.
+    HtmlTextMatch {
+        /// Titles rather than comments.
+        title: bool,
+        /// The pattern, as Perl reads it.
+        pattern: std::sync::Arc<pcre2::bytes::Regex>,
+    },
     /// A test of the relays the Received fields describe (RelayEval, and HeaderEval's forged
     /// Received checks).
     Relay(super::relays::Test),
@@ -888,6 +895,13 @@ impl Call {
             "html_test" if arg(0) == "html" => Some(Call::HtmlMessage),
             "check_for_forged_gmail_received_headers" => Some(Call::ForgedGmail),
             "html_tag_exists" => Some(Call::HtmlTagExists(arg(0).to_ascii_lowercase())),
+            "html_text_match" if matches!(arg(0), "comment" | "title") => {
+                let pattern = pcre2::bytes::RegexBuilder::new().build(arg(1)).ok()?;
+                Some(Call::HtmlTextMatch {
+                    title: arg(0) == "title",
+                    pattern: std::sync::Arc::new(pattern),
+                })
+            }
             "html_tag_balance" => {
                 let expr = arg(1).trim();
                 let op: String = expr.chars().take_while(|c| "<>=!".contains(*c)).collect();
@@ -1491,6 +1505,12 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         Call::MimeAnomaly(name) => input.msg.anomalies.iter().any(|a| a.name() == name),
         Call::Relay(t) => super::relays::run(*t, input.relays, input.headers),
         Call::Faraway(w) => faraway(*w, input),
+        Call::HtmlTextMatch { title, pattern } => html_parts(input).iter().any(|(_, t)| {
+            let texts = if *title { &t.titles } else { &t.comments };
+            texts
+                .iter()
+                .any(|s| pattern.is_match(s.as_bytes()).unwrap_or(false))
+        }),
         Call::Envelope(t) => envelope_test(*t, input),
         Call::FromDomainInReceived { domain, desired } => {
             from_domain_in_received(input, domain) == Some(true) && *desired

@@ -17,7 +17,17 @@ struct Piece {
 
 /// Renders HTML to text as SpamAssassin's body rules see it.
 pub fn render(html: &str) -> String {
-    render_with(html, &mut |_, _| {}).0
+    render_with(html, &mut |_| {}).0
+}
+
+/// What the renderer tells its caller besides the text.
+enum Event<'a> {
+    /// A tag: its name (lower case), and whether it closes.
+    Tag(&'a str, bool),
+    /// A comment, as written (`<!-- ... -->`).
+    Comment(&'a str),
+    /// The content of a `<title>`, as written.
+    Title(&'a str),
 }
 
 /// What `HTML.pm` counts of an HTML part's tags, for HTMLEval's tests.
@@ -39,6 +49,10 @@ pub struct Tags {
     /// Text runs that continue a word the previous run ended, split by markup in between
     /// (`V<b></b>iagra`: `obfuscation`).
     pub obfuscation: u32,
+    /// The comments, as written (`comment`, for `html_text_match`).
+    pub comments: Vec<String>,
+    /// The titles' text (`title`, for `html_text_match`).
+    pub titles: Vec<String>,
 }
 
 /// The elements `HTML.pm` counts (strict, loose and a few non-standard ones).
@@ -184,7 +198,12 @@ fn office_namespace(tag: &str) -> bool {
 pub fn tags(html: &str) -> Tags {
     let mut t = Tags::default();
     // `s/<(\w+)\s*\/>/<$1>/gi` only changes `<br/>` to `<br>`: the same tag either way.
-    let (_, obfuscation) = render_with(html, &mut |name, closing| {
+    let (_, obfuscation) = render_with(html, &mut |ev| {
+        let (name, closing) = match ev {
+            Event::Tag(name, closing) => (name, closing),
+            Event::Comment(c) => return t.comments.push(c.to_string()),
+            Event::Title(text) => return t.titles.push(decode_entities(text)),
+        };
         if name.is_empty() {
             return;
         }
@@ -217,7 +236,7 @@ pub fn tags(html: &str) -> Tags {
 
 /// The renderer, telling `tag` of every tag (name, closing?); with the text, how many text
 /// runs continued a word the run before them ended (`obfuscation`).
-fn render_with(html: &str, tag: &mut dyn FnMut(&str, bool)) -> (String, u32) {
+fn render_with(html: &str, event: &mut dyn FnMut(Event<'_>)) -> (String, u32) {
     // As `HTML.pm` prepares the text: `&nbsp;` is a space, and curly double quotes are
     // straight ones (they would spoil attribute values).
     let normalized;
@@ -252,10 +271,12 @@ fn render_with(html: &str, tag: &mut dyn FnMut(&str, bool)) -> (String, u32) {
         obfuscation += flush_text(&html[text_start..i], &mut pieces);
         if b[i..].starts_with(b"<!--") {
             // A comment never closed by `-->` ends at the next `>`, as HTML::Parser has it.
+            let start = i;
             i = match memchr::memmem::find(&b[i + 4..], b"-->") {
                 Some(e) => i + 4 + e + 3,
                 None => memchr::memchr(b'>', &b[i + 4..]).map_or(b.len(), |e| i + 4 + e + 1),
             };
+            event(Event::Comment(&html[start..i]));
             text_start = i;
             continue;
         }
@@ -276,7 +297,7 @@ fn render_with(html: &str, tag: &mut dyn FnMut(&str, bool)) -> (String, u32) {
             .take_while(|c| c.is_ascii_alphanumeric() || *c == b':' || *c == b'-' || *c == b'_')
             .count();
         let name = rest[..name_len].to_ascii_lowercase();
-        tag(&name, closing);
+        event(Event::Tag(&name, closing));
         whitespace_for(&name, &mut pieces);
         if !closing
             && matches!(
@@ -299,6 +320,9 @@ fn render_with(html: &str, tag: &mut dyn FnMut(&str, bool)) -> (String, u32) {
                 "xmp" | "plaintext" | "textarea" | "iframe" | "title"
             ) {
                 display(&mut pieces, &html[i..content_end], false);
+            }
+            if name == "title" {
+                event(Event::Title(&html[i..content_end]));
             }
             i = content_end;
         }
