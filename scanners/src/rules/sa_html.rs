@@ -281,7 +281,14 @@ fn render_with(html: &str, event: &mut dyn FnMut(Event<'_>)) -> (String, u32) {
             continue;
         }
         if next == b'!' || next == b'?' {
+            let start = i;
             i = memchr::memchr(b'>', &b[i..]).map_or(b.len(), |e| i + e + 1);
+            // HTML::Parser reports `<!...>` other than a declaration as a (bogus) comment.
+            let decl =
+                b[start..i].len() >= 9 && b[start + 2..start + 9].eq_ignore_ascii_case(b"doctype");
+            if next == b'!' && !decl {
+                event(Event::Comment(&html[start..i]));
+            }
             text_start = i;
             continue;
         }
