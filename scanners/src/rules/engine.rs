@@ -1017,6 +1017,19 @@ impl AutolearnPoints {
     }
 }
 
+/// A field as `ALL` lists it: raw, the name and the value as written after it; decoded,
+/// `Name: value`.
+fn push_field(out: &mut Vec<u8>, name: &str, decoded: &[u8], raw_value: &[u8], raw: bool) {
+    out.extend_from_slice(name.as_bytes());
+    if raw {
+        out.push(b':');
+        out.extend_from_slice(raw_value);
+    } else {
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(decoded);
+    }
+}
+
 /// `get_all_hdrs_in_rcvd_index_range`: the fields from the `start`th Received field down to
 /// the `end`th (counted from the top, from 0; both included), as `ALL` gives them.
 fn fields_in_received_range(
@@ -1037,14 +1050,7 @@ fn fields_in_received_range(
         let inside = start.is_none_or(|s| s <= cur) && end.is_none_or(|e| cur < e);
         let last = !inside && end == Some(cur);
         if inside || last {
-            out.extend_from_slice(name.as_bytes());
-            if raw {
-                out.push(b':');
-                out.extend_from_slice(raw_value);
-            } else {
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(decoded);
-            }
+            push_field(&mut out, name, decoded, raw_value, raw);
         }
         if last {
             break;
@@ -1469,14 +1475,7 @@ pub fn header_value(h: &Headers, request: &str, env_from: Option<&str>) -> Optio
             // Raw: each field as written after its name; decoded: `Name: value`.
             let mut all = Vec::new();
             for (name, decoded, raw_value) in &h.fields {
-                all.extend_from_slice(name.as_bytes());
-                if raw {
-                    all.push(b':');
-                    all.extend_from_slice(raw_value);
-                } else {
-                    all.extend_from_slice(b": ");
-                    all.extend_from_slice(decoded);
-                }
+                push_field(&mut all, name, decoded, raw_value, raw);
             }
             return Some(all);
         }
