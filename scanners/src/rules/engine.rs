@@ -774,6 +774,7 @@ impl Engine {
                 senders: Default::default(),
                 recipients: Default::default(),
                 relays: &relays,
+                images: Default::default(),
             };
             for (i, call) in &self.calls {
                 if call.is_net() && net.is_none() {

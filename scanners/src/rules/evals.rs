@@ -249,6 +249,8 @@ pub enum Call {
     /// `check_ratware_envelope_from()`, `check_equal_from_domains()`,
     /// `check_mailfrom_matches_rcvd()`.
     Envelope(EnvTest),
+    /// An ImageInfo test.
+    Image(ImageTest),
     /// `html_text_match('comment'|'title', 'regex')`: an HTML part's comment or title matches.
     HtmlTextMatch {
         /// Titles rather than comments.
@@ -276,6 +278,62 @@ pub enum Call {
         /// Least number of illegal characters.
         count: usize,
     },
+}
+
+/// ImageInfo's tests; `ty` is `all`, `gif`, `png` or `jpeg`.
+#[derive(Debug, Clone)]
+pub enum ImageTest {
+    /// `image_count(ty, min[, max])`.
+    Count {
+        /// The image type.
+        ty: String,
+        /// Least value.
+        min: f64,
+        /// Greatest value, when given.
+        max: Option<f64>,
+    },
+    /// `pixel_coverage(ty, min[, max])`.
+    Pixels {
+        /// The image type.
+        ty: String,
+        /// Least value.
+        min: f64,
+        /// Greatest value, when given.
+        max: Option<f64>,
+    },
+    /// `image_to_text_ratio(ty, min, max)`: body characters per image pixel.
+    TextRatio {
+        /// The image type.
+        ty: String,
+        /// Least value.
+        min: f64,
+        /// Greatest value (excluded).
+        max: f64,
+    },
+    /// `image_size_exact(ty, height, width)`.
+    SizeExact {
+        /// The image type.
+        ty: String,
+        /// Height in pixels.
+        height: u64,
+        /// Width in pixels.
+        width: u64,
+    },
+    /// `image_size_range(ty, min_height, min_width[, max_height[, max_width]])`.
+    SizeRange {
+        /// The image type.
+        ty: String,
+        /// Least (height, width).
+        min: (u64, u64),
+        /// Greatest height, when given.
+        max_h: Option<u64>,
+        /// Greatest width, when given.
+        max_w: Option<u64>,
+    },
+    /// `image_named(name)`.
+    Named(String),
+    /// `image_name_regex(/re/)`.
+    NameRegex(std::sync::Arc<pcre2::bytes::Regex>),
 }
 
 /// The envelope-sender tests.
@@ -895,6 +953,56 @@ impl Call {
             "html_test" if arg(0) == "html" => Some(Call::HtmlMessage),
             "check_for_forged_gmail_received_headers" => Some(Call::ForgedGmail),
             "html_tag_exists" => Some(Call::HtmlTagExists(arg(0).to_ascii_lowercase())),
+            "image_count"
+            | "pixel_coverage"
+            | "image_to_text_ratio"
+            | "image_size_exact"
+            | "image_size_range"
+            | "image_named"
+            | "image_name_regex" => {
+                let ty = arg(0).to_string();
+                let num = |i: usize| a.get(i).and_then(|v| v.trim().parse::<f64>().ok());
+                let int = |i: usize| a.get(i).and_then(|v| v.trim().parse::<u64>().ok());
+                Some(Call::Image(match function {
+                    "image_count" => ImageTest::Count {
+                        ty,
+                        min: num(1)?,
+                        max: num(2),
+                    },
+                    "pixel_coverage" => ImageTest::Pixels {
+                        ty,
+                        min: num(1)?,
+                        max: num(2),
+                    },
+                    "image_to_text_ratio" => ImageTest::TextRatio {
+                        ty,
+                        min: num(1)?,
+                        max: num(2)?,
+                    },
+                    "image_size_exact" => ImageTest::SizeExact {
+                        ty,
+                        height: int(1)?,
+                        width: int(2)?,
+                    },
+                    "image_size_range" => ImageTest::SizeRange {
+                        ty,
+                        min: (int(1)?, int(2)?),
+                        max_h: int(3),
+                        max_w: int(4),
+                    },
+                    "image_named" => ImageTest::Named(ty),
+                    _ => {
+                        // `/re/` as the rule wrote it (commas and all), or a quoted pattern.
+                        let raw = arg_text.trim();
+                        let re = raw
+                            .strip_prefix('/')
+                            .and_then(|r| r.strip_suffix('/'))
+                            .unwrap_or(&ty);
+                        let re = pcre2::bytes::RegexBuilder::new().build(re).ok()?;
+                        ImageTest::NameRegex(std::sync::Arc::new(re))
+                    }
+                }))
+            }
             "html_text_match" if matches!(arg(0), "comment" | "title") => {
                 let pattern = pcre2::bytes::RegexBuilder::new().build(arg(1)).ok()?;
                 Some(Call::HtmlTextMatch {
@@ -1124,6 +1232,8 @@ pub struct EvalInput<'a> {
     pub recipients: OnceCell<Vec<String>>,
     /// The relays of the Received fields.
     pub relays: &'a super::relays::Relays,
+    /// ImageInfo's reading of the image parts, computed on first use.
+    pub images: OnceCell<super::images::ImageInfo>,
     /// `ok_locales`; empty when not set (`all`).
     pub ok_locales: &'a [String],
 }
@@ -1505,6 +1615,7 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         Call::MimeAnomaly(name) => input.msg.anomalies.iter().any(|a| a.name() == name),
         Call::Relay(t) => super::relays::run(*t, input.relays, input.headers),
         Call::Faraway(w) => faraway(*w, input),
+        Call::Image(t) => image_test(t, input),
         Call::HtmlTextMatch { title, pattern } => html_parts(input).iter().any(|(_, t)| {
             let texts = if *title { &t.titles } else { &t.comments };
             texts
@@ -2343,6 +2454,35 @@ fn envelope_test(t: EnvTest, input: &EvalInput<'_>) -> bool {
                 .filter(|x| !x.rdns.is_empty())
                 .any(|x| trim_domain(&x.lc_rdns()) == adrd)
         }
+    }
+}
+
+fn image_test(t: &ImageTest, input: &EvalInput<'_>) -> bool {
+    use super::images::{in_range, ImageInfo};
+    let info = input.images.get_or_init(|| ImageInfo::of(input.msg));
+    match t {
+        ImageTest::Count { ty, min, max } => in_range(info.count(ty) as f64, *min, *max, false),
+        ImageTest::Pixels { ty, min, max } => in_range(info.pixels(ty) as f64, *min, *max, false),
+        ImageTest::TextRatio { ty, min, max } => {
+            let pixels = info.pixels(ty);
+            let lines = input.body.get_or_init(|| {
+                let subject = input.headers.values("subject", false).last();
+                super::view::body_lines(input.msg, subject, input.extracted_text)
+            });
+            let text: usize = lines.iter().map(Vec::len).sum();
+            text > 0 && pixels > 0 && in_range(text as f64 / pixels as f64, *min, Some(*max), true)
+        }
+        ImageTest::SizeExact { ty, height, width } => info.has_size(ty, *height, *width),
+        ImageTest::SizeRange {
+            ty,
+            min,
+            max_h,
+            max_w,
+        } => info.in_size_range(ty, *min, *max_h, *max_w),
+        ImageTest::Named(name) => info.names().any(|n| n == name),
+        ImageTest::NameRegex(re) => info
+            .names()
+            .any(|n| re.is_match(n.as_bytes()).unwrap_or(false)),
     }
 }
 

@@ -15,6 +15,7 @@
 
 pub mod engine;
 pub mod evals;
+pub mod images;
 pub mod load;
 pub mod locales;
 pub mod meta;
