@@ -750,10 +750,8 @@ impl Engine {
                 .take()
                 .map(std::cell::OnceCell::from)
                 .unwrap_or_default();
-            if ctx.relays.is_none() {
-                ctx.relays();
-            }
-            let relays = ctx.relays.take().unwrap_or_default();
+            ctx.relays();
+            let relays = ctx.relays.take().expect("analysed above");
             let headers = ctx.headers();
             let input = evals::EvalInput {
                 msg,
@@ -1403,10 +1401,12 @@ impl Ctx<'_> {
     fn relays(&mut self) -> &super::relays::Relays {
         if self.relays.is_none() {
             let handover = self.env.handover;
-            let r = super::relays::analyze_with(self.headers(), handover.as_ref());
-            self.relays = Some(r);
+            self.relays = Some(super::relays::analyze_with(
+                self.headers(),
+                handover.as_ref(),
+            ));
         }
-        self.relays.get_or_insert_with(Default::default)
+        self.relays.as_ref().expect("analysed above")
     }
 
     /// `PerMsgStatus::get` for one request; `None` when there is no such header.
@@ -1430,19 +1430,22 @@ impl Ctx<'_> {
             };
             return fields_in_received_range(self.headers(), start, end, raw);
         }
-        let env_from = self.env_from().to_string();
-        let h = self.headers();
-        header_value(h, request, Some(&env_from))
+        self.env_from();
+        let (Some(h), env_from) = (&self.headers, self.env_from.as_deref()) else {
+            unreachable!("env_from() parsed the headers")
+        };
+        header_value(h, request, env_from)
     }
 
     /// `get_envelope_from`: the SMTP sender when there is one, else what the relays and the
     /// headers tell.
     fn env_from(&mut self) -> &str {
         if self.env_from.is_none() {
+            // The headers are parsed here either way (header requests read them next).
+            self.relays();
             let found = match self.env.mail_from {
                 Some(m) => m.to_string(),
                 None => {
-                    self.relays();
                     let r = self.relays.as_ref().expect("analysed above");
                     let h = self.headers.as_ref().expect("parsed by relays()");
                     super::relays::envelope_from(h, r).unwrap_or_default()
@@ -1500,26 +1503,12 @@ pub fn header_value(h: &Headers, request: &str, env_from: Option<&str>) -> Optio
         .filter(|v| !v.is_empty())
         .collect(),
         n if n.eq_ignore_ascii_case("EnvelopeFrom") => {
-            // The engine passes the sender it resolved (`""`: none); other callers may pass
-            // `None` and get the header fallback.
-            let v = match env_from {
-                Some("") => None,
-                Some(s) => Some(format!("{s}\n").into_bytes()),
-                None => None,
-            };
-            let v = v.or_else(|| {
-                env_from.is_none().then_some(()).and_then(|()| {
-                    ["X-Envelope-From", "Envelope-Sender", "Return-Path"]
-                        .iter()
-                        .find_map(|n| {
-                            h.values(n, true)
-                                .next()
-                                .and_then(first_address)
-                                .map(|a| format!("{a}\n").into_bytes())
-                        })
-                })
-            });
-            v.into_iter().collect()
+            // The sender the engine resolved (`relays::envelope_from`); empty: none.
+            env_from
+                .filter(|s| !s.is_empty())
+                .map(|s| format!("{s}\n").into_bytes())
+                .into_iter()
+                .collect()
         }
         n => h
             .values(n, need_raw)
@@ -1589,10 +1578,6 @@ fn unfold_raw(v: &[u8], raw: bool) -> Vec<u8> {
         i += 1;
     }
     out
-}
-
-fn first_address(v: &[u8]) -> Option<String> {
-    parse_addresses(v).into_iter().find_map(|a| a.0)
 }
 
 /// Addresses in a header value: (address, display name). A simplified

@@ -264,8 +264,10 @@ pub enum Call {
     /// `check_for_from_domain_in_received_headers('domain', 'true'|'false')`: whether the
     /// From domain's own hosts handed the message over.
     FromDomainInReceived {
-        /// The domain.
-        domain: String,
+        /// `\bdomain`, case-insensitive: the From address mentions the domain.
+        mentions: regex::Regex,
+        /// ` rdns=\S*\bdomain [^\]]*by=\S*\bdomain `: a relay of the domain to the domain.
+        relayed: regex::Regex,
         /// What the rule asks for.
         desired: bool,
     },
@@ -1100,10 +1102,18 @@ impl Call {
             "check_for_faraway_charset" => Some(Call::Faraway(Faraway::Body)),
             "check_for_faraway_charset_in_headers" => Some(Call::Faraway(Faraway::Headers)),
             "html_charset_faraway" => Some(Call::Faraway(Faraway::Html)),
-            "check_for_from_domain_in_received_headers" => Some(Call::FromDomainInReceived {
-                domain: arg(0).to_string(),
-                desired: arg(1) == "true",
-            }),
+            "check_for_from_domain_in_received_headers" => {
+                let d = regex::escape(arg(0));
+                Some(Call::FromDomainInReceived {
+                    mentions: regex::RegexBuilder::new(&format!(r"\b{d}"))
+                        .case_insensitive(true)
+                        .build()
+                        .ok()?,
+                    relayed: regex::Regex::new(&format!(r" rdns=\S*\b{d} [^\]]*by=\S*\b{d} "))
+                        .ok()?,
+                    desired: arg(1) == "true",
+                })
+            }
             f if super::relays::Test::of(f).is_some() => {
                 super::relays::Test::of(f).map(Call::Relay)
             }
@@ -1613,7 +1623,12 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             v.is_some_and(|v| v > *min && max.is_none_or(|m| v <= m))
         }),
         Call::MimeAnomaly(name) => input.msg.anomalies.iter().any(|a| a.name() == name),
-        Call::Relay(t) => super::relays::run(*t, input.relays, input.headers),
+        Call::Relay(t) => super::relays::run(
+            *t,
+            input.relays,
+            input.headers,
+            input.mail_from.unwrap_or_default(),
+        ),
         Call::Faraway(w) => faraway(*w, input),
         Call::Image(t) => image_test(t, input),
         Call::HtmlTextMatch { title, pattern } => html_parts(input).iter().any(|(_, t)| {
@@ -1623,10 +1638,11 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
                 .any(|s| pattern.is_match(s.as_bytes()).unwrap_or(false))
         }),
         Call::Envelope(t) => envelope_test(*t, input),
-        Call::FromDomainInReceived { domain, desired } => {
-            from_domain_in_received(input, domain) == Some(true) && *desired
-                || from_domain_in_received(input, domain) == Some(false) && !*desired
-        }
+        Call::FromDomainInReceived {
+            mentions,
+            relayed,
+            desired,
+        } => from_domain_in_received(input, mentions, relayed) == Some(*desired),
         Call::Base64Length { min, max } => {
             let m = input.mime.get_or_init(|| mime_stats(input.msg));
             max.is_none_or(|x| m.base64_length <= x) && m.base64_length >= *min
@@ -2282,16 +2298,13 @@ fn illegal_chars(h: &Headers, header: &str, ratio: f64, count: usize) -> bool {
 /// `check_for_from_domain_in_received_headers`: `None` when the From address does not
 /// mention the domain (the rule then does not hit either way), else whether a relay of the
 /// domain handed over to a host of the domain.
-fn from_domain_in_received(input: &EvalInput<'_>, domain: &str) -> Option<bool> {
-    let from = header_value(input.headers, "From:addr", input.mail_from)
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
-        .unwrap_or_default();
-    let d = regex::escape(domain);
-    let mentions = regex::RegexBuilder::new(&format!(r"\b{d}"))
-        .case_insensitive(true)
-        .build()
-        .is_ok_and(|r| r.is_match(&from));
-    if !mentions {
+fn from_domain_in_received(
+    input: &EvalInput<'_>,
+    mentions: &regex::Regex,
+    relayed: &regex::Regex,
+) -> Option<bool> {
+    let from = header_value(input.headers, "From:addr", input.mail_from)?;
+    if !mentions.is_match(&String::from_utf8_lossy(&from)) {
         return None;
     }
     let r = input.relays;
@@ -2301,10 +2314,7 @@ fn from_domain_in_received(input: &EvalInput<'_>, domain: &str) -> Option<bool> 
         r.pseudo_header("X-Spam-Relays-Untrusted")
             .unwrap_or_default()
     );
-    Some(
-        regex::Regex::new(&format!(r" rdns=\S*\b{d} [^\]]*by=\S*\b{d} "))
-            .is_ok_and(|re| re.is_match(&all)),
-    )
+    Some(relayed.is_match(&all))
 }
 
 /// The faraway charset tests; never with `ok_locales` unset or `all`.
@@ -2320,9 +2330,12 @@ fn faraway(w: Faraway, input: &EvalInput<'_>) -> bool {
                 return false;
             };
             let ct = String::from_utf8_lossy(&ct);
-            let cs = regex::Regex::new(r#"(?i)charset="([^"]+)"|charset='([^']+)'|charset=(\S+)"#)
-                .ok()
-                .and_then(|r| r.captures(&ct))
+            static CS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+                regex::Regex::new(r#"(?i)charset="([^"]+)"|charset='([^']+)'|charset=(\S+)"#)
+                    .expect("a valid pattern")
+            });
+            let cs = CS
+                .captures(&ct)
                 .and_then(|c| c.get(1).or(c.get(2)).or(c.get(3)))
                 .map(|m| m.as_str().to_string());
             let Some(cs) = cs else { return false };
@@ -2336,7 +2349,10 @@ fn faraway(w: Faraway, input: &EvalInput<'_>) -> bool {
             mostly_high_bits(&lines.join(&b"\n"[..]))
         }
         Faraway::Headers => {
-            let word = regex::Regex::new(r"=\?(.+?)\?.\?.*?\?=").expect("a valid pattern");
+            static WORD: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+                regex::Regex::new(r"=\?(.+?)\?.\?.*?\?=").expect("a valid pattern")
+            });
+            let word = &*WORD;
             ["From:raw", "Subject:raw"].iter().any(|req| {
                 header_value(input.headers, req, None).is_some_and(|v| {
                     word.captures_iter(&String::from_utf8_lossy(&v))
@@ -2345,10 +2361,13 @@ fn faraway(w: Faraway, input: &EvalInput<'_>) -> bool {
             })
         }
         Faraway::Html => {
-            let meta = regex::Regex::new(
-                r#"(?is)<meta\b[^>]*http-equiv\s*=\s*["']?content-type[^>]*content\s*=\s*["'][^"']*\bcharset\s*=\s*([^"'\s;>]+)"#,
-            )
-            .expect("a valid pattern");
+            static META: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+                regex::Regex::new(
+                    r#"(?is)<meta\b[^>]*http-equiv\s*=\s*["']?content-type[^>]*content\s*=\s*["'][^"']*\bcharset\s*=\s*([^"'\s;>]+)"#,
+                )
+                .expect("a valid pattern")
+            });
+            let meta = &*META;
             input
                 .msg
                 .parts
@@ -2415,9 +2434,7 @@ fn envelope_test(t: EnvTest, input: &EvalInput<'_>) -> bool {
             if !valid {
                 return false;
             }
-            // `/\b\Qdom\E.\Quser\E@/i`
-            let p = format!(r"(?i)\b{}.{}@", regex::escape(&dom), regex::escape(user));
-            regex::Regex::new(&p).is_ok_and(|r| r.is_match(&env))
+            domain_dot_user(&env, &dom, user)
         }
         EnvTest::DifferentDomains => {
             let second_level = |a: &str| -> String {
@@ -2486,9 +2503,39 @@ fn image_test(t: &ImageTest, input: &EvalInput<'_>) -> bool {
     }
 }
 
+/// `/\b\Qdom\E.\Quser\E@/i`: the domain (at a word start), any one character, the user
+/// and `@`, ASCII case ignored.
+fn domain_dot_user(text: &str, dom: &str, user: &str) -> bool {
+    let (t, dom, user) = (
+        text.to_ascii_lowercase(),
+        dom.to_ascii_lowercase(),
+        format!("{}@", user.to_ascii_lowercase()),
+    );
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    t.match_indices(&dom).any(|(at, _)| {
+        let before = t[..at].chars().next_back().is_some_and(word);
+        let starts_word = dom.chars().next().is_some_and(word);
+        let rest = &t[at + dom.len()..];
+        let mut chars = rest.chars();
+        before != starts_word
+            && chars
+                .next()
+                .is_some_and(|c| c != '\n' && chars.as_str().starts_with(&user))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ratware_envelope_shape() {
+        assert!(domain_dot_user("example.com-bob@spam.test", "example.com", "bob"));
+        assert!(domain_dot_user("Example.COM.Bob@x", "example.com", "bob"));
+        assert!(!domain_dot_user("myexample.com-bob@x", "example.com", "bob"));
+        assert!(!domain_dot_user("example.combob@x", "example.com", "bob"));
+        assert!(!domain_dot_user("example.com-bobby@x", "example.com", "bob"));
+    }
 
     #[test]
     fn uri_hosts_of_any_text_are_read_without_panicking() {

@@ -11,6 +11,7 @@
 //! or the handover was authenticated; the first public, unauthenticated one ends the trusted
 //! part, and everything after it is untrusted and external.
 
+use std::cell::OnceCell;
 use std::sync::OnceLock;
 
 use pcre2::bytes::{Regex, RegexBuilder};
@@ -253,6 +254,20 @@ pub struct Relays {
     /// Relays counted in the indexes above that have no field in the message: this MTA's own
     /// handover (see [`Handover`]).
     pub virtual_relays: i64,
+    /// What several relay tests read, built once per message.
+    cache: Cache,
+}
+
+/// The relay tests' shared readings of a message.
+#[derive(Debug, Clone, Default)]
+struct Cache {
+    /// The Received fields joined, as `get('Received')` gives them.
+    received: OnceCell<Option<String>>,
+    /// The same with white space squeezed.
+    squeezed: OnceCell<String>,
+    gated: OnceCell<bool>,
+    hotmail: OnceCell<Option<bool>>,
+    forged: OnceCell<(u32, u32)>,
 }
 
 /// The handover of the message to this MTA. When SpamAssassin runs after an MTA, that MTA's
@@ -303,6 +318,19 @@ impl Handover<'_> {
 }
 
 impl Relays {
+    fn received(&self, h: &Headers) -> Option<&str> {
+        self.cache
+            .received
+            .get_or_init(|| get(h, "Received"))
+            .as_deref()
+    }
+
+    fn squeezed(&self, h: &Headers) -> &str {
+        self.cache
+            .squeezed
+            .get_or_init(|| squeeze(self.received(h).unwrap_or_default()))
+    }
+
     /// The pseudo-header for `X-Spam-Relays-<which>` (`Trusted`, `Untrusted`, `Internal`,
     /// `External`, any case); `None` for another name.
     pub fn pseudo_header(&self, name: &str) -> Option<String> {
@@ -1706,8 +1734,8 @@ fn squeeze(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Runs a relay test.
-pub fn run(test: Test, r: &Relays, h: &Headers) -> bool {
+/// Runs a relay test; `env_from` is the envelope sender as the engine resolved it.
+pub fn run(test: Test, r: &Relays, h: &Headers, env_from: &str) -> bool {
     match test {
         Test::NumericHelo => {
             let s = r
@@ -1749,28 +1777,28 @@ pub fn run(test: Test, r: &Relays, h: &Headers) -> bool {
             }
             hit
         }
-        Test::ForgedTrail => forged_received(r).0 > 1,
-        Test::ForgedIpHelo => forged_received(r).1 > 0,
+        Test::ForgedTrail => r.cache.forged.get_or_init(|| forged_received(r)).0 > 1,
+        Test::ForgedIpHelo => r.cache.forged.get_or_init(|| forged_received(r)).1 > 0,
         Test::FakeAolRelay => {
-            let rcvd = squeeze(&get(h, "Received").unwrap_or_default());
+            let rcvd = r.squeezed(h);
             is(re!(r"(?i) rly-[a-z][a-z]\d\d\."), &rcvd)
                 && !is(re!(r"\/AOL-\d+\.\d+\.\d+\)"), &rcvd)
                 && !is(re!(r"ESMTP id (?:RELAY|MAILRELAY|MAILIN)"), &rcvd)
         }
-        Test::GatedThroughRemover => gated_through_remover(h),
-        Test::ForgedHotmail => forged_hotmail(h) == Some(true),
-        Test::NoHotmail => forged_hotmail(h) == Some(false),
+        Test::GatedThroughRemover => gated(r, h),
+        Test::ForgedHotmail => hotmail(r, h, env_from) == Some(true),
+        Test::NoHotmail => hotmail(r, h, env_from) == Some(false),
         Test::ForgedEudoramail => {
             let from = get(h, "From:addr").unwrap_or_default();
-            if !is(re!(r"(?im)\beudoramail\.com$"), &from) || gated_through_remover(h) {
+            if !is(re!(r"(?im)\beudoramail\.com$"), &from) || gated(r, h) {
                 return false;
             }
-            let rcvd = squeeze(&get(h, "Received").unwrap_or_default());
+            let rcvd = r.squeezed(h);
             let ip = get(h, "X-Sender-Ip").is_some_and(|v| is(re!(ip_address!()), &v));
             !(is(re!(r"by \S*whowhere.com\;"), &rcvd) && ip)
         }
         Test::ForgedYahoo => forged_yahoo(r, h),
-        Test::ForgedJuno => forged_juno(h),
+        Test::ForgedJuno => forged_juno(r, h),
     }
 }
 
@@ -1827,11 +1855,21 @@ fn forged_received(r: &Relays) -> (u32, u32) {
     (mismatch_from, mismatch_ip_helo)
 }
 
-fn gated_through_remover(h: &Headers) -> bool {
+fn gated(r: &Relays, h: &Headers) -> bool {
+    *r.cache.gated.get_or_init(|| gated_through_remover(r, h))
+}
+
+fn hotmail(r: &Relays, h: &Headers, env_from: &str) -> Option<bool> {
+    *r.cache
+        .hotmail
+        .get_or_init(|| forged_hotmail(r, h, env_from))
+}
+
+fn gated_through_remover(r: &Relays, h: &Headers) -> bool {
     if let Some(txt) = get(h, "Mailing-List") {
         if is(re!(r"(?m)^contact \S+\@\S+\; run by ezmlm$"), &txt) {
             let dlto = get(h, "Delivered-To").unwrap_or_default();
-            let rcvd = get(h, "Received").unwrap_or_default();
+            let rcvd = r.received(h).unwrap_or_default();
             if is(re!(r"(?m)^mailing list \S+\@\S+"), &dlto)
                 && is(
                     re!(r"qmail \d+ invoked (?:from network|by .{3,20})\); \d+ ... \d+"),
@@ -1842,18 +1880,18 @@ fn gated_through_remover(h: &Headers) -> bool {
             }
         }
     }
-    match get(h, "Received") {
+    match r.received(h) {
         None => true,
         Some(rcvd) => is(re!(r"from groups\.msn\.com \(\S+\.msn\.com "), &rcvd),
     }
 }
 
-fn msn_groups(h: &Headers) -> bool {
+fn msn_groups(r: &Relays, h: &Headers, env_from: &str) -> bool {
     let to = get(h, "To").unwrap_or_default();
     let Some(list) = caps(re!(r"(?i)<(\S+)\@groups\.msn\.com>"), &to).map(|c| c.s(1)) else {
         return false;
     };
-    let rcvd = get(h, "Received").unwrap_or_default();
+    let rcvd = r.received(h).unwrap_or_default();
     let Some(server) = caps(
         re!(r"from mail pickup service by ((?:p\d\d\.)groups\.msn\.com)\b"),
         &rcvd,
@@ -1881,7 +1919,7 @@ fn msn_groups(h: &Headers) -> bool {
     if list == "notifications" {
         test(format!(r"^<\S+\@{}>", esc(&server)), &mid)
     } else {
-        let env = get(h, "EnvelopeFrom:addr").unwrap_or_default();
+        let env = env_from;
         test(format!(r"^<{}-\S+\@groups\.msn\.com>", esc(&list)), &mid)
             && test(format!(r"{}-bounce\@groups\.msn\.com", esc(&list)), &env)
     }
@@ -1889,19 +1927,19 @@ fn msn_groups(h: &Headers) -> bool {
 
 /// `_check_for_forged_hotmail_received_headers`: `Some(true)` forged, `Some(false)` a hotmail
 /// From without hotmail's relays, `None` neither.
-fn forged_hotmail(h: &Headers) -> Option<bool> {
-    let rcvd = squeeze(&get(h, "Received").unwrap_or_default());
+fn forged_hotmail(r: &Relays, h: &Headers, env_from: &str) -> Option<bool> {
+    let rcvd = r.squeezed(h);
     if is(
         re!(r"from mail pickup service by hotmail\.com with Microsoft SMTPSVC;"),
         &rcvd,
-    ) || msn_groups(h)
+    ) || msn_groups(r, h, env_from)
     {
         return None;
     }
     let ip = get(h, "X-Originating-Ip").is_some_and(|v| is(re!(ip_address!()), &v));
     let orig =
         get(h, "X-OriginatorOrg").is_some_and(|v| is(re!(r"hotmail\.com|msonline\-outlook"), &v));
-    if gated_through_remover(h) {
+    if gated(r, h) {
         return None;
     }
     let legit = (ip
@@ -1951,7 +1989,7 @@ fn forged_yahoo(r: &Relays, h: &Headers) -> bool {
     if !is(re!(r"(?im)\byahoo\.com$"), &from) {
         return false;
     }
-    let mut rcvd = get(h, "Received").unwrap_or_default();
+    let mut rcvd = r.received(h).unwrap_or_default().to_string();
     let nonempty = |n: &str| get(h, n).is_some_and(|v| !v.is_empty());
     if nonempty("Resent-From") && nonempty("Resent-To") {
         if let Some(x) = get(h, "X-Received").filter(|v| !v.is_empty()) {
@@ -1959,7 +1997,7 @@ fn forged_yahoo(r: &Relays, h: &Headers) -> bool {
         }
     }
     let rcvd = squeeze(&rcvd);
-    if gated_through_remover(h) {
+    if gated(r, h) {
         return false;
     }
     let trusted = r.pseudo_header("X-Spam-Relays-Trusted").unwrap_or_default();
@@ -1989,14 +2027,14 @@ fn forged_yahoo(r: &Relays, h: &Headers) -> bool {
         && is(re!(r"(?im)\@reply\.yahoo\.com$"), &from))
 }
 
-fn forged_juno(h: &Headers) -> bool {
+fn forged_juno(r: &Relays, h: &Headers) -> bool {
     let from = get(h, "From:addr").unwrap_or_default();
-    if !is(re!(r"(?im)\bjuno\.com$"), &from) || gated_through_remover(h) {
+    if !is(re!(r"(?im)\bjuno\.com$"), &from) || gated(r, h) {
         return false;
     }
     let xorig = get(h, "X-Originating-IP").unwrap_or_default();
     let xmailer = get(h, "X-Mailer").unwrap_or_default();
-    let rcvd = get(h, "Received").unwrap_or_default();
+    let rcvd = r.received(h).unwrap_or_default();
     if !xorig.is_empty() {
         if !is(
             re!(
@@ -2114,14 +2152,14 @@ mod tests {
         assert_eq!(r.last_trusted_index, 0);
         let ext = r.pseudo_header("X-Spam-Relays-External").unwrap();
         assert!(ext.starts_with("[ ip=203.0.113.5 rdns=out.sender.example helo=out.sender.example by=mx.example.net "), "{ext}");
-        assert!(!run(Test::AllTrusted, &r, &h));
-        assert!(!run(Test::NoRelays, &r, &h));
+        assert!(!run(Test::AllTrusted, &r, &h, ""));
+        assert!(!run(Test::NoRelays, &r, &h, ""));
         // All local: every relay trusted.
         let h = headers("Received: from a (localhost [127.0.0.1]) by b.example (Postfix) with ESMTP id 9Z; Mon, 3 Mar 2025 10:00:00 +0000\nSubject: x\n\nb\n");
         let r = analyze(&h);
-        assert!(run(Test::AllTrusted, &r, &h));
+        assert!(run(Test::AllTrusted, &r, &h, ""));
         let h = headers("Subject: x\n\nb\n");
-        assert!(run(Test::NoRelays, &analyze(&h), &h));
+        assert!(run(Test::NoRelays, &analyze(&h), &h, ""));
     }
 
     #[test]
@@ -2134,13 +2172,13 @@ mod tests {
             "Subject: x\n\nb\n"
         ));
         let r = analyze(&h);
-        assert!(run(Test::ForgedTrail, &r, &h));
+        assert!(run(Test::ForgedTrail, &r, &h, ""));
         let h = headers(concat!(
             "Received: from a.one.example (a.one.example [198.51.100.1]) by mx.dest.example (Postfix) with ESMTP id 1; Mon, 3 Mar 2025 10:00:03 +0000\n",
             "Received: from b.two.example (b.two.example [198.51.100.2]) by a.one.example (Postfix) with ESMTP id 2; Mon, 3 Mar 2025 10:00:02 +0000\n",
             "Subject: x\n\nb\n"
         ));
-        assert!(!run(Test::ForgedTrail, &analyze(&h), &h));
+        assert!(!run(Test::ForgedTrail, &analyze(&h), &h, ""));
         // A HELO that is another network's address, and a dotcom HELO without reverse DNS.
         let h = headers(concat!(
             "Received: from 203.0.113.50 (unknown [198.51.100.9]) by mx.dest.example (Postfix) with ESMTP id 1; Mon, 3 Mar 2025 10:00:03 +0000\n",
@@ -2148,16 +2186,16 @@ mod tests {
         ));
         let r = analyze(&h);
         assert!(r.untrusted[0].no_reverse_dns);
-        assert!(run(Test::HeloIpMismatch, &r, &h));
-        assert!(run(Test::NumericHelo, &r, &h));
+        assert!(run(Test::HeloIpMismatch, &r, &h, ""));
+        assert!(run(Test::NumericHelo, &r, &h, ""));
         let h = headers(concat!(
             "Received: from mail.yahoo.com (unknown [198.51.100.9]) by mx.dest.example (Postfix) with ESMTP id 1; Mon, 3 Mar 2025 10:00:03 +0000\n",
             "From: someone@yahoo.com\nSubject: x\n\nb\n"
         ));
         let r = analyze(&h);
-        assert!(run(Test::NoRdnsDotcomHelo, &r, &h));
-        assert!(run(Test::ForgedYahoo, &r, &h));
-        assert!(!run(Test::HeloIpMismatch, &r, &h));
+        assert!(run(Test::NoRdnsDotcomHelo, &r, &h, ""));
+        assert!(run(Test::ForgedYahoo, &r, &h, ""));
+        assert!(!run(Test::HeloIpMismatch, &r, &h, ""));
     }
 
     #[test]
