@@ -2530,11 +2530,23 @@ mod tests {
 
     #[test]
     fn ratware_envelope_shape() {
-        assert!(domain_dot_user("example.com-bob@spam.test", "example.com", "bob"));
+        assert!(domain_dot_user(
+            "example.com-bob@spam.test",
+            "example.com",
+            "bob"
+        ));
         assert!(domain_dot_user("Example.COM.Bob@x", "example.com", "bob"));
-        assert!(!domain_dot_user("myexample.com-bob@x", "example.com", "bob"));
+        assert!(!domain_dot_user(
+            "myexample.com-bob@x",
+            "example.com",
+            "bob"
+        ));
         assert!(!domain_dot_user("example.combob@x", "example.com", "bob"));
-        assert!(!domain_dot_user("example.com-bobby@x", "example.com", "bob"));
+        assert!(!domain_dot_user(
+            "example.com-bobby@x",
+            "example.com",
+            "bob"
+        ));
     }
 
     #[test]

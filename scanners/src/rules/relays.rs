@@ -1781,9 +1781,9 @@ pub fn run(test: Test, r: &Relays, h: &Headers, env_from: &str) -> bool {
         Test::ForgedIpHelo => r.cache.forged.get_or_init(|| forged_received(r)).1 > 0,
         Test::FakeAolRelay => {
             let rcvd = r.squeezed(h);
-            is(re!(r"(?i) rly-[a-z][a-z]\d\d\."), &rcvd)
-                && !is(re!(r"\/AOL-\d+\.\d+\.\d+\)"), &rcvd)
-                && !is(re!(r"ESMTP id (?:RELAY|MAILRELAY|MAILIN)"), &rcvd)
+            is(re!(r"(?i) rly-[a-z][a-z]\d\d\."), rcvd)
+                && !is(re!(r"\/AOL-\d+\.\d+\.\d+\)"), rcvd)
+                && !is(re!(r"ESMTP id (?:RELAY|MAILRELAY|MAILIN)"), rcvd)
         }
         Test::GatedThroughRemover => gated(r, h),
         Test::ForgedHotmail => hotmail(r, h, env_from) == Some(true),
@@ -1795,7 +1795,7 @@ pub fn run(test: Test, r: &Relays, h: &Headers, env_from: &str) -> bool {
             }
             let rcvd = r.squeezed(h);
             let ip = get(h, "X-Sender-Ip").is_some_and(|v| is(re!(ip_address!()), &v));
-            !(is(re!(r"by \S*whowhere.com\;"), &rcvd) && ip)
+            !(is(re!(r"by \S*whowhere.com\;"), rcvd) && ip)
         }
         Test::ForgedYahoo => forged_yahoo(r, h),
         Test::ForgedJuno => forged_juno(r, h),
@@ -1873,7 +1873,7 @@ fn gated_through_remover(r: &Relays, h: &Headers) -> bool {
             if is(re!(r"(?m)^mailing list \S+\@\S+"), &dlto)
                 && is(
                     re!(r"qmail \d+ invoked (?:from network|by .{3,20})\); \d+ ... \d+"),
-                    &rcvd,
+                    rcvd,
                 )
             {
                 return true;
@@ -1882,7 +1882,7 @@ fn gated_through_remover(r: &Relays, h: &Headers) -> bool {
     }
     match r.received(h) {
         None => true,
-        Some(rcvd) => is(re!(r"from groups\.msn\.com \(\S+\.msn\.com "), &rcvd),
+        Some(rcvd) => is(re!(r"from groups\.msn\.com \(\S+\.msn\.com "), rcvd),
     }
 }
 
@@ -1894,7 +1894,7 @@ fn msn_groups(r: &Relays, h: &Headers, env_from: &str) -> bool {
     let rcvd = r.received(h).unwrap_or_default();
     let Some(server) = caps(
         re!(r"from mail pickup service by ((?:p\d\d\.)groups\.msn\.com)\b"),
-        &rcvd,
+        rcvd,
     )
     .map(|c| c.s(1)) else {
         return false;
@@ -1921,7 +1921,7 @@ fn msn_groups(r: &Relays, h: &Headers, env_from: &str) -> bool {
     } else {
         let env = env_from;
         test(format!(r"^<{}-\S+\@groups\.msn\.com>", esc(&list)), &mid)
-            && test(format!(r"{}-bounce\@groups\.msn\.com", esc(&list)), &env)
+            && test(format!(r"{}-bounce\@groups\.msn\.com", esc(&list)), env)
     }
 }
 
@@ -1931,7 +1931,7 @@ fn forged_hotmail(r: &Relays, h: &Headers, env_from: &str) -> Option<bool> {
     let rcvd = r.squeezed(h);
     if is(
         re!(r"from mail pickup service by hotmail\.com with Microsoft SMTPSVC;"),
-        &rcvd,
+        rcvd,
     ) || msn_groups(r, h, env_from)
     {
         return None;
@@ -1945,14 +1945,14 @@ fn forged_hotmail(r: &Relays, h: &Headers, env_from: &str) -> Option<bool> {
     let legit = (ip
         && is(
             re!(r"from (?:\S*\.)?hotmail.com \(\S+\.hotmail(?:\.msn)?\.com[ \)]"),
-            &rcvd,
+            rcvd,
         ))
         || (orig
             && is(
                 re!(
                     r"from \S*\.outbound\.protection\.outlook\.com \(\S+\.outbound\.protection\.outlook\.com[ \)]"
                 ),
-                &rcvd,
+                rcvd,
             ))
         || (orig
             && is(
@@ -1961,23 +1961,23 @@ fn forged_hotmail(r: &Relays, h: &Headers, env_from: &str) -> Option<bool> {
                     ip_address!(),
                     r"\)"
                 ),
-                &rcvd,
+                rcvd,
             ))
         || (ip
             && is(
                 re!(r"from \S*\.hotmail.com \(\[", ip_address!(), r"\][ \):]"),
-                &rcvd,
+                rcvd,
             ))
         || (ip
             && is(
                 re!(r"from \S+ by \S+\.hotmail(?:\.msn)?\.com with HTTP\;"),
-                &rcvd,
+                rcvd,
             ))
-        || (ip && is(re!(r"from \[66\.218.\S+\] by \S+\.yahoo\.com"), &rcvd));
+        || (ip && is(re!(r"from \[66\.218.\S+\] by \S+\.yahoo\.com"), rcvd));
     if legit {
         return None;
     }
-    if is(re!(r"(?:from |HELO |helo=)\S*hotmail\.com\b"), &rcvd) {
+    if is(re!(r"(?:from |HELO |helo=)\S*hotmail\.com\b"), rcvd) {
         return Some(true);
     }
     let from = get(h, "From:addr").unwrap_or_default();
@@ -2042,8 +2042,8 @@ fn forged_juno(r: &Relays, h: &Headers) -> bool {
                 ip_address!(),
                 r"[\]\)].*by"
             ),
-            &rcvd,
-        ) && !is(re!(r" cookie\.(?:juno|untd)\.com "), &rcvd)
+            rcvd,
+        ) && !is(re!(r" cookie\.(?:juno|untd)\.com "), rcvd)
         {
             return true;
         }
@@ -2053,7 +2053,7 @@ fn forged_juno(r: &Relays, h: &Headers) -> bool {
     } else {
         if is(
             re!(r"from.*\bmail\.com.*\[", ip_address!(), r"\].*by"),
-            &rcvd,
+            rcvd,
         ) {
             if !is(re!(r"\bmail\.com"), &xmailer) {
                 return true;
@@ -2064,7 +2064,7 @@ fn forged_juno(r: &Relays, h: &Headers) -> bool {
                 ip_address!(),
                 r"\]\) by"
             ),
-            &rcvd,
+            rcvd,
         ) {
             if !is(re!(r"^Webmail Version \d"), &xmailer) {
                 return true;
