@@ -197,6 +197,7 @@ impl Snapshot {
             None
         } else {
             let v = crate::sasl::Verifier::new(std::path::Path::new(&s.auth_users_file))?;
+            tracing::info!(users = v.users(), file = %s.auth_users_file, "smtp auth users loaded");
             if s.auth_needs_tls && tls.is_none() {
                 tracing::warn!(
                     "smtp.auth_users_file is set but AUTH needs TLS and [tls] has no certificate: AUTH is not offered"

@@ -141,6 +141,21 @@ fn benches(c: &mut Criterion) {
             hits
         })
     });
+    // The relay analysis alone (Received fields parsed, trust split), over the corpus's
+    // header blocks parsed beforehand.
+    let headers: Vec<_> = msgs
+        .iter()
+        .map(|raw| mxgate_scanners::rules::view::Headers::of_part(&Message::parse(raw.clone()), 0))
+        .collect();
+    g.throughput(Throughput::Elements(headers.len() as u64));
+    g.bench_function("relays_corpus", |b| {
+        b.iter(|| {
+            headers
+                .iter()
+                .map(|h| mxgate_scanners::rules::relays::analyze(h).untrusted.len())
+                .sum::<usize>()
+        })
+    });
     let big = big_message();
     g.throughput(Throughput::Bytes(big.len() as u64));
     g.bench_function("one_mb_message", |b| {
