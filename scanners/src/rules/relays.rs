@@ -705,6 +705,15 @@ fn sub_item(sub: &mut String, r: &Regex) -> Option<String> {
 /// The body of `if (s/^from //) { ... }`: `None` falls through.
 fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
     use Step::*;
+    // Fills the fields from the match's groups (and whether the MTA looked up the name):
+    // the parse is done.
+    macro_rules! take {
+        ($c:expr; $($field:ident = $i:expr),* $(; $lookup:expr)?) => {{
+            $( f.$field = $c.s($i); )*
+            $( f.looked_up = $lookup; )?
+            return Some(Enough);
+        }};
+    }
     if let Some(c) = caps(
         re!(r"(?i)(?:return-path:? |envelope-(?:sender|from)[ =])(\S+)\b"),
         t,
@@ -720,9 +729,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             ),
             t,
         ) {
-            f.ip = c.s(1);
-            f.by = c.s(2);
-            return Some(Enough);
+            take!(c; ip = 1, by = 2);
         }
     }
     if t.contains("aol.com") && t.contains("with HTTP (WebMailUI)") {
@@ -736,9 +743,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             ),
             t,
         ) {
-            f.ip = c.s(1);
-            f.by = c.s(2);
-            return Some(Enough);
+            take!(c; ip = 1, by = 2);
         }
     }
 
@@ -751,10 +756,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             ),
             t,
         ) {
-            f.helo = c.s(1);
-            f.ip = c.s(2);
-            f.by = c.s(3);
-            return Some(Enough);
+            take!(c; helo = 1, ip = 2, by = 3);
         }
         if is(
             re!(r"^mail pickup service by (\S+) with Microsoft SMTPSVC$"),
@@ -805,15 +807,10 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             re!(r"^\(\[(", ip_address!(), r"):\d+\] helo=(\S+)\) by (\S+) "),
             t,
         ) {
-            f.ip = c.s(1);
-            f.helo = c.s(2);
-            f.by = c.s(3);
-            return Some(Enough);
+            take!(c; ip = 1, helo = 2, by = 3);
         }
         if let Some(c) = caps(re!(r"^\S+ \(\[(", ip_address!(), r"):\d+\]\) by (\S+) "), t) {
-            f.ip = c.s(1);
-            f.by = c.s(2);
-            return Some(Enough);
+            take!(c; ip = 1, by = 2);
         }
     } else if t.contains("Exim") {
         if is(re!(r"\bwith local(?:-\S+)? "), t) {
@@ -852,11 +849,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             re!(r"^(\S+) \[(", ip_address!(), r")\](:\d+)? by (\S+) "),
             t,
         ) {
-            f.rdns = c.s(1);
-            f.ip = c.s(2);
-            f.helo = c.s(1);
-            f.by = c.s(4);
-            return Some(Enough);
+            take!(c; rdns = 1, ip = 2, helo = 1, by = 4);
         }
         if let Some(c) = caps(re!(r"^(\S+) "), t) {
             f.rdns = c.s(1);
@@ -904,21 +897,14 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
         }
     } else if t.contains("(Scalix SMTP Relay") {
         if let Some(c) = caps(re!(r"^(\S+) \( ?(", ip_address!(), r")\) by (\S+)"), t) {
-            f.helo = c.s(1);
-            f.ip = c.s(2);
-            f.by = c.s(3);
-            return Some(Enough);
+            take!(c; helo = 1, ip = 2, by = 3);
         }
     } else if t.contains(" (Lotus Domino ") {
         if let Some(c) = caps(
             re!(r"^(\S+) \(\[(", ip_address!(), r")\]\) by (\S+) \(Lotus"),
             t,
         ) {
-            f.looked_up = false;
-            f.helo = c.s(1);
-            f.ip = c.s(2);
-            f.by = c.s(3);
-            return Some(Enough);
+            take!(c; helo = 1, ip = 2, by = 3; false);
         }
     }
 
@@ -933,9 +919,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             ),
             t,
         ) {
-            f.ip = c.s(1);
-            f.by = c.s(2);
-            return Some(Enough);
+            take!(c; ip = 1, by = 2);
         }
     }
 
@@ -960,13 +944,6 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
     }
 
     // From here on the formats get less standard.
-    macro_rules! take {
-        ($c:expr; $($field:ident = $i:expr),* $(; $lookup:expr)?) => {{
-            $( f.$field = $c.s($i); )*
-            $( f.looked_up = $lookup; )?
-            return Some(Enough);
-        }};
-    }
     if let Some(c) = caps(
         re!(
             r"^(\S+) \((\S+) \[(",
