@@ -92,6 +92,9 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        /// mxgate: completions that need task work do not interrupt the task (Linux 5.19);
+        /// the work runs at its next entry into the kernel.
+        const COOP_TASKRUN = 1 << 8;
     }
 }
 
