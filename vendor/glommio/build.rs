@@ -10,12 +10,16 @@ fn main() {
     let liburing = match env::var("GLOMMIO_LIBURING_DIR") {
         Ok(path) => PathBuf::from(path).canonicalize().unwrap(),
         Err(_) => {
-            Command::new("git")
-                .arg("submodule")
-                .arg("update")
-                .arg("--init")
-                .status()
-                .unwrap();
+            // mxgate: liburing is vendored alongside; only a git checkout of upstream needs
+            // its submodule fetched.
+            if !project.join("liburing/src").is_dir() {
+                Command::new("git")
+                    .arg("submodule")
+                    .arg("update")
+                    .arg("--init")
+                    .status()
+                    .unwrap();
+            }
 
             project.join("liburing")
         }
