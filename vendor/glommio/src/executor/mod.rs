@@ -1475,8 +1475,19 @@ impl LocalExecutor {
                 // requests that are latency sensitive we want them out of the
                 // ring ASAP (before we run the task queues). We will also use
                 // the opportunity to install the timer.
+                //
+                // mxgate: the timer only matters when some task queue has work; otherwise
+                // `Duration::MAX` still keeps this poll from sleeping but arms nothing (the
+                // reactor keeps an armed timer across sleeps, and re-arming one after every
+                // expiry would wake an idle shard at the preemption period).
                 this.parker
-                    .poll_io(|| Some(this.preempt_timer_duration()))
+                    .poll_io(|| {
+                        if this.queues.borrow().active_executors.is_empty() {
+                            Some(Duration::MAX)
+                        } else {
+                            Some(this.preempt_timer_duration())
+                        }
+                    })
                     .expect("Failed to poll io! This is actually pretty bad!");
 
                 // run user code

@@ -1861,7 +1861,8 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
+        // mxgate: `Duration::MAX` asks not to sleep without arming a timer (no task has work).
+        if let Some(preempt) = preempt_timer().filter(|d| *d != Duration::MAX) {
             if self.arm_latency_timer(&mut lat_ring, preempt) {
                 flush_rings!(lat_ring, main_ring)?;
             }
