@@ -53,6 +53,8 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
     // The first recipient was accepted provisionally and the whole transaction goes to the next
     // hop at the end of data (see `Relay::whole`).
     let mut deferred = false;
+    // The transaction sender's SPF pass, once greylisting asked for it (reset by MAIL).
+    let mut spf_pass: Option<bool> = None;
     // The client's DNS list lookups start now; the first message's checks collect them.
     let mut early = snap
         .snap
@@ -152,6 +154,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
             }
             Event::Mail => {
                 deferred = false;
+                spf_pass = None;
                 if let (Some(net), Some(e)) = (snap.snap.chain.net(), early.as_mut()) {
                     net.ask_client_name(e);
                 }
@@ -169,7 +172,8 @@ pub async fn serve(shard: Rc<Shard>, tcp: TcpStream) {
                     Some(g) if !deferred => match session.envelope() {
                         // Clients that logged in are not greylisted.
                         Some(env) if env.auth.is_none() => {
-                            greylisted(g, snap.snap.chain.net(), peer.ip(), env, &rcpt).await
+                            let net = snap.snap.chain.net();
+                            greylisted(g, net, peer.ip(), env, &rcpt, &mut spf_pass).await
                         }
                         _ => None,
                     },
@@ -284,18 +288,23 @@ async fn greylisted(
     client: std::net::IpAddr,
     env: &Envelope,
     rcpt: &str,
+    spf_pass: &mut Option<bool>,
 ) -> Option<Reply> {
     use mxgate_scanners::greylist::Decision;
     use mxgate_scanners::net::auth::Outcome;
-    let spf_pass = match net {
-        Some(n) if g.wants_spf(&env.mail_from) => {
+    // The sender's SPF result is the same for every recipient of a transaction: asked once.
+    let spf_pass = match (*spf_pass, net) {
+        (Some(pass), _) => pass,
+        (None, Some(n)) if g.wants_spf(&env.mail_from) => {
             let p = n.dns().spf(
                 client,
                 env.helo.clone(),
                 env.mail_from.clone(),
                 n.hostname().to_string(),
             );
-            p.await == Some(Outcome::Pass)
+            let pass = p.await == Some(Outcome::Pass);
+            *spf_pass = Some(pass);
+            pass
         }
         _ => false,
     };

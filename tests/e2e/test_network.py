@@ -446,6 +446,34 @@ class Authentication(unittest.TestCase):
         finally:
             mx.stop()
 
+    def test_greylisting_spares_senders_that_pass_spf_for_every_recipient(self):
+        """`spf_exempt_domains`: a listed sender domain whose SPF passes for the client is not
+        greylisted, for the first recipient and those after it (the result is asked once per
+        transaction); a listed domain whose SPF fails is greylisted for each of them."""
+        db = os.path.join(WORK, "greylist-spf-%d.redb" % time.time_ns())
+        toml = self.config() + (f'[greylist]\nenabled = true\ndb = "{db}"\ndelay = 60\n'
+                                'spf_exempt_domains = ["signed.e2e.test", "forger.e2e.test"]\n')
+        rcpts = ["bob@e2e.test", "carol@e2e.test", "dave@e2e.test"]
+        mx = Mxgate(WORK, self.sink.port, stages="hops,auth", toml=toml)
+        try:
+            before = len(self.sink.messages())
+            with smtplib.SMTP("127.0.0.1", mx.port, timeout=60) as s:
+                s.ehlo("client.e2e.test")
+                refused = s.sendmail("alice@signed.e2e.test", rcpts,
+                                     message("alice@signed.e2e.test", "bob@e2e.test", "spf", "hi\n"))
+                self.assertEqual(refused, {})
+            self.sink.wait_messages(before + 1)
+            with smtplib.SMTP("127.0.0.1", mx.port, timeout=60) as s:
+                s.ehlo("client.e2e.test")
+                s.mail("x@forger.e2e.test")
+                for r in rcpts:
+                    code, text = s.rcpt(r)
+                    self.assertEqual(code, 451, text)
+                    self.assertIn(b"4.7.1", text)
+            self.assertEqual(mx.metrics().get("mxgate_greylisted_total", 0), 3)
+        finally:
+            mx.stop()
+
     def test_spf_and_dkim_welcomelists(self):
         """welcomelist_auth, welcomelist_from_dkim with a named signing domain, and the
         ruleset's def_ lists: listed senders who pass SPF or carry a valid signature get the
