@@ -168,82 +168,80 @@ impl ShardStats {
     }
 }
 
+/// Picks one counter out of a shard's stats.
+type Field = fn(&ShardStats) -> &AtomicU64;
+
+/// The per-shard counters exposed as one sum each: name, help, the counter.
+const COUNTERS: &[(&str, &str, Field)] = &[
+    ("mxgate_connections_total", "Connections accepted.", |s| {
+        &s.connections
+    }),
+    (
+        "mxgate_connections_refused_total",
+        "Connections refused at the connection limit.",
+        |s| &s.refused,
+    ),
+    (
+        "mxgate_transactions_total",
+        "Messages received (end of data).",
+        |s| &s.transactions,
+    ),
+    (
+        "mxgate_relayed_total",
+        "Messages accepted by the next hop.",
+        |s| &s.relayed,
+    ),
+    (
+        "mxgate_received_bytes_total",
+        "Message bytes received.",
+        |s| &s.bytes,
+    ),
+    (
+        "mxgate_tls_handshakes_total",
+        "STARTTLS handshakes completed.",
+        |s| &s.tls,
+    ),
+    (
+        "mxgate_greylisted_total",
+        "Recipients deferred by greylisting (451 4.7.1).",
+        |s| &s.greylisted,
+    ),
+    (
+        "mxgate_auth_succeeded_total",
+        "SMTP AUTH logins that succeeded.",
+        |s| &s.auth_ok,
+    ),
+    (
+        "mxgate_auth_failed_total",
+        "SMTP AUTH logins refused (535) or not checkable (454).",
+        |s| &s.auth_failed,
+    ),
+    (
+        "mxgate_relay_errors_total",
+        "Failures talking to the next hop.",
+        |s| &s.relay_errors,
+    ),
+];
+
 /// Renders the Prometheus text exposition of all shards.
 pub fn render(shards: &[Arc<ShardStats>]) -> String {
     let sum = |f: &dyn Fn(&ShardStats) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
     let mut out = String::with_capacity(4096);
-    let mut counter = |name: &str, help: &str, kind: &str, v: u64| {
+    let mut metric = |name: &str, help: &str, kind: &str, v: u64| {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     };
-    counter(
-        "mxgate_connections_total",
-        "Connections accepted.",
-        "counter",
-        sum(&|s| s.connections.load(Relaxed)),
-    );
-    counter(
+    metric(
         "mxgate_connections_active",
         "Connections open now.",
         "gauge",
         sum(&|s| s.active.load(Relaxed).max(0) as u64),
     );
-    counter(
-        "mxgate_connections_refused_total",
-        "Connections refused at the connection limit.",
-        "counter",
-        sum(&|s| s.refused.load(Relaxed)),
-    );
-    counter(
-        "mxgate_transactions_total",
-        "Messages received (end of data).",
-        "counter",
-        sum(&|s| s.transactions.load(Relaxed)),
-    );
-    counter(
-        "mxgate_relayed_total",
-        "Messages accepted by the next hop.",
-        "counter",
-        sum(&|s| s.relayed.load(Relaxed)),
-    );
-    counter(
-        "mxgate_received_bytes_total",
-        "Message bytes received.",
-        "counter",
-        sum(&|s| s.bytes.load(Relaxed)),
-    );
-    counter(
-        "mxgate_tls_handshakes_total",
-        "STARTTLS handshakes completed.",
-        "counter",
-        sum(&|s| s.tls.load(Relaxed)),
-    );
-    counter(
-        "mxgate_greylisted_total",
-        "Recipients deferred by greylisting (451 4.7.1).",
-        "counter",
-        sum(&|s| s.greylisted.load(Relaxed)),
-    );
-    counter(
-        "mxgate_auth_succeeded_total",
-        "SMTP AUTH logins that succeeded.",
-        "counter",
-        sum(&|s| s.auth_ok.load(Relaxed)),
-    );
-    counter(
-        "mxgate_auth_failed_total",
-        "SMTP AUTH logins refused (535) or not checkable (454).",
-        "counter",
-        sum(&|s| s.auth_failed.load(Relaxed)),
-    );
-    counter(
-        "mxgate_relay_errors_total",
-        "Failures talking to the next hop.",
-        "counter",
-        sum(&|s| s.relay_errors.load(Relaxed)),
-    );
+    for (name, help, field) in COUNTERS {
+        metric(name, help, "counter", sum(&|s| field(s).load(Relaxed)));
+    }
     let _ = writeln!(out, "# HELP mxgate_greylist_triplets Greylist triplets held, by the shard that owns them.\n# TYPE mxgate_greylist_triplets gauge");
     for (i, s) in shards.iter().enumerate() {
         let n = s.greylist_triplets.load(Relaxed);
