@@ -132,6 +132,13 @@ macro_rules! ip_private {
     };
 }
 
+/// Sets fields of a parsed Received line from capture groups: `fill!(f, c; helo = 1, ip = 3)`.
+macro_rules! fill {
+    ($f:expr, $c:expr; $($field:ident = $i:expr),* $(,)?) => {{
+        $( $f.$field = $c.s($i); )*
+    }};
+}
+
 fn build(pattern: &str) -> Regex {
     RegexBuilder::new()
         .jit_if_available(true)
@@ -539,11 +546,7 @@ fn parse_line(raw: &str) -> Parsed {
             &t,
         ) {
             f.looked_up = true;
-            f.helo = c.s(1);
-            f.rdns = c.s(2);
-            f.ip = c.s(3);
-            f.by = c.s(4);
-            f.id = c.s(5);
+            fill!(f, c; helo = 1, rdns = 2, ip = 3, by = 4, id = 5);
             if f.rdns == "unverified" {
                 f.rdns.clear();
             }
@@ -560,9 +563,7 @@ fn parse_line(raw: &str) -> Parsed {
             ),
             &t,
         ) {
-            f.helo = c.s(1);
-            f.ip = c.s(2);
-            f.by = c.s(3);
+            fill!(f, c; helo = 1, ip = 2, by = 3);
             return enough(f);
         }
         if is(re!(r"^\S+\@localhost\) by \S+ "), &t)
@@ -709,7 +710,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
     // the parse is done.
     macro_rules! take {
         ($c:expr; $($field:ident = $i:expr),* $(; $lookup:expr)?) => {{
-            $( f.$field = $c.s($i); )*
+            fill!(f, $c; $($field = $i),*);
             $( f.looked_up = $lookup; )?
             return Some(Enough);
         }};
@@ -776,9 +777,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             ),
             t,
         ) {
-            f.helo = c.s(1);
-            f.ip = c.s(2);
-            f.by = c.s(3);
+            fill!(f, c; helo = 1, ip = 2, by = 3);
             f.id.clear();
             return Some(Enough);
         }
@@ -791,9 +790,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             ),
             t,
         ) {
-            f.helo = c.s(1);
-            f.ip = c.s(2);
-            f.by = c.s(3);
+            fill!(f, c; helo = 1, ip = 2, by = 3);
             if let Some(c) = caps(re!(r" id <(\S+)>"), t) {
                 f.id = c.s(1);
             }
@@ -832,8 +829,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             re!(r"^(\S+) \(\[(", ip_address!(), r")\](.*?)\) by (\S+) "),
             t,
         ) {
-            f.rdns = c.s(1);
-            f.ip = c.s(2);
+            fill!(f, c; rdns = 1, ip = 2);
             let mut sub = c.s(3);
             f.by = c.s(4);
             f.helo = f.rdns.clone();
@@ -872,10 +868,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             t,
         ) {
             f.looked_up = true;
-            f.helo = c.s(1);
-            f.rdns = c.s(2);
-            f.ip = c.s(3);
-            f.by = c.s(4);
+            fill!(f, c; helo = 1, rdns = 2, ip = 3, by = 4);
             if f.rdns == "unknown" {
                 f.rdns.clear();
             }
@@ -886,10 +879,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             t,
         ) {
             f.looked_up = true;
-            f.helo = c.s(1);
-            f.rdns = c.s(2);
-            f.ip = c.s(3);
-            f.by = c.s(4);
+            fill!(f, c; helo = 1, rdns = 2, ip = 3, by = 4);
             if f.rdns == "unknown" {
                 f.rdns.clear();
             }
@@ -929,10 +919,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             t,
         ) {
             f.looked_up = true;
-            f.helo = c.s(1);
-            f.rdns = c.s(2);
-            f.ip = c.s(3);
-            f.by = c.s(4);
+            fill!(f, c; helo = 1, rdns = 2, ip = 3, by = 4);
             if let Some(v) = sub_item(&mut f.rdns, re!(r"^IDENT:([^\@]*)\@")) {
                 f.ident = v;
             }
@@ -1054,11 +1041,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             ),
             t,
         ) {
-            f.rdns = c.s(1);
-            f.helo = c.s(2);
-            f.ident = c.s(3);
-            f.ip = c.s(4);
-            f.by = c.s(6);
+            fill!(f, c; rdns = 1, helo = 2, ident = 3, ip = 4, by = 6);
         } else if let Some(c) = caps(
             re!(
                 r"^(\S+) \((?:HELO|EHLO) ([^ \(\)]*)\) \(\[?(",
@@ -1067,10 +1050,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             ),
             t,
         ) {
-            f.rdns = c.s(1);
-            f.helo = c.s(2);
-            f.ip = c.s(3);
-            f.by = c.s(5);
+            fill!(f, c; rdns = 1, helo = 2, ip = 3, by = 5);
         } else if let Some(c) = caps(
             re!(
                 r"^(\S+) \((\S*)\@\[?(",
@@ -1079,11 +1059,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             ),
             t,
         ) {
-            f.rdns = c.s(1);
-            f.helo = c.s(1);
-            f.ident = c.s(2);
-            f.ip = c.s(3);
-            f.by = c.s(5);
+            fill!(f, c; rdns = 1, helo = 1, ident = 2, ip = 3, by = 5);
         } else if let Some(c) = caps(
             re!(
                 r"^(\S+) \(\[?(",
@@ -1092,10 +1068,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             ),
             t,
         ) {
-            f.rdns = c.s(1);
-            f.helo = c.s(1);
-            f.ip = c.s(2);
-            f.by = c.s(4);
+            fill!(f, c; rdns = 1, helo = 1, ip = 2, by = 4);
         }
         if f.rdns != "unknown" {
             f.looked_up = true;
@@ -1195,11 +1168,9 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
         t,
     ) {
         f.looked_up = true;
-        f.rdns = c.s(1);
-        f.helo = c.s(2);
+        fill!(f, c; rdns = 1, helo = 2);
         f.ident = c.s(3).trim_end_matches('@').to_string();
-        f.ip = c.s(4);
-        f.by = c.s(5);
+        fill!(f, c; ip = 4, by = 5);
         return Some(Enough);
     }
     if let Some(c) = caps(
@@ -1211,11 +1182,9 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
         t,
     ) {
         f.looked_up = true;
-        f.rdns = c.s(1);
-        f.helo = c.s(1);
+        fill!(f, c; rdns = 1, helo = 1);
         f.ident = c.s(2).trim_end_matches('@').to_string();
-        f.ip = c.s(3);
-        f.by = c.s(4);
+        fill!(f, c; ip = 3, by = 4);
         return Some(Enough);
     }
     if t.contains(" with http for ") {
@@ -1282,10 +1251,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
         t,
     ) {
         f.looked_up = true;
-        f.rdns = c.s(1);
-        f.helo = c.s(2);
-        f.ip = c.s(4);
-        f.by = c.s(5);
+        fill!(f, c; rdns = 1, helo = 2, ip = 4, by = 5);
         if let Some(i) = c.opt(3) {
             f.ident = i;
         }
@@ -1415,10 +1381,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
         ),
         t,
     ) {
-        f.rdns = c.s(1);
-        f.ip = c.s(2);
-        f.helo = c.s(3);
-        f.by = c.s(4);
+        fill!(f, c; rdns = 1, ip = 2, helo = 3, by = 4);
         if c.s(1) != "UNKNOWN" {
             f.looked_up = true;
         }
