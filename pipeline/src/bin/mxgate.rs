@@ -467,15 +467,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     layout,
                     json,
                 } => tools::rules_stats(&paths(rules, config)?, &layout, json),
-                RulesCmd::Relays { files } => {
-                    use std::io::Write as _;
-                    let mut out = std::io::stdout().lock();
-                    for f in files {
-                        let raw = std::fs::read(&f).with_context(|| f.display().to_string())?;
-                        writeln!(out, "{}", relays_json(&f, raw))?;
-                    }
-                    Ok(())
-                }
+                RulesCmd::Relays { files } => json_lines(&files, relays_json),
             }
         }
         Cmd::Av {
@@ -498,15 +490,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = settings::load(config.as_deref(), &Overrides::default())?;
             tools::ocr_images(&cfg, &images, json)
         }
-        Cmd::Mime { files } => {
-            use std::io::Write as _;
-            let mut out = std::io::stdout().lock();
-            for f in files {
-                let raw = std::fs::read(&f).with_context(|| f.display().to_string())?;
-                writeln!(out, "{}", mime_json(&f, raw))?;
-            }
-            Ok(())
-        }
+        Cmd::Mime { files } => json_lines(&files, mime_json),
         Cmd::Config {
             cmd: ConfigCmd::Example,
         } => {
@@ -563,7 +547,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The `mxgate mime` report of one message.
+/// Reads each file and prints what `f` makes of it, one JSON object per line.
+fn json_lines(
+    files: &[std::path::PathBuf],
+    f: fn(&std::path::Path, Vec<u8>) -> serde_json::Value,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    for path in files {
+        let raw = std::fs::read(path).with_context(|| path.display().to_string())?;
+        writeln!(out, "{}", f(path, raw))?;
+    }
+    Ok(())
+}
+
+/// The `mxgate rules relays` report of one message: its Received chain as SpamAssassin parses
+/// and trusts it.
 fn relays_json(path: &std::path::Path, raw: Vec<u8>) -> serde_json::Value {
     use mxgate_scanners::rules::{relays, view::Headers};
     let msg = mxgate_core::mime::Message::parse(bytes::Bytes::from(raw));
@@ -579,6 +578,7 @@ fn relays_json(path: &std::path::Path, raw: Vec<u8>) -> serde_json::Value {
     })
 }
 
+/// The `mxgate mime` report of one message.
 fn mime_json(path: &std::path::Path, raw: Vec<u8>) -> serde_json::Value {
     use mxgate_core::mime::{Message, PartKind};
     use sha2::Digest;
