@@ -1012,23 +1012,33 @@ impl SleepableRing {
         }
     }
 
-    fn sleep(&mut self, link: &Source, arm: bool) -> io::Result<usize> {
+    /// Sleeps until this ring has a completion, with `link` (a poll on the other ring) armed so
+    /// that the other ring's completions wake it too; `arm` is false when `link` is still armed
+    /// from an earlier sleep. Ok(true) when the link is armed in the kernel afterwards, so the
+    /// caller may keep it (mxgate: upstream armed and cancelled it around every sleep).
+    fn sleep(&mut self, link: &Source, arm: bool) -> io::Result<bool> {
         assert_eq!(
             self.waiting_kernel_submission(),
             0,
             "sleeping with pending SQEs"
         );
-        if !arm {
-            // The link is still armed from an earlier sleep.
-            return self
-                .ring
-                .cq()
-                .wait(1)
-                .map(|_| 1)
-                .or_else(Reactor::busy_ok)
-                .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok);
+        if arm && !self.arm_link(link)? {
+            return Ok(false);
         }
+        // The rings are linked. Goodnight!
+        self.ring
+            .cq()
+            .wait(1)
+            .map(|_| ())
+            .or_else(Reactor::busy_ok)
+            .or_else(Reactor::again_ok)
+            .or_else(Reactor::intr_ok)
+            .map(|()| true)
+    }
+
+    /// Submits the poll that links the rings. Ok(false) when no SQE was free: what was queued is
+    /// submitted instead and the caller must not sleep.
+    fn arm_link(&mut self, link: &Source) -> io::Result<bool> {
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
             let op = UringDescriptor {
@@ -1063,17 +1073,9 @@ impl SleepableRing {
                 // needed.
                 // We make the SQE a no-op and return
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
-                Err(io::Error::from_raw_os_error(libc::EBUSY))
-            } else {
-                // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
             }
+            Ok(true)
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
             // Submit what we have, once we're out of here we'll consume them
@@ -1081,7 +1083,8 @@ impl SleepableRing {
             self.submit_sqes()
                 .or_else(Reactor::busy_ok)
                 .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)
+                .or_else(Reactor::intr_ok)?;
+            Ok(false)
         }
     }
 }
@@ -1200,8 +1203,8 @@ pub(crate) struct Reactor {
     latency_ring: RefCell<SleepableRing>,
     poll_ring: RefCell<PollRing>,
 
-    latency_preemption_timeout_src: Cell<Option<Source>>,
-    latency_deadline: Cell<Option<std::time::Instant>>,
+    /// mxgate: the latency ring's timer and when it is due.
+    latency_preemption_timeout_src: Cell<Option<(Source, Instant)>>,
 
     link_fd: RawFd,
     link_src: Cell<Option<Source>>,
@@ -1333,7 +1336,6 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            latency_deadline: Cell::new(None),
             blocking_thread,
             link_fd,
             link_src: Cell::new(None),
@@ -1707,25 +1709,30 @@ impl Reactor {
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
-        // The poll that links the rings stays armed across sleeps until it fires: re-arming
-        // and cancelling it around every sleep cost two ring operations per wake-up.
-        let mut link = self.link_src.take();
-        let pending = link.as_ref().is_some_and(|l| l.result().is_none());
-        if !pending {
-            link = Some(Source::new(
-                IoRequirements::default(),
-                self.link_fd,
-                SourceType::LinkRings,
-                None,
-                None,
-            ));
+        // mxgate: the link stays armed across sleeps until it fires (its completion records a
+        // result); re-arming and cancelling it around every sleep cost two ring operations per
+        // wake-up. A link that could not be armed is dropped, and the next sleep makes another.
+        let (link, armed) = match self.link_src.take() {
+            Some(l) if l.result().is_none() => (l, true),
+            _ => (
+                Source::new(
+                    IoRequirements::default(),
+                    self.link_fd,
+                    SourceType::LinkRings,
+                    None,
+                    None,
+                ),
+                false,
+            ),
+        };
+        match ring.sleep(&link, !armed) {
+            Ok(true) => {
+                self.link_src.set(Some(link));
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => Self::busy_ok(e),
         }
-        let res = ring
-            .sleep(link.as_ref().unwrap(), !pending)
-            .or_else(Self::busy_ok)
-            .map(|_| {});
-        self.link_src.set(link);
-        res
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
@@ -1881,17 +1888,18 @@ impl Reactor {
     /// Makes sure the latency ring's timer fires within `dur`: an armed timer due no later
     /// stays, otherwise it is replaced. True when a new timer was queued.
     fn arm_latency_timer(&self, lat_ring: &mut SleepableRing, dur: Duration) -> bool {
-        let want = std::time::Instant::now() + dur;
-        if let Some(src) = self.latency_preemption_timeout_src.take() {
-            if src.result().is_none() && self.latency_deadline.get().is_some_and(|d| d <= want) {
-                self.latency_preemption_timeout_src.set(Some(src));
-                return false;
+        let want = Instant::now() + dur;
+        match self.latency_preemption_timeout_src.take() {
+            Some((src, due)) if src.result().is_none() && due <= want => {
+                self.latency_preemption_timeout_src.set(Some((src, due)));
+                false
+            }
+            _ => {
+                let src = lat_ring.prepare_latency_preemption_timer(dur);
+                self.latency_preemption_timeout_src.set(Some((src, want)));
+                true
             }
         }
-        self.latency_preemption_timeout_src
-            .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-        self.latency_deadline.set(Some(want));
-        true
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
