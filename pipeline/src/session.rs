@@ -482,22 +482,22 @@ pub fn received_header(
     id: &str,
     tls: bool,
 ) -> String {
-    // RFC 3848: S for TLS, A for an authenticated session (only ESMTP can authenticate).
-    let proto = match (env.smtputf8, env.esmtp, tls, env.auth.is_some()) {
-        (true, _, true, true) => "UTF8SMTPSA",
-        (true, _, false, true) => "UTF8SMTPA",
-        (true, _, true, false) => "UTF8SMTPS",
-        (true, _, false, false) => "UTF8SMTP",
-        (false, true, true, true) => "ESMTPSA",
-        (false, true, false, true) => "ESMTPA",
-        (false, true, true, false) => "ESMTPS",
-        (false, true, false, false) => "ESMTP",
-        (false, false, true, _) => "SMTPS",
-        (false, false, false, _) => "SMTP",
+    // RFC 3848 (and RFC 6531 for UTF8SMTP): S for TLS, A for an authenticated session (only
+    // an extended session can authenticate).
+    let base = match (env.smtputf8, env.esmtp) {
+        (true, _) => "UTF8SMTP",
+        (false, true) => "ESMTP",
+        (false, false) => "SMTP",
+    };
+    let tls = if tls { "S" } else { "" };
+    let auth = if env.auth.is_some() && base != "SMTP" {
+        "A"
+    } else {
+        ""
     };
     let helo: String = env.helo.chars().filter(|c| !c.is_control()).collect();
     let mut h = format!(
-        "Received: from {helo} ([{}])\r\n\tby {hostname} (mxgate) with {proto} id {id}",
+        "Received: from {helo} ([{}])\r\n\tby {hostname} (mxgate) with {base}{tls}{auth} id {id}",
         client.addr.ip()
     );
     if env.rcpts.len() == 1 {
@@ -624,5 +624,17 @@ mod tests {
             let h = received_header("mx.test", &c, &authed, "ABC", tls);
             assert!(h.contains(&format!(" with {proto} id ABC")), "{h}");
         }
+        let utf8 = Envelope {
+            smtputf8: true,
+            ..authed.clone()
+        };
+        let h = received_header("mx.test", &c, &utf8, "ABC", true);
+        assert!(h.contains(" with UTF8SMTPSA id ABC"), "{h}");
+        let helo = Envelope {
+            esmtp: false,
+            ..env.clone()
+        };
+        let h = received_header("mx.test", &c, &helo, "ABC", false);
+        assert!(h.contains(" with SMTP id ABC"), "{h}");
     }
 }
