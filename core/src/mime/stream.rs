@@ -85,8 +85,10 @@ impl EncodedText {
                     self.header.extend_from_slice(line);
                 }
             }
+            // Past the cap nothing more is handed out (see `feed`), so nothing more is decoded.
+            At::Body if self.total >= MAX_DECODED => {}
             At::Body => match self.decoding {
-                Some(Encoding::Base64) => {
+                Some(Encoding::Base64) if bare.iter().any(u8::is_ascii_whitespace) => {
                     let compact: Vec<u8> = bare
                         .iter()
                         .copied()
@@ -94,6 +96,8 @@ impl EncodedText {
                         .collect();
                     self.pending.extend(base64_lenient(&compact));
                 }
+                // Encoders write whole lines without blanks: decoded in place.
+                Some(Encoding::Base64) => self.pending.extend(base64_lenient(bare)),
                 Some(Encoding::QuotedPrintable) => self.pending.extend(quoted_printable(line)),
                 _ => {}
             },
