@@ -219,6 +219,7 @@ pub fn cross_validate(
     folds: usize,
     osb: bool,
     sa: bool,
+    misses: bool,
     settings: &mxgate_core::config::Bayes,
 ) -> anyhow::Result<()> {
     settings
@@ -231,10 +232,12 @@ pub fn cross_validate(
     };
     let p = crate::stages::bayes_params(settings, scheme);
     let mut all: Vec<(u64, Vec<u64>, Class)> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     let sa_conf = bayes::sa::default_config();
     let t0 = Instant::now();
     for (paths, class) in [(ham, Class::Ham), (spam, Class::Spam)] {
-        for (_, raw) in messages(paths)? {
+        for (name, raw) in messages(paths)? {
+            names.push(name);
             let msg = Message::parse(Bytes::from(raw.clone()));
             let ids = if sa {
                 bayes::sa::tokenize(&msg, sa_conf)
@@ -260,14 +263,16 @@ pub fn cross_validate(
         }
         learn_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        for (_, ids, c) in all
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % folds == k)
-            .map(|(_, x)| x)
-        {
+        for (i, (_, ids, c)) in all.iter().enumerate().filter(|(i, _)| i % folds == k) {
             let v = classify(&model, ids, &p).map(|v| v.p_spam).unwrap_or(0.5);
             scores.push((v, *c));
+            if misses && ((*c == Class::Spam) == (v < 0.99)) {
+                let class = if *c == Class::Spam { "spam" } else { "ham" };
+                println!(
+                    "{}",
+                    serde_json::json!({"file": names[i], "class": class, "p_spam": v})
+                );
+            }
         }
         classify_s += t.elapsed().as_secs_f64();
     }
@@ -294,6 +299,20 @@ pub fn cross_validate(
         rank_sum += avg_rank * sorted[i..j].iter().filter(|s| s.1 == Class::Spam).count() as f64;
         i = j;
     }
+    // The cut a ranking would allow: the lowest probability above which ham stay within 0.1 %,
+    // and the spam that still fall below it (how much of the false negatives is calibration).
+    let fp_allowed = nham / 1000;
+    let mut ham_scores: Vec<f64> = scores
+        .iter()
+        .filter(|s| s.1 == Class::Ham)
+        .map(|s| s.0)
+        .collect();
+    ham_scores.sort_by(|a, b| b.total_cmp(a));
+    let ranked_cut = ham_scores.get(fp_allowed).copied().unwrap_or(0.0);
+    let ranked_fn = scores
+        .iter()
+        .filter(|s| s.1 == Class::Spam && s.0 <= ranked_cut)
+        .count();
     let auc = (rank_sum - (nspam * (nspam + 1)) as f64 / 2.0) / (nspam as f64 * nham as f64);
     let mut buckets = serde_json::Map::new();
     for (v, c) in &scores {
@@ -308,6 +327,7 @@ pub fn cross_validate(
         serde_json::json!({"folds": folds, "osb": osb,
             "params": {"robs": p.robs, "robx": p.robx, "min_prob_strength": p.min_prob_strength, "max_tokens": p.max_tokens},
             "buckets": buckets, "tokenizer": if sa { "spamassassin" } else { "mxgate" }, "ham": nham, "spam": nspam, "one_minus_auc_percent": (100.0 * (1.0 - auc) * 1e4).round() / 1e4,
+            "at_fp_0_1_percent": {"cut": ranked_cut, "false_positives": fp_allowed, "false_negatives": ranked_fn},
             "bayes99": {"false_positives": fp, "fp_percent": (10000.0 * fp as f64 / nham as f64).round() / 100.0,
                         "false_negatives": fn_, "fn_percent": (10000.0 * fn_ as f64 / nspam as f64).round() / 100.0},
             "tokenize_msgs_per_s": (all.len() as f64 / tokenize_s).round(),

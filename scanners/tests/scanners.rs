@@ -19,8 +19,8 @@ fn load(folder: &str, class: Class) -> Vec<(u64, Vec<u64>, Class)> {
 
 /// One fold of ten: learn nine tenths of ham, hard ham and spam, classify the rest at the
 /// BAYES_99 cut. The bounds are a regression floor just above today's measured accuracy (0 false
-/// positives, 5.9 % false negatives on this fold, 8 of 135, with the default parameters; 9.6 %
-/// with SpamAssassin's), not the goal of the Bayes issue (≤ 0.1 % and ≤ 3 %), which is not met
+/// positives, 3.7 % false negatives on this fold, 5 of 135, with the default parameters and
+/// tokens), not the goal of the Bayes issue (≤ 0.1 % and ≤ 3 %), which is not met
 /// yet: see BENCHMARKS.md.
 #[test]
 fn bayes_holdout_accuracy_floor() {
@@ -60,5 +60,5 @@ fn bayes_holdout_accuracy_floor() {
         100.0 * fnr
     );
     assert!(fpr <= 0.0035, "false positives {:.2} %", 100.0 * fpr);
-    assert!(fnr <= 0.075, "false negatives {:.2} %", 100.0 * fnr);
+    assert!(fnr <= 0.045, "false negatives {:.2} %", 100.0 * fnr);
 }

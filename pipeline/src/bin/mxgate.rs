@@ -244,6 +244,10 @@ enum BayesCmd {
         /// with SpamAssassin's settings unless the options below say otherwise.
         #[arg(long, conflicts_with = "osb")]
         sa: bool,
+        /// Also print each misjudged message (one JSON line each: file, class, p_spam): spam
+        /// below the BAYES_99 cut and ham at or above it.
+        #[arg(long)]
+        misses: bool,
         /// Robinson's s (as `[bayes] robs`).
         #[arg(long)]
         robs: Option<f64>,
@@ -406,6 +410,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 folds,
                 osb,
                 sa,
+                misses,
                 robs,
                 robx,
                 min_prob_strength,
@@ -420,7 +425,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     max_tokens,
                     ..Default::default()
                 };
-                tools::cross_validate(&spam, &ham, folds.max(2), osb, sa, &settings)
+                tools::cross_validate(&spam, &ham, folds.max(2), osb, sa, misses, &settings)
             }
         },
         Cmd::Scan {

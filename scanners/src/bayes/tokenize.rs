@@ -1,10 +1,11 @@
 //! Tokens of a message, interned as 64-bit hashes on the fly.
 //!
 //! What is tokenized, as SpamAssassin's Bayes does it: the visible text of the body (text parts
-//! and rendered HTML), selected header fields with their name as a prefix (`H*subject:word`),
+//! and rendered HTML), selected header fields with their name as a prefix (`H*from:word`),
 //! tokens derived from `Received:` (client addresses and names), the shape of the `Message-ID`,
-//! and the hosts of URIs (`UD:host` and its parent domains). `X-Spam-*` fields are never read (a
-//! previous filter's verdict would leak the label).
+//! every other header field as SpamAssassin's Bayes tokenizes it ([`super::sa::header_tokens`]),
+//! the hosts of URIs (`UD:host` and its parent domains) and the names of HTML tags (`T*font`).
+//! `X-Spam-*` fields are never read (a previous filter's verdict would leak the label).
 //!
 //! Words are lower-cased and trimmed of punctuation; words of 3 to 15 characters are tokens; a
 //! longer one becomes `sk:` and its first 7 characters (SpamAssassin's "skip" token); runs of CJK
@@ -12,7 +13,7 @@
 //! its prefix as it is found: no string is allocated per token. [`Tokens::text`] keeps the text only
 //! when asked for (dumps, explanations).
 
-use mxgate_core::mime::{header, Message};
+use mxgate_core::mime::Message;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// Headers tokenized, with the prefix their tokens carry.
@@ -23,30 +24,6 @@ const HEADERS: &[(&str, &str)] = &[
     ("content-type", "H*content-type:"),
     ("x-mailer", "H*x-mailer:"),
     ("user-agent", "H*user-agent:"),
-];
-
-/// Headers not tokenized by name: per-message noise (dates, ids, sizes), fields handled
-/// specially (`Received`, `Message-ID`), and delivery artefacts of the receiving system. Besides
-/// these, SpamAssassin's ignored headers ([`super::sa::ignored_lower`]: list headers, reader
-/// annotations, other filters' verdicts).
-const SKIPPED: &[&str] = &[
-    "date",
-    "message-id",
-    "received",
-    "content-length",
-    "lines",
-    "status",
-    "x-status",
-    "x-uid",
-    "x-keywords",
-    "subject",
-    "delivered-to",
-    "x-original-to",
-    "return-path",
-    "envelope-to",
-    "x-envelope-to",
-    "resent-date",
-    "resent-message-id",
 ];
 
 /// The tokens of one message.
@@ -71,8 +48,6 @@ struct Sink<'a> {
     keep_text: bool,
     seed: u64,
     prefix: &'static str,
-    /// The text of a run-time prefix (only when keeping text).
-    dynamic: String,
     /// Orthogonal sparse bigrams of body words: the last four body tokens (id, text).
     osb: Option<Vec<(u64, String)>>,
     /// Room for the plain forms of a word (no allocation per word).
@@ -82,17 +57,7 @@ struct Sink<'a> {
 impl Sink<'_> {
     fn with_prefix(&mut self, prefix: &'static str) {
         self.prefix = prefix;
-        self.dynamic.clear();
         self.seed = xxh3_64_with_seed(prefix.as_bytes(), 0x6d78_6761_7465);
-    }
-
-    /// A prefix made at run time (a header name); kept as text only when collecting text.
-    fn with_dynamic_prefix(&mut self, prefix: &str) {
-        self.prefix = "";
-        self.seed = xxh3_64_with_seed(prefix.as_bytes(), 0x6d78_6761_7465);
-        if self.keep_text {
-            self.dynamic = prefix.to_owned();
-        }
     }
 
     /// A token given as bytes (SpamAssassin's header tokens), hashed as they are.
@@ -109,7 +74,7 @@ impl Sink<'_> {
     fn push(&mut self, token: &str) {
         let id = xxh3_64_with_seed(token.as_bytes(), self.seed);
         self.out.ids.push(id);
-        if self.prefix.is_empty() && self.dynamic.is_empty() {
+        if self.prefix.is_empty() {
             if let Some(window) = &mut self.osb {
                 // rspamd-style OSB: this word paired with each of the four before it, the
                 // distance part of the pair.
@@ -140,12 +105,7 @@ impl Sink<'_> {
             }
         }
         if self.keep_text {
-            let prefix = if self.prefix.is_empty() {
-                self.dynamic.as_str()
-            } else {
-                self.prefix
-            };
-            self.out.text.push((id, format!("{prefix}{token}")));
+            self.out.text.push((id, format!("{}{token}", self.prefix)));
         }
     }
 }
@@ -163,7 +123,6 @@ pub fn add_body_text(tokens: &mut Tokens, text: &str, keep_text: bool) {
         keep_text,
         seed: 0,
         prefix: "",
-        dynamic: String::new(),
         osb: None,
         plain: String::with_capacity(64),
     };
@@ -181,7 +140,6 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
         keep_text,
         seed: 0,
         prefix: "",
-        dynamic: String::new(),
         osb: osb.then(|| Vec::with_capacity(4)),
         plain: String::with_capacity(64),
     };
@@ -199,42 +157,12 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
         sink.with_prefix("I*:");
         words(&view.invisible_text, &mut sink, &mut word);
     }
-    // Headers: the main ones under fixed prefixes, every other one under its own name.
+    // Headers: the main ones under fixed prefixes (the rest through SpamAssassin's tokens below).
     for (name, prefix) in HEADERS {
         if let Some(v) = msg.header_text(name) {
             sink.with_prefix(prefix);
             words(&v, &mut sink, &mut word);
         }
-    }
-    // Skipped names and those with fixed prefixes, in one set (a header list walked for every
-    // field was the most frequent comparison of the tokenizer).
-    static NOT_BY_NAME: std::sync::LazyLock<std::collections::HashSet<&'static str>> =
-        std::sync::LazyLock::new(|| {
-            SKIPPED
-                .iter()
-                .copied()
-                .chain(HEADERS.iter().map(|(h, _)| *h))
-                .collect()
-        });
-    let mut prefix = String::with_capacity(40);
-    let mut name = String::with_capacity(40);
-    for f in &msg.parts[0].fields {
-        name.clear();
-        name.push_str(&String::from_utf8_lossy(f.name(&msg.raw)));
-        name.make_ascii_lowercase();
-        if NOT_BY_NAME.contains(name.as_str())
-            || name.starts_with("x-spam")
-            || super::sa::ignored_lower(&name)
-        {
-            continue;
-        }
-        prefix.clear();
-        prefix.push_str("H*");
-        prefix.push_str(&name);
-        prefix.push(':');
-        sink.with_dynamic_prefix(&prefix);
-        let v = header::decode_words(&header::unfold(f.raw_value(&msg.raw)));
-        words(&v, &mut sink, &mut word);
     }
     received(msg, &mut sink);
     // SpamAssassin's header tokens as well (its address, Message-ID, Received and relay
@@ -266,6 +194,14 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
             h = h.split_once('.').map_or("", |(_, r)| r);
         }
     }
+    // The HTML tags a message is written with: a spam's table layout and font tags against a
+    // mailing list's plain text (false negatives 6.6 % -> 5.6 %, BENCHMARKS.md).
+    sink.with_prefix("T*");
+    for p in msg.leaves().filter(|p| p.content_type == "text/html") {
+        if let Some(html) = msg.decoded(p.id) {
+            html_tags(html, &mut sink);
+        }
+    }
     out.ids.sort_unstable();
     out.ids.dedup();
     if keep_text {
@@ -273,6 +209,30 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
         out.text.dedup();
     }
     out
+}
+
+/// One token per tag name of an HTML part (`T*font`, `T*td`; closing tags, comments and
+/// declarations left out), lower-cased; the tags are ASCII whatever the charset.
+fn html_tags(html: &[u8], sink: &mut Sink<'_>) {
+    let mut name = [0u8; 10];
+    let mut i = 0;
+    while let Some(o) = memchr::memchr(b'<', &html[i..]) {
+        i += o + 1;
+        let n = html[i..]
+            .iter()
+            .take(name.len() + 1)
+            .take_while(|b| b.is_ascii_alphanumeric())
+            .count();
+        if n == 0 || n > name.len() {
+            continue;
+        }
+        for (d, s) in name.iter_mut().zip(&html[i..i + n]) {
+            *d = s.to_ascii_lowercase();
+        }
+        // ASCII alphanumerics: valid UTF-8.
+        sink.push(std::str::from_utf8(&name[..n]).unwrap_or_default());
+        i += n;
+    }
 }
 
 fn is_cjk(c: char) -> bool {
@@ -391,7 +351,7 @@ fn word(raw: &str, sink: &mut Sink<'_>, scratch: &mut String) {
         sink.push(t);
         // Body words also count as their plain forms (SpamAssassin's decomposition): "FREE!!"
         // is evidence of its own, and for "FREE", "free!!" and "free".
-        if sink.prefix.is_empty() && sink.dynamic.is_empty() {
+        if sink.prefix.is_empty() {
             decompose(t, sink);
         }
     } else {
@@ -583,6 +543,21 @@ mod tests {
         // the id of a token must never change between releases: stored models depend on it
         assert_eq!(token_id("", "world"), 0x9274_15a1_2964_98e9);
         assert_eq!(token_id("H*from:", "u:sales"), 0xe23c_e8f1_96e3_8e50);
+    }
+
+    #[test]
+    fn html_tag_names_are_tokens() {
+        let t = toks("Subject: x\r\nContent-Type: text/html\r\n\r\n<HTML><body><Table><tr><td><font color=red>Buy</font></td></tr></table><!-- c --><averyveryverylongtag></body></html>\r\n");
+        for want in ["T*html", "T*body", "T*table", "T*font", "T*td", "buy"] {
+            assert!(t.contains(&want.to_string()), "{want} missing from {t:?}");
+        }
+        assert!(
+            !t.iter().any(|x| x.starts_with("T*")
+                && (x.contains("/") || x.contains("color") || x.contains("avery"))),
+            "closing tags, attributes and overlong names are not tokens: {t:?}"
+        );
+        let plain = toks("Subject: x\r\n\r\n<table> in plain text\r\n");
+        assert!(!plain.iter().any(|x| x.starts_with("T*")), "{plain:?}");
     }
 
     #[test]
