@@ -150,10 +150,6 @@ const IGNORED: &[&str] = &[
     "xref",
 ];
 
-fn ignored(name: &str) -> bool {
-    ignored_lower(&name.to_ascii_lowercase())
-}
-
 /// Whether SpamAssassin's Bayes ignores a header (`$IGNORED_HDRS`), given its lower-case name.
 pub(crate) fn ignored_lower(l: &str) -> bool {
     if IGNORED.contains(&l) {
@@ -187,10 +183,10 @@ pub(crate) fn ignored_lower(l: &str) -> bool {
         || l.starts_with("x-vm-")
 }
 
-fn presence_only(name: &str) -> bool {
-    let l = name.to_ascii_lowercase();
+/// Whether only a field's presence is a token, given its lower-case name.
+fn presence_only(l: &str) -> bool {
     matches!(
-        l.as_str(),
+        l,
         "x-face"
             | "dkim-signature"
             | "domainkey-signature"
@@ -339,42 +335,53 @@ fn header_values(
     h: &view::Headers,
     ignore: &std::collections::HashSet<String>,
 ) -> Vec<(String, Vec<u8>)> {
-    let mut order: Vec<String> = Vec::new();
-    let mut parsed: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut add = |k: &str, v: &[u8], order: &mut Vec<String>| match parsed.get_mut(k) {
-        Some(e) => {
+    // An ordered map of a few dozen keys: a linear search beats hashing them.
+    let mut parsed: Vec<(String, Vec<u8>)> = Vec::with_capacity(h.fields.len() + 4);
+    let add = |parsed: &mut Vec<(String, Vec<u8>)>, k: &str, v: &[u8]| match parsed
+        .iter_mut()
+        .find(|(key, _)| key == k)
+    {
+        Some((_, e)) => {
             e.push(b' ');
             e.extend_from_slice(v);
         }
-        None => {
-            parsed.insert(k.to_owned(), v.to_vec());
-            order.push(k.to_owned());
-        }
+        None => parsed.push((k.to_owned(), v.to_vec())),
     };
+    let mut lower = String::with_capacity(64);
     let mut received: Vec<&(String, Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut fields: Vec<&(String, Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut fields: Vec<&(String, Vec<u8>, Vec<u8>)> = Vec::with_capacity(h.fields.len());
     for f in &h.fields {
         if f.0.eq_ignore_ascii_case("received") {
             received.push(f);
-        } else if !ignored(&f.0) && !ignore.contains(&f.0.to_ascii_lowercase()) {
+            continue;
+        }
+        lower.clear();
+        lower.push_str(&f.0);
+        lower.make_ascii_lowercase();
+        if !ignored_lower(&lower) && !ignore.contains(lower.as_str()) {
             fields.push(f);
         }
     }
     // The last two Received fields, the last first.
     fields.extend(received.iter().rev().take(2));
     for f in fields {
+        let chewed: Vec<u8>;
         let name = f.0.as_str();
-        let mut val: Vec<u8> = f.1.clone();
-        while val.last() == Some(&b'\n') {
-            val.pop();
+        let mut val: &[u8] = &f.1;
+        while let [rest @ .., b'\n'] = val {
+            val = rest;
         }
-        let l = name.to_ascii_lowercase();
+        lower.clear();
+        lower.push_str(name);
+        lower.make_ascii_lowercase();
+        let l = lower.as_str();
         let base = l
             .strip_prefix("x-")
             .or_else(|| l.strip_prefix("resent-"))
-            .unwrap_or(&l);
+            .unwrap_or(l);
         if base == "message-id" {
-            val = chew_message_id(&val);
+            chewed = chew_message_id(val);
+            val = &chewed;
         } else if [
             "return-path",
             "from",
@@ -387,69 +394,72 @@ fn header_values(
         ]
         .contains(&base)
         {
-            val = chew_addresses(&val);
+            chewed = chew_addresses(val);
+            val = &chewed;
         } else if name == "Received" {
-            val = chew_received(&val);
+            chewed = chew_received(val);
+            val = &chewed;
         } else if name == "Content-Type" {
-            val = chew_content_type(&val);
+            chewed = chew_content_type(val);
+            val = &chewed;
         } else if name == "MIME-Version" {
-            if let Some(p) = memchr::memmem::find(&val, b"1.0") {
-                val.drain(p..p + 3);
+            if let Some(p) = memchr::memmem::find(val, b"1.0") {
+                let mut v = val.to_vec();
+                v.drain(p..p + 3);
+                chewed = v;
+                val = &chewed;
             }
-        } else if presence_only(name) {
-            val = b"1".to_vec();
+        } else if presence_only(l) {
+            val = b"1";
         }
-        if ["in-reply-to", "references", "message-id"].contains(&l.as_str()) {
-            add("*MI", &val, &mut order);
+        if ["in-reply-to", "references", "message-id"].contains(&l) {
+            add(&mut parsed, "*MI", val);
         }
-        if ["from", "to", "cc"].contains(&l.as_str()) {
-            add("*Ad", &val, &mut order);
+        if ["from", "to", "cc"].contains(&l) {
+            add(&mut parsed, "*Ad", val);
         }
-        if ["x-mailer", "user-agent"].contains(&l.as_str()) {
-            add("*UA", &val, &mut order);
+        if ["x-mailer", "user-agent"].contains(&l) {
+            add(&mut parsed, "*UA", val);
         }
-        let key = compressed(name).unwrap_or(name);
-        add(key, &val, &mut order);
+        add(&mut parsed, compressed(name).unwrap_or(name), val);
     }
-    order
-        .into_iter()
-        .map(|k| {
-            let v = parsed.remove(&k).unwrap_or_default();
-            (k, v)
-        })
-        .collect()
+    parsed
 }
 
-/// One relay as SpamAssassin's Received parser records it.
+/// One relay as SpamAssassin's Received parser records it (slices of the Received line).
 #[derive(Default)]
-struct Relay {
-    ip: String,
-    rdns: String,
-    helo: String,
-    by: String,
-    ident: String,
-    envfrom: String,
-    id: String,
+struct Relay<'a> {
+    ip: &'a str,
+    rdns: &'a str,
+    helo: &'a str,
+    by: &'a str,
+    ident: &'a str,
+    envfrom: &'a str,
+    id: &'a str,
 }
 
 /// The relays of the Received fields, top down, as `X-Spam-Relays-Untrusted` lists them after
 /// `_tokenize_headers` dropped the field names (` [a-z]+=` → space): the values only.
 fn relay_string(h: &view::Headers) -> Vec<u8> {
-    let mut relays: Vec<Relay> = Vec::new();
+    let mut out = String::new();
+    let mut line = String::with_capacity(256);
     for v in h.values("received", false) {
-        let line = String::from_utf8_lossy(v);
-        let line: String = line.split_whitespace().collect::<Vec<_>>().join(" ");
+        let text = String::from_utf8_lossy(v);
+        line.clear();
+        for w in text.split_whitespace() {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(w);
+        }
         // A mail fetcher's marker restarts the parse: what came before was local delivery.
         if line.contains(" by localhost with ") && line.contains("fetchmail") {
-            relays.clear();
+            out.clear();
             continue;
         }
-        if let Some(r) = parse_received(&line) {
-            relays.push(r);
-        }
-    }
-    let mut out = String::new();
-    for r in relays {
+        let Some(r) = parse_received(&line) else {
+            continue;
+        };
         let rdns = if r.rdns.eq_ignore_ascii_case("unknown") || r.rdns.starts_with('[') {
             ""
         } else {
@@ -458,27 +468,33 @@ fn relay_string(h: &view::Headers) -> Vec<u8> {
         if !out.is_empty() {
             out.push(' ');
         }
-        out.push_str(&format!(
-            "[ {} {rdns} {} {} {} {} 0 {}  0 ]",
-            r.ip, r.helo, r.by, r.ident, r.envfrom, r.id
-        ));
+        for (i, f) in [
+            r.ip, rdns, r.helo, r.by, r.ident, r.envfrom, "0", r.id, "", "0",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out.push_str(if i == 0 { "[ " } else { " " });
+            out.push_str(f);
+        }
+        out.push_str(" ]");
     }
     out.into_bytes()
 }
 
 /// The common Received forms: `from HELO (RDNS [IP])`, `from HELO (ident@RDNS [IP])`,
 /// `from HELO ([IP])`, `from HELO [IP]`; then `by HOST`, `id ID`, `envelope-from ADDR`.
-fn parse_received(line: &str) -> Option<Relay> {
+fn parse_received(line: &str) -> Option<Relay<'_>> {
     let rest = line.strip_prefix("from ")?;
     let (helo, rest) = rest.split_once(' ')?;
     let mut r = Relay {
-        helo: helo.to_owned(),
+        helo,
         ..Relay::default()
     };
-    let ip_of = |s: &str| -> Option<String> {
+    fn ip_of(s: &str) -> Option<&str> {
         let s = s.trim_start_matches("IPv6:").trim_start_matches("::ffff:");
-        (s.parse::<std::net::IpAddr>().is_ok()).then(|| s.to_owned())
-    };
+        (s.parse::<std::net::IpAddr>().is_ok()).then_some(s)
+    }
     if let Some(inner) = rest.strip_prefix('(') {
         let end = inner.find(')')?;
         let inside = &inner[..end];
@@ -486,37 +502,38 @@ fn parse_received(line: &str) -> Option<Relay> {
         let close = inside[open..].find(']')? + open;
         r.ip = ip_of(&inside[open + 1..close])?;
         let host = inside[..open].trim();
-        let host = match host.rsplit_once('@') {
+        r.rdns = match host.rsplit_once('@') {
             Some((ident, h)) => {
-                r.ident = ident.trim_start_matches("IDENT:").to_owned();
+                r.ident = ident.trim_start_matches("IDENT:");
                 h
             }
             None => host,
         };
-        r.rdns = host.to_owned();
     } else if let Some(inner) = rest.strip_prefix('[') {
         let close = inner.find(']')?;
         r.ip = ip_of(&inner[..close])?;
     } else {
         return None;
     }
-    let words: Vec<&str> = line.split(' ').collect();
-    let after = |key: &str| -> String {
-        words
-            .windows(2)
-            .find(|w| w[0] == key)
-            .map(|w| w[1].trim_end_matches(';').to_owned())
-            .unwrap_or_default()
-    };
-    r.by = after("by");
-    r.id = after("id");
+    // The word after the first `by` and the first `id`.
+    let (mut by, mut id) = (None, None);
+    let mut prev = "";
+    for w in line.split(' ') {
+        match prev {
+            "by" if by.is_none() => by = Some(w.trim_end_matches(';')),
+            "id" if id.is_none() => id = Some(w.trim_end_matches(';')),
+            _ => {}
+        }
+        prev = w;
+    }
+    r.by = by.unwrap_or_default();
+    r.id = id.unwrap_or_default();
     if let Some(p) = line.find("envelope-from ") {
         r.envfrom = line[p + 14..]
             .split([' ', ')', ';'])
             .next()
             .unwrap_or("")
-            .trim_matches(['<', '>'])
-            .to_owned();
+            .trim_matches(['<', '>']);
     }
     Some(r)
 }
@@ -533,16 +550,13 @@ struct Rx {
     oe: regex::bytes::Regex,
     exim_mid: regex::bytes::Regex,
     sendmail_mid: regex::bytes::Regex,
-    non_word: regex::bytes::Regex,
     rcvd: [regex::bytes::Regex; 5],
-    ip: regex::bytes::Regex,
     rcvd_words: regex::bytes::Regex,
     boundary: regex::bytes::Regex,
     ct_stop: regex::bytes::Regex,
     dots: regex::bytes::Regex,
     dashes: regex::bytes::Regex,
     title: regex::bytes::Regex,
-    skip: regex::bytes::Regex,
     u8chars: regex::bytes::Regex,
 }
 
@@ -550,30 +564,27 @@ impl Rx {
     fn new() -> Rx {
         Rx {
             oe: re(
-                r"<([0-9a-f]{4})[0-9a-f]{4}[0-9a-f]{4}\$([0-9a-f]{4})[0-9a-f]{4}\$([0-9a-f]{8})@(\S+)>",
+                r"(?-u)<([0-9a-f]{4})[0-9a-f]{4}[0-9a-f]{4}\$([0-9a-f]{4})[0-9a-f]{4}\$([0-9a-f]{8})@(\S+)>",
             ),
-            exim_mid: re(r"<[A-Za-z0-9]{7}-[A-Za-z0-9]{6}-0[A-Za-z0-9]@"),
-            sendmail_mid: re(r"<20\d\d[01]\d[0123]\d[012]\d[012345]\d[012345]\d\.[A-F0-9]{10,12}@"),
-            non_word: re(r"[^_A-Za-z0-9]"),
+            exim_mid: re(r"(?-u)<[A-Za-z0-9]{7}-[A-Za-z0-9]{6}-0[A-Za-z0-9]@"),
+            sendmail_mid: re(
+                r"(?-u)<20\d\d[01]\d[0123]\d[012]\d[012345]\d[012345]\d\.[A-F0-9]{10,12}@",
+            ),
             rcvd: [
-                re(r"\swith\sSMTP\sid\sg[\dA-Z]{10,12}\s"),
-                re(r"\swith\sESMTP\sid\s[\dA-F]{10,12}\s"),
-                re(r"\bid\s[a-zA-Z0-9]{7,20}\b"),
-                re(r"\bid\s[A-Za-z0-9]{7}-[A-Za-z0-9]{6}-0[A-Za-z0-9]"),
+                re(r"(?-u)\swith\sSMTP\sid\sg[\dA-Z]{10,12}\s"),
+                re(r"(?-u)\swith\sESMTP\sid\s[\dA-F]{10,12}\s"),
+                re(r"(?-u)\bid\s[a-zA-Z0-9]{7,20}\b"),
+                re(r"(?-u)\bid\s[A-Za-z0-9]{7}-[A-Za-z0-9]{6}-0[A-Za-z0-9]"),
                 re(
-                    r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun),\s)?[0-3\s]?[0-9]\s(?:Jan|Feb|Ma[ry]|Apr|Ju[nl]|Aug|Sep|Oct|Nov|Dec)\s(?:19|20)?[0-9]{2}\s[0-2][0-9](?::[0-5][0-9]){1,2}\s(?:\s*\(|\)|\s*(?:[+-][0-9]{4})|\s*(?:UT|[A-Z]{2,3}T))*",
+                    r"(?-u)(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun),\s)?[0-3\s]?[0-9]\s(?:Jan|Feb|Ma[ry]|Apr|Ju[nl]|Aug|Sep|Oct|Nov|Dec)\s(?:19|20)?[0-9]{2}\s[0-2][0-9](?::[0-5][0-9]){1,2}\s(?:\s*\(|\)|\s*(?:[+-][0-9]{4})|\s*(?:UT|[A-Z]{2,3}T))*",
                 ),
             ],
-            ip: re(r"\b(\d{1,3}\.)(\d{1,3}\.)(\d{1,3})(\.\d{1,3})\b"),
-            rcvd_words: re(r"\b(?:with|from|for|SMTP|ESMTP)\b"),
-            boundary: re(r#"(?i)boundary=["'](.*?)["']"#),
-            ct_stop: re(r"\b(?:text|charset)\b"),
+            rcvd_words: re(r"(?-u)\b(?:with|from|for|SMTP|ESMTP)\b"),
+            boundary: re(r#"(?i-u)boundary=["'](.*?)["']"#),
+            ct_stop: re(r"(?-u)\b(?:text|charset)\b"),
             dots: re(r"(\w)(\.{3,6})(\w)"),
             dashes: re(r"(\w)(-{2,6})(\w)"),
             title: re(r"(?-u)(?:^|\.\s+)([A-Z])([^A-Z]+)(?:\s|$)"),
-            skip: re(
-                r"(?s-u)^((?:[\x00-\x7F\xF5-\xFF]|[\xC0-\xDF][\x80-\xBF]|[\xE0-\xEF][\x80-\xBF]{2}|[\xF0-\xF4][\x80-\xBF]{3}|.){7}).{2,}$",
-            ),
             u8chars: re(r"(?-u)(?:[\xE0-\xEF]|[\xF0-\xF4][\x80-\xBF])[\x80-\xBF]{2}"),
         }
     }
@@ -584,7 +595,16 @@ fn chew_message_id(v: &[u8]) -> Vec<u8> {
         let v = rx.oe.replace_all(v, &b" OEA$1 OEB$2 OEC$3 $4 "[..]);
         let v = rx.exim_mid.replace(&v, &b""[..]);
         let v = rx.sendmail_mid.replace_all(&v, &b""[..]);
-        rx.non_word.replace_all(&v, &b" "[..]).into_owned()
+        // `[^_A-Za-z0-9]` → space.
+        v.iter()
+            .map(|&b| {
+                if b.is_ascii_alphanumeric() || b == b'_' {
+                    b
+                } else {
+                    b' '
+                }
+            })
+            .collect()
     })
 }
 
@@ -604,29 +624,97 @@ fn chew_received(v: &[u8]) -> Vec<u8> {
             }
             v = r.replace_all(&v, &b" "[..]).into_owned();
         }
-        // The date pattern is removed outright, not replaced by a space.
-        let v = rx.ip.replace_all(&v, |c: &regex::bytes::Captures| {
-            let (a, b, c3, d) = (&c[1], &c[2], &c[3], &c[4]);
-            let mut o = Vec::new();
-            // As written in SpamAssassin: it compares the second octet (with its dot) to
-            // "10" and "192", so the full address is never kept.
-            let keep_full = b == b"10" || (b == b"192" && c3 == b"168");
-            o.extend_from_slice(a);
-            o.extend_from_slice(b);
-            o.extend_from_slice(c3);
-            if keep_full {
-                o.extend_from_slice(d);
-            }
-            o.extend_from_slice(b" ip*");
-            o.extend_from_slice(a);
-            o.extend_from_slice(b);
-            o.extend_from_slice(c3);
-            o.extend_from_slice(d);
-            o.push(b' ');
-            o
-        });
+        let v = dotted_quads(&v);
         rx.rcvd_words.replace_all(&v, &b" "[..]).into_owned()
     })
+}
+
+/// `s/\b(\d{1,3}\.)(\d{1,3}\.)(\d{1,3})(\.\d{1,3})\b/$1$2$3 ip*$1$2$3$4 /g` (ASCII digits and
+/// word characters, as Perl reads bytes): the /24 and the whole address as a token. SpamAssassin
+/// would keep the address whole for 10/8 and 192.168/16, but it compares the second octet with
+/// its dot ("10.") to "10", so it never does.
+fn dotted_quads(v: &[u8]) -> Vec<u8> {
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    // A run of 1-3 digits at `i`: its end.
+    let run = |i: usize| {
+        let n = v[i.min(v.len())..]
+            .iter()
+            .take(4)
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        (1..=3).contains(&n).then_some(i + n)
+    };
+    let mut out = Vec::with_capacity(v.len() + 32);
+    let (mut copied, mut i) = (0, 0);
+    while i < v.len() {
+        if !v[i].is_ascii_digit() || (i > 0 && word(v[i - 1])) {
+            i += 1;
+            continue;
+        }
+        // Three runs each followed by a dot, then a last run not followed by a word character.
+        let mut ends = [0usize; 4];
+        let mut at = i;
+        let mut ok = true;
+        for (k, end) in ends.iter_mut().enumerate() {
+            match run(at) {
+                Some(e) if k < 3 && v.get(e) == Some(&b'.') => {
+                    *end = e;
+                    at = e + 1;
+                }
+                Some(e) if k == 3 && v.get(e).is_none_or(|&b| !word(b)) => *end = e,
+                _ => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if !ok {
+            i += 1;
+            continue;
+        }
+        out.extend_from_slice(&v[copied..i]);
+        out.extend_from_slice(&v[i..ends[2]]);
+        out.extend_from_slice(b" ip*");
+        out.extend_from_slice(&v[i..ends[3]]);
+        out.push(b' ');
+        i = ends[3];
+        copied = i;
+    }
+    out.extend_from_slice(&v[copied..]);
+    out
+}
+
+/// SpamAssassin's skip token for a long token (more than 15 bytes):
+/// `^((?:[\x00-\x7F\xF5-\xFF]|[\xC0-\xDF][\x80-\xBF]|[\xE0-\xEF][\x80-\xBF]{2}|[\xF0-\xF4][\x80-\xBF]{3}|.){7}).{2,}$`
+/// matched as Perl's backtracking does: the first 7 characters, a well-formed UTF-8 sequence
+/// preferred to a single byte, leaving at least two bytes after them. Returns their length.
+fn skip_prefix(t: &[u8]) -> Option<usize> {
+    fn seq(t: &[u8], i: usize) -> usize {
+        let cont = |k: usize| t.get(i + k).is_some_and(|&b| (0x80..=0xBF).contains(&b));
+        match t[i] {
+            0xC0..=0xDF if cont(1) => 2,
+            0xE0..=0xEF if cont(1) && cont(2) => 3,
+            0xF0..=0xF4 if cont(1) && cont(2) && cont(3) => 4,
+            _ => 1,
+        }
+    }
+    fn pick(t: &[u8], at: usize, left: u8) -> Option<usize> {
+        if left == 0 {
+            return (t.len() - at >= 2).then_some(at);
+        }
+        if at >= t.len() {
+            return None;
+        }
+        let n = seq(t, at);
+        pick(t, at + n, left - 1).or_else(|| {
+            if n > 1 {
+                pick(t, at + 1, left - 1)
+            } else {
+                None
+            }
+        })
+    }
+    pick(t, 0, 7)
 }
 
 fn chew_content_type(v: &[u8]) -> Vec<u8> {
@@ -915,10 +1003,10 @@ fn tokenize_line_with(
                     }
                 }
                 if region != Region::Uri {
-                    if let Some(c) = rx.skip.captures(token) {
+                    if let Some(n) = skip_prefix(token) {
                         skipped.clear();
                         skipped.extend_from_slice(b"sk:");
-                        skipped.extend_from_slice(&c[1]);
+                        skipped.extend_from_slice(&token[..n]);
                         token = &skipped;
                     }
                 }
@@ -1112,6 +1200,59 @@ t\t2\t0\t1021543432\t00ad62ea5f\nt\t0\t1\t1029944878\t047e55ecef\ns\th\tabc@sa_g
         assert_eq!(out, vec![b"H*x:sk:averyve".to_vec()]);
     }
 
+    /// Byte strings drawn from the characters that matter to both matchers: digits, dots,
+    /// letters, blanks, UTF-8 lead and continuation bytes.
+    fn samples() -> Vec<Vec<u8>> {
+        use rand::{Rng, SeedableRng};
+        let alphabet: &[u8] =
+            b"0123456789.....aZ_ -\xc3\xa9\xe6\x97\xa5\xf0\x9f\x98\x80\x80\xbf\xff";
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        (0..20_000)
+            .map(|_| {
+                let n = rng.gen_range(0..40);
+                (0..n)
+                    .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dotted_quads_replace_as_the_perl_pattern_does() {
+        let re = regex::bytes::Regex::new(r"(?-u)\b(\d{1,3}\.)(\d{1,3}\.)(\d{1,3})(\.\d{1,3})\b")
+            .unwrap();
+        let mut cases = samples();
+        cases.push(b"from x ([10.0.0.1]) 1234.5.6.7.8 1.2.3.4a 192.168.1.20".to_vec());
+        for v in cases {
+            let want = re.replace_all(&v, &b"$1$2$3 ip*$1$2$3$4 "[..]);
+            assert_eq!(
+                dotted_quads(&v),
+                want.as_ref(),
+                "{:?}",
+                String::from_utf8_lossy(&v)
+            );
+        }
+        assert_eq!(
+            dotted_quads(b"[194.125.145.45]"),
+            b"[194.125.145 ip*194.125.145.45 ]".to_vec()
+        );
+    }
+
+    #[test]
+    fn skip_tokens_take_the_characters_the_perl_pattern_takes() {
+        let re = regex::bytes::Regex::new(
+            r"(?s-u)^((?:[\x00-\x7F\xF5-\xFF]|[\xC0-\xDF][\x80-\xBF]|[\xE0-\xEF][\x80-\xBF]{2}|[\xF0-\xF4][\x80-\xBF]{3}|.){7}).{2,}$",
+        )
+        .unwrap();
+        for v in samples().into_iter().filter(|v| v.len() > 15) {
+            let want = re.captures(&v).map(|c| c[1].len());
+            assert_eq!(skip_prefix(&v), want, "{v:?}");
+        }
+        // seven 3-byte characters in 22 bytes: the last one is taken as one byte to leave two
+        let v = "日本語日本語日x".as_bytes();
+        assert_eq!(skip_prefix(v), Some(19));
+    }
+
     #[test]
     fn received_fields_become_relays_as_spamassassin_records_them() {
         let r = parse_received(
@@ -1120,14 +1261,7 @@ t\t2\t0\t1021543432\t00ad62ea5f\nt\t0\t1\t1029944878\t047e55ecef\ns\th\tabc@sa_g
         )
         .unwrap();
         assert_eq!(
-            (
-                r.ip.as_str(),
-                r.rdns.as_str(),
-                r.helo.as_str(),
-                r.by.as_str(),
-                r.ident.as_str(),
-                r.id.as_str()
-            ),
+            (r.ip, r.rdns, r.helo, r.by, r.ident, r.id),
             (
                 "194.125.145.45",
                 "lugh.tuatha.org",
@@ -1140,10 +1274,7 @@ t\t2\t0\t1021543432\t00ad62ea5f\nt\t0\t1\t1029944878\t047e55ecef\ns\th\tabc@sa_g
         let r =
             parse_received("from html ([206.216.197.214]) by webcust2.hightowertech.com with SMTP")
                 .unwrap();
-        assert_eq!(
-            (r.ip.as_str(), r.rdns.as_str(), r.helo.as_str()),
-            ("206.216.197.214", "", "html")
-        );
+        assert_eq!((r.ip, r.rdns, r.helo), ("206.216.197.214", "", "html"));
         assert!(
             parse_received("(from mail@localhost) by int-mx1.example id g7MBY7g11259").is_none()
         );

@@ -30,35 +30,47 @@ pub struct Headers {
     /// (name as written, decoded value with "\n", raw value after the colon with "\n").
     pub fields: Vec<(String, Vec<u8>, Vec<u8>)>,
     /// Lower-case name → indices into `fields` (rules ask for some 150 names per message).
-    index: std::collections::HashMap<String, Vec<usize>>,
+    index: std::collections::HashMap<String, Vec<usize>, xxhash_rust::xxh3::Xxh3Builder>,
 }
 
 impl Headers {
     /// Reads the fields of one MIME part.
     pub fn of_part(msg: &Message, part: mime::PartId) -> Headers {
         let raw = &msg.raw[..];
-        let fields = msg.parts[part as usize]
-            .fields
-            .iter()
-            .map(|f| {
-                let name = String::from_utf8_lossy(f.name(raw)).trim_end().to_string();
-                let after_name = f.name.end as usize;
-                let colon = memchr::memchr(b':', &raw[after_name..f.value.end as usize])
-                    .map_or(f.value.start as usize, |p| after_name + p + 1);
-                let mut rawv: Vec<u8> = raw[colon..f.value.end as usize]
-                    .iter()
-                    .copied()
-                    .filter(|&b| b != b'\r')
-                    .collect();
-                rawv.push(b'\n');
-                let dec = decode_value(&name, &rawv);
-                (name, dec, rawv)
-            })
-            .collect::<Vec<_>>();
-        let mut index: std::collections::HashMap<String, Vec<usize>> =
-            std::collections::HashMap::with_capacity(fields.len());
-        for (i, f) in fields.iter().enumerate() {
-            index.entry(f.0.to_ascii_lowercase()).or_default().push(i);
+        let mut fields = Vec::with_capacity(msg.parts[part as usize].fields.len());
+        let mut index: std::collections::HashMap<
+            String,
+            Vec<usize>,
+            xxhash_rust::xxh3::Xxh3Builder,
+        > = std::collections::HashMap::with_capacity_and_hasher(
+            fields.capacity(),
+            Default::default(),
+        );
+        let mut lower = String::with_capacity(32);
+        for f in &msg.parts[part as usize].fields {
+            let name = String::from_utf8_lossy(f.name(raw)).trim_end().to_string();
+            let after_name = f.name.end as usize;
+            let colon = memchr::memchr(b':', &raw[after_name..f.value.end as usize])
+                .map_or(f.value.start as usize, |p| after_name + p + 1);
+            let value = &raw[colon..f.value.end as usize];
+            let mut rawv: Vec<u8> = Vec::with_capacity(value.len() + 1);
+            if memchr::memchr(b'\r', value).is_some() {
+                rawv.extend(value.iter().copied().filter(|&b| b != b'\r'));
+            } else {
+                rawv.extend_from_slice(value);
+            }
+            rawv.push(b'\n');
+            let dec = decode_value(&name, &rawv);
+            lower.clear();
+            lower.push_str(&name);
+            lower.make_ascii_lowercase();
+            match index.get_mut(lower.as_str()) {
+                Some(ids) => ids.push(fields.len()),
+                None => {
+                    index.insert(lower.clone(), vec![fields.len()]);
+                }
+            }
+            fields.push((name, dec, rawv));
         }
         Headers { fields, index }
     }
@@ -86,39 +98,46 @@ impl Headers {
 
 /// `Node::header`: unfold (`\n[ \t]+` → space), trim, decode encoded words; then a newline.
 fn decode_value(name: &str, raw: &[u8]) -> Vec<u8> {
+    // Unfolded: each newline followed by blanks, and the blanks, become one space.
     let mut v = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] == b'\n' && raw.get(i + 1).is_some_and(|&b| b == b' ' || b == b'\t') {
-            v.push(b' ');
-            i += 1;
-            while i < raw.len() && (raw[i] == b' ' || raw[i] == b'\t') {
-                i += 1;
-            }
+    let mut copied = 0;
+    for nl in memchr::memchr_iter(b'\n', raw) {
+        if nl < copied || !matches!(raw.get(nl + 1), Some(b' ' | b'\t')) {
             continue;
         }
-        v.push(raw[i]);
-        i += 1;
+        v.extend_from_slice(&raw[copied..nl]);
+        v.push(b' ');
+        copied = nl + 1;
+        while copied < raw.len() && matches!(raw[copied], b' ' | b'\t') {
+            copied += 1;
+        }
     }
+    v.extend_from_slice(&raw[copied..]);
     let t = trim(&v);
-    let lname = name.to_ascii_lowercase();
-    let exempt = lname == "received"
-        || lname == "message-id"
-        || lname == "resent-message-id"
-        || lname == "date"
-        || lname == "resent-date"
-        || lname == "mime-version"
-        || lname == "references"
-        || lname == "in-reply-to"
-        || lname.starts_with("list-");
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    let exempt = is("received")
+        || is("message-id")
+        || is("resent-message-id")
+        || is("date")
+        || is("resent-date")
+        || is("mime-version")
+        || is("references")
+        || is("in-reply-to")
+        || name
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("list-"));
     let mut out = if !exempt && memchr::memmem::find(t, b"=?").is_some() {
         header::decode_words(t).into_bytes()
     } else if t.is_ascii() || std::str::from_utf8(t).is_ok() {
-        t.to_vec()
+        let mut o = Vec::with_capacity(t.len() + 1);
+        o.extend_from_slice(t);
+        o
     } else {
         header::decode_words(t).into_bytes()
     };
-    out.retain(|&b| b != b'\n' && b != b'\r');
+    if memchr::memchr2(b'\n', b'\r', &out).is_some() {
+        out.retain(|&b| b != b'\n' && b != b'\r');
+    }
     out.push(b'\n');
     out
 }
