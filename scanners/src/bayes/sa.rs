@@ -616,16 +616,23 @@ fn chew_received(v: &[u8]) -> Vec<u8> {
             b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
             b"Dec",
         ];
-        let has_id = memchr::memmem::find(&v, b"id").is_some();
-        let has_month = MONTHS.iter().any(|m| memchr::memmem::find(&v, m).is_some());
+        let has_id = v.windows(2).any(|w| w == b"id");
+        let has_month = v
+            .windows(3)
+            .any(|w| b"JFMASOND".contains(&w[0]) && MONTHS.contains(&w));
         for (i, r) in rx.rcvd.iter().enumerate() {
             if (i < 4 && !has_id) || (i == 4 && !has_month) {
                 continue;
             }
-            v = r.replace_all(&v, &b" "[..]).into_owned();
+            if let std::borrow::Cow::Owned(o) = r.replace_all(&v, &b" "[..]) {
+                v = o;
+            }
         }
         let v = dotted_quads(&v);
-        rx.rcvd_words.replace_all(&v, &b" "[..]).into_owned()
+        match rx.rcvd_words.replace_all(&v, &b" "[..]) {
+            std::borrow::Cow::Owned(o) => o,
+            std::borrow::Cow::Borrowed(_) => v,
+        }
     })
 }
 
@@ -849,41 +856,47 @@ enum Region {
 /// every byte that is not a token character, not part of a well-formed 2-4 byte UTF-8 sequence
 /// and not in A1-FF becomes a space (a hand-written pass: the regex with a closure per match
 /// was most of the time).
+///
+/// Every byte stays or becomes one space, so the output is the input copied and then blanked
+/// in place.
 fn token_chars(line: &[u8]) -> Vec<u8> {
-    let keep = |b: u8| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b',' | b'@' | b'*' | b'!' | b'_' | b'\'' | b'"' | b'$' | b'.' | b' ' | b'-'
-            )
+    static KEEP: [bool; 128] = {
+        let mut t = [false; 128];
+        let mut c = 0;
+        while c < 128 {
+            let b = c as u8;
+            t[c] = b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b',' | b'@' | b'*' | b'!' | b'_' | b'\'' | b'"' | b'$' | b'.' | b' ' | b'-'
+                );
+            c += 1;
+        }
+        t
     };
-    let cont = |b: Option<&u8>| b.is_some_and(|&b| (0x80..=0xBF).contains(&b));
-    let mut out = Vec::with_capacity(line.len());
+    let mut out = line.to_vec();
+    let cont = |k: usize| line.get(k).is_some_and(|&b| (0x80..=0xBF).contains(&b));
     let mut i = 0;
     while i < line.len() {
         let b = line[i];
-        let n = if b < 0x80 {
-            usize::from(keep(b))
-        } else if (0xC0..=0xDF).contains(&b) && cont(line.get(i + 1)) {
-            2
-        } else if (0xE0..=0xEF).contains(&b) && cont(line.get(i + 1)) && cont(line.get(i + 2)) {
-            3
-        } else if (0xF0..=0xF4).contains(&b)
-            && cont(line.get(i + 1))
-            && cont(line.get(i + 2))
-            && cont(line.get(i + 3))
-        {
-            4
-        } else {
-            usize::from(b >= 0xA1)
-        };
-        if n == 0 {
-            out.push(b' ');
+        if b < 0x80 {
+            if !KEEP[b as usize] {
+                out[i] = b' ';
+            }
             i += 1;
-        } else {
-            out.extend_from_slice(&line[i..i + n]);
-            i += n;
+            continue;
         }
+        let n = match b {
+            0xC0..=0xDF if cont(i + 1) => 2,
+            0xE0..=0xEF if cont(i + 1) && cont(i + 2) => 3,
+            0xF0..=0xF4 if cont(i + 1) && cont(i + 2) && cont(i + 3) => 4,
+            0xA1.. => 1,
+            _ => {
+                out[i] = b' ';
+                1
+            }
+        };
+        i += n;
     }
     out
 }
@@ -920,12 +933,16 @@ fn tokenize_line_with(
     RX.with(|rx| {
         let s = token_chars(line);
         // The two patterns only ever match around "..." and "--": look for those first.
-        let s = if memchr::memmem::find(&s, b"...").is_some() {
+        static DOTS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"..."));
+        static DASHES: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"--"));
+        let s = if DOTS.find(&s).is_some() {
             rx.dots.replace_all(&s, &b"$1 $2 $3"[..]).into_owned()
         } else {
             s
         };
-        let s = if memchr::memmem::find(&s, b"--").is_some() {
+        let s = if DASHES.find(&s).is_some() {
             rx.dashes.replace_all(&s, &b"$1 $2 $3"[..]).into_owned()
         } else {
             s

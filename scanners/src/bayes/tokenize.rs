@@ -304,6 +304,9 @@ static WORD_BYTE: [bool; 128] = {
 /// One word: case folded as SpamAssassin does, trimmed, then a token, an address pair, a host
 /// name or a `sk:` token.
 fn word(raw: &str, sink: &mut Sink<'_>, scratch: &mut String) {
+    if raw.is_ascii() {
+        return ascii_word(raw, sink, scratch);
+    }
     // Title case is lowered ("Hello" at a sentence start is "hello"); words with more capitals
     // keep them: "FREE" and "ViAgRa" say more than "free" (SpamAssassin does the same).
     let ascii = raw.is_ascii();
@@ -352,7 +355,9 @@ fn word(raw: &str, sink: &mut Sink<'_>, scratch: &mut String) {
         // Body words also count as their plain forms (SpamAssassin's decomposition): "FREE!!"
         // is evidence of its own, and for "FREE", "free!!" and "free".
         if sink.prefix.is_empty() {
-            decompose(t, sink);
+            let punct = !t.chars().all(|c| c.is_alphanumeric() || c == '_');
+            let upper = t.bytes().any(|b| b.is_ascii_uppercase());
+            decompose(t, punct, upper, sink);
         }
     } else {
         let mut sk = String::with_capacity(32);
@@ -362,11 +367,73 @@ fn word(raw: &str, sink: &mut Sink<'_>, scratch: &mut String) {
     }
 }
 
-/// The plain forms of a body word: without punctuation, in lower case, and both.
-fn decompose(t: &str, sink: &mut Sink<'_>) {
+/// [`word`] for an ASCII word, in one pass over its bytes (most words are).
+fn ascii_word(raw: &str, sink: &mut Sink<'_>, scratch: &mut String) {
+    // Trimmed first: the trimmed characters are neither capitals nor word characters, so
+    // trimming before folding gives what folding before trimming gives.
+    let t = trim_word(raw);
+    let b = t.as_bytes();
+    if b.len() < 3 {
+        return;
+    }
+    let (mut capitals, mut at, mut punct) = (0, None, false);
+    for (i, &c) in b.iter().enumerate() {
+        capitals += usize::from(c.is_ascii_uppercase());
+        punct |= !(c.is_ascii_alphanumeric() || c == b'_');
+        if c == b'@' && at.is_none() {
+            at = Some(i);
+        }
+    }
+    let t: &str = if capitals == 1 {
+        scratch.clear();
+        scratch.push_str(t);
+        scratch.make_ascii_lowercase();
+        scratch
+    } else {
+        t
+    };
+    if let Some(at) = at {
+        let (user, domain) = (&t[..at], &t[at + 1..]);
+        if !user.is_empty() && looks_like_domain(domain) {
+            let mut s = String::with_capacity(t.len() + 2);
+            s.push_str("u:");
+            s.push_str(user);
+            sink.push(&s);
+            s.clear();
+            s.push_str("d:");
+            s.push_str(domain);
+            sink.push(&s);
+            return;
+        }
+    }
+    let n = t.len();
+    if n <= 15 || (n <= 64 && looks_like_domain(t)) {
+        sink.push(t);
+        if sink.prefix.is_empty() {
+            decompose(t, punct, capitals > 1, sink);
+        }
+    } else {
+        let mut sk = String::with_capacity(10);
+        sk.push_str("sk:");
+        sk.push_str(&t[..7]);
+        sink.push(&sk);
+    }
+}
+
+/// A word without the characters SpamAssassin trims from both its ends (all ASCII, so byte
+/// positions are character boundaries).
+fn trim_word(w: &str) -> &str {
+    let trim = |c: &u8| matches!(c, b'-' | b'\'' | b'"' | b'.' | b',');
+    let b = w.as_bytes();
+    let s = b.iter().position(|c| !trim(c)).unwrap_or(b.len());
+    let e = b.iter().rposition(|c| !trim(c)).map_or(s, |e| e + 1);
+    &w[s..e]
+}
+
+/// The plain forms of a body word (`punct`: it has characters other than word characters;
+/// `upper`: ASCII capitals): without punctuation, in lower case, and both.
+fn decompose(t: &str, punct: bool, upper: bool, sink: &mut Sink<'_>) {
     let is_word = |c: char| c.is_alphanumeric() || c == '_';
-    let punct = !t.chars().all(is_word);
-    let upper = t.bytes().any(|b| b.is_ascii_uppercase());
     if !punct && !upper {
         return;
     }
