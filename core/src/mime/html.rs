@@ -185,24 +185,26 @@ fn fold(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut blank_lines = 0;
     for line in s.split('\n') {
-        let words: Vec<&str> = line
-            .split(|c: char| c.is_whitespace())
-            .filter(|w| !w.is_empty())
-            .collect();
-        if words.is_empty() {
+        let mut words = line.split(char::is_whitespace).filter(|w| !w.is_empty());
+        let Some(first) = words.next() else {
             blank_lines += 1;
             if blank_lines == 1 && !out.is_empty() {
                 out.push('\n');
             }
             continue;
-        }
+        };
         blank_lines = 0;
         if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
         }
-        out.push_str(&words.join(" "));
+        out.push_str(first);
+        for w in words {
+            out.push(' ');
+            out.push_str(w);
+        }
     }
-    out.trim_end().to_owned()
+    out.truncate(out.trim_end().len());
+    out
 }
 
 /// Tag name (lower case), whether it is a closing tag, and the attribute text.

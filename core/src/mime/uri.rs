@@ -56,7 +56,22 @@ fn dedup(v: Vec<String>) -> Vec<String> {
 }
 
 fn is_uri_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&c)
+    static URI_CHAR: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut c = 0;
+        while c < 256 {
+            t[c] = (c as u8).is_ascii_alphanumeric();
+            c += 1;
+        }
+        let extra = b"-._~:/?#[]@!$&'()*+,;=%";
+        let mut i = 0;
+        while i < extra.len() {
+            t[extra[i] as usize] = true;
+            i += 1;
+        }
+        t
+    };
+    URI_CHAR[c as usize]
 }
 
 fn trim_trailing(s: &str) -> &str {

@@ -29,7 +29,7 @@ const HEADERS: &[(&str, &str)] = &[
 /// The tokens of one message.
 #[derive(Debug, Default, Clone)]
 pub struct Tokens {
-    /// Token ids, each once, sorted.
+    /// Token ids, each once, in the order first found.
     pub ids: Vec<u64>,
     /// `(id, text)` for every token, when collected (`keep_text`).
     pub text: Vec<(u64, String)>,
@@ -43,8 +43,56 @@ pub fn token_id(prefix: &str, token: &str) -> u64 {
     )
 }
 
+/// The ids a message has given so far: an open-addressing set (ids are xxh3 hashes, so their
+/// low bits index it directly), cheaper than sorting every id found to drop the repeats.
+struct IdSet {
+    slots: Vec<u64>,
+    len: usize,
+    has_zero: bool,
+}
+
+impl IdSet {
+    fn with_capacity(n: usize) -> IdSet {
+        IdSet {
+            slots: vec![0; (2 * n).next_power_of_two().max(1024)],
+            len: 0,
+            has_zero: false,
+        }
+    }
+
+    /// Whether `id` is new.
+    fn insert(&mut self, id: u64) -> bool {
+        if id == 0 {
+            return !std::mem::replace(&mut self.has_zero, true);
+        }
+        if 2 * (self.len + 1) > self.slots.len() {
+            let bigger = vec![0; 2 * self.slots.len()];
+            let old = std::mem::replace(&mut self.slots, bigger);
+            self.len = 0;
+            for id in old.into_iter().filter(|&x| x != 0) {
+                self.insert(id);
+            }
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = id as usize & mask;
+        loop {
+            match self.slots[i] {
+                0 => {
+                    self.slots[i] = id;
+                    self.len += 1;
+                    return true;
+                }
+                x if x == id => return false,
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+}
+
 struct Sink<'a> {
     out: &'a mut Tokens,
+    /// The ids in `out` so far.
+    seen: IdSet,
     keep_text: bool,
     seed: u64,
     prefix: &'static str,
@@ -63,6 +111,9 @@ impl Sink<'_> {
     /// A token given as bytes (SpamAssassin's header tokens), hashed as they are.
     fn push_bytes(&mut self, token: &[u8]) {
         let id = xxh3_64_with_seed(token, self.seed);
+        if !self.seen.insert(id) {
+            return;
+        }
         self.out.ids.push(id);
         if self.keep_text {
             self.out
@@ -73,7 +124,10 @@ impl Sink<'_> {
 
     fn push(&mut self, token: &str) {
         let id = xxh3_64_with_seed(token.as_bytes(), self.seed);
-        self.out.ids.push(id);
+        let new = self.seen.insert(id);
+        if new {
+            self.out.ids.push(id);
+        }
         if self.prefix.is_empty() {
             if let Some(window) = &mut self.osb {
                 // rspamd-style OSB: this word paired with each of the four before it, the
@@ -84,6 +138,9 @@ impl Sink<'_> {
                     key[8..16].copy_from_slice(&id.to_le_bytes());
                     key[16] = d as u8 + 1;
                     let pair = xxh3_64_with_seed(&key, 0x6f73_6221);
+                    if !self.seen.insert(pair) {
+                        continue;
+                    }
                     self.out.ids.push(pair);
                     if self.keep_text {
                         self.out
@@ -104,7 +161,7 @@ impl Sink<'_> {
                 ));
             }
         }
-        if self.keep_text {
+        if new && self.keep_text {
             self.out.text.push((id, format!("{}{token}", self.prefix)));
         }
     }
@@ -118,7 +175,12 @@ pub fn tokenize(msg: &Message, keep_text: bool) -> Tokens {
 /// Adds the words of text the message carries outside its text parts (what OCR read in its
 /// images) as body tokens, as if it were one more text part.
 pub fn add_body_text(tokens: &mut Tokens, text: &str, keep_text: bool) {
+    let mut seen = IdSet::with_capacity(tokens.ids.len() + text.len() / 4);
+    for &id in &tokens.ids {
+        seen.insert(id);
+    }
     let mut sink = Sink {
+        seen,
         out: tokens,
         keep_text,
         seed: 0,
@@ -136,6 +198,7 @@ pub fn add_body_text(tokens: &mut Tokens, text: &str, keep_text: bool) {
 pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
     let mut out = Tokens::default();
     let mut sink = Sink {
+        seen: IdSet::with_capacity(512),
         out: &mut out,
         keep_text,
         seed: 0,
@@ -202,11 +265,8 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
             html_tags(html, &mut sink);
         }
     }
-    out.ids.sort_unstable();
-    out.ids.dedup();
     if keep_text {
         out.text.sort();
-        out.text.dedup();
     }
     out
 }
@@ -610,6 +670,25 @@ mod tests {
         // the id of a token must never change between releases: stored models depend on it
         assert_eq!(token_id("", "world"), 0x9274_15a1_2964_98e9);
         assert_eq!(token_id("H*from:", "u:sales"), 0xe23c_e8f1_96e3_8e50);
+    }
+
+    #[test]
+    fn each_token_once_also_with_text_added_later() {
+        let msg = Message::parse(bytes::Bytes::from_static(
+            b"Subject: cheap cheap pills\r\n\r\ncheap pills, CHEAP pills\r\n",
+        ));
+        let mut t = tokenize(&msg, false);
+        let unique = |ids: &[u64]| {
+            let mut v = ids.to_vec();
+            v.sort_unstable();
+            v.dedup();
+            v.len()
+        };
+        assert_eq!(unique(&t.ids), t.ids.len(), "{:?}", t.ids);
+        let before = t.ids.len();
+        add_body_text(&mut t, "pills and more cheap pills", false);
+        assert_eq!(unique(&t.ids), t.ids.len(), "OCR words already in the body count once");
+        assert_eq!(t.ids.len(), before + 2, "'and' and 'more' are the new words");
     }
 
     #[test]
