@@ -687,8 +687,16 @@ mod tests {
         assert_eq!(unique(&t.ids), t.ids.len(), "{:?}", t.ids);
         let before = t.ids.len();
         add_body_text(&mut t, "pills and more cheap pills", false);
-        assert_eq!(unique(&t.ids), t.ids.len(), "OCR words already in the body count once");
-        assert_eq!(t.ids.len(), before + 2, "'and' and 'more' are the new words");
+        assert_eq!(
+            unique(&t.ids),
+            t.ids.len(),
+            "OCR words already in the body count once"
+        );
+        assert_eq!(
+            t.ids.len(),
+            before + 2,
+            "'and' and 'more' are the new words"
+        );
     }
 
     #[test]
