@@ -148,13 +148,13 @@ pub fn render(html: &str) -> Rendered {
         } else {
             let end = memchr::memchr(b'<', &b[i..]).map_or(b.len(), |e| i + e);
             if drop_until.is_none() {
-                let t = decode_entities(&html[i..end]);
-                push_text(
-                    &mut text,
-                    &mut invisible,
-                    &t,
-                    stack.last().is_some_and(|f| f.hidden),
-                );
+                let hidden = stack.last().is_some_and(|f| f.hidden);
+                let raw = &html[i..end];
+                if memchr::memchr(b'&', raw.as_bytes()).is_some() {
+                    push_text(&mut text, &mut invisible, &decode_entities(raw), hidden);
+                } else {
+                    push_text(&mut text, &mut invisible, raw, hidden);
+                }
             }
             i = end;
         }

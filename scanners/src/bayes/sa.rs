@@ -307,18 +307,9 @@ pub fn tokenize_with(msg: &Message, conf: &SaConfig, extra: Option<&str>) -> Vec
     }
     // The relay pseudo-headers SpamAssassin derives from the Received fields (all relays
     // untrusted and external when no trusted networks are configured).
-    let relays = relay_string(&headers);
-    let mut header_vals = header_values(&headers, &conf.ignore);
-    if !relays.is_empty() {
-        header_vals.push(("*RU".to_owned(), relays.clone()));
-        header_vals.push(("x-spam-relays-external".to_owned(), relays));
-    }
-    for (prefix, value) in header_vals {
-        let mut p = b"H".to_vec();
-        p.extend_from_slice(prefix.as_bytes());
-        p.push(b':');
-        tokenize_line(&value, &p, Region::Header, stop, &mut all);
-    }
+    header_lines(&headers, conf, &mut |prefix, value| {
+        tokenize_line(value, prefix, Region::Header, stop, &mut all);
+    });
     let mut out: HashMap<u64, Vec<u8>> = HashMap::with_capacity(all.len());
     for t in all {
         if !t.is_empty() {
@@ -330,23 +321,12 @@ pub fn tokenize_with(msg: &Message, conf: &SaConfig, extra: Option<&str>) -> Vec
     v
 }
 
-/// `_tokenize_headers`: (prefix, value) per header name after mapping, in first-seen order.
+/// `_tokenize_headers`: each (name after mapping, value), in order, to `add`.
 fn header_values(
     h: &view::Headers,
     ignore: &std::collections::HashSet<String>,
-) -> Vec<(String, Vec<u8>)> {
-    // An ordered map of a few dozen keys: a linear search beats hashing them.
-    let mut parsed: Vec<(String, Vec<u8>)> = Vec::with_capacity(h.fields.len() + 4);
-    let add = |parsed: &mut Vec<(String, Vec<u8>)>, k: &str, v: &[u8]| match parsed
-        .iter_mut()
-        .find(|(key, _)| key == k)
-    {
-        Some((_, e)) => {
-            e.push(b' ');
-            e.extend_from_slice(v);
-        }
-        None => parsed.push((k.to_owned(), v.to_vec())),
-    };
+    add: &mut dyn FnMut(&str, &[u8]),
+) {
     let mut lower = String::with_capacity(64);
     let mut received: Vec<&(String, Vec<u8>, Vec<u8>)> = Vec::new();
     let mut fields: Vec<&(String, Vec<u8>, Vec<u8>)> = Vec::with_capacity(h.fields.len());
@@ -413,17 +393,16 @@ fn header_values(
             val = b"1";
         }
         if ["in-reply-to", "references", "message-id"].contains(&l) {
-            add(&mut parsed, "*MI", val);
+            add("*MI", val);
         }
         if ["from", "to", "cc"].contains(&l) {
-            add(&mut parsed, "*Ad", val);
+            add("*Ad", val);
         }
         if ["x-mailer", "user-agent"].contains(&l) {
-            add(&mut parsed, "*UA", val);
+            add("*UA", val);
         }
-        add(&mut parsed, compressed(name).unwrap_or(name), val);
+        add(compressed(name).unwrap_or(name), val);
     }
-    parsed
 }
 
 /// One relay as SpamAssassin's Received parser records it (slices of the Received line).
@@ -1055,18 +1034,30 @@ fn tokenize_line_with(
 /// better than its own; see BENCHMARKS.md).
 pub fn header_tokens(msg: &Message, conf: &SaConfig, emit: &mut dyn FnMut(&[u8])) {
     let headers = view::Headers::of_part(msg, 0);
-    let relays = relay_string(&headers);
-    let mut vals = header_values(&headers, &conf.ignore);
-    if !relays.is_empty() {
-        vals.push(("*RU".to_owned(), relays.clone()));
-        vals.push(("x-spam-relays-external".to_owned(), relays));
-    }
     let stop = conf.stop.as_ref();
-    for (prefix, value) in vals {
-        let mut p = b"H".to_vec();
-        p.extend_from_slice(prefix.as_bytes());
-        p.push(b':');
-        tokenize_line_with(&value, &p, Region::Header, stop, emit);
+    header_lines(&headers, conf, &mut |prefix, value| {
+        tokenize_line_with(value, prefix, Region::Header, stop, emit);
+    });
+}
+
+/// Each header line `_tokenize_headers` tokenizes, as (token prefix `H<name>:`, value), the
+/// relay pseudo-headers last. SpamAssassin joins the values of one name with a space before
+/// tokenizing; handing them over one by one gives the same tokens (no token spans the joining
+/// space), without building the joined values.
+fn header_lines(h: &view::Headers, conf: &SaConfig, f: &mut dyn FnMut(&[u8], &[u8])) {
+    let mut prefix: Vec<u8> = Vec::with_capacity(64);
+    let mut each = |key: &str, value: &[u8]| {
+        prefix.clear();
+        prefix.push(b'H');
+        prefix.extend_from_slice(key.as_bytes());
+        prefix.push(b':');
+        f(&prefix, value);
+    };
+    header_values(h, &conf.ignore, &mut each);
+    let relays = relay_string(h);
+    if !relays.is_empty() {
+        each("*RU", &relays);
+        each("x-spam-relays-external", &relays);
     }
 }
 
