@@ -154,27 +154,37 @@ fn has_known_tld(h: &str) -> bool {
 /// hosts as dotted quads, `%`-escapes in the host decoded, userinfo removed. `None` when it has
 /// no usable host.
 pub fn normalize(uri: &str) -> Option<String> {
-    let lower = uri.to_ascii_lowercase();
-    let (scheme, rest) = if let Some(r) = lower.strip_prefix("mailto:") {
-        let addr = uri[uri.len() - r.len()..].split('?').next().unwrap_or("");
+    let starts = |p: &str| {
+        uri.len() >= p.len() && uri.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+    };
+    let (scheme, rest) = if starts("mailto:") {
+        let addr = uri["mailto:".len()..].split('?').next().unwrap_or("");
         let (local, domain) = addr.rsplit_once('@')?;
-        return Some(format!("mailto:{}@{}", local, domain.to_ascii_lowercase()));
-    } else if let Some(i) = lower.find("://") {
-        let s = &lower[..i];
-        let s = match s {
-            "hxxp" | "h**p" | "hxxp[:]" => "http",
-            "hxxps" | "h**ps" => "https",
-            other => other,
+        let mut out = String::with_capacity(addr.len() + 8);
+        out.push_str("mailto:");
+        out.push_str(local);
+        out.push('@');
+        out.push_str(domain);
+        out[8 + local.len()..].make_ascii_lowercase();
+        return Some(out);
+    } else if let Some(i) = uri.find("://") {
+        let s = &uri[..i];
+        let is = |n: &str| s.eq_ignore_ascii_case(n);
+        let scheme = if is("http") || is("hxxp") || is("h**p") || is("hxxp[:]") {
+            "http"
+        } else if is("https") || is("hxxps") || is("h**ps") {
+            "https"
+        } else if is("ftp") {
+            "ftp"
+        } else {
+            return None;
         };
-        (s.to_owned(), &uri[i + 3..])
-    } else if let Some(r) = lower.strip_prefix("hxxp[:]//") {
-        ("http".to_owned(), &uri[uri.len() - r.len()..])
+        (scheme, &uri[i + 3..])
+    } else if starts("hxxp[:]//") {
+        ("http", &uri["hxxp[:]//".len()..])
     } else {
         return None;
     };
-    if !matches!(scheme.as_str(), "http" | "https" | "ftp") {
-        return None;
-    }
     let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = (&rest[..split], &rest[split..]);
     let hostport = authority.rsplit('@').next().unwrap_or(authority);
@@ -187,18 +197,34 @@ pub fn normalize(uri: &str) -> Option<String> {
         }
         _ => (hostport, ""),
     };
-    let host = String::from_utf8_lossy(&super::header::percent_decode(host.as_bytes()))
-        .to_ascii_lowercase();
-    let host = host.trim_end_matches('.').to_owned();
+    let mut host = if host.contains('%') {
+        String::from_utf8_lossy(&super::header::percent_decode(host.as_bytes())).into_owned()
+    } else {
+        host.to_owned()
+    };
+    host.make_ascii_lowercase();
+    host.truncate(host.trim_end_matches('.').len());
     if host.is_empty() {
         return None;
     }
     let host = numeric_host(&host).unwrap_or(host);
-    Some(format!("{scheme}://{host}{port}{path}"))
+    let mut out = String::with_capacity(scheme.len() + 3 + host.len() + port.len() + path.len());
+    for piece in [scheme, "://", &host, port, path] {
+        out.push_str(piece);
+    }
+    Some(out)
 }
 
 /// `0x7f.0.0.1`, `2130706433`, `0177.0.0.01`, `0x7f000001` → `127.0.0.1`.
 fn numeric_host(h: &str) -> Option<String> {
+    // Each part must read as a number (`0x` hex, `0` octal, decimal, an optional `+`): a host
+    // with any other character is a name.
+    if !h
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'a'..=b'f' | b'x' | b'+' | b'.'))
+    {
+        return None;
+    }
     let parts: Vec<&str> = h.split('.').collect();
     if parts.is_empty() || parts.len() > 4 {
         return None;
@@ -282,6 +308,27 @@ mod tests {
             normalize("http://%65xample.com/").unwrap(),
             "http://example.com/"
         );
+    }
+
+    #[test]
+    fn schemes_and_addresses() {
+        assert_eq!(
+            normalize("HXXP://Evil.Example./A?B").unwrap(),
+            "http://evil.example/A?B"
+        );
+        assert_eq!(
+            normalize("h**ps://X.test:8443").unwrap(),
+            "https://x.test:8443"
+        );
+        assert_eq!(normalize("hxxp[:]//X.test/").unwrap(), "http://x.test/");
+        assert_eq!(
+            normalize("MAILTO:Bob@Example.ORG?subject=hi").unwrap(),
+            "mailto:Bob@example.org"
+        );
+        assert_eq!(normalize("gopher://x.test/"), None);
+        assert_eq!(normalize("http://user@/x"), None);
+        // a name with hex-looking labels is not a number
+        assert_eq!(normalize("http://cafe.be/").unwrap(), "http://cafe.be/");
     }
 
     #[test]
