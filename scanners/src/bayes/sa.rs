@@ -839,20 +839,7 @@ enum Region {
 /// Every byte stays or becomes one space, so the output is the input copied and then blanked
 /// in place.
 fn token_chars(line: &[u8]) -> Vec<u8> {
-    static KEEP: [bool; 128] = {
-        let mut t = [false; 128];
-        let mut c = 0;
-        while c < 128 {
-            let b = c as u8;
-            t[c] = b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b',' | b'@' | b'*' | b'!' | b'_' | b'\'' | b'"' | b'$' | b'.' | b' ' | b'-'
-                );
-            c += 1;
-        }
-        t
-    };
+    static KEEP: [bool; 128] = super::ascii_class(b",@*!_'\"$. -");
     let mut out = line.to_vec();
     let cont = |k: usize| line.get(k).is_some_and(|&b| (0x80..=0xBF).contains(&b));
     let mut i = 0;

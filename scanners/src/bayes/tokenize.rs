@@ -361,20 +361,7 @@ fn words(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
 }
 
 /// ASCII bytes that belong to words.
-static WORD_BYTE: [bool; 128] = {
-    let mut t = [false; 128];
-    let mut c = 0;
-    while c < 128 {
-        let b = c as u8;
-        t[c] = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'\'' | b'$' | b'!' | b'@' | b'.' | b',' | b'_' | b'*'
-            );
-        c += 1;
-    }
-    t
-};
+static WORD_BYTE: [bool; 128] = super::ascii_class(b"-'$!@.,_*");
 
 /// One word: case folded as SpamAssassin does, trimmed, then a token, an address pair, a host
 /// name or a `sk:` token.
@@ -384,32 +371,34 @@ fn word(raw: &str, sink: &mut Sink<'_>, scratch: &mut String) {
     }
     // Title case is lowered ("Hello" at a sentence start is "hello"); words with more capitals
     // keep them: "FREE" and "ViAgRa" say more than "free" (SpamAssassin does the same).
-    let ascii = raw.is_ascii();
-    let one_capital = if ascii {
-        raw.bytes().filter(u8::is_ascii_uppercase).count() == 1
-    } else {
-        raw.chars().filter(|c| c.is_uppercase()).count() == 1
-    };
-    let folded: &str = if one_capital {
+    let folded: &str = if raw.chars().filter(|c| c.is_uppercase()).count() == 1 {
         scratch.clear();
-        if ascii {
-            scratch.push_str(raw);
-            scratch.make_ascii_lowercase();
-        } else {
-            scratch.extend(raw.chars().flat_map(char::to_lowercase));
-        }
+        scratch.extend(raw.chars().flat_map(char::to_lowercase));
         scratch
     } else {
         raw
     };
     // Trimmed as SpamAssassin trims: "FREE!!" keeps its exclamation marks (the plain word is
     // added below).
-    let t = folded.trim_matches(['-', '\'', '"', '.', ',']);
-    let n = if ascii { t.len() } else { t.chars().count() };
+    let t = trim_word(folded);
+    let n = t.chars().count();
     if n < 3 {
         return;
     }
-    if let Some(at) = memchr::memchr(b'@', t.as_bytes()) {
+    word_tokens(t, n, memchr::memchr(b'@', t.as_bytes()), None, sink);
+}
+
+/// The tokens of a folded, trimmed word of `n` characters (`at`: its first `@`): an address's
+/// user and domain, or the word itself with its plain forms (body words) when it is short or a
+/// host name, or else a `sk:` token. `forms` is (punctuation, capitals) when already known.
+fn word_tokens(
+    t: &str,
+    n: usize,
+    at: Option<usize>,
+    forms: Option<(bool, bool)>,
+    sink: &mut Sink<'_>,
+) {
+    if let Some(at) = at {
         // An address: its user and its domain, each a token.
         let (user, domain) = (&t[..at], &t[at + 1..]);
         if !user.is_empty() && looks_like_domain(domain) {
@@ -430,8 +419,12 @@ fn word(raw: &str, sink: &mut Sink<'_>, scratch: &mut String) {
         // Body words also count as their plain forms (SpamAssassin's decomposition): "FREE!!"
         // is evidence of its own, and for "FREE", "free!!" and "free".
         if sink.prefix.is_empty() {
-            let punct = !t.chars().all(|c| c.is_alphanumeric() || c == '_');
-            let upper = t.bytes().any(|b| b.is_ascii_uppercase());
+            let (punct, upper) = forms.unwrap_or_else(|| {
+                (
+                    !t.chars().all(|c| c.is_alphanumeric() || c == '_'),
+                    t.bytes().any(|b| b.is_ascii_uppercase()),
+                )
+            });
             decompose(t, punct, upper, sink);
         }
     } else {
@@ -467,32 +460,7 @@ fn ascii_word(raw: &str, sink: &mut Sink<'_>, scratch: &mut String) {
     } else {
         t
     };
-    if let Some(at) = at {
-        let (user, domain) = (&t[..at], &t[at + 1..]);
-        if !user.is_empty() && looks_like_domain(domain) {
-            let mut s = String::with_capacity(t.len() + 2);
-            s.push_str("u:");
-            s.push_str(user);
-            sink.push(&s);
-            s.clear();
-            s.push_str("d:");
-            s.push_str(domain);
-            sink.push(&s);
-            return;
-        }
-    }
-    let n = t.len();
-    if n <= 15 || (n <= 64 && looks_like_domain(t)) {
-        sink.push(t);
-        if sink.prefix.is_empty() {
-            decompose(t, punct, capitals > 1, sink);
-        }
-    } else {
-        let mut sk = String::with_capacity(10);
-        sk.push_str("sk:");
-        sk.push_str(&t[..7]);
-        sink.push(&sk);
-    }
+    word_tokens(t, t.len(), at, Some((punct, capitals > 1)), sink);
 }
 
 /// A word without the characters SpamAssassin trims from both its ends (all ASCII, so byte
