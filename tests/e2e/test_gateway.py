@@ -1104,6 +1104,32 @@ class Autolearn(unittest.TestCase):
 
 
 class BayesTools(unittest.TestCase):
+    def test_cross_validation_lists_each_misjudged_message(self):
+        spam_dir, ham_dir = (os.path.join(harness.CORPUS, d) for d in ("spam", "ham"))
+        r = subprocess.run([harness.MXGATE, "bayes", "cv", "--folds", "5", "--misses",
+                            "--spam", spam_dir, "--ham", ham_dir],
+                           capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = [json.loads(l) for l in r.stdout.splitlines()]
+        summary, misses = lines[-1], lines[:-1]
+        b = summary["bayes99"]
+        self.assertEqual(len(misses), b["false_negatives"] + b["false_positives"], misses)
+        self.assertGreater(b["false_negatives"], 0, "the corpus has spam below BAYES_99")
+        for m in misses:
+            folder = spam_dir if m["class"] == "spam" else ham_dir
+            self.assertEqual(os.path.dirname(m["file"]), folder, m)
+            self.assertTrue(os.path.isfile(m["file"]), m)
+            if m["class"] == "spam":
+                self.assertLess(m["p_spam"], 0.99, m)
+            else:
+                self.assertGreaterEqual(m["p_spam"], 0.99, m)
+        # The cut a ranking allows keeps ham within 0.1 % and leaves fewer spam below it
+        # than the fixed BAYES_99 cut does.
+        ranked = summary["at_fp_0_1_percent"]
+        self.assertEqual(ranked["false_positives"], summary["ham"] // 1000)
+        self.assertLessEqual(ranked["false_negatives"], b["false_negatives"])
+        self.assertLess(ranked["cut"], 0.99)
+
     def test_silent_until_enough_learned_and_moves_between_classes(self):
         db = tempfile.mkdtemp(prefix="bayes-tools-", dir=WORK)
         spam_dir = os.path.join(harness.CORPUS, "spam")
