@@ -120,7 +120,7 @@ pub fn render(html: &str) -> Rendered {
                 if let Some(v) = get(&list, key) {
                     let v = decode_entities(v.trim());
                     if !v.is_empty() {
-                        r.links.push(v);
+                        r.links.push(v.into_owned());
                     }
                 }
             }
@@ -148,13 +148,13 @@ pub fn render(html: &str) -> Rendered {
         } else {
             let end = memchr::memchr(b'<', &b[i..]).map_or(b.len(), |e| i + e);
             if drop_until.is_none() {
-                let hidden = stack.last().is_some_and(|f| f.hidden);
-                let raw = &html[i..end];
-                if memchr::memchr(b'&', raw.as_bytes()).is_some() {
-                    push_text(&mut text, &mut invisible, &decode_entities(raw), hidden);
-                } else {
-                    push_text(&mut text, &mut invisible, raw, hidden);
-                }
+                let t = decode_entities(&html[i..end]);
+                push_text(
+                    &mut text,
+                    &mut invisible,
+                    &t,
+                    stack.last().is_some_and(|f| f.hidden),
+                );
             }
             i = end;
         }
@@ -320,9 +320,10 @@ fn style_value<'a>(style: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Decodes HTML character references (named ones in common use, decimal, hex).
-pub fn decode_entities(s: &str) -> String {
-    if !s.contains('&') {
-        return s.to_owned();
+/// Text without a `&` comes back borrowed: most text runs of a page have none.
+pub fn decode_entities(s: &str) -> std::borrow::Cow<'_, str> {
+    if memchr::memchr(b'&', s.as_bytes()).is_none() {
+        return std::borrow::Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -359,7 +360,7 @@ pub fn decode_entities(s: &str) -> String {
         }
     }
     out.push_str(rest);
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 fn named(n: &str) -> Option<char> {

@@ -202,7 +202,7 @@ pub fn tags(html: &str) -> Tags {
         let (name, closing) = match ev {
             Event::Tag(name, closing) => (name, closing),
             Event::Comment(c) => return t.comments.push(c.to_string()),
-            Event::Title(text) => return t.titles.push(decode_entities(text)),
+            Event::Title(text) => return t.titles.push(decode_entities(text).into_owned()),
         };
         if name.is_empty() {
             return;
