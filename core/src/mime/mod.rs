@@ -31,6 +31,23 @@ use std::ops::Range;
 use bytes::Bytes;
 
 pub use decode::Encoding;
+
+/// A lookup table of the bytes that are ASCII letters, digits or one of `extra`, for scanners
+/// that classify text byte by byte (URI characters, word characters).
+pub const fn byte_class(extra: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = (c as u8).is_ascii_alphanumeric();
+        c += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
 pub use header::Field;
 use header::{params, py_strip, ParamValue};
 use lines::{line_at, trailing_eol, Line};

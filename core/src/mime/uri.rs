@@ -56,21 +56,7 @@ fn dedup(v: Vec<String>) -> Vec<String> {
 }
 
 fn is_uri_char(c: u8) -> bool {
-    static URI_CHAR: [bool; 256] = {
-        let mut t = [false; 256];
-        let mut c = 0;
-        while c < 256 {
-            t[c] = (c as u8).is_ascii_alphanumeric();
-            c += 1;
-        }
-        let extra = b"-._~:/?#[]@!$&'()*+,;=%";
-        let mut i = 0;
-        while i < extra.len() {
-            t[extra[i] as usize] = true;
-            i += 1;
-        }
-        t
-    };
+    static URI_CHAR: [bool; 256] = super::byte_class(b"-._~:/?#[]@!$&'()*+,;=%");
     URI_CHAR[c as usize]
 }
 
@@ -164,8 +150,9 @@ pub fn normalize(uri: &str) -> Option<String> {
         out.push_str("mailto:");
         out.push_str(local);
         out.push('@');
+        let at = out.len();
         out.push_str(domain);
-        out[8 + local.len()..].make_ascii_lowercase();
+        out[at..].make_ascii_lowercase();
         return Some(out);
     } else if let Some(i) = uri.find("://") {
         let s = &uri[..i];

@@ -15,22 +15,6 @@ pub mod store;
 pub mod tokenize;
 
 pub use classify::{classify, symbol, Params, Silent, Verdict};
-
-/// The ASCII bytes that are letters, digits or one of `extra`, as a lookup table.
-pub(crate) const fn ascii_class(extra: &[u8]) -> [bool; 128] {
-    let mut t = [false; 128];
-    let mut c = 0;
-    while c < 128 {
-        t[c] = (c as u8).is_ascii_alphanumeric();
-        c += 1;
-    }
-    let mut i = 0;
-    while i < extra.len() {
-        t[extra[i] as usize] = true;
-        i += 1;
-    }
-    t
-}
 pub use model::{Class, FileStore, Learned, Model, Scheme, Store, StoreError};
 pub use store::RedbStore;
 pub use tokenize::{add_body_text, tokenize, tokenize_with, Tokens};

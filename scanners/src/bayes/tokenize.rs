@@ -361,7 +361,7 @@ fn words(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
 }
 
 /// ASCII bytes that belong to words.
-static WORD_BYTE: [bool; 128] = super::ascii_class(b"-'$!@.,_*");
+static WORD_BYTE: [bool; 256] = mxgate_core::mime::byte_class(b"-'$!@.,_*");
 
 /// One word: case folded as SpamAssassin does, trimmed, then a token, an address pair, a host
 /// name or a `sk:` token.
