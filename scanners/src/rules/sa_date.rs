@@ -93,19 +93,22 @@ fn res() -> &'static Res {
 /// Seconds since the epoch, or `None` where SpamAssassin gets none.
 pub fn parse_rfc822_date(date: &str) -> Option<i64> {
     let r = res();
-    // ` $date `, commas and their spaces to one space, whitespace runs to one space.
-    let mut s = format!(" {date} ");
-    // `s/, */ /g` (a pattern compiled per call was most of this function's time).
-    let mut folded = String::with_capacity(s.len());
-    let mut rest = s.as_str();
-    while let Some(p) = rest.find(',') {
-        folded.push_str(&rest[..p]);
-        folded.push(' ');
-        rest = rest[p + 1..].trim_start_matches(' ');
+    // ` $date `, a comma and the spaces after it to one space (`s/, */ /g`), every other
+    // white-space character to a space, in one pass (a pattern compiled per call was most of
+    // this function's time).
+    let mut s = String::with_capacity(date.len() + 2);
+    let mut chars = std::iter::once(' ')
+        .chain(date.chars())
+        .chain(std::iter::once(' '))
+        .peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            while chars.next_if_eq(&' ').is_some() {}
+            s.push(' ');
+        } else {
+            s.push(if c.is_whitespace() { ' ' } else { c });
+        }
     }
-    folded.push_str(rest);
-    s = folded;
-    s = s.split(char::is_whitespace).collect::<Vec<_>>().join(" ");
     let (dd, mon, mut yyyy): (i64, String, i64);
     let take = |re: &Regex, s: &mut String| -> Option<Vec<String>> {
         let c = re.captures(s)?;
@@ -266,6 +269,10 @@ mod tests {
         // Commas and the spaces after them read as one space.
         assert_eq!(
             parse_rfc822_date("Sun,29 Nov,2026 00:38:21 ,  +0000"),
+            Some(1_795_912_701)
+        );
+        assert_eq!(
+            parse_rfc822_date("Sun, 29 Nov 2026 00:38:21\t+0000,"),
             Some(1_795_912_701)
         );
         assert_eq!(parse_rfc822_date("yesterday"), None);
