@@ -135,6 +135,15 @@ struct Group {
     ids: Vec<usize>,
 }
 
+/// What [`Engine::body_pattern_costs`] measured.
+#[derive(Debug, Default)]
+pub struct PatternCosts {
+    /// Per body database: its patterns, whether they are prefilters, the scan time.
+    pub databases: Vec<(usize, bool, std::time::Duration)>,
+    /// Per body pattern alone: rule, prefilter, scan time, matches; costliest first.
+    pub patterns: Vec<(String, bool, std::time::Duration, usize)>,
+}
+
 /// Figures from a build.
 #[derive(Debug, Clone, Default)]
 pub struct BuildStats {
@@ -288,6 +297,51 @@ fn hs_pattern(t: &Translated, expr: &str, prefilter: bool, id: usize) -> Pattern
 }
 
 impl Engine {
+    /// Where body scanning's Hyperscan time goes, for tuning the ruleset's translation: each
+    /// body database over `paragraphs` (as [`super::view::body_lines`] gives them), then each
+    /// body pattern compiled alone over them, costliest first. Diagnostics, not for the hot
+    /// path: it compiles a database per pattern.
+    pub fn body_pattern_costs(&self, paragraphs: &[Vec<u8>]) -> PatternCosts {
+        let plat = platform();
+        let plat = plat.as_ref().map(|p| p.as_ref());
+        let time_scan = |db: &BlockDatabase| {
+            let mut s = db.alloc_scratch().expect("Hyperscan scratch");
+            let t = std::time::Instant::now();
+            let mut hits = 0usize;
+            for p in paragraphs {
+                let _ = db.scan(p, &mut s, |_, _, _, _| {
+                    hits += 1;
+                    Matching::Continue
+                });
+            }
+            (t.elapsed(), hits)
+        };
+        let mut out = PatternCosts::default();
+        for group in &self.groups {
+            let Some(&first) = group.ids.first() else {
+                continue;
+            };
+            if !self.rules[first]
+                .input
+                .is_some_and(|k| self.inputs[k] == Input::Body)
+            {
+                continue;
+            }
+            let prefilter = self.rules[first].mode == Mode::Prefilter;
+            out.databases
+                .push((group.ids.len(), prefilter, time_scan(&group.db).0));
+            for &r in &group.ids {
+                if let Ok(db) = compile_one(&[r], &self.rules, plat) {
+                    let (took, hits) = time_scan(&db);
+                    out.patterns
+                        .push((self.set.rules[r].name.clone(), prefilter, took, hits));
+                }
+            }
+        }
+        out.patterns.sort_by(|a, b| b.2.cmp(&a.2));
+        out
+    }
+
     /// Compiles (or loads from the cache) a ruleset.
     pub fn build(set: RuleSet, opts: &Options) -> Result<Engine, BuildError> {
         let set_ix = opts.score_set.min(3);

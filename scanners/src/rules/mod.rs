@@ -27,7 +27,7 @@ pub mod view;
 
 pub use engine::{
     AutolearnPoints, AutolearnThresholds, BuildStats, Engine, Envelope, Layout, Mode, Options,
-    Outcome, Scratch,
+    Outcome, PatternCosts, Scratch,
 };
 pub use evals::DnsPlan;
 pub use load::{load_paths, load_str, Diagnostic, Eval, Rule, RuleSet, Test};

@@ -1,0 +1,83 @@
+//! Where the body rules' Hyperscan time goes: each body database, then each body pattern
+//! compiled alone, over the body paragraphs of ham, hard_ham and spam in `MXGATE_CORPUS`
+//! (default `../shared/corpus`), costliest first.
+//!
+//! `MXGATE_CORPUS=../shared/corpus cargo run --release -p mxgate-scanners --example rule_costs [N]`
+//! prints the N costliest patterns (default 20).
+
+use mxgate_core::mime::Message;
+use mxgate_scanners::rules::{load_paths, view, Engine, Layout, Options};
+
+fn main() {
+    let corpus = std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into());
+    let top: usize = std::env::args()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20);
+    let mut paragraphs = Vec::new();
+    let mut messages = 0;
+    for folder in ["ham", "hard_ham", "spam"] {
+        let dir = std::path::Path::new(&corpus).join(folder);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for f in files {
+            let Ok(raw) = std::fs::read(&f) else { continue };
+            let msg = Message::parse(bytes::Bytes::from(raw));
+            let headers = view::Headers::of_part(&msg, 0);
+            let subject = headers.values("subject", false).last();
+            paragraphs.extend(view::body_lines(&msg, subject, None));
+            messages += 1;
+        }
+    }
+    let engine = Engine::build(
+        load_paths(&["/usr/share/spamassassin".into(), "/etc/spamassassin".into()]),
+        &Options {
+            layout: Layout::PerScope,
+            cache_dir: Some(std::env::temp_dir().join("mxgate-rule-costs-cache")),
+            score_set: 0,
+            evals_only: false,
+        },
+    )
+    .expect("the ruleset compiles");
+    let bytes: usize = paragraphs.iter().map(Vec::len).sum();
+    println!(
+        "{messages} messages, {} body paragraphs, {bytes} bytes",
+        paragraphs.len()
+    );
+    let costs = engine.body_pattern_costs(&paragraphs);
+    let per_msg = |d: std::time::Duration| d.as_secs_f64() * 1e6 / messages as f64;
+    let total: std::time::Duration = costs.databases.iter().map(|d| d.2).sum();
+    println!("body databases: {:.1} µs a message in all", per_msg(total));
+    for (n, prefilter, took) in &costs.databases {
+        let kind = if *prefilter {
+            "prefilter"
+        } else {
+            "as written"
+        };
+        println!(
+            "  {n:4} patterns, {kind:10}: {:6.1} µs a message",
+            per_msg(*took)
+        );
+    }
+    let alone: std::time::Duration = costs.patterns.iter().map(|p| p.2).sum();
+    println!(
+        "each of {} patterns alone: {:.2} s summed; the costliest:",
+        costs.patterns.len(),
+        alone.as_secs_f64()
+    );
+    for (name, prefilter, took, hits) in costs.patterns.iter().take(top) {
+        let kind = if *prefilter {
+            "prefilter"
+        } else {
+            "as written"
+        };
+        println!(
+            "  {:.3} s  {name} ({kind}, {hits} matches)",
+            took.as_secs_f64()
+        );
+    }
+}
