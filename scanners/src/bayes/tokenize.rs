@@ -103,7 +103,8 @@ struct Sink<'a> {
     prefix: &'static str,
     /// Orthogonal sparse bigrams of body words: the last four body tokens (id, text).
     osb: Option<Vec<(u64, String)>>,
-    /// Room for the plain forms of a word (no allocation per word).
+    /// Room for a token made from a word (its plain forms, an address part, a `sk:` token): no
+    /// allocation per word.
     plain: String,
 }
 
@@ -402,7 +403,9 @@ fn word_tokens(
         // An address: its user and its domain, each a token.
         let (user, domain) = (&t[..at], &t[at + 1..]);
         if !user.is_empty() && looks_like_domain(domain) {
-            let mut s = String::with_capacity(t.len() + 2);
+            // Built in the sink's reused buffer: no allocation per token.
+            let mut s = std::mem::take(&mut sink.plain);
+            s.clear();
             s.push_str("u:");
             s.push_str(user);
             sink.push(&s);
@@ -410,6 +413,7 @@ fn word_tokens(
             s.push_str("d:");
             s.push_str(domain);
             sink.push(&s);
+            sink.plain = s;
             return;
         }
     }
@@ -428,10 +432,12 @@ fn word_tokens(
             decompose(t, punct, upper, sink);
         }
     } else {
-        let mut sk = String::with_capacity(32);
+        let mut sk = std::mem::take(&mut sink.plain);
+        sk.clear();
         sk.push_str("sk:");
         sk.extend(t.chars().take(7));
         sink.push(&sk);
+        sink.plain = sk;
     }
 }
 
