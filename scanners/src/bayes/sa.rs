@@ -751,7 +751,13 @@ fn chew_content_type(v: &[u8]) -> Vec<u8> {
 /// as `N*` tokens, its user and domains as `U*` and `D*` tokens.
 fn chew_addresses(v: &[u8]) -> Vec<u8> {
     let s = String::from_utf8_lossy(v);
-    let mut toks: Vec<String> = Vec::new();
+    // The tokens joined by single spaces, written as they are made.
+    let mut out: Vec<u8> = Vec::with_capacity(v.len() + 16);
+    let sep = |out: &mut Vec<u8>| {
+        if !out.is_empty() {
+            out.push(b' ');
+        }
+    };
     for item in split_addresses(&s) {
         let item = item.trim();
         if item.is_empty() {
@@ -778,15 +784,24 @@ fn chew_addresses(v: &[u8]) -> Vec<u8> {
                 }
             }
         };
-        let phrase: String = phrase.replace('"', "");
+        // The phrase's words without their quotes, each `N*word`.
         for w in phrase.split_whitespace() {
-            toks.push(format!("N*{w}"));
+            if w.bytes().all(|b| b == b'"') {
+                continue;
+            }
+            sep(&mut out);
+            out.extend_from_slice(b"N*");
+            out.extend(w.bytes().filter(|&b| b != b'"'));
         }
         if !addr.is_empty() {
-            toks.extend(mail_addr_tokens(&addr));
+            mail_addr_tokens(&addr, &mut |prefix, part| {
+                sep(&mut out);
+                out.extend_from_slice(prefix.as_bytes());
+                out.extend_from_slice(part.as_bytes());
+            });
         }
     }
-    toks.join(" ").into_bytes()
+    out
 }
 
 fn split_addresses(s: &str) -> Vec<String> {
@@ -811,24 +826,25 @@ fn split_addresses(s: &str) -> Vec<String> {
     out
 }
 
-/// `_tokenize_mail_addrs`: `U*user`, `D*domain` and `D*` of each parent domain.
-fn mail_addr_tokens(addr: &str) -> Vec<String> {
+/// `_tokenize_mail_addrs`: `U*user`, `D*domain` and `D*` of each parent domain, each handed to
+/// `emit` as (prefix, text).
+fn mail_addr_tokens(addr: &str, emit: &mut dyn FnMut(&str, &str)) {
     let Some(at) = addr.rfind('@') else {
-        return Vec::new();
+        return;
     };
     let (user, mut dom) = (&addr[..at], &addr[at + 1..]);
     if user.is_empty() || dom.is_empty() {
-        return Vec::new();
+        return;
     }
-    let mut v = vec![format!("U*{user}"), format!("D*{dom}")];
+    emit("U*", user);
+    emit("D*", dom);
     while let Some(p) = dom.find('.') {
         if p == 0 || p + 1 >= dom.len() {
             break;
         }
         dom = &dom[p + 1..];
-        v.push(format!("D*{dom}"));
+        emit("D*", dom);
     }
-    v
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -953,9 +969,9 @@ fn tokenize_line_with(
                     w[1] == b'@' && !w[0].is_ascii_whitespace() && !w[2].is_ascii_whitespace()
                 });
                 if at {
-                    for t in mail_addr_tokens(&String::from_utf8_lossy(token)) {
-                        emit_parts(&[t.as_bytes()]);
-                    }
+                    mail_addr_tokens(&String::from_utf8_lossy(token), &mut |prefix, part| {
+                        emit_parts(&[prefix.as_bytes(), part.as_bytes()])
+                    });
                 } else if token
                     .windows(3)
                     .any(|w| w[1] == b'.' && w[2].is_ascii_alphabetic())
