@@ -772,6 +772,7 @@ impl Engine {
             headers: None,
             parts: None,
             body: None,
+            uris: None,
             relays: None,
             env_from: None,
         };
@@ -798,7 +799,7 @@ impl Engine {
                 Input::Uri => match ctx.env.net.and_then(|n| n.uris.as_deref()) {
                     // The DNS stage found them already.
                     Some(uris) => self.run_texts(k, uris, scratch, false),
-                    None => self.run_texts(k, &view::uris(msg), scratch, false),
+                    None => self.run_texts(k, ctx.uris(), scratch, false),
                 },
                 Input::Full => self.run_texts(k, &[view::full_text(msg)], scratch, false),
             }
@@ -813,6 +814,11 @@ impl Engine {
                 .take()
                 .map(std::cell::OnceCell::from)
                 .unwrap_or_default();
+            let uris = ctx
+                .uris
+                .take()
+                .map(std::cell::OnceCell::from)
+                .unwrap_or_default();
             ctx.relays();
             let relays = ctx.relays.take().expect("analysed above");
             let headers = ctx.headers();
@@ -820,6 +826,7 @@ impl Engine {
                 msg,
                 extracted_text,
                 body,
+                uris,
                 headers,
                 mail_from,
                 net,
@@ -1422,6 +1429,8 @@ struct Ctx<'a> {
     parts: Option<Vec<Headers>>,
     /// The body lines, once built (body rules and the body evals share them).
     body: Option<Vec<Vec<u8>>>,
+    /// The URIs, once listed (uri rules and the URI host list evals share them).
+    uris: Option<Vec<Vec<u8>>>,
     /// The relays of the Received fields, once analysed.
     relays: Option<super::relays::Relays>,
     /// The envelope sender as SpamAssassin finds it (the SMTP one, else from the relays and
@@ -1430,6 +1439,12 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The message's URIs as the uri rules read them, listed once.
+    fn uris(&mut self) -> &[Vec<u8>] {
+        let msg = self.msg;
+        self.uris.get_or_insert_with(|| view::uris(msg))
+    }
+
     /// The rendered body lines, the Subject first, built once.
     fn body_lines(&mut self) -> &[Vec<u8>] {
         if self.body.is_none() {

@@ -680,15 +680,15 @@ fn to_addrs(h: &Headers) -> Vec<String> {
 /// host list with a positive verdict: the most specific listed name decides (`!host`
 /// exempts), as `check_uri_host_listed` does. Names under no known public suffix are skipped,
 /// as SpamAssassin's URI parser gives them no host.
-fn uri_host_listed(msg: &Message, list: &HashMap<String, bool>) -> bool {
+fn uri_host_listed(uris: &[Vec<u8>], list: &HashMap<String, bool>) -> bool {
     let mut seen: HashSet<String> = HashSet::new();
-    for u in super::view::uris(msg) {
+    for u in uris {
         if u.get(..7)
             .is_some_and(|p| p.eq_ignore_ascii_case(b"mailto:"))
         {
             continue;
         }
-        let u = String::from_utf8_lossy(&u);
+        let u = String::from_utf8_lossy(u);
         if !u.contains("://") {
             continue;
         }
@@ -1214,6 +1214,8 @@ pub struct EvalInput<'a> {
     pub extracted_text: Option<&'a str>,
     /// The rendered body lines, the Subject first (the engine's, when body rules built them).
     pub body: OnceCell<Vec<Vec<u8>>>,
+    /// The URIs of the message as the uri rules read them (the engine's, when it listed them).
+    pub uris: OnceCell<Vec<Vec<u8>>>,
     /// The message's top-level headers.
     pub headers: &'a Headers,
     /// MAIL FROM.
@@ -1473,10 +1475,10 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
                     !v.is_empty() && input.addr_lists.subject_matches(list, v)
                 })
         }
-        Call::UriHostListed(list) => input
-            .uri_host_lists
-            .get(list.as_str())
-            .is_some_and(|l| !l.is_empty() && uri_host_listed(input.msg, l)),
+        Call::UriHostListed(list) => input.uri_host_lists.get(list.as_str()).is_some_and(|l| {
+            !l.is_empty()
+                && uri_host_listed(input.uris.get_or_init(|| super::view::uris(input.msg)), l)
+        }),
         Call::SubjectAllCaps => subject_all_caps(input.headers),
         Call::ToInSubject { user } => to_in_subject(input.headers, *user),
         Call::IllegalChars {
@@ -2558,9 +2560,10 @@ mod tests {
         let msg = Message::parse(bytes::Bytes::from(raw));
         let mut list = HashMap::new();
         list.insert("evil.com".to_string(), true);
-        assert!(uri_host_listed(&msg, &list));
+        let uris = super::super::view::uris(&msg);
+        assert!(uri_host_listed(&uris, &list));
         list.insert("www.evil.com".to_string(), false);
-        assert!(!uri_host_listed(&msg, &list));
+        assert!(!uri_host_listed(&uris, &list));
     }
 
     #[test]
