@@ -147,6 +147,9 @@ pub struct PatternCosts {
     pub databases: Vec<(usize, bool, std::time::Duration)>,
     /// Per body pattern alone: rule, prefilter, scan time, matches; costliest first.
     pub patterns: Vec<(String, bool, std::time::Duration, usize)>,
+    /// Per body pattern Hyperscan does not take (PCRE2 or `regex` alone, every paragraph):
+    /// rule, pattern length, matcher, scan time, paragraphs matched; costliest first.
+    pub unscanned: Vec<(String, usize, &'static str, std::time::Duration, usize)>,
 }
 
 /// Figures from a build.
@@ -349,6 +352,27 @@ impl Engine {
             }
         }
         out.patterns.sort_by_key(|p| std::cmp::Reverse(p.2));
+        for (r, c) in self.rules.iter().enumerate() {
+            let body = c.input.is_some_and(|k| self.inputs[k] == Input::Body);
+            let (true, Mode::Pcre, Some(m)) = (body, c.mode, c.pcre()) else {
+                continue;
+            };
+            let pass = || {
+                let t = std::time::Instant::now();
+                let hits = paragraphs.iter().filter(|p| m.is_match(p)).count();
+                (t.elapsed(), hits)
+            };
+            pass();
+            let (took, hits) = pass();
+            let len = c.translated.as_ref().map_or(0, |t| t.expr.len());
+            let kind = match m {
+                super::regex::Matcher::Rust(_) => "regex",
+                super::regex::Matcher::Pcre(_) => "PCRE2",
+            };
+            out.unscanned
+                .push((self.set.rules[r].name.clone(), len, kind, took, hits));
+        }
+        out.unscanned.sort_by_key(|p| std::cmp::Reverse(p.3));
         out
     }
 
