@@ -865,6 +865,8 @@ impl Engine {
                 madiff: Default::default(),
                 senders: Default::default(),
                 recipients: Default::default(),
+                uppercase: Default::default(),
+                recipient_order: Default::default(),
                 relays: &relays,
                 images: Default::default(),
             };

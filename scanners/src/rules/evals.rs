@@ -1242,6 +1242,11 @@ pub struct EvalInput<'a> {
     pub senders: OnceCell<Vec<String>>,
     /// `all_to_addrs`, computed on first use.
     pub recipients: OnceCell<Vec<String>>,
+    /// The body's share of capitals, computed on first use (three rules read it).
+    pub uppercase: OnceCell<f64>,
+    /// Whether the recipients are sorted and how similar they are, computed on first use
+    /// (two rules read it).
+    pub recipient_order: OnceCell<(bool, f64)>,
     /// The relays of the Received fields.
     pub relays: &'a super::relays::Relays,
     /// ImageInfo's reading of the image parts, computed on first use.
@@ -1529,7 +1534,7 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         Call::MaNonText => ma_non_text(input.msg),
         Call::OutlookMessageId => outlook_message_id(input.headers),
         Call::Uppercase { min, max } => {
-            let u = uppercase_percent(input);
+            let u = *input.uppercase.get_or_init(|| uppercase_percent(input));
             u > *min && u <= *max
         }
         Call::BodyLength(max) => {
@@ -1549,9 +1554,17 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             }
             (*min..=*max).contains(&seen.len())
         }
-        Call::SortedRecipients => recipients(input.headers).0,
+        Call::SortedRecipients => {
+            input
+                .recipient_order
+                .get_or_init(|| recipients(input.headers))
+                .0
+        }
         Call::SimilarRecipients { min, max } => {
-            let v = recipients(input.headers).1;
+            let v = input
+                .recipient_order
+                .get_or_init(|| recipients(input.headers))
+                .1;
             min.is_none_or(|m| v >= m) && max.is_none_or(|m| v < m)
         }
         Call::UnresolvedTemplate => unresolved_template(input.headers),
