@@ -495,6 +495,91 @@ pub fn rules_list(paths: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `mxgate rules profile`: scans the messages `passes` times with profiling on and prints where
+/// the last passes' time went, per message.
+pub fn rules_profile(
+    cfg: &mxgate_core::config::Config,
+    paths: &[PathBuf],
+    passes: u32,
+    top: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    use mxgate_scanners::rules;
+    let engine = crate::stages::load_rules(cfg, false, false, false)?;
+    engine.warm_matchers();
+    let msgs: Vec<Message> = messages(paths)?
+        .into_iter()
+        .map(|(_, raw)| Message::parse(Bytes::from(raw)))
+        .collect();
+    anyhow::ensure!(!msgs.is_empty(), "no messages");
+    let env = rules::Envelope {
+        mail_from: None,
+        extracted_text: None,
+        net: None,
+        handover: None,
+    };
+    let mut scratch = engine.scratch();
+    for pass in 0..passes {
+        // With more than one pass, the first only warms up.
+        if pass == passes.min(2) - 1 {
+            scratch.enable_profile();
+        }
+        for m in &msgs {
+            engine.scan(m, env, &mut scratch);
+        }
+    }
+    let p = scratch.profile().cloned().unwrap_or_default();
+    let n = p.messages.max(1) as f64;
+    let us = |c: &rules::Cost| c.nanos as f64 / 1e3 / n;
+    let rows = engine.profile_rows(&p);
+    let mut kinds: Vec<(&str, f64)> = Vec::new();
+    for r in &rows {
+        match kinds.iter_mut().find(|(k, _)| *k == r.kind) {
+            Some((_, t)) => *t += us(&r.cost),
+            None => kinds.push((r.kind, us(&r.cost))),
+        }
+    }
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if json {
+        let v = serde_json::json!({
+            "messages": p.messages,
+            "scan_us_per_message": us(&p.total),
+            "by_kind_us_per_message": kinds.iter().map(|(k, t)| (k.to_string(), serde_json::json!(t))).collect::<serde_json::Map<_, _>>(),
+            "rows": rows.iter().take(top).map(|r| serde_json::json!({
+                "kind": r.kind, "name": r.name, "us_per_message": us(&r.cost),
+                "calls": r.cost.calls, "bytes": r.cost.bytes,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "{} messages profiled ({} passes, {}): {:.1} µs a message in the rule engine",
+        p.messages,
+        passes,
+        if passes > 1 {
+            "the first not counted"
+        } else {
+            "cold"
+        },
+        us(&p.total)
+    );
+    for (k, t) in &kinds {
+        println!("  {k:<10} {t:8.1} µs");
+    }
+    println!("costliest parts (µs a message, calls a message):");
+    for r in rows.iter().take(top) {
+        println!(
+            "  {:8.1}  {:7.1}  {:<9} {}",
+            us(&r.cost),
+            r.cost.calls as f64 / n,
+            r.kind,
+            r.name
+        );
+    }
+    Ok(())
+}
+
 /// `mxgate rules stats`: rules by type, how each regex rule runs, eval functions not
 /// implemented, compile time and database size.
 pub fn rules_stats(paths: &[PathBuf], layout: &str, json: bool) -> anyhow::Result<()> {

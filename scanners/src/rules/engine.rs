@@ -109,6 +109,20 @@ pub enum Input {
     MimeHeader(String),
 }
 
+impl Input {
+    /// How a profile names it: the scope, and for headers the request as rules write it.
+    fn label(&self) -> String {
+        match self {
+            Input::Header(r) => format!("header {r}"),
+            Input::MimeHeader(r) => format!("mimeheader {r}"),
+            Input::Body => "body".into(),
+            Input::Rawbody => "rawbody".into(),
+            Input::Uri => "uri".into(),
+            Input::Full => "full".into(),
+        }
+    }
+}
+
 struct Compiled {
     mode: Mode,
     input: Option<usize>,
@@ -231,6 +245,101 @@ pub struct Scratch {
     cand: Vec<usize>,
     /// The same as flags by rule (set while one text is judged, cleared after).
     flagged: Vec<bool>,
+    /// Where the time goes, when asked for ([`Scratch::enable_profile`]).
+    profile: Option<Box<Profile>>,
+}
+
+impl Scratch {
+    /// From now on, time every part of each scan with this scratch (what `mxgate rules
+    /// profile` prints). It costs a clock read around each part, so the gateway leaves it off.
+    pub fn enable_profile(&mut self) {
+        self.profile.get_or_insert_with(Default::default);
+    }
+
+    /// What was timed so far, if profiling is on.
+    pub fn profile(&self) -> Option<&Profile> {
+        self.profile.as_deref()
+    }
+}
+
+/// Time, calls and bytes of one part of scanning.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cost {
+    /// Nanoseconds spent.
+    pub nanos: u64,
+    /// Times it ran.
+    pub calls: u64,
+    /// Bytes it read, where that means something (Hyperscan, confirmations).
+    pub bytes: u64,
+}
+
+impl Cost {
+    fn add(&mut self, since: Instant, bytes: usize) {
+        self.nanos += since.elapsed().as_nanos() as u64;
+        self.calls += 1;
+        self.bytes += bytes as u64;
+    }
+}
+
+/// Where scanning time went, summed over the messages one [`Scratch`] scanned with profiling
+/// on; [`Engine::profile_rows`] names the parts.
+#[derive(Debug, Default, Clone)]
+pub struct Profile {
+    /// Messages scanned.
+    pub messages: u64,
+    /// Whole scans.
+    pub total: Cost,
+    /// Hyperscan, per input (the engine's input index).
+    pub hyperscan: Vec<Cost>,
+    /// PCRE2 or `regex` confirming a Hyperscan prefilter hit, or running alone, per rule.
+    pub confirm: Vec<Cost>,
+    /// Eval rules, per rule.
+    pub evals: Vec<Cost>,
+    /// The texts the rules read, built once a message (see [`Engine::profile_rows`]).
+    pub context: [Cost; 9],
+    /// Meta rules and the outcome.
+    pub metas: Cost,
+}
+
+/// The parts of [`Profile::context`].
+const CONTEXT: [&str; 9] = [
+    "header values, one per header request",
+    "MIME part headers",
+    "body lines (rendered, Subject first)",
+    "rawbody chunks",
+    "URIs",
+    "full text",
+    "header fields, parsed and decoded",
+    "relays (the Received fields and the trust path)",
+    "envelope sender",
+];
+
+/// One line of a profile: what kind of part, its name, its cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileRow {
+    /// `hyperscan` (per input), `confirm` (per rule), `eval` (per rule), `context`, `metas`.
+    pub kind: &'static str,
+    /// The input, rule or part.
+    pub name: String,
+    /// Its cost.
+    pub cost: Cost,
+}
+
+/// Starts a clock when profiling is on.
+fn clock(p: &Option<Box<Profile>>) -> Option<Instant> {
+    p.as_ref().map(|_| Instant::now())
+}
+
+/// Adds the time since `t` (when profiling) and `bytes` to the cost `which` picks.
+fn note(
+    p: &mut Option<Box<Profile>>,
+    t: Option<Instant>,
+    bytes: usize,
+    which: impl FnOnce(&mut Profile) -> &mut Cost,
+) {
+    if let (Some(p), Some(t)) = (p.as_deref_mut(), t) {
+        which(p).add(t, bytes);
+    }
 }
 
 /// What the scan of one message found.
@@ -695,7 +804,38 @@ impl Engine {
             dirty: vec![false; self.rules.len()],
             cand: Vec::new(),
             flagged: vec![false; self.rules.len()],
+            profile: None,
         }
+    }
+
+    /// The parts of a profile, costliest first, named (inputs as their rules read them, rules
+    /// by name); parts that never ran are left out.
+    pub fn profile_rows(&self, p: &Profile) -> Vec<ProfileRow> {
+        let mut rows = Vec::new();
+        let mut push = |kind: &'static str, name: String, cost: Cost| {
+            if cost.calls > 0 {
+                rows.push(ProfileRow { kind, name, cost });
+            }
+        };
+        for (k, c) in p.hyperscan.iter().enumerate() {
+            push("hyperscan", self.inputs[k].label(), *c);
+        }
+        for (r, c) in p.confirm.iter().enumerate() {
+            let how = match self.rules[r].mode {
+                Mode::Prefilter => "after a Hyperscan prefilter hit",
+                _ => "alone, on every text",
+            };
+            push("confirm", format!("{} ({how})", self.set.rules[r].name), *c);
+        }
+        for (r, c) in p.evals.iter().enumerate() {
+            push("eval", self.set.rules[r].name.clone(), *c);
+        }
+        for (name, c) in CONTEXT.iter().zip(&p.context) {
+            push("context", (*name).to_string(), *c);
+        }
+        push("metas", "meta rules and the outcome".into(), p.metas);
+        rows.sort_by_key(|r| std::cmp::Reverse(r.cost.nanos));
+        rows
     }
 
     /// Whether mxgate implements the rule and everything it depends on: regex and `exists:`
@@ -789,6 +929,13 @@ impl Engine {
 
     /// Scans a message.
     pub fn scan(&self, msg: &Message, env: Envelope<'_>, scratch: &mut Scratch) -> Outcome {
+        let started = clock(&scratch.profile);
+        if let Some(p) = scratch.profile.as_deref_mut() {
+            p.messages += 1;
+            p.hyperscan.resize(self.inputs.len(), Cost::default());
+            p.confirm.resize(self.rules.len(), Cost::default());
+            p.evals.resize(self.rules.len(), Cost::default());
+        }
         scratch.counts.iter_mut().for_each(|c| *c = 0);
         let mut ctx = Ctx {
             msg,
@@ -800,32 +947,67 @@ impl Engine {
             relays: None,
             env_from: None,
         };
+        if scratch.profile.is_some() {
+            // Built on first use otherwise; timed apart here (rules and evals need all three
+            // on every message, so building them first changes nothing else).
+            let t = clock(&scratch.profile);
+            ctx.headers();
+            note(&mut scratch.profile, t, 0, |p| &mut p.context[6]);
+            let t = clock(&scratch.profile);
+            ctx.relays();
+            note(&mut scratch.profile, t, 0, |p| &mut p.context[7]);
+            let t = clock(&scratch.profile);
+            ctx.env_from();
+            note(&mut scratch.profile, t, 0, |p| &mut p.context[8]);
+        }
         for (k, input) in self.inputs.iter().enumerate() {
             if self.input_rules[k].is_empty() || self.evals_only {
                 continue;
             }
             match input {
                 Input::Header(req) => {
+                    let t = clock(&scratch.profile);
                     let value = ctx.header(req);
+                    note(&mut scratch.profile, t, 0, |p| &mut p.context[0]);
                     self.run_header(k, value.as_deref(), scratch);
                 }
                 Input::MimeHeader(req) => {
-                    for part in ctx.parts() {
+                    let t = clock(&scratch.profile);
+                    let parts = ctx.parts();
+                    note(&mut scratch.profile, t, 0, |p| &mut p.context[1]);
+                    for part in parts {
                         let value = mime_value(part, req);
                         self.run_mime_header(k, value.as_deref(), scratch);
                     }
                 }
                 Input::Body => {
+                    let t = clock(&scratch.profile);
                     let lines = ctx.body_lines();
+                    note(&mut scratch.profile, t, 0, |p| &mut p.context[2]);
                     self.run_texts(k, lines, scratch, true);
                 }
-                Input::Rawbody => self.run_texts(k, &view::rawbody_chunks(msg), scratch, false),
+                Input::Rawbody => {
+                    let t = clock(&scratch.profile);
+                    let chunks = view::rawbody_chunks(msg);
+                    note(&mut scratch.profile, t, 0, |p| &mut p.context[3]);
+                    self.run_texts(k, &chunks, scratch, false);
+                }
                 Input::Uri => match ctx.env.net.and_then(|n| n.uris.as_deref()) {
                     // The DNS stage found them already.
                     Some(uris) => self.run_texts(k, uris, scratch, false),
-                    None => self.run_texts(k, ctx.uris(), scratch, false),
+                    None => {
+                        let t = clock(&scratch.profile);
+                        let uris = ctx.uris();
+                        note(&mut scratch.profile, t, 0, |p| &mut p.context[4]);
+                        self.run_texts(k, uris, scratch, false);
+                    }
                 },
-                Input::Full => self.run_texts(k, &[view::full_text(msg)], scratch, false),
+                Input::Full => {
+                    let t = clock(&scratch.profile);
+                    let full = [view::full_text(msg)];
+                    note(&mut scratch.profile, t, 0, |p| &mut p.context[5]);
+                    self.run_texts(k, &full, scratch, false);
+                }
             }
         }
         if !self.calls.is_empty() {
@@ -874,9 +1056,12 @@ impl Engine {
                 if call.is_net() && net.is_none() {
                     continue;
                 }
+                let t = clock(&scratch.profile);
                 scratch.counts[*i] = evals::eval(call, &input);
+                note(&mut scratch.profile, t, 0, |p| &mut p.evals[*i]);
             }
         }
+        let metas = clock(&scratch.profile);
         self.eval_metas(scratch);
         if let Some(keep) = &self.evals_only_keep {
             for (c, k) in scratch.counts.iter_mut().zip(keep) {
@@ -892,7 +1077,19 @@ impl Engine {
                 out.score += self.set.rules[i].score(self.score_set);
             }
         }
+        note(&mut scratch.profile, metas, 0, |p| &mut p.metas);
+        note(&mut scratch.profile, started, msg.raw.len(), |p| &mut p.total);
         out
+    }
+
+    /// A clock for confirming rule `r` on a text (when profiling): PCRE2 or `regex` runs for a
+    /// rule Hyperscan cannot take, or for a prefilter hit.
+    fn confirm_clock(&self, r: usize, flagged: bool, p: &Option<Box<Profile>>) -> Option<Instant> {
+        match self.rules[r].mode {
+            Mode::Pcre => clock(p),
+            Mode::Prefilter if flagged => clock(p),
+            _ => None,
+        }
     }
 
     /// Metas, dependencies first; only those downstream of a change are evaluated, the others
@@ -930,8 +1127,13 @@ impl Engine {
     /// and flagged in `scratch.flagged` (cleared by [`Engine::unflag`]).
     fn hs_candidates(&self, k: usize, text: &[u8], scratch: &mut Scratch) {
         let Scratch {
-            hs, cand, flagged, ..
+            hs,
+            cand,
+            flagged,
+            profile,
+            ..
         } = scratch;
+        let t = clock(profile);
         cand.clear();
         let Some(s) = hs.as_mut() else { return };
         let single = self.layout == Layout::Single;
@@ -948,6 +1150,7 @@ impl Engine {
                     Matching::Continue
                 });
         }
+        note(profile, t, text.len(), |p| &mut p.hyperscan[k]);
     }
 
     fn unflag(scratch: &mut Scratch) {
@@ -988,7 +1191,12 @@ impl Engine {
             };
             let hit = match value {
                 _ if t.exists => value.is_some(),
-                Some(v) => self.matches(r, v, scratch.flagged[r]) != t.negate,
+                Some(v) => {
+                    let clk = self.confirm_clock(r, scratch.flagged[r], &scratch.profile);
+                    let m = self.matches(r, v, scratch.flagged[r]);
+                    note(&mut scratch.profile, clk, v.len(), |p| &mut p.confirm[r]);
+                    m != t.negate
+                }
                 None => self.matches_unset(r, t) != t.negate,
             };
             if hit {
@@ -1022,7 +1230,12 @@ impl Engine {
             }
             let hit = match value {
                 _ if t.exists => value.is_some(),
-                Some(v) => self.matches(r, v, scratch.flagged[r]) != t.negate,
+                Some(v) => {
+                    let clk = self.confirm_clock(r, scratch.flagged[r], &scratch.profile);
+                    let m = self.matches(r, v, scratch.flagged[r]);
+                    note(&mut scratch.profile, clk, v.len(), |p| &mut p.confirm[r]);
+                    m != t.negate
+                }
                 None if t.if_unset.is_some() => self.matches_unset(r, t) != t.negate,
                 None => false,
             };
@@ -1041,7 +1254,12 @@ impl Engine {
         for (line_no, text) in texts.iter().enumerate() {
             let text = text.as_ref();
             self.hs_candidates(k, text, scratch);
-            let Scratch { cand, counts, .. } = &mut *scratch;
+            let Scratch {
+                cand,
+                counts,
+                profile,
+                ..
+            } = &mut *scratch;
             for &r in cand.iter().chain(&self.input_pcre_only[k]) {
                 let tf = &self.set.rules[r].tflags;
                 if body && line_no == 0 && tf.nosubject {
@@ -1051,15 +1269,16 @@ impl Engine {
                 {
                     continue;
                 }
-                if !self.matches(r, text, true) {
-                    continue;
+                let clk = self.confirm_clock(r, true, profile);
+                if self.matches(r, text, true) {
+                    counts[r] = if tf.multiple {
+                        let left = tf.maxhits.map(|m| m - counts[r]);
+                        counts[r] + count_matches(&self.rules[r], text, left).max(1)
+                    } else {
+                        1
+                    };
                 }
-                counts[r] = if tf.multiple {
-                    let left = tf.maxhits.map(|m| m - counts[r]);
-                    counts[r] + count_matches(&self.rules[r], text, left).max(1)
-                } else {
-                    1
-                };
+                note(profile, clk, text.len(), |p| &mut p.confirm[r]);
             }
             Engine::unflag(scratch);
         }
