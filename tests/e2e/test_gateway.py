@@ -1037,6 +1037,26 @@ class RulesInTheGateway(unittest.TestCase):
                        "check_for_dkim_welcomelist_from", "multipart_alternative_difference"):
             self.assertNotIn(native, unimplemented)
 
+    def test_profile_shows_where_scanning_time_goes(self):
+        sample = sorted(os.listdir(os.path.join(harness.CORPUS, "spam")))[:40]
+        folder = tempfile.mkdtemp(prefix="profile-", dir=WORK)
+        for name in sample:
+            os.symlink(os.path.join(harness.CORPUS, "spam", name), os.path.join(folder, name))
+        r = subprocess.run([harness.MXGATE, "rules", "profile", "--json", "--top", "500", folder],
+                           capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        v = json.loads(r.stdout)
+        self.assertEqual(v["messages"], len(sample))  # the second of two passes
+        kinds = v["by_kind_us_per_message"]
+        self.assertEqual(set(kinds), {"hyperscan", "confirm", "eval", "context", "metas"})
+        self.assertLessEqual(sum(kinds.values()), v["scan_us_per_message"] * 1.01)
+        rows = {(x["kind"], x["name"]): x for x in v["rows"]}
+        self.assertEqual(rows[("hyperscan", "header Subject")]["calls"], len(sample))
+        self.assertGreaterEqual(rows[("hyperscan", "body")]["calls"], len(sample))
+        self.assertIn(("eval", "HTML_MESSAGE"), rows)
+        costs = [x["us_per_message"] for x in v["rows"]]
+        self.assertEqual(costs, sorted(costs, reverse=True))
+
 
 class Autolearn(unittest.TestCase):
     """The gateway learns from its own confident verdicts, as SpamAssassin's autolearning does."""

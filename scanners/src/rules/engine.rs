@@ -1078,7 +1078,9 @@ impl Engine {
             }
         }
         note(&mut scratch.profile, metas, 0, |p| &mut p.metas);
-        note(&mut scratch.profile, started, msg.raw.len(), |p| &mut p.total);
+        note(&mut scratch.profile, started, msg.raw.len(), |p| {
+            &mut p.total
+        });
         out
     }
 
@@ -2033,6 +2035,44 @@ score BODY_LOOK 0
 ";
 
     const MSG: &str = "Received: from a by b\nFrom: Bob Smith <bob@example.com>\nSubject: Free stuff\nContent-Type: text/plain\n\nYou won!\nmoney money\n\nmoney money money cash now http://example.org/x\n";
+
+    #[test]
+    fn a_profile_names_what_ran_and_changes_no_verdict() {
+        let e = engine(
+            &format!("{RULES}body LOOK2 /cash(?= now)/\n"),
+            Layout::PerScope,
+        );
+        let m = Message::parse(bytes::Bytes::from(MSG));
+        let mut s = e.scratch();
+        let plain = e.scan(&m, Envelope::default(), &mut s).hits;
+        assert!(s.profile().is_none());
+        s.enable_profile();
+        for _ in 0..3 {
+            assert_eq!(e.scan(&m, Envelope::default(), &mut s).hits, plain);
+        }
+        let p = s.profile().unwrap();
+        assert_eq!((p.messages, p.total.calls), (3, 3));
+        let rows = e.profile_rows(p);
+        let row = |kind: &str, name: &str| rows.iter().find(|r| r.kind == kind && r.name == name);
+        // Two paragraphs and the Subject, three times; one header request each time.
+        assert_eq!(row("hyperscan", "body").unwrap().cost.calls, 9);
+        assert_eq!(row("hyperscan", "header Subject").unwrap().cost.calls, 3);
+        // The lookahead rule runs as a prefilter confirmed by PCRE2, on the paragraph with
+        // "cash" only; the same rule scored 0 does not run at all.
+        let look = row("confirm", "LOOK2 (after a Hyperscan prefilter hit)").unwrap();
+        assert_eq!(look.cost.calls, 3);
+        assert!(plain.iter().any(|(r, _)| e.set.rules[*r].name == "LOOK2"));
+        assert!(!rows.iter().any(|r| r.name.starts_with("BODY_LOOK")));
+        assert!(rows.iter().all(|r| r.cost.calls > 0));
+        assert!(rows.windows(2).all(|w| w[0].cost.nanos >= w[1].cost.nanos));
+        assert_eq!(
+            row("metas", "meta rules and the outcome")
+                .unwrap()
+                .cost
+                .calls,
+            3
+        );
+    }
 
     #[test]
     fn faraway_charsets_follow_ok_locales() {

@@ -26,8 +26,8 @@ pub mod sa_html;
 pub mod view;
 
 pub use engine::{
-    AutolearnPoints, AutolearnThresholds, BuildStats, Cost, Engine, Envelope, Layout, Mode, Options,
-    Outcome, PatternCosts, Profile, ProfileRow, Scratch,
+    AutolearnPoints, AutolearnThresholds, BuildStats, Cost, Engine, Envelope, Layout, Mode,
+    Options, Outcome, PatternCosts, Profile, ProfileRow, Scratch,
 };
 pub use evals::DnsPlan;
 pub use load::{load_paths, load_str, Diagnostic, Eval, Rule, RuleSet, Test};
