@@ -166,16 +166,30 @@ impl Caps {
     }
 }
 
-fn caps(r: &Regex, s: &str) -> Option<Caps> {
-    let c = r.captures(s.as_bytes()).ok()??;
-    Some(Caps(
-        (0..c.len())
-            .map(|i| {
-                c.get(i)
-                    .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
-            })
-            .collect(),
-    ))
+/// The captures of `r` in `s`. Each pattern's capture slots are kept per thread and reused:
+/// PCRE2 would otherwise allocate and free them on every call (about a quarter of the relay
+/// analysis's time, `cargo bench -p mxgate-scanners --bench rules -- relays_corpus`).
+fn caps(r: &'static Regex, s: &str) -> Option<Caps> {
+    thread_local! {
+        static SLOTS: std::cell::RefCell<std::collections::HashMap<usize, pcre2::bytes::CaptureLocations>> =
+            Default::default();
+    }
+    SLOTS.with(|slots| {
+        let mut slots = slots.borrow_mut();
+        // A static pattern (`re!`) is never dropped: its address names it.
+        let locs = slots
+            .entry(r as *const Regex as usize)
+            .or_insert_with(|| r.capture_locations());
+        r.captures_read(locs, s.as_bytes()).ok()??;
+        Some(Caps(
+            (0..locs.len())
+                .map(|i| {
+                    locs.get(i)
+                        .map(|(a, b)| String::from_utf8_lossy(&s.as_bytes()[a..b]).into_owned())
+                })
+                .collect(),
+        ))
+    })
 }
 
 fn is(r: &Regex, s: &str) -> bool {
