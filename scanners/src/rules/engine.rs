@@ -212,7 +212,10 @@ pub struct Engine {
     /// Per input: the groups that scan it.
     input_groups: Vec<Vec<usize>>,
     layout: Layout,
-    metas: Vec<usize>,
+    /// The meta rules that run, in evaluation order, with their expressions: kept apart from
+    /// the rules (a scan walks all of them, and reaching each through its rule's large record
+    /// was a cache miss per meta).
+    metas: Vec<(usize, super::meta::Expr)>,
     /// Rule → the metas that read it.
     dependents: Vec<Vec<u32>>,
     /// Each meta's hit count when no non-meta rule hits.
@@ -726,6 +729,13 @@ impl Engine {
             }
             keep
         });
+        let metas: Vec<(usize, super::meta::Expr)> = metas
+            .iter()
+            .filter_map(|&m| match (&set.rules[m].test, rules[m].mode) {
+                (Test::Meta(e), Mode::Meta) => Some((m, e.clone())),
+                _ => None,
+            })
+            .collect();
         Ok(Engine {
             calls,
             set_zones,
@@ -1106,20 +1116,16 @@ impl Engine {
                 }
             }
         }
-        for &m in &self.metas {
-            if self.rules[m].mode != Mode::Meta {
-                continue;
-            }
+        for (m, e) in &self.metas {
+            let m = *m;
             if !dirty[m] {
                 counts[m] = self.baseline[m];
                 continue;
             }
-            if let Test::Meta(e) = &self.set.rules[m].test {
-                counts[m] = u32::from(e.eval(&|i| counts[i] as f64) != 0.0);
-                if counts[m] != self.baseline[m] {
-                    for &d in &self.dependents[m] {
-                        dirty[d as usize] = true;
-                    }
+            counts[m] = u32::from(e.eval(&|i| counts[i] as f64) != 0.0);
+            if counts[m] != self.baseline[m] {
+                for &d in &self.dependents[m] {
+                    dirty[d as usize] = true;
                 }
             }
         }

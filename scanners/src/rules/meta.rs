@@ -259,7 +259,7 @@ impl Expr {
     }
 
     /// Evaluates with `value` giving each rule's hit count.
-    pub fn eval(&self, value: &dyn Fn(usize) -> f64) -> f64 {
+    pub fn eval<F: Fn(usize) -> f64 + ?Sized>(&self, value: &F) -> f64 {
         let b = |x: bool| if x { 1.0 } else { 0.0 };
         match self {
             Expr::Num(n) => *n,
