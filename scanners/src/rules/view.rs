@@ -428,14 +428,22 @@ pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
             _ => {}
         }
     }
+    // A link repeated (a footer's, a tracking pixel's) gives what its first occurrence gave:
+    // each is read once, and what is kept is looked up in a set, not in the list.
+    let mut read: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut kept: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
     let mut out: Vec<Vec<u8>> = Vec::new();
-    let push = |u: String, out: &mut Vec<Vec<u8>>| {
+    let mut push = |u: String, out: &mut Vec<Vec<u8>>| {
         let v = u.into_bytes();
-        if !out.contains(&v) {
+        if !kept.contains(&v) {
+            kept.insert(v.clone());
             out.push(v);
         }
     };
-    for u in found {
+    for u in &found {
+        if !read.insert(u.as_str()) {
+            continue;
+        }
         let u: String = u.chars().filter(|&c| c != '\n' && c != '\r').collect();
         let u = u.trim().to_string();
         if u.len() <= 1
