@@ -77,13 +77,27 @@ impl Headers {
 
     /// Values of every field named `name` (case-insensitive), decoded or raw.
     pub fn values<'a>(&'a self, name: &'a str, raw: bool) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let ids: &[usize] = match self.index.get(name) {
-            Some(v) => v,
-            None if name.bytes().any(|b| b.is_ascii_uppercase()) => self
-                .index
-                .get(&name.to_ascii_lowercase())
-                .map_or(&[], Vec::as_slice),
-            None => &[],
+        // Rules ask for names as written ("Subject"): lower-cased on the stack, looked up once.
+        let mut buf = [0u8; 64];
+        let lower = match name.len() <= buf.len() && name.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => {
+                for (d, s) in buf.iter_mut().zip(name.bytes()) {
+                    *d = s.to_ascii_lowercase();
+                }
+                std::str::from_utf8(&buf[..name.len()]).ok()
+            }
+            false => None,
+        };
+        let ids: &[usize] = match lower {
+            Some(l) => self.index.get(l).map_or(&[], Vec::as_slice),
+            None => match self.index.get(name) {
+                Some(v) => v,
+                None if name.bytes().any(|b| b.is_ascii_uppercase()) => self
+                    .index
+                    .get(&name.to_ascii_lowercase())
+                    .map_or(&[], Vec::as_slice),
+                None => &[],
+            },
         };
         ids.iter().map(move |&i| {
             let f = &self.fields[i];
