@@ -50,46 +50,46 @@ fn main() {
     );
     let costs = engine.body_pattern_costs(&paragraphs);
     let per_msg = |d: std::time::Duration| d.as_secs_f64() * 1e6 / messages as f64;
-    let total: std::time::Duration = costs.databases.iter().map(|d| d.2).sum();
+    let kind = |prefilter: bool| if prefilter { "prefilter" } else { "as written" };
+    let total: std::time::Duration = costs.databases.iter().map(|d| d.took).sum();
     println!("body databases: {:.1} µs a message in all", per_msg(total));
-    for (n, prefilter, took) in &costs.databases {
-        let kind = if *prefilter {
-            "prefilter"
-        } else {
-            "as written"
-        };
+    for d in &costs.databases {
         println!(
-            "  {n:4} patterns, {kind:10}: {:6.1} µs a message",
-            per_msg(*took)
+            "  {:4} patterns, {:10}: {:6.1} µs a message",
+            d.patterns,
+            kind(d.prefilter),
+            per_msg(d.took)
         );
     }
-    let alone: std::time::Duration = costs.patterns.iter().map(|p| p.2).sum();
+    let alone: std::time::Duration = costs.patterns.iter().map(|p| p.took).sum();
     println!(
         "each of {} patterns alone: {:.2} s summed; the costliest:",
         costs.patterns.len(),
         alone.as_secs_f64()
     );
-    for (name, prefilter, took, hits) in costs.patterns.iter().take(top) {
-        let kind = if *prefilter {
-            "prefilter"
-        } else {
-            "as written"
-        };
+    for p in costs.patterns.iter().take(top) {
         println!(
-            "  {:.3} s  {name} ({kind}, {hits} matches)",
-            took.as_secs_f64()
+            "  {:.3} s  {} ({}, {} matches)",
+            p.took.as_secs_f64(),
+            p.rule,
+            kind(p.prefilter),
+            p.matches
         );
     }
-    let unscanned: std::time::Duration = costs.unscanned.iter().map(|p| p.3).sum();
+    let unscanned: std::time::Duration = costs.unscanned.iter().map(|p| p.took).sum();
     println!(
         "{} body patterns Hyperscan does not take, each on every paragraph: {:.1} µs a message; the costliest:",
         costs.unscanned.len(),
         per_msg(unscanned)
     );
-    for (name, len, kind, took, hits) in costs.unscanned.iter().take(top) {
+    for p in costs.unscanned.iter().take(top) {
         println!(
-            "  {:.3} s  {name} ({kind}, {len} bytes, {hits} paragraphs match)",
-            took.as_secs_f64()
+            "  {:.3} s  {} ({}, {} bytes, {} paragraphs match)",
+            p.took.as_secs_f64(),
+            p.rule,
+            p.matcher,
+            p.bytes,
+            p.matched
         );
     }
 }

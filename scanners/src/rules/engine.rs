@@ -157,13 +157,58 @@ struct Group {
 /// What [`Engine::body_pattern_costs`] measured.
 #[derive(Debug, Default)]
 pub struct PatternCosts {
-    /// Per body database: its patterns, whether they are prefilters, the scan time.
-    pub databases: Vec<(usize, bool, std::time::Duration)>,
-    /// Per body pattern alone: rule, prefilter, scan time, matches; costliest first.
-    pub patterns: Vec<(String, bool, std::time::Duration, usize)>,
-    /// Per body pattern Hyperscan does not take (PCRE2 or `regex` alone, every paragraph):
-    /// rule, pattern length, matcher, scan time, paragraphs matched; costliest first.
-    pub unscanned: Vec<(String, usize, &'static str, std::time::Duration, usize)>,
+    /// Per body database.
+    pub databases: Vec<DatabaseCost>,
+    /// Per body pattern compiled alone; costliest first.
+    pub patterns: Vec<BodyPatternCost>,
+    /// Per body pattern Hyperscan does not take (PCRE2 or `regex` alone, on every paragraph);
+    /// costliest first.
+    pub unscanned: Vec<UnscannedCost>,
+}
+
+/// One body database of [`PatternCosts`].
+#[derive(Debug, Clone)]
+pub struct DatabaseCost {
+    /// Patterns in it.
+    pub patterns: usize,
+    /// Whether they are prefilters.
+    pub prefilter: bool,
+    /// Scan time over the paragraphs.
+    pub took: Duration,
+}
+
+/// One body pattern Hyperscan scans, compiled alone.
+#[derive(Debug, Clone)]
+pub struct BodyPatternCost {
+    /// The rule.
+    pub rule: String,
+    /// Whether it is a prefilter.
+    pub prefilter: bool,
+    /// Scan time over the paragraphs.
+    pub took: Duration,
+    /// Matches Hyperscan reported.
+    pub matches: usize,
+}
+
+/// One body pattern Hyperscan does not take.
+#[derive(Debug, Clone)]
+pub struct UnscannedCost {
+    /// The rule.
+    pub rule: String,
+    /// Length of its translated pattern.
+    pub bytes: usize,
+    /// `PCRE2` or `regex`.
+    pub matcher: &'static str,
+    /// Match time over the paragraphs.
+    pub took: Duration,
+    /// Paragraphs it matches.
+    pub matched: usize,
+}
+
+/// The result of the second of two runs of `f` (the first warms caches and pages).
+fn second_of_two<T>(f: impl Fn() -> T) -> T {
+    f();
+    f()
 }
 
 /// Figures from a build.
@@ -298,24 +343,64 @@ pub struct Profile {
     pub confirm: Vec<Cost>,
     /// Eval rules, per rule.
     pub evals: Vec<Cost>,
-    /// The texts the rules read, built once a message (see [`Engine::profile_rows`]).
-    pub context: [Cost; 9],
+    /// The texts the rules read, built once a message, by [`Part`].
+    pub context: [Cost; Part::ALL.len()],
     /// Meta rules and the outcome.
     pub metas: Cost,
 }
 
-/// The parts of [`Profile::context`].
-const CONTEXT: [&str; 9] = [
-    "header values, one per header request",
-    "MIME part headers",
-    "body lines (rendered, Subject first)",
-    "rawbody chunks",
-    "URIs",
-    "full text",
-    "header fields, parsed and decoded",
-    "relays (the Received fields and the trust path)",
-    "envelope sender",
-];
+/// A text the rules read, built once a message: the parts of [`Profile::context`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// One value per header request.
+    HeaderValues,
+    /// The headers of every MIME part.
+    MimeParts,
+    /// The rendered body lines.
+    BodyLines,
+    /// The decoded text parts.
+    Rawbody,
+    /// The URIs.
+    Uris,
+    /// The whole message.
+    Full,
+    /// The top-level header fields, parsed and decoded.
+    HeaderFields,
+    /// The Received fields and the trust path.
+    Relays,
+    /// The envelope sender.
+    EnvFrom,
+}
+
+impl Part {
+    /// Every part, in [`Profile::context`] order.
+    pub const ALL: [Part; 9] = [
+        Part::HeaderValues,
+        Part::MimeParts,
+        Part::BodyLines,
+        Part::Rawbody,
+        Part::Uris,
+        Part::Full,
+        Part::HeaderFields,
+        Part::Relays,
+        Part::EnvFrom,
+    ];
+
+    /// How a profile names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Part::HeaderValues => "header values, one per header request",
+            Part::MimeParts => "MIME part headers",
+            Part::BodyLines => "body lines (rendered, Subject first)",
+            Part::Rawbody => "rawbody chunks",
+            Part::Uris => "URIs",
+            Part::Full => "full text",
+            Part::HeaderFields => "header fields, parsed and decoded",
+            Part::Relays => "relays (the Received fields and the trust path)",
+            Part::EnvFrom => "envelope sender",
+        }
+    }
+}
 
 /// One line of a profile: what kind of part, its name, its cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,6 +416,14 @@ pub struct ProfileRow {
 /// Starts a clock when profiling is on.
 fn clock(p: &Option<Box<Profile>>) -> Option<Instant> {
     p.as_ref().map(|_| Instant::now())
+}
+
+/// Runs `f`; when profiling, its time goes to `part`.
+fn timed<T>(p: &mut Option<Box<Profile>>, part: Part, f: impl FnOnce() -> T) -> T {
+    let t = clock(p);
+    let out = f();
+    note(p, t, 0, |p| &mut p.context[part as usize]);
+    out
 }
 
 /// Adds the time since `t` (when profiling) and `bytes` to the cost `which` picks.
@@ -424,11 +517,10 @@ impl Engine {
     pub fn body_pattern_costs(&self, paragraphs: &[Vec<u8>]) -> PatternCosts {
         let plat = platform();
         let plat = plat.as_ref().map(|p| p.as_ref());
-        // The second of two passes (the first warms caches and pages).
         let time_scan = |db: &BlockDatabase| {
             let s = db.alloc_scratch().expect("Hyperscan scratch");
-            let pass = || {
-                let t = std::time::Instant::now();
+            second_of_two(|| {
+                let t = Instant::now();
                 let mut hits = 0usize;
                 for p in paragraphs {
                     let _ = db.scan(p, &s, |_, _, _, _| {
@@ -437,9 +529,7 @@ impl Engine {
                     });
                 }
                 (t.elapsed(), hits)
-            };
-            pass();
-            pass()
+            })
         };
         let mut out = PatternCosts::default();
         for group in &self.groups {
@@ -453,38 +543,46 @@ impl Engine {
                 continue;
             }
             let prefilter = self.rules[first].mode == Mode::Prefilter;
-            out.databases
-                .push((group.ids.len(), prefilter, time_scan(&group.db).0));
+            out.databases.push(DatabaseCost {
+                patterns: group.ids.len(),
+                prefilter,
+                took: time_scan(&group.db).0,
+            });
             for &r in &group.ids {
                 if let Ok(db) = compile_one(&[r], &self.rules, plat) {
-                    let (took, hits) = time_scan(&db);
-                    out.patterns
-                        .push((self.set.rules[r].name.clone(), prefilter, took, hits));
+                    let (took, matches) = time_scan(&db);
+                    out.patterns.push(BodyPatternCost {
+                        rule: self.set.rules[r].name.clone(),
+                        prefilter,
+                        took,
+                        matches,
+                    });
                 }
             }
         }
-        out.patterns.sort_by_key(|p| std::cmp::Reverse(p.2));
+        out.patterns.sort_by_key(|p| std::cmp::Reverse(p.took));
         for (r, c) in self.rules.iter().enumerate() {
             let body = c.input.is_some_and(|k| self.inputs[k] == Input::Body);
             let (true, Mode::Pcre, Some(m)) = (body, c.mode, c.pcre()) else {
                 continue;
             };
-            let pass = || {
-                let t = std::time::Instant::now();
+            let (took, matched) = second_of_two(|| {
+                let t = Instant::now();
                 let hits = paragraphs.iter().filter(|p| m.is_match(p)).count();
                 (t.elapsed(), hits)
-            };
-            pass();
-            let (took, hits) = pass();
-            let len = c.translated.as_ref().map_or(0, |t| t.expr.len());
-            let kind = match m {
-                super::regex::Matcher::Rust(_) => "regex",
-                super::regex::Matcher::Pcre(_) => "PCRE2",
-            };
-            out.unscanned
-                .push((self.set.rules[r].name.clone(), len, kind, took, hits));
+            });
+            out.unscanned.push(UnscannedCost {
+                rule: self.set.rules[r].name.clone(),
+                bytes: c.translated.as_ref().map_or(0, |t| t.expr.len()),
+                matcher: match m {
+                    Matcher::Rust(_) => "regex",
+                    Matcher::Pcre(_) => "PCRE2",
+                },
+                took,
+                matched,
+            });
         }
-        out.unscanned.sort_by_key(|p| std::cmp::Reverse(p.3));
+        out.unscanned.sort_by_key(|p| std::cmp::Reverse(p.took));
         out
     }
 
@@ -840,8 +938,8 @@ impl Engine {
         for (r, c) in p.evals.iter().enumerate() {
             push("eval", self.set.rules[r].name.clone(), *c);
         }
-        for (name, c) in CONTEXT.iter().zip(&p.context) {
-            push("context", (*name).to_string(), *c);
+        for (part, c) in Part::ALL.iter().zip(&p.context) {
+            push("context", part.label().to_string(), *c);
         }
         push("metas", "meta rules and the outcome".into(), p.metas);
         rows.sort_by_key(|r| std::cmp::Reverse(r.cost.nanos));
@@ -960,15 +1058,10 @@ impl Engine {
         if scratch.profile.is_some() {
             // Built on first use otherwise; timed apart here (rules and evals need all three
             // on every message, so building them first changes nothing else).
-            let t = clock(&scratch.profile);
-            ctx.headers();
-            note(&mut scratch.profile, t, 0, |p| &mut p.context[6]);
-            let t = clock(&scratch.profile);
-            ctx.relays();
-            note(&mut scratch.profile, t, 0, |p| &mut p.context[7]);
-            let t = clock(&scratch.profile);
-            ctx.env_from();
-            note(&mut scratch.profile, t, 0, |p| &mut p.context[8]);
+            let p = &mut scratch.profile;
+            timed(p, Part::HeaderFields, || ctx.headers());
+            timed(p, Part::Relays, || ctx.relays());
+            timed(p, Part::EnvFrom, || ctx.env_from());
         }
         for (k, input) in self.inputs.iter().enumerate() {
             if self.input_rules[k].is_empty() || self.evals_only {
@@ -976,46 +1069,41 @@ impl Engine {
             }
             match input {
                 Input::Header(req) => {
-                    let t = clock(&scratch.profile);
-                    let value = ctx.header(req);
-                    note(&mut scratch.profile, t, 0, |p| &mut p.context[0]);
+                    let value = timed(&mut scratch.profile, Part::HeaderValues, || ctx.header(req));
                     self.run_header(k, value.as_deref(), scratch);
                 }
                 Input::MimeHeader(req) => {
-                    let t = clock(&scratch.profile);
-                    let parts = ctx.parts();
-                    note(&mut scratch.profile, t, 0, |p| &mut p.context[1]);
+                    let c = &mut ctx;
+                    let parts = timed(&mut scratch.profile, Part::MimeParts, move || c.parts());
                     for part in parts {
                         let value = mime_value(part, req);
                         self.run_mime_header(k, value.as_deref(), scratch);
                     }
                 }
                 Input::Body => {
-                    let t = clock(&scratch.profile);
-                    let lines = ctx.body_lines();
-                    note(&mut scratch.profile, t, 0, |p| &mut p.context[2]);
+                    let c = &mut ctx;
+                    let lines = timed(&mut scratch.profile, Part::BodyLines, move || {
+                        c.body_lines()
+                    });
                     self.run_texts(k, lines, scratch, true);
                 }
                 Input::Rawbody => {
-                    let t = clock(&scratch.profile);
-                    let chunks = view::rawbody_chunks(msg);
-                    note(&mut scratch.profile, t, 0, |p| &mut p.context[3]);
+                    let chunks = timed(&mut scratch.profile, Part::Rawbody, || {
+                        view::rawbody_chunks(msg)
+                    });
                     self.run_texts(k, &chunks, scratch, false);
                 }
                 Input::Uri => match ctx.env.net.and_then(|n| n.uris.as_deref()) {
                     // The DNS stage found them already.
                     Some(uris) => self.run_texts(k, uris, scratch, false),
                     None => {
-                        let t = clock(&scratch.profile);
-                        let uris = ctx.uris();
-                        note(&mut scratch.profile, t, 0, |p| &mut p.context[4]);
+                        let c = &mut ctx;
+                        let uris = timed(&mut scratch.profile, Part::Uris, move || c.uris());
                         self.run_texts(k, uris, scratch, false);
                     }
                 },
                 Input::Full => {
-                    let t = clock(&scratch.profile);
-                    let full = [view::full_text(msg)];
-                    note(&mut scratch.profile, t, 0, |p| &mut p.context[5]);
+                    let full = timed(&mut scratch.profile, Part::Full, || [view::full_text(msg)]);
                     self.run_texts(k, &full, scratch, false);
                 }
             }
@@ -1097,6 +1185,7 @@ impl Engine {
     /// A clock for confirming rule `r` on a text (when profiling): PCRE2 or `regex` runs for a
     /// rule Hyperscan cannot take, or for a prefilter hit.
     fn confirm_clock(&self, r: usize, flagged: bool, p: &Option<Box<Profile>>) -> Option<Instant> {
+        p.as_ref()?;
         match self.rules[r].mode {
             Mode::Pcre => clock(p),
             Mode::Prefilter if flagged => clock(p),
