@@ -420,6 +420,13 @@ fn ensure_start_env() {
     mxgate_ocr::reexec_with_env(&want);
 }
 
+/// `--rules DIR...`, when given, instead of the configuration's `rules.paths`.
+fn use_rules(cfg: &mut mxgate_core::config::Config, rules: &[PathBuf]) {
+    if !rules.is_empty() {
+        cfg.rules.paths = rules.iter().map(|p| p.display().to_string()).collect();
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Bayes { cmd } => match cmd {
@@ -469,9 +476,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(db) = db {
                 cfg.bayes.db = db;
             }
-            if !rules.is_empty() {
-                cfg.rules.paths = rules.iter().map(|p| p.display().to_string()).collect();
-            }
+            use_rules(&mut cfg, &rules);
             tools::scan(&cfg, &paths, hits)
         }
         Cmd::Rules { cmd } => {
@@ -507,9 +512,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     paths,
                 } => {
                     let mut cfg = settings::load(config.as_deref(), &Overrides::default())?;
-                    if !rules.is_empty() {
-                        cfg.rules.paths = rules.iter().map(|p| p.display().to_string()).collect();
-                    }
+                    use_rules(&mut cfg, &rules);
                     tools::rules_profile(&cfg, &paths, passes.max(1), top, json)
                 }
             }
