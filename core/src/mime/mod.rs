@@ -31,6 +31,9 @@ use std::ops::Range;
 use bytes::Bytes;
 
 pub use decode::Encoding;
+pub use header::Field;
+use header::{params, py_strip, ParamValue};
+use lines::{line_at, trailing_eol, Line};
 
 /// A lookup table of the bytes that are ASCII letters, digits or one of `extra`, for scanners
 /// that classify text byte by byte (URI characters, word characters).
@@ -48,9 +51,6 @@ pub const fn byte_class(extra: &[u8]) -> [bool; 256] {
     }
     t
 }
-pub use header::Field;
-use header::{params, py_strip, ParamValue};
-use lines::{line_at, trailing_eol, Line};
 
 /// Index of a part in [`Message::parts`]; the root is 0.
 pub type PartId = u32;

@@ -77,28 +77,22 @@ impl Headers {
 
     /// Values of every field named `name` (case-insensitive), decoded or raw.
     pub fn values<'a>(&'a self, name: &'a str, raw: bool) -> impl Iterator<Item = &'a [u8]> + 'a {
-        // Rules ask for names as written ("Subject"): lower-cased on the stack, looked up once.
+        // The index is lower case; rules ask for names as written ("Subject"), which are
+        // lower-cased on the stack when they fit.
         let mut buf = [0u8; 64];
-        let lower = match name.len() <= buf.len() && name.bytes().any(|b| b.is_ascii_uppercase()) {
-            true => {
-                for (d, s) in buf.iter_mut().zip(name.bytes()) {
-                    *d = s.to_ascii_lowercase();
-                }
-                std::str::from_utf8(&buf[..name.len()]).ok()
+        let found = if !name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.index.get(name)
+        } else if name.len() <= buf.len() {
+            for (d, s) in buf.iter_mut().zip(name.bytes()) {
+                *d = s.to_ascii_lowercase();
             }
-            false => None,
+            std::str::from_utf8(&buf[..name.len()])
+                .ok()
+                .and_then(|l| self.index.get(l))
+        } else {
+            self.index.get(&name.to_ascii_lowercase())
         };
-        let ids: &[usize] = match lower {
-            Some(l) => self.index.get(l).map_or(&[], Vec::as_slice),
-            None => match self.index.get(name) {
-                Some(v) => v,
-                None if name.bytes().any(|b| b.is_ascii_uppercase()) => self
-                    .index
-                    .get(&name.to_ascii_lowercase())
-                    .map_or(&[], Vec::as_slice),
-                None => &[],
-            },
-        };
+        let ids: &[usize] = found.map_or(&[], Vec::as_slice);
         ids.iter().map(move |&i| {
             let f = &self.fields[i];
             if raw {
