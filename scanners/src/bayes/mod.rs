@@ -12,11 +12,13 @@ pub mod classify;
 pub mod model;
 pub mod sa;
 pub mod store;
+pub mod table;
 pub mod tokenize;
 
 pub use classify::{classify, symbol, Params, Silent, Verdict};
 pub use model::{Class, FileStore, Learned, Model, Scheme, Store, StoreError};
 pub use store::RedbStore;
+pub use table::TokenTable;
 pub use tokenize::{add_body_text, tokenize, tokenize_with, Tokens};
 
 /// The identity of a message for learning: a hash of its bytes after an mbox `From ` line and

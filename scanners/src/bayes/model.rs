@@ -70,7 +70,7 @@ pub enum Learned {
 #[derive(Debug, Default, Clone)]
 pub struct Model {
     /// Per token.
-    pub tokens: IdMap<Counts>,
+    pub tokens: super::TokenTable,
     /// Spam messages learned.
     pub nspam: u32,
     /// Ham messages learned.
@@ -149,7 +149,7 @@ impl Model {
             d.tokens.extend(ids.iter().map(|&id| (id, ())));
         }
         for &id in ids {
-            let c = self.tokens.entry(id).or_default();
+            let c = self.tokens.entry_or_default(id);
             match class {
                 Class::Spam => c.spam = c.spam.saturating_add(1),
                 Class::Ham => c.ham = c.ham.saturating_add(1),
