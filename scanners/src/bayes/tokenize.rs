@@ -44,34 +44,53 @@ pub fn token_id(prefix: &str, token: &str) -> u64 {
     )
 }
 
-/// The ids a message has given so far: an open-addressing set (ids are xxh3 hashes, so their
-/// low bits index it directly), cheaper than sorting every id found to drop the repeats.
+/// The ids a message has given so far, with how often each was given (up to 2): an
+/// open-addressing set (ids are xxh3 hashes, so their low bits index it directly), cheaper than
+/// sorting every id found to drop the repeats.
 struct IdSet {
     slots: Vec<u64>,
+    /// Per slot: times its id was given, 1 or 2 (2: twice or more).
+    times: Vec<u8>,
     len: usize,
-    has_zero: bool,
+    zero_times: u8,
 }
 
 impl IdSet {
     fn with_capacity(n: usize) -> IdSet {
+        let size = (2 * n).next_power_of_two().max(1024);
         IdSet {
-            slots: vec![0; (2 * n).next_power_of_two().max(1024)],
+            slots: vec![0; size],
+            times: vec![0; size],
             len: 0,
-            has_zero: false,
+            zero_times: 0,
         }
     }
 
     /// Whether `id` is new.
     fn insert(&mut self, id: u64) -> bool {
+        self.count(id) == 0
+    }
+
+    /// Counts `id` once more; returns how often it was given before (0, 1, or 2 for twice or
+    /// more).
+    fn count(&mut self, id: u64) -> u8 {
         if id == 0 {
-            return !std::mem::replace(&mut self.has_zero, true);
+            let before = self.zero_times;
+            self.zero_times = (before + 1).min(2);
+            return before;
         }
         if 2 * (self.len + 1) > self.slots.len() {
-            let bigger = vec![0; 2 * self.slots.len()];
-            let old = std::mem::replace(&mut self.slots, bigger);
-            self.len = 0;
-            for id in old.into_iter().filter(|&x| x != 0) {
-                self.insert(id);
+            let size = 2 * self.slots.len();
+            let old = std::mem::replace(&mut self.slots, vec![0; size]);
+            let old_times = std::mem::replace(&mut self.times, vec![0; size]);
+            let mask = size - 1;
+            for (id, t) in old.into_iter().zip(old_times).filter(|p| p.0 != 0) {
+                let mut i = id as usize & mask;
+                while self.slots[i] != 0 {
+                    i = (i + 1) & mask;
+                }
+                self.slots[i] = id;
+                self.times[i] = t;
             }
         }
         let mask = self.slots.len() - 1;
@@ -80,10 +99,15 @@ impl IdSet {
             match self.slots[i] {
                 0 => {
                     self.slots[i] = id;
+                    self.times[i] = 1;
                     self.len += 1;
-                    return true;
+                    return 0;
                 }
-                x if x == id => return false,
+                x if x == id => {
+                    let before = self.times[i];
+                    self.times[i] = 2;
+                    return before;
+                }
                 _ => i = (i + 1) & mask,
             }
         }
@@ -128,12 +152,15 @@ impl Sink<'_> {
         }
     }
 
-    fn push(&mut self, token: &str) {
+    /// Adds a token; returns how often the message gave it before (0, 1, or 2 for twice or
+    /// more).
+    fn push(&mut self, token: &str) -> u8 {
         let id = xxh3_64_with_seed(token.as_bytes(), self.seed);
-        let new = self.seen.insert(id);
+        let before = self.seen.count(id);
+        let new = before == 0;
         if new {
             self.out.ids.push(id);
-        } else if self.prefix.is_empty() {
+        } else if before == 1 && self.prefix.is_empty() {
             // A body word the message says more than once is a token of its own (`R*word`):
             // false negatives 75 -> 69 over the 10 folds, false positives level (BENCHMARKS.md).
             let repeated = xxh3_64_with_seed(token.as_bytes(), *REPEATED_SEED);
@@ -180,6 +207,7 @@ impl Sink<'_> {
         if new && self.keep_text {
             self.out.text.push((id, format!("{}{token}", self.prefix)));
         }
+        before
     }
 }
 
@@ -419,10 +447,14 @@ fn word_tokens(
     }
     // Host names are kept whole even when long; other words of 3 to 15 characters are tokens.
     if n <= 15 || (n <= 64 && looks_like_domain(t)) {
-        sink.push(t);
+        let before = sink.push(t);
         // Body words also count as their plain forms (SpamAssassin's decomposition): "FREE!!"
-        // is evidence of its own, and for "FREE", "free!!" and "free".
-        if sink.prefix.is_empty() {
+        // is evidence of its own, and for "FREE", "free!!" and "free". A word given twice
+        // before has had its plain forms given twice as well (each time a word is given, so
+        // are its forms, and a form's forms are forms of the word it came from), so they and
+        // their `R*` tokens are all known: nothing to add. (Bigrams depend on the words around,
+        // so with them every form is given again.)
+        if sink.prefix.is_empty() && (before < 2 || sink.osb.is_some()) {
             let (punct, upper) = forms.unwrap_or_else(|| {
                 (
                     !t.chars().all(|c| c.is_alphanumeric() || c == '_'),
