@@ -63,14 +63,14 @@ fn main() {
     }
     let alone: std::time::Duration = costs.patterns.iter().map(|p| p.took).sum();
     println!(
-        "each of {} patterns alone: {:.2} s summed; the costliest:",
+        "each of {} patterns alone: {:.1} µs a message summed; the costliest:",
         costs.patterns.len(),
-        alone.as_secs_f64()
+        per_msg(alone)
     );
     for p in costs.patterns.iter().take(top) {
         println!(
-            "  {:.3} s  {} ({}, {} matches)",
-            p.took.as_secs_f64(),
+            "  {:9.1} µs  {} ({}, {} matches)",
+            per_msg(p.took),
             p.rule,
             kind(p.prefilter),
             p.matches
@@ -84,8 +84,8 @@ fn main() {
     );
     for p in costs.unscanned.iter().take(top) {
         println!(
-            "  {:.3} s  {} ({}, {} bytes, {} paragraphs match)",
-            p.took.as_secs_f64(),
+            "  {:9.1} µs  {} ({}, {} bytes, {} paragraphs match)",
+            per_msg(p.took),
             p.rule,
             p.matcher,
             p.bytes,
