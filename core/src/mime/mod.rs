@@ -336,6 +336,7 @@ impl Message {
     /// rendered once (what content stages want).
     pub fn view(&self) -> View {
         let mut v = View::default();
+        let mut uris = uri::Unique::default();
         for p in self.leaves() {
             let (text, found) = match p.content_type.as_str() {
                 "text/plain" => match self.text(p.id) {
@@ -366,11 +367,10 @@ impl Message {
             }
             v.text.push_str(&text);
             for u in found {
-                if !v.uris.contains(&u) {
-                    v.uris.push(u);
-                }
+                uris.push(u);
             }
         }
+        v.uris = uris.list;
         v
     }
 }

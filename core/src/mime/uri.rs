@@ -46,13 +46,60 @@ pub fn extract_html(source: &str) -> Vec<String> {
 }
 
 fn dedup(v: Vec<String>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(v.len());
+    let mut out = Unique::default();
     for u in v {
-        if !out.contains(&u) {
-            out.push(u);
+        out.push(u);
+    }
+    out.list
+}
+
+/// Strings kept once each, in the order first given. A short list is searched; past
+/// [`Unique::SCAN`] strings a hash of each leads to its first holder (a message with hundreds of
+/// URIs made the search quadratic).
+#[derive(Default)]
+pub(crate) struct Unique {
+    /// The strings, in order.
+    pub(crate) list: Vec<String>,
+    /// Hash of a string → the first string in `list` with that hash (filled past `SCAN`).
+    by_hash: std::collections::HashMap<u64, usize>,
+}
+
+impl Unique {
+    const SCAN: usize = 16;
+
+    fn hash(s: &str) -> u64 {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(s)
+    }
+
+    /// Adds `u` unless it is there already.
+    pub(crate) fn push(&mut self, u: String) {
+        if self.list.len() < Self::SCAN {
+            if !self.list.contains(&u) {
+                self.list.push(u);
+            }
+            return;
+        }
+        if self.by_hash.is_empty() {
+            for (i, s) in self.list.iter().enumerate() {
+                self.by_hash.entry(Self::hash(s)).or_insert(i);
+            }
+        }
+        let h = Self::hash(&u);
+        match self.by_hash.get(&h) {
+            Some(&i) if self.list[i] == u => {}
+            // Another string with the same hash (or none): the list decides.
+            Some(_) => {
+                if !self.list.contains(&u) {
+                    self.list.push(u);
+                }
+            }
+            None => {
+                self.by_hash.insert(h, self.list.len());
+                self.list.push(u);
+            }
         }
     }
-    out
 }
 
 fn is_uri_char(c: u8) -> bool {
@@ -257,6 +304,26 @@ fn numeric_host(h: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unique_keeps_first_occurrences_in_order() {
+        // Past the scanned prefix as well: 300 strings drawn from 120, in a scrambled order.
+        let given: Vec<String> = (0..300u32)
+            .map(|i| format!("http://h{}.example/", (i * 7919) % 120))
+            .collect();
+        let mut naive: Vec<String> = Vec::new();
+        for g in &given {
+            if !naive.contains(g) {
+                naive.push(g.clone());
+            }
+        }
+        let mut u = Unique::default();
+        for g in given {
+            u.push(g);
+        }
+        assert_eq!(u.list, naive);
+        assert_eq!(u.list.len(), 120);
+    }
 
     #[test]
     fn text_forms() {
