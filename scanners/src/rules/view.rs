@@ -29,24 +29,18 @@ pub const RAWBODY_PART_SCAN_SIZE: usize = 500_000;
 pub struct Headers {
     /// (name as written, decoded value with "\n", raw value after the colon with "\n").
     pub fields: Vec<(String, Vec<u8>, Vec<u8>)>,
-    /// Lower-case name → indices into `fields` (rules ask for some 150 names per message).
-    index: std::collections::HashMap<String, Vec<usize>, xxhash_rust::xxh3::Xxh3Builder>,
+    /// Lower-case name → indices into `fields` (rules ask for some 150 names per message),
+    /// built on the first request (Bayes reads the fields in order and never asks).
+    index: std::sync::OnceLock<NameIndex>,
 }
+
+type NameIndex = std::collections::HashMap<String, Vec<usize>, xxhash_rust::xxh3::Xxh3Builder>;
 
 impl Headers {
     /// Reads the fields of one MIME part.
     pub fn of_part(msg: &Message, part: mime::PartId) -> Headers {
         let raw = &msg.raw[..];
         let mut fields = Vec::with_capacity(msg.parts[part as usize].fields.len());
-        let mut index: std::collections::HashMap<
-            String,
-            Vec<usize>,
-            xxhash_rust::xxh3::Xxh3Builder,
-        > = std::collections::HashMap::with_capacity_and_hasher(
-            fields.capacity(),
-            Default::default(),
-        );
-        let mut lower = String::with_capacity(32);
         for f in &msg.parts[part as usize].fields {
             let name = String::from_utf8_lossy(f.name(raw)).trim_end().to_string();
             let after_name = f.name.end as usize;
@@ -61,18 +55,32 @@ impl Headers {
             }
             rawv.push(b'\n');
             let dec = decode_value(&name, &rawv);
-            lower.clear();
-            lower.push_str(&name);
-            lower.make_ascii_lowercase();
-            match index.get_mut(lower.as_str()) {
-                Some(ids) => ids.push(fields.len()),
-                None => {
-                    index.insert(lower.clone(), vec![fields.len()]);
-                }
-            }
             fields.push((name, dec, rawv));
         }
-        Headers { fields, index }
+        Headers {
+            fields,
+            index: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn index(&self) -> &NameIndex {
+        self.index.get_or_init(|| {
+            let mut index =
+                NameIndex::with_capacity_and_hasher(self.fields.len(), Default::default());
+            let mut lower = String::with_capacity(32);
+            for (i, f) in self.fields.iter().enumerate() {
+                lower.clear();
+                lower.push_str(&f.0);
+                lower.make_ascii_lowercase();
+                match index.get_mut(lower.as_str()) {
+                    Some(ids) => ids.push(i),
+                    None => {
+                        index.insert(lower.clone(), vec![i]);
+                    }
+                }
+            }
+            index
+        })
     }
 
     /// Values of every field named `name` (case-insensitive), decoded or raw.
@@ -80,17 +88,18 @@ impl Headers {
         // The index is lower case; rules ask for names as written ("Subject"), which are
         // lower-cased on the stack when they fit.
         let mut buf = [0u8; 64];
+        let index = self.index();
         let found = if !name.bytes().any(|b| b.is_ascii_uppercase()) {
-            self.index.get(name)
+            index.get(name)
         } else if name.len() <= buf.len() {
             for (d, s) in buf.iter_mut().zip(name.bytes()) {
                 *d = s.to_ascii_lowercase();
             }
             std::str::from_utf8(&buf[..name.len()])
                 .ok()
-                .and_then(|l| self.index.get(l))
+                .and_then(|l| index.get(l))
         } else {
-            self.index.get(&name.to_ascii_lowercase())
+            index.get(&name.to_ascii_lowercase())
         };
         let ids: &[usize] = found.map_or(&[], Vec::as_slice);
         ids.iter().map(move |&i| {
