@@ -232,9 +232,10 @@ pub fn received_times(received: &[String]) -> Vec<i64> {
     } else if let Some(l) = local.pop() {
         rcvd.insert(0, l);
     }
+    // The pattern's one group is the whole match: a search, no captures.
     rcvd.iter()
-        .filter_map(|l| res().received.captures(l))
-        .filter_map(|c| parse_rfc822_date(c.get(1)?.as_str()))
+        .filter_map(|l| res().received.find(l))
+        .filter_map(|m| parse_rfc822_date(m.as_str()))
         .collect()
 }
 
