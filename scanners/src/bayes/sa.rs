@@ -1172,9 +1172,10 @@ enum Region {
 ///
 /// Every byte stays or becomes one space, so the output is the input copied and then blanked
 /// in place.
-fn token_chars(line: &[u8]) -> Vec<u8> {
+fn token_chars(line: &[u8], mut out: Vec<u8>) -> Vec<u8> {
     static KEEP: [bool; 256] = mxgate_core::mime::byte_class(b",@*!_'\"$. -");
-    let mut out = line.to_vec();
+    out.clear();
+    out.extend_from_slice(line);
     let mut i = 0;
     while i < line.len() {
         let b = line[i];
@@ -1215,7 +1216,12 @@ fn tokenize_line_with(
     stop: Option<&StopWords>,
     emit: &mut dyn FnMut(&[u8]),
 ) {
-    let mut buf: Vec<u8> = Vec::with_capacity(64);
+    // The line's copy and the token buffer are kept per thread between lines (taken, so a
+    // nested call would only allocate its own).
+    thread_local! {
+        static SCRATCH: std::cell::Cell<(Vec<u8>, Vec<u8>)> = Default::default();
+    }
+    let (chars, mut buf) = SCRATCH.with(std::cell::Cell::take);
     let mut emit_parts = |parts: &[&[u8]]| {
         buf.clear();
         for p in parts {
@@ -1223,8 +1229,8 @@ fn tokenize_line_with(
         }
         emit(&buf);
     };
-    RX.with(|rx| {
-        let s = token_chars(line);
+    let s = RX.with(|rx| {
+        let s = token_chars(line, chars);
         // The two patterns only ever match around "..." and "--": look for those first.
         static DOTS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
             std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"..."));
@@ -1340,7 +1346,9 @@ fn tokenize_line_with(
             }
             emit_parts(&[prefix, token]);
         }
+        s
     });
+    SCRATCH.with(|c| c.set((s, buf)));
 }
 
 /// The header tokens alone (relay pseudo-headers included), each handed to `emit`: what
