@@ -53,30 +53,38 @@ fn dedup(v: Vec<String>) -> Vec<String> {
     out.list
 }
 
-/// Strings kept once each, in the order first given. A short list is searched; past
-/// [`Unique::SCAN`] strings a hash of each leads to its first holder (a message with hundreds of
+/// Values kept once each, in the order first given. A short list is searched; past
+/// [`Unique::SCAN`] values a hash of each leads to its first holder (a message with hundreds of
 /// URIs made the search quadratic).
-#[derive(Default)]
-pub(crate) struct Unique {
-    /// The strings, in order.
-    pub(crate) list: Vec<String>,
-    /// Hash of a string → the first string in `list` with that hash (filled past `SCAN`).
+pub struct Unique<T> {
+    /// The values, in order.
+    pub list: Vec<T>,
+    /// Hash of a value → the first value in `list` with that hash (filled past `SCAN`).
     by_hash: std::collections::HashMap<u64, usize>,
 }
 
-impl Unique {
+impl<T> Default for Unique<T> {
+    fn default() -> Self {
+        Unique {
+            list: Vec::new(),
+            by_hash: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl<T: std::hash::Hash + Eq> Unique<T> {
     const SCAN: usize = 16;
 
-    fn hash(s: &str) -> u64 {
+    fn hash(v: &T) -> u64 {
         use std::hash::{BuildHasher, BuildHasherDefault};
-        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(s)
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(v)
     }
 
-    /// Adds `u` unless it is there already.
-    pub(crate) fn push(&mut self, u: String) {
+    /// Adds `v` unless it is there already.
+    pub fn push(&mut self, v: T) {
         if self.list.len() < Self::SCAN {
-            if !self.list.contains(&u) {
-                self.list.push(u);
+            if !self.list.contains(&v) {
+                self.list.push(v);
             }
             return;
         }
@@ -85,18 +93,18 @@ impl Unique {
                 self.by_hash.entry(Self::hash(s)).or_insert(i);
             }
         }
-        let h = Self::hash(&u);
+        let h = Self::hash(&v);
         match self.by_hash.get(&h) {
-            Some(&i) if self.list[i] == u => {}
-            // Another string with the same hash (or none): the list decides.
+            Some(&i) if self.list[i] == v => {}
+            // Another value with the same hash (or none): the list decides.
             Some(_) => {
-                if !self.list.contains(&u) {
-                    self.list.push(u);
+                if !self.list.contains(&v) {
+                    self.list.push(v);
                 }
             }
             None => {
                 self.by_hash.insert(h, self.list.len());
-                self.list.push(u);
+                self.list.push(v);
             }
         }
     }

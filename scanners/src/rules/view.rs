@@ -446,17 +446,9 @@ pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
         }
     }
     // A link repeated (a footer's, a tracking pixel's) gives what its first occurrence gave:
-    // each is read once, and what is kept is looked up in a set, not in the list.
+    // each is read once, and what is kept is kept once (`Unique`, not a search of the list).
     let mut read: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    let mut kept: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    let mut push = |u: String, out: &mut Vec<Vec<u8>>| {
-        let v = u.into_bytes();
-        if !kept.contains(&v) {
-            kept.insert(v.clone());
-            out.push(v);
-        }
-    };
+    let mut out: mime::uri::Unique<String> = mime::uri::Unique::default();
     for u in &found {
         if !read.insert(u.as_str()) {
             continue;
@@ -469,7 +461,7 @@ pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
         {
             continue;
         }
-        push(u.clone(), &mut out);
+        out.push(u.clone());
         let lower = u.to_ascii_lowercase();
         if lower.starts_with("mailto:") || u.split(':').next().is_some_and(|s| s.contains('@')) {
             continue;
@@ -507,10 +499,10 @@ pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
             }
         }
         if n != u {
-            push(n, &mut out);
+            out.push(n);
         }
     }
-    out
+    out.list.into_iter().map(String::into_bytes).collect()
 }
 
 /// Every part's headers (for mimeheader rules), root first.
