@@ -61,35 +61,43 @@ fn main() {
             per_msg(d.took)
         );
     }
-    let alone: std::time::Duration = costs.patterns.iter().map(|p| p.took).sum();
-    println!(
-        "each of {} patterns alone: {:.1} µs a message summed; the costliest:",
-        costs.patterns.len(),
-        per_msg(alone)
-    );
-    for p in costs.patterns.iter().take(top) {
+    // A heading with the summed time, then the costliest `top` with what each is.
+    let costliest = |heading: String, rows: Vec<(std::time::Duration, String)>| {
+        let sum: std::time::Duration = rows.iter().map(|r| r.0).sum();
         println!(
-            "  {:9.1} µs  {} ({}, {} matches)",
-            per_msg(p.took),
-            p.rule,
-            kind(p.prefilter),
-            p.matches
+            "{heading}: {:.1} µs a message; the costliest:",
+            per_msg(sum)
         );
-    }
-    let unscanned: std::time::Duration = costs.unscanned.iter().map(|p| p.took).sum();
-    println!(
-        "{} body patterns Hyperscan does not take, each on every paragraph: {:.1} µs a message; the costliest:",
-        costs.unscanned.len(),
-        per_msg(unscanned)
+        for (took, what) in rows.iter().take(top) {
+            println!("  {:9.1} µs  {what}", per_msg(*took));
+        }
+    };
+    costliest(
+        format!("each of {} patterns alone, summed", costs.patterns.len()),
+        costs
+            .patterns
+            .iter()
+            .map(|p| {
+                let what = format!("{} ({}, {} matches)", p.rule, kind(p.prefilter), p.matches);
+                (p.took, what)
+            })
+            .collect(),
     );
-    for p in costs.unscanned.iter().take(top) {
-        println!(
-            "  {:9.1} µs  {} ({}, {} bytes, {} paragraphs match)",
-            per_msg(p.took),
-            p.rule,
-            p.matcher,
-            p.bytes,
-            p.matched
-        );
-    }
+    costliest(
+        format!(
+            "{} body patterns Hyperscan does not take, each on every paragraph",
+            costs.unscanned.len()
+        ),
+        costs
+            .unscanned
+            .iter()
+            .map(|p| {
+                let what = format!(
+                    "{} ({}, {} bytes, {} paragraphs match)",
+                    p.rule, p.matcher, p.bytes, p.matched
+                );
+                (p.took, what)
+            })
+            .collect(),
+    );
 }
