@@ -338,34 +338,32 @@ impl Message {
         let mut v = View::default();
         let mut uris = uri::Unique::default();
         for p in self.leaves() {
-            let (text, found) = match p.content_type.as_str() {
-                "text/plain" => match self.text(p.id) {
-                    Some(t) => {
-                        let u = uri::extract_text(&t);
-                        (t.into_owned(), u)
-                    }
-                    None => continue,
-                },
-                "text/html" => match self.text(p.id) {
-                    Some(h) => {
-                        let r = html::render(&h);
-                        let mut u: Vec<String> = r
-                            .links
-                            .iter()
-                            .filter_map(|l| uri::normalize(l.trim()))
-                            .collect();
-                        u.extend(uri::extract_text(&r.text));
-                        v.invisible_text.push_str(&r.invisible);
-                        (r.text, u)
-                    }
-                    None => continue,
-                },
+            let html = match p.content_type.as_str() {
+                "text/plain" => false,
+                "text/html" => true,
                 _ => continue,
+            };
+            let Some(t) = self.text(p.id) else {
+                continue;
             };
             if !v.text.is_empty() {
                 v.text.push('\n');
             }
-            v.text.push_str(&text);
+            let found = if html {
+                let r = html::render(&t);
+                let mut u: Vec<String> = r
+                    .links
+                    .iter()
+                    .filter_map(|l| uri::normalize(l.trim()))
+                    .collect();
+                u.extend(uri::extract_text(&r.text));
+                v.invisible_text.push_str(&r.invisible);
+                v.text.push_str(&r.text);
+                u
+            } else {
+                v.text.push_str(&t);
+                uri::extract_text(&t)
+            };
             for u in found {
                 uris.push(u);
             }

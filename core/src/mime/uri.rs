@@ -121,6 +121,11 @@ fn trim_trailing(s: &str) -> &str {
 
 /// Decides whether a text token is a URI, an e-mail address or a bare host, and normalises it.
 fn classify(token: &str) -> Option<String> {
+    // Each form holds a dot, an `@` or a colon; most candidates (a word at a sentence's end)
+    // lose theirs to trimming and are let go here, without a copy.
+    if !token.bytes().any(|b| matches!(b, b'.' | b'@' | b':')) {
+        return None;
+    }
     // `href=http://...`, `url:"http://...`: the URI starts at its scheme.
     let token = match token.find("://") {
         Some(p) if p > 0 => {
@@ -131,8 +136,10 @@ fn classify(token: &str) -> Option<String> {
         }
         _ => token,
     };
-    let lower = token.to_ascii_lowercase();
-    for scheme in [
+    let starts = |p: &str| {
+        token.len() >= p.len() && token.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+    };
+    const SCHEMES: [&str; 8] = [
         "http://",
         "https://",
         "ftp://",
@@ -140,12 +147,9 @@ fn classify(token: &str) -> Option<String> {
         "hxxps://",
         "hxxp[:]//",
         "h**p://",
-    ] {
-        if lower.starts_with(scheme) {
-            return normalize(token);
-        }
-    }
-    if lower.starts_with("mailto:") {
+        "mailto:",
+    ];
+    if SCHEMES.iter().any(|s| starts(s)) {
         return normalize(token);
     }
     if let Some(at) = token.find('@') {
@@ -155,29 +159,35 @@ fn classify(token: &str) -> Option<String> {
         }
         return None;
     }
-    if lower.starts_with("www.") {
+    if starts("www.") {
         return normalize(&format!("http://{token}"));
     }
-    let host = lower.split(['/', '?', '#']).next().unwrap_or("");
+    let host = token.split(['/', '?', '#']).next().unwrap_or("");
     if plausible_host(host) && has_known_tld(host) {
         return normalize(&format!("http://{token}"));
     }
     None
 }
 
+/// Two or more labels of ASCII letters, digits and hyphens (up to 63 each), the last of two or
+/// more letters.
 fn plausible_host(h: &str) -> bool {
-    let labels: Vec<&str> = h.split('.').collect();
-    labels.len() >= 2
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
-        })
-        && labels
-            .last()
-            .is_some_and(|t| t.bytes().all(|c| c.is_ascii_alphabetic()) && t.len() >= 2)
+    let mut labels = 0;
+    let mut last = "";
+    for l in h.split('.') {
+        if l.is_empty()
+            || l.len() > 63
+            || !l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        {
+            return false;
+        }
+        labels += 1;
+        last = l;
+    }
+    labels >= 2 && last.len() >= 2 && last.bytes().all(|c| c.is_ascii_alphabetic())
 }
 
+/// Whether the last label of `h` (any case) is a common top-level domain.
 fn has_known_tld(h: &str) -> bool {
     const GENERIC: &[&str] = &[
         "com", "net", "org", "info", "biz", "edu", "gov", "mil", "int", "name", "pro", "mobi",
@@ -188,7 +198,9 @@ fn has_known_tld(h: &str) -> bool {
         "loan", "work", "ly", "gl", "to", "fm", "nu", "la", "mx", "ar", "cl", "za", "nz", "ie",
         "pt", "gr", "hu", "ro", "tr", "vn", "th", "id",
     ];
-    h.rsplit('.').next().is_some_and(|t| GENERIC.contains(&t))
+    h.rsplit('.')
+        .next()
+        .is_some_and(|t| GENERIC.iter().any(|g| g.eq_ignore_ascii_case(t)))
 }
 
 /// Normalises an absolute URI: scheme and host lower case, obfuscated schemes repaired, numeric
@@ -349,6 +361,22 @@ mod tests {
         // Markup quoted in plain text: the URI starts at its scheme.
         let u = extract_text("see <a href=http://www.aaronsw.com/weblog/>");
         assert_eq!(u, ["http://www.aaronsw.com/weblog/"]);
+    }
+
+    #[test]
+    fn bare_hosts_in_any_case_and_plain_words() {
+        let u = extract_text(
+            "Go to SHOP.EXAMPLE.COM/Deals today. Or Mail.Example.Org. Not this.one here.",
+        );
+        assert_eq!(
+            u,
+            ["http://shop.example.com/Deals", "http://mail.example.org"],
+            "{u:?}"
+        );
+        assert!(extract_text("Ends a sentence. Then: another; and more, again!").is_empty());
+        assert_eq!(classify("HTTPS://X.test"), Some("https://x.test".into()));
+        assert_eq!(classify("Www.X.test"), Some("http://www.x.test".into()));
+        assert_eq!(classify("a@b"), None);
     }
 
     #[test]

@@ -344,19 +344,38 @@ fn is_cjk(c: char) -> bool {
 }
 
 /// Splits text into word tokens.
+///
+/// ASCII words, most of them, are measured as they are scanned (capitals, punctuation, the
+/// first `@`), so that [`ascii_word`] need not read them again.
 fn words(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
     let b = text.as_bytes();
     let mut cjk_prev: Option<char> = None;
     let mut start: Option<usize> = None;
+    // Of the word being scanned: still all ASCII, its capitals, its punctuation bytes, its
+    // first `@`.
+    let (mut ascii, mut capitals, mut punct, mut at) = (true, 0usize, 0usize, None);
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
         if c < 0x80 {
             cjk_prev = None;
-            if WORD_BYTE[c as usize] {
-                start.get_or_insert(i);
+            let k = ASCII_CLASS[c as usize];
+            if k & WORD != 0 {
+                if start.is_none() {
+                    start = Some(i);
+                    (ascii, capitals, punct, at) = (true, 0, 0, None);
+                }
+                capitals += usize::from(k & UPPER != 0);
+                punct += usize::from(k & PUNCT != 0);
+                if k & AT != 0 && at.is_none() {
+                    at = Some(i);
+                }
             } else if let Some(s) = start.take() {
-                word(&text[s..i], sink, scratch);
+                if ascii {
+                    ascii_word(text, s, i, (capitals, punct, at), sink, scratch);
+                } else {
+                    word(&text[s..i], sink, scratch);
+                }
             }
             i += 1;
             continue;
@@ -365,7 +384,11 @@ fn words(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
         let len = ch.len_utf8();
         if is_cjk(ch) {
             if let Some(s) = start.take() {
-                word(&text[s..i], sink, scratch);
+                if ascii {
+                    ascii_word(text, s, i, (capitals, punct, at), sink, scratch);
+                } else {
+                    word(&text[s..i], sink, scratch);
+                }
             }
             if let Some(p) = cjk_prev {
                 scratch.clear();
@@ -377,27 +400,64 @@ fn words(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
         } else {
             cjk_prev = None;
             if ch.is_alphanumeric() {
-                start.get_or_insert(i);
+                if start.is_none() {
+                    start = Some(i);
+                    (capitals, punct, at) = (0, 0, None);
+                }
+                ascii = false;
             } else if let Some(s) = start.take() {
-                word(&text[s..i], sink, scratch);
+                if ascii {
+                    ascii_word(text, s, i, (capitals, punct, at), sink, scratch);
+                } else {
+                    word(&text[s..i], sink, scratch);
+                }
             }
         }
         i += len;
     }
     if let Some(s) = start {
-        word(&text[s..], sink, scratch);
+        if ascii {
+            ascii_word(text, s, b.len(), (capitals, punct, at), sink, scratch);
+        } else {
+            word(&text[s..], sink, scratch);
+        }
     }
 }
 
 /// ASCII bytes that belong to words.
-static WORD_BYTE: [bool; 256] = mxgate_core::mime::byte_class(b"-'$!@.,_*");
+const WORD_BYTE: [bool; 256] = mxgate_core::mime::byte_class(b"-'$!@.,_*");
 
-/// One word: case folded as SpamAssassin does, trimmed, then a token, an address pair, a host
-/// name or a `sk:` token.
-fn word(raw: &str, sink: &mut Sink<'_>, scratch: &mut String) {
-    if raw.is_ascii() {
-        return ascii_word(raw, sink, scratch);
+/// Classes of ASCII bytes for [`words`]: a word byte, a capital, a word byte that is
+/// punctuation (neither alphanumeric nor `_`), `@`.
+const WORD: u8 = 1;
+const UPPER: u8 = 2;
+const PUNCT: u8 = 4;
+const AT: u8 = 8;
+static ASCII_CLASS: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut c = 0;
+    while c < 128 {
+        let b = c as u8;
+        if WORD_BYTE[c] {
+            t[c] = WORD;
+            if b.is_ascii_uppercase() {
+                t[c] |= UPPER;
+            }
+            if !(b.is_ascii_alphanumeric() || b == b'_') {
+                t[c] |= PUNCT;
+            }
+            if b == b'@' {
+                t[c] |= AT;
+            }
+        }
+        c += 1;
     }
+    t
+};
+
+/// One word with non-ASCII characters (ASCII words go to [`ascii_word`]): case folded as
+/// SpamAssassin does, trimmed, then a token, an address pair, a host name or a `sk:` token.
+fn word(raw: &str, sink: &mut Sink<'_>, scratch: &mut String) {
     // Title case is lowered ("Hello" at a sentence start is "hello"); words with more capitals
     // keep them: "FREE" and "ViAgRa" say more than "free" (SpamAssassin does the same).
     let folded: &str = if raw.chars().filter(|c| c.is_uppercase()).count() == 1 {
@@ -473,23 +533,25 @@ fn word_tokens(
     }
 }
 
-/// [`word`] for an ASCII word, in one pass over its bytes (most words are).
-fn ascii_word(raw: &str, sink: &mut Sink<'_>, scratch: &mut String) {
+/// [`word`] for the ASCII word `text[s..e]`, with what [`words`] counted while scanning it
+/// (capitals, punctuation bytes, the first `@`).
+fn ascii_word(
+    text: &str,
+    s: usize,
+    e: usize,
+    (capitals, punct, at): (usize, usize, Option<usize>),
+    sink: &mut Sink<'_>,
+    scratch: &mut String,
+) {
     // Trimmed first: the trimmed characters are neither capitals nor word characters, so
-    // trimming before folding gives what folding before trimming gives.
-    let t = trim_word(raw);
-    let b = t.as_bytes();
-    if b.len() < 3 {
+    // trimming before folding gives what folding before trimming gives. Each is punctuation,
+    // and `@` is never trimmed.
+    let t = trim_word(&text[s..e]);
+    if t.len() < 3 {
         return;
     }
-    let (mut capitals, mut at, mut punct) = (0, None, false);
-    for (i, &c) in b.iter().enumerate() {
-        capitals += usize::from(c.is_ascii_uppercase());
-        punct |= !(c.is_ascii_alphanumeric() || c == b'_');
-        if c == b'@' && at.is_none() {
-            at = Some(i);
-        }
-    }
+    let trimmed = (e - s) - t.len();
+    let at = at.map(|a| a - s - (t.as_ptr() as usize - text[s..].as_ptr() as usize));
     let t: &str = if capitals == 1 {
         scratch.clear();
         scratch.push_str(t);
@@ -498,7 +560,7 @@ fn ascii_word(raw: &str, sink: &mut Sink<'_>, scratch: &mut String) {
     } else {
         t
     };
-    word_tokens(t, t.len(), at, Some((punct, capitals > 1)), sink);
+    word_tokens(t, t.len(), at, Some((punct > trimmed, capitals > 1)), sink);
 }
 
 /// A word without the characters SpamAssassin trims from both its ends (all ASCII, so byte
