@@ -436,7 +436,8 @@ fn relay_string(h: &view::Headers) -> Vec<u8> {
     static FETCHMAIL: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new("fetchmail"));
     let mut out = String::new();
-    let mut line = String::with_capacity(256);
+    let mut joined: Vec<u8> = Vec::with_capacity(256);
+    let mut wide = String::new();
     // The fields in order, without the name index (built for the rules' many requests).
     let received = h
         .fields
@@ -444,27 +445,27 @@ fn relay_string(h: &view::Headers) -> Vec<u8> {
         .filter(|f| f.0.eq_ignore_ascii_case("received"))
         .map(|f| &f.1[..]);
     for v in received {
-        line.clear();
+        joined.clear();
         // The words, split at Unicode's white space, joined by single spaces. In ASCII text
         // that white space is Perl's `\s`, found byte by byte without decoding characters.
         if v.is_ascii() {
-            join_words(
-                &mut line,
-                v.split(|&b| is_space(b))
-                    .map(|w| std::str::from_utf8(w).unwrap_or_default()),
-            );
+            join_words(&mut joined, v.split(|&b| is_space(b)));
         } else {
+            wide.clear();
+            wide.push_str(&String::from_utf8_lossy(v));
             join_words(
-                &mut line,
-                String::from_utf8_lossy(v).split(char::is_whitespace),
+                &mut joined,
+                wide.split(char::is_whitespace).map(str::as_bytes),
             );
         }
+        // ASCII, or words of a `str` split at characters: valid UTF-8 either way.
+        let line = std::str::from_utf8(&joined).unwrap_or_default();
         // A mail fetcher's marker restarts the parse: what came before was local delivery.
         if LOCALHOST.find(line.as_bytes()).is_some() && FETCHMAIL.find(line.as_bytes()).is_some() {
             out.clear();
             continue;
         }
-        let Some(r) = parse_received(&line) else {
+        let Some(r) = parse_received(line) else {
             continue;
         };
         let rdns = if r.rdns.eq_ignore_ascii_case("unknown") || r.rdns.starts_with('[') {
@@ -488,12 +489,12 @@ fn relay_string(h: &view::Headers) -> Vec<u8> {
 }
 
 /// Appends the non-empty `words` to `line`, one space between them.
-fn join_words<'a>(line: &mut String, words: impl Iterator<Item = &'a str>) {
+fn join_words<'a>(line: &mut Vec<u8>, words: impl Iterator<Item = &'a [u8]>) {
     for w in words.filter(|w| !w.is_empty()) {
         if !line.is_empty() {
-            line.push(' ');
+            line.push(b' ');
         }
-        line.push_str(w);
+        line.extend_from_slice(w);
     }
 }
 
@@ -506,8 +507,14 @@ fn parse_received(line: &str) -> Option<Relay<'_>> {
         helo,
         ..Relay::default()
     };
-    fn ip_of(s: &str) -> Option<&str> {
-        let s = s.trim_start_matches("IPv6:").trim_start_matches("::ffff:");
+    fn ip_of(mut s: &str) -> Option<&str> {
+        // `trim_start_matches` of each prefix, without building a searcher per call.
+        while let Some(r) = s.strip_prefix("IPv6:") {
+            s = r;
+        }
+        while let Some(r) = s.strip_prefix("::ffff:") {
+            s = r;
+        }
         (s.parse::<std::net::IpAddr>().is_ok()).then_some(s)
     }
     if let Some(inner) = rest.strip_prefix('(') {
@@ -538,6 +545,9 @@ fn parse_received(line: &str) -> Option<Relay<'_>> {
             "by" if by.is_none() => by = Some(w.trim_end_matches(';')),
             "id" if id.is_none() => id = Some(w.trim_end_matches(';')),
             _ => {}
+        }
+        if by.is_some() && id.is_some() {
+            break;
         }
         prev = w;
     }
@@ -596,10 +606,25 @@ impl Rx {
 }
 
 fn chew_message_id(v: &[u8]) -> Vec<u8> {
+    use std::borrow::Cow;
+    // Each pattern needs a byte or a piece most ids lack ('$', '-', "<20"): looked for first,
+    // every id would start a search at its '<' otherwise.
     RX.with(|rx| {
-        let v = rx.oe.replace_all(v, &b" OEA$1 OEB$2 OEC$3 $4 "[..]);
-        let v = rx.exim_mid.replace(&v, &b""[..]);
-        let v = rx.sendmail_mid.replace_all(&v, &b""[..]);
+        let v = if memchr::memchr(b'$', v).is_some() {
+            rx.oe.replace_all(v, &b" OEA$1 OEB$2 OEC$3 $4 "[..])
+        } else {
+            Cow::Borrowed(v)
+        };
+        let v = if memchr::memchr(b'-', &v).is_some() {
+            Cow::Owned(rx.exim_mid.replace(&v, &b""[..]).into_owned())
+        } else {
+            v
+        };
+        let v = if memchr::memmem::find(&v, b"<20").is_some() {
+            Cow::Owned(rx.sendmail_mid.replace_all(&v, &b""[..]).into_owned())
+        } else {
+            v
+        };
         // `[^_A-Za-z0-9]` → space.
         v.iter()
             .map(|&b| {
@@ -1076,23 +1101,17 @@ fn chew_addresses(v: &[u8]) -> Vec<u8> {
             continue;
         }
         let (phrase, addr) = match (item.find('<'), item.rfind('>')) {
-            (Some(a), Some(b)) if a < b => (
-                item[..a].trim().to_owned(),
-                item[a + 1..b].trim().to_owned(),
-            ),
+            (Some(a), Some(b)) if a < b => (item[..a].trim(), item[a + 1..b].trim()),
             _ => {
                 // addr (comment) or a bare address
                 let (a, c) = match item.find('(') {
-                    Some(p) => (
-                        item[..p].trim(),
-                        item[p..].trim_matches(['(', ')', ' ']).to_owned(),
-                    ),
-                    None => (item, String::new()),
+                    Some(p) => (item[..p].trim(), item[p..].trim_matches(['(', ')', ' '])),
+                    None => (item, ""),
                 };
                 if a.contains('@') {
-                    (c, a.to_owned())
+                    (c, a)
                 } else {
-                    (item.to_owned(), String::new())
+                    (item, "")
                 }
             }
         };
@@ -1106,7 +1125,7 @@ fn chew_addresses(v: &[u8]) -> Vec<u8> {
             out.extend(w.bytes().filter(|&b| b != b'"'));
         }
         if !addr.is_empty() {
-            mail_addr_tokens(&addr, &mut |prefix, part| {
+            mail_addr_tokens(addr, &mut |prefix, part| {
                 sep(&mut out);
                 out.extend_from_slice(prefix.as_bytes());
                 out.extend_from_slice(part.as_bytes());
@@ -1116,25 +1135,27 @@ fn chew_addresses(v: &[u8]) -> Vec<u8> {
     out
 }
 
-fn split_addresses(s: &str) -> Vec<String> {
-    let (mut out, mut cur) = (Vec::new(), String::new());
+/// The addresses of a list, split at the commas outside quotes, angle brackets and comments
+/// (the delimiters are ASCII, so the bytes are read: no byte of a multi-byte character is one).
+fn split_addresses(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
     let (mut quoted, mut angle, mut paren) = (false, false, 0i32);
-    for c in s.chars() {
+    for (i, c) in s.bytes().enumerate() {
         match c {
-            '"' if !angle => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            '(' if !quoted && !angle => paren += 1,
-            ')' if !quoted && !angle => paren -= 1,
-            ',' if !quoted && !angle && paren <= 0 => {
-                out.push(std::mem::take(&mut cur));
-                continue;
+            b'"' if !angle => quoted = !quoted,
+            b'<' if !quoted => angle = true,
+            b'>' if !quoted => angle = false,
+            b'(' if !quoted && !angle => paren += 1,
+            b')' if !quoted && !angle => paren -= 1,
+            b',' if !quoted && !angle && paren <= 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
             }
             _ => {}
         }
-        cur.push(c);
     }
-    out.push(cur);
+    out.push(&s[start..]);
     out
 }
 
@@ -1176,6 +1197,14 @@ enum Region {
 fn token_chars(line: &[u8], mut out: Vec<u8>) -> Vec<u8> {
     static KEEP: [bool; 256] = mxgate_core::mime::byte_class(b",@*!_'\"$. -");
     out.clear();
+    if line.is_ascii() {
+        // Most lines: each byte kept or blanked on its own, without looking for sequences.
+        out.extend(
+            line.iter()
+                .map(|&b| if KEEP[b as usize] { b } else { b' ' }),
+        );
+        return out;
+    }
     out.extend_from_slice(line);
     let mut i = 0;
     while i < line.len() {

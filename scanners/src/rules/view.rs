@@ -130,7 +130,8 @@ fn decode_value(name: &str, raw: &[u8]) -> Vec<u8> {
         }
     }
     v.extend_from_slice(&raw[copied..]);
-    let t = trim(&v);
+    let (start, end) = trim_bounds(&v);
+    let t = &v[start..end];
     let is = |n: &str| name.eq_ignore_ascii_case(n);
     let exempt = is("received")
         || is("message-id")
@@ -146,9 +147,10 @@ fn decode_value(name: &str, raw: &[u8]) -> Vec<u8> {
     let mut out = if !exempt && memchr::memmem::find(t, b"=?").is_some() {
         header::decode_words(t).into_bytes()
     } else if t.is_ascii() || std::str::from_utf8(t).is_ok() {
-        let mut o = Vec::with_capacity(t.len() + 1);
-        o.extend_from_slice(t);
-        o
+        // Trimmed in place: no second copy.
+        v.truncate(end);
+        v.drain(..start);
+        v
     } else {
         header::decode_words(t).into_bytes()
     };
@@ -159,11 +161,12 @@ fn decode_value(name: &str, raw: &[u8]) -> Vec<u8> {
     out
 }
 
-fn trim(s: &[u8]) -> &[u8] {
+/// Where `s` starts and ends without its leading and trailing white space.
+fn trim_bounds(s: &[u8]) -> (usize, usize) {
     let is_ws = |b: &u8| b.is_ascii_whitespace() || *b == 0x0b;
     let start = s.iter().position(|b| !is_ws(b)).unwrap_or(s.len());
     let end = s.iter().rposition(|b| !is_ws(b)).map_or(start, |e| e + 1);
-    &s[start..end]
+    (start, end)
 }
 
 /// The rendered body as body rules see it: lines (paragraphs) of at most 2,048 bytes, the
