@@ -377,81 +377,71 @@ fn is_cjk(c: char) -> bool {
 
 /// Splits text into word tokens.
 ///
-/// ASCII words, most of them, are measured as they are scanned (capitals, punctuation, the
-/// first `@`), so that [`ascii_word`] need not read them again.
+/// Outside words the scan skips ASCII separators byte by byte; a word is then read to its end
+/// in a loop of its own, and ASCII words, most of them, are measured as they are read
+/// (capitals, punctuation, the first `@`), so that [`ascii_word`] need not read them again.
 fn words(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
     let b = text.as_bytes();
+    // The CJK character just before, when the one before this was one.
     let mut cjk_prev: Option<char> = None;
-    let mut start: Option<usize> = None;
-    // Of the word being scanned: still all ASCII, its capitals, its punctuation bytes, its
-    // first `@`.
-    let (mut ascii, mut capitals, mut punct, mut at) = (true, 0usize, 0usize, None);
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
         if c < 0x80 {
             cjk_prev = None;
-            let k = ASCII_CLASS[c as usize];
-            if k & WORD != 0 {
-                if start.is_none() {
-                    start = Some(i);
-                    (ascii, capitals, punct, at) = (true, 0, 0, None);
+            if ASCII_CLASS[c as usize] & WORD == 0 {
+                i += 1;
+                continue;
+            }
+        } else {
+            let ch = text[i..].chars().next().unwrap_or('\u{fffd}');
+            if is_cjk(ch) {
+                if let Some(p) = cjk_prev {
+                    scratch.clear();
+                    scratch.push(p);
+                    scratch.push(ch);
+                    sink.push(scratch);
+                }
+                cjk_prev = Some(ch);
+                i += ch.len_utf8();
+                continue;
+            }
+            cjk_prev = None;
+            if !ch.is_alphanumeric() {
+                i += ch.len_utf8();
+                continue;
+            }
+        }
+        // A word starts at `i`: read to its end, the first byte or character that is not a
+        // word's (a CJK character ends it too).
+        let start = i;
+        let (mut ascii, mut capitals, mut punct, mut at) = (true, 0usize, 0usize, None);
+        while i < b.len() {
+            let c = b[i];
+            if c < 0x80 {
+                let k = ASCII_CLASS[c as usize];
+                if k & WORD == 0 {
+                    break;
                 }
                 capitals += usize::from(k & UPPER != 0);
                 punct += usize::from(k & PUNCT != 0);
                 if k & AT != 0 && at.is_none() {
                     at = Some(i);
                 }
-            } else if let Some(s) = start.take() {
-                if ascii {
-                    ascii_word(text, s, i, (capitals, punct, at), sink, scratch);
-                } else {
-                    word(&text[s..i], sink, scratch);
-                }
-            }
-            i += 1;
-            continue;
-        }
-        let ch = text[i..].chars().next().unwrap_or('\u{fffd}');
-        let len = ch.len_utf8();
-        if is_cjk(ch) {
-            if let Some(s) = start.take() {
-                if ascii {
-                    ascii_word(text, s, i, (capitals, punct, at), sink, scratch);
-                } else {
-                    word(&text[s..i], sink, scratch);
-                }
-            }
-            if let Some(p) = cjk_prev {
-                scratch.clear();
-                scratch.push(p);
-                scratch.push(ch);
-                sink.push(scratch);
-            }
-            cjk_prev = Some(ch);
-        } else {
-            cjk_prev = None;
-            if ch.is_alphanumeric() {
-                if start.is_none() {
-                    start = Some(i);
-                    (capitals, punct, at) = (0, 0, None);
+                i += 1;
+            } else {
+                let ch = text[i..].chars().next().unwrap_or('\u{fffd}');
+                if is_cjk(ch) || !ch.is_alphanumeric() {
+                    break;
                 }
                 ascii = false;
-            } else if let Some(s) = start.take() {
-                if ascii {
-                    ascii_word(text, s, i, (capitals, punct, at), sink, scratch);
-                } else {
-                    word(&text[s..i], sink, scratch);
-                }
+                i += ch.len_utf8();
             }
         }
-        i += len;
-    }
-    if let Some(s) = start {
         if ascii {
-            ascii_word(text, s, b.len(), (capitals, punct, at), sink, scratch);
+            ascii_word(text, start, i, (capitals, punct, at), sink, scratch);
         } else {
-            word(&text[s..], sink, scratch);
+            word(&text[start..i], sink, scratch);
         }
     }
 }
