@@ -1385,9 +1385,13 @@ fn tokenize_line_with(
 /// mxgate's own tokenizer adds to its body tokens (SpamAssassin's header handling measured
 /// better than its own; see BENCHMARKS.md).
 pub fn header_tokens(msg: &Message, conf: &SaConfig, emit: &mut dyn FnMut(&[u8])) {
-    let headers = view::Headers::of_part(msg, 0);
+    header_tokens_of(&view::Headers::of_part(msg, 0), conf, emit);
+}
+
+/// [`header_tokens`] of header fields already read.
+pub fn header_tokens_of(headers: &view::Headers, conf: &SaConfig, emit: &mut dyn FnMut(&[u8])) {
     let stop = conf.stop.as_ref();
-    header_lines(&headers, conf, &mut |prefix, value| {
+    header_lines(headers, conf, &mut |prefix, value| {
         tokenize_line_with(value, prefix, Region::Header, stop, emit);
     });
 }
