@@ -236,7 +236,7 @@ pub struct SaConfig {
     /// `bayes_stopword_en`.
     pub stop: Option<StopWords>,
     /// `bayes_ignore_header` names, lower case.
-    pub ignore: std::collections::HashSet<String>,
+    pub ignore: std::collections::HashSet<String, xxhash_rust::xxh3::Xxh3Builder>,
 }
 
 impl SaConfig {
@@ -329,7 +329,7 @@ pub fn tokenize_with(msg: &Message, conf: &SaConfig, extra: Option<&str>) -> Vec
 /// `_tokenize_headers`: each (name after mapping, value), in order, to `add`.
 fn header_values(
     h: &view::Headers,
-    ignore: &std::collections::HashSet<String>,
+    ignore: &std::collections::HashSet<String, xxhash_rust::xxh3::Xxh3Builder>,
     add: &mut dyn FnMut(&str, &[u8]),
 ) {
     let mut lower = String::with_capacity(64);
