@@ -63,6 +63,9 @@ impl IdSet {
     fn with_capacity(n: usize) -> IdSet {
         let size = (2 * n).next_power_of_two().max(1024);
         let (mut slots, mut times) = SPARE.take();
+        // A spare larger than asked for is used whole: it is the size this thread's messages
+        // have grown sets to, and cutting it back made them grow (and rehash) again, 2-3 %
+        // of classifying measured.
         if slots.len() >= size {
             slots.fill(0);
             times.fill(0);
@@ -285,8 +288,6 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
     let mut word = String::with_capacity(64);
     // Body: the visible text, rendered once with its URIs.
     let view = msg.view();
-    sink.with_prefix("");
-    // The Subject is the first line of the body, as SpamAssassin renders it.
     // The header fields, unfolded and decoded once for all the header tokens below.
     let headers = crate::rules::view::Headers::of_part(msg, 0);
     let text_of = |name: &str| {
@@ -296,6 +297,8 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
             .find(|f| f.0.eq_ignore_ascii_case(name))
             .map(|f| String::from_utf8_lossy(&f.1))
     };
+    sink.with_prefix("");
+    // The Subject is the first line of the body, as SpamAssassin renders it.
     if let Some(subject) = text_of("subject") {
         words(&subject, &mut sink, &mut word);
     }
@@ -435,7 +438,7 @@ fn words(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
                 capitals += usize::from(k & UPPER != 0);
                 punct += usize::from(k & PUNCT != 0);
                 if k & AT != 0 && at.is_none() {
-                    at = Some(i);
+                    at = Some(i - start);
                 }
                 i += 1;
             } else {
@@ -448,7 +451,7 @@ fn words(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
             }
         }
         if ascii {
-            ascii_word(text, start, i, (capitals, punct, at), sink, scratch);
+            ascii_word(&text[start..i], (capitals, punct, at), sink, scratch);
         } else {
             word(&text[start..i], sink, scratch);
         }
@@ -564,12 +567,10 @@ fn word_tokens(
     }
 }
 
-/// [`word`] for the ASCII word `text[s..e]`, with what [`words`] counted while scanning it
-/// (capitals, punctuation bytes, the first `@`).
+/// [`word`] for an ASCII word, with what [`words`] counted while scanning it: its capitals,
+/// its punctuation bytes and where its first `@` is.
 fn ascii_word(
-    text: &str,
-    s: usize,
-    e: usize,
+    raw: &str,
     (capitals, punct, at): (usize, usize, Option<usize>),
     sink: &mut Sink<'_>,
     scratch: &mut String,
@@ -577,12 +578,12 @@ fn ascii_word(
     // Trimmed first: the trimmed characters are neither capitals nor word characters, so
     // trimming before folding gives what folding before trimming gives. Each is punctuation,
     // and `@` is never trimmed.
-    let t = trim_word(&text[s..e]);
+    let (start, end) = trim_bounds(raw);
+    let t = &raw[start..end];
     if t.len() < 3 {
         return;
     }
-    let trimmed = (e - s) - t.len();
-    let at = at.map(|a| a - s - (t.as_ptr() as usize - text[s..].as_ptr() as usize));
+    let trimmed = raw.len() - t.len();
     let t: &str = if capitals == 1 {
         scratch.clear();
         scratch.push_str(t);
@@ -591,17 +592,29 @@ fn ascii_word(
     } else {
         t
     };
-    word_tokens(t, t.len(), at, Some((punct > trimmed, capitals > 1)), sink);
+    word_tokens(
+        t,
+        t.len(),
+        at.map(|a| a - start),
+        Some((punct > trimmed, capitals > 1)),
+        sink,
+    );
 }
 
-/// A word without the characters SpamAssassin trims from both its ends (all ASCII, so byte
-/// positions are character boundaries).
+/// A word without the characters SpamAssassin trims from both its ends.
 fn trim_word(w: &str) -> &str {
+    let (s, e) = trim_bounds(w);
+    &w[s..e]
+}
+
+/// Where a word starts and ends without the characters SpamAssassin trims from both its ends
+/// (all ASCII, so byte positions are character boundaries).
+fn trim_bounds(w: &str) -> (usize, usize) {
     let trim = |c: &u8| matches!(c, b'-' | b'\'' | b'"' | b'.' | b',');
     let b = w.as_bytes();
     let s = b.iter().position(|c| !trim(c)).unwrap_or(b.len());
     let e = b.iter().rposition(|c| !trim(c)).map_or(s, |e| e + 1);
-    &w[s..e]
+    (s, e)
 }
 
 /// The plain forms of a body word (`punct`: it has characters other than word characters;
@@ -822,6 +835,51 @@ mod tests {
             b"Subject: x\r\n\r\nfree free\r\n",
         ));
         assert!(tokenize(&msg, false).ids.contains(&token_id("R*", "free")));
+    }
+
+    #[test]
+    fn words_end_at_separators_non_word_characters_and_cjk() {
+        let mut t = Tokens::default();
+        add_body_text(
+            &mut t,
+            "--trimmed-- FREE!! Hello wörld—naïve Mail:Bob@Example.org -al@ice.example, 日本語abc本 x\u{3000}東京",
+            true,
+        );
+        let text: Vec<&str> = t.text.iter().map(|(_, s)| s.as_str()).collect();
+        for want in [
+            "trimmed",
+            "FREE!!",
+            "FREE",
+            "free!!",
+            "free",
+            "hello",
+            "wörld",
+            "naïve",
+            "mail",
+            // An address's user and domain, split at its `@` also when the word was trimmed.
+            "u:Bob",
+            "d:Example.org",
+            "u:al",
+            "d:ice.example",
+            "日本",
+            "本語",
+            "abc",
+            "東京",
+        ] {
+            assert!(text.contains(&want), "{want} missing from {text:?}");
+        }
+        // No pair across the ASCII word between two CJK runs, no word across a dash or a
+        // CJK character, and the title-case word folded.
+        for unwanted in [
+            "語本",
+            "語abc",
+            "abc本",
+            "wörld—naïve",
+            "Hello",
+            "--trimmed--",
+        ] {
+            assert!(!text.contains(&unwanted), "{unwanted} in {text:?}");
+        }
     }
 
     #[test]
