@@ -437,7 +437,6 @@ fn relay_string(h: &view::Headers) -> Vec<u8> {
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new("fetchmail"));
     let mut out = String::new();
     let mut joined: Vec<u8> = Vec::with_capacity(256);
-    let mut wide = String::new();
     // The fields in order, without the name index (built for the rules' many requests).
     let received = h
         .fields
@@ -451,8 +450,7 @@ fn relay_string(h: &view::Headers) -> Vec<u8> {
         if v.is_ascii() {
             join_words(&mut joined, v.split(|&b| is_space(b)));
         } else {
-            wide.clear();
-            wide.push_str(&String::from_utf8_lossy(v));
+            let wide = String::from_utf8_lossy(v);
             join_words(
                 &mut joined,
                 wide.split(char::is_whitespace).map(str::as_bytes),
@@ -607,24 +605,30 @@ impl Rx {
 
 fn chew_message_id(v: &[u8]) -> Vec<u8> {
     use std::borrow::Cow;
+    // What a replacement made, when it matched (a copy only then).
+    let changed = |r: Cow<'_, [u8]>| match r {
+        Cow::Owned(o) => Some(o),
+        Cow::Borrowed(_) => None,
+    };
     // Each pattern needs a byte or a piece most ids lack ('$', '-', "<20"): looked for first,
     // every id would start a search at its '<' otherwise.
     RX.with(|rx| {
-        let v = if memchr::memchr(b'$', v).is_some() {
-            rx.oe.replace_all(v, &b" OEA$1 OEB$2 OEC$3 $4 "[..])
-        } else {
-            Cow::Borrowed(v)
-        };
-        let v = if memchr::memchr(b'-', &v).is_some() {
-            Cow::Owned(rx.exim_mid.replace(&v, &b""[..]).into_owned())
-        } else {
-            v
-        };
-        let v = if memchr::memmem::find(&v, b"<20").is_some() {
-            Cow::Owned(rx.sendmail_mid.replace_all(&v, &b""[..]).into_owned())
-        } else {
-            v
-        };
+        let mut v = Cow::Borrowed(v);
+        if memchr::memchr(b'$', &v).is_some() {
+            if let Some(o) = changed(rx.oe.replace_all(&v, &b" OEA$1 OEB$2 OEC$3 $4 "[..])) {
+                v = Cow::Owned(o);
+            }
+        }
+        if memchr::memchr(b'-', &v).is_some() {
+            if let Some(o) = changed(rx.exim_mid.replace(&v, &b""[..])) {
+                v = Cow::Owned(o);
+            }
+        }
+        if memchr::memmem::find(&v, b"<20").is_some() {
+            if let Some(o) = changed(rx.sendmail_mid.replace_all(&v, &b""[..])) {
+                v = Cow::Owned(o);
+            }
+        }
         // `[^_A-Za-z0-9]` → space.
         v.iter()
             .map(|&b| {
@@ -1628,6 +1632,50 @@ t\t2\t0\t1021543432\t00ad62ea5f\nt\t0\t1\t1029944878\t047e55ecef\ns\th\tabc@sa_g
         }
         let v = dotted_quads(&v);
         RES[5].replace_all(&v, &b" "[..]).into_owned()
+    }
+
+    #[test]
+    fn message_ids_are_chewed_as_the_patterns_alone_chew_them() {
+        // The three patterns without the bytes looked for first, as SpamAssassin runs them.
+        let by_patterns = |v: &[u8]| -> Vec<u8> {
+            RX.with(|rx| {
+                let v = rx.oe.replace_all(v, &b" OEA$1 OEB$2 OEC$3 $4 "[..]);
+                let v = rx.exim_mid.replace(&v, &b""[..]);
+                let v = rx.sendmail_mid.replace_all(&v, &b""[..]);
+                v.iter()
+                    .map(|&b| if is_word(b) { b } else { b' ' })
+                    .collect()
+            })
+        };
+        let cases: [&[u8]; 9] = [
+            b"<0123abcd4567$89ab0123$cdef0123@mail.example>",
+            b"<0123abcd4567$89ab0123$cdef012@mail.example>",
+            b"<1AbCdEf-2gHiJk-0Z@exim.example>",
+            b"<1AbCdEf-2gHiJk-1Z@exim.example>",
+            b"<20020903200201.0A1B2C3D4E@lerami.example> <20020903200201.0A1B2C3D4F@x.example>",
+            b"<20020943200201.0A1B2C3D4E@lerami.example>",
+            b"<abc.def-ghi@plain.example>",
+            b"<1AbCdEf-2gHiJk-0Z@a> <0123abcd4567$89ab0123$cdef0123@b> <20020903200201.0123456789@c>",
+            b"",
+        ];
+        let mut matched = [0; 3];
+        for v in cases {
+            RX.with(|rx| {
+                for (m, r) in matched
+                    .iter_mut()
+                    .zip([&rx.oe, &rx.exim_mid, &rx.sendmail_mid])
+                {
+                    *m += usize::from(r.is_match(v));
+                }
+            });
+            assert_eq!(
+                chew_message_id(v),
+                by_patterns(v),
+                "{}",
+                String::from_utf8_lossy(v)
+            );
+        }
+        assert!(matched.iter().all(|&m| m >= 2), "{matched:?}");
     }
 
     #[test]

@@ -193,12 +193,9 @@ impl TokenTable {
         }
         let size = (need * 4 / 3 + 1).next_power_of_two().max(16);
         let old = std::mem::replace(&mut self.slots, vec![VACANT; size]);
-        let mask = size - 1;
         for s in old.into_iter().filter(|s| s.id != EMPTY) {
-            let mut i = s.id as usize & mask;
-            while self.slots[i].id != EMPTY {
-                i = (i + 1) & mask;
-            }
+            // Each id once: `find` stops at the empty slot it goes to.
+            let i = self.find(s.id);
             self.slots[i] = s;
         }
     }
