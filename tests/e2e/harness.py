@@ -18,6 +18,8 @@ MXGATE = os.path.join(BIN, "mxgate")
 LOADGEN = os.path.join(BIN, "mxgate-loadgen")
 CORPUS = os.environ.get("MXGATE_CORPUS", os.path.join(ROOT, "..", "shared", "corpus"))
 E2E_DIR = "/var/tmp/mxgate-e2e"
+# How long mxgate serve may take to listen (seconds).
+START_TIMEOUT = float(os.environ.get("MXGATE_START_TIMEOUT", "240"))
 
 
 def free_port():
@@ -28,15 +30,20 @@ def free_port():
     return p
 
 
-def wait_port(port, host="127.0.0.1", timeout=15.0):
+def wait_port(port, host="127.0.0.1", timeout=15.0, proc=None):
+    """Waits until something listens on the port. With `proc` (a Proc), waits as long as that
+    process lives, up to `timeout`, and fails at once, with its log, when it exits."""
     end = time.time() + timeout
     while time.time() < end:
         try:
             socket.create_connection((host, port), timeout=0.5).close()
             return
         except OSError:
+            if proc is not None and proc.p.poll() is not None:
+                raise RuntimeError(f"exited with {proc.p.returncode} before listening on "
+                                   f"{host}:{port}:\n{proc.log()[-3000:]}")
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {host}:{port}")
+    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
 
 
 def make_cert(dirname):
@@ -91,7 +98,9 @@ class Mxgate(Proc):
             args += ["--stages", stages]
         args += list(extra)
         super().__init__(args, os.path.join(workdir, f"mxgate-{self.port}.log"))
-        wait_port(self.port)
+        # A cold cache compiles the whole ruleset before listening: 8 s on a quiet machine
+        # here, 30 s on a slow one.
+        wait_port(self.port, timeout=START_TIMEOUT, proc=self)
 
     def write_config(self, toml):
         with open(self.config_path, "w") as f:
