@@ -427,15 +427,19 @@ pub struct Bayes {
     /// Learned messages are written to the model file and used for classifying every this
     /// many seconds.
     pub autolearn_flush_secs: u64,
-    /// Chi-square combining: Robinson's `s`, the strength of the prior (unset: 0.3 for
-    /// mxgate's models, SpamAssassin's 0.03 for one restored from `sa-learn --backup`).
+    /// Robinson's `s`, the strength of the prior (unset: 0.1 for mxgate's models,
+    /// SpamAssassin's 0.03 for one restored from `sa-learn --backup`).
     pub robs: Option<f64>,
     /// Robinson's `x`, the prior for an unknown token (unset: 0.538).
     pub robx: Option<f64>,
-    /// Tokens whose probability lies closer than this to 0.5 are ignored (unset: 0.346).
+    /// Tokens whose probability lies closer than this to 0.5 are ignored (unset: 0.42 for
+    /// mxgate's models, SpamAssassin's 0.346 for one restored from `sa-learn --backup`).
     pub min_prob_strength: Option<f64>,
     /// At most this many of the strongest tokens are combined (unset: 150).
     pub max_tokens: Option<usize>,
+    /// How they are combined: `stouffer` or `chi-square` (unset: `stouffer` for mxgate's
+    /// models, SpamAssassin's `chi-square` for one restored from `sa-learn --backup`).
+    pub combining: Option<String>,
     /// Bayes stays silent until this many spam messages are learned (unset: 200).
     pub min_spam: Option<u32>,
     /// ... and this many ham messages (unset: 200).
@@ -455,6 +459,7 @@ impl Default for Bayes {
             robx: None,
             min_prob_strength: None,
             max_tokens: None,
+            combining: None,
             min_spam: None,
             min_ham: None,
         }
@@ -478,6 +483,16 @@ impl Bayes {
         }
         if self.max_tokens == Some(0) {
             return Err(("bayes.max_tokens", "must be at least 1".into()));
+        }
+        if let Some(c) = self
+            .combining
+            .as_deref()
+            .filter(|c| !["stouffer", "chi-square"].contains(c))
+        {
+            return Err((
+                "bayes.combining",
+                format!("must be `stouffer` or `chi-square`, not `{c}`"),
+            ));
         }
         Ok(())
     }

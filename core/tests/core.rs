@@ -481,16 +481,25 @@ fn config_errors_name_the_field_and_line() {
         ("robx = 1.0", "bayes.robx"),
         ("min_prob_strength = 0.5", "bayes.min_prob_strength"),
         ("max_tokens = 0", "bayes.max_tokens"),
+        ("combining = \"fisher\"", "bayes.combining"),
     ] {
         let e = Config::from_toml(&format!("[bayes]\n{text}\n"), "f.toml")
             .unwrap_err()
             .to_string();
         assert!(e.contains(field), "{text}: {e}");
     }
-    let ok = Config::from_toml("[bayes]\nrobs = 0.03\nmax_tokens = 150\n", "f.toml").unwrap();
+    let ok = Config::from_toml(
+        "[bayes]\nrobs = 0.03\nmax_tokens = 150\ncombining = \"chi-square\"\n",
+        "f.toml",
+    )
+    .unwrap();
     assert_eq!(
-        (ok.bayes.robs, ok.bayes.max_tokens),
-        (Some(0.03), Some(150))
+        (
+            ok.bayes.robs,
+            ok.bayes.max_tokens,
+            ok.bayes.combining.as_deref()
+        ),
+        (Some(0.03), Some(150), Some("chi-square"))
     );
     assert_eq!(ok.bayes.robx, None);
 }

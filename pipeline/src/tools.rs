@@ -325,7 +325,7 @@ pub fn cross_validate(
     println!(
         "{}",
         serde_json::json!({"folds": folds, "osb": osb,
-            "params": {"robs": p.robs, "robx": p.robx, "min_prob_strength": p.min_prob_strength, "max_tokens": p.max_tokens},
+            "params": {"robs": p.robs, "robx": p.robx, "min_prob_strength": p.min_prob_strength, "max_tokens": p.max_tokens, "combining": p.combining.name()},
             "buckets": buckets, "tokenizer": if sa { "spamassassin" } else { "mxgate" }, "ham": nham, "spam": nspam, "one_minus_auc_percent": (100.0 * (1.0 - auc) * 1e4).round() / 1e4,
             "at_fp_0_1_percent": {"cut": ranked_cut, "false_positives": fp_allowed, "false_negatives": ranked_fn},
             "bayes99": {"false_positives": fp, "fp_percent": (10000.0 * fp as f64 / nham as f64).round() / 100.0,

@@ -18,12 +18,11 @@ fn load(folder: &str, class: Class) -> Vec<(u64, Vec<u64>, Class)> {
 }
 
 /// One fold of ten: learn nine tenths of ham, hard ham and spam, classify the rest at the
-/// BAYES_99 cut. The bounds are a regression floor just above today's measured accuracy (0 false
-/// positives, 3.7 % false negatives on this fold, 5 of 135, with the default parameters and
-/// tokens), not the goal of the Bayes issue (≤ 0.1 % and ≤ 3 %), which is not met
-/// yet: see BENCHMARKS.md.
+/// BAYES_99 cut, with the default parameters and tokens. The bounds are the Bayes issue's goals
+/// (false positives ≤ 0.1 %, false negatives ≤ 3 %); this fold measures 0 of 290 ham and 2 of
+/// 135 spam (1.5 %). The ten folds' figures are in BENCHMARKS.md.
 #[test]
-fn bayes_holdout_accuracy_floor() {
+fn bayes_holdout_accuracy_goal() {
     let mut all = load("ham", Class::Ham);
     all.extend(load("hard_ham", Class::Ham));
     all.extend(load("spam", Class::Spam));
@@ -59,6 +58,6 @@ fn bayes_holdout_accuracy_floor() {
         100.0 * fpr,
         100.0 * fnr
     );
-    assert!(fpr <= 0.0035, "false positives {:.2} %", 100.0 * fpr);
-    assert!(fnr <= 0.045, "false negatives {:.2} %", 100.0 * fnr);
+    assert!(fpr <= 0.001, "false positives {:.2} %", 100.0 * fpr);
+    assert!(fnr <= 0.03, "false negatives {:.2} %", 100.0 * fnr);
 }

@@ -260,6 +260,9 @@ enum BayesCmd {
         /// At most this many tokens are combined (as `[bayes] max_tokens`).
         #[arg(long)]
         max_tokens: Option<usize>,
+        /// How they are combined: `stouffer` or `chi-square` (as `[bayes] combining`).
+        #[arg(long, value_parser = ["stouffer", "chi-square"])]
+        combining: Option<String>,
         /// Spam messages.
         #[arg(long, num_args = 1.., required = true)]
         spam: Vec<PathBuf>,
@@ -447,6 +450,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 robx,
                 min_prob_strength,
                 max_tokens,
+                combining,
                 spam,
                 ham,
             } => {
@@ -455,6 +459,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     robx,
                     min_prob_strength,
                     max_tokens,
+                    combining,
                     ..Default::default()
                 };
                 tools::cross_validate(&spam, &ham, folds.max(2), osb, sa, misses, &settings)

@@ -15,7 +15,7 @@ pub mod store;
 pub mod table;
 pub mod tokenize;
 
-pub use classify::{classify, symbol, Params, Silent, Verdict};
+pub use classify::{classify, symbol, Combining, Params, Silent, Verdict};
 pub use model::{Class, FileStore, Learned, Model, Scheme, Store, StoreError};
 pub use store::RedbStore;
 pub use table::TokenTable;
