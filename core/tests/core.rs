@@ -2,7 +2,7 @@
 //! and the configuration reference.
 
 use bytes::BytesMut;
-use mxgate_core::config::{Config, EXAMPLE};
+use mxgate_core::config::{Combining, Config, EXAMPLE};
 use mxgate_core::smtp::session::BareLf;
 use mxgate_core::smtp::{Event, Limits, Session};
 
@@ -481,12 +481,25 @@ fn config_errors_name_the_field_and_line() {
         ("robx = 1.0", "bayes.robx"),
         ("min_prob_strength = 0.5", "bayes.min_prob_strength"),
         ("max_tokens = 0", "bayes.max_tokens"),
-        ("combining = \"fisher\"", "bayes.combining"),
     ] {
         let e = Config::from_toml(&format!("[bayes]\n{text}\n"), "f.toml")
             .unwrap_err()
             .to_string();
         assert!(e.contains(field), "{text}: {e}");
+    }
+    let e = Config::from_toml("[bayes]\ncombining = \"fisher\"\n", "f.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("line 2") && e.contains("fisher") && e.contains("chi-square"),
+        "{e}"
+    );
+    // The names the configuration reads are the ones the command line parses and prints.
+    for c in Combining::ALL {
+        let cfg =
+            Config::from_toml(&format!("[bayes]\ncombining = \"{}\"\n", c.name()), "f").unwrap();
+        assert_eq!(cfg.bayes.combining, Some(c));
+        assert_eq!(c.name().parse(), Ok(c));
     }
     let ok = Config::from_toml(
         "[bayes]\nrobs = 0.03\nmax_tokens = 150\ncombining = \"chi-square\"\n",
@@ -494,12 +507,8 @@ fn config_errors_name_the_field_and_line() {
     )
     .unwrap();
     assert_eq!(
-        (
-            ok.bayes.robs,
-            ok.bayes.max_tokens,
-            ok.bayes.combining.as_deref()
-        ),
-        (Some(0.03), Some(150), Some("chi-square"))
+        (ok.bayes.robs, ok.bayes.max_tokens, ok.bayes.combining),
+        (Some(0.03), Some(150), Some(Combining::ChiSquare))
     );
     assert_eq!(ok.bayes.robx, None);
 }

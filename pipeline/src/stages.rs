@@ -147,12 +147,7 @@ pub fn bayes_params(cfg: &config::Bayes, scheme: bayes::Scheme) -> bayes::Params
         robx: cfg.robx.unwrap_or(d.robx),
         min_prob_strength: cfg.min_prob_strength.unwrap_or(d.min_prob_strength),
         max_tokens: cfg.max_tokens.unwrap_or(d.max_tokens),
-        // Checked with the rest of the configuration (`config::Bayes::check`).
-        combining: cfg
-            .combining
-            .as_deref()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(d.combining),
+        combining: cfg.combining.unwrap_or(d.combining),
         min_spam: cfg.min_spam.unwrap_or(d.min_spam),
         min_ham: cfg.min_ham.unwrap_or(d.min_ham),
     }

@@ -261,8 +261,8 @@ enum BayesCmd {
         #[arg(long)]
         max_tokens: Option<usize>,
         /// How they are combined: `stouffer` or `chi-square` (as `[bayes] combining`).
-        #[arg(long, value_parser = ["stouffer", "chi-square"])]
-        combining: Option<String>,
+        #[arg(long)]
+        combining: Option<mxgate_core::config::Combining>,
         /// Spam messages.
         #[arg(long, num_args = 1.., required = true)]
         spam: Vec<PathBuf>,

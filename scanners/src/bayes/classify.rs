@@ -10,42 +10,7 @@
 
 use super::model::{Model, Scheme};
 
-/// How the chosen tokens' probabilities become one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Combining {
-    /// Stouffer's method: each `f(w)` as the standard normal quantile `z = Φ⁻¹(f(w))`, their
-    /// sum over `√n`, and `p = Φ(Z)`. Evidence both ways cancels in proportion to its
-    /// strength, so a message whose spam tokens outweigh its ham tokens still ends up high
-    /// (BENCHMARKS.md: false negatives 69 -> 26 of 1,347 spam over 10 folds, false positives
-    /// 1 -> 1).
-    Stouffer,
-    /// Fisher's method as Robinson applies it (SpamAssassin, bogofilter): `H` and `S`, the
-    /// chi-square survival of `-2·Σ ln f` and of `-2·Σ ln(1 - f)`, and `p = (1 + H - S) / 2`.
-    /// Strong evidence both ways gives 0.5, whichever side is stronger.
-    ChiSquare,
-}
-
-impl std::str::FromStr for Combining {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "stouffer" => Ok(Combining::Stouffer),
-            "chi-square" => Ok(Combining::ChiSquare),
-            _ => Err(format!("`stouffer` or `chi-square`, not `{s}`")),
-        }
-    }
-}
-
-impl Combining {
-    /// The name the configuration uses.
-    pub fn name(self) -> &'static str {
-        match self {
-            Combining::Stouffer => "stouffer",
-            Combining::ChiSquare => "chi-square",
-        }
-    }
-}
+pub use mxgate_core::config::Combining;
 
 /// Classifier settings. The defaults are Stouffer's combining of at most 150 tokens, each with
 /// `f(w)` within 0.08 of 0 or 1 (`min_prob_strength` 0.42), under a prior of `robs` 0.1 and
