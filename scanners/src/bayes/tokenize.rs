@@ -290,13 +290,7 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
     let view = msg.view();
     // The header fields, unfolded and decoded once for all the header tokens below.
     let headers = crate::rules::view::Headers::of_part(msg, 0);
-    let text_of = |name: &str| {
-        headers
-            .fields
-            .iter()
-            .find(|f| f.0.eq_ignore_ascii_case(name))
-            .map(|f| String::from_utf8_lossy(&f.1))
-    };
+    let text_of = |name: &str| headers.first(name).map(String::from_utf8_lossy);
     sink.with_prefix("");
     // The Subject is the first line of the body, as SpamAssassin renders it.
     if let Some(subject) = text_of("subject") {

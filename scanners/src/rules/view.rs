@@ -83,6 +83,16 @@ impl Headers {
         })
     }
 
+    /// The decoded value of the first field named `name` (case-insensitive), found by walking
+    /// the fields: for a reader asking a few names once, which the index would cost more than
+    /// it saves.
+    pub fn first(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|f| f.0.eq_ignore_ascii_case(name))
+            .map(|f| &f.1[..])
+    }
+
     /// Values of every field named `name` (case-insensitive), decoded or raw.
     pub fn values<'a>(&'a self, name: &'a str, raw: bool) -> impl Iterator<Item = &'a [u8]> + 'a {
         // The index is lower case; rules ask for names as written ("Subject"), which are
