@@ -610,23 +610,21 @@ fn chew_message_id(v: &[u8]) -> Vec<u8> {
         Cow::Owned(o) => Some(o),
         Cow::Borrowed(_) => None,
     };
-    // Each pattern needs a byte or a piece most ids lack ('$', '-', "<20"): looked for first,
-    // every id would start a search at its '<' otherwise.
     RX.with(|rx| {
+        // (a piece the pattern needs and most ids lack, looked for first: every id would
+        // start a search at its '<' otherwise; the pattern; its replacement; how many matches
+        // are replaced, 0 for all)
+        let steps: [(&[u8], &regex::bytes::Regex, &[u8], usize); 3] = [
+            (b"$", &rx.oe, b" OEA$1 OEB$2 OEC$3 $4 ", 0),
+            (b"-", &rx.exim_mid, b"", 1),
+            (b"<20", &rx.sendmail_mid, b"", 0),
+        ];
         let mut v = Cow::Borrowed(v);
-        if memchr::memchr(b'$', &v).is_some() {
-            if let Some(o) = changed(rx.oe.replace_all(&v, &b" OEA$1 OEB$2 OEC$3 $4 "[..])) {
-                v = Cow::Owned(o);
-            }
-        }
-        if memchr::memchr(b'-', &v).is_some() {
-            if let Some(o) = changed(rx.exim_mid.replace(&v, &b""[..])) {
-                v = Cow::Owned(o);
-            }
-        }
-        if memchr::memmem::find(&v, b"<20").is_some() {
-            if let Some(o) = changed(rx.sendmail_mid.replace_all(&v, &b""[..])) {
-                v = Cow::Owned(o);
+        for (needle, pattern, with, limit) in steps {
+            if memchr::memmem::find(&v, needle).is_some() {
+                if let Some(o) = changed(pattern.replacen(&v, limit, with)) {
+                    v = Cow::Owned(o);
+                }
             }
         }
         // `[^_A-Za-z0-9]` → space.
