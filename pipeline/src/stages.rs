@@ -706,6 +706,8 @@ pub fn load_rules(
         pcre = s.pcre_only,
         databases = s.databases,
         cache_hit = s.cache_hit,
+        databases_compiled = s.databases_compiled,
+        databases_reused = s.databases_reused,
         compile_ms = s.compile.as_millis() as u64,
         load_ms = s.cache_load.as_millis() as u64,
         "rules: ready"

@@ -581,8 +581,14 @@ pub fn rules_profile(
 }
 
 /// `mxgate rules stats`: rules by type, how each regex rule runs, eval functions not
-/// implemented, compile time and database size.
-pub fn rules_stats(paths: &[PathBuf], layout: &str, json: bool) -> anyhow::Result<()> {
+/// implemented, compile time and database size; databases loaded from and saved to
+/// `cache_dir` when given.
+pub fn rules_stats(
+    paths: &[PathBuf],
+    cache_dir: Option<PathBuf>,
+    layout: &str,
+    json: bool,
+) -> anyhow::Result<()> {
     use mxgate_scanners::rules;
     let set = rules::load_paths(paths);
     let opts = rules::Options {
@@ -591,6 +597,7 @@ pub fn rules_stats(paths: &[PathBuf], layout: &str, json: bool) -> anyhow::Resul
         } else {
             rules::Layout::PerScope
         },
+        cache_dir,
         ..rules::Options::default()
     };
     let started = Instant::now();
@@ -610,6 +617,9 @@ pub fn rules_stats(paths: &[PathBuf], layout: &str, json: bool) -> anyhow::Resul
         "database_bytes": s.database_bytes,
         "layout": layout,
         "compile_ms": elapsed.as_millis() as u64,
+        "cache_hit": s.cache_hit,
+        "databases_compiled": s.databases_compiled,
+        "databases_reused": s.databases_reused,
         "demoted": s.demoted.iter().map(|(r, why)| serde_json::json!({"rule": r, "why": why})).collect::<Vec<_>>(),
         "eval_functions": s.eval_functions.iter().map(|(f, n)| serde_json::json!({"function": f, "rules": n})).collect::<Vec<_>>(),
     });
@@ -640,11 +650,19 @@ pub fn rules_stats(paths: &[PathBuf], layout: &str, json: bool) -> anyhow::Resul
     );
     println!("rules not run (score 0): {}", s.disabled);
     println!(
-        "{} databases ({} layout), {:.1} MiB, built in {:.2} s",
+        "{} databases ({} layout), {:.1} MiB, built in {:.2} s ({})",
         s.databases,
         layout,
         s.database_bytes as f64 / 1048576.0,
-        elapsed.as_secs_f64()
+        elapsed.as_secs_f64(),
+        if s.cache_hit {
+            "all from the cache".to_string()
+        } else {
+            format!(
+                "{} compiled, {} from the cache",
+                s.databases_compiled, s.databases_reused
+            )
+        }
     );
     for (r, why) in &s.demoted {
         println!("  demoted {r}: {why}");

@@ -302,7 +302,8 @@ enum RulesCmd {
         /// Rule folder or file (repeatable); default: rules.paths of --config or the defaults.
         #[arg(long = "rules")]
         rules: Vec<PathBuf>,
-        /// TOML configuration file.
+        /// TOML configuration file: rules.paths, and rules.cache_dir, where databases are
+        /// loaded from and saved to (without --config everything is compiled).
         #[arg(long)]
         config: Option<PathBuf>,
         /// `per-scope` or `single`.
@@ -506,7 +507,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     config,
                     layout,
                     json,
-                } => tools::rules_stats(&paths(rules, config)?, &layout, json),
+                } => {
+                    let cache_dir = match &config {
+                        Some(c) => {
+                            let cfg = settings::load(Some(c.as_path()), &Overrides::default())?;
+                            (!cfg.rules.cache_dir.is_empty())
+                                .then(|| PathBuf::from(&cfg.rules.cache_dir))
+                        }
+                        None => None,
+                    };
+                    tools::rules_stats(&paths(rules, config)?, cache_dir, &layout, json)
+                }
                 RulesCmd::Relays { files } => json_lines(&files, relays_json),
                 RulesCmd::Profile {
                     config,

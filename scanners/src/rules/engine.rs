@@ -11,7 +11,9 @@
 //!
 //! Compiled databases are cached on disk under a key that hashes the patterns and their
 //! flags, the layout, the Hyperscan version and the target platform, so a warm start
-//! deserializes instead of compiling.
+//! deserializes instead of compiling: the whole set in one file, and each database on its own
+//! under a key of its own patterns, so a start after a change to some rules (a local rule
+//! added, a ruleset update) compiles only the databases whose patterns changed.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -240,6 +242,10 @@ pub struct BuildStats {
     pub cache_load: Duration,
     /// Whether the databases came from the cache.
     pub cache_hit: bool,
+    /// On a miss of the whole set: databases found in the cache on their own, and compiled.
+    pub databases_reused: usize,
+    /// ... and those compiled.
+    pub databases_compiled: usize,
     /// Patterns demoted after Hyperscan refused them (rule name, reason).
     pub demoted: Vec<(String, String)>,
 }
@@ -725,7 +731,14 @@ impl Engine {
             None => {
                 let t = Instant::now();
                 classify(&mut rules);
-                let g = compile_groups(&set, &mut rules, &inputs, opts.layout, &mut stats)?;
+                let g = compile_groups(
+                    &set,
+                    &mut rules,
+                    &inputs,
+                    opts.layout,
+                    opts.cache_dir.as_deref(),
+                    &mut stats,
+                )?;
                 stats.compile = t.elapsed();
                 if let Some(f) = &cache_file {
                     // A cache that cannot be written only costs the next start a compile.
@@ -1549,6 +1562,7 @@ fn compile_groups(
     rules: &mut [Compiled],
     inputs: &[Input],
     layout: Layout,
+    cache_dir: Option<&Path>,
     stats: &mut BuildStats,
 ) -> Result<Vec<Group>, BuildError> {
     // Members of each group.
@@ -1584,10 +1598,16 @@ fn compile_groups(
         }
         members = split;
     }
+    // Databases compiled before from the same patterns, whatever else of the set changed.
+    let mut dbs: Vec<Option<BlockDatabase>> = members
+        .iter()
+        .map(|m| cache_dir.and_then(|d| load_database(&database_file(d, m, rules))))
+        .collect();
+    stats.databases_reused = dbs.iter().filter(|d| d.is_some()).count();
     let plat = platform();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Biggest groups first so the threads finish together.
-    let mut order: Vec<usize> = (0..members.len()).collect();
+    let mut order: Vec<usize> = (0..members.len()).filter(|&g| dbs[g].is_none()).collect();
     order.sort_by_key(|&g| std::cmp::Reverse(members[g].len()));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let rules_ro: &[Compiled] = rules;
@@ -1615,11 +1635,14 @@ fn compile_groups(
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    let mut dbs: Vec<Option<BlockDatabase>> = (0..members.len()).map(|_| None).collect();
     let mut retry = Vec::new();
+    let mut compiled = Vec::new();
     for (g, r) in results {
         match r {
-            Ok(db) => dbs[g] = Some(db),
+            Ok(db) => {
+                dbs[g] = Some(db);
+                compiled.push(g);
+            }
             Err((rule, why)) => {
                 retry.push(g);
                 demote(set, rules, rule, why, stats);
@@ -1637,10 +1660,20 @@ fn compile_groups(
             match r {
                 Ok(db) => {
                     dbs[g] = Some(db);
+                    compiled.push(g);
                     break;
                 }
                 Err((rule, why)) if rule != usize::MAX => demote(set, rules, rule, why, stats),
                 Err((_, why)) => return Err(BuildError::Hyperscan(why)),
+            }
+        }
+    }
+    stats.databases_compiled = compiled.len();
+    if let Some(d) = cache_dir {
+        for &g in &compiled {
+            if let Some(db) = &dbs[g] {
+                // A database that cannot be written only costs a later start its compile.
+                let _ = save_database(&database_file(d, &members[g], rules), db);
             }
         }
     }
@@ -1649,6 +1682,57 @@ fn compile_groups(
         .zip(dbs)
         .filter_map(|(ids, db)| db.map(|db| Group { db, ids }))
         .collect())
+}
+
+const DATABASE_MAGIC: &[u8; 8] = b"MXGDB001";
+
+/// Where the database of these rules' patterns is cached: its name hashes what Hyperscan
+/// compiles (each pattern as compiled, its flags, its position, which is its Hyperscan id), the
+/// Hyperscan version and the target.
+fn database_file(dir: &Path, ids: &[usize], rules: &[Compiled]) -> PathBuf {
+    let mut h = Sha256::new();
+    h.update(DATABASE_MAGIC);
+    h.update(hyperscan::version_str().to_bytes());
+    h.update(CPU_TARGET);
+    for &r in ids {
+        let c = &rules[r];
+        if let (Some(t), Some(expr)) = (&c.translated, c.hs_expr()) {
+            let flags = hs_flags(t, c.mode == Mode::Prefilter).bits();
+            h.update(flags.to_le_bytes());
+            h.update((expr.len() as u64).to_le_bytes());
+            h.update(expr.as_bytes());
+        }
+    }
+    dir.join(format!("db-{}.hsdb", hex::encode(&h.finalize()[..16])))
+}
+
+fn save_database(path: &Path, db: &BlockDatabase) -> std::io::Result<()> {
+    let ser = db
+        .serialize()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut out = Vec::with_capacity(DATABASE_MAGIC.len() + ser.len());
+    out.extend_from_slice(DATABASE_MAGIC);
+    out.extend_from_slice(&ser);
+    write_atomically(path, &out)
+}
+
+fn load_database(path: &Path) -> Option<BlockDatabase> {
+    let data = std::fs::read(path).ok()?;
+    let ser = data.strip_prefix(DATABASE_MAGIC)?;
+    ser.deserialize().ok()
+}
+
+/// Writes `path` whole or not at all: through a file of this process's own, renamed over it,
+/// so processes sharing a cache folder never read a half-written file.
+fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 fn demote(set: &RuleSet, rules: &mut [Compiled], rule: usize, why: String, stats: &mut BuildStats) {
@@ -1711,12 +1795,7 @@ fn save_cache(path: &Path, rules: &[Compiled], groups: &[Group]) -> std::io::Res
         out.extend_from_slice(&(ser.len() as u64).to_le_bytes());
         out.extend_from_slice(&ser);
     }
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &out)?;
-    std::fs::rename(tmp, path)
+    write_atomically(path, &out)
 }
 
 fn load_cache(path: &Path) -> Option<(Vec<Mode>, Vec<Group>)> {
@@ -2310,6 +2389,36 @@ Subject: x\n\nbody\n";
         let b = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
         assert!(b.stats.cache_hit);
         assert_eq!(hits(&a, MSG), hits(&b, MSG));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A changed ruleset misses the whole-set cache but compiles only the databases whose
+    /// patterns changed: here the Subject database, which a new rule joins; the others come from
+    /// the cache, and every rule still hits as it should.
+    #[test]
+    fn a_changed_ruleset_compiles_only_its_changed_databases() {
+        let dir = std::env::temp_dir().join(format!("mxgate-rules-dbs-{}", std::process::id()));
+        let opts = Options {
+            cache_dir: Some(dir.clone()),
+            ..Options::default()
+        };
+        let a = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
+        assert_eq!(
+            (a.stats.databases_reused, a.stats.databases_compiled),
+            (0, a.stats.databases)
+        );
+        let more = format!("{RULES}header SUBJ_STUFF Subject =~ /stuff/i\n");
+        let b = Engine::build(load_str(&more, "t.cf"), &opts).unwrap();
+        assert!(!b.stats.cache_hit);
+        assert_eq!(b.stats.databases, a.stats.databases);
+        assert_eq!(b.stats.databases_compiled, 1);
+        assert_eq!(b.stats.databases_reused, b.stats.databases - 1);
+        let mut want = hits(&a, MSG);
+        want.push("SUBJ_STUFF=1".into());
+        want.sort();
+        let mut got = hits(&b, MSG);
+        got.sort();
+        assert_eq!(got, want);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
