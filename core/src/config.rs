@@ -291,6 +291,7 @@ pub struct Rules {
     /// (the plugins `ifplugin` tests), then each folder's `.cf` files in name order.
     pub paths: Vec<String>,
     /// Folder where compiled Hyperscan databases are cached; empty compiles at every start.
+    /// Files no start has used for 7 days are removed when a ruleset is compiled.
     pub cache_dir: String,
     /// `per-scope` (one database per header, body, rawbody, uri, full; the default) or `single`
     /// (one database for all rules).

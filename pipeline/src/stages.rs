@@ -708,6 +708,7 @@ pub fn load_rules(
         cache_hit = s.cache_hit,
         databases_compiled = s.databases_compiled,
         databases_reused = s.databases_reused,
+        cache_pruned = s.cache_pruned,
         compile_ms = s.compile.as_millis() as u64,
         load_ms = s.cache_load.as_millis() as u64,
         "rules: ready"

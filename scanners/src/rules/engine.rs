@@ -246,6 +246,8 @@ pub struct BuildStats {
     pub databases_reused: usize,
     /// ... and those compiled.
     pub databases_compiled: usize,
+    /// Cache files removed after a miss because no start had used them for [`CACHE_KEEP`].
+    pub cache_pruned: usize,
     /// Patterns demoted after Hyperscan refused them (rule name, reason).
     pub demoted: Vec<(String, String)>,
 }
@@ -716,6 +718,7 @@ impl Engine {
         if let Some(f) = &cache_file {
             let t = Instant::now();
             if let Some((modes, g)) = load_cache(f) {
+                touch(f);
                 if modes.len() == rules.len() {
                     for (c, m) in rules.iter_mut().zip(modes) {
                         c.mode = m;
@@ -743,6 +746,11 @@ impl Engine {
                 if let Some(f) = &cache_file {
                     // A cache that cannot be written only costs the next start a compile.
                     let _ = save_cache(f, &rules, &g);
+                }
+                // Each ruleset version leaves its files behind: those no start has used for a
+                // while go (the ones this build used were just written or touched).
+                if let Some(d) = &opts.cache_dir {
+                    stats.cache_pruned = prune_cache(d, CACHE_KEEP);
                 }
                 g
             }
@@ -1719,7 +1727,47 @@ fn save_database(path: &Path, db: &BlockDatabase) -> std::io::Result<()> {
 fn load_database(path: &Path) -> Option<BlockDatabase> {
     let data = std::fs::read(path).ok()?;
     let ser = data.strip_prefix(DATABASE_MAGIC)?;
-    ser.deserialize().ok()
+    let db = ser.deserialize().ok()?;
+    touch(path);
+    Some(db)
+}
+
+/// Cache files no start has loaded or written for this long are removed when a ruleset is
+/// compiled (a ruleset update leaves the previous version's files behind; gateways sharing a
+/// cache folder each keep theirs fresh by starting).
+pub const CACHE_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Marks a cache file as used now (its modification time), so pruning keeps it.
+fn touch(path: &Path) {
+    if let Ok(f) = std::fs::File::options().write(true).open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Removes the cache files of `dir` (whole sets, single databases, and temporary files a
+/// crashed writer left) that are older than `keep`; returns how many.
+fn prune_cache(dir: &Path, keep: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let ours = (name.starts_with("rules-") || name.starts_with("db-"))
+            && (name.ends_with(".hsdb") || name.contains(".tmp"));
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age > keep);
+        if ours && old && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Writes `path` whole or not at all: through a file of this process's own, renamed over it,
@@ -2419,6 +2467,70 @@ Subject: x\n\nbody\n";
         let mut got = hits(&b, MSG);
         got.sort();
         assert_eq!(got, want);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A compile removes the cache files no start has used for [`CACHE_KEEP`], and only those:
+    /// files of other rulesets used lately, other files, and what it uses itself stay; a start
+    /// from the cache marks its files used.
+    #[test]
+    fn stale_cache_files_are_pruned_on_a_compile() {
+        let dir = std::env::temp_dir().join(format!("mxgate-rules-prune-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let long_ago = std::time::SystemTime::now() - CACHE_KEEP - Duration::from_secs(3600);
+        let file = |name: &str, old: bool| {
+            let p = dir.join(name);
+            std::fs::write(&p, b"x").unwrap();
+            if old {
+                let f = std::fs::File::options().write(true).open(&p).unwrap();
+                f.set_modified(long_ago).unwrap();
+            }
+            p
+        };
+        let stale = [
+            file("rules-0123.hsdb", true),
+            file("db-4567.hsdb", true),
+            file("db-89ab.tmp1234", true),
+        ];
+        let fresh = [file("db-cdef.hsdb", false), file("notes.txt", true)];
+        let opts = Options {
+            cache_dir: Some(dir.clone()),
+            ..Options::default()
+        };
+        let a = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
+        assert_eq!(a.stats.cache_pruned, stale.len());
+        assert!(stale.iter().all(|p| !p.exists()));
+        assert!(fresh.iter().all(|p| p.exists()));
+        // Age every file, start from the cache (which marks the whole-set file used), then
+        // compile another ruleset, which loads all of this one's databases but the Subject one:
+        // the old Subject database and db-cdef go; what either start used stays.
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let f = std::fs::File::options().write(true).open(e.path()).unwrap();
+            f.set_modified(long_ago).unwrap();
+        }
+        assert!(
+            Engine::build(load_str(RULES, "t.cf"), &opts)
+                .unwrap()
+                .stats
+                .cache_hit
+        );
+        let other = format!("{RULES}header SUBJ_STUFF Subject =~ /stuff/i\n");
+        let b = Engine::build(load_str(&other, "t.cf"), &opts).unwrap();
+        assert_eq!(b.stats.databases_compiled, 1);
+        assert_eq!(b.stats.cache_pruned, 2);
+        assert!(!fresh[0].exists() && fresh[1].exists());
+        assert!(
+            Engine::build(load_str(RULES, "t.cf"), &opts)
+                .unwrap()
+                .stats
+                .cache_hit
+        );
+        assert!(
+            Engine::build(load_str(&other, "t.cf"), &opts)
+                .unwrap()
+                .stats
+                .cache_hit
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }
