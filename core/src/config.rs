@@ -296,7 +296,22 @@ pub struct Rules {
     /// `per-scope` (one database per header, body, rawbody, uri, full; the default) or `single`
     /// (one database for all rules).
     pub layout: String,
+    /// Regex rules run on PCRE2 alone rather than behind a Hyperscan prefilter: rules whose
+    /// prefilter lets nearly every text through (`mxgate rules profile` shows a rule's
+    /// confirmations a message next to its input's texts), so that the prefilter is only
+    /// Hyperscan work and compile time. Names a ruleset lacks are ignored. The default names
+    /// SpamAssassin's fill-in-this-form rules (BENCHMARKS.md).
+    pub confirm_only: Vec<String>,
 }
+
+/// Rules of Debian's SpamAssassin ruleset whose Hyperscan prefilter nominates 92-100 % of the
+/// texts they read (over the corpus's ham, spam and hard ham), the default `confirm_only`.
+pub const CONFIRM_ONLY: &[&str] = &[
+    "__FILL_THIS_FORM_LONG2",
+    "__FILL_THIS_FORM_PARTIAL",
+    "__FILL_THIS_FORM_PARTIAL_RAW",
+    "__FILL_THIS_FORM_SHORT2",
+];
 
 impl Default for Rules {
     fn default() -> Self {
@@ -304,6 +319,7 @@ impl Default for Rules {
             paths: vec!["/usr/share/spamassassin".into(), "/etc/spamassassin".into()],
             cache_dir: "/var/cache/mxgate/rules".into(),
             layout: "per-scope".into(),
+            confirm_only: CONFIRM_ONLY.iter().map(|n| n.to_string()).collect(),
         }
     }
 }

@@ -696,6 +696,7 @@ pub fn load_rules(
         cache_dir: (!cfg.rules.cache_dir.is_empty()).then(|| cfg.rules.cache_dir.clone().into()),
         score_set: usize::from(with_bayes) * 2 + usize::from(with_net),
         evals_only,
+        confirm_only: cfg.rules.confirm_only.clone(),
     };
     let engine = rules::Engine::build(set, &opts)?;
     let s = &engine.stats;

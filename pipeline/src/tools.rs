@@ -582,10 +582,11 @@ pub fn rules_profile(
 
 /// `mxgate rules stats`: rules by type, how each regex rule runs, eval functions not
 /// implemented, compile time and database size; databases loaded from and saved to
-/// `cache_dir` when given.
+/// `cache_dir` when given; `confirm_only` as `[rules] confirm_only`.
 pub fn rules_stats(
     paths: &[PathBuf],
     cache_dir: Option<PathBuf>,
+    confirm_only: Vec<String>,
     layout: &str,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -598,6 +599,7 @@ pub fn rules_stats(
             rules::Layout::PerScope
         },
         cache_dir,
+        confirm_only,
         ..rules::Options::default()
     };
     let started = Instant::now();

@@ -71,8 +71,7 @@ fn engine(layout: Layout, cache: Option<PathBuf>) -> (Engine, Duration) {
         &Options {
             layout,
             cache_dir: cache,
-            score_set: 0,
-            evals_only: false,
+            ..Options::default()
         },
     )
     .expect("rules compile");

@@ -38,8 +38,7 @@ fn main() {
         &Options {
             layout: Layout::PerScope,
             cache_dir: Some(std::env::temp_dir().join("mxgate-rule-costs-cache")),
-            score_set: 0,
-            evals_only: false,
+            ..Options::default()
         },
     )
     .expect("the ruleset compiles");

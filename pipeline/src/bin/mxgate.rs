@@ -508,15 +508,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     layout,
                     json,
                 } => {
-                    let cache_dir = match &config {
-                        Some(c) => {
-                            let cfg = settings::load(Some(c.as_path()), &Overrides::default())?;
-                            (!cfg.rules.cache_dir.is_empty())
-                                .then(|| PathBuf::from(&cfg.rules.cache_dir))
-                        }
-                        None => None,
-                    };
-                    tools::rules_stats(&paths(rules, config)?, cache_dir, &layout, json)
+                    let cfg = settings::load(config.as_deref(), &Overrides::default())?;
+                    // The cache only with a configuration given: without, stats measure a
+                    // compile.
+                    let cache_dir = (config.is_some() && !cfg.rules.cache_dir.is_empty())
+                        .then(|| PathBuf::from(&cfg.rules.cache_dir));
+                    let confirm_only = cfg.rules.confirm_only.clone();
+                    tools::rules_stats(
+                        &paths(rules, config)?,
+                        cache_dir,
+                        confirm_only,
+                        &layout,
+                        json,
+                    )
                 }
                 RulesCmd::Relays { files } => json_lines(&files, relays_json),
                 RulesCmd::Profile {

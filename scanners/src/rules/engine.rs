@@ -42,7 +42,7 @@ pub enum Layout {
 }
 
 /// Build options.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Grouping.
     pub layout: Layout,
@@ -53,6 +53,21 @@ pub struct Options {
     /// Run only the natively implemented eval rules and the metas over them (header
     /// analysis, DNS and auth tests without the regex rules: the `headers` stage).
     pub evals_only: bool,
+    /// Rules run on PCRE2 alone instead of behind a Hyperscan prefilter (`[rules]
+    /// confirm_only`); rules Hyperscan takes as written stay there.
+    pub confirm_only: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            layout: Layout::default(),
+            cache_dir: None,
+            score_set: 0,
+            evals_only: false,
+            confirm_only: mxgate_core::config::Rules::default().confirm_only,
+        }
+    }
 }
 
 /// How a rule is run.
@@ -697,6 +712,9 @@ impl Engine {
         ));
         h.update(hyperscan::version_str().to_bytes());
         h.update(CPU_TARGET);
+        for n in &opts.confirm_only {
+            h.update(format!("confirm_only={n}\0"));
+        }
         for (r, c) in set.rules.iter().zip(&rules) {
             if let (Some(t), Some(i), Mode::Hyperscan) = (&c.translated, c.input, c.mode) {
                 h.update(r.name.as_bytes());
@@ -734,6 +752,13 @@ impl Engine {
             None => {
                 let t = Instant::now();
                 classify(&mut rules);
+                for n in &opts.confirm_only {
+                    if let Some(c) = set.index.get(n).map(|&i| &mut rules[i]) {
+                        if c.mode == Mode::Prefilter {
+                            c.mode = Mode::Pcre;
+                        }
+                    }
+                }
                 let g = compile_groups(
                     &set,
                     &mut rules,
@@ -2468,6 +2493,34 @@ Subject: x\n\nbody\n";
         got.sort();
         assert_eq!(got, want);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A rule named in `confirm_only` runs on PCRE2 alone instead of behind its prefilter, and
+    /// hits as before; a rule Hyperscan takes as written stays on Hyperscan.
+    #[test]
+    fn confirm_only_rules_skip_the_prefilter() {
+        let rules = format!("{RULES}body LOOK2 /cash(?= now)/\n");
+        let build = |confirm_only: &[&str]| {
+            Engine::build(
+                load_str(&rules, "t.cf"),
+                &Options {
+                    confirm_only: confirm_only.iter().map(|n| n.to_string()).collect(),
+                    ..Options::default()
+                },
+            )
+            .unwrap()
+        };
+        let (a, b) = (build(&[]), build(&["LOOK2", "BODY_WIN", "NO_SUCH_RULE"]));
+        assert!(hits(&a, MSG).contains(&"LOOK2=1".to_string()));
+        assert_eq!(hits(&a, MSG), hits(&b, MSG));
+        assert_eq!(
+            (b.stats.prefilter, b.stats.pcre_only, b.stats.hyperscan),
+            (
+                a.stats.prefilter - 1,
+                a.stats.pcre_only + 1,
+                a.stats.hyperscan
+            )
+        );
     }
 
     /// A compile removes the cache files no start has used for [`CACHE_KEEP`], and only those:
