@@ -540,6 +540,7 @@ pub fn rules_profile(
         }
     }
     kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let loose = engine.loose_prefilters(&p, LOOSE_PREFILTER);
     if json {
         let v = serde_json::json!({
             "messages": p.messages,
@@ -548,6 +549,9 @@ pub fn rules_profile(
             "rows": rows.iter().take(top).map(|r| serde_json::json!({
                 "kind": r.kind, "name": r.name, "us_per_message": us(&r.cost),
                 "calls": r.cost.calls, "bytes": r.cost.bytes,
+            })).collect::<Vec<_>>(),
+            "loose_prefilters": loose.iter().map(|l| serde_json::json!({
+                "rule": l.rule, "confirmed": l.confirmed, "texts": l.texts,
             })).collect::<Vec<_>>(),
         });
         println!("{v}");
@@ -577,8 +581,27 @@ pub fn rules_profile(
             r.name
         );
     }
+    if !loose.is_empty() {
+        println!(
+            "prefilters letting {:.0} % or more of their texts through (candidates for [rules] confirm_only):",
+            LOOSE_PREFILTER * 100.0
+        );
+        for l in &loose {
+            println!(
+                "  {:5.1} %  {} of {} texts  {}",
+                l.rate() * 100.0,
+                l.confirmed,
+                l.texts,
+                l.rule
+            );
+        }
+    }
     Ok(())
 }
+
+/// `mxgate rules profile` names the prefilters that let through at least this share of their
+/// texts.
+const LOOSE_PREFILTER: f64 = 0.9;
 
 /// `mxgate rules stats`: rules by type, how each regex rule runs, eval functions not
 /// implemented, compile time and database size; databases loaded from and saved to

@@ -317,6 +317,8 @@ enum RulesCmd {
     /// pass only warming up when there are more) and prints the time per message of each
     /// part: Hyperscan per input, PCRE2/regex confirmations and eval rules per rule, the texts
     /// the rules read, the metas. As SpamAssassin's `--timing` and rspamd's symbol timings.
+    /// Then the prefilters that let 90 % or more of their texts through (candidates for
+    /// `[rules] confirm_only`).
     Profile {
         /// TOML configuration file (rules.paths, rules.cache_dir, rules.layout).
         #[arg(long)]

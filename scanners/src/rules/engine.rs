@@ -436,6 +436,24 @@ pub struct ProfileRow {
     pub cost: Cost,
 }
 
+/// A prefilter rule of [`Engine::loose_prefilters`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoosePrefilter {
+    /// The rule.
+    pub rule: String,
+    /// Texts its prefilter let through to the confirming engine.
+    pub confirmed: u64,
+    /// Texts its input had.
+    pub texts: u64,
+}
+
+impl LoosePrefilter {
+    /// The share let through.
+    pub fn rate(&self) -> f64 {
+        self.confirmed as f64 / self.texts.max(1) as f64
+    }
+}
+
 /// Starts a clock when profiling is on.
 fn clock(p: &Option<Box<Profile>>) -> Option<Instant> {
     p.as_ref().map(|_| Instant::now())
@@ -990,6 +1008,28 @@ impl Engine {
         push("metas", "meta rules and the outcome".into(), p.metas);
         rows.sort_by_key(|r| std::cmp::Reverse(r.cost.nanos));
         rows
+    }
+
+    /// The prefilter rules whose Hyperscan prefilter let through at least `min_rate` of the
+    /// texts their input had in `p` (texts confirmed over texts scanned; a rule that hit is
+    /// not confirmed again on the rest of a message's texts, so this is a lower bound),
+    /// highest first: candidates for `[rules] confirm_only`, where the prefilter is Hyperscan
+    /// work that decides nothing.
+    pub fn loose_prefilters(&self, p: &Profile, min_rate: f64) -> Vec<LoosePrefilter> {
+        let mut out: Vec<LoosePrefilter> = (0..self.rules.len())
+            .filter(|&r| self.rules[r].mode == Mode::Prefilter)
+            .filter_map(|r| {
+                let texts = p.hyperscan.get(self.rules[r].input?)?.calls;
+                let confirmed = p.confirm.get(r)?.calls;
+                (texts > 0 && confirmed as f64 >= min_rate * texts as f64).then(|| LoosePrefilter {
+                    rule: self.set.rules[r].name.clone(),
+                    confirmed,
+                    texts,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.rate().total_cmp(&a.rate()).then(a.rule.cmp(&b.rule)));
+        out
     }
 
     /// Whether mxgate implements the rule and everything it depends on: regex and `exists:`
@@ -2493,6 +2533,30 @@ Subject: x\n\nbody\n";
         got.sort();
         assert_eq!(got, want);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A prefilter that lets every paragraph through is named by `loose_prefilters`; one that
+    /// lets few through is not.
+    #[test]
+    fn loose_prefilters_are_named() {
+        // Neither hits (a rule that hit is not confirmed again), so every nomination counts.
+        let rules = "body LOOSE /e(?=xyz)/\nbody TIGHT /zebra(?=s)/\n";
+        let e = engine(rules, Layout::PerScope);
+        let m = Message::parse(bytes::Bytes::from(
+            "Subject: hello there\n\nthe first line\n\nmore here\n\nand yet more\n",
+        ));
+        let mut s = e.scratch();
+        s.enable_profile();
+        e.scan(&m, Envelope::default(), &mut s);
+        let p = s.profile().unwrap().clone();
+        let loose = e.loose_prefilters(&p, 0.9);
+        assert_eq!(
+            loose.iter().map(|l| l.rule.as_str()).collect::<Vec<_>>(),
+            ["LOOSE"]
+        );
+        assert!(loose[0].texts >= 4 && loose[0].confirmed == loose[0].texts);
+        let all = e.loose_prefilters(&p, 0.0);
+        assert!(all.iter().any(|l| l.rule == "TIGHT" && l.confirmed == 0));
     }
 
     /// A rule named in `confirm_only` runs on PCRE2 alone instead of behind its prefilter, and

@@ -27,8 +27,8 @@ pub mod view;
 
 pub use engine::{
     AutolearnPoints, AutolearnThresholds, BodyPatternCost, BuildStats, Cost, DatabaseCost, Engine,
-    Envelope, Layout, Mode, Options, Outcome, Part, PatternCosts, Profile, ProfileRow, Scratch,
-    UnscannedCost,
+    Envelope, Layout, LoosePrefilter, Mode, Options, Outcome, Part, PatternCosts, Profile,
+    ProfileRow, Scratch, UnscannedCost,
 };
 pub use evals::DnsPlan;
 pub use load::{load_paths, load_str, Diagnostic, Eval, Rule, RuleSet, Test};
