@@ -457,24 +457,17 @@ fn example_config_is_the_default_and_documents_every_key() {
 
 #[test]
 fn config_errors_name_the_field_and_line() {
-    let e = Config::from_toml("[server]\nlisten = [\"nonsense\"]\n", "f.toml")
-        .unwrap_err()
-        .to_string();
+    let error = |text: &str| Config::from_toml(text, "f.toml").unwrap_err().to_string();
+    let e = error("[server]\nlisten = [\"nonsense\"]\n");
     assert!(
         e.contains("f.toml") && e.contains("server.listen") && e.contains("nonsense"),
         "{e}"
     );
-    let e = Config::from_toml("[smtp]\nmax_line_lenght = 10\n", "f.toml")
-        .unwrap_err()
-        .to_string();
+    let e = error("[smtp]\nmax_line_lenght = 10\n");
     assert!(e.contains("max_line_lenght") && e.contains("line 2"), "{e}");
-    let e = Config::from_toml("[smtp]\nmax_errors = \"x\"\n", "f.toml")
-        .unwrap_err()
-        .to_string();
+    let e = error("[smtp]\nmax_errors = \"x\"\n");
     assert!(e.contains("max_errors"), "{e}");
-    let e = Config::from_toml("[stages]\nenabled = [\"bogus\"]\n", "f.toml")
-        .unwrap_err()
-        .to_string();
+    let e = error("[stages]\nenabled = [\"bogus\"]\n");
     assert!(e.contains("stages.enabled") && e.contains("bogus"), "{e}");
     for (text, field) in [
         ("robs = 0.0", "bayes.robs"),
@@ -482,14 +475,10 @@ fn config_errors_name_the_field_and_line() {
         ("min_prob_strength = 0.5", "bayes.min_prob_strength"),
         ("max_tokens = 0", "bayes.max_tokens"),
     ] {
-        let e = Config::from_toml(&format!("[bayes]\n{text}\n"), "f.toml")
-            .unwrap_err()
-            .to_string();
+        let e = error(&format!("[bayes]\n{text}\n"));
         assert!(e.contains(field), "{text}: {e}");
     }
-    let e = Config::from_toml("[bayes]\ncombining = \"fisher\"\n", "f.toml")
-        .unwrap_err()
-        .to_string();
+    let e = error("[bayes]\ncombining = \"fisher\"\n");
     assert!(
         e.contains("line 2") && e.contains("fisher") && e.contains("chi-square"),
         "{e}"

@@ -2490,13 +2490,19 @@ Subject: x\n\nbody\n";
         assert_eq!(few_head.decide(&t, true), None);
     }
 
-    #[test]
-    fn cache_round_trip() {
-        let dir = std::env::temp_dir().join(format!("mxgate-rules-cache-{}", std::process::id()));
+    /// A cache folder of this test process's own, and build options that use it.
+    fn cached(test: &str) -> (PathBuf, Options) {
+        let dir = std::env::temp_dir().join(format!("mxgate-rules-{test}-{}", std::process::id()));
         let opts = Options {
             cache_dir: Some(dir.clone()),
             ..Options::default()
         };
+        (dir, opts)
+    }
+
+    #[test]
+    fn cache_round_trip() {
+        let (dir, opts) = cached("cache");
         let a = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
         assert!(!a.stats.cache_hit);
         let b = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
@@ -2510,11 +2516,7 @@ Subject: x\n\nbody\n";
     /// the cache, and every rule still hits as it should.
     #[test]
     fn a_changed_ruleset_compiles_only_its_changed_databases() {
-        let dir = std::env::temp_dir().join(format!("mxgate-rules-dbs-{}", std::process::id()));
-        let opts = Options {
-            cache_dir: Some(dir.clone()),
-            ..Options::default()
-        };
+        let (dir, opts) = cached("dbs");
         let a = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
         assert_eq!(
             (a.stats.databases_reused, a.stats.databases_compiled),
@@ -2592,7 +2594,7 @@ Subject: x\n\nbody\n";
     /// from the cache marks its files used.
     #[test]
     fn stale_cache_files_are_pruned_on_a_compile() {
-        let dir = std::env::temp_dir().join(format!("mxgate-rules-prune-{}", std::process::id()));
+        let (dir, opts) = cached("prune");
         std::fs::create_dir_all(&dir).unwrap();
         let long_ago = std::time::SystemTime::now() - CACHE_KEEP - Duration::from_secs(3600);
         let file = |name: &str, old: bool| {
@@ -2610,10 +2612,6 @@ Subject: x\n\nbody\n";
             file("db-89ab.tmp1234", true),
         ];
         let fresh = [file("db-cdef.hsdb", false), file("notes.txt", true)];
-        let opts = Options {
-            cache_dir: Some(dir.clone()),
-            ..Options::default()
-        };
         let a = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
         assert_eq!(a.stats.cache_pruned, stale.len());
         assert!(stale.iter().all(|p| !p.exists()));
