@@ -754,8 +754,8 @@ impl Engine {
         if let Some(f) = &cache_file {
             let t = Instant::now();
             if let Some((modes, g)) = load_cache(f) {
-                touch(f);
                 if modes.len() == rules.len() {
+                    touch(f);
                     for (c, m) in rules.iter_mut().zip(modes) {
                         c.mode = m;
                     }
