@@ -510,16 +510,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     layout,
                     json,
                 } => {
-                    let cfg = settings::load(config.as_deref(), &Overrides::default())?;
+                    let mut cfg = settings::load(config.as_deref(), &Overrides::default())?;
+                    use_rules(&mut cfg, &rules);
                     // The cache only with a configuration given: without, stats measure a
                     // compile.
                     let cache_dir = (config.is_some() && !cfg.rules.cache_dir.is_empty())
                         .then(|| PathBuf::from(&cfg.rules.cache_dir));
-                    let confirm_only = cfg.rules.confirm_only.clone();
+                    let rule_paths: Vec<PathBuf> =
+                        cfg.rules.paths.iter().map(PathBuf::from).collect();
                     tools::rules_stats(
-                        &paths(rules, config)?,
+                        &rule_paths,
                         cache_dir,
-                        confirm_only,
+                        cfg.rules.confirm_only,
                         &layout,
                         json,
                     )
