@@ -603,6 +603,9 @@ pub fn rules_profile(
 /// texts.
 const LOOSE_PREFILTER: f64 = 0.9;
 
+/// `mxgate rules stats` lists this many of the slowest database compiles.
+const SLOWEST_COMPILES: usize = 10;
+
 /// `mxgate rules stats`: rules by type, how each regex rule runs, eval functions not
 /// implemented, compile time and database size; databases loaded from and saved to
 /// `cache_dir` when given; `confirm_only` as `[rules] confirm_only`.
@@ -645,6 +648,13 @@ pub fn rules_stats(
         "cache_hit": s.cache_hit,
         "databases_compiled": s.databases_compiled,
         "databases_reused": s.databases_reused,
+        "compile_times": s.compile_times.iter().map(|c| serde_json::json!({
+            "scope": c.scope,
+            "prefilter": c.prefilter,
+            "patterns": c.patterns,
+            "ms": c.took.as_millis() as u64,
+            "rules": c.rules,
+        })).collect::<Vec<_>>(),
         "demoted": s.demoted.iter().map(|(r, why)| serde_json::json!({"rule": r, "why": why})).collect::<Vec<_>>(),
         "eval_functions": s.eval_functions.iter().map(|(f, n)| serde_json::json!({"function": f, "rules": n})).collect::<Vec<_>>(),
     });
@@ -691,6 +701,27 @@ pub fn rules_stats(
     );
     for (r, why) in &s.demoted {
         println!("  demoted {r}: {why}");
+    }
+    if !s.compile_times.is_empty() {
+        println!("slowest compiles (one thread each):");
+        for c in s.compile_times.iter().take(SLOWEST_COMPILES) {
+            println!(
+                "  {:7.2} s  {} {}, {} patterns{}",
+                c.took.as_secs_f64(),
+                c.scope,
+                if c.prefilter {
+                    "prefilters"
+                } else {
+                    "as written"
+                },
+                c.patterns,
+                if c.rules.len() <= 3 {
+                    format!(": {}", c.rules.join(", "))
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     println!("eval functions not implemented (rules calling each):");
     for (f, n) in &s.eval_functions {

@@ -3,7 +3,7 @@
 //! (default `../shared/corpus`), costliest first.
 //!
 //! `MXGATE_CORPUS=../shared/corpus cargo run --release -p mxgate-scanners --example rule_costs [N]`
-//! prints the N costliest patterns (default 20).
+//! prints the N costliest patterns (default 20), then the N slowest to compile alone.
 
 use mxgate_core::mime::Message;
 use mxgate_scanners::rules::{load_paths, view, Engine, Layout, Options};
@@ -99,4 +99,23 @@ fn main() {
             })
             .collect(),
     );
+    // Compile time is per build, not per message.
+    let mut by_compile: Vec<_> = costs.patterns.iter().collect();
+    by_compile.sort_by_key(|p| std::cmp::Reverse(p.compile));
+    for prefilter in [false, true] {
+        let rows: Vec<_> = by_compile
+            .iter()
+            .filter(|p| p.prefilter == prefilter)
+            .collect();
+        let sum: std::time::Duration = rows.iter().map(|p| p.compile).sum();
+        println!(
+            "compiling each of {} body patterns {} alone: {:.2} s summed; the slowest:",
+            rows.len(),
+            kind(prefilter),
+            sum.as_secs_f64()
+        );
+        for p in rows.iter().take(top) {
+            println!("  {:7.3} s  {}", p.compile.as_secs_f64(), p.rule);
+        }
+    }
 }

@@ -26,9 +26,9 @@ pub mod sa_html;
 pub mod view;
 
 pub use engine::{
-    AutolearnPoints, AutolearnThresholds, BodyPatternCost, BuildStats, Cost, DatabaseCost, Engine,
-    Envelope, Layout, LoosePrefilter, Mode, Options, Outcome, Part, PatternCosts, Profile,
-    ProfileRow, Scratch, UnscannedCost,
+    AutolearnPoints, AutolearnThresholds, BodyPatternCost, BuildStats, CompileTime, Cost,
+    DatabaseCost, Engine, Envelope, Layout, LoosePrefilter, Mode, Options, Outcome, Part,
+    PatternCosts, Profile, ProfileRow, Scratch, UnscannedCost,
 };
 pub use evals::DnsPlan;
 pub use load::{load_paths, load_str, Diagnostic, Eval, Rule, RuleSet, Test};
