@@ -529,7 +529,7 @@ pub enum BuildError {
     Hyperscan(String),
 }
 
-const CACHE_MAGIC: &[u8; 8] = b"MXGRUL01";
+const CACHE_MAGIC: &[u8; 8] = b"MXGRUL02";
 
 /// Most patterns in one prefilter database.
 const PREFILTER_CHUNK: usize = 24;
@@ -1953,27 +1953,37 @@ fn compile_one(
     })
 }
 
+/// Writes the whole-set file: each rule's mode, and each group's rules with the name of its
+/// database's file, which [`compile_groups`] saved (or found) beside it. The databases are not
+/// copied into it, so the folder holds each once.
 fn save_cache(path: &Path, rules: &[Compiled], groups: &[Group]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     out.extend_from_slice(CACHE_MAGIC);
     out.extend_from_slice(&(rules.len() as u32).to_le_bytes());
     out.extend(rules.iter().map(|c| c.mode.as_u8()));
     out.extend_from_slice(&(groups.len() as u32).to_le_bytes());
     for g in groups {
-        let ser =
-            g.db.serialize()
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let db = database_file(dir, &g.ids, rules);
+        if !db.exists() {
+            return Err(std::io::Error::other(format!("{} missing", db.display())));
+        }
+        let name = db.file_name().map(|n| n.to_string_lossy().into_owned());
+        let name = name.unwrap_or_default();
         out.extend_from_slice(&(g.ids.len() as u32).to_le_bytes());
         for &i in &g.ids {
             out.extend_from_slice(&(i as u32).to_le_bytes());
         }
-        out.extend_from_slice(&(ser.len() as u64).to_le_bytes());
-        out.extend_from_slice(&ser);
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
     }
     write_atomically(path, &out)
 }
 
+/// Reads a whole-set file and the databases it names (each marked used); `None` when any is
+/// missing or unreadable, which makes the start a miss that compiles only what is missing.
 fn load_cache(path: &Path) -> Option<(Vec<Mode>, Vec<Group>)> {
+    let dir = path.parent()?;
     let data = std::fs::read(path).ok()?;
     let mut r = Reader { b: &data, pos: 0 };
     if r.take(8)? != CACHE_MAGIC {
@@ -1983,16 +1993,19 @@ fn load_cache(path: &Path) -> Option<(Vec<Mode>, Vec<Group>)> {
     let modes: Option<Vec<Mode>> = r.take(n)?.iter().map(|&m| Mode::from_u8(m)).collect();
     let modes = modes?;
     let ng = r.u32()? as usize;
-    let mut groups = Vec::with_capacity(ng);
+    let mut groups = Vec::with_capacity(ng.min(data.len()));
     for _ in 0..ng {
         let k = r.u32()? as usize;
-        let mut ids = Vec::with_capacity(k);
+        let mut ids = Vec::with_capacity(k.min(data.len()));
         for _ in 0..k {
             ids.push(r.u32()? as usize);
         }
-        let len = r.u64()? as usize;
-        let bytes = r.take(len)?;
-        let db: BlockDatabase = bytes.deserialize().ok()?;
+        let len = r.u32()? as usize;
+        let name = std::str::from_utf8(r.take(len)?).ok()?;
+        if !name.starts_with("db-") || name.contains('/') {
+            return None;
+        }
+        let db = load_database(&dir.join(name))?;
         groups.push(Group { db, ids });
     }
     Some((modes, groups))
@@ -2011,9 +2024,6 @@ impl<'a> Reader<'a> {
     }
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
 }
 
@@ -2573,6 +2583,48 @@ Subject: x\n\nbody\n";
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// The whole-set file names its databases instead of holding them, so the folder holds each
+    /// database once; a start whose database file went missing compiles that one alone.
+    #[test]
+    fn the_whole_set_file_names_its_databases() {
+        let (dir, opts) = cached("names");
+        let a = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
+        let files = |prefix: &str| -> Vec<(PathBuf, u64)> {
+            let mut v: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.starts_with(prefix) && n.ends_with(".hsdb")
+                })
+                .map(|e| (e.path(), e.metadata().unwrap().len()))
+                .collect();
+            v.sort();
+            v
+        };
+        let (sets, dbs) = (files("rules-"), files("db-"));
+        assert_eq!(sets.len(), 1);
+        assert_eq!(dbs.len(), a.stats.databases);
+        let db_bytes: u64 = dbs.iter().map(|d| d.1).sum();
+        assert!(
+            sets[0].1 * 10 < db_bytes,
+            "{} against {db_bytes}",
+            sets[0].1
+        );
+        std::fs::remove_file(&dbs[0].0).unwrap();
+        let b = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
+        assert!(!b.stats.cache_hit);
+        assert_eq!(
+            (b.stats.databases_compiled, b.stats.databases_reused),
+            (1, a.stats.databases - 1)
+        );
+        assert_eq!(hits(&a, MSG), hits(&b, MSG));
+        let c = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
+        assert!(c.stats.cache_hit);
+        assert_eq!(hits(&a, MSG), hits(&c, MSG));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// A changed ruleset misses the whole-set cache but compiles only the databases whose
     /// patterns changed: here the Subject database, which a new rule joins; the others come from
     /// the cache, and every rule still hits as it should.
@@ -2712,9 +2764,10 @@ Subject: x\n\nbody\n";
         assert_eq!(a.stats.cache_pruned, stale.len());
         assert!(stale.iter().all(|p| !p.exists()));
         assert!(fresh.iter().all(|p| p.exists()));
-        // Age every file, start from the cache (which marks the whole-set file used), then
-        // compile another ruleset, which loads all of this one's databases but the Subject one:
-        // the old Subject database and db-cdef go; what either start used stays.
+        // Age every file, start from the cache (which marks the whole-set file and every
+        // database it names used), then compile another ruleset, which loads all of this one's
+        // databases but the Subject one: db-cdef goes; what either start used stays, the old
+        // Subject database too, since the first ruleset's whole-set file still names it.
         for e in std::fs::read_dir(&dir).unwrap().flatten() {
             let f = std::fs::File::options().write(true).open(e.path()).unwrap();
             f.set_modified(long_ago).unwrap();
@@ -2728,7 +2781,7 @@ Subject: x\n\nbody\n";
         let other = format!("{RULES}header SUBJ_STUFF Subject =~ /stuff/i\n");
         let b = Engine::build(load_str(&other, "t.cf"), &opts).unwrap();
         assert_eq!(b.stats.databases_compiled, 1);
-        assert_eq!(b.stats.cache_pruned, 2);
+        assert_eq!(b.stats.cache_pruned, 1);
         assert!(!fresh[0].exists() && fresh[1].exists());
         assert!(
             Engine::build(load_str(RULES, "t.cf"), &opts)
