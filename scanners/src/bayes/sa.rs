@@ -621,7 +621,11 @@ fn chew_message_id(v: &[u8]) -> Vec<u8> {
         ];
         let mut v = Cow::Borrowed(v);
         for (needle, pattern, with, limit) in steps {
-            if memchr::memmem::find(&v, needle).is_some() {
+            let present = match needle {
+                [b] => memchr::memchr(*b, &v).is_some(),
+                _ => memchr::memmem::find(&v, needle).is_some(),
+            };
+            if present {
                 if let Some(o) = changed(pattern.replacen(&v, limit, with)) {
                     v = Cow::Owned(o);
                 }
