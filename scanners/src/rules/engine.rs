@@ -169,6 +169,8 @@ struct Group {
     db: BlockDatabase,
     /// Hyperscan id → rule index.
     ids: Vec<usize>,
+    /// Its file in the cache folder, when it is there (loaded from it or saved to it).
+    file: Option<PathBuf>,
 }
 
 /// What [`Engine::body_pattern_costs`] measured.
@@ -1706,9 +1708,11 @@ fn compile_groups(
         members = split;
     }
     // Databases compiled before from the same patterns, whatever else of the set changed.
-    let mut dbs: Vec<Option<BlockDatabase>> = members
+    let file_of = |m: &[usize], rules: &[Compiled]| cache_dir.map(|d| database_file(d, m, rules));
+    let mut files: Vec<Option<PathBuf>> = members.iter().map(|m| file_of(m, rules)).collect();
+    let mut dbs: Vec<Option<BlockDatabase>> = files
         .iter()
-        .map(|m| cache_dir.and_then(|d| load_database(&database_file(d, m, rules))))
+        .map(|f| f.as_deref().and_then(load_database))
         .collect();
     stats.databases_reused = dbs.iter().filter(|d| d.is_some()).count();
     let plat = platform();
@@ -1776,6 +1780,8 @@ fn compile_groups(
             match r {
                 Ok(db) => {
                     dbs[g] = Some(db);
+                    // Its patterns changed with the demotions.
+                    files[g] = file_of(&members[g], rules);
                     compiled.push(g);
                     break;
                 }
@@ -1804,18 +1810,19 @@ fn compile_groups(
     stats
         .compile_times
         .sort_by_key(|c| std::cmp::Reverse(c.took));
-    if let Some(d) = cache_dir {
-        for &g in &compiled {
-            if let Some(db) = &dbs[g] {
-                // A database that cannot be written only costs a later start its compile.
-                let _ = save_database(&database_file(d, &members[g], rules), db);
+    for &g in &compiled {
+        if let (Some(f), Some(db)) = (&files[g], &dbs[g]) {
+            // A database that cannot be written only costs a later start its compile.
+            if save_database(f, db).is_err() {
+                files[g] = None;
             }
         }
     }
     Ok(members
         .into_iter()
         .zip(dbs)
-        .filter_map(|(ids, db)| db.map(|db| Group { db, ids }))
+        .zip(files)
+        .filter_map(|((ids, db), file)| db.map(|db| Group { db, ids, file }))
         .collect())
 }
 
@@ -1957,19 +1964,18 @@ fn compile_one(
 /// database's file, which [`compile_groups`] saved (or found) beside it. The databases are not
 /// copied into it, so the folder holds each once.
 fn save_cache(path: &Path, rules: &[Compiled], groups: &[Group]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     out.extend_from_slice(CACHE_MAGIC);
     out.extend_from_slice(&(rules.len() as u32).to_le_bytes());
     out.extend(rules.iter().map(|c| c.mode.as_u8()));
     out.extend_from_slice(&(groups.len() as u32).to_le_bytes());
     for g in groups {
-        let db = database_file(dir, &g.ids, rules);
-        if !db.exists() {
-            return Err(std::io::Error::other(format!("{} missing", db.display())));
-        }
-        let name = db.file_name().map(|n| n.to_string_lossy().into_owned());
-        let name = name.unwrap_or_default();
+        let Some(name) = g.file.as_deref().and_then(Path::file_name) else {
+            return Err(std::io::Error::other(
+                "a database is not in the cache folder",
+            ));
+        };
+        let name = name.to_string_lossy();
         out.extend_from_slice(&(g.ids.len() as u32).to_le_bytes());
         for &i in &g.ids {
             out.extend_from_slice(&(i as u32).to_le_bytes());
@@ -2005,8 +2011,13 @@ fn load_cache(path: &Path) -> Option<(Vec<Mode>, Vec<Group>)> {
         if !name.starts_with("db-") || name.contains('/') {
             return None;
         }
-        let db = load_database(&dir.join(name))?;
-        groups.push(Group { db, ids });
+        let file = dir.join(name);
+        let db = load_database(&file)?;
+        groups.push(Group {
+            db,
+            ids,
+            file: Some(file),
+        });
     }
     Some((modes, groups))
 }
