@@ -2362,17 +2362,21 @@ mod tests {
     use super::*;
     use crate::rules::load::load_str;
 
-    fn engine(rules: &str, layout: Layout) -> Engine {
+    /// Rules from a string (which must load without a diagnostic), built with `opts`.
+    fn build(rules: &str, opts: &Options) -> Engine {
         let set = load_str(rules, "t.cf");
         assert!(set.diagnostics.is_empty(), "{:?}", set.diagnostics);
-        Engine::build(
-            set,
+        Engine::build(set, opts).unwrap()
+    }
+
+    fn engine(rules: &str, layout: Layout) -> Engine {
+        build(
+            rules,
             &Options {
                 layout,
                 ..Options::default()
             },
         )
-        .unwrap()
     }
 
     fn hits(e: &Engine, msg: &str) -> Vec<String> {
@@ -2586,9 +2590,9 @@ Subject: x\n\nbody\n";
     #[test]
     fn cache_round_trip() {
         let (dir, opts) = cached("cache");
-        let a = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
+        let a = build(RULES, &opts);
         assert!(!a.stats.cache_hit);
-        let b = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
+        let b = build(RULES, &opts);
         assert!(b.stats.cache_hit);
         assert_eq!(hits(&a, MSG), hits(&b, MSG));
         let _ = std::fs::remove_dir_all(dir);
@@ -2599,7 +2603,7 @@ Subject: x\n\nbody\n";
     #[test]
     fn the_whole_set_file_names_its_databases() {
         let (dir, opts) = cached("names");
-        let a = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
+        let a = build(RULES, &opts);
         let files = |prefix: &str| -> Vec<(PathBuf, u64)> {
             let mut v: Vec<_> = std::fs::read_dir(&dir)
                 .unwrap()
@@ -2623,14 +2627,14 @@ Subject: x\n\nbody\n";
             sets[0].1
         );
         std::fs::remove_file(&dbs[0].0).unwrap();
-        let b = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
+        let b = build(RULES, &opts);
         assert!(!b.stats.cache_hit);
         assert_eq!(
             (b.stats.databases_compiled, b.stats.databases_reused),
             (1, a.stats.databases - 1)
         );
         assert_eq!(hits(&a, MSG), hits(&b, MSG));
-        let c = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
+        let c = build(RULES, &opts);
         assert!(c.stats.cache_hit);
         assert_eq!(hits(&a, MSG), hits(&c, MSG));
         let _ = std::fs::remove_dir_all(dir);
@@ -2642,13 +2646,13 @@ Subject: x\n\nbody\n";
     #[test]
     fn a_changed_ruleset_compiles_only_its_changed_databases() {
         let (dir, opts) = cached("dbs");
-        let a = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
+        let a = build(RULES, &opts);
         assert_eq!(
             (a.stats.databases_reused, a.stats.databases_compiled),
             (0, a.stats.databases)
         );
         let more = format!("{RULES}header SUBJ_STUFF Subject =~ /stuff/i\n");
-        let b = Engine::build(load_str(&more, "t.cf"), &opts).unwrap();
+        let b = build(&more, &opts);
         assert!(!b.stats.cache_hit);
         assert_eq!(b.stats.databases, a.stats.databases);
         assert_eq!(b.stats.databases_compiled, 1);
@@ -2725,17 +2729,19 @@ Subject: x\n\nbody\n";
     #[test]
     fn confirm_only_rules_skip_the_prefilter() {
         let rules = format!("{RULES}body LOOK2 /cash(?= now)/\n");
-        let build = |confirm_only: &[&str]| {
-            Engine::build(
-                load_str(&rules, "t.cf"),
+        let confirming = |confirm_only: &[&str]| {
+            build(
+                &rules,
                 &Options {
                     confirm_only: confirm_only.iter().map(|n| n.to_string()).collect(),
                     ..Options::default()
                 },
             )
-            .unwrap()
         };
-        let (a, b) = (build(&[]), build(&["LOOK2", "BODY_WIN", "NO_SUCH_RULE"]));
+        let (a, b) = (
+            confirming(&[]),
+            confirming(&["LOOK2", "BODY_WIN", "NO_SUCH_RULE"]),
+        );
         assert!(hits(&a, MSG).contains(&"LOOK2=1".to_string()));
         assert_eq!(hits(&a, MSG), hits(&b, MSG));
         assert_eq!(
@@ -2771,7 +2777,7 @@ Subject: x\n\nbody\n";
             file("db-89ab.tmp1234", true),
         ];
         let fresh = [file("db-cdef.hsdb", false), file("notes.txt", true)];
-        let a = Engine::build(load_str(RULES, "t.cf"), &opts).unwrap();
+        let a = build(RULES, &opts);
         assert_eq!(a.stats.cache_pruned, stale.len());
         assert!(stale.iter().all(|p| !p.exists()));
         assert!(fresh.iter().all(|p| p.exists()));
@@ -2783,29 +2789,14 @@ Subject: x\n\nbody\n";
             let f = std::fs::File::options().write(true).open(e.path()).unwrap();
             f.set_modified(long_ago).unwrap();
         }
-        assert!(
-            Engine::build(load_str(RULES, "t.cf"), &opts)
-                .unwrap()
-                .stats
-                .cache_hit
-        );
+        assert!(build(RULES, &opts).stats.cache_hit);
         let other = format!("{RULES}header SUBJ_STUFF Subject =~ /stuff/i\n");
-        let b = Engine::build(load_str(&other, "t.cf"), &opts).unwrap();
+        let b = build(&other, &opts);
         assert_eq!(b.stats.databases_compiled, 1);
         assert_eq!(b.stats.cache_pruned, 1);
         assert!(!fresh[0].exists() && fresh[1].exists());
-        assert!(
-            Engine::build(load_str(RULES, "t.cf"), &opts)
-                .unwrap()
-                .stats
-                .cache_hit
-        );
-        assert!(
-            Engine::build(load_str(&other, "t.cf"), &opts)
-                .unwrap()
-                .stats
-                .cache_hit
-        );
+        assert!(build(RULES, &opts).stats.cache_hit);
+        assert!(build(&other, &opts).stats.cache_hit);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
