@@ -753,9 +753,10 @@ impl Engine {
         h.update(CACHE_MAGIC);
         // The grouping and widening choices shape the databases too.
         h.update(format!(
-            "{:?} chunk={PREFILTER_CHUNK}/{EXACT_CHUNK} widen={} group={} big={}",
+            "{:?} chunk={PREFILTER_CHUNK}/{EXACT_CHUNK} widen={}/{} group={} big={}",
             opts.layout,
             super::regex::WIDEN_ABOVE,
+            super::regex::WIDEN_RANGES_FROM,
             super::regex::BIG_GROUP,
             super::regex::BIG_PATTERN
         ));

@@ -108,12 +108,20 @@ pub const WIDEN_ABOVE: u32 = 30;
 /// A group longer than this with a bounded repeat after it is widened as well.
 pub const BIG_GROUP: usize = 200;
 
+/// A range repeat `{n,m}` with `m` at least this (and above `n`) is widened as well, however
+/// small: `[_\W]{0,3}` between the letters of an obfuscation-tolerant word, `\w{1,15}`,
+/// `.{0,4}`. Each such range is a chain of states in Hyperscan's automata, and a pattern with
+/// a dozen of them is among the slowest to compile and to scan. Widened, the rule is confirmed
+/// on each text Hyperscan nominates, and those texts are few: a widened range still needs what
+/// surrounds it. Exact counts (`{3}`) stay: widening them would nominate far more.
+pub const WIDEN_RANGES_FROM: u32 = 3;
+
 /// Hyperscan compiles a bounded repeat `x{0,2048}` into a state machine that grows with the
 /// bound: a handful of the ruleset's patterns take seconds each that way, or fail as "too
 /// large". Widening such repeats (`{n,m}` → `{n,}`, with big lower bounds lowered to the
 /// limit) gives a pattern that matches a superset of the original, cheap to compile; it is then
-/// used as a prefilter and PCRE2 confirms each hit with the pattern as written. `None` when
-/// nothing needed widening.
+/// used as a prefilter and PCRE2 confirms each hit with the pattern as written. Small ranges
+/// are widened too (see [`WIDEN_RANGES_FROM`]). `None` when nothing needed widening.
 pub fn widen_repeats(expr: &str) -> Option<String> {
     let b = expr.as_bytes();
     let mut out = String::with_capacity(expr.len());
@@ -154,7 +162,8 @@ pub fn widen_repeats(expr: &str) -> Option<String> {
             if let Some((lo, hi, len)) = quantifier(&b[i..]) {
                 // A big group repeated a few times is copied that many times: widen too.
                 let big_group = just_closed.is_some_and(|n| n > BIG_GROUP) && hi != Some(1);
-                if hi.is_some_and(|h| h > WIDEN_ABOVE) || lo > WIDEN_ABOVE || big_group {
+                let range = hi.is_some_and(|h| h > lo && h >= WIDEN_RANGES_FROM);
+                if hi.is_some_and(|h| h > WIDEN_ABOVE) || lo > WIDEN_ABOVE || big_group || range {
                     let lo = if big_group {
                         lo.min(1)
                     } else {
@@ -366,7 +375,12 @@ mod tests {
 
     #[test]
     fn big_repeats_widen() {
-        assert_eq!(widen_repeats("a{1,3}b"), None);
+        assert_eq!(widen_repeats("a{3}b{0,2}c{2,2}d{5,}"), None);
+        assert_eq!(widen_repeats("a{1,3}b").as_deref(), Some("a+b"));
+        assert_eq!(
+            widen_repeats("[_\\W]{0,3}V[_\\W]{2,3}\\w{4,15}").as_deref(),
+            Some("[_\\W]*V[_\\W]{2,}\\w{4,}")
+        );
         assert_eq!(
             widen_repeats("[^>]{0,2048}x{1,80}y{40}z{35,}").as_deref(),
             Some("[^>]*x+y{30,}z{30,}")
