@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::evals;
 use super::load::{HeaderTest, Rule, RuleSet, Test};
-use super::regex::{pcre, translate, widen_repeats, Matcher, Translated};
+use super::regex::{drop_anchors, pcre, translate, widen_repeats, Matcher, Translated};
 use super::view::{self, Headers};
 
 /// How rules are grouped into Hyperscan databases.
@@ -148,14 +148,31 @@ struct Compiled {
     /// Whether the pattern matches the `if-unset` text (or the empty string): the value a
     /// header rule takes when its header is missing, the same for every message.
     unset_match: OnceLock<bool>,
+    /// What Hyperscan compiles, once derived ([`Compiled::hs_expr`]).
+    hs_expr: OnceLock<String>,
 }
 
 impl Compiled {
-    /// What Hyperscan compiles: the expression, or its widened superset (then a prefilter).
-    /// Derived, not stored, so an engine loaded from the cache compiles what a built one did.
-    fn hs_expr(&self) -> Option<std::borrow::Cow<'_, str>> {
+    /// What Hyperscan compiles: the expression, or its widened superset (then a prefilter),
+    /// and when Hyperscan rejects that for its anchors even as a prefilter, the same without
+    /// them (see [`drop_anchors`]). Derived from the pattern alone, so an engine loaded from
+    /// the cache compiles what a built one did.
+    fn hs_expr(&self) -> Option<&str> {
         let t = self.translated.as_ref()?;
-        Some(widen_repeats(&t.expr).map_or(std::borrow::Cow::Borrowed(t.expr.as_str()), Into::into))
+        let e = self.hs_expr.get_or_init(|| {
+            let e = widen_repeats(&t.expr).unwrap_or_else(|| t.expr.clone());
+            let takes = |e: &str, prefilter| hs_pattern(t, e, prefilter, 0).info().is_ok();
+            if takes(&e, false) || takes(&e, true) {
+                return e;
+            }
+            let loose = drop_anchors(&e);
+            if takes(&loose, true) {
+                loose
+            } else {
+                e
+            }
+        });
+        Some(e)
     }
 
     fn pcre(&self) -> Option<&Matcher> {
@@ -734,6 +751,7 @@ impl Engine {
                 translated,
                 pcre: OnceLock::new(),
                 unset_match: OnceLock::new(),
+                hs_expr: OnceLock::new(),
             });
         }
         let mut stats = BuildStats::default();
@@ -753,7 +771,7 @@ impl Engine {
         h.update(CACHE_MAGIC);
         // The grouping and widening choices shape the databases too.
         h.update(format!(
-            "{:?} chunk={PREFILTER_CHUNK}/{EXACT_CHUNK} widen={}/{} group={} big={}",
+            "{:?} chunk={PREFILTER_CHUNK}/{EXACT_CHUNK} widen={}/{} group={} big={} anchors=dropped",
             opts.layout,
             super::regex::WIDEN_ABOVE,
             super::regex::WIDEN_RANGES_FROM,
@@ -1643,18 +1661,12 @@ fn classify(rules: &mut [Compiled]) {
             c.mode = Mode::Pcre;
             continue;
         };
-        if let Some(w) = widen_repeats(&t.expr) {
-            c.mode = if hs_pattern(t, &w, true, 0).info().is_ok() {
-                Mode::Prefilter
-            } else {
-                Mode::Pcre
-            };
+        let widened = widen_repeats(&t.expr).is_some();
+        let e = c.hs_expr().expect("a regex rule");
+        if !widened && e == t.expr && hs_pattern(t, e, false, 0).info().is_ok() {
             continue;
         }
-        if hs_pattern(t, &t.expr, false, 0).info().is_ok() {
-            continue;
-        }
-        c.mode = if hs_pattern(t, &t.expr, true, 0).info().is_ok() {
+        c.mode = if hs_pattern(t, e, true, 0).info().is_ok() {
             Mode::Prefilter
         } else {
             Mode::Pcre
@@ -1944,7 +1956,7 @@ fn compile_one(
             let c = &rules[r];
             let t = c.translated.as_ref().expect("regex rule");
             let expr = c.hs_expr().expect("regex rule");
-            hs_pattern(t, &expr, c.mode == Mode::Prefilter, hs_id)
+            hs_pattern(t, expr, c.mode == Mode::Prefilter, hs_id)
         })
         .collect();
     pats.for_platform::<Block>(plat).map_err(|e| {
@@ -2555,6 +2567,22 @@ Subject: x\n\nbody\n";
         assert!(h.is_empty(), "{h:?}");
         let h = hits(&e, "Subject: x\n\ncash now abab\n");
         assert_eq!(h, ["LOOK=1", "BACK=1"]);
+    }
+
+    #[test]
+    fn embedded_anchors_are_dropped_for_the_prefilter_only() {
+        let e = engine(
+            "body PAY /(?:$|\\W)pay(?:$|\\W)/i\nheader TWO_SUBJ ALL =~ /^Subject:.*?^Subject:/msi\n",
+            Layout::PerScope,
+        );
+        assert_eq!(e.mode(0), Mode::Prefilter);
+        assert_eq!(e.mode(1), Mode::Prefilter);
+        assert_eq!(hits(&e, "Subject: x\n\nyou will PAY now\n"), ["PAY=1"]);
+        // The anchors still count when confirming: Perl's `$` is no `\W`.
+        assert!(hits(&e, "Subject: x\n\nrepayment\n").is_empty());
+        assert!(hits(&e, "Subject: x\n\npay\n").is_empty());
+        let two = "From: a@b\nSubject: one\nSubject: two\n\nhi\n";
+        assert_eq!(hits(&e, two), ["TWO_SUBJ=1"]);
     }
 
     #[test]

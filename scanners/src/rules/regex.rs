@@ -187,6 +187,45 @@ pub fn widen_repeats(expr: &str) -> Option<String> {
     changed.then_some(out)
 }
 
+/// `expr` without its `^` and `$` anchors (outside classes, unescaped): a superset, for the
+/// few patterns Hyperscan rejects even as a prefilter for an anchor inside them ("embedded
+/// start anchors", as in `(?:$|\W)` before the first letter). The confirming engine still
+/// runs the pattern as written.
+pub fn drop_anchors(expr: &str) -> String {
+    let b = expr.as_bytes();
+    let mut out = String::with_capacity(expr.len());
+    let mut i = 0;
+    let mut in_class = false;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\\' {
+            let end = (i + 2).min(b.len());
+            out.push_str(&expr[i..end]);
+            i = end;
+            continue;
+        }
+        if in_class {
+            if c == b']' {
+                in_class = false;
+            }
+            out.push(c as char);
+            i += 1;
+            continue;
+        }
+        match c {
+            b'[' => {
+                in_class = true;
+                i = open_class(b, i, &mut out, "]");
+                continue;
+            }
+            b'^' | b'$' => {}
+            _ => out.push(c as char),
+        }
+        i += 1;
+    }
+    out
+}
+
 /// Copies the `[` at `b[i]` with a following `^`, and a `]` right after them (a literal in Perl),
 /// written as `literal_close`; returns the index after them.
 fn open_class(b: &[u8], mut i: usize, out: &mut String, literal_close: &str) -> usize {
@@ -391,6 +430,12 @@ mod tests {
             widen_repeats(&big),
             Some(format!("(?:{})+(a){{2}}", "x|".repeat(150)))
         );
+    }
+
+    #[test]
+    fn anchors_dropped_outside_classes() {
+        assert_eq!(drop_anchors("(?:$|\\W)a[^$]\\$b^"), "(?:|\\W)a[^$]\\$b");
+        assert_eq!(drop_anchors("[]^]x[\\]$]"), "[]^]x[\\]$]");
     }
 
     #[test]
