@@ -1187,6 +1187,7 @@ impl Engine {
             headers: None,
             parts: None,
             body: None,
+            html: None,
             uris: None,
             relays: None,
             env_from: None,
@@ -1259,6 +1260,7 @@ impl Engine {
                 .take()
                 .map(std::cell::OnceCell::from)
                 .unwrap_or_default();
+            let html = ctx.html.take().unwrap_or_default();
             ctx.relays();
             let relays = ctx.relays.take().expect("analysed above");
             let headers = ctx.headers();
@@ -1278,6 +1280,7 @@ impl Engine {
                 mime: Default::default(),
                 date_diff: Default::default(),
                 html: Default::default(),
+                rendered_html: &html,
                 madiff: Default::default(),
                 senders: Default::default(),
                 recipients: Default::default(),
@@ -2059,6 +2062,8 @@ struct Ctx<'a> {
     parts: Option<Vec<Headers>>,
     /// The body lines, once built (body rules and the body evals share them).
     body: Option<Vec<Vec<u8>>>,
+    /// The HTML parts rendered for the body lines (the HTML evals read them too).
+    html: Option<Vec<view::RenderedHtml>>,
     /// The URIs, once listed (uri rules and the URI host list evals share them).
     uris: Option<Vec<Vec<u8>>>,
     /// The relays of the Received fields, once analysed.
@@ -2085,7 +2090,9 @@ impl Ctx<'_> {
                 .values("subject", false)
                 .last()
                 .map(<[u8]>::to_vec);
-            self.body = Some(view::body_lines(msg, subject.as_deref(), extracted));
+            let (body, html) = view::body_lines_and_html(msg, subject.as_deref(), extracted);
+            self.body = Some(body);
+            self.html = Some(html);
         }
         self.body.as_deref().unwrap_or_default()
     }

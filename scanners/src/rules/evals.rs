@@ -1236,6 +1236,9 @@ pub struct EvalInput<'a> {
     pub date_diff: OnceCell<i64>,
     /// Each HTML part's length in characters and tags, computed on first use.
     pub html: OnceCell<Vec<(usize, super::sa_html::Tags)>>,
+    /// The HTML parts the body's rendering rendered, when it ran: the evals reading a part's
+    /// rendering or tags take them from here instead of rendering it again.
+    pub rendered_html: &'a [super::view::RenderedHtml],
     /// How the text and HTML of multipart/alternative parts differ, computed on first use.
     pub madiff: OnceCell<AltDifference>,
     /// `all_from_addrs`, computed on first use (several list rules read it).
@@ -1319,8 +1322,15 @@ fn madiff(input: &EvalInput<'_>) -> AltDifference {
                     continue;
                 };
                 if t == "text/html" {
-                    words(&super::sa_html::render(&body), &mut html);
-                    if html.is_empty() && super::sa_html::tags(&body).inside.contains_key("img") {
+                    let done = rendered(input, i);
+                    match done {
+                        Some(r) => words(&r.text, &mut html),
+                        None => words(&super::sa_html::render(&body), &mut html),
+                    }
+                    let img = |t: &super::sa_html::Tags| t.inside.contains_key("img");
+                    if html.is_empty()
+                        && done.map_or_else(|| img(&super::sa_html::tags(&body)), |r| img(&r.tags))
+                    {
                         html.insert("\n".into(), 1);
                     }
                 } else {
@@ -1667,18 +1677,30 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
 
 /// The HTML parts SpamAssassin renders (text/html leaves), each with its length in characters
 /// and its tags.
+/// Part `i` as the body's rendering rendered it, when it did.
+fn rendered<'a>(input: &'a EvalInput<'_>, i: usize) -> Option<&'a super::view::RenderedHtml> {
+    input.rendered_html.iter().find(|r| r.part == i)
+}
+
 fn html_parts<'a>(input: &'a EvalInput<'_>) -> &'a [(usize, super::sa_html::Tags)] {
     input.html.get_or_init(|| {
         input
             .msg
             .parts
             .iter()
-            .filter(|p| p.kind == PartKind::Leaf && p.content_type == "text/html")
-            .filter_map(|p| super::view::part_text(input.msg, p))
+            .enumerate()
+            .filter(|(_, p)| p.kind == PartKind::Leaf && p.content_type == "text/html")
+            .filter_map(|(i, p)| Some((i, super::view::part_text(input.msg, p)?)))
             // SpamAssassin's results for a part with no more than whitespace read as no HTML
             // (measured: its HTML_MESSAGE stays off for them).
-            .filter(|t| t.chars().any(|c| !c.is_whitespace()))
-            .map(|t| (t.chars().count(), super::sa_html::tags(&t)))
+            .filter(|(_, t)| t.chars().any(|c| !c.is_whitespace()))
+            .map(|(i, t)| {
+                let tags = match rendered(input, i) {
+                    Some(r) => r.tags.clone(),
+                    None => super::sa_html::tags(&t),
+                };
+                (t.chars().count(), tags)
+            })
             .collect()
     })
 }

@@ -196,9 +196,14 @@ fn office_namespace(tag: &str) -> bool {
 /// The tags of an HTML part, counted as `HTML.pm`'s `html_tag` counts them (unclosed `style`
 /// and `script` closed at the end, as it does).
 pub fn tags(html: &str) -> Tags {
+    render_and_tags(html).1
+}
+
+/// [`render`] and [`tags`] of the same part in one pass.
+pub fn render_and_tags(html: &str) -> (String, Tags) {
     let mut t = Tags::default();
     // `s/<(\w+)\s*\/>/<$1>/gi` only changes `<br/>` to `<br>`: the same tag either way.
-    let (_, obfuscation) = render_with(html, &mut |ev| {
+    let (text, obfuscation) = render_with(html, &mut |ev| {
         let (name, closing) = match ev {
             Event::Tag(name, closing) => (name, closing),
             Event::Comment(c) => return t.comments.push(c.to_string()),
@@ -231,7 +236,7 @@ pub fn tags(html: &str) -> Tags {
             }
         }
     }
-    t
+    (text, t)
 }
 
 /// The renderer, telling `tag` of every tag (name, closing?); with the text, how many text
@@ -443,6 +448,21 @@ fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_pass_renders_and_counts_as_two() {
+        let html = "<html><title>T &amp; t</title><!-- c --><body><p>Hel<b>lo</b> \
+                    <img src=x.png>wor&#108;d</p><style>p {}</body>";
+        let (text, tags) = render_and_tags(html);
+        assert_eq!(text, render(html));
+        let (mut one, mut two) = (tags.clone(), super::tags(html));
+        assert_eq!(one.inside, two.inside);
+        (one.inside, two.inside) = Default::default();
+        assert_eq!(format!("{one:?}"), format!("{two:?}"));
+        assert!(text.contains("Hello"), "{text}");
+        assert_eq!(tags.titles, ["T & t"]);
+        assert!(tags.inside.contains_key("img"));
+    }
 
     #[test]
     fn words_split_by_markup_count_as_obfuscation() {

@@ -182,16 +182,64 @@ fn trim_bounds(s: &[u8]) -> (usize, usize) {
 /// The rendered body as body rules see it: lines (paragraphs) of at most 2,048 bytes, the
 /// Subject first; `extracted`, text read from non-text parts, comes last as one more part.
 pub fn body_lines(msg: &Message, subject: Option<&[u8]>, extracted: Option<&str>) -> Vec<Vec<u8>> {
+    lines(msg, subject, extracted, None)
+}
+
+/// An HTML part as [`body_lines_and_html`] rendered it, for the evals that read the same part
+/// rendered or its tags.
+#[derive(Debug, Clone)]
+pub struct RenderedHtml {
+    /// Its index in the message's parts.
+    pub part: usize,
+    /// [`super::sa_html::render`] of its text.
+    pub text: String,
+    /// [`super::sa_html::tags`] of its text.
+    pub tags: super::sa_html::Tags,
+}
+
+/// [`body_lines`], and each non-empty HTML part's rendering and tags from the same pass.
+pub fn body_lines_and_html(
+    msg: &Message,
+    subject: Option<&[u8]>,
+    extracted: Option<&str>,
+) -> (Vec<Vec<u8>>, Vec<RenderedHtml>) {
+    let mut html = Vec::new();
+    let lines = lines(msg, subject, extracted, Some(&mut html));
+    (lines, html)
+}
+
+fn lines(
+    msg: &Message,
+    subject: Option<&[u8]>,
+    extracted: Option<&str>,
+    mut html: Option<&mut Vec<RenderedHtml>>,
+) -> Vec<Vec<u8>> {
     let mut text = String::new();
-    for p in msg.leaves() {
+    for (i, p) in msg.parts.iter().enumerate() {
+        if p.kind != PartKind::Leaf {
+            continue;
+        }
         if !text.is_empty() {
             text.push('\n');
         }
         let rendered = match sa_type(&p.content_type) {
             "text/plain" => part_text(msg, p),
-            "text/html" => part_text(msg, p)
-                .filter(|h| !h.is_empty())
-                .map(|h| super::sa_html::render(&h)),
+            "text/html" => {
+                part_text(msg, p)
+                    .filter(|h| !h.is_empty())
+                    .map(|h| match html.as_deref_mut() {
+                        Some(html) => {
+                            let (r, tags) = super::sa_html::render_and_tags(&h);
+                            html.push(RenderedHtml {
+                                part: i,
+                                text: r.clone(),
+                                tags,
+                            });
+                            r
+                        }
+                        None => super::sa_html::render(&h),
+                    })
+            }
             _ => None,
         };
         if let Some(mut r) = rendered {
