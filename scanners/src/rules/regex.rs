@@ -134,23 +134,8 @@ pub fn widen_repeats(expr: &str) -> Option<String> {
     while i < b.len() {
         let c = b[i];
         let just_closed = closed.take();
-        if c == b'\\' {
-            let end = (i + 2).min(b.len());
-            out.push_str(&expr[i..end]);
-            i = end;
-            continue;
-        }
-        if in_class {
-            if c == b']' {
-                in_class = false;
-            }
-            out.push(c as char);
-            i += 1;
-            continue;
-        }
-        if c == b'[' {
-            in_class = true;
-            i = open_class(b, i, &mut out, "]");
+        if let Some(next) = copy_verbatim(expr, i, &mut in_class, &mut out) {
+            i = next;
             continue;
         }
         if c == b'(' {
@@ -197,33 +182,38 @@ pub fn drop_anchors(expr: &str) -> String {
     let mut i = 0;
     let mut in_class = false;
     while i < b.len() {
-        let c = b[i];
-        if c == b'\\' {
-            let end = (i + 2).min(b.len());
-            out.push_str(&expr[i..end]);
-            i = end;
+        if let Some(next) = copy_verbatim(expr, i, &mut in_class, &mut out) {
+            i = next;
             continue;
         }
-        if in_class {
-            if c == b']' {
-                in_class = false;
-            }
-            out.push(c as char);
-            i += 1;
-            continue;
-        }
-        match c {
-            b'[' => {
-                in_class = true;
-                i = open_class(b, i, &mut out, "]");
-                continue;
-            }
-            b'^' | b'$' => {}
-            _ => out.push(c as char),
+        if !matches!(b[i], b'^' | b'$') {
+            out.push(b[i] as char);
         }
         i += 1;
     }
     out
+}
+
+/// Copies `expr[i..]`'s escape, class byte or class opening (tracked in `in_class`) into `out`
+/// and returns the index after it; `None` for a byte outside classes, left to the caller.
+fn copy_verbatim(expr: &str, i: usize, in_class: &mut bool, out: &mut String) -> Option<usize> {
+    let b = expr.as_bytes();
+    let c = b[i];
+    if c == b'\\' {
+        let end = (i + 2).min(b.len());
+        out.push_str(&expr[i..end]);
+        return Some(end);
+    }
+    if *in_class {
+        *in_class = c != b']';
+        out.push(c as char);
+        return Some(i + 1);
+    }
+    if c == b'[' {
+        *in_class = true;
+        return Some(open_class(b, i, out, "]"));
+    }
+    None
 }
 
 /// Copies the `[` at `b[i]` with a following `^`, and a `]` right after them (a literal in Perl),

@@ -222,31 +222,30 @@ fn lines(
         if !text.is_empty() {
             text.push('\n');
         }
-        let rendered = match sa_type(&p.content_type) {
-            "text/plain" => part_text(msg, p),
+        match sa_type(&p.content_type) {
+            "text/plain" => {
+                if let Some(t) = part_text(msg, p) {
+                    push_part(&mut text, &t);
+                }
+            }
             "text/html" => {
-                part_text(msg, p)
-                    .filter(|h| !h.is_empty())
-                    .map(|h| match html.as_deref_mut() {
-                        Some(html) => {
-                            let (r, tags) = super::sa_html::render_and_tags(&h);
-                            html.push(RenderedHtml {
-                                part: i,
-                                text: r.clone(),
-                                tags,
-                            });
-                            r
-                        }
-                        None => super::sa_html::render(&h),
-                    })
+                let Some(h) = part_text(msg, p).filter(|h| !h.is_empty()) else {
+                    continue;
+                };
+                match html.as_deref_mut() {
+                    Some(html) => {
+                        let (r, tags) = super::sa_html::render_and_tags(&h);
+                        push_part(&mut text, &r);
+                        html.push(RenderedHtml {
+                            part: i,
+                            text: r,
+                            tags,
+                        });
+                    }
+                    None => push_part(&mut text, &super::sa_html::render(&h)),
+                }
             }
-            _ => None,
-        };
-        if let Some(mut r) = rendered {
-            if r.len() > BODY_PART_SCAN_SIZE {
-                truncate_at(&mut r, BODY_PART_SCAN_SIZE);
-            }
-            text.push_str(&r);
+            _ => {}
         }
     }
     if let Some(x) = extracted.filter(|x| !x.is_empty()) {
@@ -329,7 +328,17 @@ pub fn split_short_lines(text: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
-fn truncate_at(s: &mut String, size: usize) {
+/// Appends a part's text, cut as SpamAssassin cuts a part over `BODY_PART_SCAN_SIZE`.
+fn push_part(text: &mut String, part: &str) {
+    if part.len() > BODY_PART_SCAN_SIZE {
+        text.push_str(&part[..cut_at(part, BODY_PART_SCAN_SIZE)]);
+    } else {
+        text.push_str(part);
+    }
+}
+
+/// Where a text over `size` bytes is cut.
+fn cut_at(s: &str, size: usize) -> usize {
     let b = s.as_bytes();
     let cut = match memchr::memchr(b'\n', &b[size..]) {
         Some(p) if p <= 1024 => size + p + 1,
@@ -342,7 +351,7 @@ fn truncate_at(s: &mut String, size: usize) {
     while !s.is_char_boundary(cut) {
         cut += 1;
     }
-    s.truncate(cut);
+    cut
 }
 
 /// The decoded text parts as rawbody rules see them.
