@@ -149,46 +149,71 @@ fn build(pattern: &str) -> Regex {
 /// A pattern compiled once, where it is written.
 macro_rules! re {
     ($($p:expr),+ $(,)?) => {{
-        static R: OnceLock<Regex> = OnceLock::new();
-        R.get_or_init(|| build(concat!($($p),+)))
+        static R: OnceLock<Pattern> = OnceLock::new();
+        R.get_or_init(|| Pattern::new(concat!($($p),+)))
     }};
 }
 
-/// The captures of a match, as text (an unset group is empty).
-struct Caps(Vec<Option<String>>);
+/// A relay pattern and the number of its capture slots in each thread's [`SLOTS`].
+struct Pattern {
+    re: Regex,
+    slot: usize,
+}
 
-impl Caps {
-    fn s(&self, i: usize) -> String {
-        self.0.get(i).cloned().flatten().unwrap_or_default()
-    }
-    fn opt(&self, i: usize) -> Option<String> {
-        self.0.get(i).cloned().flatten()
+impl Pattern {
+    fn new(pattern: &str) -> Pattern {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        Pattern {
+            re: build(pattern),
+            slot: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
     }
 }
 
-/// The captures of `r` in `s`. Each pattern's capture slots are kept per thread and reused:
-/// PCRE2 would otherwise allocate and free them on every call (the relay analysis took 7.5 %
-/// longer so, `cargo bench -p mxgate-scanners --bench rules -- relays_corpus`).
-fn caps(r: &'static Regex, s: &str) -> Option<Caps> {
-    thread_local! {
-        static SLOTS: std::cell::RefCell<std::collections::HashMap<usize, pcre2::bytes::CaptureLocations>> =
-            Default::default();
+impl std::ops::Deref for Pattern {
+    type Target = Regex;
+    fn deref(&self) -> &Regex {
+        &self.re
     }
+}
+
+thread_local! {
+    /// Each pattern's capture slots, kept per thread and reused: PCRE2 would otherwise
+    /// allocate and free them on every call (the relay analysis took 7.5 % longer so,
+    /// `cargo bench -p mxgate-scanners --bench rules -- relays_corpus`).
+    static SLOTS: std::cell::RefCell<Vec<Option<pcre2::bytes::CaptureLocations>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The groups of a match: their spans in the text matched (an unset group reads empty).
+struct Caps<'a> {
+    text: &'a str,
+    spans: Vec<Option<(usize, usize)>>,
+}
+
+impl Caps<'_> {
+    fn s(&self, i: usize) -> String {
+        self.opt(i).unwrap_or_default()
+    }
+    fn opt(&self, i: usize) -> Option<String> {
+        let (a, b) = (*self.spans.get(i)?)?;
+        Some(String::from_utf8_lossy(&self.text.as_bytes()[a..b]).into_owned())
+    }
+}
+
+/// The captures of `r` in `s`.
+fn caps<'a>(r: &'static Pattern, s: &'a str) -> Option<Caps<'a>> {
     SLOTS.with(|slots| {
         let mut slots = slots.borrow_mut();
-        // A static pattern (`re!`) is never dropped: its address names it.
-        let locs = slots
-            .entry(r as *const Regex as usize)
-            .or_insert_with(|| r.capture_locations());
+        if slots.len() <= r.slot {
+            slots.resize_with(r.slot + 1, || None);
+        }
+        let locs = slots[r.slot].get_or_insert_with(|| r.capture_locations());
         r.captures_read(locs, s.as_bytes()).ok()??;
-        Some(Caps(
-            (0..locs.len())
-                .map(|i| {
-                    locs.get(i)
-                        .map(|(a, b)| String::from_utf8_lossy(&s.as_bytes()[a..b]).into_owned())
-                })
-                .collect(),
-        ))
+        Some(Caps {
+            text: s,
+            spans: (0..locs.len()).map(|i| locs.get(i)).collect(),
+        })
     })
 }
 
@@ -240,18 +265,27 @@ impl Relay {
     }
 
     fn make_string(&mut self) {
-        self.as_string = format!(
-            "[ ip={} rdns={} helo={} by={} ident={} envfrom={} intl={} id={} auth={} msa=0 ]",
-            self.ip,
-            self.rdns,
-            self.helo,
-            self.by,
-            self.ident,
-            self.envfrom.as_deref().unwrap_or(""),
-            u8::from(self.internal),
-            self.id,
-            self.auth
-        );
+        let envfrom = self.envfrom.as_deref().unwrap_or("");
+        let intl = if self.internal { "1" } else { "0" };
+        let fields = [
+            ("[ ip=", self.ip.as_str()),
+            (" rdns=", &self.rdns),
+            (" helo=", &self.helo),
+            (" by=", &self.by),
+            (" ident=", &self.ident),
+            (" envfrom=", envfrom),
+            (" intl=", intl),
+            (" id=", &self.id),
+            (" auth=", &self.auth),
+        ];
+        let mut out =
+            String::with_capacity(96 + fields.iter().map(|(_, v)| v.len()).sum::<usize>());
+        for (name, value) in fields {
+            out.push_str(name);
+            out.push_str(value);
+        }
+        out.push_str(" msa=0 ]");
+        self.as_string = out;
     }
 }
 
@@ -414,8 +448,10 @@ pub fn analyze_with(h: &Headers, handover: Option<&Handover<'_>>) -> Relays {
         "X-Apparently-From",
         "X-SenderIP",
     ] {
-        let first = h.values(name, false).next().map(String::from_utf8_lossy);
-        if let Some(c) = first.and_then(|v| caps(re!(r"(", ip_address!(), r")"), &v)) {
+        let Some(first) = h.values(name, false).next().map(String::from_utf8_lossy) else {
+            continue;
+        };
+        if let Some(c) = caps(re!(r"(", ip_address!(), r")"), &first) {
             lines.push(format!("from X-Originating-IP: {}\n", c.s(1)));
         }
     }
@@ -1418,7 +1454,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
     }
 
     // Handovers to ignore.
-    let skips: [&Regex; 12] = [
+    let skips: [&Pattern; 12] = [
         re!(r"^\S+ \([^\s\@]+\@", localhost!(), r"\) by \S+ \("),
         re!(r"^\S+ \S+ by \S+ with local-e?smtp "),
         re!(r"^127\.0\.0\.1 \(AVG SMTP \S+ \[\S+\]\)"),
@@ -1449,7 +1485,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
     if is(re!(r"^\S+ by \S+ \(.{0,100}\) with qmail-scanner"), t) {
         return Some(QmailScanner);
     }
-    let more: [&Regex; 12] = [
+    let more: [&Pattern; 12] = [
         re!(r"^\S+ by \S+ with local"),
         re!(r"^\S+ \(\[unix socket\]\) by \S+ \(Cyrus v[0-9]*?\.[0-9]*?\.[0-9]*?\) with LMTPA"),
         re!(r"^\S+ by \S+ (?:with|via|for|\()"),
@@ -1483,16 +1519,14 @@ fn strip_envfrom(e: &str) -> String {
 
 /// Invalid characters become `!` (so `[1.2.3.4]` HELOs read `!1.2.3.4!`).
 fn strip_chars(s: &str) -> String {
+    let invalid = |c: char| {
+        c.is_whitespace() || matches!(c, '\0' | '#' | '[' | ']' | '(' | ')' | '<' | '>' | '|')
+    };
+    if !s.contains(invalid) {
+        return s.to_string();
+    }
     s.chars()
-        .map(|c| {
-            if c.is_whitespace()
-                || matches!(c, '\0' | '#' | '[' | ']' | '(' | ')' | '<' | '>' | '|')
-            {
-                '!'
-            } else {
-                c
-            }
-        })
+        .map(|c| if invalid(c) { '!' } else { c })
         .collect()
 }
 
