@@ -154,7 +154,7 @@ macro_rules! re {
     }};
 }
 
-/// A relay pattern and the number of its capture slots in each thread's [`SLOTS`].
+/// A relay pattern, and where its capture slots are in each thread's [`SLOTS`].
 struct Pattern {
     re: Regex,
     slot: usize,
