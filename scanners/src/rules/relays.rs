@@ -1537,7 +1537,7 @@ fn enough(f: Fields) -> Parsed {
         rdns.clear();
     }
     let mut ip = f.ip;
-    if ip.len() >= 5 && ip[..5].eq_ignore_ascii_case("ipv6:") {
+    if ip.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("ipv6:")) {
         ip.drain(..5);
     }
     let ip = ip.strip_prefix('[').unwrap_or(&ip).to_string();
@@ -2108,6 +2108,20 @@ mod tests {
             parse_line("from nowhere at all"),
             Parsed::Unparseable
         ));
+    }
+
+    /// An address field with a non-ASCII byte where `ipv6:` would end is kept as it is,
+    /// not a panic on a slice inside a character.
+    #[test]
+    fn a_non_ascii_address_is_kept() {
+        let f = Fields {
+            ip: "1234\u{e9}".into(),
+            ..Fields::default()
+        };
+        match enough(f) {
+            Parsed::Relay(r) => assert_eq!(r.ip, "1234\u{e9}"),
+            _ => panic!("a relay"),
+        }
     }
 
     #[test]
