@@ -1235,7 +1235,7 @@ pub struct EvalInput<'a> {
     /// The Date: header minus the nearest Received: date, computed on first use.
     pub date_diff: OnceCell<i64>,
     /// Each HTML part's length in characters and tags, computed on first use.
-    pub html: OnceCell<Vec<(usize, super::sa_html::Tags)>>,
+    pub html: OnceCell<Vec<(usize, std::borrow::Cow<'a, super::sa_html::Tags>)>>,
     /// The HTML parts the body's rendering rendered, when it ran: the evals reading a part's
     /// rendering or tags take them from here instead of rendering it again.
     pub rendered_html: &'a [super::view::RenderedHtml],
@@ -1675,14 +1675,16 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
     })
 }
 
-/// The HTML parts SpamAssassin renders (text/html leaves), each with its length in characters
-/// and its tags.
 /// Part `i` as the body's rendering rendered it, when it did.
-fn rendered<'a>(input: &'a EvalInput<'_>, i: usize) -> Option<&'a super::view::RenderedHtml> {
+fn rendered<'a>(input: &EvalInput<'a>, i: usize) -> Option<&'a super::view::RenderedHtml> {
     input.rendered_html.iter().find(|r| r.part == i)
 }
 
-fn html_parts<'a>(input: &'a EvalInput<'_>) -> &'a [(usize, super::sa_html::Tags)] {
+/// The HTML parts SpamAssassin renders (text/html leaves), each with its length in characters
+/// and its tags (borrowed from the body's rendering when it ran).
+fn html_parts<'a>(
+    input: &'a EvalInput<'_>,
+) -> &'a [(usize, std::borrow::Cow<'a, super::sa_html::Tags>)] {
     input.html.get_or_init(|| {
         input
             .msg
@@ -1696,8 +1698,8 @@ fn html_parts<'a>(input: &'a EvalInput<'_>) -> &'a [(usize, super::sa_html::Tags
             .filter(|(_, t)| t.chars().any(|c| !c.is_whitespace()))
             .map(|(i, t)| {
                 let tags = match rendered(input, i) {
-                    Some(r) => r.tags.clone(),
-                    None => super::sa_html::tags(&t),
+                    Some(r) => std::borrow::Cow::Borrowed(&r.tags),
+                    None => std::borrow::Cow::Owned(super::sa_html::tags(&t)),
                 };
                 (t.chars().count(), tags)
             })

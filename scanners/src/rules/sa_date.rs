@@ -100,6 +100,10 @@ pub fn parse_rfc822_date(date: &str) -> Option<i64> {
     to_epoch(dd, mmm, yyyy, hh, mm, ss, tz)
 }
 
+/// A date's day, month (1-12, 0 unknown), year, hours, minutes, seconds and zone (`+hhmm` as a
+/// number), as read before SpamAssassin's clamping.
+type Fields = (i64, i64, i64, i64, i64, i64, i64);
+
 fn normalize(date: &str) -> String {
     // ` $date `, a comma and the spaces after it to one space (`s/, */ /g`), every other
     // white-space character to a space, in one pass (a pattern compiled per call was most of
@@ -124,7 +128,7 @@ fn normalize(date: &str) -> String {
 /// date has, `  [Www ]D Mon YYYY H:MM:SS +ZZZZ[ ...] `, read without patterns: where the
 /// patterns would find the day, month and year, the time and the zone (the first of each, as
 /// here). `None` for any other shape, which the patterns read.
-fn canonical(s: &str) -> Option<(i64, i64, i64, i64, i64, i64, i64)> {
+fn canonical(s: &str) -> Option<Fields> {
     let b = s.as_bytes();
     let mut i = b.iter().position(|&c| c != b' ')?; // after the leading spaces
     let digits = |i: &mut usize, min: usize, max: usize| -> Option<i64> {
@@ -177,7 +181,7 @@ fn canonical(s: &str) -> Option<(i64, i64, i64, i64, i64, i64, i64)> {
 
 /// The fields of `s` as SpamAssassin's `_parse_rfc822_date` finds them, pattern by pattern,
 /// each match cut out before the next pattern looks.
-fn by_patterns(r: &Res, mut s: String) -> Option<(i64, i64, i64, i64, i64, i64, i64)> {
+fn by_patterns(r: &Res, mut s: String) -> Option<Fields> {
     let (dd, mon, mut yyyy): (i64, String, i64);
     let take = |re: &Regex, s: &mut String| -> Option<Vec<String>> {
         let c = re.captures(s)?;
