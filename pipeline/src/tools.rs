@@ -501,6 +501,7 @@ pub fn rules_profile(
     cfg: &mxgate_core::config::Config,
     paths: &[PathBuf],
     passes: u32,
+    batch: usize,
     top: usize,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -524,8 +525,9 @@ pub fn rules_profile(
         if pass == passes.min(2) - 1 {
             scratch.enable_profile();
         }
-        for m in &msgs {
-            engine.scan(m, env, &mut scratch);
+        for chunk in msgs.chunks(batch) {
+            let batch: Vec<_> = chunk.iter().map(|m| (m, env)).collect();
+            engine.scan_batch(&batch, &mut scratch);
         }
     }
     let p = scratch.profile().cloned().unwrap_or_default();

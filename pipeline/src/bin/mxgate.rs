@@ -330,6 +330,10 @@ enum RulesCmd {
         /// matchers' lazy automata fill on first use).
         #[arg(long, default_value_t = 2)]
         passes: u32,
+        /// Messages scanned together, each scope over all of them before the next scope (as
+        /// the gateway batches messages that wait for the rules together).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         /// Rows printed, costliest first.
         #[arg(long, default_value_t = 30)]
         top: usize,
@@ -531,13 +535,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     config,
                     rules,
                     passes,
+                    batch,
                     top,
                     json,
                     paths,
                 } => {
                     let mut cfg = settings::load(config.as_deref(), &Overrides::default())?;
                     use_rules(&mut cfg, &rules);
-                    tools::rules_profile(&cfg, &paths, passes.max(1), top, json)
+                    tools::rules_profile(&cfg, &paths, passes.max(1), batch.max(1), top, json)
                 }
             }
         }

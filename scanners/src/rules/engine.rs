@@ -15,6 +15,7 @@
 //! under a key of its own patterns, so a start after a change to some rules (a local rule
 //! added, a ruleset update) compiles only the databases whose patterns changed.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -356,6 +357,10 @@ pub struct Scratch {
     flagged: Vec<bool>,
     /// Where the time goes, when asked for ([`Scratch::enable_profile`]).
     profile: Option<Box<Profile>>,
+    /// Hit counts by rule of each message of a batch ([`Engine::scan_batch`]).
+    batch: Vec<Vec<u32>>,
+    /// Hyperscan's matches over a text input's texts.
+    hits: Vec<TextHit>,
 }
 
 impl Scratch {
@@ -1028,6 +1033,8 @@ impl Engine {
             cand: Vec::new(),
             flagged: vec![false; self.rules.len()],
             profile: None,
+            batch: Vec::new(),
+            hits: Vec::new(),
         }
     }
 
@@ -1175,13 +1182,88 @@ impl Engine {
     /// Scans a message.
     pub fn scan(&self, msg: &Message, env: Envelope<'_>, scratch: &mut Scratch) -> Outcome {
         let started = clock(&scratch.profile);
+        scratch.counts.iter_mut().for_each(|c| *c = 0);
+        let mut ctx = self.begin(msg, env, scratch);
+        for k in 0..self.inputs.len() {
+            self.run_input(k, &mut ctx, scratch);
+        }
+        let out = self.finish(ctx, scratch);
+        note(&mut scratch.profile, started, msg.raw.len(), |p| {
+            &mut p.total
+        });
+        out
+    }
+
+    /// Scans several messages, one outcome each in their order: each scope's databases and
+    /// matchers run over every message of the batch before the next scope's, so each is
+    /// brought into the CPU's caches once a batch instead of once a message. The outcomes are
+    /// those [`Engine::scan`] gives one message at a time.
+    pub fn scan_batch(
+        &self,
+        msgs: &[(&Message, Envelope<'_>)],
+        scratch: &mut Scratch,
+    ) -> Vec<Outcome> {
+        if let [(msg, env)] = msgs {
+            return vec![self.scan(msg, *env, scratch)];
+        }
+        let started = clock(&scratch.profile);
+        let mut batch = std::mem::take(&mut scratch.batch);
+        batch.resize_with(msgs.len(), Vec::new);
+        for counts in &mut batch {
+            counts.clear();
+            counts.resize(self.rules.len(), 0);
+        }
+        let mut ctxs: Vec<Ctx<'_>> = Vec::with_capacity(msgs.len());
+        for (counts, &(msg, env)) in batch.iter_mut().zip(msgs) {
+            std::mem::swap(&mut scratch.counts, counts);
+            ctxs.push(self.begin(msg, env, scratch));
+            std::mem::swap(&mut scratch.counts, counts);
+        }
+        for k in 0..self.inputs.len() {
+            if matches!(self.inputs[k], Input::Header(_) | Input::MimeHeader(_))
+                || self.input_rules[k].is_empty()
+                || self.evals_only
+            {
+                for (counts, ctx) in batch.iter_mut().zip(&mut ctxs) {
+                    std::mem::swap(&mut scratch.counts, counts);
+                    self.run_input(k, ctx, scratch);
+                    std::mem::swap(&mut scratch.counts, counts);
+                }
+                continue;
+            }
+            let mut owned = Vec::with_capacity(ctxs.len());
+            for ctx in &mut ctxs {
+                let mut o = Vec::new();
+                self.texts_of(k, ctx, &mut o, &mut scratch.profile);
+                owned.push(o);
+            }
+            let texts: Vec<Vec<&[u8]>> = ctxs
+                .iter()
+                .zip(&owned)
+                .map(|(ctx, o)| Engine::texts(k, &self.inputs, ctx, o))
+                .collect();
+            self.run_texts(k, &texts, &mut batch, scratch);
+        }
+        let mut out = Vec::with_capacity(msgs.len());
+        for (counts, ctx) in batch.iter_mut().zip(ctxs) {
+            std::mem::swap(&mut scratch.counts, counts);
+            out.push(self.finish(ctx, scratch));
+            std::mem::swap(&mut scratch.counts, counts);
+        }
+        scratch.batch = batch;
+        let bytes = msgs.iter().map(|(m, _)| m.raw.len()).sum();
+        note(&mut scratch.profile, started, bytes, |p| &mut p.total);
+        out
+    }
+
+    /// A message's scan state (the caller clears `scratch.counts` for it).
+    fn begin<'a>(&self, msg: &'a Message, env: Envelope<'a>, scratch: &mut Scratch) -> Ctx<'a> {
         if let Some(p) = scratch.profile.as_deref_mut() {
             p.messages += 1;
             p.hyperscan.resize(self.inputs.len(), Cost::default());
             p.confirm.resize(self.rules.len(), Cost::default());
             p.evals.resize(self.rules.len(), Cost::default());
         }
-        scratch.counts.iter_mut().for_each(|c| *c = 0);
         let mut ctx = Ctx {
             msg,
             env,
@@ -1201,51 +1283,95 @@ impl Engine {
             timed(p, Part::Relays, || ctx.relays());
             timed(p, Part::EnvFrom, || ctx.env_from());
         }
-        for (k, input) in self.inputs.iter().enumerate() {
-            if self.input_rules[k].is_empty() || self.evals_only {
-                continue;
+        ctx
+    }
+
+    /// The rules reading input `k`, on one message.
+    fn run_input(&self, k: usize, ctx: &mut Ctx<'_>, scratch: &mut Scratch) {
+        let input = &self.inputs[k];
+        if self.input_rules[k].is_empty() || self.evals_only {
+            return;
+        }
+        match input {
+            Input::Header(req) => {
+                let value = timed(&mut scratch.profile, Part::HeaderValues, || ctx.header(req));
+                self.run_header(k, value.as_deref(), scratch);
             }
-            match input {
-                Input::Header(req) => {
-                    let value = timed(&mut scratch.profile, Part::HeaderValues, || ctx.header(req));
-                    self.run_header(k, value.as_deref(), scratch);
+            Input::MimeHeader(req) => {
+                let c = &mut *ctx;
+                let parts = timed(&mut scratch.profile, Part::MimeParts, move || c.parts());
+                for part in parts {
+                    let value = mime_value(part, req);
+                    self.run_mime_header(k, value.as_deref(), scratch);
                 }
-                Input::MimeHeader(req) => {
-                    let c = &mut ctx;
-                    let parts = timed(&mut scratch.profile, Part::MimeParts, move || c.parts());
-                    for part in parts {
-                        let value = mime_value(part, req);
-                        self.run_mime_header(k, value.as_deref(), scratch);
-                    }
-                }
-                Input::Body => {
-                    let c = &mut ctx;
-                    let lines = timed(&mut scratch.profile, Part::BodyLines, move || {
-                        c.body_lines()
-                    });
-                    self.run_texts(k, lines, scratch, true);
-                }
-                Input::Rawbody => {
-                    let chunks = timed(&mut scratch.profile, Part::Rawbody, || {
-                        view::rawbody_chunks(msg)
-                    });
-                    self.run_texts(k, &chunks, scratch, false);
-                }
-                Input::Uri => match ctx.env.net.and_then(|n| n.uris.as_deref()) {
-                    // The DNS stage found them already.
-                    Some(uris) => self.run_texts(k, uris, scratch, false),
-                    None => {
-                        let c = &mut ctx;
-                        let uris = timed(&mut scratch.profile, Part::Uris, move || c.uris());
-                        self.run_texts(k, uris, scratch, false);
-                    }
-                },
-                Input::Full => {
-                    let full = timed(&mut scratch.profile, Part::Full, || [view::full_text(msg)]);
-                    self.run_texts(k, &full, scratch, false);
-                }
+            }
+            Input::Body | Input::Rawbody | Input::Uri | Input::Full => {
+                let mut owned = Vec::new();
+                self.texts_of(k, ctx, &mut owned, &mut scratch.profile);
+                let texts = Engine::texts(k, &self.inputs, ctx, &owned);
+                let counts = std::mem::take(&mut scratch.counts);
+                let mut one = [counts];
+                self.run_texts(k, &[texts], &mut one, scratch);
+                let [counts] = one;
+                scratch.counts = counts;
             }
         }
+    }
+
+    /// Builds the texts input `k` reads from a message: in `ctx` (body lines, URIs) or, for
+    /// those nothing else shares (rawbody chunks, the full message), into `owned`.
+    fn texts_of<'a>(
+        &self,
+        k: usize,
+        ctx: &mut Ctx<'a>,
+        owned: &mut Vec<Vec<Cow<'a, [u8]>>>,
+        profile: &mut Option<Box<Profile>>,
+    ) {
+        let msg = ctx.msg;
+        match self.inputs[k] {
+            Input::Body => {
+                timed(profile, Part::BodyLines, || {
+                    ctx.body_lines();
+                });
+            }
+            Input::Uri if ctx.env.net.and_then(|n| n.uris.as_deref()).is_none() => {
+                timed(profile, Part::Uris, || {
+                    ctx.uris();
+                });
+            }
+            Input::Rawbody => owned.push(timed(profile, Part::Rawbody, || {
+                view::rawbody_chunks(msg)
+                    .into_iter()
+                    .map(Cow::Owned)
+                    .collect()
+            })),
+            Input::Full => owned.push(timed(profile, Part::Full, || vec![view::full_text(msg)])),
+            _ => {}
+        }
+    }
+
+    /// The texts input `k` reads from a message, once [`Engine::texts_of`] built them (`owned`
+    /// holds that message's alone, or is empty).
+    fn texts<'c>(
+        k: usize,
+        inputs: &[Input],
+        ctx: &'c Ctx<'_>,
+        owned: &'c [Vec<Cow<'_, [u8]>>],
+    ) -> Vec<&'c [u8]> {
+        match inputs[k] {
+            Input::Body => ctx.body.iter().flatten().map(Vec::as_slice).collect(),
+            Input::Uri => match ctx.env.net.and_then(|n| n.uris.as_deref()) {
+                // The DNS stage found them already.
+                Some(uris) => uris.iter().map(Vec::as_slice).collect(),
+                None => ctx.uris.iter().flatten().map(Vec::as_slice).collect(),
+            },
+            _ => owned.iter().flatten().map(|t| &**t).collect(),
+        }
+    }
+
+    /// The eval rules, the metas and the outcome of a message whose inputs have all run.
+    fn finish(&self, mut ctx: Ctx<'_>, scratch: &mut Scratch) -> Outcome {
+        let msg = ctx.msg;
         if !self.calls.is_empty() {
             let env_from = ctx.env_from().to_string();
             let mail_from = Some(env_from.as_str());
@@ -1316,9 +1442,6 @@ impl Engine {
             }
         }
         note(&mut scratch.profile, metas, 0, |p| &mut p.metas);
-        note(&mut scratch.profile, started, msg.raw.len(), |p| {
-            &mut p.total
-        });
         out
     }
 
@@ -1486,40 +1609,104 @@ impl Engine {
     }
 
     /// The rules reading input `k` over its texts (body paragraphs, rawbody chunks, URIs, the
-    /// full message): a rule hits once, or counts every match when `multiple`.
-    fn run_texts<T: AsRef<[u8]>>(&self, k: usize, texts: &[T], scratch: &mut Scratch, body: bool) {
-        for (line_no, text) in texts.iter().enumerate() {
-            let text = text.as_ref();
-            self.hs_candidates(k, text, scratch);
-            let Scratch {
-                cand,
+    /// full message) of one message or a batch (`texts` and `counts` by message): a rule hits
+    /// once, or counts every match when `multiple`. Each database runs over every text before
+    /// the next, and each rule is then judged over its texts in their order, so a database or a
+    /// matcher is brought into the CPU's caches once; a rule's count depends on its own matches
+    /// alone, so the order gives the counts a text-by-text walk gives.
+    fn run_texts(
+        &self,
+        k: usize,
+        texts: &[Vec<&[u8]>],
+        counts: &mut [Vec<u32>],
+        scratch: &mut Scratch,
+    ) {
+        let body = self.inputs[k] == Input::Body;
+        let Scratch {
+            hs, hits, profile, ..
+        } = scratch;
+        hits.clear();
+        if let Some(s) = hs.as_mut() {
+            let single = self.layout == Layout::Single;
+            let t = clock(profile);
+            for &g in &self.input_groups[k] {
+                let group = &self.groups[g];
+                for (m, texts) in texts.iter().enumerate() {
+                    for (line, text) in texts.iter().enumerate() {
+                        let _ = group.db.scan(*text, s, |id: u32, _: u64, _: u64, _: u32| {
+                            let r = group.ids[id as usize];
+                            if !single || self.rules[r].input == Some(k) {
+                                hits.push(TextHit {
+                                    rule: r as u32,
+                                    message: m as u32,
+                                    line: line as u32,
+                                });
+                            }
+                            Matching::Continue
+                        });
+                    }
+                }
+            }
+            if let (Some(p), Some(t)) = (profile.as_deref_mut(), t) {
+                let c = &mut p.hyperscan[k];
+                c.nanos += t.elapsed().as_nanos() as u64;
+                c.calls += texts.iter().map(|t| t.len() as u64).sum::<u64>();
+                c.bytes += texts.iter().flatten().map(|t| t.len() as u64).sum::<u64>();
+            }
+            // By rule, then message, then line: each rule's texts in their order.
+            hits.sort_unstable();
+        }
+        let judge = |r: usize,
+                     m: usize,
+                     line: usize,
+                     counts: &mut [Vec<u32>],
+                     profile: &mut Option<Box<Profile>>| {
+            let tf = &self.set.rules[r].tflags;
+            let count = &mut counts[m][r];
+            if (body && line == 0 && tf.nosubject)
+                || (!tf.multiple && *count > 0)
+                || tf.maxhits.is_some_and(|max| *count >= max)
+            {
+                return;
+            }
+            let text = texts[m][line];
+            let clk = self.confirm_clock(r, true, profile);
+            if self.matches(r, text, true) {
+                *count = if tf.multiple {
+                    let left = tf.maxhits.map(|max| max - *count);
+                    *count + count_matches(&self.rules[r], text, left).max(1)
+                } else {
+                    1
+                };
+            }
+            note(profile, clk, text.len(), |p| &mut p.confirm[r]);
+        };
+        for h in hits.iter() {
+            judge(
+                h.rule as usize,
+                h.message as usize,
+                h.line as usize,
                 counts,
                 profile,
-                ..
-            } = &mut *scratch;
-            for &r in cand.iter().chain(&self.input_pcre_only[k]) {
-                let tf = &self.set.rules[r].tflags;
-                if body && line_no == 0 && tf.nosubject {
-                    continue;
+            );
+        }
+        for &r in &self.input_pcre_only[k] {
+            for (m, texts) in texts.iter().enumerate() {
+                for line in 0..texts.len() {
+                    judge(r, m, line, counts, profile);
                 }
-                if (!tf.multiple && counts[r] > 0) || tf.maxhits.is_some_and(|max| counts[r] >= max)
-                {
-                    continue;
-                }
-                let clk = self.confirm_clock(r, true, profile);
-                if self.matches(r, text, true) {
-                    counts[r] = if tf.multiple {
-                        let left = tf.maxhits.map(|m| m - counts[r]);
-                        counts[r] + count_matches(&self.rules[r], text, left).max(1)
-                    } else {
-                        1
-                    };
-                }
-                note(profile, clk, text.len(), |p| &mut p.confirm[r]);
             }
-            Engine::unflag(scratch);
         }
     }
+}
+
+/// A Hyperscan match of a text rule: which rule, in which message of a batch, on which of its
+/// texts. Ordered by rule first, so each rule is judged over its texts in a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct TextHit {
+    rule: u32,
+    message: u32,
+    line: u32,
 }
 
 /// The points SpamAssassin's autolearning weighs (`PerMsgStatus::_get_autolearn_points`).
@@ -2560,6 +2747,76 @@ Subject: x\n\nbody\n";
         h.sort();
         // The X-Mailer sits above the untrusted handover: it is trusted, not untrusted.
         assert_eq!(h, ["LAST_EXT_NO_AUTH=1", "RDNS_NONE=1"]);
+    }
+
+    #[test]
+    fn a_batch_hits_as_its_messages_scanned_one_by_one() {
+        // Counted rules (`multiple`, `maxhits`), a rule the Subject line does not count for
+        // (`nosubject`), a prefilter confirmed by PCRE2 and a rule on PCRE2 alone, over every
+        // text input, in messages that each hit a different mix of them.
+        let rules = format!(
+            "{RULES}body NOSUBJ /free/i\ntflags NOSUBJ nosubject\nbody BACKREF /(\\w)\\1\\1/\nbody LOOK2 /cash(?= now)/\nrawbody RAW_MULTI /money/\ntflags RAW_MULTI multiple\n"
+        );
+        let msgs = [
+            MSG.to_string(),
+            "Subject: free offer\n\nnothing here\n".to_string(),
+            "Subject: hi\n\nmoney cash now\n\nfree money zzz http://example.org/\n".to_string(),
+            "Subject: hello\nContent-Type: text/html\n\n<b>money</b> money <a href=http://example.org>x</a>\n".to_string(),
+            String::new(),
+        ];
+        for layout in [Layout::PerScope, Layout::Single] {
+            let e = engine(&rules, layout);
+            let parsed: Vec<Message> = msgs
+                .iter()
+                .map(|m| Message::parse(bytes::Bytes::from(m.clone())))
+                .collect();
+            let mut s = e.scratch();
+            let one_by_one: Vec<_> = parsed
+                .iter()
+                .map(|m| e.scan(m, Envelope::default(), &mut s).hits)
+                .collect();
+            let named = |hits: &[(usize, u32)]| -> Vec<String> {
+                hits.iter()
+                    .map(|(i, c)| format!("{}={c}", e.set.rules[*i].name))
+                    .collect()
+            };
+            assert!(named(&one_by_one[0]).contains(&"BODY_MULTI=3".to_string()));
+            assert!(!named(&one_by_one[1]).contains(&"NOSUBJ=1".to_string()));
+            let third = named(&one_by_one[2]);
+            for want in [
+                "NOSUBJ=1",
+                "BACKREF=1",
+                "LOOK2=1",
+                "RAW_MULTI=2",
+                "URI_EX=1",
+            ] {
+                assert!(third.contains(&want.to_string()), "{want} in {third:?}");
+            }
+            assert!(named(&one_by_one[3]).contains(&"RAW_TAG=1".to_string()));
+            for size in 2..=parsed.len() {
+                for start in 0..=parsed.len() - size {
+                    let batch: Vec<_> = parsed[start..start + size]
+                        .iter()
+                        .map(|m| (m, Envelope::default()))
+                        .collect();
+                    let got: Vec<_> = e
+                        .scan_batch(&batch, &mut s)
+                        .into_iter()
+                        .map(|o| o.hits)
+                        .collect();
+                    assert_eq!(
+                        got,
+                        one_by_one[start..start + size],
+                        "{layout:?} {start}+{size}"
+                    );
+                }
+            }
+            // A scratch that scanned batches scans one message as before.
+            assert_eq!(
+                e.scan(&parsed[0], Envelope::default(), &mut s).hits,
+                one_by_one[0]
+            );
+        }
     }
 
     #[test]
