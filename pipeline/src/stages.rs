@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::metrics::{StageTimes, Timed};
 use bytes::Bytes;
@@ -60,6 +61,9 @@ pub struct Context<'a> {
     pub times: StageTimes,
     /// Whether the score reached the spam score (set by the post-filter).
     pub spam: bool,
+    /// The rules stage's outcome and time share when it ran ahead for a batch of messages
+    /// ([`Chain::scan_rules`]); [`Chain::run`] then takes it instead of scanning.
+    pub rules_done: Option<(rules::Outcome, Duration)>,
 }
 
 impl<'a> Context<'a> {
@@ -81,6 +85,7 @@ impl<'a> Context<'a> {
             shard: None,
             times: StageTimes::default(),
             spam: false,
+            rules_done: None,
         }
     }
 }
@@ -558,35 +563,15 @@ impl Chain {
             }
         }
         if let Some(engine) = self.rules_for(ctx.shard) {
-            // In a session whose client's name was looked up, the rules see the handover to
-            // this gateway as the newest relay, as SpamAssassin sees its MTA's Received field.
-            let handover = match (&self.net, ctx.net.as_ref()) {
-                (
-                    Some(n),
-                    Some(Facts {
-                        client_name: Some(name),
-                        ..
-                    }),
-                ) => Some(rules::relays::Handover {
-                    ip: ctx.client.ip(),
-                    name,
-                    helo: &ctx.envelope.helo,
-                    by: n.hostname(),
-                    mail_from: &ctx.envelope.mail_from,
-                    authenticated: ctx.envelope.auth.is_some(),
-                }),
-                _ => None,
+            let (outcome, took) = match ctx.rules_done.take() {
+                Some(done) => done,
+                None => {
+                    let env = self.rules_envelope(ctx, extracted.as_deref());
+                    let started = std::time::Instant::now();
+                    let outcome = with_scratch(engine, |s| engine.scan(&msg, env, s));
+                    (outcome, started.elapsed())
+                }
             };
-            let env = rules::Envelope {
-                handover,
-                // An unknown sender (`mxgate scan`) reads as no envelope; rules then fall back
-                // to Return-Path, as SpamAssassin does without a trusted relay.
-                mail_from: Some(ctx.envelope.mail_from.as_str()).filter(|m| !m.is_empty()),
-                extracted_text: extracted.as_deref(),
-                net: ctx.net.as_ref(),
-            };
-            let started = std::time::Instant::now();
-            let outcome = with_scratch(engine, |s| engine.scan(&msg, env, s));
             let set = engine.score_set();
             for &(i, _) in &outcome.hits {
                 let r = &engine.set.rules[i];
@@ -595,7 +580,7 @@ impl Chain {
                 }
             }
             ctx.rule_hits = outcome.hits;
-            ctx.times.set(Timed::Rules, started.elapsed());
+            ctx.times.set(Timed::Rules, took);
         }
         // Phase: classify.
         let mut tokens = None;
@@ -659,6 +644,89 @@ impl Chain {
             ));
         }
         Verdict::Accept
+    }
+
+    /// What the rules read besides the message: the envelope sender, the OCR text, the
+    /// network facts and, in a session whose client's name was looked up, the handover to this
+    /// gateway as the newest relay (as SpamAssassin sees its MTA's Received field).
+    fn rules_envelope<'c>(
+        &'c self,
+        ctx: &'c Context<'_>,
+        extracted: Option<&'c str>,
+    ) -> rules::Envelope<'c> {
+        let handover = match (&self.net, ctx.net.as_ref()) {
+            (
+                Some(n),
+                Some(Facts {
+                    client_name: Some(name),
+                    ..
+                }),
+            ) => Some(rules::relays::Handover {
+                ip: ctx.client.ip(),
+                name,
+                helo: &ctx.envelope.helo,
+                by: n.hostname(),
+                mail_from: &ctx.envelope.mail_from,
+                authenticated: ctx.envelope.auth.is_some(),
+            }),
+            _ => None,
+        };
+        rules::Envelope {
+            handover,
+            // An unknown sender (`mxgate scan`) reads as no envelope; rules then fall back
+            // to Return-Path, as SpamAssassin does without a trusted relay.
+            mail_from: Some(ctx.envelope.mail_from.as_str()).filter(|m| !m.is_empty()),
+            extracted_text: extracted,
+            net: ctx.net.as_ref(),
+        }
+    }
+
+    /// Runs the rules stage ahead for several messages at once, each rule scope over all of
+    /// them before the next ([`rules::Engine::scan_batch`]: a database or matcher is brought
+    /// into the CPU's caches once a batch instead of once a message), for [`Chain::run`] to
+    /// take each outcome from its context. Call it where `run` would be called, once the AV,
+    /// OCR and network facts are in. The outcomes are those `run` finds alone; a message whose
+    /// run ends before the rules (a loop, a virus, a DMARC reject) only wastes its scan.
+    pub fn scan_rules(&self, ctxs: &mut [&mut Context<'_>]) {
+        if ctxs.len() < 2 || !self.reads_content() {
+            return;
+        }
+        let Some(engine) = self.rules_for(ctxs[0].shard) else {
+            return;
+        };
+        if ctxs.iter().any(|c| {
+            !self
+                .rules_for(c.shard)
+                .is_some_and(|e| Arc::ptr_eq(e, engine))
+        }) {
+            return; // messages of shards with different engine copies: each scans alone
+        }
+        for ctx in ctxs.iter_mut() {
+            if ctx.offloaded.message.is_none() {
+                let started = std::time::Instant::now();
+                ctx.offloaded.message = Some(Message::parse(ctx.body.clone()));
+                ctx.times.set(Timed::Mime, started.elapsed());
+            }
+        }
+        let started = std::time::Instant::now();
+        let outcomes = {
+            let batch: Vec<(&Message, rules::Envelope<'_>)> = ctxs
+                .iter()
+                .filter_map(|c| {
+                    let extracted = match &c.offloaded.ocr {
+                        Some(Ok(r)) if !r.text.is_empty() => Some(r.text.as_str()),
+                        _ => None,
+                    };
+                    let msg = c.offloaded.message.as_ref()?;
+                    Some((msg, self.rules_envelope(c, extracted)))
+                })
+                .collect();
+            with_scratch(engine, |s| engine.scan_batch(&batch, s))
+        };
+        let share = started.elapsed() / ctxs.len() as u32;
+        for (ctx, outcome) in ctxs.iter_mut().zip(outcomes) {
+            ctx.rules_done = Some((outcome, share));
+        }
     }
 
     /// The score at which a message is spam.
@@ -917,6 +985,58 @@ mod tests {
         assert!(Arc::ptr_eq(chain.rules_for(None).unwrap(), &a));
         assert!(Arc::ptr_eq(chain.rules_for(Some(7)).unwrap(), &a));
         assert_eq!(chain.node_copies(), 1);
+    }
+
+    #[test]
+    fn rules_run_ahead_for_a_batch_give_each_message_its_own_verdict() {
+        let set = rules::load_str(
+            "body T_WIN /you won/i\nscore T_WIN 3\nheader T_SUBJ Subject =~ /offer/\nscore T_SUBJ 2.5\n\
+             rawbody T_RAW /<b>/\nscore T_RAW 0.5\nmeta T_BOTH T_WIN && T_SUBJ\nscore T_BOTH 1\n",
+            "t.cf",
+        );
+        let chain = Chain {
+            rules: Some(Arc::new(
+                rules::Engine::build(set, &rules::Options::default()).unwrap(),
+            )),
+            ..Chain::default()
+        };
+        let env = Envelope::default();
+        let client: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let bodies = [
+            "Subject: an offer\r\n\r\nYou won!\r\n",
+            "Subject: hello\r\n\r\nnothing\r\n",
+            "Subject: offer\r\nContent-Type: text/html\r\n\r\n<b>hi</b>\r\n",
+        ]
+        .map(|b| Bytes::from_static(b.as_bytes()));
+        let symbols = |ctx: &Context<'_>| -> Vec<(String, f64)> {
+            ctx.symbols
+                .iter()
+                .map(|(n, s)| (n.to_string(), *s))
+                .collect()
+        };
+        let alone: Vec<_> = bodies
+            .iter()
+            .map(|b| {
+                let mut ctx = Context::new(&env, b, client);
+                chain.run(&mut ctx);
+                symbols(&ctx)
+            })
+            .collect();
+        let names = |i: usize| -> Vec<&str> { alone[i].iter().map(|(n, _)| n.as_str()).collect() };
+        assert_eq!(names(0), ["T_WIN", "T_SUBJ", "T_BOTH"]);
+        assert!(names(1).is_empty());
+        assert_eq!(names(2), ["T_SUBJ", "T_RAW"]);
+        let mut ctxs: Vec<Context<'_>> = bodies
+            .iter()
+            .map(|b| Context::new(&env, b, client))
+            .collect();
+        chain.scan_rules(&mut ctxs.iter_mut().collect::<Vec<_>>());
+        for (i, ctx) in ctxs.iter_mut().enumerate() {
+            assert!(ctx.rules_done.is_some());
+            chain.run(ctx);
+            assert!(ctx.rules_done.is_none(), "the run took the outcome");
+            assert_eq!(symbols(ctx), alone[i]);
+        }
     }
 
     #[test]

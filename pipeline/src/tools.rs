@@ -2,7 +2,7 @@
 //! cross-validation over message files, folders and mbox files.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -343,6 +343,7 @@ pub fn scan(
     cfg: &mxgate_core::config::Config,
     paths: &[PathBuf],
     all_hits: bool,
+    batch: usize,
 ) -> anyhow::Result<()> {
     use crate::stages::{Chain, Context, Discarded, Verdict};
     let chain = Chain::for_scan(cfg)?;
@@ -350,92 +351,115 @@ pub fn scan(
     let client: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
-    for (name, raw) in messages(paths)? {
-        let body = Bytes::from(raw);
-        let started = Instant::now();
-        let mut ctx = Context::new(&env, &body, client);
-        let parsed = chain
-            .needs_message()
-            .then(|| mxgate_core::mime::Message::parse(body.clone()));
-        ctx.offloaded = chain.submit(&body, parsed.as_ref()).wait();
-        if let (Some(net), Some(m)) = (chain.net(), &parsed) {
-            ctx.net = Some(net.gather_blocking(None, &env, &body, m));
+    let mut all = messages(paths)?.into_iter();
+    loop {
+        // `batch` messages at a time: each through the stages before the rules, then the
+        // rules for all of them at once, then each through the rest, printed in order.
+        let (names, bodies): (Vec<String>, Vec<Bytes>) = all
+            .by_ref()
+            .take(batch.max(1))
+            .map(|(name, raw)| (name, Bytes::from(raw)))
+            .unzip();
+        if names.is_empty() {
+            break;
         }
-        if ctx.offloaded.message.is_none() {
-            ctx.offloaded.message = parsed;
+        let mut ctxs = Vec::with_capacity(bodies.len());
+        let mut before = Vec::with_capacity(bodies.len());
+        for body in &bodies {
+            let started = Instant::now();
+            let mut ctx = Context::new(&env, body, client);
+            let parsed = chain
+                .needs_message()
+                .then(|| mxgate_core::mime::Message::parse(body.clone()));
+            ctx.offloaded = chain.submit(body, parsed.as_ref()).wait();
+            if let (Some(net), Some(m)) = (chain.net(), &parsed) {
+                ctx.net = Some(net.gather_blocking(None, &env, body, m));
+            }
+            if ctx.offloaded.message.is_none() {
+                ctx.offloaded.message = parsed;
+            }
+            before.push(started.elapsed());
+            ctxs.push(ctx);
         }
-        let verdict = chain.run(&mut ctx);
-        let elapsed = started.elapsed();
-        let score: f64 = ctx.symbols.iter().map(|(_, s)| s).sum::<f64>() + 0.0;
-        let (action, reply) = match &verdict {
-            Verdict::Reject(r) => ("reject", Some(r.to_string())),
-            Verdict::Tempfail(r) => ("tempfail", Some(r.to_string())),
-            Verdict::Discard(Discarded::Quarantined) => ("quarantine", None),
-            Verdict::Discard(Discarded::Dropped) => ("drop", None),
-            Verdict::Accept if score >= chain.required_score() => ("tag", None),
-            Verdict::Accept => ("accept", None),
-        };
-        let symbols: serde_json::Map<String, serde_json::Value> = ctx
-            .symbols
-            .iter()
-            .map(|(n, s)| (n.to_string(), serde_json::json!(s)))
-            .collect();
-        let mut v = serde_json::json!({
-            "file": name,
-            "score": (score * 1000.0).round() / 1000.0,
-            "required": chain.required_score(),
-            "action": action,
-            "reply": reply,
-            "symbols": symbols,
-            "bayes": ctx.bayes.map(|p| serde_json::json!({"p_spam": p, "tokens": ctx.bayes_tokens.iter()
-                .map(|(t, f)| serde_json::json!({"token": t, "p": (f * 1e4).round() / 1e4})).collect::<Vec<_>>()})),
-            "autolearn": match ctx.autolearn { Some(true) => "spam", Some(false) => "ham", None => "no" },
-            "elapsed_us": elapsed.as_micros() as u64,
-        });
-        match &ctx.offloaded.av {
-            Some(Ok(d)) => {
-                v["virus"] = serde_json::json!(d.report.names());
-                if !d.report.limits.is_empty() {
-                    v["av_limits"] = serde_json::json!(d.report.limits);
+        chain.scan_rules(&mut ctxs.iter_mut().collect::<Vec<_>>());
+        for ((name, mut ctx), before) in names.into_iter().zip(ctxs).zip(before) {
+            let started = Instant::now();
+            let ahead = ctx.rules_done.as_ref().map_or(Duration::ZERO, |(_, t)| *t);
+            let verdict = chain.run(&mut ctx);
+            let elapsed = before + ahead + started.elapsed();
+            let score: f64 = ctx.symbols.iter().map(|(_, s)| s).sum::<f64>() + 0.0;
+            let (action, reply) = match &verdict {
+                Verdict::Reject(r) => ("reject", Some(r.to_string())),
+                Verdict::Tempfail(r) => ("tempfail", Some(r.to_string())),
+                Verdict::Discard(Discarded::Quarantined) => ("quarantine", None),
+                Verdict::Discard(Discarded::Dropped) => ("drop", None),
+                Verdict::Accept if score >= chain.required_score() => ("tag", None),
+                Verdict::Accept => ("accept", None),
+            };
+            let symbols: serde_json::Map<String, serde_json::Value> = ctx
+                .symbols
+                .iter()
+                .map(|(n, s)| (n.to_string(), serde_json::json!(s)))
+                .collect();
+            let mut v = serde_json::json!({
+                "file": name,
+                "score": (score * 1000.0).round() / 1000.0,
+                "required": chain.required_score(),
+                "action": action,
+                "reply": reply,
+                "symbols": symbols,
+                "bayes": ctx.bayes.map(|p| serde_json::json!({"p_spam": p, "tokens": ctx.bayes_tokens.iter()
+                    .map(|(t, f)| serde_json::json!({"token": t, "p": (f * 1e4).round() / 1e4})).collect::<Vec<_>>()})),
+                "autolearn": match ctx.autolearn { Some(true) => "spam", Some(false) => "ham", None => "no" },
+                "elapsed_us": elapsed.as_micros() as u64,
+            });
+            match &ctx.offloaded.av {
+                Some(Ok(d)) => {
+                    v["virus"] = serde_json::json!(d.report.names());
+                    if !d.report.limits.is_empty() {
+                        v["av_limits"] = serde_json::json!(d.report.limits);
+                    }
                 }
+                Some(Err(why)) => {
+                    v["virus"] = serde_json::json!({"unavailable": format!("{why:?}")})
+                }
+                None if chain.av().is_some() => v["virus"] = serde_json::json!([]),
+                None => {}
             }
-            Some(Err(why)) => v["virus"] = serde_json::json!({"unavailable": format!("{why:?}")}),
-            None if chain.av().is_some() => v["virus"] = serde_json::json!([]),
-            None => {}
-        }
-        match &ctx.offloaded.ocr {
-            Some(Ok(r)) => {
-                v["ocr"] = serde_json::json!({"images": r.images, "chars": r.chars, "text": r.text,
+            match &ctx.offloaded.ocr {
+                Some(Ok(r)) => {
+                    v["ocr"] = serde_json::json!({"images": r.images, "chars": r.chars, "text": r.text,
                     "cached": r.cached, "skipped": r.skipped, "out_of_time": r.out_of_time});
+                }
+                Some(Err(why)) => v["ocr"] = serde_json::json!({"unavailable": format!("{why:?}")}),
+                None => {}
             }
-            Some(Err(why)) => v["ocr"] = serde_json::json!({"unavailable": format!("{why:?}")}),
-            None => {}
-        }
-        if let Some(f) = &ctx.net {
-            let mut listed: Vec<&String> = f.a.keys().chain(f.txt.keys()).collect();
-            listed.sort();
-            v["dns"] = serde_json::json!({"relays": f.relays.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+            if let Some(f) = &ctx.net {
+                let mut listed: Vec<&String> = f.a.keys().chain(f.txt.keys()).collect();
+                listed.sort();
+                v["dns"] = serde_json::json!({"relays": f.relays.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
                 "uri_domains": f.uri_domains, "listed": listed, "timed_out": f.timed_out, "failed": f.failed,
                 "slowest_query_us": f.slowest_query.as_micros() as u64});
-            if let Some(a) = &f.auth {
-                v["auth"] = serde_json::json!({"spf": format!("{:?}", a.spf), "spf_helo": format!("{:?}", a.spf_helo),
+                if let Some(a) = &f.auth {
+                    v["auth"] = serde_json::json!({"spf": format!("{:?}", a.spf), "spf_helo": format!("{:?}", a.spf_helo),
                     "dkim": a.dkim.iter().map(|d| serde_json::json!({"domain": d.domain, "result": format!("{:?}", d.outcome)})).collect::<Vec<_>>(),
                     "author_domain": a.author_domain, "dmarc": format!("{:?}", a.dmarc),
                     "dmarc_policy": a.dmarc_policy.map(|p| format!("{p:?}")), "arc": format!("{:?}", a.arc),
                     "symbols": a.symbols(), "header": a.header});
+                }
             }
-        }
-        if all_hits {
-            if let Some(engine) = chain.rules() {
-                let hits: serde_json::Map<String, serde_json::Value> = ctx
-                    .rule_hits
-                    .iter()
-                    .map(|&(i, n)| (engine.set.rules[i].name.clone(), serde_json::json!(n)))
-                    .collect();
-                v["hits"] = serde_json::Value::Object(hits);
+            if all_hits {
+                if let Some(engine) = chain.rules() {
+                    let hits: serde_json::Map<String, serde_json::Value> = ctx
+                        .rule_hits
+                        .iter()
+                        .map(|&(i, n)| (engine.set.rules[i].name.clone(), serde_json::json!(n)))
+                        .collect();
+                    v["hits"] = serde_json::Value::Object(hits);
+                }
             }
+            writeln!(out, "{v}")?;
         }
-        writeln!(out, "{v}")?;
     }
     Ok(())
 }

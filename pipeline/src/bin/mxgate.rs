@@ -57,6 +57,10 @@ enum Cmd {
         /// Add "hits": every rule that hit, sub-rules included, with its hit count.
         #[arg(long)]
         hits: bool,
+        /// Messages whose rules run together, each rule scope over all of them before the
+        /// next (the results are those of one at a time; 1 scans each alone).
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
         /// The messages.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -478,6 +482,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             db,
             rules,
             hits,
+            batch,
             paths,
         } => {
             let ov = Overrides {
@@ -489,7 +494,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.bayes.db = db;
             }
             use_rules(&mut cfg, &rules);
-            tools::scan(&cfg, &paths, hits)
+            tools::scan(&cfg, &paths, hits, batch)
         }
         Cmd::Rules { cmd } => {
             let paths =
