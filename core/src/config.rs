@@ -302,6 +302,11 @@ pub struct Rules {
     /// Hyperscan work and compile time. Names a ruleset lacks are ignored. The default names
     /// SpamAssassin's fill-in-this-form rules (BENCHMARKS.md).
     pub confirm_only: Vec<String>,
+    /// Most messages a shard scans together: the messages ready for the rules at the same
+    /// time run through each rule database in turn, which then stays in the CPU's caches
+    /// (about a third less CPU a message at 16). No message waits for others to arrive; 1
+    /// scans each alone.
+    pub batch: usize,
 }
 
 /// Rules of Debian's SpamAssassin ruleset whose Hyperscan prefilter nominates 92-100 % of the
@@ -324,6 +329,7 @@ impl Default for Rules {
             cache_dir: "/var/cache/mxgate/rules".into(),
             layout: "per-scope".into(),
             confirm_only: CONFIRM_ONLY.iter().map(|n| n.to_string()).collect(),
+            batch: 16,
         }
     }
 }

@@ -94,6 +94,10 @@ pub struct ShardStats {
     pub greylist_triplets: AtomicU64,
     /// Failures talking to the next hop (connect, timeout, lost connection).
     pub relay_errors: AtomicU64,
+    /// Rule scans of a batch of messages ([`crate::batch`]), one message's included.
+    pub rules_batches: AtomicU64,
+    /// Messages those scans held (over `rules_batches`: the mean batch).
+    pub rules_batched: AtomicU64,
     /// Replies sent, by code (index = code).
     pub replies: Box<[AtomicU64]>,
     /// Relay latency (end of data received → next hop's final reply), histogram buckets.
@@ -123,6 +127,8 @@ impl Default for ShardStats {
             auth_ok: AtomicU64::new(0),
             auth_failed: AtomicU64::new(0),
             relay_errors: AtomicU64::new(0),
+            rules_batches: AtomicU64::new(0),
+            rules_batched: AtomicU64::new(0),
             replies: (0..600).map(|_| AtomicU64::new(0)).collect(),
             latency: Default::default(),
             latency_sum_us: AtomicU64::new(0),
@@ -220,6 +226,16 @@ const COUNTERS: &[(&str, &str, Field)] = &[
         "mxgate_relay_errors_total",
         "Failures talking to the next hop.",
         |s| &s.relay_errors,
+    ),
+    (
+        "mxgate_rules_batches_total",
+        "Rule scans, each of the messages a shard had ready for the rules at once.",
+        |s| &s.rules_batches,
+    ),
+    (
+        "mxgate_rules_batched_messages_total",
+        "Messages those rule scans held (over the scans: the mean batch).",
+        |s| &s.rules_batched,
     ),
 ];
 

@@ -163,6 +163,8 @@ pub struct Shard {
     draining: Cell<bool>,
     stop_accepting: Flag,
     msg_seq: Cell<u64>,
+    /// Messages waiting for the rules, scanned together.
+    pub rules_batch: crate::batch::RulesBatcher,
 }
 
 /// Unregisters a connection when its session ends.
@@ -181,6 +183,15 @@ impl Drop for ConnGuard {
 }
 
 impl Shard {
+    /// Sessions inside a transaction (or with input not yet read).
+    pub fn in_transaction(&self) -> usize {
+        self.conns
+            .borrow()
+            .values()
+            .filter(|t| t.busy.get())
+            .count()
+    }
+
     /// The snapshot new connections use.
     pub fn current(&self) -> Rc<ShardSnap> {
         self.current.borrow().clone()
@@ -275,6 +286,7 @@ pub async fn shard_main(
         current: RefCell::new(Rc::new(ShardSnap { snap: snap.clone() })),
         generation: Cell::new(control.generation.load(Ordering::Acquire)),
         relay: Relay::new(stats.clone()),
+        rules_batch: crate::batch::RulesBatcher::new(snap.config.rules.batch, stats.clone()),
         stats,
         conns: RefCell::new(HashMap::new()),
         next_conn: Cell::new(0),

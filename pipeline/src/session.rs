@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::BytesMut;
@@ -346,7 +347,7 @@ fn data_follows(buf: &[u8]) -> bool {
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn deliver(
     shard: &Shard,
-    snap: &crate::settings::Snapshot,
+    snap: &Arc<crate::settings::Snapshot>,
     target: &Target<'_>,
     client: &ClientInfo,
     downstream: Downstream,
@@ -414,6 +415,11 @@ async fn deliver(
     if ctx.offloaded.message.is_none() {
         ctx.offloaded.message = parsed;
     }
+    // The rules, together with the shard's other messages ready for them.
+    shard
+        .rules_batch
+        .run(snap, &mut ctx, &|| shard.in_transaction())
+        .await;
     let verdict = snap.chain.run(&mut ctx);
     shard.stats.stages(&ctx.times);
     shard.stats.verdict(match &verdict {

@@ -1003,6 +1003,58 @@ class RulesInTheGateway(unittest.TestCase):
             mx.stop()
             sink.stop()
 
+    def test_messages_ready_together_are_scanned_together(self):
+        """Sessions whose data arrive together are scanned as one batch, each with its own verdict."""
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, stages="hops,rules", server="shards = 1\n",
+                    toml=f'[rules]\npaths = ["{self.local}"]\ncache_dir = "{self.cache}"\n')
+        n = 12
+        ready = threading.Barrier(n)
+        errors = []
+
+        def one(i):
+            try:
+                with smtplib.SMTP("127.0.0.1", mx.port, timeout=30) as s:
+                    s.ehlo("x")
+                    s.mail("alice@e2e.test")
+                    s.rcpt("bob@e2e.test")
+                    ready.wait(timeout=30)
+                    body = "Could you tag me please?" if i % 3 == 0 else "Nothing to see."
+                    code, _ = s.data(plain_message(f"Message {i}", body))
+                    if code != 250:
+                        errors.append((i, code))
+            except Exception as e:  # reported below; the barrier must not hang the others
+                errors.append((i, repr(e)))
+                ready.abort()
+
+        try:
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            self.assertEqual(errors, [])
+            sink.wait_messages(n)
+            seen = {}
+            for _, body in sink.messages():
+                subject = re.search(rb"^Subject: Message (\d+)\r$", body, re.M)
+                if subject:
+                    seen[int(subject.group(1))] = body
+            self.assertEqual(sorted(seen), list(range(n)))
+            for i, body in seen.items():
+                if i % 3 == 0:
+                    self.assertIn(b"X-Spam-Status: Yes, score=6.0 required=5.0 tests=LOCAL_TAG_ME\r\n", body, i)
+                else:
+                    self.assertIn(b"X-Spam-Status: No, score=0.0 required=5.0 tests=none", body, i)
+            m = mx.metrics()
+            self.assertEqual(m["mxgate_rules_batched_messages_total"], n)
+            # Twelve sessions with their data sent at once: fewer scans than messages.
+            self.assertLess(m["mxgate_rules_batches_total"], n)
+            self.assertEqual(m['mxgate_stage_runs_total{stage="rules"}'], n)
+        finally:
+            mx.stop()
+            sink.stop()
+
     def test_lint_names_file_line_and_rule(self):
         bad = tempfile.mkdtemp(prefix="rules-bad-", dir=WORK)
         with open(os.path.join(bad, "bad.cf"), "w") as f:

@@ -1,0 +1,251 @@
+//! The rules stage for the messages a shard has ready at once.
+//!
+//! The rule engine's time is mostly memory traffic: about a hundred Hyperscan databases and
+//! the confirming automata, tens of MiB, each read for every message. Scanned together, each
+//! is brought into the CPU's caches once for all of them ([`rules::Engine::scan_batch`]): a
+//! third less CPU a message in batches of 16 (`mxgate scan --batch`). A shard's sessions reach
+//! the rules one at a time, so the first to arrive leads: it lets the shard's other ready
+//! tasks run (sessions whose data and offloaded work are complete join the queue) and, while
+//! other sessions of the shard are inside a transaction, waits for them up to [`WAIT`]; then
+//! it scans everything queued, up to a batch's size, and hands each session its outcome. With
+//! no other transaction open the batch is that one message, after one turn of the shard's task
+//! queue. How full the batches are depends on the sessions a shard serves at once:
+//! `mxgate_rules_batched_messages_total` over `mxgate_rules_batches_total` is the mean.
+//!
+//! A session is moved out of its [`Context`] into a [`Job`] (its envelope, body, offloaded
+//! results and network facts) and back, so the leader owns what it scans and a session that
+//! goes away while queued leaves nothing dangling. Should the leader itself go away, a waiting
+//! session takes over.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mxgate_core::smtp::Envelope;
+use mxgate_scanners::net::Facts;
+
+use crate::metrics::ShardStats;
+use crate::offload::Offloaded;
+use crate::settings::Snapshot;
+use crate::stages::Context;
+
+/// Longest a leader waits for the shard's other sessions in a transaction to join.
+const WAIT: Duration = Duration::from_millis(3);
+
+/// What the rules of one message read, moved out of its session's [`Context`] while queued.
+pub struct Job {
+    envelope: Envelope,
+    body: Bytes,
+    client: SocketAddr,
+    shard: Option<usize>,
+    offloaded: Offloaded,
+    net: Option<Facts>,
+    rules_done: Option<(mxgate_scanners::rules::Outcome, Duration)>,
+}
+
+impl Job {
+    /// Takes a context's offloaded results and network facts (the rest is copied).
+    pub fn take(ctx: &mut Context<'_>) -> Job {
+        Job {
+            envelope: ctx.envelope.clone(),
+            body: ctx.body.clone(),
+            client: ctx.client,
+            shard: ctx.shard,
+            offloaded: std::mem::take(&mut ctx.offloaded),
+            net: ctx.net.take(),
+            rules_done: None,
+        }
+    }
+
+    /// Gives a context back what [`Job::take`] took, with the rules' outcome.
+    pub fn restore(self, ctx: &mut Context<'_>) {
+        ctx.offloaded = self.offloaded;
+        ctx.net = self.net;
+        ctx.rules_done = self.rules_done;
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    job: RefCell<Option<Job>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+struct Queued {
+    snap: Arc<Snapshot>,
+    job: Job,
+    slot: Rc<Slot>,
+}
+
+/// A shard's queue of messages waiting for the rules.
+pub struct RulesBatcher {
+    queue: RefCell<Vec<Queued>>,
+    leading: Cell<bool>,
+    max: usize,
+    stats: Arc<ShardStats>,
+}
+
+impl RulesBatcher {
+    /// A queue scanning up to `max` messages together (1: each alone), counting its batches
+    /// in `stats`.
+    pub fn new(max: usize, stats: Arc<ShardStats>) -> RulesBatcher {
+        RulesBatcher {
+            queue: RefCell::new(Vec::new()),
+            leading: Cell::new(false),
+            max: max.max(1),
+            stats,
+        }
+    }
+
+    /// Runs the rules of `snap`'s chain on the message of `ctx`, together with the shard's
+    /// other messages ready for them; [`crate::stages::Chain::run`] then finds the outcome in
+    /// the context.
+    pub async fn run(
+        &self,
+        snap: &Arc<Snapshot>,
+        ctx: &mut Context<'_>,
+        in_transaction: &dyn Fn() -> usize,
+    ) {
+        if self.max == 1 || snap.chain.rules_for(ctx.shard).is_none() {
+            return; // `run` scans it alone
+        }
+        let slot = Rc::new(Slot::default());
+        self.queue.borrow_mut().push(Queued {
+            snap: Arc::clone(snap),
+            job: Job::take(ctx),
+            slot: Rc::clone(&slot),
+        });
+        loop {
+            if let Some(job) = slot.job.borrow_mut().take() {
+                job.restore(ctx);
+                return;
+            }
+            if !self.leading.get() {
+                self.lead(in_transaction).await;
+                continue;
+            }
+            Wait {
+                slot: &slot,
+                leading: &self.leading,
+            }
+            .await;
+        }
+    }
+
+    /// Lets the shard's ready tasks join the queue, then scans it empty.
+    async fn lead(&self, in_transaction: &dyn Fn() -> usize) {
+        self.leading.set(true);
+        let guard = Leading(self);
+        let started = Instant::now();
+        futures_lite::future::yield_now().await;
+        loop {
+            let queued = self.queue.borrow().len();
+            if queued >= self.max || in_transaction() <= queued || started.elapsed() >= WAIT {
+                break;
+            }
+            crate::rt::sleep(Duration::from_micros(100)).await;
+        }
+        loop {
+            let batch: Vec<Queued> = {
+                let mut q = self.queue.borrow_mut();
+                let n = q.len().min(self.max);
+                q.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            self.stats.rules_batches.fetch_add(1, Relaxed);
+            self.stats
+                .rules_batched
+                .fetch_add(batch.len() as u64, Relaxed);
+            scan(batch);
+        }
+        drop(guard);
+    }
+}
+
+/// Scans a batch, messages of the same snapshot together, and hands out the outcomes.
+fn scan(mut batch: Vec<Queued>) {
+    while !batch.is_empty() {
+        let snap = Arc::clone(&batch[0].snap);
+        let (mut same, rest): (Vec<Queued>, Vec<Queued>) =
+            batch.into_iter().partition(|q| Arc::ptr_eq(&q.snap, &snap));
+        batch = rest;
+        {
+            let mut ctxs: Vec<Context<'_>> = same
+                .iter_mut()
+                .map(|q| {
+                    let job = &mut q.job;
+                    let mut ctx = Context::new(&job.envelope, &job.body, job.client);
+                    ctx.shard = job.shard;
+                    ctx.offloaded = std::mem::take(&mut job.offloaded);
+                    ctx.net = job.net.take();
+                    ctx
+                })
+                .collect();
+            snap.chain
+                .scan_rules(&mut ctxs.iter_mut().collect::<Vec<_>>());
+            let done: Vec<_> = ctxs
+                .into_iter()
+                .map(|mut c| {
+                    (
+                        std::mem::take(&mut c.offloaded),
+                        c.net.take(),
+                        c.rules_done.take(),
+                    )
+                })
+                .collect();
+            for (q, (offloaded, net, rules_done)) in same.iter_mut().zip(done) {
+                q.job.offloaded = offloaded;
+                q.job.net = net;
+                q.job.rules_done = rules_done;
+            }
+        }
+        for q in same {
+            *q.slot.job.borrow_mut() = Some(q.job);
+            if let Some(w) = q.slot.waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// Clears the leader's mark when it finishes or goes away, waking the waiting sessions so one
+/// of them leads what is left.
+struct Leading<'a>(&'a RulesBatcher);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.leading.set(false);
+        for q in self.0.queue.borrow().iter() {
+            if let Some(w) = q.slot.waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// Ready when the slot is filled or nobody leads.
+struct Wait<'a> {
+    slot: &'a Slot,
+    leading: &'a Cell<bool>,
+}
+
+impl Future for Wait<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.slot.job.borrow().is_some() || !self.leading.get() {
+            return Poll::Ready(());
+        }
+        *self.slot.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
