@@ -31,7 +31,7 @@ use bytes::Bytes;
 use mxgate_core::smtp::Envelope;
 use mxgate_scanners::net::Facts;
 
-use crate::metrics::ShardStats;
+use crate::metrics::{ShardStats, StageTimes};
 use crate::offload::Offloaded;
 use crate::settings::Snapshot;
 use crate::stages::Context;
@@ -47,6 +47,7 @@ pub struct Job {
     shard: Option<usize>,
     offloaded: Offloaded,
     net: Option<Facts>,
+    times: StageTimes,
     rules_done: Option<(mxgate_scanners::rules::Outcome, Duration)>,
 }
 
@@ -60,6 +61,7 @@ impl Job {
             shard: ctx.shard,
             offloaded: std::mem::take(&mut ctx.offloaded),
             net: ctx.net.take(),
+            times: std::mem::take(&mut ctx.times),
             rules_done: None,
         }
     }
@@ -68,6 +70,7 @@ impl Job {
     pub fn restore(self, ctx: &mut Context<'_>) {
         ctx.offloaded = self.offloaded;
         ctx.net = self.net;
+        ctx.times = self.times;
         ctx.rules_done = self.rules_done;
     }
 }
@@ -187,6 +190,7 @@ fn scan(mut batch: Vec<Queued>) {
                     ctx.shard = job.shard;
                     ctx.offloaded = std::mem::take(&mut job.offloaded);
                     ctx.net = job.net.take();
+                    ctx.times = std::mem::take(&mut job.times);
                     ctx
                 })
                 .collect();
@@ -198,13 +202,15 @@ fn scan(mut batch: Vec<Queued>) {
                     (
                         std::mem::take(&mut c.offloaded),
                         c.net.take(),
+                        std::mem::take(&mut c.times),
                         c.rules_done.take(),
                     )
                 })
                 .collect();
-            for (q, (offloaded, net, rules_done)) in same.iter_mut().zip(done) {
+            for (q, (offloaded, net, times, rules_done)) in same.iter_mut().zip(done) {
                 q.job.offloaded = offloaded;
                 q.job.net = net;
+                q.job.times = times;
                 q.job.rules_done = rules_done;
             }
         }

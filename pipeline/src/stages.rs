@@ -721,7 +721,20 @@ impl Chain {
                     Some((msg, self.rules_envelope(c, extracted)))
                 })
                 .collect();
-            with_scratch(engine, |s| engine.scan_batch(&batch, s))
+            // A panic here leaves every message to `run`, which scans it alone under its own
+            // guard (a message that panics again gets 451 there); the thread's scratch, maybe
+            // left half-way, is made afresh.
+            let scan = std::panic::AssertUnwindSafe(|| {
+                with_scratch(engine, |s| engine.scan_batch(&batch, s))
+            });
+            match std::panic::catch_unwind(scan) {
+                Ok(outcomes) => outcomes,
+                Err(_) => {
+                    tracing::error!("the rules panicked on a batch; its messages scan alone");
+                    SCRATCH.with(|cell| cell.borrow_mut().take());
+                    return;
+                }
+            }
         };
         let share = started.elapsed() / ctxs.len() as u32;
         for (ctx, outcome) in ctxs.iter_mut().zip(outcomes) {

@@ -1051,6 +1051,7 @@ class RulesInTheGateway(unittest.TestCase):
             # Twelve sessions with their data sent at once: fewer scans than messages.
             self.assertLess(m["mxgate_rules_batches_total"], n)
             self.assertEqual(m['mxgate_stage_runs_total{stage="rules"}'], n)
+            self.assertEqual(m['mxgate_stage_runs_total{stage="mime"}'], n)
         finally:
             mx.stop()
             sink.stop()
