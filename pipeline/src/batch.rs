@@ -91,6 +91,8 @@ struct Queued {
 pub struct RulesBatcher {
     queue: RefCell<Vec<Queued>>,
     leading: Cell<bool>,
+    /// The leader, while it waits for the queue to grow.
+    leader: RefCell<Option<Waker>>,
     max: usize,
     stats: Arc<ShardStats>,
 }
@@ -102,6 +104,7 @@ impl RulesBatcher {
         RulesBatcher {
             queue: RefCell::new(Vec::new()),
             leading: Cell::new(false),
+            leader: RefCell::new(None),
             max: max.max(1),
             stats,
         }
@@ -125,6 +128,9 @@ impl RulesBatcher {
             job: Job::take(ctx),
             slot: Rc::clone(&slot),
         });
+        if let Some(w) = self.leader.borrow_mut().take() {
+            w.wake();
+        }
         loop {
             if let Some(job) = slot.job.borrow_mut().take() {
                 job.restore(ctx);
@@ -150,10 +156,19 @@ impl RulesBatcher {
         futures_lite::future::yield_now().await;
         loop {
             let queued = self.queue.borrow().len();
-            if queued >= self.max || in_transaction() <= queued || started.elapsed() >= WAIT {
+            let waited = started.elapsed();
+            if queued >= self.max || in_transaction() <= queued || waited >= WAIT {
                 break;
             }
-            crate::rt::sleep(Duration::from_micros(100)).await;
+            // Woken when a session joins, or at the deadline.
+            crate::rt::timeout(
+                WAIT - waited,
+                Grew {
+                    batcher: self,
+                    seen: queued,
+                },
+            )
+            .await;
         }
         loop {
             let batch: Vec<Queued> = {
@@ -230,11 +245,30 @@ struct Leading<'a>(&'a RulesBatcher);
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
         self.0.leading.set(false);
+        self.0.leader.borrow_mut().take();
         for q in self.0.queue.borrow().iter() {
             if let Some(w) = q.slot.waker.borrow_mut().take() {
                 w.wake();
             }
         }
+    }
+}
+
+/// Ready when the queue holds other than `seen` messages.
+struct Grew<'a> {
+    batcher: &'a RulesBatcher,
+    seen: usize,
+}
+
+impl Future for Grew<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.batcher.queue.borrow().len() != self.seen {
+            return Poll::Ready(());
+        }
+        *self.batcher.leader.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 
