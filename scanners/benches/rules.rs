@@ -140,6 +140,26 @@ fn benches(c: &mut Criterion) {
             hits
         })
     });
+    // The same messages 16 at a time, each scope over all of them before the next (what
+    // `mxgate scan` and a busy gateway shard do): the same hits, the databases and matchers
+    // read once a batch.
+    g.bench_function("corpus_batch16", |b| {
+        let mut s = e.scratch();
+        b.iter(|| {
+            let mut hits = 0;
+            for chunk in msgs.chunks(16) {
+                let parsed: Vec<Message> =
+                    chunk.iter().map(|r| Message::parse(r.clone())).collect();
+                let batch: Vec<_> = parsed.iter().map(|m| (m, env)).collect();
+                hits += e
+                    .scan_batch(&batch, &mut s)
+                    .iter()
+                    .map(|o| o.hits.len())
+                    .sum::<usize>();
+            }
+            hits
+        })
+    });
     // The relay analysis alone (Received fields parsed, trust split), over the corpus's
     // header blocks parsed beforehand.
     let headers: Vec<_> = msgs
