@@ -52,7 +52,8 @@ pub struct Job {
 }
 
 impl Job {
-    /// Takes a context's offloaded results and network facts (the rest is copied).
+    /// Takes a context's offloaded results, network facts and stage times (the rest is
+    /// copied).
     pub fn take(ctx: &mut Context<'_>) -> Job {
         Job {
             envelope: ctx.envelope.clone(),
