@@ -1181,17 +1181,9 @@ impl Engine {
 
     /// Scans a message.
     pub fn scan(&self, msg: &Message, env: Envelope<'_>, scratch: &mut Scratch) -> Outcome {
-        let started = clock(&scratch.profile);
-        scratch.counts.iter_mut().for_each(|c| *c = 0);
-        let mut ctx = self.begin(msg, env, scratch);
-        for k in 0..self.inputs.len() {
-            self.run_input(k, &mut ctx, scratch);
-        }
-        let out = self.finish(ctx, scratch);
-        note(&mut scratch.profile, started, msg.raw.len(), |p| {
-            &mut p.total
-        });
-        out
+        self.scan_batch(&[(msg, env)], scratch)
+            .pop()
+            .expect("an outcome per message")
     }
 
     /// Scans several messages, one outcome each in their order: each scope's databases and
@@ -1203,30 +1195,27 @@ impl Engine {
         msgs: &[(&Message, Envelope<'_>)],
         scratch: &mut Scratch,
     ) -> Vec<Outcome> {
-        if let [(msg, env)] = msgs {
-            return vec![self.scan(msg, *env, scratch)];
-        }
         let started = clock(&scratch.profile);
+        // Each message's hit counts; a header input and the evals read them as
+        // `scratch.counts`, swapped in for that message.
         let mut batch = std::mem::take(&mut scratch.batch);
         batch.resize_with(msgs.len(), Vec::new);
         for counts in &mut batch {
             counts.clear();
             counts.resize(self.rules.len(), 0);
         }
-        let mut ctxs: Vec<Ctx<'_>> = Vec::with_capacity(msgs.len());
-        for (counts, &(msg, env)) in batch.iter_mut().zip(msgs) {
-            std::mem::swap(&mut scratch.counts, counts);
-            ctxs.push(self.begin(msg, env, scratch));
-            std::mem::swap(&mut scratch.counts, counts);
-        }
+        let mut ctxs: Vec<Ctx<'_>> = msgs
+            .iter()
+            .map(|&(msg, env)| self.begin(msg, env, &mut scratch.profile))
+            .collect();
         for k in 0..self.inputs.len() {
-            if matches!(self.inputs[k], Input::Header(_) | Input::MimeHeader(_))
-                || self.input_rules[k].is_empty()
-                || self.evals_only
-            {
+            if self.input_rules[k].is_empty() || self.evals_only {
+                continue;
+            }
+            if let Input::Header(_) | Input::MimeHeader(_) = self.inputs[k] {
                 for (counts, ctx) in batch.iter_mut().zip(&mut ctxs) {
                     std::mem::swap(&mut scratch.counts, counts);
-                    self.run_input(k, ctx, scratch);
+                    self.run_header_input(k, ctx, scratch);
                     std::mem::swap(&mut scratch.counts, counts);
                 }
                 continue;
@@ -1256,9 +1245,14 @@ impl Engine {
         out
     }
 
-    /// A message's scan state (the caller clears `scratch.counts` for it).
-    fn begin<'a>(&self, msg: &'a Message, env: Envelope<'a>, scratch: &mut Scratch) -> Ctx<'a> {
-        if let Some(p) = scratch.profile.as_deref_mut() {
+    /// A message's scan state.
+    fn begin<'a>(
+        &self,
+        msg: &'a Message,
+        env: Envelope<'a>,
+        profile: &mut Option<Box<Profile>>,
+    ) -> Ctx<'a> {
+        if let Some(p) = profile.as_deref_mut() {
             p.messages += 1;
             p.hyperscan.resize(self.inputs.len(), Cost::default());
             p.confirm.resize(self.rules.len(), Cost::default());
@@ -1275,24 +1269,19 @@ impl Engine {
             relays: None,
             env_from: None,
         };
-        if scratch.profile.is_some() {
+        if profile.is_some() {
             // Built on first use otherwise; timed apart here (rules and evals need all three
             // on every message, so building them first changes nothing else).
-            let p = &mut scratch.profile;
-            timed(p, Part::HeaderFields, || ctx.headers());
-            timed(p, Part::Relays, || ctx.relays());
-            timed(p, Part::EnvFrom, || ctx.env_from());
+            timed(profile, Part::HeaderFields, || ctx.headers());
+            timed(profile, Part::Relays, || ctx.relays());
+            timed(profile, Part::EnvFrom, || ctx.env_from());
         }
         ctx
     }
 
-    /// The rules reading input `k`, on one message.
-    fn run_input(&self, k: usize, ctx: &mut Ctx<'_>, scratch: &mut Scratch) {
-        let input = &self.inputs[k];
-        if self.input_rules[k].is_empty() || self.evals_only {
-            return;
-        }
-        match input {
+    /// The rules reading header input `k` (a header or a MIME part header), on one message.
+    fn run_header_input(&self, k: usize, ctx: &mut Ctx<'_>, scratch: &mut Scratch) {
+        match &self.inputs[k] {
             Input::Header(req) => {
                 let value = timed(&mut scratch.profile, Part::HeaderValues, || ctx.header(req));
                 self.run_header(k, value.as_deref(), scratch);
@@ -1305,16 +1294,8 @@ impl Engine {
                     self.run_mime_header(k, value.as_deref(), scratch);
                 }
             }
-            Input::Body | Input::Rawbody | Input::Uri | Input::Full => {
-                let mut owned = Vec::new();
-                self.texts_of(k, ctx, &mut owned, &mut scratch.profile);
-                let texts = Engine::texts(k, &self.inputs, ctx, &owned);
-                let counts = std::mem::take(&mut scratch.counts);
-                let mut one = [counts];
-                self.run_texts(k, &[texts], &mut one, scratch);
-                let [counts] = one;
-                scratch.counts = counts;
-            }
+            // Run over every message's texts at once, in `run_texts`.
+            Input::Body | Input::Rawbody | Input::Uri | Input::Full => {}
         }
     }
 
