@@ -517,20 +517,8 @@ impl Chain {
     fn content(&self, ctx: &mut Context<'_>) -> Verdict {
         // Phase: filter. The MIME view is built once; header analysis, AV and OCR join the
         // rules here.
-        let msg = match ctx.offloaded.message.take() {
-            Some(m) => m,
-            None => {
-                let started = std::time::Instant::now();
-                let m = Message::parse(ctx.body.clone());
-                ctx.times.set(Timed::Mime, started.elapsed());
-                m
-            }
-        };
-        // What OCR read in the images: one more text part for the rules and Bayes.
-        let extracted = match &ctx.offloaded.ocr {
-            Some(Ok(r)) if !r.text.is_empty() => Some(r.text.clone()),
-            _ => None,
-        };
+        let msg = take_message(ctx);
+        let extracted = ocr_text(ctx).map(str::to_string);
         // The MIME parser's anomalies, as symbols without a score of their own (local rules
         // score them through `eval:check_mime_anomaly('NAME')`).
         if self.rules.is_some() {
@@ -702,23 +690,16 @@ impl Chain {
             return; // messages of shards with different engine copies: each scans alone
         }
         for ctx in ctxs.iter_mut() {
-            if ctx.offloaded.message.is_none() {
-                let started = std::time::Instant::now();
-                ctx.offloaded.message = Some(Message::parse(ctx.body.clone()));
-                ctx.times.set(Timed::Mime, started.elapsed());
-            }
+            let msg = take_message(ctx);
+            ctx.offloaded.message = Some(msg);
         }
         let started = std::time::Instant::now();
         let outcomes = {
             let batch: Vec<(&Message, rules::Envelope<'_>)> = ctxs
                 .iter()
                 .filter_map(|c| {
-                    let extracted = match &c.offloaded.ocr {
-                        Some(Ok(r)) if !r.text.is_empty() => Some(r.text.as_str()),
-                        _ => None,
-                    };
                     let msg = c.offloaded.message.as_ref()?;
-                    Some((msg, self.rules_envelope(c, extracted)))
+                    Some((msg, self.rules_envelope(c, ocr_text(c))))
                 })
                 .collect();
             // A panic here leaves every message to `run`, which scans it alone under its own
@@ -796,6 +777,24 @@ pub fn load_rules(
         "rules: ready"
     );
     Ok(engine)
+}
+
+/// The message as a stage before parsed it, or parsed now (the MIME stage's time counted).
+fn take_message(ctx: &mut Context<'_>) -> Message {
+    ctx.offloaded.message.take().unwrap_or_else(|| {
+        let started = std::time::Instant::now();
+        let m = Message::parse(ctx.body.clone());
+        ctx.times.set(Timed::Mime, started.elapsed());
+        m
+    })
+}
+
+/// What OCR read in the images: one more text part for the rules and Bayes.
+fn ocr_text<'c>(ctx: &'c Context<'_>) -> Option<&'c str> {
+    match &ctx.offloaded.ocr {
+        Some(Ok(r)) if !r.text.is_empty() => Some(&r.text),
+        _ => None,
+    }
 }
 
 thread_local! {
