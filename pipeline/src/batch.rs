@@ -45,34 +45,47 @@ pub struct Job {
     body: Bytes,
     client: SocketAddr,
     shard: Option<usize>,
+    carried: Carried,
+}
+
+/// The part of a [`Context`] a job carries and gives back: the offloaded results, network
+/// facts and stage times in, those and the rules' outcome out.
+#[derive(Default)]
+struct Carried {
     offloaded: Offloaded,
     net: Option<Facts>,
     times: StageTimes,
     rules_done: Option<(mxgate_scanners::rules::Outcome, Duration)>,
 }
 
+impl Carried {
+    /// Trades places with the context's.
+    fn swap(&mut self, ctx: &mut Context<'_>) {
+        std::mem::swap(&mut self.offloaded, &mut ctx.offloaded);
+        std::mem::swap(&mut self.net, &mut ctx.net);
+        std::mem::swap(&mut self.times, &mut ctx.times);
+        std::mem::swap(&mut self.rules_done, &mut ctx.rules_done);
+    }
+}
+
 impl Job {
     /// Takes a context's offloaded results, network facts and stage times (the rest is
     /// copied).
     pub fn take(ctx: &mut Context<'_>) -> Job {
+        let mut carried = Carried::default();
+        carried.swap(ctx);
         Job {
             envelope: ctx.envelope.clone(),
             body: ctx.body.clone(),
             client: ctx.client,
             shard: ctx.shard,
-            offloaded: std::mem::take(&mut ctx.offloaded),
-            net: ctx.net.take(),
-            times: std::mem::take(&mut ctx.times),
-            rules_done: None,
+            carried,
         }
     }
 
     /// Gives a context back what [`Job::take`] took, with the rules' outcome.
-    pub fn restore(self, ctx: &mut Context<'_>) {
-        ctx.offloaded = self.offloaded;
-        ctx.net = self.net;
-        ctx.times = self.times;
-        ctx.rules_done = self.rules_done;
+    pub fn restore(mut self, ctx: &mut Context<'_>) {
+        self.carried.swap(ctx);
     }
 }
 
@@ -198,36 +211,27 @@ fn scan(mut batch: Vec<Queued>) {
             batch.into_iter().partition(|q| Arc::ptr_eq(&q.snap, &snap));
         batch = rest;
         {
-            let mut ctxs: Vec<Context<'_>> = same
+            // Each job lends its context what it carries, and takes it back with the outcome.
+            let (mut ctxs, mut carried): (Vec<Context<'_>>, Vec<&mut Carried>) = same
                 .iter_mut()
                 .map(|q| {
-                    let job = &mut q.job;
-                    let mut ctx = Context::new(&job.envelope, &job.body, job.client);
-                    ctx.shard = job.shard;
-                    ctx.offloaded = std::mem::take(&mut job.offloaded);
-                    ctx.net = job.net.take();
-                    ctx.times = std::mem::take(&mut job.times);
-                    ctx
+                    let Job {
+                        envelope,
+                        body,
+                        client,
+                        shard,
+                        carried,
+                    } = &mut q.job;
+                    let mut ctx = Context::new(envelope, body, *client);
+                    ctx.shard = *shard;
+                    carried.swap(&mut ctx);
+                    (ctx, carried)
                 })
-                .collect();
+                .unzip();
             snap.chain
                 .scan_rules(&mut ctxs.iter_mut().collect::<Vec<_>>());
-            let done: Vec<_> = ctxs
-                .into_iter()
-                .map(|mut c| {
-                    (
-                        std::mem::take(&mut c.offloaded),
-                        c.net.take(),
-                        std::mem::take(&mut c.times),
-                        c.rules_done.take(),
-                    )
-                })
-                .collect();
-            for (q, (offloaded, net, times, rules_done)) in same.iter_mut().zip(done) {
-                q.job.offloaded = offloaded;
-                q.job.net = net;
-                q.job.times = times;
-                q.job.rules_done = rules_done;
+            for (c, ctx) in carried.iter_mut().zip(&mut ctxs) {
+                c.swap(ctx);
             }
         }
         for q in same {
