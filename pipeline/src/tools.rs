@@ -345,7 +345,7 @@ pub fn scan(
     all_hits: bool,
     batch: usize,
 ) -> anyhow::Result<()> {
-    use crate::stages::{Chain, Context, Discarded, Verdict};
+    use crate::stages::{Chain, Context};
     let chain = Chain::for_scan(cfg)?;
     let env = mxgate_core::smtp::Envelope::default();
     let client: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -387,81 +387,93 @@ pub fn scan(
             let ahead = ctx.rules_done.as_ref().map_or(Duration::ZERO, |(_, t)| *t);
             let verdict = chain.run(&mut ctx);
             let elapsed = before + ahead + started.elapsed();
-            let score: f64 = ctx.symbols.iter().map(|(_, s)| s).sum::<f64>() + 0.0;
-            let (action, reply) = match &verdict {
-                Verdict::Reject(r) => ("reject", Some(r.to_string())),
-                Verdict::Tempfail(r) => ("tempfail", Some(r.to_string())),
-                Verdict::Discard(Discarded::Quarantined) => ("quarantine", None),
-                Verdict::Discard(Discarded::Dropped) => ("drop", None),
-                Verdict::Accept if score >= chain.required_score() => ("tag", None),
-                Verdict::Accept => ("accept", None),
-            };
-            let symbols: serde_json::Map<String, serde_json::Value> = ctx
-                .symbols
-                .iter()
-                .map(|(n, s)| (n.to_string(), serde_json::json!(s)))
-                .collect();
-            let mut v = serde_json::json!({
-                "file": name,
-                "score": (score * 1000.0).round() / 1000.0,
-                "required": chain.required_score(),
-                "action": action,
-                "reply": reply,
-                "symbols": symbols,
-                "bayes": ctx.bayes.map(|p| serde_json::json!({"p_spam": p, "tokens": ctx.bayes_tokens.iter()
-                    .map(|(t, f)| serde_json::json!({"token": t, "p": (f * 1e4).round() / 1e4})).collect::<Vec<_>>()})),
-                "autolearn": match ctx.autolearn { Some(true) => "spam", Some(false) => "ham", None => "no" },
-                "elapsed_us": elapsed.as_micros() as u64,
-            });
-            match &ctx.offloaded.av {
-                Some(Ok(d)) => {
-                    v["virus"] = serde_json::json!(d.report.names());
-                    if !d.report.limits.is_empty() {
-                        v["av_limits"] = serde_json::json!(d.report.limits);
-                    }
-                }
-                Some(Err(why)) => {
-                    v["virus"] = serde_json::json!({"unavailable": format!("{why:?}")})
-                }
-                None if chain.av().is_some() => v["virus"] = serde_json::json!([]),
-                None => {}
-            }
-            match &ctx.offloaded.ocr {
-                Some(Ok(r)) => {
-                    v["ocr"] = serde_json::json!({"images": r.images, "chars": r.chars, "text": r.text,
-                    "cached": r.cached, "skipped": r.skipped, "out_of_time": r.out_of_time});
-                }
-                Some(Err(why)) => v["ocr"] = serde_json::json!({"unavailable": format!("{why:?}")}),
-                None => {}
-            }
-            if let Some(f) = &ctx.net {
-                let mut listed: Vec<&String> = f.a.keys().chain(f.txt.keys()).collect();
-                listed.sort();
-                v["dns"] = serde_json::json!({"relays": f.relays.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
-                "uri_domains": f.uri_domains, "listed": listed, "timed_out": f.timed_out, "failed": f.failed,
-                "slowest_query_us": f.slowest_query.as_micros() as u64});
-                if let Some(a) = &f.auth {
-                    v["auth"] = serde_json::json!({"spf": format!("{:?}", a.spf), "spf_helo": format!("{:?}", a.spf_helo),
-                    "dkim": a.dkim.iter().map(|d| serde_json::json!({"domain": d.domain, "result": format!("{:?}", d.outcome)})).collect::<Vec<_>>(),
-                    "author_domain": a.author_domain, "dmarc": format!("{:?}", a.dmarc),
-                    "dmarc_policy": a.dmarc_policy.map(|p| format!("{p:?}")), "arc": format!("{:?}", a.arc),
-                    "symbols": a.symbols(), "header": a.header});
-                }
-            }
-            if all_hits {
-                if let Some(engine) = chain.rules() {
-                    let hits: serde_json::Map<String, serde_json::Value> = ctx
-                        .rule_hits
-                        .iter()
-                        .map(|&(i, n)| (engine.set.rules[i].name.clone(), serde_json::json!(n)))
-                        .collect();
-                    v["hits"] = serde_json::Value::Object(hits);
-                }
-            }
+            let v = scan_json(&chain, name, &ctx, &verdict, elapsed, all_hits);
             writeln!(out, "{v}")?;
         }
     }
     Ok(())
+}
+
+/// `mxgate scan`'s line for one message once the stages ran.
+fn scan_json(
+    chain: &crate::stages::Chain,
+    name: String,
+    ctx: &crate::stages::Context<'_>,
+    verdict: &crate::stages::Verdict,
+    elapsed: Duration,
+    all_hits: bool,
+) -> serde_json::Value {
+    use crate::stages::{Discarded, Verdict};
+    let score: f64 = ctx.symbols.iter().map(|(_, s)| s).sum::<f64>() + 0.0;
+    let (action, reply) = match verdict {
+        Verdict::Reject(r) => ("reject", Some(r.to_string())),
+        Verdict::Tempfail(r) => ("tempfail", Some(r.to_string())),
+        Verdict::Discard(Discarded::Quarantined) => ("quarantine", None),
+        Verdict::Discard(Discarded::Dropped) => ("drop", None),
+        Verdict::Accept if score >= chain.required_score() => ("tag", None),
+        Verdict::Accept => ("accept", None),
+    };
+    let symbols: serde_json::Map<String, serde_json::Value> = ctx
+        .symbols
+        .iter()
+        .map(|(n, s)| (n.to_string(), serde_json::json!(s)))
+        .collect();
+    let mut v = serde_json::json!({
+        "file": name,
+        "score": (score * 1000.0).round() / 1000.0,
+        "required": chain.required_score(),
+        "action": action,
+        "reply": reply,
+        "symbols": symbols,
+        "bayes": ctx.bayes.map(|p| serde_json::json!({"p_spam": p, "tokens": ctx.bayes_tokens.iter()
+            .map(|(t, f)| serde_json::json!({"token": t, "p": (f * 1e4).round() / 1e4})).collect::<Vec<_>>()})),
+        "autolearn": match ctx.autolearn { Some(true) => "spam", Some(false) => "ham", None => "no" },
+        "elapsed_us": elapsed.as_micros() as u64,
+    });
+    match &ctx.offloaded.av {
+        Some(Ok(d)) => {
+            v["virus"] = serde_json::json!(d.report.names());
+            if !d.report.limits.is_empty() {
+                v["av_limits"] = serde_json::json!(d.report.limits);
+            }
+        }
+        Some(Err(why)) => v["virus"] = serde_json::json!({"unavailable": format!("{why:?}")}),
+        None if chain.av().is_some() => v["virus"] = serde_json::json!([]),
+        None => {}
+    }
+    match &ctx.offloaded.ocr {
+        Some(Ok(r)) => {
+            v["ocr"] = serde_json::json!({"images": r.images, "chars": r.chars, "text": r.text,
+            "cached": r.cached, "skipped": r.skipped, "out_of_time": r.out_of_time});
+        }
+        Some(Err(why)) => v["ocr"] = serde_json::json!({"unavailable": format!("{why:?}")}),
+        None => {}
+    }
+    if let Some(f) = &ctx.net {
+        let mut listed: Vec<&String> = f.a.keys().chain(f.txt.keys()).collect();
+        listed.sort();
+        v["dns"] = serde_json::json!({"relays": f.relays.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+        "uri_domains": f.uri_domains, "listed": listed, "timed_out": f.timed_out, "failed": f.failed,
+        "slowest_query_us": f.slowest_query.as_micros() as u64});
+        if let Some(a) = &f.auth {
+            v["auth"] = serde_json::json!({"spf": format!("{:?}", a.spf), "spf_helo": format!("{:?}", a.spf_helo),
+            "dkim": a.dkim.iter().map(|d| serde_json::json!({"domain": d.domain, "result": format!("{:?}", d.outcome)})).collect::<Vec<_>>(),
+            "author_domain": a.author_domain, "dmarc": format!("{:?}", a.dmarc),
+            "dmarc_policy": a.dmarc_policy.map(|p| format!("{p:?}")), "arc": format!("{:?}", a.arc),
+            "symbols": a.symbols(), "header": a.header});
+        }
+    }
+    if all_hits {
+        if let Some(engine) = chain.rules() {
+            let hits: serde_json::Map<String, serde_json::Value> = ctx
+                .rule_hits
+                .iter()
+                .map(|&(i, n)| (engine.set.rules[i].name.clone(), serde_json::json!(n)))
+                .collect();
+            v["hits"] = serde_json::Value::Object(hits);
+        }
+    }
+    v
 }
 
 /// `mxgate rules lint`: loads the rules, compiles them, and lists every problem (file, line,
