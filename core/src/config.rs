@@ -299,8 +299,9 @@ pub struct Rules {
     /// Regex rules run on PCRE2 alone rather than behind a Hyperscan prefilter: rules whose
     /// prefilter lets nearly every text through (`mxgate rules profile` shows a rule's
     /// confirmations a message next to its input's texts), so that the prefilter is only
-    /// Hyperscan work and compile time. Names a ruleset lacks are ignored. The default names
-    /// SpamAssassin's fill-in-this-form rules (BENCHMARKS.md).
+    /// Hyperscan work and compile time; or rules whose prefilter is slow to compile and cheap to
+    /// do without. Names a ruleset lacks are ignored. The default names SpamAssassin's
+    /// fill-in-this-form rules and two `FUZZY_*` rules (BENCHMARKS.md).
     pub confirm_only: Vec<String>,
     /// Most messages a shard scans together: the messages ready for the rules at the same
     /// time run through each rule database in turn, which then stays in the CPU's caches
@@ -312,8 +313,12 @@ pub struct Rules {
 /// Rules of Debian's SpamAssassin ruleset whose Hyperscan prefilter nominates 92-100 % of the
 /// texts they read (over the corpus's ham, spam and hard ham), the default `confirm_only`: the
 /// fill-in-this-form rules, and two header rules whose prefilter is their pattern without its
-/// anchors.
+/// anchors. Then the two obfuscated drug names whose prefilters are the costliest of the
+/// ruleset to compile (1.9 and 1.0 s alone, 2.5 s together) for 7 µs a message each on
+/// their confirming engine (BENCHMARKS.md).
 pub const CONFIRM_ONLY: &[&str] = &[
+    "FUZZY_PHARMACY",
+    "FUZZY_PHENT",
     "TO_MALFORMED",
     "__FILL_THIS_FORM_LONG2",
     "__FILL_THIS_FORM_PARTIAL",

@@ -555,8 +555,12 @@ pub enum BuildError {
 
 const CACHE_MAGIC: &[u8; 8] = b"MXGRUL02";
 
-/// Most patterns in one prefilter database.
-const PREFILTER_CHUNK: usize = 24;
+/// Most patterns in one prefilter database. A prefilter database's compile grows faster than
+/// its patterns: the obfuscation-tolerant ones (`FUZZY_*`, `__DRUGS_*`) took 6.7 s in a
+/// database of 24 against 2.1 s one by one, and 24 `__DRUGS_*` patterns 1.3 s against 0.05 s.
+/// In eights the whole ruleset's prefilters compile in about two thirds of the CPU time, for one
+/// more pass over each text per database (BENCHMARKS.md).
+const PREFILTER_CHUNK: usize = 8;
 
 /// Most patterns in one database of patterns Hyperscan takes as written. A compile is
 /// superlinear in the patterns it holds that need big automata (obfuscation-tolerant spellings,
@@ -777,7 +781,7 @@ impl Engine {
         h.update(CACHE_MAGIC);
         // The grouping and widening choices shape the databases too.
         h.update(format!(
-            "{:?} chunk={PREFILTER_CHUNK}/{EXACT_CHUNK} widen={}/{} group={} big={} anchors=dropped",
+            "{:?} chunk={PREFILTER_CHUNK}/{EXACT_CHUNK} widen={}/{} group={} big={} anchors=dropped short_confirm={SHORT_TEXT_CONFIRM_ABOVE}",
             opts.layout,
             super::regex::WIDEN_ABOVE,
             super::regex::WIDEN_RANGES_FROM,
@@ -833,6 +837,7 @@ impl Engine {
                         }
                     }
                 }
+                confirm_big_short_text_patterns(&mut rules, &inputs);
                 let g = compile_groups(
                     &set,
                     &mut rules,
@@ -1822,28 +1827,71 @@ fn meta_order(set: &RuleSet) -> Vec<usize> {
     order
 }
 
+/// A pattern longer than this that reads short texts runs on its confirming engine alone (see
+/// [`confirm_big_short_text_patterns`]).
+const SHORT_TEXT_CONFIRM_ABOVE: usize = 2_000;
+
+/// Runs the big patterns over short texts (one header's value, a URI) on their confirming
+/// engine alone. Such patterns are long alternations (SpamAssassin's lists of fraud reply
+/// addresses and of spam paths on a storage host, the obfuscated spellings of the
+/// `SUBJECT_FUZZY_*` and `__FUZZY_*_FROM` rules), and they are what makes those databases slow
+/// to compile: the Reply-To and Subject prefilter databases alone took 3.6 s of a cold
+/// compile's 32 s of CPU (BENCHMARKS.md). Those texts are a few dozen bytes, which the
+/// confirming engine runs over in about a microsecond, so Hyperscan saves little there. The
+/// whole header block (`ALL`, `ALL-TRUSTED`...) is long and keeps Hyperscan.
+fn confirm_big_short_text_patterns(rules: &mut [Compiled], inputs: &[Input]) {
+    for c in rules.iter_mut() {
+        let short = match c.input.map(|k| &inputs[k]) {
+            Some(Input::Header(r)) => !r.starts_with("ALL"),
+            Some(Input::Uri) => true,
+            _ => false,
+        };
+        let big = c
+            .translated
+            .as_ref()
+            .is_some_and(|t| t.expr.len() > SHORT_TEXT_CONFIRM_ABOVE);
+        if matches!(c.mode, Mode::Prefilter | Mode::Hyperscan) && short && big {
+            c.mode = Mode::Pcre;
+        }
+    }
+}
+
 /// Decides, pattern by pattern, whether Hyperscan takes it as written, only as a prefilter, or
 /// not at all.
 fn classify(rules: &mut [Compiled]) {
-    for c in rules.iter_mut() {
-        if c.mode != Mode::Hyperscan {
-            continue;
+    // Asking Hyperscan about each pattern takes about a second for the whole ruleset: the
+    // compile threads share it out, in slices taken in turn.
+    let slices = std::sync::Mutex::new(rules.chunks_mut(32).collect::<Vec<_>>());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let slice = slices.lock().map(|mut v| v.pop()).unwrap_or(None);
+                let Some(slice) = slice else { break };
+                slice.iter_mut().for_each(classify_one);
+            });
         }
-        let Some(t) = &c.translated else {
-            c.mode = Mode::Pcre;
-            continue;
-        };
-        let widened = widen_repeats(&t.expr).is_some();
-        let e = c.hs_expr().expect("a regex rule");
-        if !widened && e == t.expr && hs_pattern(t, e, false, 0).info().is_ok() {
-            continue;
-        }
-        c.mode = if hs_pattern(t, e, true, 0).info().is_ok() {
-            Mode::Prefilter
-        } else {
-            Mode::Pcre
-        };
+    });
+}
+
+fn classify_one(c: &mut Compiled) {
+    if c.mode != Mode::Hyperscan {
+        return;
     }
+    let Some(t) = &c.translated else {
+        c.mode = Mode::Pcre;
+        return;
+    };
+    let widened = widen_repeats(&t.expr).is_some();
+    let e = c.hs_expr().expect("a regex rule");
+    if !widened && e == t.expr && hs_pattern(t, e, false, 0).info().is_ok() {
+        return;
+    }
+    c.mode = if hs_pattern(t, e, true, 0).info().is_ok() {
+        Mode::Prefilter
+    } else {
+        Mode::Pcre
+    };
 }
 
 fn compile_groups(
@@ -3087,6 +3135,38 @@ Subject: x\n\nbody\n";
                 a.stats.pcre_only + 1,
                 a.stats.hyperscan
             )
+        );
+    }
+
+    /// A big pattern over one header's value or a URI runs on its confirming engine alone; over
+    /// the whole header block or the body it keeps its Hyperscan prefilter, as a small header
+    /// pattern does. Each hits where it should either way.
+    #[test]
+    fn big_patterns_over_short_texts_skip_hyperscan() {
+        let words: Vec<String> = (0..400).map(|i| format!("w{i:04}")).collect();
+        let big = format!("\\b(?!zzz)(?:free|won|example|{})\\b", words.join("|"));
+        assert!(big.len() > SHORT_TEXT_CONFIRM_ABOVE);
+        let rules = format!(
+            "header BIG_SUBJ Subject =~ /{big}/i\nheader BIG_ALL ALL =~ /{big}/i\n\
+             body BIG_BODY /{big}/i\nuri BIG_URI /{big}/\n\
+             header SMALL_SUBJ Subject =~ /free(?= stuff)/i\n"
+        );
+        let e = build(&rules, &Options::default());
+        let mode = |n: &str| e.mode(e.set.index[n]);
+        assert_eq!(mode("BIG_SUBJ"), Mode::Pcre);
+        assert_eq!(mode("BIG_URI"), Mode::Pcre);
+        assert_eq!(mode("BIG_ALL"), Mode::Prefilter);
+        assert_eq!(mode("BIG_BODY"), Mode::Prefilter);
+        assert_eq!(mode("SMALL_SUBJ"), Mode::Prefilter);
+        let h = hits(&e, MSG);
+        for n in ["BIG_SUBJ", "BIG_ALL", "BIG_BODY", "BIG_URI", "SMALL_SUBJ"] {
+            assert!(h.contains(&format!("{n}=1")), "{n} in {h:?}");
+        }
+        let quiet = "Subject: hello\n\nnothing here http://a.test/\n";
+        assert!(
+            hits(&e, quiet).iter().all(|h| !h.contains("BIG_")),
+            "{:?}",
+            hits(&e, quiet)
         );
     }
 
