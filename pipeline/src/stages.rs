@@ -759,6 +759,7 @@ pub fn load_rules(
         score_set: usize::from(with_bayes) * 2 + usize::from(with_net),
         evals_only,
         confirm_only: cfg.rules.confirm_only.clone(),
+        prefilter_chunk: cfg.rules.prefilter_chunk,
     };
     let engine = rules::Engine::build(set, &opts)?;
     let s = &engine.stats;

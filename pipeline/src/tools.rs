@@ -646,11 +646,12 @@ const SLOWEST_COMPILES: usize = 10;
 
 /// `mxgate rules stats`: rules by type, how each regex rule runs, eval functions not
 /// implemented, compile time and database size; databases loaded from and saved to
-/// `cache_dir` when given; `confirm_only` as `[rules] confirm_only`.
+/// `cache_dir` when given; `confirm_only` and `prefilter_chunk` as in `[rules]`.
 pub fn rules_stats(
     paths: &[PathBuf],
     cache_dir: Option<PathBuf>,
     confirm_only: Vec<String>,
+    prefilter_chunk: usize,
     layout: &str,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -664,6 +665,7 @@ pub fn rules_stats(
         },
         cache_dir,
         confirm_only,
+        prefilter_chunk,
         ..rules::Options::default()
     };
     let started = Instant::now();

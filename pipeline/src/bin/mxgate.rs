@@ -531,6 +531,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         &rule_paths,
                         cache_dir,
                         cfg.rules.confirm_only,
+                        cfg.rules.prefilter_chunk,
                         &layout,
                         json,
                     )

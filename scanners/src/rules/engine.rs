@@ -57,6 +57,8 @@ pub struct Options {
     /// Rules run on PCRE2 alone instead of behind a Hyperscan prefilter (`[rules]
     /// confirm_only`); rules Hyperscan takes as written stay there.
     pub confirm_only: Vec<String>,
+    /// Most patterns in one prefilter database (`[rules] prefilter_chunk`).
+    pub prefilter_chunk: usize,
 }
 
 impl Default for Options {
@@ -67,6 +69,7 @@ impl Default for Options {
             score_set: 0,
             evals_only: false,
             confirm_only: mxgate_core::config::Rules::default().confirm_only,
+            prefilter_chunk: PREFILTER_CHUNK,
         }
     }
 }
@@ -555,12 +558,13 @@ pub enum BuildError {
 
 const CACHE_MAGIC: &[u8; 8] = b"MXGRUL02";
 
-/// Most patterns in one prefilter database. A prefilter database's compile grows faster than
-/// its patterns: the obfuscation-tolerant ones (`FUZZY_*`, `__DRUGS_*`) took 6.7 s in a
-/// database of 24 against 2.1 s one by one, and 24 `__DRUGS_*` patterns 1.3 s against 0.05 s.
-/// In eights the whole ruleset's prefilters compile in about two thirds of the CPU time, for one
-/// more pass over each text per database (BENCHMARKS.md).
-const PREFILTER_CHUNK: usize = 8;
+/// Most patterns in one prefilter database unless the options say otherwise. A prefilter
+/// database's compile grows faster than its patterns: the obfuscation-tolerant ones (`FUZZY_*`,
+/// `__DRUGS_*`) took 6.7 s in a database of 24 against 2.1 s one by one, and 24 `__DRUGS_*`
+/// patterns 1.3 s against 0.05 s. In eights the whole ruleset's prefilters compile in about two
+/// thirds of the CPU time, but each database is one more pass over each text, and the gateway
+/// scanning a message or two at a time spent about 7 % more CPU a message (BENCHMARKS.md).
+const PREFILTER_CHUNK: usize = mxgate_core::config::PREFILTER_CHUNK;
 
 /// Most patterns in one database of patterns Hyperscan takes as written. A compile is
 /// superlinear in the patterns it holds that need big automata (obfuscation-tolerant spellings,
@@ -781,8 +785,9 @@ impl Engine {
         h.update(CACHE_MAGIC);
         // The grouping and widening choices shape the databases too.
         h.update(format!(
-            "{:?} chunk={PREFILTER_CHUNK}/{EXACT_CHUNK} widen={}/{} group={} big={} anchors=dropped short_confirm={SHORT_TEXT_CONFIRM_ABOVE}",
+            "{:?} chunk={}/{EXACT_CHUNK} widen={}/{} group={} big={} anchors=dropped short_confirm={SHORT_TEXT_CONFIRM_ABOVE}",
             opts.layout,
+            opts.prefilter_chunk,
             super::regex::WIDEN_ABOVE,
             super::regex::WIDEN_RANGES_FROM,
             super::regex::BIG_GROUP,
@@ -838,14 +843,7 @@ impl Engine {
                     }
                 }
                 confirm_big_short_text_patterns(&mut rules, &inputs);
-                let g = compile_groups(
-                    &set,
-                    &mut rules,
-                    &inputs,
-                    opts.layout,
-                    opts.cache_dir.as_deref(),
-                    &mut stats,
-                )?;
+                let g = compile_groups(&set, &mut rules, &inputs, opts, &mut stats)?;
                 stats.compile = t.elapsed();
                 if let Some(f) = &cache_file {
                     // A cache that cannot be written only costs the next start a compile.
@@ -1898,10 +1896,10 @@ fn compile_groups(
     set: &RuleSet,
     rules: &mut [Compiled],
     inputs: &[Input],
-    layout: Layout,
-    cache_dir: Option<&Path>,
+    opts: &Options,
     stats: &mut BuildStats,
 ) -> Result<Vec<Group>, BuildError> {
+    let (layout, cache_dir) = (opts.layout, opts.cache_dir.as_deref());
     // Members of each group.
     // Per scope, patterns Hyperscan takes as written and prefilter patterns go to separate
     // databases: the prefilters (widened repeats, big alternations) are what makes a compile
@@ -1928,7 +1926,7 @@ fn compile_groups(
         let mut split = Vec::with_capacity(members.len());
         for m in members {
             let chunk = if rules[m[0]].mode == Mode::Prefilter {
-                PREFILTER_CHUNK
+                opts.prefilter_chunk.max(1)
             } else {
                 EXACT_CHUNK
             };
@@ -3044,6 +3042,27 @@ Subject: x\n\nbody\n";
         ];
         want.sort();
         assert_eq!(got, want);
+    }
+
+    /// Prefilter patterns go into databases of at most `prefilter_chunk`, and each still hits.
+    #[test]
+    fn prefilter_databases_hold_at_most_the_chunk() {
+        let rules: String = (0..7)
+            .map(|i| format!("body LOOK_{i} /word{i}(?= now)/\nscore LOOK_{i} 1\n"))
+            .collect();
+        for (chunk, want) in [(3, vec![1, 3, 3]), (24, vec![7])] {
+            let opts = Options {
+                prefilter_chunk: chunk,
+                ..Options::default()
+            };
+            let e = build(&rules, &opts);
+            let mut sizes: Vec<usize> = e.stats.compile_times.iter().map(|c| c.patterns).collect();
+            sizes.sort();
+            assert_eq!(sizes, want, "chunk {chunk}");
+            assert!(e.stats.compile_times.iter().all(|c| c.prefilter));
+            let got = hits(&e, "Subject: hi\n\nword0 now, word6 now, word3 later\n");
+            assert_eq!(got, vec!["LOOK_0=1".to_string(), "LOOK_6=1".to_string()]);
+        }
     }
 
     /// A prefilter that lets every paragraph through is named by `loose_prefilters`; one that
