@@ -69,7 +69,7 @@ impl Default for Options {
             score_set: 0,
             evals_only: false,
             confirm_only: mxgate_core::config::Rules::default().confirm_only,
-            prefilter_chunk: PREFILTER_CHUNK,
+            prefilter_chunk: mxgate_core::config::PREFILTER_CHUNK,
         }
     }
 }
@@ -558,14 +558,6 @@ pub enum BuildError {
 
 const CACHE_MAGIC: &[u8; 8] = b"MXGRUL02";
 
-/// Most patterns in one prefilter database unless the options say otherwise. A prefilter
-/// database's compile grows faster than its patterns: the obfuscation-tolerant ones (`FUZZY_*`,
-/// `__DRUGS_*`) took 6.7 s in a database of 24 against 2.1 s one by one, and 24 `__DRUGS_*`
-/// patterns 1.3 s against 0.05 s. In eights the whole ruleset's prefilters compile in about two
-/// thirds of the CPU time, but each database is one more pass over each text, and the gateway
-/// scanning a message or two at a time spent about 7 % more CPU a message (BENCHMARKS.md).
-const PREFILTER_CHUNK: usize = mxgate_core::config::PREFILTER_CHUNK;
-
 /// Most patterns in one database of patterns Hyperscan takes as written. A compile is
 /// superlinear in the patterns it holds that need big automata (obfuscation-tolerant spellings,
 /// bounded repeats): the 473 body patterns take 11-14 s in one database and 3 s one by one,
@@ -834,7 +826,7 @@ impl Engine {
             Some(g) => g,
             None => {
                 let t = Instant::now();
-                classify(&mut rules);
+                classify(&mut rules, &inputs);
                 for n in &opts.confirm_only {
                     if let Some(c) = set.index.get(n).map(|&i| &mut rules[i]) {
                         if c.mode == Mode::Prefilter {
@@ -842,7 +834,6 @@ impl Engine {
                         }
                     }
                 }
-                confirm_big_short_text_patterns(&mut rules, &inputs);
                 let g = compile_groups(&set, &mut rules, &inputs, opts, &mut stats)?;
                 stats.compile = t.elapsed();
                 if let Some(f) = &cache_file {
@@ -1826,53 +1817,66 @@ fn meta_order(set: &RuleSet) -> Vec<usize> {
 }
 
 /// A pattern longer than this that reads short texts runs on its confirming engine alone (see
-/// [`confirm_big_short_text_patterns`]).
+/// [`reads_short_texts`]).
 const SHORT_TEXT_CONFIRM_ABOVE: usize = 2_000;
 
-/// Runs the big patterns over short texts (one header's value, a URI) on their confirming
-/// engine alone. Such patterns are long alternations (SpamAssassin's lists of fraud reply
-/// addresses and of spam paths on a storage host, the obfuscated spellings of the
-/// `SUBJECT_FUZZY_*` and `__FUZZY_*_FROM` rules), and they are what makes those databases slow
-/// to compile: the Reply-To and Subject prefilter databases alone took 3.6 s of a cold
-/// compile's 32 s of CPU (BENCHMARKS.md). Those texts are a few dozen bytes, which the
-/// confirming engine runs over in about a microsecond, so Hyperscan saves little there. The
-/// whole header block (`ALL`, `ALL-TRUSTED`...) is long and keeps Hyperscan.
-fn confirm_big_short_text_patterns(rules: &mut [Compiled], inputs: &[Input]) {
-    for c in rules.iter_mut() {
-        let short = match c.input.map(|k| &inputs[k]) {
-            Some(Input::Header(r)) => !r.starts_with("ALL"),
-            Some(Input::Uri) => true,
-            _ => false,
-        };
-        let big = c
-            .translated
-            .as_ref()
-            .is_some_and(|t| t.expr.len() > SHORT_TEXT_CONFIRM_ABOVE);
-        if matches!(c.mode, Mode::Prefilter | Mode::Hyperscan) && short && big {
-            c.mode = Mode::Pcre;
-        }
+/// Whether the rule reads short texts: one header's value or a URI. A big pattern over them
+/// runs on its confirming engine alone, without asking Hyperscan. Such patterns are long
+/// alternations (SpamAssassin's lists of fraud reply addresses and of spam paths on a storage
+/// host, the obfuscated spellings of the `SUBJECT_FUZZY_*` and `__FUZZY_*_FROM` rules), and they
+/// are what makes those databases slow to compile: the Reply-To and Subject prefilter databases
+/// alone took 3.6 s of a cold compile's 32 s of CPU (BENCHMARKS.md). Those texts are a few dozen
+/// bytes, which the confirming engine runs over in about a microsecond, so Hyperscan saves
+/// little there. The whole header block (`ALL`, `ALL-TRUSTED`...) is long and keeps Hyperscan.
+fn reads_short_texts(c: &Compiled, inputs: &[Input]) -> bool {
+    match c.input.map(|k| &inputs[k]) {
+        Some(Input::Header(r)) => !r.starts_with("ALL"),
+        Some(Input::Uri) => true,
+        _ => false,
     }
 }
 
-/// Decides, pattern by pattern, whether Hyperscan takes it as written, only as a prefilter, or
-/// not at all.
-fn classify(rules: &mut [Compiled]) {
-    // Asking Hyperscan about each pattern takes about a second for the whole ruleset: the
-    // compile threads share it out, in slices taken in turn.
-    let slices = std::sync::Mutex::new(rules.chunks_mut(32).collect::<Vec<_>>());
+/// Runs `work` on each item, on every core, the items taken in their order; the results come
+/// back in no set order. A worker that panics loses its results.
+fn on_every_core<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = threads.min(items.len()).max(1);
+    let queue = std::sync::Mutex::new(std::collections::VecDeque::from(items));
+    let work = &work;
     std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let slice = slices.lock().map(|mut v| v.pop()).unwrap_or(None);
-                let Some(slice) = slice else { break };
-                slice.iter_mut().for_each(classify_one);
-            });
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        // The lock is let go before the work.
+                        let next = queue.lock().ok().and_then(|mut q| q.pop_front());
+                        let Some(item) = next else { break };
+                        out.push(work(item));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// Decides, pattern by pattern, whether Hyperscan takes it as written, only as a prefilter, or
+/// not at all. Asking Hyperscan takes about a second for the whole ruleset, shared out over
+/// every core in slices.
+fn classify(rules: &mut [Compiled], inputs: &[Input]) {
+    on_every_core(rules.chunks_mut(32).collect(), |slice| {
+        for c in slice {
+            classify_one(c, inputs);
         }
     });
 }
 
-fn classify_one(c: &mut Compiled) {
+fn classify_one(c: &mut Compiled, inputs: &[Input]) {
     if c.mode != Mode::Hyperscan {
         return;
     }
@@ -1880,6 +1884,10 @@ fn classify_one(c: &mut Compiled) {
         c.mode = Mode::Pcre;
         return;
     };
+    if t.expr.len() > SHORT_TEXT_CONFIRM_ABOVE && reads_short_texts(c, inputs) {
+        c.mode = Mode::Pcre;
+        return;
+    }
     let widened = widen_repeats(&t.expr).is_some();
     let e = c.hs_expr().expect("a regex rule");
     if !widened && e == t.expr && hs_pattern(t, e, false, 0).info().is_ok() {
@@ -1947,7 +1955,6 @@ fn compile_groups(
         .collect();
     stats.databases_reused = dbs.iter().filter(|d| d.is_some()).count();
     let plat = platform();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Slowest groups first so the threads finish together: prefilters (a chunk of them takes
     // seconds), then the biggest.
     let mut order: Vec<usize> = (0..members.len()).filter(|&g| dbs[g].is_none()).collect();
@@ -1955,32 +1962,11 @@ fn compile_groups(
         let prefilter = rules[members[g][0]].mode == Mode::Prefilter;
         std::cmp::Reverse((prefilter, members[g].len()))
     });
-    let next = std::sync::atomic::AtomicUsize::new(0);
     let rules_ro: &[Compiled] = rules;
-    let results: Vec<(usize, Compiled1, Duration)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads.min(order.len()).max(1))
-            .map(|_| {
-                let order = &order;
-                let members = &members;
-                let next = &next;
-                let plat = plat.as_ref();
-                s.spawn(move || {
-                    let mut out = Vec::new();
-                    loop {
-                        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&g) = order.get(n) else { break };
-                        let started = Instant::now();
-                        let r = compile_one(&members[g], rules_ro, plat.map(|p| &**p));
-                        out.push((g, r, started.elapsed()));
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+    let results: Vec<(usize, Compiled1, Duration)> = on_every_core(order, |g| {
+        let started = Instant::now();
+        let r = compile_one(&members[g], rules_ro, plat.as_deref());
+        (g, r, started.elapsed())
     });
     let mut retry = Vec::new();
     let mut compiled = Vec::new();
