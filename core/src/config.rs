@@ -304,7 +304,7 @@ pub struct Rules {
     /// fill-in-this-form rules and two `FUZZY_*` rules (BENCHMARKS.md).
     pub confirm_only: Vec<String>,
     /// Most patterns in one Hyperscan prefilter database. Such a database compiles
-    /// superlinearly in its patterns: 8 makes a cold compile about a third shorter than 24,
+    /// superlinearly in its patterns: 8 makes a cold compile about a quarter shorter than 24,
     /// and costs the gateway about 7 % more CPU a message at low load, where messages are
     /// scanned one or two at a time (one more pass over each text per database). The default,
     /// 24, favours the scan (BENCHMARKS.md).
