@@ -83,13 +83,73 @@ impl Control {
     }
 
     /// Reads the configuration again; on success the shards pick it up within 100 ms.
-    pub fn reload(&self) -> anyhow::Result<()> {
+    pub fn reload(self: &Arc<Self>) -> anyhow::Result<()> {
         let path = self.snapshot().path.clone();
         let cfg = settings::load(path.as_deref(), &self.overrides)?;
         let snap = Snapshot::rebuild(cfg, path, Some(&self.snapshot()))?;
-        *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap);
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.publish(snap);
+        self.finish_rules();
         Ok(())
+    }
+
+    /// Makes `snap` the current snapshot. The generation moves under the lock, so that a
+    /// background build that saw the generation before can tell it is stale.
+    fn publish(&self, snap: Snapshot) {
+        let mut cur = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        *cur = Arc::new(snap);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// When the current snapshot's rules are a first start's (`[rules] startup_chunk`: the
+    /// cache had no final databases), builds the final ones on a background thread at low
+    /// priority and swaps them in. Connections keep the snapshot they started with; the first
+    /// start's engine goes when the last of them ends. Dropped when a reload came first (the
+    /// reload finishes its own rules), and kept on a failure (the first start's databases are
+    /// complete, only slower).
+    pub fn finish_rules(self: &Arc<Self>) {
+        let snap = self.snapshot();
+        if !snap.chain.rules_provisional() {
+            return;
+        }
+        let seen = self.generation.load(Ordering::Acquire);
+        let control = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("mxgate-rules-final".into())
+            .spawn(move || {
+                lower_thread_priority();
+                let started = Instant::now();
+                let chain = match snap.chain.with_final_rules(&snap.config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("rules: the final databases were not built, the first start's stay: {e:#}");
+                        return;
+                    }
+                };
+                let mut cur = control.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+                if control.generation.load(Ordering::Acquire) != seen {
+                    tracing::info!("rules: final databases left unused, a reload came first");
+                    return;
+                }
+                *cur = Arc::new(snap.with_chain(chain));
+                control.generation.fetch_add(1, Ordering::AcqRel);
+                tracing::info!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "rules: final databases in use"
+                );
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("rules: no thread for the final databases: {e}");
+        }
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (threads it starts inherit it), so a
+/// background compile takes what the shards leave.
+fn lower_thread_priority() {
+    // SAFETY: setpriority on the calling thread (Linux applies PRIO_PROCESS to one thread id).
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
 }
 

@@ -156,7 +156,7 @@ pub struct Snapshot {
     /// STARTTLS server configuration, when a certificate is configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// SMTP AUTH password checks, when a users file is configured.
-    pub sasl: Option<crate::sasl::Verifier>,
+    pub sasl: Option<Arc<crate::sasl::Verifier>>,
     /// The next hop.
     pub next_hop: SocketAddr,
     /// The stage chain.
@@ -203,7 +203,7 @@ impl Snapshot {
                     "smtp.auth_users_file is set but AUTH needs TLS and [tls] has no certificate: AUTH is not offered"
                 );
             }
-            Some(v)
+            Some(Arc::new(v))
         };
         let limits = Limits {
             hostname: hostname.clone(),
@@ -231,6 +231,22 @@ impl Snapshot {
             path,
             config,
         })
+    }
+}
+
+impl Snapshot {
+    /// This snapshot with another stage chain (the final rule databases after a first start's).
+    pub fn with_chain(&self, chain: Chain) -> Snapshot {
+        Snapshot {
+            config: self.config.clone(),
+            hostname: self.hostname.clone(),
+            limits: self.limits.clone(),
+            tls: self.tls.clone(),
+            sasl: self.sasl.clone(),
+            next_hop: self.next_hop,
+            chain,
+            path: self.path.clone(),
+        }
     }
 }
 

@@ -275,7 +275,17 @@ impl Chain {
         });
         let net_on = on("dns") || on("auth");
         let rules = if on("rules") || on("headers") {
-            let engine = Arc::new(load_rules(cfg, bayes.is_some(), net_on, !on("rules"))?);
+            let engine = Arc::new(load_rules(
+                cfg,
+                bayes.is_some(),
+                net_on,
+                !on("rules"),
+                if learn {
+                    RulesBuild::FirstStart
+                } else {
+                    RulesBuild::Final
+                },
+            )?);
             // PCRE2 and regex matchers compile in the background, off the shards.
             let warm = Arc::clone(&engine);
             let _ = std::thread::Builder::new()
@@ -286,7 +296,18 @@ impl Chain {
             None
         };
         let rules_by_node = match &rules {
-            Some(_) => rules_node_copies(cfg, &further, bayes.is_some(), net_on, !on("rules"))?,
+            Some(_) => rules_node_copies(
+                cfg,
+                &further,
+                bayes.is_some(),
+                net_on,
+                !on("rules"),
+                if learn {
+                    RulesBuild::FirstStart
+                } else {
+                    RulesBuild::Final
+                },
+            )?,
             None => Vec::new(),
         };
         let av = match prev {
@@ -400,6 +421,34 @@ impl Chain {
         node.and_then(|n| self.rules_by_node.iter().find(|(m, _)| m == n))
             .map(|(_, e)| e)
             .or(self.rules.as_ref())
+    }
+
+    /// Whether the rule engine is a first start's (`[rules] startup_chunk`), to be replaced by
+    /// [`Chain::with_final_rules`].
+    pub fn rules_provisional(&self) -> bool {
+        self.rules.as_ref().is_some_and(|e| e.stats.provisional)
+    }
+
+    /// This chain with the final rule databases (and their NUMA node copies) in place of a
+    /// first start's: compiled now, on the calling thread, and the PCRE2 matchers warmed. The
+    /// other stages are this chain's own, shared.
+    pub fn with_final_rules(&self, cfg: &Config) -> anyhow::Result<Chain> {
+        let on = |name: &str| cfg.stages.enabled.iter().any(|s| s == name);
+        let (with_bayes, with_net, evals_only) =
+            (self.bayes.is_some(), on("dns") || on("auth"), !on("rules"));
+        let after = RulesBuild::AfterFirstStart;
+        let engine = Arc::new(load_rules(cfg, with_bayes, with_net, evals_only, after)?);
+        engine.warm_matchers();
+        let further = node_plan(cfg).map_or_else(Vec::new, |n| n.further);
+        let rules_by_node = match self.rules {
+            Some(_) => rules_node_copies(cfg, &further, with_bayes, with_net, evals_only, after)?,
+            None => Vec::new(),
+        };
+        Ok(Chain {
+            rules: Some(engine),
+            rules_by_node,
+            ..self.clone()
+        })
     }
 
     /// Copies of the rule engine beyond the first (one per further NUMA node).
@@ -729,6 +778,19 @@ impl Chain {
     }
 }
 
+/// Which databases [`load_rules`] builds when the cache has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RulesBuild {
+    /// The final ones (`[rules] prefilter_chunk`): `mxgate scan`, the `mxgate rules` tools.
+    Final,
+    /// A gateway's start or reload: the smaller first-start databases (`[rules]
+    /// startup_chunk`; the engine says [`rules::BuildStats::provisional`]).
+    FirstStart,
+    /// The final ones, built in the background after a first start (whose load already
+    /// logged the ruleset's warnings).
+    AfterFirstStart,
+}
+
 /// Loads and compiles the configured ruleset (compiling off the hot path: at start and on
 /// reload, before the new snapshot is published). The score set follows SpamAssassin: 0 without
 /// Bayes and network tests, 2 with Bayes.
@@ -737,11 +799,14 @@ pub fn load_rules(
     with_bayes: bool,
     with_net: bool,
     evals_only: bool,
+    build: RulesBuild,
 ) -> anyhow::Result<rules::Engine> {
     let paths: Vec<std::path::PathBuf> = cfg.rules.paths.iter().map(Into::into).collect();
     let set = rules::load_paths(&paths);
-    for d in &set.diagnostics {
-        tracing::warn!("rules: {d}");
+    if build != RulesBuild::AfterFirstStart {
+        for d in &set.diagnostics {
+            tracing::warn!("rules: {d}");
+        }
     }
     if set.rules.is_empty() {
         anyhow::bail!(
@@ -760,6 +825,10 @@ pub fn load_rules(
         evals_only,
         confirm_only: cfg.rules.confirm_only.clone(),
         prefilter_chunk: cfg.rules.prefilter_chunk,
+        startup_chunk: match build {
+            RulesBuild::FirstStart => cfg.rules.startup_chunk,
+            _ => 0,
+        },
     };
     let engine = rules::Engine::build(set, &opts)?;
     let s = &engine.stats;
@@ -770,6 +839,7 @@ pub fn load_rules(
         pcre = s.pcre_only,
         databases = s.databases,
         cache_hit = s.cache_hit,
+        provisional = s.provisional,
         databases_compiled = s.databases_compiled,
         databases_reused = s.databases_reused,
         cache_pruned = s.cache_pruned,
@@ -874,6 +944,7 @@ fn rules_node_copies(
     with_bayes: bool,
     with_net: bool,
     evals_only: bool,
+    build: RulesBuild,
 ) -> anyhow::Result<Vec<(usize, Arc<rules::Engine>)>> {
     let mut copies = Vec::new();
     for &(node, cpu) in nodes {
@@ -882,7 +953,7 @@ fn rules_node_copies(
             .name(format!("mxgate-rules-node{node}"))
             .spawn(move || {
                 mxgate_core::pool::pin_current_thread(&[cpu]);
-                let e = load_rules(&c, with_bayes, with_net, evals_only);
+                let e = load_rules(&c, with_bayes, with_net, evals_only, build);
                 if let Ok(e) = &e {
                     e.warm_matchers();
                 }

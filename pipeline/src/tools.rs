@@ -542,7 +542,8 @@ pub fn rules_profile(
     json: bool,
 ) -> anyhow::Result<()> {
     use mxgate_scanners::rules;
-    let engine = crate::stages::load_rules(cfg, false, false, false)?;
+    let engine =
+        crate::stages::load_rules(cfg, false, false, false, crate::stages::RulesBuild::Final)?;
     engine.warm_matchers();
     let msgs: Vec<Message> = messages(paths)?
         .into_iter()

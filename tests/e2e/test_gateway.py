@@ -1003,6 +1003,65 @@ class RulesInTheGateway(unittest.TestCase):
             mx.stop()
             sink.stop()
 
+    def test_a_cold_start_serves_first_then_swaps_in_the_final_databases(self):
+        """With nothing cached, the gateway serves on the smaller first-start databases, builds
+        the final ones in the background and swaps them in; a start killed before that loads the
+        first-start databases again, and once the final ones are cached every start uses them."""
+        cache = tempfile.mkdtemp(prefix="rules-cold-", dir=WORK)
+        toml = f'[rules]\ncache_dir = "{cache}"\n[scoring]\nreject_score = 20.0\n'
+        sink = Sink(WORK)
+
+        def log(mx):
+            return re.sub(r"\x1b\[[0-9;]*m", "", mx.log())  # no colours
+
+        def ready_line(mx):
+            return next(l for l in log(mx).splitlines() if "rules: ready" in l)
+
+        def gtube_rejected_ham_tagged(mx, delivered):
+            with self.assertRaises(smtplib.SMTPDataError) as cm:
+                send_raw(mx.port, plain_message("test", GTUBE))
+            self.assertEqual(cm.exception.smtp_code, 554)
+            self.assertEqual(send_raw(mx.port, plain_message("Lunch", "Shall we meet at noon?")), {})
+            sink.wait_messages(delivered)
+            (_, body), = sink.messages()[-1:]
+            self.assertRegex(body, rb"X-Spam-Status: No, score=-?\d+\.\d required=5\.0 tests=")
+
+        mx = Mxgate(WORK, sink.port, stages="hops,rules", toml=toml)
+        try:
+            line = ready_line(mx)
+            self.assertIn("cache_hit=false", line)
+            self.assertIn("provisional=true", line)
+            gtube_rejected_ham_tagged(mx, 1)
+            self.assertNotIn("final databases in use", log(mx))
+        finally:
+            mx.stop(signal.SIGKILL)
+        mx = Mxgate(WORK, sink.port, stages="hops,rules", toml=toml)
+        try:
+            line = ready_line(mx)
+            self.assertIn("cache_hit=true", line)
+            self.assertIn("provisional=true", line)
+            deadline = time.time() + harness.START_TIMEOUT
+            while "final databases in use" not in log(mx) and time.time() < deadline:
+                time.sleep(0.5)
+            self.assertIn("final databases in use", log(mx))
+            gtube_rejected_ham_tagged(mx, 2)
+            m = mx.metrics()
+            self.assertEqual(m['mxgate_messages_total{verdict="rejected"}'], 1)
+        finally:
+            mx.stop()
+        mx = Mxgate(WORK, sink.port, stages="hops,rules", toml=toml)
+        try:
+            line = ready_line(mx)
+            self.assertIn("cache_hit=true", line)
+            self.assertIn("provisional=false", line)
+            gtube_rejected_ham_tagged(mx, 3)
+            mx.wait_idle()
+            self.assertNotIn("final databases", log(mx))
+        finally:
+            mx.stop()
+            sink.stop()
+            shutil.rmtree(cache, ignore_errors=True)
+
     def test_messages_ready_together_are_scanned_together(self):
         """Sessions whose data arrive together are scanned as one batch, each with its own verdict."""
         sink = Sink(WORK)

@@ -59,6 +59,12 @@ pub struct Options {
     pub confirm_only: Vec<String>,
     /// Most patterns in one prefilter database (`[rules] prefilter_chunk`).
     pub prefilter_chunk: usize,
+    /// When neither the final databases nor those of an earlier first start are cached:
+    /// prefilter databases of at most this many patterns instead (`[rules] startup_chunk`),
+    /// which compile in much less time and scan a little slower; the engine is then marked
+    /// [`BuildStats::provisional`] and its owner builds the final one in the background.
+    /// 0, or a value not below `prefilter_chunk`, compiles the final databases at once.
+    pub startup_chunk: usize,
 }
 
 impl Default for Options {
@@ -70,6 +76,7 @@ impl Default for Options {
             evals_only: false,
             confirm_only: mxgate_core::config::Rules::default().confirm_only,
             prefilter_chunk: mxgate_core::config::PREFILTER_CHUNK,
+            startup_chunk: 0,
         }
     }
 }
@@ -292,6 +299,9 @@ pub struct BuildStats {
     pub compile_times: Vec<CompileTime>,
     /// Patterns demoted after Hyperscan refused them (rule name, reason).
     pub demoted: Vec<(String, String)>,
+    /// Whether the databases are the first-start ones (`Options::startup_chunk`): complete and
+    /// correct, a little slower to scan than the final ones.
+    pub provisional: bool,
 }
 
 /// How long one database took to compile.
@@ -772,43 +782,55 @@ impl Engine {
             .eval_functions
             .sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
 
-        // Cache key: everything that decides the databases.
-        let mut h = Sha256::new();
-        h.update(CACHE_MAGIC);
-        // The grouping and widening choices shape the databases too.
-        h.update(format!(
-            "{:?} chunk={}/{EXACT_CHUNK} widen={}/{} group={} big={} anchors=dropped short_confirm={SHORT_TEXT_CONFIRM_ABOVE}",
-            opts.layout,
-            opts.prefilter_chunk,
-            super::regex::WIDEN_ABOVE,
-            super::regex::WIDEN_RANGES_FROM,
-            super::regex::BIG_GROUP,
-            super::regex::BIG_PATTERN
-        ));
-        h.update(hyperscan::version_str().to_bytes());
-        h.update(CPU_TARGET);
-        for n in &opts.confirm_only {
-            h.update(format!("confirm_only={n}\0"));
-        }
-        for (r, c) in set.rules.iter().zip(&rules) {
-            if let (Some(t), Some(i), Mode::Hyperscan) = (&c.translated, c.input, c.mode) {
-                h.update(r.name.as_bytes());
-                h.update([0]);
-                h.update(t.expr.as_bytes());
-                h.update(format!(
-                    "\0{}{}{}\0{}\0",
-                    t.caseless as u8, t.multiline as u8, t.dotall as u8, i
-                ));
+        // Cache key: everything that decides the databases, for a prefilter database size.
+        let key_for = |chunk: usize| {
+            let mut h = Sha256::new();
+            h.update(CACHE_MAGIC);
+            // The grouping and widening choices shape the databases too.
+            h.update(format!(
+                "{:?} chunk={chunk}/{EXACT_CHUNK} widen={}/{} group={} big={} anchors=dropped short_confirm={SHORT_TEXT_CONFIRM_ABOVE}",
+                opts.layout,
+                super::regex::WIDEN_ABOVE,
+                super::regex::WIDEN_RANGES_FROM,
+                super::regex::BIG_GROUP,
+                super::regex::BIG_PATTERN
+            ));
+            h.update(hyperscan::version_str().to_bytes());
+            h.update(CPU_TARGET);
+            for n in &opts.confirm_only {
+                h.update(format!("confirm_only={n}\0"));
             }
-        }
-        let key = hex::encode(&h.finalize()[..16]);
-        let cache_file = opts
-            .cache_dir
-            .as_ref()
-            .map(|d| d.join(format!("rules-{key}.hsdb")));
+            for (r, c) in set.rules.iter().zip(&rules) {
+                if let (Some(t), Some(i), Mode::Hyperscan) = (&c.translated, c.input, c.mode) {
+                    h.update(r.name.as_bytes());
+                    h.update([0]);
+                    h.update(t.expr.as_bytes());
+                    h.update(format!(
+                        "\0{}{}{}\0{}\0",
+                        t.caseless as u8, t.multiline as u8, t.dotall as u8, i
+                    ));
+                }
+            }
+            hex::encode(&h.finalize()[..16])
+        };
+        let cache_file = |chunk: usize| {
+            let key = key_for(chunk);
+            opts.cache_dir
+                .as_ref()
+                .map(|d| d.join(format!("rules-{key}.hsdb")))
+        };
+        // A first start compiles smaller prefilter databases when the final ones are not cached
+        // (nor the first start's own, from a start that ended before the final ones were built).
+        let startup = (opts.layout == Layout::PerScope
+            && opts.startup_chunk > 0
+            && opts.startup_chunk < opts.prefilter_chunk)
+            .then_some(opts.startup_chunk);
+        let final_file = cache_file(opts.prefilter_chunk);
+        let startup_file = startup.and_then(cache_file);
 
         let mut groups = None;
-        if let Some(f) = &cache_file {
+        for (f, provisional) in [(&final_file, false), (&startup_file, true)] {
+            let Some(f) = f else { continue };
             let t = Instant::now();
             if let Some((modes, g)) = load_cache(f) {
                 if modes.len() == rules.len() {
@@ -819,6 +841,8 @@ impl Engine {
                     groups = Some(g);
                     stats.cache_hit = true;
                     stats.cache_load = t.elapsed();
+                    stats.provisional = provisional;
+                    break;
                 }
             }
         }
@@ -834,18 +858,45 @@ impl Engine {
                         }
                     }
                 }
-                let g = compile_groups(&set, &mut rules, &inputs, opts, &mut stats)?;
+                // The first start's databases are the final ones when no scope has more
+                // prefilter patterns than the smaller size holds.
+                let startup = startup.filter(|&s| {
+                    let mut per_input = vec![0usize; inputs.len()];
+                    for c in rules.iter().filter(|c| c.mode == Mode::Prefilter) {
+                        if let Some(k) = c.input {
+                            per_input[k] += 1;
+                        }
+                    }
+                    per_input.into_iter().any(|n| n > s)
+                });
+                let (built, file) = match startup {
+                    Some(chunk) => {
+                        let o = Options {
+                            prefilter_chunk: chunk,
+                            ..opts.clone()
+                        };
+                        (
+                            compile_groups(&set, &mut rules, &inputs, &o, &mut stats)?,
+                            startup_file,
+                        )
+                    }
+                    None => (
+                        compile_groups(&set, &mut rules, &inputs, opts, &mut stats)?,
+                        final_file,
+                    ),
+                };
+                stats.provisional = startup.is_some();
                 stats.compile = t.elapsed();
-                if let Some(f) = &cache_file {
+                if let Some(f) = &file {
                     // A cache that cannot be written only costs the next start a compile.
-                    let _ = save_cache(f, &rules, &g);
+                    let _ = save_cache(f, &rules, &built);
                 }
                 // Each ruleset version leaves its files behind: those no start has used for a
                 // while go (the ones this build used were just written or touched).
                 if let Some(d) = &opts.cache_dir {
                     stats.cache_pruned = prune_cache(d, CACHE_KEEP);
                 }
-                g
+                built
             }
         };
 
@@ -3049,6 +3100,54 @@ Subject: x\n\nbody\n";
             let got = hits(&e, "Subject: hi\n\nword0 now, word6 now, word3 later\n");
             assert_eq!(got, vec!["LOOK_0=1".to_string(), "LOOK_6=1".to_string()]);
         }
+    }
+
+    /// With nothing cached, a first start builds the smaller databases and says so; a later one
+    /// loads them again, until the final databases are built, which every start loads from then
+    /// on. All three hit alike.
+    #[test]
+    fn first_start_databases_until_the_final_ones_are_cached() {
+        let rules: String = (0..7)
+            .map(|i| format!("body LOOK_{i} /word{i}(?= now)/\nscore LOOK_{i} 1\n"))
+            .collect();
+        let msg = "Subject: hi\n\nword0 now, word6 now, word3 later\n";
+        let want = vec!["LOOK_0=1".to_string(), "LOOK_6=1".to_string()];
+        let (dir, opts) = cached("startup");
+        let first = Options {
+            startup_chunk: 2,
+            ..opts.clone()
+        };
+        let a = build(&rules, &first);
+        assert!(a.stats.provisional && !a.stats.cache_hit);
+        assert_eq!(a.stats.databases, 4, "7 prefilter patterns, 2 a database");
+        let b = build(&rules, &first);
+        assert!(b.stats.provisional && b.stats.cache_hit);
+        assert_eq!(b.stats.databases, 4);
+        // The background build: the final databases, compiled and cached.
+        let c = build(&rules, &opts);
+        assert!(!c.stats.provisional && !c.stats.cache_hit);
+        assert_eq!(c.stats.databases, 1);
+        let d = build(&rules, &first);
+        assert!(!d.stats.provisional && d.stats.cache_hit);
+        assert_eq!(d.stats.databases, 1);
+        for e in [&a, &b, &c, &d] {
+            assert_eq!(hits(e, msg), want);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+
+        // A ruleset whose scopes hold no more prefilter patterns than a first-start database:
+        // the first start's databases are the final ones.
+        let (dir, opts) = cached("startup-small");
+        let small = Options {
+            startup_chunk: 7,
+            ..opts
+        };
+        let e = build(&rules, &small);
+        assert!(!e.stats.provisional && !e.stats.cache_hit);
+        let f = build(&rules, &small);
+        assert!(!f.stats.provisional && f.stats.cache_hit);
+        assert_eq!(hits(&f, msg), want);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// A prefilter that lets every paragraph through is named by `loose_prefilters`; one that
