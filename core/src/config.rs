@@ -311,7 +311,7 @@ pub struct Rules {
     pub prefilter_chunk: usize,
     /// Most patterns in one prefilter database when `mxgate serve` starts and finds neither
     /// the final databases in `cache_dir` nor those of an earlier first start: the gateway
-    /// then serves after a compile of databases this small (about 40 % shorter with 2 than with
+    /// then serves after a compile of databases this small (about a third shorter with 2 than with
     /// 24), with every rule, and builds the `prefilter_chunk` databases on a background thread
     /// at low priority, swapping them in when they are ready. 0 waits for the final databases
     /// instead. `mxgate scan` and `mxgate rules` always build the final ones.
