@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::server::Control;
+
 /// Upper bounds (seconds) of the relay latency histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -239,8 +241,8 @@ const COUNTERS: &[(&str, &str, Field)] = &[
     ),
 ];
 
-/// Renders the Prometheus text exposition of all shards.
-pub fn render(shards: &[Arc<ShardStats>]) -> String {
+/// Renders the Prometheus text exposition of all shards, and the gateway's own state.
+pub fn render(shards: &[Arc<ShardStats>], control: &Control) -> String {
     let sum = |f: &dyn Fn(&ShardStats) -> u64| shards.iter().map(|s| f(s)).sum::<u64>();
     let mut out = String::with_capacity(4096);
     let mut metric = |name: &str, help: &str, kind: &str, v: u64| {
@@ -258,6 +260,12 @@ pub fn render(shards: &[Arc<ShardStats>]) -> String {
     for (name, help, field) in COUNTERS {
         metric(name, help, "counter", sum(&|s| field(s).load(Relaxed)));
     }
+    metric(
+        "mxgate_rules_first_start_databases",
+        "1 while the rules run on a cold start's smaller databases ([rules] startup_chunk), before the final ones are built and swapped in.",
+        "gauge",
+        u64::from(control.snapshot().chain.rules_provisional()),
+    );
     let _ = writeln!(out, "# HELP mxgate_greylist_triplets Greylist triplets held, by the shard that owns them.\n# TYPE mxgate_greylist_triplets gauge");
     for (i, s) in shards.iter().enumerate() {
         let n = s.greylist_triplets.load(Relaxed);
@@ -333,7 +341,11 @@ fn process_usage() -> Option<(f64, u64)> {
 
 /// Serves `GET /metrics` on `addr` from a plain thread (scrapes are rare; the shards never wait
 /// for it).
-pub fn serve(addr: std::net::SocketAddr, shards: Vec<Arc<ShardStats>>) -> std::io::Result<()> {
+pub fn serve(
+    addr: std::net::SocketAddr,
+    shards: Vec<Arc<ShardStats>>,
+    control: Arc<Control>,
+) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(addr)?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
         for stream in listener.incoming() {
@@ -343,7 +355,7 @@ pub fn serve(addr: std::net::SocketAddr, shards: Vec<Arc<ShardStats>>) -> std::i
             let n = s.read(&mut req).unwrap_or(0);
             let head = String::from_utf8_lossy(&req[..n]);
             let resp = if head.starts_with("GET /metrics") || head.starts_with("GET / ") {
-                let body = render(&shards);
+                let body = render(&shards, &control);
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()

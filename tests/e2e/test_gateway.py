@@ -1033,6 +1033,7 @@ class RulesInTheGateway(unittest.TestCase):
             self.assertIn("provisional=true", line)
             gtube_rejected_ham_tagged(mx, 1)
             self.assertNotIn("final databases in use", log(mx))
+            self.assertEqual(mx.metrics()["mxgate_rules_first_start_databases"], 1)
         finally:
             mx.stop(signal.SIGKILL)
         mx = Mxgate(WORK, sink.port, stages="hops,rules", toml=toml)
@@ -1047,6 +1048,7 @@ class RulesInTheGateway(unittest.TestCase):
             gtube_rejected_ham_tagged(mx, 2)
             m = mx.metrics()
             self.assertEqual(m['mxgate_messages_total{verdict="rejected"}'], 1)
+            self.assertEqual(m["mxgate_rules_first_start_databases"], 0)
         finally:
             mx.stop()
         mx = Mxgate(WORK, sink.port, stages="hops,rules", toml=toml)
