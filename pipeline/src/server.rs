@@ -107,11 +107,14 @@ impl Control {
     /// reload finishes its own rules), and kept on a failure (the first start's databases are
     /// complete, only slower).
     pub fn finish_rules(self: &Arc<Self>) {
-        let snap = self.snapshot();
+        // The snapshot and its generation read together (both change under the lock).
+        let (snap, seen) = {
+            let cur = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+            (Arc::clone(&cur), self.generation.load(Ordering::Acquire))
+        };
         if !snap.chain.rules_provisional() {
             return;
         }
-        let seen = self.generation.load(Ordering::Acquire);
         let control = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name("mxgate-rules-final".into())

@@ -274,17 +274,19 @@ impl Chain {
             b
         });
         let net_on = on("dns") || on("auth");
+        // A gateway serves on smaller databases when none are cached, and finishes them later.
+        let rules_build = if learn {
+            RulesBuild::FirstStart
+        } else {
+            RulesBuild::Final
+        };
         let rules = if on("rules") || on("headers") {
             let engine = Arc::new(load_rules(
                 cfg,
                 bayes.is_some(),
                 net_on,
                 !on("rules"),
-                if learn {
-                    RulesBuild::FirstStart
-                } else {
-                    RulesBuild::Final
-                },
+                rules_build,
             )?);
             // PCRE2 and regex matchers compile in the background, off the shards.
             let warm = Arc::clone(&engine);
@@ -302,11 +304,7 @@ impl Chain {
                 bayes.is_some(),
                 net_on,
                 !on("rules"),
-                if learn {
-                    RulesBuild::FirstStart
-                } else {
-                    RulesBuild::Final
-                },
+                rules_build,
             )?,
             None => Vec::new(),
         };

@@ -1006,7 +1006,8 @@ class RulesInTheGateway(unittest.TestCase):
     def test_a_cold_start_serves_first_then_swaps_in_the_final_databases(self):
         """With nothing cached, the gateway serves on the smaller first-start databases, builds
         the final ones in the background and swaps them in; a start killed before that loads the
-        first-start databases again, and once the final ones are cached every start uses them."""
+        first-start databases again, a reload meanwhile builds its own, and once the final ones
+        are cached every start uses them."""
         cache = tempfile.mkdtemp(prefix="rules-cold-", dir=WORK)
         toml = f'[rules]\ncache_dir = "{cache}"\n[scoring]\nreject_score = 20.0\n'
         sink = Sink(WORK)
@@ -1041,10 +1042,22 @@ class RulesInTheGateway(unittest.TestCase):
             line = ready_line(mx)
             self.assertIn("cache_hit=true", line)
             self.assertIn("provisional=true", line)
+            # A reload while the final databases are being built (they take seconds; the
+            # reload loads the first-start ones from the cache at once): the reload's own build
+            # is the one that lands, the earlier one is dropped.
+            mx.kill_with(signal.SIGHUP)
             deadline = time.time() + harness.START_TIMEOUT
-            while "final databases in use" not in log(mx) and time.time() < deadline:
+            while mx.metrics()["mxgate_rules_first_start_databases"] and time.time() < deadline:
                 time.sleep(0.5)
-            self.assertIn("final databases in use", log(mx))
+            time.sleep(1)  # the dropped build may log after the one that landed
+            self.assertIn("SIGHUP: configuration reloaded", log(mx))
+            self.assertEqual(mx.metrics()["mxgate_rules_first_start_databases"], 0)
+            self.assertEqual(log(mx).count("final databases in use"), 1, log(mx)[-3000:])
+            if "final databases left unused" not in log(mx):
+                deadline = time.time() + harness.START_TIMEOUT
+                while "final databases left unused" not in log(mx) and time.time() < deadline:
+                    time.sleep(0.5)
+            self.assertEqual(log(mx).count("final databases left unused"), 1, log(mx)[-3000:])
             gtube_rejected_ham_tagged(mx, 2)
             m = mx.metrics()
             self.assertEqual(m['mxgate_messages_total{verdict="rejected"}'], 1)
