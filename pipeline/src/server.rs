@@ -12,6 +12,10 @@
 //!   left is cut.
 //! * **SIGINT**: stop now: every connection is cut. A message whose end of data was not yet
 //!   answered with 250 is not lost: the client got no 250 and will send it again.
+//!
+//! One snapshot change comes from no signal: when a start (or a reload) found no final rule
+//! databases in the cache, [`Control::finish_rules`] builds them in the background and
+//! publishes the same snapshot with them, as a reload would.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
