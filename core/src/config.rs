@@ -316,6 +316,11 @@ pub struct Rules {
     /// at low priority, swapping them in when they are ready. 0 waits for the final databases
     /// instead. `mxgate scan` and `mxgate rules` always build the final ones.
     pub startup_chunk: usize,
+    /// Messages larger than this (bytes) are scanned by the rules on a thread of their own
+    /// rather than on their shard, whose other sessions then go on meanwhile: a message of
+    /// 100 KB or more takes tens of milliseconds, which a shard's other messages would
+    /// otherwise wait behind. 0 scans every message on its shard.
+    pub offload_above: usize,
     /// Most messages a shard scans together: the messages ready for the rules at the same
     /// time run through each rule database in turn, which then stays in the CPU's caches
     /// (about a third less CPU a message at 16). No message waits for others to arrive; 1
@@ -355,6 +360,7 @@ impl Default for Rules {
             confirm_only: CONFIRM_ONLY.iter().map(|n| n.to_string()).collect(),
             prefilter_chunk: PREFILTER_CHUNK,
             startup_chunk: STARTUP_CHUNK,
+            offload_above: 64 * 1024,
             batch: 16,
         }
     }

@@ -232,6 +232,19 @@ impl<J: Send + 'static, R: Send + 'static> Pool<J, R> {
         Ok(t)
     }
 
+    /// Queues a job, or gives it back at once when the queue is full (for a caller that then
+    /// does the work itself).
+    pub fn try_submit(&self, job: J) -> Result<Ticket<R>, J> {
+        let (t, c) = ticket();
+        let Some(tx) = self.tx.as_ref() else {
+            return Err(job);
+        };
+        match tx.try_send((job, c)) {
+            Ok(()) => Ok(t),
+            Err(e) => Err(e.into_inner().0),
+        }
+    }
+
     /// Jobs waiting for a worker.
     pub fn queued(&self) -> usize {
         self.tx.as_ref().map_or(0, |t| t.len())
@@ -335,6 +348,8 @@ mod tests {
         }
         assert!(refused);
         assert!(queued.len() <= 2);
+        // `try_submit` hands the refused job back whole.
+        assert_eq!(pool.try_submit(77).err(), Some(77));
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
         assert_eq!(first.wait(), Ok(1));

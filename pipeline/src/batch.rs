@@ -12,6 +12,11 @@
 //! queue. How full the batches are depends on the sessions a shard serves at once:
 //! `mxgate_rules_batched_messages_total` over `mxgate_rules_batches_total` is the mean.
 //!
+//! A message over `[rules] offload_above` skips the queue: its rules run on a thread of a small
+//! pool of their own ([`offload`]), so that the tens of milliseconds a big message takes do not
+//! hold up the shard's other sessions; the kernel shares the core between that thread and the
+//! shard. When that pool is busy, the message joins the queue as any other.
+//!
 //! A session is moved out of its [`Context`] into a [`Job`] (its envelope, body, offloaded
 //! results and network facts) and back, so the leader owns what it scans and a session that
 //! goes away while queued leaves nothing dangling. Should the leader itself go away, a waiting
@@ -27,7 +32,10 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
+use mxgate_core::pool::Pool;
 use mxgate_core::smtp::Envelope;
 use mxgate_scanners::net::Facts;
 
@@ -125,16 +133,41 @@ impl RulesBatcher {
     }
 
     /// Runs the rules of `snap`'s chain on the message of `ctx`, together with the shard's
-    /// other messages ready for them; [`crate::stages::Chain::run`] then finds the outcome in
-    /// the context.
+    /// other messages ready for them, or off the shard when it is big;
+    /// [`crate::stages::Chain::run`] then finds the outcome in the context. `false` when what
+    /// the context carried was lost with a worker that died (the message must be deferred).
     pub async fn run(
         &self,
         snap: &Arc<Snapshot>,
         ctx: &mut Context<'_>,
         in_transaction: &dyn Fn() -> usize,
-    ) {
-        if self.max == 1 || snap.chain.rules_for(ctx.shard).is_none() {
-            return; // `run` scans it alone
+    ) -> bool {
+        if snap.chain.rules_for(ctx.shard).is_none() {
+            return true;
+        }
+        let above = snap.config.rules.offload_above;
+        if above > 0 && ctx.body.len() > above {
+            let submitted = match offload() {
+                Some(pool) => pool.try_submit((Arc::clone(snap), Job::take(ctx))),
+                None => Err((Arc::clone(snap), Job::take(ctx))),
+            };
+            match submitted {
+                Ok(ticket) => {
+                    self.stats.rules_offloaded.fetch_add(1, Relaxed);
+                    return match ticket.await {
+                        Ok(job) => {
+                            job.restore(ctx);
+                            true
+                        }
+                        Err(_) => false,
+                    };
+                }
+                // The pool is busy: the shard scans it after all.
+                Err((_, job)) => job.restore(ctx),
+            }
+        }
+        if self.max == 1 {
+            return true; // `run` scans it alone
         }
         let slot = Rc::new(Slot::default());
         self.queue.borrow_mut().push(Queued {
@@ -148,7 +181,7 @@ impl RulesBatcher {
         loop {
             if let Some(job) = slot.job.borrow_mut().take() {
                 job.restore(ctx);
-                return;
+                return true;
             }
             if !self.leading.get() {
                 self.lead(in_transaction).await;
@@ -201,6 +234,48 @@ impl RulesBatcher {
         }
         drop(guard);
     }
+}
+
+/// The pool a big message's job goes to.
+type BigPool = Pool<(Arc<Snapshot>, Job), Job>;
+
+/// Threads for the rules of big messages, one for every two CPUs: the process's one pool,
+/// started on first use (`None` when no thread could be started: the shards scan them).
+fn offload() -> Option<&'static BigPool> {
+    static POOL: OnceLock<Option<BigPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pool = Pool::new(
+            "mxgate-rules-big",
+            (cpus / 2).max(1),
+            64,
+            |_| (),
+            |_, (snap, mut job): (Arc<Snapshot>, Job)| {
+                scan_alone(&snap, &mut job);
+                job
+            },
+        );
+        pool.map_err(|e| tracing::warn!("rules: no threads for big messages: {e}"))
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Scans one job's rules. The job lends its context what it carries and always takes it back:
+/// a panic in the rules is caught inside (the shard's `run` then scans the message itself).
+fn scan_alone(snap: &Snapshot, job: &mut Job) {
+    let Job {
+        envelope,
+        body,
+        client,
+        shard,
+        carried,
+    } = job;
+    let mut ctx = Context::new(envelope, body, *client);
+    ctx.shard = *shard;
+    carried.swap(&mut ctx);
+    snap.chain.scan_rules_alone(&mut ctx);
+    carried.swap(&mut ctx);
 }
 
 /// Scans a batch, messages of the same snapshot together, and hands out the outcomes.

@@ -100,6 +100,8 @@ pub struct ShardStats {
     pub rules_batches: AtomicU64,
     /// Messages those scans held (over `rules_batches`: the mean batch).
     pub rules_batched: AtomicU64,
+    /// Messages over `[rules] offload_above` scanned off the shard.
+    pub rules_offloaded: AtomicU64,
     /// Replies sent, by code (index = code).
     pub replies: Box<[AtomicU64]>,
     /// Relay latency (end of data received → next hop's final reply), histogram buckets.
@@ -131,6 +133,7 @@ impl Default for ShardStats {
             relay_errors: AtomicU64::new(0),
             rules_batches: AtomicU64::new(0),
             rules_batched: AtomicU64::new(0),
+            rules_offloaded: AtomicU64::new(0),
             replies: (0..600).map(|_| AtomicU64::new(0)).collect(),
             latency: Default::default(),
             latency_sum_us: AtomicU64::new(0),
@@ -238,6 +241,11 @@ const COUNTERS: &[(&str, &str, Field)] = &[
         "mxgate_rules_batched_messages_total",
         "Messages those rule scans held (over the scans: the mean batch).",
         |s| &s.rules_batched,
+    ),
+    (
+        "mxgate_rules_offloaded_total",
+        "Messages over [rules] offload_above whose rules ran on a thread of their own, off their shard.",
+        |s| &s.rules_offloaded,
     ),
 ];
 

@@ -416,11 +416,16 @@ async fn deliver(
         ctx.offloaded.message = parsed;
     }
     // The rules, together with the shard's other messages ready for them.
-    shard
+    let kept = shard
         .rules_batch
         .run(snap, &mut ctx, &|| shard.in_transaction())
         .await;
-    let verdict = snap.chain.run(&mut ctx);
+    let verdict = if kept {
+        snap.chain.run(&mut ctx)
+    } else {
+        tracing::error!("the rules' worker died on a message; it gets 451 4.3.0");
+        Verdict::Tempfail(crate::stages::STAGE_FAILED)
+    };
     shard.stats.stages(&ctx.times);
     shard.stats.verdict(match &verdict {
         Verdict::Accept if ctx.spam => Outcome::Spam,

@@ -185,7 +185,8 @@ impl BayesModel {
 }
 
 const LOOP: Reply = Reply::new(554, "5.4.6", "Error: too many hops (mail loop?)");
-const STAGE_FAILED: Reply = Reply::new(
+/// A content stage failed on the message: the client retries later.
+pub const STAGE_FAILED: Reply = Reply::new(
     451,
     "4.3.0",
     "Error: content filter failed, try again later",
@@ -723,7 +724,19 @@ impl Chain {
     /// OCR and network facts are in. The outcomes are those `run` finds alone; a message whose
     /// run ends before the rules (a loop, a virus, a DMARC reject) only wastes its scan.
     pub fn scan_rules(&self, ctxs: &mut [&mut Context<'_>]) {
-        if ctxs.len() < 2 || !self.reads_content() {
+        if ctxs.len() >= 2 {
+            self.scan_rules_ahead(ctxs);
+        }
+    }
+
+    /// Runs the rules stage ahead for one message, as [`Chain::scan_rules`] does for several:
+    /// off the shard, for a big message.
+    pub fn scan_rules_alone(&self, ctx: &mut Context<'_>) {
+        self.scan_rules_ahead(&mut [ctx]);
+    }
+
+    fn scan_rules_ahead(&self, ctxs: &mut [&mut Context<'_>]) {
+        if ctxs.is_empty() || !self.reads_content() {
             return;
         }
         let Some(engine) = self.rules_for(ctxs[0].shard) else {

@@ -1077,6 +1077,39 @@ class RulesInTheGateway(unittest.TestCase):
             sink.stop()
             shutil.rmtree(cache, ignore_errors=True)
 
+    def test_big_messages_are_scanned_off_their_shard(self):
+        """Messages over [rules] offload_above run the rules on a thread of their own, with the
+        verdicts the shard would give; small ones stay on the shard."""
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, stages="hops,rules",
+                    toml=f'[rules]\ncache_dir = "{self.cache}"\n[scoring]\nreject_score = 20.0\n')
+        try:
+            filler = "Minutes of the meeting, item by item, as agreed on Monday.\r\n" * 2000  # 120 KB
+            with self.assertRaises(smtplib.SMTPDataError) as cm:
+                send_raw(mx.port, plain_message("test", GTUBE + "\r\n" + filler))
+            self.assertEqual(cm.exception.smtp_code, 554)
+            self.assertEqual(send_raw(mx.port, plain_message("Minutes", filler)), {})
+            sink.wait_messages(1)
+            (_, body), = sink.messages()[-1:]
+            self.assertRegex(body, rb"X-Spam-Status: No, score=-?\d+\.\d required=5\.0 tests=")
+            self.assertEqual(send_raw(mx.port, plain_message("Lunch", "Shall we meet at noon?")), {})
+            sink.wait_messages(2)
+            m = mx.metrics()
+            self.assertEqual(m["mxgate_rules_offloaded_total"], 2)
+            self.assertEqual(m['mxgate_stage_runs_total{stage="rules"}'], 3)
+            self.assertEqual(m['mxgate_messages_total{verdict="rejected"}'], 1)
+        finally:
+            mx.stop()
+        mx = Mxgate(WORK, sink.port, stages="hops,rules",
+                    toml=f'[rules]\ncache_dir = "{self.cache}"\noffload_above = 0\n')
+        try:
+            self.assertEqual(send_raw(mx.port, plain_message("Minutes", filler)), {})
+            sink.wait_messages(3)
+            self.assertEqual(mx.metrics()["mxgate_rules_offloaded_total"], 0)
+        finally:
+            mx.stop()
+            sink.stop()
+
     def test_messages_ready_together_are_scanned_together(self):
         """Sessions whose data arrive together are scanned as one batch, each with its own verdict."""
         sink = Sink(WORK)
