@@ -239,8 +239,15 @@ impl RulesBatcher {
 /// The pool a big message's job goes to.
 type BigPool = Pool<(Arc<Snapshot>, Job), Job>;
 
+/// Starts the big-message pool from the calling thread, whose CPUs its threads inherit: the
+/// gateway calls it before the shards start, as they are pinned to one CPU each.
+pub fn start_offload() {
+    let _ = offload();
+}
+
 /// Threads for the rules of big messages, one for every two CPUs: the process's one pool,
-/// started on first use (`None` when no thread could be started: the shards scan them).
+/// started by [`start_offload`] or else on first use (`None` when no thread could be started:
+/// the shards scan them).
 fn offload() -> Option<&'static BigPool> {
     static POOL: OnceLock<Option<BigPool>> = OnceLock::new();
     POOL.get_or_init(|| {
