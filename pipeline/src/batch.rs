@@ -28,11 +28,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
-
-use std::sync::OnceLock;
 
 use bytes::Bytes;
 use mxgate_core::pool::Pool;
