@@ -93,6 +93,22 @@ impl Job {
     pub fn restore(mut self, ctx: &mut Context<'_>) {
         self.carried.swap(ctx);
     }
+
+    /// A context over the job's message holding what the job carries, for the rules to run
+    /// on; the carried part takes it back with the outcome ([`Carried::swap`] again).
+    fn lend(&mut self) -> (Context<'_>, &mut Carried) {
+        let Job {
+            envelope,
+            body,
+            client,
+            shard,
+            carried,
+        } = self;
+        let mut ctx = Context::new(envelope, body, *client);
+        ctx.shard = *shard;
+        carried.swap(&mut ctx);
+        (ctx, carried)
+    }
 }
 
 #[derive(Default)]
@@ -269,17 +285,8 @@ fn offload() -> Option<&'static BigPool> {
 /// Scans one job's rules. The job lends its context what it carries and always takes it back:
 /// a panic in the rules is caught inside (the shard's `run` then scans the message itself).
 fn scan_alone(snap: &Snapshot, job: &mut Job) {
-    let Job {
-        envelope,
-        body,
-        client,
-        shard,
-        carried,
-    } = job;
-    let mut ctx = Context::new(envelope, body, *client);
-    ctx.shard = *shard;
-    carried.swap(&mut ctx);
-    snap.chain.scan_rules_alone(&mut ctx);
+    let (mut ctx, carried) = job.lend();
+    snap.chain.scan_rules(&mut [&mut ctx]);
     carried.swap(&mut ctx);
 }
 
@@ -290,24 +297,11 @@ fn scan(mut batch: Vec<Queued>) {
         let (mut same, rest): (Vec<Queued>, Vec<Queued>) =
             batch.into_iter().partition(|q| Arc::ptr_eq(&q.snap, &snap));
         batch = rest;
-        {
+        // A message alone is left to `run`, which scans it as it scans any lone message.
+        if same.len() > 1 {
             // Each job lends its context what it carries, and takes it back with the outcome.
-            let (mut ctxs, mut carried): (Vec<Context<'_>>, Vec<&mut Carried>) = same
-                .iter_mut()
-                .map(|q| {
-                    let Job {
-                        envelope,
-                        body,
-                        client,
-                        shard,
-                        carried,
-                    } = &mut q.job;
-                    let mut ctx = Context::new(envelope, body, *client);
-                    ctx.shard = *shard;
-                    carried.swap(&mut ctx);
-                    (ctx, carried)
-                })
-                .unzip();
+            let (mut ctxs, mut carried): (Vec<Context<'_>>, Vec<&mut Carried>) =
+                same.iter_mut().map(|q| q.job.lend()).unzip();
             snap.chain
                 .scan_rules(&mut ctxs.iter_mut().collect::<Vec<_>>());
             for (c, ctx) in carried.iter_mut().zip(&mut ctxs) {

@@ -717,25 +717,15 @@ impl Chain {
         }
     }
 
-    /// Runs the rules stage ahead for several messages at once, each rule scope over all of
+    /// Runs the rules stage ahead for messages: several at once, each rule scope over all of
     /// them before the next ([`rules::Engine::scan_batch`]: a database or matcher is brought
     /// into the CPU's caches once a batch instead of once a message), for [`Chain::run`] to
     /// take each outcome from its context. Call it where `run` would be called, once the AV,
     /// OCR and network facts are in. The outcomes are those `run` finds alone; a message whose
-    /// run ends before the rules (a loop, a virus, a DMARC reject) only wastes its scan.
+    /// run ends before the rules (a loop, a virus, a DMARC reject) only wastes its scan. A
+    /// message alone is scanned ahead only off its shard (a big one); on the shard `run`
+    /// scans it.
     pub fn scan_rules(&self, ctxs: &mut [&mut Context<'_>]) {
-        if ctxs.len() >= 2 {
-            self.scan_rules_ahead(ctxs);
-        }
-    }
-
-    /// Runs the rules stage ahead for one message, as [`Chain::scan_rules`] does for several:
-    /// off the shard, for a big message.
-    pub fn scan_rules_alone(&self, ctx: &mut Context<'_>) {
-        self.scan_rules_ahead(&mut [ctx]);
-    }
-
-    fn scan_rules_ahead(&self, ctxs: &mut [&mut Context<'_>]) {
         if ctxs.is_empty() || !self.reads_content() {
             return;
         }

@@ -381,7 +381,10 @@ pub fn scan(
             before.push(started.elapsed());
             ctxs.push(ctx);
         }
-        chain.scan_rules(&mut ctxs.iter_mut().collect::<Vec<_>>());
+        // A message alone is left to `run`, which scans it as the gateway scans a lone one.
+        if ctxs.len() > 1 {
+            chain.scan_rules(&mut ctxs.iter_mut().collect::<Vec<_>>());
+        }
         for ((name, mut ctx), before) in names.into_iter().zip(ctxs).zip(before) {
             let started = Instant::now();
             let ahead = ctx.rules_done.as_ref().map_or(Duration::ZERO, |(_, t)| *t);
