@@ -126,6 +126,10 @@ pub struct Chain {
     /// Copies of the rule engine for the NUMA nodes after the first, each built by a thread on
     /// its node (so its memory is the node's), when the tuning plan asks for them.
     rules_by_node: Vec<(usize, Arc<rules::Engine>)>,
+    /// The rule files as the first start read them, kept while its engine is provisional: the
+    /// final databases are compiled from these, so an edit made meanwhile without a reload
+    /// does not come in with the swap (it counts from the next reload, as any edit does).
+    rules_source: Option<Arc<rules::RuleSet>>,
     /// The NUMA node of each shard (by shard index), for picking its copy.
     shard_nodes: Vec<usize>,
     /// `dns` and `auth`: the resolver and what to ask it, when either is on.
@@ -281,9 +285,16 @@ impl Chain {
         } else {
             RulesBuild::Final
         };
-        let rules = if on("rules") || on("headers") {
-            let engine = Arc::new(load_rules(
+        // The rule files are read once: every engine of this build compiles the same rules.
+        let source = if on("rules") || on("headers") {
+            Some(read_rules(cfg, true)?)
+        } else {
+            None
+        };
+        let rules = if let Some(set) = &source {
+            let engine = Arc::new(build_rules(
                 cfg,
+                set.clone(),
                 bayes.is_some(),
                 net_on,
                 !on("rules"),
@@ -298,9 +309,10 @@ impl Chain {
         } else {
             None
         };
-        let rules_by_node = match &rules {
-            Some(_) => rules_node_copies(
+        let rules_by_node = match &source {
+            Some(set) => rules_node_copies(
                 cfg,
+                set,
                 &further,
                 bayes.is_some(),
                 net_on,
@@ -347,12 +359,14 @@ impl Chain {
                 greylist_settings(cfg),
             )?)),
         };
+        let provisional = rules.as_ref().is_some_and(|e| e.stats.provisional);
         Ok(Chain {
             max_hops: on("hops").then_some(stages.max_hops),
             av,
             ocr,
             rules,
             rules_by_node,
+            rules_source: source.filter(|_| provisional).map(Arc::new),
             shard_nodes,
             net,
             greylist,
@@ -429,23 +443,27 @@ impl Chain {
     }
 
     /// This chain with the final rule databases (and their NUMA node copies) in place of a
-    /// first start's: compiled now, on the calling thread, and the PCRE2 matchers warmed. The
-    /// other stages are this chain's own, shared.
+    /// first start's: compiled now, on the calling thread, from the rules the first start read
+    /// (not the files as they are now), and the PCRE2 matchers warmed. The other stages are
+    /// this chain's own, shared.
     pub fn with_final_rules(&self, cfg: &Config) -> anyhow::Result<Chain> {
+        let Some(set) = self.rules_source.as_deref() else {
+            anyhow::bail!("rules: no first-start rule set to build the final databases from");
+        };
         let on = |name: &str| cfg.stages.enabled.iter().any(|s| s == name);
         let (with_bayes, with_net, evals_only) =
             (self.bayes.is_some(), on("dns") || on("auth"), !on("rules"));
-        let after = RulesBuild::AfterFirstStart;
-        let engine = Arc::new(load_rules(cfg, with_bayes, with_net, evals_only, after)?);
+        let after = RulesBuild::Final;
+        let engine = build_rules(cfg, set.clone(), with_bayes, with_net, evals_only, after)?;
+        let engine = Arc::new(engine);
         engine.warm_matchers();
         let further = node_plan(cfg).map_or_else(Vec::new, |n| n.further);
-        let rules_by_node = match self.rules {
-            Some(_) => rules_node_copies(cfg, &further, with_bayes, with_net, evals_only, after)?,
-            None => Vec::new(),
-        };
+        let rules_by_node =
+            rules_node_copies(cfg, set, &further, with_bayes, with_net, evals_only, after)?;
         Ok(Chain {
             rules: Some(engine),
             rules_by_node,
+            rules_source: None,
             ..self.clone()
         })
     }
@@ -782,14 +800,12 @@ impl Chain {
 /// Which databases [`load_rules`] builds when the cache has none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RulesBuild {
-    /// The final ones (`[rules] prefilter_chunk`): `mxgate scan`, the `mxgate rules` tools.
+    /// The final ones (`[rules] prefilter_chunk`): `mxgate scan`, the `mxgate rules` tools,
+    /// and the background build after a first start ([`Chain::with_final_rules`]).
     Final,
     /// A gateway's start or reload: the smaller first-start databases (`[rules]
     /// startup_chunk`; the engine says [`rules::BuildStats::provisional`]).
     FirstStart,
-    /// The final ones, built in the background after a first start (whose load already
-    /// logged the ruleset's warnings).
-    AfterFirstStart,
 }
 
 /// Loads and compiles the configured ruleset (compiling off the hot path: at start and on
@@ -802,9 +818,15 @@ pub fn load_rules(
     evals_only: bool,
     build: RulesBuild,
 ) -> anyhow::Result<rules::Engine> {
+    let set = read_rules(cfg, true)?;
+    build_rules(cfg, set, with_bayes, with_net, evals_only, build)
+}
+
+/// Reads the configured rule files, their load problems logged as warnings when `warn`.
+fn read_rules(cfg: &Config, warn: bool) -> anyhow::Result<rules::RuleSet> {
     let paths: Vec<std::path::PathBuf> = cfg.rules.paths.iter().map(Into::into).collect();
     let set = rules::load_paths(&paths);
-    if build != RulesBuild::AfterFirstStart {
+    if warn {
         for d in &set.diagnostics {
             tracing::warn!("rules: {d}");
         }
@@ -815,6 +837,18 @@ pub fn load_rules(
             cfg.rules.paths.join(", ")
         );
     }
+    Ok(set)
+}
+
+/// Compiles rules [`read_rules`] read, as [`load_rules`] does.
+fn build_rules(
+    cfg: &Config,
+    set: rules::RuleSet,
+    with_bayes: bool,
+    with_net: bool,
+    evals_only: bool,
+    build: RulesBuild,
+) -> anyhow::Result<rules::Engine> {
     let opts = rules::Options {
         layout: if cfg.rules.layout == "single" {
             rules::Layout::Single
@@ -941,6 +975,7 @@ fn node_plan(cfg: &Config) -> Option<NodePlan> {
 /// a page where it is first touched).
 fn rules_node_copies(
     cfg: &Config,
+    set: &rules::RuleSet,
     nodes: &[(usize, usize)],
     with_bayes: bool,
     with_net: bool,
@@ -949,12 +984,12 @@ fn rules_node_copies(
 ) -> anyhow::Result<Vec<(usize, Arc<rules::Engine>)>> {
     let mut copies = Vec::new();
     for &(node, cpu) in nodes {
-        let c = cfg.clone();
+        let (c, set) = (cfg.clone(), set.clone());
         let engine = std::thread::Builder::new()
             .name(format!("mxgate-rules-node{node}"))
             .spawn(move || {
                 mxgate_core::pool::pin_current_thread(&[cpu]);
-                let e = load_rules(&c, with_bayes, with_net, evals_only, build);
+                let e = build_rules(&c, set, with_bayes, with_net, evals_only, build);
                 if let Ok(e) = &e {
                     e.warm_matchers();
                 }
@@ -1122,6 +1157,52 @@ mod tests {
             assert!(ctx.rules_done.is_none(), "the run took the outcome");
             assert_eq!(symbols(ctx), alone[i]);
         }
+    }
+
+    /// The final databases compile the rules the first start read: a rule file edited
+    /// meanwhile without a reload comes in with the next reload, not with the swap.
+    #[test]
+    fn final_rules_compile_what_the_first_start_read() {
+        let dir = std::env::temp_dir().join(format!("mxgate-final-rules-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("rules")).unwrap();
+        // Three prefilter patterns (widened repeats) in one scope: more than a first start's
+        // databases hold, so its build is provisional.
+        let cf = dir.join("rules/local.cf");
+        std::fs::write(
+            &cf,
+            "body T_A /xa{1,5}y/\nscore T_A 1\nbody T_B /xb{1,5}y/\nscore T_B 1\n\
+             body T_C /xc{1,5}y/\nscore T_C 1\n",
+        )
+        .unwrap();
+        let mut cfg = Config::default();
+        cfg.stages.enabled = vec!["rules".into()];
+        cfg.rules.paths = vec![dir.join("rules").display().to_string()];
+        cfg.rules.cache_dir = dir.join("cache").display().to_string();
+        let first = Chain::new(&cfg).unwrap();
+        assert!(first.rules_provisional());
+        let mut text = std::fs::read_to_string(&cf).unwrap();
+        text.push_str("body T_NOON /noon/\nscore T_NOON 9\n");
+        std::fs::write(&cf, text).unwrap();
+
+        let env = Envelope::default();
+        let body = Bytes::from_static(b"Subject: lunch\r\n\r\nAt noon? xaay\r\n");
+        let hits = |chain: &Chain| -> Vec<String> {
+            let mut ctx = Context::new(&env, &body, "127.0.0.1:1".parse().unwrap());
+            chain.run(&mut ctx);
+            ctx.symbols.iter().map(|(n, _)| n.to_string()).collect()
+        };
+        assert_eq!(hits(&first), ["T_A"]);
+        let swapped = first.with_final_rules(&cfg).unwrap();
+        assert!(!swapped.rules_provisional());
+        assert_eq!(hits(&swapped), ["T_A"], "the edit waits for a reload");
+        assert!(
+            swapped.with_final_rules(&cfg).is_err(),
+            "final rules are built once"
+        );
+        let reloaded = Chain::new_after(&cfg, Some((&cfg, &swapped))).unwrap();
+        assert_eq!(hits(&reloaded), ["T_A", "T_NOON"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -202,7 +202,7 @@ impl fmt::Display for Diagnostic {
 }
 
 /// The rules of a configuration, with its settings.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RuleSet {
     /// The rules, in order of first definition.
     pub rules: Vec<Rule>,
