@@ -300,11 +300,18 @@ impl Chain {
                 !on("rules"),
                 rules_build,
             )?);
-            // PCRE2 and regex matchers compile in the background, off the shards.
-            let warm = Arc::clone(&engine);
-            let _ = std::thread::Builder::new()
-                .name("mxgate-rules-warm".into())
-                .spawn(move || warm.warm_matchers());
+            // The PCRE2 and regex matchers compile before the gateway serves with them (at a
+            // start before it listens; on a reload before the new snapshot is published, the
+            // old one serving meanwhile), so no message waits for a compile; for `mxgate
+            // scan`, in the background.
+            if learn {
+                warm_matchers(&engine);
+            } else {
+                let warm = Arc::clone(&engine);
+                let _ = std::thread::Builder::new()
+                    .name("mxgate-rules-warm".into())
+                    .spawn(move || warm_matchers(&warm));
+            }
             Some(engine)
         } else {
             None
@@ -456,7 +463,7 @@ impl Chain {
         let after = RulesBuild::Final;
         let engine = build_rules(cfg, set.clone(), with_bayes, with_net, evals_only, after)?;
         let engine = Arc::new(engine);
-        engine.warm_matchers();
+        warm_matchers(&engine);
         let further = node_plan(cfg).map_or_else(Vec::new, |n| n.further);
         let rules_by_node =
             rules_node_copies(cfg, set, &further, with_bayes, with_net, evals_only, after)?;
@@ -820,6 +827,16 @@ pub fn load_rules(
 ) -> anyhow::Result<rules::Engine> {
     let set = read_rules(cfg, true)?;
     build_rules(cfg, set, with_bayes, with_net, evals_only, build)
+}
+
+/// Compiles every confirming matcher of `engine` now (see [`rules::Engine::warm_matchers`]).
+fn warm_matchers(engine: &rules::Engine) {
+    let started = std::time::Instant::now();
+    engine.warm_matchers();
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "rules: matchers compiled"
+    );
 }
 
 /// Reads the configured rule files, their load problems logged as warnings when `warn`.

@@ -1077,6 +1077,37 @@ class RulesInTheGateway(unittest.TestCase):
             sink.stop()
             shutil.rmtree(cache, ignore_errors=True)
 
+    def test_rule_matchers_are_compiled_before_the_gateway_serves_with_them(self):
+        """The PCRE2 and regex matchers (hundreds of milliseconds for the ruleset's big
+        replace-tag patterns) compile before the gateway listens, and on a reload before the
+        new snapshot is published: no message waits for one."""
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, stages="hops,rules",
+                    toml=f'[rules]\ncache_dir = "{self.cache}"\n[scoring]\nreject_score = 20.0\n')
+
+        def lines():
+            return [l for l in re.sub(r"\x1b\[[0-9;]*m", "", mx.log()).splitlines()
+                    if "matchers compiled" in l or "mxgate ready" in l or "configuration reloaded" in l]
+
+        try:
+            first = lines()
+            self.assertEqual(len(first), 2, first)
+            self.assertIn("matchers compiled", first[0])
+            self.assertIn("mxgate ready", first[1])
+            mx.kill_with(signal.SIGHUP)
+            deadline = time.time() + harness.START_TIMEOUT
+            while not any("SIGHUP: configuration reloaded" in l for l in lines()) and time.time() < deadline:
+                time.sleep(0.05)
+            after = lines()[2:]
+            self.assertIn("matchers compiled", after[0], after)
+            self.assertIn("SIGHUP: configuration reloaded", after[1], after)
+            with self.assertRaises(smtplib.SMTPDataError) as cm:
+                send_raw(mx.port, plain_message("test", GTUBE))
+            self.assertEqual(cm.exception.smtp_code, 554)
+        finally:
+            mx.stop()
+            sink.stop()
+
     def test_big_messages_are_scanned_off_their_shard(self):
         """Messages over [rules] offload_above run the rules on a thread of their own, with the
         verdicts the shard would give; small ones stay on the shard."""

@@ -1047,17 +1047,25 @@ impl Engine {
     }
 
     /// Compiles every confirming matcher a scan may need (prefilter and PCRE2-only rules,
-    /// `multiple` counts, header rules for missing headers), which scans otherwise compile on
-    /// first use. Meant for a background thread right after [`Engine::build`]: the engine is
-    /// usable at once, and the first messages do not pay for the compiles.
+    /// `multiple` counts, header rules for missing headers), on every core, which scans
+    /// otherwise compile on first use: a message that needs one of the big ones first waits
+    /// for its compile (hundreds of milliseconds for the replace-tag patterns).
     pub fn warm_matchers(&self) {
-        for (r, c) in self.set.rules.iter().zip(&self.rules) {
-            let needed = matches!(c.mode, Mode::Prefilter | Mode::Pcre)
-                || (c.mode == Mode::Hyperscan && (r.tflags.multiple || header_test(r).is_some()));
-            if needed {
-                let _ = c.pcre();
-            }
-        }
+        let needed: Vec<&Compiled> = self
+            .set
+            .rules
+            .iter()
+            .zip(&self.rules)
+            .filter(|(r, c)| {
+                matches!(c.mode, Mode::Prefilter | Mode::Pcre)
+                    || (c.mode == Mode::Hyperscan
+                        && (r.tflags.multiple || header_test(r).is_some()))
+            })
+            .map(|(_, c)| c)
+            .collect();
+        on_every_core(needed, |c| {
+            let _ = c.pcre();
+        });
     }
 
     /// Fresh per-thread scratch space.
