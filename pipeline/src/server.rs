@@ -326,6 +326,7 @@ impl Shard {
             self.generation.set(g);
             let snap = self.control.snapshot();
             self.serve_greylist(&snap);
+            snap.chain.warm_shard(Some(self.id));
             *self.current.borrow_mut() = Rc::new(ShardSnap { snap });
             tracing::info!(shard = self.id, generation = g, "configuration reloaded");
         }
@@ -347,6 +348,8 @@ pub async fn shard_main(
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let snap = control.snapshot();
+    // Before listening: the first message should not pay for this thread's first scan.
+    snap.chain.warm_shard(Some(id));
     let shard = Rc::new(Shard {
         id,
         control: control.clone(),
