@@ -1153,8 +1153,8 @@ mod tests {
         assert!(Arc::ptr_eq(&b.current(None), &model));
     }
 
-    #[test]
-    fn shards_use_their_nodes_copy_of_the_rules() {
+    /// A chain with a rule engine on node 0 and a copy on node 1, shard i on node i.
+    fn two_node_chain() -> (Chain, Arc<rules::Engine>, Arc<rules::Engine>) {
         let engine = || {
             let set = rules::load_str("body T_X /x/\nscore T_X 1\n", "t.cf");
             Arc::new(rules::Engine::build(set, &rules::Options::default()).unwrap())
@@ -1166,6 +1166,12 @@ mod tests {
             shard_nodes: vec![0, 1],
             ..Chain::default()
         };
+        (chain, a, b)
+    }
+
+    #[test]
+    fn shards_use_their_nodes_copy_of_the_rules() {
+        let (chain, a, b) = two_node_chain();
         assert!(Arc::ptr_eq(chain.rules_for(Some(0)).unwrap(), &a));
         assert!(Arc::ptr_eq(chain.rules_for(Some(1)).unwrap(), &b));
         assert!(Arc::ptr_eq(chain.rules_for(None).unwrap(), &a));
@@ -1275,17 +1281,7 @@ mod tests {
     /// is nothing on a chain without rules.
     #[test]
     fn warming_a_shard_makes_its_scratch() {
-        let engine = || {
-            let set = rules::load_str("body T_X /x/\nscore T_X 1\n", "t.cf");
-            Arc::new(rules::Engine::build(set, &rules::Options::default()).unwrap())
-        };
-        let (a, b) = (engine(), engine());
-        let chain = Chain {
-            rules: Some(Arc::clone(&a)),
-            rules_by_node: vec![(1, Arc::clone(&b))],
-            shard_nodes: vec![0, 1],
-            ..Chain::default()
-        };
+        let (chain, a, b) = two_node_chain();
         let scratch_for = || SCRATCH.with(|c| c.borrow().as_ref().map(|(id, _)| *id));
         std::thread::scope(|s| {
             s.spawn(|| {
