@@ -1090,6 +1090,11 @@ class RulesInTheGateway(unittest.TestCase):
                     if "matchers compiled" in l or "mxgate ready" in l or "configuration reloaded" in l]
 
         try:
+            # The port opens when the first shard listens; the gateway says it is ready once
+            # every shard does.
+            deadline = time.time() + harness.START_TIMEOUT
+            while not any("mxgate ready" in l for l in lines()) and time.time() < deadline:
+                time.sleep(0.05)
             first = lines()
             self.assertEqual(len(first), 2, first)
             self.assertIn("matchers compiled", first[0])
