@@ -9,34 +9,12 @@ over; the small messages' latency (connect to the reply after DATA) is reported 
 import argparse
 import os
 import shutil
-import smtplib
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-CORPUS = os.environ.get("MXGATE_CORPUS", os.path.join(ROOT, "..", "shared", "corpus"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=300):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
+from loopback import TARGET, gateway, ham_messages, send
 
 
 def big_message():
@@ -56,40 +34,8 @@ def big_message():
             f"Content-Transfer-Encoding: base64\r\n\r\n{att}\r\n--{b}--\r\n").encode()
 
 
-def small_messages(n=300):
-    folder = os.path.join(CORPUS, "ham")
-    out = []
-    for name in sorted(os.listdir(folder)):
-        with open(os.path.join(folder, name), "rb") as f:
-            raw = f.read()
-        if len(raw) < 16 * 1024:
-            out.append(raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))  # SMTP's line ends
-        if len(out) == n:
-            break
-    return out
-
-
-def send(port, raw):
-    with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
-        s.ehlo("client.test")
-        s.sendmail("alice@e2e.test", ["bob@e2e.test"], raw)
-
-
 def one(mxgate, loadgen, work, offload, seconds, small_sessions, smalls, big):
-    port, sink_port = free_port(), free_port()
-    config = os.path.join(work, "mxgate.toml")
-    with open(config, "w") as f:
-        f.write(f'[server]\nlisten = ["127.0.0.1:{port}"]\n[relay]\nnext_hop = "127.0.0.1:{sink_port}"\n'
-                f'[stages]\nenabled = ["hops", "rules"]\n[metrics]\nlisten = ""\n'
-                f'[rules]\ncache_dir = "/var/tmp/mxgate-rules-cache"\noffload_above = {offload}\n'
-                f'[scoring]\nreject_score = 0.0\n[log]\nlevel = "warn"\n')
-    sink = subprocess.Popen([loadgen, "sink", "--listen", f"127.0.0.1:{sink_port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    mx = subprocess.Popen([mxgate, "serve", "--config", config],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(sink_port)
-        wait_port(port)
+    with gateway(mxgate, loadgen, work, f"offload_above = {offload}\n") as (port, _, _):
         for raw in smalls[:20]:  # warm up
             send(port, raw)
         stop = time.time() + seconds
@@ -118,11 +64,6 @@ def one(mxgate, loadgen, work, offload, seconds, small_sessions, smalls, big):
             t.start()
         for t in threads:
             t.join()
-    finally:
-        mx.terminate()
-        sink.terminate()
-        mx.wait()
-        sink.wait()
     lat.sort()
     q = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))] * 1000
     bigs.sort()
@@ -142,7 +83,7 @@ def main():
     ap.add_argument("--runs", type=int, default=1)
     a = ap.parse_args()
     loadgen = a.loadgen or os.path.join(os.path.dirname(a.mxgate), "mxgate-loadgen")
-    smalls, big = small_messages(), big_message()
+    smalls, big = ham_messages(300, below=16 * 1024), big_message()
     print(f"{len(smalls)} small ham messages (< 16 KB), one big message of {len(big)} bytes", flush=True)
     work = tempfile.mkdtemp(prefix="mxgate-big-latency-")
     try:

@@ -10,49 +10,17 @@ latency (connect to the reply after DATA) is reported per phase. Several binarie
 import argparse
 import os
 import signal
-import smtplib
-import socket
-import subprocess
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-CORPUS = os.environ.get("MXGATE_CORPUS", os.path.join(ROOT, "..", "shared", "corpus"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=300):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.005)
-    raise SystemExit(f"nothing listens on {port}")
-
-
-def messages(n):
-    folder = os.path.join(CORPUS, "ham")
-    out = []
-    for name in sorted(os.listdir(folder))[:n]:
-        with open(os.path.join(folder, name), "rb") as f:
-            out.append(f.read().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))  # SMTP's line ends
-    return out
+from loopback import TARGET, gateway, ham_messages, send
 
 
 def send_all(port, msgs):
     lat = []
     for raw in msgs:
         t = time.perf_counter()
-        with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
-            s.sendmail("alice@e2e.test", ["bob@e2e.test"], raw)
+        send(port, raw)
         lat.append((time.perf_counter() - t) * 1000)
     return lat
 
@@ -64,21 +32,7 @@ def line(label, lat):
 
 
 def one(mxgate, loadgen, work, msgs, reloads):
-    port, sink_port = free_port(), free_port()
-    config = os.path.join(work, "mxgate.toml")
-    log = os.path.join(work, "mxgate.log")
-    with open(config, "w") as f:
-        f.write(f'[server]\nlisten = ["127.0.0.1:{port}"]\n[relay]\nnext_hop = "127.0.0.1:{sink_port}"\n'
-                f'[stages]\nenabled = ["hops", "rules"]\n[metrics]\nlisten = ""\n'
-                f'[rules]\ncache_dir = "/var/tmp/mxgate-rules-cache"\n'
-                f'[scoring]\nreject_score = 0.0\n[log]\nlevel = "info"\n')
-    sink = subprocess.Popen([loadgen, "sink", "--listen", f"127.0.0.1:{sink_port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with open(log, "w") as out:
-        mx = subprocess.Popen([mxgate, "serve", "--config", config], stdout=out, stderr=out)
-    try:
-        wait_port(sink_port)
-        wait_port(port)
+    with gateway(mxgate, loadgen, work, log_level="info") as (port, mx, log):
         print(f"{mxgate}:")
         print(line("after start", send_all(port, msgs)), flush=True)
         for i in range(reloads):
@@ -88,11 +42,6 @@ def one(mxgate, loadgen, work, msgs, reloads):
             while open(log).read().count("SIGHUP: configuration reloaded") == seen:
                 time.sleep(0.005)
             print(line(f"reload {i + 1}", send_all(port, msgs)), flush=True)
-    finally:
-        mx.terminate()
-        sink.terminate()
-        mx.wait()
-        sink.wait()
 
 
 def main():
@@ -104,7 +53,7 @@ def main():
     ap.add_argument("--messages", type=int, default=30)
     a = ap.parse_args()
     bins = a.mxgate or [os.path.join(TARGET, "release", "mxgate")]
-    msgs = messages(a.messages)
+    msgs = ham_messages(a.messages)
     with tempfile.TemporaryDirectory(prefix="mxgate-reload-") as work:
         for _ in range(a.rounds):
             for b in bins:
