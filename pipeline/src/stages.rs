@@ -460,13 +460,13 @@ impl Chain {
         let on = |name: &str| cfg.stages.enabled.iter().any(|s| s == name);
         let (with_bayes, with_net, evals_only) =
             (self.bayes.is_some(), on("dns") || on("auth"), !on("rules"));
-        let after = RulesBuild::Final;
-        let engine = build_rules(cfg, set.clone(), with_bayes, with_net, evals_only, after)?;
+        let build = RulesBuild::Final;
+        let engine = build_rules(cfg, set.clone(), with_bayes, with_net, evals_only, build)?;
         let engine = Arc::new(engine);
         warm_matchers(&engine);
         let further = node_plan(cfg).map_or_else(Vec::new, |n| n.further);
         let rules_by_node =
-            rules_node_copies(cfg, set, &further, with_bayes, with_net, evals_only, after)?;
+            rules_node_copies(cfg, set, &further, with_bayes, with_net, evals_only, build)?;
         Ok(Chain {
             rules: Some(engine),
             rules_by_node,

@@ -1047,7 +1047,8 @@ impl Engine {
     }
 
     /// Compiles every confirming matcher a scan may need (prefilter and PCRE2-only rules,
-    /// `multiple` counts, header rules for missing headers), on every core, which scans
+    /// `multiple` counts, header rules for missing headers), on every CPU the calling thread
+    /// may run on (one, for a NUMA node's copy built on a pinned thread), which scans
     /// otherwise compile on first use: a message that needs one of the big ones first waits
     /// for its compile (hundreds of milliseconds for the replace-tag patterns).
     pub fn warm_matchers(&self) {
