@@ -1,0 +1,53 @@
+//! Bayes over the corpus held in memory: one learning pass (MIME parse, tokenize, count) and one
+//! classifying pass (MIME parse, tokenize, look up, combine), each timed. Its instruction count
+//! under valgrind's cachegrind compares two builds where timings drift too much to
+//! (`scripts/instructions.py`, BENCHMARKS.md):
+//!
+//! ```sh
+//! MXGATE_CORPUS=../shared/corpus cargo run --release -p mxgate-scanners --example bayes_passes
+//! MXGATE_CORPUS=../shared/corpus python3 scripts/instructions.py --bin OLD --bin NEW
+//! ```
+
+use bytes::Bytes;
+use mxgate_core::mime::Message;
+use mxgate_scanners::bayes::{classify, message_hash, tokenize, Class, Model, Params};
+use std::time::Instant;
+
+#[path = "../benches/common/mod.rs"]
+mod common;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc; // as in the mxgate binary
+
+fn main() {
+    let msgs: Vec<(Bytes, Class)> = [
+        ("ham", Class::Ham),
+        ("hard_ham", Class::Ham),
+        ("spam", Class::Spam),
+    ]
+    .into_iter()
+    .flat_map(|(f, class)| common::folder(f).into_iter().map(move |m| (m, class)))
+    .collect();
+    let t = Instant::now();
+    let mut model = Model::default();
+    for (raw, class) in &msgs {
+        let ids = tokenize(&Message::parse(raw.clone()), false).ids;
+        model.learn(message_hash(raw), &ids, *class);
+    }
+    let learn = t.elapsed();
+    let p = Params::default();
+    let t = Instant::now();
+    let mut spam = 0;
+    for (raw, _) in &msgs {
+        let ids = tokenize(&Message::parse(raw.clone()), false).ids;
+        spam += usize::from(classify(&model, &ids, &p).map_or(0.5, |v| v.p_spam) > 0.5);
+    }
+    let classify_time = t.elapsed();
+    println!(
+        "{} messages, {} tokens: learn {:.1} ms, classify {:.1} ms ({spam} spam)",
+        msgs.len(),
+        model.tokens.len(),
+        learn.as_secs_f64() * 1e3,
+        classify_time.as_secs_f64() * 1e3
+    );
+}
