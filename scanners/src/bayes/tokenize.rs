@@ -385,7 +385,8 @@ fn is_cjk(c: char) -> bool {
 ///
 /// Outside words the scan skips ASCII separators byte by byte; a word is then read to its end
 /// in a loop of its own, and ASCII words, most of them, are measured as they are read
-/// (capitals, punctuation, the first `@`), so that [`ascii_word`] need not read them again.
+/// (capitals, punctuation, whether there is an `@`), so that [`ascii_word`] need not read them
+/// again.
 fn words(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
     let b = text.as_bytes();
     // The CJK character just before, when the one before this was one.
@@ -421,7 +422,10 @@ fn words(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
         // A word starts at `i`: read to its end, the first byte or character that is not a
         // word's (a CJK character ends it too).
         let start = i;
-        let (mut ascii, mut capitals, mut punct, mut at) = (true, 0usize, 0usize, None);
+        // `classes`: the classes of the word's ASCII bytes together, so that where its first
+        // `@` is needs looking for only in words that have one.
+        // `counts`: capitals in its low 32 bits, punctuation in its high 32, one addition a byte.
+        let (mut ascii, mut counts, mut classes) = (true, 0u64, 0u8);
         while i < b.len() {
             let c = b[i];
             if c < 0x80 {
@@ -429,11 +433,8 @@ fn words(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
                 if k & WORD == 0 {
                     break;
                 }
-                capitals += usize::from(k & UPPER != 0);
-                punct += usize::from(k & PUNCT != 0);
-                if k & AT != 0 && at.is_none() {
-                    at = Some(i - start);
-                }
+                counts += ASCII_COUNTS[c as usize];
+                classes |= k;
                 i += 1;
             } else {
                 let ch = text[i..].chars().next().unwrap_or('\u{fffd}');
@@ -445,6 +446,12 @@ fn words(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
             }
         }
         if ascii {
+            let at = if classes & AT != 0 {
+                memchr::memchr(b'@', &b[start..i])
+            } else {
+                None
+            };
+            let (capitals, punct) = ((counts & 0xffff_ffff) as usize, (counts >> 32) as usize);
             ascii_word(&text[start..i], (capitals, punct, at), sink, scratch);
         } else {
             word(&text[start..i], sink, scratch);
@@ -477,6 +484,23 @@ static ASCII_CLASS: [u8; 128] = {
             if b == b'@' {
                 t[c] |= AT;
             }
+        }
+        c += 1;
+    }
+    t
+};
+
+/// What an ASCII byte adds to a word's counts in [`words`]: 1 for a capital, `1 << 32` for
+/// punctuation (a text is far shorter than 4 GiB, so the low half never carries into the high).
+static ASCII_COUNTS: [u64; 128] = {
+    let mut t = [0u64; 128];
+    let mut c = 0;
+    while c < 128 {
+        if ASCII_CLASS[c] & UPPER != 0 {
+            t[c] += 1;
+        }
+        if ASCII_CLASS[c] & PUNCT != 0 {
+            t[c] += 1 << 32;
         }
         c += 1;
     }
