@@ -336,6 +336,16 @@ fn split_lines(s: &[u8]) -> Vec<&[u8]> {
     out
 }
 
+/// `String::from_utf8_lossy`, with valid UTF-8 (nearly all header text) recognised by
+/// `str::from_utf8`, which checks ASCII a word at a time where the lossy decoder walks every
+/// byte. The same text either way.
+pub fn utf8_lossy(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// Converts text in `charset` to UTF-8 with `encoding_rs`. Without a (known) charset, ASCII and
 /// valid UTF-8 stay as they are and other 8-bit text is given to `chardetng` (Firefox's detector)
 /// to guess its legacy encoding (Windows-1252, KOI8-R, GBK, Shift_JIS, ...).
@@ -399,6 +409,20 @@ mod tests {
                 data: b"hello".to_vec()
             }]
         );
+    }
+
+    #[test]
+    fn utf8_lossy_is_from_utf8_lossy() {
+        for b in [
+            &b"plain ASCII"[..],
+            "caf\u{e9} \u{65e5}\u{672c}".as_bytes(),
+            b"caf\xe9 and \xff\xfe",
+            b"\xe6\x97",
+            b"",
+        ] {
+            assert_eq!(utf8_lossy(b), String::from_utf8_lossy(b), "{b:?}");
+        }
+        assert!(matches!(utf8_lossy(b"ok"), Cow::Borrowed("ok")));
     }
 
     #[test]

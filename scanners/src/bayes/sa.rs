@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 
+use mxgate_core::mime::decode::utf8_lossy;
 use mxgate_core::mime::Message;
 use sha1::{Digest, Sha1};
 
@@ -450,7 +451,7 @@ fn relay_string(h: &view::Headers) -> Vec<u8> {
         if v.is_ascii() {
             join_words(&mut joined, v.split(|&b| is_space(b)));
         } else {
-            let wide = String::from_utf8_lossy(v);
+            let wide = utf8_lossy(v);
             join_words(
                 &mut joined,
                 wide.split(char::is_whitespace).map(str::as_bytes),
@@ -1093,7 +1094,7 @@ fn chew_content_type(v: &[u8]) -> Vec<u8> {
 /// `_pre_chew_addr_header` over a simple address-list parser: each address's phrase words
 /// as `N*` tokens, its user and domains as `U*` and `D*` tokens.
 fn chew_addresses(v: &[u8]) -> Vec<u8> {
-    let s = String::from_utf8_lossy(v);
+    let s = utf8_lossy(v);
     // The tokens joined by single spaces, written as they are made.
     let mut out: Vec<u8> = Vec::with_capacity(v.len() + 16);
     let sep = |out: &mut Vec<u8>| {
@@ -1322,7 +1323,7 @@ fn tokenize_line_with(
                     w[1] == b'@' && !w[0].is_ascii_whitespace() && !w[2].is_ascii_whitespace()
                 });
                 if at {
-                    mail_addr_tokens(&String::from_utf8_lossy(token), &mut |prefix, part| {
+                    mail_addr_tokens(&utf8_lossy(token), &mut |prefix, part| {
                         emit_parts(&[prefix.as_bytes(), part.as_bytes()])
                     });
                 } else if token

@@ -14,6 +14,7 @@
 //! its prefix as it is found: no string is allocated per token. [`Tokens::text`] keeps the text only
 //! when asked for (dumps, explanations).
 
+use mxgate_core::mime::decode::utf8_lossy;
 use mxgate_core::mime::Message;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -290,7 +291,7 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
     let view = msg.view();
     // The header fields, unfolded and decoded once for all the header tokens below.
     let headers = crate::rules::view::Headers::of_part(msg, 0);
-    let text_of = |name: &str| headers.first(name).map(String::from_utf8_lossy);
+    let text_of = |name: &str| headers.first(name).map(utf8_lossy);
     sink.with_prefix("");
     // The Subject is the first line of the body, as SpamAssassin renders it.
     if let Some(subject) = text_of("subject") {
@@ -319,7 +320,7 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
     });
     if let Some(mid) = msg.field(0, "message-id") {
         sink.with_prefix("H*message-id:shape:");
-        sink.push(&shape(&String::from_utf8_lossy(mid)));
+        sink.push(&shape(&utf8_lossy(mid)));
     }
     // URI hosts and their parent domains.
     sink.with_prefix("UD:");
@@ -691,7 +692,7 @@ fn received(msg: &Message, sink: &mut Sink<'_>) {
         .take(8)
     {
         let raw = f.raw_value(&msg.raw);
-        let v = String::from_utf8_lossy(raw);
+        let v = utf8_lossy(raw);
         // One pass over the words: the host after `from`, `by` and `with`, and dotted quads.
         let mut pending: Option<&'static str> = None;
         for (i, w) in v.split_ascii_whitespace().enumerate() {
@@ -713,7 +714,10 @@ fn received(msg: &Message, sink: &mut Sink<'_>) {
                 "with" => pending = Some("H*received:with:"),
                 _ => {}
             }
-            if w.bytes().filter(|&b| b == b'.').count() >= 3
+            // An address is four octets of one to three digits: words shorter than seven bytes
+            // hold none, and most words are (`from`, `by`, `with`, `id`, dates).
+            if w.len() >= 7
+                && w.bytes().filter(|&b| b == b'.').count() >= 3
                 && w.bytes().any(|b| b.is_ascii_digit())
             {
                 for ip in w
