@@ -3,11 +3,10 @@
 //! one by one (`step/*`): the parse, the rendered view (parse included), SpamAssassin's header
 //! tokens, the body words, the lookup and combining.
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mxgate_core::mime::Message;
 use mxgate_scanners::bayes::{
-    add_body_text, classify, message_hash, sa, tokenize, Class, Model, Params, Tokens,
+    add_body_text, classify, message_hash, sa, tokenize, Model, Params, Tokens,
 };
 
 mod common;
@@ -15,19 +14,8 @@ mod common;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc; // as in the mxgate binary
 
-fn corpus() -> Vec<(Bytes, Class)> {
-    [
-        ("ham", Class::Ham),
-        ("hard_ham", Class::Ham),
-        ("spam", Class::Spam),
-    ]
-    .into_iter()
-    .flat_map(|(f, class)| common::folder(f).into_iter().map(move |m| (m, class)))
-    .collect()
-}
-
 fn benches(c: &mut Criterion) {
-    let msgs = corpus();
+    let msgs = common::bayes_corpus();
     let mut model = Model::default();
     for (raw, class) in &msgs {
         let ids = tokenize(&Message::parse(raw.clone()), false).ids;

@@ -8,9 +8,8 @@
 //! MXGATE_CORPUS=../shared/corpus python3 scripts/instructions.py --bin OLD --bin NEW
 //! ```
 
-use bytes::Bytes;
 use mxgate_core::mime::Message;
-use mxgate_scanners::bayes::{classify, message_hash, tokenize, Class, Model, Params};
+use mxgate_scanners::bayes::{classify, message_hash, tokenize, Model, Params};
 use std::time::Instant;
 
 #[path = "../benches/common/mod.rs"]
@@ -20,14 +19,7 @@ mod common;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc; // as in the mxgate binary
 
 fn main() {
-    let msgs: Vec<(Bytes, Class)> = [
-        ("ham", Class::Ham),
-        ("hard_ham", Class::Ham),
-        ("spam", Class::Spam),
-    ]
-    .into_iter()
-    .flat_map(|(f, class)| common::folder(f).into_iter().map(move |m| (m, class)))
-    .collect();
+    let msgs = common::bayes_corpus();
     let t = Instant::now();
     let mut model = Model::default();
     for (raw, class) in &msgs {

@@ -18,3 +18,18 @@ pub fn folder(name: &str) -> Vec<Bytes> {
         .map(|n| Bytes::from(std::fs::read(n).unwrap()))
         .collect()
 }
+
+/// ham, hard_ham and spam with their class, for Bayes (the benchmark and the `bayes_passes`
+/// example).
+#[allow(dead_code)] // not every benchmark that includes this module reads it
+pub fn bayes_corpus() -> Vec<(Bytes, mxgate_scanners::bayes::Class)> {
+    use mxgate_scanners::bayes::Class;
+    [
+        ("ham", Class::Ham),
+        ("hard_ham", Class::Ham),
+        ("spam", Class::Spam),
+    ]
+    .into_iter()
+    .flat_map(|(f, class)| folder(f).into_iter().map(move |m| (m, class)))
+    .collect()
+}
