@@ -551,7 +551,7 @@ impl Parser<'_> {
             p.header = start as u32..header_end as u32;
             p.fields = fields;
         }
-        self.describe(id, default_type);
+        let boundary = self.describe(id, default_type);
 
         // Body.
         let ctype = self.parts[id as usize].content_type.clone();
@@ -575,7 +575,7 @@ impl Parser<'_> {
             return (id, stop);
         }
         if ctype.starts_with("multipart/") {
-            return self.multipart(id, body_start, end, depth, &ctype);
+            return self.multipart(id, body_start, end, depth, boundary);
         }
         self.leaf_body(id, body_start, end)
     }
@@ -638,9 +638,9 @@ impl Parser<'_> {
         body_start: usize,
         end: usize,
         depth: u16,
-        _ctype: &str,
+        boundary: Option<ParamValue>,
     ) -> (PartId, usize) {
-        let boundary = self.param(id, "content-type", "boundary").map(|v| {
+        let boundary = boundary.map(|v| {
             let t = v.to_text();
             t.trim_end().as_bytes().to_vec()
         });
@@ -797,16 +797,10 @@ impl Parser<'_> {
         found.next().map(|f| f.raw_value(self.buf))
     }
 
-    fn param(&self, id: PartId, field: &str, name: &str) -> Option<ParamValue> {
-        let v = self.raw_field(id, field)?;
-        let (_, ps) = params(v);
-        ps.into_iter()
-            .find(|(n, _)| n == name.as_bytes())
-            .map(|(_, v)| v)
-    }
-
-    /// Content type, charset, encoding, disposition and file name of a part.
-    fn describe(&mut self, id: PartId, default_type: &str) {
+    /// Content type, charset, encoding, disposition and file name of a part; returns its
+    /// `boundary` parameter. Each of Content-Type and Content-Disposition has its parameters
+    /// parsed once.
+    fn describe(&mut self, id: PartId, default_type: &str) -> Option<ParamValue> {
         let buf = self.buf;
         let (ct_count, ct) = {
             let p = &self.parts[id as usize];
@@ -836,17 +830,27 @@ impl Parser<'_> {
                 }
             }
         };
-        let charset = self
-            .param(id, "content-type", "charset")
-            .map(|v| v.to_text().trim().to_ascii_lowercase());
+        // The first of a name, as Python's `Message.get_param` takes it.
+        let param = |ps: &mut Vec<(Vec<u8>, ParamValue)>, name: &str| {
+            let i = ps.iter().position(|(n, _)| n == name.as_bytes())?;
+            Some(ps.remove(i).1)
+        };
+        let mut ct_params = ct.map(|v| params(v).1).unwrap_or_default();
+        let charset =
+            param(&mut ct_params, "charset").map(|v| v.to_text().trim().to_ascii_lowercase());
         let encoding = Encoding::from_header(self.raw_field(id, "content-transfer-encoding"));
-        let disposition = self.raw_field(id, "content-disposition").map(|v| {
-            let (head, _) = params(v);
-            String::from_utf8_lossy(&head).to_ascii_lowercase()
-        });
-        let filename = self
-            .param(id, "content-disposition", "filename")
-            .or_else(|| self.param(id, "content-type", "name"))
+        let (disposition, mut cd_params) = match self.raw_field(id, "content-disposition") {
+            Some(v) => {
+                let (head, ps) = params(v);
+                (
+                    Some(String::from_utf8_lossy(&head).to_ascii_lowercase()),
+                    ps,
+                )
+            }
+            None => (None, Vec::new()),
+        };
+        let filename = param(&mut cd_params, "filename")
+            .or_else(|| param(&mut ct_params, "name"))
             .map(|v| {
                 let t = match &v {
                     ParamValue::Plain(p) => {
@@ -862,6 +866,7 @@ impl Parser<'_> {
         p.encoding = encoding;
         p.disposition = disposition.filter(|d| !d.is_empty());
         p.filename = filename;
+        param(&mut ct_params, "boundary")
     }
 
     /// Whole-message byte checks (NUL, 8-bit headers, mixed line endings).

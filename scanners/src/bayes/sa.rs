@@ -327,15 +327,57 @@ pub fn tokenize_with(msg: &Message, conf: &SaConfig, extra: Option<&str>) -> Vec
     v
 }
 
+/// How `_tokenize_headers` treats a field's value before tokenizing it.
+#[derive(Clone, Copy, PartialEq)]
+enum Chew {
+    MessageId,
+    Addresses,
+    Received,
+    ContentType,
+    MimeVersion,
+    /// Only its presence counts: the value becomes `1`.
+    Presence,
+    Plain,
+}
+
+/// What a field is to `_tokenize_headers`, from its name as written and lower-cased: how its
+/// value is chewed, and the extra pseudo-header (`*MI`, `*Ad`, `*UA`) its value also goes to.
+fn field_kind(name: &str, l: &str) -> (Chew, Option<&'static str>) {
+    let base = l
+        .strip_prefix("x-")
+        .or_else(|| l.strip_prefix("resent-"))
+        .unwrap_or(l);
+    let chew = match base {
+        "message-id" => Chew::MessageId,
+        "return-path" | "from" | "to" | "cc" | "reply-to" | "errors-to" | "mail-followup-to"
+        | "sender" => Chew::Addresses,
+        _ => match name {
+            "Received" => Chew::Received,
+            "Content-Type" => Chew::ContentType,
+            "MIME-Version" => Chew::MimeVersion,
+            _ if presence_only(l) => Chew::Presence,
+            _ => Chew::Plain,
+        },
+    };
+    let extra = match l {
+        "in-reply-to" | "references" | "message-id" => Some("*MI"),
+        "from" | "to" | "cc" => Some("*Ad"),
+        "x-mailer" | "user-agent" => Some("*UA"),
+        _ => None,
+    };
+    (chew, extra)
+}
+
 /// `_tokenize_headers`: each (name after mapping, value), in order, to `add`.
 fn header_values(
     h: &view::Headers,
     ignore: &std::collections::HashSet<String, xxhash_rust::xxh3::Xxh3Builder>,
     add: &mut dyn FnMut(&str, &[u8]),
 ) {
+    type Kinded<'h> = (&'h (String, Vec<u8>, Vec<u8>), Chew, Option<&'static str>);
     let mut lower = String::with_capacity(64);
     let mut received: Vec<&(String, Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut fields: Vec<&(String, Vec<u8>, Vec<u8>)> = Vec::with_capacity(h.fields.len());
+    let mut fields: Vec<Kinded<'_>> = Vec::with_capacity(h.fields.len());
     for f in &h.fields {
         if f.0.eq_ignore_ascii_case("received") {
             received.push(f);
@@ -344,68 +386,53 @@ fn header_values(
         lower.clear();
         lower.push_str(&f.0);
         lower.make_ascii_lowercase();
-        if !ignored_lower(&lower) && !ignore.contains(lower.as_str()) {
-            fields.push(f);
+        if !ignored_lower(&lower) && (ignore.is_empty() || !ignore.contains(lower.as_str())) {
+            let (chew, extra) = field_kind(&f.0, &lower);
+            fields.push((f, chew, extra));
         }
     }
     // The last two Received fields, the last first.
-    fields.extend(received.iter().rev().take(2));
-    for f in fields {
+    fields.extend(received.iter().rev().take(2).map(|&f| {
+        let (chew, extra) = field_kind(&f.0, "received");
+        (f, chew, extra)
+    }));
+    for (f, chew, extra) in fields {
         let chewed: Vec<u8>;
         let name = f.0.as_str();
         let mut val: &[u8] = &f.1;
         while let [rest @ .., b'\n'] = val {
             val = rest;
         }
-        lower.clear();
-        lower.push_str(name);
-        lower.make_ascii_lowercase();
-        let l = lower.as_str();
-        let base = l
-            .strip_prefix("x-")
-            .or_else(|| l.strip_prefix("resent-"))
-            .unwrap_or(l);
-        if base == "message-id" {
-            chewed = chew_message_id(val);
-            val = &chewed;
-        } else if [
-            "return-path",
-            "from",
-            "to",
-            "cc",
-            "reply-to",
-            "errors-to",
-            "mail-followup-to",
-            "sender",
-        ]
-        .contains(&base)
-        {
-            chewed = chew_addresses(val);
-            val = &chewed;
-        } else if name == "Received" {
-            chewed = chew_received(val);
-            val = &chewed;
-        } else if name == "Content-Type" {
-            chewed = chew_content_type(val);
-            val = &chewed;
-        } else if name == "MIME-Version" {
-            if let Some(p) = memchr::memmem::find(val, b"1.0") {
-                let mut v = val.to_vec();
-                v.drain(p..p + 3);
-                chewed = v;
+        match chew {
+            Chew::MessageId => {
+                chewed = chew_message_id(val);
                 val = &chewed;
             }
-        } else if presence_only(l) {
-            val = b"1";
+            Chew::Addresses => {
+                chewed = chew_addresses(val);
+                val = &chewed;
+            }
+            Chew::Received => {
+                chewed = chew_received(val);
+                val = &chewed;
+            }
+            Chew::ContentType => {
+                chewed = chew_content_type(val);
+                val = &chewed;
+            }
+            Chew::MimeVersion => {
+                if let Some(p) = memchr::memmem::find(val, b"1.0") {
+                    let mut v = val.to_vec();
+                    v.drain(p..p + 3);
+                    chewed = v;
+                    val = &chewed;
+                }
+            }
+            Chew::Presence => val = b"1",
+            Chew::Plain => {}
         }
-        if ["in-reply-to", "references", "message-id"].contains(&l) {
-            add("*MI", val);
-        }
-        if ["from", "to", "cc"].contains(&l) {
-            add("*Ad", val);
-        }
-        if ["x-mailer", "user-agent"].contains(&l) {
-            add("*UA", val);
+        if let Some(extra) = extra {
+            add(extra, val);
         }
         add(compressed(name).unwrap_or(name), val);
     }
