@@ -23,50 +23,68 @@ pub struct Rendered {
     pub tags: usize,
 }
 
-const BLOCK: &[&str] = &[
-    "p",
-    "div",
-    "br",
-    "tr",
-    "li",
-    "ul",
-    "ol",
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
-    "table",
-    "blockquote",
-    "hr",
-    "pre",
-    "center",
-    "dd",
-    "dt",
-    "dl",
-    "form",
-    "section",
-    "article",
-    "header",
-    "footer",
-    "address",
-    "title",
-];
-const DROPPED: &[&str] = &["style", "script", "template", "noscript", "object", "xml"];
+/// Elements dropped with their content (lower case).
+fn is_dropped(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"style" | b"script" | b"template" | b"noscript" | b"object" | b"xml"
+    )
+}
 
-struct Frame {
-    name: String,
+/// Whether a tag (lower case) breaks the line.
+fn is_block(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"p" | b"div"
+            | b"br"
+            | b"tr"
+            | b"li"
+            | b"ul"
+            | b"ol"
+            | b"h1"
+            | b"h2"
+            | b"h3"
+            | b"h4"
+            | b"h5"
+            | b"h6"
+            | b"table"
+            | b"blockquote"
+            | b"hr"
+            | b"pre"
+            | b"center"
+            | b"dd"
+            | b"dt"
+            | b"dl"
+            | b"form"
+            | b"section"
+            | b"article"
+            | b"header"
+            | b"footer"
+            | b"address"
+            | b"title"
+    )
+}
+
+/// An open element: its name as written (compared without case).
+struct Frame<'a> {
+    name: &'a str,
     hidden: bool,
 }
+
+/// Tag names up to this long are lower-cased on the stack; longer ones are none of the names
+/// the renderer knows.
+const SHORT_NAME: usize = 16;
 
 /// Renders `html`.
 pub fn render(html: &str) -> Rendered {
     let mut r = Rendered::default();
     let b = html.as_bytes();
     let mut i = 0;
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut drop_until: Option<String> = None;
+    let mut stack: Vec<Frame<'_>> = Vec::new();
+    let mut drop_until: Option<&str> = None;
+    // One tag's attributes at a time, in storage kept from tag to tag.
+    let mut list: Vec<(&str, &str)> = Vec::new();
+    let mut lower = [0u8; SHORT_NAME];
     let mut text = String::new();
     let mut invisible = String::new();
     while i < b.len() {
@@ -90,56 +108,79 @@ pub fn render(html: &str) -> Rendered {
             let tag = &html[i + 1..i + close];
             i += close + 1;
             r.tags += 1;
-            let (name, closing, attrs) = split_tag(tag);
-            if let Some(d) = &drop_until {
-                if closing && name == *d {
+            let (raw_name, closing, attrs) = split_tag(tag);
+            if let Some(d) = drop_until {
+                if closing && raw_name.eq_ignore_ascii_case(d) {
                     drop_until = None;
                 }
                 continue;
             }
-            if name.starts_with('!') || name.starts_with('?') {
+            if raw_name.starts_with('!') || raw_name.starts_with('?') {
                 continue;
             }
-            if !closing && DROPPED.contains(&name.as_str()) && !tag.ends_with('/') {
-                drop_until = Some(name);
+            // The name in lower case (a long one as written: it matches no known name).
+            let name: &[u8] = if raw_name.len() <= SHORT_NAME {
+                let l = &mut lower[..raw_name.len()];
+                l.copy_from_slice(raw_name.as_bytes());
+                l.make_ascii_lowercase();
+                l
+            } else {
+                raw_name.as_bytes()
+            };
+            if !closing && is_dropped(name) && !tag.ends_with('/') {
+                drop_until = Some(raw_name);
                 continue;
             }
-            if BLOCK.contains(&name.as_str()) {
+            if is_block(name) {
                 newline(&mut text);
-            } else if name == "td" || name == "th" {
+            } else if name == b"td" || name == b"th" {
                 text.push(' ');
             }
             if closing {
-                if let Some(pos) = stack.iter().rposition(|f| f.name == name) {
+                if let Some(pos) = stack
+                    .iter()
+                    .rposition(|f| f.name.eq_ignore_ascii_case(raw_name))
+                {
                     stack.truncate(pos);
                 }
                 continue;
             }
-            let list = parse_attrs(attrs);
+            list.clear();
+            parse_attrs_into(attrs, &mut list);
+            let list = &list;
             for key in ["href", "src", "action", "background"] {
-                if let Some(v) = get(&list, key) {
+                if let Some(v) = get(list, key) {
                     let v = decode_entities(v.trim());
                     if !v.is_empty() {
                         r.links.push(v.into_owned());
                     }
                 }
             }
-            if name == "img" {
+            if name == b"img" {
                 r.images += 1;
-                if let Some(alt) = get(&list, "alt") {
+                if let Some(alt) = get(list, "alt") {
                     let hidden = stack.iter().any(|f| f.hidden);
                     push_text(&mut text, &mut invisible, &decode_entities(alt), hidden);
                 }
             }
             let void = matches!(
-                name.as_str(),
-                "br" | "img" | "hr" | "meta" | "link" | "input" | "area" | "base" | "col" | "wbr"
+                name,
+                b"br"
+                    | b"img"
+                    | b"hr"
+                    | b"meta"
+                    | b"link"
+                    | b"input"
+                    | b"area"
+                    | b"base"
+                    | b"col"
+                    | b"wbr"
             ) || tag.ends_with('/');
             if !void {
                 let parent_hidden = stack.last().is_some_and(|f| f.hidden);
                 stack.push(Frame {
-                    hidden: parent_hidden || is_hidden(&name, &list),
-                    name,
+                    hidden: parent_hidden || is_hidden(name, list),
+                    name: raw_name,
                 });
                 if stack.len() > 256 {
                     stack.remove(0); // unclosed tags in bulk: keep the stack bounded
@@ -207,23 +248,45 @@ fn fold(s: &str) -> String {
     out
 }
 
-/// Tag name (lower case), whether it is a closing tag, and the attribute text.
-fn split_tag(tag: &str) -> (String, bool, &str) {
+/// Tag name (as written), whether it is a closing tag, and the attribute text.
+fn split_tag(tag: &str) -> (&str, bool, &str) {
     let t = tag.trim_start();
     let (closing, t) = match t.strip_prefix('/') {
         Some(rest) => (true, rest.trim_start()),
         None => (false, t),
     };
-    let end = t
-        .find(|c: char| c.is_whitespace() || c == '/' || c == '>')
-        .unwrap_or(t.len());
-    (t[..end].to_ascii_lowercase(), closing, &t[end..])
+    // The name ends at white space (Unicode's, as `char::is_whitespace`), `/` or `>`; ASCII
+    // bytes are told apart without decoding characters.
+    let b = t.as_bytes();
+    let mut end = 0;
+    while end < b.len() {
+        let c = b[end];
+        if c < 0x80 {
+            if matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b'/' | b'>') {
+                break;
+            }
+            end += 1;
+        } else {
+            let ch = t[end..].chars().next().unwrap_or(' ');
+            if ch.is_whitespace() {
+                break;
+            }
+            end += ch.len_utf8();
+        }
+    }
+    (&t[..end], closing, &t[end..])
 }
 
 /// The attributes of a tag, parsed once: `(name, value)`, value empty for a bare attribute.
 pub fn parse_attrs(attrs: &str) -> Vec<(&str, &str)> {
-    let b = attrs.as_bytes();
     let mut out = Vec::new();
+    parse_attrs_into(attrs, &mut out);
+    out
+}
+
+/// [`parse_attrs`], appended to `out`.
+fn parse_attrs_into<'a>(attrs: &'a str, out: &mut Vec<(&'a str, &'a str)>) {
+    let b = attrs.as_bytes();
     let mut i = 0;
     while i < b.len() {
         while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
@@ -264,7 +327,6 @@ pub fn parse_attrs(attrs: &str) -> Vec<(&str, &str)> {
             out.push((name, ""));
         }
     }
-    out
 }
 
 /// The value of attribute `key` (case-insensitive) in a parsed list.
@@ -274,11 +336,11 @@ pub fn get<'a>(list: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| *v)
 }
 
-fn is_hidden(name: &str, list: &[(&str, &str)]) -> bool {
+fn is_hidden(name: &[u8], list: &[(&str, &str)]) -> bool {
     if list.iter().any(|(k, _)| k.eq_ignore_ascii_case("hidden")) {
         return true;
     }
-    if name == "font" && get(list, "size").is_some_and(|size| size.trim() == "0") {
+    if name == b"font" && get(list, "size").is_some_and(|size| size.trim() == "0") {
         return true;
     }
     let Some(style) = get(list, "style") else {
@@ -441,6 +503,16 @@ mod tests {
             "{:?}",
             r.invisible
         );
+    }
+
+    #[test]
+    fn tag_names_match_without_case() {
+        let r = render(
+            "<DIV>a</Div><STYLE>x</style>b<Font Size=0>h</FONT>c<P\u{a0}class=x>d\
+             <averyveryverylongtagname>e</AVERYVERYVERYLONGTAGNAME><SPAN hidden>f</span>g",
+        );
+        assert_eq!(r.text, "a\nbc\ndeg");
+        assert_eq!(r.invisible, "h f");
     }
 
     #[test]
