@@ -1062,6 +1062,10 @@ fn utf8_seq(t: &[u8], i: usize) -> usize {
 /// matched as Perl's backtracking does: the first 7 characters, a well-formed UTF-8 sequence
 /// preferred to a single byte, leaving at least two bytes after them. Returns their length.
 fn skip_prefix(t: &[u8]) -> Option<usize> {
+    // Seven ASCII bytes are seven characters whichever way the pattern backtracks.
+    if t.len() >= 9 && t[..7].is_ascii() {
+        return Some(7);
+    }
     fn pick(t: &[u8], at: usize, left: u8) -> Option<usize> {
         if left == 0 {
             return (t.len() - at >= 2).then_some(at);
