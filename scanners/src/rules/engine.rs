@@ -15,6 +15,7 @@
 //! under a key of its own patterns, so a start after a change to some rules (a local rule
 //! added, a ruleset update) compiles only the databases whose patterns changed.
 
+use mxgate_core::mime::decode::utf8_lossy;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -2576,7 +2577,7 @@ fn unfold_raw(v: &[u8], raw: bool) -> Vec<u8> {
 /// Addresses in a header value: (address, display name). A simplified
 /// `Util::parse_header_addresses`: groups, quoted names, comments, angle addresses.
 fn parse_addresses(v: &[u8]) -> Vec<(Option<String>, Option<String>)> {
-    let s = String::from_utf8_lossy(v);
+    let s = utf8_lossy(v);
     let mut out = Vec::new();
     for item in split_top_level(&s) {
         let item = item.trim();

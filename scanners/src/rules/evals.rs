@@ -9,6 +9,7 @@
 //! tests off. The engine's [`DnsPlan`] says which lookups the ruleset asks for, so the DNS
 //! stage can start them before the content scan.
 
+use mxgate_core::mime::decode::utf8_lossy;
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -449,7 +450,7 @@ fn dkim_welcomelisted(
     let Some(from) = header_value(input.headers, "From:addr", None) else {
         return false;
     };
-    let from = String::from_utf8_lossy(&from).to_lowercase();
+    let from = utf8_lossy(&from).to_lowercase();
     from.split('\n').filter(|x| !x.is_empty()).any(|author| {
         let author_domain = author.rsplit_once('@').map_or("", |(_, d)| d);
         let accepts = |sdid: &str, accepted: &str| -> bool {
@@ -547,7 +548,7 @@ fn unresolved_template(h: &Headers) -> bool {
     let Some(all) = header_value(h, "ALL", None) else {
         return false;
     };
-    let all = String::from_utf8_lossy(&all);
+    let all = utf8_lossy(&all);
     all.split('\n').any(|line| {
         let b = line.as_bytes();
         b.windows(3).any(|w| {
@@ -565,14 +566,14 @@ fn ratware_name_id(h: &Headers) -> bool {
     let Some(mid) = header_value(h, "MESSAGEID", None) else {
         return false;
     };
-    let mid = String::from_utf8_lossy(&mid);
+    let mid = utf8_lossy(&mid);
     let Some(right) = MID.captures(&mid).and_then(|c| c.get(1)) else {
         return false;
     };
     let Some(from) = header_value(h, "From", None) else {
         return false;
     };
-    let from = String::from_utf8_lossy(&from);
+    let from = utf8_lossy(&from);
     let Ok(re) = regex::Regex::new(&format!(
         "\"[^\"]+\"\\s*<{}>",
         regex::escape(right.as_str())
@@ -634,7 +635,7 @@ fn to_addrs(h: &Headers) -> Vec<String> {
     addrs.extend(get("Resent-Cc:first:addr"));
     if addrs.is_empty() {
         for v in h.values("received", false).take(3) {
-            let v = String::from_utf8_lossy(v);
+            let v = utf8_lossy(v);
             // ` for <?(\S+\@(\S+?))>?;` with a valid domain.
             if let Some(p) = v.find(" for ") {
                 let rest = &v[p + 5..];
@@ -688,7 +689,7 @@ fn uri_host_listed(uris: &[Vec<u8>], list: &HashMap<String, bool>) -> bool {
         {
             continue;
         }
-        let u = String::from_utf8_lossy(u);
+        let u = utf8_lossy(u);
         if !u.contains("://") {
             continue;
         }
@@ -752,7 +753,7 @@ fn undef_or(v: &str) -> Option<Option<f64>> {
 fn addresses(h: &Headers, req: &str, env_from: Option<&str>) -> Vec<String> {
     header_value(h, req, env_from)
         .map(|v| {
-            String::from_utf8_lossy(&v)
+            utf8_lossy(&v)
                 .split('\n')
                 .filter(|a| !a.is_empty())
                 .map(str::to_string)
@@ -1446,7 +1447,7 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
                 && header_value(input.headers, "Reply-To:addr", None).is_some_and(|v| {
                     // SpamAssassin reads the first address (`get` in scalar context joins
                     // them; a list entry matches the whole string only when there is one).
-                    let v = String::from_utf8_lossy(&v);
+                    let v = utf8_lossy(&v);
                     input.addr_lists.contains(list, v.trim_end_matches('\n'))
                 })
         }
@@ -1464,7 +1465,7 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             passed
                 && header_value(input.headers, "EnvelopeFrom:addr", input.mail_from).is_some_and(
                     |v| {
-                        let v = String::from_utf8_lossy(&v).to_lowercase();
+                        let v = utf8_lossy(&v).to_lowercase();
                         let sender = v.split('\n').next().unwrap_or("");
                         !sender.is_empty()
                             && (lists.contains(spf, sender) || lists.contains(auth, sender))
@@ -1485,7 +1486,7 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         Call::SubjectInList(list) => {
             input.addr_lists.has(list)
                 && header_value(input.headers, "Subject", None).is_some_and(|v| {
-                    let v = String::from_utf8_lossy(&v);
+                    let v = utf8_lossy(&v);
                     let v = v.trim_end_matches('\n');
                     !v.is_empty() && input.addr_lists.subject_matches(list, v)
                 })
@@ -1585,12 +1586,9 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             let req = format!("{header}:addr");
             fm.available()
                 && header_value(input.headers, &req, input.mail_from).is_some_and(|v| {
-                    String::from_utf8_lossy(&v)
-                        .split('\n')
-                        .map(str::to_lowercase)
-                        .any(|e| {
-                            fm.is_freemail(&e) && pattern.as_ref().is_none_or(|p| p.is_match(&e))
-                        })
+                    utf8_lossy(&v).split('\n').map(str::to_lowercase).any(|e| {
+                        fm.is_freemail(&e) && pattern.as_ref().is_none_or(|p| p.is_match(&e))
+                    })
                 })
         }
         Call::FreemailFrom(pattern) => {
@@ -1764,7 +1762,7 @@ fn uppercase_percent(input: &EvalInput<'_>) -> f64 {
     });
     let (mut len, mut lower, mut upper) = (0usize, 0usize, 0usize);
     for l in lines {
-        let line = String::from_utf8_lossy(l);
+        let line = utf8_lossy(l);
         // `/\S\s+\S/`: an inner space.
         let t = line.trim();
         if !t.chars().any(char::is_whitespace) {
@@ -1833,7 +1831,7 @@ fn date_diff(h: &Headers) -> i64 {
     let mut date = None;
     'outer: for name in ["resent-date", "date"] {
         for v in h.values(name, false) {
-            let v = String::from_utf8_lossy(v);
+            let v = utf8_lossy(v);
             let v = v.trim_end_matches('\n');
             if !v.is_empty() {
                 date = super::sa_date::parse_rfc822_date(v);
@@ -1885,7 +1883,7 @@ fn field_lower(msg: &Message, part: usize, name: &str) -> String {
     msg.field(part as u32, name)
         .map(|v| {
             let v = mxgate_core::mime::header::unfold(v);
-            String::from_utf8_lossy(&v).trim().to_ascii_lowercase()
+            utf8_lossy(&v).trim().to_ascii_lowercase()
         })
         .unwrap_or_default()
 }
@@ -2157,8 +2155,7 @@ fn auth_test(r: &auth::Results, t: AuthTest) -> bool {
 }
 
 fn text(v: Option<Vec<u8>>) -> String {
-    v.map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
+    v.map(|b| utf8_lossy(&b).into_owned()).unwrap_or_default()
 }
 
 /// HeaderEval's `subject_is_all_caps`.
@@ -2343,7 +2340,7 @@ fn from_domain_in_received(
     relayed: &regex::Regex,
 ) -> Option<bool> {
     let from = header_value(input.headers, "From:addr", input.mail_from)?;
-    if !mentions.is_match(&String::from_utf8_lossy(&from)) {
+    if !mentions.is_match(&utf8_lossy(&from)) {
         return None;
     }
     let r = input.relays;
@@ -2368,7 +2365,7 @@ fn faraway(w: Faraway, input: &EvalInput<'_>) -> bool {
             let Some(ct) = header_value(input.headers, "Content-Type", None) else {
                 return false;
             };
-            let ct = String::from_utf8_lossy(&ct);
+            let ct = utf8_lossy(&ct);
             static CS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
                 regex::Regex::new(r#"(?i)charset="([^"]+)"|charset='([^']+)'|charset=(\S+)"#)
                     .expect("a valid pattern")
@@ -2394,7 +2391,7 @@ fn faraway(w: Faraway, input: &EvalInput<'_>) -> bool {
             let word = &*WORD;
             ["From:raw", "Subject:raw"].iter().any(|req| {
                 header_value(input.headers, req, None).is_some_and(|v| {
-                    word.captures_iter(&String::from_utf8_lossy(&v))
+                    word.captures_iter(&utf8_lossy(&v))
                         .any(|c| !charset_ok(&c[1], l))
                 })
             })
@@ -2416,7 +2413,7 @@ fn faraway(w: Faraway, input: &EvalInput<'_>) -> bool {
                     let Some(html) = input.msg.decoded(p.id) else {
                         return false;
                     };
-                    let text = String::from_utf8_lossy(html);
+                    let text = utf8_lossy(html);
                     let (mut ok, mut bad) = (0, 0);
                     for c in meta.captures_iter(&text) {
                         if charset_ok(&c[1], l) {
@@ -2439,11 +2436,7 @@ fn trim_domain(d: &str) -> String {
 fn envelope_test(t: EnvTest, input: &EvalInput<'_>) -> bool {
     let get = |req: &str| {
         header_value(input.headers, req, input.mail_from)
-            .map(|v| {
-                String::from_utf8_lossy(&v)
-                    .trim_end_matches('\n')
-                    .to_string()
-            })
+            .map(|v| utf8_lossy(&v).trim_end_matches('\n').to_string())
             .unwrap_or_default()
     };
     let env = get("EnvelopeFrom:addr");

@@ -3,6 +3,7 @@
 //! `image_to_text_ratio`, `image_size_exact`, `image_size_range`, `image_named` and
 //! `image_name_regex`.
 
+use mxgate_core::mime::decode::utf8_lossy;
 use std::collections::{HashMap, HashSet};
 
 use mxgate_core::mime::{Message, PartKind};
@@ -33,7 +34,7 @@ impl ImageInfo {
             };
             let cte = msg
                 .field(p.id, "content-transfer-encoding")
-                .map(|v| String::from_utf8_lossy(v).trim().to_ascii_lowercase());
+                .map(|v| utf8_lossy(v).trim().to_ascii_lowercase());
             if cte.as_deref() != Some("base64") {
                 continue;
             }

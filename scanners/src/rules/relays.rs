@@ -11,6 +11,7 @@
 //! or the handover was authenticated; the first public, unauthenticated one ends the trusted
 //! part, and everything after it is untrusted and external.
 
+use mxgate_core::mime::decode::utf8_lossy;
 use std::cell::OnceCell;
 use std::sync::OnceLock;
 
@@ -197,7 +198,7 @@ impl Caps<'_> {
     }
     fn opt(&self, i: usize) -> Option<String> {
         let (a, b) = (*self.spans.get(i)?)?;
-        Some(String::from_utf8_lossy(&self.text.as_bytes()[a..b]).into_owned())
+        Some(utf8_lossy(&self.text.as_bytes()[a..b]).into_owned())
     }
 }
 
@@ -440,7 +441,7 @@ pub fn analyze_with(h: &Headers, handover: Option<&Handover<'_>>) -> Relays {
     // (`originating_ip_headers`).
     let mut lines: Vec<String> = h
         .values("received", false)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .map(|v| utf8_lossy(v).into_owned())
         .collect();
     for name in [
         "X-Yahoo-Post-IP",
@@ -448,7 +449,7 @@ pub fn analyze_with(h: &Headers, handover: Option<&Handover<'_>>) -> Relays {
         "X-Apparently-From",
         "X-SenderIP",
     ] {
-        let Some(first) = h.values(name, false).next().map(String::from_utf8_lossy) else {
+        let Some(first) = h.values(name, false).next().map(|v| utf8_lossy(v)) else {
             continue;
         };
         if let Some(c) = caps(re!(r"(", ip_address!(), r")"), &first) {
@@ -747,7 +748,7 @@ fn authentication(s: &str) -> String {
 fn sub_item(sub: &mut String, r: &Regex) -> Option<String> {
     let c = r.captures(sub.as_bytes()).ok()??;
     let whole = c.get(0)?;
-    let val = String::from_utf8_lossy(c.get(1)?.as_bytes()).into_owned();
+    let val = utf8_lossy(c.get(1)?.as_bytes()).into_owned();
     let (a, b) = (whole.start(), whole.end());
     sub.replace_range(a..b, "");
     Some(val)
@@ -1715,7 +1716,7 @@ impl Test {
 
 /// A header as `PerMsgStatus::get` gives it, as text (`None` when absent).
 fn get(h: &Headers, request: &str) -> Option<String> {
-    super::engine::header_value(h, request, None).map(|v| String::from_utf8_lossy(&v).into_owned())
+    super::engine::header_value(h, request, None).map(|v| utf8_lossy(&v).into_owned())
 }
 
 fn squeeze(s: &str) -> String {

@@ -13,6 +13,7 @@
 //! * rawbody text is each decoded `text/*` or `message/*` leaf, in paragraphs of 2–4 KiB;
 //! * full text is the message as received, CRLF made LF.
 
+use mxgate_core::mime::decode::utf8_lossy;
 use std::borrow::Cow;
 
 use mxgate_core::mime::{self, header, Message, PartKind};
@@ -547,7 +548,7 @@ pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
             }
         }
         if n.contains('%') {
-            n = String::from_utf8_lossy(&mime::header::percent_decode(n.as_bytes())).into_owned();
+            n = utf8_lossy(&mime::header::percent_decode(n.as_bytes())).into_owned();
         }
         let has_scheme = n.split_once(':').is_some_and(|(s, _)| {
             !s.is_empty()
@@ -622,10 +623,7 @@ mod tests {
         let h = Headers::of_part(&m, 0);
         let subj = h.values("subject", false).next().map(|v| v.to_vec());
         let lines = body_lines(&m, subj.as_deref(), None);
-        let lines: Vec<String> = lines
-            .iter()
-            .map(|l| String::from_utf8_lossy(l).into_owned())
-            .collect();
+        let lines: Vec<String> = lines.iter().map(|l| utf8_lossy(l).into_owned()).collect();
         assert_eq!(lines, ["Hello\n", "first line same para\n", "second "]);
     }
 }
