@@ -327,6 +327,9 @@ pub fn tokenize_with(msg: &Message, conf: &SaConfig, extra: Option<&str>) -> Vec
     v
 }
 
+/// Rewrites a field's value before it is tokenized.
+type Chewer = fn(&[u8]) -> Vec<u8>;
+
 /// How `_tokenize_headers` treats a field's value before tokenizing it.
 #[derive(Clone, Copy, PartialEq)]
 enum Chew {
@@ -403,39 +406,36 @@ fn header_values(
         while let [rest @ .., b'\n'] = val {
             val = rest;
         }
-        match chew {
-            Chew::MessageId => {
-                chewed = chew_message_id(val);
-                val = &chewed;
+        let chewer: Option<Chewer> = match chew {
+            Chew::MessageId => Some(chew_message_id),
+            Chew::Addresses => Some(chew_addresses),
+            Chew::Received => Some(chew_received),
+            Chew::ContentType => Some(chew_content_type),
+            Chew::MimeVersion => Some(chew_mime_version),
+            Chew::Presence => {
+                val = b"1";
+                None
             }
-            Chew::Addresses => {
-                chewed = chew_addresses(val);
-                val = &chewed;
-            }
-            Chew::Received => {
-                chewed = chew_received(val);
-                val = &chewed;
-            }
-            Chew::ContentType => {
-                chewed = chew_content_type(val);
-                val = &chewed;
-            }
-            Chew::MimeVersion => {
-                if let Some(p) = memchr::memmem::find(val, b"1.0") {
-                    let mut v = val.to_vec();
-                    v.drain(p..p + 3);
-                    chewed = v;
-                    val = &chewed;
-                }
-            }
-            Chew::Presence => val = b"1",
-            Chew::Plain => {}
+            Chew::Plain => None,
+        };
+        if let Some(chew) = chewer {
+            chewed = chew(val);
+            val = &chewed;
         }
         if let Some(extra) = extra {
             add(extra, val);
         }
         add(compressed(name).unwrap_or(name), val);
     }
+}
+
+/// A MIME-Version value without its first `1.0`.
+fn chew_mime_version(v: &[u8]) -> Vec<u8> {
+    let mut v = v.to_vec();
+    if let Some(p) = memchr::memmem::find(&v, b"1.0") {
+        v.drain(p..p + 3);
+    }
+    v
 }
 
 /// One relay as SpamAssassin's Received parser records it (slices of the Received line).
