@@ -327,17 +327,11 @@ pub fn tokenize_with(msg: &Message, conf: &SaConfig, extra: Option<&str>) -> Vec
     v
 }
 
-/// Rewrites a field's value before it is tokenized.
-type Chewer = fn(&[u8]) -> Vec<u8>;
-
 /// How `_tokenize_headers` treats a field's value before tokenizing it.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Chew {
-    MessageId,
-    Addresses,
-    Received,
-    ContentType,
-    MimeVersion,
+    /// Rewritten by this function.
+    With(fn(&[u8]) -> Vec<u8>),
     /// Only its presence counts: the value becomes `1`.
     Presence,
     Plain,
@@ -351,13 +345,13 @@ fn field_kind(name: &str, l: &str) -> (Chew, Option<&'static str>) {
         .or_else(|| l.strip_prefix("resent-"))
         .unwrap_or(l);
     let chew = match base {
-        "message-id" => Chew::MessageId,
+        "message-id" => Chew::With(chew_message_id),
         "return-path" | "from" | "to" | "cc" | "reply-to" | "errors-to" | "mail-followup-to"
-        | "sender" => Chew::Addresses,
+        | "sender" => Chew::With(chew_addresses),
         _ => match name {
-            "Received" => Chew::Received,
-            "Content-Type" => Chew::ContentType,
-            "MIME-Version" => Chew::MimeVersion,
+            "Received" => Chew::With(chew_received),
+            "Content-Type" => Chew::With(chew_content_type),
+            "MIME-Version" => Chew::With(chew_mime_version),
             _ if presence_only(l) => Chew::Presence,
             _ => Chew::Plain,
         },
@@ -406,21 +400,13 @@ fn header_values(
         while let [rest @ .., b'\n'] = val {
             val = rest;
         }
-        let chewer: Option<Chewer> = match chew {
-            Chew::MessageId => Some(chew_message_id),
-            Chew::Addresses => Some(chew_addresses),
-            Chew::Received => Some(chew_received),
-            Chew::ContentType => Some(chew_content_type),
-            Chew::MimeVersion => Some(chew_mime_version),
-            Chew::Presence => {
-                val = b"1";
-                None
+        match chew {
+            Chew::With(chew) => {
+                chewed = chew(val);
+                val = &chewed;
             }
-            Chew::Plain => None,
-        };
-        if let Some(chew) = chewer {
-            chewed = chew(val);
-            val = &chewed;
+            Chew::Presence => val = b"1",
+            Chew::Plain => {}
         }
         if let Some(extra) = extra {
             add(extra, val);
