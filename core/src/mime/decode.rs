@@ -346,6 +346,11 @@ pub fn utf8_lossy(bytes: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// [`utf8_lossy`] of bytes already owned: valid UTF-8 becomes the `String` without a copy.
+pub fn utf8_lossy_owned(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 /// Converts text in `charset` to UTF-8 with `encoding_rs`. Without a (known) charset, ASCII and
 /// valid UTF-8 stay as they are and other 8-bit text is given to `chardetng` (Firefox's detector)
 /// to guess its legacy encoding (Windows-1252, KOI8-R, GBK, Shift_JIS, ...).
@@ -462,6 +467,13 @@ mod tests {
             assert_eq!(utf8_lossy(b), String::from_utf8_lossy(b), "{b:?}");
         }
         assert!(matches!(utf8_lossy(b"ok"), Cow::Borrowed("ok")));
+        for b in [&b"caf\xc3\xa9"[..], b"caf\xe9 \xff"] {
+            assert_eq!(
+                utf8_lossy_owned(b.to_vec()),
+                String::from_utf8_lossy(b),
+                "{b:?}"
+            );
+        }
     }
 
     #[test]

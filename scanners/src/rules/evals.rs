@@ -9,7 +9,7 @@
 //! tests off. The engine's [`DnsPlan`] says which lookups the ruleset asks for, so the DNS
 //! stage can start them before the content scan.
 
-use mxgate_core::mime::decode::utf8_lossy;
+use mxgate_core::mime::decode::{utf8_lossy, utf8_lossy_owned};
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -2155,7 +2155,7 @@ fn auth_test(r: &auth::Results, t: AuthTest) -> bool {
 }
 
 fn text(v: Option<Vec<u8>>) -> String {
-    v.map(|b| utf8_lossy(&b).into_owned()).unwrap_or_default()
+    v.map(utf8_lossy_owned).unwrap_or_default()
 }
 
 /// HeaderEval's `subject_is_all_caps`.

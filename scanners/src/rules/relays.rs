@@ -11,7 +11,7 @@
 //! or the handover was authenticated; the first public, unauthenticated one ends the trusted
 //! part, and everything after it is untrusted and external.
 
-use mxgate_core::mime::decode::utf8_lossy;
+use mxgate_core::mime::decode::{utf8_lossy, utf8_lossy_owned};
 use std::cell::OnceCell;
 use std::sync::OnceLock;
 
@@ -1716,7 +1716,7 @@ impl Test {
 
 /// A header as `PerMsgStatus::get` gives it, as text (`None` when absent).
 fn get(h: &Headers, request: &str) -> Option<String> {
-    super::engine::header_value(h, request, None).map(|v| utf8_lossy(&v).into_owned())
+    super::engine::header_value(h, request, None).map(utf8_lossy_owned)
 }
 
 fn squeeze(s: &str) -> String {

@@ -43,7 +43,7 @@ impl Headers {
         let raw = &msg.raw[..];
         let mut fields = Vec::with_capacity(msg.parts[part as usize].fields.len());
         for f in &msg.parts[part as usize].fields {
-            let name = mime::decode::utf8_lossy(f.name(raw)).trim_end().to_string();
+            let name = utf8_lossy(f.name(raw)).trim_end().to_string();
             let after_name = f.name.end as usize;
             let colon = memchr::memchr(b':', &raw[after_name..f.value.end as usize])
                 .map_or(f.value.start as usize, |p| after_name + p + 1);
