@@ -5,7 +5,8 @@
 //! when the channel is full the message is simply not learned). The learner owns a private copy
 //! of the model, caps how many messages it learns a minute, and every `flush` interval writes
 //! the model file (atomically, as `mxgate bayes learn` does) and publishes a fresh read-only copy
-//! that the shards classify with from their next message on.
+//! (the token counts, without the learned messages' records) that the shards classify with from
+//! their next message on.
 
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
@@ -39,7 +40,7 @@ impl Learner {
         flush: Duration,
         nodes: Vec<(usize, usize)>,
     ) -> Learner {
-        let first = Arc::new(model.clone());
+        let first = Arc::new(model.for_classifying());
         let copies = crate::stages::bayes_node_copies(&first, &nodes);
         let current = Arc::new(RwLock::new((first, copies)));
         let (tx, rx) = sync_channel::<Item>(1024);
@@ -79,7 +80,7 @@ impl Learner {
                                     ham = model.nham,
                                     "bayes: autolearned messages saved"
                                 );
-                                let first = Arc::new(model.clone());
+                                let first = Arc::new(model.for_classifying());
                                 let copies = crate::stages::bayes_node_copies(&first, &nodes);
                                 if let Ok(mut w) = published.write() {
                                     *w = (first, copies);

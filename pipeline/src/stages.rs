@@ -266,7 +266,7 @@ impl Chain {
                     further.clone(),
                 ))
             } else {
-                let model = Arc::new(model);
+                let model = Arc::new(model.into_classifying());
                 let by_node = bayes_node_copies(&model, &further);
                 BayesModel::Fixed { model, by_node }
             };

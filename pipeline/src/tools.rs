@@ -98,8 +98,13 @@ pub fn learn(db: &Path, spam: &[PathBuf], ham: &[PathBuf]) -> anyhow::Result<()>
     let (mut new, mut moved, mut known) = (0, 0, 0);
     for (paths, class) in [(spam, Class::Spam), (ham, Class::Ham)] {
         for (_, raw) in messages(paths)? {
+            let hash = message_hash(&raw);
+            if model.learned_as(hash) == Some(class) {
+                known += 1;
+                continue;
+            }
             let ids = ids_of(&model, &raw);
-            match model.learn(message_hash(&raw), &ids, class) {
+            match model.learn(hash, &ids, class) {
                 Learned::New => new += 1,
                 Learned::Moved => moved += 1,
                 Learned::AlreadyKnown => known += 1,
@@ -123,7 +128,11 @@ pub fn forget(db: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
     let mut model = store.load()?;
     let mut forgotten = 0;
     for (_, raw) in messages(paths)? {
-        forgotten += model.forget(message_hash(&raw)) as usize;
+        let hash = message_hash(&raw);
+        if model.learned_as(hash).is_some() {
+            // Its tokens again, as `sa-learn --forget` takes them: the record keeps none.
+            forgotten += model.forget(hash, &ids_of(&model, &raw)) as usize;
+        }
     }
     store.save(&mut model)?;
     println!(
@@ -162,14 +171,16 @@ pub fn classify_files(db: &Path, paths: &[PathBuf], top: usize) -> anyhow::Resul
 }
 
 /// `mxgate bayes expire`.
-pub fn expire(db: &Path, days: u32) -> anyhow::Result<()> {
+pub fn expire(db: &Path, days: u32, seen_days: u32) -> anyhow::Result<()> {
     let store = open_store(db)?;
     let mut model = store.load()?;
     let removed = model.expire(days);
+    let forgotten = model.expire_seen(seen_days);
     store.save(&mut model)?;
     println!(
         "{}",
-        serde_json::json!({"expired_tokens": removed, "tokens": model.tokens.len()})
+        serde_json::json!({"expired_tokens": removed, "tokens": model.tokens.len(),
+            "expired_messages": forgotten, "messages": model.messages()})
     );
     Ok(())
 }

@@ -195,7 +195,8 @@ enum BayesCmd {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
-    /// Token ageing: drop tokens not learned for DAYS days (and rare ones after DAYS/4).
+    /// Token ageing: drop tokens not learned for DAYS days (and rare ones after DAYS/4), and the
+    /// records of messages learned SEEN_DAYS days ago or earlier.
     Expire {
         /// Database folder.
         #[arg(long, default_value = DEFAULT_DB)]
@@ -203,6 +204,10 @@ enum BayesCmd {
         /// Age in days.
         #[arg(long, default_value_t = 90)]
         days: u32,
+        /// How long a learned message is remembered (learning it again before then changes
+        /// nothing; after, it counts again), in days.
+        #[arg(long, default_value_t = 365)]
+        seen_days: u32,
     },
     /// Print the tokens of messages, one per line: FILE, id (hex), token. With --sa, the tokens
     /// SpamAssassin's Bayes makes (what a model restored from sa-learn reads).
@@ -448,7 +453,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             BayesCmd::Forget { db, paths } => tools::forget(&db, &paths),
             BayesCmd::Classify { db, top, paths } => tools::classify_files(&db, &paths, top),
             BayesCmd::Stats { db } => tools::stats(&db),
-            BayesCmd::Expire { db, days } => tools::expire(&db, days),
+            BayesCmd::Expire {
+                db,
+                days,
+                seen_days,
+            } => tools::expire(&db, days, seen_days),
             BayesCmd::Dump { db } => tools::dump(&db),
             BayesCmd::Tokens { sa, paths } => tools::print_tokens(&paths, sa),
             BayesCmd::Restore { db, file } => tools::restore(&db, &file),

@@ -3,9 +3,11 @@
 //! The hot path (classifying) reads only the in-memory map: no store I/O per message or token.
 //! Learning updates the map; [`Model::save`] writes the whole model to a new file, fsyncs it and
 //! renames it over the old one, so a crash (kill -9, power loss) at any point leaves either the old
-//! or the new model, never a torn one. Messages are remembered by a hash of their bytes, so learning
-//! a message again as the other class moves it (as `sa-learn` does) and learning it again as the
-//! same class changes nothing.
+//! or the new model, never a torn one. Messages are remembered by a hash of their bytes with their
+//! class and the day they were learned (16 bytes, not their tokens: a gateway that autolearns
+//! for months keeps a small record per message), so learning a message again as the other class
+//! moves it (as `sa-learn` does) and learning it again as the same class changes nothing. Moving
+//! and forgetting take the message's tokens again from the message, as `sa-learn` does.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -75,13 +77,22 @@ pub struct Model {
     pub nspam: u32,
     /// Ham messages learned.
     pub nham: u32,
-    /// Learned messages: message hash → (class, its tokens' ids) so forgetting is exact.
-    pub(crate) seen: IdMap<(Class, Vec<u64>)>,
+    /// Learned messages: message hash → its class and the day it was learned.
+    pub(crate) seen: IdMap<Seen>,
     /// Whose tokens the counts are under.
     pub scheme: Scheme,
     /// What changed since a store that saves changes only ([`super::RedbStore`]) last saved or
     /// loaded it; `None`: everything (a new model, or one read from elsewhere).
     pub(crate) dirty: Option<Dirty>,
+}
+
+/// What the model remembers of a learned message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// Learned as.
+    pub class: Class,
+    /// When, in days since the epoch.
+    pub day: u32,
 }
 
 /// Whose tokenizer made a model's token ids.
@@ -122,9 +133,12 @@ pub enum StoreError {
     },
 }
 
-const MAGIC: &[u8; 8] = b"MXBAYES1";
+/// The model file's first bytes: version 2 keeps a learned message's class and day; version 1
+/// also kept its token ids, which are read past.
+const MAGIC: &[u8; 8] = b"MXBAYES2";
+const MAGIC_V1: &[u8; 8] = b"MXBAYES1";
 
-fn today() -> u32 {
+pub(crate) fn today() -> u32 {
     (std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -133,14 +147,15 @@ fn today() -> u32 {
 }
 
 impl Model {
-    /// Learns a message (its hash and its token ids, deduplicated).
+    /// Learns a message (its hash and its token ids, deduplicated). A message learned before as
+    /// the other class is moved: `ids` (the same message's tokens) are taken off that class first.
     pub fn learn(&mut self, msg_hash: u64, ids: &[u64], class: Class) -> Learned {
         let mut result = Learned::New;
-        if let Some((old, _)) = self.seen.get(&msg_hash) {
-            if *old == class {
+        if let Some(old) = self.learned_as(msg_hash) {
+            if old == class {
                 return Learned::AlreadyKnown;
             }
-            self.forget(msg_hash);
+            self.forget(msg_hash, ids);
             result = Learned::Moved;
         }
         let now = today();
@@ -160,13 +175,20 @@ impl Model {
             Class::Spam => self.nspam += 1,
             Class::Ham => self.nham += 1,
         }
-        self.seen.insert(msg_hash, (class, ids.to_vec()));
+        self.seen.insert(msg_hash, Seen { class, day: now });
         result
     }
 
-    /// Forgets a learned message; false when it was not learned.
-    pub fn forget(&mut self, msg_hash: u64) -> bool {
-        let Some((class, ids)) = self.seen.remove(&msg_hash) else {
+    /// The class a message was learned as, if it was.
+    pub fn learned_as(&self, msg_hash: u64) -> Option<Class> {
+        self.seen.get(&msg_hash).map(|s| s.class)
+    }
+
+    /// Forgets a learned message, given its tokens' ids (the message tokenized again, as
+    /// `sa-learn --forget` does); false when it was not learned. A token the model no longer
+    /// holds (expired since) is passed over; counts never go below zero.
+    pub fn forget(&mut self, msg_hash: u64, ids: &[u64]) -> bool {
+        let Some(Seen { class, .. }) = self.seen.remove(&msg_hash) else {
             return false;
         };
         if let Some(d) = &mut self.dirty {
@@ -174,13 +196,13 @@ impl Model {
             d.tokens.extend(ids.iter().map(|&id| (id, ())));
         }
         for id in ids {
-            if let Some(c) = self.tokens.get_mut(&id) {
+            if let Some(c) = self.tokens.get_mut(id) {
                 match class {
                     Class::Spam => c.spam = c.spam.saturating_sub(1),
                     Class::Ham => c.ham = c.ham.saturating_sub(1),
                 }
                 if c.spam == 0 && c.ham == 0 {
-                    self.tokens.remove(&id);
+                    self.tokens.remove(id);
                 }
             }
         }
@@ -215,6 +237,44 @@ impl Model {
         before - self.tokens.len()
     }
 
+    /// Drops the records of messages learned `days` days ago or earlier (SpamAssassin's
+    /// `bayes_seen_ttl`): a message learned again after that counts again. Returns how many went.
+    pub fn expire_seen(&mut self, days: u32) -> usize {
+        let today = today();
+        let before = self.seen.len();
+        let dirty = &mut self.dirty;
+        self.seen.retain(|&h, s| {
+            let keep = today.saturating_sub(s.day) < days;
+            if !keep {
+                if let Some(d) = dirty {
+                    d.seen.insert(h, ());
+                }
+            }
+            keep
+        });
+        before - self.seen.len()
+    }
+
+    /// A copy for classifying: the token counts and totals without the learned messages'
+    /// records, which only learning reads.
+    pub fn for_classifying(&self) -> Model {
+        Model {
+            tokens: self.tokens.clone(),
+            nspam: self.nspam,
+            nham: self.nham,
+            seen: IdMap::default(),
+            scheme: self.scheme,
+            dirty: None,
+        }
+    }
+
+    /// [`Model::for_classifying`] without the copy.
+    pub fn into_classifying(mut self) -> Model {
+        self.seen = IdMap::default();
+        self.dirty = None;
+        self
+    }
+
     /// Writes the model to `path` atomically (temporary file, fsync, rename, fsync of the folder).
     pub fn save(&self, path: &Path) -> Result<(), StoreError> {
         let io = |source| StoreError::Io {
@@ -222,7 +282,7 @@ impl Model {
             source,
         };
         let tmp = path.with_extension("tmp");
-        let mut buf = Vec::with_capacity(32 + self.tokens.len() * 20 + self.seen.len() * 64);
+        let mut buf = Vec::with_capacity(32 + self.tokens.len() * 20 + self.seen.len() * 13);
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&self.nspam.to_le_bytes());
         buf.extend_from_slice(&self.nham.to_le_bytes());
@@ -234,13 +294,10 @@ impl Model {
             buf.extend_from_slice(&c.atime.to_le_bytes());
         }
         buf.extend_from_slice(&(self.seen.len() as u64).to_le_bytes());
-        for (h, (class, ids)) in &self.seen {
+        for (h, s) in &self.seen {
             buf.extend_from_slice(&h.to_le_bytes());
-            buf.push(matches!(class, Class::Spam) as u8);
-            buf.extend_from_slice(&(ids.len() as u32).to_le_bytes());
-            for id in ids {
-                buf.extend_from_slice(&id.to_le_bytes());
-            }
+            buf.push(matches!(s.class, Class::Spam) as u8);
+            buf.extend_from_slice(&s.day.to_le_bytes());
         }
         let sum = xxhash_rust::xxh3::xxh3_64(&buf);
         buf.extend_from_slice(&sum.to_le_bytes());
@@ -262,7 +319,8 @@ impl Model {
         Ok(())
     }
 
-    /// Reads a model written by [`Model::save`]; a missing file is an empty model.
+    /// Reads a model written by [`Model::save`] (or by an earlier version, whose message records
+    /// also held their tokens: the day read is today's); a missing file is an empty model.
     pub fn load(path: &Path) -> Result<Model, StoreError> {
         let p = path.display().to_string();
         let mut buf = Vec::new();
@@ -280,9 +338,10 @@ impl Model {
             path: p.clone(),
             what,
         };
-        if buf.len() < 8 + 8 + 8 + 8 + 8 || &buf[..8] != MAGIC {
+        if buf.len() < 8 + 8 + 8 + 8 + 8 || (&buf[..8] != MAGIC && &buf[..8] != MAGIC_V1) {
             return Err(bad("wrong header"));
         }
+        let v1 = &buf[..8] == MAGIC_V1;
         let (body, sum) = buf.split_at(buf.len() - 8);
         if xxhash_rust::xxh3::xxh3_64(body).to_le_bytes() != sum {
             return Err(bad("checksum mismatch"));
@@ -312,12 +371,16 @@ impl Model {
             } else {
                 Class::Ham
             };
-            let k = r.u32().ok_or_else(|| bad("truncated"))? as usize;
-            let mut ids = Vec::with_capacity(k.min(1 << 20));
-            for _ in 0..k {
-                ids.push(r.u64().ok_or_else(|| bad("truncated"))?);
-            }
-            m.seen.insert(h, (class, ids));
+            let day = if v1 {
+                let k = r.u32().ok_or_else(|| bad("truncated"))? as usize;
+                for _ in 0..k {
+                    r.u64().ok_or_else(|| bad("truncated"))?;
+                }
+                today()
+            } else {
+                r.u32().ok_or_else(|| bad("truncated"))?
+            };
+            m.seen.insert(h, Seen { class, day });
         }
         Ok(m)
     }
@@ -375,7 +438,8 @@ mod tests {
             (back.nspam, back.nham, back.tokens.len(), back.messages()),
             (0, 2, 3, 2)
         );
-        assert!(back.forget(2));
+        assert!(back.forget(2, &[11, 12]));
+        assert!(!back.forget(2, &[11, 12]));
         assert!(!back.tokens.contains_key(&12));
         // a torn file is refused, not half-read
         let bytes = std::fs::read(&path).unwrap();
@@ -428,5 +492,41 @@ mod expire_tests {
         m.tokens.get_mut(&11).unwrap().atime = now - 31;
         assert_eq!(m.expire(30), 1);
         assert!(m.tokens.is_empty());
+    }
+
+    #[test]
+    fn a_model_file_of_version_1_is_read_without_its_token_lists() {
+        let mut body = MAGIC_V1.to_vec();
+        body.extend_from_slice(&1u32.to_le_bytes()); // spam
+        body.extend_from_slice(&0u32.to_le_bytes()); // ham
+        body.extend_from_slice(&2u64.to_le_bytes()); // tokens
+        for id in [10u64, 11] {
+            body.extend_from_slice(&id.to_le_bytes());
+            for n in [1u32, 0, 20_000] {
+                body.extend_from_slice(&n.to_le_bytes());
+            }
+        }
+        body.extend_from_slice(&1u64.to_le_bytes()); // messages
+        body.extend_from_slice(&7u64.to_le_bytes());
+        body.push(1);
+        body.extend_from_slice(&2u32.to_le_bytes());
+        for id in [10u64, 11] {
+            body.extend_from_slice(&id.to_le_bytes());
+        }
+        let sum = xxhash_rust::xxh3::xxh3_64(&body);
+        body.extend_from_slice(&sum.to_le_bytes());
+        let dir = std::env::temp_dir().join(format!("mxgate-bayes-v1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.bin");
+        std::fs::write(&path, &body).unwrap();
+        let mut m = Model::load(&path).unwrap();
+        assert_eq!(
+            (m.nspam, m.nham, m.tokens.len(), m.messages()),
+            (1, 0, 2, 1)
+        );
+        assert_eq!(m.learned_as(7), Some(Class::Spam));
+        assert!(m.forget(7, &[10, 11]));
+        assert!(m.tokens.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
