@@ -529,6 +529,13 @@ pub struct Bayes {
     /// Learned messages are written to the model file and used for classifying every this
     /// many seconds.
     pub autolearn_flush_secs: u64,
+    /// While autolearning, once a day (and once soon after start) tokens not learned for this
+    /// many days are dropped, and tokens of one message after a quarter of it, as `mxgate bayes
+    /// expire` does (SpamAssassin's `bayes_auto_expire`); 0: never.
+    pub expire_days: u32,
+    /// ... and the records of messages learned this many days ago (a message learned again
+    /// after that counts again); 0: never.
+    pub seen_days: u32,
     /// Robinson's `s`, the strength of the prior (unset: 0.1 for mxgate's models,
     /// SpamAssassin's 0.03 for one restored from `sa-learn --backup`).
     pub robs: Option<f64>,
@@ -557,6 +564,8 @@ impl Default for Bayes {
             autolearn_ham: 0.1,
             autolearn_per_minute: 120,
             autolearn_flush_secs: 30,
+            expire_days: 90,
+            seen_days: 365,
             robs: None,
             robx: None,
             min_prob_strength: None,

@@ -6,7 +6,9 @@
 //! of the model, caps how many messages it learns a minute, and every `flush` interval writes
 //! the model file (atomically, as `mxgate bayes learn` does) and publishes a fresh read-only copy
 //! (the token counts, without the learned messages' records) that the shards classify with from
-//! their next message on.
+//! their next message on. Soon after start and then once a day it ages the model as `mxgate bayes
+//! expire` does (SpamAssassin's `bayes_auto_expire`), so a gateway that learns for years keeps a
+//! model of what it learned lately.
 
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
@@ -19,6 +21,19 @@ struct Item {
     ids: Vec<u64>,
     class: Class,
 }
+
+/// Token ageing while autolearning: `mxgate bayes expire`'s two horizons, in days (0: never).
+#[derive(Debug, Clone, Copy)]
+pub struct Ageing {
+    /// Tokens not learned for this long go.
+    pub token_days: u32,
+    /// Records of messages learned this long ago go.
+    pub seen_days: u32,
+    /// The first ageing after start waits this long; the next ones a day each.
+    pub first_after: Duration,
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
 
 /// The published model: the first node's, and a copy for each further NUMA node.
 type Published = (Arc<Model>, Vec<(usize, Arc<Model>)>);
@@ -38,6 +53,7 @@ impl Learner {
         store: RedbStore,
         per_minute: u32,
         flush: Duration,
+        ageing: Ageing,
         nodes: Vec<(usize, usize)>,
     ) -> Learner {
         let first = Arc::new(model.for_classifying());
@@ -53,8 +69,26 @@ impl Learner {
                 let mut window = Instant::now();
                 let mut in_window = 0u32;
                 let mut next_flush = Instant::now() + flush;
+                let mut next_ageing = Instant::now() + ageing.first_after;
                 loop {
-                    let wait = next_flush.saturating_duration_since(Instant::now());
+                    if Instant::now() >= next_ageing {
+                        next_ageing = Instant::now() + DAY;
+                        let tokens = match ageing.token_days {
+                            0 => 0,
+                            d => model.expire(d),
+                        };
+                        let messages = match ageing.seen_days {
+                            0 => 0,
+                            d => model.expire_seen(d),
+                        };
+                        if tokens + messages > 0 {
+                            tracing::info!(tokens, messages, "bayes: aged out");
+                            dirty += 1;
+                        }
+                    }
+                    let wait = next_flush
+                        .min(next_ageing)
+                        .saturating_duration_since(Instant::now());
                     let done = match rx.recv_timeout(wait) {
                         Ok(item) => {
                             if window.elapsed() >= Duration::from_secs(60) {
@@ -123,5 +157,61 @@ impl Learner {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_is_aged_soon_after_start_saved_and_published() {
+        let dir = std::env::temp_dir().join(format!("mxgate-learner-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = RedbStore::new(dir.join("bayes.redb"));
+        let mut m = Model::default();
+        m.learn(1, &[10, 11], Class::Spam);
+        m.learn(2, &[11, 12], Class::Ham);
+        m.tokens.get_mut(&10).unwrap().atime -= 91; // not learned for 91 days
+        m.tokens.get_mut(&12).unwrap().atime -= 30; // of one message, past a quarter of 90
+        store.save(&mut m).unwrap();
+        let ageing = Ageing {
+            token_days: 90,
+            seen_days: 365,
+            first_after: Duration::from_millis(20),
+        };
+        let learner = Learner::start(
+            m,
+            store.clone(),
+            120,
+            Duration::from_millis(50),
+            ageing,
+            vec![],
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let saved = store.load().unwrap();
+            if !saved.tokens.contains_key(&10) {
+                let mut ids: Vec<u64> = saved.tokens.keys().copied().collect();
+                ids.sort_unstable();
+                assert_eq!(ids, vec![11]);
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the old tokens were not aged out"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The shards classify with the aged model once it is saved.
+        let published = learner.model(None);
+        assert!(published.tokens.contains_key(&11) && !published.tokens.contains_key(&10));
+        assert_eq!(
+            published.messages(),
+            0,
+            "the copy for classifying has no message records"
+        );
+        drop(learner);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -263,6 +263,11 @@ impl Chain {
                     store,
                     cfg.bayes.autolearn_per_minute,
                     std::time::Duration::from_secs(cfg.bayes.autolearn_flush_secs.max(1)),
+                    crate::learner::Ageing {
+                        token_days: cfg.bayes.expire_days,
+                        seen_days: cfg.bayes.seen_days,
+                        first_after: std::time::Duration::from_secs(60),
+                    },
                     further.clone(),
                 ))
             } else {

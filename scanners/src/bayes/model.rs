@@ -495,6 +495,19 @@ mod expire_tests {
     }
 
     #[test]
+    fn records_of_messages_learned_long_ago_expire() {
+        let mut m = Model::default();
+        m.learn(1, &[10], Class::Spam);
+        m.learn(2, &[11], Class::Ham);
+        m.seen.get_mut(&1).unwrap().day -= 365;
+        assert_eq!(m.expire_seen(365), 1);
+        assert_eq!((m.learned_as(1), m.learned_as(2)), (None, Some(Class::Ham)));
+        // Learned again after that, it counts again.
+        assert_eq!(m.learn(1, &[10], Class::Spam), Learned::New);
+        assert_eq!(m.tokens[&10].spam, 2);
+    }
+
+    #[test]
     fn a_model_file_of_version_1_is_read_without_its_token_lists() {
         let mut body = MAGIC_V1.to_vec();
         body.extend_from_slice(&1u32.to_le_bytes()); // spam
