@@ -25,26 +25,50 @@ pub fn open_store(db: &Path) -> anyhow::Result<bayes::RedbStore> {
 }
 
 /// Every message under `paths`: files, folders (recursively, in name order), and mbox files
-/// (split at `From ` lines).
-pub fn messages(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+/// (split at `From ` lines). The files are listed first and read one at a time as the iterator
+/// is walked, so a large folder or mailbox is never held in memory whole.
+pub fn messages(paths: &[PathBuf]) -> anyhow::Result<Messages> {
     let mut files = Vec::new();
     for p in paths {
         collect(p, &mut files).with_context(|| p.display().to_string())?;
     }
-    let mut out = Vec::new();
-    for f in files {
-        let raw = std::fs::read(&f).with_context(|| f.display().to_string())?;
-        let name = f.display().to_string();
-        let parts = split_mbox(&raw);
-        if parts.len() > 1 {
-            for (i, m) in parts.into_iter().enumerate() {
-                out.push((format!("{name}#{}", i + 1), m.to_vec()));
+    Ok(Messages {
+        files: files.into_iter(),
+        pending: std::collections::VecDeque::new(),
+    })
+}
+
+/// The messages of [`messages`]: each a name (the file, `#N` for an mbox's Nth) and its bytes,
+/// or the error reading a file.
+pub struct Messages {
+    files: std::vec::IntoIter<PathBuf>,
+    pending: std::collections::VecDeque<(String, Vec<u8>)>,
+}
+
+impl Iterator for Messages {
+    type Item = anyhow::Result<(String, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(m) = self.pending.pop_front() {
+                return Some(Ok(m));
             }
-        } else {
-            out.push((name, raw));
+            let f = self.files.next()?;
+            let raw = match std::fs::read(&f).with_context(|| f.display().to_string()) {
+                Ok(raw) => raw,
+                Err(e) => return Some(Err(e)),
+            };
+            let name = f.display().to_string();
+            let parts = split_mbox(&raw);
+            if parts.len() <= 1 {
+                return Some(Ok((name, raw)));
+            }
+            for (i, m) in parts.into_iter().enumerate() {
+                self.pending
+                    .push_back((format!("{name}#{}", i + 1), m.to_vec()));
+            }
         }
     }
-    Ok(out)
 }
 
 fn collect(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -97,7 +121,8 @@ pub fn learn(db: &Path, spam: &[PathBuf], ham: &[PathBuf]) -> anyhow::Result<()>
     let started = Instant::now();
     let (mut new, mut moved, mut known) = (0, 0, 0);
     for (paths, class) in [(spam, Class::Spam), (ham, Class::Ham)] {
-        for (_, raw) in messages(paths)? {
+        for m in messages(paths)? {
+            let (_, raw) = m?;
             let hash = message_hash(&raw);
             if model.learned_as(hash) == Some(class) {
                 known += 1;
@@ -127,7 +152,8 @@ pub fn forget(db: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
     let store = open_store(db)?;
     let mut model = store.load()?;
     let mut forgotten = 0;
-    for (_, raw) in messages(paths)? {
+    for m in messages(paths)? {
+        let (_, raw) = m?;
         let hash = message_hash(&raw);
         if model.learned_as(hash).is_some() {
             // Its tokens again, as `sa-learn --forget` takes them: the record keeps none.
@@ -148,7 +174,8 @@ pub fn classify_files(db: &Path, paths: &[PathBuf], top: usize) -> anyhow::Resul
     let p = Params::for_scheme(model.scheme);
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
-    for (name, raw) in messages(paths)? {
+    for m in messages(paths)? {
+        let (name, raw) = m?;
         let msg = Message::parse(Bytes::from(raw));
         let toks = bayes::tokens_for(&model, &msg, None, true);
         let v = match classify(&model, &toks.ids, &p) {
@@ -247,7 +274,8 @@ pub fn cross_validate(
     let sa_conf = bayes::sa::default_config();
     let t0 = Instant::now();
     for (paths, class) in [(ham, Class::Ham), (spam, Class::Spam)] {
-        for (name, raw) in messages(paths)? {
+        for m in messages(paths)? {
+            let (name, raw) = m?;
             names.push(name);
             let msg = Message::parse(Bytes::from(raw.clone()));
             let ids = if sa {
@@ -362,13 +390,16 @@ pub fn scan(
     let client: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
-    let mut all = messages(paths)?.into_iter();
+    let mut all = messages(paths)?;
     loop {
         // `batch` messages at a time: each through the stages before the rules, then the
         // rules for all of them at once, then each through the rest, printed in order.
-        let (names, bodies): (Vec<String>, Vec<Bytes>) = all
+        let chunk: Vec<(String, Vec<u8>)> = all
             .by_ref()
             .take(batch.max(1))
+            .collect::<anyhow::Result<_>>()?;
+        let (names, bodies): (Vec<String>, Vec<Bytes>) = chunk
+            .into_iter()
             .map(|(name, raw)| (name, Bytes::from(raw)))
             .unzip();
         if names.is_empty() {
@@ -560,9 +591,8 @@ pub fn rules_profile(
         crate::stages::load_rules(cfg, false, false, false, crate::stages::RulesBuild::Final)?;
     engine.warm_matchers();
     let msgs: Vec<Message> = messages(paths)?
-        .into_iter()
-        .map(|(_, raw)| Message::parse(Bytes::from(raw)))
-        .collect();
+        .map(|m| m.map(|(_, raw)| Message::parse(Bytes::from(raw))))
+        .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(!msgs.is_empty(), "no messages");
     let env = rules::Envelope {
         mail_from: None,
@@ -790,7 +820,8 @@ pub fn print_tokens(paths: &[PathBuf], sa: bool) -> anyhow::Result<()> {
     use std::io::Write as _;
     let conf = bayes::sa::default_config();
     let mut out = std::io::stdout().lock();
-    for (name, raw) in messages(paths)? {
+    for m in messages(paths)? {
+        let (name, raw) = m?;
         let msg = Message::parse(Bytes::from(raw));
         if sa {
             for (id, t) in bayes::sa::tokenize(&msg, conf) {
@@ -1049,5 +1080,34 @@ mod tests {
         assert!(parts[1].starts_with(b"From c@d"));
         // a plain message is one message
         assert_eq!(split_mbox(b"Subject: x\n\nFrom here on\n").len(), 1);
+    }
+
+    #[test]
+    fn messages_are_read_as_they_are_walked_in_name_order() {
+        let dir = std::env::temp_dir().join(format!("mxgate-messages-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("a.eml"), b"Subject: a\n\nA\n").unwrap();
+        std::fs::write(
+            dir.join("b.mbox"),
+            b"From x@y Mon Jan 1 00:00:00 2024\nSubject: b1\n\n1\n\nFrom x@y Mon Jan 1 00:00:01 2024\nSubject: b2\n\n2\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("sub/c.eml"), b"Subject: c\n\nC\n").unwrap();
+        std::fs::write(dir.join(".hidden"), b"Subject: no\n\n").unwrap();
+        let mut it = messages(std::slice::from_ref(&dir)).unwrap();
+        let (name, raw) = it.next().unwrap().unwrap();
+        assert!(name.ends_with("a.eml") && raw.starts_with(b"Subject: a"));
+        // A file removed before the walk reaches it is an error naming it, not a silent skip:
+        // the files are read as they are reached.
+        std::fs::remove_file(dir.join("sub/c.eml")).unwrap();
+        let rest: Vec<_> = it.collect();
+        assert_eq!(rest.len(), 3);
+        let (b1, b2) = (rest[0].as_ref().unwrap(), rest[1].as_ref().unwrap());
+        assert!(b1.0.ends_with("b.mbox#1") && b1.1.ends_with(b"1\n\n"));
+        assert!(b2.0.ends_with("b.mbox#2") && b2.1.starts_with(b"From x@y"));
+        let err = rest[2].as_ref().unwrap_err().to_string();
+        assert!(err.ends_with("c.eml"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
