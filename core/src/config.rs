@@ -529,10 +529,12 @@ pub struct Bayes {
     /// Learned messages are written to the model file and used for classifying every this
     /// many seconds.
     pub autolearn_flush_secs: u64,
-    /// While autolearning, once a day (and once soon after start) tokens not learned for this
-    /// many days are dropped, and tokens of one message after a quarter of it, as `mxgate bayes
-    /// expire` does (SpamAssassin's `bayes_auto_expire`); 0: never.
-    pub expire_days: u32,
+    /// While autolearning, once a day (and once soon after start), a model of more tokens than
+    /// this loses its least recently learned ones down to three quarters of it, as
+    /// SpamAssassin's `bayes_auto_expire` keeps its database under `bayes_expiry_max_db_size`;
+    /// 0: never. (A limit, not an age: tokens a manually trained model has not learned again
+    /// lately still count, as long as the model is small enough.)
+    pub expire_above: u64,
     /// ... and the records of messages learned this many days ago (a message learned again
     /// after that counts again); 0: never.
     pub seen_days: u32,
@@ -564,7 +566,7 @@ impl Default for Bayes {
             autolearn_ham: 0.1,
             autolearn_per_minute: 120,
             autolearn_flush_secs: 30,
-            expire_days: 90,
+            expire_above: 1_000_000,
             seen_days: 365,
             robs: None,
             robx: None,

@@ -6,9 +6,9 @@
 //! of the model, caps how many messages it learns a minute, and every `flush` interval writes
 //! the model file (atomically, as `mxgate bayes learn` does) and publishes a fresh read-only copy
 //! (the token counts, without the learned messages' records) that the shards classify with from
-//! their next message on. Soon after start and then once a day it ages the model as `mxgate bayes
-//! expire` does (SpamAssassin's `bayes_auto_expire`), so a gateway that learns for years keeps a
-//! model of what it learned lately.
+//! their next message on. Soon after start and then once a day it keeps the model under its
+//! size limit, dropping the least recently learned tokens (SpamAssassin's `bayes_auto_expire`),
+//! so a gateway that learns for years keeps a model of what it learned lately.
 
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
@@ -22,11 +22,12 @@ struct Item {
     class: Class,
 }
 
-/// Token ageing while autolearning: `mxgate bayes expire`'s two horizons, in days (0: never).
+/// Token ageing while autolearning.
 #[derive(Debug, Clone, Copy)]
 pub struct Ageing {
-    /// Tokens not learned for this long go.
-    pub token_days: u32,
+    /// A model of more tokens loses its least recently learned ones down to three quarters of
+    /// this (0: never).
+    pub max_tokens: usize,
     /// Records of messages learned this long ago go.
     pub seen_days: u32,
     /// The first ageing after start waits this long; the next ones a day each.
@@ -73,9 +74,10 @@ impl Learner {
                 loop {
                     if Instant::now() >= next_ageing {
                         next_ageing = Instant::now() + DAY;
-                        let tokens = match ageing.token_days {
+                        let tokens = match ageing.max_tokens {
                             0 => 0,
-                            d => model.expire(d),
+                            n if model.tokens.len() > n => model.expire_to(n / 4 * 3),
+                            _ => 0,
                         };
                         let messages = match ageing.seen_days {
                             0 => 0,
@@ -170,13 +172,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let store = RedbStore::new(dir.join("bayes.redb"));
         let mut m = Model::default();
-        m.learn(1, &[10, 11], Class::Spam);
+        m.learn(1, &[10, 11, 13, 14], Class::Spam);
         m.learn(2, &[11, 12], Class::Ham);
-        m.tokens.get_mut(&10).unwrap().atime -= 91; // not learned for 91 days
-        m.tokens.get_mut(&12).unwrap().atime -= 30; // of one message, past a quarter of 90
+        m.tokens.get_mut(&10).unwrap().atime -= 91; // the least recently learned
+        m.tokens.get_mut(&12).unwrap().atime -= 30;
+        m.tokens.get_mut(&13).unwrap().atime -= 2;
         store.save(&mut m).unwrap();
+        // Five tokens over a limit of four: aged down to three.
         let ageing = Ageing {
-            token_days: 90,
+            max_tokens: 4,
             seen_days: 365,
             first_after: Duration::from_millis(20),
         };
@@ -194,7 +198,7 @@ mod tests {
             if !saved.tokens.contains_key(&10) {
                 let mut ids: Vec<u64> = saved.tokens.keys().copied().collect();
                 ids.sort_unstable();
-                assert_eq!(ids, vec![11]);
+                assert_eq!(ids, vec![11, 13, 14]);
                 break;
             }
             assert!(

@@ -264,7 +264,7 @@ impl Chain {
                     cfg.bayes.autolearn_per_minute,
                     std::time::Duration::from_secs(cfg.bayes.autolearn_flush_secs.max(1)),
                     crate::learner::Ageing {
-                        token_days: cfg.bayes.expire_days,
+                        max_tokens: usize::try_from(cfg.bayes.expire_above).unwrap_or(usize::MAX),
                         seen_days: cfg.bayes.seen_days,
                         first_after: std::time::Duration::from_secs(60),
                     },

@@ -237,6 +237,38 @@ impl Model {
         before - self.tokens.len()
     }
 
+    /// Drops the least recently learned tokens until at most `target` are left (SpamAssassin's
+    /// expiry: whole days of last-learned times at a time, so a day's tokens go or stay
+    /// together). Returns how many went.
+    pub fn expire_to(&mut self, target: usize) -> usize {
+        let before = self.tokens.len();
+        if before <= target {
+            return 0;
+        }
+        let mut days: Vec<u32> = self.tokens.values().map(|c| c.atime).collect();
+        days.sort_unstable();
+        // Tokens learned on the day at `before - target` and after stay, and the tokens of
+        // that day all do, so leave out that day's whole run.
+        let cut = days[before - target];
+        let cut = if days[before - target - 1] == cut {
+            // The day straddles the limit: it goes too.
+            cut + 1
+        } else {
+            cut
+        };
+        let dirty = &mut self.dirty;
+        self.tokens.retain(|&id, c| {
+            let keep = c.atime >= cut;
+            if !keep {
+                if let Some(d) = dirty {
+                    d.tokens.insert(id, ());
+                }
+            }
+            keep
+        });
+        before - self.tokens.len()
+    }
+
     /// Drops the records of messages learned `days` days ago or earlier (SpamAssassin's
     /// `bayes_seen_ttl`): a message learned again after that counts again. Returns how many went.
     pub fn expire_seen(&mut self, days: u32) -> usize {
@@ -491,6 +523,28 @@ mod expire_tests {
         assert!(m.tokens.contains_key(&11) && !m.tokens.contains_key(&10));
         m.tokens.get_mut(&11).unwrap().atime = now - 31;
         assert_eq!(m.expire(30), 1);
+        assert!(m.tokens.is_empty());
+    }
+
+    #[test]
+    fn expiry_to_a_size_drops_the_least_recently_learned_days() {
+        let mut m = Model::default();
+        m.learn(1, &[1, 2, 3, 4, 5, 6], Class::Spam);
+        let today = m.tokens[&1].atime;
+        for (id, age) in [(1, 9), (2, 7), (3, 7), (4, 3), (5, 0), (6, 0)] {
+            m.tokens.get_mut(&id).unwrap().atime = today - age;
+        }
+        assert_eq!(m.expire_to(6), 0);
+        // Four to keep: the day of 2 and 3 straddles the limit, so both go with 1.
+        assert_eq!(m.expire_to(4), 3);
+        let mut left: Vec<u64> = m.tokens.keys().copied().collect();
+        left.sort_unstable();
+        assert_eq!(left, vec![4, 5, 6]);
+        // Two to keep: today's two.
+        assert_eq!(m.expire_to(2), 1);
+        assert_eq!(m.tokens.len(), 2);
+        // One to keep, and today's are two: both go, never more than the limit.
+        assert_eq!(m.expire_to(1), 2);
         assert!(m.tokens.is_empty());
     }
 
