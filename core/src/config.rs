@@ -530,7 +530,8 @@ pub struct Bayes {
     /// many seconds.
     pub autolearn_flush_secs: u64,
     /// While autolearning, once a day (and once soon after start), a model of more tokens than
-    /// this loses its least recently learned ones down to three quarters of it, as
+    /// this loses its least recently learned ones down to about three quarters of it (whole days
+    /// at a time, never the most recent day's), as
     /// SpamAssassin's `bayes_auto_expire` keeps its database under `bayes_expiry_max_db_size`;
     /// 0: never. (A limit, not an age: tokens a manually trained model has not learned again
     /// lately still count, as long as the model is small enough.)

@@ -25,7 +25,7 @@ struct Item {
 /// Token ageing while autolearning.
 #[derive(Debug, Clone, Copy)]
 pub struct Ageing {
-    /// A model of more tokens loses its least recently learned ones down to three quarters of
+    /// A model of more tokens loses its least recently learned ones down to about three quarters of
     /// this (0: never).
     pub max_tokens: usize,
     /// Records of messages learned this long ago go.

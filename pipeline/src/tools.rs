@@ -198,10 +198,15 @@ pub fn classify_files(db: &Path, paths: &[PathBuf], top: usize) -> anyhow::Resul
 }
 
 /// `mxgate bayes expire`.
-pub fn expire(db: &Path, days: u32, seen_days: u32) -> anyhow::Result<()> {
+pub fn expire(
+    db: &Path,
+    days: u32,
+    seen_days: u32,
+    max_tokens: Option<usize>,
+) -> anyhow::Result<()> {
     let store = open_store(db)?;
     let mut model = store.load()?;
-    let removed = model.expire(days);
+    let removed = model.expire(days) + max_tokens.map_or(0, |n| model.expire_to(n));
     let forgotten = model.expire_seen(seen_days);
     store.save(&mut model)?;
     println!(

@@ -208,6 +208,10 @@ enum BayesCmd {
         /// nothing; after, it counts again), in days.
         #[arg(long, default_value_t = 365)]
         seen_days: u32,
+        /// Then, if more tokens than this are left, the least recently learned go until this
+        /// many are left (what the gateway's autolearning does past `[bayes] expire_above`).
+        #[arg(long)]
+        max_tokens: Option<usize>,
     },
     /// Print the tokens of messages, one per line: FILE, id (hex), token. With --sa, the tokens
     /// SpamAssassin's Bayes makes (what a model restored from sa-learn reads).
@@ -457,7 +461,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 db,
                 days,
                 seen_days,
-            } => tools::expire(&db, days, seen_days),
+                max_tokens,
+            } => tools::expire(&db, days, seen_days, max_tokens),
             BayesCmd::Dump { db } => tools::dump(&db),
             BayesCmd::Tokens { sa, paths } => tools::print_tokens(&paths, sa),
             BayesCmd::Restore { db, file } => tools::restore(&db, &file),

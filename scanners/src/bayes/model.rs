@@ -237,9 +237,10 @@ impl Model {
         before - self.tokens.len()
     }
 
-    /// Drops the least recently learned tokens until at most `target` are left (SpamAssassin's
-    /// expiry: whole days of last-learned times at a time, so a day's tokens go or stay
-    /// together). Returns how many went.
+    /// Drops the least recently learned tokens, whole days of last-learned times at a time,
+    /// until about `target` are left: the day that straddles `target` stays, so more may be
+    /// left, and the tokens of the most recent day are never dropped (SpamAssassin's expiry
+    /// never drops tokens younger than 12 hours either). Returns how many went.
     pub fn expire_to(&mut self, target: usize) -> usize {
         let before = self.tokens.len();
         if before <= target {
@@ -247,15 +248,8 @@ impl Model {
         }
         let mut days: Vec<u32> = self.tokens.values().map(|c| c.atime).collect();
         days.sort_unstable();
-        // Tokens learned on the day at `before - target` and after stay, and the tokens of
-        // that day all do, so leave out that day's whole run.
-        let cut = days[before - target];
-        let cut = if days[before - target - 1] == cut {
-            // The day straddles the limit: it goes too.
-            cut + 1
-        } else {
-            cut
-        };
+        // The day at `before - target`, and the days after it, stay: the last day at least.
+        let cut = days[(before - target).min(before - 1)];
         let dirty = &mut self.dirty;
         self.tokens.retain(|&id, c| {
             let keep = c.atime >= cut;
@@ -535,17 +529,18 @@ mod expire_tests {
             m.tokens.get_mut(&id).unwrap().atime = today - age;
         }
         assert_eq!(m.expire_to(6), 0);
-        // Four to keep: the day of 2 and 3 straddles the limit, so both go with 1.
-        assert_eq!(m.expire_to(4), 3);
+        // Four to keep: the oldest goes, and the day of 2 and 3 straddles the limit: it stays.
+        assert_eq!(m.expire_to(4), 1);
         let mut left: Vec<u64> = m.tokens.keys().copied().collect();
         left.sort_unstable();
-        assert_eq!(left, vec![4, 5, 6]);
-        // Two to keep: today's two.
-        assert_eq!(m.expire_to(2), 1);
+        assert_eq!(left, vec![2, 3, 4, 5, 6]);
+        // Three to keep: that day goes now.
+        assert_eq!(m.expire_to(3), 2);
+        assert_eq!(m.tokens.len(), 3);
+        // One to keep, and today's are two: the most recent day is never dropped.
+        assert_eq!(m.expire_to(1), 1);
         assert_eq!(m.tokens.len(), 2);
-        // One to keep, and today's are two: both go, never more than the limit.
-        assert_eq!(m.expire_to(1), 2);
-        assert!(m.tokens.is_empty());
+        assert_eq!(m.expire_to(0), 0);
     }
 
     #[test]
