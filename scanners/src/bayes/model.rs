@@ -222,17 +222,24 @@ impl Model {
     /// one message older than `days / 4` (the rare ones that crowd a model). Returns how many went.
     pub fn expire(&mut self, days: u32) -> usize {
         let today = today();
+        self.retain_tokens(|c| {
+            let age = today.saturating_sub(c.atime);
+            age < days && !(c.spam + c.ham <= 1 && age >= days / 4)
+        })
+    }
+
+    /// Keeps the tokens `keep` says to keep, marking the others changed; returns how many went.
+    fn retain_tokens(&mut self, keep: impl Fn(&Counts) -> bool) -> usize {
         let before = self.tokens.len();
         let dirty = &mut self.dirty;
         self.tokens.retain(|&id, c| {
-            let age = today.saturating_sub(c.atime);
-            let keep = age < days && !(c.spam + c.ham <= 1 && age >= days / 4);
-            if !keep {
+            let kept = keep(c);
+            if !kept {
                 if let Some(d) = dirty {
                     d.tokens.insert(id, ());
                 }
             }
-            keep
+            kept
         });
         before - self.tokens.len()
     }
@@ -250,17 +257,7 @@ impl Model {
         days.sort_unstable();
         // The day at `before - target`, and the days after it, stay: the last day at least.
         let cut = days[(before - target).min(before - 1)];
-        let dirty = &mut self.dirty;
-        self.tokens.retain(|&id, c| {
-            let keep = c.atime >= cut;
-            if !keep {
-                if let Some(d) = dirty {
-                    d.tokens.insert(id, ());
-                }
-            }
-            keep
-        });
-        before - self.tokens.len()
+        self.retain_tokens(|c| c.atime >= cut)
     }
 
     /// Drops the records of messages learned `days` days ago or earlier (SpamAssassin's
