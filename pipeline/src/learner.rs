@@ -25,8 +25,8 @@ struct Item {
 /// Token ageing while autolearning.
 #[derive(Debug, Clone, Copy)]
 pub struct Ageing {
-    /// A model of more tokens loses its least recently learned ones down to about three quarters of
-    /// this (0: never).
+    /// A model of more tokens loses its least recently learned ones down to about three
+    /// quarters of this (0: never).
     pub max_tokens: usize,
     /// Records of messages learned this long ago go.
     pub seen_days: u32,
