@@ -28,7 +28,7 @@ pub struct Ageing {
     /// A model of more tokens loses its least recently learned ones down to about three
     /// quarters of this (0: never).
     pub max_tokens: usize,
-    /// Records of messages learned this long ago go.
+    /// Records of messages learned this many days ago go (0: never).
     pub seen_days: u32,
     /// The first ageing after start waits this long; the next ones a day each.
     pub first_after: Duration,
@@ -79,10 +79,7 @@ impl Learner {
                             n if model.tokens.len() > n => model.expire_to(n / 4 * 3),
                             _ => 0,
                         };
-                        let messages = match ageing.seen_days {
-                            0 => 0,
-                            d => model.expire_seen(d),
-                        };
+                        let messages = model.expire_seen(ageing.seen_days);
                         if tokens + messages > 0 {
                             tracing::info!(tokens, messages, "bayes: aged out");
                             dirty += 1;

@@ -282,7 +282,8 @@ pub fn cross_validate(
         for m in messages(paths)? {
             let (name, raw) = m?;
             names.push(name);
-            let msg = Message::parse(Bytes::from(raw.clone()));
+            let hash = message_hash(&raw);
+            let msg = Message::parse(Bytes::from(raw));
             let ids = if sa {
                 bayes::sa::tokenize(&msg, sa_conf)
                     .into_iter()
@@ -291,7 +292,7 @@ pub fn cross_validate(
             } else {
                 bayes::tokenize_with(&msg, false, osb).ids
             };
-            all.push((message_hash(&raw), ids, class));
+            all.push((hash, ids, class));
         }
     }
     let tokenize_s = t0.elapsed().as_secs_f64();

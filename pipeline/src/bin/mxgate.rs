@@ -205,7 +205,7 @@ enum BayesCmd {
         #[arg(long, default_value_t = 90)]
         days: u32,
         /// How long a learned message is remembered (learning it again before then changes
-        /// nothing; after, it counts again), in days.
+        /// nothing; after, it counts again), in days; 0: for ever.
         #[arg(long, default_value_t = 365)]
         seen_days: u32,
         /// Then, if more tokens than this are left, the least recently learned go until this

@@ -254,15 +254,21 @@ impl Model {
             return 0;
         }
         let mut days: Vec<u32> = self.tokens.values().map(|c| c.atime).collect();
-        days.sort_unstable();
-        // The day at `before - target`, and the days after it, stay: the last day at least.
-        let cut = days[(before - target).min(before - 1)];
+        // The day at `before - target` in order, and the days after it, stay: the last day at
+        // least.
+        let cut = *days
+            .select_nth_unstable((before - target).min(before - 1))
+            .1;
         self.retain_tokens(|c| c.atime >= cut)
     }
 
     /// Drops the records of messages learned `days` days ago or earlier (SpamAssassin's
-    /// `bayes_seen_ttl`): a message learned again after that counts again. Returns how many went.
+    /// `bayes_seen_ttl`): a message learned again after that counts again; 0 keeps them all.
+    /// Returns how many went.
     pub fn expire_seen(&mut self, days: u32) -> usize {
+        if days == 0 {
+            return 0;
+        }
         let today = today();
         let before = self.seen.len();
         let dirty = &mut self.dirty;
@@ -546,6 +552,7 @@ mod expire_tests {
         m.learn(1, &[10], Class::Spam);
         m.learn(2, &[11], Class::Ham);
         m.seen.get_mut(&1).unwrap().day -= 365;
+        assert_eq!(m.expire_seen(0), 0, "0 keeps every record");
         assert_eq!(m.expire_seen(365), 1);
         assert_eq!((m.learned_as(1), m.learned_as(2)), (None, Some(Class::Ham)));
         // Learned again after that, it counts again.

@@ -257,52 +257,33 @@ impl Store for RedbStore {
                 Some(s) => t.insert(h, encode_seen(s).as_slice()).map(|_| ()),
                 None => t.remove(h).map(|_| ()),
             };
-            let mut hashes: Vec<u64> = match &model.dirty {
-                None => {
-                    let mut all: Vec<Vec<(u64, Counts)>> = vec![Vec::new(); 1 << bits];
-                    for (&id, c) in model.tokens.iter() {
-                        all[bucket_of(id, bits) as usize].push((id, *c));
-                    }
-                    let mut out = Vec::new();
-                    for (b, mut tokens) in all.into_iter().enumerate() {
-                        if tokens.is_empty() {
-                            continue;
-                        }
-                        tokens.sort_unstable_by_key(|t| t.0);
-                        out.clear();
-                        for (id, c) in &tokens {
-                            put_record(&mut out, *id, c);
-                        }
-                        buckets
-                            .insert(b as u32, out.as_slice())
-                            .map_err(|e| self.err(e))?;
-                    }
-                    model.seen.keys().copied().collect()
-                }
-                Some(d) => {
-                    let mut ids: Vec<u64> = d.tokens.keys().copied().collect();
-                    ids.sort_unstable();
-                    let mut out = Vec::new();
-                    for group in ids.chunk_by(|a, b| bucket_of(*a, bits) == bucket_of(*b, bits)) {
-                        let b = bucket_of(group[0], bits);
-                        {
-                            let old = buckets.get(b).map_err(|e| self.err(e))?;
-                            merge_bucket(
-                                old.as_ref().map_or(&[][..], |v| v.value()),
-                                group,
-                                model,
-                                &mut out,
-                            );
-                        }
-                        if out.is_empty() {
-                            buckets.remove(b).map_err(|e| self.err(e))?;
-                        } else {
-                            buckets.insert(b, out.as_slice()).map_err(|e| self.err(e))?;
-                        }
-                    }
-                    d.seen.keys().copied().collect()
-                }
+            // Each bucket holding a changed token (every token, for a whole save, whose
+            // buckets were just deleted) is read back, merged and written again.
+            let (mut ids, mut hashes): (Vec<u64>, Vec<u64>) = match &model.dirty {
+                None => (
+                    model.tokens.keys().copied().collect(),
+                    model.seen.keys().copied().collect(),
+                ),
+                Some(d) => (
+                    d.tokens.keys().copied().collect(),
+                    d.seen.keys().copied().collect(),
+                ),
             };
+            ids.sort_unstable();
+            let mut out = Vec::new();
+            for group in ids.chunk_by(|a, b| bucket_of(*a, bits) == bucket_of(*b, bits)) {
+                let b = bucket_of(group[0], bits);
+                {
+                    let old = buckets.get(b).map_err(|e| self.err(e))?;
+                    let old = old.as_ref().map_or(&[][..], |v| v.value());
+                    merge_bucket(old, group, model, &mut out);
+                }
+                if out.is_empty() {
+                    buckets.remove(b).map_err(|e| self.err(e))?;
+                } else {
+                    buckets.insert(b, out.as_slice()).map_err(|e| self.err(e))?;
+                }
+            }
             // In order, as the B-tree fills its pages best.
             hashes.sort_unstable();
             for h in hashes {

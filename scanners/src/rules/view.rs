@@ -548,7 +548,7 @@ pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
             }
         }
         if n.contains('%') {
-            n = utf8_lossy(&mime::header::percent_decode(n.as_bytes())).into_owned();
+            n = mime::decode::utf8_lossy_owned(mime::header::percent_decode(n.as_bytes()));
         }
         let has_scheme = n.split_once(':').is_some_and(|(s, _)| {
             !s.is_empty()
