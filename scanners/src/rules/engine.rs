@@ -29,7 +29,9 @@ use sha2::{Digest, Sha256};
 
 use super::evals;
 use super::load::{HeaderTest, Rule, RuleSet, Test};
-use super::regex::{drop_anchors, pcre, translate, widen_repeats, Matcher, Translated};
+use super::regex::{
+    drop_anchors, drop_word_boundaries, pcre, translate, widen_repeats, Matcher, Translated,
+};
 use super::view::{self, Headers};
 
 /// How rules are grouped into Hyperscan databases.
@@ -165,15 +167,21 @@ struct Compiled {
 }
 
 impl Compiled {
-    /// What Hyperscan compiles: the expression, or its widened superset (then a prefilter),
-    /// and when Hyperscan rejects that for its anchors even as a prefilter, the same without
-    /// them (see [`drop_anchors`]). Derived from the pattern alone, so an engine loaded from
+    /// What Hyperscan compiles: the expression as written, or for a prefilter (a pattern
+    /// widened, or one Hyperscan rejects as written) a superset: widened, without its word
+    /// boundaries (see [`drop_word_boundaries`]), and when Hyperscan rejects that for its
+    /// anchors even as a prefilter, without them too (see [`drop_anchors`]). Derived from the pattern alone, so an engine loaded from
     /// the cache compiles what a built one did.
     fn hs_expr(&self) -> Option<&str> {
         let t = self.translated.as_ref()?;
         let e = self.hs_expr.get_or_init(|| {
             let e = widen_repeats(&t.expr).unwrap_or_else(|| t.expr.clone());
             let takes = |e: &str, prefilter| hs_pattern(t, e, prefilter, 0).info().is_ok();
+            if e == t.expr && takes(&e, false) {
+                return e;
+            }
+            // A prefilter: its word boundaries go.
+            let e = drop_word_boundaries(&e);
             if takes(&e, false) || takes(&e, true) {
                 return e;
             }
@@ -789,7 +797,7 @@ impl Engine {
             h.update(CACHE_MAGIC);
             // The grouping and widening choices shape the databases too.
             h.update(format!(
-                "{:?} chunk={chunk}/{EXACT_CHUNK} widen={}/{} group={} big={} anchors=dropped short_confirm={SHORT_TEXT_CONFIRM_ABOVE}",
+                "{:?} chunk={chunk}/{EXACT_CHUNK} widen={}/{} group={} big={} anchors=dropped word_boundaries=dropped short_confirm={SHORT_TEXT_CONFIRM_ABOVE}",
                 opts.layout,
                 super::regex::WIDEN_ABOVE,
                 super::regex::WIDEN_RANGES_FROM,
