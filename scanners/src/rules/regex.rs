@@ -177,21 +177,7 @@ pub fn widen_repeats(expr: &str) -> Option<String> {
 /// start anchors", as in `(?:$|\W)` before the first letter). The confirming engine still
 /// runs the pattern as written.
 pub fn drop_anchors(expr: &str) -> String {
-    let b = expr.as_bytes();
-    let mut out = String::with_capacity(expr.len());
-    let mut i = 0;
-    let mut in_class = false;
-    while i < b.len() {
-        if let Some(next) = copy_verbatim(expr, i, &mut in_class, &mut out) {
-            i = next;
-            continue;
-        }
-        if !matches!(b[i], b'^' | b'$') {
-            out.push(b[i] as char);
-        }
-        i += 1;
-    }
-    out
+    drop_outside_classes(expr, |b, i| usize::from(matches!(b[i], b'^' | b'$')))
 }
 
 /// `expr` without its word-boundary assertions `\b` and `\B` (outside classes, where `[\b]` is a
@@ -202,13 +188,26 @@ pub fn drop_anchors(expr: &str) -> String {
 /// confirms every nomination with the pattern as written. (Inside a lookaround the assertion
 /// would not matter: Hyperscan's prefilter mode drops lookarounds whole.)
 pub fn drop_word_boundaries(expr: &str) -> String {
+    drop_outside_classes(expr, |b, i| {
+        if b[i] == b'\\' && matches!(b.get(i + 1), Some(b'b' | b'B')) {
+            2
+        } else {
+            0
+        }
+    })
+}
+
+/// `expr` without what `skip` names outside classes: `skip(b, i)` is how many bytes of the
+/// token starting at `b[i]` go (0: it stays). Escapes and classes are copied whole otherwise.
+fn drop_outside_classes(expr: &str, skip: impl Fn(&[u8], usize) -> usize) -> String {
     let b = expr.as_bytes();
     let mut out = String::with_capacity(expr.len());
     let mut i = 0;
     let mut in_class = false;
     while i < b.len() {
-        if !in_class && b[i] == b'\\' && matches!(b.get(i + 1), Some(b'b' | b'B')) {
-            i += 2;
+        let n = if in_class { 0 } else { skip(b, i) };
+        if n > 0 {
+            i += n;
             continue;
         }
         if let Some(next) = copy_verbatim(expr, i, &mut in_class, &mut out) {
