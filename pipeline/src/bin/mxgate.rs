@@ -208,8 +208,9 @@ enum BayesCmd {
         /// nothing; after, it counts again), in days; 0: for ever.
         #[arg(long, default_value_t = 365)]
         seen_days: u32,
-        /// Then, if more tokens than this are left, the least recently learned go until this
-        /// many are left (what the gateway's autolearning does past `[bayes] expire_above`).
+        /// Then, if more tokens than this are left, the least recently learned go, whole days at
+        /// a time, until about this many are left (the gateway's autolearning does the same past
+        /// `[bayes] expire_above`, down to three quarters of it).
         #[arg(long)]
         max_tokens: Option<usize>,
     },

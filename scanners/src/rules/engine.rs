@@ -170,8 +170,8 @@ impl Compiled {
     /// What Hyperscan compiles: the expression as written, or for a prefilter (a pattern
     /// widened, or one Hyperscan rejects as written) a superset: widened, without its word
     /// boundaries (see [`drop_word_boundaries`]), and when Hyperscan rejects that for its
-    /// anchors even as a prefilter, without them too (see [`drop_anchors`]). Derived from the pattern alone, so an engine loaded from
-    /// the cache compiles what a built one did.
+    /// anchors even as a prefilter, without them too (see [`drop_anchors`]). Derived from the
+    /// pattern alone, so an engine loaded from the cache compiles what a built one did.
     fn hs_expr(&self) -> Option<&str> {
         let t = self.translated.as_ref()?;
         let e = self.hs_expr.get_or_init(|| {
@@ -180,9 +180,9 @@ impl Compiled {
             if e == t.expr && takes(&e, false) {
                 return e;
             }
-            // A prefilter: its word boundaries go.
+            // A prefilter (whatever compiles as written compiles as one): its word boundaries go.
             let e = drop_word_boundaries(&e);
-            if takes(&e, false) || takes(&e, true) {
+            if takes(&e, true) {
                 return e;
             }
             let loose = drop_anchors(&e);
@@ -1957,9 +1957,9 @@ fn classify_one(c: &mut Compiled, inputs: &[Input]) {
         c.mode = Mode::Pcre;
         return;
     }
-    let widened = widen_repeats(&t.expr).is_some();
+    // What Hyperscan compiles differs from the pattern whenever it was widened or loosened.
     let e = c.hs_expr().expect("a regex rule");
-    if !widened && e == t.expr && hs_pattern(t, e, false, 0).info().is_ok() {
+    if e == t.expr && hs_pattern(t, e, false, 0).info().is_ok() {
         return;
     }
     c.mode = if hs_pattern(t, e, true, 0).info().is_ok() {
