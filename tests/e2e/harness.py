@@ -3,6 +3,7 @@ smtp-sink, and private Postfix instances on loopback; talk SMTP over raw sockets
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,27 +23,63 @@ E2E_DIR = "/var/tmp/mxgate-e2e"
 START_TIMEOUT = float(os.environ.get("MXGATE_START_TIMEOUT", "240"))
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = map(int, f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+_HANDED_OUT = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A loopback port nothing holds now, outside the kernel's ephemeral range (whose ports the
+    tests' own outgoing connections take as their local ports: a listener picked there can find
+    its port taken by a client a moment later) and never the same one twice in this run."""
+    candidates = [p for p in range(20000, 32000) if not _EPHEMERAL[0] <= p <= _EPHEMERAL[1]]
+    for _ in range(200):
+        port = random.choice(candidates)
+        if port in _HANDED_OUT:
+            continue
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free loopback port")
 
 
-def wait_port(port, host="127.0.0.1", timeout=15.0, proc=None):
+class PortTaken(RuntimeError):
+    """The process exited because its port was taken between picking it and binding it."""
+
+
+def wait_port(port, host="127.0.0.1", timeout=15.0, proc=None, ready=None):
     """Waits until something listens on the port. With `proc` (a Proc), waits as long as that
-    process lives, up to `timeout`, and fails at once, with its log, when it exits."""
+    process lives, up to `timeout`, and fails at once, with its log, when it exits; with `ready`
+    as well, also until its log holds that text (a port that answers may be another listener's,
+    or one of the process's listeners before another fails)."""
     end = time.time() + timeout
     while time.time() < end:
+        if proc is not None and proc.p.poll() is not None:
+            log = proc.log()
+            kind = PortTaken if "Address already in use" in log else RuntimeError
+            raise kind(f"exited with {proc.p.returncode} before listening on "
+                       f"{host}:{port}:\n{log[-3000:]}")
         try:
             socket.create_connection((host, port), timeout=0.5).close()
-            return
+            if ready is None or ready in proc.log():
+                return
         except OSError:
-            if proc is not None and proc.p.poll() is not None:
-                raise RuntimeError(f"exited with {proc.p.returncode} before listening on "
-                                   f"{host}:{port}:\n{proc.log()[-3000:]}")
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
 
 
@@ -87,20 +124,30 @@ class Mxgate(Proc):
     def __init__(self, workdir, relay_port, toml="", stages=None, port=None, extra=(), server=""):
         """`toml` is appended after the [server] table; `server` adds keys to that table."""
         self.server = server
-        self.port = port or free_port()
-        self.metrics_port = free_port()
-        self.config_path = os.path.join(workdir, f"mxgate-{self.port}.toml")
-        self.write_config(toml)
-        args = [MXGATE, "serve", "--config", self.config_path,
-                "--listen", f"127.0.0.1:{self.port}", "--relay", f"127.0.0.1:{relay_port}",
-                "--metrics", f"127.0.0.1:{self.metrics_port}"]
-        if stages is not None:
-            args += ["--stages", stages]
-        args += list(extra)
-        super().__init__(args, os.path.join(workdir, f"mxgate-{self.port}.log"))
-        # A cold cache compiles the whole ruleset before listening: 8 s on a quiet machine
-        # here, 30 s on a slow one.
-        wait_port(self.port, timeout=START_TIMEOUT, proc=self)
+        # A port picked here may still be taken before mxgate binds it: then start again on
+        # fresh ports (a port the caller chose is kept, and its failure reported).
+        for attempt in range(3):
+            self.port = port or free_port()
+            self.metrics_port = free_port()
+            self.config_path = os.path.join(workdir, f"mxgate-{self.port}.toml")
+            self.write_config(toml)
+            args = [MXGATE, "serve", "--config", self.config_path,
+                    "--listen", f"127.0.0.1:{self.port}", "--relay", f"127.0.0.1:{relay_port}",
+                    "--metrics", f"127.0.0.1:{self.metrics_port}"]
+            if stages is not None:
+                args += ["--stages", stages]
+            args += list(extra)
+            super().__init__(args, os.path.join(workdir, f"mxgate-{self.port}.log"))
+            # A cold cache compiles the whole ruleset before listening: 8 s on a quiet machine
+            # here, 30 s on a slow one. Ready once every shard listens: "mxgate ready" is
+            # logged after all of them bound.
+            try:
+                wait_port(self.port, timeout=START_TIMEOUT, proc=self, ready="mxgate ready")
+                return
+            except PortTaken:
+                self.logf.close()
+                if port is not None or attempt == 2:
+                    raise
 
     def write_config(self, toml):
         with open(self.config_path, "w") as f:
