@@ -262,7 +262,12 @@ impl Freemail {
                 self.domains.insert(t);
             }
         }
-        // `\@(?:a|b)$` of the wildcards: `*` any run within a label, `?` one character.
+    }
+
+    /// Compiles the wildcards into one pattern, `\@(?:a|b)$`: `*` any run within a label, `?`
+    /// one character. Once, after loading: the stock rules give the wildcards over hundreds of
+    /// `freemail_domains` lines, and compiling at each line made the load quadratic.
+    fn compile(&mut self) {
         let alts: Vec<String> = self
             .wildcards
             .iter()
@@ -1058,6 +1063,7 @@ impl Loader {
 
     fn finish(mut self) -> RuleSet {
         self.apply_replace_tags();
+        self.set.freemail.compile();
         // Metas referring to rules that do not exist: SpamAssassin counts them as 0 and says so
         // in lint only for non-sub-rules it cannot find; we list each.
         let names: HashSet<&str> = self.set.index.keys().map(String::as_str).collect();
@@ -1523,5 +1529,32 @@ mod tests {
             d[2].starts_with("local.cf:4: rule X: score needs 1 or 4 numbers"),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn freemail_wildcards_from_every_line_match_after_loading() {
+        let set = load_str(
+            "freemail_domains mail.example *.free.example\n\
+             freemail_domains yahoo.co.?? Web-Mail.Example\n\
+             freemail_domains bad/name.example other.example\n\
+             freemail_welcomelist boss@web-mail.example\n",
+            "local.cf",
+        );
+        let f = &set.freemail;
+        assert!(f.available());
+        // Wildcards of the first and second lines, both compiled after the last line was read.
+        assert!(f.is_freemail("ann@eu.free.example"));
+        assert!(f.is_freemail("ann@yahoo.co.uk"));
+        assert!(!f.is_freemail("ann@yahoo.co.ukk"));
+        // `*` stays within one label.
+        assert!(!f.is_freemail("ann@a.b.free.example"));
+        // Plain domains, lower-cased; a token with other characters refused.
+        assert!(f.is_freemail("ann@web-mail.example"));
+        assert!(f.is_freemail("ann@other.example"));
+        assert!(!f.is_freemail("ann@bad/name.example"));
+        // The welcome list and the providers' own role addresses.
+        assert!(!f.is_freemail("boss@web-mail.example"));
+        assert!(!f.is_freemail("abuse@mail.example"));
+        assert!(!f.is_freemail("ann@example.org"));
     }
 }
