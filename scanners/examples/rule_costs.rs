@@ -1,12 +1,14 @@
-//! Where the body rules' Hyperscan time goes: each body database, then each body pattern
-//! compiled alone, over the body paragraphs of ham, hard_ham and spam in `MXGATE_CORPUS`
-//! (default `../shared/corpus`), costliest first.
+//! Where a scope's Hyperscan time goes: each database of the body rules (or the `uri` or
+//! `rawbody` rules), then each of their patterns compiled alone, over the texts that scope
+//! reads from ham, hard_ham and spam in `MXGATE_CORPUS` (default `../shared/corpus`), costliest
+//! first.
 //!
-//! `MXGATE_CORPUS=../shared/corpus cargo run --release -p mxgate-scanners --example rule_costs [N]`
-//! prints the N costliest patterns (default 20), then the N slowest to compile alone.
+//! `MXGATE_CORPUS=../shared/corpus cargo run --release -p mxgate-scanners --example rule_costs
+//! [N] [body|uri|rawbody]` prints the N costliest patterns (default 20), then the N slowest to
+//! compile alone.
 
 use mxgate_core::mime::Message;
-use mxgate_scanners::rules::{load_paths, view, Engine, Layout, Options};
+use mxgate_scanners::rules::{load_paths, view, Engine, Input, Layout, Options};
 
 fn main() {
     let corpus = std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into());
@@ -14,6 +16,13 @@ fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(20);
+    let scope = match std::env::args().nth(2).as_deref() {
+        None | Some("body") => Input::Body,
+        Some("uri") => Input::Uri,
+        Some("rawbody") => Input::Rawbody,
+        Some(other) => panic!("scope {other}: body, uri or rawbody"),
+    };
+    let name = format!("{scope:?}").to_lowercase();
     let mut paragraphs = Vec::new();
     let mut messages = 0;
     for folder in ["ham", "hard_ham", "spam"] {
@@ -27,9 +36,15 @@ fn main() {
         for f in files {
             let Ok(raw) = std::fs::read(&f) else { continue };
             let msg = Message::parse(bytes::Bytes::from(raw));
-            let headers = view::Headers::of_part(&msg, 0);
-            let subject = headers.values("subject", false).last();
-            paragraphs.extend(view::body_lines(&msg, subject, None));
+            match scope {
+                Input::Uri => paragraphs.extend(view::uris(&msg)),
+                Input::Rawbody => paragraphs.extend(view::rawbody_chunks(&msg)),
+                _ => {
+                    let headers = view::Headers::of_part(&msg, 0);
+                    let subject = headers.values("subject", false).last();
+                    paragraphs.extend(view::body_lines(&msg, subject, None));
+                }
+            }
             messages += 1;
         }
     }
@@ -44,14 +59,17 @@ fn main() {
     .expect("the ruleset compiles");
     let bytes: usize = paragraphs.iter().map(Vec::len).sum();
     println!(
-        "{messages} messages, {} body paragraphs, {bytes} bytes",
+        "{messages} messages, {} {name} texts, {bytes} bytes",
         paragraphs.len()
     );
-    let costs = engine.body_pattern_costs(&paragraphs);
+    let costs = engine.pattern_costs(&scope, &paragraphs);
     let per_msg = |d: std::time::Duration| d.as_secs_f64() * 1e6 / messages as f64;
     let kind = |prefilter: bool| if prefilter { "prefilter" } else { "as written" };
     let total: std::time::Duration = costs.databases.iter().map(|d| d.took).sum();
-    println!("body databases: {:.1} µs a message in all", per_msg(total));
+    println!(
+        "{name} databases: {:.1} µs a message in all",
+        per_msg(total)
+    );
     for d in &costs.databases {
         println!(
             "  {:4} patterns, {:10}: {:6.1} µs a message",
@@ -84,7 +102,7 @@ fn main() {
     );
     costliest(
         format!(
-            "{} body patterns Hyperscan does not take, each on every paragraph",
+            "{} {name} patterns Hyperscan does not take, each on every text",
             costs.unscanned.len()
         ),
         costs
@@ -92,7 +110,7 @@ fn main() {
             .iter()
             .map(|p| {
                 let what = format!(
-                    "{} ({}, {} bytes, {} paragraphs match)",
+                    "{} ({}, {} bytes, {} texts match)",
                     p.rule, p.matcher, p.bytes, p.matched
                 );
                 (p.took, what)
@@ -109,7 +127,7 @@ fn main() {
             .collect();
         let sum: std::time::Duration = rows.iter().map(|p| p.compile).sum();
         println!(
-            "compiling each of {} body patterns {} alone: {:.2} s summed; the slowest:",
+            "compiling each of {} {name} patterns {} alone: {:.2} s summed; the slowest:",
             rows.len(),
             kind(prefilter),
             sum.as_secs_f64()

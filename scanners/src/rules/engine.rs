@@ -210,37 +210,37 @@ struct Group {
     file: Option<PathBuf>,
 }
 
-/// What [`Engine::body_pattern_costs`] measured.
+/// What [`Engine::pattern_costs`] measured.
 #[derive(Debug, Default)]
 pub struct PatternCosts {
-    /// Per body database.
+    /// Per database of the scope.
     pub databases: Vec<DatabaseCost>,
-    /// Per body pattern compiled alone; costliest first.
-    pub patterns: Vec<BodyPatternCost>,
-    /// Per body pattern Hyperscan does not take (PCRE2 or `regex` alone, on every paragraph);
-    /// costliest first.
+    /// Per pattern compiled alone; costliest first.
+    pub patterns: Vec<PatternCost>,
+    /// Per pattern Hyperscan does not take (PCRE2 or `regex` alone, on every text); costliest
+    /// first.
     pub unscanned: Vec<UnscannedCost>,
 }
 
-/// One body database of [`PatternCosts`].
+/// One database of [`PatternCosts`].
 #[derive(Debug, Clone)]
 pub struct DatabaseCost {
     /// Patterns in it.
     pub patterns: usize,
     /// Whether they are prefilters.
     pub prefilter: bool,
-    /// Scan time over the paragraphs.
+    /// Scan time over the texts.
     pub took: Duration,
 }
 
-/// One body pattern Hyperscan scans, compiled alone.
+/// One pattern Hyperscan scans, compiled alone.
 #[derive(Debug, Clone)]
-pub struct BodyPatternCost {
+pub struct PatternCost {
     /// The rule.
     pub rule: String,
     /// Whether it is a prefilter.
     pub prefilter: bool,
-    /// Scan time over the paragraphs.
+    /// Scan time over the texts.
     pub took: Duration,
     /// Matches Hyperscan reported.
     pub matches: usize,
@@ -248,7 +248,7 @@ pub struct BodyPatternCost {
     pub compile: Duration,
 }
 
-/// One body pattern Hyperscan does not take.
+/// One pattern Hyperscan does not take.
 #[derive(Debug, Clone)]
 pub struct UnscannedCost {
     /// The rule.
@@ -257,9 +257,9 @@ pub struct UnscannedCost {
     pub bytes: usize,
     /// `PCRE2` or `regex`.
     pub matcher: &'static str,
-    /// Match time over the paragraphs.
+    /// Match time over the texts.
     pub took: Duration,
-    /// Paragraphs it matches.
+    /// Texts it matches.
     pub matched: usize,
 }
 
@@ -620,11 +620,13 @@ fn hs_pattern(t: &Translated, expr: &str, prefilter: bool, id: usize) -> Pattern
 }
 
 impl Engine {
-    /// Where body scanning's Hyperscan time goes, for tuning the ruleset's translation: each
-    /// body database over `paragraphs` (as [`super::view::body_lines`] gives them), then each
-    /// body pattern compiled alone over them, costliest first. Diagnostics, not for the hot
-    /// path: it compiles a database per pattern.
-    pub fn body_pattern_costs(&self, paragraphs: &[Vec<u8>]) -> PatternCosts {
+    /// Where a scope's Hyperscan time goes, for tuning the ruleset's translation: each database
+    /// of the rules reading `scope` over `texts` (for the body, paragraphs as
+    /// [`super::view::body_lines`] gives them; for URIs, [`super::view::uris`]; for rawbody,
+    /// [`super::view::rawbody_chunks`]), then each pattern compiled alone over them, costliest
+    /// first. Diagnostics, not for the hot path: it compiles a database per pattern.
+    pub fn pattern_costs(&self, scope: &Input, texts: &[Vec<u8>]) -> PatternCosts {
+        let paragraphs = texts;
         let plat = platform();
         let plat = plat.as_ref().map(|p| p.as_ref());
         let time_scan = |db: &BlockDatabase| {
@@ -648,7 +650,7 @@ impl Engine {
             };
             if !self.rules[first]
                 .input
-                .is_some_and(|k| self.inputs[k] == Input::Body)
+                .is_some_and(|k| self.inputs[k] == *scope)
             {
                 continue;
             }
@@ -663,7 +665,7 @@ impl Engine {
                 if let Ok(db) = compile_one(&[r], &self.rules, plat) {
                     let compile = started.elapsed();
                     let (took, matches) = time_scan(&db);
-                    out.patterns.push(BodyPatternCost {
+                    out.patterns.push(PatternCost {
                         rule: self.set.rules[r].name.clone(),
                         prefilter,
                         took,
@@ -675,8 +677,8 @@ impl Engine {
         }
         out.patterns.sort_by_key(|p| std::cmp::Reverse(p.took));
         for (r, c) in self.rules.iter().enumerate() {
-            let body = c.input.is_some_and(|k| self.inputs[k] == Input::Body);
-            let (true, Mode::Pcre, Some(m)) = (body, c.mode, c.pcre()) else {
+            let reads = c.input.is_some_and(|k| self.inputs[k] == *scope);
+            let (true, Mode::Pcre, Some(m)) = (reads, c.mode, c.pcre()) else {
                 continue;
             };
             let (took, matched) = second_of_two(|| {

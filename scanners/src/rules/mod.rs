@@ -26,8 +26,8 @@ pub mod sa_html;
 pub mod view;
 
 pub use engine::{
-    AutolearnPoints, AutolearnThresholds, BodyPatternCost, BuildStats, CompileTime, Cost,
-    DatabaseCost, Engine, Envelope, Layout, LoosePrefilter, Mode, Options, Outcome, Part,
+    AutolearnPoints, AutolearnThresholds, BuildStats, CompileTime, Cost, DatabaseCost, Engine,
+    Envelope, Input, Layout, LoosePrefilter, Mode, Options, Outcome, Part, PatternCost,
     PatternCosts, Profile, ProfileRow, Scratch, UnscannedCost,
 };
 pub use evals::DnsPlan;
