@@ -1442,6 +1442,7 @@ impl Engine {
                 extracted_text,
                 body,
                 uris,
+                uri_hosts: Default::default(),
                 headers,
                 mail_from,
                 net,
@@ -3338,5 +3339,23 @@ Subject: x\n\nbody\n";
         assert!(build(RULES, &opts).stats.cache_hit);
         assert!(build(&other, &opts).stats.cache_hit);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// `check_body_length` counts the body as received with LF line ends: a CRLF body twice
+    /// the limit's length can still be within it, and one longer than that cannot.
+    #[test]
+    fn body_length_counts_line_ends_as_one_byte() {
+        let e = engine(
+            "body LT_10 eval:check_body_length('10')\nbody LT_9 eval:check_body_length('9')\n",
+            Layout::PerScope,
+        );
+        let msg = |body: &str| format!("From: a@b.example\r\nSubject: s\r\n\r\n{body}");
+        // 15 bytes as received, 10 with LF line ends.
+        let five_lines = msg("a\r\nb\r\nc\r\nd\r\ne\r\n");
+        assert_eq!(hits(&e, &five_lines), ["LT_10=1"]);
+        assert_eq!(hits(&e, &msg("abcdefghij")), ["LT_10=1"]);
+        assert!(hits(&e, &msg("abcdefghijk")).is_empty());
+        // 21 bytes, more than twice the limit, none of them line ends.
+        assert!(hits(&e, &msg("abcdefghijklmnopqrstu")).is_empty());
     }
 }

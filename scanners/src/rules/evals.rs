@@ -677,12 +677,14 @@ fn to_addrs(h: &Headers) -> Vec<String> {
     out
 }
 
-/// Whether a URI host of the message (not of `mailto:`), or a parent domain of it, is on a
-/// host list with a positive verdict: the most specific listed name decides (`!host`
-/// exempts), as `check_uri_host_listed` does. Names under no known public suffix are skipped,
-/// as SpamAssassin's URI parser gives them no host.
-fn uri_host_listed(uris: &[Vec<u8>], list: &HashMap<String, bool>) -> bool {
+/// The names each URI host of the message (not of `mailto:`) is looked up under in a host list,
+/// once per distinct host: the host and its parent domains, most specific first, as
+/// `check_uri_host_listed` tries them. Names under no known public suffix get none, as
+/// SpamAssassin's URI parser gives them no host. Built once a message: every host-list rule
+/// reads the same names.
+fn uri_host_keys(uris: &[Vec<u8>]) -> Vec<Vec<String>> {
     let mut seen: HashSet<String> = HashSet::new();
+    let mut out = Vec::new();
     for u in uris {
         if u.get(..7)
             .is_some_and(|p| p.eq_ignore_ascii_case(b"mailto:"))
@@ -699,13 +701,13 @@ fn uri_host_listed(uris: &[Vec<u8>], list: &HashMap<String, bool>) -> bool {
         if !seen.insert(host.clone()) {
             continue;
         }
-        let mut keys: Vec<&str> = Vec::new();
+        let mut keys: Vec<String> = Vec::new();
         if host.parse::<IpAddr>().is_ok() {
-            keys.push(&host);
+            keys.push(host);
         } else if psl::suffix(host.as_bytes()).is_some_and(|s| s.is_known()) {
             let mut h = host.as_str();
             loop {
-                keys.push(h);
+                keys.push(h.to_string());
                 match h.split_once('.') {
                     Some((_, r)) => h = r,
                     None => break,
@@ -716,12 +718,18 @@ fn uri_host_listed(uris: &[Vec<u8>], list: &HashMap<String, bool>) -> bool {
                 keys.drain(..keys.len() - 11);
             }
         }
-        // (A name under no known public suffix is no host to SpamAssassin: no keys.)
-        if keys.iter().find_map(|k| list.get(*k)).copied() == Some(true) {
-            return true;
-        }
+        out.push(keys);
     }
-    false
+    out
+}
+
+/// Whether a URI host of the message, or a parent domain of it, is on a host list with a
+/// positive verdict: the most specific listed name decides (`!host` exempts), as
+/// `check_uri_host_listed` does. `hosts` as [`uri_host_keys`] gives them.
+fn uri_host_listed(hosts: &[Vec<String>], list: &HashMap<String, bool>) -> bool {
+    hosts
+        .iter()
+        .any(|keys| keys.iter().find_map(|k| list.get(k)).copied() == Some(true))
 }
 
 /// `zone A [subtest]` of the URI list definitions (`urirhssub`, `uridnssub`, ...); TXT lists
@@ -1217,6 +1225,9 @@ pub struct EvalInput<'a> {
     pub body: OnceCell<Vec<Vec<u8>>>,
     /// The URIs of the message as the uri rules read them (the engine's, when it listed them).
     pub uris: OnceCell<Vec<Vec<u8>>>,
+    /// The names the URI hosts are looked up under in host lists, computed on first use
+    /// (every host-list rule reads them).
+    pub uri_hosts: OnceCell<Vec<Vec<String>>>,
     /// The message's top-level headers.
     pub headers: &'a Headers,
     /// MAIL FROM.
@@ -1493,7 +1504,12 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         }
         Call::UriHostListed(list) => input.uri_host_lists.get(list.as_str()).is_some_and(|l| {
             !l.is_empty()
-                && uri_host_listed(input.uris.get_or_init(|| super::view::uris(input.msg)), l)
+                && uri_host_listed(
+                    input.uri_hosts.get_or_init(|| {
+                        uri_host_keys(input.uris.get_or_init(|| super::view::uris(input.msg)))
+                    }),
+                    l,
+                )
         }),
         Call::SubjectAllCaps => subject_all_caps(input.headers),
         Call::ToInSubject { user } => to_in_subject(input.headers, *user),
@@ -1549,11 +1565,15 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             u > *min && u <= *max
         }
         Call::BodyLength(max) => {
-            // `pristine_body_length`: the body as received, line endings as LF.
+            // `pristine_body_length`: the body as received, line endings as LF. Each CRLF
+            // counts one byte less, so only a body up to twice the limit needs them counted.
             input.msg.parts.first().is_some_and(|p| {
                 let body = &input.msg.raw[p.body.start as usize..p.body.end as usize];
-                let crs = memchr::memmem::find_iter(body, b"\r\n").count();
-                body.len() - crs <= *max
+                body.len() <= *max
+                    || (body.len() / 2 <= *max && {
+                        let crs = memchr::memmem::find_iter(body, b"\r\n").count();
+                        body.len() - crs <= *max
+                    })
             })
         }
         Call::HeaderCount { header, min, max } => {
@@ -2590,10 +2610,10 @@ mod tests {
         let msg = Message::parse(bytes::Bytes::from(raw));
         let mut list = HashMap::new();
         list.insert("evil.com".to_string(), true);
-        let uris = super::super::view::uris(&msg);
-        assert!(uri_host_listed(&uris, &list));
+        let hosts = uri_host_keys(&super::super::view::uris(&msg));
+        assert!(uri_host_listed(&hosts, &list));
         list.insert("www.evil.com".to_string(), false);
-        assert!(!uri_host_listed(&uris, &list));
+        assert!(!uri_host_listed(&hosts, &list));
     }
 
     #[test]
