@@ -872,6 +872,31 @@ class RulesInTheGateway(unittest.TestCase):
         self.assertEqual(ham["action"], "accept")
         self.assertAlmostEqual(ham["score"], sum(ham["symbols"].values()), places=2)
 
+    def test_messages_built_to_be_expensive_are_scanned_whole(self):
+        """Thousands of fields, parts or URIs, deep nesting, huge lines: each message gets its
+        verdict, none is dropped or fails the run."""
+        out = tempfile.mkdtemp(prefix="hostile-", dir=WORK)
+        subprocess.run([sys.executable, os.path.join(harness.ROOT, "scripts", "hostile_messages.py"), out],
+                       check=True, capture_output=True)
+        files = sorted(os.path.join(out, f) for f in os.listdir(out))
+        self.assertEqual(len(files), 18)
+        r = subprocess.run([harness.MXGATE, "scan", "--config", self.config, "--stages", "rules", *files],
+                           capture_output=True, text=True, timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        got = {j["file"]: j for j in map(json.loads, r.stdout.splitlines())}
+        self.assertEqual(sorted(got), files)
+        for f, j in got.items():
+            self.assertIn(j["action"], ("accept", "tag"), f)
+            self.assertAlmostEqual(j["score"], sum(j["symbols"].values()), places=2, msg=f)
+        # The rules still read what these messages hold: the HTML, the thousand parts
+        # (SpamAssassin's part limit), the Received fields (private addresses: all trusted).
+        sym = lambda name: got[os.path.join(out, name + ".eml")]["symbols"]
+        self.assertIn("HTML_MESSAGE", sym("htmluris-5000"))
+        self.assertNotIn("HTML_MESSAGE", sym("uris-5000"))
+        self.assertIn("MIMEPART_LIMIT_EXCEEDED", sym("parts-1000"))
+        self.assertNotIn("MIMEPART_LIMIT_EXCEEDED", sym("deep-50"))
+        self.assertIn("ALL_TRUSTED", sym("received-1000"))
+
     def test_address_and_uri_host_lists_as_spamassassin_reads_them(self):
         """welcomelist_from, blocklist_from, the _to lists, enlist_addrlist, the URI host lists
         (with a `!` exception): mxgate's hits against SpamAssassin's on the same messages."""
