@@ -3,9 +3,11 @@
 accepts connections, and (with first-start databases) until the final databases are in use.
 
 Each run empties the rules cache first. `[rules] startup_chunk` 2 (the default) and 0 (wait for
-the final databases) run in turn, so that both see the same machine.
+the final databases) run in turn, so that both see the same machine. With `--warm` the cache is
+kept instead (a first start, not timed, fills it): the time a restart takes. Several `--mxgate`
+binaries run in turn, each with a cache of its own.
 
-    python3 scripts/cold_start.py [--mxgate BIN] [--runs N] [--chunks 2,0]
+    python3 scripts/cold_start.py [--mxgate BIN]... [--runs N] [--chunks 2,0] [--warm]
 """
 import argparse
 import os
@@ -35,9 +37,10 @@ def accepts(port):
         return False
 
 
-def one(mxgate, work, chunk, timeout):
+def one(mxgate, work, chunk, timeout, warm=False):
     cache = os.path.join(work, "cache")
-    shutil.rmtree(cache, ignore_errors=True)
+    if not warm:
+        shutil.rmtree(cache, ignore_errors=True)
     port, config, log_path = free_port(), os.path.join(work, "mxgate.toml"), os.path.join(work, "mxgate.log")
     with open(config, "w") as f:
         f.write(f'[server]\nlisten = ["127.0.0.1:{port}"]\n[relay]\nnext_hop = "127.0.0.1:{free_port()}"\n'
@@ -75,22 +78,31 @@ def one(mxgate, work, chunk, timeout):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mxgate", default=DEFAULT_BIN)
+    ap.add_argument("--mxgate", action="append", help="the binary (repeat to compare binaries in turn)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--chunks", default="2,0", help="startup_chunk values, run in turn")
+    ap.add_argument("--warm", action="store_true", help="keep the cache: time restarts")
     ap.add_argument("--timeout", type=float, default=300)
     a = ap.parse_args()
     chunks = [int(c) for c in a.chunks.split(",")]
-    work = tempfile.mkdtemp(prefix="mxgate-cold-start-")
+    binaries = a.mxgate or [DEFAULT_BIN]
+    works = {b: tempfile.mkdtemp(prefix="mxgate-cold-start-") for b in binaries}
     try:
+        if a.warm:
+            for b in binaries:
+                for chunk in chunks:
+                    one(b, works[b], chunk, a.timeout)
         for _ in range(a.runs):
-            for chunk in chunks:
-                listening, final, compiles = one(a.mxgate, work, chunk, a.timeout)
-                after = f"{final:.2f} s" if final is not None else "at once"
-                print(f"startup_chunk={chunk}: listening after {listening:.2f} s, compile_ms {compiles}, "
-                      f"final databases in use {after}", flush=True)
+            for b in binaries:
+                for chunk in chunks:
+                    listening, final, compiles = one(b, works[b], chunk, a.timeout, a.warm)
+                    after = f"{final:.2f} s" if final is not None else "at once"
+                    who = f"{b}: " if len(binaries) > 1 else ""
+                    print(f"{who}startup_chunk={chunk}: listening after {listening:.2f} s, compile_ms {compiles}, "
+                          f"final databases in use {after}", flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        for w in works.values():
+            shutil.rmtree(w, ignore_errors=True)
 
 
 if __name__ == "__main__":
