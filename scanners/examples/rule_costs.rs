@@ -22,8 +22,8 @@ fn main() {
         Some("rawbody") => Input::Rawbody,
         Some(other) => panic!("scope {other}: body, uri or rawbody"),
     };
-    let name = format!("{scope:?}").to_lowercase();
-    let mut paragraphs = Vec::new();
+    let name = scope.label();
+    let mut texts = Vec::new();
     let mut messages = 0;
     for folder in ["ham", "hard_ham", "spam"] {
         let dir = std::path::Path::new(&corpus).join(folder);
@@ -37,12 +37,12 @@ fn main() {
             let Ok(raw) = std::fs::read(&f) else { continue };
             let msg = Message::parse(bytes::Bytes::from(raw));
             match scope {
-                Input::Uri => paragraphs.extend(view::uris(&msg)),
-                Input::Rawbody => paragraphs.extend(view::rawbody_chunks(&msg)),
+                Input::Uri => texts.extend(view::uris(&msg)),
+                Input::Rawbody => texts.extend(view::rawbody_chunks(&msg)),
                 _ => {
                     let headers = view::Headers::of_part(&msg, 0);
                     let subject = headers.values("subject", false).last();
-                    paragraphs.extend(view::body_lines(&msg, subject, None));
+                    texts.extend(view::body_lines(&msg, subject, None));
                 }
             }
             messages += 1;
@@ -57,12 +57,12 @@ fn main() {
         },
     )
     .expect("the ruleset compiles");
-    let bytes: usize = paragraphs.iter().map(Vec::len).sum();
+    let bytes: usize = texts.iter().map(Vec::len).sum();
     println!(
         "{messages} messages, {} {name} texts, {bytes} bytes",
-        paragraphs.len()
+        texts.len()
     );
-    let costs = engine.pattern_costs(&scope, &paragraphs);
+    let costs = engine.pattern_costs(&scope, &texts);
     let per_msg = |d: std::time::Duration| d.as_secs_f64() * 1e6 / messages as f64;
     let kind = |prefilter: bool| if prefilter { "prefilter" } else { "as written" };
     let total: std::time::Duration = costs.databases.iter().map(|d| d.took).sum();

@@ -142,7 +142,7 @@ pub enum Input {
 
 impl Input {
     /// How a profile names it: the scope, and for headers the request as rules write it.
-    fn label(&self) -> String {
+    pub fn label(&self) -> String {
         match self {
             Input::Header(r) => format!("header {r}"),
             Input::MimeHeader(r) => format!("mimeheader {r}"),
@@ -162,37 +162,44 @@ struct Compiled {
     /// Whether the pattern matches the `if-unset` text (or the empty string): the value a
     /// header rule takes when its header is missing, the same for every message.
     unset_match: OnceLock<bool>,
-    /// What Hyperscan compiles, once derived ([`Compiled::hs_expr`]).
-    hs_expr: OnceLock<String>,
+    /// What Hyperscan compiles and how Hyperscan takes it, once derived ([`Compiled::hs`]).
+    hs_expr: OnceLock<(String, Mode)>,
 }
 
 impl Compiled {
     /// What Hyperscan compiles: the expression as written, or for a prefilter (a pattern
     /// widened, or one Hyperscan rejects as written) a superset: widened, without its word
     /// boundaries (see [`drop_word_boundaries`]), and when Hyperscan rejects that for its
-    /// anchors even as a prefilter, without them too (see [`drop_anchors`]). Derived from the
-    /// pattern alone, so an engine loaded from the cache compiles what a built one did.
-    fn hs_expr(&self) -> Option<&str> {
+    /// anchors even as a prefilter, without them too (see [`drop_anchors`]). With it, how
+    /// Hyperscan takes it, as found out on the way: [`Mode::Hyperscan`] (as written),
+    /// [`Mode::Prefilter`], or [`Mode::Pcre`] (not at all). Derived from the pattern alone, so
+    /// an engine loaded from the cache compiles what a built one did.
+    fn hs(&self) -> Option<(&str, Mode)> {
         let t = self.translated.as_ref()?;
-        let e = self.hs_expr.get_or_init(|| {
+        let (e, mode) = self.hs_expr.get_or_init(|| {
             let e = widen_repeats(&t.expr).unwrap_or_else(|| t.expr.clone());
             let takes = |e: &str, prefilter| hs_pattern(t, e, prefilter, 0).info().is_ok();
             if e == t.expr && takes(&e, false) {
-                return e;
+                return (e, Mode::Hyperscan);
             }
             // A prefilter (whatever compiles as written compiles as one): its word boundaries go.
             let e = drop_word_boundaries(&e);
             if takes(&e, true) {
-                return e;
+                return (e, Mode::Prefilter);
             }
             let loose = drop_anchors(&e);
             if takes(&loose, true) {
-                loose
+                (loose, Mode::Prefilter)
             } else {
-                e
+                (e, Mode::Pcre)
             }
         });
-        Some(e)
+        Some((e, *mode))
+    }
+
+    /// The expression of [`Compiled::hs`].
+    fn hs_expr(&self) -> Option<&str> {
+        self.hs().map(|(e, _)| e)
     }
 
     fn pcre(&self) -> Option<&Matcher> {
@@ -626,7 +633,6 @@ impl Engine {
     /// [`super::view::rawbody_chunks`]), then each pattern compiled alone over them, costliest
     /// first. Diagnostics, not for the hot path: it compiles a database per pattern.
     pub fn pattern_costs(&self, scope: &Input, texts: &[Vec<u8>]) -> PatternCosts {
-        let paragraphs = texts;
         let plat = platform();
         let plat = plat.as_ref().map(|p| p.as_ref());
         let time_scan = |db: &BlockDatabase| {
@@ -634,7 +640,7 @@ impl Engine {
             second_of_two(|| {
                 let t = Instant::now();
                 let mut hits = 0usize;
-                for p in paragraphs {
+                for p in texts {
                     let _ = db.scan(p, &s, |_, _, _, _| {
                         hits += 1;
                         Matching::Continue
@@ -683,7 +689,7 @@ impl Engine {
             };
             let (took, matched) = second_of_two(|| {
                 let t = Instant::now();
-                let hits = paragraphs.iter().filter(|p| m.is_match(p)).count();
+                let hits = texts.iter().filter(|p| m.is_match(p)).count();
                 (t.elapsed(), hits)
             });
             out.unscanned.push(UnscannedCost {
@@ -1960,16 +1966,7 @@ fn classify_one(c: &mut Compiled, inputs: &[Input]) {
         c.mode = Mode::Pcre;
         return;
     }
-    // What Hyperscan compiles differs from the pattern whenever it was widened or loosened.
-    let e = c.hs_expr().expect("a regex rule");
-    if e == t.expr && hs_pattern(t, e, false, 0).info().is_ok() {
-        return;
-    }
-    c.mode = if hs_pattern(t, e, true, 0).info().is_ok() {
-        Mode::Prefilter
-    } else {
-        Mode::Pcre
-    };
+    c.mode = c.hs().expect("a regex rule").1;
 }
 
 fn compile_groups(
