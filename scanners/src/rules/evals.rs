@@ -677,12 +677,35 @@ fn to_addrs(h: &Headers) -> Vec<String> {
     out
 }
 
-/// The names each URI host of the message (not of `mailto:`) is looked up under in a host list,
-/// once per distinct host: the host and its parent domains, most specific first, as
-/// `check_uri_host_listed` tries them. Names under no known public suffix get none, as
-/// SpamAssassin's URI parser gives them no host. Built once a message: every host-list rule
-/// reads the same names.
-fn uri_host_keys(uris: &[Vec<u8>]) -> Vec<Vec<String>> {
+/// A URI host as the host-list rules look it up.
+pub struct ListedHost {
+    host: String,
+    ip: bool,
+}
+
+impl ListedHost {
+    /// The names it is looked up under, most specific first, as `check_uri_host_listed` tries
+    /// them: an IP address alone; a name and its parent domains, of which SpamAssassin keeps
+    /// the eleven most general.
+    fn names(&self) -> impl Iterator<Item = &str> {
+        let h = self.host.as_str();
+        let labels = if self.ip {
+            1
+        } else {
+            h.matches('.').count() + 1
+        };
+        std::iter::once(0)
+            .chain(h.match_indices('.').map(|(i, _)| i + 1))
+            .take(labels)
+            .skip(labels.saturating_sub(11))
+            .map(move |i| &h[i..])
+    }
+}
+
+/// The message's distinct URI hosts (not of `mailto:`) as the host-list rules look them up,
+/// once a message: every host-list rule reads them. Names under no known public suffix are
+/// left out, as SpamAssassin's URI parser gives them no host.
+fn listed_hosts(uris: &[Vec<u8>]) -> Vec<ListedHost> {
     let mut seen: HashSet<String> = HashSet::new();
     let mut out = Vec::new();
     for u in uris {
@@ -698,38 +721,24 @@ fn uri_host_keys(uris: &[Vec<u8>]) -> Vec<Vec<String>> {
         let Some(host) = lists::uri_host(&u) else {
             continue;
         };
-        if !seen.insert(host.clone()) {
+        let ip = host.parse::<IpAddr>().is_ok();
+        if !ip && !psl::suffix(host.as_bytes()).is_some_and(|s| s.is_known()) {
             continue;
         }
-        let mut keys: Vec<String> = Vec::new();
-        if host.parse::<IpAddr>().is_ok() {
-            keys.push(host);
-        } else if psl::suffix(host.as_bytes()).is_some_and(|s| s.is_known()) {
-            let mut h = host.as_str();
-            loop {
-                keys.push(h.to_string());
-                match h.split_once('.') {
-                    Some((_, r)) => h = r,
-                    None => break,
-                }
-            }
-            // SpamAssassin keeps the last eleven (the most general names).
-            if keys.len() > 11 {
-                keys.drain(..keys.len() - 11);
-            }
+        if seen.insert(host.clone()) {
+            out.push(ListedHost { host, ip });
         }
-        out.push(keys);
     }
     out
 }
 
 /// Whether a URI host of the message, or a parent domain of it, is on a host list with a
 /// positive verdict: the most specific listed name decides (`!host` exempts), as
-/// `check_uri_host_listed` does. `hosts` as [`uri_host_keys`] gives them.
-fn uri_host_listed(hosts: &[Vec<String>], list: &HashMap<String, bool>) -> bool {
+/// `check_uri_host_listed` does.
+fn uri_host_listed(hosts: &[ListedHost], list: &HashMap<String, bool>) -> bool {
     hosts
         .iter()
-        .any(|keys| keys.iter().find_map(|k| list.get(k)).copied() == Some(true))
+        .any(|h| h.names().find_map(|n| list.get(n)).copied() == Some(true))
 }
 
 /// `zone A [subtest]` of the URI list definitions (`urirhssub`, `uridnssub`, ...); TXT lists
@@ -1225,9 +1234,9 @@ pub struct EvalInput<'a> {
     pub body: OnceCell<Vec<Vec<u8>>>,
     /// The URIs of the message as the uri rules read them (the engine's, when it listed them).
     pub uris: OnceCell<Vec<Vec<u8>>>,
-    /// The names the URI hosts are looked up under in host lists, computed on first use
-    /// (every host-list rule reads them).
-    pub uri_hosts: OnceCell<Vec<Vec<String>>>,
+    /// The URI hosts as host lists look them up, computed on first use (every host-list rule
+    /// reads them).
+    pub uri_hosts: OnceCell<Vec<ListedHost>>,
     /// The message's top-level headers.
     pub headers: &'a Headers,
     /// MAIL FROM.
@@ -1506,7 +1515,7 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             !l.is_empty()
                 && uri_host_listed(
                     input.uri_hosts.get_or_init(|| {
-                        uri_host_keys(input.uris.get_or_init(|| super::view::uris(input.msg)))
+                        listed_hosts(input.uris.get_or_init(|| super::view::uris(input.msg)))
                     }),
                     l,
                 )
@@ -2610,10 +2619,43 @@ mod tests {
         let msg = Message::parse(bytes::Bytes::from(raw));
         let mut list = HashMap::new();
         list.insert("evil.com".to_string(), true);
-        let hosts = uri_host_keys(&super::super::view::uris(&msg));
+        let hosts = listed_hosts(&super::super::view::uris(&msg));
         assert!(uri_host_listed(&hosts, &list));
         list.insert("www.evil.com".to_string(), false);
         assert!(!uri_host_listed(&hosts, &list));
+    }
+
+    #[test]
+    fn listed_hosts_are_looked_up_as_spamassassin_does() {
+        let names = |host: &str, ip: bool| {
+            let h = ListedHost {
+                host: host.to_string(),
+                ip,
+            };
+            h.names().map(str::to_string).collect::<Vec<_>>()
+        };
+        assert_eq!(names("10.1.2.3", true), ["10.1.2.3"]);
+        assert_eq!(
+            names("www.evil.com", false),
+            ["www.evil.com", "evil.com", "com"]
+        );
+        // The eleven most general names of a deeper one.
+        let deep = "a.b.c.d.e.f.g.h.i.j.k.l.com";
+        let n = names(deep, false);
+        assert_eq!(n.len(), 11);
+        assert_eq!(
+            (n[0].as_str(), n[10].as_str()),
+            ("c.d.e.f.g.h.i.j.k.l.com", "com")
+        );
+        // Names under no known public suffix are no hosts; each host once.
+        let msg = Message::parse(bytes::Bytes::from(
+            "From: a@b.example\r\n\r\nhttp://x.invalidtld/ http://www.evil.com/a http://WWW.evil.com/b\r\n",
+        ));
+        let hosts = listed_hosts(&super::super::view::uris(&msg));
+        assert_eq!(
+            hosts.iter().map(|h| h.host.as_str()).collect::<Vec<_>>(),
+            ["www.evil.com"]
+        );
     }
 
     #[test]
