@@ -33,6 +33,7 @@ def _ephemeral_range():
 
 
 _EPHEMERAL = _ephemeral_range()
+_LISTEN_PORTS = [p for p in range(20000, 32000) if not _EPHEMERAL[0] <= p <= _EPHEMERAL[1]]
 _HANDED_OUT = set()
 
 
@@ -40,9 +41,8 @@ def free_port():
     """A loopback port nothing holds now, outside the kernel's ephemeral range (whose ports the
     tests' own outgoing connections take as their local ports: a listener picked there can find
     its port taken by a client a moment later) and never the same one twice in this run."""
-    candidates = [p for p in range(20000, 32000) if not _EPHEMERAL[0] <= p <= _EPHEMERAL[1]]
     for _ in range(200):
-        port = random.choice(candidates)
+        port = random.choice(_LISTEN_PORTS)
         if port in _HANDED_OUT:
             continue
         s = socket.socket()
@@ -66,6 +66,7 @@ def wait_port(port, host="127.0.0.1", timeout=15.0, proc=None, ready=None):
     process lives, up to `timeout`, and fails at once, with its log, when it exits; with `ready`
     as well, also until its log holds that text (a port that answers may be another listener's,
     or one of the process's listeners before another fails)."""
+    assert ready is None or proc is not None, "a ready line is looked for in a process's log"
     end = time.time() + timeout
     while time.time() < end:
         if proc is not None and proc.p.poll() is not None:
