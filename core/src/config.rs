@@ -326,7 +326,15 @@ pub struct Rules {
     /// (about a third less CPU a message at 16). No message waits for others to arrive; 1
     /// scans each alone.
     pub batch: usize,
+    /// Most texts (body paragraphs, URIs, rawbody chunks) a shard remembers the rule hits of,
+    /// so that a text seen again is not scanned again: list footers, signatures, a sender's
+    /// links, and the copies of a campaign, which differ only in their headers. About 50 bytes
+    /// a text. 0 scans every text.
+    pub text_cache: usize,
 }
+
+/// The default `[rules] text_cache`: 65,536 texts, a few MB a shard.
+pub const TEXT_CACHE: usize = 65_536;
 
 /// The default `[rules] prefilter_chunk`.
 pub const PREFILTER_CHUNK: usize = 24;
@@ -362,6 +370,7 @@ impl Default for Rules {
             startup_chunk: STARTUP_CHUNK,
             offload_above: 64 * 1024,
             batch: 16,
+            text_cache: TEXT_CACHE,
         }
     }
 }

@@ -269,6 +269,18 @@ pub fn render(shards: &[Arc<ShardStats>], control: &Control) -> String {
         metric(name, help, "counter", sum(&|s| field(s).load(Relaxed)));
     }
     metric(
+        "mxgate_rules_text_cache_lookups_total",
+        "Texts the text rules read (body paragraphs, URIs, rawbody chunks) looked up in the shards' text caches ([rules] text_cache).",
+        "counter",
+        crate::stages::TEXT_CACHE_LOOKUPS.load(Relaxed),
+    );
+    metric(
+        "mxgate_rules_text_cache_found_total",
+        "Texts found there: seen before, their rule hits known, not scanned again.",
+        "counter",
+        crate::stages::TEXT_CACHE_FOUND.load(Relaxed),
+    );
+    metric(
         "mxgate_rules_first_start_databases",
         "1 while the rules run on a cold start's smaller databases ([rules] startup_chunk), before the final ones are built and swapped in.",
         "gauge",

@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -902,6 +903,7 @@ fn build_rules(
             RulesBuild::FirstStart => cfg.rules.startup_chunk,
             _ => 0,
         },
+        text_cache: cfg.rules.text_cache,
     };
     let engine = rules::Engine::build(set, &opts)?;
     let s = &engine.stats;
@@ -979,6 +981,12 @@ thread_local! {
     static SCRATCH: RefCell<Option<(u64, rules::Scratch)>> = const { RefCell::new(None) };
 }
 
+/// Texts of every thread's scans looked up in its text cache (`[rules] text_cache`), and the
+/// texts found there (`mxgate_rules_text_cache_*_total`).
+pub static TEXT_CACHE_LOOKUPS: AtomicU64 = AtomicU64::new(0);
+/// See [`TEXT_CACHE_LOOKUPS`].
+pub static TEXT_CACHE_FOUND: AtomicU64 = AtomicU64::new(0);
+
 fn with_scratch<R>(engine: &rules::Engine, f: impl FnOnce(&mut rules::Scratch) -> R) -> R {
     SCRATCH.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -986,7 +994,12 @@ fn with_scratch<R>(engine: &rules::Engine, f: impl FnOnce(&mut rules::Scratch) -
             *slot = Some((engine.id(), engine.scratch()));
         }
         let (_, s) = slot.as_mut().expect("scratch just made");
-        f(s)
+        let before = s.text_cache_stats();
+        let r = f(s);
+        let after = s.text_cache_stats();
+        TEXT_CACHE_LOOKUPS.fetch_add(after.0 - before.0, Relaxed);
+        TEXT_CACHE_FOUND.fetch_add(after.1 - before.1, Relaxed);
+        r
     })
 }
 

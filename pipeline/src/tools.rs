@@ -607,11 +607,15 @@ pub fn rules_profile(
         handover: None,
     };
     let mut scratch = engine.scratch();
+    let mut cache_before = (0, 0);
     for pass in 0..passes {
         // With more than one pass, the first only warms up.
         if pass == passes.min(2) - 1 {
             scratch.enable_profile();
+            cache_before = scratch.text_cache_stats();
         }
+        // Each pass finds in the text cache only what the messages repeat among themselves.
+        scratch.clear_text_cache();
         for chunk in msgs.chunks(batch) {
             let batch: Vec<_> = chunk.iter().map(|m| (m, env)).collect();
             engine.scan_batch(&batch, &mut scratch);
@@ -619,6 +623,11 @@ pub fn rules_profile(
     }
     let p = scratch.profile().cloned().unwrap_or_default();
     let n = p.messages.max(1) as f64;
+    // Text cache lookups and finds of the passes counted.
+    let (lookups, found) = {
+        let (l, f) = scratch.text_cache_stats();
+        (l - cache_before.0, f - cache_before.1)
+    };
     let us = |c: &rules::Cost| c.nanos as f64 / 1e3 / n;
     let rows = engine.profile_rows(&p);
     let mut kinds: Vec<(&str, f64)> = Vec::new();
@@ -639,6 +648,7 @@ pub fn rules_profile(
                 "kind": r.kind, "name": r.name, "us_per_message": us(&r.cost),
                 "calls": r.cost.calls, "bytes": r.cost.bytes,
             })).collect::<Vec<_>>(),
+            "text_cache": {"lookups": lookups, "found": found},
             "loose_prefilters": loose.iter().map(|l| serde_json::json!({
                 "rule": l.rule, "confirmed": l.confirmed, "texts": l.texts,
             })).collect::<Vec<_>>(),
@@ -659,6 +669,12 @@ pub fn rules_profile(
     );
     for (k, t) in &kinds {
         println!("  {k:<10} {t:8.1} µs");
+    }
+    if lookups > 0 {
+        println!(
+            "text cache: {found} of {lookups} texts seen before in their pass ({:.1} %), not scanned again",
+            found as f64 * 100.0 / lookups as f64
+        );
     }
     println!("costliest parts (µs a message, calls a message):");
     for r in rows.iter().take(top) {

@@ -4,6 +4,10 @@
 //!
 //! Besides criterion's figures it prints per-message p50/p99 and MB/s (criterion reports means).
 //! `MXGATE_RULES` overrides the rule folders (colon-separated).
+//!
+//! Each pass over the corpus, and each scan of the 1 MB message, starts with an empty text
+//! cache (`[rules] text_cache`): it finds only what the messages repeat among themselves, as a
+//! single pass would. The `*_no_text_cache` functions run the same without one.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -65,12 +69,17 @@ fn big_message() -> Bytes {
 }
 
 fn engine(layout: Layout, cache: Option<PathBuf>) -> (Engine, Duration) {
+    engine_with(layout, cache, Options::default().text_cache)
+}
+
+fn engine_with(layout: Layout, cache: Option<PathBuf>, text_cache: usize) -> (Engine, Duration) {
     let t = Instant::now();
     let e = Engine::build(
         load_paths(&rule_paths()),
         &Options {
             layout,
             cache_dir: cache,
+            text_cache,
             ..Options::default()
         },
     )
@@ -78,7 +87,7 @@ fn engine(layout: Layout, cache: Option<PathBuf>) -> (Engine, Duration) {
     (e, t.elapsed())
 }
 
-fn percentiles(e: &Engine, msgs: &[Bytes]) {
+fn percentiles(e: &Engine, msgs: &[Bytes], label: &str) {
     let mut s = e.scratch();
     let env = Envelope::default();
     let mut times = Vec::with_capacity(msgs.len());
@@ -95,7 +104,7 @@ fn percentiles(e: &Engine, msgs: &[Bytes]) {
     times.sort();
     let p = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
     println!(
-        "rules/corpus: {} messages, mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs, {:.1} MB/s",
+        "rules/corpus{label}: {} messages, mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs, {:.1} MB/s",
         msgs.len(),
         total.as_secs_f64() * 1e6 / msgs.len() as f64,
         p(0.5).as_secs_f64() * 1e6,
@@ -123,29 +132,36 @@ fn benches(c: &mut Criterion) {
         "rules/warm_matchers: {:.0} ms (in the gateway: a background thread after start)",
         t.elapsed().as_secs_f64() * 1e3
     );
+    let (e0, _) = engine_with(Layout::PerScope, Some(cache.clone()), 0);
+    e0.warm_matchers();
     let msgs = corpus();
-    percentiles(&e, &msgs);
+    percentiles(&e, &msgs, "");
+    percentiles(&e0, &msgs, " (no text cache)");
     let bytes: usize = msgs.iter().map(Bytes::len).sum();
     let env = Envelope::default();
     let mut g = c.benchmark_group("rules");
     g.sample_size(10);
     g.throughput(Throughput::Bytes(bytes as u64));
-    g.bench_function("corpus_per_scope", |b| {
-        let mut s = e.scratch();
-        b.iter(|| {
-            let mut hits = 0;
-            for raw in &msgs {
-                hits += e.scan(&Message::parse(raw.clone()), env, &mut s).hits.len();
-            }
-            hits
-        })
-    });
+    for (name, e) in [("corpus_per_scope", &e), ("corpus_no_text_cache", &e0)] {
+        g.bench_function(name, |b| {
+            let mut s = e.scratch();
+            b.iter(|| {
+                s.clear_text_cache();
+                let mut hits = 0;
+                for raw in &msgs {
+                    hits += e.scan(&Message::parse(raw.clone()), env, &mut s).hits.len();
+                }
+                hits
+            })
+        });
+    }
     // The same messages 16 at a time, each scope over all of them before the next (what
     // `mxgate scan` and a busy gateway shard do): the same hits, the databases and matchers
     // read once a batch.
     g.bench_function("corpus_batch16", |b| {
         let mut s = e.scratch();
         b.iter(|| {
+            s.clear_text_cache();
             let mut hits = 0;
             for chunk in msgs.chunks(16) {
                 let parsed: Vec<Message> =
@@ -177,10 +193,19 @@ fn benches(c: &mut Criterion) {
     });
     let big = big_message();
     g.throughput(Throughput::Bytes(big.len() as u64));
-    g.bench_function("one_mb_message", |b| {
-        let mut s = e.scratch();
-        b.iter(|| e.scan(&Message::parse(big.clone()), env, &mut s).hits.len())
-    });
+    // The message repeats one paragraph: with the text cache, its copies are scanned once.
+    for (name, e) in [
+        ("one_mb_message", &e),
+        ("one_mb_message_no_text_cache", &e0),
+    ] {
+        g.bench_function(name, |b| {
+            let mut s = e.scratch();
+            b.iter(|| {
+                s.clear_text_cache();
+                e.scan(&Message::parse(big.clone()), env, &mut s).hits.len()
+            })
+        });
+    }
     if std::env::var_os("MXGATE_BENCH_SINGLE").is_some() {
         let single_cache = std::env::temp_dir().join("mxgate-rules-bench-cache-single");
         let (es, t) = engine(Layout::Single, Some(single_cache));
@@ -189,11 +214,12 @@ fn benches(c: &mut Criterion) {
             t.as_secs_f64(),
             es.stats.cache_hit
         );
-        percentiles(&es, &msgs);
+        percentiles(&es, &msgs, " (single layout)");
         g.throughput(Throughput::Bytes(bytes as u64));
         g.bench_function("corpus_single", |b| {
             let mut s = es.scratch();
             b.iter(|| {
+                s.clear_text_cache();
                 let mut hits = 0;
                 for raw in &msgs {
                     hits += es

@@ -990,6 +990,51 @@ class RulesInTheGateway(unittest.TestCase):
         self.assertEqual(v["score"], 5.0)
         self.assertEqual(v["action"], "tag")
 
+    def test_campaign_copies_are_judged_as_the_first_without_scanning_its_texts_again(self):
+        """Copies of one campaign, their headers changed, through a gateway with its text cache
+        and one without: each copy gets the same X-Spam-Status from both, and the cache finds
+        the copies' paragraphs and links."""
+        body = ("Dear Friend,\r\n\r\nYou have been selected to receive a 100% FREE gift card! "
+                "Act now, this offer expires soon.\r\n\r\nClick here: http://gifts.e2e-test.com/claim?id=1 "
+                "or visit http://www.e2e-test.com/offer\r\n\r\nTo be removed from our mailing list, "
+                "click here to unsubscribe.\r\n")
+        copies = []
+        for i in range(6):
+            copies.append((f"From: Gift Center <gifts{i}@e2e-test.com>\r\nTo: user{i}@e2e.test\r\n"
+                           f"Subject: Your gift card is waiting\r\nDate: Mon, 2 Jun 2025 10:0{i}:00 +0000\r\n"
+                           f"Message-ID: <campaign-{i}@e2e-test.com>\r\nMIME-Version: 1.0\r\n"
+                           f"Content-Type: text/plain; charset=us-ascii\r\n\r\n{body}").encode())
+
+        def statuses(text_cache):
+            sink = Sink(WORK)
+            mx = Mxgate(WORK, sink.port, stages="hops,rules",
+                        toml=f'[rules]\ncache_dir = "{self.cache}"\ntext_cache = {text_cache}\n')
+            try:
+                for raw in copies:
+                    send_raw(mx.port, raw)
+                sink.wait_messages(len(copies))
+                got = {}
+                for _, relayed in sink.messages():
+                    head = relayed.split(b"\r\n\r\n", 1)[0].replace(b"\r\n\t", b" ").replace(b"\r\n ", b" ")
+                    copy = re.search(rb"^Message-ID: <campaign-(\d)@", head, re.M | re.I).group(1)
+                    got[int(copy)] = re.search(rb"^X-Spam-Status: (.*)$", head, re.M).group(1)
+                return got, mx.metrics()
+            finally:
+                mx.stop()
+                sink.stop()
+
+        without, m0 = statuses(0)
+        with_cache, m1 = statuses(65536)
+        self.assertEqual(sorted(without), list(range(len(copies))))
+        self.assertEqual(with_cache, without)
+        self.assertIn(b"tests=", without[0])
+        self.assertEqual(m0["mxgate_rules_text_cache_lookups_total"], 0)
+        # Six copies over two shards: one shard sees at least three, so at least two copies
+        # find every paragraph and link of the body (five paragraphs with the Subject, two URIs
+        # and their variants, one rawbody chunk).
+        self.assertGreaterEqual(m1["mxgate_rules_text_cache_found_total"], 2 * 7)
+        self.assertLess(m1["mxgate_rules_text_cache_found_total"], m1["mxgate_rules_text_cache_lookups_total"])
+
     def test_gateway_rejects_gtube_and_tags_by_rule_score(self):
         sink = Sink(WORK)
         mx = Mxgate(WORK, sink.port, stages="hops,rules",

@@ -341,7 +341,9 @@ enum RulesCmd {
         #[arg(long = "rules")]
         rules: Vec<PathBuf>,
         /// Passes over the messages; with more than one, the first is not counted (the
-        /// matchers' lazy automata fill on first use).
+        /// matchers' lazy automata fill on first use). The text cache (`[rules] text_cache`)
+        /// is emptied before each pass, so it holds only what the messages repeat among
+        /// themselves.
         #[arg(long, default_value_t = 2)]
         passes: u32,
         /// Messages scanned together, each scope over all of them before the next scope (as

@@ -32,6 +32,7 @@ use super::load::{HeaderTest, Rule, RuleSet, Test};
 use super::regex::{
     drop_anchors, drop_word_boundaries, pcre, translate, widen_repeats, Matcher, Translated,
 };
+use super::text_cache::TextCache;
 use super::view::{self, Headers};
 
 /// How rules are grouped into Hyperscan databases.
@@ -68,6 +69,9 @@ pub struct Options {
     /// [`BuildStats::provisional`] and its owner builds the final one in the background.
     /// 0, or a value not below `prefilter_chunk`, compiles the final databases at once.
     pub startup_chunk: usize,
+    /// Most texts (body paragraphs, URIs, rawbody chunks) whose hits a [`Scratch`] keeps, so
+    /// that a text seen again is not scanned again (`[rules] text_cache`); 0 keeps none.
+    pub text_cache: usize,
 }
 
 impl Default for Options {
@@ -80,6 +84,7 @@ impl Default for Options {
             confirm_only: mxgate_core::config::Rules::default().confirm_only,
             prefilter_chunk: mxgate_core::config::PREFILTER_CHUNK,
             startup_chunk: 0,
+            text_cache: mxgate_core::config::TEXT_CACHE,
         }
     }
 }
@@ -367,6 +372,8 @@ pub struct Engine {
     set_zones: HashMap<String, (String, bool)>,
     /// The lookups the network rules need.
     plan: evals::DnsPlan,
+    /// Texts a scratch's text cache keeps ([`Options::text_cache`]).
+    text_cache: usize,
     /// Build figures.
     pub stats: BuildStats,
 }
@@ -390,6 +397,12 @@ pub struct Scratch {
     batch: Vec<Vec<u32>>,
     /// Hyperscan's matches over a text input's texts.
     hits: Vec<TextHit>,
+    /// What the text rules found in the texts seen last.
+    text_cache: TextCache,
+    /// The texts of a text input not found in `text_cache`: (message, line, key).
+    unseen: Vec<(u32, u32, u128)>,
+    /// Their hits, as (text in `unseen`, rule, count).
+    found: Vec<(u32, u32, u32)>,
 }
 
 impl Scratch {
@@ -402,6 +415,17 @@ impl Scratch {
     /// What was timed so far, if profiling is on.
     pub fn profile(&self) -> Option<&Profile> {
         self.profile.as_deref()
+    }
+
+    /// Texts looked up in the text cache so far, and how many of them it had.
+    pub fn text_cache_stats(&self) -> (u64, u64) {
+        (self.text_cache.lookups, self.text_cache.found)
+    }
+
+    /// Forgets the texts seen so far, so that the next scans find none of them (for
+    /// measurements that go over the same messages more than once).
+    pub fn clear_text_cache(&mut self) {
+        self.text_cache.clear();
     }
 }
 
@@ -1035,6 +1059,7 @@ impl Engine {
             evals_only: opts.evals_only,
             evals_only_keep,
             id: ENGINE_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            text_cache: opts.text_cache,
             stats,
         })
     }
@@ -1106,6 +1131,9 @@ impl Engine {
             profile: None,
             batch: Vec::new(),
             hits: Vec::new(),
+            text_cache: TextCache::new(self.text_cache),
+            unseen: Vec::new(),
+            found: Vec::new(),
         }
     }
 
@@ -1663,10 +1691,15 @@ impl Engine {
 
     /// The rules reading input `k` over its texts (body paragraphs, rawbody chunks, URIs, the
     /// full message) of one message or a batch (`texts` and `counts` by message): a rule hits
-    /// once, or counts every match when `multiple`. Each database runs over every text before
-    /// the next, and each rule is then judged over its texts in their order, so a database or a
-    /// matcher is brought into the CPU's caches once; a rule's count depends on its own matches
-    /// alone, so the order gives the counts a text-by-text walk gives.
+    /// once, or counts every match when `multiple`.
+    ///
+    /// Each text is judged alone, then its hits are added to its message's counts: a rule's
+    /// count over a message is the sum of its counts over the texts, capped at `maxhits`, which
+    /// is what a walk over the texts in their order gives. So a text found in the text cache
+    /// (every text input but the full message) is not scanned again. The others are: each
+    /// database runs over every one of them before the next, and each rule is then judged over
+    /// its texts in their order, so a database or a matcher is brought into the CPU's caches
+    /// once.
     fn run_texts(
         &self,
         k: usize,
@@ -1676,90 +1709,129 @@ impl Engine {
     ) {
         let body = self.inputs[k] == Input::Body;
         let Scratch {
-            hs, hits, profile, ..
+            hs,
+            hits,
+            profile,
+            text_cache,
+            unseen,
+            found,
+            ..
         } = scratch;
+        let cached = text_cache.enabled() && self.inputs[k] != Input::Full;
+        let add = |counts: &mut [u32], r: u32, n: u32| {
+            let tf = &self.set.rules[r as usize].tflags;
+            let c = &mut counts[r as usize];
+            *c = if tf.multiple {
+                tf.maxhits.map_or(*c + n, |max| (*c + n).min(max))
+            } else {
+                1
+            };
+        };
+        unseen.clear();
+        for (m, texts) in texts.iter().enumerate() {
+            for (line, text) in texts.iter().enumerate() {
+                let key = if cached {
+                    let key = TextCache::key(k, body && line == 0, text);
+                    if let Some(seen) = text_cache.get(key) {
+                        for &(r, n) in seen {
+                            add(&mut counts[m], r, n);
+                        }
+                        continue;
+                    }
+                    key
+                } else {
+                    0
+                };
+                unseen.push((m as u32, line as u32, key));
+            }
+        }
         hits.clear();
         if let Some(s) = hs.as_mut() {
             let single = self.layout == Layout::Single;
             let t = clock(profile);
             for &g in &self.input_groups[k] {
                 let group = &self.groups[g];
-                for (m, texts) in texts.iter().enumerate() {
-                    for (line, text) in texts.iter().enumerate() {
-                        let _ = group.db.scan(*text, s, |id: u32, _: u64, _: u64, _: u32| {
-                            let r = group.ids[id as usize];
-                            if !single || self.rules[r].input == Some(k) {
-                                hits.push(TextHit {
-                                    rule: r as u32,
-                                    message: m as u32,
-                                    line: line as u32,
-                                });
-                            }
-                            Matching::Continue
-                        });
-                    }
+                for (i, &(m, line, _)) in unseen.iter().enumerate() {
+                    let text = texts[m as usize][line as usize];
+                    let _ = group.db.scan(text, s, |id: u32, _: u64, _: u64, _: u32| {
+                        let r = group.ids[id as usize];
+                        if !single || self.rules[r].input == Some(k) {
+                            hits.push(TextHit {
+                                rule: r as u32,
+                                text: i as u32,
+                            });
+                        }
+                        Matching::Continue
+                    });
                 }
             }
             if let (Some(p), Some(t)) = (profile.as_deref_mut(), t) {
                 let c = &mut p.hyperscan[k];
                 c.nanos += t.elapsed().as_nanos() as u64;
-                c.calls += texts.iter().map(|t| t.len() as u64).sum::<u64>();
-                c.bytes += texts.iter().flatten().map(|t| t.len() as u64).sum::<u64>();
+                c.calls += unseen.len() as u64;
+                c.bytes += unseen
+                    .iter()
+                    .map(|&(m, line, _)| texts[m as usize][line as usize].len() as u64)
+                    .sum::<u64>();
             }
-            // By rule, then message, then line: each rule's texts in their order.
+            // By rule, then text: each rule's texts in their order.
             hits.sort_unstable();
+            hits.dedup();
         }
+        found.clear();
         let judge = |r: usize,
-                     m: usize,
-                     line: usize,
-                     counts: &mut [Vec<u32>],
+                     i: usize,
+                     found: &mut Vec<(u32, u32, u32)>,
                      profile: &mut Option<Box<Profile>>| {
+            let (m, line, _) = unseen[i];
             let tf = &self.set.rules[r].tflags;
-            let count = &mut counts[m][r];
-            if (body && line == 0 && tf.nosubject)
-                || (!tf.multiple && *count > 0)
-                || tf.maxhits.is_some_and(|max| *count >= max)
-            {
+            if body && line == 0 && tf.nosubject {
                 return;
             }
-            let text = texts[m][line];
+            let text = texts[m as usize][line as usize];
             let clk = self.confirm_clock(r, true, profile);
             if self.matches(r, text, true) {
-                *count = if tf.multiple {
-                    let left = tf.maxhits.map(|max| max - *count);
-                    *count + count_matches(&self.rules[r], text, left).max(1)
+                let n = if tf.multiple {
+                    count_matches(&self.rules[r], text, tf.maxhits).max(1)
                 } else {
                     1
                 };
+                found.push((i as u32, r as u32, n));
             }
             note(profile, clk, text.len(), |p| &mut p.confirm[r]);
         };
         for h in hits.iter() {
-            judge(
-                h.rule as usize,
-                h.message as usize,
-                h.line as usize,
-                counts,
-                profile,
-            );
+            judge(h.rule as usize, h.text as usize, found, profile);
         }
         for &r in &self.input_pcre_only[k] {
-            for (m, texts) in texts.iter().enumerate() {
-                for line in 0..texts.len() {
-                    judge(r, m, line, counts, profile);
+            for i in 0..unseen.len() {
+                judge(r, i, found, profile);
+            }
+        }
+        for &(i, r, n) in found.iter() {
+            add(&mut counts[unseen[i as usize].0 as usize], r, n);
+        }
+        if cached {
+            // Each unseen text's hits, in rule order, into the cache (no hits included).
+            found.sort_unstable();
+            let mut next = found.iter().peekable();
+            for (i, &(_, _, key)) in unseen.iter().enumerate() {
+                let mut seen = Vec::new();
+                while let Some(&(_, r, n)) = next.next_if(|f| f.0 as usize == i) {
+                    seen.push((r, n));
                 }
+                text_cache.insert(key, seen.into_boxed_slice());
             }
         }
     }
 }
 
-/// A Hyperscan match of a text rule: which rule, in which message of a batch, on which of its
-/// texts. Ordered by rule first, so each rule is judged over its texts in a row.
+/// A Hyperscan match of a text rule: which rule, on which of the texts being scanned. Ordered
+/// by rule first, so each rule is judged over its texts in a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct TextHit {
     rule: u32,
-    message: u32,
-    line: u32,
+    text: u32,
 }
 
 /// The points SpamAssassin's autolearning weighs (`PerMsgStatus::_get_autolearn_points`).
@@ -2735,6 +2807,8 @@ score BODY_LOOK 0
         assert!(s.profile().is_none());
         s.enable_profile();
         for _ in 0..3 {
+            // Every time a message seen for the first time: nothing from the text cache.
+            s.clear_text_cache();
             assert_eq!(e.scan(&m, Envelope::default(), &mut s).hits, plain);
         }
         let p = s.profile().unwrap();
@@ -2829,6 +2903,94 @@ Subject: x\n\nbody\n";
         h.sort();
         // The X-Mailer sits above the untrusted handover: it is trusted, not untrusted.
         assert_eq!(h, ["LAST_EXT_NO_AUTH=1", "RDNS_NONE=1"]);
+    }
+
+    #[test]
+    fn texts_seen_before_hit_as_when_first_scanned() {
+        // Counted rules (`multiple` with and without `maxhits`), `nosubject`, a prefilter and a
+        // rule on PCRE2 alone, over texts repeated within a message and across messages; among
+        // them a paragraph that is the Subject line again, which `nosubject` rules count.
+        let rules = format!(
+            "{RULES}body NOSUBJ /free/i\ntflags NOSUBJ nosubject\nbody BACKREF /(\\w)\\1\\1/\nbody LOOK2 /cash(?= now)/\nrawbody RAW_MULTI /money/\ntflags RAW_MULTI multiple\nuri URI_MULTI /example/\ntflags URI_MULTI multiple\n"
+        );
+        let msgs = [
+            MSG,
+            // Its body lines: "free offer\n" twice (the Subject, then the paragraph), "bye ".
+            "Subject: free offer\n\nfree offer\n\nbye\n",
+            "Subject: free offer\n\nnothing\n",
+            "Subject: x\n\nmoney money\n\nmoney money\n\nmoney money zzz\n",
+            "Subject: y\n\nmoney money\n\nmoney cash now http://example.org/ http://example.net/b\n",
+            "Subject: y\nContent-Type: text/html\n\n<b>money</b> money <a href=http://example.org/>x</a>\n",
+        ];
+        let uncached = build(
+            &rules,
+            &Options {
+                text_cache: 0,
+                ..Options::default()
+            },
+        );
+        let cached = build(&rules, &Options::default());
+        let named = |e: &Engine, hits: &[(usize, u32)]| -> Vec<String> {
+            hits.iter()
+                .map(|(i, c)| format!("{}={c}", e.set.rules[*i].name))
+                .collect()
+        };
+        let parsed: Vec<Message> = msgs
+            .iter()
+            .map(|m| Message::parse(bytes::Bytes::from(m.to_string())))
+            .collect();
+        let mut plain = uncached.scratch();
+        let want: Vec<Vec<String>> = parsed
+            .iter()
+            .map(|m| {
+                named(
+                    &uncached,
+                    &uncached.scan(m, Envelope::default(), &mut plain).hits,
+                )
+            })
+            .collect();
+        assert_eq!(
+            plain.text_cache_stats(),
+            (0, 0),
+            "a cache of 0 is not asked"
+        );
+        assert!(want[1].contains(&"NOSUBJ=1".to_string()), "{:?}", want[1]);
+        assert!(!want[2].contains(&"NOSUBJ=1".to_string()), "{:?}", want[2]);
+        assert!(
+            want[3].contains(&"BODY_MULTI=3".to_string()),
+            "{:?}",
+            want[3]
+        );
+        assert!(
+            want[4].contains(&"URI_MULTI=2".to_string()),
+            "{:?}",
+            want[4]
+        );
+        let mut s = cached.scratch();
+        // Twice over: the second time every text but the full message comes from the cache.
+        for round in 0..2 {
+            for (m, want) in parsed.iter().zip(&want) {
+                let got = cached.scan(m, Envelope::default(), &mut s).hits;
+                assert_eq!(&named(&cached, &got), want, "round {round}");
+            }
+            let batch: Vec<_> = parsed.iter().map(|m| (m, Envelope::default())).collect();
+            let got: Vec<_> = cached
+                .scan_batch(&batch, &mut s)
+                .iter()
+                .map(|o| named(&cached, &o.hits))
+                .collect();
+            assert_eq!(got, want, "round {round}, as a batch");
+        }
+        let (lookups, found) = s.text_cache_stats();
+        assert!(found > lookups / 2, "{found} of {lookups}");
+        s.clear_text_cache();
+        let got = cached.scan(&parsed[0], Envelope::default(), &mut s).hits;
+        assert_eq!(named(&cached, &got), want[0]);
+        assert_eq!(
+            s.text_cache_stats().1,
+            found,
+            "nothing found after clearing"
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! they read and compiles each group into one Hyperscan database off the hot path, caching the
 //! result on disk; [`Engine::scan`] builds each view of the message SpamAssassin's rules expect
 //! ([`view`]), scans each view at most once and only if a rule reads it, confirms prefilter hits
-//! with PCRE2, then evaluates the metas.
+//! with PCRE2, then evaluates the metas. A shard keeps what the text rules found in the texts it
+//! scanned last ([`Options::text_cache`]): a paragraph, URI or rawbody chunk seen again is not
+//! scanned again.
 //!
 //! Why Hyperscan plus PCRE2: Hyperscan matches a thousand patterns in one pass over the text,
 //! but cannot express lookaround, backreferences or atomic groups; compiled with `PREFILTER` it
@@ -23,6 +25,7 @@ pub mod regex;
 pub mod relays;
 pub mod sa_date;
 pub mod sa_html;
+mod text_cache;
 pub mod view;
 
 pub use engine::{

@@ -1,0 +1,171 @@
+//! What the text rules found in texts seen before.
+//!
+//! A body paragraph, a URI or a rawbody chunk gives the same rule hits wherever it occurs: the
+//! rules reading it are a function of its bytes alone (and, for the body, of whether it is the
+//! Subject, which `nosubject` rules skip). Mail repeats such texts all the time: list footers,
+//! signatures and disclaimers, the links of a sender's every message, and above all the copies
+//! of a campaign, which reach an MX host by the thousand with only their headers changed. So a
+//! shard keeps, for the texts it scanned last, their hits by rule, keyed by a 128-bit hash of
+//! the text, and a text found there is not scanned again.
+//!
+//! The cache holds two generations of at most `capacity / 2` texts each: new texts go into
+//! the young one, a text found in the old one moves to the young one, and when the young one
+//! is full the old one is dropped and the young one becomes old. So a text stays while it keeps
+//! being seen, and memory stays bounded (about 50 bytes a text, plus its hits).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// One text's hits: (rule, count) in rule order; a rule's count is what it gives that text
+/// alone (1, or its matches up to `maxhits` for a `multiple` rule).
+pub(crate) type TextHits = Box<[(u32, u32)]>;
+
+/// The cache; see the module's documentation.
+#[derive(Default)]
+pub(crate) struct TextCache {
+    /// Most texts in one generation.
+    half: usize,
+    young: HashMap<u128, TextHits, KeyHash>,
+    old: HashMap<u128, TextHits, KeyHash>,
+    /// Lookups and the texts they found, since the scratch was made.
+    pub(crate) lookups: u64,
+    pub(crate) found: u64,
+}
+
+impl TextCache {
+    /// A cache of at most `capacity` texts; 0 keeps none.
+    pub(crate) fn new(capacity: usize) -> TextCache {
+        TextCache {
+            half: capacity / 2,
+            ..TextCache::default()
+        }
+    }
+
+    /// Whether it keeps anything.
+    pub(crate) fn enabled(&self) -> bool {
+        self.half > 0
+    }
+
+    /// The key of `text` read by input `input` (`subject`: the text is the Subject line the
+    /// body rules read first).
+    pub(crate) fn key(input: usize, subject: bool, text: &[u8]) -> u128 {
+        let seed = (input as u64) << 1 | u64::from(subject);
+        xxhash_rust::xxh3::xxh3_128_with_seed(text, seed)
+    }
+
+    /// The hits of the text under `key`, if it was seen.
+    pub(crate) fn get(&mut self, key: u128) -> Option<&[(u32, u32)]> {
+        self.lookups += 1;
+        if !self.young.contains_key(&key) {
+            let hits = self.old.remove(&key)?;
+            self.insert(key, hits);
+        }
+        self.found += 1;
+        self.young.get(&key).map(|h| &**h)
+    }
+
+    /// Keeps the hits of the text under `key`.
+    pub(crate) fn insert(&mut self, key: u128, hits: TextHits) {
+        if self.half == 0 {
+            return;
+        }
+        if self.young.len() >= self.half {
+            std::mem::swap(&mut self.young, &mut self.old);
+            self.young.clear();
+        }
+        self.young.insert(key, hits);
+    }
+
+    /// Forgets every text (the counters stay).
+    pub(crate) fn clear(&mut self) {
+        self.young.clear();
+        self.old.clear();
+    }
+
+    /// Texts kept.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+}
+
+/// Keys are hashes already: their low 64 bits are the hash.
+#[derive(Default)]
+pub(crate) struct KeyHasher(u64);
+
+type KeyHash = BuildHasherDefault<KeyHasher>;
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hits(r: u32) -> TextHits {
+        vec![(r, 1)].into_boxed_slice()
+    }
+
+    #[test]
+    fn texts_seen_again_stay_and_the_rest_age_out() {
+        let mut c = TextCache::new(4);
+        let k = |i: u8| TextCache::key(0, false, &[i]);
+        c.insert(k(1), hits(1));
+        c.insert(k(2), hits(2));
+        // The young generation is full: 1 and 2 become old.
+        c.insert(k(3), hits(3));
+        assert_eq!(
+            c.get(k(1)),
+            Some(&[(1, 1)][..]),
+            "found in the old generation"
+        );
+        // 3 and 1 are young, 2 old: the next new text makes 3 and 1 old and drops 2.
+        c.insert(k(4), hits(4));
+        assert_eq!(c.get(k(2)), None);
+        assert_eq!(c.get(k(1)), Some(&[(1, 1)][..]), "seen again, so kept");
+        // 4 and 1 young, 3 old: the next new text drops 3, not 1.
+        c.insert(k(5), hits(5));
+        assert_eq!(c.get(k(3)), None);
+        assert_eq!(c.get(k(1)), Some(&[(1, 1)][..]));
+        assert!(c.len() <= 4);
+        assert_eq!((c.lookups, c.found), (5, 3));
+    }
+
+    #[test]
+    fn the_key_tells_inputs_and_the_subject_apart() {
+        let t = b"the same text";
+        let keys = [
+            TextCache::key(0, false, t),
+            TextCache::key(0, true, t),
+            TextCache::key(1, false, t),
+            TextCache::key(0, false, b"the same text."),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn a_cache_of_nothing_keeps_nothing() {
+        let mut c = TextCache::new(0);
+        assert!(!c.enabled());
+        c.insert(1, hits(1));
+        assert_eq!(c.get(1), None);
+        assert_eq!(c.len(), 0);
+    }
+}
