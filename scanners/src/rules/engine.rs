@@ -32,7 +32,7 @@ use super::load::{HeaderTest, Rule, RuleSet, Test};
 use super::regex::{
     drop_anchors, drop_word_boundaries, pcre, translate, widen_repeats, Matcher, Translated,
 };
-use super::text_cache::TextCache;
+use super::text_cache::{Pending, TextCache};
 use super::view::{self, Headers};
 
 /// How rules are grouped into Hyperscan databases.
@@ -399,10 +399,8 @@ pub struct Scratch {
     hits: Vec<TextHit>,
     /// What the text rules found in the texts seen last.
     text_cache: TextCache,
-    /// The texts of a text input not found in `text_cache`: (message, line, key).
-    unseen: Vec<(u32, u32, u128)>,
-    /// Their hits, as (text in `unseen`, rule, count).
-    found: Vec<(u32, u32, u32)>,
+    /// The texts of a text input not found in `text_cache`, each scanned once.
+    pending: Pending,
 }
 
 impl Scratch {
@@ -1132,8 +1130,7 @@ impl Engine {
             batch: Vec::new(),
             hits: Vec::new(),
             text_cache: TextCache::new(self.text_cache),
-            unseen: Vec::new(),
-            found: Vec::new(),
+            pending: Pending::default(),
         }
     }
 
@@ -1696,7 +1693,8 @@ impl Engine {
     /// Each text is judged alone, then its hits are added to its message's counts: a rule's
     /// count over a message is the sum of its counts over the texts, capped at `maxhits`, which
     /// is what a walk over the texts in their order gives. So a text found in the text cache
-    /// (every text input but the full message) is not scanned again. The others are: each
+    /// (every text input but the full message) is not scanned again, and a text that repeats
+    /// another of the same scan (a message's or a batch's) shares its hits. The others are: each
     /// database runs over every one of them before the next, and each rule is then judged over
     /// its texts in their order, so a database or a matcher is brought into the CPU's caches
     /// once.
@@ -1713,8 +1711,7 @@ impl Engine {
             hits,
             profile,
             text_cache,
-            unseen,
-            found,
+            pending,
             ..
         } = scratch;
         let cached = text_cache.enabled() && self.inputs[k] != Input::Full;
@@ -1727,24 +1724,20 @@ impl Engine {
                 1
             };
         };
-        unseen.clear();
+        pending.clear();
         for (m, texts) in texts.iter().enumerate() {
             for (line, text) in texts.iter().enumerate() {
-                let key = if cached {
-                    let key = TextCache::key(k, body && line == 0, text);
-                    if let Some(seen) = text_cache.get(key) {
-                        for &(r, n) in seen {
-                            add(&mut counts[m], r, n);
-                        }
-                        continue;
+                let key = cached.then(|| TextCache::key(k, body && line == 0, text));
+                if let Some(seen) = key.and_then(|key| text_cache.get(key)) {
+                    for &(r, n) in seen {
+                        add(&mut counts[m], r, n);
                     }
-                    key
-                } else {
-                    0
-                };
-                unseen.push((m as u32, line as u32, key));
+                    continue;
+                }
+                pending.add(m, line, key);
             }
         }
+        let unseen = &pending.texts;
         hits.clear();
         if let Some(s) = hs.as_mut() {
             let single = self.layout == Layout::Single;
@@ -1778,11 +1771,8 @@ impl Engine {
             hits.sort_unstable();
             hits.dedup();
         }
-        found.clear();
-        let judge = |r: usize,
-                     i: usize,
-                     found: &mut Vec<(u32, u32, u32)>,
-                     profile: &mut Option<Box<Profile>>| {
+        let mut found = std::mem::take(&mut pending.found);
+        let mut judge = |r: usize, i: usize, profile: &mut Option<Box<Profile>>| {
             let (m, line, _) = unseen[i];
             let tf = &self.set.rules[r].tflags;
             if body && line == 0 && tf.nosubject {
@@ -1801,26 +1791,27 @@ impl Engine {
             note(profile, clk, text.len(), |p| &mut p.confirm[r]);
         };
         for h in hits.iter() {
-            judge(h.rule as usize, h.text as usize, found, profile);
+            judge(h.rule as usize, h.text as usize, profile);
         }
         for &r in &self.input_pcre_only[k] {
             for i in 0..unseen.len() {
-                judge(r, i, found, profile);
+                judge(r, i, profile);
             }
         }
-        for &(i, r, n) in found.iter() {
-            add(&mut counts[unseen[i as usize].0 as usize], r, n);
+        pending.found = found;
+        pending.group();
+        for (i, &(m, _, key)) in pending.texts.iter().enumerate() {
+            let seen = pending.hits(i);
+            for &(_, r, n) in seen {
+                add(&mut counts[m as usize], r, n);
+            }
+            if cached {
+                text_cache.insert(key, seen.iter().map(|&(_, r, n)| (r, n)).collect());
+            }
         }
-        if cached {
-            // Each unseen text's hits, in rule order, into the cache (no hits included).
-            found.sort_unstable();
-            let mut next = found.iter().peekable();
-            for (i, &(_, _, key)) in unseen.iter().enumerate() {
-                let mut seen = Vec::new();
-                while let Some(&(_, r, n)) = next.next_if(|f| f.0 as usize == i) {
-                    seen.push((r, n));
-                }
-                text_cache.insert(key, seen.into_boxed_slice());
+        for &(m, i) in &pending.repeats {
+            for &(_, r, n) in pending.hits(i as usize) {
+                add(&mut counts[m as usize], r, n);
             }
         }
     }

@@ -89,6 +89,63 @@ impl TextCache {
     }
 }
 
+/// A text input's texts during one scan (of a message or a batch): the distinct ones to scan,
+/// and the texts that repeat one of them (found through their keys), which share its hits.
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// Texts to scan: (message, line, key).
+    pub(crate) texts: Vec<(u32, u32, u128)>,
+    /// Texts equal to one of `texts`: (message, its index in `texts`).
+    pub(crate) repeats: Vec<(u32, u32)>,
+    /// Hits in `texts`: (index in `texts`, rule, count); by text after [`Pending::group`].
+    pub(crate) found: Vec<(u32, u32, u32)>,
+    /// Key → index in `texts`.
+    index: HashMap<u128, u32, KeyHash>,
+    /// Where each text's hits start in `found`, after [`Pending::group`].
+    starts: Vec<u32>,
+}
+
+impl Pending {
+    pub(crate) fn clear(&mut self) {
+        self.texts.clear();
+        self.repeats.clear();
+        self.found.clear();
+        self.index.clear();
+    }
+
+    /// A text of message `m` to judge: scanned, unless its key (`Some` when the cache is on)
+    /// is that of a text already pending.
+    pub(crate) fn add(&mut self, m: usize, line: usize, key: Option<u128>) {
+        let next = self.texts.len() as u32;
+        if let Some(k) = key {
+            let i = *self.index.entry(k).or_insert(next);
+            if i != next {
+                self.repeats.push((m as u32, i));
+                return;
+            }
+        }
+        self.texts.push((m as u32, line as u32, key.unwrap_or(0)));
+    }
+
+    /// Sorts `found` by text (each text's hits in rule order) and indexes it.
+    pub(crate) fn group(&mut self) {
+        self.found.sort_unstable();
+        self.starts.clear();
+        let mut at = 0;
+        for i in 0..=self.texts.len() as u32 {
+            while self.found.get(at).is_some_and(|f| f.0 < i) {
+                at += 1;
+            }
+            self.starts.push(at as u32);
+        }
+    }
+
+    /// The hits of text `i` of `texts`, after [`Pending::group`].
+    pub(crate) fn hits(&self, i: usize) -> &[(u32, u32, u32)] {
+        &self.found[self.starts[i] as usize..self.starts[i + 1] as usize]
+    }
+}
+
 /// Keys are hashes already: their low 64 bits are the hash.
 #[derive(Default)]
 pub(crate) struct KeyHasher(u64);
@@ -158,6 +215,36 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+
+    #[test]
+    fn repeated_texts_are_scanned_once_and_share_its_hits() {
+        let mut p = Pending::default();
+        let k = |i: u8| Some(TextCache::key(0, false, &[i]));
+        p.add(0, 0, k(1));
+        p.add(0, 1, k(2));
+        p.add(0, 2, k(1));
+        p.add(1, 0, k(2));
+        p.add(1, 1, None);
+        p.add(1, 2, None);
+        assert_eq!(
+            p.texts.len(),
+            4,
+            "two distinct keyed texts, two without keys"
+        );
+        assert_eq!(p.repeats, [(0, 0), (1, 1)]);
+        p.found.extend([(3, 7, 1), (0, 9, 2), (0, 4, 1), (3, 2, 1)]);
+        p.group();
+        assert_eq!(p.hits(0), [(0, 4, 1), (0, 9, 2)]);
+        assert!(p.hits(1).is_empty() && p.hits(2).is_empty());
+        assert_eq!(p.hits(3), [(3, 2, 1), (3, 7, 1)]);
+        p.clear();
+        p.add(0, 0, k(1));
+        assert_eq!(
+            (p.texts.len(), p.repeats.len()),
+            (1, 0),
+            "nothing kept from before"
+        );
     }
 
     #[test]
