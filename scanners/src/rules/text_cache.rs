@@ -8,6 +8,13 @@
 //! shard keeps, for the texts it scanned last, their hits by rule, keyed by a 128-bit hash of
 //! the text, and a text found there is not scanned again.
 //!
+//! The key is a keyed hash, SipHash-1-3 with 128 bits of output under a key drawn at random
+//! when the process starts: mail is written by adversaries, and with a hash anyone can compute
+//! (xxh3's structure lets one make colliding inputs at will) a sender could send a harmless
+//! text first and then a spam text with the same key, which would inherit the harmless hits.
+//! Under an unknown key, colliding texts cannot be made on purpose, and 128 bits make chance
+//! collisions negligible.
+//!
 //! The cache holds two generations of at most `capacity / 2` texts each: new texts go into
 //! the young one, a text found in the old one moves to the young one, and when the young one
 //! is full the old one is dropped and the young one becomes old. So a text stays while it keeps
@@ -15,6 +22,9 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::OnceLock;
+
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 /// One text's hits: (rule, count) in rule order; a rule's count is what it gives that text
 /// alone (1, or its matches up to `maxhits` for a `multiple` rule).
@@ -49,8 +59,12 @@ impl TextCache {
     /// The key of `text` read by input `input` (`subject`: the text is the Subject line the
     /// body rules read first).
     pub(crate) fn key(input: usize, subject: bool, text: &[u8]) -> u128 {
-        let seed = (input as u64) << 1 | u64::from(subject);
-        xxhash_rust::xxh3::xxh3_128_with_seed(text, seed)
+        static KEY: OnceLock<(u64, u64)> = OnceLock::new();
+        let &(k0, k1) = KEY.get_or_init(|| (rand::random(), rand::random()));
+        let mut h = SipHasher13::new_with_keys(k0, k1);
+        h.write_u64((input as u64) << 1 | u64::from(subject));
+        h.write(text);
+        h.finish128().as_u128()
     }
 
     /// The hits of the text under `key`, if it was seen.
