@@ -1392,6 +1392,63 @@ class Autolearn(unittest.TestCase):
         self.assertEqual(stats(), (before[0] + 1, before[1] + 1))
 
 
+class MessageTools(unittest.TestCase):
+    """`mxgate mime` and `mxgate rules relays` read folders and mbox files as `mxgate scan`
+    does, one JSON line per message."""
+
+    def test_folders_and_mboxes_give_a_line_per_message(self):
+        import mailbox
+        root = tempfile.mkdtemp(prefix="message-tools-", dir=WORK)
+        folder = os.path.join(root, "maildir-like")
+        os.makedirs(os.path.join(folder, "sub"))
+        msgs = []
+        for i in range(4):
+            m = EmailMessage()
+            m["From"] = f"sender{i}@example.org"
+            m["To"] = "rcpt@example.net"
+            m["Subject"] = f"message number {i}"
+            m["Received"] = (f"from mail{i}.example.org (mail{i}.example.org [192.0.2.{10 + i}]) "
+                             f"by mx.example.net (Postfix) with ESMTP id 4AB{i}; "
+                             "Tue, 1 Dec 2026 10:00:00 +0000")
+            m.set_content(f"body {i}\n")
+            msgs.append(m)
+        # Two files in a folder tree, two messages in one mbox written by Python's mailbox.
+        with open(os.path.join(folder, "a.eml"), "wb") as f:
+            f.write(bytes(msgs[0]))
+        with open(os.path.join(folder, "sub", "b.eml"), "wb") as f:
+            f.write(bytes(msgs[1]))
+        box_path = os.path.join(root, "box.mbox")
+        box = mailbox.mbox(box_path)
+        for m in msgs[2:]:
+            box.add(m)
+        box.flush()
+        box.close()
+        self.assertEqual(len(mailbox.mbox(box_path)), 2)
+
+        def lines(*args):
+            r = subprocess.run([harness.MXGATE, *args, folder, box_path],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return [json.loads(l) for l in r.stdout.splitlines()]
+
+        mime = lines("mime")
+        self.assertEqual([m["subject"] for m in mime], [f"message number {i}" for i in range(4)])
+        self.assertEqual([m["file"] for m in mime],
+                         [os.path.join(folder, "a.eml"), os.path.join(folder, "sub", "b.eml"),
+                          box_path + "#1", box_path + "#2"])
+        relays = lines("rules", "relays")
+        self.assertEqual([r["file"] for r in relays], [m["file"] for m in mime])
+        for i, r in enumerate(relays):
+            self.assertIn(f"ip=192.0.2.{10 + i} rdns=mail{i}.example.org", r["untrusted"], r)
+            self.assertIn(f"id=4AB{i}", r["untrusted"], r)
+        # A path that does not exist is named in the error, and nothing is printed for it.
+        r = subprocess.run([harness.MXGATE, "mime", os.path.join(root, "missing")],
+                           capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(os.path.join(root, "missing"), r.stderr)
+        self.assertEqual(r.stdout, "")
+
+
 class BayesTools(unittest.TestCase):
     def test_cross_validation_lists_each_misjudged_message(self):
         spam_dir, ham_dir = (os.path.join(harness.CORPUS, d) for d in ("spam", "ham"))

@@ -67,7 +67,8 @@ enum Cmd {
     },
     /// Parse message files and print their MIME structure, one JSON object per file per line.
     Mime {
-        /// Message files (raw RFC 5322, an mbox `From ` first line is fine).
+        /// Message files (raw RFC 5322, an mbox `From ` first line is fine), folders (read
+        /// recursively, in name order) and mbox files (one line per message).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -363,7 +364,7 @@ enum RulesCmd {
     /// How the Received fields of message files parse: the relays as SpamAssassin's
     /// `X-Spam-Relays-*` pseudo-headers give them to rules, one JSON object per file.
     Relays {
-        /// Message files.
+        /// Message files, folders (read recursively, in name order) and mbox files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -646,29 +647,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Reads each file and prints what `f` makes of it, one JSON object per line.
+/// Reads every message under `paths` (files, folders, mbox files, as `mxgate scan` reads them)
+/// and prints what `f` makes of each, one JSON object per line.
 fn json_lines(
-    files: &[std::path::PathBuf],
-    f: fn(&std::path::Path, Vec<u8>) -> serde_json::Value,
+    paths: &[std::path::PathBuf],
+    f: fn(&str, Vec<u8>) -> serde_json::Value,
 ) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
-    for path in files {
-        let raw = std::fs::read(path).with_context(|| path.display().to_string())?;
-        writeln!(out, "{}", f(path, raw))?;
+    for m in tools::messages(paths)? {
+        let (name, raw) = m?;
+        writeln!(out, "{}", f(&name, raw))?;
     }
     Ok(())
 }
 
 /// The `mxgate rules relays` report of one message: its Received chain as SpamAssassin parses
 /// and trusts it.
-fn relays_json(path: &std::path::Path, raw: Vec<u8>) -> serde_json::Value {
+fn relays_json(name: &str, raw: Vec<u8>) -> serde_json::Value {
     use mxgate_scanners::rules::{relays, view::Headers};
     let msg = mxgate_core::mime::Message::parse(bytes::Bytes::from(raw));
     let r = relays::analyze(&Headers::of_part(&msg, 0));
     let list = |name: &str| r.pseudo_header(name).unwrap_or_default();
     serde_json::json!({
-        "file": path.display().to_string(),
+        "file": name,
         "trusted": list("X-Spam-Relays-Trusted"),
         "untrusted": list("X-Spam-Relays-Untrusted"),
         "internal": list("X-Spam-Relays-Internal"),
@@ -678,7 +680,7 @@ fn relays_json(path: &std::path::Path, raw: Vec<u8>) -> serde_json::Value {
 }
 
 /// The `mxgate mime` report of one message.
-fn mime_json(path: &std::path::Path, raw: Vec<u8>) -> serde_json::Value {
+fn mime_json(name: &str, raw: Vec<u8>) -> serde_json::Value {
     use mxgate_core::mime::{Message, PartKind};
     use sha2::Digest;
     let msg = Message::parse(bytes::Bytes::from(raw));
@@ -702,7 +704,7 @@ fn mime_json(path: &std::path::Path, raw: Vec<u8>) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({
-        "file": path.display().to_string(),
+        "file": name,
         "parts": parts,
         "anomalies": msg.anomalies.iter().map(|a| a.name()).collect::<Vec<_>>(),
         "subject": msg.header_text("subject"),
