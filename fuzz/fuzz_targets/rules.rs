@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = MimeLimits { max_depth: 20, max_parts: 500, max_header_bytes: 64 * 1024 };
     let msg = Message::parse_with(bytes::Bytes::copy_from_slice(data), limits);
     let mut s = e.scratch();
-    let env = Envelope { mail_from: Some("a@b.example") };
+    let env = Envelope { mail_from: Some("a@b.example"), ..Envelope::default() };
     let o = e.scan(&msg, env, &mut s);
     assert!(o.score.is_finite());
 });
