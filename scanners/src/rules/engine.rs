@@ -2765,6 +2765,42 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn envelope_evals_read_any_sender() {
+        // An 8-bit byte in the Return-Path (as a fuzzer sent it) once made the ratware test
+        // index inside a character and panic whenever the envelope sender came from the headers
+        // (no SMTP sender given: `mxgate scan`, an embedding program), and the message got 451.
+        let e = engine(
+            "header RATWARE_EFROM eval:check_ratware_envelope_from()\n\
+             header SAME_DOMAINS eval:check_equal_from_domains()\n",
+            Layout::PerScope,
+        );
+        let ratware = |return_path: &[u8]| {
+            let mut m = b"Return-Path: <".to_vec();
+            m.extend_from_slice(return_path);
+            m.extend_from_slice(b">\r\nFrom: bob@example.com\r\nTo: bob@example.com\r\n\r\nhi\r\n");
+            let m = Message::parse(bytes::Bytes::from(m));
+            let mut s = e.scratch();
+            let o = e.scan(&m, Envelope::default(), &mut s);
+            o.hits
+                .iter()
+                .any(|(i, _)| e.set.rules[*i].name == "RATWARE_EFROM")
+        };
+        for sender in [
+            &b"v\xf4ty3876@freemail.com.au"[..],
+            b"\xf4\xf4\xf4\xf4@x.example",
+            b"SR\xc3\xa9",
+            b"SRS\xf4",
+        ] {
+            assert!(!ratware(sender));
+        }
+        // The shape it looks for still counts, and an SRS address is still let through.
+        assert!(ratware(b"example.com-bob@spam.test"));
+        assert!(!ratware(
+            b"SRS0=ab12=cd=example.com=example.com-bob@spam.test"
+        ));
+    }
+
     const RULES: &str = "\
 header SUBJ_FREE Subject =~ /\\bfree\\b/i
 header NO_DATE Date !~ /./

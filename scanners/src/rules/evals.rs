@@ -2476,12 +2476,15 @@ fn envelope_test(t: EnvTest, input: &EvalInput<'_>) -> bool {
             if env.is_empty() || to.is_empty() {
                 return false;
             }
-            if env.len() >= 4
-                && env[..3].eq_ignore_ascii_case("SRS")
-                && env.as_bytes()[3].is_ascii_digit()
-                && env[4..].starts_with(['=', '+', '-'])
-            {
-                return false;
+            // `/^SRS\d[=+-]/i`, read as bytes: the sender may hold any character after `SRS`
+            // (a byte index into a `str` there once panicked on an 8-bit Return-Path).
+            if let [s, r, s2, d, sep, ..] = env.as_bytes() {
+                if [*s, *r, *s2].eq_ignore_ascii_case(b"SRS")
+                    && d.is_ascii_digit()
+                    && matches!(sep, b'=' | b'+' | b'-')
+                {
+                    return false;
+                }
             }
             let Some((user, dom)) = to.split_once('@') else {
                 return false;
