@@ -15,13 +15,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mxgate_core::mime::{Message, PartKind};
 
 fn corpus() -> Vec<Bytes> {
-    // A relative MXGATE_CORPUS is read from the workspace's root (cargo runs a benchmark in
-    // its package's folder).
-    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .join(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()));
+    let root = mxgate_core::corpus_root();
     let mut out = Vec::new();
     for folder in ["ham", "spam", "hard_ham", "mime-edge"] {
-        let dir = std::path::Path::new(&root).join(folder);
+        let dir = root.join(folder);
         let mut names: Vec<_> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .map(|e| e.unwrap().path())

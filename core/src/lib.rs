@@ -24,3 +24,11 @@ pub mod mime;
 pub mod pool;
 pub mod smtp;
 pub mod udp;
+
+/// Where the project's tests and benchmarks find the shared corpus: `MXGATE_CORPUS`, a relative
+/// value read from the workspace's root (where the commands in BENCHMARKS.md run; cargo runs a
+/// test or a benchmark in its package's folder), else `../shared/corpus` beside the workspace.
+pub fn corpus_root() -> std::path::PathBuf {
+    std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .join(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()))
+}

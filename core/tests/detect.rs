@@ -19,10 +19,7 @@ fn whole_sample(bytes: &[u8]) -> &'static encoding_rs::Encoding {
 }
 
 fn corpus() -> PathBuf {
-    let root =
-        PathBuf::from(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus").into()
-        }));
+    let root = mxgate_core::corpus_root();
     assert!(
         root.join("ham").is_dir(),
         "no corpus at {} (set MXGATE_CORPUS)",

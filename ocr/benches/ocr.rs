@@ -128,13 +128,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
-    // A relative MXGATE_CORPUS is read from the workspace's root (cargo runs a benchmark in
-    // its package's folder).
-    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .join(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()));
+    let root = mxgate_core::corpus_root();
     let tmp = std::env::temp_dir().join(format!("mxgate-bench-ocr-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let mut images = corpus_images(&Path::new(&root).join("image-spam"));
+    let mut images = corpus_images(&root.join("image-spam"));
     images.extend(rendered(&tmp));
     // The fork side reads files: write each image once.
     let paths: Vec<PathBuf> = images

@@ -2,6 +2,7 @@
 smtp-source and smtp-sink, a real Postfix on both sides, Python's smtplib and raw sockets."""
 
 import json
+import mailbox
 import os
 import re
 import resource
@@ -1397,7 +1398,6 @@ class MessageTools(unittest.TestCase):
     does, one JSON line per message."""
 
     def test_folders_and_mboxes_give_a_line_per_message(self):
-        import mailbox
         root = tempfile.mkdtemp(prefix="message-tools-", dir=WORK)
         folder = os.path.join(root, "maildir-like")
         os.makedirs(os.path.join(folder, "sub"))

@@ -3,14 +3,9 @@
 use bytes::Bytes;
 
 /// Every message of one corpus folder (`ham`, `hard_ham`, `spam`), in name order. The corpus is
-/// `MXGATE_CORPUS`, else `../shared/corpus` beside the workspace. A relative `MXGATE_CORPUS` is
-/// read from the workspace's root, where the commands in BENCHMARKS.md run (cargo runs a
-/// benchmark in its package's folder).
+/// [`mxgate_core::corpus_root`].
 pub fn folder(name: &str) -> Vec<Bytes> {
-    let workspace = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-    let root = workspace
-        .join(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()));
-    let dir = root.join(name);
+    let dir = mxgate_core::corpus_root().join(name);
     let mut names: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())

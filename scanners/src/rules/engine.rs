@@ -2770,6 +2770,7 @@ mod tests {
         // An 8-bit byte in the Return-Path (as a fuzzer sent it) once made the ratware test
         // index inside a character and panic whenever the envelope sender came from the headers
         // (no SMTP sender given: `mxgate scan`, an embedding program), and the message got 451.
+        // The other envelope tests read the same sender: they run on every message below too.
         let e = engine(
             "header RATWARE_EFROM eval:check_ratware_envelope_from()\n\
              header SAME_DOMAINS eval:check_equal_from_domains()\n",
