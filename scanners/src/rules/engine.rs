@@ -30,7 +30,8 @@ use sha2::{Digest, Sha256};
 use super::evals;
 use super::load::{HeaderTest, Rule, RuleSet, Test};
 use super::regex::{
-    drop_anchors, drop_word_boundaries, pcre, translate, widen_repeats, Matcher, Translated,
+    drop_anchors, drop_word_boundaries, pcre, translate, truncate_sequence, widen_repeats, Matcher,
+    Translated, PREFILTER_CUT_ABOVE, PREFILTER_KEEP,
 };
 use super::text_cache::{Pending, TextCache};
 use super::view::{self, Headers};
@@ -174,8 +175,9 @@ struct Compiled {
 impl Compiled {
     /// What Hyperscan compiles: the expression as written, or for a prefilter (a pattern
     /// widened, or one Hyperscan rejects as written) a superset: widened, without its word
-    /// boundaries (see [`drop_word_boundaries`]), and when Hyperscan rejects that for its
-    /// anchors even as a prefilter, without them too (see [`drop_anchors`]). With it, how
+    /// boundaries (see [`drop_word_boundaries`]), a long one cut to its first pieces (see
+    /// [`truncate_sequence`]), and when Hyperscan rejects that for its anchors even as a
+    /// prefilter, without them too (see [`drop_anchors`]). With it, how
     /// Hyperscan takes it, as found out on the way: [`Mode::Hyperscan`] (as written),
     /// [`Mode::Prefilter`], or [`Mode::Pcre`] (not at all). Derived from the pattern alone, so
     /// an engine loaded from the cache compiles what a built one did.
@@ -189,6 +191,13 @@ impl Compiled {
             }
             // A prefilter (whatever compiles as written compiles as one): its word boundaries go.
             let e = drop_word_boundaries(&e);
+            // A long one, built of look-alike classes, is cut to its first pieces.
+            if t.expr.len() > PREFILTER_CUT_ABOVE {
+                if let Some(cut) = truncate_sequence(&e, PREFILTER_KEEP).filter(|c| takes(c, true))
+                {
+                    return (cut, Mode::Prefilter);
+                }
+            }
             if takes(&e, true) {
                 return (e, Mode::Prefilter);
             }
@@ -613,6 +622,14 @@ const CACHE_MAGIC: &[u8; 8] = b"MXGRUL02";
 /// pass over the text at scan time, a few per cent of the body databases' time.
 const EXACT_CHUNK: usize = 64;
 
+/// Most patterns in one database of prefilters of long patterns (see
+/// [`super::regex::PREFILTER_CUT_ABOVE`]): the obfuscation-tolerant spellings. Even cut, they
+/// are the slowest patterns to compile, and together more so: the ruleset's 57 `FUZZY` ones,
+/// cut, take 10.4 s one by one, 12.0-12.5 s in databases of 3 or 6, 15.3 s of 12 and 19.2 s
+/// of 24. They get databases of their own, smaller than the other prefilters' (each database
+/// is one more pass over the text at scan time).
+const LONG_PREFILTER_CHUNK: usize = 8;
+
 fn platform() -> Option<hyperscan::Platform> {
     // The generic target keeps cached databases portable between machines, and measured as
     // fast here as one tuned for this CPU (Hyperscan's runtime still dispatches to AVX-512).
@@ -827,12 +844,14 @@ impl Engine {
             h.update(CACHE_MAGIC);
             // The grouping and widening choices shape the databases too.
             h.update(format!(
-                "{:?} chunk={chunk}/{EXACT_CHUNK} widen={}/{} group={} big={} anchors=dropped word_boundaries=dropped short_confirm={SHORT_TEXT_CONFIRM_ABOVE}",
+                "{:?} chunk={chunk}/{EXACT_CHUNK}/{LONG_PREFILTER_CHUNK} widen={}/{} group={} big={} anchors=dropped word_boundaries=dropped cut={}/{} short_confirm={SHORT_TEXT_CONFIRM_ABOVE}",
                 opts.layout,
                 super::regex::WIDEN_ABOVE,
                 super::regex::WIDEN_RANGES_FROM,
                 super::regex::BIG_GROUP,
-                super::regex::BIG_PATTERN
+                super::regex::BIG_PATTERN,
+                PREFILTER_KEEP,
+                PREFILTER_CUT_ABOVE
             ));
             h.update(hyperscan::version_str().to_bytes());
             h.update(CPU_TARGET);
@@ -2046,14 +2065,23 @@ fn compile_groups(
     // slow, and kept apart they neither slow down nor bloat the exact ones.
     let mut members: Vec<Vec<usize>> = match layout {
         Layout::Single => vec![Vec::new()],
-        Layout::PerScope => vec![Vec::new(); inputs.len() * 2],
+        Layout::PerScope => vec![Vec::new(); inputs.len() * 3],
+    };
+    // Prefilters of long patterns (cut or not) are kept apart again (see the constant).
+    let long = |c: &Compiled| {
+        c.mode == Mode::Prefilter
+            && c.translated
+                .as_ref()
+                .is_some_and(|t| t.expr.len() > PREFILTER_CUT_ABOVE)
     };
     for (i, c) in rules.iter().enumerate() {
         if matches!(c.mode, Mode::Hyperscan | Mode::Prefilter) {
             if let Some(k) = c.input {
                 let g = match layout {
                     Layout::Single => 0,
-                    Layout::PerScope => k * 2 + usize::from(c.mode == Mode::Prefilter),
+                    Layout::PerScope => {
+                        k * 3 + usize::from(c.mode == Mode::Prefilter) + usize::from(long(c))
+                    }
                 };
                 members[g].push(i);
             }
@@ -2061,11 +2089,14 @@ fn compile_groups(
     }
     members.retain(|m| !m.is_empty());
     // Databases compile superlinearly in their size: split them into small ones (prefilters
-    // smaller still, see the two constants), which also lets the compile use every core.
+    // smaller still, those of long patterns smallest, see the constants), which also lets the
+    // compile use every core.
     if layout == Layout::PerScope {
         let mut split = Vec::with_capacity(members.len());
         for m in members {
-            let chunk = if rules[m[0]].mode == Mode::Prefilter {
+            let chunk = if long(&rules[m[0]]) {
+                opts.prefilter_chunk.clamp(1, LONG_PREFILTER_CHUNK)
+            } else if rules[m[0]].mode == Mode::Prefilter {
                 opts.prefilter_chunk.max(1)
             } else {
                 EXACT_CHUNK
