@@ -348,7 +348,8 @@ fn may_be_empty(g: &str) -> bool {
     } else {
         1
     };
-    let inner = &b[open.min(b.len())..b.len().saturating_sub(1)];
+    let end = b.len().saturating_sub(1);
+    let inner = &b[open.min(end)..end];
     // Walks the top level of the group: a branch stays empty while it holds only anchors.
     let mut empty = true;
     let mut i = 0;
@@ -636,6 +637,43 @@ mod tests {
         assert_eq!(t("(a)b\\1c", 3), None);
         assert_eq!(t("(ab", 1), None);
         assert_eq!(t("[ab", 1), None);
+    }
+
+    #[test]
+    fn cutting_takes_any_text_without_panicking() {
+        // Every prefix and suffix of patterns with every construct the reader knows, and
+        // pseudo-random strings of their characters: a rule file may hold anything.
+        let samples = [
+            "(?:^|\\W)(?=[o0])(?![o0]ver)(?:[o0]|\\xc3[\\x92-\\x96]){1,2}\\W{0,2}[[:alpha:]]+?\\p{L}\\cA\\x{41}(?<n>a:)(?i)b++c{2,}?$",
+            "[]a(|]x[^]\\]](a|(b)|[)])\\1\\Qx\\E(?#c)(?<=a)(?<!b)d{0}e{,3}",
+        ];
+        let mut inputs: Vec<String> = Vec::new();
+        for p in samples {
+            for i in 0..=p.len() {
+                inputs.push(p[..i].to_string());
+                inputs.push(p[i..].to_string());
+            }
+        }
+        let alphabet = b"()[]{}|\\^$?*+:,!=<#-axb0159pPcQE";
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let len = (state % 24) as usize;
+            let mut s = String::with_capacity(len);
+            for _ in 0..len {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                s.push(alphabet[(state % alphabet.len() as u64) as usize] as char);
+            }
+            inputs.push(s);
+        }
+        for e in &inputs {
+            for keep in 1..4 {
+                if let Some(cut) = truncate_sequence(e, keep) {
+                    assert!(e.starts_with(&cut) && cut.len() < e.len(), "{e}");
+                }
+            }
+        }
     }
 
     #[test]
