@@ -304,14 +304,16 @@ pub struct Rules {
     /// fill-in-this-form rules and two `FUZZY_*` rules (BENCHMARKS.md).
     pub confirm_only: Vec<String>,
     /// Most patterns in one Hyperscan prefilter database. Such a database compiles
-    /// superlinearly in its patterns: 8 makes a cold compile about a quarter shorter than 24,
-    /// and costs the gateway about 7 % more CPU a message at low load, where messages are
+    /// superlinearly in its patterns. 8 made a cold compile about a quarter shorter than 24
+    /// until the prefilters of long patterns got databases of at most 8 of their own; now it
+    /// saves nothing measurable, and it costs the gateway about 7 % more CPU a message at low
+    /// load, where messages are
     /// scanned one or two at a time (one more pass over each text per database). The default,
     /// 24, favours the scan (BENCHMARKS.md).
     pub prefilter_chunk: usize,
     /// Most patterns in one prefilter database when `mxgate serve` starts and finds neither
     /// the final databases in `cache_dir` nor those of an earlier first start: the gateway
-    /// then serves after a compile of databases this small (about a third shorter with 2 than with
+    /// then serves after a compile of databases this small (a tenth to a fifth shorter with 2 than with
     /// 24), with every rule, and builds the `prefilter_chunk` databases on a background thread
     /// at low priority, swapping them in when they are ready. 0 waits for the final databases
     /// instead. `mxgate scan` and `mxgate rules` always build the final ones.
