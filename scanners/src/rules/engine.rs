@@ -192,7 +192,7 @@ impl Compiled {
             // A prefilter (whatever compiles as written compiles as one): its word boundaries go.
             let e = drop_word_boundaries(&e);
             // A long one, built of look-alike classes, is cut to its first pieces.
-            if t.expr.len() > PREFILTER_CUT_ABOVE {
+            if self.is_long() {
                 if let Some(cut) = truncate_sequence(&e, PREFILTER_KEEP).filter(|c| takes(c, true))
                 {
                     return (cut, Mode::Prefilter);
@@ -209,6 +209,14 @@ impl Compiled {
             }
         });
         Some((e, *mode))
+    }
+
+    /// Whether its pattern is long enough for its prefilter to be cut (see
+    /// [`PREFILTER_CUT_ABOVE`]).
+    fn is_long(&self) -> bool {
+        self.translated
+            .as_ref()
+            .is_some_and(|t| t.expr.len() > PREFILTER_CUT_ABOVE)
     }
 
     /// The expression of [`Compiled::hs`].
@@ -2068,12 +2076,7 @@ fn compile_groups(
         Layout::PerScope => vec![Vec::new(); inputs.len() * 3],
     };
     // Prefilters of long patterns (cut or not) are kept apart again (see the constant).
-    let long = |c: &Compiled| {
-        c.mode == Mode::Prefilter
-            && c.translated
-                .as_ref()
-                .is_some_and(|t| t.expr.len() > PREFILTER_CUT_ABOVE)
-    };
+    let long = |c: &Compiled| c.mode == Mode::Prefilter && c.is_long();
     for (i, c) in rules.iter().enumerate() {
         if matches!(c.mode, Mode::Hyperscan | Mode::Prefilter) {
             if let Some(k) = c.input {
