@@ -221,31 +221,72 @@ fn newline(text: &mut String) {
 }
 
 /// Folds runs of spaces and tabs to one space, keeps line breaks (at most two in a row), trims
-/// lines.
+/// lines. White space is Unicode's (`char::is_whitespace`); ASCII bytes, most of the text, are
+/// told apart without decoding characters.
 fn fold(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut blank_lines = 0;
     for line in s.split('\n') {
-        let mut words = line.split(char::is_whitespace).filter(|w| !w.is_empty());
-        let Some(first) = words.next() else {
+        let b = line.as_bytes();
+        let mut i = 0;
+        let mut words = 0;
+        while i < b.len() {
+            let n = space_len(line, i);
+            if n > 0 {
+                i += n;
+                continue;
+            }
+            let start = i;
+            while i < b.len() {
+                if b[i] < 0x80 {
+                    if is_ascii_space(b[i]) {
+                        break;
+                    }
+                    i += 1;
+                } else if space_len(line, i) > 0 {
+                    break;
+                } else {
+                    i += line[i..].chars().next().map_or(1, char::len_utf8);
+                }
+            }
+            if words == 0 {
+                blank_lines = 0;
+                if !out.is_empty() && !out.ends_with('\n') {
+                    out.push('\n');
+                }
+            } else {
+                out.push(' ');
+            }
+            out.push_str(&line[start..i]);
+            words += 1;
+        }
+        if words == 0 {
             blank_lines += 1;
             if blank_lines == 1 && !out.is_empty() {
                 out.push('\n');
             }
-            continue;
-        };
-        blank_lines = 0;
-        if !out.is_empty() && !out.ends_with('\n') {
-            out.push('\n');
-        }
-        out.push_str(first);
-        for w in words {
-            out.push(' ');
-            out.push_str(w);
         }
     }
     out.truncate(out.trim_end().len());
     out
+}
+
+/// ASCII white space as `char::is_whitespace` has it.
+fn is_ascii_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+/// Length of the white-space character at byte `i` of `s` (a character boundary); 0 when it is
+/// not white space.
+fn space_len(s: &str, i: usize) -> usize {
+    let c = s.as_bytes()[i];
+    if c < 0x80 {
+        return usize::from(is_ascii_space(c));
+    }
+    match s[i..].chars().next() {
+        Some(ch) if ch.is_whitespace() => ch.len_utf8(),
+        _ => 0,
+    }
 }
 
 /// Tag name (as written), whether it is a closing tag, and the attribute text.
@@ -485,6 +526,85 @@ fn named(n: &str) -> Option<char> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `fold` as first written, with `char::is_whitespace` on every character: the byte walk
+    /// must give the same text.
+    fn fold_by_chars(s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        let mut blank_lines = 0;
+        for line in s.split('\n') {
+            let mut words = line.split(char::is_whitespace).filter(|w| !w.is_empty());
+            let Some(first) = words.next() else {
+                blank_lines += 1;
+                if blank_lines == 1 && !out.is_empty() {
+                    out.push('\n');
+                }
+                continue;
+            };
+            blank_lines = 0;
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(first);
+            for w in words {
+                out.push(' ');
+                out.push_str(w);
+            }
+        }
+        out.truncate(out.trim_end().len());
+        out
+    }
+
+    #[test]
+    fn folding_walks_bytes_as_characters_were_walked() {
+        let pieces = [
+            " ",
+            "\t",
+            "\n",
+            "\r",
+            "\x0b",
+            "\x0c",
+            "\u{a0}",
+            "\u{85}",
+            "\u{2003}",
+            "\u{3000}",
+            "\u{200b}",
+            "a",
+            "word",
+            "é",
+            "日本",
+            "\u{1f600}",
+            "\n\n\n",
+            "  \r\n",
+        ];
+        let mut cases: Vec<String> = vec![
+            String::new(),
+            "  Hello \t world  \n\n\n  next\u{a0}line\u{2003}x \r\n".into(),
+            "\n\n a \n\n\n\n b\u{3000}\n".into(),
+        ];
+        // Every string of up to three pieces, and longer pseudo-random ones.
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    cases.push(format!("{a}{b}{c}"));
+                }
+            }
+        }
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..2_000 {
+            let mut t = String::new();
+            for _ in 0..(x % 24) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                t.push_str(pieces[(x % pieces.len() as u64) as usize]);
+            }
+            cases.push(t);
+        }
+        for t in &cases {
+            assert_eq!(fold(t), fold_by_chars(t), "{t:?}");
+        }
+    }
 
     #[test]
     fn renders_visible_text() {

@@ -31,10 +31,19 @@ pub fn token_id(token: &[u8]) -> u64 {
 }
 
 /// The ruleset's English stop-word pattern (`bayes_stopword_en` in `60_bayes_stopwords.cf`),
-/// anchored and case-insensitive as SpamAssassin applies it.
-pub struct StopWords(regex::bytes::Regex);
+/// anchored and case-insensitive as SpamAssassin applies it. The pattern is a finite list of
+/// words written as nested alternatives; when it can be spelled out (and every word spelled
+/// out matches it), a token is looked up in the list instead of running the pattern.
+pub struct StopWords {
+    re: regex::bytes::Regex,
+    /// The pattern's words, lower-cased, when spelled out.
+    words: Option<WordSet>,
+}
 
 impl StopWords {
+    /// Stop words are at most this long: a longer token is never one.
+    const LONGEST: usize = 16;
+
     /// Reads `bayes_stopword_en` from the rule files of `dirs` (the first found wins).
     pub fn from_rules(dirs: &[std::path::PathBuf]) -> Option<StopWords> {
         for d in dirs {
@@ -53,17 +62,170 @@ impl StopWords {
     /// From a Perl pattern.
     pub fn new(perl: &str) -> Option<StopWords> {
         let p = perl.replace("\\'", "'");
-        regex::bytes::Regex::new(&format!("(?i-u)^(?:{p})$"))
+        let re = regex::bytes::Regex::new(&format!("(?i-u)^(?:{p})$")).ok()?;
+        let words = regex_syntax::ParserBuilder::new()
+            .unicode(false)
+            .utf8(false)
+            .build()
+            .parse(&format!("(?:{p})"))
             .ok()
-            .map(StopWords)
+            .and_then(|hir| spell_out(&hir, 4_096))
+            // The list stands for the pattern only if each of its words is one it matches.
+            .filter(|list| {
+                list.iter().all(|w| {
+                    w.len() <= Self::LONGEST
+                        && w.iter().all(|b| b.is_ascii_alphabetic() || *b == b'\'')
+                        && re.is_match(w)
+                })
+            })
+            .map(|list| WordSet::new(list.iter().map(|w| w.to_ascii_lowercase())));
+        Some(StopWords { re, words })
     }
 
     fn is_stop(&self, t: &[u8]) -> bool {
         // Stop words are short words of letters (and apostrophes): anything else cannot match,
         // and most tokens (hosts, numbers, ids) are not worth the pattern.
-        t.len() <= 16
-            && t.iter().all(|b| b.is_ascii_alphabetic() || *b == b'\'')
-            && self.0.is_match(t)
+        if t.len() > Self::LONGEST || !t.iter().all(|b| b.is_ascii_alphabetic() || *b == b'\'') {
+            return false;
+        }
+        let Some(words) = &self.words else {
+            return self.re.is_match(t);
+        };
+        words.contains_lower(t)
+    }
+}
+
+/// Words of at most 16 bytes, none of them a zero byte, each packed into a `u128` and kept in
+/// an open-addressing table: a lookup is a multiply and a compare or two, where a hash set of
+/// byte strings ran a streaming hash over each token.
+struct WordSet {
+    slots: Vec<u128>,
+}
+
+impl WordSet {
+    fn new(words: impl Iterator<Item = Vec<u8>>) -> WordSet {
+        let words: Vec<u128> = words.map(|w| Self::pack(&w)).collect();
+        let mut set = WordSet {
+            slots: vec![0; (2 * words.len()).next_power_of_two().max(16)],
+        };
+        for w in words.into_iter().filter(|&w| w != 0) {
+            let mut i = set.slot(w);
+            while set.slots[i] != 0 && set.slots[i] != w {
+                i = (i + 1) & (set.slots.len() - 1);
+            }
+            set.slots[i] = w;
+        }
+        set
+    }
+
+    fn pack(w: &[u8]) -> u128 {
+        let mut b = [0u8; 16];
+        b[..w.len()].copy_from_slice(w);
+        u128::from_le_bytes(b)
+    }
+
+    fn slot(&self, w: u128) -> usize {
+        let h =
+            ((w as u64) ^ ((w >> 64) as u64).rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (h >> 32) as usize & (self.slots.len() - 1)
+    }
+
+    /// Whether `t` (at most 16 bytes, no zero byte), lower-cased, is one of the words.
+    fn contains_lower(&self, t: &[u8]) -> bool {
+        let mut b = [0u8; 16];
+        for (d, s) in b.iter_mut().zip(t) {
+            *d = s.to_ascii_lowercase();
+        }
+        let w = u128::from_le_bytes(b);
+        let mut i = self.slot(w);
+        loop {
+            match self.slots[i] {
+                0 => return false,
+                x if x == w => return true,
+                _ => i = (i + 1) & (self.slots.len() - 1),
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.iter().filter(|&&w| w != 0).count()
+    }
+
+    #[cfg(test)]
+    fn words(&self) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = self
+            .slots
+            .iter()
+            .filter(|&&w| w != 0)
+            .map(|w| {
+                w.to_le_bytes()
+                    .into_iter()
+                    .take_while(|&b| b != 0)
+                    .collect()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// Every string a pattern without repetition beyond `{0,3}` matches, at most `cap` of them;
+/// `None` for anything else (classes of more than 64 bytes, unbounded repeats, anchors other
+/// than a final `$`, which a whole-token match makes moot and [`StopWords::new`] checks).
+fn spell_out(h: &regex_syntax::hir::Hir, cap: usize) -> Option<Vec<Vec<u8>>> {
+    use regex_syntax::hir::{Class, HirKind, Look};
+    let product = |a: Vec<Vec<u8>>, b: &[Vec<u8>]| -> Option<Vec<Vec<u8>>> {
+        if a.len().saturating_mul(b.len()) > cap {
+            return None;
+        }
+        Some(
+            a.iter()
+                .flat_map(|x| b.iter().map(move |y| [x.as_slice(), y].concat()))
+                .collect(),
+        )
+    };
+    match h.kind() {
+        HirKind::Empty | HirKind::Look(Look::End) => Some(vec![Vec::new()]),
+        HirKind::Literal(l) => Some(vec![l.0.to_vec()]),
+        HirKind::Class(Class::Bytes(c)) => {
+            let bytes: Vec<Vec<u8>> = c
+                .ranges()
+                .iter()
+                .flat_map(|r| r.start()..=r.end())
+                .map(|b| vec![b])
+                .take(65)
+                .collect();
+            (bytes.len() <= 64).then_some(bytes)
+        }
+        HirKind::Capture(c) => spell_out(&c.sub, cap),
+        HirKind::Repetition(r) => {
+            let max = r.max.filter(|&m| m <= 3)?;
+            let one = spell_out(&r.sub, cap)?;
+            let mut out = Vec::new();
+            let mut k_times = vec![Vec::new()];
+            for k in 0..=max {
+                if k >= r.min {
+                    out.extend(k_times.iter().cloned());
+                }
+                k_times = product(k_times, &one)?;
+            }
+            (out.len() <= cap).then_some(out)
+        }
+        HirKind::Concat(parts) => parts
+            .iter()
+            .try_fold(vec![Vec::new()], |acc, p| product(acc, &spell_out(p, cap)?)),
+        HirKind::Alternation(alts) => {
+            let mut out = Vec::new();
+            for a in alts {
+                out.extend(spell_out(a, cap)?);
+                if out.len() > cap {
+                    return None;
+                }
+            }
+            Some(out)
+        }
+        _ => None,
     }
 }
 
@@ -1519,6 +1681,69 @@ pub fn restore(text: &[u8]) -> Result<super::Model, RestoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_words_are_looked_up_as_the_pattern_matches_them() {
+        let dirs = [std::path::PathBuf::from("/usr/share/spamassassin")];
+        let Some(stop) = StopWords::from_rules(&dirs) else {
+            eprintln!("no SpamAssassin ruleset here; skipped");
+            return;
+        };
+        let words = stop
+            .words
+            .as_ref()
+            .expect("the ruleset's pattern is spelled out");
+        assert!(words.contains_lower(b"because") && words.contains_lower(b"You're"));
+        assert!(words.len() > 50 && words.len() < 1_000, "{}", words.len());
+        // Each word of the list, its case variants, prefixes, extensions, and other words: the
+        // lookup answers as the pattern does.
+        let mut tokens: Vec<Vec<u8>> = Vec::new();
+        for w in &words.words() {
+            tokens.push(w.clone());
+            tokens.push(w.to_ascii_uppercase());
+            let mut mixed = w.clone();
+            mixed[0] = mixed[0].to_ascii_uppercase();
+            tokens.push(mixed);
+            tokens.push(w[..w.len() - 1].to_vec());
+            tokens.push([w.as_slice(), b"s"].concat());
+            tokens.push([b"x".as_slice(), w].concat());
+        }
+        for t in [
+            "the",
+            "The",
+            "THEY",
+            "information",
+            "e-mail",
+            "it's",
+            "its",
+            "x",
+            "",
+        ] {
+            tokens.push(t.as_bytes().to_vec());
+        }
+        let mut hits = 0;
+        for t in &tokens {
+            let by_pattern = t.len() <= StopWords::LONGEST && stop.re.is_match(t);
+            assert_eq!(
+                stop.is_stop(t),
+                by_pattern,
+                "{:?}",
+                String::from_utf8_lossy(t)
+            );
+            hits += usize::from(by_pattern);
+        }
+        assert!(hits > 3 * words.len(), "{hits}");
+        // What cannot be spelled out is matched by the pattern.
+        let open = StopWords::new("(?:an+d|or)").unwrap();
+        assert!(open.words.is_none());
+        assert!(open.is_stop(b"annnd") && open.is_stop(b"OR") && !open.is_stop(b"nor"));
+        let small = StopWords::new("(?:a(?:n[dy]|re)|it\\'s)$").unwrap();
+        assert_eq!(
+            small.words.as_ref().unwrap().words(),
+            [&b"and"[..], b"any", b"are", b"it's"]
+        );
+        assert!(small.is_stop(b"ANY") && small.is_stop(b"It's") && !small.is_stop(b"an"));
+    }
 
     #[test]
     fn a_backup_is_restored_and_bad_lines_are_named() {
