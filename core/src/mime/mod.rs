@@ -609,9 +609,12 @@ impl Parser<'_> {
         } else {
             // Find the first line that is a boundary of an enclosing multipart, by looking for
             // "--" at line starts.
+            // One searcher for every part (`memmem::find` builds one a call).
+            static DASHES: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+                std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"--"));
             let mut search = body_start;
             loop {
-                let Some(i) = memchr::memmem::find(&self.buf[search..end], b"--") else {
+                let Some(i) = DASHES.find(&self.buf[search..end]) else {
                     pos = end;
                     break;
                 };

@@ -838,13 +838,17 @@ fn chew_received(v: &[u8]) -> Vec<u8> {
     // Each pattern needs a word it starts from: skip the ones that cannot match, and try the
     // others only where that word is.
     let mut starts = Vec::new();
-    let with: Starts =
-        |v, s| s.extend(memchr::memmem::find_iter(v, b"with").filter_map(|p| p.checked_sub(1)));
-    let id: Starts = |v, s| s.extend(memchr::memmem::find_iter(v, b"id"));
+    // Searchers built once (`memmem::find_iter` builds one a call).
+    static WITH: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"with"));
+    static ID: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"id"));
+    let with: Starts = |v, s| s.extend(WITH.find_iter(v).filter_map(|p| p.checked_sub(1)));
+    let id: Starts = |v, s| s.extend(ID.find_iter(v));
     let word: Starts =
         |v, s| s.extend((0..v.len()).filter(|&i| matches!(v[i], b'w' | b'f' | b'S' | b'E')));
     // The four id patterns all need "id".
-    let ids = memchr::memmem::find(&v, b"id").is_some();
+    let ids = ID.find(&v).is_some();
     let passes: [(Starts, Matcher); 5] = [
         (with, smtp_id),
         (with, esmtp_id),
