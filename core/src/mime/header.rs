@@ -353,10 +353,7 @@ fn encoded_word(s: &[u8]) -> Option<(Vec<u8>, Vec<u8>, usize)> {
     }
     let enc = rest2[0].to_ascii_uppercase();
     let body = &rest2[2..];
-    // One searcher for every encoded word (`memmem::find` builds one a call).
-    static END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"?="));
-    let end = END.find(body)?;
+    let end = crate::finder!(b"?=").find(body)?;
     let text = &body[..end];
     if text.iter().any(|b| *b == b' ' || *b == b'\t') {
         return None;

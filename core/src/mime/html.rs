@@ -90,10 +90,7 @@ pub fn render(html: &str) -> Rendered {
     while i < b.len() {
         if b[i] == b'<' {
             if b[i..].starts_with(b"<!--") {
-                // One searcher for every comment (`memmem::find` builds one a call).
-                static COMMENT_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-                    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"-->"));
-                i = match COMMENT_END.find(&b[i + 4..]) {
+                i = match crate::finder!(b"-->").find(&b[i + 4..]) {
                     Some(e) => i + 4 + e + 3,
                     None => b.len(),
                 };

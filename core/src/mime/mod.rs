@@ -609,12 +609,9 @@ impl Parser<'_> {
         } else {
             // Find the first line that is a boundary of an enclosing multipart, by looking for
             // "--" at line starts.
-            // One searcher for every part (`memmem::find` builds one a call).
-            static DASHES: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-                std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"--"));
             let mut search = body_start;
             loop {
-                let Some(i) = DASHES.find(&self.buf[search..end]) else {
+                let Some(i) = crate::finder!(b"--").find(&self.buf[search..end]) else {
                     pos = end;
                     break;
                 };

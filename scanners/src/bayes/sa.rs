@@ -838,17 +838,18 @@ fn chew_received(v: &[u8]) -> Vec<u8> {
     // Each pattern needs a word it starts from: skip the ones that cannot match, and try the
     // others only where that word is.
     let mut starts = Vec::new();
-    // Searchers built once (`memmem::find_iter` builds one a call).
-    static WITH: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"with"));
-    static ID: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"id"));
-    let with: Starts = |v, s| s.extend(WITH.find_iter(v).filter_map(|p| p.checked_sub(1)));
-    let id: Starts = |v, s| s.extend(ID.find_iter(v));
+    let with: Starts = |v, s| {
+        s.extend(
+            mxgate_core::finder!(b"with")
+                .find_iter(v)
+                .filter_map(|p| p.checked_sub(1)),
+        )
+    };
+    let id: Starts = |v, s| s.extend(mxgate_core::finder!(b"id").find_iter(v));
     let word: Starts =
         |v, s| s.extend((0..v.len()).filter(|&i| matches!(v[i], b'w' | b'f' | b'S' | b'E')));
     // The four id patterns all need "id".
-    let ids = ID.find(&v).is_some();
+    let ids = mxgate_core::finder!(b"id").find(&v).is_some();
     let passes: [(Starts, Matcher); 5] = [
         (with, smtp_id),
         (with, esmtp_id),
@@ -1452,16 +1453,12 @@ fn tokenize_line_with(
     let s = RX.with(|rx| {
         let s = token_chars(line, chars);
         // The two patterns only ever match around "..." and "--": look for those first.
-        static DOTS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"..."));
-        static DASHES: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"--"));
-        let s = if DOTS.find(&s).is_some() {
+        let s = if mxgate_core::finder!(b"...").find(&s).is_some() {
             rx.dots.replace_all(&s, &b"$1 $2 $3"[..]).into_owned()
         } else {
             s
         };
-        let s = if DASHES.find(&s).is_some() {
+        let s = if mxgate_core::finder!(b"--").find(&s).is_some() {
             rx.dashes.replace_all(&s, &b"$1 $2 $3"[..]).into_owned()
         } else {
             s

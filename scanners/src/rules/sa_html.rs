@@ -277,10 +277,7 @@ fn render_with(html: &str, event: &mut dyn FnMut(Event<'_>)) -> (String, u32) {
         if b[i..].starts_with(b"<!--") {
             // A comment never closed by `-->` ends at the next `>`, as HTML::Parser has it.
             let start = i;
-            // One searcher for every comment (`memmem::find` builds one a call).
-            static COMMENT_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-                std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"-->"));
-            i = match COMMENT_END.find(&b[i + 4..]) {
+            i = match mxgate_core::finder!(b"-->").find(&b[i + 4..]) {
                 Some(e) => i + 4 + e + 3,
                 None => memchr::memchr(b'>', &b[i + 4..]).map_or(b.len(), |e| i + 4 + e + 1),
             };

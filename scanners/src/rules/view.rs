@@ -155,10 +155,7 @@ fn decode_value(name: &str, raw: &[u8]) -> Vec<u8> {
         || name
             .get(..5)
             .is_some_and(|p| p.eq_ignore_ascii_case("list-"));
-    // One searcher for every field (`memmem::find` builds one a call).
-    static ENCODED_WORD: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"=?"));
-    let mut out = if !exempt && ENCODED_WORD.find(t).is_some() {
+    let mut out = if !exempt && mxgate_core::finder!(b"=?").find(t).is_some() {
         header::decode_words(t).into_bytes()
     } else if t.is_ascii() || std::str::from_utf8(t).is_ok() {
         // Trimmed in place: no second copy.
