@@ -208,7 +208,9 @@ fn spell_out(h: &regex_syntax::hir::Hir, cap: usize) -> Option<Vec<Vec<u8>>> {
                 if k >= r.min {
                     out.extend(k_times.iter().cloned());
                 }
-                k_times = product(k_times, &one)?;
+                if k < max {
+                    k_times = product(k_times, &one)?;
+                }
             }
             (out.len() <= cap).then_some(out)
         }
@@ -1744,6 +1746,12 @@ mod tests {
             [&b"and"[..], b"any", b"are", b"it's"]
         );
         assert!(small.is_stop(b"ANY") && small.is_stop(b"It's") && !small.is_stop(b"an"));
+        // Bounded repeats are spelled out with each count.
+        let counted = StopWords::new("(?:no(?:pe)?|x{2,3}y)").unwrap();
+        assert_eq!(
+            counted.words.as_ref().unwrap().words(),
+            [&b"no"[..], b"nope", b"xxxy", b"xxy"]
+        );
     }
 
     #[test]
