@@ -227,27 +227,23 @@ fn fold(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut blank_lines = 0;
     for line in s.split('\n') {
-        let b = line.as_bytes();
         let mut i = 0;
         let mut words = 0;
-        while i < b.len() {
-            let n = space_len(line, i);
-            if n > 0 {
-                i += n;
+        while i < line.len() {
+            let (len, space) = char_at(line, i);
+            if space {
+                i += len;
                 continue;
             }
+            // A word: to the next white space.
             let start = i;
-            while i < b.len() {
-                if b[i] < 0x80 {
-                    if is_ascii_space(b[i]) {
-                        break;
-                    }
-                    i += 1;
-                } else if space_len(line, i) > 0 {
+            i += len;
+            while i < line.len() {
+                let (len, space) = char_at(line, i);
+                if space {
                     break;
-                } else {
-                    i += line[i..].chars().next().map_or(1, char::len_utf8);
                 }
+                i += len;
             }
             if words == 0 {
                 blank_lines = 0;
@@ -271,22 +267,17 @@ fn fold(s: &str) -> String {
     out
 }
 
-/// ASCII white space as `char::is_whitespace` has it.
-fn is_ascii_space(c: u8) -> bool {
-    matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
-}
-
-/// Length of the white-space character at byte `i` of `s` (a character boundary); 0 when it is
-/// not white space.
-fn space_len(s: &str, i: usize) -> usize {
+/// The length of the character at byte `i` of `s` (a character boundary), and whether it is
+/// white space as `char::is_whitespace` has it; an ASCII byte is told without decoding.
+fn char_at(s: &str, i: usize) -> (usize, bool) {
     let c = s.as_bytes()[i];
     if c < 0x80 {
-        return usize::from(is_ascii_space(c));
+        return (1, matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r'));
     }
-    match s[i..].chars().next() {
-        Some(ch) if ch.is_whitespace() => ch.len_utf8(),
-        _ => 0,
-    }
+    s[i..]
+        .chars()
+        .next()
+        .map_or((1, false), |ch| (ch.len_utf8(), ch.is_whitespace()))
 }
 
 /// Tag name (as written), whether it is a closing tag, and the attribute text.
