@@ -36,8 +36,9 @@ pub fn token_id(token: &[u8]) -> u64 {
 /// out matches it), a token is looked up in the list instead of running the pattern.
 pub struct StopWords {
     re: regex::bytes::Regex,
-    /// The pattern's words, lower-cased, when spelled out.
-    words: Option<WordSet>,
+    /// The pattern's words, lower-cased and packed (see [`pack_lower`]), sorted: when spelled
+    /// out.
+    words: Option<Vec<u128>>,
 }
 
 impl StopWords {
@@ -71,103 +72,41 @@ impl StopWords {
             .ok()
             .and_then(|hir| spell_out(&hir, 4_096))
             // The list stands for the pattern only if each of its words is one it matches.
-            .filter(|list| {
-                list.iter().all(|w| {
-                    w.len() <= Self::LONGEST
-                        && w.iter().all(|b| b.is_ascii_alphabetic() || *b == b'\'')
-                        && re.is_match(w)
-                })
-            })
-            .map(|list| WordSet::new(list.iter().map(|w| w.to_ascii_lowercase())));
+            .filter(|list| list.iter().all(|w| Self::may_be_one(w) && re.is_match(w)))
+            .map(|list| {
+                let mut packed: Vec<u128> = list.iter().map(|w| pack_lower(w)).collect();
+                packed.sort_unstable();
+                packed.dedup();
+                packed
+            });
         Some(StopWords { re, words })
     }
 
+    /// Whether `t` is short and made of letters (and apostrophes), as stop words are: anything
+    /// else cannot be one, and most tokens (hosts, numbers, ids) are not worth the lookup.
+    fn may_be_one(t: &[u8]) -> bool {
+        t.len() <= Self::LONGEST && t.iter().all(|b| b.is_ascii_alphabetic() || *b == b'\'')
+    }
+
     fn is_stop(&self, t: &[u8]) -> bool {
-        // Stop words are short words of letters (and apostrophes): anything else cannot match,
-        // and most tokens (hosts, numbers, ids) are not worth the pattern.
-        if t.len() > Self::LONGEST || !t.iter().all(|b| b.is_ascii_alphabetic() || *b == b'\'') {
+        if !Self::may_be_one(t) {
             return false;
         }
-        let Some(words) = &self.words else {
-            return self.re.is_match(t);
-        };
-        words.contains_lower(t)
+        match &self.words {
+            Some(words) => words.binary_search(&pack_lower(t)).is_ok(),
+            None => self.re.is_match(t),
+        }
     }
 }
 
-/// Words of at most 16 bytes, none of them a zero byte, each packed into a `u128` and kept in
-/// an open-addressing table: a lookup is a multiply and a compare or two, where a hash set of
-/// byte strings ran a streaming hash over each token.
-struct WordSet {
-    slots: Vec<u128>,
-}
-
-impl WordSet {
-    fn new(words: impl Iterator<Item = Vec<u8>>) -> WordSet {
-        let words: Vec<u128> = words.map(|w| Self::pack(&w)).collect();
-        let mut set = WordSet {
-            slots: vec![0; (2 * words.len()).next_power_of_two().max(16)],
-        };
-        for w in words.into_iter().filter(|&w| w != 0) {
-            let mut i = set.slot(w);
-            while set.slots[i] != 0 && set.slots[i] != w {
-                i = (i + 1) & (set.slots.len() - 1);
-            }
-            set.slots[i] = w;
-        }
-        set
+/// A word of at most 16 bytes, none of them zero, lower-cased into one `u128` (zero-padded):
+/// two such words are equal ignoring ASCII case exactly when their packings are.
+fn pack_lower(w: &[u8]) -> u128 {
+    let mut b = [0u8; 16];
+    for (d, s) in b.iter_mut().zip(w) {
+        *d = s.to_ascii_lowercase();
     }
-
-    fn pack(w: &[u8]) -> u128 {
-        let mut b = [0u8; 16];
-        b[..w.len()].copy_from_slice(w);
-        u128::from_le_bytes(b)
-    }
-
-    fn slot(&self, w: u128) -> usize {
-        let h =
-            ((w as u64) ^ ((w >> 64) as u64).rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (h >> 32) as usize & (self.slots.len() - 1)
-    }
-
-    /// Whether `t` (at most 16 bytes, no zero byte), lower-cased, is one of the words.
-    fn contains_lower(&self, t: &[u8]) -> bool {
-        let mut b = [0u8; 16];
-        for (d, s) in b.iter_mut().zip(t) {
-            *d = s.to_ascii_lowercase();
-        }
-        let w = u128::from_le_bytes(b);
-        let mut i = self.slot(w);
-        loop {
-            match self.slots[i] {
-                0 => return false,
-                x if x == w => return true,
-                _ => i = (i + 1) & (self.slots.len() - 1),
-            }
-        }
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.slots.iter().filter(|&&w| w != 0).count()
-    }
-
-    #[cfg(test)]
-    fn words(&self) -> Vec<Vec<u8>> {
-        let mut out: Vec<Vec<u8>> = self
-            .slots
-            .iter()
-            .filter(|&&w| w != 0)
-            .map(|w| {
-                w.to_le_bytes()
-                    .into_iter()
-                    .take_while(|&b| b != 0)
-                    .collect()
-            })
-            .collect();
-        out.sort();
-        out
-    }
+    u128::from_le_bytes(b)
 }
 
 /// Every string a pattern without repetition beyond `{0,3}` matches, at most `cap` of them;
@@ -1685,6 +1624,20 @@ pub fn restore(text: &[u8]) -> Result<super::Model, RestoreError> {
 mod tests {
     use super::*;
 
+    /// A stop-word list's words, unpacked, in order.
+    fn unpacked(stop: &StopWords) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = (stop.words.as_ref().expect("spelled out").iter())
+            .map(|w| {
+                w.to_le_bytes()
+                    .into_iter()
+                    .take_while(|&b| b != 0)
+                    .collect()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     #[test]
     fn stop_words_are_looked_up_as_the_pattern_matches_them() {
         let dirs = [std::path::PathBuf::from("/usr/share/spamassassin")];
@@ -1696,12 +1649,13 @@ mod tests {
             .words
             .as_ref()
             .expect("the ruleset's pattern is spelled out");
-        assert!(words.contains_lower(b"because") && words.contains_lower(b"You're"));
+        let listed = |w: &[u8]| words.binary_search(&pack_lower(w)).is_ok();
+        assert!(listed(b"because") && listed(b"You're"));
         assert!(words.len() > 50 && words.len() < 1_000, "{}", words.len());
         // Each word of the list, its case variants, prefixes, extensions, and other words: the
         // lookup answers as the pattern does.
         let mut tokens: Vec<Vec<u8>> = Vec::new();
-        for w in &words.words() {
+        for w in &unpacked(&stop) {
             tokens.push(w.clone());
             tokens.push(w.to_ascii_uppercase());
             let mut mixed = w.clone();
@@ -1741,17 +1695,11 @@ mod tests {
         assert!(open.words.is_none());
         assert!(open.is_stop(b"annnd") && open.is_stop(b"OR") && !open.is_stop(b"nor"));
         let small = StopWords::new("(?:a(?:n[dy]|re)|it\\'s)$").unwrap();
-        assert_eq!(
-            small.words.as_ref().unwrap().words(),
-            [&b"and"[..], b"any", b"are", b"it's"]
-        );
+        assert_eq!(unpacked(&small), [&b"and"[..], b"any", b"are", b"it's"]);
         assert!(small.is_stop(b"ANY") && small.is_stop(b"It's") && !small.is_stop(b"an"));
         // Bounded repeats are spelled out with each count.
         let counted = StopWords::new("(?:no(?:pe)?|x{2,3}y)").unwrap();
-        assert_eq!(
-            counted.words.as_ref().unwrap().words(),
-            [&b"no"[..], b"nope", b"xxxy", b"xxy"]
-        );
+        assert_eq!(unpacked(&counted), [&b"no"[..], b"nope", b"xxxy", b"xxy"]);
     }
 
     #[test]
