@@ -386,13 +386,7 @@ mod tests {
         let path = tmp("buckets");
         let store = RedbStore::new(&path);
         let mut m = store.load().unwrap();
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::xorshift();
         // Messages of 40 tokens, a quarter of them shared, learned in batches with a save after
         // each; some forgotten again. After every save the store reads back as the model is.
         let shared: Vec<u64> = (0..200).map(|_| next()).collect();

@@ -288,11 +288,9 @@ mod tests {
     fn agrees_with_a_hash_map_under_collisions() {
         let mut t = TokenTable::default();
         let mut m: HashMap<u64, Counts> = HashMap::new();
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = crate::xorshift();
         for step in 0..200_000u32 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = next();
             // Low bits from a small range, high bits varied: long probe runs.
             let id = match x % 97 {
                 0 => EMPTY,

@@ -655,15 +655,12 @@ mod tests {
             }
         }
         let alphabet = b"()[]{}|\\^$?*+:,!=<#-axb0159pPcQE";
-        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = crate::xorshift();
         for _ in 0..20_000 {
-            let len = (state % 24) as usize;
+            let len = (next() % 24) as usize;
             let mut s = String::with_capacity(len);
             for _ in 0..len {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                s.push(alphabet[(state % alphabet.len() as u64) as usize] as char);
+                s.push(alphabet[(next() % alphabet.len() as u64) as usize] as char);
             }
             inputs.push(s);
         }
