@@ -34,6 +34,25 @@ macro_rules! finder {
 #[doc(hidden)]
 pub use memchr as __memchr;
 
+/// `s.split(c)` for an ASCII byte `c`, each `c` found by `memchr`: a `str` split runs a
+/// slower search per piece, which shows where the pieces are short and many.
+pub fn split_ascii(s: &str, c: u8) -> impl Iterator<Item = &str> + '_ {
+    debug_assert!(
+        c.is_ascii(),
+        "splitting at a non-ASCII byte would cut characters"
+    );
+    let mut start = 0;
+    memchr::memchr_iter(c, s.as_bytes())
+        .map(Some)
+        .chain(std::iter::once(None))
+        .map(move |at| {
+            let end = at.unwrap_or(s.len());
+            let piece = &s[start..end];
+            start = end + 1;
+            piece
+        })
+}
+
 pub mod config;
 pub mod mime;
 pub mod pool;
@@ -46,4 +65,36 @@ pub mod udp;
 pub fn corpus_root() -> std::path::PathBuf {
     std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .join(std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn split_ascii_gives_the_pieces_str_split_gives() {
+        for s in [
+            "",
+            "\n",
+            "\n\n",
+            "a",
+            "a\n",
+            "\na",
+            "a\nb",
+            "a\n\nb\n",
+            "é\nü ß\n",
+            "\u{2028}\nx",
+        ] {
+            let want: Vec<&str> = s.split('\n').collect();
+            assert_eq!(
+                super::split_ascii(s, b'\n').collect::<Vec<_>>(),
+                want,
+                "{s:?}"
+            );
+            let want: Vec<&str> = s.split(' ').collect();
+            assert_eq!(
+                super::split_ascii(s, b' ').collect::<Vec<_>>(),
+                want,
+                "{s:?}"
+            );
+        }
+    }
 }

@@ -226,7 +226,7 @@ fn newline(text: &mut String) {
 fn fold(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut blank_lines = 0;
-    for line in s.split('\n') {
+    for line in crate::split_ascii(s, b'\n') {
         let mut i = 0;
         let mut words = 0;
         while i < line.len() {

@@ -45,6 +45,12 @@ pub fn extract_html(source: &str) -> Vec<String> {
     dedup(out)
 }
 
+/// Where the `://` after a URI's scheme starts, searched with a searcher built once (a `str`
+/// search builds one on every call).
+pub fn scheme_end(s: &str) -> Option<usize> {
+    crate::finder!(b"://").find(s.as_bytes())
+}
+
 fn dedup(v: Vec<String>) -> Vec<String> {
     let mut out = Unique::default();
     for u in v {
@@ -127,7 +133,7 @@ fn classify(token: &str) -> Option<String> {
         return None;
     }
     // `href=http://...`, `url:"http://...`: the URI starts at its scheme.
-    let token = match token.find("://") {
+    let token = match scheme_end(token) {
         Some(p) if p > 0 => {
             let start = token[..p]
                 .rfind(|c: char| !c.is_ascii_alphanumeric() && c != '+' && c != '-')
@@ -221,7 +227,7 @@ pub fn normalize(uri: &str) -> Option<String> {
         out.push_str(domain);
         out[at..].make_ascii_lowercase();
         return Some(out);
-    } else if let Some(i) = uri.find("://") {
+    } else if let Some(i) = scheme_end(uri) {
         let s = &uri[..i];
         let is = |n: &str| s.eq_ignore_ascii_case(n);
         let scheme = if is("http") || is("hxxp") || is("h**p") || is("hxxp[:]") {

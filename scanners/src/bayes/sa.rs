@@ -655,7 +655,7 @@ fn parse_received(line: &str) -> Option<Relay<'_>> {
     // The word after the first `by` and the first `id`.
     let (mut by, mut id) = (None, None);
     let mut prev = "";
-    for w in line.split(' ') {
+    for w in mxgate_core::split_ascii(line, b' ') {
         match prev {
             "by" if by.is_none() => by = Some(w.trim_end_matches(';')),
             "id" if id.is_none() => id = Some(w.trim_end_matches(';')),

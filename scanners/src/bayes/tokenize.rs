@@ -345,9 +345,8 @@ pub fn tokenize_with(msg: &Message, keep_text: bool, osb: bool) -> Tokens {
     // URI hosts and their parent domains.
     sink.with_prefix("UD:");
     for uri in &view.uris {
-        let host = uri
-            .split_once("://")
-            .map(|(_, r)| r)
+        let host = mxgate_core::mime::uri::scheme_end(uri)
+            .map(|p| &uri[p + 3..])
             .or_else(|| {
                 uri.strip_prefix("mailto:")
                     .and_then(|a| a.rsplit_once('@').map(|(_, d)| d))

@@ -183,7 +183,7 @@ pub fn uri_domains<'a>(
 /// `www.example.com/path` and `mailto:` addresses.
 pub fn uri_host(u: &str) -> Option<String> {
     let u = u.trim();
-    let rest = if let Some(i) = u.find("://") {
+    let rest = if let Some(i) = mxgate_core::mime::uri::scheme_end(u) {
         &u[i + 3..]
     } else if let Some(m) = u
         .get(..7)

@@ -562,7 +562,7 @@ pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
                 format!("http://{n}")
             };
         }
-        if let Some(after) = n.find("://").map(|i| i + 3) {
+        if let Some(after) = mxgate_core::mime::uri::scheme_end(&n).map(|i| i + 3) {
             if let Some(q) = n[after..].find(['/', '?', '#']).map(|i| after + i) {
                 if n.as_bytes()[q] != b'/' {
                     n.insert(q, '/');
