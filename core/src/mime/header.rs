@@ -61,7 +61,10 @@ pub fn unquote(s: &[u8]) -> Vec<u8> {
     if s.len() > 1 {
         if s[0] == b'"' && s[s.len() - 1] == b'"' {
             let inner = &s[1..s.len() - 1];
-            // .replace('\\\\', '\\').replace('\\"', '"')
+            // .replace('\\\\', '\\').replace('\\"', '"'): both need a backslash.
+            if memchr::memchr(b'\\', inner).is_none() {
+                return inner.to_vec();
+            }
             let once = replace(inner, b"\\\\", b"\\");
             return replace(&once, b"\\\"", b"\"");
         }
@@ -152,7 +155,10 @@ pub fn params(value: &[u8]) -> (Vec<u8>, Vec<(Vec<u8>, ParamValue)>) {
         let mut end = memchr::memchr(b';', s).map(|i| i as isize).unwrap_or(-1);
         while end > 0 && {
             let head = &s[..end as usize];
-            (count(head, b"\"") as isize - count(head, b"\\\"") as isize) % 2 != 0
+            (memchr::memchr_iter(b'"', head).count() as isize
+                - crate::finder!(b"\\\"").find_iter(head).count() as isize)
+                % 2
+                != 0
         } {
             end = memchr::memchr(b';', &s[end as usize + 1..])
                 .map(|i| end + 1 + i as isize)
@@ -255,10 +261,6 @@ fn rfc2231_name(name: &[u8]) -> Option<(Vec<u8>, Option<u32>)> {
     }
     let num = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
     Some((base.to_vec(), Some(num)))
-}
-
-fn count(hay: &[u8], needle: &[u8]) -> usize {
-    memchr::memmem::find_iter(hay, needle).count()
 }
 
 /// `%XX` decoding (`urllib.parse.unquote` with latin-1: octets).
