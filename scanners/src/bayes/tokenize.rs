@@ -404,13 +404,142 @@ fn is_cjk(c: char) -> bool {
     matches!(c as u32, 0x3040..=0x30ff | 0x3400..=0x4dbf | 0x4e00..=0x9fff | 0xac00..=0xd7af | 0xf900..=0xfaff)
 }
 
-/// Splits text into word tokens.
+/// Splits text into word tokens: ASCII text (most of it) 64 bytes at a time where the CPU has
+/// AVX2 ([`words_ascii`]), other text byte by byte ([`words_by_bytes`]).
+fn words(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
+    #[cfg(target_arch = "x86_64")]
+    if text.is_ascii() && std::arch::is_x86_feature_detected!("avx2") {
+        return words_ascii(text, sink, scratch);
+    }
+    words_by_bytes(text, sink, scratch);
+}
+
+/// [`words`] over ASCII text: each 64-byte block classified at once into masks (word bytes,
+/// capitals, punctuation, `@`), the words found in them by their bits, and each measured by
+/// counting bits, where the byte loop took a branch a byte and a mispredicted one a word.
+#[cfg(target_arch = "x86_64")]
+fn words_ascii(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
+    let b = text.as_bytes();
+    debug_assert!(b.is_ascii());
+    // The word being read: where it started, its capitals, its punctuation, whether it has
+    // an `@`.
+    let mut word: Option<usize> = None;
+    let (mut capitals, mut punct, mut has_at) = (0usize, 0usize, false);
+    let mut emit = |start: usize, end: usize, counts: (usize, usize, bool)| {
+        let at = if counts.2 {
+            memchr::memchr(b'@', &b[start..end])
+        } else {
+            None
+        };
+        ascii_word(&text[start..end], (counts.0, counts.1, at), sink, scratch);
+    };
+    let mut last = [0u8; 64];
+    for base in (0..b.len()).step_by(64) {
+        let block: &[u8; 64] = match b[base..].first_chunk() {
+            Some(block) => block,
+            None => {
+                // The last, short block, padded with zeros (not word bytes).
+                last[..b.len() - base].copy_from_slice(&b[base..]);
+                &last
+            }
+        };
+        // SAFETY: `words` calls this only where the CPU has AVX2.
+        let [w, upper, pu, at] = unsafe { ascii_masks(block) };
+        let mut bit = 0u32;
+        while bit < 64 {
+            let from = !0u64 << bit;
+            match word {
+                Some(start) => {
+                    let ends = !w & from;
+                    let end = if ends == 0 { 64 } else { ends.trailing_zeros() };
+                    let span = if end == 64 {
+                        from
+                    } else {
+                        from & ((1u64 << end) - 1)
+                    };
+                    capitals += (upper & span).count_ones() as usize;
+                    punct += (pu & span).count_ones() as usize;
+                    has_at |= at & span != 0;
+                    if end == 64 {
+                        // The word goes on in the next block.
+                        break;
+                    }
+                    emit(start, base + end as usize, (capitals, punct, has_at));
+                    (word, capitals, punct, has_at) = (None, 0, 0, false);
+                    bit = end;
+                }
+                None => {
+                    let starts = w & from;
+                    if starts == 0 {
+                        break;
+                    }
+                    bit = starts.trailing_zeros();
+                    word = Some(base + bit as usize);
+                }
+            }
+        }
+    }
+    if let Some(start) = word {
+        emit(start, b.len(), (capitals, punct, has_at));
+    }
+}
+
+/// The classes of 64 ASCII bytes as bit masks, byte `i` bit `i`: word bytes (as
+/// `ASCII_CLASS`'s `WORD`), capitals, punctuation among word bytes, `@`.
+///
+/// Each byte's classes are looked up by its two nibbles (`vpshufb`) and the two lookups
+/// intersected: class bit 0 is `A-O` and `a-o` (high nibble 4 or 6, low 1-F), bit 1 `P-Z` and
+/// `p-z` (5 or 7, 0-A), bit 2 digits (3, 0-9), bit 3 `!$'*,-.` (2; 1, 4, 7, A, C, D, E),
+/// bit 4 `@` (4, 0), bit 5 `_` (5, F), bit 6 `A-O` (4, 1-F), bit 7 `P-Z` (5, 0-A).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn ascii_masks(block: &[u8; 64]) -> [u64; 4] {
+    use std::arch::x86_64::*;
+    const LO: [u8; 16] = [
+        0x96, 0xCF, 0xC7, 0xC7, 0xCF, 0xC7, 0xC7, 0xCF, 0xC7, 0xC7, 0xCB, 0x41, 0x49, 0x49, 0x49,
+        0x61,
+    ];
+    const HI: [u8; 16] = [
+        0, 0, 0x08, 0x04, 0x51, 0xA2, 0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let table = |t: [u8; 16]| {
+        // The same 16 entries in both 128-bit lanes (vpshufb looks up within a lane).
+        let mut both = [0u8; 32];
+        both[..16].copy_from_slice(&t);
+        both[16..].copy_from_slice(&t);
+        // SAFETY: 32 bytes read from a 32-byte array.
+        unsafe { _mm256_loadu_si256(both.as_ptr().cast()) }
+    };
+    let (lo_t, hi_t) = (table(LO), table(HI));
+    let nibble = _mm256_set1_epi8(0x0f);
+    let zero = _mm256_setzero_si256();
+    let mut out = [0u64; 4];
+    for half in 0..2 {
+        // SAFETY: 32 bytes read from the 64 of `block`.
+        let v = unsafe { _mm256_loadu_si256(block.as_ptr().add(32 * half).cast()) };
+        let lo = _mm256_and_si256(v, nibble);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+        let class = _mm256_and_si256(_mm256_shuffle_epi8(lo_t, lo), _mm256_shuffle_epi8(hi_t, hi));
+        for (mask, bits) in out.iter_mut().zip([0xFFu8, 0xC0, 0x18, 0x10]) {
+            let none =
+                _mm256_cmpeq_epi8(_mm256_and_si256(class, _mm256_set1_epi8(bits as i8)), zero);
+            let some = !(_mm256_movemask_epi8(none) as u32);
+            *mask |= u64::from(some) << (32 * half);
+        }
+    }
+    out
+}
+
+/// [`words`] byte by byte.
 ///
 /// Outside words the scan skips ASCII separators byte by byte; a word is then read to its end
 /// in a loop of its own, and ASCII words, most of them, are measured as they are read
 /// (capitals, punctuation, whether there is an `@`), so that [`ascii_word`] need not read them
 /// again.
-fn words(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
+fn words_by_bytes(text: &str, sink: &mut Sink<'_>, scratch: &mut String) {
     let b = text.as_bytes();
     // The CJK character just before, when the one before this was one.
     let mut cjk_prev: Option<char> = None;
@@ -790,6 +919,54 @@ fn shape(s: &str) -> String {
 mod tests {
     use super::*;
 
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn ascii_blocks_are_classed_and_split_as_the_byte_loop_does() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        // Every ASCII byte at every position of a block: the masks say what the table says.
+        for c in 0u8..128 {
+            for at in [0, 1, 31, 32, 33, 63] {
+                let mut block = [b' '; 64];
+                block[at] = c;
+                // SAFETY: AVX2 checked above.
+                let masks = unsafe { ascii_masks(&block) };
+                let k = ASCII_CLASS[c as usize];
+                let want = [k & WORD != 0, k & UPPER != 0, k & PUNCT != 0, k & AT != 0];
+                for (m, w) in masks.iter().zip(want) {
+                    assert_eq!(m >> at & 1 == 1, w, "byte {c:#x} at {at}");
+                }
+            }
+        }
+        // Texts across block boundaries: the same tokens, in the same order, as byte by byte.
+        let run = |text: &str, by_blocks: bool| {
+            let mut out = Tokens::default();
+            let mut sink = Sink {
+                seen: IdSet::with_capacity(64),
+                out: &mut out,
+                keep_text: true,
+                seed: 0,
+                prefix: "",
+                osb: None,
+                plain: String::new(),
+            };
+            sink.with_prefix("");
+            let mut scratch = String::new();
+            if by_blocks {
+                words_ascii(text, &mut sink, &mut scratch);
+            } else {
+                words_by_bytes(text, &mut sink, &mut scratch);
+            }
+            out
+        };
+        for text in crate::random_strings(b"aZ9_-.'@ \t\n,!$*\"<>:/xQwE", 300, 3_000) {
+            let (a, b) = (run(&text, true), run(&text, false));
+            assert_eq!(a.ids, b.ids, "{text:?}");
+            assert_eq!(a.text, b.text, "{text:?}");
+        }
+    }
+
     #[test]
     fn the_id_set_counts_as_a_map_does_whatever_storage_it_reuses() {
         let mut next = crate::xorshift();
@@ -832,13 +1009,7 @@ mod tests {
         ] {
             assert_eq!(looks_like_domain(s), by_labels(s), "{s:?}");
         }
-        let mut next = crate::xorshift();
-        let alphabet = b"ab9-._@";
-        for _ in 0..20_000 {
-            let n = (next() % 9) as usize;
-            let s: String = (0..n)
-                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize] as char)
-                .collect();
+        for s in crate::random_strings(b"ab9-._@", 9, 20_000) {
             assert_eq!(looks_like_domain(&s), by_labels(&s), "{s:?}");
         }
     }
