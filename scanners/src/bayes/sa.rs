@@ -1327,7 +1327,6 @@ enum Region {
 /// Every byte stays or becomes one space, so the output is the input copied and then blanked
 /// in place.
 fn token_chars(line: &[u8], mut out: Vec<u8>) -> Vec<u8> {
-    static KEEP: [bool; 256] = mxgate_core::mime::byte_class(b",@*!_'\"$. -");
     out.clear();
     if line.is_ascii() {
         // Most lines: each byte kept or blanked on its own, without looking for sequences.
@@ -1368,15 +1367,13 @@ static NOT_SPACE: [bool; 256] = {
     t
 };
 
-/// Bytes of a token in an ASCII line as it is: the token characters [`token_chars`] keeps,
-/// but the space.
+/// The ASCII bytes [`token_chars`] keeps: token characters and the space.
+static KEEP: [bool; 256] = mxgate_core::mime::byte_class(b",@*!_'\"$. -");
+
+/// Bytes of a token in an ASCII line as it is: those [`token_chars`] keeps, but the space.
 static TOKEN_ASCII: [bool; 256] = {
-    let mut t = mxgate_core::mime::byte_class(b",@*!_'\"$.-");
-    let mut c = 128;
-    while c < 256 {
-        t[c] = false;
-        c += 1;
-    }
+    let mut t = KEEP;
+    t[b' ' as usize] = false;
     t
 };
 
@@ -1771,13 +1768,8 @@ t\t2\t0\t1021543432\t00ad62ea5f\nt\t0\t1\t1029944878\t047e55ecef\ns\th\tabc@sa_g
             tokenize_line(line, b"Hx:", Region::Header, None, &mut out);
             out
         };
-        let mut next = crate::xorshift();
-        let alphabet = b"aB9 \t-.,'\"@*!_$:;<>()[]/=?#%&+~";
-        for _ in 0..5_000 {
-            let n = (next() % 40) as usize;
-            let line: Vec<u8> = (0..n)
-                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
-                .collect();
+        for line in crate::random_strings(b"aB9 \t-.,'\"@*!_$:;<>()[]/=?#%&+~", 40, 5_000) {
+            let line = line.into_bytes();
             let mut marked = line.clone();
             marked.extend_from_slice(" \u{e9}\u{e9}\u{e9}".as_bytes());
             let mut want = header(&marked);
