@@ -34,6 +34,19 @@ macro_rules! finder {
 #[doc(hidden)]
 pub use memchr as __memchr;
 
+/// The pseudo-random numbers tests draw their inputs from: a xorshift generator, the same
+/// sequence on every run.
+#[cfg(test)]
+pub(crate) fn xorshift() -> impl FnMut() -> u64 {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
 /// `s.split(c)` for an ASCII byte `c`, each `c` found by `memchr`: a `str` split runs a
 /// slower search per piece, which shows where the pieces are short and many.
 pub fn split_ascii(s: &str, c: u8) -> impl Iterator<Item = &str> + '_ {

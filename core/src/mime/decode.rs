@@ -473,13 +473,7 @@ mod tests {
 
     /// `count` pseudo-random strings of fewer than `max_len` bytes drawn from `alphabet`.
     fn random_strings(alphabet: &[u8], max_len: u64, count: usize) -> Vec<Vec<u8>> {
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::xorshift();
         (0..count)
             .map(|_| {
                 let n = next() % max_len;
