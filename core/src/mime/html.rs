@@ -221,30 +221,14 @@ fn newline(text: &mut String) {
 }
 
 /// Folds runs of spaces and tabs to one space, keeps line breaks (at most two in a row), trims
-/// lines. White space is Unicode's (`char::is_whitespace`); ASCII bytes, most of the text, are
-/// told apart without decoding characters.
+/// lines. White space is Unicode's (`char::is_whitespace`); ASCII lines, most of the text, are
+/// split without decoding characters ([`crate::for_each_word`]).
 fn fold(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut blank_lines = 0;
     for line in crate::split_ascii(s, b'\n') {
-        let mut i = 0;
         let mut words = 0;
-        while i < line.len() {
-            let (len, space) = char_at(line, i);
-            if space {
-                i += len;
-                continue;
-            }
-            // A word: to the next white space.
-            let start = i;
-            i += len;
-            while i < line.len() {
-                let (len, space) = char_at(line, i);
-                if space {
-                    break;
-                }
-                i += len;
-            }
+        let mut word = |w: &str| {
             if words == 0 {
                 blank_lines = 0;
                 if !out.is_empty() && !out.ends_with('\n') {
@@ -253,8 +237,15 @@ fn fold(s: &str) -> String {
             } else {
                 out.push(' ');
             }
-            out.push_str(&line[start..i]);
+            out.push_str(w);
             words += 1;
+        };
+        if line.is_ascii() {
+            crate::for_each_word(line.as_bytes(), |start, end| word(&line[start..end]));
+        } else {
+            line.split(char::is_whitespace)
+                .filter(|w| !w.is_empty())
+                .for_each(word);
         }
         if words == 0 {
             blank_lines += 1;
