@@ -86,19 +86,7 @@ pub fn for_each_word(s: &[u8], mut word: impl FnMut(usize, usize)) {
 
 /// [`for_each_word`] byte by byte.
 fn for_each_word_by_bytes(s: &[u8], word: &mut impl FnMut(usize, usize)) {
-    let mut i = 0;
-    while i < s.len() {
-        while i < s.len() && is_space(s[i]) {
-            i += 1;
-        }
-        let start = i;
-        while i < s.len() && !is_space(s[i]) {
-            i += 1;
-        }
-        if start < i {
-            word(start, i);
-        }
-    }
+    runs_by_bytes(s, |b| !is_space(b), word);
 }
 
 /// [`for_each_word`] 64 bytes at a time.
@@ -114,45 +102,140 @@ unsafe fn for_each_word_avx2(s: &[u8], word: &mut impl FnMut(usize, usize)) {
         _mm256_set1_epi8(b'\t' as i8 - 1),
         _mm256_set1_epi8(b'\r' as i8 + 1),
     );
-    // Bit i set: byte i of the block is white space. Bytes of 0x80 and above are negative
-    // as signed bytes, below the tab: never white space.
-    let spaces = |half: &[u8]| {
-        // SAFETY: `half` holds 32 bytes.
-        let v = unsafe { _mm256_loadu_si256(half.as_ptr().cast()) };
+    // Bit i set: byte i is not white space. Bytes of 0x80 and above are negative as signed
+    // bytes, below the tab: never white space.
+    let not_space = |v: __m256i| {
         let ctl = _mm256_and_si256(
             _mm256_cmpgt_epi8(v, below_tab),
             _mm256_cmpgt_epi8(above_cr, v),
         );
-        let m = _mm256_or_si256(_mm256_cmpeq_epi8(v, space), ctl);
-        _mm256_movemask_epi8(m) as u32 as u64
+        !(_mm256_movemask_epi8(_mm256_or_si256(_mm256_cmpeq_epi8(v, space), ctl)) as u32)
     };
+    // SAFETY: the CPU has AVX2.
+    unsafe { runs_avx2(s, b' ', not_space, word) }
+}
+
+/// Bytes of one ASCII class, told apart 32 at a time by [`for_each_run`]: a byte is in the
+/// class when the entries of its two nibbles share a bit. The high nibble's entry is the bit
+/// of that row of the ASCII table (0 to 7), the low nibble's the rows whose byte in that column
+/// is in the class, so any set of ASCII bytes is spelled exactly; bytes of 0x80 and above,
+/// rows 8 to 15, are never in it.
+pub struct AsciiClass {
+    lo: [u8; 16],
+    hi: [u8; 16],
+    table: [bool; 256],
+}
+
+impl AsciiClass {
+    /// The ASCII bytes of `class` (its entries from 0x80 on are ignored); NUL, which pads the
+    /// last block, must not be one of them.
+    pub const fn new(class: &[bool; 256]) -> AsciiClass {
+        assert!(!class[0], "NUL pads blocks: it cannot be in a class");
+        let (mut lo, mut hi, mut table) = ([0u8; 16], [0u8; 16], [false; 256]);
+        let mut b = 0;
+        while b < 128 {
+            if class[b] {
+                lo[b & 15] |= 1 << (b >> 4);
+                table[b] = true;
+            }
+            b += 1;
+        }
+        let mut row = 0;
+        while row < 8 {
+            hi[row] = 1 << row;
+            row += 1;
+        }
+        AsciiClass { lo, hi, table }
+    }
+}
+
+/// Calls `run(start, end)` for each maximal run of bytes of `s` in `class`, in order, 64 bytes
+/// at a time where the CPU has AVX2 (as [`for_each_word`]).
+pub fn for_each_run(s: &[u8], class: &AsciiClass, mut run: impl FnMut(usize, usize)) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { for_each_run_avx2(s, class, &mut run) };
+    }
+    runs_by_bytes(s, |b| class.table[b as usize], &mut run);
+}
+
+/// [`for_each_run`] 64 bytes at a time.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn for_each_run_avx2(s: &[u8], class: &AsciiClass, run: &mut impl FnMut(usize, usize)) {
+    use std::arch::x86_64::*;
+    let table = |t: &[u8; 16]| {
+        // The same 16 entries in both 128-bit lanes (`vpshufb` looks up within a lane).
+        let mut both = [0u8; 32];
+        both[..16].copy_from_slice(t);
+        both[16..].copy_from_slice(t);
+        // SAFETY: 32 bytes read from a 32-byte array.
+        unsafe { _mm256_loadu_si256(both.as_ptr().cast()) }
+    };
+    let (lo_t, hi_t) = (table(&class.lo), table(&class.hi));
+    let (nibble, zero) = (_mm256_set1_epi8(0x0f), _mm256_setzero_si256());
+    let in_class = |v: __m256i| {
+        let lo = _mm256_and_si256(v, nibble);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+        let both = _mm256_and_si256(_mm256_shuffle_epi8(lo_t, lo), _mm256_shuffle_epi8(hi_t, hi));
+        !(_mm256_movemask_epi8(_mm256_cmpeq_epi8(both, zero)) as u32)
+    };
+    // SAFETY: the CPU has AVX2; NUL, in no class, pads the last block.
+    unsafe { runs_avx2(s, 0, in_class, run) }
+}
+
+/// The runs of bytes whose bit `mask` sets, 64 bytes at a time: each 32 bytes' mask from
+/// `mask`, the runs found by the bits (the last, short block padded with `pad`, a byte
+/// outside the runs).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn runs_avx2(
+    s: &[u8],
+    pad: u8,
+    mask: impl Fn(std::arch::x86_64::__m256i) -> u32,
+    run: &mut impl FnMut(usize, usize),
+) {
+    use std::arch::x86_64::*;
     let mut start: Option<usize> = None;
-    let mut last = [b' '; 64];
+    let mut last = [pad; 64];
     for base in (0..s.len()).step_by(64) {
         let block: &[u8; 64] = match s[base..].first_chunk() {
             Some(block) => block,
             None => {
-                // The last, short block, padded with spaces.
                 last[..s.len() - base].copy_from_slice(&s[base..]);
                 &last
             }
         };
-        let ws = spaces(&block[..32]) | spaces(&block[32..]) << 32;
+        // SAFETY: two 32-byte reads from the 64 of `block`.
+        let (a, b) = unsafe {
+            (
+                _mm256_loadu_si256(block.as_ptr().cast()),
+                _mm256_loadu_si256(block.as_ptr().add(32).cast()),
+            )
+        };
+        let bits = u64::from(mask(a)) | u64::from(mask(b)) << 32;
         let mut from = 0u32;
         loop {
             let ahead = !0u64 << from;
             match start {
                 Some(at) => {
-                    let ends = ws & ahead;
+                    let ends = !bits & ahead;
                     if ends == 0 {
                         break;
                     }
                     from = ends.trailing_zeros();
-                    word(at, base + from as usize);
+                    run(at, base + from as usize);
                     start = None;
                 }
                 None => {
-                    let starts = !ws & ahead;
+                    let starts = bits & ahead;
                     if starts == 0 {
                         break;
                     }
@@ -163,7 +246,24 @@ unsafe fn for_each_word_avx2(s: &[u8], word: &mut impl FnMut(usize, usize)) {
         }
     }
     if let Some(at) = start {
-        word(at, s.len());
+        run(at, s.len());
+    }
+}
+
+/// The runs of bytes `is_in` accepts, byte by byte.
+fn runs_by_bytes(s: &[u8], is_in: impl Fn(u8) -> bool, run: &mut impl FnMut(usize, usize)) {
+    let mut i = 0;
+    while i < s.len() {
+        while i < s.len() && !is_in(s[i]) {
+            i += 1;
+        }
+        let start = i;
+        while i < s.len() && is_in(s[i]) {
+            i += 1;
+        }
+        if start < i {
+            run(start, i);
+        }
     }
 }
 
@@ -237,6 +337,38 @@ mod tests {
             super::for_each_word_by_bytes(&s, &mut |a, b| slow.push((a, b)));
             assert_eq!(fast, want, "{s:?}");
             assert_eq!(slow, want, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn runs_of_a_class_are_found_as_byte_by_byte() {
+        let mut next = super::xorshift();
+        let alphabet = b"aZ09_-.,@ \t\n!\"$*/:;<>[]\x7f\x80\xc3\xa9\xff";
+        for round in 0..200 {
+            // A class of random ASCII bytes (never NUL), and texts drawn mostly from it.
+            let mut table = [false; 256];
+            for t in &mut table[1..128] {
+                *t = next().is_multiple_of(3);
+            }
+            if round == 0 {
+                table = crate::mime::byte_class(b",@*!_'\"$.-");
+            }
+            let class = super::AsciiClass::new(&table);
+            for _ in 0..50 {
+                let n = (next() % 200) as usize;
+                let s: Vec<u8> = (0..n)
+                    .map(|_| match next() % 4 {
+                        0 => (next() % 256) as u8,
+                        _ => alphabet[(next() % alphabet.len() as u64) as usize],
+                    })
+                    .collect();
+                let (mut fast, mut slow) = (Vec::new(), Vec::new());
+                super::for_each_run(&s, &class, |a, b| fast.push((a, b)));
+                super::runs_by_bytes(&s, |b| b < 0x80 && table[b as usize], &mut |a, b| {
+                    slow.push((a, b))
+                });
+                assert_eq!(fast, slow, "{s:?}");
+            }
         }
     }
 }

@@ -1381,11 +1381,11 @@ static NOT_SPACE: [bool; 256] = {
 static KEEP: [bool; 256] = mxgate_core::mime::byte_class(b",@*!_'\"$. -");
 
 /// Bytes of a token in an ASCII line as it is: those [`token_chars`] keeps, but the space.
-static TOKEN_ASCII: [bool; 256] = {
+static TOKEN_ASCII: mxgate_core::AsciiClass = mxgate_core::AsciiClass::new(&{
     let mut t = KEEP;
     t[b' ' as usize] = false;
     t
-};
+});
 
 /// `_tokenize_line` into a vector of owned tokens; returns how many it added.
 fn tokenize_line(
@@ -1455,36 +1455,23 @@ fn tokenize_line_with(
             }
             &s
         };
-        let in_token = if fast { &TOKEN_ASCII } else { &NOT_SPACE };
         let trim = |b: &u8| matches!(b, b'-' | b'\'' | b'"' | b'.' | b',');
         let is_word = |b: &u8| {
             b.is_ascii_alphanumeric() || *b == b'_' || *b == b':' || *b == b'*' || *b >= 0x80
         };
         let mut skipped: Vec<u8> = Vec::new();
         let mut plain: Vec<u8> = Vec::new();
-        let mut i = 0;
-        while i < text.len() {
-            while i < text.len() && !in_token[text[i] as usize] {
-                i += 1;
-            }
-            let from = i;
-            while i < text.len() && in_token[text[i] as usize] {
-                i += 1;
-            }
-            let raw = &text[from..i];
-            if raw.is_empty() {
-                continue;
-            }
+        let mut one = |raw: &[u8]| {
             let start = raw.iter().position(|b| !trim(b)).unwrap_or(raw.len());
             let end = raw.iter().rposition(|b| !trim(b)).map_or(start, |e| e + 1);
             let mut token: &[u8] = &raw[start..end];
             let len = token.len();
             if len < 3 {
-                continue;
+                return;
             }
             if let Some(sw) = stop {
                 if sw.is_stop(token) {
-                    continue;
+                    return;
                 }
             }
             let body = region != Region::Header;
@@ -1522,7 +1509,7 @@ fn tokenize_line_with(
                         emit_parts(&[prefix, b"u8:", m.as_bytes()]);
                     }
                     if any {
-                        continue;
+                        return;
                     }
                 }
                 if region != Region::Uri {
@@ -1552,6 +1539,13 @@ fn tokenize_line_with(
                 }
             }
             emit_parts(&[prefix, token]);
+        };
+        if fast {
+            mxgate_core::for_each_run(text, &TOKEN_ASCII, |from, to| one(&text[from..to]));
+        } else {
+            text.split(|&b| !NOT_SPACE[b as usize])
+                .filter(|raw| !raw.is_empty())
+                .for_each(one);
         }
         s
     });
