@@ -324,7 +324,7 @@ impl Message {
     /// The message's text for content filters: every `text/plain` part, and every `text/html`
     /// part rendered to text, in order.
     pub fn rendered_text(&self) -> String {
-        self.view().text
+        self.view().text.into_owned()
     }
 
     /// URIs found in text and HTML parts, in order, each once.
@@ -334,7 +334,7 @@ impl Message {
 
     /// The rendered text and the URIs together, each text part decoded and each HTML part
     /// rendered once (what content stages want).
-    pub fn view(&self) -> View {
+    pub fn view<'a>(&'a self) -> View<'a> {
         let mut v = View::default();
         let mut uris = uri::Unique::default();
         for p in self.leaves() {
@@ -346,9 +346,16 @@ impl Message {
             let Some(t) = self.text(p.id) else {
                 continue;
             };
-            if !v.text.is_empty() {
-                v.text.push('\n');
-            }
+            // The first text is taken as it is (no copy); later ones are appended.
+            let mut append = |text: Cow<'a, str>| {
+                if v.text.is_empty() {
+                    v.text = text;
+                } else {
+                    let all = v.text.to_mut();
+                    all.push('\n');
+                    all.push_str(&text);
+                }
+            };
             let found = if html {
                 let r = html::render(&t);
                 let mut u: Vec<String> = r
@@ -358,11 +365,12 @@ impl Message {
                     .collect();
                 u.extend(uri::extract_text(&r.text));
                 v.invisible_text.push_str(&r.invisible);
-                v.text.push_str(&r.text);
+                append(Cow::Owned(r.text));
                 u
             } else {
-                v.text.push_str(&t);
-                uri::extract_text(&t)
+                let u = uri::extract_text(&t);
+                append(t);
+                u
             };
             for u in found {
                 uris.push(u);
@@ -375,9 +383,10 @@ impl Message {
 
 /// What a reader sees of a message, as content stages read it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct View {
-    /// Text parts and rendered HTML parts, in order.
-    pub text: String,
+pub struct View<'a> {
+    /// Text parts and rendered HTML parts, in order: borrowed from the message when it is one
+    /// text part whose bytes are its text.
+    pub text: Cow<'a, str>,
     /// Text of HTML parts that a reader would not see (hidden, invisible).
     pub invisible_text: String,
     /// URIs of text and HTML parts, in order, each once.
