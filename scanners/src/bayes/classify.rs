@@ -176,7 +176,10 @@ pub fn combine(probs: &[(u64, f64)], how: Combining) -> f64 {
     let n = probs.len() as f64;
     match how {
         Combining::Stouffer => {
-            let z: f64 = probs.iter().map(|&(_, f)| normal_quantile(f)).sum();
+            let z: f64 = QUANTILES.with(|memo| {
+                let memo = &mut *memo.borrow_mut();
+                probs.iter().map(|&(_, f)| memo.quantile(f)).sum()
+            });
             normal_cdf(z / n.sqrt())
         }
         Combining::ChiSquare => {
@@ -189,6 +192,40 @@ pub fn combine(probs: &[(u64, f64)], how: Combining) -> f64 {
             let s = chi2q(-2.0 * ln_q, 2.0 * n);
             ((1.0 + h - s) / 2.0).clamp(0.0, 1.0)
         }
+    }
+}
+
+thread_local! {
+    static QUANTILES: std::cell::RefCell<QuantileMemo> = std::cell::RefCell::new(QuantileMemo::new());
+}
+
+/// [`normal_quantile`] remembered by its argument's bits, a few hundred of the latest: a
+/// token's f(w) is a function of its two counts, so the tokens seen in one or two messages
+/// (most of those strong enough to be combined) share a handful of values, and each message
+/// asks for the same few quantiles again. A slot holds the last argument that hashed to it.
+struct QuantileMemo {
+    slots: Box<[(u64, f64)]>,
+}
+
+impl QuantileMemo {
+    const SLOTS: usize = 512;
+
+    fn new() -> Self {
+        // NaN's bits are never an argument's: every slot starts empty.
+        QuantileMemo {
+            slots: vec![(f64::NAN.to_bits(), 0.0); Self::SLOTS].into_boxed_slice(),
+        }
+    }
+
+    #[inline]
+    fn quantile(&mut self, p: f64) -> f64 {
+        let bits = p.to_bits();
+        let slot = ((bits ^ bits >> 29).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 55) as usize;
+        let s = &mut self.slots[slot % Self::SLOTS];
+        if s.0 != bits {
+            *s = (bits, normal_quantile(p));
+        }
+        s.1
     }
 }
 
@@ -350,6 +387,27 @@ mod tests {
         assert_eq!("stouffer".parse(), Ok(Combining::Stouffer));
         assert_eq!("chi-square".parse(), Ok(Combining::ChiSquare));
         assert!("fisher".parse::<Combining>().is_err());
+    }
+
+    #[test]
+    fn remembered_quantiles_are_the_computed_ones() {
+        // Few values (hits) and many (slots taken over), each asked for twice, each beside a
+        // neighbour 128 units of the last place away.
+        let mut next = crate::xorshift();
+        let mut memo = QuantileMemo::new();
+        for distinct in [7u64, 100_000] {
+            let ps: Vec<f64> = (0..20_000)
+                .map(|_| (1 + next() % distinct) as f64 / (distinct + 2) as f64)
+                .flat_map(|p| [p, f64::from_bits(p.to_bits() ^ 0x80)])
+                .collect();
+            for &p in ps.iter().chain(&ps) {
+                assert_eq!(
+                    memo.quantile(p).to_bits(),
+                    normal_quantile(p).to_bits(),
+                    "{p}"
+                );
+            }
+        }
     }
 
     #[test]
