@@ -214,9 +214,10 @@ impl QuantileMemo {
     const SLOTS: usize = 512;
 
     fn new() -> Self {
-        // NaN's bits are never an argument's: every slot starts empty.
+        // Every slot starts as NaN's: an argument of those bits finds its own quantile there,
+        // NaN.
         QuantileMemo {
-            slots: vec![(f64::NAN.to_bits(), 0.0); Self::SLOTS].into_boxed_slice(),
+            slots: vec![(f64::NAN.to_bits(), f64::NAN); Self::SLOTS].into_boxed_slice(),
         }
     }
 
@@ -411,6 +412,7 @@ mod tests {
                 );
             }
         }
+        assert!(QuantileMemo::new().quantile(f64::NAN).is_nan());
     }
 
     #[test]
