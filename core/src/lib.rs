@@ -35,9 +35,10 @@ macro_rules! finder {
 pub use memchr as __memchr;
 
 /// The pseudo-random numbers tests draw their inputs from: a xorshift generator, the same
-/// sequence on every run.
-#[cfg(test)]
-pub(crate) fn xorshift() -> impl FnMut() -> u64 {
+/// sequence on every run (this crate's tests, and with the `test-util` feature other crates').
+#[cfg(any(test, feature = "test-util"))]
+#[doc(hidden)]
+pub fn xorshift() -> impl FnMut() -> u64 {
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     move || {
         x ^= x << 13;
@@ -45,6 +46,22 @@ pub(crate) fn xorshift() -> impl FnMut() -> u64 {
         x ^= x << 17;
         x
     }
+}
+
+/// `count` pseudo-random byte strings of fewer than `max_len` bytes drawn from `alphabet`, from
+/// [`xorshift`] (tests).
+#[cfg(any(test, feature = "test-util"))]
+#[doc(hidden)]
+pub fn random_bytes(alphabet: &[u8], max_len: u64, count: usize) -> Vec<Vec<u8>> {
+    let mut next = xorshift();
+    (0..count)
+        .map(|_| {
+            let n = next() % max_len;
+            (0..n)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect()
+        })
+        .collect()
 }
 
 /// `s.split(c)` for an ASCII byte `c`, each `c` found by `memchr`: a `str` split runs a
@@ -315,12 +332,7 @@ mod tests {
     #[test]
     fn words_are_the_runs_between_white_space() {
         let alphabet = b"ab. \t\n\r\x0b\x0c\x08\x0e\x1f!\x80\xa0\xff";
-        let mut next = super::xorshift();
-        for _ in 0..5_000 {
-            let n = (next() % 200) as usize;
-            let s: Vec<u8> = (0..n)
-                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
-                .collect();
+        for s in super::random_bytes(alphabet, 200, 5_000) {
             let want: Vec<(usize, usize)> = {
                 let mut w = Vec::new();
                 let mut i = 0;

@@ -471,22 +471,9 @@ mod tests {
         assert_eq!(quoted_printable(b"a==b"), b"a=b");
     }
 
-    /// `count` pseudo-random strings of fewer than `max_len` bytes drawn from `alphabet`.
-    fn random_strings(alphabet: &[u8], max_len: u64, count: usize) -> Vec<Vec<u8>> {
-        let mut next = crate::xorshift();
-        (0..count)
-            .map(|_| {
-                let n = next() % max_len;
-                (0..n)
-                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
-                    .collect()
-            })
-            .collect()
-    }
-
     #[test]
     fn base64_decodes_quanta_together_as_one_character_at_a_time() {
-        for s in random_strings(b"AQgw/+09zZ====\r\n!.", 26, 40_000) {
+        for s in crate::random_bytes(b"AQgw/+09zZ====\r\n!.", 26, 40_000) {
             for (strict, skip) in [(true, true), (true, false), (false, true), (false, false)] {
                 assert_eq!(
                     a2b_base64(&s, strict, skip),
@@ -527,7 +514,7 @@ mod tests {
             }
             out
         }
-        for s in random_strings(b"==\r\n aF09xE", 24, 20_000) {
+        for s in crate::random_bytes(b"==\r\n aF09xE", 24, 20_000) {
             assert_eq!(
                 quoted_printable(&s),
                 by_bytes(&s),
