@@ -138,31 +138,33 @@ unsafe fn for_each_word_avx2(s: &[u8], word: &mut impl FnMut(usize, usize)) {
 /// is in the class, so any set of ASCII bytes is spelled exactly; bytes of 0x80 and above,
 /// rows 8 to 15, are never in it.
 pub struct AsciiClass {
+    /// Per low nibble: the rows (high nibbles 0 to 7) whose byte in that column is in the class.
     lo: [u8; 16],
-    hi: [u8; 16],
-    table: [bool; 256],
 }
 
 impl AsciiClass {
+    /// The high nibble's entries: row `r` of the ASCII table is bit `r`; rows 8 to 15, the
+    /// bytes of 0x80 and above, none.
+    const ROWS: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 0, 0, 0, 0, 0, 0, 0, 0];
+
     /// The ASCII bytes of `class` (its entries from 0x80 on are ignored); NUL, which pads the
     /// last block, must not be one of them.
     pub const fn new(class: &[bool; 256]) -> AsciiClass {
         assert!(!class[0], "NUL pads blocks: it cannot be in a class");
-        let (mut lo, mut hi, mut table) = ([0u8; 16], [0u8; 16], [false; 256]);
+        let mut lo = [0u8; 16];
         let mut b = 0;
         while b < 128 {
             if class[b] {
                 lo[b & 15] |= 1 << (b >> 4);
-                table[b] = true;
             }
             b += 1;
         }
-        let mut row = 0;
-        while row < 8 {
-            hi[row] = 1 << row;
-            row += 1;
-        }
-        AsciiClass { lo, hi, table }
+        AsciiClass { lo }
+    }
+
+    /// Whether `b` is in the class, read from the same entries the vector lookup reads.
+    fn contains(&self, b: u8) -> bool {
+        self.lo[usize::from(b & 15)] & Self::ROWS[usize::from(b >> 4)] != 0
     }
 }
 
@@ -174,7 +176,7 @@ pub fn for_each_run(s: &[u8], class: &AsciiClass, mut run: impl FnMut(usize, usi
         // SAFETY: the CPU has AVX2.
         return unsafe { for_each_run_avx2(s, class, &mut run) };
     }
-    runs_by_bytes(s, |b| class.table[b as usize], &mut run);
+    runs_by_bytes(s, |b| class.contains(b), &mut run);
 }
 
 /// [`for_each_run`] 64 bytes at a time.
@@ -193,7 +195,7 @@ unsafe fn for_each_run_avx2(s: &[u8], class: &AsciiClass, run: &mut impl FnMut(u
         // SAFETY: 32 bytes read from a 32-byte array.
         unsafe { _mm256_loadu_si256(both.as_ptr().cast()) }
     };
-    let (lo_t, hi_t) = (table(&class.lo), table(&class.hi));
+    let (lo_t, hi_t) = (table(&class.lo), table(&AsciiClass::ROWS));
     let (nibble, zero) = (_mm256_set1_epi8(0x0f), _mm256_setzero_si256());
     let in_class = |v: __m256i| {
         let lo = _mm256_and_si256(v, nibble);
@@ -366,6 +368,10 @@ mod tests {
                 table = crate::mime::byte_class(b",@*!_'\"$.-");
             }
             let class = super::AsciiClass::new(&table);
+            // The byte loop's predicate (CPUs without AVX2) reads the same entries.
+            for b in 0..=255u8 {
+                assert_eq!(class.contains(b), b < 0x80 && table[usize::from(b)], "{b:#x}");
+            }
             for _ in 0..50 {
                 let n = (next() % 200) as usize;
                 let s: Vec<u8> = (0..n)

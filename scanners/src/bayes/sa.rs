@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 
+use mxgate_core::is_space;
 use mxgate_core::mime::decode::utf8_lossy;
 use mxgate_core::mime::Message;
 use sha1::{Digest, Sha1};
@@ -563,7 +564,8 @@ fn relay_string(h: &view::Headers) -> Vec<u8> {
     for v in received {
         joined.clear();
         // The words, split at Unicode's white space, joined by single spaces. In ASCII text
-        // that white space is Perl's `\s`, found byte by byte without decoding characters.
+        // that white space is Perl's `\s`, found 64 bytes at a time without decoding
+        // characters.
         if v.is_ascii() {
             join_ascii_words(&mut joined, v);
         } else {
@@ -849,11 +851,6 @@ type Matcher = fn(&[u8], usize) -> Option<usize>;
 const MONTHS: [&[u8]; 12] = [
     b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
 ];
-
-/// Perl's `\s` on bytes.
-fn is_space(b: u8) -> bool {
-    mxgate_core::is_space(b)
-}
 
 /// Perl's `\w` on bytes (ASCII).
 fn is_word(b: u8) -> bool {
