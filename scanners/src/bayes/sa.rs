@@ -16,6 +16,7 @@
 //! Received parser, and text hidden in HTML (its `I*:` tokens). Those tokens are missing from
 //! the set; classification otherwise uses the same counts and the same combining.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use mxgate_core::is_space;
@@ -392,12 +393,9 @@ pub fn tokenize(msg: &Message, conf: &SaConfig) -> Vec<(u64, Vec<u8>)> {
 pub fn tokenize_with(msg: &Message, conf: &SaConfig, extra: Option<&str>) -> Vec<(u64, Vec<u8>)> {
     let stop = conf.stop.as_ref();
     let mut all: Vec<Vec<u8>> = Vec::new();
-    let headers = view::Headers::of_part(msg, 0);
-    let subject = headers.values("subject", false).last().map(<[u8]>::to_vec);
-    let subject = subject.map(|mut s| {
-        while s.last() == Some(&b'\n') {
-            s.pop();
-        }
+    let fields = Fields::of(msg, conf, &|l| l == "subject");
+    let subject = fields.values("subject").last().map(|s| {
+        let mut s = s.to_vec();
         s.push(b'\n');
         s
     });
@@ -417,7 +415,7 @@ pub fn tokenize_with(msg: &Message, conf: &SaConfig, extra: Option<&str>) -> Vec
     }
     // The relay pseudo-headers SpamAssassin derives from the Received fields (all relays
     // untrusted and external when no trusted networks are configured).
-    header_lines(&headers, conf, &mut |prefix, value| {
+    header_lines(&fields, &mut |prefix, value| {
         tokenize_line(value, prefix, Region::Header, stop, &mut all);
     });
     let mut out: HashMap<u64, Vec<u8>> = HashMap::with_capacity(all.len());
@@ -469,41 +467,84 @@ fn field_kind(name: &str, l: &str) -> (Chew, Option<&'static str>) {
     (chew, extra)
 }
 
-/// `_tokenize_headers`: each (name after mapping, value), in order, to `add`.
-fn header_values(
-    h: &view::Headers,
-    ignore: &std::collections::HashSet<String, xxhash_rust::xxh3::Xxh3Builder>,
-    add: &mut dyn FnMut(&str, &[u8]),
-) {
-    type Kinded<'h> = (&'h (String, Vec<u8>, Vec<u8>), Chew, Option<&'static str>);
-    let mut lower = String::with_capacity(64);
-    let mut received: Vec<&(String, Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut fields: Vec<Kinded<'_>> = Vec::with_capacity(h.fields.len());
-    for f in &h.fields {
-        if f.0.eq_ignore_ascii_case("received") {
-            received.push(f);
-            continue;
+/// The header fields of a message's top part as Bayes reads them, read once for all its
+/// header tokens. Values are decoded as [`view::Headers`] decodes them, but borrowed from the
+/// message where decoding changes nothing (one line of UTF-8 without encoded words: most
+/// fields). The fields SpamAssassin's Bayes ignores are left out (a third of a message's
+/// fields), but for those the caller reads itself; the Received fields are kept raw, and only
+/// the last two, which are tokenized, get decoded.
+pub struct Fields<'a> {
+    /// The fields other than Received, in order.
+    list: Vec<Field<'a>>,
+    /// (name as written, raw value) of the Received fields, top first.
+    received: Vec<(Cow<'a, str>, &'a [u8])>,
+}
+
+struct Field<'a> {
+    /// As written.
+    name: Cow<'a, str>,
+    /// Decoded, without its final newline.
+    value: Cow<'a, [u8]>,
+    /// How `_tokenize_headers` treats it ([`field_kind`]); `None` when it ignores it.
+    kind: Option<(Chew, Option<&'static str>)>,
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of `msg`'s top part that `_tokenize_headers` reads under `conf`, and those
+    /// whose lower-case name `also` accepts.
+    pub fn of(msg: &'a Message, conf: &SaConfig, also: &dyn Fn(&str) -> bool) -> Fields<'a> {
+        let raw = &msg.raw[..];
+        let all = &msg.parts[0].fields;
+        let mut fields = Fields {
+            list: Vec::with_capacity(all.len()),
+            received: Vec::new(),
+        };
+        let mut lower = String::with_capacity(64);
+        for f in all {
+            let name = view::field_name(raw, f);
+            let value = view::field_value(raw, f);
+            if name.eq_ignore_ascii_case("received") {
+                fields.received.push((name, value));
+                continue;
+            }
+            lower.clear();
+            lower.push_str(&name);
+            lower.make_ascii_lowercase();
+            let read = !ignored_lower(&lower)
+                && (conf.ignore.is_empty() || !conf.ignore.contains(lower.as_str()));
+            if read || also(&lower) {
+                fields.list.push(Field {
+                    value: view::decoded_value(&name, value),
+                    kind: read.then(|| field_kind(&name, &lower)),
+                    name,
+                });
+            }
         }
-        lower.clear();
-        lower.push_str(&f.0);
-        lower.make_ascii_lowercase();
-        if !ignored_lower(&lower) && (ignore.is_empty() || !ignore.contains(lower.as_str())) {
-            let (chew, extra) = field_kind(&f.0, &lower);
-            fields.push((f, chew, extra));
-        }
+        fields
     }
-    // The last two Received fields, the last first.
-    fields.extend(received.iter().rev().take(2).map(|&f| {
-        let (chew, extra) = field_kind(&f.0, "received");
-        (f, chew, extra)
-    }));
-    for (f, chew, extra) in fields {
+
+    /// The decoded values of the fields named `name` (any case; not Received), in order.
+    pub fn values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> + 's {
+        self.list
+            .iter()
+            .filter(move |f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| &f.value[..])
+    }
+
+    /// The decoded value of the first field named `name` (any case; not Received).
+    pub fn first(&self, name: &str) -> Option<&[u8]> {
+        self.list
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| &f.value[..])
+    }
+}
+
+/// `_tokenize_headers`: each (name after mapping, value), in order, to `add`.
+fn header_values(fields: &Fields<'_>, add: &mut dyn FnMut(&str, &[u8])) {
+    let mut each = |name: &str, val: &[u8], chew: Chew, extra: Option<&'static str>| {
         let chewed: Vec<u8>;
-        let name = f.0.as_str();
-        let mut val: &[u8] = &f.1;
-        while let [rest @ .., b'\n'] = val {
-            val = rest;
-        }
+        let mut val = val;
         match chew {
             Chew::With(chew) => {
                 chewed = chew(val);
@@ -516,6 +557,16 @@ fn header_values(
             add(extra, val);
         }
         add(compressed(name).unwrap_or(name), val);
+    };
+    for f in &fields.list {
+        if let Some((chew, extra)) = f.kind {
+            each(&f.name, &f.value, chew, extra);
+        }
+    }
+    // The last two Received fields, the last first.
+    for (name, raw) in fields.received.iter().rev().take(2) {
+        let (chew, extra) = field_kind(name, "received");
+        each(name, &view::decoded_value(name, raw), chew, extra);
     }
 }
 
@@ -548,28 +599,24 @@ struct Relay<'a> {
 /// message (`cargo bench -p mxgate-scanners --bench rules -- relays_corpus`), a third of what
 /// classifying a message takes, and restored databases agree with SpamAssassin on 99.7 % of
 /// messages with this one (`scripts/sa_restore_parity.py`).
-fn relay_string(h: &view::Headers) -> Vec<u8> {
+fn relay_string(fields: &Fields<'_>) -> Vec<u8> {
     static LOCALHOST: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(" by localhost with "));
     static FETCHMAIL: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new("fetchmail"));
     let mut out = String::new();
     let mut joined: Vec<u8> = Vec::with_capacity(256);
-    // The fields in order, without the name index (built for the rules' many requests).
-    let received = h
-        .fields
-        .iter()
-        .filter(|f| f.0.eq_ignore_ascii_case("received"))
-        .map(|f| &f.1[..]);
-    for v in received {
+    for (name, raw) in &fields.received {
         joined.clear();
         // The words, split at Unicode's white space, joined by single spaces. In ASCII text
         // that white space is Perl's `\s`, found 64 bytes at a time without decoding
-        // characters.
-        if v.is_ascii() {
-            join_ascii_words(&mut joined, v);
+        // characters; the raw value has the decoded one's words (a Received value is only
+        // unfolded).
+        if raw.is_ascii() {
+            join_ascii_words(&mut joined, raw);
         } else {
-            let wide = utf8_lossy(v);
+            let v = view::decoded_value(name, raw);
+            let wide = utf8_lossy(&v);
             join_words(
                 &mut joined,
                 wide.split(char::is_whitespace).map(str::as_bytes),
@@ -1553,13 +1600,13 @@ fn tokenize_line_with(
 /// mxgate's own tokenizer adds to its body tokens (SpamAssassin's header handling measured
 /// better than its own; see BENCHMARKS.md).
 pub fn header_tokens(msg: &Message, conf: &SaConfig, emit: &mut dyn FnMut(&[u8])) {
-    header_tokens_of(&view::Headers::of_part(msg, 0), conf, emit);
+    header_tokens_of(&Fields::of(msg, conf, &|_| false), conf, emit);
 }
 
-/// [`header_tokens`] of header fields already read.
-pub fn header_tokens_of(headers: &view::Headers, conf: &SaConfig, emit: &mut dyn FnMut(&[u8])) {
+/// [`header_tokens`] of header fields already read (under the same `conf`).
+pub fn header_tokens_of(fields: &Fields<'_>, conf: &SaConfig, emit: &mut dyn FnMut(&[u8])) {
     let stop = conf.stop.as_ref();
-    header_lines(headers, conf, &mut |prefix, value| {
+    header_lines(fields, &mut |prefix, value| {
         tokenize_line_with(value, prefix, Region::Header, stop, emit);
     });
 }
@@ -1568,7 +1615,7 @@ pub fn header_tokens_of(headers: &view::Headers, conf: &SaConfig, emit: &mut dyn
 /// relay pseudo-headers last. SpamAssassin joins the values of one name with a space before
 /// tokenizing; handing them over one by one gives the same tokens (no token spans the joining
 /// space), without building the joined values.
-fn header_lines(h: &view::Headers, conf: &SaConfig, f: &mut dyn FnMut(&[u8], &[u8])) {
+fn header_lines(fields: &Fields<'_>, f: &mut dyn FnMut(&[u8], &[u8])) {
     let mut prefix: Vec<u8> = Vec::with_capacity(64);
     let mut each = |key: &str, value: &[u8]| {
         prefix.clear();
@@ -1577,8 +1624,8 @@ fn header_lines(h: &view::Headers, conf: &SaConfig, f: &mut dyn FnMut(&[u8], &[u
         prefix.push(b':');
         f(&prefix, value);
     };
-    header_values(h, &conf.ignore, &mut each);
-    let relays = relay_string(h);
+    header_values(fields, &mut each);
+    let relays = relay_string(fields);
     if !relays.is_empty() {
         each("*RU", &relays);
         each("x-spam-relays-external", &relays);
@@ -2164,7 +2211,10 @@ t\t2\t0\t1021543432\t00ad62ea5f\nt\t0\t1\t1029944878\t047e55ecef\ns\th\tabc@sa_g
               Received: from b.example [127.0.0.1] by localhost with IMAP (fetchmail-5.9.0);\r\n\
               Received: from c.example (c.example [192.0.2.7]) by b.example id Y2;\r\n\r\nbody\r\n",
         ));
-        let s = String::from_utf8(relay_string(&view::Headers::of_part(&msg, 0))).unwrap();
+        let s = String::from_utf8(relay_string(&Fields::of(&msg, default_config(), &|_| {
+            false
+        })))
+        .unwrap();
         assert_eq!(s, "[ 192.0.2.7 c.example c.example b.example   0 Y2  0 ]");
     }
 

@@ -43,18 +43,8 @@ impl Headers {
         let raw = &msg.raw[..];
         let mut fields = Vec::with_capacity(msg.parts[part as usize].fields.len());
         for f in &msg.parts[part as usize].fields {
-            let name = utf8_lossy(f.name(raw)).trim_end().to_string();
-            let after_name = f.name.end as usize;
-            let colon = memchr::memchr(b':', &raw[after_name..f.value.end as usize])
-                .map_or(f.value.start as usize, |p| after_name + p + 1);
-            let value = &raw[colon..f.value.end as usize];
-            let mut rawv: Vec<u8> = Vec::with_capacity(value.len() + 1);
-            if memchr::memchr(b'\r', value).is_some() {
-                rawv.extend(value.iter().copied().filter(|&b| b != b'\r'));
-            } else {
-                rawv.extend_from_slice(value);
-            }
-            rawv.push(b'\n');
+            let name = field_name(raw, f).into_owned();
+            let rawv = raw_value(field_value(raw, f));
             let dec = decode_value(&name, &rawv);
             fields.push((name, dec, rawv));
         }
@@ -125,6 +115,68 @@ impl Headers {
 }
 
 /// `Node::header`: unfold (`\n[ \t]+` → space), trim, decode encoded words; then a newline.
+/// A field's name as [`Headers`] keeps it: as written, without trailing blanks.
+pub(crate) fn field_name<'a>(raw: &'a [u8], f: &header::Field) -> Cow<'a, str> {
+    match utf8_lossy(f.name(raw)) {
+        Cow::Borrowed(n) => Cow::Borrowed(n.trim_end()),
+        Cow::Owned(n) => Cow::Owned(n.trim_end().to_string()),
+    }
+}
+
+/// A field's value as written: the bytes after the colon, folded, without the final newline.
+pub(crate) fn field_value<'a>(raw: &'a [u8], f: &header::Field) -> &'a [u8] {
+    let after_name = f.name.end as usize;
+    let colon = memchr::memchr(b':', &raw[after_name..f.value.end as usize])
+        .map_or(f.value.start as usize, |p| after_name + p + 1);
+    &raw[colon..f.value.end as usize]
+}
+
+/// A raw value as [`Headers`] keeps it: without carriage returns, ending in a newline.
+fn raw_value(value: &[u8]) -> Vec<u8> {
+    let mut rawv: Vec<u8> = Vec::with_capacity(value.len() + 1);
+    if memchr::memchr(b'\r', value).is_some() {
+        rawv.extend(value.iter().copied().filter(|&b| b != b'\r'));
+    } else {
+        rawv.extend_from_slice(value);
+    }
+    rawv.push(b'\n');
+    rawv
+}
+
+/// The decoded value [`Headers`] keeps for a field ([`field_value`] of it), without its final
+/// newline: borrowed from `value` when decoding changes nothing but the blanks around it (one
+/// line of UTF-8 with no encoded word to decode, as most fields are).
+pub(crate) fn decoded_value<'a>(name: &str, value: &'a [u8]) -> Cow<'a, [u8]> {
+    if memchr::memchr2(b'\n', b'\r', value).is_none() {
+        let (start, end) = trim_bounds(value);
+        let t = &value[start..end];
+        if (exempt_from_decoding(name) || mxgate_core::finder!(b"=?").find(t).is_none())
+            && (t.is_ascii() || std::str::from_utf8(t).is_ok())
+        {
+            return Cow::Borrowed(t);
+        }
+    }
+    let mut v = decode_value(name, &raw_value(value));
+    v.pop();
+    Cow::Owned(v)
+}
+
+/// Fields whose encoded words SpamAssassin leaves as they are.
+fn exempt_from_decoding(name: &str) -> bool {
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    is("received")
+        || is("message-id")
+        || is("resent-message-id")
+        || is("date")
+        || is("resent-date")
+        || is("mime-version")
+        || is("references")
+        || is("in-reply-to")
+        || name
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("list-"))
+}
+
 fn decode_value(name: &str, raw: &[u8]) -> Vec<u8> {
     // Unfolded: each newline followed by blanks, and the blanks, become one space.
     let mut v = Vec::with_capacity(raw.len());
@@ -143,18 +195,7 @@ fn decode_value(name: &str, raw: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&raw[copied..]);
     let (start, end) = trim_bounds(&v);
     let t = &v[start..end];
-    let is = |n: &str| name.eq_ignore_ascii_case(n);
-    let exempt = is("received")
-        || is("message-id")
-        || is("resent-message-id")
-        || is("date")
-        || is("resent-date")
-        || is("mime-version")
-        || is("references")
-        || is("in-reply-to")
-        || name
-            .get(..5)
-            .is_some_and(|p| p.eq_ignore_ascii_case("list-"));
+    let exempt = exempt_from_decoding(name);
     let mut out = if !exempt && mxgate_core::finder!(b"=?").find(t).is_some() {
         header::decode_words(t).into_bytes()
     } else if t.is_ascii() || std::str::from_utf8(t).is_ok() {
@@ -590,6 +631,36 @@ pub fn part_headers(msg: &Message) -> Vec<Headers> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn borrowed_values_are_the_decoded_ones() {
+        // Folds, carriage returns, encoded words (valid and not), 8-bit bytes, blanks.
+        let alphabet = b"ab =?Q?x_y\r\n\t\xe9\xc3\xa9-";
+        let mut values = mxgate_core::random_bytes(alphabet, 40, 5_000);
+        values.extend([
+            b" =?utf-8?Q?caf=C3=A9?= ".to_vec(),
+            b"x =?iso-8859-1?B?6Q==?=".to_vec(),
+            b"caf\xe9".to_vec(),
+            b"a\r\n\tb".to_vec(),
+        ]);
+        for name in ["Subject", "Received", "List-Id", "X-Other"] {
+            for v in &values {
+                let mut whole = decode_value(name, &raw_value(v));
+                assert_eq!(whole.pop(), Some(b'\n'));
+                assert_eq!(
+                    decoded_value(name, v),
+                    whole,
+                    "{name}: {:?}",
+                    v.escape_ascii()
+                );
+            }
+        }
+        assert!(matches!(
+            decoded_value("To", b" a@b.example "),
+            Cow::Borrowed(b"a@b.example")
+        ));
+        assert!(matches!(decoded_value("To", b" a\n b"), Cow::Owned(_)));
+    }
 
     #[test]
     fn whitespace_collapses_as_spamassassin_does() {
