@@ -370,7 +370,11 @@ mod tests {
             let class = super::AsciiClass::new(&table);
             // The byte loop's predicate (CPUs without AVX2) reads the same entries.
             for b in 0..=255u8 {
-                assert_eq!(class.contains(b), b < 0x80 && table[usize::from(b)], "{b:#x}");
+                assert_eq!(
+                    class.contains(b),
+                    b < 0x80 && table[usize::from(b)],
+                    "{b:#x}"
+                );
             }
             for _ in 0..50 {
                 let n = (next() % 200) as usize;
