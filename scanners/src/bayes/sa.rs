@@ -415,8 +415,10 @@ pub fn tokenize_with(msg: &Message, conf: &SaConfig, extra: Option<&str>) -> Vec
     }
     // The relay pseudo-headers SpamAssassin derives from the Received fields (all relays
     // untrusted and external when no trusted networks are configured).
-    header_lines(&fields, &mut |prefix, value| {
-        tokenize_line(value, prefix, Region::Header, stop, &mut all);
+    header_lines(&fields, &mut |prefix, second, value| {
+        for p in std::iter::once(prefix).chain(second) {
+            tokenize_line(value, p, Region::Header, stop, &mut all);
+        }
     });
     let mut out: HashMap<u64, Vec<u8>> = HashMap::with_capacity(all.len());
     for t in all {
@@ -540,8 +542,15 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// `_tokenize_headers`: each (name after mapping, value), in order, to `add`.
-fn header_values(fields: &Fields<'_>, add: &mut dyn FnMut(&str, &[u8])) {
+/// Takes (name, second name, value).
+type KeyedValue<'f> = dyn FnMut(&str, Option<&str>, &[u8]) + 'f;
+
+/// Takes (prefix, second prefix, value).
+type PrefixedLine<'f> = dyn FnMut(&[u8], Option<&[u8]>, &[u8]) + 'f;
+
+/// `_tokenize_headers`: each (name after mapping, value), in order, to `add`; a value that also
+/// goes under a second name (`*MI`, `*Ad`, `*UA` first, then its own) is given once, with both.
+fn header_values(fields: &Fields<'_>, add: &mut KeyedValue<'_>) {
     let mut each = |name: &str, val: &[u8], chew: Chew, extra: Option<&'static str>| {
         let chewed: Vec<u8>;
         let mut val = val;
@@ -553,10 +562,11 @@ fn header_values(fields: &Fields<'_>, add: &mut dyn FnMut(&str, &[u8])) {
             Chew::Presence => val = b"1",
             Chew::Plain => {}
         }
-        if let Some(extra) = extra {
-            add(extra, val);
+        let name = compressed(name).unwrap_or(name);
+        match extra {
+            Some(extra) => add(extra, Some(name), val),
+            None => add(name, None, val),
         }
-        add(compressed(name).unwrap_or(name), val);
     };
     for f in &fields.list {
         if let Some((chew, extra)) = f.kind {
@@ -1606,29 +1616,80 @@ pub fn header_tokens(msg: &Message, conf: &SaConfig, emit: &mut dyn FnMut(&[u8])
 /// [`header_tokens`] of header fields already read (under the same `conf`).
 pub fn header_tokens_of(fields: &Fields<'_>, conf: &SaConfig, emit: &mut dyn FnMut(&[u8])) {
     let stop = conf.stop.as_ref();
-    header_lines(fields, &mut |prefix, value| {
-        tokenize_line_with(value, prefix, Region::Header, stop, emit);
+    let mut twice = TwoPrefixes::default();
+    header_lines(fields, &mut |prefix, second, value| match second {
+        Some(second) => twice.tokenize(value, [prefix, second], stop, emit),
+        None => tokenize_line_with(value, prefix, Region::Header, stop, emit),
     });
 }
 
-/// Each header line `_tokenize_headers` tokenizes, as (token prefix `H<name>:`, value), the
-/// relay pseudo-headers last. SpamAssassin joins the values of one name with a space before
-/// tokenizing; handing them over one by one gives the same tokens (no token spans the joining
-/// space), without building the joined values.
-fn header_lines(fields: &Fields<'_>, f: &mut dyn FnMut(&[u8], &[u8])) {
-    let mut prefix: Vec<u8> = Vec::with_capacity(64);
-    let mut each = |key: &str, value: &[u8]| {
-        prefix.clear();
-        prefix.push(b'H');
-        prefix.extend_from_slice(key.as_bytes());
-        prefix.push(b':');
-        f(&prefix, value);
+/// A header value tokenized under two prefixes, split once: its tokens are kept to be given
+/// under the second prefix after the first, the order two splits give them in. A token's
+/// prefix only ever leads it, so the tokens split without one are the suffixes.
+#[derive(Default)]
+struct TwoPrefixes {
+    /// The tokens without a prefix, one after another.
+    kept: Vec<u8>,
+    /// Where each ends in `kept`.
+    ends: Vec<usize>,
+    token: Vec<u8>,
+}
+
+impl TwoPrefixes {
+    fn tokenize(
+        &mut self,
+        value: &[u8],
+        prefixes: [&[u8]; 2],
+        stop: Option<&StopWords>,
+        emit: &mut dyn FnMut(&[u8]),
+    ) {
+        let TwoPrefixes { kept, ends, token } = self;
+        kept.clear();
+        ends.clear();
+        tokenize_line_with(value, b"", Region::Header, stop, &mut |t| {
+            kept.extend_from_slice(t);
+            ends.push(kept.len());
+        });
+        for prefix in prefixes {
+            let mut start = 0;
+            for &end in ends.iter() {
+                token.clear();
+                token.extend_from_slice(prefix);
+                token.extend_from_slice(&kept[start..end]);
+                emit(token);
+                start = end;
+            }
+        }
+    }
+}
+
+/// Each header line `_tokenize_headers` tokenizes, as (token prefix `H<name>:`, a second
+/// prefix its tokens also go under, value), the relay pseudo-headers last. SpamAssassin joins
+/// the values of one name with a space before tokenizing; handing them over one by one gives
+/// the same tokens (no token spans the joining space), without building the joined values.
+/// The tokens of a line with two prefixes are all the first's, then all the second's.
+fn header_lines(fields: &Fields<'_>, f: &mut PrefixedLine<'_>) {
+    let (mut first, mut second) = (Vec::with_capacity(64), Vec::with_capacity(64));
+    let prefix = |buf: &mut Vec<u8>, key: &str| {
+        buf.clear();
+        buf.push(b'H');
+        buf.extend_from_slice(key.as_bytes());
+        buf.push(b':');
+    };
+    let mut each = |key: &str, also: Option<&str>, value: &[u8]| {
+        prefix(&mut first, key);
+        match also {
+            Some(also) => {
+                prefix(&mut second, also);
+                f(&first, Some(&second), value);
+            }
+            None => f(&first, None, value),
+        }
     };
     header_values(fields, &mut each);
     let relays = relay_string(fields);
     if !relays.is_empty() {
-        each("*RU", &relays);
-        each("x-spam-relays-external", &relays);
+        each("*RU", Some("x-spam-relays-external"), &relays);
     }
 }
 
@@ -1826,6 +1887,24 @@ t\t2\t0\t1021543432\t00ad62ea5f\nt\t0\t1\t1029944878\t047e55ecef\ns\th\tabc@sa_g
                 Some("Hx:\u{e9}\u{e9}\u{e9}".as_bytes())
             );
             assert_eq!(header(&line), want, "{:?}", String::from_utf8_lossy(&line));
+        }
+    }
+
+    #[test]
+    fn a_value_split_once_for_two_prefixes_gives_two_splits_tokens() {
+        let stop = default_config().stop.as_ref();
+        let mut twice = TwoPrefixes::default();
+        let prefixes: [&[u8]; 2] = [b"H*Ad:", b"HTo:"];
+        // Long runs and 8-bit bytes for `sk:` and `u8:` tokens; `...` and `--` for the
+        // copying path; stop words.
+        let alphabet = b"aB9 -.,'@*_:<>thexyzqwertyuiop\xc3\xa9\xe4\xb8\xad";
+        for line in &mxgate_core::random_bytes(alphabet, 80, 5_000) {
+            let (mut once, mut split) = (Vec::new(), Vec::new());
+            twice.tokenize(line, prefixes, stop, &mut |t| once.push(t.to_vec()));
+            for p in prefixes {
+                tokenize_line(line, p, Region::Header, stop, &mut split);
+            }
+            assert_eq!(once, split, "{:?}", String::from_utf8_lossy(line));
         }
     }
 
