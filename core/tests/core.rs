@@ -660,6 +660,19 @@ mod mime_cases {
         assert_eq!(msg.parts.len(), 1);
         assert!(msg.header_text("x-long").unwrap().len() > 50_000);
     }
+
+    #[test]
+    fn eight_bit_headers_and_mixed_line_endings_are_noted() {
+        let noted = |m: &'static [u8]| Message::parse(Bytes::from_static(m)).anomalies;
+        // A high byte after the first word-sized chunk of the header, and one in the body only.
+        assert!(noted(b"Subject: plain words then caf\xc3\xa9\n\nbody\n")
+            .contains(&Anomaly::EightBitHeader));
+        assert!(!noted(b"Subject: plain\n\nbody caf\xc3\xa9\n").contains(&Anomaly::EightBitHeader));
+        assert!(noted(b"Subject: x\r\n\r\nbody\nmore\r\n").contains(&Anomaly::MixedLineEndings));
+        for same in [&b"Subject: x\r\n\r\nbody\r\n"[..], b"Subject: x\n\nbody\n"] {
+            assert!(!noted(same).contains(&Anomaly::MixedLineEndings));
+        }
+    }
 }
 
 fn auth_limits(needs_tls: bool) -> Limits {

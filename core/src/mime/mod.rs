@@ -886,12 +886,13 @@ impl Parser<'_> {
         }
         let root = &self.parts[0];
         let hdr = &buf[root.header.start as usize..root.header.end as usize];
-        if hdr.iter().any(|&b| b >= 0x80) {
+        // `is_ascii` reads a word at a time; `any` over the bytes read one at a time and cost as
+        // much as a tenth of a short message's parse.
+        if !hdr.is_ascii() {
             self.note(Anomaly::EightBitHeader);
         }
         let crlf = memchr::memmem::find(buf, b"\r\n").is_some();
-        let bare_lf = memchr::memchr_iter(b'\n', buf).any(|i| i == 0 || buf[i - 1] != b'\r');
-        if crlf && bare_lf {
+        if crlf && memchr::memchr_iter(b'\n', buf).any(|i| i == 0 || buf[i - 1] != b'\r') {
             self.note(Anomaly::MixedLineEndings);
         }
     }
