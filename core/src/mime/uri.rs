@@ -16,12 +16,18 @@ pub fn extract_text(text: &str) -> Vec<String> {
         if pos < done {
             continue;
         }
+        let end = pos + b[pos..].iter().take_while(|&&c| is_uri_char(c)).count();
+        done = end.max(pos + 1);
+        // A dot, `@` or colon with nothing but trimmed characters after it (a sentence's end,
+        // most candidates) leaves none in the token: the run before it holds none either, or
+        // an earlier candidate's run would have covered this one.
+        if b[pos..end].iter().all(|&c| is_trailing(c)) {
+            continue;
+        }
         let mut start = pos;
         while start > 0 && is_uri_char(b[start - 1]) {
             start -= 1;
         }
-        let end = pos + b[pos..].iter().take_while(|&&c| is_uri_char(c)).count();
-        done = end.max(pos + 1);
         // A token starts at a letter or digit ("(http://x)" → "http://x)").
         while start < end && !b[start].is_ascii_alphanumeric() {
             start += 1;
@@ -121,8 +127,15 @@ fn is_uri_char(c: u8) -> bool {
     URI_CHAR[c as usize]
 }
 
+/// Characters trimmed from the end of a URI found in text.
+const TRAILING: [char; 10] = ['.', ',', ';', ':', '!', '?', ')', '\'', ']', '>'];
+
+fn is_trailing(c: u8) -> bool {
+    TRAILING.contains(&char::from(c))
+}
+
 fn trim_trailing(s: &str) -> &str {
-    s.trim_end_matches(['.', ',', ';', ':', '!', '?', ')', '\'', ']', '>'])
+    s.trim_end_matches(TRAILING)
 }
 
 /// Decides whether a text token is a URI, an e-mail address or a bare host, and normalises it.
@@ -330,6 +343,49 @@ fn numeric_host(h: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`extract_text`] without skipping candidates: each one's token is trimmed and classified.
+    fn extract_each(text: &str) -> Vec<String> {
+        let b = text.as_bytes();
+        let (mut out, mut done) = (Vec::new(), 0);
+        for pos in memchr::memchr3_iter(b'.', b'@', b':', b) {
+            if pos < done {
+                continue;
+            }
+            let mut start = pos;
+            while start > 0 && is_uri_char(b[start - 1]) {
+                start -= 1;
+            }
+            let end = pos + b[pos..].iter().take_while(|&&c| is_uri_char(c)).count();
+            done = end.max(pos + 1);
+            while start < end && !b[start].is_ascii_alphanumeric() {
+                start += 1;
+            }
+            if start < end {
+                out.extend(classify(trim_trailing(&text[start..end])));
+            }
+        }
+        dedup(out)
+    }
+
+    #[test]
+    fn candidates_skipped_are_those_that_give_nothing() {
+        // Words, hosts of known top-level domains, schemes, addresses and trimmed characters.
+        let words: [&str; 14] = [
+            "a", "bc", "com", "www", "http", "://", ".", "@", ":", " ", ", ", ")", "!", "'",
+        ];
+        let mut found = 0;
+        for picks in crate::random_bytes(b"abcdefghijklmn", 24, 20_000) {
+            let t: String = picks
+                .iter()
+                .map(|&p| words[usize::from(p - b'a')])
+                .collect();
+            let all = extract_each(&t);
+            found += all.len();
+            assert_eq!(extract_text(&t), all, "{t:?}");
+        }
+        assert!(found > 300, "{found} URIs found");
+    }
 
     #[test]
     fn unique_keeps_first_occurrences_in_order() {
