@@ -1468,8 +1468,21 @@ fn tokenize_line_with(
         static SCRATCH: std::cell::Cell<(Vec<u8>, Vec<u8>)> = Default::default();
     }
     let (chars, mut buf) = SCRATCH.with(std::cell::Cell::take);
-    let mut emit_parts = |parts: &[&[u8]]| {
-        buf.clear();
+    // A token is built in `buf` from its parts. When it starts with the line's prefix, the
+    // prefix is kept there from the token before (one copy less a token: most of them).
+    let mut prefix_kept = false;
+    let mut emit_parts = |prefixed: bool, parts: &[&[u8]]| {
+        if prefixed {
+            if !prefix_kept {
+                buf.clear();
+                buf.extend_from_slice(prefix);
+                prefix_kept = true;
+            }
+            buf.truncate(prefix.len());
+        } else {
+            buf.clear();
+            prefix_kept = false;
+        }
         for p in parts {
             buf.extend_from_slice(p);
         }
@@ -1535,20 +1548,20 @@ fn tokenize_line_with(
                 });
                 if at {
                     mail_addr_tokens(&utf8_lossy(token), &mut |prefix, part| {
-                        emit_parts(&[prefix.as_bytes(), part.as_bytes()])
+                        emit_parts(false, &[prefix.as_bytes(), part.as_bytes()])
                     });
                 } else if token
                     .windows(3)
                     .any(|w| w[1] == b'.' && w[2].is_ascii_alphabetic())
                 {
-                    emit_parts(&[b"UD:", token]);
+                    emit_parts(false, &[b"UD:", token]);
                     let mut bit: &[u8] = token;
                     while let Some(p) = bit.iter().position(|&b| b == b'.') {
                         if p == 0 || p + 1 >= bit.len() {
                             break;
                         }
                         bit = &bit[p + 1..];
-                        emit_parts(&[b"UD:", bit]);
+                        emit_parts(false, &[b"UD:", bit]);
                     }
                 }
             }
@@ -1560,7 +1573,7 @@ fn tokenize_line_with(
                     let mut any = false;
                     for m in rx.u8chars.find_iter(token) {
                         any = true;
-                        emit_parts(&[prefix, b"u8:", m.as_bytes()]);
+                        emit_parts(true, &[b"u8:", m.as_bytes()]);
                     }
                     if any {
                         return;
@@ -1580,19 +1593,19 @@ fn tokenize_line_with(
                 if punct {
                     plain.clear();
                     plain.extend(token.iter().copied().filter(is_word));
-                    emit_parts(&[prefix, &plain]);
+                    emit_parts(true, &[&plain]);
                 }
                 if token.iter().any(u8::is_ascii_uppercase) {
                     plain.clear();
                     plain.extend(token.iter().map(u8::to_ascii_lowercase));
-                    emit_parts(&[prefix, &plain]);
+                    emit_parts(true, &[&plain]);
                     if punct {
                         plain.retain(is_word);
-                        emit_parts(&[prefix, &plain]);
+                        emit_parts(true, &[&plain]);
                     }
                 }
             }
-            emit_parts(&[prefix, token]);
+            emit_parts(true, &[token]);
         };
         if fast {
             mxgate_core::for_each_run(text, &TOKEN_ASCII, |from, to| one(&text[from..to]));
@@ -1626,13 +1639,23 @@ pub fn header_tokens_of(fields: &Fields<'_>, conf: &SaConfig, emit: &mut dyn FnM
 /// A header value tokenized under two prefixes, split once: its tokens are kept to be given
 /// under the second prefix after the first, the order two splits give them in. A token's
 /// prefix only ever leads it, so the tokens split without one are the suffixes.
-#[derive(Default)]
 struct TwoPrefixes {
     /// The tokens without a prefix, one after another.
     kept: Vec<u8>,
     /// Where each ends in `kept`.
     ends: Vec<usize>,
     token: Vec<u8>,
+}
+
+impl Default for TwoPrefixes {
+    /// Room for a long value's tokens, so that most messages never grow it.
+    fn default() -> TwoPrefixes {
+        TwoPrefixes {
+            kept: Vec::with_capacity(1024),
+            ends: Vec::with_capacity(128),
+            token: Vec::with_capacity(128),
+        }
+    }
 }
 
 impl TwoPrefixes {
@@ -1651,10 +1674,11 @@ impl TwoPrefixes {
             ends.push(kept.len());
         });
         for prefix in prefixes {
+            token.clear();
+            token.extend_from_slice(prefix);
             let mut start = 0;
             for &end in ends.iter() {
-                token.clear();
-                token.extend_from_slice(prefix);
+                token.truncate(prefix.len());
                 token.extend_from_slice(&kept[start..end]);
                 emit(token);
                 start = end;
