@@ -480,6 +480,8 @@ pub struct Fields<'a> {
     list: Vec<Field<'a>>,
     /// (name as written, raw value) of the Received fields, top first.
     received: Vec<(Cow<'a, str>, &'a [u8])>,
+    /// The raw Received values as text, when the header block is UTF-8.
+    received_text: Vec<&'a str>,
 }
 
 struct Field<'a> {
@@ -500,12 +502,27 @@ impl<'a> Fields<'a> {
         let mut fields = Fields {
             list: Vec::with_capacity(all.len()),
             received: Vec::new(),
+            received_text: Vec::new(),
         };
         let mut lower = String::with_capacity(64);
+        // The header block checked as UTF-8 once (most are ASCII): a name, which starts a line
+        // and ends at its colon, is then a slice of it, where checking each took a pass a name.
+        let block = &msg.parts[0].header;
+        let block = std::str::from_utf8(&raw[block.start as usize..block.end as usize])
+            .ok()
+            .map(|text| (text, block.start as usize));
+        let in_block = |r: std::ops::Range<usize>| {
+            block.and_then(|(text, at)| text.get(r.start - at..r.end - at))
+        };
         for f in all {
-            let name = view::field_name(raw, f);
+            let name = in_block(f.name.start as usize..f.name.end as usize)
+                .map_or_else(|| view::field_name(raw, f), |n| Cow::Borrowed(n.trim_end()));
             let value = view::field_value(raw, f);
             if name.eq_ignore_ascii_case("received") {
+                let start = value.as_ptr() as usize - raw.as_ptr() as usize;
+                if let Some(text) = in_block(start..start + value.len()) {
+                    fields.received_text.push(text);
+                }
                 fields.received.push((name, value));
                 continue;
             }
@@ -531,6 +548,18 @@ impl<'a> Fields<'a> {
             .iter()
             .filter(move |f| f.name.eq_ignore_ascii_case(name))
             .map(|f| &f.value[..])
+    }
+
+    /// The raw values of the Received fields as text (lossy where not UTF-8), top first.
+    pub fn received_values(&self) -> impl Iterator<Item = Cow<'a, str>> + '_ {
+        let whole = self.received_text.len() == self.received.len();
+        self.received.iter().enumerate().map(move |(i, (_, raw))| {
+            if whole {
+                Cow::Borrowed(self.received_text[i])
+            } else {
+                utf8_lossy(raw)
+            }
+        })
     }
 
     /// The decoded value of the first field named `name` (any case; not Received).
