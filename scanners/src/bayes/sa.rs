@@ -41,6 +41,15 @@ pub struct StopWords {
     /// The pattern's words, lower-cased and packed (see [`pack_lower`]), sorted: when spelled
     /// out.
     words: Option<Vec<u128>>,
+    /// Per length, the first characters of the spelled-out words of that length ([`first_bit`]):
+    /// most tokens are told apart by these without searching the list.
+    starts: [u32; StopWords::LONGEST + 1],
+}
+
+/// A bit for the first character of a word: its letter (any case), or one for all else.
+fn first_bit(c: u8) -> u32 {
+    let letter = c.to_ascii_lowercase().wrapping_sub(b'a');
+    1 << u32::from(letter).min(31)
 }
 
 impl StopWords {
@@ -79,9 +88,19 @@ impl StopWords {
                 let mut packed: Vec<u128> = list.iter().map(|w| pack_lower(w)).collect();
                 packed.sort_unstable();
                 packed.dedup();
-                packed
+                (packed, list)
             });
-        Some(StopWords { re, words })
+        let mut starts = [0; Self::LONGEST + 1];
+        for w in words.iter().flat_map(|(_, list)| list) {
+            if let Some(&c) = w.first() {
+                starts[w.len()] |= first_bit(c);
+            }
+        }
+        Some(StopWords {
+            re,
+            words: words.map(|(packed, _)| packed),
+            starts,
+        })
     }
 
     /// Whether `t` is short and made of letters (and apostrophes), as stop words are: anything
@@ -95,7 +114,11 @@ impl StopWords {
             return false;
         }
         match &self.words {
-            Some(words) => words.binary_search(&pack_lower(t)).is_ok(),
+            Some(words) => {
+                t.first()
+                    .is_none_or(|&c| self.starts[t.len()] & first_bit(c) != 0)
+                    && words.binary_search(&pack_lower(t)).is_ok()
+            }
             None => self.re.is_match(t),
         }
     }
