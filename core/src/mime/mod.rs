@@ -886,8 +886,7 @@ impl Parser<'_> {
         }
         let root = &self.parts[0];
         let hdr = &buf[root.header.start as usize..root.header.end as usize];
-        // `is_ascii` reads a word at a time; `any` over the bytes read one at a time and cost as
-        // much as a tenth of a short message's parse.
+        // `is_ascii` reads a word at a time, where testing each byte read one at a time.
         if !hdr.is_ascii() {
             self.note(Anomaly::EightBitHeader);
         }

@@ -501,10 +501,17 @@ fn field_kind(name: &str, l: &str) -> (Chew, Option<&'static str>) {
 pub struct Fields<'a> {
     /// The fields other than Received, in order.
     list: Vec<Field<'a>>,
-    /// (name as written, raw value) of the Received fields, top first.
-    received: Vec<(Cow<'a, str>, &'a [u8])>,
-    /// The raw Received values as text, when the header block is UTF-8.
-    received_text: Vec<&'a str>,
+    /// The Received fields, top first.
+    received: Vec<Received<'a>>,
+}
+
+struct Received<'a> {
+    /// As written.
+    name: Cow<'a, str>,
+    /// The value as written (folded).
+    raw: &'a [u8],
+    /// `raw` as text, when the header block is UTF-8.
+    text: Option<&'a str>,
 }
 
 struct Field<'a> {
@@ -525,7 +532,6 @@ impl<'a> Fields<'a> {
         let mut fields = Fields {
             list: Vec::with_capacity(all.len()),
             received: Vec::new(),
-            received_text: Vec::new(),
         };
         let mut lower = String::with_capacity(64);
         // The header block checked as UTF-8 once (most are ASCII): a name, which starts a line
@@ -540,13 +546,14 @@ impl<'a> Fields<'a> {
         for f in all {
             let name = in_block(f.name.start as usize..f.name.end as usize)
                 .map_or_else(|| view::field_name(raw, f), |n| Cow::Borrowed(n.trim_end()));
-            let value = view::field_value(raw, f);
+            let at = view::field_value(raw, f);
+            let value = &raw[at.clone()];
             if name.eq_ignore_ascii_case("received") {
-                let start = value.as_ptr() as usize - raw.as_ptr() as usize;
-                if let Some(text) = in_block(start..start + value.len()) {
-                    fields.received_text.push(text);
-                }
-                fields.received.push((name, value));
+                fields.received.push(Received {
+                    name,
+                    raw: value,
+                    text: in_block(at),
+                });
                 continue;
             }
             lower.clear();
@@ -566,31 +573,26 @@ impl<'a> Fields<'a> {
     }
 
     /// The decoded values of the fields named `name` (any case; not Received), in order.
-    pub fn values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> + 's {
+    pub fn values<'s, 'n>(
+        &'s self,
+        name: &'n str,
+    ) -> impl Iterator<Item = &'s [u8]> + use<'s, 'n, 'a> {
         self.list
             .iter()
             .filter(move |f| f.name.eq_ignore_ascii_case(name))
             .map(|f| &f.value[..])
     }
 
-    /// The raw values of the Received fields as text (lossy where not UTF-8), top first.
-    pub fn received_values(&self) -> impl Iterator<Item = Cow<'a, str>> + '_ {
-        let whole = self.received_text.len() == self.received.len();
-        self.received.iter().enumerate().map(move |(i, (_, raw))| {
-            if whole {
-                Cow::Borrowed(self.received_text[i])
-            } else {
-                utf8_lossy(raw)
-            }
-        })
-    }
-
     /// The decoded value of the first field named `name` (any case; not Received).
     pub fn first(&self, name: &str) -> Option<&[u8]> {
-        self.list
+        self.values(name).next()
+    }
+
+    /// The raw values of the Received fields as text (lossy where not UTF-8), top first.
+    pub fn received_values(&self) -> impl Iterator<Item = Cow<'a, str>> + '_ {
+        self.received
             .iter()
-            .find(|f| f.name.eq_ignore_ascii_case(name))
-            .map(|f| &f.value[..])
+            .map(|r| r.text.map_or_else(|| utf8_lossy(r.raw), Cow::Borrowed))
     }
 }
 
@@ -626,9 +628,9 @@ fn header_values(fields: &Fields<'_>, add: &mut KeyedValue<'_>) {
         }
     }
     // The last two Received fields, the last first.
-    for (name, raw) in fields.received.iter().rev().take(2) {
-        let (chew, extra) = field_kind(name, "received");
-        each(name, &view::decoded_value(name, raw), chew, extra);
+    for r in fields.received.iter().rev().take(2) {
+        let (chew, extra) = field_kind(&r.name, "received");
+        each(&r.name, &view::decoded_value(&r.name, r.raw), chew, extra);
     }
 }
 
@@ -668,7 +670,7 @@ fn relay_string(fields: &Fields<'_>) -> Vec<u8> {
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new("fetchmail"));
     let mut out = String::new();
     let mut joined: Vec<u8> = Vec::with_capacity(256);
-    for (name, raw) in &fields.received {
+    for Received { name, raw, .. } in &fields.received {
         joined.clear();
         // The words, split at Unicode's white space, joined by single spaces. In ASCII text
         // that white space is Perl's `\s`, found 64 bytes at a time without decoding

@@ -44,7 +44,7 @@ impl Headers {
         let mut fields = Vec::with_capacity(msg.parts[part as usize].fields.len());
         for f in &msg.parts[part as usize].fields {
             let name = field_name(raw, f).into_owned();
-            let rawv = raw_value(field_value(raw, f));
+            let rawv = raw_value(&raw[field_value(raw, f)]);
             let dec = decode_value(&name, &rawv);
             fields.push((name, dec, rawv));
         }
@@ -114,7 +114,6 @@ impl Headers {
     }
 }
 
-/// `Node::header`: unfold (`\n[ \t]+` → space), trim, decode encoded words; then a newline.
 /// A field's name as [`Headers`] keeps it: as written, without trailing blanks.
 pub(crate) fn field_name<'a>(raw: &'a [u8], f: &header::Field) -> Cow<'a, str> {
     match utf8_lossy(f.name(raw)) {
@@ -123,12 +122,13 @@ pub(crate) fn field_name<'a>(raw: &'a [u8], f: &header::Field) -> Cow<'a, str> {
     }
 }
 
-/// A field's value as written: the bytes after the colon, folded, without the final newline.
-pub(crate) fn field_value<'a>(raw: &'a [u8], f: &header::Field) -> &'a [u8] {
+/// Where a field's value as written lies in the message: the bytes after the colon, folded,
+/// without the final newline.
+pub(crate) fn field_value(raw: &[u8], f: &header::Field) -> std::ops::Range<usize> {
     let after_name = f.name.end as usize;
     let colon = memchr::memchr(b':', &raw[after_name..f.value.end as usize])
         .map_or(f.value.start as usize, |p| after_name + p + 1);
-    &raw[colon..f.value.end as usize]
+    colon..f.value.end as usize
 }
 
 /// A raw value as [`Headers`] keeps it: without carriage returns, ending in a newline.
@@ -177,6 +177,7 @@ fn exempt_from_decoding(name: &str) -> bool {
             .is_some_and(|p| p.eq_ignore_ascii_case("list-"))
 }
 
+/// `Node::header`: unfold (`\n[ \t]+` → space), trim, decode encoded words; then a newline.
 fn decode_value(name: &str, raw: &[u8]) -> Vec<u8> {
     // Unfolded: each newline followed by blanks, and the blanks, become one space.
     let mut v = Vec::with_capacity(raw.len());
