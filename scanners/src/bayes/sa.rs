@@ -495,9 +495,9 @@ fn field_kind(name: &str, l: &str) -> (Chew, Option<&'static str>) {
 /// The header fields of a message's top part as Bayes reads them, read once for all its
 /// header tokens. Values are decoded as [`view::Headers`] decodes them, but borrowed from the
 /// message where decoding changes nothing (one line of UTF-8 without encoded words: most
-/// fields). The fields SpamAssassin's Bayes ignores are left out (a third of a message's
-/// fields), but for those the caller reads itself; the Received fields are kept raw, and only
-/// the last two, which are tokenized, get decoded.
+/// fields). The fields SpamAssassin's Bayes ignores are left out, but for those the caller
+/// reads itself; the Received fields are kept raw, and only the last two, which are
+/// tokenized, get decoded.
 pub struct Fields<'a> {
     /// The fields other than Received, in order.
     list: Vec<Field<'a>>,
