@@ -98,7 +98,9 @@ def main():
 
     cache = os.environ.get("MXGATE_RULES_CACHE", "/var/tmp/mxgate-rules-cache")
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as cfg:
-        cfg.write(f'[rules]\ncache_dir = "{cache}"\n')
+        # Every sub-rule runs, those no scored rule reads too: SpamAssassin runs them all, and
+        # the comparison covers them.
+        cfg.write(f'[rules]\ncache_dir = "{cache}"\nskip_unreferenced = false\n')
     rules = [
         json.loads(l)
         for l in subprocess.run(

@@ -333,6 +333,11 @@ pub struct Rules {
     /// links, and the copies of a campaign, which differ only in their headers. About 50 bytes
     /// a text. 0 scans every text.
     pub text_cache: usize,
+    /// Leave out the sub-rules (`__` rules) that no rule with a score reads, directly or
+    /// through metas: Debian's ruleset has about 150 (left behind when their metas were
+    /// retired or scored 0), and their hits cannot change a verdict. `false` runs them too,
+    /// which `mxgate scan --hits` then lists (the SpamAssassin parity check does so).
+    pub skip_unreferenced: bool,
 }
 
 /// The default `[rules] text_cache`: 65,536 texts, a few MB a shard.
@@ -373,6 +378,7 @@ impl Default for Rules {
             offload_above: 64 * 1024,
             batch: 16,
             text_cache: TEXT_CACHE,
+            skip_unreferenced: true,
         }
     }
 }

@@ -904,6 +904,7 @@ fn build_rules(
             _ => 0,
         },
         text_cache: cfg.rules.text_cache,
+        skip_unreferenced: cfg.rules.skip_unreferenced,
     };
     let engine = rules::Engine::build(set, &opts)?;
     let s = &engine.stats;

@@ -562,11 +562,16 @@ pub fn rules_lint(paths: &[PathBuf]) -> anyhow::Result<bool> {
 }
 
 /// `mxgate rules list`: one JSON object per rule: name, type, how it runs, score, whether
-/// mxgate implements everything it depends on, file and line.
-pub fn rules_list(paths: &[PathBuf]) -> anyhow::Result<()> {
+/// mxgate implements everything it depends on, file and line; `skip_unreferenced` as in
+/// `[rules]`.
+pub fn rules_list(paths: &[PathBuf], skip_unreferenced: bool) -> anyhow::Result<()> {
     use mxgate_scanners::rules;
     use std::io::Write as _;
-    let engine = rules::Engine::build(rules::load_paths(paths), &rules::Options::default())?;
+    let opts = rules::Options {
+        skip_unreferenced,
+        ..rules::Options::default()
+    };
+    let engine = rules::Engine::build(rules::load_paths(paths), &opts)?;
     let mut out = std::io::stdout().lock();
     for (i, r) in engine.set.rules.iter().enumerate() {
         let v = serde_json::json!({
@@ -713,12 +718,14 @@ const SLOWEST_COMPILES: usize = 10;
 
 /// `mxgate rules stats`: rules by type, how each regex rule runs, eval functions not
 /// implemented, compile time and database size; databases loaded from and saved to
-/// `cache_dir` when given; `confirm_only` and `prefilter_chunk` as in `[rules]`.
+/// `cache_dir` when given; `confirm_only`, `prefilter_chunk` and `skip_unreferenced` as in
+/// `[rules]`.
 pub fn rules_stats(
     paths: &[PathBuf],
     cache_dir: Option<PathBuf>,
     confirm_only: Vec<String>,
     prefilter_chunk: usize,
+    skip_unreferenced: bool,
     layout: &str,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -733,6 +740,7 @@ pub fn rules_stats(
         cache_dir,
         confirm_only,
         prefilter_chunk,
+        skip_unreferenced,
         ..rules::Options::default()
     };
     let started = Instant::now();
@@ -748,6 +756,7 @@ pub fn rules_stats(
         "eval_not_implemented": s.eval_unimplemented,
         "eval_native": s.eval_native,
         "disabled_score_0": s.disabled,
+        "unreferenced_subrules": s.unreferenced,
         "databases": s.databases,
         "database_bytes": s.database_bytes,
         "layout": layout,
@@ -791,6 +800,10 @@ pub fn rules_stats(
         s.eval_native
     );
     println!("rules not run (score 0): {}", s.disabled);
+    println!(
+        "sub-rules not run (no scored rule reads them): {}",
+        s.unreferenced
+    );
     println!(
         "{} databases ({} layout), {:.1} MiB, built in {:.2} s ({})",
         s.databases,

@@ -530,7 +530,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     Ok(())
                 }
-                RulesCmd::List { rules, config } => tools::rules_list(&paths(rules, config)?),
+                RulesCmd::List { rules, config } => {
+                    let cfg = settings::load(config.as_deref(), &Overrides::default())?;
+                    tools::rules_list(&paths(rules, config)?, cfg.rules.skip_unreferenced)
+                }
                 RulesCmd::Stats {
                     rules,
                     config,
@@ -550,6 +553,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         cache_dir,
                         cfg.rules.confirm_only,
                         cfg.rules.prefilter_chunk,
+                        cfg.rules.skip_unreferenced,
                         &layout,
                         json,
                     )

@@ -73,6 +73,9 @@ pub struct Options {
     /// Most texts (body paragraphs, URIs, rawbody chunks) whose hits a [`Scratch`] keeps, so
     /// that a text seen again is not scanned again (`[rules] text_cache`); 0 keeps none.
     pub text_cache: usize,
+    /// Leave out the sub-rules (`__` rules) that no rule with a score reads, directly or
+    /// through metas (`[rules] skip_unreferenced`): their hits cannot change a verdict.
+    pub skip_unreferenced: bool,
 }
 
 impl Default for Options {
@@ -86,6 +89,7 @@ impl Default for Options {
             prefilter_chunk: mxgate_core::config::PREFILTER_CHUNK,
             startup_chunk: 0,
             text_cache: mxgate_core::config::TEXT_CACHE,
+            skip_unreferenced: true,
         }
     }
 }
@@ -107,6 +111,9 @@ pub enum Mode {
     Eval,
     /// Score 0 in the chosen set: not run, as SpamAssassin does.
     Disabled,
+    /// A sub-rule no scored rule reads (directly or through metas): not run
+    /// ([`Options::skip_unreferenced`]).
+    Unreferenced,
 }
 
 impl Mode {
@@ -123,6 +130,7 @@ impl Mode {
             Mode::Meta,
             Mode::Eval,
             Mode::Disabled,
+            Mode::Unreferenced,
         ]
         .into_iter()
         .find(|m| m.as_u8() == v)
@@ -317,6 +325,8 @@ pub struct BuildStats {
     pub eval_functions: Vec<(String, usize)>,
     /// Rules not run because their score in the chosen set is 0.
     pub disabled: usize,
+    /// Sub-rules not run because no scored rule reads them ([`Options::skip_unreferenced`]).
+    pub unreferenced: usize,
     /// Databases.
     pub databases: usize,
     /// Total serialized database size.
@@ -781,8 +791,27 @@ impl Engine {
             })
             .collect();
         let native: HashSet<usize> = calls.iter().map(|(i, _)| *i).collect();
+        let explicit_zero =
+            |r: &Rule| !r.is_subrule() && r.scores.is_some() && r.score(set_ix) == 0.0;
+        let referenced = opts.skip_unreferenced.then(|| {
+            // Network evals stay: a `check_rbl` sub-rule starts the lookups that its set's
+            // `check_rbl_sub` rules read, by set name rather than through a meta.
+            let net: HashSet<usize> = calls
+                .iter()
+                .filter(|(_, c)| c.is_net())
+                .map(|(i, _)| *i)
+                .collect();
+            referenced_rules(
+                &set,
+                &|i| {
+                    let r = &set.rules[i];
+                    (!r.is_subrule() && !explicit_zero(r)) || net.contains(&i)
+                },
+                &|i| explicit_zero(&set.rules[i]),
+            )
+        });
         for (ri, r) in set.rules.iter().enumerate() {
-            let explicit_zero = !r.is_subrule() && r.scores.is_some() && r.score(set_ix) == 0.0;
+            let explicit_zero = explicit_zero(r);
             let (input, regex) = match &r.test {
                 Test::Header(h) => (Some(Input::Header(h.request.clone())), h.regex.as_ref()),
                 Test::MimeHeader(h) => {
@@ -804,6 +833,8 @@ impl Engine {
             let regex_only = !matches!(r.test, Test::Meta(_) | Test::Eval(_));
             let mode = if explicit_zero || (opts.evals_only && regex_only) {
                 Mode::Disabled
+            } else if referenced.as_ref().is_some_and(|live| !live[ri]) {
+                Mode::Unreferenced
             } else {
                 match &r.test {
                     Test::Meta(_) => Mode::Meta,
@@ -813,7 +844,7 @@ impl Engine {
                     _ => Mode::Hyperscan,
                 }
             };
-            let input = if mode == Mode::Disabled {
+            let input = if matches!(mode, Mode::Disabled | Mode::Unreferenced) {
                 None
             } else {
                 input.map(|i| {
@@ -997,6 +1028,7 @@ impl Engine {
                 Mode::Eval if native.contains(&i) => stats.eval_native += 1,
                 Mode::Eval => stats.eval_unimplemented += 1,
                 Mode::Disabled => stats.disabled += 1,
+                Mode::Unreferenced => stats.unreferenced += 1,
                 _ => {}
             }
         }
@@ -1960,6 +1992,30 @@ fn count_matches(c: &Compiled, text: &[u8], cap: Option<u32>) -> u32 {
 }
 
 /// Rule order in which metas can be evaluated: each after the metas it uses.
+/// Which rules a verdict can depend on: the roots (`root(i)`) and every rule a meta among them
+/// reads, transitively; metas that are not run (`skip(i)`) read nothing.
+fn referenced_rules(
+    set: &RuleSet,
+    root: &dyn Fn(usize) -> bool,
+    skip: &dyn Fn(usize) -> bool,
+) -> Vec<bool> {
+    let mut live = vec![false; set.rules.len()];
+    let mut todo: Vec<usize> = (0..set.rules.len()).filter(|&i| root(i)).collect();
+    while let Some(i) = todo.pop() {
+        if std::mem::replace(&mut live[i], true) || skip(i) {
+            continue;
+        }
+        if let Test::Meta(e) = &set.rules[i].test {
+            todo.extend(
+                e.rule_names()
+                    .iter()
+                    .filter_map(|n| set.index.get(n).copied()),
+            );
+        }
+    }
+    live
+}
+
 fn meta_order(set: &RuleSet) -> Vec<usize> {
     let mut state = vec![0u8; set.rules.len()]; // 0 new, 1 visiting, 2 done
     let mut order = Vec::new();
@@ -3452,6 +3508,73 @@ Subject: x\n\nbody\n";
                 "VmFlags:{flags}"
             );
         }
+    }
+
+    /// A sub-rule that no scored rule reads, directly or through metas, is not run by default;
+    /// one a scored meta reads through another sub-rule is (one read only by a meta scored 0,
+    /// which is not run, is not), as is a network sub-rule (its set's
+    /// `check_rbl_sub` rules read its lookups by name). The score is the same either way, and
+    /// with `skip_unreferenced` off every sub-rule runs and hits.
+    #[test]
+    fn sub_rules_no_scored_rule_reads_are_not_run() {
+        let rules = "\
+body __DEAD /won/i
+body __DEEP /money/
+body __ONLY_ZERO /cash/
+meta __MIDDLE __DEEP
+meta LIVE __MIDDLE
+score LIVE 1.5
+meta GONE __ONLY_ZERO
+score GONE 0
+meta ALSO GONE || __MIDDLE
+score ALSO 0.5
+header __RBL eval:check_rbl('x', 'zone.example.')
+header RBL_SUB eval:check_rbl_sub('x', '127.0.0.2')
+";
+        let pruned = build(rules, &Options::default());
+        let all = build(
+            rules,
+            &Options {
+                skip_unreferenced: false,
+                ..Options::default()
+            },
+        );
+        let mode = |e: &Engine, n: &str| e.mode(e.set.index[n]);
+        for n in ["__DEAD", "__ONLY_ZERO"] {
+            assert_eq!(mode(&pruned, n), Mode::Unreferenced, "{n}");
+            assert_ne!(mode(&all, n), Mode::Unreferenced, "{n}");
+        }
+        assert_eq!(mode(&pruned, "GONE"), Mode::Disabled);
+        assert_eq!(mode(&pruned, "__DEEP"), Mode::Hyperscan);
+        assert_eq!(mode(&pruned, "__MIDDLE"), Mode::Meta);
+        assert_eq!(mode(&pruned, "__RBL"), Mode::Eval);
+        assert_eq!((pruned.stats.unreferenced, all.stats.unreferenced), (2, 0));
+        let scan = |e: &Engine| {
+            let m = Message::parse(bytes::Bytes::from(MSG));
+            let o = e.scan(&m, Envelope::default(), &mut e.scratch());
+            let mut hits: Vec<String> = o
+                .hits
+                .iter()
+                .map(|(i, _)| e.set.rules[*i].name.clone())
+                .collect();
+            hits.sort();
+            (o.score, hits)
+        };
+        let (p, a) = (scan(&pruned), scan(&all));
+        assert_eq!(p.0, 2.0);
+        assert_eq!(p.0, a.0);
+        assert_eq!(p.1, ["ALSO", "LIVE", "__DEEP", "__MIDDLE"]);
+        assert_eq!(
+            a.1,
+            [
+                "ALSO",
+                "LIVE",
+                "__DEAD",
+                "__DEEP",
+                "__MIDDLE",
+                "__ONLY_ZERO"
+            ]
+        );
     }
 
     /// A rule named in `confirm_only` runs on PCRE2 alone instead of behind its prefilter, and
