@@ -133,6 +133,15 @@ macro_rules! ip_private {
     };
 }
 
+/// Whether a text contains a literal, found with a searcher built once: `has!(t, " by ")`.
+macro_rules! has {
+    ($t:expr, $needle:literal) => {
+        mxgate_core::finder!($needle.as_bytes())
+            .find($t.as_bytes())
+            .is_some()
+    };
+}
+
 /// Sets fields of a parsed Received line from capture groups: `fill!(f, c; helo = 1, ip = 3)`.
 macro_rules! fill {
     ($f:expr, $c:expr; $($field:ident = $i:expr),* $(,)?) => {{
@@ -690,7 +699,7 @@ enum Step {
 
 /// How the handover was authenticated, from the MTAs' ways of saying it.
 fn authentication(s: &str) -> String {
-    if s.contains(" by ") {
+    if has!(s, " by ") {
         if let Some(c) = caps(
             re!(r"(?i) with ((?:ES|L|UTF8S|UTF8L)MTPS?A|ASMTP|HTTP[SU]?)(?: |;|$)"),
             s,
@@ -717,7 +726,7 @@ fn authentication(s: &str) -> String {
     ) {
         return c.s(1);
     }
-    if s.contains("authenticated")
+    if has!(s, "authenticated")
         && is(
             re!(r"^from .*?(?:\](?: \([^)]*\))?\)|\)\]) .*?\(.*?authenticated.*?\).*? by"),
             s,
@@ -735,7 +744,7 @@ fn authentication(s: &str) -> String {
     ) {
         return format!("GMX ({} / {})", c.s(4), c.s(3));
     }
-    if s.contains(" (authenticated as ")
+    if has!(s, " (authenticated as ")
         && is(
             re!(r"\) by .+ \(\d{1,2}\.\d\.\d{3}(?:\.\d{1,3})?\) \(authenticated as .+\) id "),
             s,
@@ -754,13 +763,13 @@ fn authentication(s: &str) -> String {
             format!("Postfix ({name})")
         };
     }
-    if is(re!(r"CommuniGate Pro (HTTP|SMTP|XIMSS|IMAP)"), s) && s.contains(" (account ") {
+    if is(re!(r"CommuniGate Pro (HTTP|SMTP|XIMSS|IMAP)"), s) && has!(s, " (account ") {
         return "Communigate".into();
     }
     if is(re!(r" with Microsoft Exchange Server HTTP-DAV\b"), s) {
         return "HTTP-DAV".into();
     }
-    if s.contains(" by ") {
+    if has!(s, " by ") {
         if let Some(c) = caps(re!(r"(?i) \(via (HTTP.?)\)(?: |;|$)"), s) {
             return c.s(1);
         }
@@ -808,7 +817,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             take!(c; ip = 1, by = 2);
         }
     }
-    if t.contains("aol.com") && t.contains("with HTTP (WebMailUI)") {
+    if has!(t, "aol.com") && has!(t, "with HTTP (WebMailUI)") {
         if let Some(c) = caps(
             re!(
                 r"(",
@@ -823,7 +832,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
         }
     }
 
-    if t.contains(" SMTPSVC") {
+    if has!(t, " SMTPSVC") {
         if let Some(c) = caps(
             re!(
                 r"^(\S*) \(\[(",
@@ -856,7 +865,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             f.id.clear();
             return Some(Enough);
         }
-    } else if t.contains("[XMail ") {
+    } else if has!(t, "[XMail ") {
         if let Some(c) = caps(
             re!(
                 r"^(\S+) \((\[?",
@@ -884,7 +893,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
         if let Some(c) = caps(re!(r"^\S+ \(\[(", ip_address!(), r"):\d+\]\) by (\S+) "), t) {
             take!(c; ip = 1, by = 2);
         }
-    } else if t.contains("Exim") {
+    } else if has!(t, "Exim") {
         if is(re!(r"\bwith local(?:-\S+)? "), t) {
             return Some(Skip);
         }
@@ -937,7 +946,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
                 return Some(Enough);
             }
         }
-    } else if t.contains(" (Postfix) with") {
+    } else if has!(t, " (Postfix) with") {
         if let Some(c) = caps(
             re!(r"^(\S+) \((\S+) \[(", ip_address!(), r")\]\) by (\S+) "),
             t,
@@ -960,11 +969,11 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             }
             return Some(Enough);
         }
-    } else if t.contains("(Scalix SMTP Relay") {
+    } else if has!(t, "(Scalix SMTP Relay") {
         if let Some(c) = caps(re!(r"^(\S+) \( ?(", ip_address!(), r")\) by (\S+)"), t) {
             take!(c; helo = 1, ip = 2, by = 3);
         }
-    } else if t.contains(" (Lotus Domino ") {
+    } else if has!(t, " (Lotus Domino ") {
         if let Some(c) = caps(
             re!(r"^(\S+) \(\[(", ip_address!(), r")\]\) by (\S+) \(Lotus"),
             t,
@@ -1262,7 +1271,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
         fill!(f, c; ip = 3, by = 4);
         return Some(Enough);
     }
-    if t.contains(" with http for ") {
+    if has!(t, " with http for ") {
         if let Some(c) = caps(
             re!(r"^\[(", ip_address!(), r")\] by (\S+) with http for "),
             t,
@@ -1270,7 +1279,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
             take!(c; ip = 1, by = 2);
         }
     }
-    if t.contains(" via smap ") {
+    if has!(t, " via smap ") {
         if let Some(c) = caps(
             re!(r"^(\S+)\((", ip_address!(), r")\) by (\S+) via smap "),
             t,
@@ -1288,12 +1297,12 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
     ) {
         take!(c; rdns = 1, ip = 2, helo = 3, by = 4; true);
     }
-    if t.contains(" (Post") {
+    if has!(t, " (Post") {
         if let Some(c) = caps(re!(r"^\[(", ip_address!(), r")\] by (\S+) \(Post"), t) {
             take!(c; ip = 1, by = 2);
         }
     }
-    if t.contains(" (ArGoSoft") {
+    if has!(t, " (ArGoSoft") {
         if let Some(c) = caps(re!(r"^\[(", ip_address!(), r")\] by (\S+) \(ArGoSoft"), t) {
             take!(c; ip = 1, by = 2);
         }
@@ -1304,7 +1313,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
     ) {
         take!(c; ip = 1, by = 2);
     }
-    if t.contains(" with BSMTP") && is(re!(r"^\S+ by \S+ with BSMTP"), t) {
+    if has!(t, " with BSMTP") && is(re!(r"^\S+ by \S+ with BSMTP"), t) {
         return Some(Skip);
     }
     if let Some(c) = caps(
@@ -1342,7 +1351,7 @@ fn from_line(t: &str, f: &mut Fields) -> Option<Step> {
     ) {
         take!(c; ip = 1, helo = 2, by = 3);
     }
-    if t.contains(" (CommuniGate Pro") {
+    if has!(t, " (CommuniGate Pro") {
         if let Some(c) = caps(
             re!(
                 r"^(\S+) \(\[(",
@@ -1567,12 +1576,17 @@ fn enough(f: Fields) -> Parsed {
     }
     let ip = ip.strip_prefix('[').unwrap_or(&ip).to_string();
     let mut ip = ip.strip_suffix(']').unwrap_or(&ip).to_string();
-    if let Some(c) = caps(re!(r"(?i)%[A-Z0-9._~-]*\z"), &ip) {
-        let n = c.s(0).len();
-        ip.truncate(ip.len() - n);
+    // (Each pattern needs a byte most addresses lack, looked for first.)
+    if ip.contains('%') {
+        if let Some(c) = caps(re!(r"(?i)%[A-Z0-9._~-]*\z"), &ip) {
+            let n = c.s(0).len();
+            ip.truncate(ip.len() - n);
+        }
     }
-    if let Some(c) = caps(re!(r"(?i)^0*:0*:(?:0*:)*ffff:(\d+\.\d+\.\d+\.\d+)$"), &ip) {
-        ip = c.s(1);
+    if ip.contains(':') {
+        if let Some(c) = caps(re!(r"(?i)^0*:0*:(?:0*:)*ffff:(\d+\.\d+\.\d+\.\d+)$"), &ip) {
+            ip = c.s(1);
+        }
     }
     let by = f.by.strip_suffix(';').unwrap_or(&f.by).to_string();
     let mut relay = Relay {
