@@ -791,7 +791,7 @@ impl Engine {
             })
             .collect();
         let native: HashSet<usize> = calls.iter().map(|(i, _)| *i).collect();
-        let explicit_zero =
+        let scored_zero =
             |r: &Rule| !r.is_subrule() && r.scores.is_some() && r.score(set_ix) == 0.0;
         let referenced = opts.skip_unreferenced.then(|| {
             // Network evals stay: a `check_rbl` sub-rule starts the lookups that its set's
@@ -805,13 +805,13 @@ impl Engine {
                 &set,
                 &|i| {
                     let r = &set.rules[i];
-                    (!r.is_subrule() && !explicit_zero(r)) || net.contains(&i)
+                    (!r.is_subrule() && !scored_zero(r)) || net.contains(&i)
                 },
-                &|i| explicit_zero(&set.rules[i]),
+                &|i| scored_zero(&set.rules[i]),
             )
         });
         for (ri, r) in set.rules.iter().enumerate() {
-            let explicit_zero = explicit_zero(r);
+            let explicit_zero = scored_zero(r);
             let (input, regex) = match &r.test {
                 Test::Header(h) => (Some(Input::Header(h.request.clone())), h.regex.as_ref()),
                 Test::MimeHeader(h) => {
@@ -1991,7 +1991,6 @@ fn count_matches(c: &Compiled, text: &[u8], cap: Option<u32>) -> u32 {
     c.pcre().map_or(1, |re| re.count(text, cap))
 }
 
-/// Rule order in which metas can be evaluated: each after the metas it uses.
 /// Which rules a verdict can depend on: the roots (`root(i)`) and every rule a meta among them
 /// reads, transitively; metas that are not run (`skip(i)`) read nothing.
 fn referenced_rules(
@@ -2016,6 +2015,7 @@ fn referenced_rules(
     live
 }
 
+/// Rule order in which metas can be evaluated: each after the metas it uses.
 fn meta_order(set: &RuleSet) -> Vec<usize> {
     let mut state = vec![0u8; set.rules.len()]; // 0 new, 1 visiting, 2 done
     let mut order = Vec::new();
