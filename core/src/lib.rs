@@ -101,6 +101,30 @@ pub fn for_each_word(s: &[u8], mut word: impl FnMut(usize, usize)) {
     for_each_word_by_bytes(s, &mut word);
 }
 
+/// Appends the words of `s` (split at `char::is_whitespace`) to `out`, one space between
+/// them, and one before the first when `out` is not empty. ASCII text, where that white space
+/// is [`is_space`], is split by [`for_each_word`], without decoding characters.
+pub fn squeeze_into(out: &mut String, s: &str) {
+    let mut word = |w: &str| {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(w);
+    };
+    if s.is_ascii() {
+        for_each_word(s.as_bytes(), |a, b| word(&s[a..b]));
+    } else {
+        s.split_whitespace().for_each(word);
+    }
+}
+
+/// The words of `s` (split at `char::is_whitespace`) joined by single spaces ([`squeeze_into`]).
+pub fn squeeze(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    squeeze_into(&mut out, s);
+    out
+}
+
 /// [`for_each_word`] byte by byte.
 fn for_each_word_by_bytes(s: &[u8], word: &mut impl FnMut(usize, usize)) {
     runs_by_bytes(s, |b| !is_space(b), word);
@@ -302,6 +326,29 @@ pub fn corpus_root() -> std::path::PathBuf {
 
 #[cfg(test)]
 mod tests {
+    /// ASCII text (every white-space byte, around 64-byte block edges) and text with
+    /// Unicode white space join as `split_whitespace` and `join` join them.
+    #[test]
+    fn squeezed_words_are_the_words_split_at_white_space() {
+        let mut texts: Vec<String> = super::random_bytes(b"ab.; \t\n\r\x0b\x0c[]", 150, 20_000)
+            .into_iter()
+            .map(|b| String::from_utf8(b).unwrap())
+            .collect();
+        texts.extend(["a\u{a0}b  c", "\u{2003}é\u{85}x ", "ü\u{2028}\u{2029}"].map(String::from));
+        for s in texts {
+            let want = s.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert_eq!(super::squeeze(&s), want, "{s:?}");
+            let mut after = String::from("x");
+            super::squeeze_into(&mut after, &s);
+            let joined = if want.is_empty() {
+                "x".to_string()
+            } else {
+                format!("x {want}")
+            };
+            assert_eq!(after, joined, "{s:?}");
+        }
+    }
+
     #[test]
     fn split_ascii_gives_the_pieces_str_split_gives() {
         for s in [

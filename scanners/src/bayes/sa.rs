@@ -669,25 +669,23 @@ fn relay_string(fields: &Fields<'_>) -> Vec<u8> {
     static FETCHMAIL: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new("fetchmail"));
     let mut out = String::new();
-    let mut joined: Vec<u8> = Vec::with_capacity(256);
-    for Received { name, raw, .. } in &fields.received {
+    let mut joined = String::with_capacity(256);
+    for Received { name, raw, text } in &fields.received {
         joined.clear();
-        // The words, split at Unicode's white space, joined by single spaces. In ASCII text
-        // that white space is Perl's `\s`, found 64 bytes at a time without decoding
-        // characters; the raw value has the decoded one's words (a Received value is only
-        // unfolded).
-        if raw.is_ascii() {
-            join_ascii_words(&mut joined, raw);
-        } else {
-            let v = view::decoded_value(name, raw);
-            let wide = utf8_lossy(&v);
-            join_words(
-                &mut joined,
-                wide.split(char::is_whitespace).map(str::as_bytes),
-            );
+        // The words, split at Unicode's white space, joined by single spaces. An ASCII raw
+        // value has the decoded one's words (a Received value is only unfolded).
+        let ascii = text.filter(|t| t.is_ascii()).or_else(|| {
+            raw.is_ascii()
+                .then(|| std::str::from_utf8(raw).unwrap_or_default())
+        });
+        match ascii {
+            Some(text) => mxgate_core::squeeze_into(&mut joined, text),
+            None => {
+                let v = view::decoded_value(name, raw);
+                mxgate_core::squeeze_into(&mut joined, &utf8_lossy(&v));
+            }
         }
-        // ASCII, or words of a `str` split at characters: valid UTF-8 either way.
-        let line = std::str::from_utf8(&joined).unwrap_or_default();
+        let line = joined.as_str();
         // A mail fetcher's marker restarts the parse: what came before was local delivery.
         if LOCALHOST.find(line.as_bytes()).is_some() && FETCHMAIL.find(line.as_bytes()).is_some() {
             out.clear();
@@ -714,26 +712,6 @@ fn relay_string(fields: &Fields<'_>) -> Vec<u8> {
         out.push_str(" ]");
     }
     out.into_bytes()
-}
-
-/// [`join_words`] of `v` split at ASCII white space, the words found 64 bytes at a time.
-fn join_ascii_words(line: &mut Vec<u8>, v: &[u8]) {
-    mxgate_core::for_each_word(v, |start, end| {
-        if !line.is_empty() {
-            line.push(b' ');
-        }
-        line.extend_from_slice(&v[start..end]);
-    });
-}
-
-/// Appends the non-empty `words` to `line`, one space between them.
-fn join_words<'a>(line: &mut Vec<u8>, words: impl Iterator<Item = &'a [u8]>) {
-    for w in words.filter(|w| !w.is_empty()) {
-        if !line.is_empty() {
-            line.push(b' ');
-        }
-        line.extend_from_slice(w);
-    }
 }
 
 /// The common Received forms: `from HELO (RDNS [IP])`, `from HELO (ident@RDNS [IP])`,
@@ -1983,16 +1961,6 @@ t\t2\t0\t1021543432\t00ad62ea5f\nt\t0\t1\t1029944878\t047e55ecef\ns\th\tabc@sa_g
                 tokenize_line(line, p, Region::Header, stop, &mut split);
             }
             assert_eq!(once, split, "{:?}", String::from_utf8_lossy(line));
-        }
-    }
-
-    #[test]
-    fn ascii_values_join_as_their_words_split_at_white_space() {
-        for v in crate::random_strings(b"ab.; \t\n\r\x0b\x0c[]", 30, 20_000) {
-            let (mut fast, mut split) = (Vec::new(), Vec::new());
-            join_ascii_words(&mut fast, v.as_bytes());
-            join_words(&mut split, v.as_bytes().split(|&b| is_space(b)));
-            assert_eq!(fast, split, "{v:?}");
         }
     }
 

@@ -2693,7 +2693,7 @@ pub fn header_value(h: &Headers, request: &str, env_from: Option<&str>) -> Optio
                     } else {
                         mxgate_core::mime::header::decode_words(x.as_bytes())
                     };
-                    let x = x.split_whitespace().collect::<Vec<_>>().join(" ");
+                    let x = mxgate_core::squeeze(&x);
                     let x = x
                         .strip_prefix('\'')
                         .and_then(|y| y.strip_suffix('\''))

@@ -415,7 +415,7 @@ impl Relays {
     fn squeezed(&self, h: &Headers) -> &str {
         self.cache
             .squeezed
-            .get_or_init(|| squeeze(self.received(h).unwrap_or_default()))
+            .get_or_init(|| mxgate_core::squeeze(self.received(h).unwrap_or_default()))
     }
 
     /// The pseudo-header for `X-Spam-Relays-<which>` (`Trusted`, `Untrusted`, `Internal`,
@@ -553,7 +553,7 @@ pub fn analyze_with(h: &Headers, handover: Option<&Handover<'_>>) -> Relays {
 /// `parse_received_line`.
 fn parse_line(raw: &str) -> Parsed {
     // Whitespace runs to one space, trimmed, trailing semicolons gone.
-    let mut s = squeeze(raw);
+    let mut s = mxgate_core::squeeze(raw);
     while let Some(t) = s.strip_suffix(';') {
         let kept = t.strip_suffix(' ').unwrap_or(t).len();
         s.truncate(kept);
@@ -1757,24 +1757,6 @@ fn get(h: &Headers, request: &str) -> Option<String> {
     super::engine::header_value(h, request, None).map(utf8_lossy_owned)
 }
 
-/// The words of `s` (split at `char::is_whitespace`) joined by single spaces.
-fn squeeze(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut word = |w: &str| {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(w);
-    };
-    if s.is_ascii() {
-        // In ASCII text that white space is `mxgate_core::is_space`, found 64 bytes at a time.
-        mxgate_core::for_each_word(s.as_bytes(), |a, b| word(&s[a..b]));
-    } else {
-        s.split_whitespace().for_each(word);
-    }
-    out
-}
-
 /// Runs a relay test; `env_from` is the envelope sender as the engine resolved it.
 pub fn run(test: Test, r: &Relays, h: &Headers, env_from: &str) -> bool {
     match test {
@@ -2037,7 +2019,7 @@ fn forged_yahoo(r: &Relays, h: &Headers) -> bool {
             rcvd = x;
         }
     }
-    let rcvd = squeeze(&rcvd);
+    let rcvd = mxgate_core::squeeze(&rcvd);
     if gated(r, h) {
         return false;
     }
