@@ -335,8 +335,11 @@ pub struct Rules {
     pub text_cache: usize,
     /// Leave out the sub-rules (`__` rules) that no rule with a score reads, directly or
     /// through metas: Debian's ruleset has about 150 (left behind when their metas were
-    /// retired or scored 0), and their hits cannot change a verdict. `false` runs them too,
-    /// which `mxgate scan --hits` then lists (the SpamAssassin parity check does so).
+    /// retired or scored 0), and their hits cannot change a verdict. And run the sub-rules
+    /// that go over every byte of every text on their confirming engine alone (15 in
+    /// Debian's ruleset) on a message only when a scored rule's value still depends on them
+    /// once the rest ran. `false` runs them all, which `mxgate scan --hits` then lists (the
+    /// SpamAssassin parity check does so).
     pub skip_unreferenced: bool,
 }
 

@@ -654,6 +654,7 @@ pub fn rules_profile(
                 "calls": r.cost.calls, "bytes": r.cost.bytes,
             })).collect::<Vec<_>>(),
             "text_cache": {"lookups": lookups, "found": found},
+            "lazy": {"rules": p.lazy.rules, "run": p.lazy.run},
             "loose_prefilters": loose.iter().map(|l| serde_json::json!({
                 "rule": l.rule, "confirmed": l.confirmed, "texts": l.texts,
             })).collect::<Vec<_>>(),
@@ -679,6 +680,14 @@ pub fn rules_profile(
         println!(
             "text cache: {found} of {lookups} texts seen before in their pass ({:.1} %), not scanned again",
             found as f64 * 100.0 / lookups as f64
+        );
+    }
+    if p.lazy.rules > 0 {
+        println!(
+            "lazy sub-rules: {} of {} run ({:.1} %), the rest not needed by any verdict",
+            p.lazy.run,
+            p.lazy.rules,
+            p.lazy.run as f64 * 100.0 / p.lazy.rules as f64
         );
     }
     println!("costliest parts (µs a message, calls a message):");
@@ -757,6 +766,7 @@ pub fn rules_stats(
         "eval_native": s.eval_native,
         "disabled_score_0": s.disabled,
         "unreferenced_subrules": s.unreferenced,
+        "lazy_subrules": s.lazy,
         "databases": s.databases,
         "database_bytes": s.database_bytes,
         "layout": layout,
@@ -790,7 +800,10 @@ pub fn rules_stats(
         "regex rules through Hyperscan PREFILTER + PCRE2 confirm: {}",
         s.prefilter
     );
-    println!("regex rules on PCRE2 alone: {}", s.pcre_only);
+    println!(
+        "regex rules on PCRE2 alone: {} ({} of them sub-rules run only when a verdict needs them)",
+        s.pcre_only, s.lazy
+    );
     println!(
         "eval and network rules not implemented (never hit): {}",
         s.eval_unimplemented

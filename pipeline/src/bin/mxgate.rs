@@ -55,7 +55,8 @@ enum Cmd {
         #[arg(long = "rules")]
         rules: Vec<PathBuf>,
         /// Add "hits": every rule that hit, sub-rules included, with its hit count (sub-rules
-        /// no scored rule reads run only with `[rules] skip_unreferenced = false`).
+        /// no scored rule reads, and those no verdict of the message needed, run only with
+        /// `[rules] skip_unreferenced = false`).
         #[arg(long)]
         hits: bool,
         /// Messages whose rules run together, each rule scope over all of them before the

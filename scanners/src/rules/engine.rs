@@ -17,6 +17,7 @@
 
 use mxgate_core::mime::decode::utf8_lossy;
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -74,7 +75,10 @@ pub struct Options {
     /// that a text seen again is not scanned again (`[rules] text_cache`); 0 keeps none.
     pub text_cache: usize,
     /// Leave out the sub-rules (`__` rules) that no rule with a score reads, directly or
-    /// through metas (`[rules] skip_unreferenced`): their hits cannot change a verdict.
+    /// through metas (`[rules] skip_unreferenced`): their hits cannot change a verdict. And
+    /// run the sub-rules a text input runs on their confirming engine alone (the costliest
+    /// kind: every byte of every text) on a message only when a scored rule's value still
+    /// depends on them once everything else ran ([`Lazy`]).
     pub skip_unreferenced: bool,
 }
 
@@ -327,6 +331,9 @@ pub struct BuildStats {
     pub disabled: usize,
     /// Sub-rules not run because no scored rule reads them ([`Options::skip_unreferenced`]).
     pub unreferenced: usize,
+    /// Of the rules on PCRE2 alone, the sub-rules run on a message only when a scored rule's
+    /// value still depends on them ([`Options::skip_unreferenced`]).
+    pub lazy: usize,
     /// Databases.
     pub databases: usize,
     /// Total serialized database size.
@@ -367,6 +374,154 @@ pub struct CompileTime {
     pub took: Duration,
 }
 
+/// The sub-rules a text input runs on their confirming engine alone, over every byte of every
+/// text (obfuscation-tolerant spellings, long form-field patterns): the costliest rules a
+/// scan runs, and most are read by a handful of metas that are false on most messages for
+/// other reasons. They run after everything else, and only those a scored rule's value still
+/// depends on: every meta they reach is evaluated over ranges ([`super::meta::Expr::
+/// eval_range`]), each lazy rule anywhere in its range (0 or 1, or up to its `maxhits`), the
+/// other rules at their values; a scored rule whose range is one point needs none of them.
+/// The scored rules' values, and so the score and the symbols, are what running every rule
+/// gives; a lazy rule not run counts as not hit, like the sub-rules no scored rule reads.
+#[derive(Default)]
+struct Lazy {
+    /// (input, rule, most it counts) of each lazy rule, in rule order.
+    rules: Vec<(usize, usize, f64)>,
+    /// The lazy rules by input.
+    by_input: Vec<(usize, Vec<usize>)>,
+    /// By rule: a lazy rule, or a meta one reaches.
+    tainted: Vec<bool>,
+    /// The metas one reaches, in evaluation order, each `&&` and `||` in their expressions
+    /// with an operand no lazy rule reaches first (it often settles the value alone).
+    metas: Vec<(usize, super::meta::Expr)>,
+    /// By rule: its position in `metas`, if there.
+    position: Vec<Option<u32>>,
+    /// The scored metas one reaches, each with the lazy rules it reaches.
+    roots: Vec<(usize, Box<[u32]>)>,
+}
+
+impl Lazy {
+    fn new(
+        set: &RuleSet,
+        rules: &[Compiled],
+        metas: &[(usize, super::meta::Expr)],
+        lazy: Vec<usize>,
+        score_set: usize,
+    ) -> Lazy {
+        let mut tainted = vec![false; rules.len()];
+        // By rule: the lazy rules it reaches.
+        let mut reach: Vec<Vec<u32>> = vec![Vec::new(); rules.len()];
+        let mut out = Lazy::default();
+        let mut position = vec![None; rules.len()];
+        for &r in &lazy {
+            tainted[r] = true;
+            reach[r] = vec![r as u32];
+            let tf = &set.rules[r].tflags;
+            let max = match (tf.multiple, tf.maxhits) {
+                (false, _) => 1.0,
+                (true, Some(n)) => f64::from(n),
+                (true, None) => f64::INFINITY,
+            };
+            let k = rules[r].input.expect("a text rule");
+            out.rules.push((k, r, max));
+            match out.by_input.iter_mut().find(|(i, _)| *i == k) {
+                Some((_, rs)) => rs.push(r),
+                None => out.by_input.push((k, vec![r])),
+            }
+        }
+        for (m, e) in metas {
+            let mut r: Vec<u32> = e
+                .rule_ids()
+                .iter()
+                .flat_map(|&d| reach[d].iter().copied())
+                .collect();
+            if r.is_empty() {
+                continue;
+            }
+            r.sort_unstable();
+            r.dedup();
+            tainted[*m] = true;
+            position[*m] = Some(out.metas.len() as u32);
+            out.metas.push((*m, settled_first(e, &tainted)));
+            let rule = &set.rules[*m];
+            if !rule.is_subrule() && rule.score(score_set) != 0.0 {
+                out.roots.push((*m, r.clone().into()));
+            }
+            reach[*m] = r;
+        }
+        out.tainted = tainted;
+        out.position = position;
+        out
+    }
+
+    /// The range of rule `d`'s value whatever the lazy rules give, the other rules at their
+    /// `counts`; `ranges` holds the lazy rules' and, once evaluated, the metas' (a meta not
+    /// yet evaluated holds [`UNEVALUATED`]). A meta read while it is being evaluated (a cycle,
+    /// which the ruleset does not have) is taken as unknown.
+    fn range(
+        &self,
+        d: usize,
+        counts: &[u32],
+        ranges: &[Cell<super::meta::Range>],
+    ) -> super::meta::Range {
+        if !self.tainted[d] {
+            let c = f64::from(counts[d]);
+            return (c, c);
+        }
+        let Some(p) = self.position[d] else {
+            return ranges[d].get(); // a lazy rule
+        };
+        let r = ranges[d].get();
+        if r != UNEVALUATED {
+            return r;
+        }
+        ranges[d].set((f64::NEG_INFINITY, f64::INFINITY));
+        let (lo, hi) = self.metas[p as usize]
+            .1
+            .eval_range(&|i| self.range(i, counts, ranges));
+        let r = if lo == 0.0 && hi == 0.0 {
+            (0.0, 0.0)
+        } else if lo > 0.0 || hi < 0.0 {
+            (1.0, 1.0)
+        } else {
+            (0.0, 1.0)
+        };
+        ranges[d].set(r);
+        r
+    }
+
+    /// Whether a lazy rule reads input `k`.
+    fn reads(&self, k: usize) -> bool {
+        self.by_input.iter().any(|&(i, _)| i == k)
+    }
+}
+
+/// The texts of one input [`Engine::texts_of`] built for one message and no context keeps.
+type OwnedTexts<'a> = Vec<Vec<Cow<'a, [u8]>>>;
+
+/// The range of a meta [`Lazy::range`] has not evaluated yet (no evaluation gives it).
+const UNEVALUATED: super::meta::Range = (f64::INFINITY, f64::NEG_INFINITY);
+
+/// `e` with the operands of each `&&` and `||` swapped where only the first reads a rule
+/// `pending` marks: the same value, and the operand read first is then the one known.
+fn settled_first(e: &super::meta::Expr, pending: &[bool]) -> super::meta::Expr {
+    use super::meta::{Expr, Op};
+    match e {
+        Expr::Not(a) => Expr::Not(Box::new(settled_first(a, pending))),
+        Expr::Neg(a) => Expr::Neg(Box::new(settled_first(a, pending))),
+        Expr::Bin(op, a, b) => {
+            let (a, b) = (settled_first(a, pending), settled_first(b, pending));
+            let reads = |e: &Expr| e.rule_ids().iter().any(|&i| pending[i]);
+            if matches!(op, Op::And | Op::Or) && reads(&a) && !reads(&b) {
+                Expr::Bin(*op, Box::new(b), Box::new(a))
+            } else {
+                Expr::Bin(*op, Box::new(a), Box::new(b))
+            }
+        }
+        e => e.clone(),
+    }
+}
+
 /// A compiled ruleset, shared read-only between threads.
 pub struct Engine {
     /// The rules.
@@ -376,6 +531,8 @@ pub struct Engine {
     input_rules: Vec<Vec<usize>>,
     /// Per input: its rules that run on PCRE2 alone (every text, no nomination).
     input_pcre_only: Vec<Vec<usize>>,
+    /// The sub-rules run after the rest, when a verdict needs them.
+    lazy: Lazy,
     groups: Vec<Group>,
     /// Per input: the groups that scan it.
     input_groups: Vec<Vec<usize>>,
@@ -426,6 +583,10 @@ pub struct Scratch {
     hits: Vec<TextHit>,
     /// What the text rules found in the texts seen last.
     text_cache: TextCache,
+    /// Each rule's range of values while the lazy sub-rules have not run ([`Lazy`]).
+    ranges: Vec<Cell<super::meta::Range>>,
+    /// The lazy sub-rules a message needs.
+    needed: Vec<bool>,
     /// The texts of a text input not found in `text_cache`, each scanned once.
     pending: Pending,
 }
@@ -491,6 +652,19 @@ pub struct Profile {
     pub context: [Cost; Part::ALL.len()],
     /// Meta rules and the outcome.
     pub metas: Cost,
+    /// The lazy sub-rules ([`Options::skip_unreferenced`]).
+    pub lazy: LazyCost,
+}
+
+/// What the lazy sub-rules cost and saved, summed over a profile's messages.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LazyCost {
+    /// Deciding which ones a message needs, and the metas evaluated again after them.
+    pub ranges: Cost,
+    /// Lazy rules the messages had (rules × messages).
+    pub rules: u64,
+    /// Of those, the ones run.
+    pub run: u64,
 }
 
 /// A text the rules read, built once a message: the parts of [`Profile::context`].
@@ -999,11 +1173,20 @@ impl Engine {
 
         let mut input_rules = vec![Vec::new(); inputs.len()];
         let mut input_pcre_only = vec![Vec::new(); inputs.len()];
+        let mut lazy_rules = Vec::new();
         for (i, c) in rules.iter().enumerate() {
             if let Some(k) = c.input {
                 input_rules[k].push(i);
                 if c.mode == Mode::Pcre {
-                    input_pcre_only[k].push(i);
+                    let texts = matches!(
+                        inputs[k],
+                        Input::Body | Input::Rawbody | Input::Uri | Input::Full
+                    );
+                    if opts.skip_unreferenced && texts && set.rules[i].is_subrule() {
+                        lazy_rules.push(i);
+                    } else {
+                        input_pcre_only[k].push(i);
+                    }
                 }
             }
         }
@@ -1097,6 +1280,8 @@ impl Engine {
                 _ => None,
             })
             .collect();
+        let lazy = Lazy::new(&set, &rules, &metas, lazy_rules, set_ix);
+        stats.lazy = lazy.rules.len();
         Ok(Engine {
             calls,
             set_zones,
@@ -1106,6 +1291,7 @@ impl Engine {
             inputs,
             input_rules,
             input_pcre_only,
+            lazy,
             groups,
             input_groups,
             layout: opts.layout,
@@ -1189,6 +1375,8 @@ impl Engine {
             batch: Vec::new(),
             hits: Vec::new(),
             text_cache: TextCache::new(self.text_cache),
+            ranges: vec![Cell::new((0.0, 0.0)); self.rules.len()],
+            needed: vec![false; self.rules.len()],
             pending: Pending::default(),
         }
     }
@@ -1208,6 +1396,9 @@ impl Engine {
         for (r, c) in p.confirm.iter().enumerate() {
             let how = match self.rules[r].mode {
                 Mode::Prefilter => "after a Hyperscan prefilter hit",
+                _ if self.lazy.tainted.get(r) == Some(&true) => {
+                    "alone, on every text, when a verdict needs it"
+                }
                 _ => "alone, on every text",
             };
             push("confirm", format!("{} ({how})", self.set.rules[r].name), *c);
@@ -1219,6 +1410,11 @@ impl Engine {
             push("context", part.label().to_string(), *c);
         }
         push("metas", "meta rules and the outcome".into(), p.metas);
+        push(
+            "metas",
+            "which lazy sub-rules a message needs, and the metas after them".into(),
+            p.lazy.ranges,
+        );
         rows.sort_by_key(|r| std::cmp::Reverse(r.cost.nanos));
         rows
     }
@@ -1363,7 +1559,10 @@ impl Engine {
             .iter()
             .map(|&(msg, env)| self.begin(msg, env, &mut scratch.profile))
             .collect();
-        for k in 0..self.inputs.len() {
+        // The texts of the inputs lazy rules read that no context keeps (rawbody chunks, the
+        // full message), by input then message, until the lazy rules have run.
+        let mut kept: Vec<Vec<OwnedTexts<'_>>> = vec![Vec::new(); self.inputs.len()];
+        for (k, keep) in kept.iter_mut().enumerate() {
             if self.input_rules[k].is_empty() || self.evals_only {
                 continue;
             }
@@ -1387,11 +1586,15 @@ impl Engine {
                 .map(|(ctx, o)| Engine::texts(k, &self.inputs, ctx, o))
                 .collect();
             self.run_texts(k, &texts, &mut batch, scratch);
+            drop(texts);
+            if self.lazy.reads(k) {
+                *keep = owned;
+            }
         }
         let mut out = Vec::with_capacity(msgs.len());
-        for (counts, ctx) in batch.iter_mut().zip(ctxs) {
+        for (m, (counts, ctx)) in batch.iter_mut().zip(ctxs).enumerate() {
             std::mem::swap(&mut scratch.counts, counts);
-            out.push(self.finish(ctx, scratch));
+            out.push(self.finish(ctx, &kept, m, scratch));
             std::mem::swap(&mut scratch.counts, counts);
         }
         scratch.batch = batch;
@@ -1460,7 +1663,7 @@ impl Engine {
         &self,
         k: usize,
         ctx: &mut Ctx<'a>,
-        owned: &mut Vec<Vec<Cow<'a, [u8]>>>,
+        owned: &mut OwnedTexts<'a>,
         profile: &mut Option<Box<Profile>>,
     ) {
         let msg = ctx.msg;
@@ -1505,8 +1708,15 @@ impl Engine {
         }
     }
 
-    /// The eval rules, the metas and the outcome of a message whose inputs have all run.
-    fn finish(&self, mut ctx: Ctx<'_>, scratch: &mut Scratch) -> Outcome {
+    /// The eval rules, the metas and the outcome of a message (`m` of its batch) whose inputs
+    /// have all run (`kept`: the texts [`Engine::scan_batch`] kept for the lazy rules).
+    fn finish(
+        &self,
+        mut ctx: Ctx<'_>,
+        kept: &[Vec<OwnedTexts<'_>>],
+        m: usize,
+        scratch: &mut Scratch,
+    ) -> Outcome {
         let msg = ctx.msg;
         if !self.calls.is_empty() {
             let env_from = ctx.env_from().to_string();
@@ -1561,9 +1771,18 @@ impl Engine {
                 scratch.counts[*i] = evals::eval(call, &input);
                 note(&mut scratch.profile, t, 0, |p| &mut p.evals[*i]);
             }
+            // The lazy rules may read the body lines and the URIs again.
+            let evals::EvalInput { body, uris, .. } = input;
+            ctx.body = body.into_inner();
+            ctx.uris = uris.into_inner();
         }
         let metas = clock(&scratch.profile);
         self.eval_metas(scratch);
+        note(&mut scratch.profile, metas, 0, |p| &mut p.metas);
+        if !self.lazy.roots.is_empty() {
+            self.run_lazy(&mut ctx, kept, m, scratch);
+        }
+        let outcome = clock(&scratch.profile);
         if let Some(keep) = &self.evals_only_keep {
             for (c, k) in scratch.counts.iter_mut().zip(keep) {
                 if !k {
@@ -1578,8 +1797,143 @@ impl Engine {
                 out.score += self.set.rules[i].score(self.score_set);
             }
         }
-        note(&mut scratch.profile, metas, 0, |p| &mut p.metas);
+        if let (Some(p), Some(t)) = (scratch.profile.as_deref_mut(), outcome) {
+            p.metas.nanos += t.elapsed().as_nanos() as u64;
+        }
         out
+    }
+
+    /// The lazy rules a scored rule's value still depends on, run over their texts, and the
+    /// metas they change evaluated again. Called after [`Engine::eval_metas`] evaluated every
+    /// meta with the lazy rules at 0, which is then exact for every meta no lazy rule reaches.
+    fn run_lazy(
+        &self,
+        ctx: &mut Ctx<'_>,
+        kept: &[Vec<OwnedTexts<'_>>],
+        m: usize,
+        scratch: &mut Scratch,
+    ) {
+        let started = clock(&scratch.profile);
+        let lazy = &self.lazy;
+        let Scratch {
+            counts,
+            ranges,
+            needed,
+            ..
+        } = scratch;
+        // What the scored metas a lazy rule reaches can be, whatever the lazy rules give; the
+        // metas they read evaluated when first read.
+        for &(_, r, max) in &lazy.rules {
+            ranges[r].set((0.0, max));
+        }
+        for (meta, _) in &lazy.metas {
+            ranges[*meta].set(UNEVALUATED);
+        }
+        let mut any = false;
+        for (root, reads) in &lazy.roots {
+            let (lo, hi) = lazy.range(*root, counts, ranges);
+            if lo != hi {
+                for &r in reads.iter() {
+                    needed[r as usize] = true;
+                }
+                any = true;
+            }
+        }
+        if let Some(p) = scratch.profile.as_deref_mut() {
+            p.lazy.rules += lazy.rules.len() as u64;
+        }
+        note(&mut scratch.profile, started, 0, |p| &mut p.lazy.ranges);
+        if !any {
+            return;
+        }
+        let mut hit = false;
+        let mut todo = Vec::new();
+        for (k, rules) in &lazy.by_input {
+            todo.clear();
+            todo.extend(
+                rules
+                    .iter()
+                    .filter(|&&r| std::mem::take(&mut scratch.needed[r])),
+            );
+            if todo.is_empty() {
+                continue;
+            }
+            if let Some(p) = scratch.profile.as_deref_mut() {
+                p.lazy.run += todo.len() as u64;
+            }
+            let owned = kept[*k].get(m).map_or(&[][..], Vec::as_slice);
+            let texts = Engine::texts(*k, &self.inputs, ctx, owned);
+            hit |= self.run_lazy_rules(*k, &todo, &texts, scratch);
+        }
+        if hit {
+            let t = clock(&scratch.profile);
+            let counts = &mut scratch.counts;
+            for (meta, e) in &lazy.metas {
+                counts[*meta] = u32::from(e.eval(&|d| counts[d] as f64) != 0.0);
+            }
+            note(&mut scratch.profile, t, 0, |p| &mut p.lazy.ranges);
+        }
+    }
+
+    /// Lazy rules `todo` over the texts of input `k`, counted into `scratch.counts` one text at
+    /// a time as [`Engine::run_texts`] counts them; whether any hit. With the text cache on,
+    /// each text's results are kept under a key of their own, beside the text's other hits,
+    /// and a rule's result there is not computed again.
+    fn run_lazy_rules(
+        &self,
+        k: usize,
+        todo: &[usize],
+        texts: &[&[u8]],
+        scratch: &mut Scratch,
+    ) -> bool {
+        let body = self.inputs[k] == Input::Body;
+        let cached = scratch.text_cache.enabled() && self.inputs[k] != Input::Full;
+        let mut entry: Vec<(u32, u32)> = Vec::new();
+        for (line, text) in texts.iter().enumerate() {
+            let key =
+                cached.then(|| TextCache::key(self.inputs.len() + k, body && line == 0, text));
+            entry.clear();
+            if let Some(seen) = key.and_then(|key| scratch.text_cache.get(key)) {
+                entry.extend_from_slice(seen);
+            }
+            let known = entry.len();
+            for &r in todo {
+                let tf = &self.set.rules[r].tflags;
+                let count = scratch.counts[r];
+                if (body && line == 0 && tf.nosubject)
+                    || (count > 0 && (!tf.multiple || tf.maxhits.is_some_and(|max| count >= max)))
+                {
+                    continue;
+                }
+                let n = match entry[..known].iter().find(|h| h.0 == r as u32) {
+                    Some(&(_, n)) => n,
+                    None => {
+                        let clk = self.confirm_clock(r, true, &scratch.profile);
+                        let n = if !self.matches(r, text, true) {
+                            0
+                        } else if tf.multiple {
+                            count_matches(&self.rules[r], text, tf.maxhits).max(1)
+                        } else {
+                            1
+                        };
+                        note(&mut scratch.profile, clk, text.len(), |p| &mut p.confirm[r]);
+                        entry.push((r as u32, n));
+                        n
+                    }
+                };
+                if n > 0 {
+                    scratch.counts[r] = if tf.multiple {
+                        tf.maxhits.map_or(count + n, |max| (count + n).min(max))
+                    } else {
+                        1
+                    };
+                }
+            }
+            if let (Some(key), true) = (key, entry.len() > known) {
+                scratch.text_cache.insert(key, entry.as_slice().into());
+            }
+        }
+        todo.iter().any(|&r| scratch.counts[r] > 0)
     }
 
     /// A clock for confirming rule `r` on a text (when profiling): PCRE2 or `regex` runs for a
@@ -3579,6 +3933,78 @@ header RBL_SUB eval:check_rbl_sub('x', '127.0.0.2')
 
     /// A rule named in `confirm_only` runs on PCRE2 alone instead of behind its prefilter, and
     /// hits as before; a rule Hyperscan takes as written stays on Hyperscan.
+    #[test]
+    fn lazy_sub_rules_run_only_when_a_verdict_needs_them() {
+        // `__WON` and `__CASH` run on PCRE2 alone (`confirm_only`), so they are lazy.
+        let rules = "\
+header __FROM_X From =~ /x\\.example/
+body __WON /won(?=\\s)/i
+body __CASH /cash(?=!)/
+tflags __CASH multiple maxhits=3
+meta NEEDS_FROM __FROM_X && __WON
+meta COUNTED __CASH > 2
+score NEEDS_FROM 1.5
+score COUNTED 2.0
+";
+        let opts = |skip_unreferenced: bool, text_cache: usize| Options {
+            confirm_only: vec!["__WON".into(), "__CASH".into()],
+            skip_unreferenced,
+            text_cache,
+            ..Options::default()
+        };
+        let msg = |from: &str| {
+            format!("From: a@{from}\r\nSubject: s\r\n\r\nyou won cash! cash! cash! cash!\r\n")
+        };
+        for cache in [0, 64] {
+            let (lazy, every) = (
+                build(rules, &opts(true, cache)),
+                build(rules, &opts(false, cache)),
+            );
+            assert_eq!(lazy.mode(lazy.set.index["__WON"]), Mode::Pcre);
+            let mut scratch = lazy.scratch();
+            scratch.enable_profile();
+            let scan = |e: &Engine, from: &str, s: &mut Scratch| {
+                let m = Message::parse(bytes::Bytes::from(msg(from)));
+                let o = e.scan(&m, Envelope::default(), s);
+                let hits: Vec<String> = o
+                    .hits
+                    .iter()
+                    .map(|(i, c)| format!("{}={c}", e.set.rules[*i].name))
+                    .collect();
+                (o.score, hits)
+            };
+            // The From rule is false: nothing scored reads `__WON` then, and it does not run.
+            // `COUNTED` needs `__CASH` whatever else is known.
+            for _ in 0..2 {
+                let (score, hits) = scan(&lazy, "y.example", &mut scratch);
+                assert_eq!(score, 2.0);
+                assert_eq!(hits, ["__CASH=3", "COUNTED=1"], "cache {cache}");
+                let (all_score, all_hits) = scan(&every, "y.example", &mut every.scratch());
+                assert_eq!(all_score, score);
+                assert_eq!(all_hits, ["__WON=1", "__CASH=3", "COUNTED=1"]);
+            }
+            let p = scratch.profile().unwrap().lazy;
+            assert_eq!((p.rules, p.run), (4, 2));
+            // The From rule is true: `__WON` decides `NEEDS_FROM`, and runs.
+            let (score, hits) = scan(&lazy, "x.example", &mut scratch);
+            assert_eq!(score, 3.5);
+            assert_eq!(
+                hits,
+                [
+                    "__FROM_X=1",
+                    "__WON=1",
+                    "__CASH=3",
+                    "NEEDS_FROM=1",
+                    "COUNTED=1"
+                ]
+            );
+            assert_eq!(
+                scan(&every, "x.example", &mut every.scratch()),
+                (score, hits)
+            );
+        }
+    }
+
     #[test]
     fn confirm_only_rules_skip_the_prefilter() {
         let rules = format!("{RULES}body LOOK2 /cash(?= now)/\n");
