@@ -177,6 +177,8 @@ struct Compiled {
     input: Option<usize>,
     translated: Option<Translated>,
     pcre: OnceLock<Option<Matcher>>,
+    /// What counts its matches when it is a `multiple` rule on PCRE2 ([`regex::counter`]).
+    counter: OnceLock<Option<::regex::bytes::Regex>>,
     /// Whether the pattern matches the `if-unset` text (or the empty string): the value a
     /// header rule takes when its header is missing, the same for every message.
     unset_match: OnceLock<bool>,
@@ -239,6 +241,27 @@ impl Compiled {
     fn pcre(&self) -> Option<&Matcher> {
         self.pcre
             .get_or_init(|| self.translated.as_ref().and_then(|t| pcre(t).ok()))
+            .as_ref()
+    }
+
+    /// Its non-overlapping matches in `text`, at most `cap` (1 without a matcher).
+    fn count(&self, text: &[u8], cap: Option<u32>) -> u32 {
+        match self.counter() {
+            Some(r) => {
+                let cap = cap.unwrap_or(u32::MAX) as usize;
+                r.find_iter(text).take(cap).count() as u32
+            }
+            None => self.pcre().map_or(1, |m| m.count(text, cap)),
+        }
+    }
+
+    /// The `regex` matcher that counts for PCRE2, where one counts alike.
+    fn counter(&self) -> Option<&::regex::bytes::Regex> {
+        self.counter
+            .get_or_init(|| match (self.pcre(), &self.translated) {
+                (Some(Matcher::Pcre(_)), Some(t)) => super::regex::counter(t),
+                _ => None,
+            })
             .as_ref()
     }
 }
@@ -1035,6 +1058,7 @@ impl Engine {
                 input,
                 translated,
                 pcre: OnceLock::new(),
+                counter: OnceLock::new(),
                 unset_match: OnceLock::new(),
                 hs_expr: OnceLock::new(),
             });
@@ -1337,7 +1361,7 @@ impl Engine {
     /// otherwise compile on first use: a message that needs one of the big ones first waits
     /// for its compile (hundreds of milliseconds for the replace-tag patterns).
     pub fn warm_matchers(&self) {
-        let needed: Vec<&Compiled> = self
+        let needed: Vec<(&Compiled, bool)> = self
             .set
             .rules
             .iter()
@@ -1347,10 +1371,13 @@ impl Engine {
                     || (c.mode == Mode::Hyperscan
                         && (r.tflags.multiple || header_test(r).is_some()))
             })
-            .map(|(_, c)| c)
+            .map(|(r, c)| (c, r.tflags.multiple))
             .collect();
-        on_every_core(needed, |c| {
+        on_every_core(needed, |(c, multiple)| {
             let _ = c.pcre();
+            if multiple {
+                let _ = c.counter();
+            }
         });
     }
 
@@ -2342,7 +2369,7 @@ fn header_test(r: &Rule) -> Option<&HeaderTest> {
 }
 
 fn count_matches(c: &Compiled, text: &[u8], cap: Option<u32>) -> u32 {
-    c.pcre().map_or(1, |re| re.count(text, cap))
+    c.count(text, cap)
 }
 
 /// Which rules a verdict can depend on: the roots (`root(i)`) and every rule a meta among them

@@ -508,6 +508,9 @@ impl Matcher {
 /// 30 % slower than `regex` above 1,000 bytes; 200 is a few per cent better still, 0 no better.
 pub const BIG_PATTERN: usize = 200;
 
+/// Perl's `$` without `/m` in `regex`'s spelling: at the end, or before a final newline.
+const PERL_DOLLAR: &str = "(?:\n?\\z)";
+
 /// The pattern as Rust's `regex` reads it, when the spelling can be kept: Perl's `$` (without
 /// `/m`: at the end or before a final newline) becomes `(?:\n?\z)`, the same for deciding
 /// whether a text matches. `None` for constructs whose meaning differs (`&&`, `--`, `~~` are set
@@ -545,12 +548,40 @@ fn for_rust_regex(t: &Translated) -> Option<String> {
                 i = open_class(b, i, &mut out, "\\]");
                 continue;
             }
-            b'$' if !t.multiline => out.push_str("(?:\n?\\z)"),
+            b'$' if !t.multiline => out.push_str(PERL_DOLLAR),
             _ => out.push(c as char),
         }
         i += 1;
     }
     Some(out)
+}
+
+/// A `regex` matcher that counts a pattern's matches as PCRE2 counts them (`tflags multiple`),
+/// when one can: PCRE2 pays a call into its JIT, with its match data, for every match, where
+/// `regex` goes from one match to the next through its literal prefilters (the ruleset counts
+/// every `e` of a body, up to 230, and every e-like letter, up to 320). Both take the leftmost match with Perl's
+/// priorities and go on after its end, so they find the same matches. `None` where they could
+/// step differently: a pattern that can match the empty string (Perl then forbids an empty
+/// match where the last one ended, `regex` moves on a byte) and a Perl `$` without `/m`
+/// (rewritten to take the final newline, so its match ends one byte later).
+pub fn counter(t: &Translated) -> Option<regex::bytes::Regex> {
+    let e = for_rust_regex(t)?;
+    if !t.multiline && e.contains(PERL_DOLLAR) {
+        return None;
+    }
+    let hir = regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .case_insensitive(t.caseless)
+        .multi_line(t.multiline)
+        .dot_matches_new_line(t.dotall)
+        .build()
+        .parse(&e)
+        .ok()?;
+    if hir.properties().minimum_len().is_none_or(|n| n == 0) {
+        return None;
+    }
+    rust_regex(&e, t).ok()
 }
 
 fn rust_regex(expr: &str, t: &Translated) -> Result<regex::bytes::Regex, regex::Error> {
@@ -595,6 +626,66 @@ pub fn pcre(t: &Translated) -> Result<Matcher, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `regex` counter finds PCRE2's matches: the same count over random texts for
+    /// patterns whose leftmost-first and leftmost-longest matches differ, lazy and greedy
+    /// repeats, `/i` and `/m` anchors, multi-byte alternatives; and none for patterns where the
+    /// two could step differently.
+    #[test]
+    fn the_counter_counts_as_pcre2_counts() {
+        use rand::{Rng, SeedableRng};
+        let patterns = [
+            ("a|aba", ""),
+            ("ab*?", ""),
+            ("(?:e|\\xc3[\\xa8\\xa9])", ""),
+            ("^[^>].*?<a href=", "im"),
+            ("e", ""),
+            ("\\bab\\b", "i"),
+            ("b.{0,2}a", "s"),
+            ("^a+", "m"),
+            ("a+$", "m"),
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let alphabet: &[&[u8]] = &[
+            b"a",
+            b"b",
+            b"A",
+            b"e",
+            b" ",
+            b"\n",
+            b"<a href=",
+            b">",
+            b"\xc3\xa8",
+        ];
+        for (p, flags) in patterns {
+            let t = translate(p, flags);
+            let counter = counter(&t).unwrap_or_else(|| panic!("{p}: a counter"));
+            let Ok(Matcher::Pcre(_)) = pcre(&t) else {
+                panic!("{p}: PCRE2 takes it")
+            };
+            let pcre = pcre(&t).unwrap();
+            for _ in 0..2_000 {
+                let text: Vec<u8> = (0..rng.gen_range(0..40))
+                    .flat_map(|_| alphabet[rng.gen_range(0..alphabet.len())].iter().copied())
+                    .collect();
+                for cap in [None, Some(2)] {
+                    let ours = counter
+                        .find_iter(&text)
+                        .take(cap.unwrap_or(u32::MAX) as usize)
+                        .count() as u32;
+                    assert_eq!(
+                        ours,
+                        pcre.count(&text, cap),
+                        "{p} over {:?}",
+                        String::from_utf8_lossy(&text)
+                    );
+                }
+            }
+        }
+        for (p, flags) in [("a*", ""), ("(?:x|)", ""), ("a$", ""), ("a(?=b)", "")] {
+            assert!(counter(&translate(p, flags)).is_none(), "{p}");
+        }
+    }
 
     #[test]
     fn high_bytes_become_escapes() {
