@@ -1791,35 +1791,76 @@ fn uppercase_percent(input: &EvalInput<'_>) -> f64 {
     });
     let (mut len, mut lower, mut upper) = (0usize, 0usize, 0usize);
     for l in lines {
-        let line = utf8_lossy(l);
-        // `/\S\s+\S/`: an inner space.
-        let t = line.trim();
-        if !t.chars().any(char::is_whitespace) {
-            continue;
-        }
-        // Lingering base64 (`^(?:[A-Za-z0-9+/=]{60,76} ){2}`).
-        let b64 = |w: &str| {
-            (60..=76).contains(&w.len())
-                && w.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+        let counts = if l.is_ascii() {
+            ascii_case_counts(l)
+        } else {
+            case_counts(&utf8_lossy(l))
         };
-        let mut words = line.split(' ');
-        if let (Some(a), Some(b), Some(_)) = (words.next(), words.next(), words.next()) {
-            if b64(a) && b64(b) {
-                continue;
-            }
+        if let Some((chars, low, up)) = counts {
+            len += chars;
+            lower += low;
+            upper += up;
         }
-        len += line.chars().count();
-        lower += line
-            .bytes()
-            .filter(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            .count();
-        upper += line.bytes().filter(u8::is_ascii_uppercase).count();
     }
     if len < 200 || upper + lower == 0 {
         return 0.0;
     }
     upper as f64 / (upper + lower) as f64 * 100.0
+}
+
+/// [`uppercase_percent`]'s figures for a line: its length in characters, lower-case letters
+/// and digits, upper-case letters; `None` for a line it skips (no inner white space, or
+/// lingering base64: `^(?:[A-Za-z0-9+/=]{60,76} ){2}`).
+fn case_counts(line: &str) -> Option<(usize, usize, usize)> {
+    // `/\S\s+\S/`: an inner space.
+    if !line.trim().chars().any(char::is_whitespace) {
+        return None;
+    }
+    let b64 = |w: &str| {
+        (60..=76).contains(&w.len())
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+    };
+    let mut words = line.split(' ');
+    if let (Some(a), Some(b), Some(_)) = (words.next(), words.next(), words.next()) {
+        if b64(a) && b64(b) {
+            return None;
+        }
+    }
+    let lower = line
+        .bytes()
+        .filter(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        .count();
+    let upper = line.bytes().filter(u8::is_ascii_uppercase).count();
+    Some((line.chars().count(), lower, upper))
+}
+
+/// [`case_counts`] for an ASCII line, in one pass over its bytes.
+fn ascii_case_counts(l: &[u8]) -> Option<(usize, usize, usize)> {
+    // White space as `char::is_whitespace` has it in ASCII (`\x0b` included).
+    let space = |b: u8| matches!(b, b' ' | b'\t'..=b'\r');
+    let start = l.iter().position(|&b| !space(b))?;
+    let end = l.iter().rposition(|&b| !space(b))?;
+    if !l[start..end].iter().any(|&b| space(b)) {
+        return None;
+    }
+    let mut words = l.split(|&b| b == b' ');
+    let b64 = |w: &[u8]| {
+        (60..=76).contains(&w.len())
+            && w.iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+    };
+    if let (Some(a), Some(b), Some(_)) = (words.next(), words.next(), words.next()) {
+        if b64(a) && b64(b) {
+            return None;
+        }
+    }
+    let (mut lower, mut upper) = (0, 0);
+    for &b in l {
+        lower += usize::from(b.is_ascii_lowercase() || b.is_ascii_digit());
+        upper += usize::from(b.is_ascii_uppercase());
+    }
+    Some((l.len(), lower, upper))
 }
 
 /// HeaderEval's `check_outlook_message_id` (which, as written, reads the date of the whole
@@ -1988,35 +2029,35 @@ fn mime_stats(msg: &Message) -> MimeStats {
             continue;
         }
         let body = &msg.raw[p.body.start as usize..p.body.end as usize];
+        // Whole-part figures where SpamAssassin sums over lines: a line's length counts a CRLF
+        // as one byte, and `&#xHHHH;` never spans lines.
+        let crlf = std::cell::OnceCell::new();
+        let crlf = || *crlf.get_or_init(|| memchr::memmem::find_iter(body, b"\r\n").count());
         let mut bytes = (!cd.contains("attachment")).then_some(0usize);
-        for l in raw_lines(body) {
-            let len = line_len(l);
-            if alternative
-                && !cd.contains("attachment")
-                && (ctype == "text/plain" || ctype == "text/html")
-            {
-                if let Some(b) = bytes.as_mut() {
-                    *b += len;
+        if alternative && (ctype == "text/plain" || ctype == "text/html") {
+            if let Some(b) = bytes.as_mut() {
+                *b += body.len() - crlf();
+            }
+        }
+        let plain = ctype == "text/plain";
+        if plain
+            && !m.ascii_illegal
+            && (p.charset.is_none() || charset == "us-ascii")
+            && ascii_illegal(body)
+        {
+            m.ascii_illegal = true;
+        }
+        if plain && (cte.is_empty() || cte == "7bit" || cte == "8bit") {
+            let subs = unicode_entities(body);
+            normal_chars += body.len() - crlf() - 8 * subs;
+            unicode_chars += subs;
+        }
+        if cte == "quoted-printable" {
+            for l in raw_lines(body) {
+                if l.starts_with(b"SPAM: ") {
+                    continue;
                 }
-            }
-            let plain = ctype == "text/plain";
-            // The line without its ending (a CRLF counts as the LF SpamAssassin sees).
-            let content = l
-                .strip_suffix(b"\r\n")
-                .or_else(|| l.strip_suffix(b"\n"))
-                .unwrap_or(l);
-            if plain
-                && (p.charset.is_none() || charset == "us-ascii")
-                && content.iter().any(|&b| b == 0 || b == b'\r' || b >= 0x80)
-            {
-                m.ascii_illegal = true;
-            }
-            if plain && (cte.is_empty() || cte == "7bit" || cte == "8bit") {
-                let (kept, subs) = strip_unicode_entities(content);
-                normal_chars += kept + usize::from(l.ends_with(b"\n"));
-                unicode_chars += subs;
-            }
-            if cte == "quoted-printable" && !l.starts_with(b"SPAM: ") {
+                let len = line_len(l);
                 if len > 79 {
                     m.qp_long_line = true;
                 }
@@ -2059,24 +2100,28 @@ fn mime_stats(msg: &Message) -> MimeStats {
     m
 }
 
-/// `s/&#x[0-9A-F]{4};//g` on a line: (bytes left, entities removed).
-fn strip_unicode_entities(l: &[u8]) -> (usize, usize) {
-    let (mut kept, mut subs, mut i) = (0, 0, 0);
-    let upper_hex = |b: u8| b.is_ascii_digit() || (b'A'..=b'F').contains(&b);
-    while i < l.len() {
-        if l[i..].starts_with(b"&#x")
-            && l.len() >= i + 8
-            && l[i + 3..i + 7].iter().all(|&b| upper_hex(b))
-            && l[i + 7] == b';'
-        {
-            subs += 1;
-            i += 8;
-        } else {
-            kept += 1;
-            i += 1;
+/// How many `&#xHHHH;` entities (upper-case hex) `s/&#x[0-9A-F]{4};//g` removes from a text.
+fn unicode_entities(text: &[u8]) -> usize {
+    let upper_hex = |b: &u8| b.is_ascii_digit() || (b'A'..=b'F').contains(b);
+    let (mut n, mut from) = (0, 0);
+    while let Some(at) = memchr::memchr(b'&', &text[from..]).map(|i| from + i) {
+        match text.get(at..at + 8) {
+            Some(e) if e.starts_with(b"&#x") && e[3..7].iter().all(upper_hex) && e[7] == b';' => {
+                n += 1;
+                from = at + 8;
+            }
+            _ => from = at + 1,
         }
     }
-    (kept, subs)
+    n
+}
+
+/// Whether a us-ascii text has a NUL, an 8-bit byte or a CR that does not end a line (a
+/// line's CRLF ending is not part of what SpamAssassin tests).
+fn ascii_illegal(text: &[u8]) -> bool {
+    text.iter()
+        .enumerate()
+        .any(|(i, &b)| b == 0 || b >= 0x80 || (b == b'\r' && text.get(i + 1) != Some(&b'\n')))
 }
 
 /// Characters a quoted-printable line encodes that need no encoding
@@ -2591,6 +2636,79 @@ fn domain_dot_user(text: &str, dom: &str, user: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass figures for ASCII lines and whole parts are those of SpamAssassin's
+    /// line-by-line reading, over random lines of white space, letters, digits, CRs, NULs,
+    /// entities and base64 words.
+    #[test]
+    fn whole_text_figures_match_the_line_by_line_ones() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let b64 = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAx";
+        let pieces: &[&[u8]] = &[
+            b" ",
+            b"\t",
+            b"\x0b",
+            b"\r",
+            b"\n",
+            b"\r\n",
+            b"\0",
+            b"a",
+            b"Q",
+            b"7",
+            b"&#x00E9;",
+            b"&#x00e9;",
+            b"&#x1F60",
+            b"&",
+            b"=",
+            b"\x85",
+            b64.as_bytes(),
+        ];
+        for _ in 0..5_000 {
+            let text: Vec<u8> = (0..rng.gen_range(0..24))
+                .flat_map(|_| pieces[rng.gen_range(0..pieces.len())].iter().copied())
+                .collect();
+            if text.is_ascii() {
+                let line = std::str::from_utf8(&text).unwrap();
+                assert_eq!(ascii_case_counts(&text), case_counts(line), "{line:?}");
+            }
+            // Line by line, as SpamAssassin reads a part.
+            let (mut kept, mut subs, mut illegal) = (0, 0, false);
+            for l in raw_lines(&text) {
+                let content = l
+                    .strip_suffix(b"\r\n")
+                    .or_else(|| l.strip_suffix(b"\n"))
+                    .unwrap_or(l);
+                illegal |= content.iter().any(|&b| b == 0 || b == b'\r' || b >= 0x80);
+                let mut i = 0;
+                while i < content.len() {
+                    let e = &content[i..];
+                    if e.len() >= 8
+                        && e.starts_with(b"&#x")
+                        && e[3..7]
+                            .iter()
+                            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b))
+                        && e[7] == b';'
+                    {
+                        subs += 1;
+                        i += 8;
+                    } else {
+                        kept += 1;
+                        i += 1;
+                    }
+                }
+                kept += usize::from(l.ends_with(b"\n"));
+            }
+            let whole = unicode_entities(&text);
+            let crlf = memchr::memmem::find_iter(&text, b"\r\n").count();
+            assert_eq!(
+                (whole, text.len() - crlf - 8 * whole),
+                (subs, kept),
+                "{text:?}"
+            );
+            assert_eq!(ascii_illegal(&text), illegal, "{text:?}");
+        }
+    }
 
     #[test]
     fn ratware_envelope_shape() {
