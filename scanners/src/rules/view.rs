@@ -35,7 +35,46 @@ pub struct Headers {
     index: std::sync::OnceLock<NameIndex>,
 }
 
-type NameIndex = std::collections::HashMap<String, Vec<usize>, xxhash_rust::xxh3::Xxh3Builder>;
+type NameIndex = std::collections::HashMap<String, Vec<usize>, NameHashing>;
+
+/// How the name index hashes: one call of xxh3 with a seed drawn once per process. (The
+/// streaming `Xxh3Builder` set up its state for each of the 150 lookups a message makes; the
+/// seed keeps a sender from choosing names that collide beforehand.)
+#[derive(Clone, Copy)]
+struct NameHashing(u64);
+
+impl Default for NameHashing {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        NameHashing(
+            *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0u8)),
+        )
+    }
+}
+
+impl std::hash::BuildHasher for NameHashing {
+    type Hasher = NameHasher;
+    fn build_hasher(&self) -> NameHasher {
+        NameHasher(self.0)
+    }
+}
+
+/// See [`NameHashing`].
+struct NameHasher(u64);
+
+impl std::hash::Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+    // A `str` ends its bytes with a 0xff.
+    fn write_u8(&mut self, b: u8) {
+        self.0 = self.0.rotate_left(8) ^ u64::from(b);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 impl Headers {
     /// Reads the fields of one MIME part.
