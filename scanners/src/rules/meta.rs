@@ -350,25 +350,17 @@ impl Expr {
             Expr::Bin(op, l, r) => {
                 let x = l.eval_range(value);
                 match op {
-                    Op::And => {
+                    Op::And | Op::Or => {
+                        // Kleene's logic: the operand value that decides alone (false for
+                        // `&&`, true for `||`) decides even when the other is open.
+                        let decides = *op == Op::Or;
                         let a = truth(x);
-                        if a == Some(false) {
-                            return (0.0, 0.0);
+                        if a == Some(decides) {
+                            return of_truth(a);
                         }
                         of_truth(match (a, truth(r.eval_range(value))) {
-                            (_, Some(false)) => Some(false),
-                            (Some(true), Some(true)) => Some(true),
-                            _ => None,
-                        })
-                    }
-                    Op::Or => {
-                        let a = truth(x);
-                        if a == Some(true) {
-                            return (1.0, 1.0);
-                        }
-                        of_truth(match (a, truth(r.eval_range(value))) {
-                            (_, Some(true)) => Some(true),
-                            (Some(false), Some(false)) => Some(false),
+                            (_, Some(b)) if b == decides => Some(decides),
+                            (Some(_), Some(_)) => Some(!decides),
                             _ => None,
                         })
                     }
