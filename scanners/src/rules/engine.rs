@@ -178,7 +178,7 @@ struct Compiled {
     translated: Option<Translated>,
     pcre: OnceLock<Option<Matcher>>,
     /// What counts its matches when it is a `multiple` rule on PCRE2 ([`regex::counter`]).
-    counter: OnceLock<Option<::regex::bytes::Regex>>,
+    counter: OnceLock<Option<Matcher>>,
     /// Whether the pattern matches the `if-unset` text (or the empty string): the value a
     /// header rule takes when its header is missing, the same for every message.
     unset_match: OnceLock<bool>,
@@ -246,20 +246,16 @@ impl Compiled {
 
     /// Its non-overlapping matches in `text`, at most `cap` (1 without a matcher).
     fn count(&self, text: &[u8], cap: Option<u32>) -> u32 {
-        match self.counter() {
-            Some(r) => {
-                let cap = cap.unwrap_or(u32::MAX) as usize;
-                r.find_iter(text).take(cap).count() as u32
-            }
-            None => self.pcre().map_or(1, |m| m.count(text, cap)),
-        }
+        self.counter()
+            .or_else(|| self.pcre())
+            .map_or(1, |m| m.count(text, cap))
     }
 
     /// The `regex` matcher that counts for PCRE2, where one counts alike.
-    fn counter(&self) -> Option<&::regex::bytes::Regex> {
+    fn counter(&self) -> Option<&Matcher> {
         self.counter
             .get_or_init(|| match (self.pcre(), &self.translated) {
-                (Some(Matcher::Pcre(_)), Some(t)) => super::regex::counter(t),
+                (Some(Matcher::Pcre(_)), Some(t)) => super::regex::counter(t).map(Matcher::Rust),
                 _ => None,
             })
             .as_ref()
@@ -1939,7 +1935,7 @@ impl Engine {
                         let n = if !self.matches(r, text, true) {
                             0
                         } else if tf.multiple {
-                            count_matches(&self.rules[r], text, tf.maxhits).max(1)
+                            self.rules[r].count(text, tf.maxhits).max(1)
                         } else {
                             1
                         };
@@ -2081,7 +2077,7 @@ impl Engine {
                 let tf = &self.set.rules[r].tflags;
                 scratch.counts[r] = if tf.multiple && !t.negate {
                     let text = value.unwrap_or(t.if_unset.as_deref().unwrap_or("").as_bytes());
-                    count_matches(&self.rules[r], text, tf.maxhits).max(1)
+                    self.rules[r].count(text, tf.maxhits).max(1)
                 } else {
                     1
                 };
@@ -2222,7 +2218,7 @@ impl Engine {
             let clk = self.confirm_clock(r, true, profile);
             if self.matches(r, text, true) {
                 let n = if tf.multiple {
-                    count_matches(&self.rules[r], text, tf.maxhits).max(1)
+                    self.rules[r].count(text, tf.maxhits).max(1)
                 } else {
                     1
                 };
@@ -2366,10 +2362,6 @@ fn header_test(r: &Rule) -> Option<&HeaderTest> {
         Test::Header(h) | Test::MimeHeader(h) => Some(h),
         _ => None,
     }
-}
-
-fn count_matches(c: &Compiled, text: &[u8], cap: Option<u32>) -> u32 {
-    c.count(text, cap)
 }
 
 /// Which rules a verdict can depend on: the roots (`root(i)`) and every rule a meta among them

@@ -1810,22 +1810,14 @@ fn uppercase_percent(input: &EvalInput<'_>) -> f64 {
 
 /// [`uppercase_percent`]'s figures for a line: its length in characters, lower-case letters
 /// and digits, upper-case letters; `None` for a line it skips (no inner white space, or
-/// lingering base64: `^(?:[A-Za-z0-9+/=]{60,76} ){2}`).
+/// [`lingering_base64`]).
 fn case_counts(line: &str) -> Option<(usize, usize, usize)> {
     // `/\S\s+\S/`: an inner space.
     if !line.trim().chars().any(char::is_whitespace) {
         return None;
     }
-    let b64 = |w: &str| {
-        (60..=76).contains(&w.len())
-            && w.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
-    };
-    let mut words = line.split(' ');
-    if let (Some(a), Some(b), Some(_)) = (words.next(), words.next(), words.next()) {
-        if b64(a) && b64(b) {
-            return None;
-        }
+    if lingering_base64(line.split(' ').map(str::as_bytes)) {
+        return None;
     }
     let lower = line
         .bytes()
@@ -1844,16 +1836,8 @@ fn ascii_case_counts(l: &[u8]) -> Option<(usize, usize, usize)> {
     if !l[start..end].iter().any(|&b| space(b)) {
         return None;
     }
-    let mut words = l.split(|&b| b == b' ');
-    let b64 = |w: &[u8]| {
-        (60..=76).contains(&w.len())
-            && w.iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
-    };
-    if let (Some(a), Some(b), Some(_)) = (words.next(), words.next(), words.next()) {
-        if b64(a) && b64(b) {
-            return None;
-        }
+    if lingering_base64(l.split(|&b| b == b' ')) {
+        return None;
     }
     let (mut lower, mut upper) = (0, 0);
     for &b in l {
@@ -1861,6 +1845,19 @@ fn ascii_case_counts(l: &[u8]) -> Option<(usize, usize, usize)> {
         upper += usize::from(b.is_ascii_uppercase());
     }
     Some((l.len(), lower, upper))
+}
+
+/// Lingering base64, `^(?:[A-Za-z0-9+/=]{60,76} ){2}`, over a line's space-separated words.
+fn lingering_base64<'a>(mut words: impl Iterator<Item = &'a [u8]>) -> bool {
+    let b64 = |w: &[u8]| {
+        (60..=76).contains(&w.len())
+            && w.iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+    };
+    matches!(
+        (words.next(), words.next(), words.next()),
+        (Some(a), Some(b), Some(_)) if b64(a) && b64(b)
+    )
 }
 
 /// HeaderEval's `check_outlook_message_id` (which, as written, reads the date of the whole

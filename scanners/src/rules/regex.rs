@@ -559,9 +559,9 @@ fn for_rust_regex(t: &Translated) -> Option<String> {
 /// A `regex` matcher that counts a pattern's matches as PCRE2 counts them (`tflags multiple`),
 /// when one can: PCRE2 pays a call into its JIT, with its match data, for every match, where
 /// `regex` goes from one match to the next through its literal prefilters (the ruleset counts
-/// every `e` of a body, up to 230, and every e-like letter, up to 320). Both take the leftmost match with Perl's
-/// priorities and go on after its end, so they find the same matches. `None` where they could
-/// step differently: a pattern that can match the empty string (Perl then forbids an empty
+/// every `e` of a body, up to 230, and every e-like letter, up to 320). Both take the leftmost
+/// match with Perl's priorities and go on after its end, so they find the same matches. `None`
+/// where they could step differently: a pattern that can match the empty string (Perl then forbids an empty
 /// match where the last one ended, `regex` moves on a byte) and a Perl `$` without `/m`
 /// (rewritten to take the final newline, so its match ends one byte later).
 pub fn counter(t: &Translated) -> Option<regex::bytes::Regex> {

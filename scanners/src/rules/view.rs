@@ -38,18 +38,15 @@ pub struct Headers {
 type NameIndex = std::collections::HashMap<String, Vec<usize>, NameHashing>;
 
 /// How the name index hashes: one call of xxh3 with a seed drawn once per process. (The
-/// streaming `Xxh3Builder` set up its state for each of the 150 lookups a message makes; the
+/// streaming `Xxh3Builder` set up its state for each of the 165 or so lookups a message makes; the
 /// seed keeps a sender from choosing names that collide beforehand.)
 #[derive(Clone, Copy)]
 struct NameHashing(u64);
 
 impl Default for NameHashing {
     fn default() -> Self {
-        use std::hash::BuildHasher;
         static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        NameHashing(
-            *SEED.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0u8)),
-        )
+        NameHashing(*SEED.get_or_init(rand::random))
     }
 }
 
