@@ -301,7 +301,7 @@ pub struct Rules {
     /// confirmations a message next to its input's texts), so that the prefilter is only
     /// Hyperscan work and compile time; or rules whose prefilter is slow to compile and cheap to
     /// do without. Names a ruleset lacks are ignored. The default names SpamAssassin's
-    /// fill-in-this-form rules and two `FUZZY_*` rules (BENCHMARKS.md).
+    /// fill-in-this-form rules and two header rules (BENCHMARKS.md).
     pub confirm_only: Vec<String>,
     /// Most patterns in one Hyperscan prefilter database. Such a database compiles
     /// superlinearly in its patterns. 8 made a cold compile about a quarter shorter than 24
@@ -355,12 +355,11 @@ pub const STARTUP_CHUNK: usize = 2;
 /// Rules of Debian's SpamAssassin ruleset whose Hyperscan prefilter nominates 92-100 % of the
 /// texts they read (over the corpus's ham, spam and hard ham), the default `confirm_only`: the
 /// fill-in-this-form rules, and two header rules whose prefilter is their pattern without its
-/// anchors. Then the two obfuscated drug names whose prefilters are the costliest of the
-/// ruleset to compile (1.9 and 1.0 s alone, 2.5 s together) for 7 µs a message each on
-/// their confirming engine (BENCHMARKS.md).
+/// anchors (BENCHMARKS.md). (`FUZZY_PHARMACY` and `FUZZY_PHENT`, whose Hyperscan prefilters were
+/// the costliest of the ruleset to compile, left the list when the long patterns' prefilters
+/// moved to a `regex` set, which builds in milliseconds: their confirmations went from 8 µs a
+/// message to 0.1.)
 pub const CONFIRM_ONLY: &[&str] = &[
-    "FUZZY_PHARMACY",
-    "FUZZY_PHENT",
     "TO_MALFORMED",
     "__FILL_THIS_FORM_LONG2",
     "__FILL_THIS_FORM_PARTIAL",

@@ -761,6 +761,7 @@ pub fn rules_stats(
         "by_type": s.by_type.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
         "hyperscan": s.hyperscan,
         "prefilter_confirm": s.prefilter,
+        "prefilter_in_regex_set": s.set_prefilters,
         "pcre_only": s.pcre_only,
         "eval_not_implemented": s.eval_unimplemented,
         "eval_native": s.eval_native,
@@ -797,8 +798,8 @@ pub fn rules_stats(
         s.hyperscan
     );
     println!(
-        "regex rules through Hyperscan PREFILTER + PCRE2 confirm: {}",
-        s.prefilter
+        "regex rules through a prefilter + PCRE2 confirm: {} ({} of them long patterns whose prefilters run in a `regex` set, the rest Hyperscan PREFILTER)",
+        s.prefilter, s.set_prefilters
     );
     println!(
         "regex rules on PCRE2 alone: {} ({} of them sub-rules run only when a verdict needs them)",

@@ -72,9 +72,13 @@ fn main() {
     );
     for d in &costs.databases {
         println!(
-            "  {:4} patterns, {:10}: {:6.1} µs a message",
+            "  {:4} patterns, {:20}: {:6.1} µs a message",
             d.patterns,
-            kind(d.prefilter),
+            if d.regex_set {
+                "prefilter, regex set"
+            } else {
+                kind(d.prefilter)
+            },
             per_msg(d.took)
         );
     }

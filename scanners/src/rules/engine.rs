@@ -31,8 +31,8 @@ use sha2::{Digest, Sha256};
 use super::evals;
 use super::load::{HeaderTest, Rule, RuleSet, Test};
 use super::regex::{
-    drop_anchors, drop_word_boundaries, pcre, translate, truncate_sequence, widen_repeats, Matcher,
-    Translated, PREFILTER_CUT_ABOVE, PREFILTER_KEEP,
+    drop_anchors, drop_word_boundaries, pcre, set_prefilter, translate, truncate_sequence,
+    widen_repeats, Matcher, Translated, PREFILTER_CUT_ABOVE, PREFILTER_KEEP,
 };
 use super::text_cache::{Pending, TextCache};
 use super::view::{self, Headers};
@@ -184,6 +184,8 @@ struct Compiled {
     unset_match: OnceLock<bool>,
     /// What Hyperscan compiles and how Hyperscan takes it, once derived ([`Compiled::hs`]).
     hs_expr: OnceLock<(String, Mode)>,
+    /// Its prefilter in its input's `regex` set, once derived ([`Compiled::set_prefilter`]).
+    set_expr: OnceLock<Option<String>>,
 }
 
 impl Compiled {
@@ -233,6 +235,23 @@ impl Compiled {
             .is_some_and(|t| t.expr.len() > PREFILTER_CUT_ABOVE)
     }
 
+    /// For a prefilter of a long pattern, what it runs as in its input's `regex` set instead of
+    /// a Hyperscan database ([`super::regex::set_prefilter`]). Derived from the pattern alone,
+    /// as [`Compiled::hs`] is.
+    fn set_prefilter(&self) -> Option<&str> {
+        if self.mode != Mode::Prefilter {
+            return None;
+        }
+        self.set_expr()
+    }
+
+    /// The expression of [`Compiled::set_prefilter`], whatever the mode.
+    fn set_expr(&self) -> Option<&str> {
+        self.set_expr
+            .get_or_init(|| self.translated.as_ref().and_then(set_prefilter))
+            .as_deref()
+    }
+
     /// The expression of [`Compiled::hs`].
     fn hs_expr(&self) -> Option<&str> {
         self.hs().map(|(e, _)| e)
@@ -259,6 +278,36 @@ impl Compiled {
                 _ => None,
             })
             .as_ref()
+    }
+}
+
+/// The prefilters of an input's long patterns, as one `regex` set (see
+/// [`super::regex::set_prefilter`]).
+struct PrefilterSet {
+    set: regex::bytes::RegexSet,
+    /// Pattern index → rule index.
+    ids: Vec<usize>,
+}
+
+impl PrefilterSet {
+    /// The set of the rules of `ids`; `None` if `regex` cannot build it.
+    fn new(ids: Vec<usize>, rules: &[Compiled]) -> Option<PrefilterSet> {
+        let set = regex::bytes::RegexSetBuilder::new(
+            ids.iter().filter_map(|&r| rules[r].set_prefilter()),
+        )
+        .unicode(false)
+        .size_limit(1 << 30)
+        .dfa_size_limit(1 << 26)
+        .build()
+        .ok()?;
+        Some(PrefilterSet { set, ids })
+    }
+
+    /// Calls `hit` with each rule whose prefilter matches `text`.
+    fn scan(&self, text: &[u8], mut hit: impl FnMut(usize)) {
+        for i in self.set.matches(text).iter() {
+            hit(self.ids[i]);
+        }
     }
 }
 
@@ -289,6 +338,9 @@ pub struct DatabaseCost {
     pub patterns: usize,
     /// Whether they are prefilters.
     pub prefilter: bool,
+    /// Whether it is the scope's `regex` set of long prefilters rather than a Hyperscan
+    /// database.
+    pub regex_set: bool,
     /// Scan time over the texts.
     pub took: Duration,
 }
@@ -338,6 +390,9 @@ pub struct BuildStats {
     pub hyperscan: usize,
     /// Regex rules compiled with `PREFILTER` and confirmed by PCRE2.
     pub prefilter: usize,
+    /// Of those, the long patterns whose prefilters run in a `regex` set instead
+    /// ([`super::regex::set_prefilter`]).
+    pub set_prefilters: usize,
     /// Regex rules on PCRE2 alone.
     pub pcre_only: usize,
     /// Eval and network rules, not implemented (never hit).
@@ -555,6 +610,8 @@ pub struct Engine {
     groups: Vec<Group>,
     /// Per input: the groups that scan it.
     input_groups: Vec<Vec<usize>>,
+    /// Per input: the `regex` set of its long patterns' prefilters, if it has some.
+    input_sets: Vec<Option<PrefilterSet>>,
     layout: Layout,
     /// The meta rules that run, in evaluation order, with their expressions: kept apart from
     /// the rules (a scan walks all of them, and reaching each through its rule's large record
@@ -837,8 +894,9 @@ const EXACT_CHUNK: usize = 64;
 /// [`super::regex::PREFILTER_CUT_ABOVE`]): the obfuscation-tolerant spellings. Even cut, they
 /// are the slowest patterns to compile, and together more so: the ruleset's 57 `FUZZY` ones,
 /// cut, take 10.4 s one by one, 12.0-12.5 s in databases of 3 or 6, 15.3 s of 12 and 19.2 s
-/// of 24. They get databases of their own, smaller than the other prefilters' (each database
-/// is one more pass over the text at scan time).
+/// of 24. Those `regex` can express run in a `regex` set instead
+/// ([`super::regex::set_prefilter`]); the others get databases of their own, smaller than the
+/// other prefilters' (each database is one more pass over the text at scan time).
 const LONG_PREFILTER_CHUNK: usize = 8;
 
 fn platform() -> Option<hyperscan::Platform> {
@@ -880,8 +938,9 @@ impl Engine {
     /// Where a scope's Hyperscan time goes, for tuning the ruleset's translation: each database
     /// of the rules reading `scope` over `texts` (for the body, paragraphs as
     /// [`super::view::body_lines`] gives them; for URIs, [`super::view::uris`]; for rawbody,
-    /// [`super::view::rawbody_chunks`]), then each pattern compiled alone over them, costliest
-    /// first. Diagnostics, not for the hot path: it compiles a database per pattern.
+    /// [`super::view::rawbody_chunks`]), and its `regex` set of long prefilters, then each
+    /// pattern of the databases compiled alone over them, costliest first. Diagnostics, not for
+    /// the hot path: it compiles a database per pattern.
     pub fn pattern_costs(&self, scope: &Input, texts: &[Vec<u8>]) -> PatternCosts {
         let plat = platform();
         let plat = plat.as_ref().map(|p| p.as_ref());
@@ -914,6 +973,7 @@ impl Engine {
             out.databases.push(DatabaseCost {
                 patterns: group.ids.len(),
                 prefilter,
+                regex_set: false,
                 took: time_scan(&group.db).0,
             });
             for &r in &group.ids {
@@ -929,6 +989,20 @@ impl Engine {
                         compile,
                     });
                 }
+            }
+        }
+        if let Some(k) = self.inputs.iter().position(|i| i == scope) {
+            if let Some(set) = &self.input_sets[k] {
+                out.databases.push(DatabaseCost {
+                    patterns: set.ids.len(),
+                    prefilter: true,
+                    regex_set: true,
+                    took: second_of_two(|| {
+                        let t = Instant::now();
+                        texts.iter().for_each(|p| set.scan(p, |_| {}));
+                        t.elapsed()
+                    }),
+                });
             }
         }
         out.patterns.sort_by_key(|p| std::cmp::Reverse(p.took));
@@ -1057,6 +1131,7 @@ impl Engine {
                 counter: OnceLock::new(),
                 unset_match: OnceLock::new(),
                 hs_expr: OnceLock::new(),
+                set_expr: OnceLock::new(),
             });
         }
         let mut stats = BuildStats::default();
@@ -1092,6 +1167,10 @@ impl Engine {
                 h.update(format!("confirm_only={n}\0"));
             }
             for (r, c) in set.rules.iter().zip(&rules) {
+                // A long pattern's prefilter kept out of the databases for its input's set.
+                if let Some(x) = c.set_expr() {
+                    h.update(format!("set\0{}\0{x}\0", r.name));
+                }
                 if let (Some(t), Some(i), Mode::Hyperscan) = (&c.translated, c.input, c.mode) {
                     h.update(r.name.as_bytes());
                     h.update([0]);
@@ -1191,6 +1270,29 @@ impl Engine {
             }
         };
 
+        // The long patterns' prefilters, one `regex` set per input; where `regex` cannot
+        // build one, its rules run on their confirming engine alone.
+        let mut set_members = vec![Vec::new(); inputs.len()];
+        for (i, c) in rules.iter().enumerate() {
+            if let (Some(k), Some(_)) = (c.input, c.set_prefilter()) {
+                set_members[k].push(i);
+            }
+        }
+        let mut input_sets = Vec::with_capacity(inputs.len());
+        for ids in set_members {
+            if ids.is_empty() {
+                input_sets.push(None);
+                continue;
+            }
+            let built = PrefilterSet::new(ids.clone(), &rules);
+            if built.is_none() {
+                for &r in &ids {
+                    rules[r].mode = Mode::Pcre;
+                }
+            }
+            stats.set_prefilters += built.as_ref().map_or(0, |s| s.ids.len());
+            input_sets.push(built);
+        }
         let mut input_rules = vec![Vec::new(); inputs.len()];
         let mut input_pcre_only = vec![Vec::new(); inputs.len()];
         let mut lazy_rules = Vec::new();
@@ -1314,6 +1416,7 @@ impl Engine {
             lazy,
             groups,
             input_groups,
+            input_sets,
             layout: opts.layout,
             metas,
             dependents,
@@ -1418,6 +1521,9 @@ impl Engine {
         }
         for (r, c) in p.confirm.iter().enumerate() {
             let how = match self.rules[r].mode {
+                Mode::Prefilter if self.rules[r].set_prefilter().is_some() => {
+                    "after a prefilter hit in the regex set"
+                }
                 Mode::Prefilter => "after a Hyperscan prefilter hit",
                 _ if self.lazy.tainted.get(r) == Some(&true) => {
                     "alone, on every text, when a verdict needs it"
@@ -2009,20 +2115,27 @@ impl Engine {
         } = scratch;
         let t = clock(profile);
         cand.clear();
-        let Some(s) = hs.as_mut() else { return };
-        let single = self.layout == Layout::Single;
-        for &g in &self.input_groups[k] {
-            let group = &self.groups[g];
-            let _ = group
-                .db
-                .scan(text, s, |id: u32, _from: u64, _to: u64, _f: u32| {
-                    let r = group.ids[id as usize];
-                    if !single || self.rules[r].input == Some(k) {
-                        cand.push(r);
-                        flagged[r] = true;
-                    }
-                    Matching::Continue
-                });
+        if let Some(s) = hs.as_mut() {
+            let single = self.layout == Layout::Single;
+            for &g in &self.input_groups[k] {
+                let group = &self.groups[g];
+                let _ = group
+                    .db
+                    .scan(text, s, |id: u32, _from: u64, _to: u64, _f: u32| {
+                        let r = group.ids[id as usize];
+                        if !single || self.rules[r].input == Some(k) {
+                            cand.push(r);
+                            flagged[r] = true;
+                        }
+                        Matching::Continue
+                    });
+            }
+        }
+        if let Some(set) = &self.input_sets[k] {
+            set.scan(text, |r| {
+                cand.push(r);
+                flagged[r] = true;
+            });
         }
         note(profile, t, text.len(), |p| &mut p.hyperscan[k]);
     }
@@ -2175,9 +2288,9 @@ impl Engine {
         }
         let unseen = &pending.texts;
         hits.clear();
+        let t = clock(profile);
         if let Some(s) = hs.as_mut() {
             let single = self.layout == Layout::Single;
-            let t = clock(profile);
             for &g in &self.input_groups[k] {
                 let group = &self.groups[g];
                 for (i, &(m, line, _)) in unseen.iter().enumerate() {
@@ -2194,19 +2307,29 @@ impl Engine {
                     });
                 }
             }
-            if let (Some(p), Some(t)) = (profile.as_deref_mut(), t) {
-                let c = &mut p.hyperscan[k];
-                c.nanos += t.elapsed().as_nanos() as u64;
-                c.calls += unseen.len() as u64;
-                c.bytes += unseen
-                    .iter()
-                    .map(|&(m, line, _)| texts[m as usize][line as usize].len() as u64)
-                    .sum::<u64>();
-            }
-            // By rule, then text: each rule's texts in their order.
-            hits.sort_unstable();
-            hits.dedup();
         }
+        if let Some(set) = &self.input_sets[k] {
+            for (i, &(m, line, _)) in unseen.iter().enumerate() {
+                set.scan(texts[m as usize][line as usize], |r| {
+                    hits.push(TextHit {
+                        rule: r as u32,
+                        text: i as u32,
+                    })
+                });
+            }
+        }
+        if let (Some(p), Some(t)) = (profile.as_deref_mut(), t) {
+            let c = &mut p.hyperscan[k];
+            c.nanos += t.elapsed().as_nanos() as u64;
+            c.calls += unseen.len() as u64;
+            c.bytes += unseen
+                .iter()
+                .map(|&(m, line, _)| texts[m as usize][line as usize].len() as u64)
+                .sum::<u64>();
+        }
+        // By rule, then text: each rule's texts in their order.
+        hits.sort_unstable();
+        hits.dedup();
         let mut found = std::mem::take(&mut pending.found);
         let mut judge = |r: usize, i: usize, profile: &mut Option<Box<Profile>>| {
             let (m, line, _) = unseen[i];
@@ -2507,7 +2630,7 @@ fn compile_groups(
     // Prefilters of long patterns (cut or not) are kept apart again (see the constant).
     let long = |c: &Compiled| c.mode == Mode::Prefilter && c.is_long();
     for (i, c) in rules.iter().enumerate() {
-        if matches!(c.mode, Mode::Hyperscan | Mode::Prefilter) {
+        if matches!(c.mode, Mode::Hyperscan | Mode::Prefilter) && c.set_prefilter().is_none() {
             if let Some(k) = c.input {
                 let g = match layout {
                     Layout::Single => 0,
@@ -4082,6 +4205,38 @@ score COUNTED 2.0
             "{:?}",
             hits(&e, quiet)
         );
+    }
+
+    /// A long pattern's prefilter runs in its input's `regex` set, not in a Hyperscan
+    /// database, and PCRE2 still confirms what it nominates: the spelling the pattern refuses
+    /// (its lookahead, which the set leaves out) does not hit. In either layout, for the body
+    /// and for a header.
+    #[test]
+    fn long_prefilters_run_in_a_regex_set() {
+        // `#` starts a comment in a rule file.
+        let word = super::super::regex::spelling("pharmacy").replace('#', "\\#");
+        let rules = format!(
+            "body FUZZY_PH /{word}/i\nheader FUZZY_PH_ALL ALL =~ /{word}/i\nbody PLAIN /money/\n"
+        );
+        for layout in [Layout::PerScope, Layout::Single] {
+            let e = engine(&rules, layout);
+            assert_eq!(e.stats.set_prefilters, 2);
+            assert_eq!(e.stats.prefilter, 2);
+            assert!(e.groups.iter().all(|g| g.ids.len() == 1), "{layout:?}");
+            let msg = |subject: &str, body: &str| format!("Subject: {subject}\n\n{body}\n");
+            let h = hits(
+                &e,
+                &msg("ph&#97;rm&#1097;cy", "cheap PH&#97;rm&#1097;cy money"),
+            );
+            for n in ["FUZZY_PH=1", "FUZZY_PH_ALL=1", "PLAIN=1"] {
+                assert!(h.contains(&n.to_string()), "{n} in {h:?} ({layout:?})");
+            }
+            let h = hits(&e, &msg("pharmacy", "cheap pharmacy, harmony"));
+            assert!(
+                h.iter().all(|h| !h.starts_with("FUZZY")),
+                "{h:?} ({layout:?})"
+            );
+        }
     }
 
     /// A compile removes the cache files no start has used for [`CACHE_KEEP`], and only those:

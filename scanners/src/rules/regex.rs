@@ -339,6 +339,78 @@ pub fn truncate_sequence(expr: &str, keep: usize) -> Option<String> {
     cut.filter(|&i| i < b.len()).map(|i| expr[..i].to_string())
 }
 
+/// `expr` without the lookarounds at its top level: a superset (those inside groups stay).
+/// `None` for an unbalanced group or class.
+fn drop_top_lookarounds(expr: &str) -> Option<String> {
+    let b = expr.as_bytes();
+    let mut out = String::with_capacity(expr.len());
+    let mut i = 0;
+    while i < b.len() {
+        let start = i;
+        match b[i] {
+            b'\\' => i = (i + 2).min(b.len()),
+            b'[' => i = class_end(b, i)?,
+            b'(' => {
+                i = group_end(b, i)?;
+                let group = &expr[start..i];
+                if ["(?=", "(?!", "(?<=", "(?<!"]
+                    .iter()
+                    .any(|l| group.starts_with(l))
+                {
+                    // With the quantifier Perl allows on it.
+                    while matches!(b.get(i), Some(b'?' | b'*' | b'+')) {
+                        i += 1;
+                    }
+                    continue;
+                }
+            }
+            _ => i += 1,
+        }
+        out.push_str(&expr[start..i]);
+    }
+    Some(out)
+}
+
+/// The prefilter of a long pattern (see [`PREFILTER_CUT_ABOVE`]) as Rust's `regex` runs it in
+/// a set with the others ([`regex::bytes::RegexSet`]): the pieces Hyperscan's prefilter keeps
+/// (repeats widened, word boundaries gone, cut to its first [`PREFILTER_KEEP`] required
+/// pieces), without the lookarounds at its top, its flags written inline. Still a superset of
+/// the pattern, which the confirming engine runs as written. These are the
+/// obfuscation-tolerant spellings, each letter a class of look-alikes: Hyperscan finds no
+/// literal in them and runs their automata on every byte, four databases of eight of them
+/// about 32 ns a byte of body text, where one lazy DFA of them all takes 3.5 (see
+/// BENCHMARKS.md). `None` where the pattern is not long, is not a sequence to cut, or keeps a
+/// construct `regex` has not (a lookaround inside a group, a backreference).
+pub fn set_prefilter(t: &Translated) -> Option<String> {
+    if t.expr.len() <= PREFILTER_CUT_ABOVE {
+        return None;
+    }
+    let e = widen_repeats(&t.expr).unwrap_or_else(|| t.expr.clone());
+    let e = drop_word_boundaries(&e);
+    let cut = truncate_sequence(&e, PREFILTER_KEEP).unwrap_or(e);
+    let cut = Translated {
+        expr: drop_top_lookarounds(&cut)?,
+        ..t.clone()
+    };
+    let body = for_rust_regex(&cut)?;
+    let flags: String = [(t.caseless, 'i'), (t.multiline, 'm'), (t.dotall, 's')]
+        .iter()
+        .filter_map(|&(on, f)| on.then_some(f))
+        .collect();
+    let x = if flags.is_empty() {
+        format!("(?:{body})")
+    } else {
+        format!("(?{flags}:{body})")
+    };
+    regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .build()
+        .parse(&x)
+        .ok()?;
+    Some(x)
+}
+
 /// Whether the group `g` (parentheses included) has an alternative of anchors and word
 /// boundaries alone, or an empty one, as `(?:^|\W)` has: it may take no text.
 fn may_be_empty(g: &str) -> bool {
@@ -623,6 +695,24 @@ pub fn pcre(t: &Translated) -> Result<Matcher, String> {
     }
 }
 
+/// A long obfuscation-tolerant spelling: each letter of `word` a group of look-alikes (the
+/// letter, a Cyrillic one, HTML entities), `\W{0,2}` between them, refusing the word as
+/// written: over [`PREFILTER_CUT_ABOVE`] bytes, as the ruleset's replace tags make them.
+#[cfg(test)]
+pub(crate) fn spelling(word: &str) -> String {
+    let mut p = format!("(?:^|\\W)(?!{word})");
+    for c in word.chars() {
+        let entities: Vec<String> = (0..40)
+            .map(|n| format!("&#{};", 100 * n + c as u32))
+            .collect();
+        p.push_str(&format!(
+            "(?:{c}|\\xd0\\xb0|{})\\W{{0,2}}",
+            entities.join("|")
+        ));
+    }
+    p + "(?:$|\\W)"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,6 +818,31 @@ mod tests {
         assert_eq!(t("(a)b\\1c", 3), None);
         assert_eq!(t("(ab", 1), None);
         assert_eq!(t("[ab", 1), None);
+    }
+
+    #[test]
+    fn long_prefilters_are_cut_for_a_regex_set() {
+        let t = translate(&spelling("pharmacy"), "i");
+        assert!(t.expr.len() > PREFILTER_CUT_ABOVE);
+        let x = set_prefilter(&t).expect("a set prefilter");
+        assert!(x.starts_with("(?i:") && !x.contains("(?!"), "{x}");
+        let set = regex::bytes::RegexSet::new([&x]).unwrap();
+        // Its first five letters: what the pattern matches, and the word it refuses too.
+        for text in ["buy PH&#97;rm&#1097;cy", "cheap pharmacy", "p-h-a-r-m"] {
+            assert!(set.is_match(text.as_bytes()), "{text}");
+        }
+        for text in ["harmony", "pharx", "ph&#98;rm"] {
+            assert!(!set.is_match(text.as_bytes()), "{text}");
+        }
+        // Short patterns, and those keeping a construct `regex` has not, have none.
+        assert_eq!(
+            set_prefilter(&translate("(?!viagra)v\\W*i\\W*a", "i")),
+            None
+        );
+        let inner = format!("(?:(?!x){})", "a|".repeat(1100));
+        assert_eq!(set_prefilter(&translate(&inner, "")), None);
+        let backref = format!("({})\\1", "b|".repeat(1100));
+        assert_eq!(set_prefilter(&translate(&backref, "")), None);
     }
 
     #[test]
