@@ -284,30 +284,61 @@ impl Compiled {
 /// The prefilters of an input's long patterns, as one `regex` set (see
 /// [`super::regex::set_prefilter`]).
 struct PrefilterSet {
-    set: regex::bytes::RegexSet,
-    /// Pattern index → rule index.
+    /// Its rules.
     ids: Vec<usize>,
+    /// Built on first use, as the confirming matchers are ([`Engine::warm_matchers`] builds it
+    /// ahead): about a quarter of a second for the ruleset's body set, more than a start from
+    /// the cache takes.
+    built: OnceLock<BuiltSet>,
+}
+
+struct BuiltSet {
+    set: Option<regex::bytes::RegexSet>,
+    /// Pattern index in `set` → rule index.
+    ids: Vec<usize>,
+    /// Rules whose prefilter `regex` rejected: nominated for every text, their confirming
+    /// engine deciding alone.
+    always: Vec<usize>,
 }
 
 impl PrefilterSet {
-    /// The set of the rules of `ids`; `None` if `regex` cannot build it.
-    fn new(ids: Vec<usize>, rules: &[Compiled]) -> Option<PrefilterSet> {
-        let set = regex::bytes::RegexSetBuilder::new(
-            ids.iter().filter_map(|&r| rules[r].set_prefilter()),
-        )
-        .unicode(false)
-        .size_limit(1 << 30)
-        .dfa_size_limit(1 << 26)
-        .build()
-        .ok()?;
-        Some(PrefilterSet { set, ids })
+    fn built(&self, rules: &[Compiled]) -> &BuiltSet {
+        self.built.get_or_init(|| {
+            let build = |ids: &[usize]| {
+                regex::bytes::RegexSetBuilder::new(
+                    ids.iter().filter_map(|&r| rules[r].set_prefilter()),
+                )
+                .unicode(false)
+                .size_limit(1 << 30)
+                .dfa_size_limit(1 << 26)
+                .build()
+                .ok()
+            };
+            if let Some(set) = build(&self.ids) {
+                return BuiltSet {
+                    set: Some(set),
+                    ids: self.ids.clone(),
+                    always: Vec::new(),
+                };
+            }
+            // One pattern spoils the set: find those `regex` rejects alone.
+            let (ids, always): (Vec<usize>, Vec<usize>) =
+                self.ids.iter().partition(|&&r| build(&[r]).is_some());
+            BuiltSet {
+                set: build(&ids),
+                ids,
+                always,
+            }
+        })
     }
 
     /// Calls `hit` with each rule whose prefilter matches `text`.
-    fn scan(&self, text: &[u8], mut hit: impl FnMut(usize)) {
-        for i in self.set.matches(text).iter() {
-            hit(self.ids[i]);
+    fn scan(&self, rules: &[Compiled], text: &[u8], mut hit: impl FnMut(usize)) {
+        let b = self.built(rules);
+        if let Some(set) = &b.set {
+            set.matches(text).iter().for_each(|i| hit(b.ids[i]));
         }
+        b.always.iter().for_each(|&r| hit(r));
     }
 }
 
@@ -999,7 +1030,7 @@ impl Engine {
                     regex_set: true,
                     took: second_of_two(|| {
                         let t = Instant::now();
-                        texts.iter().for_each(|p| set.scan(p, |_| {}));
+                        texts.iter().for_each(|p| set.scan(&self.rules, p, |_| {}));
                         t.elapsed()
                     }),
                 });
@@ -1270,29 +1301,23 @@ impl Engine {
             }
         };
 
-        // The long patterns' prefilters, one `regex` set per input; where `regex` cannot
-        // build one, its rules run on their confirming engine alone.
+        // The long patterns' prefilters, one `regex` set per input.
         let mut set_members = vec![Vec::new(); inputs.len()];
         for (i, c) in rules.iter().enumerate() {
             if let (Some(k), Some(_)) = (c.input, c.set_prefilter()) {
                 set_members[k].push(i);
             }
         }
-        let mut input_sets = Vec::with_capacity(inputs.len());
-        for ids in set_members {
-            if ids.is_empty() {
-                input_sets.push(None);
-                continue;
-            }
-            let built = PrefilterSet::new(ids.clone(), &rules);
-            if built.is_none() {
-                for &r in &ids {
-                    rules[r].mode = Mode::Pcre;
-                }
-            }
-            stats.set_prefilters += built.as_ref().map_or(0, |s| s.ids.len());
-            input_sets.push(built);
-        }
+        stats.set_prefilters = set_members.iter().map(Vec::len).sum();
+        let input_sets: Vec<Option<PrefilterSet>> = set_members
+            .into_iter()
+            .map(|ids| {
+                (!ids.is_empty()).then(|| PrefilterSet {
+                    ids,
+                    built: OnceLock::new(),
+                })
+            })
+            .collect();
         let mut input_rules = vec![Vec::new(); inputs.len()];
         let mut input_pcre_only = vec![Vec::new(); inputs.len()];
         let mut lazy_rules = Vec::new();
@@ -1455,7 +1480,8 @@ impl Engine {
     }
 
     /// Compiles every confirming matcher a scan may need (prefilter and PCRE2-only rules,
-    /// `multiple` counts, header rules for missing headers), on every CPU the calling thread
+    /// `multiple` counts, header rules for missing headers) and the long prefilters' `regex`
+    /// sets, on every CPU the calling thread
     /// may run on (one, for a NUMA node's copy built on a pinned thread), which scans
     /// otherwise compile on first use: a message that needs one of the big ones first waits
     /// for its compile (hundreds of milliseconds for the replace-tag patterns).
@@ -1472,11 +1498,18 @@ impl Engine {
             })
             .map(|(r, c)| (c, r.tflags.multiple))
             .collect();
-        on_every_core(needed, |(c, multiple)| {
-            let _ = c.pcre();
-            if multiple {
-                let _ = c.counter();
-            }
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for set in self.input_sets.iter().flatten() {
+                    let _ = set.built(&self.rules);
+                }
+            });
+            on_every_core(needed, |(c, multiple)| {
+                let _ = c.pcre();
+                if multiple {
+                    let _ = c.counter();
+                }
+            });
         });
     }
 
@@ -2132,7 +2165,7 @@ impl Engine {
             }
         }
         if let Some(set) = &self.input_sets[k] {
-            set.scan(text, |r| {
+            set.scan(&self.rules, text, |r| {
                 cand.push(r);
                 flagged[r] = true;
             });
@@ -2310,7 +2343,7 @@ impl Engine {
         }
         if let Some(set) = &self.input_sets[k] {
             for (i, &(m, line, _)) in unseen.iter().enumerate() {
-                set.scan(texts[m as usize][line as usize], |r| {
+                set.scan(&self.rules, texts[m as usize][line as usize], |r| {
                     hits.push(TextHit {
                         rule: r as u32,
                         text: i as u32,

@@ -371,16 +371,51 @@ fn drop_top_lookarounds(expr: &str) -> Option<String> {
     Some(out)
 }
 
+/// Whether `expr` holds, outside classes, a lookaround, an atomic group, a possessive
+/// quantifier or a backreference (none of which `regex` has), or cannot be read.
+fn has_unsupported(expr: &str) -> bool {
+    let b = expr.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => {
+                if matches!(b.get(i + 1), Some(b'1'..=b'9' | b'g' | b'k' | b'K' | b'G')) {
+                    return true;
+                }
+                i += 2;
+            }
+            b'[' => match class_end(b, i) {
+                Some(end) => i = end,
+                None => return true,
+            },
+            b'(' if ["(?=", "(?!", "(?<=", "(?<!", "(?>"]
+                .iter()
+                .any(|l| b[i..].starts_with(l.as_bytes())) =>
+            {
+                return true
+            }
+            b'*' | b'+' | b'?' | b'}'
+                if b.get(i + 1) == Some(&b'+') && i > 0 && b[i - 1] != b'(' =>
+            {
+                return true
+            }
+            _ => i += 1,
+        }
+    }
+    false
+}
+
 /// The prefilter of a long pattern (see [`PREFILTER_CUT_ABOVE`]) as Rust's `regex` runs it in
 /// a set with the others ([`regex::bytes::RegexSet`]): the pieces Hyperscan's prefilter keeps
 /// (repeats widened, word boundaries gone, cut to its first [`PREFILTER_KEEP`] required
-/// pieces), without the lookarounds at its top, its flags written inline. Still a superset of
+/// pieces where it is a sequence), without the lookarounds at its top, its flags written
+/// inline. Still a superset of
 /// the pattern, which the confirming engine runs as written. These are the
 /// obfuscation-tolerant spellings, each letter a class of look-alikes: Hyperscan finds no
 /// literal in them and runs their automata on every byte, four databases of eight of them
 /// about 32 ns a byte of body text, where one lazy DFA of them all takes 3.5 (see
-/// BENCHMARKS.md). `None` where the pattern is not long, is not a sequence to cut, or keeps a
-/// construct `regex` has not (a lookaround inside a group, a backreference).
+/// BENCHMARKS.md). `None` where the pattern is not long or keeps a construct `regex` has not
+/// (a lookaround inside a group, a backreference, a possessive or atomic group).
 pub fn set_prefilter(t: &Translated) -> Option<String> {
     if t.expr.len() <= PREFILTER_CUT_ABOVE {
         return None;
@@ -402,13 +437,11 @@ pub fn set_prefilter(t: &Translated) -> Option<String> {
     } else {
         format!("(?{flags}:{body})")
     };
-    regex_syntax::ParserBuilder::new()
-        .unicode(false)
-        .utf8(false)
-        .build()
-        .parse(&x)
-        .ok()?;
-    Some(x)
+    // Constructs `regex` has not, found by their spelling (a false alarm only leaves a
+    // pattern in Hyperscan): parsing every long pattern at each start would take longer than
+    // the start from the cache. What slips through fails the set's build, which then leaves
+    // it out ([`Engine`](super::engine::Engine)'s prefilter set).
+    (!has_unsupported(&x)).then_some(x)
 }
 
 /// Whether the group `g` (parentheses included) has an alternative of anchors and word
@@ -843,6 +876,13 @@ mod tests {
         assert_eq!(set_prefilter(&translate(&inner, "")), None);
         let backref = format!("({})\\1", "b|".repeat(1100));
         assert_eq!(set_prefilter(&translate(&backref, "")), None);
+        let possessive = format!("(?:{})x++", "c|".repeat(1100));
+        assert_eq!(set_prefilter(&translate(&possessive, "")), None);
+        // Their spellings inside a class or escaped are no such constructs.
+        let literal = format!("(?:{})[?+(?=]\\*+\\(?!", "d|".repeat(1100));
+        let x = set_prefilter(&translate(&literal, "")).expect("a set prefilter");
+        let set = regex::bytes::RegexSet::new([&x]).unwrap();
+        assert!(set.is_match(b"d?**(!"));
     }
 
     #[test]
