@@ -4272,6 +4272,32 @@ score COUNTED 2.0
         }
     }
 
+    /// A long prefilter whose spelling passes but which `regex` still rejects (`\\Q...\\E`
+    /// quoting) is left out of the set's build and nominated for every text: it and the set's
+    /// other rules still hit where PCRE2 says.
+    #[test]
+    fn a_prefilter_regex_rejects_is_nominated_for_every_text() {
+        let words: Vec<String> = (0..400).map(|i| format!("w{i:04}")).collect();
+        let quoted = format!("(?!zzz)(?:{})\\Q+x\\E", words.join("|"));
+        let word = super::super::regex::spelling("pharmacy").replace('#', "\\#");
+        let rules = format!("body QUOTED /{quoted}/\nbody FUZZY_PH /{word}/i\n");
+        let e = engine(&rules, Layout::PerScope);
+        assert_eq!(e.stats.set_prefilters, 2);
+        let h = hits(&e, "Subject: s\n\nsee w0123+x and ph&#97;rm&#1097;cy\n");
+        assert_eq!(h, vec!["QUOTED=1", "FUZZY_PH=1"]);
+        let h = hits(&e, "Subject: s\n\nsee w0123 x and pharmacy\n");
+        assert!(h.is_empty(), "{h:?}");
+        let set = e
+            .input_sets
+            .iter()
+            .flatten()
+            .next()
+            .expect("the body's set");
+        let built = set.built(&e.rules);
+        assert_eq!(built.always, vec![e.set.index["QUOTED"]]);
+        assert_eq!(built.ids, vec![e.set.index["FUZZY_PH"]]);
+    }
+
     /// A compile removes the cache files no start has used for [`CACHE_KEEP`], and only those:
     /// files of other rulesets used lately, other files, and what it uses itself stay; a start
     /// from the cache marks its files used.
