@@ -36,6 +36,7 @@ use super::regex::{
 };
 use super::text_cache::{Pending, TextCache};
 use super::view::{self, Headers};
+use regex_automata::PatternSet;
 
 /// How rules are grouped into Hyperscan databases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -293,7 +294,9 @@ struct PrefilterSet {
 }
 
 struct BuiltSet {
-    set: Option<regex::bytes::RegexSet>,
+    /// What `regex::bytes::RegexSet` builds, used directly so that a scan fills the
+    /// scratch's [`PatternSet`] instead of allocating one per text.
+    set: Option<regex_automata::meta::Regex>,
     /// Pattern index in `set` → rule index.
     ids: Vec<usize>,
     /// Rules whose prefilter `regex` rejected: nominated for every text, their confirming
@@ -305,14 +308,26 @@ impl PrefilterSet {
     fn built(&self, rules: &[Compiled]) -> &BuiltSet {
         self.built.get_or_init(|| {
             let build = |ids: &[usize]| {
-                regex::bytes::RegexSetBuilder::new(
-                    ids.iter().filter_map(|&r| rules[r].set_prefilter()),
-                )
-                .unicode(false)
-                .size_limit(1 << 30)
-                .dfa_size_limit(1 << 26)
-                .build()
-                .ok()
+                let patterns: Vec<&str> = ids
+                    .iter()
+                    .filter_map(|&r| rules[r].set_prefilter())
+                    .collect();
+                regex_automata::meta::Builder::new()
+                    .configure(
+                        regex_automata::meta::Config::new()
+                            .match_kind(regex_automata::MatchKind::All)
+                            .utf8_empty(false)
+                            .which_captures(regex_automata::nfa::thompson::WhichCaptures::None)
+                            .nfa_size_limit(Some(1 << 30))
+                            .hybrid_cache_capacity(1 << 26),
+                    )
+                    .syntax(
+                        regex_automata::util::syntax::Config::new()
+                            .unicode(false)
+                            .utf8(false),
+                    )
+                    .build_many(&patterns)
+                    .ok()
             };
             if let Some(set) = build(&self.ids) {
                 return BuiltSet {
@@ -332,11 +347,20 @@ impl PrefilterSet {
         })
     }
 
-    /// Calls `hit` with each rule whose prefilter matches `text`.
-    fn scan(&self, rules: &[Compiled], text: &[u8], mut hit: impl FnMut(usize)) {
+    /// Calls `hit` with each rule whose prefilter matches `text`; `matched` is room for the
+    /// set's patterns (a [`Scratch`]'s).
+    fn scan(
+        &self,
+        rules: &[Compiled],
+        text: &[u8],
+        matched: &mut PatternSet,
+        mut hit: impl FnMut(usize),
+    ) {
         let b = self.built(rules);
         if let Some(set) = &b.set {
-            set.matches(text).iter().for_each(|i| hit(b.ids[i]));
+            matched.clear();
+            set.which_overlapping_matches(&regex_automata::Input::new(text), matched);
+            matched.iter().for_each(|p| hit(b.ids[p.as_usize()]));
         }
         b.always.iter().for_each(|&r| hit(r));
     }
@@ -696,6 +720,8 @@ pub struct Scratch {
     needed: Vec<bool>,
     /// The texts of a text input not found in `text_cache`, each scanned once.
     pending: Pending,
+    /// The patterns of a prefilter set that matched a text ([`PrefilterSet::scan`]).
+    set_matched: PatternSet,
 }
 
 impl Scratch {
@@ -1030,7 +1056,10 @@ impl Engine {
                     regex_set: true,
                     took: second_of_two(|| {
                         let t = Instant::now();
-                        texts.iter().for_each(|p| set.scan(&self.rules, p, |_| {}));
+                        let mut matched = PatternSet::new(set.ids.len());
+                        for p in texts {
+                            set.scan(&self.rules, p, &mut matched, |_| {});
+                        }
                         t.elapsed()
                     }),
                 });
@@ -1537,6 +1566,14 @@ impl Engine {
             ranges: vec![Cell::new((0.0, 0.0)); self.rules.len()],
             needed: vec![false; self.rules.len()],
             pending: Pending::default(),
+            set_matched: PatternSet::new(
+                self.input_sets
+                    .iter()
+                    .flatten()
+                    .map(|s| s.ids.len())
+                    .max()
+                    .unwrap_or(0),
+            ),
         }
     }
 
@@ -2144,6 +2181,7 @@ impl Engine {
             cand,
             flagged,
             profile,
+            set_matched,
             ..
         } = scratch;
         let t = clock(profile);
@@ -2165,7 +2203,7 @@ impl Engine {
             }
         }
         if let Some(set) = &self.input_sets[k] {
-            set.scan(&self.rules, text, |r| {
+            set.scan(&self.rules, text, set_matched, |r| {
                 cand.push(r);
                 flagged[r] = true;
             });
@@ -2294,6 +2332,7 @@ impl Engine {
             profile,
             text_cache,
             pending,
+            set_matched,
             ..
         } = scratch;
         let cached = text_cache.enabled() && self.inputs[k] != Input::Full;
@@ -2343,12 +2382,17 @@ impl Engine {
         }
         if let Some(set) = &self.input_sets[k] {
             for (i, &(m, line, _)) in unseen.iter().enumerate() {
-                set.scan(&self.rules, texts[m as usize][line as usize], |r| {
-                    hits.push(TextHit {
-                        rule: r as u32,
-                        text: i as u32,
-                    })
-                });
+                set.scan(
+                    &self.rules,
+                    texts[m as usize][line as usize],
+                    set_matched,
+                    |r| {
+                        hits.push(TextHit {
+                            rule: r as u32,
+                            text: i as u32,
+                        })
+                    },
+                );
             }
         }
         if let (Some(p), Some(t)) = (profile.as_deref_mut(), t) {

@@ -304,9 +304,7 @@ pub fn truncate_sequence(expr: &str, keep: usize) -> Option<String> {
             b'(' => {
                 i = group_end(b, i)?;
                 let group = &expr[start..i];
-                let look = ["(?=", "(?!", "(?<=", "(?<!"]
-                    .iter()
-                    .any(|l| group.starts_with(l));
+                let look = is_lookaround(group);
                 // `(?i)`: flags for what follows.
                 let flags = group.starts_with("(?") && !group.contains(':');
                 takes_text = !(look || flags || may_be_empty(group));
@@ -339,6 +337,13 @@ pub fn truncate_sequence(expr: &str, keep: usize) -> Option<String> {
     cut.filter(|&i| i < b.len()).map(|i| expr[..i].to_string())
 }
 
+/// Whether `group` opens with a lookahead or lookbehind.
+fn is_lookaround(group: &str) -> bool {
+    ["(?=", "(?!", "(?<=", "(?<!"]
+        .iter()
+        .any(|l| group.starts_with(l))
+}
+
 /// `expr` without the lookarounds at its top level: a superset (those inside groups stay).
 /// `None` for an unbalanced group or class.
 fn drop_top_lookarounds(expr: &str) -> Option<String> {
@@ -353,10 +358,7 @@ fn drop_top_lookarounds(expr: &str) -> Option<String> {
             b'(' => {
                 i = group_end(b, i)?;
                 let group = &expr[start..i];
-                if ["(?=", "(?!", "(?<=", "(?<!"]
-                    .iter()
-                    .any(|l| group.starts_with(l))
-                {
+                if is_lookaround(group) {
                     // With the quantifier Perl allows on it.
                     while matches!(b.get(i), Some(b'?' | b'*' | b'+')) {
                         i += 1;
@@ -388,12 +390,7 @@ fn has_unsupported(expr: &str) -> bool {
                 Some(end) => i = end,
                 None => return true,
             },
-            b'(' if ["(?=", "(?!", "(?<=", "(?<!", "(?>"]
-                .iter()
-                .any(|l| b[i..].starts_with(l.as_bytes())) =>
-            {
-                return true
-            }
+            b'(' if is_lookaround(&expr[i..]) || expr[i..].starts_with("(?>") => return true,
             b'*' | b'+' | b'?' | b'}'
                 if b.get(i + 1) == Some(&b'+') && i > 0 && b[i - 1] != b'(' =>
             {
@@ -406,16 +403,15 @@ fn has_unsupported(expr: &str) -> bool {
 }
 
 /// The prefilter of a long pattern (see [`PREFILTER_CUT_ABOVE`]) as Rust's `regex` runs it in
-/// a set with the others ([`regex::bytes::RegexSet`]): the pieces Hyperscan's prefilter keeps
-/// (repeats widened, word boundaries gone, cut to its first [`PREFILTER_KEEP`] required
-/// pieces where it is a sequence), without the lookarounds at its top, its flags written
-/// inline. Still a superset of
-/// the pattern, which the confirming engine runs as written. These are the
+/// a set with the others (`Engine`'s prefilter set): the pieces Hyperscan's prefilter keeps
+/// (repeats widened, word boundaries gone, cut to its first [`PREFILTER_KEEP`] required pieces
+/// where it is a sequence), without the lookarounds at its top, its flags written inline.
+/// Still a superset of the pattern, which the confirming engine runs as written. These are the
 /// obfuscation-tolerant spellings, each letter a class of look-alikes: Hyperscan finds no
-/// literal in them and runs their automata on every byte, four databases of eight of them
-/// about 32 ns a byte of body text, where one lazy DFA of them all takes 3.5 (see
-/// BENCHMARKS.md). `None` where the pattern is not long or keeps a construct `regex` has not
-/// (a lookaround inside a group, a backreference, a possessive or atomic group).
+/// literal in them and runs their automata on every byte, where one lazy DFA of them all is
+/// about a tenth of the cost (BENCHMARKS.md). `None` where the pattern is not long or keeps a
+/// construct `regex` has not (a lookaround inside a group, a backreference, a possessive or
+/// atomic group).
 pub fn set_prefilter(t: &Translated) -> Option<String> {
     if t.expr.len() <= PREFILTER_CUT_ABOVE {
         return None;
