@@ -4,11 +4,15 @@
 //! first.
 //!
 //! `MXGATE_CORPUS=../shared/corpus cargo run --release -p mxgate-scanners --example rule_costs
-//! [N] [body|uri|rawbody]` prints the N costliest patterns (default 20), then the N slowest to
-//! compile alone.
+//! [N] [body|uri|rawbody] [joined|sets]` prints the N costliest patterns (default 20), then the
+//! N slowest to compile alone. `joined` then scans the databases once more over the same texts
+//! joined into texts of about 16 KB (what a scan pays per call); `sets` compares the scope's
+//! prefilters in `regex` sets of several sizes (see `regex::set_prefilter`) with Hyperscan.
 
 use mxgate_core::mime::Message;
-use mxgate_scanners::rules::{load_paths, view, Engine, Input, Layout, Options};
+use mxgate_scanners::rules::regex::{set_prefilter, translate};
+use mxgate_scanners::rules::{load_paths, view, Engine, Input, Layout, Mode, Options, Test};
+use std::time::{Duration, Instant};
 
 fn main() {
     let corpus = std::env::var("MXGATE_CORPUS").unwrap_or_else(|_| "../shared/corpus".into());
@@ -48,15 +52,13 @@ fn main() {
             messages += 1;
         }
     }
-    let engine = Engine::build(
-        load_paths(&["/usr/share/spamassassin".into(), "/etc/spamassassin".into()]),
-        &Options {
-            layout: Layout::PerScope,
-            cache_dir: Some(std::env::temp_dir().join("mxgate-rule-costs-cache")),
-            ..Options::default()
-        },
-    )
-    .expect("the ruleset compiles");
+    let options = Options {
+        layout: Layout::PerScope,
+        cache_dir: Some(std::env::temp_dir().join("mxgate-rule-costs-cache")),
+        ..Options::default()
+    };
+    let set = load_paths(&["/usr/share/spamassassin".into(), "/etc/spamassassin".into()]);
+    let engine = Engine::build(set.clone(), &options).expect("the ruleset compiles");
     let bytes: usize = texts.iter().map(Vec::len).sum();
     println!(
         "{messages} messages, {} {name} texts, {bytes} bytes",
@@ -139,5 +141,123 @@ fn main() {
         for p in rows.iter().take(top) {
             println!("  {:7.3} s  {}", p.compile.as_secs_f64(), p.rule);
         }
+    }
+    let ns_a_byte = |d: Duration| d.as_nanos() as f64 / bytes as f64;
+    let databases = |c: &mxgate_scanners::rules::PatternCosts| {
+        c.databases
+            .iter()
+            .filter(|d| !d.regex_set)
+            .map(|d| d.took)
+            .sum::<Duration>()
+    };
+    match std::env::args().nth(3).as_deref() {
+        Some("joined") => {
+            let mut joined = vec![Vec::new()];
+            for t in &texts {
+                let last = joined.last_mut().expect("one");
+                last.extend_from_slice(t);
+                last.push(b'\n');
+                if last.len() > 16384 {
+                    joined.push(Vec::new());
+                }
+            }
+            let joined_costs = engine.pattern_costs(&scope, &joined);
+            println!(
+                "{name} databases over {} texts: {:.1} ns a byte; over them joined into {}: {:.1}",
+                texts.len(),
+                ns_a_byte(databases(&costs)),
+                joined.len(),
+                ns_a_byte(databases(&joined_costs))
+            );
+        }
+        Some("sets") => {
+            // The scope's prefilters, those of long patterns (in the engine's set) and the
+            // others that `regex` can express as written, flags inline.
+            let (mut long, mut other) = (Vec::new(), Vec::new());
+            for (i, r) in set.rules.iter().enumerate() {
+                let re = match (&r.test, &scope) {
+                    (Test::Body(re), Input::Body)
+                    | (Test::Uri(re), Input::Uri)
+                    | (Test::Rawbody(re), Input::Rawbody) => re,
+                    _ => continue,
+                };
+                if engine.mode(i) != Mode::Prefilter {
+                    continue;
+                }
+                let t = translate(&re.pattern, &re.flags);
+                if let Some(x) = set_prefilter(&t) {
+                    long.push((r.name.clone(), x));
+                    continue;
+                }
+                let flags: String = [(t.caseless, 'i'), (t.multiline, 'm'), (t.dotall, 's')]
+                    .iter()
+                    .filter_map(|&(on, f)| on.then_some(f))
+                    .collect();
+                let x = format!("(?{flags}-u:{})", t.expr);
+                if regex::bytes::RegexSetBuilder::new([&x]).build().is_ok() {
+                    other.push((r.name.clone(), x));
+                }
+            }
+            for (label, pats) in [("long", &long), ("other", &other)] {
+                if label == "other" {
+                    // Hyperscan over the same patterns: an engine of them alone.
+                    let names: std::collections::HashSet<&str> =
+                        pats.iter().map(|(n, _)| n.as_str()).collect();
+                    let mut sub = set.clone();
+                    sub.rules.retain(|r| names.contains(r.name.as_str()));
+                    sub.index = sub
+                        .rules
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| (r.name.clone(), i))
+                        .collect();
+                    let sub = Engine::build(
+                        sub,
+                        &Options {
+                            skip_unreferenced: false,
+                            ..options.clone()
+                        },
+                    )
+                    .expect("the subset compiles");
+                    let c = sub.pattern_costs(&scope, &texts);
+                    println!(
+                        "{} other prefilters in {} Hyperscan databases: {:.1} ns a byte",
+                        pats.len(),
+                        c.databases.len(),
+                        ns_a_byte(databases(&c))
+                    );
+                }
+                for size in [1, 4, 8, 16, pats.len().max(1)] {
+                    let sets: Vec<_> = pats
+                        .chunks(size)
+                        .map(|c| {
+                            regex::bytes::RegexSetBuilder::new(c.iter().map(|(_, x)| x))
+                                .unicode(false)
+                                .size_limit(1 << 30)
+                                .dfa_size_limit(1 << 26)
+                                .build()
+                                .expect("each pattern built alone")
+                        })
+                        .collect();
+                    // The second of two passes: the lazy DFAs' states built in the first.
+                    let mut took = Duration::ZERO;
+                    for _ in 0..2 {
+                        let t = Instant::now();
+                        for s in &sets {
+                            for p in &texts {
+                                std::hint::black_box(s.matches(p));
+                            }
+                        }
+                        took = t.elapsed();
+                    }
+                    println!(
+                        "{} {label} prefilters in regex sets of {size}: {:.1} ns a byte",
+                        pats.len(),
+                        ns_a_byte(took)
+                    );
+                }
+            }
+        }
+        _ => {}
     }
 }
