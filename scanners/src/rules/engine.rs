@@ -3095,8 +3095,15 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     /// The message's URIs as the uri rules read them, listed once.
     fn uris(&mut self) -> &[Vec<u8>] {
-        let msg = self.msg;
-        self.uris.get_or_insert_with(|| view::uris(msg))
+        if self.uris.is_none() {
+            self.body_lines();
+            let html = self.html.as_deref().unwrap_or_default();
+            self.uris = Some(view::uris_of(
+                self.body.as_deref().unwrap_or_default(),
+                html,
+            ));
+        }
+        self.uris.as_deref().unwrap_or_default()
     }
 
     /// The rendered body lines, the Subject first, built once.

@@ -22,8 +22,9 @@ pub fn render(html: &str) -> String {
 
 /// What the renderer tells its caller besides the text.
 enum Event<'a> {
-    /// A tag: its name (lower case), and whether it closes.
-    Tag(&'a str, bool),
+    /// A tag: its name (lower case), whether it closes, and what follows the name (its
+    /// attributes, as written).
+    Tag(&'a str, bool, &'a str),
     /// A comment, as written (`<!-- ... -->`).
     Comment(&'a str),
     /// The content of a `<title>`, as written.
@@ -53,6 +54,8 @@ pub struct Tags {
     pub comments: Vec<String>,
     /// The titles' text (`title`, for `html_text_match`).
     pub titles: Vec<String>,
+    /// The link targets `html_uri` collects (`uri`): each once, in the order first found.
+    pub uris: Vec<String>,
 }
 
 /// The elements `HTML.pm` counts (strict, loose and a few non-standard ones).
@@ -202,10 +205,16 @@ pub fn tags(html: &str) -> Tags {
 /// [`render`] and [`tags`] of the same part in one pass.
 pub fn render_and_tags(html: &str) -> (String, Tags) {
     let mut t = Tags::default();
+    let mut links = Links::default();
     // `s/<(\w+)\s*\/>/<$1>/gi` only changes `<br/>` to `<br>`: the same tag either way.
     let (text, obfuscation) = render_with(html, &mut |ev| {
         let (name, closing) = match ev {
-            Event::Tag(name, closing) => (name, closing),
+            Event::Tag(name, closing, attrs) => {
+                if !closing {
+                    links.tag(name, attrs);
+                }
+                (name, closing)
+            }
             Event::Comment(c) => return t.comments.push(c.to_string()),
             Event::Title(text) => return t.titles.push(decode_entities(text).into_owned()),
         };
@@ -227,6 +236,7 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
         }
     });
     t.obfuscation = obfuscation;
+    t.uris = links.found.list;
     for name in ["style", "script"] {
         if let Some(e) = t.inside.get_mut(name) {
             while *e > 0 {
@@ -309,7 +319,7 @@ fn render_with(html: &str, event: &mut dyn FnMut(Event<'_>)) -> (String, u32) {
             .take_while(|c| c.is_ascii_alphanumeric() || *c == b':' || *c == b'-' || *c == b'_')
             .count();
         let name = rest[..name_len].to_ascii_lowercase();
-        event(Event::Tag(&name, closing));
+        event(Event::Tag(&name, closing, &rest[name_len..]));
         whitespace_for(&name, &mut pieces);
         if !closing
             && matches!(
@@ -438,6 +448,377 @@ fn tag_end(b: &[u8], from: usize) -> usize {
     memchr::memchr(b'>', &b[from..]).map_or(b.len(), |p| from + p)
 }
 
+/// `MAX_URI_LENGTH`: longer link targets are cut to this many bytes.
+const MAX_URI_LENGTH: usize = 8192;
+
+/// Perl's truth of a string: neither empty nor `"0"`.
+fn perl_true(s: &str) -> bool {
+    !s.is_empty() && s != "0"
+}
+
+/// What `html_uri` collects from a part's opening tags: the link targets, resolved against
+/// the `<base href>` before them.
+#[derive(Default)]
+struct Links {
+    found: mxgate_core::mime::uri::Unique<String>,
+    /// `base_href`: set by a `<base>` with an absolute `http`, `https` or `ftp` target.
+    base: String,
+}
+
+impl Links {
+    /// `html_uri` for an opening tag (`name` in lower case, `attrs` as written).
+    fn tag(&mut self, name: &str, attrs: &str) {
+        if !matches!(
+            name,
+            "body"
+                | "table"
+                | "tr"
+                | "td"
+                | "a"
+                | "area"
+                | "link"
+                | "img"
+                | "frame"
+                | "iframe"
+                | "embed"
+                | "script"
+                | "bgsound"
+                | "form"
+                | "base"
+                | "meta"
+        ) {
+            return;
+        }
+        let attrs = parse_attrs(attrs);
+        let get = |key: &str| {
+            attrs
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        // "read uris from bad formatted html as well": `foo/href=...` stands for `href`.
+        let slashed = |key: &str| {
+            attrs
+                .iter()
+                .find(|(k, _)| {
+                    let k = k.as_bytes();
+                    memchr::memmem::find_iter(k, key.as_bytes())
+                        .any(|i| i > 0 && (k[i - 1].is_ascii_alphanumeric() || k[i - 1] == b'_'))
+                })
+                .map(|(_, v)| v.as_str())
+        };
+        match name {
+            "body" | "table" | "tr" | "td" => {
+                if let Some(v) = get("background") {
+                    self.push(v);
+                }
+            }
+            "a" | "area" | "link" => {
+                let href = slashed("/href")
+                    .or_else(|| get("href"))
+                    .map(|v| v.replace('\u{feff}', ""));
+                if let Some(v) = &href {
+                    self.push(v);
+                }
+                if let Some(v) = get("data-saferedirecturl") {
+                    self.push(v);
+                }
+                // `html_tests` files an anchor's text under its `href` as written (trimmed,
+                // not resolved; empty without one), which lists it too.
+                if name == "a" {
+                    self.found
+                        .push(canon_uri(href.as_deref().unwrap_or_default()));
+                }
+            }
+            "form" => {
+                if let Some(v) = get("action") {
+                    self.push(v);
+                }
+            }
+            "base" => {
+                let Some(v) = get("href").filter(|v| perl_true(v)) else {
+                    return;
+                };
+                let uri = canon_uri(v);
+                self.push(&uri);
+                let lower = uri.to_ascii_lowercase();
+                if !(lower.starts_with("http:")
+                    || lower.starts_with("https:")
+                    || lower.starts_with("ftp:"))
+                {
+                    return;
+                }
+                static FILE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+                let file = FILE.get_or_init(|| {
+                    regex::Regex::new(r"(?i)^([a-z]+:/{0,2}[^/]+/.*?)[^/.]+\.[^/.]{2,4}$")
+                        .expect("a valid pattern")
+                });
+                let mut base = match file.captures(&uri) {
+                    Some(c) => c[1].to_string(),
+                    None => uri.clone(),
+                };
+                if !base.ends_with('/') {
+                    base.push('/');
+                }
+                self.base = base;
+            }
+            "meta" => {
+                let (Some(equiv), Some(content)) = (get("http-equiv"), get("content")) else {
+                    return;
+                };
+                static URL: std::sync::OnceLock<[regex::Regex; 3]> = std::sync::OnceLock::new();
+                let [refresh, has_url, to_url] = URL.get_or_init(|| {
+                    [r"(?i)refresh", r"(?i)\burl\s*=", r"(?i)^.*\burl\s*=\s*"]
+                        .map(|p| regex::Regex::new(p).expect("a valid pattern"))
+                });
+                if refresh.is_match(equiv) && has_url.is_match(content) {
+                    let uri = to_url.replace(content, "");
+                    let end = uri.find(';').map_or(uri.len(), |i| {
+                        uri[..i]
+                            .trim_end_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b')
+                            .len()
+                    });
+                    self.push(&uri[..end]);
+                }
+            }
+            _ => {
+                if let Some(v) = slashed("/src").or_else(|| get("src")) {
+                    self.push(v);
+                }
+            }
+        }
+    }
+
+    /// `push_uri`.
+    fn push(&mut self, uri: &str) {
+        let uri = canon_uri(uri);
+        if uri.is_empty() {
+            return;
+        }
+        let head = uri.as_bytes();
+        let head = &head[..head.len().min(7)];
+        if [&b"data:"[..], b"mailto:", b"file:", b"cid:", b"tel:"]
+            .iter()
+            .any(|p| head.len() >= p.len() && head[..p.len()].eq_ignore_ascii_case(p))
+        {
+            self.found.push(uri);
+            return;
+        }
+        let target = target_uri(&self.base, &uri);
+        if !target.is_empty() {
+            self.found.push(target);
+        }
+    }
+}
+
+/// `canon_uri`: white space (and no-break spaces) trimmed, cut to [`MAX_URI_LENGTH`].
+fn canon_uri(uri: &str) -> String {
+    let ws = |c: char| c.is_ascii_whitespace() || c == '\x0b' || c == '\u{a0}';
+    let mut u = uri.trim_matches(ws);
+    if u.len() > MAX_URI_LENGTH {
+        let mut end = MAX_URI_LENGTH;
+        while !u.is_char_boundary(end) {
+            end -= 1;
+        }
+        u = &u[..end];
+    }
+    u.to_string()
+}
+
+/// A URI's parts as `_parse_uri` splits them (RFC 3986's appendix B expression).
+struct UriParts<'a> {
+    scheme: Option<&'a str>,
+    authority: Option<&'a str>,
+    path: &'a str,
+    query: Option<&'a str>,
+    fragment: Option<&'a str>,
+}
+
+fn parse_uri(u: &str) -> UriParts<'_> {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(r"^(?:([^:/?#]+):)?(?://([^/?#]*))?([^?#]*)(?:\?([^#]*))?(?:#(.*))?")
+            .expect("a valid pattern")
+    });
+    let c = re.captures(u).expect("every string matches");
+    let g = |i: usize| c.get(i).map(|m| m.as_str());
+    UriParts {
+        scheme: g(1),
+        authority: g(2),
+        path: g(3).unwrap_or_default(),
+        query: g(4),
+        fragment: g(5),
+    }
+}
+
+/// `_remove_dot_segments`.
+fn remove_dot_segments(input: &str) -> String {
+    let mut input = if input.starts_with("./") || input.starts_with("../") {
+        format!("/{}", &input[input.find('/').map_or(0, |i| i + 1)..])
+    } else {
+        input.to_string()
+    };
+    let mut output = String::new();
+    // `^/\.(?:$|/)` and `^/\.\.(?:$|/)`: the dot segment's length, when `input` starts with it.
+    let dots = |s: &str, d: &str| {
+        let n = 1 + d.len();
+        let b = s.as_bytes();
+        (b.len() >= n
+            && b[0] == b'/'
+            && &b[1..n] == d.as_bytes()
+            && matches!(b.get(n), None | Some(b'/')))
+        .then_some(n)
+    };
+    while perl_true(&input) {
+        if let Some(n) = dots(&input, ".") {
+            input.replace_range(..n + usize::from(input.len() > n), "/");
+        } else if let Some(n) = dots(&input, "..") {
+            input.replace_range(..n + usize::from(input.len() > n), "/");
+            // `s@/?[^/]*$@@`
+            let cut = output.rfind('/').unwrap_or(0);
+            output.truncate(cut);
+        } else {
+            let lead = usize::from(input.starts_with('/'));
+            let end = input[lead..].find('/').map_or(input.len(), |i| lead + i);
+            output.push_str(&input[..end]);
+            input.replace_range(..end, "");
+        }
+    }
+    output
+}
+
+/// `_merge_uri`.
+fn merge_uri(base_authority: Option<&str>, base_path: &str, r_path: &str) -> String {
+    if base_authority.is_some() && !perl_true(base_path) {
+        return format!("/{r_path}");
+    }
+    let dir = match base_path.rfind('/') {
+        Some(i) => &base_path[..=i],
+        None => "",
+    };
+    format!("{dir}{r_path}")
+}
+
+/// `target_uri`: `r` resolved against `base` as `HTML.pm` does it (not strictly: a scheme
+/// `r` shares with the base is dropped first; an unschemed `www.` or `ftp.` authority gets one).
+fn target_uri(base: &str, r: &str) -> String {
+    let mut rp = parse_uri(r);
+    let bp = parse_uri(base);
+    if rp.scheme.is_some() && rp.scheme == bp.scheme {
+        rp.scheme = None;
+    }
+    let (scheme, authority, path, query);
+    if rp.scheme.is_some() {
+        (scheme, authority) = (rp.scheme, rp.authority);
+        path = remove_dot_segments(rp.path);
+        query = rp.query;
+    } else {
+        if rp.authority.is_some() {
+            authority = rp.authority;
+            path = remove_dot_segments(rp.path);
+            query = rp.query;
+        } else {
+            if rp.path.is_empty() {
+                path = bp.path.to_string();
+                query = rp.query.or(bp.query);
+            } else {
+                path = if rp.path.starts_with('/') {
+                    remove_dot_segments(rp.path)
+                } else {
+                    remove_dot_segments(&merge_uri(bp.authority, bp.path, rp.path))
+                };
+                query = rp.query;
+            }
+            authority = bp.authority;
+        }
+        scheme = bp.scheme;
+    }
+    let mut out = String::with_capacity(r.len() + 8);
+    if let Some(s) = scheme.filter(|s| perl_true(s)) {
+        out.push_str(s);
+        out.push(':');
+    } else if let Some(a) = authority {
+        let l = a.to_ascii_lowercase();
+        let numbered = |p: &str| {
+            l.strip_prefix(p).is_some_and(|rest| {
+                rest.trim_start_matches(|c: char| c.is_ascii_digit())
+                    .starts_with('.')
+            })
+        };
+        if numbered("www") {
+            out.push_str("http:");
+        } else if numbered("ftp") {
+            out.push_str("ftp:");
+        }
+    }
+    if let Some(a) = authority {
+        out.push_str("//");
+        out.push_str(a);
+    }
+    out.push_str(&path);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    if let Some(f) = rp.fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+/// A tag's attributes as HTML::Parser reads them: names in lower case (a name runs to white
+/// space, `=` or `>`), values quoted or up to white space, entities decoded; an attribute
+/// without a value has its name for one.
+fn parse_attrs(attrs: &str) -> Vec<(String, String)> {
+    let b = attrs.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
+            i += 1;
+        }
+        let ns = i;
+        while i < b.len() && !b[i].is_ascii_whitespace() && !matches!(b[i], b'=' | b'>') {
+            i += 1;
+        }
+        if i == ns {
+            i += 1;
+            continue;
+        }
+        let name = attrs[ns..i].to_ascii_lowercase();
+        let mut j = i;
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if j < b.len() && b[j] == b'=' {
+            j += 1;
+            while j < b.len() && b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            let value = if j < b.len() && (b[j] == b'"' || b[j] == b'\'') {
+                let vs = j + 1;
+                let ve = memchr::memchr(b[j], &b[vs..]).map_or(b.len(), |e| vs + e);
+                i = (ve + 1).min(b.len());
+                &attrs[vs..ve]
+            } else {
+                let vs = j;
+                while j < b.len() && !b[j].is_ascii_whitespace() && b[j] != b'>' {
+                    j += 1;
+                }
+                i = j;
+                &attrs[vs..j]
+            };
+            if !out.iter().any(|(k, _): &(String, String)| *k == name) {
+                out.push((name, decode_entities(value).into_owned()));
+            }
+        } else if !out.iter().any(|(k, _): &(String, String)| *k == name) {
+            out.push((name.clone(), name));
+        }
+    }
+    out
+}
+
 fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
     if needle.is_empty() || hay.len() < needle.len() {
         return None;
@@ -448,6 +829,68 @@ fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_are_collected_as_html_uri_collects_them() {
+        // Which tags and attributes name links, `<base>` resolving what follows it, a meta
+        // refresh, a malformed `x/href`, and each target once.
+        let html = "<a href='http://before.example/'>0</a>\
+            <base href=\"http://b.example/dir/index.html\">\
+            <a href=\" rel/page.html \">x</a><a HREF='http://A.example/X'>y</a>\
+            <img src=\"/img.gif\"><td background=bg.png><form action=\"?q=1\">\
+            <meta http-equiv=\"Refresh\" content=\"0; URL=http://r.example/go ; x\">\
+            <a foo/href=\"http://s.example/\">z</a><a href=\"mailto:m@x.example?subject=a\">m</a>\
+            <span href=\"http://no.example/\">n</span><area href=\"http://A.example/X\">\
+            <a data-saferedirecturl=\"https://g.example/url?q=x&amp;y\">s</a>\
+            <script src=\"//cdn.example/a.js\"></script><a href=\"\">empty</a>";
+        // (SpamAssassin 4.0.1 lists the same, `spamassassin -D uri` on this part.)
+        assert_eq!(
+            tags(html).uris,
+            [
+                "http://before.example/",
+                "http://b.example/dir/index.html",
+                "http://b.example/dir/rel/page.html",
+                "rel/page.html",
+                "http://A.example/X",
+                "http://b.example/img.gif",
+                "http://b.example/dir/bg.png",
+                "http://b.example/dir/?q=1",
+                "http://r.example/go",
+                "http://s.example/",
+                "mailto:m@x.example?subject=a",
+                "https://g.example/url?q=x&y",
+                "",
+                "http://cdn.example/a.js",
+            ]
+        );
+        // Without a base, a relative target stays relative (the URI list gives it no
+        // variants), and an unschemed `www.` host gets `http:`; an anchor's `href` as written
+        // is listed as well.
+        assert_eq!(
+            tags("<a href=\"./pics/A.html\">a</a><a href=\"//www2.x.example/p\">b</a>").uris,
+            [
+                "/pics/A.html",
+                "./pics/A.html",
+                "http://www2.x.example/p",
+                "//www2.x.example/p"
+            ]
+        );
+    }
+
+    #[test]
+    fn dot_segments_are_removed_as_html_pm_removes_them() {
+        for (path, want) in [
+            ("/a/b/../c/./d", "/a/c/d"),
+            ("../x", "/x"),
+            ("./x/..", "/"),
+            ("/\u{7db2}\u{8def}/../a", "/a"),
+            ("/a/..", "/"),
+            // Perl's `while ($input)`: "0" is false.
+            ("0", ""),
+        ] {
+            assert_eq!(remove_dot_segments(path), want, "{path}");
+        }
+    }
 
     #[test]
     fn one_pass_renders_and_counts_as_two() {

@@ -571,28 +571,31 @@ pub fn full_text(msg: &Message) -> Cow<'_, [u8]> {
     crlf_to_lf(&msg.raw)
 }
 
-/// The URIs uri rules see, as `PerMsgStatus::get_uri_list` gives them: link targets of HTML
-/// parts as written and URIs found in text, each followed by its canonical variants
-/// (`uri_list_canonicalize`: backslashes as slashes, `%`-escapes decoded, a scheme added to a
-/// bare host, a slash before `?` or `#` after the host).
+/// The URIs uri rules see, as `PerMsgStatus::get_uri_list` gives them: the URIs found in the
+/// rendered body lines (Subject first, each text part cut at [`BODY_PART_SCAN_SIZE`]) and the
+/// link targets of the HTML parts, each followed by its canonical variants. See [`uris_of`].
 pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
+    let subject = Headers::of_part(msg, 0)
+        .values("subject", false)
+        .last()
+        .map(<[u8]>::to_vec);
+    let (lines, html) = body_lines_and_html(msg, subject.as_deref(), None);
+    uris_of(&lines, &html)
+}
+
+/// [`uris`] from the body lines and the HTML parts [`body_lines_and_html`] gave: as SpamAssassin
+/// 4 has it, text URIs are read from the same lines body rules read
+/// (`get_decoded_stripped_body_text_array`) and link targets from the same parse of each HTML
+/// part (`HTML.pm`'s `html_uri`), then each is canonicalised (`uri_list_canonicalize`:
+/// backslashes as slashes, `%`-escapes decoded, a scheme added to a bare host, a slash before
+/// `?` or `#` after the host).
+pub fn uris_of(lines: &[Vec<u8>], html: &[RenderedHtml]) -> Vec<Vec<u8>> {
     let mut found: Vec<String> = Vec::new();
-    for p in msg.leaves() {
-        match sa_type(&p.content_type) {
-            "text/plain" => {
-                if let Some(t) = msg.text(p.id) {
-                    found.extend(mime::uri::extract_text(&t));
-                }
-            }
-            "text/html" => {
-                if let Some(h) = msg.text(p.id) {
-                    let r = mime::html::render(&h);
-                    found.extend(r.links.iter().map(|l| l.trim().to_string()));
-                    found.extend(mime::uri::extract_text(&r.text));
-                }
-            }
-            _ => {}
-        }
+    for l in lines {
+        found.extend(mime::uri::extract_text(&utf8_lossy(l)));
+    }
+    for h in html {
+        found.extend(h.tags.uris.iter().cloned());
     }
     // A link repeated (a footer's, a tracking pixel's) gives what its first occurrence gave:
     // each is read once, and what is kept is kept once (`Unique`, not a search of the list).
@@ -604,13 +607,15 @@ pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
         }
         let u: String = u.chars().filter(|&c| c != '\n' && c != '\r').collect();
         let u = u.trim().to_string();
+        // The URI itself is listed whatever follows; `#x`, `?x`, `/x` and one-character ones
+        // get no variants.
+        out.push(u.clone());
         if u.len() <= 1
             || u.starts_with(['#', '?', '&'])
             || (u.starts_with('/') && !u.starts_with("//"))
         {
             continue;
         }
-        out.push(u.clone());
         let lower = u.to_ascii_lowercase();
         if lower.starts_with("mailto:") || u.split(':').next().is_some_and(|s| s.contains('@')) {
             continue;
