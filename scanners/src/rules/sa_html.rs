@@ -10,9 +10,22 @@
 
 use mxgate_core::mime::html::decode_entities;
 
-struct Piece {
+/// The rendered text: `HTML.pm`'s list of displayed pieces, written end to end into one string,
+/// with where the last piece starts and whether it was a break (the rendering looks back at the
+/// last piece only).
+#[derive(Default)]
+struct Pieces {
     text: String,
-    whitespace: bool,
+    /// Where the last piece starts in `text`; `None` before the first.
+    last: Option<usize>,
+    last_whitespace: bool,
+}
+
+impl Pieces {
+    /// The last piece.
+    fn last(&self) -> Option<&str> {
+        self.last.map(|at| &self.text[at..])
+    }
 }
 
 /// Renders HTML to text as SpamAssassin's body rules see it.
@@ -228,7 +241,10 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
         }
         t.tags += 1;
         t.tags_seen += u32::from(new);
-        let e = t.inside.entry(name.to_string()).or_insert(0);
+        let e = match t.inside.get_mut(name) {
+            Some(e) => e,
+            None => t.inside.entry(name.to_string()).or_insert(0),
+        };
         *e += if closing { -1 } else { 1 };
         if *e < 0 {
             *e = 0;
@@ -264,7 +280,7 @@ fn render_with(html: &str, event: &mut dyn FnMut(Event<'_>)) -> (String, u32) {
         html
     };
     let b = html.as_bytes();
-    let mut pieces: Vec<Piece> = Vec::new();
+    let mut pieces = Pieces::default();
     let mut obfuscation = 0;
     let mut i = 0;
     let mut text_start = 0;
@@ -351,12 +367,12 @@ fn render_with(html: &str, event: &mut dyn FnMut(Event<'_>)) -> (String, u32) {
         text_start = i;
     }
     obfuscation += flush_text(&html[text_start.min(b.len())..], &mut pieces);
-    (pieces.into_iter().map(|p| p.text).collect(), obfuscation)
+    (pieces.text, obfuscation)
 }
 
 /// A text run between tags, displayed; 1 when it continues a word the last piece ended (both
 /// sides a character that is neither white space nor ASCII punctuation), else 0.
-fn flush_text(raw: &str, pieces: &mut Vec<Piece>) -> u32 {
+fn flush_text(raw: &str, pieces: &mut Pieces) -> u32 {
     if raw.is_empty() {
         return 0;
     }
@@ -365,56 +381,64 @@ fn flush_text(raw: &str, pieces: &mut Vec<Piece>) -> u32 {
     let split = t.chars().next().is_some_and(wordish)
         && pieces
             .last()
-            .and_then(|p| p.text.chars().last())
+            .and_then(|p| p.chars().last())
             .is_some_and(wordish);
     display(pieces, &t, false);
     u32::from(split)
 }
 
 /// `display_text`.
-fn display(pieces: &mut Vec<Piece>, text: &str, whitespace: bool) {
+fn display(pieces: &mut Pieces, text: &str, whitespace: bool) {
     if whitespace {
-        if let Some(last) = pieces.last_mut() {
-            if !last.whitespace && last.text.ends_with(' ') {
-                last.text.pop();
-            }
+        if !pieces.last_whitespace && pieces.last().is_some_and(|l| l.ends_with(' ')) {
+            pieces.text.pop();
         }
-        pieces.push(Piece {
-            text: text.to_string(),
-            whitespace: true,
-        });
+        pieces.last = Some(pieces.text.len());
+        pieces.last_whitespace = true;
+        pieces.text.push_str(text);
         return;
     }
-    // s/[ \t\n\r\f\x0b]+|\xc2\xa0/ /gs
-    let mut t = String::with_capacity(text.len());
-    let mut in_ws = false;
-    for c in text.chars() {
-        if matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c' | '\x0b') {
-            if !in_ws {
-                t.push(' ');
+    // s/[ \t\n\r\f\x0b]+|\xc2\xa0/ /gs, and a leading space dropped after a break.
+    let after_break = pieces.last.is_some() && pieces.last_whitespace;
+    let out = &mut pieces.text;
+    pieces.last = Some(out.len());
+    pieces.last_whitespace = false;
+    let start = out.len();
+    let b = text.as_bytes();
+    // Bytes from `run` on are not copied yet.
+    let (mut run, mut i, mut in_ws) = (0, 0, false);
+    while i < b.len() {
+        match b[i] {
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'\x0b' => {
+                out.push_str(&text[run..i]);
+                if !in_ws {
+                    out.push(' ');
+                }
+                in_ws = true;
+                i += 1;
+                run = i;
             }
-            in_ws = true;
-        } else if c == '\u{a0}' {
-            t.push(' ');
-            in_ws = false;
-        } else {
-            t.push(c);
-            in_ws = false;
+            0xc2 if b.get(i + 1) == Some(&0xa0) => {
+                out.push_str(&text[run..i]);
+                out.push(' ');
+                in_ws = false;
+                i += 2;
+                run = i;
+            }
+            _ => {
+                in_ws = false;
+                i += 1;
+            }
         }
     }
-    if pieces.last().is_some_and(|p| p.whitespace) {
-        if let Some(stripped) = t.strip_prefix(' ') {
-            t = stripped.to_string();
-        }
+    out.push_str(&text[run..]);
+    if after_break && out.as_bytes().get(start) == Some(&b' ') {
+        out.remove(start);
     }
-    pieces.push(Piece {
-        text: t,
-        whitespace: false,
-    });
 }
 
 /// `html_whitespace`: the break a tag (opening or closing) inserts.
-fn whitespace_for(name: &str, pieces: &mut Vec<Piece>) {
+fn whitespace_for(name: &str, pieces: &mut Pieces) {
     let ws = match name {
         "br" | "div" => "\n",
         "li" | "th" | "td" | "dd" | "dt" | "embed" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" => " ",
@@ -829,6 +853,73 @@ fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_written_end_to_end_render_as_a_list_of_pieces() {
+        // `display_text` kept as HTML.pm keeps it, a list of pieces, against the one string.
+        struct Piece {
+            text: String,
+            whitespace: bool,
+        }
+        fn reference(pieces: &mut Vec<Piece>, text: &str, whitespace: bool) {
+            if whitespace {
+                if let Some(last) = pieces.last_mut() {
+                    if !last.whitespace && last.text.ends_with(' ') {
+                        last.text.pop();
+                    }
+                }
+                pieces.push(Piece {
+                    text: text.to_string(),
+                    whitespace: true,
+                });
+                return;
+            }
+            let mut t = String::new();
+            let mut in_ws = false;
+            for c in text.chars() {
+                if matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c' | '\x0b') {
+                    if !in_ws {
+                        t.push(' ');
+                    }
+                    in_ws = true;
+                } else {
+                    t.push(if c == '\u{a0}' { ' ' } else { c });
+                    in_ws = false;
+                }
+            }
+            if pieces.last().is_some_and(|p| p.whitespace) {
+                if let Some(stripped) = t.strip_prefix(' ') {
+                    t = stripped.to_string();
+                }
+            }
+            pieces.push(Piece {
+                text: t,
+                whitespace: false,
+            });
+        }
+        let chars = |b: u8| match b {
+            b'N' => '\u{a0}',
+            b'E' => '\u{e9}',
+            b => char::from(b),
+        };
+        let texts = mxgate_core::random_bytes(b"ab \n\t\x0bNE", 12, 3_000);
+        for calls in texts.chunks(6) {
+            let (mut list, mut one) = (Vec::new(), Pieces::default());
+            for (k, t) in calls.iter().enumerate() {
+                let t: String = t.iter().copied().map(chars).collect();
+                let (text, whitespace) = match t.len() % 4 {
+                    0 => ("\n\n", true),
+                    1 if k % 2 == 0 => (" ", true),
+                    _ => (&*t, false),
+                };
+                reference(&mut list, text, whitespace);
+                display(&mut one, text, whitespace);
+                assert_eq!(one.last(), list.last().map(|p| p.text.as_str()));
+            }
+            let joined: String = list.into_iter().map(|p| p.text).collect();
+            assert_eq!(one.text, joined, "{calls:?}");
+        }
+    }
 
     #[test]
     fn links_are_collected_as_html_uri_collects_them() {

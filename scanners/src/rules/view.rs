@@ -349,43 +349,60 @@ fn sa_type(ct: &str) -> &str {
 
 /// `s/\n+\s*\n+/\0/g; s/\s+/ /g; tr/\0/\n/`.
 fn collapse_whitespace(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        if c.is_whitespace() {
-            // A whitespace run: a paragraph break if it holds two newlines with only whitespace
-            // between them (the run `\n+\s*\n+`), else one space. Perl's regex applies the
-            // paragraph rule first, so a run with two or more newlines becomes `\n`, keeping
-            // whitespace before the first newline as a space.
-            let start = i;
-            let mut end = i + c.len_utf8();
-            while let Some(&(j, d)) = chars.peek() {
-                if d.is_whitespace() {
-                    end = j + d.len_utf8();
-                    chars.next();
-                } else {
-                    break;
-                }
-            }
-            let run = &text[start..end];
-            let first_nl = run.find('\n');
-            let last_nl = run.rfind('\n');
-            match (first_nl, last_nl) {
-                (Some(f), Some(l)) if f != l => {
-                    if f > 0 {
-                        out.push(' ');
-                    }
-                    out.push('\n');
-                    if l + 1 < run.len() {
-                        out.push(' ');
-                    }
-                }
-                _ => out.push(' '),
-            }
+    let b = text.as_bytes();
+    // The length of the character at `i` (a char boundary), and whether it is white space
+    // (`char::is_whitespace`, as Perl's `\s` on characters).
+    let at = |i: usize| {
+        if b[i] < 0x80 {
+            (1, matches!(b[i], b' ' | b'\t'..=b'\r'))
         } else {
-            out.push(c);
+            text[i..]
+                .chars()
+                .next()
+                .map_or((1, false), |c| (c.len_utf8(), c.is_whitespace()))
+        }
+    };
+    let mut out = String::with_capacity(text.len());
+    // Text from `copied` on is not in `out` yet.
+    let (mut i, mut copied) = (0, 0);
+    while i < b.len() {
+        let (len, ws) = at(i);
+        if !ws {
+            i += len;
+            continue;
+        }
+        out.push_str(&text[copied..i]);
+        let start = i;
+        i += len;
+        while i < b.len() {
+            let (len, ws) = at(i);
+            if !ws {
+                break;
+            }
+            i += len;
+        }
+        copied = i;
+        // A whitespace run: a paragraph break if it holds two newlines with only whitespace
+        // between them (the run `\n+\s*\n+`), else one space. Perl's regex applies the
+        // paragraph rule first, so a run with two or more newlines becomes `\n`, keeping
+        // whitespace before the first newline as a space.
+        let run = &text[start..i];
+        let first_nl = run.find('\n');
+        let last_nl = run.rfind('\n');
+        match (first_nl, last_nl) {
+            (Some(f), Some(l)) if f != l => {
+                if f > 0 {
+                    out.push(' ');
+                }
+                out.push('\n');
+                if l + 1 < run.len() {
+                    out.push(' ');
+                }
+            }
+            _ => out.push(' '),
         }
     }
+    out.push_str(&text[copied..]);
     out
 }
 
@@ -711,6 +728,44 @@ mod tests {
             "a b c\nd \n e"
         );
         assert_eq!(collapse_whitespace("x\ty"), "x y");
+        // Against the rule applied character by character, over random texts of ASCII and
+        // Unicode white space, letters and multi-byte characters.
+        let reference = |text: &str| {
+            let mut out = String::new();
+            let mut chars = text.chars().peekable();
+            while let Some(c) = chars.next() {
+                if !c.is_whitespace() {
+                    out.push(c);
+                    continue;
+                }
+                let mut run = String::from(c);
+                while let Some(&d) = chars.peek().filter(|d| d.is_whitespace()) {
+                    run.push(d);
+                    chars.next();
+                }
+                match (run.find('\n'), run.rfind('\n')) {
+                    (Some(f), Some(l)) if f != l => {
+                        out.push_str(if f > 0 { " \n" } else { "\n" });
+                        if l + 1 < run.len() {
+                            out.push(' ');
+                        }
+                    }
+                    _ => out.push(' '),
+                }
+            }
+            out
+        };
+        let chars = |b: u8| match b {
+            b'N' => '\u{a0}',
+            b'I' => '\u{3000}',
+            b'E' => '\u{e9}',
+            b'W' => '\u{7db2}',
+            b => char::from(b),
+        };
+        for t in mxgate_core::random_bytes(b"ab \n\t\r\x0bNIEW", 40, 5_000) {
+            let t: String = t.into_iter().map(chars).collect();
+            assert_eq!(collapse_whitespace(&t), reference(&t), "{t:?}");
+        }
     }
 
     #[test]
