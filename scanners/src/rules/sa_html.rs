@@ -195,6 +195,19 @@ impl Tags {
 }
 
 /// `m@^(?:o|st\d):[\w-]+/?$@`: Office namespace tags, counted as elements.
+/// Whether `name` is one of [`ELEMENTS`] (looked up in a sorted copy: a tag a time).
+fn is_element(name: &str) -> bool {
+    static SORTED: std::sync::OnceLock<Vec<&str>> = std::sync::OnceLock::new();
+    SORTED
+        .get_or_init(|| {
+            let mut v = ELEMENTS.to_vec();
+            v.sort_unstable();
+            v
+        })
+        .binary_search(&name)
+        .is_ok()
+}
+
 fn office_namespace(tag: &str) -> bool {
     let rest = tag.strip_prefix("o:").or_else(|| {
         let t = tag.strip_prefix("st")?;
@@ -234,17 +247,16 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
         if name.is_empty() {
             return;
         }
-        let new = !t.inside.contains_key(name);
-        if ELEMENTS.contains(&name) || office_namespace(name) {
+        let (e, new) = match t.inside.get_mut(name) {
+            Some(e) => (e, false),
+            None => (t.inside.entry(name.to_string()).or_insert(0), true),
+        };
+        if is_element(name) || office_namespace(name) {
             t.elements += 1;
             t.elements_seen += u32::from(new);
         }
         t.tags += 1;
         t.tags_seen += u32::from(new);
-        let e = match t.inside.get_mut(name) {
-            Some(e) => e,
-            None => t.inside.entry(name.to_string()).or_insert(0),
-        };
         *e += if closing { -1 } else { 1 };
         if *e < 0 {
             *e = 0;
@@ -513,6 +525,27 @@ impl Links {
         ) {
             return;
         }
+        // The attributes are read only when one this tag takes a link from is written in it.
+        let needles: &[&[u8]] = match name {
+            "body" | "table" | "tr" | "td" => &[b"background"],
+            "a" | "area" | "link" => &[b"href", b"data-saferedirecturl"],
+            "form" => &[b"action"],
+            "base" => &[b"href"],
+            "meta" => &[b"http-equiv"],
+            _ => &[b"src"],
+        };
+        let written = needles.iter().any(|n| {
+            attrs
+                .as_bytes()
+                .windows(n.len())
+                .any(|w| w.eq_ignore_ascii_case(n))
+        });
+        if !written {
+            if name == "a" {
+                self.found.push(String::new());
+            }
+            return;
+        }
         let attrs = parse_attrs(attrs);
         let get = |key: &str| {
             attrs
@@ -659,19 +692,37 @@ struct UriParts<'a> {
 }
 
 fn parse_uri(u: &str) -> UriParts<'_> {
-    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let re = RE.get_or_init(|| {
-        regex::Regex::new(r"^(?:([^:/?#]+):)?(?://([^/?#]*))?([^?#]*)(?:\?([^#]*))?(?:#(.*))?")
-            .expect("a valid pattern")
+    // `^(?:([^:/?#]+):)?(?://([^/?#]*))?([^?#]*)(?:\?([^#]*))?(?:#(.*))?`
+    let upto = |s: &str, stops: &[char]| s.find(stops).unwrap_or(s.len());
+    let mut rest = u;
+    let scheme = match upto(rest, &[':', '/', '?', '#']) {
+        n if n > 0 && rest[n..].starts_with(':') => {
+            let s = &rest[..n];
+            rest = &rest[n + 1..];
+            Some(s)
+        }
+        _ => None,
+    };
+    let authority = rest.strip_prefix("//").map(|r| {
+        let n = upto(r, &['/', '?', '#']);
+        rest = &r[n..];
+        &r[..n]
     });
-    let c = re.captures(u).expect("every string matches");
-    let g = |i: usize| c.get(i).map(|m| m.as_str());
+    let n = upto(rest, &['?', '#']);
+    let path = &rest[..n];
+    rest = &rest[n..];
+    let query = rest.strip_prefix('?').map(|r| {
+        let n = upto(r, &['#']);
+        rest = &r[n..];
+        &r[..n]
+    });
+    let fragment = rest.strip_prefix('#').map(|r| &r[..upto(r, &['\n'])]);
     UriParts {
-        scheme: g(1),
-        authority: g(2),
-        path: g(3).unwrap_or_default(),
-        query: g(4),
-        fragment: g(5),
+        scheme,
+        authority,
+        path,
+        query,
+        fragment,
     }
 }
 
@@ -966,6 +1017,24 @@ mod tests {
                 "//www2.x.example/p"
             ]
         );
+    }
+
+    #[test]
+    fn uris_split_as_parse_uri_splits_them() {
+        let re =
+            regex::Regex::new(r"^(?:([^:/?#]+):)?(?://([^/?#]*))?([^?#]*)(?:\?([^#]*))?(?:#(.*))?")
+                .unwrap();
+        for u in mxgate_core::random_bytes(b"ab:/?#\n", 14, 20_000) {
+            let u = String::from_utf8(u).unwrap();
+            let c = re.captures(&u).unwrap();
+            let g = |i: usize| c.get(i).map(|m| m.as_str());
+            let p = parse_uri(&u);
+            assert_eq!(
+                (p.scheme, p.authority, Some(p.path), p.query, p.fragment),
+                (g(1), g(2), g(3), g(4), g(5)),
+                "{u:?}"
+            );
+        }
     }
 
     #[test]

@@ -386,9 +386,9 @@ fn collapse_whitespace(text: &str) -> String {
         // between them (the run `\n+\s*\n+`), else one space. Perl's regex applies the
         // paragraph rule first, so a run with two or more newlines becomes `\n`, keeping
         // whitespace before the first newline as a space.
-        let run = &text[start..i];
-        let first_nl = run.find('\n');
-        let last_nl = run.rfind('\n');
+        let run = &b[start..i];
+        let first_nl = memchr::memchr(b'\n', run);
+        let last_nl = first_nl.and_then(|_| memchr::memrchr(b'\n', run));
         match (first_nl, last_nl) {
             (Some(f), Some(l)) if f != l => {
                 if f > 0 {
