@@ -35,9 +35,9 @@ pub fn render(html: &str) -> String {
 
 /// What the renderer tells its caller besides the text.
 enum Event<'a> {
-    /// A tag: its name (lower case), whether it closes, and what follows the name (its
-    /// attributes, as written).
-    Tag(&'a str, bool, &'a str),
+    /// A tag: its name (lower case), whether it closes, what follows the name (its attributes,
+    /// as written), and what is known of the name.
+    Tag(&'a str, bool, &'a str, Kind),
     /// A comment, as written (`<!-- ... -->`).
     Comment(&'a str),
     /// The content of a `<title>`, as written.
@@ -195,17 +195,89 @@ impl Tags {
 }
 
 /// `m@^(?:o|st\d):[\w-]+/?$@`: Office namespace tags, counted as elements.
-/// Whether `name` is one of [`ELEMENTS`] (looked up in a sorted copy: a tag a time).
-fn is_element(name: &str) -> bool {
-    static SORTED: std::sync::OnceLock<Vec<&str>> = std::sync::OnceLock::new();
-    SORTED
-        .get_or_init(|| {
-            let mut v = ELEMENTS.to_vec();
-            v.sort_unstable();
-            v
-        })
-        .binary_search(&name)
-        .is_ok()
+/// What the renderer and `HTML.pm` know of a tag name.
+#[derive(Clone, Copy, Default)]
+struct Kind {
+    /// One of [`ELEMENTS`] (`%elements`).
+    element: bool,
+    /// One whose attributes `html_uri` reads (`%elements_uri`).
+    uri: bool,
+    /// Its content is literal text up to its closing tag (HTML::Parser's CDATA elements).
+    literal: bool,
+    /// The break it inserts, opening or closing (`html_whitespace`).
+    break_with: Option<&'static str>,
+}
+
+/// FNV-1a, for the fixed table of tag names (lookups only: nothing a message sends is stored).
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// What is known of tag `name` (lower case): one lookup a tag.
+fn kind(name: &str) -> Kind {
+    type Table = std::collections::HashMap<&'static str, Kind, std::hash::BuildHasherDefault<Fnv>>;
+    static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = Table::default();
+        for &e in ELEMENTS {
+            t.entry(e).or_default().element = true;
+        }
+        for e in [
+            "body", "table", "tr", "td", "a", "area", "link", "img", "frame", "iframe", "embed",
+            "script", "bgsound", "form", "base", "meta",
+        ] {
+            t.entry(e).or_default().uri = true;
+        }
+        for e in [
+            "script",
+            "style",
+            "xmp",
+            "plaintext",
+            "textarea",
+            "iframe",
+            "title",
+        ] {
+            t.entry(e).or_default().literal = true;
+        }
+        for (names, ws) in [
+            (&["br", "div"][..], "\n"),
+            (
+                &[
+                    "li", "th", "td", "dd", "dt", "embed", "h1", "h2", "h3", "h4", "h5", "h6",
+                ][..],
+                " ",
+            ),
+            (
+                &[
+                    "p",
+                    "hr",
+                    "blockquote",
+                    "pre",
+                    "listing",
+                    "plaintext",
+                    "xmp",
+                    "title",
+                ][..],
+                "\n\n",
+            ),
+        ] {
+            for &e in names {
+                t.entry(e).or_default().break_with = Some(ws);
+            }
+        }
+        t
+    });
+    table.get(name).copied().unwrap_or_default()
 }
 
 fn office_namespace(tag: &str) -> bool {
@@ -234,12 +306,12 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
     let mut links = Links::default();
     // `s/<(\w+)\s*\/>/<$1>/gi` only changes `<br/>` to `<br>`: the same tag either way.
     let (text, obfuscation) = render_with(html, &mut |ev| {
-        let (name, closing) = match ev {
-            Event::Tag(name, closing, attrs) => {
-                if !closing {
+        let (name, closing, element) = match ev {
+            Event::Tag(name, closing, attrs, kind) => {
+                if !closing && kind.uri {
                     links.tag(name, attrs);
                 }
-                (name, closing)
+                (name, closing, kind.element)
             }
             Event::Comment(c) => return t.comments.push(c.to_string()),
             Event::Title(text) => return t.titles.push(decode_entities(text).into_owned()),
@@ -251,7 +323,7 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
             Some(e) => (e, false),
             None => (t.inside.entry(name.to_string()).or_insert(0), true),
         };
-        if is_element(name) || office_namespace(name) {
+        if element || office_namespace(name) {
             t.elements += 1;
             t.elements_seen += u32::from(new);
         }
@@ -277,29 +349,63 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
     (text, t)
 }
 
+/// `s/&nbsp;/ /g` and curly double quotes (U+201C, U+201D) made straight, in one pass that
+/// jumps from one `&` or 0xE2 byte to the next; the text itself when neither occurs.
+fn prepare(html: &str) -> std::borrow::Cow<'_, str> {
+    let b = html.as_bytes();
+    // The length of the replaced sequence at `i` and its replacement.
+    let at = |i: usize| match b[i] {
+        b'&' if b[i..].starts_with(b"&nbsp;") => Some((6, ' ')),
+        0xe2 if b[i..].starts_with("\u{201C}".as_bytes())
+            || b[i..].starts_with("\u{201D}".as_bytes()) =>
+        {
+            Some((3, '"'))
+        }
+        _ => None,
+    };
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    for i in memchr::memchr2_iter(b'&', 0xe2, b) {
+        if i < copied {
+            continue;
+        }
+        if let Some((len, with)) = at(i) {
+            let o = out.get_or_insert_with(|| String::with_capacity(html.len()));
+            o.push_str(&html[copied..i]);
+            o.push(with);
+            copied = i + len;
+        }
+    }
+    match out {
+        Some(mut o) => {
+            o.push_str(&html[copied..]);
+            std::borrow::Cow::Owned(o)
+        }
+        None => std::borrow::Cow::Borrowed(html),
+    }
+}
+
 /// The renderer, telling `tag` of every tag (name, closing?); with the text, how many text
 /// runs continued a word the run before them ended (`obfuscation`).
 fn render_with(html: &str, event: &mut dyn FnMut(Event<'_>)) -> (String, u32) {
     // As `HTML.pm` prepares the text: `&nbsp;` is a space, and curly double quotes are
     // straight ones (they would spoil attribute values).
-    let normalized;
-    let html = if html.contains(['\u{201C}', '\u{201D}']) || html.contains("&nbsp;") {
-        normalized = html
-            .replace(['\u{201C}', '\u{201D}'], "\"")
-            .replace("&nbsp;", " ");
-        normalized.as_str()
-    } else {
-        html
-    };
+    let normalized = prepare(html);
+    let html = &*normalized;
     let b = html.as_bytes();
-    let mut pieces = Pieces::default();
+    let mut pieces = Pieces {
+        text: String::with_capacity(html.len()),
+        ..Pieces::default()
+    };
     let mut obfuscation = 0;
     let mut i = 0;
     let mut text_start = 0;
+    // The current tag's name in lower case (one buffer for all of them).
+    let mut name = String::new();
     while i < b.len() {
-        if b[i] != b'<' {
-            i += 1;
-            continue;
+        match memchr::memchr(b'<', &b[i..]) {
+            Some(at) => i += at,
+            None => break,
         }
         // What follows `<` decides whether it is markup.
         let next = b.get(i + 1).copied().unwrap_or(0);
@@ -346,15 +452,15 @@ fn render_with(html: &str, event: &mut dyn FnMut(Event<'_>)) -> (String, u32) {
             .bytes()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == b':' || *c == b'-' || *c == b'_')
             .count();
-        let name = rest[..name_len].to_ascii_lowercase();
-        event(Event::Tag(&name, closing, &rest[name_len..]));
-        whitespace_for(&name, &mut pieces);
-        if !closing
-            && matches!(
-                name.as_str(),
-                "script" | "style" | "xmp" | "plaintext" | "textarea" | "iframe" | "title"
-            )
-        {
+        name.clear();
+        name.push_str(&rest[..name_len]);
+        name.make_ascii_lowercase();
+        let kind = kind(&name);
+        event(Event::Tag(&name, closing, &rest[name_len..], kind));
+        if let Some(ws) = kind.break_with {
+            display(&mut pieces, ws, true);
+        }
+        if !closing && kind.literal {
             // Literal content up to the closing tag (HTML::Parser's CDATA elements: no tag
             // inside them is a tag).
             let close = format!("</{name}");
@@ -449,17 +555,6 @@ fn display(pieces: &mut Pieces, text: &str, whitespace: bool) {
     }
 }
 
-/// `html_whitespace`: the break a tag (opening or closing) inserts.
-fn whitespace_for(name: &str, pieces: &mut Pieces) {
-    let ws = match name {
-        "br" | "div" => "\n",
-        "li" | "th" | "td" | "dd" | "dt" | "embed" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" => " ",
-        "p" | "hr" | "blockquote" | "pre" | "listing" | "plaintext" | "xmp" | "title" => "\n\n",
-        _ => return,
-    };
-    display(pieces, ws, true);
-}
-
 /// The `>` ending a tag that starts at `from`, skipping quoted attribute values.
 fn tag_end(b: &[u8], from: usize) -> usize {
     let mut i = from;
@@ -502,29 +597,9 @@ struct Links {
 }
 
 impl Links {
-    /// `html_uri` for an opening tag (`name` in lower case, `attrs` as written).
+    /// `html_uri` for an opening tag `%elements_uri` names (`name` in lower case, `attrs` as
+    /// written).
     fn tag(&mut self, name: &str, attrs: &str) {
-        if !matches!(
-            name,
-            "body"
-                | "table"
-                | "tr"
-                | "td"
-                | "a"
-                | "area"
-                | "link"
-                | "img"
-                | "frame"
-                | "iframe"
-                | "embed"
-                | "script"
-                | "bgsound"
-                | "form"
-                | "base"
-                | "meta"
-        ) {
-            return;
-        }
         // The attributes are read only when one this tag takes a link from is written in it.
         let needles: &[&[u8]] = match name {
             "body" | "table" | "tr" | "td" => &[b"background"],
@@ -1034,6 +1109,24 @@ mod tests {
                 (g(1), g(2), g(3), g(4), g(5)),
                 "{u:?}"
             );
+        }
+    }
+
+    #[test]
+    fn prepared_as_the_two_replacements() {
+        let chars = |b: u8| match b {
+            b'L' => "\u{201C}".to_string(),
+            b'R' => "\u{201D}".to_string(),
+            b'N' => "&nbsp;".to_string(),
+            b'E' => "\u{e9}".to_string(),
+            b => char::from(b).to_string(),
+        };
+        for t in mxgate_core::random_bytes(b"a &nbspLRNE;", 30, 5_000) {
+            let t: String = t.iter().map(|&b| chars(b)).collect();
+            let want = t
+                .replace(['\u{201C}', '\u{201D}'], "\"")
+                .replace("&nbsp;", " ");
+            assert_eq!(prepare(&t), want, "{t:?}");
         }
     }
 

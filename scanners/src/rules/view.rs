@@ -622,8 +622,15 @@ pub fn uris_of(lines: &[Vec<u8>], html: &[RenderedHtml]) -> Vec<Vec<u8>> {
         if !read.insert(u.as_str()) {
             continue;
         }
-        let u: String = u.chars().filter(|&c| c != '\n' && c != '\r').collect();
-        let u = u.trim().to_string();
+        let u = if u.contains(['\n', '\r']) {
+            u.chars()
+                .filter(|&c| c != '\n' && c != '\r')
+                .collect::<String>()
+                .trim()
+                .to_string()
+        } else {
+            u.trim().to_string()
+        };
         // The URI itself is listed whatever follows; `#x`, `?x`, `/x` and one-character ones
         // get no variants.
         out.push(u.clone());
@@ -633,11 +640,15 @@ pub fn uris_of(lines: &[Vec<u8>], html: &[RenderedHtml]) -> Vec<Vec<u8>> {
         {
             continue;
         }
-        let lower = u.to_ascii_lowercase();
-        if lower.starts_with("mailto:") || u.split(':').next().is_some_and(|s| s.contains('@')) {
+        let mailto = u.len() >= 7 && u.as_bytes()[..7].eq_ignore_ascii_case(b"mailto:");
+        if mailto || u.split(':').next().is_some_and(|s| s.contains('@')) {
             continue;
         }
-        let mut n = u.replace('\\', "/");
+        let mut n = if u.contains('\\') {
+            u.replace('\\', "/")
+        } else {
+            u.clone()
+        };
         for scheme in ["http:", "https:"] {
             if n.len() > scheme.len()
                 && n.get(..scheme.len())
