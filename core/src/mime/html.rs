@@ -301,47 +301,62 @@ pub fn parse_attrs(attrs: &str) -> Vec<(&str, &str)> {
 
 /// [`parse_attrs`], appended to `out`.
 fn parse_attrs_into<'a>(attrs: &'a str, out: &mut Vec<(&'a str, &'a str)>) {
+    out.extend(attributes(attrs, false).map(|(name, value)| (name, value.unwrap_or(""))));
+}
+
+/// The attributes written after a tag's name, in order, as written: `(name, value)`, `None` for
+/// an attribute without `=`. A value is quoted (`"` or `'`, to the closing quote) or runs to
+/// white space or `>`. A name runs to white space, `=` or `>`, and to `/` unless `slash_in_names`
+/// (HTML::Parser keeps `x/href` as one name; `/` between attributes is skipped either way).
+pub fn attributes(attrs: &str, slash_in_names: bool) -> impl Iterator<Item = (&str, Option<&str>)> {
     let b = attrs.as_bytes();
     let mut i = 0;
-    while i < b.len() {
-        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
-            i += 1;
-        }
-        let ns = i;
-        while i < b.len() && !b[i].is_ascii_whitespace() && !matches!(b[i], b'=' | b'>' | b'/') {
-            i += 1;
-        }
-        if i == ns {
-            i += 1;
-            continue;
-        }
-        let name = &attrs[ns..i];
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i < b.len() && b[i] == b'=' {
-            i += 1;
-            while i < b.len() && b[i].is_ascii_whitespace() {
+    std::iter::from_fn(move || {
+        while i < b.len() {
+            while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
                 i += 1;
             }
-            let value = if i < b.len() && (b[i] == b'"' || b[i] == b'\'') {
-                let q = b[i];
-                let vs = i + 1;
-                let ve = memchr::memchr(q, &b[vs..]).map_or(b.len(), |e| vs + e);
+            let ns = i;
+            while i < b.len()
+                && !b[i].is_ascii_whitespace()
+                && !matches!(b[i], b'=' | b'>')
+                && (slash_in_names || b[i] != b'/')
+            {
+                i += 1;
+            }
+            if i == ns {
+                i += 1;
+                continue;
+            }
+            let name = &attrs[ns..i];
+            let mut j = i;
+            while j < b.len() && b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            if j >= b.len() || b[j] != b'=' {
+                return Some((name, None));
+            }
+            j += 1;
+            while j < b.len() && b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            let value = if j < b.len() && (b[j] == b'"' || b[j] == b'\'') {
+                let vs = j + 1;
+                let ve = memchr::memchr(b[j], &b[vs..]).map_or(b.len(), |e| vs + e);
                 i = (ve + 1).min(b.len());
                 &attrs[vs..ve]
             } else {
-                let vs = i;
-                while i < b.len() && !b[i].is_ascii_whitespace() && b[i] != b'>' {
-                    i += 1;
+                let vs = j;
+                while j < b.len() && !b[j].is_ascii_whitespace() && b[j] != b'>' {
+                    j += 1;
                 }
-                &attrs[vs..i]
+                i = j;
+                &attrs[vs..j]
             };
-            out.push((name, value));
-        } else {
-            out.push((name, ""));
+            return Some((name, Some(value)));
         }
-    }
+        None
+    })
 }
 
 /// The value of attribute `key` (case-insensitive) in a parsed list.

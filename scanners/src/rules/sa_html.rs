@@ -921,50 +921,17 @@ fn target_uri(base: &str, r: &str) -> String {
 /// space, `=` or `>`), values quoted or up to white space, entities decoded; an attribute
 /// without a value has its name for one.
 fn parse_attrs(attrs: &str) -> Vec<(String, String)> {
-    let b = attrs.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        while i < b.len() && (b[i].is_ascii_whitespace() || b[i] == b'/') {
-            i += 1;
-        }
-        let ns = i;
-        while i < b.len() && !b[i].is_ascii_whitespace() && !matches!(b[i], b'=' | b'>') {
-            i += 1;
-        }
-        if i == ns {
-            i += 1;
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (name, value) in mxgate_core::mime::html::attributes(attrs, true) {
+        let name = name.to_ascii_lowercase();
+        if out.iter().any(|(k, _)| *k == name) {
             continue;
         }
-        let name = attrs[ns..i].to_ascii_lowercase();
-        let mut j = i;
-        while j < b.len() && b[j].is_ascii_whitespace() {
-            j += 1;
-        }
-        if j < b.len() && b[j] == b'=' {
-            j += 1;
-            while j < b.len() && b[j].is_ascii_whitespace() {
-                j += 1;
-            }
-            let value = if j < b.len() && (b[j] == b'"' || b[j] == b'\'') {
-                let vs = j + 1;
-                let ve = memchr::memchr(b[j], &b[vs..]).map_or(b.len(), |e| vs + e);
-                i = (ve + 1).min(b.len());
-                &attrs[vs..ve]
-            } else {
-                let vs = j;
-                while j < b.len() && !b[j].is_ascii_whitespace() && b[j] != b'>' {
-                    j += 1;
-                }
-                i = j;
-                &attrs[vs..j]
-            };
-            if !out.iter().any(|(k, _): &(String, String)| *k == name) {
-                out.push((name, decode_entities(value).into_owned()));
-            }
-        } else if !out.iter().any(|(k, _): &(String, String)| *k == name) {
-            out.push((name.clone(), name));
-        }
+        let value = match value {
+            Some(v) => decode_entities(v).into_owned(),
+            None => name.clone(),
+        };
+        out.push((name, value));
     }
     out
 }
