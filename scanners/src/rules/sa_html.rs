@@ -8,7 +8,7 @@
 //! break is dropped and so is one after it; scripts, styles and comments are not text; the
 //! title is.
 
-use mxgate_core::mime::html::decode_entities;
+use mxgate_core::mime::html::{attributes, decode_entities};
 
 /// The rendered text: `HTML.pm`'s list of displayed pieces, written end to end into one string,
 /// with where the last piece starts and whether it was a break (the rendering looks back at the
@@ -194,7 +194,6 @@ impl Tags {
     }
 }
 
-/// `m@^(?:o|st\d):[\w-]+/?$@`: Office namespace tags, counted as elements.
 /// What the renderer and `HTML.pm` know of a tag name.
 #[derive(Clone, Copy, Default)]
 struct Kind {
@@ -208,24 +207,9 @@ struct Kind {
     break_with: Option<&'static str>,
 }
 
-/// FNV-1a, for the fixed table of tag names (lookups only: nothing a message sends is stored).
-#[derive(Default)]
-struct Fnv(u64);
-
-impl std::hash::Hasher for Fnv {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// What is known of tag `name` (lower case): one lookup a tag.
 fn kind(name: &str) -> Kind {
-    type Table = std::collections::HashMap<&'static str, Kind, std::hash::BuildHasherDefault<Fnv>>;
+    type Table = std::collections::HashMap<&'static str, Kind, super::view::NameHashing>;
     static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
     let table = TABLE.get_or_init(|| {
         let mut t = Table::default();
@@ -280,6 +264,7 @@ fn kind(name: &str) -> Kind {
     table.get(name).copied().unwrap_or_default()
 }
 
+/// `m@^(?:o|st\d):[\w-]+/?$@`: Office namespace tags, counted as elements.
 fn office_namespace(tag: &str) -> bool {
     let rest = tag.strip_prefix("o:").or_else(|| {
         let t = tag.strip_prefix("st")?;
@@ -600,60 +585,40 @@ impl Links {
     /// `html_uri` for an opening tag `%elements_uri` names (`name` in lower case, `attrs` as
     /// written).
     fn tag(&mut self, name: &str, attrs: &str) {
-        // The attributes are read only when one this tag takes a link from is written in it.
-        let needles: &[&[u8]] = match name {
-            "body" | "table" | "tr" | "td" => &[b"background"],
-            "a" | "area" | "link" => &[b"href", b"data-saferedirecturl"],
-            "form" => &[b"action"],
-            "base" => &[b"href"],
-            "meta" => &[b"http-equiv"],
-            _ => &[b"src"],
-        };
-        let written = needles.iter().any(|n| {
-            attrs
-                .as_bytes()
-                .windows(n.len())
-                .any(|w| w.eq_ignore_ascii_case(n))
-        });
-        if !written {
-            if name == "a" {
-                self.found.push(String::new());
-            }
-            return;
-        }
-        let attrs = parse_attrs(attrs);
-        let get = |key: &str| {
-            attrs
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.as_str())
+        // The first attribute of a name (HTML::Parser lower-cases names, and gives a bare
+        // attribute its name for a value), entities decoded.
+        let get = |key: &'static str| {
+            attributes(attrs, true)
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| decode_entities(v.unwrap_or(key)))
         };
         // "read uris from bad formatted html as well": `foo/href=...` stands for `href`.
         let slashed = |key: &str| {
-            attrs
-                .iter()
+            attributes(attrs, true)
                 .find(|(k, _)| {
-                    let k = k.as_bytes();
-                    memchr::memmem::find_iter(k, key.as_bytes())
-                        .any(|i| i > 0 && (k[i - 1].is_ascii_alphanumeric() || k[i - 1] == b'_'))
+                    k.as_bytes().windows(key.len() + 2).any(|w| {
+                        (w[0].is_ascii_alphanumeric() || w[0] == b'_')
+                            && w[1] == b'/'
+                            && w[2..].eq_ignore_ascii_case(key.as_bytes())
+                    })
                 })
-                .map(|(_, v)| v.as_str())
+                .map(|(k, v)| decode_entities(v.unwrap_or(k)))
         };
         match name {
             "body" | "table" | "tr" | "td" => {
                 if let Some(v) = get("background") {
-                    self.push(v);
+                    self.push(&v);
                 }
             }
             "a" | "area" | "link" => {
-                let href = slashed("/href")
+                let href = slashed("href")
                     .or_else(|| get("href"))
                     .map(|v| v.replace('\u{feff}', ""));
                 if let Some(v) = &href {
                     self.push(v);
                 }
                 if let Some(v) = get("data-saferedirecturl") {
-                    self.push(v);
+                    self.push(&v);
                 }
                 // `html_tests` files an anchor's text under its `href` as written (trimmed,
                 // not resolved; empty without one), which lists it too.
@@ -664,14 +629,14 @@ impl Links {
             }
             "form" => {
                 if let Some(v) = get("action") {
-                    self.push(v);
+                    self.push(&v);
                 }
             }
             "base" => {
                 let Some(v) = get("href").filter(|v| perl_true(v)) else {
                     return;
                 };
-                let uri = canon_uri(v);
+                let uri = canon_uri(&v);
                 self.push(&uri);
                 let lower = uri.to_ascii_lowercase();
                 if !(lower.starts_with("http:")
@@ -703,8 +668,8 @@ impl Links {
                     [r"(?i)refresh", r"(?i)\burl\s*=", r"(?i)^.*\burl\s*=\s*"]
                         .map(|p| regex::Regex::new(p).expect("a valid pattern"))
                 });
-                if refresh.is_match(equiv) && has_url.is_match(content) {
-                    let uri = to_url.replace(content, "");
+                if refresh.is_match(&equiv) && has_url.is_match(&content) {
+                    let uri = to_url.replace(&content, "");
                     let end = uri.find(';').map_or(uri.len(), |i| {
                         uri[..i]
                             .trim_end_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b')
@@ -714,8 +679,8 @@ impl Links {
                 }
             }
             _ => {
-                if let Some(v) = slashed("/src").or_else(|| get("src")) {
-                    self.push(v);
+                if let Some(v) = slashed("src").or_else(|| get("src")) {
+                    self.push(&v);
                 }
             }
         }
@@ -803,10 +768,13 @@ fn parse_uri(u: &str) -> UriParts<'_> {
 
 /// `_remove_dot_segments`.
 fn remove_dot_segments(input: &str) -> String {
-    let mut input = if input.starts_with("./") || input.starts_with("../") {
-        format!("/{}", &input[input.find('/').map_or(0, |i| i + 1)..])
-    } else {
-        input.to_string()
+    // `s@^(?:\.\.?/)@/@`
+    let mut input = match input
+        .strip_prefix("./")
+        .or_else(|| input.strip_prefix("../"))
+    {
+        Some(rest) => format!("/{rest}"),
+        None => input.to_string(),
     };
     let mut output = String::new();
     // `^/\.(?:$|/)` and `^/\.\.(?:$|/)`: the dot segment's length, when `input` starts with it.
@@ -857,32 +825,17 @@ fn target_uri(base: &str, r: &str) -> String {
     if rp.scheme.is_some() && rp.scheme == bp.scheme {
         rp.scheme = None;
     }
-    let (scheme, authority, path, query);
-    if rp.scheme.is_some() {
-        (scheme, authority) = (rp.scheme, rp.authority);
-        path = remove_dot_segments(rp.path);
-        query = rp.query;
+    let (path, query, authority) = if rp.scheme.is_some() || rp.authority.is_some() {
+        (remove_dot_segments(rp.path), rp.query, rp.authority)
+    } else if rp.path.is_empty() {
+        (bp.path.to_string(), rp.query.or(bp.query), bp.authority)
+    } else if rp.path.starts_with('/') {
+        (remove_dot_segments(rp.path), rp.query, bp.authority)
     } else {
-        if rp.authority.is_some() {
-            authority = rp.authority;
-            path = remove_dot_segments(rp.path);
-            query = rp.query;
-        } else {
-            if rp.path.is_empty() {
-                path = bp.path.to_string();
-                query = rp.query.or(bp.query);
-            } else {
-                path = if rp.path.starts_with('/') {
-                    remove_dot_segments(rp.path)
-                } else {
-                    remove_dot_segments(&merge_uri(bp.authority, bp.path, rp.path))
-                };
-                query = rp.query;
-            }
-            authority = bp.authority;
-        }
-        scheme = bp.scheme;
-    }
+        let merged = merge_uri(bp.authority, bp.path, rp.path);
+        (remove_dot_segments(&merged), rp.query, bp.authority)
+    };
+    let scheme = rp.scheme.or(bp.scheme);
     let mut out = String::with_capacity(r.len() + 8);
     if let Some(s) = scheme.filter(|s| perl_true(s)) {
         out.push_str(s);
@@ -913,25 +866,6 @@ fn target_uri(base: &str, r: &str) -> String {
     if let Some(f) = rp.fragment {
         out.push('#');
         out.push_str(f);
-    }
-    out
-}
-
-/// A tag's attributes as HTML::Parser reads them: names in lower case (a name runs to white
-/// space, `=` or `>`), values quoted or up to white space, entities decoded; an attribute
-/// without a value has its name for one.
-fn parse_attrs(attrs: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for (name, value) in mxgate_core::mime::html::attributes(attrs, true) {
-        let name = name.to_ascii_lowercase();
-        if out.iter().any(|(k, _)| *k == name) {
-            continue;
-        }
-        let value = match value {
-            Some(v) => decode_entities(v).into_owned(),
-            None => name.clone(),
-        };
-        out.push((name, value));
     }
     out
 }

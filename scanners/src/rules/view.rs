@@ -37,11 +37,12 @@ pub struct Headers {
 
 type NameIndex = std::collections::HashMap<String, Vec<usize>, NameHashing>;
 
-/// How the name index hashes: one call of xxh3 with a seed drawn once per process. (The
+/// How the name index (and `sa_html`'s table of tag names) hashes: one call of xxh3 with a seed
+/// drawn once per process. (The
 /// streaming `Xxh3Builder` set up its state for each of the 165 or so lookups a message makes; the
 /// seed keeps a sender from choosing names that collide beforehand.)
 #[derive(Clone, Copy)]
-struct NameHashing(u64);
+pub(super) struct NameHashing(u64);
 
 impl Default for NameHashing {
     fn default() -> Self {
@@ -58,7 +59,7 @@ impl std::hash::BuildHasher for NameHashing {
 }
 
 /// See [`NameHashing`].
-struct NameHasher(u64);
+pub(super) struct NameHasher(u64);
 
 impl std::hash::Hasher for NameHasher {
     fn write(&mut self, bytes: &[u8]) {
