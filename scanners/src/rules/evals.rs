@@ -1515,7 +1515,11 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             !l.is_empty()
                 && uri_host_listed(
                     input.uri_hosts.get_or_init(|| {
-                        listed_hosts(input.uris.get_or_init(|| super::view::uris(input.msg)))
+                        // The DNS stage's list when it made one, as the uri rules read it.
+                        listed_hosts(match input.net.and_then(|n| n.uris.as_deref()) {
+                            Some(uris) => uris,
+                            None => input.uris.get_or_init(|| super::view::uris(input.msg)),
+                        })
                     }),
                     l,
                 )

@@ -608,22 +608,20 @@ pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
 /// backslashes as slashes, `%`-escapes decoded, a scheme added to a bare host, a slash before
 /// `?` or `#` after the host).
 pub fn uris_of(lines: &[Vec<u8>], html: &[RenderedHtml]) -> Vec<Vec<u8>> {
-    let mut found: Vec<String> = Vec::new();
-    for l in lines {
-        found.extend(mime::uri::extract_text(&utf8_lossy(l)));
-    }
-    for h in html {
-        found.extend(h.tags.uris.iter().cloned());
-    }
+    let in_text: Vec<String> = lines
+        .iter()
+        .flat_map(|l| mime::uri::extract_text(&utf8_lossy(l)))
+        .collect();
+    let links = html.iter().flat_map(|h| &h.tags.uris);
     // A link repeated (a footer's, a tracking pixel's) gives what its first occurrence gave:
     // each is read once, and what is kept is kept once (`Unique`, not a search of the list).
     let mut read: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let mut out: mime::uri::Unique<String> = mime::uri::Unique::default();
-    for u in &found {
+    for u in in_text.iter().chain(links) {
         if !read.insert(u.as_str()) {
             continue;
         }
-        let u = if u.contains(['\n', '\r']) {
+        let u = if memchr::memchr2(b'\n', b'\r', u.as_bytes()).is_some() {
             u.chars()
                 .filter(|&c| c != '\n' && c != '\r')
                 .collect::<String>()
@@ -645,11 +643,7 @@ pub fn uris_of(lines: &[Vec<u8>], html: &[RenderedHtml]) -> Vec<Vec<u8>> {
         if mailto || u.split(':').next().is_some_and(|s| s.contains('@')) {
             continue;
         }
-        let mut n = if u.contains('\\') {
-            u.replace('\\', "/")
-        } else {
-            u.clone()
-        };
+        let mut n = u.replace('\\', "/");
         for scheme in ["http:", "https:"] {
             if n.len() > scheme.len()
                 && n.get(..scheme.len())
