@@ -703,8 +703,8 @@ impl ListedHost {
 }
 
 /// The message's distinct URI hosts (not of `mailto:`) as the host-list rules look them up,
-/// once a message: every host-list rule reads them. Names under no known public suffix are
-/// left out, as SpamAssassin's URI parser gives them no host.
+/// once a message: every host-list rule reads them. Names without a registrable domain under a
+/// known public suffix are left out, as SpamAssassin's `uri_to_domain` gives them no host.
 fn listed_hosts(uris: &[Vec<u8>]) -> Vec<ListedHost> {
     let mut seen: HashSet<String> = HashSet::new();
     let mut out = Vec::new();
@@ -722,7 +722,9 @@ fn listed_hosts(uris: &[Vec<u8>]) -> Vec<ListedHost> {
             continue;
         };
         let ip = host.parse::<IpAddr>().is_ok();
-        if !ip && !psl::suffix(host.as_bytes()).is_some_and(|s| s.is_known()) {
+        // A name is a host when it has a registrable domain under a known suffix: not a bare
+        // suffix (`<a href="top">` lists `http://top`, which `uri_to_domain` gives no domain).
+        if !ip && !psl::domain(host.as_bytes()).is_some_and(|d| d.suffix().is_known()) {
             continue;
         }
         if seen.insert(host.clone()) {
@@ -2769,9 +2771,11 @@ mod tests {
             (n[0].as_str(), n[10].as_str()),
             ("c.d.e.f.g.h.i.j.k.l.com", "com")
         );
-        // Names under no known public suffix are no hosts; each host once.
+        // Names under no known public suffix, and bare suffixes (a relative link `top`
+        // becomes `http://top`), are no hosts; each host once.
         let msg = Message::parse(bytes::Bytes::from(
-            "From: a@b.example\r\n\r\nhttp://x.invalidtld/ http://www.evil.com/a http://WWW.evil.com/b\r\n",
+            "From: a@b.example\r\nContent-Type: text/html\r\n\r\n<a href=\"top\">t</a> \
+             http://x.invalidtld/ http://www.evil.com/a http://WWW.evil.com/b\r\n",
         ));
         let hosts = listed_hosts(&super::super::view::uris(&msg));
         assert_eq!(
