@@ -11,7 +11,11 @@ Prints the agreement over all (message, rule) decisions and over the decisions w
 side hit, then every rule with a disagreement: how many messages each side alone hit, and an
 example file. Exits 1 when the agreement is below --min (a percentage).
 
-usage: rules_parity.py [--mxgate BIN] [--sample N] [--min PCT] [--jobs N] [--json OUT] DIR...
+With --sa-cache FILE, SpamAssassin's hits are read from FILE when it exists (and written to it
+when it does not), so that builds of mxgate can be compared against one SpamAssassin run.
+
+usage: rules_parity.py [--mxgate BIN] [--sample N] [--min PCT] [--jobs N] [--json OUT]
+                       [--sa-cache FILE] DIR...
 """
 import argparse
 import json
@@ -90,6 +94,7 @@ def main():
     ap.add_argument("--min", type=float, default=0.0)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", help="write the per-rule table here")
+    ap.add_argument("--sa-cache", help="SpamAssassin's hits, read if present, else written")
     ap.add_argument("--list-limit", type=int, default=400)
     ap.add_argument("--min-evals", type=float, default=0.0,
                     help="least agreement (percent) of the native eval rules' decisions")
@@ -109,7 +114,16 @@ def main():
     ]
     compared = sorted(r["name"] for r in rules if r["implemented"] and r["mode"] != "disabled")
     files = files_of(a.dirs, a.sample, a.seed)
-    sa = run_sa(files, a.jobs)
+    if a.sa_cache and os.path.exists(a.sa_cache):
+        with open(a.sa_cache) as f:
+            sa = {k: set(v) for k, v in json.load(f).items()}
+        missing = [f for f in files if f not in sa]
+        sa.update(run_sa(missing, a.jobs) if missing else {})
+    else:
+        sa = run_sa(files, a.jobs)
+    if a.sa_cache:
+        with open(a.sa_cache, "w") as f:
+            json.dump({k: sorted(v) for k, v in sa.items()}, f)
     mx = run_mxgate(a.mxgate, files, cfg.name)
     os.unlink(cfg.name)
 

@@ -2772,7 +2772,8 @@ mod tests {
             ("c.d.e.f.g.h.i.j.k.l.com", "com")
         );
         // Names under no known public suffix, and bare suffixes (a relative link `top`
-        // becomes `http://top`), are no hosts; each host once.
+        // becomes `http://top`, and `http://www.top.com` as Firefox reads it), are no hosts;
+        // each host once.
         let msg = Message::parse(bytes::Bytes::from(
             "From: a@b.example\r\nContent-Type: text/html\r\n\r\n<a href=\"top\">t</a> \
              http://x.invalidtld/ http://www.evil.com/a http://WWW.evil.com/b\r\n",
@@ -2780,7 +2781,7 @@ mod tests {
         let hosts = listed_hosts(&super::super::view::uris(&msg));
         assert_eq!(
             hosts.iter().map(|h| h.host.as_str()).collect::<Vec<_>>(),
-            ["www.evil.com"]
+            ["www.evil.com", "www.top.com"]
         );
     }
 

@@ -25,6 +25,7 @@ pub mod regex;
 pub mod relays;
 pub mod sa_date;
 pub mod sa_html;
+pub mod sa_uris;
 mod text_cache;
 pub mod view;
 

@@ -604,79 +604,24 @@ pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
 /// [`uris`] from the body lines and the HTML parts [`body_lines_and_html`] gave: as SpamAssassin
 /// 4 has it, text URIs are read from the same lines body rules read
 /// (`get_decoded_stripped_body_text_array`) and link targets from the same parse of each HTML
-/// part (`HTML.pm`'s `html_uri`), then each is canonicalised (`uri_list_canonicalize`:
-/// backslashes as slashes, `%`-escapes decoded, a scheme added to a bare host, a slash before
-/// `?` or `#` after the host).
+/// part (`HTML.pm`'s `html_uri`), then each is listed with its canonical variants
+/// ([`super::sa_uris`]: the text parsed as `_tbirdurire` does, the variants as
+/// `uri_list_canonicalize` makes them).
 pub fn uris_of(lines: &[Vec<u8>], html: &[RenderedHtml]) -> Vec<Vec<u8>> {
-    let in_text: Vec<String> = lines
-        .iter()
-        .flat_map(|l| mime::uri::extract_text(&utf8_lossy(l)))
-        .collect();
+    let mut in_text: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for l in lines.iter().filter(|l| super::sa_uris::may_hold(l)) {
+        super::sa_uris::extract(l, &mut seen, &mut in_text);
+    }
     let links = html.iter().flat_map(|h| &h.tags.uris);
     // A link repeated (a footer's, a tracking pixel's) gives what its first occurrence gave:
     // each is read once, and what is kept is kept once (`Unique`, not a search of the list).
     let mut read: std::collections::HashSet<&str> = std::collections::HashSet::new();
     let mut out: mime::uri::Unique<String> = mime::uri::Unique::default();
-    for u in in_text.iter().chain(links) {
-        if !read.insert(u.as_str()) {
-            continue;
-        }
-        let u = if memchr::memchr2(b'\n', b'\r', u.as_bytes()).is_some() {
-            u.chars()
-                .filter(|&c| c != '\n' && c != '\r')
-                .collect::<String>()
-                .trim()
-                .to_string()
-        } else {
-            u.trim().to_string()
-        };
-        // The URI itself is listed whatever follows; `#x`, `?x`, `/x` and one-character ones
-        // get no variants.
-        out.push(u.clone());
-        if u.len() <= 1
-            || u.starts_with(['#', '?', '&'])
-            || (u.starts_with('/') && !u.starts_with("//"))
-        {
-            continue;
-        }
-        let mailto = u.len() >= 7 && u.as_bytes()[..7].eq_ignore_ascii_case(b"mailto:");
-        if mailto || u.split(':').next().is_some_and(|s| s.contains('@')) {
-            continue;
-        }
-        let mut n = u.replace('\\', "/");
-        for scheme in ["http:", "https:"] {
-            if n.len() > scheme.len()
-                && n.get(..scheme.len())
-                    .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
-            {
-                let rest = n[scheme.len()..].trim_start_matches('/').to_string();
-                n = format!("{}//{rest}", &n[..scheme.len()]);
-            }
-        }
-        if n.contains('%') {
-            n = mime::decode::utf8_lossy_owned(mime::header::percent_decode(n.as_bytes()));
-        }
-        let has_scheme = n.split_once(':').is_some_and(|(s, _)| {
-            !s.is_empty()
-                && s.bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-        });
-        if !has_scheme {
-            n = if n.starts_with("ftp.") {
-                format!("ftp://{n}")
-            } else {
-                format!("http://{n}")
-            };
-        }
-        if let Some(after) = mxgate_core::mime::uri::scheme_end(&n).map(|i| i + 3) {
-            if let Some(q) = n[after..].find(['/', '?', '#']).map(|i| after + i) {
-                if n.as_bytes()[q] != b'/' {
-                    n.insert(q, '/');
-                }
-            }
-        }
-        if n != u {
-            out.push(n);
+    let text = in_text.len();
+    for (i, u) in in_text.iter().chain(links).enumerate() {
+        if !read.contains(u.as_str()) && super::sa_uris::canonicalize(u, i < text, &mut out) {
+            read.insert(u.as_str());
         }
     }
     out.list.into_iter().map(String::into_bytes).collect()
