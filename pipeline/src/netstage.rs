@@ -197,11 +197,13 @@ impl NetStage {
         if s.domains.len() >= self.max_uri_domains {
             return;
         }
-        let mut uris = mxgate_core::mime::uri::extract_text(&String::from_utf8_lossy(lines));
+        // Found as the URI list finds them (`rules::view::uris`, which the lookups at the end of
+        // the message read), so the domains asked early are those asked then; the raw lines of
+        // HTML parts hold links, kept whatever their domain, so no URI is dropped for its
+        // domain here.
+        let mut uris = rules::sa_uris::text_uris(lines, true);
         if !decoded.is_empty() {
-            uris.extend(mxgate_core::mime::uri::extract_text(
-                &String::from_utf8_lossy(&decoded),
-            ));
+            uris.extend(rules::sa_uris::text_uris(&decoded, true));
         }
         let found = lists::uri_domains(
             uris.iter().map(String::as_str),

@@ -225,8 +225,8 @@ class DnsLists(unittest.TestCase):
         cls.dns = TestDns([
             # The client 127.0.0.1 on the address list; one URI domain on the URI list.
             "1.0.0.127.bl.e2e.test. A 127.0.0.2",
-            "listed-shop.example.uribl.e2e.test. A 127.0.0.4",
-            "clean-shop.example.uribl.e2e.test. A 127.0.0.1",  # an answer outside the mask
+            "listed-shop.com.uribl.e2e.test. A 127.0.0.4",
+            "clean-shop.com.uribl.e2e.test. A 127.0.0.1",  # an answer outside the mask
         ]).__enter__()
         cls.sink = Sink(WORK)
 
@@ -255,10 +255,10 @@ class DnsLists(unittest.TestCase):
         mx = Mxgate(WORK, self.sink.port, stages="hops,dns", toml=self.config(0.5))
         try:
             n = len(self.sink.messages())
-            body = "Buy now at http://www.listed-shop.example/offer and http://clean-shop.example/\n"
+            body = "Buy now at http://www.listed-shop.com/offer and http://clean-shop.com/\n"
             rc, out = swaks(mx.port, "--header", "Subject: offer", "--body", body)
             self.assertEqual(rc, 0, out)
-            rc, out = swaks(mx.port, "--header", "Subject: hello", "--body", "http://clean-shop.example/\n")
+            rc, out = swaks(mx.port, "--header", "Subject: hello", "--body", "http://clean-shop.com/\n")
             self.assertEqual(rc, 0, out)
             self.sink.wait_messages(n + 2)
             (_, a), (_, b) = self.sink.messages()[-2:]
@@ -317,9 +317,9 @@ class UriLookupsDuringData(unittest.TestCase):
         are looked up during the pause, so with a DNS server 600 ms away the reply to the final
         dot comes well before one round trip, and the listed domain is still scored."""
         body, waited = paused_data(
-            self, "slow-listed.example",
+            self, "slow-listed.com",
             b"From: a@e2e.test\r\nTo: b@e2e.test\r\nSubject: offer\r\n\r\n"
-            b"Buy at http://www.slow-listed.example/offer today.\r\n",
+            b"Buy at http://www.slow-listed.com/offer today.\r\n",
             b"Thanks.\r\n")
         self.assertIn("E2E_URIBL", header_of(body, "X-Spam-Status")[0])
         # One round trip is 0.6 s: the answer had come during the pause.
@@ -581,16 +581,16 @@ class RulesetNetworkRules(unittest.TestCase):
         cls.dns = TestDns([
             "9.100.51.198.zen.spamhaus.org. A 127.0.0.2",
             "1.0.0.127.zen.spamhaus.org. A 127.0.0.2",
-            "listed-shop.example.dbl.spamhaus.org. A 127.0.1.2",
-            "listed-shop.example.multi.uribl.com. A 127.0.0.2",
+            "listed-shop.com.dbl.spamhaus.org. A 127.0.1.2",
+            "listed-shop.com.multi.uribl.com. A 127.0.0.2",
             # askdns: the From: domain is newly registered.
             "sender.example.fresh.fmb.la. A 127.2.0.2",
             # uridnssub: a URI domain whose name server is on the SBL, another whose own
             # address is on the CSS list.
-            "listed-shop.example. NS ns1.bad-host.example.",
+            "listed-shop.com. NS ns1.bad-host.example.",
             "ns1.bad-host.example. A 203.0.113.20",
             "20.113.0.203.zen.spamhaus.org. A 127.0.0.2",
-            "listed-shop.example. A 203.0.113.21",
+            "listed-shop.com. A 203.0.113.21",
             "21.113.0.203.zen.spamhaus.org. A 127.0.0.3",
         ]).__enter__()
         cls.cfg = os.path.join(WORK, "ruleset-net.toml")
@@ -616,8 +616,8 @@ class RulesetNetworkRules(unittest.TestCase):
         return p
 
     def test_scan_resolves_the_rulesets_lists(self):
-        listed = self.eml("rbl-listed.eml", b"Visit http://www.listed-shop.example/buy now.\n")
-        clean = self.eml("rbl-clean.eml", b"Visit http://www.other-shop.example/ now.\n")
+        listed = self.eml("rbl-listed.eml", b"Visit http://www.listed-shop.com/buy now.\n")
+        clean = self.eml("rbl-clean.eml", b"Visit http://www.other-shop.com/ now.\n")
         with open(clean, "rb") as f:
             data = f.read().replace(b"198.51.100.9", b"198.51.100.10")
         with open(clean, "wb") as f:
@@ -643,7 +643,7 @@ class RulesetNetworkRules(unittest.TestCase):
         sink = Sink(WORK)
         mx = Mxgate(WORK, sink.port, stages="hops,dns,headers", toml=self.toml())
         try:
-            rc, out = swaks(mx.port, "--body", "Visit http://www.listed-shop.example/buy now.")
+            rc, out = swaks(mx.port, "--body", "Visit http://www.listed-shop.com/buy now.")
             self.assertEqual(rc, 0, out)
             sink.wait_messages(1)
             (_, got), = sink.messages()[-1:]
@@ -668,7 +668,7 @@ class DnsBudget(unittest.TestCase):
         mx = Mxgate(WORK, sink.port, stages="hops,dns,auth", toml=toml)
         try:
             t = time.time()
-            rc, out = swaks(mx.port, "--body", "see http://somewhere.example/")
+            rc, out = swaks(mx.port, "--body", "see http://somewhere.com/")
             took = time.time() - t
             self.assertEqual(rc, 0, out)  # no answer is not a listing
             # Lookups 0.8 s, auth at most 3 × 0.8 s, all at once; far from the SMTP timeouts.

@@ -473,6 +473,22 @@ fn has_escape(s: &str) -> bool {
         .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
 }
 
+/// The URIs of one text as the URI list holds them (each match with its variants), for readers
+/// outside the rule engine: the DNS stage looks up their domains while DATA streams in. With
+/// `any_domain`, URIs without a valid domain are kept too (the raw lines of an HTML part hold
+/// its links, which the URI list keeps whatever their domain).
+pub fn text_uris(text: &[u8], any_domain: bool) -> Vec<String> {
+    let mut found = Vec::new();
+    if may_hold(text) {
+        extract(text, &mut Default::default(), &mut found);
+    }
+    let mut out = Unique::default();
+    for u in &found {
+        canonicalize(u, !any_domain, &mut out);
+    }
+    out.list
+}
+
 /// `add_uri_detail_list` for one URI: the URI and the variants `Util::uri_list_canonicalize`
 /// makes of it (without redirector patterns: [`variants`]) go into `out`, each cut at
 /// `MAX_URI_LENGTH`. A URI parsed from text (`needs_domain`) is left out when none of them has a
