@@ -683,6 +683,9 @@ pub struct Engine {
     id: u64,
     /// Eval rules implemented natively, with their parsed calls (rules that run only).
     calls: Vec<(usize, evals::Call)>,
+    /// Whether the ruleset runs `check_freemail_replyto('replyto')` and `('reply')` (see
+    /// [`evals::FreemailReply`]).
+    freemail_checks: (bool, bool),
     /// `check_rbl` set name → (zone, TXT?).
     set_zones: HashMap<String, (String, bool)>,
     /// The lookups the network rules need.
@@ -1416,6 +1419,15 @@ impl Engine {
                 baseline[m] = u32::from(e.eval(&|i| baseline[i] as f64) != 0.0);
             }
         }
+        // FreeMail's reply checks, run (as SpamAssassin runs every sub-rule) or not: when one
+        // reads a message's body it edits the text the body rules see.
+        let freemail_checks = calls
+            .iter()
+            .filter(|(i, _)| rules[*i].mode != Mode::Disabled)
+            .fold((false, false), |(replyto, reply), (_, c)| match c {
+                evals::Call::FreemailReplyto(r) => (replyto || !r, reply || *r),
+                _ => (replyto, reply),
+            });
         let calls: Vec<(usize, evals::Call)> = calls
             .into_iter()
             .filter(|(i, _)| rules[*i].mode == Mode::Eval)
@@ -1460,6 +1472,7 @@ impl Engine {
         stats.lazy = lazy.rules.len();
         Ok(Engine {
             calls,
+            freemail_checks,
             set_zones,
             plan,
             set,
@@ -1821,6 +1834,8 @@ impl Engine {
             headers: None,
             parts: None,
             body: None,
+            body_edited: None,
+            freemail: None,
             html: None,
             uris: None,
             relays: None,
@@ -1856,6 +1871,52 @@ impl Engine {
         }
     }
 
+    /// FreeMail's reply checks read the message once, before the body rules: when one reads
+    /// the body, the body rules read the lines as it edited them ([`evals::FreemailReply`]).
+    fn read_freemail(&self, ctx: &mut Ctx<'_>) {
+        if ctx.freemail.is_some() || self.freemail_checks == (false, false) {
+            return;
+        }
+        let fm = &self.set.freemail;
+        if !fm.available() {
+            ctx.freemail = Some(evals::FreemailReply::default());
+            return;
+        }
+        let env_from = ctx.env_from().to_string();
+        ctx.headers();
+        let headers = ctx.headers.as_ref().expect("parsed above");
+        let mut reply = evals::FreemailReply::read(fm, headers, &env_from);
+        if reply.reads_body(self.freemail_checks) {
+            ctx.body_lines();
+            // The URI list is made from the lines as they were (the plugin lists the URIs
+            // first); the `mailto:` links it reads are the HTML parts' `a` links that the text
+            // does not hold as well (`types` `a` and not `parsed`).
+            let mut in_text = Vec::new();
+            let mut seen = HashSet::new();
+            for l in ctx.body.iter().flatten() {
+                super::sa_uris::extract(l, &mut seen, &mut in_text);
+            }
+            let mut links: Vec<Vec<u8>> = Vec::new();
+            for u in ctx
+                .html
+                .iter()
+                .flatten()
+                .flat_map(|h| h.tags.anchors.iter())
+            {
+                let u = u.as_bytes();
+                if !in_text.iter().any(|t| t.as_bytes() == u) && !links.iter().any(|l| l == u) {
+                    links.push(u.to_vec());
+                }
+            }
+            let mut lines = ctx.body.clone().unwrap_or_default();
+            reply.read_body(fm, &mut lines, &links);
+            if ctx.body.as_ref() != Some(&lines) {
+                ctx.body_edited = Some(lines);
+            }
+        }
+        ctx.freemail = Some(reply);
+    }
+
     /// Builds the texts input `k` reads from a message: in `ctx` (body lines, URIs) or, for
     /// those nothing else shares (rawbody chunks, the full message), into `owned`.
     fn texts_of<'a>(
@@ -1871,6 +1932,7 @@ impl Engine {
                 timed(profile, Part::BodyLines, || {
                     ctx.body_lines();
                 });
+                self.read_freemail(ctx);
             }
             Input::Uri if ctx.env.net.and_then(|n| n.uris.as_deref()).is_none() => {
                 timed(profile, Part::Uris, || {
@@ -1897,7 +1959,14 @@ impl Engine {
         owned: &'c [Vec<Cow<'_, [u8]>>],
     ) -> Vec<&'c [u8]> {
         match inputs[k] {
-            Input::Body => ctx.body.iter().flatten().map(Vec::as_slice).collect(),
+            Input::Body => ctx
+                .body_edited
+                .as_ref()
+                .or(ctx.body.as_ref())
+                .into_iter()
+                .flatten()
+                .map(Vec::as_slice)
+                .collect(),
             Input::Uri => match ctx.env.net.and_then(|n| n.uris.as_deref()) {
                 // The DNS stage found them already.
                 Some(uris) => uris.iter().map(Vec::as_slice).collect(),
@@ -1918,15 +1987,21 @@ impl Engine {
     ) -> Outcome {
         let msg = ctx.msg;
         if !self.calls.is_empty() {
+            self.read_freemail(&mut ctx);
+            let freemail = ctx.freemail.take();
             let env_from = ctx.env_from().to_string();
             let mail_from = Some(env_from.as_str());
             let net = ctx.env.net;
             let extracted_text = ctx.env.extracted_text;
-            let body = ctx
-                .body
-                .take()
-                .map(std::cell::OnceCell::from)
-                .unwrap_or_default();
+            // The evals read the body as the body rules did (FreeMail's edit included).
+            let body = match &ctx.body_edited {
+                Some(edited) => std::cell::OnceCell::from(edited.clone()),
+                None => ctx
+                    .body
+                    .take()
+                    .map(std::cell::OnceCell::from)
+                    .unwrap_or_default(),
+            };
             let uris = ctx
                 .uris
                 .take()
@@ -1949,6 +2024,7 @@ impl Engine {
                 addr_lists: &self.set.addr_lists,
                 uri_host_lists: &self.set.uri_host_lists,
                 freemail: &self.set.freemail,
+                freemail_reply: freemail.as_ref(),
                 ok_locales: self.set.ok_locales.as_deref().unwrap_or(&[]),
                 mime: Default::default(),
                 date_diff: Default::default(),
@@ -1972,7 +2048,9 @@ impl Engine {
             }
             // The lazy rules may read the body lines and the URIs again.
             let evals::EvalInput { body, uris, .. } = input;
-            ctx.body = body.into_inner();
+            if ctx.body_edited.is_none() {
+                ctx.body = body.into_inner();
+            }
             ctx.uris = uris.into_inner();
         }
         let metas = clock(&scratch.profile);
@@ -3081,6 +3159,11 @@ struct Ctx<'a> {
     parts: Option<Vec<Headers>>,
     /// The body lines, once built (body rules and the body evals share them).
     body: Option<Vec<Vec<u8>>>,
+    /// The body lines as FreeMail's reading of the body left them, when it read them: the
+    /// body rules and evals read these, the URI list the lines before.
+    body_edited: Option<Vec<Vec<u8>>>,
+    /// What FreeMail's reply checks read, once read.
+    freemail: Option<evals::FreemailReply>,
     /// The HTML parts rendered for the body lines (the HTML evals read them too).
     html: Option<Vec<view::RenderedHtml>>,
     /// The URIs, once listed (uri rules and the URI host list evals share them).
@@ -4411,5 +4494,96 @@ score COUNTED 2.0
         assert!(hits(&e, &msg("abcdefghijk")).is_empty());
         // 21 bytes, more than twice the limit, none of them line ends.
         assert!(hits(&e, &msg("abcdefghijklmnopqrstu")).is_empty());
+    }
+
+    #[test]
+    fn freemail_reply_reads_and_edits_the_body_as_spamassassin_does() {
+        const FREEMAIL: &str = r"util_rb_tld com example
+freemail_domains mail.example
+header FM_REPLYTO eval:check_freemail_replyto('replyto')
+header FM_REPLY eval:check_freemail_replyto('reply')
+body WROTE /\bwrote:/
+body ASKS /\bwrite to\b/
+";
+        let with = engine(FREEMAIL, Layout::PerScope);
+        // The body rules alone: nothing edits the text they read.
+        let without = engine("body WROTE /\\bwrote:/\n", Layout::PerScope);
+        let text = |from: &str, reply_to: Option<&str>, body: &str| {
+            let mut m = format!("From: {from}\r\nTo: x@example.com\r\nSubject: s\r\n");
+            if let Some(r) = reply_to {
+                m.push_str(&format!("Reply-To: {r}\r\n"));
+            }
+            m.push_str(&format!("\r\n{body}\r\n"));
+            m
+        };
+        let html = |from: &str, body: &str| {
+            format!(
+                "From: {from}\r\nTo: x@example.com\r\nSubject: s\r\n\
+                 Content-Type: text/html\r\n\r\n<html><body>{body}</body></html>\r\n"
+            )
+        };
+        // Both free mail, and different: a hit of either form without reading the body.
+        let h = hits(
+            &with,
+            &text("ann@mail.example", Some("bob@mail.example"), "hi"),
+        );
+        assert!(h.contains(&"FM_REPLYTO=1".to_string()), "{h:?}");
+        assert!(h.contains(&"FM_REPLY=1".to_string()), "{h:?}");
+        // A Reply-To that is no free mail: neither form.
+        let h = hits(
+            &with,
+            &text(
+                "ann@mail.example",
+                Some("bob@example.com"),
+                "carl@mail.example",
+            ),
+        );
+        assert!(!h.iter().any(|r| r.starts_with("FM_")), "{h:?}");
+        // A free mail sender asking for replies to another free mail address in the body.
+        let h = hits(
+            &with,
+            &text(
+                "ann@mail.example",
+                None,
+                "please write to carl@mail.example",
+            ),
+        );
+        assert!(h.contains(&"FM_REPLY=1".to_string()), "{h:?}");
+        assert!(h.contains(&"ASKS=1".to_string()), "{h:?}");
+        // The sender's own address in the body is no other address.
+        let h = hits(&with, &text("ann@mail.example", None, "ann@mail.example"));
+        assert!(!h.contains(&"FM_REPLY=1".to_string()), "{h:?}");
+        // A quoted attribution line is no address to reply to: it is cut from the text before
+        // the addresses are read, and from the text the body rules read, but only when a reply
+        // check read the body (a sender that is no free mail reads nothing).
+        let quoting = "On Monday carl@mail.example wrote: hello";
+        let h = hits(&with, &text("ann@mail.example", None, quoting));
+        assert!(!h.contains(&"WROTE=1".to_string()), "{h:?}");
+        assert!(!h.contains(&"FM_REPLY=1".to_string()), "{h:?}");
+        let h = hits(&with, &text("ann@example.com", None, quoting));
+        assert!(h.contains(&"WROTE=1".to_string()), "{h:?}");
+        let h = hits(&without, &text("ann@mail.example", None, quoting));
+        assert!(h.contains(&"WROTE=1".to_string()), "{h:?}");
+        // `mailto:` links of anchors count; a form's action does not.
+        let h = hits(
+            &with,
+            &html(
+                "ann@mail.example",
+                "<a href=\"mailto:carl@mail.example\">me</a>",
+            ),
+        );
+        assert!(h.contains(&"FM_REPLY=1".to_string()), "{h:?}");
+        let h = hits(
+            &with,
+            &html(
+                "ann@mail.example",
+                "<form action=\"mailto:carl@mail.example\"><input type=submit></form>",
+            ),
+        );
+        assert!(!h.contains(&"FM_REPLY=1".to_string()), "{h:?}");
+        // Five addresses in the body: too many to judge by.
+        let many = "a@mail.example b@mail.example c@x.example d@y.example e@z.example";
+        let h = hits(&with, &text("ann@mail.example", None, many));
+        assert!(!h.contains(&"FM_REPLY=1".to_string()), "{h:?}");
     }
 }

@@ -178,6 +178,10 @@ pub enum Call {
     },
     /// `check_freemail_from(['regex'])`: a sender address at a free mail provider.
     FreemailFrom(Option<regex::Regex>),
+    /// `check_freemail_replyto(['replyto'|'reply'])`: From and Reply-To different free mail
+    /// addresses, or the reply address a free mail one and another free mail address in the
+    /// body. `true` for `'reply'` (the From address stands in when there is no Reply-To).
+    FreemailReplyto(bool),
     /// `multipart_alternative_difference(min, max)`: the largest share (%) of an alternative's
     /// HTML words that its text part lacks.
     MpartAltDiff {
@@ -1088,6 +1092,11 @@ impl Call {
                 Some(p) => Some(regex::Regex::new(p).ok()?),
                 None => None,
             })),
+            "check_freemail_replyto" => match a.first().map(String::as_str) {
+                None | Some("replyto") => Some(Call::FreemailReplyto(false)),
+                Some("reply") => Some(Call::FreemailReplyto(true)),
+                Some(_) => None,
+            },
             "multipart_alternative_difference" => Some(Call::MpartAltDiff {
                 min: arg(0).parse().ok()?,
                 max: undef_or(arg(1))?,
@@ -1253,6 +1262,9 @@ pub struct EvalInput<'a> {
     pub uri_host_lists: &'a HashMap<String, HashMap<String, bool>>,
     /// The ruleset's free mail providers.
     pub freemail: &'a super::load::Freemail,
+    /// What `check_freemail_replyto` reads, when the ruleset has such rules and the engine read
+    /// it (before the body rules: see [`FreemailReply`]).
+    pub freemail_reply: Option<&'a FreemailReply>,
     /// MIMEEval's part statistics, computed on first use.
     pub mime: OnceCell<MimeStats>,
     /// The Date: header minus the nearest Received: date, computed on first use.
@@ -1279,6 +1291,115 @@ pub struct EvalInput<'a> {
     pub images: OnceCell<super::images::ImageInfo>,
     /// `ok_locales`; empty when not set (`all`).
     pub ok_locales: &'a [String],
+}
+
+/// What FreeMail's `check_freemail_replyto` reads of a message: the From and Reply-To
+/// addresses, and the free mail addresses its `_parse_body` finds in the body.
+///
+/// `_parse_body` edits the body text it reads, in place (it deletes links holding an address
+/// and addresses followed by a word and a colon, such as `a@b.com wrote:`), and header evals
+/// run before body rules: when a message's reply check reaches the body, SpamAssassin's body
+/// rules see the edited text. [`FreemailReply::read_body`] does the same edit on a copy of
+/// the lines, which the engine's body rules then read (the URI list was made from the lines
+/// before, as in SpamAssassin, where `_parse_body` lists the URIs first).
+#[derive(Debug, Default)]
+pub struct FreemailReply {
+    from_fm: bool,
+    replyto_fm: bool,
+    has_replyto: bool,
+    from_not_in_replyto: bool,
+    bulk_envfrom: bool,
+    from: Vec<String>,
+    replyto: Vec<String>,
+    /// The body's free mail addresses; `None` when the body was not read or had too many
+    /// addresses (`freemail_skip_when_over_max`).
+    body: Option<Vec<String>>,
+}
+
+impl FreemailReply {
+    /// Reads the From and Reply-To addresses and what the envelope sender looks like.
+    pub fn read(fm: &super::load::Freemail, headers: &Headers, env_from: &str) -> Self {
+        let mut r = FreemailReply::default();
+        if !fm.available() {
+            return r;
+        }
+        let addrs = |name: &str| -> Vec<String> {
+            header_value(headers, &format!("{name}:addr"), Some(env_from))
+                .map(|v| {
+                    utf8_lossy(&v)
+                        .split('\n')
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_lowercase)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        r.bulk_envfrom = fm.bulk_envfrom(env_from);
+        r.from = addrs("From");
+        r.replyto = addrs("Reply-To");
+        r.from_fm = r.from.iter().any(|a| fm.is_freemail(a));
+        r.replyto_fm = r.replyto.iter().any(|a| fm.is_freemail(a));
+        r.has_replyto = !r.replyto.is_empty();
+        r.from_not_in_replyto = !r.from.iter().any(|f| r.replyto.contains(f));
+        r
+    }
+
+    /// Whether the `'reply'` form (`reply`) or the `'replyto'` form reaches `_parse_body`.
+    fn reaches_body(&self, reply: bool) -> bool {
+        if self.bulk_envfrom || self.free_and_apart() {
+            return false;
+        }
+        if reply {
+            (!self.has_replyto || self.replyto_fm) && self.from_fm
+        } else {
+            self.replyto_fm
+        }
+    }
+
+    /// From and Reply-To both free mail, and From not among the Reply-To addresses: a hit
+    /// without reading the body.
+    fn free_and_apart(&self) -> bool {
+        self.from_fm && self.replyto_fm && self.from_not_in_replyto
+    }
+
+    /// Whether either of the forms the ruleset runs (`checks`: `'replyto'`, `'reply'`) reads
+    /// the body.
+    pub fn reads_body(&self, checks: (bool, bool)) -> bool {
+        (checks.0 && self.reaches_body(false)) || (checks.1 && self.reaches_body(true))
+    }
+
+    /// `_parse_body` over `lines` (edited as SpamAssassin edits them) and the HTML parts' link
+    /// targets.
+    pub fn read_body(
+        &mut self,
+        fm: &super::load::Freemail,
+        lines: &mut [Vec<u8>],
+        links: &[Vec<u8>],
+    ) {
+        self.body = fm.parse_body(lines, links);
+    }
+
+    /// The rule's verdict (`reply`: the `'reply'` form).
+    pub fn verdict(&self, reply: bool) -> bool {
+        if self.bulk_envfrom {
+            return false;
+        }
+        if self.free_and_apart() {
+            return true;
+        }
+        if !self.reaches_body(reply) {
+            return false;
+        }
+        let Some(body) = &self.body else {
+            return false;
+        };
+        let reply_addrs = if !reply || self.replyto_fm {
+            &self.replyto
+        } else {
+            &self.from
+        };
+        body.iter().any(|b| reply_addrs.iter().any(|r| r != b))
+    }
 }
 
 /// BodyEval's `_multipart_alternative_difference`.
@@ -1634,6 +1755,7 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
                     .map(|a| a.to_lowercase())
                     .any(|e| fm.is_freemail(&e) && pattern.as_ref().is_none_or(|p| p.is_match(&e)))
         }
+        Call::FreemailReplyto(reply) => input.freemail_reply.is_some_and(|f| f.verdict(*reply)),
         Call::MpartAltDiff { min, max } => {
             let d = madiff(input).diff;
             (*min == 0.0 || d > *min) && max.is_none_or(|m| d <= m)

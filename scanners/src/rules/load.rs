@@ -243,6 +243,19 @@ pub struct Freemail {
     wildcards: Vec<String>,
     pattern: Option<regex::Regex>,
     welcome: HashSet<String>,
+    /// The valid TLDs (`util_rb_tld`), for the address pattern of the body's reading.
+    tlds: Vec<String>,
+    /// The patterns `_parse_body` uses, compiled on first use (few messages need them).
+    body: std::sync::Arc<std::sync::OnceLock<Option<BodyPatterns>>>,
+}
+
+/// FreeMail's patterns for reading the body: links holding an address, addresses in `<>` or
+/// before a word and a colon (both deleted from the text), and addresses.
+#[derive(Debug)]
+struct BodyPatterns {
+    links: pcre2::bytes::Regex,
+    quoted: pcre2::bytes::Regex,
+    email: pcre2::bytes::Regex,
 }
 
 impl Freemail {
@@ -268,6 +281,8 @@ impl Freemail {
     /// one character. Once, after loading: the stock rules give the wildcards over hundreds of
     /// `freemail_domains` lines, and compiling at each line made the load quadratic.
     fn compile(&mut self) {
+        self.tlds.sort_unstable();
+        self.tlds.dedup();
         let alts: Vec<String> = self
             .wildcards
             .iter()
@@ -300,6 +315,129 @@ impl Freemail {
                 self.welcome.insert(t);
             }
         }
+    }
+
+    /// `$skip_replyto_envfrom`: an envelope sender that looks like a list's or a robot's.
+    pub fn bulk_envfrom(&self, env_from: &str) -> bool {
+        static BULK: std::sync::LazyLock<Option<pcre2::bytes::Regex>> = std::sync::LazyLock::new(
+            || {
+                pcre2::bytes::RegexBuilder::new()
+                    .caseless(true)
+                    .build(
+                        r"(?:^(?:post|host|domain)master|^double-bounce|^(?:sentto|owner|return|(?:gr)?bounced?)-.+|-(?:request|bounces?|admin|owner)|\b(?:do[._-t]?)?no[._-t]?repl(?:y|ies)|.+=.+)\@",
+                    )
+                    .ok()
+            },
+        );
+        BULK.as_ref()
+            .is_some_and(|r| r.is_match(env_from.as_bytes()).unwrap_or(false))
+    }
+
+    /// The address pattern of FreeMail (`email_regex`), ending in one of the valid TLDs.
+    fn body_patterns(&self) -> Option<&BodyPatterns> {
+        self.body
+            .get_or_init(|| {
+                if self.tlds.is_empty() {
+                    return None;
+                }
+                let tlds = format!(
+                    "(?<![a-zA-Z0-9-])(?:{})(?!(?:[a-zA-Z0-9-]|\\.[a-zA-Z0-9]))",
+                    self.tlds.join("|")
+                );
+                let email = format!(
+                    "(?=.{{0,64}}\\@)(?<![a-z0-9!#\\$%&'*+\\/=?^_`{{|}}~-])([a-z0-9!#\\$%&'*+\\/=?^_`{{|}}~-]+(?:\\.[a-z0-9!#\\$%&'*+\\/=?^_`{{|}}~-]+)*\\@(?:[a-z0-9](?:[a-z0-9-]{{0,59}}[a-z0-9])?\\.){{1,4}}{tlds})"
+                );
+                let build = |p: &str| {
+                    pcre2::bytes::RegexBuilder::new()
+                        .caseless(true)
+                        .jit_if_available(true)
+                        .build(p)
+                        .ok()
+                };
+                Some(BodyPatterns {
+                    links: build(r"<?https?://\S{0,255}(?:\@|%40)\S{0,255}")?,
+                    quoted: build(&format!(
+                        "<?(?<!mailto:){email}(?:>|\\s{{1,10}}(?!(?:fa(?:x|csi)|tel|phone|e?-?mail))[a-z]{{2,11}}:)"
+                    ))?,
+                    email: build(&email)?,
+                })
+            })
+            .as_ref()
+    }
+
+    /// FreeMail's `_parse_body`: the free mail addresses of the body (`mailto:` links of the
+    /// HTML parts, `links`, then the addresses of the text), `None` past
+    /// `freemail_max_body_emails` addresses or `freemail_max_body_freemails` free mail ones.
+    /// Each line is edited as the plugin edits SpamAssassin's body text: links holding an
+    /// address, and addresses in `<>` or followed by a word and a colon, become a space.
+    pub fn parse_body(&self, lines: &mut [Vec<u8>], links: &[Vec<u8>]) -> Option<Vec<String>> {
+        const FREEMAIL_MAX_BODY_EMAILS: usize = 5;
+        const FREEMAIL_MAX_BODY_FREEMAILS: usize = 3;
+        let p = self.body_patterns()?;
+        let mut seen = HashSet::new();
+        let mut emails: Vec<String> = Vec::new();
+        for l in links {
+            if emails.len() >= 20 {
+                break;
+            }
+            if l.len() > 7 && l[..7].eq_ignore_ascii_case(b"mailto:") {
+                if let Ok(Some(c)) = p.email.captures(&l[7..]) {
+                    if c.get(0).is_some_and(|m| m.start() == 0) {
+                        let e = String::from_utf8_lossy(&c[1]).to_lowercase();
+                        if seen.insert(e.clone()) {
+                            emails.push(e);
+                        }
+                    }
+                }
+            }
+        }
+        let replace = |re: &pcre2::bytes::Regex, text: &[u8]| -> Option<Vec<u8>> {
+            let mut out = Vec::new();
+            let mut last = 0;
+            for m in re.find_iter(text) {
+                let m = m.ok()?;
+                out.extend_from_slice(&text[last..m.start()]);
+                out.push(b' ');
+                last = m.end();
+            }
+            (last > 0).then(|| {
+                out.extend_from_slice(&text[last..]);
+                out
+            })
+        };
+        // (At 40 addresses the plugin stops reading, and editing, the lines.)
+        'lines: for line in lines.iter_mut() {
+            if let Some(t) = replace(&p.links, line) {
+                *line = t;
+            }
+            if let Some(t) = replace(&p.quoted, line) {
+                *line = t;
+            }
+            for c in p.email.captures_iter(line) {
+                let Ok(c) = c else { break };
+                let e = String::from_utf8_lossy(&c[1]).to_lowercase();
+                if seen.insert(e.clone()) {
+                    emails.push(e);
+                }
+                if emails.len() >= 40 {
+                    break 'lines;
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (all, e) in emails.into_iter().enumerate() {
+            if all + 1 == FREEMAIL_MAX_BODY_EMAILS {
+                return None;
+            }
+            if !self.is_freemail(&e) {
+                continue;
+            }
+            if out.len() + 1 == FREEMAIL_MAX_BODY_FREEMAILS {
+                return None;
+            }
+            out.push(e);
+        }
+        Some(out)
     }
 
     /// Whether any provider is configured (the plugin's tests say nothing otherwise).
@@ -841,6 +979,13 @@ impl Loader {
             "welcomelist_to" | "whitelist_to" => self.set.addr_lists.add("welcomelist_to", rest),
             "more_spam_to" => self.set.addr_lists.add("more_spam_to", rest),
             "freemail_domains" => self.set.freemail.add_domains(rest),
+            // RegistryBoundaries' valid TLDs (FreeMail's address pattern ends in one).
+            "util_rb_tld" => self
+                .set
+                .freemail
+                .tlds
+                .extend(rest.split_whitespace().map(str::to_ascii_lowercase)),
+            "clear_util_rb" => self.set.freemail.tlds.clear(),
             "ok_locales" => {
                 self.set.ok_locales = Some(rest.split_whitespace().map(str::to_string).collect())
             }

@@ -69,6 +69,8 @@ pub struct Tags {
     pub titles: Vec<String>,
     /// The link targets `html_uri` collects (`uri`): each once, in the order first found.
     pub uris: Vec<String>,
+    /// Those of them an `a` tag links to (`types` `a`), as often as linked.
+    pub anchors: Vec<String>,
 }
 
 /// The elements `HTML.pm` counts (strict, loose and a few non-standard ones).
@@ -322,6 +324,7 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
     });
     t.obfuscation = obfuscation;
     t.uris = links.found.list;
+    t.anchors = links.anchors;
     for name in ["style", "script"] {
         if let Some(e) = t.inside.get_mut(name) {
             while *e > 0 {
@@ -577,6 +580,8 @@ fn perl_true(s: &str) -> bool {
 #[derive(Default)]
 struct Links {
     found: mxgate_core::mime::uri::Unique<String>,
+    /// The targets of `a` tags.
+    anchors: Vec<String>,
     /// `base_href`: set by a `<base>` with an absolute `http`, `https` or `ftp` target.
     base: String,
 }
@@ -614,11 +619,15 @@ impl Links {
                 let href = slashed("href")
                     .or_else(|| get("href"))
                     .map(|v| v.replace('\u{feff}', ""));
-                if let Some(v) = &href {
-                    self.push(v);
-                }
-                if let Some(v) = get("data-saferedirecturl") {
-                    self.push(&v);
+                for v in href
+                    .iter()
+                    .cloned()
+                    .chain(get("data-saferedirecturl").map(String::from))
+                {
+                    match self.push(&v) {
+                        Some(uri) if name == "a" => self.anchors.push(uri),
+                        _ => {}
+                    }
                 }
                 // `html_tests` files an anchor's text under its `href` as written (trimmed,
                 // not resolved; empty without one), which lists it too.
@@ -686,11 +695,11 @@ impl Links {
         }
     }
 
-    /// `push_uri`.
-    fn push(&mut self, uri: &str) {
+    /// `push_uri`; gives the target it listed.
+    fn push(&mut self, uri: &str) -> Option<String> {
         let uri = canon_uri(uri);
         if uri.is_empty() {
-            return;
+            return None;
         }
         let head = uri.as_bytes();
         let head = &head[..head.len().min(7)];
@@ -698,13 +707,15 @@ impl Links {
             .iter()
             .any(|p| head.len() >= p.len() && head[..p.len()].eq_ignore_ascii_case(p))
         {
-            self.found.push(uri);
-            return;
+            self.found.push(uri.clone());
+            return Some(uri);
         }
         let target = target_uri(&self.base, &uri);
-        if !target.is_empty() {
-            self.found.push(target);
+        if target.is_empty() {
+            return None;
         }
+        self.found.push(target.clone());
+        Some(target)
     }
 }
 
