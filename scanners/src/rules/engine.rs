@@ -1891,11 +1891,6 @@ impl Engine {
             // The URI list is made from the lines as they were (the plugin lists the URIs
             // first); the `mailto:` links it reads are the HTML parts' `a` links that the text
             // does not hold as well (`types` `a` and not `parsed`).
-            let mut in_text = Vec::new();
-            let mut seen = HashSet::new();
-            for l in ctx.body.iter().flatten() {
-                super::sa_uris::extract(l, &mut seen, &mut in_text);
-            }
             let mut links: Vec<Vec<u8>> = Vec::new();
             for u in ctx
                 .html
@@ -1904,14 +1899,23 @@ impl Engine {
                 .flat_map(|h| h.tags.anchors.iter())
             {
                 let u = u.as_bytes();
-                if !in_text.iter().any(|t| t.as_bytes() == u) && !links.iter().any(|l| l == u) {
+                let mailto = u.len() > 7 && u[..7].eq_ignore_ascii_case(b"mailto:");
+                if mailto && !links.iter().any(|l| l == u) {
                     links.push(u.to_vec());
                 }
             }
-            let mut lines = ctx.body.clone().unwrap_or_default();
+            if !links.is_empty() {
+                let mut in_text = Vec::new();
+                let mut seen = HashSet::new();
+                for l in ctx.body.iter().flatten() {
+                    super::sa_uris::extract(l, &mut seen, &mut in_text);
+                }
+                links.retain(|l| !in_text.iter().any(|t| t.as_bytes() == l.as_slice()));
+            }
+            let mut lines = Cow::Borrowed(ctx.body.as_deref().unwrap_or_default());
             reply.read_body(fm, &mut lines, &links);
-            if ctx.body.as_ref() != Some(&lines) {
-                ctx.body_edited = Some(lines);
+            if let Cow::Owned(edited) = lines {
+                ctx.body_edited = Some(edited);
             }
         }
         ctx.freemail = Some(reply);
@@ -1994,14 +1998,13 @@ impl Engine {
             let net = ctx.env.net;
             let extracted_text = ctx.env.extracted_text;
             // The evals read the body as the body rules did (FreeMail's edit included).
-            let body = match &ctx.body_edited {
-                Some(edited) => std::cell::OnceCell::from(edited.clone()),
-                None => ctx
-                    .body
-                    .take()
-                    .map(std::cell::OnceCell::from)
-                    .unwrap_or_default(),
-            };
+            let edited = ctx.body_edited.is_some();
+            let body = ctx
+                .body_edited
+                .take()
+                .or_else(|| ctx.body.take())
+                .map(std::cell::OnceCell::from)
+                .unwrap_or_default();
             let uris = ctx
                 .uris
                 .take()
@@ -2048,7 +2051,9 @@ impl Engine {
             }
             // The lazy rules may read the body lines and the URIs again.
             let evals::EvalInput { body, uris, .. } = input;
-            if ctx.body_edited.is_none() {
+            if edited {
+                ctx.body_edited = body.into_inner();
+            } else {
                 ctx.body = body.into_inner();
             }
             ctx.uris = uris.into_inner();

@@ -1324,15 +1324,10 @@ impl FreemailReply {
             return r;
         }
         let addrs = |name: &str| -> Vec<String> {
-            header_value(headers, &format!("{name}:addr"), Some(env_from))
-                .map(|v| {
-                    utf8_lossy(&v)
-                        .split('\n')
-                        .filter(|a| !a.is_empty())
-                        .map(str::to_lowercase)
-                        .collect()
-                })
-                .unwrap_or_default()
+            addresses(headers, &format!("{name}:addr"), Some(env_from))
+                .iter()
+                .map(|a| a.to_lowercase())
+                .collect()
         };
         r.bulk_envfrom = fm.bulk_envfrom(env_from);
         r.from = addrs("From");
@@ -1373,7 +1368,7 @@ impl FreemailReply {
     pub fn read_body(
         &mut self,
         fm: &super::load::Freemail,
-        lines: &mut [Vec<u8>],
+        lines: &mut std::borrow::Cow<'_, [Vec<u8>]>,
         links: &[Vec<u8>],
     ) {
         self.body = fm.parse_body(lines, links);

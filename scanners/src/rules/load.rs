@@ -369,8 +369,13 @@ impl Freemail {
     /// HTML parts, `links`, then the addresses of the text), `None` past
     /// `freemail_max_body_emails` addresses or `freemail_max_body_freemails` free mail ones.
     /// Each line is edited as the plugin edits SpamAssassin's body text: links holding an
-    /// address, and addresses in `<>` or followed by a word and a colon, become a space.
-    pub fn parse_body(&self, lines: &mut [Vec<u8>], links: &[Vec<u8>]) -> Option<Vec<String>> {
+    /// address, and addresses in `<>` or followed by a word and a colon, become a space
+    /// (`lines` is copied on its first edit only).
+    pub fn parse_body(
+        &self,
+        lines: &mut std::borrow::Cow<'_, [Vec<u8>]>,
+        links: &[Vec<u8>],
+    ) -> Option<Vec<String>> {
         const FREEMAIL_MAX_BODY_EMAILS: usize = 5;
         const FREEMAIL_MAX_BODY_FREEMAILS: usize = 3;
         let p = self.body_patterns()?;
@@ -406,14 +411,13 @@ impl Freemail {
             })
         };
         // (At 40 addresses the plugin stops reading, and editing, the lines.)
-        'lines: for line in lines.iter_mut() {
-            if let Some(t) = replace(&p.links, line) {
-                *line = t;
+        'lines: for i in 0..lines.len() {
+            for re in [&p.links, &p.quoted] {
+                if let Some(t) = replace(re, &lines[i]) {
+                    lines.to_mut()[i] = t;
+                }
             }
-            if let Some(t) = replace(&p.quoted, line) {
-                *line = t;
-            }
-            for c in p.email.captures_iter(line) {
+            for c in p.email.captures_iter(&lines[i]) {
                 let Ok(c) = c else { break };
                 let e = String::from_utf8_lossy(&c[1]).to_lowercase();
                 if seen.insert(e.clone()) {
