@@ -60,6 +60,32 @@ impl<'ring> CompletionQueue<'ring> {
         self.wait_inner(count).map(|_| ())
     }
 
+    /// mxgate: block the thread until at least `count` CQEs are ready or `timeout` has passed,
+    /// whichever comes first (`ETIME` on timeout). The timeout is an argument of the wait itself
+    /// (`IORING_ENTER_EXT_ARG`), so nothing is queued on the ring for it; on a kernel without
+    /// that feature (before 5.11) the wait has no timeout, as [`Self::wait`].
+    pub fn wait_timeout(&mut self, count: u32, timeout: std::time::Duration) -> io::Result<()> {
+        unsafe {
+            let ring = self.ring.as_ptr();
+            if (*ring).features & uring_sys::IORING_FEAT_EXT_ARG == 0 {
+                return self.wait(count);
+            }
+            let ts = uring_sys::__kernel_timespec {
+                tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
+                tv_nsec: timeout.subsec_nanos() as _,
+            };
+            let mut cqe = MaybeUninit::uninit();
+            resultify(uring_sys::io_uring_wait_cqes(
+                ring,
+                cqe.as_mut_ptr(),
+                count as _,
+                &ts,
+                ptr::null(),
+            ))
+            .map(|_| ())
+        }
+    }
+
     #[inline(always)]
     fn wait_inner(&mut self, count: u32) -> io::Result<&mut uring_sys::io_uring_cqe> {
         unsafe {
