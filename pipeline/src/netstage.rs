@@ -103,6 +103,7 @@ impl NetStage {
             Some(p) if lookups && d.ruleset => p.clone(),
             Some(p) => DnsPlan {
                 skip: p.skip.clone(),
+                redirectors: p.redirectors.clone(),
                 ..DnsPlan::default()
             },
             None => DnsPlan::default(),
@@ -201,9 +202,10 @@ impl NetStage {
         // the message read), so the domains asked early are those asked then; the raw lines of
         // HTML parts hold links, kept whatever their domain, so no URI is dropped for its
         // domain here.
-        let mut uris = rules::sa_uris::text_uris(lines, true);
+        let r = &self.plan.redirectors;
+        let mut uris = rules::sa_uris::text_uris(lines, true, r);
         if !decoded.is_empty() {
-            uris.extend(rules::sa_uris::text_uris(&decoded, true));
+            uris.extend(rules::sa_uris::text_uris(&decoded, true, r));
         }
         let found = lists::uri_domains(
             uris.iter().map(String::as_str),
@@ -392,7 +394,7 @@ impl NetStage {
             queries.extend(q);
             facts.relays = relays;
             if self.has_uri_lists() {
-                let uris = rules::view::uris(msg);
+                let uris = rules::view::uris(msg, &self.plan.redirectors);
                 let domains = lists::uri_domains(
                     uris.iter().filter_map(|u| std::str::from_utf8(u).ok()),
                     &self.plan.skip,

@@ -41,7 +41,7 @@ fn main() {
             let Ok(raw) = std::fs::read(&f) else { continue };
             let msg = Message::parse(bytes::Bytes::from(raw));
             match scope {
-                Input::Uri => texts.extend(view::uris(&msg)),
+                Input::Uri => texts.extend(view::uris(&msg, &Default::default())),
                 Input::Rawbody => texts.extend(view::rawbody_chunks(&msg)),
                 _ => {
                     let headers = view::Headers::of_part(&msg, 0);

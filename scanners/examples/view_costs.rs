@@ -47,7 +47,7 @@ fn main() {
         let t = Instant::now();
         for _ in 0..n {
             for (l, h) in &views {
-                k += view::uris_of(l, h).len();
+                k += view::uris_of(l, h, &Default::default()).len();
             }
         }
         let b = t.elapsed().as_secs_f64() * 1e6 / (n * msgs.len()) as f64;

@@ -430,7 +430,8 @@ pub fn tokenize_with(msg: &Message, conf: &SaConfig, extra: Option<&str>) -> Vec
         }
     }
     let mut n = 0;
-    for u in view::uris(msg) {
+    // The generic redirect only: Bayes has no ruleset, so no `redirector_pattern`s.
+    for u in view::uris(msg, &Default::default()) {
         n += tokenize_line(&u, b"", Region::Uri, stop, &mut all);
         if n >= 10_000 {
             break;

@@ -1446,7 +1446,9 @@ impl Engine {
                     .or_insert_with(|| (zone.clone(), *txt));
             }
         }
-        let plan = evals::DnsPlan::of(calls.iter().map(|(_, c)| c), set.uri_skip_domains.clone());
+        let mut plan =
+            evals::DnsPlan::of(calls.iter().map(|(_, c)| c), set.uri_skip_domains.clone());
+        plan.redirectors = set.redirectors.clone();
         // For the `headers` stage: the native evals and the metas built only from them.
         let evals_only_keep = opts.evals_only.then(|| {
             let mut keep = vec![false; set.rules.len()];
@@ -1817,7 +1819,7 @@ impl Engine {
 
     /// A message's scan state.
     fn begin<'a>(
-        &self,
+        &'a self,
         msg: &'a Message,
         env: Envelope<'a>,
         profile: &mut Option<Box<Profile>>,
@@ -1831,6 +1833,7 @@ impl Engine {
         let mut ctx = Ctx {
             msg,
             env,
+            redirectors: &self.set.redirectors,
             headers: None,
             parts: None,
             body: None,
@@ -2026,6 +2029,7 @@ impl Engine {
                 set_zones: &self.set_zones,
                 addr_lists: &self.set.addr_lists,
                 uri_host_lists: &self.set.uri_host_lists,
+                redirectors: &self.set.redirectors,
                 freemail: &self.set.freemail,
                 freemail_reply: freemail.as_ref(),
                 ok_locales: self.set.ok_locales.as_deref().unwrap_or(&[]),
@@ -3160,6 +3164,8 @@ impl<'a> Reader<'a> {
 struct Ctx<'a> {
     msg: &'a Message,
     env: Envelope<'a>,
+    /// The ruleset's `redirector_pattern`s, for the URI list.
+    redirectors: &'a super::sa_uris::Redirectors,
     headers: Option<Headers>,
     parts: Option<Vec<Headers>>,
     /// The body lines, once built (body rules and the body evals share them).
@@ -3189,6 +3195,7 @@ impl Ctx<'_> {
             self.uris = Some(view::uris_of(
                 self.body.as_deref().unwrap_or_default(),
                 html,
+                self.redirectors,
             ));
         }
         self.uris.as_deref().unwrap_or_default()

@@ -1185,6 +1185,8 @@ pub struct DnsPlan {
     pub ask: Vec<(String, bool)>,
     /// `uridnsbl_skip_domain`.
     pub skip: HashSet<String>,
+    /// `redirector_pattern`s: the URIs looked up are those the uri rules read.
+    pub redirectors: super::sa_uris::Redirectors,
 }
 
 impl DnsPlan {
@@ -1260,6 +1262,8 @@ pub struct EvalInput<'a> {
     pub addr_lists: &'a super::load::AddrLists,
     /// The ruleset's URI host lists (`enlist_uri_host`, `blocklist_uri_host`, ...).
     pub uri_host_lists: &'a HashMap<String, HashMap<String, bool>>,
+    /// The ruleset's `redirector_pattern`s, for a URI list made here.
+    pub redirectors: &'a super::sa_uris::Redirectors,
     /// The ruleset's free mail providers.
     pub freemail: &'a super::load::Freemail,
     /// What `check_freemail_replyto` reads, when the ruleset has such rules and the engine read
@@ -1636,7 +1640,9 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
                         // The DNS stage's list when it made one, as the uri rules read it.
                         listed_hosts(match input.net.and_then(|n| n.uris.as_deref()) {
                             Some(uris) => uris,
-                            None => input.uris.get_or_init(|| super::view::uris(input.msg)),
+                            None => input
+                                .uris
+                                .get_or_init(|| super::view::uris(input.msg, input.redirectors)),
                         })
                     }),
                     l,
@@ -2860,7 +2866,7 @@ mod tests {
         let msg = Message::parse(bytes::Bytes::from(raw));
         let mut list = HashMap::new();
         list.insert("evil.com".to_string(), true);
-        let hosts = listed_hosts(&super::super::view::uris(&msg));
+        let hosts = listed_hosts(&super::super::view::uris(&msg, &Default::default()));
         assert!(uri_host_listed(&hosts, &list));
         list.insert("www.evil.com".to_string(), false);
         assert!(!uri_host_listed(&hosts, &list));
@@ -2895,7 +2901,7 @@ mod tests {
             "From: a@b.example\r\nContent-Type: text/html\r\n\r\n<a href=\"top\">t</a> \
              http://x.invalidtld/ http://www.evil.com/a http://WWW.evil.com/b\r\n",
         ));
-        let hosts = listed_hosts(&super::super::view::uris(&msg));
+        let hosts = listed_hosts(&super::super::view::uris(&msg, &Default::default()));
         assert_eq!(
             hosts.iter().map(|h| h.host.as_str()).collect::<Vec<_>>(),
             ["www.evil.com", "www.top.com"]

@@ -233,6 +233,8 @@ pub struct RuleSet {
     pub freemail: Freemail,
     /// `ok_locales` (the last one given); `None`: `all`.
     pub ok_locales: Option<Vec<String>>,
+    /// `redirector_pattern`s, in order, for the URI list.
+    pub redirectors: super::sa_uris::Redirectors,
 }
 
 /// Free mail providers (`freemail_domains`, wildcards allowed) and the addresses or domains
@@ -983,6 +985,11 @@ impl Loader {
             "welcomelist_to" | "whitelist_to" => self.set.addr_lists.add("welcomelist_to", rest),
             "more_spam_to" => self.set.addr_lists.add("more_spam_to", rest),
             "freemail_domains" => self.set.freemail.add_domains(rest),
+            "redirector_pattern" => {
+                if let Err(e) = self.set.redirectors.add(rest) {
+                    self.diag(&origin.file, origin.line, None, e);
+                }
+            }
             // RegistryBoundaries' valid TLDs (FreeMail's address pattern ends in one).
             "util_rb_tld" => self
                 .set

@@ -18,6 +18,51 @@
 //! are ASCII, and an NBSP byte (0xA0, also the second byte of some UTF-8 letters) delimits.
 
 use mxgate_core::mime::uri::Unique;
+use std::sync::Arc;
+
+/// The ruleset's `redirector_pattern`s: each matches a redirector's URI and captures, as its
+/// first group, the target it sends the reader to (`http://chkpt.zdnet.com/chkpt/x/(.*)$`,
+/// Google's `/url?q=(.*?)`). `uri_list_canonicalize` tries them in order on each `http(s)` URI,
+/// before its generic check for an `http:` inside the path, and lists the first target that
+/// holds a dot.
+#[derive(Debug, Clone, Default)]
+pub struct Redirectors(Arc<Vec<pcre2::bytes::Regex>>);
+
+impl Redirectors {
+    /// Adds a `redirector_pattern` value (`/re/i` or `m'...'i`); the message names what is wrong.
+    pub fn add(&mut self, def: &str) -> Result<(), String> {
+        let re = super::load::parse_regex(def)?;
+        let t = super::regex::translate(&re.pattern, &re.flags);
+        let compiled = pcre2::bytes::RegexBuilder::new()
+            .caseless(t.caseless)
+            .multi_line(t.multiline)
+            .dotall(t.dotall)
+            .jit_if_available(true)
+            .build(&t.expr)
+            .map_err(|e| format!("redirector_pattern: {e}"))?;
+        Arc::make_mut(&mut self.0).push(compiled);
+        Ok(())
+    }
+
+    /// How many patterns there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The target the first pattern matching `uri` captures with a dot in it.
+    fn target(&self, uri: &str) -> Option<String> {
+        self.0.iter().find_map(|re| {
+            let caps = re.captures(uri.as_bytes()).ok()??;
+            let t = caps.get(1)?.as_bytes();
+            (t.contains(&b'.')).then(|| String::from_utf8_lossy(t).into_owned())
+        })
+    }
+}
 
 /// A byte class as a lookup table.
 const fn class(extra: &[u8], space: bool, high: bool) -> [bool; 256] {
@@ -477,26 +522,31 @@ fn has_escape(s: &str) -> bool {
 /// outside the rule engine: the DNS stage looks up their domains while DATA streams in. With
 /// `any_domain`, URIs without a valid domain are kept too (the raw lines of an HTML part hold
 /// its links, which the URI list keeps whatever their domain).
-pub fn text_uris(text: &[u8], any_domain: bool) -> Vec<String> {
+pub fn text_uris(text: &[u8], any_domain: bool, redirectors: &Redirectors) -> Vec<String> {
     let mut found = Vec::new();
     if may_hold(text) {
         extract(text, &mut Default::default(), &mut found);
     }
     let mut out = Unique::default();
     for u in &found {
-        canonicalize(u, !any_domain, &mut out);
+        canonicalize(u, !any_domain, redirectors, &mut out);
     }
     out.list
 }
 
 /// `add_uri_detail_list` for one URI: the URI and the variants `Util::uri_list_canonicalize`
-/// makes of it (without redirector patterns: [`variants`]) go into `out`, each cut at
+/// makes of it ([`variants`]) go into `out`, each cut at
 /// `MAX_URI_LENGTH`. A URI parsed from text (`needs_domain`) is left out when none of them has a
 /// valid domain (`uri_to_domain`): `http://x.invalidtld/` in a text is no URI. Whether it was
 /// taken.
-pub fn canonicalize(uri: &str, needs_domain: bool, out: &mut Unique<String>) -> bool {
+pub fn canonicalize(
+    uri: &str,
+    needs_domain: bool,
+    redirectors: &Redirectors,
+    out: &mut Unique<String>,
+) -> bool {
     let mut own = Unique::default();
-    variants(uri, &mut own);
+    variants(uri, redirectors, &mut own);
     if needs_domain && !own.list.iter().any(|u| has_domain(u)) {
         return false;
     }
@@ -568,11 +618,11 @@ fn has_domain(uri: &str) -> bool {
         || (is_fqdn_valid(host.as_bytes()) && is_domain_valid(host))
 }
 
-/// `Util::uri_list_canonicalize` for one URI, without redirector patterns: the URI (its line
-/// breaks and surrounding whitespace dropped) and each variant SpamAssassin adds go into `out`,
-/// and so does the target of a redirect found in its path or query, with that target's own
-/// variants.
-fn variants(uri: &str, out: &mut Unique<String>) {
+/// `Util::uri_list_canonicalize` for one URI: the URI (its line breaks and surrounding
+/// whitespace dropped) and each variant SpamAssassin adds go into `out`, and so does the target
+/// of a redirect (a `redirector_pattern`'s, or else an `http:` in its path or query), with that
+/// target's own variants.
+fn variants(uri: &str, redirectors: &Redirectors, out: &mut Unique<String>) {
     let mut work = vec![uri.to_string()];
     let mut i = 0;
     // A redirect's target is a shorter string than the URI holding it: the list ends.
@@ -640,9 +690,38 @@ fn variants(uri: &str, out: &mut Unique<String>) {
             out.push(n.clone());
         }
         if web {
-            host_variants(&n, out, &mut work);
+            host_variants(&n, redirectors, out, &mut work);
         }
     }
+}
+
+/// `uri_list_canonicalize`'s generic redirect, `m{(https?:/{0,2}[^&#]+)}i` on the path and query:
+/// the first `http:` or `https:` there, up to `&` or `#`, when it holds a dot.
+fn generic_redirect(rest: &str) -> Option<&str> {
+    let mut from = 0;
+    while let Some(r) = find_ci(&rest[from..], "http").map(|r| from + r) {
+        let t = &rest[r..];
+        from = r + 4;
+        let scheme = if starts_ci(t.as_bytes(), b"https:") {
+            6
+        } else if starts_ci(t.as_bytes(), b"http:") {
+            5
+        } else {
+            continue;
+        };
+        let slashes = t[scheme..]
+            .bytes()
+            .take(2)
+            .take_while(|&c| c == b'/')
+            .count();
+        let end = t[scheme + slashes..]
+            .find(['&', '#'])
+            .map_or(t.len(), |e| scheme + slashes + e);
+        if end > scheme + slashes {
+            return Some(&t[..end]).filter(|target| target.contains('.'));
+        }
+    }
+    None
 }
 
 /// The address forms `uri_list_canonicalize` adds for a `mailto:` or `user@host` URI.
@@ -737,8 +816,13 @@ fn numeric_entities(s: &str) -> String {
 
 /// The host forms of an `http(s)://` URI: default port dropped, control characters and
 /// userinfo removed, trailing punctuation cut, numeric hosts as dotted quads, a bare name as
-/// `www.name.com` (as Firefox does); a redirect's target in the path goes to `work`.
-fn host_variants(n: &str, out: &mut Unique<String>, work: &mut Vec<String>) {
+/// `www.name.com` (as Firefox does); a redirect's target goes to `work`.
+fn host_variants(
+    n: &str,
+    redirectors: &Redirectors,
+    out: &mut Unique<String>,
+    work: &mut Vec<String>,
+) {
     let proto_len = if starts_ci(n.as_bytes(), b"http://") {
         7
     } else {
@@ -778,33 +862,18 @@ fn host_variants(n: &str, out: &mut Unique<String>, work: &mut Vec<String>) {
         host.retain(|c| c > ' ');
         out.push(format!("{proto}{host}{rest}"));
     }
-    // A redirect: the first `http:` or `https:` in the path or query, up to `&` or `#`, with a
-    // dot in it.
-    let mut from = 0;
-    while let Some(r) = find_ci(&rest[from..], "http").map(|r| from + r) {
-        let t = &rest[r..];
-        from = r + 4;
-        let scheme = if starts_ci(t.as_bytes(), b"https:") {
-            6
-        } else if starts_ci(t.as_bytes(), b"http:") {
-            5
-        } else {
-            continue;
-        };
-        let slashes = t[scheme..]
-            .bytes()
-            .take(2)
-            .take_while(|&c| c == b'/')
-            .count();
-        let end = t[scheme + slashes..]
-            .find(['&', '#'])
-            .map_or(t.len(), |e| scheme + slashes + e);
-        if end > scheme + slashes {
-            let target = &t[..end];
-            if target.contains('.') {
-                work.push(target.to_string());
+    // A redirect: the first `redirector_pattern` target with a dot, matched against the URI
+    // without its userinfo; or else the first `http:` or `https:` in the path or query, up to
+    // `&` or `#`, with a dot in it.
+    let redirected = (!redirectors.is_empty())
+        .then(|| redirectors.target(&format!("{proto}{host}{rest}")))
+        .flatten();
+    match redirected {
+        Some(t) => work.push(t),
+        None => {
+            if let Some(t) = generic_redirect(rest) {
+                work.push(t.to_string());
             }
-            break;
         }
     }
     if let Some(at) = host.find('@').filter(|&a| a > 0) {
@@ -966,7 +1035,7 @@ mod tests {
             ("http://x.invalidtld/", false),
             ("mailto:a@b.com", true),
         ] {
-            canonicalize(uri, text, &mut out);
+            canonicalize(uri, text, &Redirectors::default(), &mut out);
         }
         // (`http://10...1/` is SpamAssassin's own variant of `http://10.0.0.1/`.)
         assert_eq!(
@@ -1001,8 +1070,8 @@ mod tests {
             extract(text.as_bytes(), &mut Default::default(), &mut found);
             let mut out = Unique::default();
             for u in found.iter().map(String::as_str).chain([text.as_str()]) {
-                canonicalize(u, true, &mut out);
-                canonicalize(u, false, &mut out);
+                canonicalize(u, true, &Redirectors::default(), &mut out);
+                canonicalize(u, false, &Redirectors::default(), &mut out);
             }
         }
     }
@@ -1075,10 +1144,79 @@ mod tests {
         ];
         for (uri, want) in cases {
             let mut out = Unique::default();
-            variants(uri, &mut out);
+            variants(uri, &Redirectors::default(), &mut out);
             let mut got = out.list;
             got.sort();
             assert_eq!(&got, want, "{uri}");
+        }
+    }
+
+    #[test]
+    fn redirector_patterns_as_uri_list_canonicalize_reads_them() {
+        // Four of the ruleset's lines (20_uri_tests.cf); the lists are what SpamAssassin 4.0.1's
+        // `Util::uri_list_canonicalize` gives with its 15 patterns.
+        let set = super::super::load::load_str(
+            r"redirector_pattern	/^http:\/\/chkpt\.zdnet\.com\/chkpt\/\w+\/(.*)$/i
+redirector_pattern m'/(?:index.php)?\?.*(?<=[?&])URL=(.*?)(?:$|[&\#])'i
+redirector_pattern m'^https?:/*(?:\w+\.)?google(?:\.\w{2,3}){1,2}/url\?.*?(?<=[?&])q=(.*?)(?:$|[&\#])'i
+redirector_pattern /(unclosed/
+",
+            "redirect.cf",
+        );
+        assert_eq!(set.redirectors.len(), 3);
+        let d = &set.diagnostics;
+        assert!(
+            d.len() == 1 && d[0].origin.line == 4 && d[0].message.contains("redirector_pattern"),
+            "{d:?}"
+        );
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "http://www.google.com/url?sa=t&q=evil.example/page&usg=x",
+                &[
+                    "evil.example/page",
+                    "http://evil.example/page",
+                    "http://www.google.com/url?sa=t&q=evil.example/page&usg=x",
+                ],
+            ),
+            // The pattern's target runs to the end, `&` and `#` included.
+            (
+                "http://chkpt.zdnet.com/chkpt/abc/www.evil.example/x&y#z",
+                &[
+                    "http://chkpt.zdnet.com/chkpt/abc/www.evil.example/x&y#z",
+                    "http://www.evil.example/x&y#z",
+                    "www.evil.example/x&y#z",
+                ],
+            ),
+            (
+                "http://ex.com/index.php?a=1&URL=evil.example/x&b=2",
+                &[
+                    "evil.example/x",
+                    "http://evil.example/x",
+                    "http://ex.com/index.php?a=1&URL=evil.example/x&b=2",
+                ],
+            ),
+            // A target without a dot: the next pattern, then the generic redirect.
+            (
+                "http://ex.com/go?URL=nodot&u=http://evil.example/",
+                &[
+                    "http://evil.example/",
+                    "http://ex.com/go?URL=nodot&u=http://evil.example/",
+                ],
+            ),
+        ];
+        for (uri, want) in cases {
+            let mut out = Unique::default();
+            variants(uri, &set.redirectors, &mut out);
+            let mut got = out.list;
+            got.sort();
+            assert_eq!(&got, want, "{uri}");
+            // Without the patterns only the generic redirect is followed.
+            let mut plain = Unique::default();
+            variants(uri, &Redirectors::default(), &mut plain);
+            assert!(
+                plain.list.len() < got.len() || uri.contains("u=http"),
+                "{uri}"
+            );
         }
     }
 }

@@ -13,6 +13,7 @@
 //! * rawbody text is each decoded `text/*` or `message/*` leaf, in paragraphs of 2–4 KiB;
 //! * full text is the message as received, CRLF made LF.
 
+use super::sa_uris::Redirectors;
 use mxgate_core::mime::decode::utf8_lossy;
 use std::borrow::Cow;
 
@@ -592,13 +593,13 @@ pub fn full_text(msg: &Message) -> Cow<'_, [u8]> {
 /// The URIs uri rules see, as `PerMsgStatus::get_uri_list` gives them: the URIs found in the
 /// rendered body lines (Subject first, each text part cut at [`BODY_PART_SCAN_SIZE`]) and the
 /// link targets of the HTML parts, each followed by its canonical variants. See [`uris_of`].
-pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
+pub fn uris(msg: &Message, redirectors: &Redirectors) -> Vec<Vec<u8>> {
     let subject = Headers::of_part(msg, 0)
         .values("subject", false)
         .last()
         .map(<[u8]>::to_vec);
     let (lines, html) = body_lines_and_html(msg, subject.as_deref(), None);
-    uris_of(&lines, &html)
+    uris_of(&lines, &html, redirectors)
 }
 
 /// [`uris`] from the body lines and the HTML parts [`body_lines_and_html`] gave: as SpamAssassin
@@ -606,8 +607,12 @@ pub fn uris(msg: &Message) -> Vec<Vec<u8>> {
 /// (`get_decoded_stripped_body_text_array`) and link targets from the same parse of each HTML
 /// part (`HTML.pm`'s `html_uri`), then each is listed with its canonical variants
 /// ([`super::sa_uris`]: the text parsed as `_tbirdurire` does, the variants as
-/// `uri_list_canonicalize` makes them).
-pub fn uris_of(lines: &[Vec<u8>], html: &[RenderedHtml]) -> Vec<Vec<u8>> {
+/// `uri_list_canonicalize` makes them, with the ruleset's `redirector_pattern`s).
+pub fn uris_of(
+    lines: &[Vec<u8>],
+    html: &[RenderedHtml],
+    redirectors: &Redirectors,
+) -> Vec<Vec<u8>> {
     let mut in_text: Vec<String> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for l in lines.iter().filter(|l| super::sa_uris::may_hold(l)) {
@@ -620,7 +625,9 @@ pub fn uris_of(lines: &[Vec<u8>], html: &[RenderedHtml]) -> Vec<Vec<u8>> {
     let mut out: mime::uri::Unique<String> = mime::uri::Unique::default();
     let text = in_text.len();
     for (i, u) in in_text.iter().chain(links).enumerate() {
-        if !read.contains(u.as_str()) && super::sa_uris::canonicalize(u, i < text, &mut out) {
+        if !read.contains(u.as_str())
+            && super::sa_uris::canonicalize(u, i < text, redirectors, &mut out)
+        {
             read.insert(u.as_str());
         }
     }
