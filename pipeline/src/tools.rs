@@ -765,6 +765,7 @@ pub fn rules_stats(
         "pcre_only": s.pcre_only,
         "eval_not_implemented": s.eval_unimplemented,
         "eval_native": s.eval_native,
+        "capture_templates_not_implemented": s.templates,
         "disabled_score_0": s.disabled,
         "unreferenced_subrules": s.unreferenced,
         "lazy_subrules": s.lazy,
@@ -812,6 +813,10 @@ pub fn rules_stats(
     println!(
         "eval and network rules implemented natively: {}",
         s.eval_native
+    );
+    println!(
+        "regex rules with a capture template (%{{NAME}}), not implemented (never hit): {}",
+        s.templates
     );
     println!("rules not run (score 0): {}", s.disabled);
     println!(

@@ -119,6 +119,9 @@ pub enum Mode {
     /// A sub-rule no scored rule reads (directly or through metas): not run
     /// ([`Options::skip_unreferenced`]).
     Unreferenced,
+    /// A regex holding a capture template (`%{NAME}`, SpamAssassin 4's tags captured by other
+    /// rules' named groups, put into the pattern per message): not implemented, never hits.
+    Template,
 }
 
 impl Mode {
@@ -136,6 +139,7 @@ impl Mode {
             Mode::Eval,
             Mode::Disabled,
             Mode::Unreferenced,
+            Mode::Template,
         ]
         .into_iter()
         .find(|m| m.as_u8() == v)
@@ -460,6 +464,8 @@ pub struct BuildStats {
     pub disabled: usize,
     /// Sub-rules not run because no scored rule reads them ([`Options::skip_unreferenced`]).
     pub unreferenced: usize,
+    /// Regex rules with a capture template (`%{NAME}`), not implemented (never hit).
+    pub templates: usize,
     /// Of the rules on PCRE2 alone, the sub-rules run on a message only when a scored rule's
     /// value still depends on them ([`Options::skip_unreferenced`]).
     pub lazy: usize,
@@ -1169,12 +1175,15 @@ impl Engine {
                 match &r.test {
                     Test::Meta(_) => Mode::Meta,
                     Test::Eval(_) => Mode::Eval,
+                    _ if r.regex().is_some_and(|re| capture_template(&re.pattern)) => {
+                        Mode::Template
+                    }
                     Test::Header(HeaderTest { exists: true, .. })
                     | Test::MimeHeader(HeaderTest { exists: true, .. }) => Mode::Exists,
                     _ => Mode::Hyperscan,
                 }
             };
-            let input = if matches!(mode, Mode::Disabled | Mode::Unreferenced) {
+            let input = if matches!(mode, Mode::Disabled | Mode::Unreferenced | Mode::Template) {
                 None
             } else {
                 input.map(|i| {
@@ -1391,6 +1400,7 @@ impl Engine {
                 Mode::Eval => stats.eval_unimplemented += 1,
                 Mode::Disabled => stats.disabled += 1,
                 Mode::Unreferenced => stats.unreferenced += 1,
+                Mode::Template => stats.templates += 1,
                 _ => {}
             }
         }
@@ -1669,6 +1679,9 @@ impl Engine {
             return true;
         }
         seen[rule] = true;
+        if self.rules[rule].mode == Mode::Template {
+            return false;
+        }
         match &self.set.rules[rule].test {
             Test::Eval(_) => self.calls.iter().any(|(i, _)| *i == rule),
             Test::Header(h) => {
@@ -2752,6 +2765,34 @@ fn on_every_core<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync) 
 /// Decides, pattern by pattern, whether Hyperscan takes it as written, only as a prefilter, or
 /// not at all. Asking Hyperscan takes about a second for the whole ruleset, shared out over
 /// every core in slices.
+/// Whether a pattern holds a capture template as SpamAssassin's `parse_captures` finds them:
+/// `%{NAME}` (capitals, digits and single underscores, optionally `(args)`), not after a
+/// backslash.
+fn capture_template(pattern: &str) -> bool {
+    let b = pattern.as_bytes();
+    let mut from = 0;
+    while let Some(i) = memchr::memmem::find(&b[from..], b"%{").map(|i| from + i) {
+        from = i + 2;
+        if i > 0 && b[i - 1] == b'\\' {
+            continue;
+        }
+        let name = &b[i + 2..];
+        let len = name
+            .iter()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || **c == b'_')
+            .count();
+        let n = &name[..len];
+        let named = !n.is_empty()
+            && n[0].is_ascii_uppercase()
+            && !n.ends_with(b"_")
+            && !n.windows(2).any(|w| w == b"__");
+        if named && matches!(name.get(len), Some(b'}') | Some(b'(')) {
+            return true;
+        }
+    }
+    false
+}
+
 fn classify(rules: &mut [Compiled], inputs: &[Input]) {
     on_every_core(rules.chunks_mut(32).collect(), |slice| {
         for c in slice {
@@ -4190,6 +4231,45 @@ Subject: x\n\nbody\n";
     /// which is not run, is not), as is a network sub-rule (its set's
     /// `check_rbl_sub` rules read its lookups by name). The score is the same either way, and
     /// with `skip_unreferenced` off every sub-rule runs and hits.
+    #[test]
+    fn capture_templates_are_listed_as_not_implemented_and_never_hit() {
+        // As the stock ruleset has them (72_active.cf): a header rule captures the To address,
+        // uri rules put it into their patterns. Neither `\%{...}` nor a lowercase name is one.
+        let e = build(
+            r"header __GB_TO_ADDR To:addr =~ /(?<GB_TO_ADDR>.*)/
+uri GB_URI m;^https?://.{10,128}(?:\#|\?&e=)%{GB_TO_ADDR};i
+score GB_URI 1
+uri LITERAL_PCT m;\%{GB_TO_ADDR}|/x\?e=;
+score LITERAL_PCT 1
+uri LOWER_PCT m;%{lower}|/y\?e=;
+score LOWER_PCT 1
+meta OVER_TEMPLATE GB_URI
+score OVER_TEMPLATE 1
+",
+            &Options::default(),
+        );
+        let ix = |n: &str| e.set.index[n];
+        assert_eq!(e.mode(ix("GB_URI")), Mode::Template);
+        assert!(!e.implemented(ix("GB_URI")));
+        assert!(!e.implemented(ix("OVER_TEMPLATE")));
+        for n in ["LITERAL_PCT", "LOWER_PCT"] {
+            assert_ne!(e.mode(ix(n)), Mode::Template, "{n}");
+            assert!(e.implemented(ix(n)), "{n}");
+        }
+        assert_eq!(e.stats.templates, 1);
+        let got = hits(
+            &e,
+            "To: ler@lerami.example\nSubject: s\n\nhttp://phish.com/login.html#ler@lerami.example\nhttp://a.com/x?e=1 http://a.com/y?e=2\n",
+        );
+        assert!(got.contains(&"LITERAL_PCT=1".to_string()), "{got:?}");
+        assert!(got.contains(&"LOWER_PCT=1".to_string()), "{got:?}");
+        assert!(
+            !got.iter()
+                .any(|h| h.starts_with("GB_URI") || h.starts_with("OVER_")),
+            "{got:?}"
+        );
+    }
+
     #[test]
     fn sub_rules_no_scored_rule_reads_are_not_run() {
         let rules = "\
