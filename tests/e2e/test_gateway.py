@@ -900,7 +900,8 @@ class RulesInTheGateway(unittest.TestCase):
 
     def test_address_and_uri_host_lists_as_spamassassin_reads_them(self):
         """welcomelist_from, blocklist_from, the _to lists, enlist_addrlist, the URI host lists
-        (with a `!` exception): mxgate's hits against SpamAssassin's on the same messages."""
+        (with a `!` exception, and hosts behind redirects): mxgate's hits against SpamAssassin's
+        on the same messages."""
         site = tempfile.mkdtemp(prefix="sa-site-", dir=WORK)
         for name in os.listdir("/etc/spamassassin"):
             if name.endswith((".pre", ".cf")):
@@ -943,6 +944,12 @@ class RulesInTheGateway(unittest.TestCase):
             "subject-bl": msg("carol@e2e.test", "bob@e2e.test", subject="Buy Cheap Meds now"),
             # Not a public suffix: SpamAssassin reads no host from it.
             "uri-unknown-tld": msg("carol@e2e.test", "bob@e2e.test", body="See http://www.evil.e2e.test/x"),
+            # Redirect targets without a scheme, found only by the ruleset's redirector_pattern
+            # lines (Google's `/url?q=`, any `?...&URL=`).
+            "uri-redirect-google": msg("carol@e2e.test", "bob@e2e.test",
+                                       body="See http://www.google.com/url?sa=t&q=www.evil.e2e-test.com/x&usg=1"),
+            "uri-redirect-url": msg("carol@e2e.test", "bob@e2e.test",
+                                    body="See http://click.e2e-test.com/index.php?a=1&URL=evil.e2e-test.com/y&b=2"),
         }
         names = ("USER_IN_WELCOMELIST", "USER_IN_BLOCKLIST", "USER_IN_WELCOMELIST_TO", "USER_IN_MORE_SPAM_TO",
                  "USER_IN_ALL_SPAM_TO", "USER_IN_BLOCKLIST_TO", "URI_HOST_IN_BLOCKLIST",
@@ -976,6 +983,8 @@ class RulesInTheGateway(unittest.TestCase):
         self.assertEqual(ours["lists-uri-hosts.eml"], {"URI_HOST_IN_BLOCKLIST", "URI_HOST_IN_WELCOMELIST"})
         self.assertEqual(ours["lists-uri-exception.eml"], set())
         self.assertEqual(ours["lists-uri-unknown-tld.eml"], set())
+        self.assertEqual(ours["lists-uri-redirect-google.eml"], {"URI_HOST_IN_BLOCKLIST"})
+        self.assertEqual(ours["lists-uri-redirect-url.eml"], {"URI_HOST_IN_BLOCKLIST"})
         self.assertEqual(ours["lists-subject-wl.eml"], {"SUBJECT_IN_WELCOMELIST"})
         self.assertEqual(ours["lists-subject-bl.eml"], {"SUBJECT_IN_BLOCKLIST"})
 
