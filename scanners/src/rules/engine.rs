@@ -2762,9 +2762,6 @@ fn on_every_core<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync) 
     })
 }
 
-/// Decides, pattern by pattern, whether Hyperscan takes it as written, only as a prefilter, or
-/// not at all. Asking Hyperscan takes about a second for the whole ruleset, shared out over
-/// every core in slices.
 /// Whether a pattern holds a capture template as SpamAssassin's `parse_captures` finds them:
 /// `%{NAME}` (capitals, digits and single underscores, optionally `(args)`), not after a
 /// backslash.
@@ -2793,6 +2790,9 @@ fn capture_template(pattern: &str) -> bool {
     false
 }
 
+/// Decides, pattern by pattern, whether Hyperscan takes it as written, only as a prefilter, or
+/// not at all. Asking Hyperscan takes about a second for the whole ruleset, shared out over
+/// every core in slices.
 fn classify(rules: &mut [Compiled], inputs: &[Input]) {
     on_every_core(rules.chunks_mut(32).collect(), |slice| {
         for c in slice {
@@ -4226,11 +4226,6 @@ Subject: x\n\nbody\n";
         }
     }
 
-    /// A sub-rule that no scored rule reads, directly or through metas, is not run by default;
-    /// one a scored meta reads through another sub-rule is (one read only by a meta scored 0,
-    /// which is not run, is not), as is a network sub-rule (its set's
-    /// `check_rbl_sub` rules read its lookups by name). The score is the same either way, and
-    /// with `skip_unreferenced` off every sub-rule runs and hits.
     #[test]
     fn capture_templates_are_listed_as_not_implemented_and_never_hit() {
         // As the stock ruleset has them (72_active.cf): a header rule captures the To address,
@@ -4270,6 +4265,11 @@ score OVER_TEMPLATE 1
         );
     }
 
+    /// A sub-rule that no scored rule reads, directly or through metas, is not run by default;
+    /// one a scored meta reads through another sub-rule is (one read only by a meta scored 0,
+    /// which is not run, is not), as is a network sub-rule (its set's
+    /// `check_rbl_sub` rules read its lookups by name). The score is the same either way, and
+    /// with `skip_unreferenced` off every sub-rule runs and hits.
     #[test]
     fn sub_rules_no_scored_rule_reads_are_not_run() {
         let rules = "\

@@ -696,6 +696,16 @@ fn rust_regex(expr: &str, t: &Translated) -> Result<regex::bytes::Regex, regex::
         .build()
 }
 
+/// PCRE2 (byte mode, JIT) for a translated pattern, with its modifiers as flags.
+pub fn pcre2_regex(t: &Translated) -> Result<pcre2::bytes::Regex, pcre2::Error> {
+    pcre2::bytes::RegexBuilder::new()
+        .caseless(t.caseless)
+        .multi_line(t.multiline)
+        .dotall(t.dotall)
+        .jit_if_available(true)
+        .build(&t.expr)
+}
+
 /// Builds the confirming matcher (byte mode): PCRE2, except for big patterns `regex` can take,
 /// and for patterns too large for PCRE2.
 pub fn pcre(t: &Translated) -> Result<Matcher, String> {
@@ -704,12 +714,7 @@ pub fn pcre(t: &Translated) -> Result<Matcher, String> {
             return Ok(Matcher::Rust(r));
         }
     }
-    let mut b = pcre2::bytes::RegexBuilder::new();
-    b.caseless(t.caseless)
-        .multi_line(t.multiline)
-        .dotall(t.dotall)
-        .jit_if_available(true);
-    match b.build(&t.expr) {
+    match pcre2_regex(t) {
         Ok(r) => Ok(Matcher::Pcre(r)),
         Err(e) => for_rust_regex(t)
             .ok_or_else(|| format!("PCRE2: {e}; regex: set operations in a class"))
