@@ -8,7 +8,25 @@
 use strict;
 use warnings;
 use Mail::SpamAssassin;
+use Mail::SpamAssassin::Plugin::Check;
 use JSON::PP;
+
+# A rule holding a capture template (`%{NAME}`) has its pattern rebuilt per message with the
+# tag's values, but Plugin::Check matches it with `/o`, which compiles an interpolated pattern
+# once per process: a process checking several messages keeps the first message's pattern for
+# all of them. The `spamassassin` command checks one message per process, so each gets its own;
+# with the `/o` taken off those rules (and only those), this script does the same.
+{
+    no warnings 'redefine';
+    my $add = \&Mail::SpamAssassin::Plugin::Check::add_evalstr;
+    *Mail::SpamAssassin::Plugin::Check::add_evalstr = sub {
+        my ($self, $pms, $str) = @_;
+        if (defined $str && index($str, 'capture_template_rules') >= 0) {
+            $str =~ s{/\$test_qr/(g?)op}{/\$test_qr/$1p}g;
+        }
+        return $add->($self, $pms, $str);
+    };
+}
 
 my $sa = Mail::SpamAssassin->new({
     local_tests_only => 1,

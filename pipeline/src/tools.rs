@@ -765,7 +765,7 @@ pub fn rules_stats(
         "pcre_only": s.pcre_only,
         "eval_not_implemented": s.eval_unimplemented,
         "eval_native": s.eval_native,
-        "capture_templates_not_implemented": s.templates,
+        "capture_template_rules": s.templates,
         "disabled_score_0": s.disabled,
         "unreferenced_subrules": s.unreferenced,
         "lazy_subrules": s.lazy,
@@ -815,7 +815,7 @@ pub fn rules_stats(
         s.eval_native
     );
     println!(
-        "regex rules with a capture template (%{{NAME}}), not implemented (never hit): {}",
+        "regex rules with a capture template (%{{NAME}}), run per message with the captured values: {}",
         s.templates
     );
     println!("rules not run (score 0): {}", s.disabled);

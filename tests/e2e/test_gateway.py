@@ -898,6 +898,74 @@ class RulesInTheGateway(unittest.TestCase):
         self.assertNotIn("MIMEPART_LIMIT_EXCEEDED", sym("deep-50"))
         self.assertIn("ALL_TRUSTED", sym("received-1000"))
 
+    def test_capture_templates_as_spamassassin_runs_them(self):
+        """Tags captured by named groups (`(?<NAME>...)`) and put into other rules' patterns
+        (`%{NAME}`): the stock ruleset's To-address uri rules and local ones of every kind,
+        mxgate's hits against SpamAssassin's on the same messages."""
+        site = tempfile.mkdtemp(prefix="sa-site-", dir=WORK)
+        for name in os.listdir("/etc/spamassassin"):
+            if name.endswith((".pre", ".cf")):
+                shutil.copy(os.path.join("/etc/spamassassin", name), site)
+        with open(os.path.join(site, "captures.cf"), "w") as f:
+            f.write("uri LOCAL_URI_TO_ADDR m;^https?://.{10,128}(?:\\#|\\?&e=)%{GB_TO_ADDR};i\n"
+                    "score LOCAL_URI_TO_ADDR 0.1\n"
+                    "body __LOCAL_DEAR /\\bdear (?<LOCAL_DEAR_NAME>[a-z]+)\\b/i\n"
+                    "tflags __LOCAL_DEAR multiple\n"
+                    "header LOCAL_DEAR_IN_FROM From =~ /\\b%{LOCAL_DEAR_NAME}\\b/i\n"
+                    "score LOCAL_DEAR_IN_FROM 0.1\n"
+                    "header LOCAL_DEAR_NOT_IN_SUBJECT Subject !~ /%{LOCAL_DEAR_NAME}/\n"
+                    "score LOCAL_DEAR_NOT_IN_SUBJECT 0.1\n"
+                    "body LOCAL_DEAR_AGAIN /%{LOCAL_DEAR_NAME} again/\n"
+                    "score LOCAL_DEAR_AGAIN 0.1\n"
+                    "meta LOCAL_TO_ADDR_META T_GB_STORAGE_GOOGLE_EMAIL || __GB_CUSTOM_HTM_URI0\n"
+                    "score LOCAL_TO_ADDR_META 0.1\n")
+
+        def msg(to, body, frm="Carol Smith <carol@e2e.test>", subject="hello"):
+            to_line = f"To: {to}\r\n" if to else ""
+            return (f"From: {frm}\r\n{to_line}Subject: {subject}\r\n"
+                    f"Date: Mon, 2 Jun 2025 10:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@e2e.test>\r\n"
+                    f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n{body}\r\n").encode()
+
+        cases = {
+            "to-in-uri": msg("Bob <bob.b+x@e2e.test>", "Your box is full: http://phish.e2e-test.com/login.html#BOB.B+X@e2e.test"),
+            "to-in-storage": msg("bob@e2e.test", "See https://storage.cloud.google.com/bucket/x.html#bob@e2e.test"),
+            "other-addr": msg("bob@e2e.test", "See http://phish.e2e-test.com/login.html#bobxe2e.test and #ann@e2e.test"),
+            "no-to": msg(None, "See http://phish.e2e-test.com/login.html#bob@e2e.test"),
+            "dear-from": msg("bob@e2e.test", "Dear Alice, dear Carol.\r\nAlice again."),
+            "dear-subject": msg("bob@e2e.test", "Dear Alice.", frm="Bob <bob@e2e.test>", subject="for Alice"),
+            "no-dear": msg("bob@e2e.test", "Hello there, Carol again."),
+        }
+        names = ("LOCAL_URI_TO_ADDR", "LOCAL_DEAR_IN_FROM", "LOCAL_DEAR_NOT_IN_SUBJECT", "LOCAL_DEAR_AGAIN",
+                 "LOCAL_TO_ADDR_META")
+        files = []
+        for name, raw in cases.items():
+            path = os.path.join(site, "..", f"captures-{name}.eml")
+            with open(path, "wb") as f:
+                f.write(raw)
+            files.append(os.path.abspath(path))
+        r = subprocess.run([harness.MXGATE, "scan", "--config", self.config, "--rules", "/usr/share/spamassassin",
+                            "--rules", site, "--stages", "rules", *files],
+                           capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ours = {os.path.basename(v["file"])[len("captures-"):-4]: {n for n in v["symbols"] if n in names}
+                for v in map(json.loads, r.stdout.splitlines())}
+        for path in files:
+            with open(path, "rb") as f:
+                out = subprocess.run(["spamassassin", "-L", "--siteconfigpath", site, "-t"], input=f.read(),
+                                     capture_output=True, timeout=120).stdout.decode("utf-8", "replace")
+            status = re.search(r"^X-Spam-Status: .*?tests=(.*?)\s(?:autolearn|version)=", out, re.S | re.M)
+            theirs = {t.strip() for t in status.group(1).replace("\n", "").split(",")} & set(names)
+            case = os.path.basename(path)[len("captures-"):-4]
+            self.assertEqual(ours[case], theirs, case)
+        # What the cases are there for, beyond agreeing.
+        self.assertEqual(ours["to-in-uri"], {"LOCAL_URI_TO_ADDR", "LOCAL_TO_ADDR_META"})
+        self.assertEqual(ours["to-in-storage"], {"LOCAL_URI_TO_ADDR", "LOCAL_TO_ADDR_META"})
+        self.assertEqual(ours["other-addr"], set())
+        self.assertEqual(ours["no-to"], set())
+        self.assertEqual(ours["dear-from"], {"LOCAL_DEAR_IN_FROM", "LOCAL_DEAR_NOT_IN_SUBJECT", "LOCAL_DEAR_AGAIN"})
+        self.assertEqual(ours["dear-subject"], set())
+        self.assertEqual(ours["no-dear"], set())
+
     def test_address_and_uri_host_lists_as_spamassassin_reads_them(self):
         """welcomelist_from, blocklist_from, the _to lists, enlist_addrlist, the URI host lists
         (with a `!` exception, and hosts behind redirects): mxgate's hits against SpamAssassin's

@@ -120,7 +120,8 @@ pub enum Mode {
     /// ([`Options::skip_unreferenced`]).
     Unreferenced,
     /// A regex holding a capture template (`%{NAME}`, SpamAssassin 4's tags captured by other
-    /// rules' named groups, put into the pattern per message): not implemented, never hits.
+    /// rules' named groups): run per message with the captured values in its pattern, after
+    /// the rest ([`super::templates`]).
     Template,
 }
 
@@ -464,7 +465,7 @@ pub struct BuildStats {
     pub disabled: usize,
     /// Sub-rules not run because no scored rule reads them ([`Options::skip_unreferenced`]).
     pub unreferenced: usize,
-    /// Regex rules with a capture template (`%{NAME}`), not implemented (never hit).
+    /// Regex rules with a capture template (`%{NAME}`), run per message after the rest.
     pub templates: usize,
     /// Of the rules on PCRE2 alone, the sub-rules run on a message only when a scored rule's
     /// value still depends on them ([`Options::skip_unreferenced`]).
@@ -657,6 +658,30 @@ fn settled_first(e: &super::meta::Expr, pending: &[bool]) -> super::meta::Expr {
     }
 }
 
+/// A rule whose pattern holds capture templates ([`Mode::Template`]), run per message.
+struct TemplateRule {
+    rule: usize,
+    input: Input,
+    /// Its templates, in the pattern's order.
+    found: Vec<super::templates::Template>,
+    /// By template: whether every match of an instance holds its value
+    /// ([`super::templates::required`]), so that a message whose texts hold none needs none.
+    required: Vec<bool>,
+}
+
+/// A rule whose named groups capture a tag some [`TemplateRule`] reads.
+struct CaptureRule {
+    rule: usize,
+    input: Input,
+    /// The tags it captures that template rules read.
+    tags: Vec<String>,
+    re: pcre2::bytes::Regex,
+}
+
+/// Most instantiated template patterns a [`Scratch`] keeps compiled (one per rule and
+/// distinct set of values: a gateway sees the same recipients again and again).
+const TEMPLATE_CACHE: usize = 512;
+
 /// A compiled ruleset, shared read-only between threads.
 pub struct Engine {
     /// The rules.
@@ -698,6 +723,9 @@ pub struct Engine {
     plan: evals::DnsPlan,
     /// Texts a scratch's text cache keeps ([`Options::text_cache`]).
     text_cache: usize,
+    /// The rules holding capture templates that run, and the rules capturing their tags.
+    templates: Vec<TemplateRule>,
+    captures: Vec<CaptureRule>,
     /// Build figures.
     pub stats: BuildStats,
 }
@@ -731,6 +759,9 @@ pub struct Scratch {
     pending: Pending,
     /// The patterns of a prefilter set that matched a text ([`PrefilterSet::scan`]).
     set_matched: PatternSet,
+    /// Template rules' patterns with tag values in, compiled ([`Engine::run_templates`]);
+    /// `None` for one that does not compile.
+    templates: HashMap<String, Option<Matcher>>,
 }
 
 impl Scratch {
@@ -794,6 +825,8 @@ pub struct Profile {
     pub context: [Cost; Part::ALL.len()],
     /// Meta rules and the outcome.
     pub metas: Cost,
+    /// The rules holding capture templates, their tags captured first.
+    pub templates: Cost,
     /// The lazy sub-rules ([`Options::skip_unreferenced`]).
     pub lazy: LazyCost,
 }
@@ -1175,7 +1208,10 @@ impl Engine {
                 match &r.test {
                     Test::Meta(_) => Mode::Meta,
                     Test::Eval(_) => Mode::Eval,
-                    _ if r.regex().is_some_and(|re| capture_template(&re.pattern)) => {
+                    _ if r
+                        .regex()
+                        .is_some_and(|re| !super::templates::templates(&re.pattern).is_empty()) =>
+                    {
                         Mode::Template
                     }
                     Test::Header(HeaderTest { exists: true, .. })
@@ -1482,6 +1518,7 @@ impl Engine {
             .collect();
         let lazy = Lazy::new(&set, &rules, &metas, lazy_rules, set_ix);
         stats.lazy = lazy.rules.len();
+        let (templates, captures) = template_rules(&set, &rules);
         Ok(Engine {
             calls,
             freemail_checks,
@@ -1505,6 +1542,8 @@ impl Engine {
             evals_only_keep,
             id: ENGINE_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             text_cache: opts.text_cache,
+            templates,
+            captures,
             stats,
         })
     }
@@ -1599,6 +1638,7 @@ impl Engine {
                     .max()
                     .unwrap_or(0),
             ),
+            templates: HashMap::new(),
         }
     }
 
@@ -1634,6 +1674,11 @@ impl Engine {
             push("context", part.label().to_string(), *c);
         }
         push("metas", "meta rules and the outcome".into(), p.metas);
+        push(
+            "templates",
+            "capture templates: tags captured, then the rules holding them".into(),
+            p.templates,
+        );
         push(
             "metas",
             "which lazy sub-rules a message needs, and the metas after them".into(),
@@ -1679,9 +1724,6 @@ impl Engine {
             return true;
         }
         seen[rule] = true;
-        if self.rules[rule].mode == Mode::Template {
-            return false;
-        }
         match &self.set.rules[rule].test {
             Test::Eval(_) => self.calls.iter().any(|(i, _)| *i == rule),
             Test::Header(h) => {
@@ -2075,6 +2117,11 @@ impl Engine {
             }
             ctx.uris = uris.into_inner();
         }
+        if !self.templates.is_empty() {
+            let t = clock(&scratch.profile);
+            self.run_templates(&mut ctx, scratch);
+            note(&mut scratch.profile, t, 0, |p| &mut p.templates);
+        }
         let metas = clock(&scratch.profile);
         self.eval_metas(scratch);
         note(&mut scratch.profile, metas, 0, |p| &mut p.metas);
@@ -2100,6 +2147,164 @@ impl Engine {
             p.metas.nanos += t.elapsed().as_nanos() as u64;
         }
         out
+    }
+
+    /// The rules holding capture templates, on one message, as SpamAssassin runs them: the
+    /// capturing rules first (it gives them priority -10000), then each template rule with its
+    /// tags' values put into its pattern, or not at all when a tag has no value. An instance
+    /// is compiled once per scratch and kept; a rule none of whose texts holds a value its
+    /// matches need ([`TemplateRule::required`]) needs none.
+    fn run_templates(&self, ctx: &mut Ctx<'_>, scratch: &mut Scratch) {
+        let tags = self.captured_tags(ctx);
+        if tags.is_empty() {
+            return;
+        }
+        // Each tag's values in lower case, for the search of the texts.
+        let folded: HashMap<&str, Vec<Vec<u8>>> = tags
+            .iter()
+            .map(|(&n, vals)| (n, vals.iter().map(|v| v.to_ascii_lowercase()).collect()))
+            .collect();
+        // Which texts of an input hold a value of a tag, once asked.
+        let mut holding: Vec<(&Input, &str, Vec<usize>)> = Vec::new();
+        for t in &self.templates {
+            if !t.found.iter().all(|f| tags.contains_key(f.name.as_str())) {
+                continue;
+            }
+            let rule = &self.set.rules[t.rule];
+            let Some(re) = rule.regex() else {
+                continue;
+            };
+            let negate = header_test(rule).is_some_and(|h| h.negate);
+            // The texts an instance can match: with a required template, only those holding
+            // one of its values (a negated rule hits where nothing matches: all of them).
+            let mut only: Option<Vec<usize>> = None;
+            for (f, _) in t
+                .found
+                .iter()
+                .zip(&t.required)
+                .filter(|(_, &r)| r && !negate)
+            {
+                let name = f.name.as_str();
+                let ix = match holding
+                    .iter()
+                    .position(|(i, n, _)| *i == &t.input && *n == name)
+                {
+                    Some(ix) => ix,
+                    None => {
+                        let texts = template_texts(&t.input, rule, ctx);
+                        let with: Vec<usize> = (0..texts.len())
+                            .filter(|&i| {
+                                folded[name]
+                                    .iter()
+                                    .any(|v| super::templates::contains_folded(&texts[i], v))
+                            })
+                            .collect();
+                        holding.push((&t.input, name, with));
+                        holding.len() - 1
+                    }
+                };
+                let with = &holding[ix].2;
+                only = Some(match only {
+                    None => with.clone(),
+                    Some(o) => o.into_iter().filter(|i| with.contains(i)).collect(),
+                });
+            }
+            if only.as_ref().is_some_and(Vec::is_empty) {
+                continue;
+            }
+            let Some(expr) = super::templates::instantiate(&re.pattern, &t.found, |n| {
+                tags.get(n).map(Vec::as_slice)
+            }) else {
+                continue;
+            };
+            if scratch.templates.len() >= TEMPLATE_CACHE && !scratch.templates.contains_key(&expr) {
+                scratch.templates.clear();
+            }
+            let matcher = scratch
+                .templates
+                .entry(expr)
+                .or_insert_with_key(|e| super::regex::pcre(&translate(e, &re.flags)).ok())
+                .as_ref();
+            let texts = template_texts(&t.input, rule, ctx);
+            let tf = &rule.tflags;
+            let count = |m: &Matcher, text: &[u8]| {
+                if tf.multiple {
+                    m.count(text, tf.maxhits)
+                } else {
+                    u32::from(m.is_match(text))
+                }
+            };
+            let n = match &t.input {
+                Input::Header(_) => {
+                    let text = texts.first().map(|t| &**t).unwrap_or_default();
+                    let matched = matcher.is_some_and(|m| m.is_match(text));
+                    match (matched != negate, matcher) {
+                        (false, _) => 0,
+                        (true, Some(m)) if !negate => count(m, text).max(1),
+                        (true, _) => 1,
+                    }
+                }
+                Input::MimeHeader(_) => u32::from(
+                    texts
+                        .iter()
+                        .any(|x| matcher.is_some_and(|m| m.is_match(x)) != negate),
+                ),
+                Input::Body | Input::Rawbody | Input::Uri | Input::Full => {
+                    let Some(m) = matcher else { continue };
+                    let skip_subject = t.input == Input::Body && tf.nosubject;
+                    let lines = only.unwrap_or_else(|| (0..texts.len()).collect());
+                    let mut n = 0u32;
+                    for line in lines {
+                        if skip_subject && line == 0 {
+                            continue;
+                        }
+                        n += count(m, &texts[line]);
+                        if n > 0 && !tf.multiple {
+                            break;
+                        }
+                    }
+                    tf.maxhits.map_or(n, |max| n.min(max))
+                }
+            };
+            scratch.counts[t.rule] = n;
+        }
+    }
+
+    /// The values each capturing rule's named groups take on a message, as `set_captures`
+    /// keeps them: empty ones left out, each value once, in the order found. A rule that does
+    /// not hit captures nothing; one without `multiple` stops at its first matching text.
+    fn captured_tags(&self, ctx: &mut Ctx<'_>) -> HashMap<&str, Vec<Vec<u8>>> {
+        let mut tags: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
+        for c in &self.captures {
+            let rule = &self.set.rules[c.rule];
+            let tf = &rule.tflags;
+            let mut left = if tf.multiple {
+                tf.maxhits.unwrap_or(u32::MAX)
+            } else {
+                1
+            };
+            for text in template_texts(&c.input, rule, ctx) {
+                for caps in c.re.captures_iter(&text) {
+                    let Ok(caps) = caps else { break };
+                    for name in &c.tags {
+                        if let Some(v) = caps.name(name).map(|m| m.as_bytes()) {
+                            let vals = tags.entry(name.as_str()).or_default();
+                            if !v.is_empty() && !vals.iter().any(|x| x == v) {
+                                vals.push(v.to_vec());
+                            }
+                        }
+                    }
+                    left -= 1;
+                    if left == 0 || !tf.multiple {
+                        break;
+                    }
+                }
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        tags
     }
 
     /// The lazy rules a scored rule's value still depends on, run over their texts, and the
@@ -2762,32 +2967,121 @@ fn on_every_core<T: Send, R: Send>(items: Vec<T>, work: impl Fn(T) -> R + Sync) 
     })
 }
 
-/// Whether a pattern holds a capture template as SpamAssassin's `parse_captures` finds them:
-/// `%{NAME}` (capitals, digits and single underscores, optionally `(args)`), not after a
-/// backslash.
-fn capture_template(pattern: &str) -> bool {
-    let b = pattern.as_bytes();
-    let mut from = 0;
-    while let Some(i) = memchr::memmem::find(&b[from..], b"%{").map(|i| from + i) {
-        from = i + 2;
-        if i > 0 && b[i - 1] == b'\\' {
+/// What a regex rule reads.
+fn input_of(test: &Test) -> Option<Input> {
+    match test {
+        Test::Header(h) => Some(Input::Header(h.request.clone())),
+        Test::MimeHeader(h) => Some(Input::MimeHeader(h.request.clone())),
+        Test::Body(_) => Some(Input::Body),
+        Test::Rawbody(_) => Some(Input::Rawbody),
+        Test::Uri(_) => Some(Input::Uri),
+        Test::Full(_) => Some(Input::Full),
+        Test::Meta(_) | Test::Eval(_) => None,
+    }
+}
+
+/// The rules holding capture templates that run ([`Mode::Template`]), and the rules whose
+/// named groups capture the tags they read (those that run, and do not negate).
+fn template_rules(set: &RuleSet, rules: &[Compiled]) -> (Vec<TemplateRule>, Vec<CaptureRule>) {
+    use super::templates::{captured_tags, required, templates};
+    let mut out = Vec::new();
+    for (ri, c) in rules.iter().enumerate() {
+        let r = &set.rules[ri];
+        let (Mode::Template, Some(re), Some(input)) = (c.mode, r.regex(), input_of(&r.test)) else {
+            continue;
+        };
+        let found = templates(&re.pattern);
+        let required = found.iter().map(|t| required(&re.pattern, t)).collect();
+        out.push(TemplateRule {
+            rule: ri,
+            input,
+            found,
+            required,
+        });
+    }
+    let needed: HashSet<&str> = out
+        .iter()
+        .flat_map(|t| t.found.iter().map(|f| f.name.as_str()))
+        .collect();
+    let mut captures = Vec::new();
+    for (ri, r) in set.rules.iter().enumerate() {
+        if needed.is_empty() {
+            break;
+        }
+        let running = !matches!(rules[ri].mode, Mode::Disabled | Mode::Template);
+        let (Some(re), Some(input)) = (r.regex(), input_of(&r.test)) else {
+            continue;
+        };
+        if !running || header_test(r).is_some_and(|h| h.negate) {
             continue;
         }
-        let name = &b[i + 2..];
-        let len = name
-            .iter()
-            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || **c == b'_')
-            .count();
-        let n = &name[..len];
-        let named = !n.is_empty()
-            && n[0].is_ascii_uppercase()
-            && !n.ends_with(b"_")
-            && !n.windows(2).any(|w| w == b"__");
-        if named && matches!(name.get(len), Some(b'}') | Some(b'(')) {
-            return true;
+        let tags: Vec<String> = captured_tags(&re.pattern)
+            .into_iter()
+            .filter(|t| needed.contains(t.as_str()))
+            .collect();
+        if tags.is_empty() {
+            continue;
+        }
+        if let Ok(re) = super::regex::pcre2_regex(&translate(&re.pattern, &re.flags)) {
+            captures.push(CaptureRule {
+                rule: ri,
+                input,
+                tags,
+                re,
+            });
         }
     }
-    false
+    (out, captures)
+}
+
+/// The texts a template or capturing rule reads on a message: a header's value (its
+/// `if-unset` text, or the empty string, when the message has none: what SpamAssassin
+/// matches), each MIME part's value, the body lines, the URIs, the rawbody chunks or the
+/// whole message.
+fn template_texts<'c>(input: &Input, rule: &Rule, ctx: &'c mut Ctx<'_>) -> Vec<Cow<'c, [u8]>> {
+    let unset = || {
+        header_test(rule)
+            .and_then(|h| h.if_unset.as_deref())
+            .map(|u| u.as_bytes().to_vec())
+    };
+    match input {
+        Input::Header(req) => {
+            vec![Cow::Owned(
+                ctx.header(req).or_else(unset).unwrap_or_default(),
+            )]
+        }
+        Input::MimeHeader(req) => {
+            let unset = unset();
+            ctx.parts()
+                .iter()
+                .filter_map(|p| mime_value(p, req).or_else(|| unset.clone()))
+                .map(Cow::Owned)
+                .collect()
+        }
+        Input::Body => {
+            ctx.body_lines();
+            ctx.body_edited
+                .as_ref()
+                .or(ctx.body.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|l| Cow::Borrowed(l.as_slice()))
+                .collect()
+        }
+        Input::Uri => match ctx.env.net.and_then(|n| n.uris.as_deref()) {
+            Some(uris) => uris.iter().map(|u| Cow::Borrowed(u.as_slice())).collect(),
+            None => ctx
+                .uris()
+                .iter()
+                .map(|u| Cow::Borrowed(u.as_slice()))
+                .collect(),
+        },
+        Input::Rawbody => view::rawbody_chunks(ctx.msg)
+            .into_iter()
+            .map(Cow::Owned)
+            .collect(),
+        Input::Full => vec![view::full_text(ctx.msg)],
+    }
 }
 
 /// Decides, pattern by pattern, whether Hyperscan takes it as written, only as a prefilter, or
@@ -4227,7 +4521,7 @@ Subject: x\n\nbody\n";
     }
 
     #[test]
-    fn capture_templates_are_listed_as_not_implemented_and_never_hit() {
+    fn capture_templates_take_the_values_other_rules_capture() {
         // As the stock ruleset has them (72_active.cf): a header rule captures the To address,
         // uri rules put it into their patterns. Neither `\%{...}` nor a lowercase name is one.
         let e = build(
@@ -4240,29 +4534,95 @@ uri LOWER_PCT m;%{lower}|/y\?e=;
 score LOWER_PCT 1
 meta OVER_TEMPLATE GB_URI
 score OVER_TEMPLATE 1
+body __WORD /\bdear (?<DEAR_NAME>[a-z]+)\b/i
+tflags __WORD multiple
+header NAME_IN_FROM From =~ /\b%{DEAR_NAME}\b/i
+score NAME_IN_FROM 1
+header NOT_NAME_IN_SUBJECT Subject !~ /%{DEAR_NAME}/
+score NOT_NAME_IN_SUBJECT 1
+body NAME_TWICE /%{DEAR_NAME}/
+tflags NAME_TWICE multiple
+score NAME_TWICE 1
+uri NEVER_CAPTURED /%{NO_SUCH_TAG}/
+score NEVER_CAPTURED 1
 ",
             &Options::default(),
         );
         let ix = |n: &str| e.set.index[n];
         assert_eq!(e.mode(ix("GB_URI")), Mode::Template);
-        assert!(!e.implemented(ix("GB_URI")));
-        assert!(!e.implemented(ix("OVER_TEMPLATE")));
+        assert!(e.implemented(ix("GB_URI")));
+        assert!(e.implemented(ix("OVER_TEMPLATE")));
         for n in ["LITERAL_PCT", "LOWER_PCT"] {
             assert_ne!(e.mode(ix(n)), Mode::Template, "{n}");
-            assert!(e.implemented(ix(n)), "{n}");
         }
-        assert_eq!(e.stats.templates, 1);
+        assert_eq!(e.stats.templates, 5);
+        let has = |got: &[String], h: &str| got.iter().any(|g| g == h);
+        let named = |got: &[String], n: &str| got.iter().any(|g| g.starts_with(&format!("{n}=")));
+
+        // The To address behind a `#`: the capture's value, quoted, in the pattern.
         let got = hits(
             &e,
-            "To: ler@lerami.example\nSubject: s\n\nhttp://phish.com/login.html#ler@lerami.example\nhttp://a.com/x?e=1 http://a.com/y?e=2\n",
+            "To: Ler <ler+x@lerami.example>\nSubject: s\n\nhttp://phish.com/login.html#LER+X@lerami.example\nhttp://a.com/x?e=1 http://a.com/y?e=2\n",
         );
-        assert!(got.contains(&"LITERAL_PCT=1".to_string()), "{got:?}");
-        assert!(got.contains(&"LOWER_PCT=1".to_string()), "{got:?}");
+        for h in [
+            "GB_URI=1",
+            "OVER_TEMPLATE=1",
+            "LITERAL_PCT=1",
+            "LOWER_PCT=1",
+        ] {
+            assert!(has(&got, h), "{h} {got:?}");
+        }
+        // Another address, or a `+` read as a regex operator, does not match.
+        for other in ["lerx@lerami.example", "someone@lerami.example"] {
+            let got = hits(
+                &e,
+                &format!(
+                    "To: ler+x@lerami.example\nSubject: s\n\nhttp://phish.com/login.html#{other}\n"
+                ),
+            );
+            assert!(
+                !named(&got, "GB_URI") && !named(&got, "OVER_TEMPLATE"),
+                "{other} {got:?}"
+            );
+        }
+        // No To field: the tag has no value and the rule does not run.
+        let got = hits(
+            &e,
+            "Subject: s\n\nhttp://phish.com/login.html#@lerami.example\n",
+        );
+        assert!(!named(&got, "GB_URI"), "{got:?}");
+
+        // Every value a `multiple` capture finds goes into an alternation; a negated rule runs
+        // only when its tags have values; `multiple` counts the instance's matches.
+        let got = hits(
+            &e,
+            "From: Carol Smith <c@example.com>\nSubject: hello\n\nDear Alice, dear Carol.\nAlice and Carol again.\n",
+        );
+        for h in ["NAME_IN_FROM=1", "NOT_NAME_IN_SUBJECT=1"] {
+            assert!(has(&got, h), "{h} {got:?}");
+        }
+        // "Alice", "Carol" twice each in the body lines, the Subject line holds neither.
+        assert!(has(&got, "NAME_TWICE=4"), "{got:?}");
+        let got = hits(
+            &e,
+            "From: Bob <b@example.com>\nSubject: hello Alice\n\nDear Alice.\n",
+        );
         assert!(
-            !got.iter()
-                .any(|h| h.starts_with("GB_URI") || h.starts_with("OVER_")),
+            !named(&got, "NAME_IN_FROM") && !named(&got, "NOT_NAME_IN_SUBJECT"),
             "{got:?}"
         );
+        let got = hits(
+            &e,
+            "From: Bob <b@example.com>\nSubject: hi\n\nno greeting\n",
+        );
+        for n in [
+            "NAME_IN_FROM",
+            "NOT_NAME_IN_SUBJECT",
+            "NAME_TWICE",
+            "NEVER_CAPTURED",
+        ] {
+            assert!(!named(&got, n), "{n} {got:?}");
+        }
     }
 
     /// A sub-rule that no scored rule reads, directly or through metas, is not run by default;

@@ -26,6 +26,7 @@ pub mod relays;
 pub mod sa_date;
 pub mod sa_html;
 pub mod sa_uris;
+pub mod templates;
 mod text_cache;
 pub mod view;
 
