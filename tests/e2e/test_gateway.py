@@ -1395,7 +1395,8 @@ class RulesInTheGateway(unittest.TestCase):
         v = json.loads(r.stdout)
         self.assertEqual(v["messages"], len(sample))  # the second of two passes
         kinds = v["by_kind_us_per_message"]
-        self.assertEqual(set(kinds), {"hyperscan", "confirm", "eval", "context", "metas"})
+        # `templates`: the stock ruleset's capture-template rules, run on every message with a To.
+        self.assertEqual(set(kinds), {"hyperscan", "confirm", "eval", "context", "metas", "templates"})
         self.assertLessEqual(sum(kinds.values()), v["scan_us_per_message"] * 1.01)
         rows = {(x["kind"], x["name"]): x for x in v["rows"]}
         self.assertEqual(rows[("hyperscan", "header Subject")]["calls"], len(sample))

@@ -2185,10 +2185,12 @@ impl Engine {
                 .filter(|(_, &r)| r && !negate)
             {
                 let name = f.name.as_str();
-                let ix = match holding
+                // A header's text depends on the rule (its `if-unset` text): asked each time.
+                let text_input = !matches!(t.input, Input::Header(_) | Input::MimeHeader(_));
+                let known = holding
                     .iter()
-                    .position(|(i, n, _)| *i == &t.input && *n == name)
-                {
+                    .position(|(i, n, _)| text_input && *i == &t.input && *n == name);
+                let ix = match known {
                     Some(ix) => ix,
                     None => {
                         let texts = template_texts(&t.input, rule, ctx);
@@ -4545,6 +4547,10 @@ tflags NAME_TWICE multiple
 score NAME_TWICE 1
 uri NEVER_CAPTURED /%{NO_SUCH_TAG}/
 score NEVER_CAPTURED 1
+header UNSET_PLAIN X-None =~ /%{DEAR_NAME}/
+score UNSET_PLAIN 1
+header UNSET_HOLDS X-None =~ /%{DEAR_NAME}/ [if-unset: Dear Carol]
+score UNSET_HOLDS 1
 ",
             &Options::default(),
         );
@@ -4555,7 +4561,7 @@ score NEVER_CAPTURED 1
         for n in ["LITERAL_PCT", "LOWER_PCT"] {
             assert_ne!(e.mode(ix(n)), Mode::Template, "{n}");
         }
-        assert_eq!(e.stats.templates, 5);
+        assert_eq!(e.stats.templates, 7);
         let has = |got: &[String], h: &str| got.iter().any(|g| g == h);
         let named = |got: &[String], n: &str| got.iter().any(|g| g.starts_with(&format!("{n}=")));
 
@@ -4598,9 +4604,11 @@ score NEVER_CAPTURED 1
             &e,
             "From: Carol Smith <c@example.com>\nSubject: hello\n\nDear Alice, dear Carol.\nAlice and Carol again.\n",
         );
-        for h in ["NAME_IN_FROM=1", "NOT_NAME_IN_SUBJECT=1"] {
+        // A missing header is its `if-unset` text, each rule its own.
+        for h in ["NAME_IN_FROM=1", "NOT_NAME_IN_SUBJECT=1", "UNSET_HOLDS=1"] {
             assert!(has(&got, h), "{h} {got:?}");
         }
+        assert!(!named(&got, "UNSET_PLAIN"), "{got:?}");
         // "Alice", "Carol" twice each in the body lines, the Subject line holds neither.
         assert!(has(&got, "NAME_TWICE=4"), "{got:?}");
         let got = hits(
