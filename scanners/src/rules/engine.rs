@@ -682,6 +682,11 @@ struct CaptureRule {
 /// distinct set of values: a gateway sees the same recipients again and again).
 const TEMPLATE_CACHE: usize = 512;
 
+/// Longest template instance compiled: a tag's values come from the message (a To address of a
+/// megabyte, say), and an instance longer than this is not run (the rule does not hit) rather
+/// than compiled for every such message.
+const TEMPLATE_MAX_PATTERN: usize = 32 * 1024;
+
 /// A compiled ruleset, shared read-only between threads.
 pub struct Engine {
     /// The rules.
@@ -2164,8 +2169,10 @@ impl Engine {
             .iter()
             .map(|(&n, vals)| (n, vals.iter().map(|v| v.to_ascii_lowercase()).collect()))
             .collect();
-        // Which texts of an input hold a value of a tag, once asked.
+        // Which texts of an input hold a value of a tag, once asked (each text searched in
+        // lower case: linear in its length, whatever the values).
         let mut holding: Vec<(&Input, &str, Vec<usize>)> = Vec::new();
+        let mut lowered: Vec<u8> = Vec::new();
         for t in &self.templates {
             if !t.found.iter().all(|f| tags.contains_key(f.name.as_str())) {
                 continue;
@@ -2194,11 +2201,15 @@ impl Engine {
                     Some(ix) => ix,
                     None => {
                         let texts = template_texts(&t.input, rule, ctx);
+                        let finders: Vec<memchr::memmem::Finder<'_>> = folded[name]
+                            .iter()
+                            .map(|v| memchr::memmem::Finder::new(v.as_slice()))
+                            .collect();
                         let with: Vec<usize> = (0..texts.len())
                             .filter(|&i| {
-                                folded[name]
-                                    .iter()
-                                    .any(|v| super::templates::contains_folded(&texts[i], v))
+                                lowered.clear();
+                                lowered.extend(texts[i].iter().map(u8::to_ascii_lowercase));
+                                finders.iter().any(|f| f.find(&lowered).is_some())
                             })
                             .collect();
                         holding.push((&t.input, name, with));
@@ -2219,6 +2230,9 @@ impl Engine {
             }) else {
                 continue;
             };
+            if expr.len() > TEMPLATE_MAX_PATTERN {
+                continue;
+            }
             if scratch.templates.len() >= TEMPLATE_CACHE && !scratch.templates.contains_key(&expr) {
                 scratch.templates.clear();
             }
@@ -4591,6 +4605,23 @@ score UNSET_HOLDS 1
                 "{other} {got:?}"
             );
         }
+        // A To address too long to make a pattern of (a message can hold one): not run.
+        let long = format!("{}@lerami.example", "l".repeat(40_000));
+        let got = hits(
+            &e,
+            &format!("To: {long}\nSubject: s\n\nhttp://phish.com/login.html#{long}\n"),
+        );
+        assert!(
+            !named(&got, "GB_URI"),
+            "{:?}",
+            got.iter().filter(|g| g.len() < 80).collect::<Vec<_>>()
+        );
+        // Found in either case, as `/i` asks.
+        let got = hits(
+            &e,
+            "To: Ler@Lerami.Example\nSubject: s\n\nhttp://phish.com/login.html#LER@LERAMI.EXAMPLE\n",
+        );
+        assert!(has(&got, "GB_URI=1"), "{got:?}");
         // No To field: the tag has no value and the rule does not run.
         let got = hits(
             &e,

@@ -218,35 +218,6 @@ pub fn required(pattern: &str, t: &Template) -> bool {
         })
 }
 
-/// Whether `hay` holds `needle`, ASCII letters of either case alike (`needle` in lower case):
-/// what any instance needs whatever its `/i`, as PCRE2 folds only ASCII letters on bytes.
-pub fn contains_folded(hay: &[u8], needle: &[u8]) -> bool {
-    let Some(&first) = needle.first() else {
-        return true;
-    };
-    if hay.len() < needle.len() {
-        return false;
-    }
-    let last_start = hay.len() - needle.len();
-    let mut from = 0;
-    while from <= last_start {
-        let Some(i) = memchr::memchr2(first, first.to_ascii_uppercase(), &hay[from..=last_start])
-            .map(|i| from + i)
-        else {
-            return false;
-        };
-        if hay[i..i + needle.len()]
-            .iter()
-            .zip(needle)
-            .all(|(h, n)| h.to_ascii_lowercase() == *n)
-        {
-            return true;
-        }
-        from = i + 1;
-    }
-    false
-}
-
 /// A value as literal pattern text, as Perl's `quotemeta` makes it, written in ASCII so that
 /// `/x` and the byte-oriented translation read it the same: letters, digits and `_` as they
 /// are, every other byte as `\xHH`.
@@ -332,21 +303,5 @@ mod tests {
         ] {
             assert!(!req(p), "{p}");
         }
-    }
-
-    #[test]
-    fn values_are_found_in_either_case() {
-        assert!(contains_folded(
-            b"http://x/#Ler@Lerami.EXAMPLE",
-            b"ler@lerami.example"
-        ));
-        assert!(contains_folded(b"ler@x", b"ler@x"));
-        assert!(!contains_folded(
-            b"http://x/#ler@lerami.exampl",
-            b"ler@lerami.example"
-        ));
-        assert!(!contains_folded(b"le", b"ler"));
-        assert!(contains_folded(b"abc", b""));
-        assert!(contains_folded(b"aaab", b"aab"));
     }
 }
