@@ -667,6 +667,9 @@ struct TemplateRule {
     /// By template: whether every match of an instance holds its value
     /// ([`super::templates::required`]), so that a message whose texts hold none needs none.
     required: Vec<bool>,
+    /// The pattern with every template widened ([`super::templates::widen`]): a text it does
+    /// not match, no instance can. `None` when that does not compile.
+    widened: Option<Matcher>,
 }
 
 /// A rule whose named groups capture a tag some [`TemplateRule`] reads.
@@ -2222,6 +2225,15 @@ impl Engine {
                     Some(o) => o.into_iter().filter(|i| with.contains(i)).collect(),
                 });
             }
+            // Of those, the ones the pattern widened can match (`^https?://` and the like
+            // weigh out a `mailto:` link to the To address, say): no instance to make for the
+            // others.
+            if let (Some(o), Some(w)) = (&mut only, &t.widened) {
+                if !o.is_empty() {
+                    let texts = template_texts(&t.input, rule, ctx);
+                    o.retain(|&i| w.is_match(&texts[i]));
+                }
+            }
             if only.as_ref().is_some_and(Vec::is_empty) {
                 continue;
             }
@@ -2999,7 +3011,7 @@ fn input_of(test: &Test) -> Option<Input> {
 /// The rules holding capture templates that run ([`Mode::Template`]), and the rules whose
 /// named groups capture the tags they read (those that run, and do not negate).
 fn template_rules(set: &RuleSet, rules: &[Compiled]) -> (Vec<TemplateRule>, Vec<CaptureRule>) {
-    use super::templates::{captured_tags, required, templates};
+    use super::templates::{captured_tags, required, templates, widen};
     let mut out = Vec::new();
     for (ri, c) in rules.iter().enumerate() {
         let r = &set.rules[ri];
@@ -3008,11 +3020,13 @@ fn template_rules(set: &RuleSet, rules: &[Compiled]) -> (Vec<TemplateRule>, Vec<
         };
         let found = templates(&re.pattern);
         let required = found.iter().map(|t| required(&re.pattern, t)).collect();
+        let widened = super::regex::pcre(&translate(&widen(&re.pattern, &found), &re.flags)).ok();
         out.push(TemplateRule {
             rule: ri,
             input,
             found,
             required,
+            widened,
         });
     }
     let needed: HashSet<&str> = out

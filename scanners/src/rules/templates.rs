@@ -218,6 +218,13 @@ pub fn required(pattern: &str, t: &Template) -> bool {
         })
 }
 
+/// A superset of every pattern [`instantiate`] can make of `pattern`: each template (a
+/// non-empty alternation of literals) replaced by `(?s:.+)`. A text it does not match, no
+/// instance can.
+pub fn widen(pattern: &str, found: &[Template]) -> String {
+    replace(pattern, found, |_, out| out.push_str("(?s:.+)"))
+}
+
 /// A value as literal pattern text, as Perl's `quotemeta` makes it, written in ASCII so that
 /// `/x` and the byte-oriented translation read it the same: letters, digits and `_` as they
 /// are, every other byte as `\xHH`.
@@ -276,6 +283,35 @@ mod tests {
         let mut q = String::new();
         quote("é #".as_bytes(), &mut q);
         assert_eq!(q, r"\xc3\xa9\x20\x23");
+    }
+
+    #[test]
+    fn the_widened_pattern_matches_whatever_an_instance_matches() {
+        let p = r"^https?://.{4,20}(?:\#|\?&e=)%{TO}";
+        let found = templates(p);
+        let build = |e: &str| {
+            pcre2::bytes::RegexBuilder::new()
+                .caseless(true)
+                .build(e)
+                .unwrap()
+        };
+        let wide = build(&widen(p, &found));
+        let vals = vec![b"me@x.example".to_vec()];
+        let inst = build(&instantiate(p, &found, |_| Some(vals.as_slice())).unwrap());
+        let texts: [&[u8]; 5] = [
+            b"http://abcd.example/#me@x.example",
+            b"https://abcdef/?&e=ME@X.EXAMPLE",
+            b"http://abcd.example/#other@x.example",
+            b"http://ab/#me@x.example",
+            b"mailto:me@x.example",
+        ];
+        for t in texts {
+            if inst.is_match(t).unwrap() {
+                assert!(wide.is_match(t).unwrap(), "{}", String::from_utf8_lossy(t));
+            }
+        }
+        assert!(inst.is_match(texts[0]).unwrap() && inst.is_match(texts[1]).unwrap());
+        assert!(!wide.is_match(texts[3]).unwrap() && !wide.is_match(texts[4]).unwrap());
     }
 
     #[test]
