@@ -557,6 +557,11 @@ pub fn rules_lint(paths: &[PathBuf]) -> anyhow::Result<bool> {
         let at = origins.get(&name).cloned().unwrap_or_default();
         println!("error: {at}: rule {name}: regex does not compile: {err}");
     }
+    for (name, why) in engine.check_templates() {
+        warnings += 1;
+        let at = origins.get(&name).cloned().unwrap_or_default();
+        println!("warning: {at}: rule {name}: {why}");
+    }
     println!("{nfiles} files, {nrules} rules: {errors} errors, {warnings} warnings");
     Ok(errors == 0)
 }

@@ -1580,6 +1580,32 @@ impl Engine {
         bad
     }
 
+    /// The rules holding a capture template that can never run, each with why: a tag no
+    /// running rule's named group captures (SpamAssassin then never runs the rule either).
+    pub fn check_templates(&self) -> Vec<(String, String)> {
+        let captured: HashSet<&str> = self
+            .captures
+            .iter()
+            .flat_map(|c| c.tags.iter().map(String::as_str))
+            .collect();
+        let mut bad = Vec::new();
+        for t in &self.templates {
+            let r = &self.set.rules[t.rule];
+            for f in &t.found {
+                if !captured.contains(f.name.as_str()) {
+                    bad.push((
+                        r.name.clone(),
+                        format!(
+                            "capture template %{{{}}}: no rule captures that tag (a named group `(?<{}>...)`), so the rule never runs",
+                            f.name, f.name
+                        ),
+                    ));
+                }
+            }
+        }
+        bad
+    }
+
     /// Compiles every confirming matcher a scan may need (prefilter and PCRE2-only rules,
     /// `multiple` counts, header rules for missing headers) and the long prefilters' `regex`
     /// sets, on every CPU the calling thread
@@ -4590,6 +4616,9 @@ score UNSET_HOLDS 1
             assert_ne!(e.mode(ix(n)), Mode::Template, "{n}");
         }
         assert_eq!(e.stats.templates, 7);
+        // `rules lint` warns of the one whose tag nothing captures.
+        let never: Vec<String> = e.check_templates().into_iter().map(|(r, _)| r).collect();
+        assert_eq!(never, ["NEVER_CAPTURED"]);
         let has = |got: &[String], h: &str| got.iter().any(|g| g == h);
         let named = |got: &[String], n: &str| got.iter().any(|g| g.starts_with(&format!("{n}=")));
 
