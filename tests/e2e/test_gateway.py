@@ -898,16 +898,42 @@ class RulesInTheGateway(unittest.TestCase):
         self.assertNotIn("MIMEPART_LIMIT_EXCEEDED", sym("deep-50"))
         self.assertIn("ALL_TRUSTED", sym("received-1000"))
 
-    def test_capture_templates_as_spamassassin_runs_them(self):
-        """Tags captured by named groups (`(?<NAME>...)`) and put into other rules' patterns
-        (`%{NAME}`): the stock ruleset's To-address uri rules and local ones of every kind,
-        mxgate's hits against SpamAssassin's on the same messages."""
+    def _hits_against_spamassassin(self, local_cf, cases, names):
+        """Runs `mxgate scan --stages rules` and `spamassassin -L -t` on each case's message
+        (`cases`: name -> bytes) with `local_cf` added to a copy of /etc/spamassassin, asserts
+        that both hit the same rules of `names` on each, and returns mxgate's hits by case."""
         site = tempfile.mkdtemp(prefix="sa-site-", dir=WORK)
         for name in os.listdir("/etc/spamassassin"):
             if name.endswith((".pre", ".cf")):
                 shutil.copy(os.path.join("/etc/spamassassin", name), site)
-        with open(os.path.join(site, "captures.cf"), "w") as f:
-            f.write("uri LOCAL_URI_TO_ADDR m;^https?://.{10,128}(?:\\#|\\?&e=)%{GB_TO_ADDR};i\n"
+        with open(os.path.join(site, "local-e2e.cf"), "w") as f:
+            f.write(local_cf)
+        folder = tempfile.mkdtemp(prefix="sa-msgs-", dir=WORK)
+        files = {}
+        for case, raw in cases.items():
+            files[case] = os.path.join(folder, f"{case}.eml")
+            with open(files[case], "wb") as f:
+                f.write(raw)
+        r = subprocess.run([harness.MXGATE, "scan", "--config", self.config, "--rules", "/usr/share/spamassassin",
+                            "--rules", site, "--stages", "rules", *files.values()],
+                           capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        ours = {os.path.basename(v["file"])[:-len(".eml")]: {n for n in v["symbols"] if n in names}
+                for v in map(json.loads, r.stdout.splitlines())}
+        for case, path in files.items():
+            with open(path, "rb") as f:
+                out = subprocess.run(["spamassassin", "-L", "--siteconfigpath", site, "-t"], input=f.read(),
+                                     capture_output=True, timeout=120).stdout.decode("utf-8", "replace")
+            status = re.search(r"^X-Spam-Status: .*?tests=(.*?)\s(?:autolearn|version)=", out, re.S | re.M)
+            theirs = {t.strip() for t in status.group(1).replace("\n", "").split(",")} & set(names)
+            self.assertEqual(ours[case], theirs, case)
+        return ours
+
+    def test_capture_templates_as_spamassassin_runs_them(self):
+        """Tags captured by named groups (`(?<NAME>...)`) and put into other rules' patterns
+        (`%{NAME}`): the stock ruleset's To-address uri rules and local ones of every kind,
+        mxgate's hits against SpamAssassin's on the same messages."""
+        local_cf = ("uri LOCAL_URI_TO_ADDR m;^https?://.{10,128}(?:\\#|\\?&e=)%{GB_TO_ADDR};i\n"
                     "score LOCAL_URI_TO_ADDR 0.1\n"
                     "body __LOCAL_DEAR /\\bdear (?<LOCAL_DEAR_NAME>[a-z]+)\\b/i\n"
                     "tflags __LOCAL_DEAR multiple\n"
@@ -937,26 +963,7 @@ class RulesInTheGateway(unittest.TestCase):
         }
         names = ("LOCAL_URI_TO_ADDR", "LOCAL_DEAR_IN_FROM", "LOCAL_DEAR_NOT_IN_SUBJECT", "LOCAL_DEAR_AGAIN",
                  "LOCAL_TO_ADDR_META")
-        files = []
-        for name, raw in cases.items():
-            path = os.path.join(site, "..", f"captures-{name}.eml")
-            with open(path, "wb") as f:
-                f.write(raw)
-            files.append(os.path.abspath(path))
-        r = subprocess.run([harness.MXGATE, "scan", "--config", self.config, "--rules", "/usr/share/spamassassin",
-                            "--rules", site, "--stages", "rules", *files],
-                           capture_output=True, text=True, timeout=300)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        ours = {os.path.basename(v["file"])[len("captures-"):-4]: {n for n in v["symbols"] if n in names}
-                for v in map(json.loads, r.stdout.splitlines())}
-        for path in files:
-            with open(path, "rb") as f:
-                out = subprocess.run(["spamassassin", "-L", "--siteconfigpath", site, "-t"], input=f.read(),
-                                     capture_output=True, timeout=120).stdout.decode("utf-8", "replace")
-            status = re.search(r"^X-Spam-Status: .*?tests=(.*?)\s(?:autolearn|version)=", out, re.S | re.M)
-            theirs = {t.strip() for t in status.group(1).replace("\n", "").split(",")} & set(names)
-            case = os.path.basename(path)[len("captures-"):-4]
-            self.assertEqual(ours[case], theirs, case)
+        ours = self._hits_against_spamassassin(local_cf, cases, names)
         # What the cases are there for, beyond agreeing.
         self.assertEqual(ours["to-in-uri"], {"LOCAL_URI_TO_ADDR", "LOCAL_TO_ADDR_META"})
         self.assertEqual(ours["to-in-storage"], {"LOCAL_URI_TO_ADDR", "LOCAL_TO_ADDR_META"})
@@ -970,12 +977,7 @@ class RulesInTheGateway(unittest.TestCase):
         """welcomelist_from, blocklist_from, the _to lists, enlist_addrlist, the URI host lists
         (with a `!` exception, and hosts behind redirects): mxgate's hits against SpamAssassin's
         on the same messages."""
-        site = tempfile.mkdtemp(prefix="sa-site-", dir=WORK)
-        for name in os.listdir("/etc/spamassassin"):
-            if name.endswith((".pre", ".cf")):
-                shutil.copy(os.path.join("/etc/spamassassin", name), site)
-        with open(os.path.join(site, "lists.cf"), "w") as f:
-            f.write("welcomelist_from *@friends.e2e.test boss@e2e.test\n"
+        local_cf = ("welcomelist_from *@friends.e2e.test boss@e2e.test\n"
                     "welcomelist_from gone@e2e.test\nunwelcomelist_from gone@e2e.test\n"
                     "blacklist_from spam?er@*.bad.e2e.test\n"
                     "welcomelist_to vip@e2e.test\nmore_spam_to *@lenient.e2e.test\n"
@@ -1023,38 +1025,20 @@ class RulesInTheGateway(unittest.TestCase):
                  "USER_IN_ALL_SPAM_TO", "USER_IN_BLOCKLIST_TO", "URI_HOST_IN_BLOCKLIST",
                  "URI_HOST_IN_WELCOMELIST", "LOCAL_FROM_PARTNER", "LOCAL_REPLYTO_PARTNER",
                  "SUBJECT_IN_WELCOMELIST", "SUBJECT_IN_BLOCKLIST")
-        files = []
-        for name, raw in cases.items():
-            path = os.path.join(site, "..", f"lists-{name}.eml")
-            with open(path, "wb") as f:
-                f.write(raw)
-            files.append(os.path.abspath(path))
-        r = subprocess.run([harness.MXGATE, "scan", "--config", self.config, "--rules", "/usr/share/spamassassin",
-                            "--rules", site, "--stages", "rules", *files],
-                           capture_output=True, text=True, timeout=300)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        ours = {os.path.basename(v["file"]): {n for n in v["symbols"] if n in names}
-                for v in map(json.loads, r.stdout.splitlines())}
-        for path in files:
-            with open(path, "rb") as f:
-                out = subprocess.run(["spamassassin", "-L", "--siteconfigpath", site, "-t"], input=f.read(),
-                                     capture_output=True, timeout=120).stdout.decode("utf-8", "replace")
-            status = re.search(r"^X-Spam-Status: .*?tests=(.*?)\s(?:autolearn|version)=", out, re.S | re.M)
-            theirs = {t.strip() for t in status.group(1).replace("\n", "").split(",")} & set(names)
-            self.assertEqual(ours[os.path.basename(path)], theirs, os.path.basename(path))
+        ours = self._hits_against_spamassassin(local_cf, cases, names)
         # What the cases are there for, beyond agreeing.
-        self.assertEqual(ours["lists-wl-glob.eml"], {"USER_IN_WELCOMELIST"})
-        self.assertEqual(ours["lists-wl-removed.eml"], set())
-        self.assertEqual(ours["lists-bl-glob.eml"], {"USER_IN_BLOCKLIST"})
-        self.assertEqual(ours["lists-to-lists.eml"], {"USER_IN_WELCOMELIST_TO", "USER_IN_MORE_SPAM_TO",
+        self.assertEqual(ours["wl-glob"], {"USER_IN_WELCOMELIST"})
+        self.assertEqual(ours["wl-removed"], set())
+        self.assertEqual(ours["bl-glob"], {"USER_IN_BLOCKLIST"})
+        self.assertEqual(ours["to-lists"], {"USER_IN_WELCOMELIST_TO", "USER_IN_MORE_SPAM_TO",
                                                       "USER_IN_ALL_SPAM_TO", "USER_IN_BLOCKLIST_TO"})
-        self.assertEqual(ours["lists-uri-hosts.eml"], {"URI_HOST_IN_BLOCKLIST", "URI_HOST_IN_WELCOMELIST"})
-        self.assertEqual(ours["lists-uri-exception.eml"], set())
-        self.assertEqual(ours["lists-uri-unknown-tld.eml"], set())
-        self.assertEqual(ours["lists-uri-redirect-google.eml"], {"URI_HOST_IN_BLOCKLIST"})
-        self.assertEqual(ours["lists-uri-redirect-url.eml"], {"URI_HOST_IN_BLOCKLIST"})
-        self.assertEqual(ours["lists-subject-wl.eml"], {"SUBJECT_IN_WELCOMELIST"})
-        self.assertEqual(ours["lists-subject-bl.eml"], {"SUBJECT_IN_BLOCKLIST"})
+        self.assertEqual(ours["uri-hosts"], {"URI_HOST_IN_BLOCKLIST", "URI_HOST_IN_WELCOMELIST"})
+        self.assertEqual(ours["uri-exception"], set())
+        self.assertEqual(ours["uri-unknown-tld"], set())
+        self.assertEqual(ours["uri-redirect-google"], {"URI_HOST_IN_BLOCKLIST"})
+        self.assertEqual(ours["uri-redirect-url"], {"URI_HOST_IN_BLOCKLIST"})
+        self.assertEqual(ours["subject-wl"], {"SUBJECT_IN_WELCOMELIST"})
+        self.assertEqual(ours["subject-bl"], {"SUBJECT_IN_BLOCKLIST"})
 
     def test_scan_with_local_rules_and_metas(self):
         tagme = os.path.join(WORK, "tagme.eml")
