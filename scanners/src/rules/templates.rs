@@ -340,4 +340,40 @@ mod tests {
             assert!(!req(p), "{p}");
         }
     }
+
+    #[test]
+    fn any_pattern_is_read_without_panicking() {
+        // Template, group, class and escape pieces in random order; every template found is
+        // judged and filled, and the instance is a pattern PCRE2 reads or refuses cleanly.
+        let pieces: &[&str] = &[
+            "%{", "}", "%{TAG}", "%{T(", ")}", "(?<", "(?P<", "(?'", "'", ">", "NAME", "(?<=",
+            "(?!", "(", ")", "[", "]", "^", "\\", "|", "?", "*", "{0,", "{,", "{2}", "x", "_", "é",
+            " ",
+        ];
+        let vals = vec![b"a.b@c".to_vec(), "é\n".as_bytes().to_vec()];
+        let mut next = crate::xorshift();
+        let (mut filled, mut with_templates) = (0, 0);
+        for _ in 0..5000 {
+            let mut p = String::new();
+            for _ in 0..next() % 24 {
+                p.push_str(pieces[(next() % pieces.len() as u64) as usize]);
+            }
+            let found = templates(&p);
+            with_templates += usize::from(!found.is_empty());
+            for t in &found {
+                let _ = required(&p, t);
+            }
+            let _ = captured_tags(&p);
+            let _ = pcre2::bytes::Regex::new(&widen(&p, &found));
+            if let Some(e) = instantiate(&p, &found, |_| Some(vals.as_slice())) {
+                assert!(e.is_ascii() || !p.is_ascii(), "{e}");
+                filled += usize::from(pcre2::bytes::Regex::new(&e).is_ok());
+            }
+        }
+        // The generator makes the cases it is for.
+        assert!(
+            with_templates > 1000 && filled > 100,
+            "{with_templates} {filled}"
+        );
+    }
 }
