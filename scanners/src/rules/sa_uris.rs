@@ -1057,15 +1057,16 @@ mod tests {
             "com", "py", "0x7f", "12", "é", "\u{a0}", "(", ")", " ", "<", "'", ",", "?", "#", "&",
             "\u{1b}(B", "_", "-", "xn--p1ai", "a",
         ];
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        // The length is drawn afresh for each text: drawn from a state only the pieces advance,
+        // a length of 0 once would leave every later text empty.
+        let mut next = crate::xorshift();
+        let mut longest = 0;
         for _ in 0..3000 {
             let mut text = String::new();
-            for _ in 0..(x % 40) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                text.push_str(pieces[(x % pieces.len() as u64) as usize]);
+            for _ in 0..next() % 40 {
+                text.push_str(pieces[(next() % pieces.len() as u64) as usize]);
             }
+            longest = longest.max(text.len());
             let mut found = Vec::new();
             extract(text.as_bytes(), &mut Default::default(), &mut found);
             let mut out = Unique::default();
@@ -1074,6 +1075,7 @@ mod tests {
                 canonicalize(u, false, &Redirectors::default(), &mut out);
             }
         }
+        assert!(longest > 100, "{longest}");
     }
 
     #[test]
