@@ -823,8 +823,10 @@ class BayesInTheGateway(unittest.TestCase):
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 
-def plain_message(subject, body):
-    return (f"From: Alice <alice@e2e.test>\r\nTo: bob@e2e.test\r\nSubject: {subject}\r\n"
+def plain_message(subject, body, frm="Alice <alice@e2e.test>", to="bob@e2e.test", extra=""):
+    """A text/plain message; `to=None` leaves the To field out, `extra` is more header lines."""
+    to_line = f"To: {to}\r\n" if to else ""
+    return (f"From: {frm}\r\n{to_line}Subject: {subject}\r\n{extra}"
             f"Date: Mon, 2 Jun 2025 10:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@e2e.test>\r\n"
             f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n{body}\r\n").encode()
 
@@ -947,10 +949,7 @@ class RulesInTheGateway(unittest.TestCase):
                     "score LOCAL_TO_ADDR_META 0.1\n")
 
         def msg(to, body, frm="Carol Smith <carol@e2e.test>", subject="hello"):
-            to_line = f"To: {to}\r\n" if to else ""
-            return (f"From: {frm}\r\n{to_line}Subject: {subject}\r\n"
-                    f"Date: Mon, 2 Jun 2025 10:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@e2e.test>\r\n"
-                    f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n{body}\r\n").encode()
+            return plain_message(subject, body, frm=frm, to=to)
 
         cases = {
             "to-in-uri": msg("Bob <bob.b+x@e2e.test>", "Your box is full: http://phish.e2e-test.com/login.html#BOB.B+X@e2e.test"),
@@ -992,9 +991,7 @@ class RulesInTheGateway(unittest.TestCase):
                     "welcomelist_subject Invoice #???? paid\nblocklist_subject *cheap meds*\n")
 
         def msg(frm, to, body="Hello.", extra="", subject="lists"):
-            return (f"From: {frm}\r\nTo: {to}\r\nSubject: {subject}\r\n{extra}"
-                    f"Date: Mon, 2 Jun 2025 10:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@e2e.test>\r\n"
-                    f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n{body}\r\n").encode()
+            return plain_message(subject, body, frm=frm, to=to, extra=extra)
 
         cases = {
             "wl-glob": msg("Ann <ann@friends.e2e.test>", "bob@e2e.test"),
