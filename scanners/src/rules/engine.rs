@@ -1189,23 +1189,12 @@ impl Engine {
         });
         for (ri, r) in set.rules.iter().enumerate() {
             let explicit_zero = scored_zero(r);
-            let (input, regex) = match &r.test {
-                Test::Header(h) => (Some(Input::Header(h.request.clone())), h.regex.as_ref()),
-                Test::MimeHeader(h) => {
-                    (Some(Input::MimeHeader(h.request.clone())), h.regex.as_ref())
+            let (input, regex) = (input_of(&r.test), r.regex());
+            if let Test::Eval(e) = &r.test {
+                if !native.contains(&ri) {
+                    *eval_fns.entry(e.function.clone()).or_default() += 1;
                 }
-                Test::Body(re) => (Some(Input::Body), Some(re)),
-                Test::Rawbody(re) => (Some(Input::Rawbody), Some(re)),
-                Test::Uri(re) => (Some(Input::Uri), Some(re)),
-                Test::Full(re) => (Some(Input::Full), Some(re)),
-                Test::Meta(_) => (None, None),
-                Test::Eval(e) => {
-                    if !native.contains(&ri) {
-                        *eval_fns.entry(e.function.clone()).or_default() += 1;
-                    }
-                    (None, None)
-                }
-            };
+            }
             // The `headers` stage runs no regex rule: nothing to compile for them.
             let regex_only = !matches!(r.test, Test::Meta(_) | Test::Eval(_));
             let mode = if explicit_zero || (opts.evals_only && regex_only) {
@@ -1886,7 +1875,7 @@ impl Engine {
             let texts: Vec<Vec<&[u8]>> = ctxs
                 .iter()
                 .zip(&owned)
-                .map(|(ctx, o)| Engine::texts(k, &self.inputs, ctx, o))
+                .map(|(ctx, o)| Engine::texts(&self.inputs[k], ctx, o))
                 .collect();
             self.run_texts(k, &texts, &mut batch, scratch);
             drop(texts);
@@ -2049,12 +2038,11 @@ impl Engine {
     /// The texts input `k` reads from a message, once [`Engine::texts_of`] built them (`owned`
     /// holds that message's alone, or is empty).
     fn texts<'c>(
-        k: usize,
-        inputs: &[Input],
+        input: &Input,
         ctx: &'c Ctx<'_>,
         owned: &'c [Vec<Cow<'_, [u8]>>],
     ) -> Vec<&'c [u8]> {
-        match inputs[k] {
+        match input {
             Input::Body => ctx
                 .body_edited
                 .as_ref()
@@ -2420,7 +2408,7 @@ impl Engine {
                 p.lazy.run += todo.len() as u64;
             }
             let owned = kept[*k].get(m).map_or(&[][..], Vec::as_slice);
-            let texts = Engine::texts(*k, &self.inputs, ctx, owned);
+            let texts = Engine::texts(&self.inputs[*k], ctx, owned);
             hit |= self.run_lazy_rules(*k, &todo, &texts, scratch);
         }
         if hit {
@@ -3114,24 +3102,18 @@ fn template_texts<'c>(input: &Input, rule: &Rule, ctx: &'c mut Ctx<'_>) -> Vec<C
                 .map(Cow::Owned)
                 .collect()
         }
-        Input::Body => {
-            ctx.body_lines();
-            ctx.body_edited
-                .as_ref()
-                .or(ctx.body.as_ref())
+        // Built already when another rule read them; read as the rules of the input read them.
+        Input::Body | Input::Uri => {
+            if *input == Input::Body {
+                ctx.body_lines();
+            } else if ctx.env.net.and_then(|n| n.uris.as_deref()).is_none() {
+                ctx.uris();
+            }
+            Engine::texts(input, ctx, &[])
                 .into_iter()
-                .flatten()
-                .map(|l| Cow::Borrowed(l.as_slice()))
+                .map(Cow::Borrowed)
                 .collect()
         }
-        Input::Uri => match ctx.env.net.and_then(|n| n.uris.as_deref()) {
-            Some(uris) => uris.iter().map(|u| Cow::Borrowed(u.as_slice())).collect(),
-            None => ctx
-                .uris()
-                .iter()
-                .map(|u| Cow::Borrowed(u.as_slice()))
-                .collect(),
-        },
         Input::Rawbody => view::rawbody_chunks(ctx.msg)
             .into_iter()
             .map(Cow::Owned)
