@@ -681,6 +681,14 @@ struct CaptureRule {
     re: pcre2::bytes::Regex,
 }
 
+/// A tag's values on a message ([`Engine::captured_tags`]).
+struct Captured<'e> {
+    name: &'e str,
+    values: Vec<Vec<u8>>,
+    /// The same in lower case, for the search of the texts.
+    lower: Vec<Vec<u8>>,
+}
+
 /// Most instantiated template patterns a [`Scratch`] keeps compiled (one per rule and
 /// distinct set of values: a gateway sees the same recipients again and again).
 const TEMPLATE_CACHE: usize = 512;
@@ -2181,17 +2189,13 @@ impl Engine {
         if tags.is_empty() {
             return;
         }
-        // Each tag's values in lower case, for the search of the texts.
-        let folded: HashMap<&str, Vec<Vec<u8>>> = tags
-            .iter()
-            .map(|(&n, vals)| (n, vals.iter().map(|v| v.to_ascii_lowercase()).collect()))
-            .collect();
+        let tag = |n: &str| tags.iter().find(|c| c.name == n);
         // Which texts of an input hold a value of a tag, once asked (each text searched in
         // lower case: linear in its length, whatever the values).
         let mut holding: Vec<(&Input, &str, Vec<usize>)> = Vec::new();
         let mut lowered: Vec<u8> = Vec::new();
         for t in &self.templates {
-            if !t.found.iter().all(|f| tags.contains_key(f.name.as_str())) {
+            if !t.found.iter().all(|f| tag(&f.name).is_some()) {
                 continue;
             }
             let rule = &self.set.rules[t.rule];
@@ -2218,7 +2222,8 @@ impl Engine {
                     Some(ix) => ix,
                     None => {
                         let texts = template_texts(&t.input, rule, ctx);
-                        let finders: Vec<memchr::memmem::Finder<'_>> = folded[name]
+                        let lower = tag(name).map(|c| c.lower.as_slice()).unwrap_or_default();
+                        let finders: Vec<memchr::memmem::Finder<'_>> = lower
                             .iter()
                             .map(|v| memchr::memmem::Finder::new(v.as_slice()))
                             .collect();
@@ -2252,7 +2257,7 @@ impl Engine {
                 continue;
             }
             let Some(expr) = super::templates::instantiate(&re.pattern, &t.found, |n| {
-                tags.get(n).map(Vec::as_slice)
+                tag(n).map(|c| c.values.as_slice())
             }) else {
                 continue;
             };
@@ -2313,10 +2318,11 @@ impl Engine {
     }
 
     /// The values each capturing rule's named groups take on a message, as `set_captures`
-    /// keeps them: empty ones left out, each value once, in the order found. A rule that does
-    /// not hit captures nothing; one without `multiple` stops at its first matching text.
-    fn captured_tags(&self, ctx: &mut Ctx<'_>) -> HashMap<&str, Vec<Vec<u8>>> {
-        let mut tags: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
+    /// keeps them: empty ones left out, each value once, in the order found; a tag without a
+    /// value is not listed. A rule that does not hit captures nothing; one without `multiple`
+    /// stops at its first matching text.
+    fn captured_tags(&self, ctx: &mut Ctx<'_>) -> Vec<Captured<'_>> {
+        let mut tags: Vec<Captured<'_>> = Vec::new();
         for c in &self.captures {
             let rule = &self.set.rules[c.rule];
             let tf = &rule.tflags;
@@ -2329,11 +2335,27 @@ impl Engine {
                 for caps in c.re.captures_iter(&text) {
                     let Ok(caps) = caps else { break };
                     for name in &c.tags {
-                        if let Some(v) = caps.name(name).map(|m| m.as_bytes()) {
-                            let vals = tags.entry(name.as_str()).or_default();
-                            if !v.is_empty() && !vals.iter().any(|x| x == v) {
-                                vals.push(v.to_vec());
+                        let Some(v) = caps.name(name).map(|m| m.as_bytes()) else {
+                            continue;
+                        };
+                        if v.is_empty() {
+                            continue;
+                        }
+                        let at = match tags.iter().position(|t| t.name == name) {
+                            Some(at) => at,
+                            None => {
+                                tags.push(Captured {
+                                    name,
+                                    values: Vec::new(),
+                                    lower: Vec::new(),
+                                });
+                                tags.len() - 1
                             }
+                        };
+                        let t = &mut tags[at];
+                        if !t.values.iter().any(|x| x == v) {
+                            t.values.push(v.to_vec());
+                            t.lower.push(v.to_ascii_lowercase());
                         }
                     }
                     left -= 1;
