@@ -931,6 +931,51 @@ class RulesInTheGateway(unittest.TestCase):
             self.assertEqual(ours[case], theirs, case)
         return ours
 
+    def test_html_evals_as_spamassassin_runs_them(self):
+        """HTMLEval's tests of an HTML part (a linked image, the part's length, the title
+        against the Subject, font faces, embedded objects, text per image area) and the stock
+        metas over them, mxgate's hits against SpamAssassin's on the same messages."""
+        local_cf = ("body LOCAL_ANCHOR_CLICK eval:html_text_match('anchor', '(?i)click here')\n"
+                    "score LOCAL_ANCHOR_CLICK 0.1\n"
+                    "body LOCAL_HTML_AREA eval:html_eval('image_area', '>= 100000')\n"
+                    "score LOCAL_HTML_AREA 0.1\n"
+                    "body LOCAL_FORM_MAILTO eval:html_test('form_action_mailto')\n"
+                    "score LOCAL_FORM_MAILTO 0.1\n")
+
+        def msg(html, subject="Offer"):
+            return (f"From: Alice <alice@e2e.test>\r\nTo: bob@e2e.test\r\nSubject: {subject}\r\n"
+                    f"Date: Mon, 2 Jun 2025 10:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@e2e.test>\r\n"
+                    "MIME-Version: 1.0\r\nContent-Type: text/html; charset=us-ascii\r\n\r\n"
+                    f"{html}\r\n").encode()
+
+        filler = "<p>" + " ".join(["Plenty of ordinary words in this newsletter paragraph."] * 30) + "</p>"
+        cases = {
+            "short-linked-image": msg("<html><body><a href='http://shop.e2e-test.com/'>"
+                                      "<img src='http://shop.e2e-test.com/a.gif' width=600 height=400></a>"
+                                      "</body></html>"),
+            "short-center": msg("<html><body><center>Buy now</center></body></html>"),
+            "long-title": msg("<html><head><title>" + "A title far longer than the subject " * 3 +
+                              "</title></head><body>Hello</body></html>", subject="Hi"),
+            "bad-face-embed": msg("<html><body><font face='Arial 12pt'>x</font><embed src=a.swf>"
+                                  "<a href=http://e2e-test.com/>Click here</a>"
+                                  "<form action='mailto:a@e2e.test'></form>" + filler + "</body></html>"),
+            "long-plain": msg("<html><body>" + filler + "<img src=x.gif width=20 height=20></body></html>"),
+        }
+        names = ("HTML_SHORT_LINK_IMG_1", "HTML_SHORT_LINK_IMG_2", "HTML_SHORT_LINK_IMG_3", "HTML_SHORT_CENTER",
+                 "HTML_TITLE_SUBJ_DIFF", "HTML_FONT_FACE_BAD", "HTML_EMBEDS", "HTML_IMAGE_RATIO_02",
+                 "HTML_IMAGE_RATIO_04", "HTML_IMAGE_RATIO_06", "HTML_IMAGE_RATIO_08", "HTML_IMAGE_ONLY_04",
+                 "LOCAL_ANCHOR_CLICK", "LOCAL_HTML_AREA", "LOCAL_FORM_MAILTO")
+        ours = self._hits_against_spamassassin(local_cf, cases, names)
+        # What the cases are there for, beyond agreeing.
+        self.assertIn("HTML_SHORT_LINK_IMG_1", ours["short-linked-image"])
+        self.assertIn("LOCAL_HTML_AREA", ours["short-linked-image"])
+        self.assertIn("HTML_SHORT_CENTER", ours["short-center"])
+        self.assertIn("HTML_TITLE_SUBJ_DIFF", ours["long-title"])
+        self.assertTrue({"HTML_FONT_FACE_BAD", "HTML_EMBEDS", "LOCAL_ANCHOR_CLICK", "LOCAL_FORM_MAILTO"}
+                        <= ours["bad-face-embed"])
+        self.assertEqual(ours["long-plain"] & {"HTML_SHORT_CENTER", "HTML_SHORT_LINK_IMG_1", "HTML_FONT_FACE_BAD"},
+                         set())
+
     def test_capture_templates_as_spamassassin_runs_them(self):
         """Tags captured by named groups (`(?<NAME>...)`) and put into other rules' patterns
         (`%{NAME}`): the stock ruleset's To-address uri rules and local ones of every kind,

@@ -224,6 +224,27 @@ pub enum Call {
         /// Upper bound (inclusive).
         max: f64,
     },
+    /// `html_test('embeds'|'font_face_bad'|'form_action_mailto')`: a flag of an HTML part.
+    HtmlTest(HtmlFlag),
+    /// `html_eval('test', 'OP N')`: a value of an HTML part compared with a number.
+    HtmlEval {
+        /// Which value.
+        test: HtmlValue,
+        /// `==`, `!=`, `<`, `<=`, `>`, `>=`.
+        op: String,
+        /// The number compared with.
+        n: f64,
+    },
+    /// `html_title_subject_ratio(ratio)`: an HTML part's longest title is more than `ratio`
+    /// times as long as the Subject.
+    HtmlTitleSubjectRatio(f64),
+    /// `html_image_ratio(min, max)`: non-space rendered characters per pixel of image area.
+    HtmlImageRatio {
+        /// Lower bound (exclusive).
+        min: f64,
+        /// Upper bound (inclusive).
+        max: f64,
+    },
     /// `html_range('closed_extra_ratio'|'bad_tag_ratio'|'non_element_ratio'|'length', min,
     /// max)`: min < value <= max (`inf` for no upper bound).
     HtmlRange {
@@ -258,8 +279,8 @@ pub enum Call {
     Image(ImageTest),
     /// `html_text_match('comment'|'title', 'regex')`: an HTML part's comment or title matches.
     HtmlTextMatch {
-        /// Titles rather than comments.
-        title: bool,
+        /// Which texts: comments, titles or links' texts.
+        texts: HtmlTexts,
         /// The pattern, as Perl reads it.
         pattern: std::sync::Arc<pcre2::bytes::Regex>,
     },
@@ -388,7 +409,29 @@ pub enum MimeTest {
     PartLimitExceeded,
 }
 
-/// The HTML statistics `html_range` reads.
+/// The texts of an HTML part `html_text_match` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HtmlTexts {
+    /// Its comments as written (`comment`).
+    Comment,
+    /// Its titles (`title`).
+    Title,
+    /// Its links' texts (`anchor`).
+    Anchor,
+}
+
+/// The flags of an HTML part `html_test` reads (besides `html`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HtmlFlag {
+    /// An `object` or `embed` tag.
+    Embeds,
+    /// A `font` face that is not a list of font names.
+    FontFaceBad,
+    /// A form posting to a `mailto:` address.
+    FormActionMailto,
+}
+
+/// The HTML statistics `html_range` and `html_eval` read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HtmlValue {
     /// Closing tags with no open one, per tag.
@@ -401,6 +444,60 @@ pub enum HtmlValue {
     Length,
     /// Words split by markup, per tag.
     ObfuscationRatio,
+    /// Pixels of images with a width and a height.
+    ImageArea,
+    /// Characters of the rendered text that are not white space.
+    NonSpaceLen,
+}
+
+impl HtmlValue {
+    /// The value named as `HTML.pm`'s results name it.
+    fn named(name: &str) -> Option<HtmlValue> {
+        Some(match name {
+            "closed_extra_ratio" => HtmlValue::ClosedExtraRatio,
+            "bad_tag_ratio" => HtmlValue::BadTagRatio,
+            "non_element_ratio" => HtmlValue::NonElementRatio,
+            "length" => HtmlValue::Length,
+            "obfuscation_ratio" => HtmlValue::ObfuscationRatio,
+            "image_area" => HtmlValue::ImageArea,
+            "non_space_len" => HtmlValue::NonSpaceLen,
+            _ => return None,
+        })
+    }
+
+    /// Its value for a part of `len` characters with these tags; `None` where `HTML.pm` leaves
+    /// it undefined.
+    fn of(self, len: usize, t: &super::sa_html::Tags) -> Option<f64> {
+        match self {
+            HtmlValue::ClosedExtraRatio => t.closed_extra_ratio(),
+            HtmlValue::BadTagRatio => t.bad_tag_ratio(),
+            HtmlValue::NonElementRatio => t.non_element_ratio(),
+            HtmlValue::Length => Some(len as f64),
+            HtmlValue::ObfuscationRatio => t.obfuscation_ratio(),
+            HtmlValue::ImageArea => Some(t.image_area as f64),
+            HtmlValue::NonSpaceLen => Some(t.non_space_len as f64),
+        }
+    }
+}
+
+/// A comparison `html_eval` and `html_tag_balance` make.
+fn compare<T: PartialOrd>(v: T, op: &str, n: T) -> bool {
+    match op {
+        "==" => v == n,
+        "!=" => v != n,
+        "<" => v < n,
+        "<=" => v <= n,
+        ">" => v > n,
+        _ => v >= n,
+    }
+}
+
+/// `'OP N'` as `html_eval` and `html_tag_balance` take it: the operator and the number.
+fn comparison<T: std::str::FromStr>(expr: &str) -> Option<(String, T)> {
+    let expr = expr.trim();
+    let op: String = expr.chars().take_while(|c| "<>=!".contains(*c)).collect();
+    let n = expr[op.len()..].trim().parse().ok()?;
+    matches!(op.as_str(), "==" | "!=" | "<" | "<=" | ">" | ">=").then_some((op, n))
 }
 
 /// One authentication result an eval rule asks about.
@@ -1029,34 +1126,49 @@ impl Call {
                     }
                 }))
             }
-            "html_text_match" if matches!(arg(0), "comment" | "title") => {
+            "html_text_match" => {
+                let texts = match arg(0) {
+                    "comment" => HtmlTexts::Comment,
+                    "title" => HtmlTexts::Title,
+                    "anchor" => HtmlTexts::Anchor,
+                    _ => return None,
+                };
                 let pattern = pcre2::bytes::RegexBuilder::new().build(arg(1)).ok()?;
                 Some(Call::HtmlTextMatch {
-                    title: arg(0) == "title",
+                    texts,
                     pattern: std::sync::Arc::new(pattern),
                 })
             }
+            "html_test" => Some(Call::HtmlTest(match arg(0) {
+                "embeds" => HtmlFlag::Embeds,
+                "font_face_bad" => HtmlFlag::FontFaceBad,
+                "form_action_mailto" => HtmlFlag::FormActionMailto,
+                _ => return None,
+            })),
+            "html_eval" => {
+                let test = HtmlValue::named(arg(0))?;
+                // `^[<>=!\-+ 0-9]+$`, evaluated as Perl code after the value: the comparisons
+                // of one number are what rules write.
+                let (op, n) = comparison(arg(1))?;
+                Some(Call::HtmlEval { test, op, n })
+            }
+            "html_title_subject_ratio" => {
+                Some(Call::HtmlTitleSubjectRatio(arg(0).trim().parse().ok()?))
+            }
+            "html_image_ratio" => Some(Call::HtmlImageRatio {
+                min: arg(0).trim().parse().ok()?,
+                max: arg(1).trim().parse().ok()?,
+            }),
             "html_tag_balance" => {
-                let expr = arg(1).trim();
-                let op: String = expr.chars().take_while(|c| "<>=!".contains(*c)).collect();
-                let n = expr[op.len()..].trim().parse().ok()?;
-                matches!(op.as_str(), "==" | "!=" | "<" | "<=" | ">" | ">=").then(|| {
-                    Call::HtmlTagBalance {
-                        tag: arg(0).to_ascii_lowercase(),
-                        op,
-                        n,
-                    }
+                let (op, n) = comparison(arg(1))?;
+                Some(Call::HtmlTagBalance {
+                    tag: arg(0).to_ascii_lowercase(),
+                    op,
+                    n,
                 })
             }
             "html_range" => Some(Call::HtmlRange {
-                test: match arg(0) {
-                    "closed_extra_ratio" => HtmlValue::ClosedExtraRatio,
-                    "bad_tag_ratio" => HtmlValue::BadTagRatio,
-                    "non_element_ratio" => HtmlValue::NonElementRatio,
-                    "length" => HtmlValue::Length,
-                    "obfuscation_ratio" => HtmlValue::ObfuscationRatio,
-                    _ => return None,
-                },
+                test: HtmlValue::named(arg(0))?,
                 min: arg(1).parse().ok()?,
                 max: if arg(2) == "inf" || a.len() < 3 {
                     None
@@ -1780,28 +1892,43 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         Call::HtmlTagExists(tag) => html_parts(input)
             .iter()
             .any(|(_, t)| t.inside.contains_key(tag)),
-        Call::HtmlTagBalance { tag, op, n } => html_parts(input).iter().any(|(_, t)| {
-            t.inside.get(tag).is_some_and(|&v| match op.as_str() {
-                "==" => v == *n,
-                "!=" => v != *n,
-                "<" => v < *n,
-                "<=" => v <= *n,
-                ">" => v > *n,
-                _ => v >= *n,
-            })
+        Call::HtmlTagBalance { tag, op, n } => html_parts(input)
+            .iter()
+            .any(|(_, t)| t.inside.get(tag).is_some_and(|&v| compare(v, op, *n))),
+        Call::HtmlTest(flag) => html_parts(input).iter().any(|(_, t)| match flag {
+            HtmlFlag::Embeds => t.embeds,
+            HtmlFlag::FontFaceBad => t.font_face_bad,
+            HtmlFlag::FormActionMailto => t.form_action_mailto,
+        }),
+        Call::HtmlEval { test, op, n } => html_parts(input)
+            .iter()
+            .any(|(len, t)| test.of(*len, t).is_some_and(|v| compare(v, op, *n))),
+        Call::HtmlTitleSubjectRatio(ratio) => {
+            // `$pms->get('Subject')`, its final newline counted, as `length` counts it.
+            let subject = text(header_value(input.headers, "Subject", None));
+            let subject_len = subject.chars().count();
+            subject_len > 0
+                && html_parts(input).iter().any(|(_, t)| {
+                    let longest = t
+                        .titles
+                        .iter()
+                        .filter(|s| !s.is_empty() && s.as_str() != "0")
+                        .map(|s| s.chars().count())
+                        .max()
+                        .unwrap_or(0);
+                    longest as f64 / subject_len as f64 > *ratio
+                })
+        }
+        Call::HtmlImageRatio { min, max } => html_parts(input).iter().any(|(_, t)| {
+            let ratio = t.non_space_len as f64 / t.image_area as f64;
+            t.image_area > 0 && ratio > *min && ratio <= *max
         }),
         Call::HtmlImageOnly { min, max } => html_parts(input).iter().any(|(len, t)| {
             t.inside.contains_key("img") && (*len as f64) > *min && (*len as f64) <= *max
         }),
         Call::HtmlRange { test, min, max } => html_parts(input).iter().any(|(len, t)| {
-            let v = match test {
-                HtmlValue::ClosedExtraRatio => t.closed_extra_ratio(),
-                HtmlValue::BadTagRatio => t.bad_tag_ratio(),
-                HtmlValue::NonElementRatio => t.non_element_ratio(),
-                HtmlValue::Length => Some(*len as f64),
-                HtmlValue::ObfuscationRatio => t.obfuscation_ratio(),
-            };
-            v.is_some_and(|v| v > *min && max.is_none_or(|m| v <= m))
+            test.of(*len, t)
+                .is_some_and(|v| v > *min && max.is_none_or(|m| v <= m))
         }),
         Call::MimeAnomaly(name) => input.msg.anomalies.iter().any(|a| a.name() == name),
         Call::Relay(t) => super::relays::run(
@@ -1812,8 +1939,12 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         ),
         Call::Faraway(w) => faraway(*w, input),
         Call::Image(t) => image_test(t, input),
-        Call::HtmlTextMatch { title, pattern } => html_parts(input).iter().any(|(_, t)| {
-            let texts = if *title { &t.titles } else { &t.comments };
+        Call::HtmlTextMatch { texts, pattern } => html_parts(input).iter().any(|(_, t)| {
+            let texts = match texts {
+                HtmlTexts::Comment => &t.comments,
+                HtmlTexts::Title => &t.titles,
+                HtmlTexts::Anchor => &t.anchor_texts,
+            };
             texts
                 .iter()
                 .any(|s| pattern.is_match(s.as_bytes()).unwrap_or(false))

@@ -42,6 +42,8 @@ enum Event<'a> {
     Comment(&'a str),
     /// The content of a `<title>`, as written.
     Title(&'a str),
+    /// Text displayed (entities decoded), as `html_text` gets it.
+    Text(&'a str),
 }
 
 /// What `HTML.pm` counts of an HTML part's tags, for HTMLEval's tests.
@@ -71,6 +73,20 @@ pub struct Tags {
     pub uris: Vec<String>,
     /// Those of them an `a` tag links to (`types` `a`), as often as linked.
     pub anchors: Vec<String>,
+    /// Each `a` tag's text (`anchor`, for `html_text_match`), with `<img>\n` for each image
+    /// inside it.
+    pub anchor_texts: Vec<String>,
+    /// The area of the images with a width and a height (`image_area`): pixels, a percentage
+    /// of an 800x600 screen, 200 for a side that is not a number.
+    pub image_area: u64,
+    /// Characters of the rendered text that are not white space (`non_space_len`).
+    pub non_space_len: usize,
+    /// An `object` or `embed` tag (`embeds`).
+    pub embeds: bool,
+    /// A `font` tag whose `face` is not a list of font names (`font_face_bad`).
+    pub font_face_bad: bool,
+    /// A `form` whose `action` is a `mailto:` (`form_action_mailto`).
+    pub form_action_mailto: bool,
 }
 
 /// The elements `HTML.pm` counts (strict, loose and a few non-standard ones).
@@ -293,15 +309,25 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
     let mut links = Links::default();
     // `s/<(\w+)\s*\/>/<$1>/gi` only changes `<br/>` to `<br>`: the same tag either way.
     let (text, obfuscation) = render_with(html, &mut |ev| {
-        let (name, closing, element) = match ev {
+        let (name, closing, element, attrs) = match ev {
             Event::Tag(name, closing, attrs, kind) => {
                 if !closing && kind.uri {
                     links.tag(name, attrs);
                 }
-                (name, closing, kind.element)
+                (name, closing, kind.element, attrs)
             }
             Event::Comment(c) => return t.comments.push(c.to_string()),
             Event::Title(text) => return t.titles.push(decode_entities(text).into_owned()),
+            Event::Text(text) => {
+                // `html_text`: text inside a link is also the link's text (nested links not
+                // told apart).
+                if t.inside.get("a").is_some_and(|&n| n > 0) {
+                    if let Some(last) = t.anchor_texts.last_mut() {
+                        last.push_str(text);
+                    }
+                }
+                return;
+            }
         };
         if name.is_empty() {
             return;
@@ -310,7 +336,8 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
             Some(e) => (e, false),
             None => (t.inside.entry(name.to_string()).or_insert(0), true),
         };
-        if element || office_namespace(name) {
+        let namespace = office_namespace(name);
+        if element || namespace {
             t.elements += 1;
             t.elements_seen += u32::from(new);
         }
@@ -321,8 +348,12 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
             *e = 0;
             t.closed_extra += 1;
         }
+        if !closing && !namespace && (element || TRICKS.contains(&name)) {
+            html_tests(&mut t, name, attrs);
+        }
     });
     t.obfuscation = obfuscation;
+    t.non_space_len = text.chars().filter(|c| !c.is_whitespace()).count();
     t.uris = links.found.list;
     t.anchors = links.anchors;
     for name in ["style", "script"] {
@@ -335,6 +366,70 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
         }
     }
     (text, t)
+}
+
+/// Tags `HTML.pm` renders without counting them as elements (`%tricks`).
+const TRICKS: &[&str] = &["bgsound", "embed", "listing", "plaintext", "xmp"];
+
+/// `html_tests` for an opening tag (`name` in lower case, `attrs` as written), after its count.
+fn html_tests(t: &mut Tags, name: &str, attrs: &str) {
+    // The first attribute of a name, entities decoded; a bare one is its own value.
+    let get = |key: &'static str| {
+        attributes(attrs, true)
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| decode_entities(v.unwrap_or(key)))
+    };
+    match name {
+        "font" => {
+            static FACE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+            let face = FACE.get_or_init(|| {
+                regex::Regex::new(
+                    r#"(?i)^\s*["'.]?[a-z ][a-z -]*[a-z]\d?["']?(?:,\s*["']?[a-z][a-z -]*[a-z]\d?["']?)*;?\n?\z"#,
+                )
+                .expect("a valid pattern")
+            });
+            if get("face").is_some_and(|f| !face.is_match(&f)) {
+                t.font_face_bad = true;
+            }
+        }
+        "img" => {
+            if t.inside.get("a").is_some_and(|&n| n > 0) {
+                if let Some(last) = t.anchor_texts.last_mut() {
+                    last.push_str("<img>\n");
+                }
+            }
+            if let (Some(w), Some(h)) = (get("width"), get("height")) {
+                // `/^(\d+)(\%)?$/`, a percentage of an 800x600 screen; 200 otherwise.
+                let side = |v: &str, per_cent: u64| {
+                    let v = v.strip_suffix('\n').unwrap_or(v);
+                    let (digits, pc) = match v.strip_suffix('%') {
+                        Some(d) => (d, true),
+                        None => (v, false),
+                    };
+                    let n = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                        digits.parse::<u64>().unwrap_or(u64::MAX / 2)
+                    } else {
+                        0
+                    };
+                    let n = if pc { n.saturating_mul(per_cent) } else { n };
+                    if n == 0 {
+                        200
+                    } else {
+                        n
+                    }
+                };
+                t.image_area = t
+                    .image_area
+                    .saturating_add(side(&w, 8).saturating_mul(side(&h, 6)));
+            }
+        }
+        "form" if get("action").is_some_and(|a| a.to_ascii_lowercase().contains("mailto:")) => {
+            t.form_action_mailto = true;
+        }
+        "object" | "embed" => t.embeds = true,
+        "a" => t.anchor_texts.push(String::new()),
+        _ => {}
+    }
 }
 
 /// `s/&nbsp;/ /g` and curly double quotes (U+201C, U+201D) made straight, in one pass that
@@ -405,7 +500,7 @@ fn render_with(html: &str, event: &mut dyn FnMut(Event<'_>)) -> (String, u32) {
             i += 1;
             continue;
         }
-        obfuscation += flush_text(&html[text_start..i], &mut pieces);
+        obfuscation += flush_text(&html[text_start..i], &mut pieces, event);
         if b[i..].starts_with(b"<!--") {
             // A comment never closed by `-->` ends at the next `>`, as HTML::Parser has it.
             let start = i;
@@ -464,6 +559,7 @@ fn render_with(html: &str, event: &mut dyn FnMut(Event<'_>)) -> (String, u32) {
                 "xmp" | "plaintext" | "textarea" | "iframe" | "title"
             ) {
                 display(&mut pieces, &html[i..content_end], false);
+                event(Event::Text(&html[i..content_end]));
             }
             if name == "title" {
                 event(Event::Title(&html[i..content_end]));
@@ -472,17 +568,18 @@ fn render_with(html: &str, event: &mut dyn FnMut(Event<'_>)) -> (String, u32) {
         }
         text_start = i;
     }
-    obfuscation += flush_text(&html[text_start.min(b.len())..], &mut pieces);
+    obfuscation += flush_text(&html[text_start.min(b.len())..], &mut pieces, event);
     (pieces.text, obfuscation)
 }
 
 /// A text run between tags, displayed; 1 when it continues a word the last piece ended (both
 /// sides a character that is neither white space nor ASCII punctuation), else 0.
-fn flush_text(raw: &str, pieces: &mut Pieces) -> u32 {
+fn flush_text(raw: &str, pieces: &mut Pieces, event: &mut dyn FnMut(Event<'_>)) -> u32 {
     if raw.is_empty() {
         return 0;
     }
     let t = decode_entities(raw);
+    event(Event::Text(&t));
     let wordish = |c: char| !(c.is_ascii_whitespace() || c == '\x0b' || c.is_ascii_punctuation());
     let split = t.chars().next().is_some_and(wordish)
         && pieces
@@ -1101,6 +1198,47 @@ mod tests {
         assert_eq!(t.bad_tag_ratio(), Some(2.0 / 8.0));
         // Seen: html, blink, b, i, o:p; blink alone is no element.
         assert_eq!(t.non_element_ratio(), Some(1.0 / 5.0));
+    }
+
+    #[test]
+    fn html_tests_record_what_html_pm_records() {
+        let t = tags(
+            "<a href=x>Click <b>here</b><img src=i.gif></a> then <img width=10 height=50%> \
+             <a>plain</a><img>",
+        );
+        assert_eq!(t.anchor_texts, ["Click here<img>\n", "plain"]);
+        // 10 pixels wide, half of a 600-pixel screen high.
+        assert_eq!(t.image_area, 10 * 300);
+        assert_eq!(tags("<img width=x height=0>").image_area, 200 * 200);
+        assert_eq!(tags("<img width=5>").image_area, 0);
+        // Entities decoded in a link's text; script text is not its text.
+        let t = tags("<a href=y>&lt;img&gt;<script>x</script></a>");
+        assert_eq!(t.anchor_texts, ["<img>"]);
+        assert!(!t.embeds && !t.font_face_bad && !t.form_action_mailto);
+        assert!(tags("<object data=a></object>").embeds);
+        assert!(tags("<embed src=a>").embeds);
+        assert!(tags("<form action='MAILTO:a@b.example'>").form_action_mailto);
+        assert!(!tags("<form action='/post'>").form_action_mailto);
+        for ok in [
+            "<font face=\"Tahoma\", Verdana, Arial, sans-serif>",
+            "<font face='Montserrat', sans-serif>",
+            "<font face=\"Arial,Helvetica,Sans-Serif;\">",
+            "<font face=.SFUIDisplay>",
+            "<font face=hirakakupro-w3>",
+            "<font color=red>",
+            // A bare attribute's value is its name.
+            "<font face>",
+        ] {
+            assert!(!tags(ok).font_face_bad, "{ok}");
+        }
+        for bad in ["<font face=\"\">", "<font face=\"Arial 12pt\">"] {
+            assert!(tags(bad).font_face_bad, "{bad}");
+        }
+        // Non-space characters of the rendered text: "a", "b&c" and the title.
+        assert_eq!(
+            tags("<title>T</title><p>a  b&amp;c</p>\u{a0}").non_space_len,
+            5
+        );
     }
 
     #[test]
