@@ -933,8 +933,9 @@ class RulesInTheGateway(unittest.TestCase):
 
     def test_html_evals_as_spamassassin_runs_them(self):
         """HTMLEval's tests of an HTML part (a linked image, the part's length, the title
-        against the Subject, font faces, embedded objects, text per image area) and the stock
-        metas over them, mxgate's hits against SpamAssassin's on the same messages."""
+        against the Subject, font faces, embedded objects, text per image area, text in its
+        background's colour or an invalid one, font sizes) and the stock metas over them,
+        mxgate's hits against SpamAssassin's on the same messages."""
         local_cf = ("body LOCAL_ANCHOR_CLICK eval:html_text_match('anchor', '(?i)click here')\n"
                     "score LOCAL_ANCHOR_CLICK 0.1\n"
                     "body LOCAL_HTML_AREA eval:html_eval('image_area', '>= 100000')\n"
@@ -960,11 +961,18 @@ class RulesInTheGateway(unittest.TestCase):
                                   "<a href=http://e2e-test.com/>Click here</a>"
                                   "<form action='mailto:a@e2e.test'></form>" + filler + "</body></html>"),
             "long-plain": msg("<html><body>" + filler + "<img src=x.gif width=20 height=20></body></html>"),
+            "hidden-text": msg("<html><body>" + filler + "<table><tr><td style='background-color: #ffffff'>"
+                               "<font color='#fefefe' size=7>hidden words</font><td>shown</td></tr></table>"
+                               "<span style='color: bluish'>odd</span></body></html>"),
+            "big-font": msg("<html><body>" + filler + "<basefont size=4><font size=+2>Big</font>"
+                            "<div style='color: rgb(250,250,250); background: #fff url(x.png)'>faint</div>"
+                            "</body></html>"),
         }
         names = ("HTML_SHORT_LINK_IMG_1", "HTML_SHORT_LINK_IMG_2", "HTML_SHORT_LINK_IMG_3", "HTML_SHORT_CENTER",
                  "HTML_TITLE_SUBJ_DIFF", "HTML_FONT_FACE_BAD", "HTML_EMBEDS", "HTML_IMAGE_RATIO_02",
                  "HTML_IMAGE_RATIO_04", "HTML_IMAGE_RATIO_06", "HTML_IMAGE_RATIO_08", "HTML_IMAGE_ONLY_04",
-                 "LOCAL_ANCHOR_CLICK", "LOCAL_HTML_AREA", "LOCAL_FORM_MAILTO")
+                 "LOCAL_ANCHOR_CLICK", "LOCAL_HTML_AREA", "LOCAL_FORM_MAILTO", "HTML_FONT_LOW_CONTRAST",
+                 "T_KAM_HTML_FONT_INVALID", "HTML_FONT_SIZE_LARGE", "HTML_FONT_SIZE_HUGE")
         ours = self._hits_against_spamassassin(local_cf, cases, names)
         # What the cases are there for, beyond agreeing.
         self.assertIn("HTML_SHORT_LINK_IMG_1", ours["short-linked-image"])
@@ -973,8 +981,11 @@ class RulesInTheGateway(unittest.TestCase):
         self.assertIn("HTML_TITLE_SUBJ_DIFF", ours["long-title"])
         self.assertTrue({"HTML_FONT_FACE_BAD", "HTML_EMBEDS", "LOCAL_ANCHOR_CLICK", "LOCAL_FORM_MAILTO"}
                         <= ours["bad-face-embed"])
-        self.assertEqual(ours["long-plain"] & {"HTML_SHORT_CENTER", "HTML_SHORT_LINK_IMG_1", "HTML_FONT_FACE_BAD"},
-                         set())
+        self.assertEqual(ours["long-plain"] & {"HTML_SHORT_CENTER", "HTML_SHORT_LINK_IMG_1", "HTML_FONT_FACE_BAD",
+                                               "HTML_FONT_LOW_CONTRAST", "HTML_FONT_SIZE_HUGE"}, set())
+        self.assertTrue({"HTML_FONT_LOW_CONTRAST", "T_KAM_HTML_FONT_INVALID", "HTML_FONT_SIZE_HUGE"}
+                        <= ours["hidden-text"])
+        self.assertTrue({"HTML_FONT_LOW_CONTRAST", "HTML_FONT_SIZE_LARGE"} <= ours["big-font"])
 
     def test_capture_templates_as_spamassassin_runs_them(self):
         """Tags captured by named groups (`(?<NAME>...)`) and put into other rules' patterns

@@ -429,6 +429,10 @@ pub enum HtmlFlag {
     FontFaceBad,
     /// A form posting to a `mailto:` address.
     FormActionMailto,
+    /// Text in (nearly) its background's colour.
+    FontLowContrast,
+    /// Text in a colour that is not one.
+    FontInvalidColor,
 }
 
 /// The HTML statistics `html_range` and `html_eval` read.
@@ -448,6 +452,10 @@ pub enum HtmlValue {
     ImageArea,
     /// Characters of the rendered text that are not white space.
     NonSpaceLen,
+    /// The largest font size set.
+    MaxSize,
+    /// The smallest font size set.
+    MinSize,
 }
 
 impl HtmlValue {
@@ -461,6 +469,8 @@ impl HtmlValue {
             "obfuscation_ratio" => HtmlValue::ObfuscationRatio,
             "image_area" => HtmlValue::ImageArea,
             "non_space_len" => HtmlValue::NonSpaceLen,
+            "max_size" => HtmlValue::MaxSize,
+            "min_size" => HtmlValue::MinSize,
             _ => return None,
         })
     }
@@ -476,6 +486,8 @@ impl HtmlValue {
             HtmlValue::ObfuscationRatio => t.obfuscation_ratio(),
             HtmlValue::ImageArea => Some(t.image_area as f64),
             HtmlValue::NonSpaceLen => Some(t.non_space_len as f64),
+            HtmlValue::MaxSize => Some(t.max_size as f64),
+            HtmlValue::MinSize => Some(t.min_size as f64),
         }
     }
 }
@@ -1143,6 +1155,8 @@ impl Call {
                 "embeds" => HtmlFlag::Embeds,
                 "font_face_bad" => HtmlFlag::FontFaceBad,
                 "form_action_mailto" => HtmlFlag::FormActionMailto,
+                "font_low_contrast" => HtmlFlag::FontLowContrast,
+                "font_invalid_color" => HtmlFlag::FontInvalidColor,
                 _ => return None,
             })),
             "html_eval" => {
@@ -1899,6 +1913,8 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             HtmlFlag::Embeds => t.embeds,
             HtmlFlag::FontFaceBad => t.font_face_bad,
             HtmlFlag::FormActionMailto => t.form_action_mailto,
+            HtmlFlag::FontLowContrast => t.font_low_contrast,
+            HtmlFlag::FontInvalidColor => t.font_invalid_color,
         }),
         Call::HtmlEval { test, op, n } => html_parts(input)
             .iter()

@@ -87,6 +87,14 @@ pub struct Tags {
     pub font_face_bad: bool,
     /// A `form` whose `action` is a `mailto:` (`form_action_mailto`).
     pub form_action_mailto: bool,
+    /// Text shown in (nearly) its background's colour (`font_low_contrast`).
+    pub font_low_contrast: bool,
+    /// Text shown in a colour that is not one (`font_invalid_color`).
+    pub font_invalid_color: bool,
+    /// The largest and smallest font sizes set (`max_size`, `min_size`).
+    pub max_size: i64,
+    /// See `max_size`.
+    pub min_size: i64,
 }
 
 /// The elements `HTML.pm` counts (strict, loose and a few non-standard ones).
@@ -307,6 +315,7 @@ pub fn tags(html: &str) -> Tags {
 pub fn render_and_tags(html: &str) -> (String, Tags) {
     let mut t = Tags::default();
     let mut links = Links::default();
+    let mut styles = super::sa_style::Styles::default();
     // `s/<(\w+)\s*\/>/<$1>/gi` only changes `<br/>` to `<br>`: the same tag either way.
     let (text, obfuscation) = render_with(html, &mut |ev| {
         let (name, closing, element, attrs) = match ev {
@@ -319,6 +328,7 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
             Event::Comment(c) => return t.comments.push(c.to_string()),
             Event::Title(text) => return t.titles.push(decode_entities(text).into_owned()),
             Event::Text(text) => {
+                styles.text(text);
                 // `html_text`: text inside a link is also the link's text (nested links not
                 // told apart).
                 if t.inside.get("a").is_some_and(|&n| n > 0) {
@@ -348,11 +358,17 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
             *e = 0;
             t.closed_extra += 1;
         }
+        if element && !namespace && super::sa_style::changes_style(name) {
+            styles.tag(name, closing, attrs);
+        }
         if !closing && !namespace && (element || TRICKS.contains(&name)) {
             html_tests(&mut t, name, attrs);
         }
     });
     t.obfuscation = obfuscation;
+    t.font_low_contrast = styles.low_contrast;
+    t.font_invalid_color = styles.invalid_color;
+    (t.max_size, t.min_size) = (styles.max_size, styles.min_size);
     t.non_space_len = text.chars().filter(|c| !c.is_whitespace()).count();
     t.uris = links.found.list;
     t.anchors = links.anchors;
