@@ -700,6 +700,86 @@ mod tests {
         assert!(!s.low_contrast && !s.invalid_color);
     }
 
+    /// Markup made of the pieces the style code reads, in random order and number: no panic,
+    /// and the stack never loses the document's default.
+    #[test]
+    fn any_markup_is_followed_without_panicking() {
+        let pieces = [
+            "<font color=",
+            "<font size=",
+            "+",
+            "-",
+            "9",
+            "99999999999999999999",
+            "</font>",
+            "<td>",
+            "<th bgcolor=red>",
+            "</td>",
+            "<tr>",
+            "</tr>",
+            "<big>",
+            "<small>",
+            "<basefont size=",
+            "<span style='",
+            "<div style=\"",
+            "color:",
+            "background-color:",
+            "background:",
+            " rgb(",
+            "%",
+            ",",
+            ")",
+            "url(\"",
+            "'",
+            "\"",
+            ";",
+            "!important",
+            "transparent",
+            "inherit",
+            "#",
+            "abc",
+            "fff",
+            "white",
+            "display:none",
+            ">",
+            "</span>",
+            "</div>",
+            "<body text=",
+            "</body>",
+            "text ",
+            "\u{a0}",
+            "\u{c2}\u{a0}",
+            "\n",
+            "<p>",
+            "é",
+        ];
+        let mut next = mxgate_core::xorshift();
+        let mut judged = 0;
+        for _ in 0..3_000 {
+            let n = next() % 40;
+            let html: String = (0..n)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect();
+            let t = crate::rules::sa_html::tags(&html);
+            judged += usize::from(t.font_low_contrast || t.font_invalid_color);
+            let mut s = Styles::default();
+            for (i, part) in html.split('<').enumerate() {
+                let name: String = part
+                    .chars()
+                    .take_while(char::is_ascii_alphanumeric)
+                    .collect();
+                if i > 0 && changes_style(&name) {
+                    s.tag(&name, false, &part[name.len()..]);
+                    s.tag(&name, true, "");
+                }
+                s.text(part);
+            }
+            assert!(!s.stack.is_empty(), "{html:?}");
+        }
+        // The pieces reach both judgements often.
+        assert!(judged > 300, "{judged}");
+    }
+
     #[test]
     fn sizes_followed_as_html_pm_follows_them() {
         let s = styles(&[("font", false, " size=7")], "");
