@@ -987,6 +987,46 @@ class RulesInTheGateway(unittest.TestCase):
                         <= ours["hidden-text"])
         self.assertTrue({"HTML_FONT_LOW_CONTRAST", "HTML_FONT_SIZE_LARGE"} <= ours["big-font"])
 
+    def test_relay_checked_welcomelists_as_spamassassin_reads_them(self):
+        """`welcomelist_from_rcvd` and `def_welcomelist_from_rcvd` (a sender welcome only when
+        the relay that handed the message over is the one named: a name its reverse DNS ends
+        in, a network, a classful prefix), `welcomelist_allows_relays`, and the forgery checks,
+        mxgate's hits against SpamAssassin's on the same messages."""
+        local_cf = ("welcomelist_from_rcvd *@sender.e2e-test.com sender.e2e-test.com\n"
+                    "welcomelist_from_rcvd boss@corp.e2e-test.com [64.233]\n"
+                    "def_welcomelist_from_rcvd news@shop.e2e-test.com [64.233.160.0/19]\n"
+                    "welcomelist_allows_relays roam@sender.e2e-test.com\n"
+                    "header LOCAL_FORGED_WL eval:check_forged_in_welcomelist()\n"
+                    "score LOCAL_FORGED_WL 0.1\n"
+                    "header LOCAL_FORGED_DEF_WL eval:check_forged_in_default_welcomelist()\n"
+                    "score LOCAL_FORGED_DEF_WL 0.1\n")
+
+        def msg(frm, relay_name, relay_ip):
+            received = (f"Received: from {relay_name} ({relay_name} [{relay_ip}])\r\n"
+                        f"\tby mx.e2e.test (Postfix) with ESMTP id 4AbC123;\r\n"
+                        f"\tMon, 2 Jun 2025 10:00:00 +0000 (UTC)\r\n") if relay_ip else ""
+            return plain_message("news", "Hello there.", frm=frm, extra=received)
+
+        cases = {
+            "rdns-match": msg("a@sender.e2e-test.com", "mail.sender.e2e-test.com", "64.233.160.25"),
+            "rdns-forged": msg("a@sender.e2e-test.com", "evil.e2e-spam.net", "203.0.113.9"),
+            "allowed-relay": msg("roam@sender.e2e-test.com", "evil.e2e-spam.net", "203.0.113.9"),
+            "classful": msg("boss@corp.e2e-test.com", "out.corp.e2e-test.com", "64.233.170.25"),
+            "def-network": msg("news@shop.e2e-test.com", "out.shop.e2e-test.com", "64.233.170.25"),
+            "def-forged": msg("news@shop.e2e-test.com", "out.shop.e2e-test.com", "203.0.113.9"),
+            "no-received": msg("a@sender.e2e-test.com", None, None),
+        }
+        names = ("USER_IN_WELCOMELIST", "USER_IN_DEF_WELCOMELIST", "LOCAL_FORGED_WL", "LOCAL_FORGED_DEF_WL")
+        ours = self._hits_against_spamassassin(local_cf, cases, names)
+        # What the cases are there for, beyond agreeing.
+        self.assertEqual(ours["rdns-match"], {"USER_IN_WELCOMELIST"})
+        self.assertEqual(ours["rdns-forged"], {"LOCAL_FORGED_WL"})
+        self.assertEqual(ours["allowed-relay"], set())
+        self.assertEqual(ours["classful"], {"USER_IN_WELCOMELIST"})
+        self.assertEqual(ours["def-network"], {"USER_IN_DEF_WELCOMELIST"})
+        self.assertEqual(ours["def-forged"], {"LOCAL_FORGED_DEF_WL"})
+        self.assertEqual(ours["no-received"], set())
+
     def test_capture_templates_as_spamassassin_runs_them(self):
         """Tags captured by named groups (`(?<NAME>...)`) and put into other rules' patterns
         (`%{NAME}`): the stock ruleset's To-address uri rules and local ones of every kind,

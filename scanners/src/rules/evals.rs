@@ -224,6 +224,20 @@ pub enum Call {
         /// Upper bound (inclusive).
         max: f64,
     },
+    /// `check_from_in_welcomelist()` (a sender on `welcomelist_from`, or on
+    /// `welcomelist_from_rcvd` and relayed by the host it names) or, with `def`,
+    /// `check_from_in_default_welcomelist()` (`def_welcomelist_from_rcvd`).
+    FromInWelcomelist {
+        /// The default list.
+        def: bool,
+    },
+    /// `check_forged_in_welcomelist()`, `check_forged_in_default_welcomelist()`: a sender
+    /// on the relay-checked list that came through another relay, and on neither list as
+    /// welcome.
+    ForgedInWelcomelist {
+        /// The default list.
+        def: bool,
+    },
     /// `html_test('embeds'|'font_face_bad'|'form_action_mailto')`: a flag of an HTML part.
     HtmlTest(HtmlFlag),
     /// `html_eval('test', 'OP N')`: a value of an HTML part compared with a number.
@@ -706,6 +720,144 @@ fn recipient_addrs<'a>(input: &'a EvalInput<'_>) -> &'a [String] {
     input.recipients.get_or_init(|| to_addrs(input.headers))
 }
 
+/// `_check_from_in_welcomelist` (or, with `def`, `_check_from_in_default_welcomelist`): 1 when
+/// a sender is welcome, -1 when one is on the relay-checked list but came through another relay
+/// (a forgery, unless `welcomelist_allows_relays` names it), 0 otherwise.
+fn welcomelisted(input: &EvalInput<'_>, def: bool) -> i8 {
+    let lists = input.addr_lists;
+    let (plain, rcvd) = if def {
+        (None, lists.rcvd("def_welcomelist_from_rcvd"))
+    } else {
+        (
+            Some("welcomelist_from"),
+            lists.rcvd("welcomelist_from_rcvd"),
+        )
+    };
+    let plain = plain.filter(|p| lists.has(p));
+    if plain.is_none() && rcvd.is_empty() {
+        return 0;
+    }
+    let mut found = 0;
+    for a in senders(input) {
+        if plain.is_some_and(|p| lists.contains(p, a)) {
+            return 1;
+        }
+        match relayed_as_listed(input, rcvd, a) {
+            1 => return 1,
+            -1 => found = -1,
+            _ => {}
+        }
+    }
+    found
+}
+
+/// `_check_welcomelist_rcvd`: whether `addr` matches an entry and the relay that handed the
+/// message over (the first untrusted one; the trusted ones when all are trusted) matches one
+/// of the entry's relays (1), matches an entry only (-1, 0 when `welcomelist_allows_relays`
+/// names it), or neither (0).
+fn relayed_as_listed(input: &EvalInput<'_>, list: &[super::load::RcvdEntry], addr: &str) -> i8 {
+    let r = input.relays;
+    let relays: &[super::relays::Relay] = if !r.untrusted.is_empty() {
+        &r.untrusted[..1]
+    } else {
+        &r.trusted
+    };
+    if relays.is_empty() {
+        return 0;
+    }
+    let addr = addr.to_lowercase();
+    let mut forged = 0;
+    for e in list.iter().filter(|e| e.pattern.is_match(&addr)) {
+        for want in &e.relays {
+            if relays.iter().any(|relay| relay_matches(want, relay)) {
+                return 1;
+            }
+            forged = -1;
+        }
+    }
+    if forged != 0
+        && input
+            .addr_lists
+            .contains("welcomelist_allows_relays", &addr)
+    {
+        forged = 0;
+    }
+    forged
+}
+
+/// Whether a relay is the one a `welcomelist_from_rcvd` entry names: `[ADDRESS]` (exact for a
+/// full IPv4 address, a prefix for a classful one, else a network with an optional `/len`
+/// inside or after the brackets), or a name its reverse DNS is or ends in.
+fn relay_matches(want: &str, relay: &super::relays::Relay) -> bool {
+    let bracketed = want.strip_prefix('[').and_then(|w| {
+        let (inside, after) = w.rsplit_once(']')?;
+        let len_ok = after.is_empty()
+            || after.strip_prefix('/').is_some_and(|l| {
+                (1..=3).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_digit())
+            });
+        len_ok.then(|| format!("{inside}{after}"))
+    });
+    let Some(net) = bracketed else {
+        let rdns = relay.lc_rdns();
+        return rdns == want
+            || rdns
+                .strip_suffix(want)
+                .is_some_and(|head| head.ends_with('.'));
+    };
+    let ip = relay.ip.as_str();
+    if ip.is_empty() {
+        return false;
+    }
+    let dotted = |s: &str, parts: usize| {
+        let p: Vec<&str> = s.split('.').collect();
+        p.len() == parts
+            && p.iter()
+                .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if dotted(&net, 4) {
+        return net == ip;
+    }
+    if !net.is_empty() && net.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        // A classful subnet: `10.1` is every address starting `10.1.`.
+        let prefix = format!("{}.", net.trim_end_matches('.'));
+        return ip.starts_with(&prefix);
+    }
+    in_network(&net, ip)
+}
+
+/// Whether `ip` is in `net` (`ADDRESS[/LEN]`, IPv4 or IPv6; a bare address is itself).
+fn in_network(net: &str, ip: &str) -> bool {
+    use std::net::IpAddr;
+    let (addr, len) = match net.split_once('/') {
+        Some((a, l)) => (a, l.parse::<u32>().ok()),
+        None => (net, None),
+    };
+    let (Ok(net_ip), Ok(ip)) = (addr.parse::<IpAddr>(), ip.parse::<IpAddr>()) else {
+        return false;
+    };
+    match (net_ip, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let len = len.unwrap_or(32);
+            len <= 32 && {
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let len = len.unwrap_or(128);
+            len <= 128 && {
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+        }
+        _ => false,
+    }
+}
+
 /// `all_from_addrs`: the first Resent-From's addresses when there is one, else those of
 /// From, Envelope-Sender, Resent-Sender, X-Envelope-From and the envelope sender; runs of dots
 /// squeezed, each once.
@@ -1012,7 +1164,16 @@ impl Call {
             "check_arc_valid" => Some(Call::Auth(AuthTest::ArcValid)),
             "check_for_missing_to_header" => Some(Call::MissingTo),
             "check_from_in_welcomelist" | "check_from_in_whitelist" => {
-                Some(Call::FromInList("welcomelist_from".into()))
+                Some(Call::FromInWelcomelist { def: false })
+            }
+            "check_from_in_default_welcomelist" | "check_from_in_default_whitelist" => {
+                Some(Call::FromInWelcomelist { def: true })
+            }
+            "check_forged_in_welcomelist" | "check_forged_in_whitelist" => {
+                Some(Call::ForgedInWelcomelist { def: false })
+            }
+            "check_forged_in_default_welcomelist" | "check_forged_in_default_whitelist" => {
+                Some(Call::ForgedInWelcomelist { def: true })
             }
             "check_from_in_blocklist" | "check_from_in_blacklist" => {
                 Some(Call::FromInList("blocklist_from".into()))
@@ -1697,6 +1858,10 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             let h = input.headers;
             let get = |n: &str| header_value(h, n, None).filter(|v| !v.is_empty());
             get("To").or_else(|| get("Apparently-To")).is_none()
+        }
+        Call::FromInWelcomelist { def } => welcomelisted(input, *def) > 0,
+        Call::ForgedInWelcomelist { def } => {
+            welcomelisted(input, *def) < 0 && welcomelisted(input, !*def) == 0
         }
         Call::FromInList(list) => {
             input.addr_lists.has(list)
@@ -2909,6 +3074,44 @@ fn domain_dot_user(text: &str, dom: &str, user: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relays_matched_as_welcomelist_from_rcvd_names_them() {
+        let relay = |ip: &str, rdns: &str| super::super::relays::Relay {
+            ip: ip.into(),
+            rdns: rdns.into(),
+            ..Default::default()
+        };
+        let r = relay("192.0.2.77", "Mail.Example.COM");
+        for (want, hit) in [
+            ("example.com", true),
+            ("mail.example.com", true),
+            ("ample.com", false),
+            ("[192.0.2.77]", true),
+            ("[192.0.2.7]", false),
+            ("[192.0.2]", true),
+            ("[192.0.2.]", true),
+            ("[192.0]", true),
+            ("[192.0.20]", false),
+            ("[192.0.2.0/24]", true),
+            ("[192.0.2.0]/24", true),
+            ("[192.0.2.0/30]", false),
+            ("[192.0.2.64]/26", true),
+            ("[2001:db8::/32]", false),
+            ("[192.0.2.77", false),
+            ("[bogus]", false),
+        ] {
+            assert_eq!(relay_matches(want, &r), hit, "{want}");
+        }
+        let v6 = relay("2001:db8:1234::5", "");
+        assert!(relay_matches("[2001:db8:1234::]/48", &v6));
+        assert!(relay_matches("[2001:db8:1234::/48]", &v6));
+        assert!(!relay_matches("[2001:db8:1235::]/48", &v6));
+        assert!(!relay_matches("[192.0.2.0/24]", &v6));
+        // No address recorded: no bracketed entry matches.
+        assert!(!relay_matches("[0.0.0.0/0]", &relay("", "x.example.com")));
+        assert!(in_network("0.0.0.0/0", "203.0.113.1") && !in_network("10.0.0.0/33", "10.0.0.1"));
+    }
 
     /// The one-pass figures for ASCII lines and whole parts are those of SpamAssassin's
     /// line-by-line reading, over random lines of white space, letters, digits, CRs, NULs,

@@ -480,6 +480,21 @@ impl Freemail {
 pub struct AddrLists {
     lists: HashMap<String, AddrList>,
     dkim: HashMap<String, HashMap<String, (regex::Regex, Vec<String>)>>,
+    rcvd: HashMap<String, Vec<RcvdEntry>>,
+}
+
+/// An entry of `welcomelist_from_rcvd` or `def_welcomelist_from_rcvd`: a sender glob and the
+/// relays it must come through (a host name or domain the relay's reverse DNS ends in, or an
+/// address in brackets: `[192.0.2.1]`, a classful `[192.0.2]`, `[192.0.2.0/24]`,
+/// `[2001:db8::]/48`).
+#[derive(Debug, Clone)]
+pub struct RcvdEntry {
+    /// The glob, lower case, as written.
+    pub addr: String,
+    /// The pattern it stands for, anchored.
+    pub pattern: regex::Regex,
+    /// The relays of every line naming this glob, lower case.
+    pub relays: Vec<String>,
 }
 
 /// One list: entry → its pattern, and all of them as one pattern.
@@ -579,6 +594,46 @@ impl AddrLists {
             .flat_map(|l| l.values())
             .filter(move |(r, _)| r.is_match(author))
             .flat_map(|(_, d)| d.iter().map(String::as_str))
+    }
+
+    /// Adds `ADDR RELAY` to a relay-checked list (`add_to_addrlist_rcvd`); anything but two
+    /// words is refused.
+    pub fn add_rcvd(&mut self, list: &str, value: &str) -> Result<(), String> {
+        let mut w = value.split_whitespace();
+        let (Some(addr), Some(relay), None) = (w.next(), w.next(), w.next()) else {
+            return Err(format!(
+                "{list} takes an address and a relay, not {value:?}"
+            ));
+        };
+        let (addr, relay) = (addr.to_lowercase(), relay.to_lowercase());
+        let entries = self.rcvd.entry(list.to_string()).or_default();
+        if let Some(e) = entries.iter_mut().find(|e| e.addr == addr) {
+            e.relays.push(relay);
+            return Ok(());
+        }
+        let pattern = regex::Regex::new(&format!("(?s){}", glob_source(&addr, true)))
+            .map_err(|e| format!("{list} {addr}: {e}"))?;
+        entries.push(RcvdEntry {
+            addr,
+            pattern,
+            relays: vec![relay],
+        });
+        Ok(())
+    }
+
+    /// Removes globs as written from a relay-checked list (`unwelcomelist_from_rcvd`).
+    pub fn remove_rcvd(&mut self, list: &str, globs: &str) {
+        if let Some(entries) = self.rcvd.get_mut(list) {
+            for g in globs.split_whitespace() {
+                let g = g.to_lowercase();
+                entries.retain(|e| e.addr != g);
+            }
+        }
+    }
+
+    /// The entries of a relay-checked list.
+    pub fn rcvd(&self, list: &str) -> &[RcvdEntry] {
+        self.rcvd.get(list).map_or(&[], Vec::as_slice)
     }
 
     /// Removes entries as written (`unwelcomelist_from` and the like: a glob removes only the
@@ -977,6 +1032,30 @@ impl Loader {
             }
             "unwelcomelist_from" | "unwhitelist_from" => {
                 self.set.addr_lists.remove("welcomelist_from", rest)
+            }
+            "welcomelist_from_rcvd"
+            | "whitelist_from_rcvd"
+            | "def_welcomelist_from_rcvd"
+            | "def_whitelist_from_rcvd" => {
+                let list = if word.starts_with("def_") {
+                    "def_welcomelist_from_rcvd"
+                } else {
+                    "welcomelist_from_rcvd"
+                };
+                if let Err(e) = self.set.addr_lists.add_rcvd(list, rest) {
+                    self.diag(&origin.file, origin.line, None, e);
+                }
+            }
+            "unwelcomelist_from_rcvd" | "unwhitelist_from_rcvd" => {
+                self.set
+                    .addr_lists
+                    .remove_rcvd("welcomelist_from_rcvd", rest);
+                self.set
+                    .addr_lists
+                    .remove_rcvd("def_welcomelist_from_rcvd", rest);
+            }
+            "welcomelist_allows_relays" | "whitelist_allows_relays" => {
+                self.set.addr_lists.add("welcomelist_allows_relays", rest)
             }
             "blocklist_from" | "blacklist_from" => self.set.addr_lists.add("blocklist_from", rest),
             "unblocklist_from" | "unblacklist_from" => {
