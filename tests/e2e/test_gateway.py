@@ -1027,6 +1027,44 @@ class RulesInTheGateway(unittest.TestCase):
         self.assertEqual(ours["def-forged"], {"LOCAL_FORGED_DEF_WL"})
         self.assertEqual(ours["no-received"], set())
 
+    def test_bounces_of_own_mail_as_spamassassin_tells_them(self):
+        """VBounce with `welcomelist_bounce_relays`: a bounce quoting a `Received:` line of one
+        of this site's relays is of mail it sent (`__MY_SERVERS_FOUND`), other bounces are
+        backscatter (`BOUNCE_MESSAGE`), mxgate's hits against SpamAssassin's."""
+        local_cf = ("welcomelist_bounce_relays out*.e2e-own.test\n"
+                    "body LOCAL_MY_SERVERS eval:check_welcomelist_bounce_relays()\n"
+                    "score LOCAL_MY_SERVERS 0.1\n"
+                    "body LOCAL_HAVE_RELAYS eval:have_any_bounce_relays()\n"
+                    "score LOCAL_HAVE_RELAYS 0.1\n")
+        notice = ("This is the mail system at host mx.e2e-other.test.\r\n\r\n"
+                  "I'm sorry to have to inform you that your message could not\r\n"
+                  "be delivered to one or more recipients. It's attached below.\r\n\r\n")
+
+        def bounce(quoted):
+            return plain_message("Undelivered Mail Returned to Sender", notice + quoted,
+                                 frm="Mail Delivery System <MAILER-DAEMON@mx.e2e-other.test>",
+                                 extra="Return-Path: <>\r\nAuto-Submitted: auto-replied\r\n")
+
+        cases = {
+            "own-paragraph": bounce("Received: from out1.e2e-own.test (out1.e2e-own.test [64.233.160.25])\r\n"
+                                    "\tby mx.e2e-other.test with ESMTP id 1A2B\r\n"),
+            "own-folded": bounce("--- original message ---\r\nReceived: from pc.e2e-own.test\r\n"
+                                 "\tby out2.e2e-own.test with ESMTP id 3C4D;\r\n"),
+            "foreign": bounce("Received: from mail.e2e-spam.net (mail.e2e-spam.net [203.0.113.9])\r\n"
+                              "\tby mx.e2e-other.test with ESMTP id 5E6F\r\n"),
+        }
+        names = ("LOCAL_MY_SERVERS", "LOCAL_HAVE_RELAYS", "BOUNCE_MESSAGE", "ANY_BOUNCE_MESSAGE",
+                 "VBOUNCE_MESSAGE", "CRBOUNCE_MESSAGE", "CHALLENGE_RESPONSE")
+        ours = self._hits_against_spamassassin(local_cf, cases, names)
+        # What the cases are there for, beyond agreeing.
+        for case in cases:
+            self.assertIn("LOCAL_HAVE_RELAYS", ours[case])
+        self.assertIn("LOCAL_MY_SERVERS", ours["own-paragraph"])
+        self.assertIn("LOCAL_MY_SERVERS", ours["own-folded"])
+        self.assertNotIn("LOCAL_MY_SERVERS", ours["foreign"])
+        self.assertIn("BOUNCE_MESSAGE", ours["foreign"])
+        self.assertNotIn("BOUNCE_MESSAGE", ours["own-paragraph"])
+
     def test_capture_templates_as_spamassassin_runs_them(self):
         """Tags captured by named groups (`(?<NAME>...)`) and put into other rules' patterns
         (`%{NAME}`): the stock ruleset's To-address uri rules and local ones of every kind,

@@ -224,6 +224,13 @@ pub enum Call {
         /// Upper bound (inclusive).
         max: f64,
     },
+    /// VBounce: `have_any_bounce_relays()` (`welcomelist_bounce_relays` names any relay) or,
+    /// with `found`, `check_welcomelist_bounce_relays()` (a `Received:` line quoted in the
+    /// body, a bounced message's, names one of them: mail this site sent).
+    BounceRelays {
+        /// Look for them in the body.
+        found: bool,
+    },
     /// `check_from_in_welcomelist()` (a sender on `welcomelist_from`, or on
     /// `welcomelist_from_rcvd` and relayed by the host it names) or, with `def`,
     /// `check_from_in_default_welcomelist()` (`def_welcomelist_from_rcvd`).
@@ -720,6 +727,64 @@ fn recipient_addrs<'a>(input: &'a EvalInput<'_>) -> &'a [String] {
     input.recipients.get_or_init(|| to_addrs(input.headers))
 }
 
+/// `check_welcomelist_bounce_relays`: a host name of `welcomelist_bounce_relays` in a
+/// `Received:` line the message quotes, in the rendered body's paragraphs (` host.name `) or in
+/// the body as received (a bounced message attached, its folded fields unfolded).
+fn own_relay_quoted(input: &EvalInput<'_>) -> bool {
+    use std::sync::OnceLock;
+    static RE: OnceLock<[regex::Regex; 3]> = OnceLock::new();
+    let [received, spaced, blank_around] = RE.get_or_init(|| {
+        [
+            r"(?i)^[> ]*Received:",
+            r" (\S+\.\S+) ",
+            r"(?s)\s(\S+\.\S+)\s",
+        ]
+        .map(|p| regex::Regex::new(p).expect("a valid pattern"))
+    });
+    let listed = |host: &str| input.addr_lists.contains("welcomelist_bounce_relays", host);
+    let lines = input.body.get_or_init(|| {
+        let subject = input.headers.values("subject", false).last();
+        super::view::body_lines(input.msg, subject, input.extracted_text)
+    });
+    for l in lines {
+        let l = utf8_lossy(l);
+        if received.is_match(&l) && spaced.captures_iter(&l).any(|c| listed(&c[1])) {
+            return true;
+        }
+    }
+    let Some(top) = input.msg.parts.first() else {
+        return false;
+    };
+    let pristine = &input.msg.raw[top.body.start as usize..top.body.end as usize];
+    if !pristine
+        .windows(9)
+        .any(|w| w.eq_ignore_ascii_case(b"received:"))
+    {
+        return false;
+    }
+    let pristine = utf8_lossy(pristine);
+    let mut found_received = false;
+    let mut field = String::new();
+    for line in pristine.split('\n') {
+        if !found_received {
+            if !received.is_match(line) {
+                continue;
+            }
+            found_received = true;
+        }
+        if line.starts_with(|c: char| c.is_whitespace()) {
+            field.push_str(line);
+        } else {
+            field.clear();
+            field.push_str(line);
+        }
+        if received.is_match(&field) && blank_around.captures_iter(&field).any(|c| listed(&c[1])) {
+            return true;
+        }
+    }
+    false
+}
+
 /// `_check_from_in_welcomelist` (or, with `def`, `_check_from_in_default_welcomelist`): 1 when
 /// a sender is welcome, -1 when one is on the relay-checked list but came through another relay
 /// (a forgery, unless `welcomelist_allows_relays` names it), 0 otherwise.
@@ -1165,6 +1230,10 @@ impl Call {
             "check_for_missing_to_header" => Some(Call::MissingTo),
             "check_from_in_welcomelist" | "check_from_in_whitelist" => {
                 Some(Call::FromInWelcomelist { def: false })
+            }
+            "have_any_bounce_relays" => Some(Call::BounceRelays { found: false }),
+            "check_welcomelist_bounce_relays" | "check_whitelist_bounce_relays" => {
+                Some(Call::BounceRelays { found: true })
             }
             "check_from_in_default_welcomelist" | "check_from_in_default_whitelist" => {
                 Some(Call::FromInWelcomelist { def: true })
@@ -1858,6 +1927,9 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             let h = input.headers;
             let get = |n: &str| header_value(h, n, None).filter(|v| !v.is_empty());
             get("To").or_else(|| get("Apparently-To")).is_none()
+        }
+        Call::BounceRelays { found } => {
+            input.addr_lists.has("welcomelist_bounce_relays") && (!found || own_relay_quoted(input))
         }
         Call::FromInWelcomelist { def } => welcomelisted(input, *def) > 0,
         Call::ForgedInWelcomelist { def } => {

@@ -1054,6 +1054,9 @@ impl Loader {
                     .addr_lists
                     .remove_rcvd("def_welcomelist_from_rcvd", rest);
             }
+            "welcomelist_bounce_relays" | "whitelist_bounce_relays" => {
+                self.set.addr_lists.add("welcomelist_bounce_relays", rest)
+            }
             "welcomelist_allows_relays" | "whitelist_allows_relays" => {
                 self.set.addr_lists.add("welcomelist_allows_relays", rest)
             }
