@@ -1490,13 +1490,16 @@ class RulesInTheGateway(unittest.TestCase):
         regex = sum(t.get(k, 0) for k in ("body", "header", "rawbody", "uri", "full", "mimeheader"))
         self.assertLessEqual(v["hyperscan"] + v["prefilter_confirm"] + v["pcre_only"], regex)
         self.assertGreater(v["prefilter_confirm"], 100)
-        self.assertGreater(v["eval_not_implemented"], 20)
+        # Network services of their own (Razor, Pyzor, DCC, HashBL) and a few others stay.
+        self.assertGreater(v["eval_not_implemented"], 5)
         self.assertGreater(v["eval_native"], 140)
         unimplemented = {e["function"] for e in v["eval_functions"]}
         self.assertIn("check_razor2", unimplemented)  # a network service of its own
         for native in ("check_rbl", "check_rbl_sub", "check_for_shifted_date", "check_for_spf_pass",
                        "check_from_in_welcomelist", "check_from_in_list", "check_freemail_from",
-                       "check_for_dkim_welcomelist_from", "multipart_alternative_difference"):
+                       "check_for_dkim_welcomelist_from", "multipart_alternative_difference", "html_test",
+                       "html_eval", "html_title_subject_ratio", "html_image_ratio", "check_from_in_default_welcomelist",
+                       "check_welcomelist_bounce_relays", "have_any_bounce_relays", "tvd_vertical_words"):
             self.assertNotIn(native, unimplemented)
 
     def test_profile_shows_where_scanning_time_goes(self):

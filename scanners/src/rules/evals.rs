@@ -276,6 +276,15 @@ pub enum Call {
         /// Upper bound (inclusive); `None` for `inf`.
         max: Option<f64>,
     },
+    /// `tvd_vertical_words(min, max)`: the largest share of spaces among a body paragraph's
+    /// other characters, in percent (100 where spaces are the majority), at least `min` and
+    /// below `max` (101 for 100 and above).
+    VerticalWords {
+        /// Lower bound (inclusive).
+        min: f64,
+        /// Upper bound (exclusive).
+        max: f64,
+    },
     /// `check_for_uppercase(min, max)`: the share of upper-case letters in the body text.
     Uppercase {
         /// Lower bound (exclusive), percent.
@@ -1310,6 +1319,13 @@ impl Call {
             }),
             "check_ma_non_text" => Some(Call::MaNonText),
             "check_outlook_message_id" => Some(Call::OutlookMessageId),
+            "tvd_vertical_words" => {
+                let max: f64 = arg(1).trim().parse().ok()?;
+                Some(Call::VerticalWords {
+                    min: arg(0).trim().parse().ok()?,
+                    max: if max >= 100.0 { 101.0 } else { max },
+                })
+            }
             "check_for_uppercase" => Some(Call::Uppercase {
                 min: arg(0).parse().ok()?,
                 max: arg(1).parse().ok()?,
@@ -2060,6 +2076,28 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         }
         Call::MaNonText => ma_non_text(input.msg),
         Call::OutlookMessageId => outlook_message_id(input.headers),
+        Call::VerticalWords { min, max } => {
+            // Lengths in bytes: SpamAssassin's body text array holds UTF-8 octets.
+            let lines = input.body.get_or_init(|| {
+                let subject = input.headers.values("subject", false).last();
+                super::view::body_lines(input.msg, subject, input.extracted_text)
+            });
+            let most = lines
+                .iter()
+                .filter(|l| l.len() > 5)
+                .map(|l| {
+                    let spaces = l.iter().filter(|&&b| b == b' ').count();
+                    let others = l.len() - spaces;
+                    if spaces > others || others == 0 {
+                        100
+                    } else {
+                        100 * spaces / others
+                    }
+                })
+                .max()
+                .map_or(-1.0, |p| p as f64);
+            most >= *min && most < *max
+        }
         Call::Uppercase { min, max } => {
             let u = *input.uppercase.get_or_init(|| uppercase_percent(input));
             u > *min && u <= *max
