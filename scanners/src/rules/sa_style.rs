@@ -12,19 +12,34 @@
 //! both are `invalid`.
 
 use mxgate_core::mime::html::{attributes, decode_entities};
+use std::rc::Rc;
 
-/// One entry of the style stack.
+/// One entry of the style stack (colours shared with the entries copied from it).
 #[derive(Clone, Debug)]
 struct Style {
     /// The tag that pushed it (`default` for the document's).
-    tag: String,
+    tag: &'static str,
     /// `#rrggbb`, `invalid`, or as a `style` wrote it (`transparent`).
-    fg: String,
-    bg: String,
+    fg: Rc<str>,
+    bg: Rc<str>,
     size: i64,
     /// `style_display` and `style_visibility`.
-    display: Option<String>,
-    visibility: Option<String>,
+    display: Option<Rc<str>>,
+    visibility: Option<Rc<str>>,
+}
+
+impl Default for Style {
+    /// `html_start`'s: black on white, size 3.
+    fn default() -> Style {
+        Style {
+            tag: "default",
+            fg: Rc::from("#000000"),
+            bg: Rc::from("#ffffff"),
+            size: 3,
+            display: None,
+            visibility: None,
+        }
+    }
 }
 
 /// A part's text styles as rendering goes, and what they showed.
@@ -43,17 +58,10 @@ pub struct Styles {
 }
 
 impl Default for Styles {
-    /// `html_start`'s default: black on white, size 3.
+    /// `html_start`'s default style alone on the stack.
     fn default() -> Styles {
         Styles {
-            stack: vec![Style {
-                tag: "default".to_string(),
-                fg: "#000000".to_string(),
-                bg: "#ffffff".to_string(),
-                size: 3,
-                display: None,
-                visibility: None,
-            }],
+            stack: vec![Style::default()],
             basefont: 3,
             max_size: 3,
             min_size: 3,
@@ -64,27 +72,45 @@ impl Default for Styles {
 }
 
 /// The tags whose style `text_style` follows (`%elements_text_style`; `marquee` is listed there
-/// but, not being an element, never reaches it).
-pub fn changes_style(tag: &str) -> bool {
-    matches!(
-        tag,
-        "body"
-            | "font"
-            | "table"
-            | "tr"
-            | "th"
-            | "td"
-            | "big"
-            | "small"
-            | "basefont"
-            | "span"
-            | "p"
-            | "div"
-            | "a"
-    )
+/// but, not being an element, never reaches it), `th` read as `td`.
+fn style_tag(tag: &str) -> Option<&'static str> {
+    Some(match tag {
+        "body" => "body",
+        "font" => "font",
+        "table" => "table",
+        "tr" => "tr",
+        "th" | "td" => "td",
+        "big" => "big",
+        "small" => "small",
+        "basefont" => "basefont",
+        "span" => "span",
+        "p" => "p",
+        "div" => "div",
+        "a" => "a",
+        _ => return None,
+    })
 }
 
-/// `%ok_attributes`: the attributes of a tag that style reads.
+/// Whether [`Styles::tag`] follows `tag`.
+pub fn changes_style(tag: &str) -> bool {
+    style_tag(tag).is_some()
+}
+
+/// The attributes style reads, each with a bit of its own.
+const READ: [&str; 10] = [
+    "text",
+    "color",
+    "size",
+    "style",
+    "face",
+    "bgcolor",
+    "link",
+    "alink",
+    "vlink",
+    "background",
+];
+
+/// `%ok_attributes`: whether `tag`'s attribute `name` (its index in [`READ`]) is read.
 fn reads(tag: &str, name: &str) -> bool {
     match tag {
         "basefont" | "font" => matches!(name, "color" | "face" | "size"),
@@ -114,30 +140,21 @@ fn leading_number(v: &str, signed: bool) -> Option<i64> {
 impl Styles {
     /// A tag [`changes_style`] names (lower case; `attrs` as written after the name).
     pub fn tag(&mut self, tag: &str, closing: bool, attrs: &str) {
-        let tag = if tag == "th" { "td" } else { tag };
+        let Some(tag) = style_tag(tag) else {
+            return;
+        };
         if closing {
             if tag != "body" {
                 self.close(tag);
             }
             return;
         }
-        // The attributes, names lower-cased, the first of each name kept, values decoded (a
-        // bare one is its own name), in the order written.
-        let mut list: Vec<(String, String)> = Vec::new();
-        for (k, v) in attributes(attrs, true) {
-            let k = k.to_ascii_lowercase();
-            if !list.iter().any(|(n, _)| *n == k) {
-                let v = decode_entities(v.unwrap_or(&k)).into_owned();
-                list.push((k, v));
-            }
-        }
-        let get = |name: &str| {
-            list.iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        };
         if tag == "basefont" {
-            if let Some(n) = get("size").and_then(|v| leading_number(v, false)) {
+            // The first `size`, entities decoded (a bare attribute is its own name).
+            let size = attributes(attrs, true)
+                .find(|(k, _)| k.eq_ignore_ascii_case("size"))
+                .map(|(_, v)| decode_entities(v.unwrap_or("size")));
+            if let Some(n) = size.and_then(|v| leading_number(&v, false)) {
                 self.basefont = n;
                 return;
             }
@@ -145,33 +162,39 @@ impl Styles {
         if tag == "td" || tag == "tr" {
             self.close_table(tag);
         }
-        let parent = self
-            .stack
-            .last()
-            .cloned()
-            .unwrap_or_else(|| Styles::default().stack[0].clone());
+        let parent = self.stack.last().cloned().unwrap_or_default();
         let mut new = Style {
-            tag: tag.to_string(),
+            tag,
             ..parent.clone()
         };
         match tag {
             "big" => new.size += 1,
             "small" => new.size -= 1,
             _ => {
-                for (name, value) in &list {
-                    if !reads(tag, name) {
+                // The attributes in the order written, the first of each name, values
+                // decoded; only those the tag reads.
+                let mut seen = 0u16;
+                for (k, v) in attributes(attrs, true) {
+                    let Some(i) = READ.iter().position(|n| n.eq_ignore_ascii_case(k)) else {
+                        continue;
+                    };
+                    let name = READ[i];
+                    if seen & (1 << i) != 0 || !reads(tag, name) {
+                        seen |= 1 << i;
                         continue;
                     }
-                    match name.as_str() {
-                        "text" | "color" => new.fg = name_to_rgb(value),
+                    seen |= 1 << i;
+                    let value = decode_entities(v.unwrap_or(name));
+                    match name {
+                        "text" | "color" => new.fg = Rc::from(name_to_rgb(&value)),
                         "size" => {
-                            if let Some(n) = leading_number(value, true) {
+                            if let Some(n) = leading_number(&value, true) {
                                 new.size = self.basefont.saturating_add(n);
-                            } else if let Some(n) = leading_number(value, false) {
+                            } else if let Some(n) = leading_number(&value, false) {
                                 new.size = n;
                             }
                         }
-                        "style" => style(value, &mut new, &parent),
+                        "style" => style(&value, &mut new, &parent),
                         _ => {}
                     }
                     if new.size > self.max_size {
@@ -206,7 +229,7 @@ impl Styles {
         while let Some(top) = self.stack.last() {
             let closes = match tag {
                 "td" => top.tag == "font" || top.tag == "td",
-                _ => matches!(top.tag.as_str(), "font" | "td" | "tr"),
+                _ => matches!(top.tag, "font" | "td" | "tr"),
             };
             if !closes {
                 break;
@@ -215,23 +238,20 @@ impl Styles {
         }
     }
 
-    /// A run of displayed text: `html_font_invisible` for text that is not only white space.
+    /// A run of displayed text: `html_font_invisible` for text that is not only white space
+    /// (`\xc2\xa0`, two characters in Perl's character strings, counts as white space there).
     pub fn text(&mut self, text: &str) {
-        let blank = text
-            .replace("\u{c2}\u{a0}", "")
-            .chars()
-            .all(|c| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c' | '\x0b'));
+        let ws = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c' | '\x0b');
+        let blank = text.chars().all(ws)
+            || (text.contains('\u{c2}') && text.replace("\u{c2}\u{a0}", "").chars().all(ws));
         if blank {
             return;
         }
         let Some(s) = self.stack.last() else {
             return;
         };
-        let last6 = |c: &str| {
-            let n = c.chars().count();
-            c.chars().skip(n.saturating_sub(6)).collect::<String>()
-        };
-        if last6(&s.fg) == last6(&s.bg) {
+        // `substr($fg, -6) eq substr($bg, -6)`: the last six characters (all of a shorter one).
+        if last6(&s.fg).eq(last6(&s.bg)) {
             self.low_contrast = true;
             return;
         }
@@ -245,10 +265,15 @@ impl Styles {
                 return;
             }
         }
-        if s.fg == "invalid" || s.bg == "invalid" {
+        if &*s.fg == "invalid" || &*s.bg == "invalid" {
             self.invalid_color = true;
         }
     }
+}
+
+/// A colour's last six characters, last first (all of a shorter one).
+fn last6(c: &str) -> impl Iterator<Item = char> + '_ {
+    c.chars().rev().take(6)
 }
 
 /// `/^\#?([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/` (a final newline allowed, as Perl's `$`).
@@ -309,30 +334,30 @@ fn style(value: &str, new: &mut Style, parent: &Style) {
             };
             if let Some(set) = set {
                 if c.get(1).is_some() {
-                    new.bg = set;
+                    new.bg = Rc::from(set);
                 } else {
-                    new.fg = set;
+                    new.fg = Rc::from(set);
                 }
             }
         } else if let Some(c) = background.captures(part) {
             let layers = css_background(&c[1].to_lowercase());
             if let Some(last) = layers.last() {
                 if let Some(color) = last.iter().map(|v| name_to_rgb(v)).find(|c| c != "invalid") {
-                    new.bg = color;
+                    new.bg = Rc::from(color);
                 }
             }
         } else if let Some(c) = property.captures(part) {
             match &c[1] {
-                "display" => new.display = Some(c[2].to_string()),
-                "visibility" => new.visibility = Some(c[2].to_string()),
+                "display" => new.display = Some(Rc::from(&c[2])),
+                "visibility" => new.visibility = Some(Rc::from(&c[2])),
                 _ => {}
             }
         }
     }
-    if new.bg == "transparent" {
+    if &*new.bg == "transparent" {
         new.bg = parent.bg.clone();
     }
-    if new.fg == "transparent" {
+    if &*new.fg == "transparent" {
         new.fg = new.bg.clone();
     }
 }
