@@ -736,6 +736,15 @@ fn recipient_addrs<'a>(input: &'a EvalInput<'_>) -> &'a [String] {
     input.recipients.get_or_init(|| to_addrs(input.headers))
 }
 
+/// The rendered body paragraphs, the Subject first, as body rules read them (the engine's
+/// when it made them, else made here once).
+fn body_of<'a>(input: &'a EvalInput<'_>) -> &'a [Vec<u8>] {
+    input.body.get_or_init(|| {
+        let subject = input.headers.values("subject", false).last();
+        super::view::body_lines(input.msg, subject, input.extracted_text)
+    })
+}
+
 /// `check_welcomelist_bounce_relays`: a host name of `welcomelist_bounce_relays` in a
 /// `Received:` line the message quotes, in the rendered body's paragraphs (` host.name `) or in
 /// the body as received (a bounced message attached, its folded fields unfolded).
@@ -751,10 +760,7 @@ fn own_relay_quoted(input: &EvalInput<'_>) -> bool {
         .map(|p| regex::Regex::new(p).expect("a valid pattern"))
     });
     let listed = |host: &str| input.addr_lists.contains("welcomelist_bounce_relays", host);
-    let lines = input.body.get_or_init(|| {
-        let subject = input.headers.values("subject", false).last();
-        super::view::body_lines(input.msg, subject, input.extracted_text)
-    });
+    let lines = body_of(input);
     for l in lines {
         let l = utf8_lossy(l);
         if received.is_match(&l) && spaced.captures_iter(&l).any(|c| listed(&c[1])) {
@@ -2078,10 +2084,7 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
         Call::OutlookMessageId => outlook_message_id(input.headers),
         Call::VerticalWords { min, max } => {
             // Lengths in bytes: SpamAssassin's body text array holds UTF-8 octets.
-            let lines = input.body.get_or_init(|| {
-                let subject = input.headers.values("subject", false).last();
-                super::view::body_lines(input.msg, subject, input.extracted_text)
-            });
+            let lines = body_of(input);
             let most = lines
                 .iter()
                 .filter(|l| l.len() > 5)
@@ -2336,10 +2339,7 @@ fn uppercase_percent(input: &EvalInput<'_>) -> f64 {
     if charsets.iter().any(|c| caps_charset(c)) {
         return 0.0;
     }
-    let lines = input.body.get_or_init(|| {
-        let subject = input.headers.values("subject", false).last();
-        super::view::body_lines(input.msg, subject, input.extracted_text)
-    });
+    let lines = body_of(input);
     let (mut len, mut lower, mut upper) = (0usize, 0usize, 0usize);
     for l in lines {
         let counts = if l.is_ascii() {
@@ -3000,10 +3000,7 @@ fn faraway(w: Faraway, input: &EvalInput<'_>) -> bool {
             if charset_ok(&cs, l) {
                 return false;
             }
-            let lines = input.body.get_or_init(|| {
-                let subject = input.headers.values("subject", false).last();
-                super::view::body_lines(input.msg, subject, input.extracted_text)
-            });
+            let lines = body_of(input);
             mostly_high_bits(&lines.join(&b"\n"[..]))
         }
         Faraway::Headers => {
@@ -3139,10 +3136,7 @@ fn image_test(t: &ImageTest, input: &EvalInput<'_>) -> bool {
         ImageTest::Pixels { ty, min, max } => in_range(info.pixels(ty) as f64, *min, *max, false),
         ImageTest::TextRatio { ty, min, max } => {
             let pixels = info.pixels(ty);
-            let lines = input.body.get_or_init(|| {
-                let subject = input.headers.values("subject", false).last();
-                super::view::body_lines(input.msg, subject, input.extracted_text)
-            });
+            let lines = body_of(input);
             let text: usize = lines.iter().map(Vec::len).sum();
             text > 0 && pixels > 0 && in_range(text as f64 / pixels as f64, *min, Some(*max), true)
         }
