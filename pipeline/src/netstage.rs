@@ -60,6 +60,7 @@ const AUTH_SCORES: &[(&str, f64)] = &[
     ("SPF_HELO_PASS", -0.001),
     ("DKIM_VALID", -0.1),
     ("DKIM_VALID_AU", -0.1),
+    ("DKIM_VALID_EF", -0.1),
     ("DKIM_SIGNED", 0.1),
     ("DKIM_INVALID", 0.1),
     ("DMARC_REJECT", 1.8),

@@ -446,6 +446,48 @@ class Authentication(unittest.TestCase):
         finally:
             mx.stop()
 
+    def test_dkim_eval_rules_read_the_verification(self):
+        """DKIM_VALID_EF (a valid signature of the envelope sender's domain, among the auth
+        stage's symbols) and the eval rule `check_dkim_dependable` over the auth stage's results
+        in `mxgate scan`; without the auth stage neither hits, as in SpamAssassin's local tests."""
+        folder = tempfile.mkdtemp(prefix="dkim-rules-", dir=WORK)
+        local = os.path.join(folder, "rules")
+        os.mkdir(local)
+        with open(os.path.join(local, "local.cf"), "w") as f:
+            f.write("full LOCAL_DKIM_DEPENDABLE eval:check_dkim_dependable()\n"
+                    "score LOCAL_DKIM_DEPENDABLE 0.1\n")
+        cases = {
+            "own": b"Return-Path: <alice@signed.e2e.test>\r\n" + self.signed("ef"),
+            "other": b"Return-Path: <bounces@lists.e2e.test>\r\n" + self.signed("ef other"),
+            "tampered": b"Return-Path: <alice@signed.e2e.test>\r\n"
+                        + self.signed("ef tampered").replace(b"Quarterly", b"Monthly"),
+        }
+        files = []
+        for name, raw in cases.items():
+            files.append(os.path.join(folder, name + ".eml"))
+            with open(files[-1], "wb") as f:
+                f.write(raw)
+        cfg = os.path.join(folder, "scan.toml")
+        with open(cfg, "w") as f:
+            f.write(self.config())
+
+        def symbols(stages):
+            r = subprocess.run([harness.MXGATE, "scan", "--config", cfg, "--rules", "/usr/share/spamassassin",
+                                "--rules", local, "--stages", stages, *files],
+                               capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            return {os.path.basename(v["file"])[:-4]: set(v["symbols"]) | set((v.get("auth") or {}).get("symbols", []))
+                    for v in map(json.loads, r.stdout.splitlines())}
+
+        got = symbols("auth,rules")
+        self.assertIn("DKIM_VALID_EF", got["own"])
+        self.assertNotIn("DKIM_VALID_EF", got["other"])
+        self.assertNotIn("DKIM_VALID_EF", got["tampered"])
+        for name in cases:
+            self.assertIn("LOCAL_DKIM_DEPENDABLE", got[name], name)
+        for name, syms in symbols("rules").items():
+            self.assertFalse({"DKIM_VALID_EF", "LOCAL_DKIM_DEPENDABLE"} & syms, name)
+
     def test_greylisting_spares_senders_that_pass_spf_for_every_recipient(self):
         """`spf_exempt_domains`: a listed sender domain whose SPF passes for the client is not
         greylisted, for the first recipient and those after it (the result is asked once per

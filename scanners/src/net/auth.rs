@@ -115,6 +115,8 @@ pub struct Results {
     pub arc: Outcome,
     /// The `Authentication-Results:` field, CRLF-terminated.
     pub header: String,
+    /// The envelope sender's domain, lower case (empty for the null sender).
+    pub envelope_domain: String,
 }
 
 impl Results {
@@ -165,6 +167,16 @@ impl Results {
                 out.push("DKIM_VALID");
                 if self.dkim_valid_author() {
                     out.push("DKIM_VALID_AU");
+                }
+                // `check_dkim_valid_envelopefrom`: a valid signature of the envelope sender's
+                // domain itself.
+                if !self.envelope_domain.is_empty()
+                    && self.dkim.iter().any(|s| {
+                        s.outcome == Outcome::Pass
+                            && s.domain.eq_ignore_ascii_case(&self.envelope_domain)
+                    })
+                {
+                    out.push("DKIM_VALID_EF");
                 }
             } else {
                 out.push("DKIM_INVALID");
@@ -273,6 +285,11 @@ async fn check(auth: &mail_auth::MessageAuthenticator, req: &Request) -> Results
     let mut results = Results {
         spf: Outcome::spf(spf.result()),
         spf_helo: Outcome::spf(spf_helo.result()),
+        envelope_domain: req
+            .mail_from
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default(),
         ..Results::default()
     };
     let Some(msg) = AuthenticatedMessage::parse(&req.message) else {

@@ -224,6 +224,9 @@ pub enum Call {
         /// Upper bound (inclusive).
         max: f64,
     },
+    /// `check_dkim_valid_envelopefrom()`: a signature that verified was made by the envelope
+    /// sender's domain.
+    DkimValidEnvelopeFrom,
     /// VBounce: `have_any_bounce_relays()` (`welcomelist_bounce_relays` names any relay) or,
     /// with `found`, `check_welcomelist_bounce_relays()` (a `Received:` line quoted in the
     /// body, a bounced message's, names one of them: mail this site sent).
@@ -545,6 +548,9 @@ fn comparison<T: std::str::FromStr>(expr: &str) -> Option<(String, T)> {
 /// One authentication result an eval rule asks about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthTest {
+    /// The DKIM signatures were read and checked on the whole message (`check_dkim_dependable`:
+    /// the gateway verifies what it received, never a truncated copy).
+    DkimDependable,
     /// SPF (MAIL FROM) had this outcome.
     Spf(auth::Outcome),
     /// SPF (HELO) had this outcome.
@@ -1228,6 +1234,8 @@ impl Call {
             // With arguments these name domains (welcome lists); not read here.
             "check_dkim_signed" if a.is_empty() => Some(Call::Auth(AuthTest::DkimSigned)),
             "check_dkim_valid" if a.is_empty() => Some(Call::Auth(AuthTest::DkimValid)),
+            "check_dkim_dependable" => Some(Call::Auth(AuthTest::DkimDependable)),
+            "check_dkim_valid_envelopefrom" => Some(Call::DkimValidEnvelopeFrom),
             "check_dkim_valid_author_sig" if a.is_empty() => {
                 Some(Call::Auth(AuthTest::DkimValidAuthor))
             }
@@ -1945,6 +1953,26 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             .net
             .and_then(|n| n.auth.as_ref())
             .is_some_and(|r| auth_test(r, *t)),
+        Call::DkimValidEnvelopeFrom => {
+            let env = text(header_value(
+                input.headers,
+                "EnvelopeFrom:addr",
+                input.mail_from,
+            ));
+            // `/\@(\S+)/`: what follows the first `@`, to the first white space.
+            let domain = env
+                .split_once('@')
+                .map(|(_, d)| d.split(char::is_whitespace).next().unwrap_or(""))
+                .filter(|d| !d.is_empty())
+                .map(str::to_lowercase);
+            domain.is_some_and(|d| {
+                input.net.and_then(|n| n.auth.as_ref()).is_some_and(|r| {
+                    r.dkim
+                        .iter()
+                        .any(|s| s.outcome == auth::Outcome::Pass && s.domain.to_lowercase() == d)
+                })
+            })
+        }
         Call::MissingTo => {
             let h = input.headers;
             let get = |n: &str| header_value(h, n, None).filter(|v| !v.is_empty());
@@ -2765,6 +2793,7 @@ fn auth_test(r: &auth::Results, t: AuthTest) -> bool {
     match t {
         AuthTest::Spf(o) => r.spf == o,
         AuthTest::SpfHelo(o) => r.spf_helo == o,
+        AuthTest::DkimDependable => true,
         AuthTest::DkimSigned => !r.dkim.is_empty(),
         AuthTest::DkimValid => r.dkim_valid(),
         AuthTest::DkimValidAuthor => r.dkim_valid_author(),
