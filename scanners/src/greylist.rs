@@ -123,7 +123,9 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
-fn in_network(ip: IpAddr, (net, prefix): (IpAddr, u8)) -> bool {
+/// Whether `ip` is in the network [`parse_network`] gave (an IPv4-mapped IPv6 address as its
+/// IPv4 one).
+pub fn in_network(ip: IpAddr, (net, prefix): (IpAddr, u8)) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

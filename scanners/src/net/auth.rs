@@ -120,6 +120,15 @@ pub struct Results {
 }
 
 impl Results {
+    /// Whether a signature of `domain` itself (any case; not a parent) verified.
+    pub fn dkim_valid_for(&self, domain: &str) -> bool {
+        !domain.is_empty()
+            && self
+                .dkim
+                .iter()
+                .any(|s| s.outcome == Outcome::Pass && s.domain.eq_ignore_ascii_case(domain))
+    }
+
     /// Whether a signature verified.
     pub fn dkim_valid(&self) -> bool {
         self.dkim.iter().any(|s| s.outcome == Outcome::Pass)
@@ -170,12 +179,7 @@ impl Results {
                 }
                 // `check_dkim_valid_envelopefrom`: a valid signature of the envelope sender's
                 // domain itself.
-                if !self.envelope_domain.is_empty()
-                    && self.dkim.iter().any(|s| {
-                        s.outcome == Outcome::Pass
-                            && s.domain.eq_ignore_ascii_case(&self.envelope_domain)
-                    })
-                {
+                if self.dkim_valid_for(&self.envelope_domain) {
                     out.push("DKIM_VALID_EF");
                 }
             } else {

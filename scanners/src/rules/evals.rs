@@ -248,7 +248,8 @@ pub enum Call {
         /// The default list.
         def: bool,
     },
-    /// `html_test('embeds'|'font_face_bad'|'form_action_mailto')`: a flag of an HTML part.
+    /// `html_test('embeds'|'font_face_bad'|'form_action_mailto'|'font_low_contrast'|
+    /// 'font_invalid_color')`: a flag of an HTML part.
     HtmlTest(HtmlFlag),
     /// `html_eval('test', 'OP N')`: a value of an HTML part compared with a number.
     HtmlEval {
@@ -908,40 +909,10 @@ fn relay_matches(want: &str, relay: &super::relays::Relay) -> bool {
         let prefix = format!("{}.", net.trim_end_matches('.'));
         return ip.starts_with(&prefix);
     }
-    in_network(&net, ip)
-}
-
-/// Whether `ip` is in `net` (`ADDRESS[/LEN]`, IPv4 or IPv6; a bare address is itself).
-fn in_network(net: &str, ip: &str) -> bool {
-    use std::net::IpAddr;
-    let (addr, len) = match net.split_once('/') {
-        Some((a, l)) => (a, l.parse::<u32>().ok()),
-        None => (net, None),
-    };
-    let (Ok(net_ip), Ok(ip)) = (addr.parse::<IpAddr>(), ip.parse::<IpAddr>()) else {
+    let (Some(net), Ok(ip)) = (crate::greylist::parse_network(&net), ip.parse()) else {
         return false;
     };
-    match (net_ip, ip) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let len = len.unwrap_or(32);
-            len <= 32 && {
-                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let len = len.unwrap_or(128);
-            len <= 128 && {
-                let mask = if len == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - len)
-                };
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-        }
-        _ => false,
-    }
+    crate::greylist::in_network(ip, net)
 }
 
 /// `all_from_addrs`: the first Resent-From's addresses when there is one, else those of
@@ -1960,18 +1931,13 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
                 input.mail_from,
             ));
             // `/\@(\S+)/`: what follows the first `@`, to the first white space.
-            let domain = env
-                .split_once('@')
-                .map(|(_, d)| d.split(char::is_whitespace).next().unwrap_or(""))
-                .filter(|d| !d.is_empty())
-                .map(str::to_lowercase);
-            domain.is_some_and(|d| {
-                input.net.and_then(|n| n.auth.as_ref()).is_some_and(|r| {
-                    r.dkim
-                        .iter()
-                        .any(|s| s.outcome == auth::Outcome::Pass && s.domain.to_lowercase() == d)
-                })
-            })
+            let domain = env.split_once('@').map_or("", |(_, d)| {
+                d.split(char::is_whitespace).next().unwrap_or("")
+            });
+            input
+                .net
+                .and_then(|n| n.auth.as_ref())
+                .is_some_and(|r| r.dkim_valid_for(domain))
         }
         Call::MissingTo => {
             let h = input.headers;
@@ -3243,7 +3209,8 @@ mod tests {
         assert!(!relay_matches("[192.0.2.0/24]", &v6));
         // No address recorded: no bracketed entry matches.
         assert!(!relay_matches("[0.0.0.0/0]", &relay("", "x.example.com")));
-        assert!(in_network("0.0.0.0/0", "203.0.113.1") && !in_network("10.0.0.0/33", "10.0.0.1"));
+        assert!(relay_matches("[0.0.0.0/0]", &relay("203.0.113.1", "")));
+        assert!(!relay_matches("[10.0.0.0/33]", &relay("10.0.0.1", "")));
     }
 
     /// The one-pass figures for ASCII lines and whole parts are those of SpamAssassin's

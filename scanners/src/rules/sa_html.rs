@@ -42,7 +42,8 @@ enum Event<'a> {
     Comment(&'a str),
     /// The content of a `<title>`, as written.
     Title(&'a str),
-    /// Text displayed (entities decoded), as `html_text` gets it.
+    /// Text displayed, as `html_text` gets it: entities decoded, but for the literal content
+    /// of `xmp`, `plaintext`, `textarea`, `iframe` and `title`, given as written (as displayed).
     Text(&'a str),
 }
 
@@ -358,7 +359,7 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
             *e = 0;
             t.closed_extra += 1;
         }
-        if element && !namespace && super::sa_style::changes_style(name) {
+        if element && !namespace {
             styles.tag(name, closing, attrs);
         }
         if !closing && !namespace && (element || TRICKS.contains(&name)) {
@@ -384,17 +385,20 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
     (text, t)
 }
 
+/// The first attribute named `key` (any case) among a tag's attributes as written, entities
+/// decoded; a bare attribute is its own value, as HTML::Parser gives it.
+pub(super) fn attribute<'a>(attrs: &'a str, key: &'a str) -> Option<std::borrow::Cow<'a, str>> {
+    attributes(attrs, true)
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| decode_entities(v.unwrap_or(key)))
+}
+
 /// Tags `HTML.pm` renders without counting them as elements (`%tricks`).
 const TRICKS: &[&str] = &["bgsound", "embed", "listing", "plaintext", "xmp"];
 
 /// `html_tests` for an opening tag (`name` in lower case, `attrs` as written), after its count.
 fn html_tests(t: &mut Tags, name: &str, attrs: &str) {
-    // The first attribute of a name, entities decoded; a bare one is its own value.
-    let get = |key: &'static str| {
-        attributes(attrs, true)
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| decode_entities(v.unwrap_or(key)))
-    };
+    let get = |key: &'static str| attribute(attrs, key);
     match name {
         "font" => {
             static FACE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
@@ -703,13 +707,7 @@ impl Links {
     /// `html_uri` for an opening tag `%elements_uri` names (`name` in lower case, `attrs` as
     /// written).
     fn tag(&mut self, name: &str, attrs: &str) {
-        // The first attribute of a name (HTML::Parser lower-cases names, and gives a bare
-        // attribute its name for a value), entities decoded.
-        let get = |key: &'static str| {
-            attributes(attrs, true)
-                .find(|(k, _)| k.eq_ignore_ascii_case(key))
-                .map(|(_, v)| decode_entities(v.unwrap_or(key)))
-        };
+        let get = |key: &'static str| attribute(attrs, key);
         // "read uris from bad formatted html as well": `foo/href=...` stands for `href`.
         let slashed = |key: &str| {
             attributes(attrs, true)

@@ -91,11 +91,6 @@ fn style_tag(tag: &str) -> Option<&'static str> {
     })
 }
 
-/// Whether [`Styles::tag`] follows `tag`.
-pub fn changes_style(tag: &str) -> bool {
-    style_tag(tag).is_some()
-}
-
 /// The attributes style reads, each with a bit of its own.
 const READ: [&str; 10] = [
     "text",
@@ -138,7 +133,8 @@ fn leading_number(v: &str, signed: bool) -> Option<i64> {
 }
 
 impl Styles {
-    /// A tag [`changes_style`] names (lower case; `attrs` as written after the name).
+    /// A tag (lower case; `attrs` as written after the name): those that change text style
+    /// push or pop, the others change nothing.
     pub fn tag(&mut self, tag: &str, closing: bool, attrs: &str) {
         let Some(tag) = style_tag(tag) else {
             return;
@@ -150,10 +146,7 @@ impl Styles {
             return;
         }
         if tag == "basefont" {
-            // The first `size`, entities decoded (a bare attribute is its own name).
-            let size = attributes(attrs, true)
-                .find(|(k, _)| k.eq_ignore_ascii_case("size"))
-                .map(|(_, v)| decode_entities(v.unwrap_or("size")));
+            let size = super::sa_html::attribute(attrs, "size");
             if let Some(n) = size.and_then(|v| leading_number(&v, false)) {
                 self.basefont = n;
                 return;
@@ -793,7 +786,7 @@ mod tests {
                     .chars()
                     .take_while(char::is_ascii_alphanumeric)
                     .collect();
-                if i > 0 && changes_style(&name) {
+                if i > 0 && style_tag(&name).is_some() {
                     s.tag(&name, false, &part[name.len()..]);
                     s.tag(&name, true, "");
                 }
