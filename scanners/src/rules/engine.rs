@@ -196,7 +196,8 @@ struct Compiled {
 
 impl Compiled {
     /// What Hyperscan compiles: the expression as written, or for a prefilter (a pattern
-    /// widened, or one Hyperscan rejects as written) a superset: widened, without its word
+    /// widened, one Hyperscan rejects as written, or a long one its input's `regex` set takes
+    /// whatever Hyperscan would do, see [`Compiled::set_prefilter`]) a superset: widened, without its word
     /// boundaries (see [`drop_word_boundaries`]), a long one cut to its first pieces (see
     /// [`truncate_sequence`]), and when Hyperscan rejects that for its anchors even as a
     /// prefilter, without them too (see [`drop_anchors`]). With it, how
@@ -208,7 +209,12 @@ impl Compiled {
         let (e, mode) = self.hs_expr.get_or_init(|| {
             let e = widen_repeats(&t.expr).unwrap_or_else(|| t.expr.clone());
             let takes = |e: &str, prefilter| hs_pattern(t, e, prefilter, 0).info().is_ok();
-            if e == t.expr && takes(&e, false) {
+            // A long pattern `regex`'s set can take goes there even when Hyperscan takes it as
+            // written: these are the obfuscation-tolerant spellings (`__EXPLOSIVE_DEVICE`,
+            // `__COPY_PASTE_EN`, 5-12 KB of look-alike classes), which Hyperscan runs on every
+            // byte and the set's one lazy DFA shares with the others (BENCHMARKS.md).
+            let to_set = self.is_long() && self.set_expr().is_some();
+            if e == t.expr && !to_set && takes(&e, false) {
                 return (e, Mode::Hyperscan);
             }
             // A prefilter (whatever compiles as written compiles as one): its word boundaries go.
@@ -999,11 +1005,13 @@ pub enum BuildError {
 const CACHE_MAGIC: &[u8; 8] = b"MXGRUL02";
 
 /// Most patterns in one database of patterns Hyperscan takes as written. A compile is
-/// superlinear in the patterns it holds that need big automata (obfuscation-tolerant spellings,
-/// bounded repeats): the 473 body patterns take 11-14 s in one database and 3 s one by one,
-/// and in chunks of this size 5-7 s, which the compile threads share. Each chunk is one more
-/// pass over the text at scan time, a few per cent of the body databases' time.
-const EXACT_CHUNK: usize = 64;
+/// superlinear in the patterns it holds that need big automata, and the obfuscation-tolerant
+/// spellings were what made the body's take 11-14 s in one database; since they run in the
+/// input's `regex` set ([`Compiled::hs`]), the 334 body patterns left compile in 0.6 s as one
+/// database, which scans the corpus's paragraphs in 24 µs a message against 36-40 µs as six
+/// databases of 64 (each one more pass over the text; BENCHMARKS.md). So every scope's exact
+/// patterns go in one database, up to this many.
+const EXACT_CHUNK: usize = 1024;
 
 /// Most patterns in one database of prefilters of long patterns (see
 /// [`super::regex::PREFILTER_CUT_ABOVE`]): the obfuscation-tolerant spellings. Even cut, they
@@ -1265,7 +1273,7 @@ impl Engine {
             h.update(CACHE_MAGIC);
             // The grouping and widening choices shape the databases too.
             h.update(format!(
-                "{:?} chunk={chunk}/{EXACT_CHUNK}/{LONG_PREFILTER_CHUNK} widen={}/{} group={} big={} anchors=dropped word_boundaries=dropped cut={}/{} short_confirm={SHORT_TEXT_CONFIRM_ABOVE}",
+                "{:?} chunk={chunk}/{EXACT_CHUNK}/{LONG_PREFILTER_CHUNK} long=set widen={}/{} group={} big={} anchors=dropped word_boundaries=dropped cut={}/{} short_confirm={SHORT_TEXT_CONFIRM_ABOVE}",
                 opts.layout,
                 super::regex::WIDEN_ABOVE,
                 super::regex::WIDEN_RANGES_FROM,
@@ -4942,6 +4950,28 @@ score COUNTED 2.0
                 "{h:?} ({layout:?})"
             );
         }
+    }
+
+    /// A long pattern that Hyperscan would take as written runs in the input's `regex` set
+    /// instead, confirmed where the set nominates it; a short one stays in Hyperscan.
+    #[test]
+    fn long_patterns_hyperscan_takes_run_in_the_set() {
+        let words: Vec<String> = (0..400).map(|i| format!("w{i:04}")).collect();
+        let long = format!("(?:{})x", words.join("|"));
+        assert!(long.len() > super::super::regex::PREFILTER_CUT_ABOVE);
+        let rules = format!("body LONG /{long}/\nbody PLAIN /money/\n");
+        let e = engine(&rules, Layout::PerScope);
+        assert_eq!(e.rules[e.set.index["LONG"]].mode, Mode::Prefilter);
+        assert_eq!(e.rules[e.set.index["PLAIN"]].mode, Mode::Hyperscan);
+        assert_eq!(e.stats.set_prefilters, 1);
+        assert_eq!(
+            hits(&e, "Subject: s\n\nsee w0123x for money\n"),
+            vec!["LONG=1", "PLAIN=1"]
+        );
+        assert_eq!(
+            hits(&e, "Subject: s\n\nsee w0123 x, w9999x\n"),
+            Vec::<String>::new()
+        );
     }
 
     /// A long prefilter whose spelling passes but which `regex` still rejects (`\\Q...\\E`
