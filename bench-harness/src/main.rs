@@ -489,6 +489,35 @@ fn relay(dir: &Path, sc: &Scenario, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The folder of the peers' scripts (`$MXGATE_PEERS`, or `../shared/peers`), once it and the
+/// programs they run are found: an error naming what is missing otherwise.
+fn peer_scripts() -> anyhow::Result<PathBuf> {
+    let scripts =
+        PathBuf::from(std::env::var("MXGATE_PEERS").unwrap_or_else(|_| "../shared/peers".into()));
+    for script in ["bench_rspamd.sh", "bench_spamd.sh"] {
+        let path = scripts.join(script);
+        anyhow::ensure!(
+            path.is_file(),
+            "--peers: {} not found (MXGATE_PEERS names the peers' scripts folder)",
+            path.display()
+        );
+    }
+    let on_path = |program: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    };
+    let missing: Vec<&str> = ["rspamd", "rspamc", "spamd", "spamc"]
+        .into_iter()
+        .filter(|p| !on_path(p))
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "--peers: {} not installed (apt-get install -y rspamd spamd spamc)",
+        missing.join(", ")
+    );
+    Ok(scripts)
+}
+
 /// The content filter: the gateway's CPU per message with the rules stage on, latency and
 /// throughput; with `peers`, rspamd and spamd on the same corpus in the same run.
 fn content(
@@ -499,6 +528,8 @@ fn content(
     peers: bool,
     profile: bool,
 ) -> anyhow::Result<()> {
+    // Checked first: a peer missing is said before the gateway's runs, not minutes after.
+    let scripts = peers.then(peer_scripts).transpose()?;
     let bin = bin_dir()?;
     let (corpus_root, corpus) = corpus_dirs(sc);
     let load = Load {
@@ -680,10 +711,7 @@ fn content(
     drop(mx);
     scaling.push(json!({"shards": "plan", "msgs_per_s": max_rate}));
     let mut peer_rows = Vec::new();
-    if peers {
-        let scripts = PathBuf::from(
-            std::env::var("MXGATE_PEERS").unwrap_or_else(|_| "../shared/peers".into()),
-        );
+    if let Some(scripts) = scripts {
         for (name, script) in [("rspamd", "bench_rspamd.sh"), ("spamd", "bench_spamd.sh")] {
             let dest = out.join(name);
             eprintln!("content: peer {name}");

@@ -166,3 +166,36 @@ class Serve(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class BenchHarness(unittest.TestCase):
+    """`mxgate-bench run content --peers` says what the peers lack before any run starts."""
+
+    def run_bench(self, env):
+        t = time.monotonic()
+        r = subprocess.run(
+            [os.path.join(harness.BIN, "mxgate-bench"), "run", "content", "--peers",
+             "--out", tempfile.mkdtemp(dir=WORK)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+        )
+        return r, time.monotonic() - t
+
+    def test_missing_peer_scripts_are_named_at_once(self):
+        empty = tempfile.mkdtemp(dir=WORK)
+        r, took = self.run_bench({"MXGATE_PEERS": empty})
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(os.path.join(empty, "bench_rspamd.sh"), r.stderr)
+        self.assertNotIn("sessions", r.stderr)  # no gateway run started
+        self.assertLess(took, 10)
+
+    def test_missing_peer_programs_are_named_with_their_packages(self):
+        peers = tempfile.mkdtemp(dir=WORK)
+        for script in ("bench_rspamd.sh", "bench_spamd.sh"):
+            with open(os.path.join(peers, script), "w") as f:
+                f.write("exit 1\n")
+        r, took = self.run_bench({"MXGATE_PEERS": peers, "PATH": tempfile.mkdtemp(dir=WORK)})
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("rspamd, rspamc, spamd, spamc not installed", r.stderr)
+        self.assertIn("apt-get install", r.stderr)
+        self.assertNotIn("sessions", r.stderr)
+        self.assertLess(took, 10)
