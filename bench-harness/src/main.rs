@@ -489,12 +489,15 @@ fn relay(dir: &Path, sc: &Scenario, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The peers `--peers` runs, each with its script in the peers' folder.
+const PEERS: [(&str, &str); 2] = [("rspamd", "bench_rspamd.sh"), ("spamd", "bench_spamd.sh")];
+
 /// The folder of the peers' scripts (`$MXGATE_PEERS`, or `../shared/peers`), once it and the
 /// programs they run are found: an error naming what is missing otherwise.
 fn peer_scripts() -> anyhow::Result<PathBuf> {
     let scripts =
         PathBuf::from(std::env::var("MXGATE_PEERS").unwrap_or_else(|_| "../shared/peers".into()));
-    for script in ["bench_rspamd.sh", "bench_spamd.sh"] {
+    for (_, script) in PEERS {
         let path = scripts.join(script);
         anyhow::ensure!(
             path.is_file(),
@@ -712,7 +715,7 @@ fn content(
     scaling.push(json!({"shards": "plan", "msgs_per_s": max_rate}));
     let mut peer_rows = Vec::new();
     if let Some(scripts) = scripts {
-        for (name, script) in [("rspamd", "bench_rspamd.sh"), ("spamd", "bench_spamd.sh")] {
+        for (name, script) in PEERS {
             let dest = out.join(name);
             eprintln!("content: peer {name}");
             let status = Command::new("bash")

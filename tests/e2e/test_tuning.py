@@ -164,10 +164,6 @@ class Serve(unittest.TestCase):
         self.assertNotIn("tuning plan", log)
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class BenchHarness(unittest.TestCase):
     """`mxgate-bench run content --peers` says what the peers lack before any run starts."""
 
@@ -199,3 +195,7 @@ class BenchHarness(unittest.TestCase):
         self.assertIn("apt-get install", r.stderr)
         self.assertNotIn("sessions", r.stderr)
         self.assertLess(took, 10)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -197,8 +197,8 @@ struct Compiled {
 impl Compiled {
     /// What Hyperscan compiles: the expression as written, or for a prefilter (a pattern
     /// widened, one Hyperscan rejects as written, or a long one its input's `regex` set takes
-    /// whatever Hyperscan would do, see [`Compiled::set_prefilter`]) a superset: widened, without its word
-    /// boundaries (see [`drop_word_boundaries`]), a long one cut to its first pieces (see
+    /// whatever Hyperscan would do, see [`Compiled::set_prefilter`]) a superset: widened,
+    /// without its word boundaries (see [`drop_word_boundaries`]), a long one cut to its first pieces (see
     /// [`truncate_sequence`]), and when Hyperscan rejects that for its anchors even as a
     /// prefilter, without them too (see [`drop_anchors`]). With it, how
     /// Hyperscan takes it, as found out on the way: [`Mode::Hyperscan`] (as written),
@@ -1005,12 +1005,12 @@ pub enum BuildError {
 const CACHE_MAGIC: &[u8; 8] = b"MXGRUL02";
 
 /// Most patterns in one database of patterns Hyperscan takes as written. A compile is
-/// superlinear in the patterns it holds that need big automata, and the obfuscation-tolerant
-/// spellings were what made the body's take 11-14 s in one database; since they run in the
-/// input's `regex` set ([`Compiled::hs`]), the 334 body patterns left compile in 0.6 s as one
-/// database, which scans the corpus's paragraphs in 24 µs a message against 36-40 µs as six
-/// databases of 64 (each one more pass over the text; BENCHMARKS.md). So every scope's exact
-/// patterns go in one database, up to this many.
+/// superlinear in the patterns it holds that need big automata, the obfuscation-tolerant
+/// spellings above all (the 338 body patterns took 1.4 s in one database with four of them);
+/// since those run in the input's `regex` set ([`Compiled::hs`]), the 334 body patterns left
+/// compile in 0.6 s as one database, which scans the corpus's paragraphs in 24 µs a message
+/// against 36 µs as six databases of 64 (each one more pass over the text; BENCHMARKS.md). So
+/// every scope's exact patterns go in one database, up to this many.
 const EXACT_CHUNK: usize = 1024;
 
 /// Most patterns in one database of prefilters of long patterns (see
