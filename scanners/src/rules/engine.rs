@@ -198,12 +198,12 @@ impl Compiled {
     /// What Hyperscan compiles: the expression as written, or for a prefilter (a pattern
     /// widened, one Hyperscan rejects as written, or a long one its input's `regex` set takes
     /// whatever Hyperscan would do, see [`Compiled::set_prefilter`]) a superset: widened,
-    /// without its word boundaries (see [`drop_word_boundaries`]), a long one cut to its first pieces (see
-    /// [`truncate_sequence`]), and when Hyperscan rejects that for its anchors even as a
-    /// prefilter, without them too (see [`drop_anchors`]). With it, how
-    /// Hyperscan takes it, as found out on the way: [`Mode::Hyperscan`] (as written),
-    /// [`Mode::Prefilter`], or [`Mode::Pcre`] (not at all). Derived from the pattern alone, so
-    /// an engine loaded from the cache compiles what a built one did.
+    /// without its word boundaries (see [`drop_word_boundaries`]), a long one cut to its first
+    /// pieces (see [`truncate_sequence`]), and when Hyperscan rejects that for its anchors even
+    /// as a prefilter, without them too (see [`drop_anchors`]). With it, how Hyperscan takes
+    /// it, as found out on the way: [`Mode::Hyperscan`] (as written), [`Mode::Prefilter`], or
+    /// [`Mode::Pcre`] (not at all). Derived from the pattern alone, so an engine loaded from
+    /// the cache compiles what a built one did.
     fn hs(&self) -> Option<(&str, Mode)> {
         let t = self.translated.as_ref()?;
         let (e, mode) = self.hs_expr.get_or_init(|| {
