@@ -1288,6 +1288,10 @@ impl Engine {
                 h.update(format!("confirm_only={n}\0"));
             }
             for (r, c) in set.rules.iter().zip(&rules) {
+                // Which rules run at all (scores, references): the cache restores every rule's
+                // mode, so a rule that a changed score enables or disables must change the key
+                // even when no pattern in the databases changes (an eval or PCRE2-only rule).
+                h.update(format!("{}\0{}\0", r.name, c.mode.as_u8()));
                 // A long pattern's prefilter kept out of the databases for its input's set.
                 if let Some(x) = c.set_expr() {
                     h.update(format!("set\0{}\0{x}\0", r.name));
@@ -4352,6 +4356,27 @@ Subject: x\n\nbody\n";
         let b = build(RULES, &opts);
         assert!(b.stats.cache_hit);
         assert_eq!(hits(&a, MSG), hits(&b, MSG));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A score that enables a rule outside the databases (here a native eval rule scored 0)
+    /// takes effect on a warm cache: the whole-set file restores every rule's mode, so which
+    /// rules run is part of its key (its databases are all reused).
+    #[test]
+    fn a_changed_score_is_not_undone_by_the_cache() {
+        let (dir, opts) = cached("scores");
+        let off =
+            format!("{RULES}header NO_TO eval:check_for_missing_to_header()\nscore NO_TO 0\n");
+        let a = build(&off, &opts);
+        assert!(!hits(&a, MSG).iter().any(|h| h.starts_with("NO_TO=")));
+        let on = format!("{off}score NO_TO 1\n");
+        let b = build(&on, &opts);
+        assert!(!b.stats.cache_hit);
+        assert_eq!(b.stats.databases_compiled, 0);
+        assert!(hits(&b, MSG).contains(&"NO_TO=1".to_string()));
+        let c = build(&on, &opts);
+        assert!(c.stats.cache_hit);
+        assert_eq!(hits(&b, MSG), hits(&c, MSG));
         let _ = std::fs::remove_dir_all(dir);
     }
 
