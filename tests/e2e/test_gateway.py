@@ -987,6 +987,73 @@ class RulesInTheGateway(unittest.TestCase):
                         <= ours["hidden-text"])
         self.assertTrue({"HTML_FONT_LOW_CONTRAST", "HTML_FONT_SIZE_LARGE"} <= ours["big-font"])
 
+    def test_link_and_parse_flag_evals_as_spamassassin_runs_them(self):
+        """HTTPSMismatch's link text showing another site's https URL, URIEval's IP links shown
+        as https and cut URIs, HTMLEval's iframes, BodyEval's stock tips and blank lines, and the
+        flags SpamAssassin's message parser leaves (a long header, missing blank lines, a part
+        without headers, an epilogue): mxgate's hits against SpamAssassin's on the same
+        messages."""
+        # Rules the ruleset scores 0 (so neither side runs them) get a score here.
+        local_cf = "".join(f"score {r} 0.1\n" for r in ("HTTPS_IP_MISMATCH", "HTML_IFRAME_SRC", "HEAD_LONG",
+                                                        "MISSING_HB_SEP", "BLANK_LINES_80_90", "TVD_STOCK1"))
+
+        def head(extra=""):
+            return (f"From: Alice <alice@e2e.test>\r\nTo: bob@e2e.test\r\nSubject: Your account\r\n"
+                    f"Date: Mon, 2 Jun 2025 10:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@e2e.test>\r\n"
+                    f"MIME-Version: 1.0\r\n{extra}")
+
+        def html(body):
+            return (head("Content-Type: text/html; charset=us-ascii\r\n") +
+                    f"\r\n<html><body>{body}</body></html>\r\n").encode()
+
+        def multipart(parts, epilogue=""):
+            return (head('Content-Type: multipart/mixed; boundary="BB"\r\n') +
+                    "\r\nThis is a multi-part message.\r\n--BB\r\n" + "\r\n--BB\r\n".join(parts) +
+                    "\r\n--BB--\r\n" + epilogue).encode()
+
+        link = lambda href, text: f"<p><a href='{href}'>{text}</a></p>"
+        long_path = "a" * 9000
+        cases = {
+            "https-other-site": html(link("http://login.e2e-phish.com/bank", "https://www.bankofamerica.com/")),
+            "https-same-site": html(link("http://www.bankofamerica.com/", "https://secure.bankofamerica.com/")),
+            "https-eleven-links": html(link("http://login.e2e-phish.com/bank", "https://www.bankofamerica.com/") +
+                                       "".join(link(f"http://site{i}.e2e-test.com/", "more") for i in range(10))),
+            "ip-shown-https": html(link("http://192.0.2.7/login", "https://secure.e2e-bank.com/")),
+            "iframe": html("<iframe src='http://ads.e2e-test.com/frame.html'></iframe>Hello"),
+            "long-link": html(link(f"http://long.e2e-test.com/{long_path}", "click")),
+            "long-text-uri": (head("Content-Type: text/plain\r\n") +
+                              f"\r\nSee http://long.e2e-test.com/{long_path} today\r\n").encode(),
+            "long-header": (head(f"X-Long: {'x' * 9000}\r\n") + "\r\nHello\r\n").encode(),
+            "no-blank-line": head("Content-Type: text/plain\r\n").encode(),
+            "part-without-headers": multipart(["Content-Type: text/plain\r\n\r\nhello", "just text\r\n"]),
+            "part-header-runs-into-body": multipart(["Content-Type: text/plain\r\nhello at once"]),
+            "epilogue": multipart(["Content-Type: text/plain\r\n\r\nhello"], "an epilogue with words\r\n"),
+            "dots-after-close": multipart(["Content-Type: text/plain\r\n\r\nhello"], ".\r\n"),
+            "stock-tip": (head("Content-Type: text/plain\r\n") + "\r\nHot pick of the week!\r\n"
+                          "Company: Example Mining Corp\r\nSymbol: EXMC\r\nCurrent Price: $0.12\r\n"
+                          "Target: $1.50\r\n").encode(),
+            "mostly-blank": (head("Content-Type: text/plain\r\n") + "\r\nlook\r\n" + "\r\n" * 9).encode(),
+        }
+        names = ("HTTPS_HTTP_MISMATCH", "HTTPS_IP_MISMATCH", "HTML_IFRAME_SRC", "URI_TRUNCATED", "HEAD_LONG",
+                 "MISSING_HB_SEP", "MISSING_MIME_HB_SEP", "T_TVD_MIME_EPI", "T_TVD_MIME_NO_HEADERS",
+                 "BLANK_LINES_80_90", "TVD_STOCK1")
+        ours = self._hits_against_spamassassin(local_cf, cases, names)
+        # What the cases are there for, beyond agreeing.
+        self.assertIn("HTTPS_HTTP_MISMATCH", ours["https-other-site"])
+        self.assertNotIn("HTTPS_HTTP_MISMATCH", ours["https-same-site"])
+        self.assertNotIn("HTTPS_HTTP_MISMATCH", ours["https-eleven-links"])
+        self.assertIn("HTTPS_IP_MISMATCH", ours["ip-shown-https"])
+        self.assertIn("HTML_IFRAME_SRC", ours["iframe"])
+        self.assertIn("URI_TRUNCATED", ours["long-link"])
+        self.assertIn("HEAD_LONG", ours["long-header"])
+        self.assertIn("MISSING_HB_SEP", ours["no-blank-line"])
+        self.assertIn("T_TVD_MIME_NO_HEADERS", ours["part-without-headers"])
+        self.assertIn("MISSING_MIME_HB_SEP", ours["part-header-runs-into-body"])
+        self.assertIn("T_TVD_MIME_EPI", ours["epilogue"])
+        self.assertNotIn("T_TVD_MIME_EPI", ours["dots-after-close"])
+        self.assertIn("TVD_STOCK1", ours["stock-tip"])
+        self.assertIn("BLANK_LINES_80_90", ours["mostly-blank"])
+
     def test_relay_checked_welcomelists_as_spamassassin_reads_them(self):
         """`welcomelist_from_rcvd` and `def_welcomelist_from_rcvd` (a sender welcome only when
         the relay that handed the message over is the one named: a name its reverse DNS ends

@@ -2141,6 +2141,7 @@ impl Engine {
                 recipient_order: Default::default(),
                 relays: &relays,
                 images: Default::default(),
+                parse_flags: Default::default(),
             };
             for (i, call) in &self.calls {
                 if call.is_net() && net.is_none() {

@@ -117,6 +117,39 @@ pub enum Call {
         /// Upper bound (exclusive).
         max: Option<f64>,
     },
+    /// `check_msg_parse_flags('flag')`: a flag SpamAssassin's parser left on the message
+    /// ([`super::sa_parse`]).
+    ParseFlag(String),
+    /// `check_uri_truncated()`: a URI cut at `MAX_URI_LENGTH` while the URIs were listed.
+    UriTruncated,
+    /// `check_https_http_mismatch(min, max)`: in an HTML part with at least `min` and fewer
+    /// than `max` links to valid domains, one whose text shows an `https://` URL of another
+    /// domain.
+    HttpsHttpMismatch {
+        /// Fewest links (`1` when not given).
+        min: usize,
+        /// Fewer links than this (no bound when not given).
+        max: Option<usize>,
+    },
+    /// `check_https_ip_mismatch()`: a link to an IP address whose text shows an `https:` URL
+    /// that is not one to an IP address.
+    HttpsIpMismatch,
+    /// `check_iframe_src()`: an `iframe` with a source.
+    IframeSrc,
+    /// `check_blank_line_ratio(min, max, minlines)`: the share of blank lines in the decoded
+    /// text parts, in per cent (-1 below `minlines` lines), above `min` (or from 0 when `min` is
+    /// 0) and at most `max`.
+    BlankLineRatio {
+        /// Lower bound (exclusive, unless 0).
+        min: f64,
+        /// Upper bound (inclusive).
+        max: f64,
+        /// Fewest lines for a ratio.
+        min_lines: usize,
+    },
+    /// `check_stock_info(min)`: at least `min` distinct stock-tip field names (`Symbol:`,
+    /// `Target:`, `Sector:` ...) in the first text/plain part.
+    StockInfo(usize),
     /// `check_for_mime('name')`: one of MIMEEval's part statistics.
     Mime(MimeTest),
     /// `check_for_mime_html()`.
@@ -1296,6 +1329,32 @@ impl Call {
                 "mimepart_limit_exceeded" => MimeTest::PartLimitExceeded,
                 _ => return None,
             })),
+            "check_msg_parse_flags" => {
+                // `($type, $type2)`: the second when the first is a reference (never, written
+                // in a rule).
+                let flag = arg(0).to_string();
+                super::sa_parse::ParseFlags::default().get(&flag)?;
+                Some(Call::ParseFlag(flag))
+            }
+            "check_uri_truncated" => Some(Call::UriTruncated),
+            "check_https_http_mismatch" => {
+                // `$minanchors ||= 1`: Perl's falsy values (empty, `0`) give one.
+                let min = arg(0).trim().parse::<usize>().unwrap_or(0).max(1);
+                let max = match a.get(1).map(|m| m.trim()) {
+                    None => None,
+                    Some(m) => Some(m.parse().ok()?),
+                };
+                Some(Call::HttpsHttpMismatch { min, max })
+            }
+            "check_https_ip_mismatch" => Some(Call::HttpsIpMismatch),
+            "check_iframe_src" => Some(Call::IframeSrc),
+            "check_blank_line_ratio" => Some(Call::BlankLineRatio {
+                min: arg(0).trim().parse().ok()?,
+                max: arg(1).trim().parse().ok()?,
+                // `$minlines = 1 if !defined $minlines || $minlines < 1`.
+                min_lines: arg(2).trim().parse::<usize>().unwrap_or(0).max(1),
+            }),
+            "check_stock_info" => Some(Call::StockInfo(arg(0).trim().parse().ok()?)),
             "check_for_mime_html" => Some(Call::MimeHtml),
             "check_for_mime_html_only" => Some(Call::MimeHtmlOnly),
             "check_mime_multipart_ratio" => Some(Call::MultipartRatio {
@@ -1650,6 +1709,8 @@ pub struct EvalInput<'a> {
     pub relays: &'a super::relays::Relays,
     /// ImageInfo's reading of the image parts, computed on first use.
     pub images: OnceCell<super::images::ImageInfo>,
+    /// The flags SpamAssassin's parser leaves on the message, computed on first use.
+    pub parse_flags: OnceCell<super::sa_parse::ParseFlags>,
     /// `ok_locales`; empty when not set (`all`).
     pub ok_locales: &'a [String],
 }
@@ -2219,6 +2280,30 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
                 .is_some_and(|v| v > *min && max.is_none_or(|m| v <= m))
         }),
         Call::MimeAnomaly(name) => input.msg.anomalies.iter().any(|a| a.name() == name),
+        Call::ParseFlag(name) => input
+            .parse_flags
+            .get_or_init(|| super::sa_parse::parse_flags(&input.msg.raw))
+            .get(name)
+            .unwrap_or(false),
+        Call::UriTruncated => super::view::uris_truncated(
+            body_of(input),
+            html_parts(input).iter().map(|(_, t)| t.as_ref()),
+            input.redirectors,
+        ),
+        Call::HttpsHttpMismatch { min, max } => html_parts(input)
+            .iter()
+            .any(|(_, t)| https_http_mismatch(t, *min, *max)),
+        Call::HttpsIpMismatch => html_parts(input).iter().any(|(_, t)| https_ip_mismatch(t)),
+        Call::IframeSrc => html_parts(input).iter().any(|(_, t)| t.iframe_src),
+        Call::BlankLineRatio {
+            min,
+            max,
+            min_lines,
+        } => {
+            let r = blank_line_ratio(input.msg, *min_lines);
+            r <= *max && (*min == 0.0 || r > *min)
+        }
+        Call::StockInfo(min) => *min == 0 || stock_info(input.msg) >= *min,
         Call::Relay(t) => super::relays::run(
             *t,
             input.relays,
@@ -2248,6 +2333,224 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             max.is_none_or(|x| m.base64_length <= x) && m.base64_length >= *min
         }
     })
+}
+
+/// BodyEval's blank line ratio: the per cent of the decoded text parts' lines (as rawbody rules
+/// read them) holding nothing but white space; -1 for fewer than `min_lines` lines.
+fn blank_line_ratio(msg: &Message, min_lines: usize) -> f64 {
+    // SpamAssassin's parser keeps at most 20 lines of each run of blank body lines (before
+    // any decoding): the text it decodes then is that of the message so cut.
+    let cut = squeeze_blank_runs(
+        &msg.raw,
+        msg.parts.first().map_or(0, |p| p.body.start as usize),
+    );
+    let cut = cut.map(|raw| Message::parse(raw.into()));
+    let msg = cut.as_ref().unwrap_or(msg);
+    let (mut lines, mut blank) = (0usize, 0usize);
+    for chunk in super::view::rawbody_chunks(msg) {
+        for line in chunk.split_inclusive(|&b| b == b'\n') {
+            lines += 1;
+            blank += usize::from(line.iter().all(|&b| b.is_ascii_whitespace() || b == 0x0b));
+        }
+    }
+    if lines < min_lines {
+        -1.0
+    } else {
+        100.0 * blank as f64 / lines as f64
+    }
+}
+
+/// `Message->new`'s cut of blank body lines: of each run of more than 20 lines holding only
+/// white space, 20 are kept (21 when the run starts the body); `None` when no run is that long.
+fn squeeze_blank_runs(raw: &[u8], body_start: usize) -> Option<Vec<u8>> {
+    const MAX_BLANK_LINES: usize = 20;
+    let body = raw.get(body_start..)?;
+    let lines: Vec<&[u8]> = body.split_inclusive(|&b| b == b'\n').collect();
+    let blank = |l: &[u8]| l.iter().all(|&b| b.is_ascii_whitespace() || b == 0x0b);
+    let mut keep = vec![true; lines.len()];
+    let mut start: Option<usize> = None;
+    let mut cut = false;
+    for cnt in (0..lines.len()).rev() {
+        if blank(lines[cnt]) {
+            start.get_or_insert(cnt);
+            if cnt != 0 {
+                continue;
+            }
+        }
+        if let Some(s) = start.take() {
+            let num = s - cnt;
+            if num > MAX_BLANK_LINES {
+                keep[cnt + 2..cnt + 2 + num - MAX_BLANK_LINES].fill(false);
+                cut = true;
+            }
+        }
+    }
+    cut.then(|| {
+        let mut out = raw[..body_start].to_vec();
+        for (l, k) in lines.iter().zip(&keep) {
+            if *k {
+                out.extend_from_slice(l);
+            }
+        }
+        out
+    })
+}
+
+/// BodyEval's `_check_stock_info`: the distinct stock-tip field names among the `Name: value`
+/// lines of the message's first text/plain part (as SpamAssassin types parts: any `text/*` but
+/// HTML, vCard and calendar, or none declared).
+fn stock_info(msg: &Message) -> usize {
+    use std::sync::OnceLock;
+    static RE: OnceLock<[regex::Regex; 2]> = OnceLock::new();
+    let [field, stock] = RE.get_or_init(|| {
+        [
+            r"(?m)^\s*([^:\s][^:\n]{2,29})\s*:\s*\S",
+            concat!(
+                r"(^trad(?:e|ing)date|company(?:name)?|",
+                r"s\w?(?:t\w?o\w?c\w?k|y\w?m(?:\w?b\w?o\w?l)?)|t(?:arget|icker)|",
+                r"(?:opening|current)p(?:rice)?|p(?:rojected|osition)|expectations|weeks?high|",
+                r"marketperformance|(?:year|week|month|day|price)(?:target|estimates?)|sector|",
+                r"r(?:ecommendation|ating))$"
+            ),
+        ]
+        .map(|p| regex::Regex::new(p).expect("a valid pattern"))
+    });
+    let plain = msg.leaves().find(|p| {
+        let t = p
+            .content_type
+            .split([' ', '\t', ';'])
+            .next()
+            .unwrap_or_default();
+        t.is_empty()
+            || t == "text/plain"
+            || (t.starts_with("text")
+                && !t[4..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+                && !matches!(t, "text/x-vcard" | "text/calendar" | "text/html"))
+    });
+    let Some(text) = plain.and_then(|p| super::view::part_text(msg, p)) else {
+        return 0;
+    };
+    let mut chunks = Vec::new();
+    super::view::split_short_paragraphs(text.as_bytes(), &mut chunks);
+    let mut found = HashSet::new();
+    for chunk in &chunks {
+        for c in field.captures_iter(&String::from_utf8_lossy(chunk)) {
+            let name: String = c[1]
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_ascii_lowercase())
+                .collect();
+            if let Some(m) = stock.captures(&name) {
+                found.insert(m[1].to_string());
+            }
+        }
+    }
+    found.len()
+}
+
+/// Each link's texts, by the `href` they are filed under (`uri_detail`'s `anchor_text`).
+fn anchors_by_href(t: &super::sa_html::Tags) -> HashMap<&str, Vec<&str>> {
+    let mut by: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (href, text) in t.anchor_hrefs.iter().zip(&t.anchor_texts) {
+        by.entry(href.as_str()).or_default().push(text.as_str());
+    }
+    by
+}
+
+/// `IS_IP_ADDRESS` for what a URL's host can be here (no `:`): a dotted quad.
+fn is_ipv4(host: &str) -> bool {
+    host.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+/// `RegistryBoundaries::trim_domain` of a host as written: lower case, repeated dots one,
+/// dots at the ends dropped, then the registrable domain.
+fn sa_trim_domain(host: &str) -> String {
+    let mut h = host.to_lowercase();
+    while h.contains("..") {
+        h = h.replace("..", ".");
+    }
+    trim_domain(h.trim_matches('.'))
+}
+
+/// `uri_to_domain` of a trimmed host gives a domain, and that domain's TLD is valid.
+fn domain_valid(trimmed: &str) -> bool {
+    // Whatever is up to the last `@` is taken for a user name.
+    let host = trimmed.rsplit_once('@').map_or(trimmed, |(_, h)| h);
+    static ESCAPE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let escape = ESCAPE.get_or_init(|| {
+        regex::Regex::new(r"%(?:2[1-9a-f]|[3-6][0-9a-f]|7[0-9a-e])").expect("a valid pattern")
+    });
+    if escape.is_match(host) || is_ipv4(host) {
+        // An address is its own domain, and no TLD.
+        return false;
+    }
+    super::sa_uris::is_fqdn_valid(host.as_bytes())
+        && super::sa_uris::is_domain_valid(host)
+        && super::sa_uris::is_domain_valid(&trim_domain(host))
+}
+
+/// HTTPSMismatch's `check_https_http_mismatch` over one HTML part's links.
+fn https_http_mismatch(t: &super::sa_html::Tags, min: usize, max: Option<usize>) -> bool {
+    static RE: std::sync::OnceLock<[regex::Regex; 2]> = std::sync::OnceLock::new();
+    let [href_host, shown] = RE.get_or_init(|| {
+        [r"(?i)^https?://([^/:?#]+)", r"(?i)https://([^\s/:?#]+)"]
+            .map(|p| regex::Regex::new(p).expect("a valid pattern"))
+    });
+    let (mut hit, mut anchors) = (false, 0);
+    for (href, texts) in anchors_by_href(t) {
+        let Some(host) = href_host
+            .captures(href)
+            .map(|c| c.get(1).map_or("", |m| m.as_str()))
+        else {
+            continue;
+        };
+        if is_ipv4(host) {
+            continue;
+        }
+        let uri = sa_trim_domain(host);
+        if !domain_valid(&uri) {
+            continue;
+        }
+        anchors += 1;
+        hit |= texts.iter().any(|text| {
+            let Some(c) = shown.captures(text) else {
+                return false;
+            };
+            let https = &c[1];
+            let https = if is_ipv4(https) {
+                https.to_string()
+            } else {
+                let d = sa_trim_domain(https);
+                if !super::sa_uris::is_domain_valid(&d) {
+                    return false;
+                }
+                d
+            };
+            uri != https
+        });
+    }
+    hit && anchors >= min && max.is_none_or(|m| anchors < m)
+}
+
+/// URIEval's `check_https_ip_mismatch` over one HTML part's links.
+fn https_ip_mismatch(t: &super::sa_html::Tags) -> bool {
+    static RE: std::sync::OnceLock<[regex::Regex; 3]> = std::sync::OnceLock::new();
+    let [to_ip, https_ip, https] = RE.get_or_init(|| {
+        [
+            r"(?i)^https?:/*(?:[^@/]+@)?\d+\.\d+\.\d+\.\d+",
+            r"(?i)^https:/*(?:[^@/]+@)?\d+\.\d+\.\d+\.\d+",
+            r"(?i)https:",
+        ]
+        .map(|p| regex::Regex::new(p).expect("a valid pattern"))
+    });
+    anchors_by_href(t)
+        .into_iter()
+        .filter(|(href, _)| to_ip.is_match(href))
+        .any(|(_, texts)| {
+            texts
+                .iter()
+                .any(|text| !https_ip.is_match(text) && https.is_match(text))
+        })
 }
 
 /// Part `i` as the body's rendering rendered it, when it did.
@@ -3173,6 +3476,42 @@ fn domain_dot_user(text: &str, dom: &str, user: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blank_runs_keep_twenty_lines_as_the_parser_does() {
+        let head = b"Subject: x\n\n";
+        let msg = |body: &str| [&head[..], body.as_bytes()].concat();
+        let count = |raw: &[u8]| {
+            let cut = squeeze_blank_runs(raw, head.len()).unwrap_or_else(|| raw.to_vec());
+            cut[head.len()..].iter().filter(|&&b| b == b'\n').count()
+        };
+        // 25 blank lines between two words: 20 kept; 20 or fewer: left as they are.
+        assert_eq!(count(&msg(&format!("a\n{}b\n", "\n".repeat(25)))), 22);
+        assert!(
+            squeeze_blank_runs(&msg(&format!("a\n{}b\n", " \n".repeat(20))), head.len()).is_none()
+        );
+        // A run at the start of the body keeps 21, one at its end 20.
+        assert_eq!(count(&msg(&format!("{}b\n", "\n".repeat(30)))), 22);
+        assert_eq!(count(&msg(&format!("a\n{}", "\t\n".repeat(30)))), 21);
+    }
+
+    #[test]
+    fn stock_tips_count_distinct_field_names() {
+        let msg = |body: &str| {
+            Message::parse(
+                format!("Subject: x\nContent-Type: text/plain\n\n{body}")
+                    .into_bytes()
+                    .into(),
+            )
+        };
+        let tip = "Company: Example Corp\nSymbol: EXMC\n  Current Price : $0.12\nSymbol: again\n";
+        assert_eq!(stock_info(&msg(tip)), 3);
+        // A name needs something after its colon, which Perl's `\s*\S` (as `regex`'s) finds
+        // on a later line too.
+        assert_eq!(stock_info(&msg("Sector:   \n")), 0);
+        assert_eq!(stock_info(&msg("Symbol:\nnext line\n")), 1);
+        assert_eq!(stock_info(&msg("Dear friend: hello\n")), 0);
+    }
 
     #[test]
     fn relays_matched_as_welcomelist_from_rcvd_names_them() {

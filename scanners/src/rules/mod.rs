@@ -25,6 +25,7 @@ pub mod regex;
 pub mod relays;
 pub mod sa_date;
 pub mod sa_html;
+pub mod sa_parse;
 pub mod sa_style;
 pub mod sa_uris;
 pub mod templates;

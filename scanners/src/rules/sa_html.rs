@@ -77,6 +77,13 @@ pub struct Tags {
     /// Each `a` tag's text (`anchor`, for `html_text_match`), with `<img>\n` for each image
     /// inside it.
     pub anchor_texts: Vec<String>,
+    /// The `href` each of those texts is filed under in `uri_detail` (`anchor_last`: trimmed
+    /// and cut as `canon_uri` does, not resolved; empty without one).
+    pub anchor_hrefs: Vec<String>,
+    /// A link target cut at `MAX_URI_LENGTH` (`uri_truncated`).
+    pub uri_truncated: bool,
+    /// An `iframe` with a `src` (`uri_detail` types `iframe`, for `check_iframe_src`).
+    pub iframe_src: bool,
     /// The area of the images with a width and a height (`image_area`): pixels, a percentage
     /// of an 800x600 screen, 200 for a side that is not a number.
     pub image_area: u64,
@@ -364,6 +371,9 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
         }
         if !closing && !namespace && (element || TRICKS.contains(&name)) {
             html_tests(&mut t, name, attrs);
+            if name == "a" {
+                t.anchor_hrefs.push(std::mem::take(&mut links.anchor_key));
+            }
         }
     });
     t.obfuscation = obfuscation;
@@ -373,6 +383,8 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
     t.non_space_len = text.chars().filter(|c| !c.is_whitespace()).count();
     t.uris = links.found.list;
     t.anchors = links.anchors;
+    t.uri_truncated = links.truncated;
+    t.iframe_src = links.iframe;
     for name in ["style", "script"] {
         if let Some(e) = t.inside.get_mut(name) {
             while *e > 0 {
@@ -701,6 +713,12 @@ struct Links {
     anchors: Vec<String>,
     /// `base_href`: set by a `<base>` with an absolute `http`, `https` or `ftp` target.
     base: String,
+    /// The last `a` tag's `href` as `html_tests` files its text (`anchor_last`).
+    anchor_key: String,
+    /// A target cut by `canon_uri` (`uri_truncated`).
+    truncated: bool,
+    /// An `iframe` target listed.
+    iframe: bool,
 }
 
 impl Links {
@@ -743,8 +761,8 @@ impl Links {
                 // `html_tests` files an anchor's text under its `href` as written (trimmed,
                 // not resolved; empty without one), which lists it too.
                 if name == "a" {
-                    self.found
-                        .push(canon_uri(href.as_deref().unwrap_or_default()));
+                    self.anchor_key = self.canon(href.as_deref().unwrap_or_default());
+                    self.found.push(self.anchor_key.clone());
                 }
             }
             "form" => {
@@ -756,7 +774,7 @@ impl Links {
                 let Some(v) = get("href").filter(|v| perl_true(v)) else {
                     return;
                 };
-                let uri = canon_uri(&v);
+                let uri = self.canon(&v);
                 self.push(&uri);
                 let lower = uri.to_ascii_lowercase();
                 if !(lower.starts_with("http:")
@@ -800,15 +818,23 @@ impl Links {
             }
             _ => {
                 if let Some(v) = slashed("src").or_else(|| get("src")) {
-                    self.push(&v);
+                    let listed = self.push(&v).is_some();
+                    self.iframe |= listed && name == "iframe";
                 }
             }
         }
     }
 
+    /// `canon_uri`, noting a cut.
+    fn canon(&mut self, uri: &str) -> String {
+        let (u, cut) = canon_uri(uri);
+        self.truncated |= cut;
+        u
+    }
+
     /// `push_uri`; gives the target it listed.
     fn push(&mut self, uri: &str) -> Option<String> {
-        let uri = canon_uri(uri);
+        let uri = self.canon(uri);
         if uri.is_empty() {
             return None;
         }
@@ -830,18 +856,20 @@ impl Links {
     }
 }
 
-/// `canon_uri`: white space (and no-break spaces) trimmed, cut to [`MAX_URI_LENGTH`].
-fn canon_uri(uri: &str) -> String {
+/// `canon_uri`: white space (and no-break spaces) trimmed, cut to [`MAX_URI_LENGTH`]; and
+/// whether it was cut.
+fn canon_uri(uri: &str) -> (String, bool) {
     let ws = |c: char| c.is_ascii_whitespace() || c == '\x0b' || c == '\u{a0}';
     let mut u = uri.trim_matches(ws);
-    if u.len() > MAX_URI_LENGTH {
+    let cut = u.len() > MAX_URI_LENGTH;
+    if cut {
         let mut end = MAX_URI_LENGTH;
         while !u.is_char_boundary(end) {
             end -= 1;
         }
         u = &u[..end];
     }
-    u.to_string()
+    (u.to_string(), cut)
 }
 
 /// A URI's parts as `_parse_uri` splits them (RFC 3986's appendix B expression).

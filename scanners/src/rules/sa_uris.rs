@@ -300,7 +300,7 @@ fn match_at(b: &[u8], p: usize, local_end: usize) -> Option<(usize, usize, Form)
 }
 
 /// `Util::is_fqdn_valid($host, 1)`.
-fn is_fqdn_valid(host: &[u8]) -> bool {
+pub(super) fn is_fqdn_valid(host: &[u8]) -> bool {
     let mut h = host;
     while let [rest @ .., b'.'] = h {
         h = rest;
@@ -322,7 +322,7 @@ fn is_fqdn_valid(host: &[u8]) -> bool {
 }
 
 /// `RegistryBoundaries::is_domain_valid`: no whitespace, a dot, and a valid TLD after the last.
-fn is_domain_valid(dom: &str) -> bool {
+pub(super) fn is_domain_valid(dom: &str) -> bool {
     !dom.bytes().any(|c| c.is_ascii_whitespace())
         && dom
             .rsplit_once('.')
@@ -560,6 +560,18 @@ pub fn canonicalize(
 
 /// `MAX_URI_LENGTH`.
 const MAX_URI_LENGTH: usize = 8192;
+
+/// Whether [`canonicalize`] cuts any of `uri`'s variants (`uri_truncated`, which
+/// `add_uri_detail_list` sets before it asks for a valid domain). Only a URI near the limit
+/// can have one that long: a variant adds at most a scheme (`http://`, `mailto:`).
+pub fn truncated(uri: &str, redirectors: &Redirectors) -> bool {
+    if uri.len() + 16 <= MAX_URI_LENGTH {
+        return false;
+    }
+    let mut own = Unique::default();
+    variants(uri, redirectors, &mut own);
+    own.list.iter().any(|u| u.len() > MAX_URI_LENGTH)
+}
 
 /// Whether `RegistryBoundaries::uri_to_domain` finds a domain in `uri`: an IP address, or a
 /// valid host name under a valid TLD.

@@ -559,7 +559,7 @@ fn crlf_to_lf(d: &[u8]) -> Cow<'_, [u8]> {
 }
 
 /// `split_into_array_of_short_paragraphs`.
-fn split_short_paragraphs(t: &[u8], out: &mut Vec<Vec<u8>>) {
+pub(crate) fn split_short_paragraphs(t: &[u8], out: &mut Vec<Vec<u8>>) {
     let n = t.len();
     if n <= MAX_BODY_LINE {
         out.push(t.to_vec());
@@ -632,6 +632,33 @@ pub fn uris_of(
         }
     }
     out.list.into_iter().map(String::into_bytes).collect()
+}
+
+/// Whether listing the URIs ([`uris_of`]) cut any at `MAX_URI_LENGTH` (`uri_truncated`, which
+/// URIEval's `check_uri_truncated` reads): a link target of an HTML part, or a variant of a URI
+/// from the text or the links.
+pub fn uris_truncated<'a>(
+    lines: &[Vec<u8>],
+    html: impl Iterator<Item = &'a super::sa_html::Tags> + Clone,
+    redirectors: &Redirectors,
+) -> bool {
+    if html.clone().any(|t| t.uri_truncated) {
+        return true;
+    }
+    // A text URI that long needs a line that long.
+    let mut in_text: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for l in lines
+        .iter()
+        .filter(|l| l.len() > 8_000 && super::sa_uris::may_hold(l))
+    {
+        super::sa_uris::extract(l, &mut seen, &mut in_text);
+    }
+    let links = html.flat_map(|t| &t.uris);
+    in_text
+        .iter()
+        .chain(links)
+        .any(|u| super::sa_uris::truncated(u, redirectors))
 }
 
 /// Every part's headers (for mimeheader rules), root first.
