@@ -2498,15 +2498,11 @@ fn https_http_mismatch(t: &super::sa_html::Tags, min: usize, max: Option<usize>)
     });
     let (mut hit, mut anchors) = (false, 0);
     for (href, texts) in anchors_by_href(t) {
-        let Some(host) = href_host
-            .captures(href)
-            .map(|c| c.get(1).map_or("", |m| m.as_str()))
-        else {
+        // A link to an address is another rule's (`check_https_ip_mismatch`).
+        let host = href_host.captures(href).and_then(|c| c.get(1));
+        let Some(host) = host.map(|m| m.as_str()).filter(|h| !is_ipv4(h)) else {
             continue;
         };
-        if is_ipv4(host) {
-            continue;
-        }
         let uri = sa_trim_domain(host);
         if !domain_valid(&uri) {
             continue;

@@ -69,14 +69,12 @@ struct Queued {
 pub fn parse_flags(raw: &[u8]) -> ParseFlags {
     let mut flags = ParseFlags::default();
     let mut queue = VecDeque::new();
-    queue.extend(parse_message(raw, SUBPARSE, Some(&mut flags)));
+    queue.push_back(parse_message(raw, SUBPARSE, Some(&mut flags)));
     while let Some(node) = queue.pop_front() {
         if node.ty.starts_with("multipart/") && node.boundary.is_some() && node.subparse > 0 {
             multipart(node, &mut flags, &mut queue);
-        } else if node.ty.starts_with("message/")
-            && node.ty != "message/partial"
+        } else if matches!(node.ty.as_str(), "message/rfc822" | "message/global")
             && node.subparse > 0
-            && (node.ty == "message/rfc822" || node.ty == "message/global")
         {
             let body = node.body.concat();
             let decoded = match node.encoding.as_str() {
@@ -87,7 +85,7 @@ pub fn parse_flags(raw: &[u8]) -> ParseFlags {
             if !decoded.is_empty() {
                 // A message inside: its own header flags stay its own, its multiparts are
                 // parsed by the root's queue (and flag the root).
-                queue.extend(parse_message(&decoded, node.subparse - 1, None));
+                queue.push_back(parse_message(&decoded, node.subparse - 1, None));
             }
         }
     }
@@ -119,7 +117,7 @@ fn parsed_further(ty: &str) -> bool {
 /// `Message->new`: the header loop, from which the root's `truncated_header` and
 /// `missing_head_body_separator` come (into `flags` when given), and the body queued as the
 /// message's root node (its lines kept only when they are parsed further).
-fn parse_message(raw: &[u8], subparse: u32, flags: Option<&mut ParseFlags>) -> Option<Queued> {
+fn parse_message(raw: &[u8], subparse: u32, flags: Option<&mut ParseFlags>) -> Queued {
     let raw: &[u8] = if raw.is_empty() { b"\n" } else { raw };
     // The line starting at byte `p`, with its line end.
     let line_at = |p: usize| -> &[u8] {
@@ -240,13 +238,13 @@ fn parse_message(raw: &[u8], subparse: u32, flags: Option<&mut ParseFlags>) -> O
             body.insert(0, b"\n".to_vec());
         }
     }
-    Some(Queued {
+    Queued {
         ty,
         boundary,
         body,
         subparse,
         encoding: encoding(&headers),
-    })
+    }
 }
 
 /// `s/\015\012/\012/g`.
@@ -329,7 +327,8 @@ fn content_type(ct: Option<&str>) -> (String, Option<String>, bool) {
     }
     t.retain(|c| {
         let c = c as u32;
-        !(c <= 0x20 || (0x7f..=0xff).contains(&c) || b"\"(),:;<=>?@[\\]".contains(&(c as u8)))
+        let special = c < 0x80 && b"\"(),:;<=>?@[\\]".contains(&(c as u8));
+        !(c <= 0x20 || (0x7f..=0xff).contains(&c) || special)
     });
     (t, boundary, missing)
 }
