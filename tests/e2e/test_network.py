@@ -409,10 +409,10 @@ class Authentication(unittest.TestCase):
         return (f'[dns]\nnameservers = ["{self.dns.address}"]\ntimeout_ms = 1500\n'
                 f'[auth]\n{extra}')
 
-    def signed(self, subject):
+    def signed(self, subject, identity=None):
         import dkim
         raw = message("alice@signed.e2e.test", "bob@e2e.test", subject, "Quarterly figures attached.\n")
-        sig = dkim.sign(raw, b"sel", b"signed.e2e.test", self.key,
+        sig = dkim.sign(raw, b"sel", b"signed.e2e.test", self.key, identity=identity,
                         include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
         return sig + raw
 
@@ -448,19 +448,31 @@ class Authentication(unittest.TestCase):
 
     def test_dkim_eval_rules_read_the_verification(self):
         """DKIM_VALID_EF (a valid signature of the envelope sender's domain, among the auth
-        stage's symbols) and the eval rule `check_dkim_dependable` over the auth stage's results
-        in `mxgate scan`; without the auth stage neither hits, as in SpamAssassin's local tests."""
+        stage's symbols), the eval rule `check_dkim_dependable`, and `check_dkim_valid` and
+        `check_dkim_signed` naming domains (matched against the signature's `i=` identity when
+        it has one), over the auth stage's results in `mxgate scan`; without the auth stage
+        none hits, as in SpamAssassin's local tests."""
         folder = tempfile.mkdtemp(prefix="dkim-rules-", dir=WORK)
         local = os.path.join(folder, "rules")
         os.mkdir(local)
         with open(os.path.join(local, "local.cf"), "w") as f:
             f.write("full LOCAL_DKIM_DEPENDABLE eval:check_dkim_dependable()\n"
-                    "score LOCAL_DKIM_DEPENDABLE 0.1\n")
+                    "score LOCAL_DKIM_DEPENDABLE 0.1\n"
+                    "full LOCAL_DKIM_BY eval:check_dkim_valid('signed.e2e.test')\n"
+                    "score LOCAL_DKIM_BY 0.1\n"
+                    "full LOCAL_DKIM_BY_SUB eval:check_dkim_valid('*.signed.e2e.test')\n"
+                    "score LOCAL_DKIM_BY_SUB 0.1\n"
+                    "full LOCAL_DKIM_BY_OTHER eval:check_dkim_valid('lists.e2e.test', 'e2e.test')\n"
+                    "score LOCAL_DKIM_BY_OTHER 0.1\n"
+                    "full LOCAL_DKIM_SIGNED_BY eval:check_dkim_signed('signed.e2e.test')\n"
+                    "score LOCAL_DKIM_SIGNED_BY 0.1\n")
         cases = {
             "own": b"Return-Path: <alice@signed.e2e.test>\r\n" + self.signed("ef"),
             "other": b"Return-Path: <bounces@lists.e2e.test>\r\n" + self.signed("ef other"),
             "tampered": b"Return-Path: <alice@signed.e2e.test>\r\n"
                         + self.signed("ef tampered").replace(b"Quarterly", b"Monthly"),
+            "identity": b"Return-Path: <alice@signed.e2e.test>\r\n"
+                        + self.signed("ef identity", identity=b"@mail.signed.e2e.test"),
         }
         files = []
         for name, raw in cases.items():
@@ -485,8 +497,18 @@ class Authentication(unittest.TestCase):
         self.assertNotIn("DKIM_VALID_EF", got["tampered"])
         for name in cases:
             self.assertIn("LOCAL_DKIM_DEPENDABLE", got[name], name)
+            self.assertNotIn("LOCAL_DKIM_BY_OTHER", got[name], name)
+        self.assertTrue({"LOCAL_DKIM_BY", "LOCAL_DKIM_BY_SUB", "LOCAL_DKIM_SIGNED_BY"} <= got["own"])
+        # A signature that fails to verify is one of the domain's, not a valid one.
+        self.assertIn("LOCAL_DKIM_SIGNED_BY", got["tampered"])
+        self.assertFalse({"LOCAL_DKIM_BY", "LOCAL_DKIM_BY_SUB"} & got["tampered"])
+        # i=@mail.signed.e2e.test speaks for a domain under signed.e2e.test, not for it.
+        self.assertIn("LOCAL_DKIM_BY_SUB", got["identity"])
+        self.assertNotIn("LOCAL_DKIM_BY", got["identity"])
+        local_names = {"DKIM_VALID_EF", "LOCAL_DKIM_DEPENDABLE", "LOCAL_DKIM_BY", "LOCAL_DKIM_BY_SUB",
+                       "LOCAL_DKIM_BY_OTHER", "LOCAL_DKIM_SIGNED_BY"}
         for name, syms in symbols("rules").items():
-            self.assertFalse({"DKIM_VALID_EF", "LOCAL_DKIM_DEPENDABLE"} & syms, name)
+            self.assertFalse(local_names & syms, name)
 
     def test_greylisting_spares_senders_that_pass_spf_for_every_recipient(self):
         """`spf_exempt_domains`: a listed sender domain whose SPF passes for the client is not

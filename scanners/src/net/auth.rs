@@ -94,6 +94,21 @@ pub struct Signature {
     pub outcome: Outcome,
     /// Its `d=` domain (empty when the field could not be parsed).
     pub domain: String,
+    /// The domain it speaks for, lower case: that of its `i=` identity when it has one, else
+    /// its `d=` (SpamAssassin's SDID, which `check_dkim_valid(DOMAIN, ...)` matches; empty when
+    /// the field could not be parsed).
+    pub identity_domain: String,
+}
+
+impl Signature {
+    /// A signature with this outcome and `d=` domain (and no `i=` of another domain).
+    pub fn new(outcome: Outcome, domain: &str) -> Signature {
+        Signature {
+            outcome,
+            domain: domain.to_string(),
+            identity_domain: domain.to_ascii_lowercase(),
+        }
+    }
 }
 
 /// Everything the checks found about one message.
@@ -127,6 +142,27 @@ impl Results {
                 .dkim
                 .iter()
                 .any(|s| s.outcome == Outcome::Pass && s.domain.eq_ignore_ascii_case(domain))
+    }
+
+    /// DKIM.pm's `_check_dkim_signed_by` for `check_dkim_signed(DOMAIN, ...)` and
+    /// `check_dkim_valid(DOMAIN, ...)`: a signature (one that verified, with `valid`) speaking
+    /// for one of `domains`: that domain exactly, or with `*.` or `.` before it, the domain or
+    /// any under it.
+    pub fn dkim_signed_by(&self, valid: bool, domains: &[String]) -> bool {
+        self.dkim.iter().any(|s| {
+            let sdid = s.identity_domain.as_str();
+            (!valid || s.outcome == Outcome::Pass)
+                && !sdid.is_empty()
+                && domains.iter().any(|ad| {
+                    let ad = ad.to_ascii_lowercase();
+                    match ad.strip_prefix("*.").or_else(|| ad.strip_prefix('.')) {
+                        Some(d) => {
+                            sdid == d || sdid.strip_suffix(d).is_some_and(|p| p.ends_with('.'))
+                        }
+                        None => sdid == ad,
+                    }
+                })
+        })
     }
 
     /// Whether a signature verified.
@@ -309,9 +345,23 @@ async fn check(auth: &mail_auth::MessageAuthenticator, req: &Request) -> Results
         .await;
     results.dkim = dkim
         .iter()
-        .map(|o| Signature {
-            outcome: Outcome::dkim(o.result()),
-            domain: o.signature().map(|s| s.d.clone()).unwrap_or_default(),
+        .map(|o| {
+            let (d, i) = o
+                .signature()
+                .map(|s| (s.d.as_str(), s.i.as_str()))
+                .unwrap_or_default();
+            // `$sig->identity =~ /\@(\S+)/`; Mail::DKIM's identity is `@d` without an `i=`.
+            let identity = match i.split_once('@') {
+                Some((_, after)) if !i.is_empty() => {
+                    after.split(char::is_whitespace).next().unwrap_or_default()
+                }
+                _ => d,
+            };
+            Signature {
+                outcome: Outcome::dkim(o.result()),
+                domain: d.to_string(),
+                identity_domain: identity.to_ascii_lowercase(),
+            }
         })
         .collect();
     // Signature fields mail-auth could not parse give no output; they are still signatures
@@ -322,10 +372,7 @@ async fn check(auth: &mail_auth::MessageAuthenticator, req: &Request) -> Results
         .filter(|(n, _)| n.eq_ignore_ascii_case(b"dkim-signature"))
         .count();
     while results.dkim.len() < fields {
-        results.dkim.push(Signature {
-            outcome: Outcome::PermError,
-            domain: String::new(),
-        });
+        results.dkim.push(Signature::new(Outcome::PermError, ""));
     }
     results.author_domain = dmarc.domain().to_string();
     results.dmarc = Outcome::dmarc(&dmarc.result());
@@ -357,4 +404,35 @@ async fn futures_join<A: std::future::Future, B: std::future::Future>(
     b: B,
 ) -> (A::Output, B::Output) {
     tokio::join!(a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_by_matches_domains_as_spamassassin_does() {
+        let mut by_identity = Signature::new(Outcome::Pass, "example.net");
+        by_identity.identity_domain = "lists.example.org".into();
+        let r = Results {
+            dkim: vec![
+                Signature::new(Outcome::Pass, "LinkedIn.com"),
+                Signature::new(Outcome::Fail, "googlegroups.com"),
+                by_identity,
+            ],
+            ..Results::default()
+        };
+        let d = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(r.dkim_signed_by(true, &d(&["linkedin.com"])));
+        // A signature that failed is signed but not valid.
+        assert!(!r.dkim_signed_by(true, &d(&["googlegroups.com", "yahoogroups.com"])));
+        assert!(r.dkim_signed_by(false, &d(&["googlegroups.com"])));
+        // A plain domain is that domain alone; `*.` and `.` take the domains under it too.
+        assert!(!r.dkim_signed_by(true, &d(&["example.org"])));
+        assert!(r.dkim_signed_by(true, &d(&["*.example.org"])));
+        assert!(r.dkim_signed_by(true, &d(&[".example.org"])));
+        assert!(!r.dkim_signed_by(true, &d(&["*.ample.org"])));
+        // The identity's domain is what counts, not `d=`.
+        assert!(!r.dkim_signed_by(true, &d(&["example.net"])));
+    }
 }

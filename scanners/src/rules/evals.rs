@@ -72,6 +72,14 @@ pub enum Call {
     },
     /// An SPF, DKIM, DMARC or ARC result.
     Auth(AuthTest),
+    /// `check_dkim_signed(DOMAIN, ...)`, `check_dkim_valid(DOMAIN, ...)`: a signature (one
+    /// that verified, with `valid`) for one of the domains (`*.domain`: it or any under it).
+    DkimSignedBy {
+        /// Only signatures that verified count.
+        valid: bool,
+        /// The domains, as the rule names them.
+        domains: Vec<String>,
+    },
     /// `check_for_missing_to_header()`.
     MissingTo,
     /// A sender address on an address list: `check_from_in_list('LIST')`,
@@ -1235,9 +1243,12 @@ impl Call {
             "check_for_spf_helo_softfail" => helo(O::SoftFail),
             "check_for_spf_helo_permerror" => helo(O::PermError),
             "check_for_spf_helo_temperror" => helo(O::TempError),
-            // With arguments these name domains (welcome lists); not read here.
             "check_dkim_signed" if a.is_empty() => Some(Call::Auth(AuthTest::DkimSigned)),
             "check_dkim_valid" if a.is_empty() => Some(Call::Auth(AuthTest::DkimValid)),
+            "check_dkim_signed" | "check_dkim_valid" => Some(Call::DkimSignedBy {
+                valid: function == "check_dkim_valid",
+                domains: a.iter().map(|d| d.trim().to_string()).collect(),
+            }),
             "check_dkim_dependable" => Some(Call::Auth(AuthTest::DkimDependable)),
             "check_dkim_valid_envelopefrom" => Some(Call::DkimValidEnvelopeFrom),
             "check_dkim_valid_author_sig" if a.is_empty() => {
@@ -1581,6 +1592,7 @@ impl Call {
                 | Call::UriIp { .. }
                 | Call::AskDns { .. }
                 | Call::Auth(_)
+                | Call::DkimSignedBy { .. }
                 | Call::SpfWelcomelist { .. }
                 | Call::DkimWelcomelist { .. }
         )
@@ -1985,6 +1997,10 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             .net
             .and_then(|n| n.auth.as_ref())
             .is_some_and(|r| auth_test(r, *t)),
+        Call::DkimSignedBy { valid, domains } => input
+            .net
+            .and_then(|n| n.auth.as_ref())
+            .is_some_and(|r| r.dkim_signed_by(*valid, domains)),
         Call::DkimValidEnvelopeFrom => {
             let env = text(header_value(
                 input.headers,
