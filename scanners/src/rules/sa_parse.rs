@@ -556,6 +556,46 @@ mod tests {
         assert!(f.missing_mime_headers);
     }
 
+    /// Messages put together from the lines the parser reacts to (boundaries of two nested
+    /// multiparts, part headers, folds, blank lines, CRLF and LF, long lines, a message/rfc822
+    /// part in base64): every one is walked without a panic.
+    #[test]
+    fn random_structures_are_walked_without_panics() {
+        let long = format!("{}\n", "x".repeat(2100));
+        let fragments: Vec<&str> = vec![
+            "Content-Type: multipart/mixed; boundary=\"B\"\n",
+            "Content-Type: multipart/alternative; boundary=C\r\n",
+            "Content-Type: multipart/digest; boundary=B\n",
+            "Content-Type: message/rfc822\n",
+            "Content-Transfer-Encoding: base64\n",
+            "Content-Type: text/plain\n",
+            "--B\n",
+            "--B--\n",
+            "--C\r\n",
+            "--C--\n",
+            "\n",
+            "\r\n",
+            " folded\n",
+            "\tfolded\r\n",
+            "body text\n",
+            "no colon here\n",
+            ".\n",
+            "From someone\n",
+            "X-Name : value\n",
+            "TUlNRS1WZXJzaW9uOiAxLjAK\n",
+            &long,
+        ];
+        let picks =
+            mxgate_core::random_bytes(&(0..fragments.len() as u8).collect::<Vec<_>>(), 40, 20_000);
+        for p in picks {
+            let raw: String = p.iter().map(|&i| fragments[i as usize]).collect();
+            let _ = parse_flags(raw.as_bytes());
+            // A message cut anywhere, line ends included.
+            let cut = &raw.as_bytes()[..raw.len() / 2];
+            let _ = parse_flags(cut);
+        }
+    }
+
     #[test]
     fn nested_messages_flag_the_root_through_their_multiparts() {
         let inner = "Content-Type: multipart/mixed; boundary=CC\n\n--CC\nContent-Type: text/plain\n\nx\n--CC--\nepilogue text\n";
