@@ -2366,7 +2366,7 @@ fn blank_line_ratio(msg: &Message, min_lines: usize) -> f64 {
     for chunk in super::view::rawbody_chunks(msg) {
         for line in chunk.split_inclusive(|&b| b == b'\n') {
             lines += 1;
-            blank += usize::from(line.iter().all(|&b| b.is_ascii_whitespace() || b == 0x0b));
+            blank += usize::from(line.iter().all(|&b| super::sa_parse::space(b)));
         }
     }
     if lines < min_lines {
@@ -2382,7 +2382,7 @@ fn squeeze_blank_runs(raw: &[u8], body_start: usize) -> Option<Vec<u8>> {
     const MAX_BLANK_LINES: usize = 20;
     let body = raw.get(body_start..)?;
     let lines: Vec<&[u8]> = body.split_inclusive(|&b| b == b'\n').collect();
-    let blank = |l: &[u8]| l.iter().all(|&b| b.is_ascii_whitespace() || b == 0x0b);
+    let blank = |l: &[u8]| l.iter().all(|&b| super::sa_parse::space(b));
     let mut keep = vec![true; lines.len()];
     let mut start: Option<usize> = None;
     let mut cut = false;
@@ -2431,18 +2431,9 @@ fn stock_info(msg: &Message) -> usize {
         ]
         .map(|p| regex::Regex::new(p).expect("a valid pattern"))
     });
-    let plain = msg.leaves().find(|p| {
-        let t = p
-            .content_type
-            .split([' ', '\t', ';'])
-            .next()
-            .unwrap_or_default();
-        t.is_empty()
-            || t == "text/plain"
-            || (t.starts_with("text")
-                && !t[4..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
-                && !matches!(t, "text/x-vcard" | "text/calendar" | "text/html"))
-    });
+    let plain = msg
+        .leaves()
+        .find(|p| super::sa_parse::content_type(Some(&p.content_type)).0 == "text/plain");
     let Some(text) = plain.and_then(|p| super::view::part_text(msg, p)) else {
         return 0;
     };
@@ -2500,9 +2491,9 @@ fn domain_valid(trimmed: &str) -> bool {
         // An address is its own domain, and no TLD.
         return false;
     }
-    super::sa_uris::is_fqdn_valid(host.as_bytes())
-        && super::sa_uris::is_domain_valid(host)
-        && super::sa_uris::is_domain_valid(&trim_domain(host))
+    // (The plugin then asks the same of the host's registrable domain, which ends in the same
+    // TLD.)
+    super::sa_uris::is_fqdn_valid(host.as_bytes()) && super::sa_uris::is_domain_valid(host)
 }
 
 /// HTTPSMismatch's `check_https_http_mismatch` over one HTML part's links.
@@ -2512,6 +2503,10 @@ fn https_http_mismatch(t: &super::sa_html::Tags, min: usize, max: Option<usize>)
         [r"(?i)^https?://([^/:?#]+)", r"(?i)https://([^\s/:?#]+)"]
             .map(|p| regex::Regex::new(p).expect("a valid pattern"))
     });
+    // Only a link text showing an `https://` URL can hit; most parts have none.
+    if !t.anchor_texts.iter().any(|text| shown.is_match(text)) {
+        return false;
+    }
     let (mut hit, mut anchors) = (false, 0);
     for (href, texts) in anchors_by_href(t) {
         // A link to an address is another rule's (`check_https_ip_mismatch`).

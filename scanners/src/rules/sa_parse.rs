@@ -283,7 +283,7 @@ fn encoding(headers: &[(Vec<u8>, Vec<u8>)]) -> String {
 }
 
 /// `Util::parse_content_type`: the type, the boundary, and whether the field was missing.
-fn content_type(ct: Option<&str>) -> (String, Option<String>, bool) {
+pub(super) fn content_type(ct: Option<&str>) -> (String, Option<String>, bool) {
     let mut missing = ct.is_none_or(|c| c.is_empty() || c == "0");
     let ct = match ct {
         Some(c) if !missing => c,
@@ -334,8 +334,19 @@ fn content_type(ct: Option<&str>) -> (String, Option<String>, bool) {
 }
 
 /// Perl's `\s` on bytes.
-fn space(b: u8) -> bool {
+pub(super) fn space(b: u8) -> bool {
     b.is_ascii_whitespace() || b == 0x0b
+}
+
+/// A part's type and boundary from its fields (`parse_content_type`); a part of a
+/// multipart/digest without a Content-Type is a message (bug 5741).
+fn part_type(headers: &[(Vec<u8>, Vec<u8>)], parent: &str) -> (String, Option<String>) {
+    let ct = last_value(headers, b"content-type");
+    let (mut ty, boundary, missing) = content_type(ct.as_deref());
+    if missing && parent == "multipart/digest" {
+        ty = "message/rfc822".into();
+    }
+    (ty, boundary)
 }
 
 /// `/^--\Q$boundary\E(--)?\s*$/`: whether `line` is a boundary line, and a closing one.
@@ -380,8 +391,9 @@ fn multipart(node: Queued, flags: &mut ParseFlags, queue: &mut VecDeque<Queued>)
     let mut header: Option<Vec<u8>> = None;
     let mut part: Option<Vec<Vec<u8>>> = None;
     let mut in_body = false;
-    // Whether the part's lines are kept: only a part parsed further needs them.
-    let mut keep = false;
+    // The part's type and boundary, once its header block ended; its lines are kept only when
+    // the part is parsed further.
+    let mut typed: Option<(String, Option<String>)> = None;
     let mut nested = false;
     let mut parts = 0;
     let mut left = body.len();
@@ -406,6 +418,7 @@ fn multipart(node: Queued, flags: &mut ParseFlags, queue: &mut VecDeque<Queued>)
         left -= 1;
         if left == 0 || end {
             let mut lines = part.take().unwrap_or_default();
+            let keep = typed.as_ref().is_some_and(|(ty, _)| parsed_further(ty));
             if !end && keep {
                 push_line(&mut lines, line);
             } else if let Some(last) = lines.last_mut() {
@@ -416,11 +429,9 @@ fn multipart(node: Queued, flags: &mut ParseFlags, queue: &mut VecDeque<Queued>)
                     lines.pop();
                 }
             }
-            let ct = last_value(&headers, b"content-type");
-            let (mut ty, p_boundary, ct_missing) = content_type(ct.as_deref());
-            if ct_missing && node.ty == "multipart/digest" {
-                ty = "message/rfc822".into();
-            }
+            let (ty, p_boundary) = typed
+                .take()
+                .unwrap_or_else(|| part_type(&headers, &node.ty));
             queue.push_back(Queued {
                 ty,
                 boundary: p_boundary.or_else(|| Some(boundary.clone())),
@@ -438,7 +449,6 @@ fn multipart(node: Queued, flags: &mut ParseFlags, queue: &mut VecDeque<Queued>)
                 return;
             }
             in_body = false;
-            keep = false;
             headers.clear();
             header = None;
             continue;
@@ -456,28 +466,23 @@ fn multipart(node: Queued, flags: &mut ParseFlags, queue: &mut VecDeque<Queued>)
                 }
                 continue;
             }
+            let mut last_is_type = false;
             if let Some(h) = header.take() {
                 store(&h, &mut headers);
-                if headers.last().is_some_and(|(k, _)| k == b"content-type") {
-                    let ct = last_value(&headers, b"content-type");
-                    if content_type(ct.as_deref()).1.as_deref() == Some(boundary.as_str()) {
-                        nested = true;
-                    }
-                }
+                last_is_type = headers.last().is_some_and(|(k, _)| k == b"content-type");
             }
+            let (ty, p_boundary) = part_type(&headers, &node.ty);
+            // Bug 7358: a part whose last field names its parent's boundary again.
+            nested |= last_is_type && p_boundary.as_deref() == Some(boundary.as_str());
+            typed = Some((ty, p_boundary));
             in_body = true;
-            keep = {
-                let (ty, _, missing) =
-                    content_type(last_value(&headers, b"content-type").as_deref());
-                parsed_further(&ty) || (missing && node.ty == "multipart/digest")
-            };
             if matches!(&line[..], b"" | b"\n" | b"\r" | b"\r\n") {
                 continue;
             }
             flags.missing_mime_head_body_separator = true;
         }
         let lines = part.get_or_insert_with(Vec::new);
-        if keep {
+        if typed.as_ref().is_some_and(|(ty, _)| parsed_further(ty)) {
             push_line(lines, line);
         }
     }

@@ -561,11 +561,14 @@ pub fn canonicalize(
 /// `MAX_URI_LENGTH`.
 const MAX_URI_LENGTH: usize = 8192;
 
+/// The shortest URI (or text line holding one) [`canonicalize`] may cut a variant of: a
+/// variant adds at most a scheme (`http://`, `mailto:`).
+pub(super) const MAY_BE_CUT_FROM: usize = MAX_URI_LENGTH - 16;
+
 /// Whether [`canonicalize`] cuts any of `uri`'s variants (`uri_truncated`, which
-/// `add_uri_detail_list` sets before it asks for a valid domain). Only a URI near the limit
-/// can have one that long: a variant adds at most a scheme (`http://`, `mailto:`).
+/// `add_uri_detail_list` sets before it asks for a valid domain).
 pub fn truncated(uri: &str, redirectors: &Redirectors) -> bool {
-    if uri.len() + 16 <= MAX_URI_LENGTH {
+    if uri.len() < MAY_BE_CUT_FROM {
         return false;
     }
     let mut own = Unique::default();

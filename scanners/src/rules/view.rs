@@ -650,7 +650,7 @@ pub fn uris_truncated<'a>(
     let mut seen = std::collections::HashSet::new();
     for l in lines
         .iter()
-        .filter(|l| l.len() > 8_000 && super::sa_uris::may_hold(l))
+        .filter(|l| l.len() >= super::sa_uris::MAY_BE_CUT_FROM && super::sa_uris::may_hold(l))
     {
         super::sa_uris::extract(l, &mut seen, &mut in_text);
     }
