@@ -5,6 +5,12 @@
 # ruleset is the one the spamassassin command uses (Debian: /usr/share/spamassassin and
 # /etc/spamassassin). Loading the rules once and checking every message with the same object
 # is what `spamassassin` does per message, without paying rule compilation per file.
+#
+#   scripts/sa_rule_hits.pl [--site DIR] FILE...
+#
+# `--site DIR` reads the site configuration (`.pre` and `.cf` files, `local.cf`) from DIR
+# instead of /etc/spamassassin, as `spamassassin --siteconfigpath DIR` does: a copy of it with
+# scores for rules the ruleset scores 0 makes those run.
 use strict;
 use warnings;
 use Mail::SpamAssassin;
@@ -28,7 +34,12 @@ use JSON::PP;
     };
 }
 
+my $site;
+if (@ARGV >= 2 && $ARGV[0] eq '--site') {
+    (undef, $site) = splice(@ARGV, 0, 2);
+}
 my $sa = Mail::SpamAssassin->new({
+    (defined $site ? (site_rules_filename => $site) : ()),
     local_tests_only => 1,
     dont_copy_prefs => 1,
     userprefs_filename => '/dev/null',
