@@ -4,14 +4,17 @@
 //! first.
 //!
 //! `MXGATE_CORPUS=../shared/corpus cargo run --release -p mxgate-scanners --example rule_costs
-//! [N] [body|uri|rawbody] [joined|sets]` prints the N costliest patterns (default 20), then the
+//! [N] [body|uri|rawbody|header=REQUEST] [joined|sets]` prints the N costliest patterns (default 20), then the
 //! N slowest to compile alone. `joined` then scans the databases once more over the same texts
 //! joined into texts of about 16 KB (what a scan pays per call); `sets` compares the scope's
 //! prefilters in `regex` sets of several sizes (see `regex::set_prefilter`) with Hyperscan.
 
 use mxgate_core::mime::Message;
+use mxgate_scanners::rules::engine::header_value;
 use mxgate_scanners::rules::regex::{set_prefilter, translate};
-use mxgate_scanners::rules::{load_paths, view, Engine, Input, Layout, Mode, Options, Test};
+use mxgate_scanners::rules::{
+    load_paths, relays, view, Engine, Input, Layout, Mode, Options, Test,
+};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -24,7 +27,8 @@ fn main() {
         None | Some("body") => Input::Body,
         Some("uri") => Input::Uri,
         Some("rawbody") => Input::Rawbody,
-        Some(other) => panic!("scope {other}: body, uri or rawbody"),
+        Some(h) if h.starts_with("header=") => Input::Header(h["header=".len()..].to_string()),
+        Some(other) => panic!("scope {other}: body, uri, rawbody or header=REQUEST"),
     };
     let name = scope.label();
     let mut texts = Vec::new();
@@ -43,6 +47,15 @@ fn main() {
             match scope {
                 Input::Uri => texts.extend(view::uris(&msg, &Default::default())),
                 Input::Rawbody => texts.extend(view::rawbody_chunks(&msg)),
+                Input::Header(ref request) => {
+                    let headers = view::Headers::of_part(&msg, 0);
+                    let relays = relays::analyze(&headers);
+                    let value = match relays.pseudo_header(request) {
+                        Some(v) => Some(v.into_bytes()),
+                        None => header_value(&headers, request, None),
+                    };
+                    texts.extend(value);
+                }
                 _ => {
                     let headers = view::Headers::of_part(&msg, 0);
                     let subject = headers.values("subject", false).last();

@@ -3748,10 +3748,22 @@ pub fn header_value(h: &Headers, request: &str, env_from: Option<&str>) -> Optio
                 .into_iter()
                 .collect()
         }
-        n => h
-            .values(n, need_raw)
-            .map(|v| unfold_raw(v, need_raw))
-            .collect(),
+        n => {
+            let mut values = h.values(n, need_raw);
+            let one = values.next()?;
+            let Some(two) = values.next() else {
+                // One field (the common case): the join below would copy it once more.
+                if !(addr || dname) {
+                    return Some(unfold_raw(one, need_raw));
+                }
+                return addresses(vec![unfold_raw(one, need_raw)], addr, raw);
+            };
+            [one, two]
+                .into_iter()
+                .chain(values)
+                .map(|v| unfold_raw(v, need_raw))
+                .collect()
+        }
     };
     if vals.is_empty() {
         return None;
@@ -3763,37 +3775,47 @@ pub fn header_value(h: &Headers, request: &str, env_from: Option<&str>) -> Optio
         vals = l.into_iter().collect();
     }
     if addr || dname {
-        let mut out = Vec::new();
-        for v in &vals {
-            for a in parse_addresses(v) {
-                if addr {
-                    if let Some(x) = a.0 {
-                        out.push(x.into_bytes());
-                    }
-                } else if let Some(x) = a.1 {
-                    let x = if raw {
-                        x
-                    } else {
-                        mxgate_core::mime::header::decode_words(x.as_bytes())
-                    };
-                    let x = mxgate_core::squeeze(&x);
-                    let x = x
-                        .strip_prefix('\'')
-                        .and_then(|y| y.strip_suffix('\''))
-                        .map(str::to_string)
-                        .unwrap_or(x);
-                    out.push(x.into_bytes());
-                }
-            }
-        }
-        vals = out;
-        if vals.is_empty() {
-            return None;
-        }
+        return addresses(vals, addr, raw);
     }
-    // `join($harr[0] =~ /\n\z/ ? "" : "\n", @harr)`
+    join_values(vals)
+}
+
+/// `join($harr[0] =~ /\n\z/ ? "" : "\n", @harr)`, of values there is at least one of.
+fn join_values(vals: Vec<Vec<u8>>) -> Option<Vec<u8>> {
     let sep: &[u8] = if vals[0].ends_with(b"\n") { b"" } else { b"\n" };
     Some(vals.join(sep))
+}
+
+/// The `:addr` (`addr`) or `:name` values of the header values `vals`, joined as
+/// [`header_value`] joins them.
+fn addresses(vals: Vec<Vec<u8>>, addr: bool, raw: bool) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    for v in &vals {
+        for a in parse_addresses(v) {
+            if addr {
+                if let Some(x) = a.0 {
+                    out.push(x.into_bytes());
+                }
+            } else if let Some(x) = a.1 {
+                let x = if raw {
+                    x
+                } else {
+                    mxgate_core::mime::header::decode_words(x.as_bytes())
+                };
+                let x = mxgate_core::squeeze(&x);
+                let x = x
+                    .strip_prefix('\'')
+                    .and_then(|y| y.strip_suffix('\''))
+                    .map(str::to_string)
+                    .unwrap_or(x);
+                out.push(x.into_bytes());
+            }
+        }
+    }
+    if out.is_empty() {
+        return None;
+    }
+    join_values(out)
 }
 
 /// `get_header(..., raw)`: raw values are unfolded (`\r?\n\s+` → space).

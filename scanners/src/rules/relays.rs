@@ -2032,6 +2032,13 @@ fn msn_groups(r: &Relays, h: &Headers, env_from: &str) -> bool {
 /// From without hotmail's relays, `None` neither.
 fn forged_hotmail(r: &Relays, h: &Headers, env_from: &str) -> Option<bool> {
     let rcvd = r.squeezed(h);
+    // Both outcomes need `hotmail.com`: in the Received fields (matched case-sensitively) for
+    // a forgery, in the From address (any case) for a missing Received line. Mail naming it in
+    // neither place skips the exemptions' patterns below.
+    let from = get(h, "From:addr").unwrap_or_default();
+    if !rcvd.contains("hotmail.com") && !from.to_ascii_lowercase().contains("hotmail.com") {
+        return None;
+    }
     if is(
         re!(r"from mail pickup service by hotmail\.com with Microsoft SMTPSVC;"),
         rcvd,
@@ -2083,7 +2090,6 @@ fn forged_hotmail(r: &Relays, h: &Headers, env_from: &str) -> Option<bool> {
     if is(re!(r"(?:from |HELO |helo=)\S*hotmail\.com\b"), rcvd) {
         return Some(true);
     }
-    let from = get(h, "From:addr").unwrap_or_default();
     is(re!(r"(?im)\bhotmail\.com$"), &from).then_some(false)
 }
 
