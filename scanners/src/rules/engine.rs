@@ -286,7 +286,9 @@ impl Compiled {
     fn counter(&self) -> Option<&Matcher> {
         self.counter
             .get_or_init(|| match (self.pcre(), &self.translated) {
-                (Some(Matcher::Pcre(_)), Some(t)) => super::regex::counter(t).map(Matcher::Rust),
+                (Some(Matcher::Pcre(_) | Matcher::Gated(..)), Some(t)) => {
+                    super::regex::counter(t).map(Matcher::Rust)
+                }
                 _ => None,
             })
             .as_ref()
@@ -1148,6 +1150,7 @@ impl Engine {
                 matcher: match m {
                     Matcher::Rust(_) => "regex",
                     Matcher::Pcre(_) => "PCRE2",
+                    Matcher::Gated(..) => "PCRE2 behind a necessary condition",
                 },
                 took,
                 matched,

@@ -566,6 +566,9 @@ pub enum Matcher {
     Pcre(pcre2::bytes::Regex),
     /// Rust's `regex`, byte mode.
     Rust(regex::bytes::Regex),
+    /// PCRE2 run only on texts a cheap necessary condition of its pattern lets through (see
+    /// [`gate`]).
+    Gated(fn(&[u8]) -> bool, pcre2::bytes::Regex),
 }
 
 impl Matcher {
@@ -574,6 +577,7 @@ impl Matcher {
         match self {
             Matcher::Pcre(r) => r.is_match(text).unwrap_or(false),
             Matcher::Rust(r) => r.is_match(text),
+            Matcher::Gated(gate, r) => gate(text) && r.is_match(text).unwrap_or(false),
         }
     }
 
@@ -582,7 +586,8 @@ impl Matcher {
         let cap = cap.unwrap_or(u32::MAX);
         let mut n = 0;
         match self {
-            Matcher::Pcre(r) => {
+            Matcher::Gated(gate, _) if !gate(text) => {}
+            Matcher::Pcre(r) | Matcher::Gated(_, r) => {
                 for m in r.find_iter(text) {
                     if m.is_err() || n >= cap {
                         break;
@@ -715,7 +720,10 @@ pub fn pcre(t: &Translated) -> Result<Matcher, String> {
         }
     }
     match pcre2_regex(t) {
-        Ok(r) => Ok(Matcher::Pcre(r)),
+        Ok(r) => Ok(match gate(t) {
+            Some(g) => Matcher::Gated(g, r),
+            None => Matcher::Pcre(r),
+        }),
         Err(e) => for_rust_regex(t)
             .ok_or_else(|| format!("PCRE2: {e}; regex: set operations in a class"))
             .and_then(|x| {
@@ -727,6 +735,77 @@ pub fn pcre(t: &Translated) -> Result<Matcher, String> {
                 })
             }),
     }
+}
+
+/// `__SUBJ_HAS_TO_2` (SpamAssassin's `20_head_tests.cf`), run over the whole header on PCRE2
+/// alone: the recipient a Received field names `for`, repeated in the Subject.
+const SUBJ_HAS_TO_2: &str =
+    r"\nReceived:[^\n]{0,200} for <?([^\n\s>;]+)>?;(?:[^\n]+\n+)*Subject: [^\n]{0,100}\1[^a-z0-9]";
+
+/// A cheap necessary condition for a pattern that is costly on every text, when there is one:
+/// a text it rejects cannot match. Recognised by the pattern as written and its flags, so a
+/// ruleset that changes the pattern runs it as it is.
+fn gate(t: &Translated) -> Option<fn(&[u8]) -> bool> {
+    (t.expr == SUBJ_HAS_TO_2 && t.caseless && t.multiline && t.dotall)
+        .then_some(subject_names_received_for as fn(&[u8]) -> bool)
+}
+
+/// [`SUBJ_HAS_TO_2`]'s necessary condition. PCRE2 (byte mode, no UTF) starts a match at
+/// `\nReceived:` (any case); the group is a run of bytes other than `\n`, ASCII white space,
+/// `>` and `;` after ` for ` (any case) and an optional `<`, followed by `>;` or `;` (shorter
+/// runs are followed by another such byte, so only the longest can be); the Subject line is
+/// one starting `Subject: ` (any case) right after that `;` or after a later newline, and
+/// holds the group, compared ASCII case-insensitively as PCRE2's caseless back-reference
+/// compares bytes. The condition drops the `{0,200}`/`{0,100}` bounds and what follows the
+/// group, so it lets through every text the pattern matches, and a few more.
+fn subject_names_received_for(text: &[u8]) -> bool {
+    let class = |b: u8| !matches!(b, b'\n' | b'\t' | 0x0b | 0x0c | b'\r' | b' ' | b'>' | b';');
+    let starts = |i: usize, lit: &[u8]| {
+        text.get(i..i + lit.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(lit))
+    };
+    let line_end = |i: usize| memchr::memchr(b'\n', &text[i..]).map_or(text.len(), |n| i + n);
+    // Whether a Subject line from `from` on (the text right there, then each line after a
+    // newline) holds `group`.
+    let subject_holds = |from: usize, group: &[u8]| {
+        std::iter::once(from)
+            .chain(memchr::memchr_iter(b'\n', &text[from..]).map(|n| from + n + 1))
+            .filter(|&i| starts(i, b"subject: "))
+            .any(|i| {
+                text[i + b"subject: ".len()..line_end(i)]
+                    .windows(group.len())
+                    .any(|w| w.eq_ignore_ascii_case(group))
+            })
+    };
+    for r in memchr::memchr_iter(b'\n', text).filter(|&r| starts(r + 1, b"received:")) {
+        let end_of_line = line_end(r + 1);
+        // Every ` for `, overlapping ones too (` for for `).
+        let spaces = memchr::memchr_iter(b' ', &text[r..end_of_line]).map(|n| r + n);
+        for f in spaces.filter(|&i| starts(i, b" for ")) {
+            let mut start = f + b" for ".len();
+            let angle = text.get(start) == Some(&b'<');
+            if angle {
+                start += 1;
+            }
+            let mut len = text[start..].iter().take_while(|&&b| class(b)).count();
+            if len == 0 && angle {
+                // ` for <>;`: `<?` takes nothing and the group is the `<`.
+                (start, len) = (start - 1, 1);
+            }
+            let end = start + len;
+            let semicolon = match text.get(end) {
+                Some(b';') => end + 1,
+                Some(b'>') if text.get(end + 1) == Some(&b';') => end + 2,
+                _ => continue,
+            };
+            // `<` itself can be the group's first byte when `<?` takes nothing: that group
+            // holds this one, so looking for this one is enough.
+            if len > 0 && subject_holds(semicolon, &text[start..end]) {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// A long obfuscation-tolerant spelling: each letter of `word` a group of look-alikes (the
@@ -750,6 +829,85 @@ pub(crate) fn spelling(word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_subject_gate_lets_through_every_header_its_pattern_matches() {
+        use rand::{Rng, SeedableRng};
+        let t = translate(SUBJ_HAS_TO_2, "ism");
+        let Ok(Matcher::Gated(gate, re)) = pcre(&t) else {
+            panic!("the pattern is gated")
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let addrs: [&[u8]; 7] = [
+            b"bob@x.org",
+            b"BOB@X.org",
+            b"bob",
+            b"<",
+            b"b<o",
+            b"",
+            b"x\xe9",
+        ];
+        let junk: [&[u8]; 12] = [
+            b" for ", b" FOR ", b";", b">", b"<", b" ", b"\t", b"!", b"a", b"\x0b", b"\n", b"z9",
+        ];
+        let (mut matched, mut stopped) = (0, 0);
+        for _ in 0..200_000 {
+            let mut text = Vec::new();
+            for _ in 0..rng.gen_range(0..7) {
+                let junk_to = |rng: &mut rand::rngs::StdRng, text: &mut Vec<u8>, n: usize| {
+                    for _ in 0..rng.gen_range(0..n) {
+                        text.extend_from_slice(junk[rng.gen_range(0..junk.len())]);
+                    }
+                };
+                match rng.gen_range(0..4) {
+                    0 => {
+                        text.extend_from_slice(b"\nReceived: from x");
+                        junk_to(&mut rng, &mut text, 3);
+                        text.extend_from_slice([&b" for "[..], b" For "][rng.gen_range(0..2)]);
+                        if rng.gen_bool(0.5) {
+                            text.push(b'<');
+                        }
+                        text.extend_from_slice(addrs[rng.gen_range(0..addrs.len())]);
+                        if rng.gen_bool(0.5) {
+                            text.push(b'>');
+                        }
+                        if rng.gen_bool(0.8) {
+                            text.push(b';');
+                        }
+                        junk_to(&mut rng, &mut text, 3);
+                    }
+                    1 => {
+                        text.extend_from_slice(
+                            [&b"\nSubject: "[..], b"\nsubject: ", b"Subject: "]
+                                [rng.gen_range(0..3)],
+                        );
+                        junk_to(&mut rng, &mut text, 3);
+                        text.extend_from_slice(addrs[rng.gen_range(0..addrs.len())]);
+                        junk_to(&mut rng, &mut text, 3);
+                    }
+                    2 => {
+                        text.push(b'\n');
+                        junk_to(&mut rng, &mut text, 5);
+                    }
+                    _ => junk_to(&mut rng, &mut text, 4),
+                }
+            }
+            let m = re.is_match(&text).unwrap_or(false);
+            let g = gate(&text);
+            assert!(
+                g || !m,
+                "the gate stops a match: {:?}",
+                String::from_utf8_lossy(&text)
+            );
+            matched += usize::from(m);
+            stopped += usize::from(!g);
+        }
+        // Both kinds of text were drawn, so the check above compared something.
+        assert!(
+            matched > 200 && stopped > 100_000,
+            "{matched} matched, {stopped} stopped"
+        );
+    }
 
     /// The `regex` counter finds PCRE2's matches: the same count over random texts for
     /// patterns whose leftmost-first and leftmost-longest matches differ, lazy and greedy
