@@ -3530,13 +3530,9 @@ mod tests {
         let alphabet = [
             "<", ">", ".", "A", "B", "a", "\"", " ", "\n", "x", "é", "\u{3000}",
         ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
+        let mut next = |n: usize| rng.gen_range(0..n);
         let (mut ids, mut names) = (0, 0);
         for _ in 0..20_000 {
             let caps: String = (0..28)

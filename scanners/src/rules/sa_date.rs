@@ -399,13 +399,9 @@ mod tests {
             "; 3 Jan 2001 1:2:3 GMT",
             "Sun,  1 Jan 2001 12:00:00",
         ];
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x2545_f491_4f6c_dd1d);
+        let mut next = |n: usize| rng.gen_range(0..n);
         let mut found = 0;
         for _ in 0..50_000 {
             let line: String = (0..next(8)).map(|_| pieces[next(pieces.len())]).collect();
