@@ -48,13 +48,16 @@ fn main() {
                 Input::Uri => texts.extend(view::uris(&msg, &Default::default())),
                 Input::Rawbody => texts.extend(view::rawbody_chunks(&msg)),
                 Input::Header(ref request) => {
+                    // The relay pseudo-headers as the engine writes them, other requests as
+                    // `header_value` gives them (the `ALL-*` ranges are not made here).
                     let headers = view::Headers::of_part(&msg, 0);
-                    let relays = relays::analyze(&headers);
-                    let value = match relays.pseudo_header(request) {
-                        Some(v) => Some(v.into_bytes()),
-                        None => header_value(&headers, request, None),
-                    };
-                    texts.extend(value);
+                    texts.extend(if request.starts_with("X-Spam-Relays-") {
+                        relays::analyze(&headers)
+                            .pseudo_header(request)
+                            .map(String::into_bytes)
+                    } else {
+                        header_value(&headers, request, None)
+                    });
                 }
                 _ => {
                     let headers = view::Headers::of_part(&msg, 0);

@@ -3751,22 +3751,10 @@ pub fn header_value(h: &Headers, request: &str, env_from: Option<&str>) -> Optio
                 .into_iter()
                 .collect()
         }
-        n => {
-            let mut values = h.values(n, need_raw);
-            let one = values.next()?;
-            let Some(two) = values.next() else {
-                // One field (the common case): the join below would copy it once more.
-                if !(addr || dname) {
-                    return Some(unfold_raw(one, need_raw));
-                }
-                return addresses(vec![unfold_raw(one, need_raw)], addr, raw);
-            };
-            [one, two]
-                .into_iter()
-                .chain(values)
-                .map(|v| unfold_raw(v, need_raw))
-                .collect()
-        }
+        n => h
+            .values(n, need_raw)
+            .map(|v| unfold_raw(v, need_raw))
+            .collect(),
     };
     if vals.is_empty() {
         return None;
@@ -3783,8 +3771,12 @@ pub fn header_value(h: &Headers, request: &str, env_from: Option<&str>) -> Optio
     join_values(vals)
 }
 
-/// `join($harr[0] =~ /\n\z/ ? "" : "\n", @harr)`, of values there is at least one of.
-fn join_values(vals: Vec<Vec<u8>>) -> Option<Vec<u8>> {
+/// `join($harr[0] =~ /\n\z/ ? "" : "\n", @harr)`, of values there is at least one of. One
+/// value (most requests: a field the message has once) is the join as it is, not a copy.
+fn join_values(mut vals: Vec<Vec<u8>>) -> Option<Vec<u8>> {
+    if vals.len() == 1 {
+        return vals.pop();
+    }
     let sep: &[u8] = if vals[0].ends_with(b"\n") { b"" } else { b"\n" };
     Some(vals.join(sep))
 }

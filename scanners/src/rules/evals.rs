@@ -3526,11 +3526,11 @@ mod tests {
 
     #[test]
     fn ratware_name_id_reads_as_its_patterns() {
+        use rand::{Rng, SeedableRng};
         let id = regex::Regex::new(r"<[A-Z]{28}\.([^>]+?)>").expect("valid");
         let alphabet = [
             "<", ">", ".", "A", "B", "a", "\"", " ", "\n", "x", "é", "\u{3000}",
         ];
-        use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x9e37_79b9_7f4a_7c15);
         let mut next = |n: usize| rng.gen_range(0..n);
         let (mut ids, mut names) = (0, 0);

@@ -792,6 +792,9 @@ fn subject_names_received_for(text: &[u8]) -> bool {
                 // ` for <>;`: `<?` takes nothing and the group is the `<`.
                 (start, len) = (start - 1, 1);
             }
+            if len == 0 {
+                continue;
+            }
             let end = start + len;
             let semicolon = match text.get(end) {
                 Some(b';') => end + 1,
@@ -800,7 +803,7 @@ fn subject_names_received_for(text: &[u8]) -> bool {
             };
             // `<` itself can be the group's first byte when `<?` takes nothing: that group
             // holds this one, so looking for this one is enough.
-            if len > 0 && subject_holds(semicolon, &text[start..end]) {
+            if subject_holds(semicolon, &text[start..end]) {
                 return true;
             }
         }

@@ -325,8 +325,9 @@ pub fn received_times(received: &[String]) -> Vec<i64> {
 }
 
 /// The leftmost match of `\s.?\d+ \S\S\S \d+ \d+:\d+:\d+ \S+` in a Received line: by hand
-/// for ASCII lines (most), where the classes are ASCII ones and every way the pattern can
-/// match from a start ends at the same place; with the pattern otherwise.
+/// for ASCII lines (most), where the classes are ASCII ones, trying from each start what the
+/// pattern prefers first (`.?` taking a character, every `\d+` and the last `\S+` as long as
+/// they go); with the pattern otherwise.
 fn received_date(line: &str) -> Option<&str> {
     if !line.is_ascii() {
         return res().received.find(line).map(|m| m.as_str());
@@ -379,6 +380,7 @@ mod tests {
 
     #[test]
     fn received_dates_are_found_as_the_pattern_finds_them() {
+        use rand::{Rng, SeedableRng};
         let pieces = [
             " ",
             "\t",
@@ -399,7 +401,6 @@ mod tests {
             "; 3 Jan 2001 1:2:3 GMT",
             "Sun,  1 Jan 2001 12:00:00",
         ];
-        use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x2545_f491_4f6c_dd1d);
         let mut next = |n: usize| rng.gen_range(0..n);
         let mut found = 0;
