@@ -2400,7 +2400,7 @@ fn blank_line_ratio(msg: &Message, min_lines: usize) -> f64 {
     let msg = cut.as_ref().unwrap_or(msg);
     let (mut lines, mut blank) = (0usize, 0usize);
     for chunk in super::view::rawbody_chunks(msg) {
-        for line in chunk.split_inclusive(|&b| b == b'\n') {
+        for line in raw_lines(&chunk) {
             lines += 1;
             blank += usize::from(line.iter().all(|&b| super::sa_parse::space(b)));
         }
@@ -2417,7 +2417,7 @@ fn blank_line_ratio(msg: &Message, min_lines: usize) -> f64 {
 fn squeeze_blank_runs(raw: &[u8], body_start: usize) -> Option<Vec<u8>> {
     const MAX_BLANK_LINES: usize = 20;
     let body = raw.get(body_start..)?;
-    let lines: Vec<&[u8]> = body.split_inclusive(|&b| b == b'\n').collect();
+    let lines: Vec<&[u8]> = raw_lines(body).collect();
     let blank = |l: &[u8]| l.iter().all(|&b| super::sa_parse::space(b));
     let mut keep = vec![true; lines.len()];
     let mut start: Option<usize> = None;
@@ -2848,7 +2848,7 @@ fn field_lower(msg: &Message, part: usize, name: &str) -> String {
 
 /// The lines of a part's raw body, each with its `\n` and without a `\r` before it.
 fn raw_lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
-    body.split_inclusive(|&b| b == b'\n')
+    super::view::line_slices(body)
 }
 
 fn line_len(l: &[u8]) -> usize {
@@ -3007,9 +3007,13 @@ fn unicode_entities(text: &[u8]) -> usize {
 /// Whether a us-ascii text has a NUL, an 8-bit byte or a CR that does not end a line (a
 /// line's CRLF ending is not part of what SpamAssassin tests).
 fn ascii_illegal(text: &[u8]) -> bool {
-    text.iter()
-        .enumerate()
-        .any(|(i, &b)| b == 0 || b >= 0x80 || (b == b'\r' && text.get(i + 1) != Some(&b'\n')))
+    // A NUL or an 8-bit byte is `b - 1 >= 0x7f` in wrapping arithmetic: checked a block at a
+    // time without an early exit, which the compiler turns into vector code.
+    let high_or_nul = text.chunks(256).any(|c| {
+        c.iter()
+            .fold(false, |any, &b| any | (b.wrapping_sub(1) >= 0x7f))
+    });
+    high_or_nul || memchr::memchr_iter(b'\r', text).any(|i| text.get(i + 1) != Some(&b'\n'))
 }
 
 /// Characters a quoted-printable line encodes that need no encoding
@@ -3712,6 +3716,10 @@ mod tests {
                 }
                 kept += usize::from(l.ends_with(b"\n"));
             }
+            assert!(
+                raw_lines(&text).eq(text.split_inclusive(|&b| b == b'\n')),
+                "{text:?}"
+            );
             let whole = unicode_entities(&text);
             let crlf = memchr::memmem::find_iter(&text, b"\r\n").count();
             assert_eq!(
@@ -3720,6 +3728,35 @@ mod tests {
                 "{text:?}"
             );
             assert_eq!(ascii_illegal(&text), illegal, "{text:?}");
+        }
+    }
+
+    /// One NUL, 8-bit byte or lone CR anywhere in a long clean text is found, whichever block
+    /// of the vector check it falls in; a CRLF is not.
+    #[test]
+    fn ascii_illegal_anywhere_in_a_long_text() {
+        let clean: Vec<u8> = (0..1_000u32)
+            .map(|i| {
+                if i % 61 == 60 {
+                    b'\n'
+                } else {
+                    b'a' + (i % 26) as u8
+                }
+            })
+            .collect();
+        assert!(!ascii_illegal(&clean));
+        for at in 0..clean.len() {
+            for bad in [&b"\0"[..], b"\x80", b"\xff", b"\r", b"\rx"] {
+                if bad == b"\r" && clean[at] == b'\n' {
+                    continue; // that makes a CRLF
+                }
+                let mut t = clean.clone();
+                t.splice(at..at, bad.iter().copied());
+                assert!(ascii_illegal(&t), "{bad:?} at {at}");
+            }
+            let mut t = clean.clone();
+            t.splice(at..at, *b"\r\n");
+            assert!(!ascii_illegal(&t), "CRLF at {at}");
         }
     }
 

@@ -7,6 +7,7 @@
 //! rather than read off mxgate's own MIME tree, whose recovery from broken structure differs
 //! in places. Only what sets a flag, or decides which lines the next step sees, is kept.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::OnceLock;
 
@@ -55,11 +56,12 @@ impl ParseFlags {
 }
 
 /// A node waiting in `parse_body`'s queue: its type, boundary, body lines and the levels
-/// left to descend.
-struct Queued {
+/// left to descend. The lines are the message's own bytes where the parser keeps them as they
+/// are, and copies only where it changes them (CRLF made LF, a long line cut).
+struct Queued<'a> {
     ty: String,
     boundary: Option<String>,
-    body: Vec<Vec<u8>>,
+    body: Vec<Cow<'a, [u8]>>,
     subparse: u32,
     /// `Content-Transfer-Encoding`, for a `message/*` part decoded before it is parsed.
     encoding: String,
@@ -68,11 +70,20 @@ struct Queued {
 /// The parse flags of the message `raw`.
 pub fn parse_flags(raw: &[u8]) -> ParseFlags {
     let mut flags = ParseFlags::default();
-    let mut queue = VecDeque::new();
-    queue.push_back(parse_message(raw, SUBPARSE, Some(&mut flags)));
+    let root = parse_message(raw, SUBPARSE, Some(&mut flags));
+    parse_body(root, &mut flags);
+    flags
+}
+
+/// `parse_body`: the node and every node under it, breadth first, their flags set on the
+/// root's. A message inside a `message/*` part is decoded into a buffer of its own and walked
+/// to its end before the queue goes on: the flags are the same in any order, and each level
+/// descended lowers `subparse`, so the nesting is bounded.
+fn parse_body(node: Queued<'_>, flags: &mut ParseFlags) {
+    let mut queue = VecDeque::from([node]);
     while let Some(node) = queue.pop_front() {
         if node.ty.starts_with("multipart/") && node.boundary.is_some() && node.subparse > 0 {
-            multipart(node, &mut flags, &mut queue);
+            multipart(node, flags, &mut queue);
         } else if matches!(node.ty.as_str(), "message/rfc822" | "message/global")
             && node.subparse > 0
         {
@@ -83,13 +94,12 @@ pub fn parse_flags(raw: &[u8]) -> ParseFlags {
                 _ => body,
             };
             if !decoded.is_empty() {
-                // A message inside: its own header flags stay its own, its multiparts are
-                // parsed by the root's queue (and flag the root).
-                queue.push_back(parse_message(&decoded, node.subparse - 1, None));
+                // A message inside: its own header flags stay its own, its multiparts flag
+                // the root.
+                parse_body(parse_message(&decoded, node.subparse - 1, None), flags);
             }
         }
     }
-    flags
 }
 
 /// `/^[\041-\071\073-\176]+:/` (`strict`), or with `[ \t]*` before the colon.
@@ -117,7 +127,7 @@ fn parsed_further(ty: &str) -> bool {
 /// `Message->new`: the header loop, from which the root's `truncated_header` and
 /// `missing_head_body_separator` come (into `flags` when given), and the body queued as the
 /// message's root node (its lines kept only when they are parsed further).
-fn parse_message(raw: &[u8], subparse: u32, flags: Option<&mut ParseFlags>) -> Queued {
+fn parse_message<'a>(raw: &'a [u8], subparse: u32, flags: Option<&mut ParseFlags>) -> Queued<'a> {
     let raw: &[u8] = if raw.is_empty() { b"\n" } else { raw };
     // The line starting at byte `p`, with its line end.
     let line_at = |p: usize| -> &[u8] {
@@ -221,11 +231,16 @@ fn parse_message(raw: &[u8], subparse: u32, flags: Option<&mut ParseFlags>) -> Q
     }
     let ct = last_value(&headers, b"content-type");
     let (ty, boundary, _) = content_type(ct.as_deref());
-    let mut body: Vec<Vec<u8>> = Vec::new();
+    let mut body: Vec<Cow<'a, [u8]>> = Vec::new();
     if parsed_further(&ty) {
-        body = raw[next.min(raw.len())..]
-            .split_inclusive(|&b| b == b'\n')
-            .map(|l| if squash { crlf_to_lf(l) } else { l.to_vec() })
+        body = super::view::line_slices(&raw[next.min(raw.len())..])
+            .map(|l| {
+                if squash {
+                    Cow::Owned(crlf_to_lf(l))
+                } else {
+                    Cow::Borrowed(l)
+                }
+            })
             .collect();
     }
     // Bug 6845: a multipart body starting with text other than its boundary gets an empty
@@ -235,7 +250,7 @@ fn parse_message(raw: &[u8], subparse: u32, flags: Option<&mut ParseFlags>) -> Q
             .as_ref()
             .is_some_and(|b| body[0].starts_with(b"--") && body[0][2..].starts_with(b.as_bytes()));
         if !opens {
-            body.insert(0, b"\n".to_vec());
+            body.insert(0, Cow::Borrowed(b"\n"));
         }
     }
     Queued {
@@ -362,18 +377,24 @@ fn boundary_line(line: &[u8], boundary: &[u8]) -> Option<bool> {
 
 /// `push(@{$part_array}, ...)` of a body line, cut into pieces of `MAX_BODY_LINE_LENGTH`
 /// each given a line end.
-fn push_line(part: &mut Vec<Vec<u8>>, mut line: &[u8]) {
-    while line.len() > MAX_BODY_LINE_LENGTH {
-        let mut piece = line[..MAX_BODY_LINE_LENGTH].to_vec();
+// The `Cow` itself, not its bytes: a borrowed line's pieces borrow the message too.
+#[allow(clippy::ptr_arg)]
+fn push_line<'a>(part: &mut Vec<Cow<'a, [u8]>>, line: &Cow<'a, [u8]>) {
+    let mut rest: &[u8] = line;
+    while rest.len() > MAX_BODY_LINE_LENGTH {
+        let mut piece = rest[..MAX_BODY_LINE_LENGTH].to_vec();
         piece.push(b'\n');
-        part.push(piece);
-        line = &line[MAX_BODY_LINE_LENGTH..];
+        part.push(Cow::Owned(piece));
+        rest = &rest[MAX_BODY_LINE_LENGTH..];
     }
-    part.push(line.to_vec());
+    part.push(match line {
+        Cow::Borrowed(l) => Cow::Borrowed(&l[l.len() - rest.len()..]),
+        Cow::Owned(_) => Cow::Owned(rest.to_vec()),
+    });
 }
 
 /// `_parse_multipart`: the parts of a multipart queued, its flags set.
-fn multipart(node: Queued, flags: &mut ParseFlags, queue: &mut VecDeque<Queued>) {
+fn multipart<'a>(node: Queued<'a>, flags: &mut ParseFlags, queue: &mut VecDeque<Queued<'a>>) {
     let Some(boundary) = node.boundary else {
         return;
     };
@@ -389,7 +410,7 @@ fn multipart(node: Queued, flags: &mut ParseFlags, queue: &mut VecDeque<Queued>)
     }
     let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut header: Option<Vec<u8>> = None;
-    let mut part: Option<Vec<Vec<u8>>> = None;
+    let mut part: Option<Vec<Cow<'a, [u8]>>> = None;
     let mut in_body = false;
     // The part's type and boundary, once its header block ended; its lines are kept only when
     // the part is parsed further.
@@ -423,7 +444,12 @@ fn multipart(node: Queued, flags: &mut ParseFlags, queue: &mut VecDeque<Queued>)
                 push_line(&mut lines, line);
             } else if let Some(last) = lines.last_mut() {
                 if last.ends_with(b"\n") {
-                    last.pop();
+                    match last {
+                        Cow::Borrowed(l) => *l = &l[..l.len() - 1],
+                        Cow::Owned(l) => {
+                            l.pop();
+                        }
+                    }
                 }
                 if last.is_empty() {
                     lines.pop();
@@ -458,7 +484,7 @@ fn multipart(node: Queued, flags: &mut ParseFlags, queue: &mut VecDeque<Queued>)
                 if let Some(h) = header.take() {
                     store(&h, &mut headers);
                 }
-                header = Some(line.clone());
+                header = Some(line.to_vec());
                 continue;
             } else if matches!(line.first(), Some(b' ' | b'\t')) && header.is_some() {
                 if let Some(h) = header.as_mut() {
