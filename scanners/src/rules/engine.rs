@@ -1276,7 +1276,7 @@ impl Engine {
             h.update(CACHE_MAGIC);
             // The grouping and widening choices shape the databases too.
             h.update(format!(
-                "{:?} chunk={chunk}/{EXACT_CHUNK}/{LONG_PREFILTER_CHUNK} long=set widen={}/{} group={} big={} anchors=dropped word_boundaries=dropped cut={}/{} short_confirm={SHORT_TEXT_CONFIRM_ABOVE}",
+                "{:?} chunk={chunk}/{EXACT_CHUNK}/{LONG_PREFILTER_CHUNK} long=set widen={}/{} group={} big={} anchors=dropped word_boundaries=dropped cut={}/{} short_confirm={SHORT_TEXT_CONFIRM_ABOVE} gated=pcre",
                 opts.layout,
                 super::regex::WIDEN_ABOVE,
                 super::regex::WIDEN_RANGES_FROM,
@@ -3179,6 +3179,12 @@ fn classify_one(c: &mut Compiled, inputs: &[Input]) {
         c.mode = Mode::Pcre;
         return;
     };
+    // A pattern with a hand-written necessary condition runs on it and PCRE2: the condition
+    // costs less than the pattern's share of a database, and rejects nearly every text.
+    if super::regex::has_gate(t) {
+        c.mode = Mode::Pcre;
+        return;
+    }
     if t.expr.len() > SHORT_TEXT_CONFIRM_ABOVE && reads_short_texts(c, inputs) {
         c.mode = Mode::Pcre;
         return;
