@@ -1276,7 +1276,7 @@ impl Engine {
             h.update(CACHE_MAGIC);
             // The grouping and widening choices shape the databases too.
             h.update(format!(
-                "{:?} chunk={chunk}/{EXACT_CHUNK}/{LONG_PREFILTER_CHUNK} long=set widen={}/{} group={} big={} anchors=dropped word_boundaries=dropped cut={}/{} short_confirm={SHORT_TEXT_CONFIRM_ABOVE} gated=pcre",
+                "{:?} chunk={chunk}/{EXACT_CHUNK}/{LONG_PREFILTER_CHUNK} long=set widen={}/{} group={} big={} anchors=dropped word_boundaries=dropped cut={}/{} short_confirm={SHORT_TEXT_CONFIRM_ABOVE}",
                 opts.layout,
                 super::regex::WIDEN_ABOVE,
                 super::regex::WIDEN_RANGES_FROM,
@@ -1298,6 +1298,10 @@ impl Engine {
                 // A long pattern's prefilter kept out of the databases for its input's set.
                 if let Some(x) = c.set_expr() {
                     h.update(format!("set\0{}\0{x}\0", r.name));
+                }
+                // A pattern with a condition of its own is kept out of the databases.
+                if c.translated.as_ref().is_some_and(super::regex::has_gate) {
+                    h.update(format!("gated\0{}\0", r.name));
                 }
                 if let (Some(t), Some(i), Mode::Hyperscan) = (&c.translated, c.input, c.mode) {
                     h.update(r.name.as_bytes());
