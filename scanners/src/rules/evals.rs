@@ -1470,7 +1470,10 @@ impl Call {
                             .strip_prefix('/')
                             .and_then(|r| r.strip_suffix('/'))
                             .unwrap_or(&ty);
-                        let re = pcre2::bytes::RegexBuilder::new().build(re).ok()?;
+                        let re = pcre2::bytes::RegexBuilder::new()
+                            .jit_if_available(true)
+                            .build(re)
+                            .ok()?;
                         ImageTest::NameRegex(std::sync::Arc::new(re))
                     }
                 }))
@@ -1482,7 +1485,10 @@ impl Call {
                     "anchor" => HtmlTexts::Anchor,
                     _ => return None,
                 };
-                let pattern = pcre2::bytes::RegexBuilder::new().build(arg(1)).ok()?;
+                let pattern = pcre2::bytes::RegexBuilder::new()
+                    .jit_if_available(true)
+                    .build(arg(1))
+                    .ok()?;
                 Some(Call::HtmlTextMatch {
                     texts,
                     pattern: std::sync::Arc::new(pattern),

@@ -325,6 +325,7 @@ impl Freemail {
             || {
                 pcre2::bytes::RegexBuilder::new()
                     .caseless(true)
+                    .jit_if_available(true)
                     .build(
                         r"(?:^(?:post|host|domain)master|^double-bounce|^(?:sentto|owner|return|(?:gr)?bounced?)-.+|-(?:request|bounces?|admin|owner)|\b(?:do[._-t]?)?no[._-t]?repl(?:y|ies)|.+=.+)\@",
                     )
