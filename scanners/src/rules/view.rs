@@ -686,6 +686,37 @@ pub fn part_headers(msg: &Message) -> Vec<Headers> {
 
 #[cfg(test)]
 mod tests {
+    /// `line_slices` splits as `split_inclusive` on `\n` does: empty text, no final newline,
+    /// empty lines, CRLF, and random texts of those bytes.
+    #[test]
+    fn line_slices_split_as_split_inclusive() {
+        use rand::{Rng, SeedableRng};
+        let same = |t: &[u8]| {
+            assert!(
+                super::line_slices(t).eq(t.split_inclusive(|&b| b == b'\n')),
+                "{t:?}"
+            )
+        };
+        for t in [
+            &b""[..],
+            b"\n",
+            b"a",
+            b"a\n",
+            b"\n\n",
+            b"a\r\nb",
+            b"a\n\nb\n",
+        ] {
+            same(t);
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..10_000 {
+            let t: Vec<u8> = (0..rng.gen_range(0..40))
+                .map(|_| b"ab\r\n"[rng.gen_range(0..4)])
+                .collect();
+            same(&t);
+        }
+    }
+
     use super::*;
 
     #[test]
