@@ -699,7 +699,10 @@ mod tests {
                 .collect()
         };
         assert_eq!(&*super::crlf_to_lf(b"a\r\r\nb\r\n\r"), b"a\r\nb\n\r");
-        assert!(matches!(super::crlf_to_lf(b"a\n\rb\r"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            super::crlf_to_lf(b"a\n\rb\r"),
+            std::borrow::Cow::Borrowed(_)
+        ));
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         for _ in 0..10_000 {
             let t: Vec<u8> = (0..rng.gen_range(0..40))
