@@ -52,7 +52,7 @@ enum Event<'a> {
 pub struct Tags {
     /// Per tag (lower case): opened minus closed, never below 0 (`$self->{inside}`); a tag
     /// seen at all has an entry.
-    pub inside: std::collections::HashMap<String, i64>,
+    pub inside: std::collections::HashMap<String, i64, super::view::NameHashing>,
     /// Closing tags with no open one (`closed_extra`).
     pub closed_extra: u32,
     /// Tags seen (`tags`).
@@ -380,7 +380,7 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
     t.font_low_contrast = styles.low_contrast;
     t.font_invalid_color = styles.invalid_color;
     (t.max_size, t.min_size) = (styles.max_size, styles.min_size);
-    t.non_space_len = text.chars().filter(|c| !c.is_whitespace()).count();
+    t.non_space_len = non_space_chars(&text);
     t.uris = links.found.list;
     t.anchors = links.anchors;
     t.uri_truncated = links.truncated;
@@ -395,6 +395,30 @@ pub fn render_and_tags(html: &str) -> (String, Tags) {
         }
     }
     (text, t)
+}
+
+/// How many characters of `text` are not white space (`char::is_whitespace`), ASCII bytes
+/// counted as bytes: decoding every character cost a quarter as much as rendering.
+fn non_space_chars(text: &str) -> usize {
+    let b = text.as_bytes();
+    let mut n = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let ascii = b[i..]
+            .iter()
+            .position(|&c| c >= 0x80)
+            .unwrap_or(b.len() - i);
+        n += b[i..i + ascii]
+            .iter()
+            .filter(|&&c| !matches!(c, b' ' | b'\t'..=b'\r'))
+            .count();
+        i += ascii;
+        if let Some(c) = text[i..].chars().next() {
+            n += usize::from(!c.is_whitespace());
+            i += c.len_utf8();
+        }
+    }
+    n
 }
 
 /// The first attribute named `key` (any case) among a tag's attributes as written, entities
@@ -644,6 +668,11 @@ fn display(pieces: &mut Pieces, text: &str, whitespace: bool) {
     let (mut run, mut i, mut in_ws) = (0, 0, false);
     while i < b.len() {
         match b[i] {
+            // A space after a non-blank stays as written, copied with its run.
+            b' ' if !in_ws => {
+                in_ws = true;
+                i += 1;
+            }
             b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'\x0b' => {
                 out.push_str(&text[run..i]);
                 if !in_ws {
@@ -672,25 +701,23 @@ fn display(pieces: &mut Pieces, text: &str, whitespace: bool) {
     }
 }
 
-/// The `>` ending a tag that starts at `from`, skipping quoted attribute values.
+/// The `>` ending a tag that starts at `from`, skipping quoted attribute values (a quote opens
+/// one after `=` or a blank, not first).
 fn tag_end(b: &[u8], from: usize) -> usize {
     let mut i = from;
-    let mut quote: Option<u8> = None;
-    while i < b.len() {
-        let c = b[i];
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if c == b'>' => return i,
-            None if (c == b'"' || c == b'\'')
-                && i > from
-                && matches!(b[i - 1], b'=' | b' ' | b'\t' | b'\n') =>
-            {
-                quote = Some(c)
-            }
-            None => {}
+    while let Some(p) = memchr::memchr3(b'>', b'"', b'\'', &b[i..]) {
+        let at = i + p;
+        let c = b[at];
+        if c == b'>' {
+            return at;
         }
-        i += 1;
+        i = at + 1;
+        if at > from && matches!(b[at - 1], b'=' | b' ' | b'\t' | b'\n') {
+            match memchr::memchr(c, &b[i..]) {
+                Some(close) => i += close + 1,
+                None => break,
+            }
+        }
     }
     // An unterminated quote: end at the first `>` instead.
     memchr::memchr(b'>', &b[from..]).map_or(b.len(), |p| from + p)
@@ -1095,6 +1122,62 @@ mod tests {
             }
             let joined: String = list.into_iter().map(|p| p.text).collect();
             assert_eq!(one.text, joined, "{calls:?}");
+        }
+    }
+
+    /// `non_space_chars` counts as `chars().filter(|c| !c.is_whitespace())` does.
+    #[test]
+    fn non_space_characters_counted_as_char_by_char() {
+        use rand::{Rng, SeedableRng};
+        let alphabet = [
+            "a", " ", "\t", "\x0b", "\x1c", "\u{a0}", "é", "\u{2003}", "\u{3000}", "x",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..10_000 {
+            let t: String = (0..rng.gen_range(0..40))
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            let want = t.chars().filter(|c| !c.is_whitespace()).count();
+            assert_eq!(super::non_space_chars(&t), want, "{t:?}");
+        }
+    }
+
+    /// `tag_end` ends a tag where a byte at a time does: at the first `>` outside a quoted
+    /// value (a quote after `=` or a blank opens one), or at the first `>` when a quote is left
+    /// open.
+    #[test]
+    fn tags_end_where_a_byte_at_a_time_ends_them() {
+        use rand::{Rng, SeedableRng};
+        fn byte_at_a_time(b: &[u8], from: usize) -> usize {
+            let mut quote: Option<u8> = None;
+            for i in from..b.len() {
+                let c = b[i];
+                match quote {
+                    Some(q) if c == q => quote = None,
+                    Some(_) => {}
+                    None if c == b'>' => return i,
+                    None if (c == b'"' || c == b'\'')
+                        && i > from
+                        && matches!(b[i - 1], b'=' | b' ' | b'\t' | b'\n') =>
+                    {
+                        quote = Some(c)
+                    }
+                    None => {}
+                }
+            }
+            memchr::memchr(b'>', &b[from..]).map_or(b.len(), |p| from + p)
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let t: Vec<u8> = (0..rng.gen_range(0..30))
+                .map(|_| b"a=\"' >\t\n"[rng.gen_range(0..8)])
+                .collect();
+            let from = rng.gen_range(0..=t.len());
+            assert_eq!(
+                super::tag_end(&t, from),
+                byte_at_a_time(&t, from),
+                "{t:?} {from}"
+            );
         }
     }
 

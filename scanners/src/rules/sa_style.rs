@@ -428,6 +428,12 @@ pub fn name_to_rgb(value: &str) -> String {
     if let Ok(i) = COLORS.binary_search_by(|(n, _)| (*n).cmp(color)) {
         return format!("#{:06x}", COLORS[i].1);
     }
+    // `#rrggbb`, the usual case, is its own answer (what the steps below make of it).
+    if let Some(hex) = color.strip_prefix('#') {
+        if hex.len() == 6 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return color.to_string();
+        }
+    }
     use std::sync::OnceLock;
     static RE: OnceLock<[regex::Regex; 3]> = OnceLock::new();
     let [shape, percents, decimals] = RE.get_or_init(|| {

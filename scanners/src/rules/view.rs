@@ -38,12 +38,12 @@ pub struct Headers {
 
 type NameIndex = std::collections::HashMap<String, Vec<usize>, NameHashing>;
 
-/// How the name index (and `sa_html`'s table of tag names) hashes: one call of xxh3 with a seed
+/// How the name index (and `sa_html`'s table of tag names and count of open tags) hashes: one call of xxh3 with a seed
 /// drawn once per process. (The
 /// streaming `Xxh3Builder` set up its state for each of the 165 or so lookups a message makes; the
 /// seed keeps a sender from choosing names that collide beforehand.)
 #[derive(Clone, Copy)]
-pub(super) struct NameHashing(u64);
+pub struct NameHashing(u64);
 
 impl Default for NameHashing {
     fn default() -> Self {
@@ -60,7 +60,7 @@ impl std::hash::BuildHasher for NameHashing {
 }
 
 /// See [`NameHashing`].
-pub(super) struct NameHasher(u64);
+pub struct NameHasher(u64);
 
 impl std::hash::Hasher for NameHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -368,6 +368,14 @@ fn collapse_whitespace(text: &str) -> String {
     // Text from `copied` on is not in `out` yet.
     let (mut i, mut copied) = (0, 0);
     while i < b.len() {
+        // One space between two characters that are not white space stays as written.
+        if b[i] == b' '
+            && b.get(i + 1)
+                .is_some_and(|&c| c < 0x80 && !matches!(c, b' ' | b'\t'..=b'\r'))
+        {
+            i += 2;
+            continue;
+        }
         let (len, ws) = at(i);
         if !ws {
             i += len;
