@@ -286,7 +286,7 @@ impl Compiled {
     fn counter(&self) -> Option<&Matcher> {
         self.counter
             .get_or_init(|| match (self.pcre(), &self.translated) {
-                (Some(Matcher::Pcre(_) | Matcher::Gated(..)), Some(t)) => {
+                (Some(Matcher::Pcre(_) | Matcher::Gated(..) | Matcher::Exact(..)), Some(t)) => {
                     super::regex::counter(t).map(Matcher::Rust)
                 }
                 _ => None,
@@ -1151,6 +1151,7 @@ impl Engine {
                     Matcher::Rust(_) => "regex",
                     Matcher::Pcre(_) => "PCRE2",
                     Matcher::Gated(..) => "PCRE2 behind a necessary condition",
+                    Matcher::Exact(..) => "a condition of its own (PCRE2 to count)",
                 },
                 took,
                 matched,
