@@ -667,6 +667,15 @@ fn display(pieces: &mut Pieces, text: &str, whitespace: bool) {
     // Bytes from `run` on are not copied yet.
     let (mut run, mut i, mut in_ws) = (0, 0, false);
     while i < b.len() {
+        // Printable ASCII is copied with its run as it is.
+        let next = super::view::plain_ascii_end(b, i);
+        if next > i {
+            in_ws = false;
+            i = next;
+            if i == b.len() {
+                break;
+            }
+        }
         match b[i] {
             // A space after a non-blank stays as written, copied with its run.
             b' ' if !in_ws => {

@@ -349,6 +349,29 @@ fn sa_type(ct: &str) -> &str {
     ct.split([' ', '\t', ';']).next().unwrap_or(ct)
 }
 
+/// The first byte of `b` from `i` on that is not printable ASCII (a space or a control byte,
+/// white space among them, or one of a multi-byte character), `b.len()` when there is none;
+/// eight bytes at a time. Text is mostly such bytes: the loops that look for white space jump
+/// over a word at once instead of a byte at a time.
+pub(super) fn plain_ascii_end(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    while let Some(word) = b.get(i..i + 8) {
+        let x = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        // A byte below 0x21 borrows, and sets its high bit, only when no lower byte did; the
+        // lowest flagged byte is the first that is not printable ASCII.
+        let flagged = (x.wrapping_sub(0x21 * ONES) & !x & HIGH) | (x & HIGH);
+        if flagged != 0 {
+            return i + (flagged.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    b[i..]
+        .iter()
+        .position(|&c| !(0x21..0x80).contains(&c))
+        .map_or(b.len(), |p| i + p)
+}
+
 /// `s/\n+\s*\n+/\0/g; s/\s+/ /g; tr/\0/\n/`.
 fn collapse_whitespace(text: &str) -> String {
     let b = text.as_bytes();
@@ -368,6 +391,10 @@ fn collapse_whitespace(text: &str) -> String {
     // Text from `copied` on is not in `out` yet.
     let (mut i, mut copied) = (0, 0);
     while i < b.len() {
+        i = plain_ascii_end(b, i);
+        if i == b.len() {
+            break;
+        }
         // One space between two characters that are not white space stays as written.
         if b[i] == b' '
             && b.get(i + 1)
@@ -717,6 +744,25 @@ mod tests {
                 .map(|_| b"ab\r\n"[rng.gen_range(0..4)])
                 .collect();
             assert_eq!(&*super::crlf_to_lf(&t), &byte_at_a_time(&t)[..], "{t:?}");
+        }
+    }
+
+    /// `plain_ascii_end` finds the first byte that is not printable ASCII, as a byte at a time
+    /// does, from every offset of random texts of such bytes and others.
+    #[test]
+    fn plain_ascii_ends_where_a_byte_at_a_time_ends() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        for _ in 0..5_000 {
+            let t: Vec<u8> = (0..rng.gen_range(0..40))
+                .map(|_| b"ab!~ \x20\x21\x7f\x80\xc2\xa0\t\n\x00"[rng.gen_range(0..14)])
+                .collect();
+            for from in 0..=t.len() {
+                let want = (from..t.len())
+                    .find(|&j| !(0x21..0x80).contains(&t[j]))
+                    .unwrap_or(t.len());
+                assert_eq!(super::plain_ascii_end(&t, from), want, "{t:?} {from}");
+            }
         }
     }
 
