@@ -705,6 +705,36 @@ fn rust_regex(expr: &str, t: &Translated) -> Result<regex::bytes::Regex, regex::
         .build()
 }
 
+/// Whether [`pcre`] gives the pattern to Rust's `regex` (when that compiles it): a big pattern
+/// `regex` can express.
+pub fn for_regex_crate(t: &Translated) -> bool {
+    t.expr.len() > BIG_PATTERN && for_rust_regex(t).is_some()
+}
+
+/// One `regex` set of patterns [`pcre`] gives to Rust's `regex`, all with the same modifiers (as
+/// the first's): pattern `i` of the set matches a text exactly when its own `regex` does, and
+/// the set's one lazy automaton reads each text once for all of them. `None` when one is not
+/// such a pattern, the modifiers differ, or the set does not compile.
+pub fn regex_crate_set(ts: &[&Translated]) -> Option<regex::bytes::RegexSet> {
+    let first = ts.first()?;
+    let same = |t: &&Translated| {
+        (t.caseless, t.multiline, t.dotall) == (first.caseless, first.multiline, first.dotall)
+    };
+    if !ts.iter().all(|t| same(t) && for_regex_crate(t)) {
+        return None;
+    }
+    let exprs: Vec<String> = ts.iter().filter_map(|t| for_rust_regex(t)).collect();
+    regex::bytes::RegexSetBuilder::new(exprs)
+        .unicode(false)
+        .case_insensitive(first.caseless)
+        .multi_line(first.multiline)
+        .dot_matches_new_line(first.dotall)
+        .size_limit(1 << 30)
+        .dfa_size_limit(1 << 26)
+        .build()
+        .ok()
+}
+
 /// PCRE2 (byte mode, JIT) for a translated pattern, with its modifiers as flags.
 pub fn pcre2_regex(t: &Translated) -> Result<pcre2::bytes::Regex, pcre2::Error> {
     pcre2::bytes::RegexBuilder::new()
@@ -1057,6 +1087,63 @@ mod tests {
             matched > 5_000 && stopped > 50_000,
             "{matched} matched, {stopped} stopped"
         );
+    }
+
+    /// A set of big patterns decides each as its own matcher does, over random texts; patterns
+    /// with other modifiers, or short ones left to PCRE2, make no set.
+    #[test]
+    fn a_regex_set_decides_each_pattern_as_its_own_matcher() {
+        use rand::{Rng, SeedableRng};
+        let words = ["pay", "me", "bitcoin", "your", "webcam", "password", "now"];
+        // Alternations past BIG_PATTERN, as the replace-tag expansions are.
+        let big = |lead: &str| {
+            let alts: Vec<String> = (0..40).map(|i| format!("{lead}{i}x")).collect();
+            format!(
+                r"(?:^|\s){lead}\s(?:{}|{})",
+                words.join("|"),
+                alts.join("|")
+            )
+        };
+        let ts: Vec<Translated> = ["pay", "your", "send"]
+            .iter()
+            .map(|l| translate(&big(l), "i"))
+            .collect();
+        let refs: Vec<&Translated> = ts.iter().collect();
+        let set = regex_crate_set(&refs).expect("a set");
+        let own: Vec<Matcher> = ts.iter().map(|t| pcre(t).expect("compiles")).collect();
+        assert!(own.iter().all(|m| matches!(m, Matcher::Rust(_))));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        let mut hits = 0;
+        for _ in 0..5_000 {
+            let text: Vec<u8> = (0..rng.gen_range(0..6))
+                .flat_map(|_| {
+                    let w = [
+                        words[rng.gen_range(0..words.len())],
+                        "PAY",
+                        "Your",
+                        "send",
+                        "7x",
+                        "\n",
+                    ][rng.gen_range(0..6)];
+                    [w.as_bytes(), b" "].concat()
+                })
+                .collect();
+            let m = set.matches(&text);
+            for (i, o) in own.iter().enumerate() {
+                assert_eq!(
+                    m.matched(i),
+                    o.is_match(&text),
+                    "{i} {:?}",
+                    String::from_utf8_lossy(&text)
+                );
+                hits += usize::from(m.matched(i));
+            }
+        }
+        assert!(hits > 500, "{hits} hits");
+        let other = translate(&big("pay"), "im");
+        assert!(regex_crate_set(&[&ts[0], &other]).is_none());
+        let short = translate("pay me", "i");
+        assert!(regex_crate_set(&[&ts[0], &short]).is_none());
     }
 
     /// `__LONGLINE`'s condition decides as PCRE2 does (its matcher counts as PCRE2 does too),
