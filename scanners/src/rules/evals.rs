@@ -2716,15 +2716,23 @@ fn case_counts(line: &str) -> Option<(usize, usize, usize)> {
     if lingering_base64(line.split(' ').map(str::as_bytes)) {
         return None;
     }
-    let lower = line
-        .bytes()
-        .filter(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        .count();
-    let upper = line.bytes().filter(u8::is_ascii_uppercase).count();
+    let (lower, upper) = case_bytes(line.as_bytes());
     Some((line.chars().count(), lower, upper))
 }
 
-/// [`case_counts`] for an ASCII line, in one pass over its bytes.
+/// ASCII lower-case letters and digits, and upper-case letters, among the bytes of `l`: two
+/// counts without a branch per byte, which the compiler runs many bytes at a time (a loop
+/// that tested `lowercase || digit` byte by byte cost 5 µs a corpus message).
+fn case_bytes(l: &[u8]) -> (usize, usize) {
+    let lower = l
+        .iter()
+        .filter(|&&b| (b.wrapping_sub(b'a') < 26) | (b.wrapping_sub(b'0') < 10))
+        .count();
+    let upper = l.iter().filter(|&&b| b.wrapping_sub(b'A') < 26).count();
+    (lower, upper)
+}
+
+/// [`case_counts`] for an ASCII line, its bytes its characters.
 fn ascii_case_counts(l: &[u8]) -> Option<(usize, usize, usize)> {
     // White space as `char::is_whitespace` has it in ASCII (`\x0b` included).
     let space = |b: u8| matches!(b, b' ' | b'\t'..=b'\r');
@@ -2736,11 +2744,7 @@ fn ascii_case_counts(l: &[u8]) -> Option<(usize, usize, usize)> {
     if lingering_base64(l.split(|&b| b == b' ')) {
         return None;
     }
-    let (mut lower, mut upper) = (0, 0);
-    for &b in l {
-        lower += usize::from(b.is_ascii_lowercase() || b.is_ascii_digit());
-        upper += usize::from(b.is_ascii_uppercase());
-    }
+    let (lower, upper) = case_bytes(l);
     Some((l.len(), lower, upper))
 }
 
@@ -3528,6 +3532,19 @@ fn domain_dot_user(text: &str, dom: &str, user: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `case_bytes` counts every byte value as the `u8` predicates do.
+    #[test]
+    fn case_bytes_count_as_the_byte_predicates() {
+        let all: Vec<u8> = (0..=255u8).chain(b"aZ09 zA".iter().copied()).collect();
+        let want_lower = all
+            .iter()
+            .filter(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            .count();
+        let want_upper = all.iter().filter(|b| b.is_ascii_uppercase()).count();
+        assert_eq!(case_bytes(&all), (want_lower, want_upper));
+        assert_eq!(case_bytes(b""), (0, 0));
+    }
 
     #[test]
     fn ratware_name_id_reads_as_its_patterns() {
