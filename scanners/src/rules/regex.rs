@@ -694,15 +694,21 @@ pub fn counter(t: &Translated) -> Option<regex::bytes::Regex> {
     rust_regex(&e, t).ok()
 }
 
+/// `regex`'s settings for a translated pattern, on a builder of one pattern or of a set.
+macro_rules! regex_settings {
+    ($builder:expr, $t:expr) => {
+        $builder
+            .unicode(false)
+            .case_insensitive($t.caseless)
+            .multi_line($t.multiline)
+            .dot_matches_new_line($t.dotall)
+            .size_limit(1 << 30)
+            .dfa_size_limit(1 << 26)
+    };
+}
+
 fn rust_regex(expr: &str, t: &Translated) -> Result<regex::bytes::Regex, regex::Error> {
-    regex::bytes::RegexBuilder::new(expr)
-        .unicode(false)
-        .case_insensitive(t.caseless)
-        .multi_line(t.multiline)
-        .dot_matches_new_line(t.dotall)
-        .size_limit(1 << 30)
-        .dfa_size_limit(1 << 26)
-        .build()
+    regex_settings!(regex::bytes::RegexBuilder::new(expr), t).build()
 }
 
 /// Whether [`pcre`] gives the pattern to Rust's `regex` (when that compiles it): a big pattern
@@ -724,13 +730,7 @@ pub fn regex_crate_set(ts: &[&Translated]) -> Option<regex::bytes::RegexSet> {
         return None;
     }
     let exprs: Vec<String> = ts.iter().filter_map(|t| for_rust_regex(t)).collect();
-    regex::bytes::RegexSetBuilder::new(exprs)
-        .unicode(false)
-        .case_insensitive(first.caseless)
-        .multi_line(first.multiline)
-        .dot_matches_new_line(first.dotall)
-        .size_limit(1 << 30)
-        .dfa_size_limit(1 << 26)
+    regex_settings!(regex::bytes::RegexSetBuilder::new(exprs), first)
         .build()
         .ok()
 }
@@ -967,66 +967,87 @@ mod tests {
 
     #[test]
     fn the_subject_gate_lets_through_every_header_its_pattern_matches() {
-        use rand::{Rng, SeedableRng};
+        use rand::Rng;
         let t = translate(SUBJ_HAS_TO_2, "ism");
-        let Ok(Matcher::Gated(gate, re)) = pcre(&t) else {
-            panic!("the pattern is gated")
-        };
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let addrs: [&[u8]; 7] = [
-            b"bob@x.org",
-            b"BOB@X.org",
-            b"bob",
-            b"<",
-            b"b<o",
-            b"",
-            b"x\xe9",
-        ];
+        assert!(
+            matches!(pcre(&t), Ok(Matcher::Gated(..))),
+            "the pattern is gated"
+        );
         let junk: [&[u8]; 12] = [
             b" for ", b" FOR ", b";", b">", b"<", b" ", b"\t", b"!", b"a", b"\x0b", b"\n", b"z9",
         ];
-        let (mut matched, mut stopped) = (0, 0);
-        for _ in 0..200_000 {
-            let mut text = Vec::new();
-            for _ in 0..rng.gen_range(0..7) {
-                let junk_to = |rng: &mut rand::rngs::StdRng, text: &mut Vec<u8>, n: usize| {
-                    for _ in 0..rng.gen_range(0..n) {
-                        text.extend_from_slice(junk[rng.gen_range(0..junk.len())]);
-                    }
-                };
-                match rng.gen_range(0..4) {
-                    0 => {
-                        text.extend_from_slice(b"\nReceived: from x");
-                        junk_to(&mut rng, &mut text, 3);
-                        text.extend_from_slice([&b" for "[..], b" For "][rng.gen_range(0..2)]);
-                        if rng.gen_bool(0.5) {
-                            text.push(b'<');
+        let addrs = b"bob@x.org BOB@X.org bob < b<o  x\xe9";
+        let (matched, stopped) =
+            gate_lets_matches_through((SUBJ_HAS_TO_2, "ism", 7, 200_000), addrs, |rng, addrs| {
+                let mut text = Vec::new();
+                for _ in 0..rng.gen_range(0..7) {
+                    let junk_to = |rng: &mut rand::rngs::StdRng, text: &mut Vec<u8>, n: usize| {
+                        for _ in 0..rng.gen_range(0..n) {
+                            text.extend_from_slice(junk[rng.gen_range(0..junk.len())]);
                         }
-                        text.extend_from_slice(addrs[rng.gen_range(0..addrs.len())]);
-                        if rng.gen_bool(0.5) {
-                            text.push(b'>');
+                    };
+                    match rng.gen_range(0..4) {
+                        0 => {
+                            text.extend_from_slice(b"\nReceived: from x");
+                            junk_to(rng, &mut text, 3);
+                            text.extend_from_slice([&b" for "[..], b" For "][rng.gen_range(0..2)]);
+                            if rng.gen_bool(0.5) {
+                                text.push(b'<');
+                            }
+                            text.extend_from_slice(addrs[rng.gen_range(0..addrs.len())]);
+                            if rng.gen_bool(0.5) {
+                                text.push(b'>');
+                            }
+                            if rng.gen_bool(0.8) {
+                                text.push(b';');
+                            }
+                            junk_to(rng, &mut text, 3);
                         }
-                        if rng.gen_bool(0.8) {
-                            text.push(b';');
+                        1 => {
+                            text.extend_from_slice(
+                                [&b"\nSubject: "[..], b"\nsubject: ", b"Subject: "]
+                                    [rng.gen_range(0..3)],
+                            );
+                            junk_to(rng, &mut text, 3);
+                            text.extend_from_slice(addrs[rng.gen_range(0..addrs.len())]);
+                            junk_to(rng, &mut text, 3);
                         }
-                        junk_to(&mut rng, &mut text, 3);
+                        2 => {
+                            text.push(b'\n');
+                            junk_to(rng, &mut text, 5);
+                        }
+                        _ => junk_to(rng, &mut text, 4),
                     }
-                    1 => {
-                        text.extend_from_slice(
-                            [&b"\nSubject: "[..], b"\nsubject: ", b"Subject: "]
-                                [rng.gen_range(0..3)],
-                        );
-                        junk_to(&mut rng, &mut text, 3);
-                        text.extend_from_slice(addrs[rng.gen_range(0..addrs.len())]);
-                        junk_to(&mut rng, &mut text, 3);
-                    }
-                    2 => {
-                        text.push(b'\n');
-                        junk_to(&mut rng, &mut text, 5);
-                    }
-                    _ => junk_to(&mut rng, &mut text, 4),
                 }
-            }
+                text
+            });
+        // Both kinds of text were drawn, so the check above compared something.
+        assert!(
+            matched > 200 && stopped > 100_000,
+            "{matched} matched, {stopped} stopped"
+        );
+    }
+
+    /// PCRE2's `\s` in byte mode.
+    const PCRE_SPACES: &[u8] = b" \t\n\x0b\x0c\r";
+
+    /// Draws `runs` texts with `draw` (given the space-separated `words`) and checks that
+    /// `pattern`'s condition lets through every one PCRE2 matches; returns how many PCRE2
+    /// matched and how many the condition stopped (of those PCRE2 does not match).
+    fn gate_lets_matches_through(
+        (pattern, flags, seed, runs): (&str, &str, u64, usize),
+        words: &[u8],
+        mut draw: impl FnMut(&mut rand::rngs::StdRng, &[&[u8]]) -> Vec<u8>,
+    ) -> (usize, usize) {
+        let words: Vec<&[u8]> = words.split(|&b| b == b' ').collect();
+        use rand::SeedableRng;
+        let t = translate(pattern, flags);
+        let gate = gate(&t).expect("the pattern is recognised");
+        let re = pcre2_regex(&t).expect("compiles");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (mut matched, mut stopped) = (0, 0);
+        for _ in 0..runs {
+            let text = draw(&mut rng, &words);
             let m = re.is_match(&text).unwrap_or(false);
             let g = gate(&text);
             assert!(
@@ -1035,13 +1056,9 @@ mod tests {
                 String::from_utf8_lossy(&text)
             );
             matched += usize::from(m);
-            stopped += usize::from(!g);
+            stopped += usize::from(!g && !m);
         }
-        // Both kinds of text were drawn, so the check above compared something.
-        assert!(
-            matched > 200 && stopped > 100_000,
-            "{matched} matched, {stopped} stopped"
-        );
+        (matched, stopped)
     }
 
     /// `__FR_SPACING_8`'s condition lets through every text PCRE2 matches, over generated
@@ -1049,40 +1066,23 @@ mod tests {
     /// every alignment; and stops most of those PCRE2 does not match.
     #[test]
     fn the_spacing_gate_lets_every_match_through() {
-        use rand::{Rng, SeedableRng};
-        let t = translate(FR_SPACING_8, "i");
-        let gate = gate(&t).expect("the pattern is recognised");
-        let re = pcre2_regex(&t).expect("compiles");
-        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
-        let words: &[&[u8]] = &[
-            b"a",
-            b"Zq9",
-            b"hello",
-            b"WORLD1",
-            b"abcdef",
-            b"x_y",
-            b"\xe9t\xe9",
-        ];
-        let spaces: &[u8] = b" \t\n\x0b\x0c\r";
-        let (mut matched, mut stopped) = (0, 0);
-        for _ in 0..100_000 {
-            let mut text = Vec::new();
-            for _ in 0..rng.gen_range(1..6) {
-                text.extend_from_slice(words[rng.gen_range(0..words.len())]);
-                let n = [rng.gen_range(0..12), 8][rng.gen_range(0..2)];
-                for _ in 0..n {
-                    text.push(match rng.gen_range(0..20) {
-                        0 => b"\xa0\x85-."[rng.gen_range(0..4)],
-                        _ => spaces[rng.gen_range(0..spaces.len())],
-                    });
+        use rand::Rng;
+        let words = b"a Zq9 hello WORLD1 abcdef x_y \xe9t\xe9";
+        let (matched, stopped) =
+            gate_lets_matches_through((FR_SPACING_8, "i", 8, 100_000), words, |rng, words| {
+                let mut text = Vec::new();
+                for _ in 0..rng.gen_range(1..6) {
+                    text.extend_from_slice(words[rng.gen_range(0..words.len())]);
+                    let n = [rng.gen_range(0..12), 8][rng.gen_range(0..2)];
+                    for _ in 0..n {
+                        text.push(match rng.gen_range(0..20) {
+                            0 => b"\xa0\x85-."[rng.gen_range(0..4)],
+                            _ => PCRE_SPACES[rng.gen_range(0..PCRE_SPACES.len())],
+                        });
+                    }
                 }
-            }
-            let m = re.is_match(&text).unwrap_or(false);
-            let g = gate(&text);
-            assert!(g || !m, "the gate stops a match: {text:?}");
-            matched += usize::from(m);
-            stopped += usize::from(!g && !m);
-        }
+                text
+            });
         assert!(
             matched > 5_000 && stopped > 50_000,
             "{matched} matched, {stopped} stopped"
@@ -1182,56 +1182,35 @@ mod tests {
     /// other punctuation; and stops most of those PCRE2 does not match.
     #[test]
     fn the_ten_word_gate_lets_every_match_through() {
-        use rand::{Rng, SeedableRng};
-        let t = translate(TENWORD_GIBBERISH, "m");
-        let gate = gate(&t).expect("the pattern is recognised");
-        let re = pcre2_regex(&t).expect("compiles");
-        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        let words: &[&[u8]] = &[
-            b"a",
-            b"hello",
-            b"word",
-            b"Zq",
-            b"x9",
-            b".",
-            b",",
-            b"\xe9t\xe9",
-        ];
-        let spaces: &[u8] = b" \t\n\x0b\x0c\r";
-        let (mut matched, mut stopped) = (0, 0);
-        for _ in 0..100_000 {
-            let mut text = Vec::new();
-            for _ in 0..rng.gen_range(1..16) {
-                // Mostly plain lower-case words, so that ten in a row are drawn often.
-                let w = match rng.gen_range(0..6) {
-                    0 => words[rng.gen_range(0..words.len())],
-                    _ => words[rng.gen_range(0..3)],
-                };
-                text.extend_from_slice(w);
-                for _ in 0..rng.gen_range(0..3) {
-                    text.push(
-                        spaces[[0, 0, 0, rng.gen_range(0..spaces.len())][rng.gen_range(0..4)]],
-                    );
+        use rand::Rng;
+        let words = b"a hello word Zq x9 . , \xe9t\xe9";
+        let (matched, stopped) =
+            gate_lets_matches_through((TENWORD_GIBBERISH, "m", 9, 100_000), words, |rng, words| {
+                let mut text = Vec::new();
+                for _ in 0..rng.gen_range(1..16) {
+                    // Mostly plain lower-case words, so that ten in a row are drawn often.
+                    let w = match rng.gen_range(0..6) {
+                        0 => words[rng.gen_range(0..words.len())],
+                        _ => words[rng.gen_range(0..3)],
+                    };
+                    text.extend_from_slice(w);
+                    for _ in 0..rng.gen_range(0..3) {
+                        text.push(
+                            PCRE_SPACES[[0, 0, 0, rng.gen_range(0..PCRE_SPACES.len())]
+                                [rng.gen_range(0..4)]],
+                        );
+                    }
                 }
-            }
-            if rng.gen_bool(0.5) {
-                text.push(b'.');
                 if rng.gen_bool(0.5) {
-                    text.extend_from_slice(
-                        [&b"\n"[..], b"\r\n", b" \n", b"\nnext"][rng.gen_range(0..4)],
-                    );
+                    text.push(b'.');
+                    if rng.gen_bool(0.5) {
+                        text.extend_from_slice(
+                            [&b"\n"[..], b"\r\n", b" \n", b"\nnext"][rng.gen_range(0..4)],
+                        );
+                    }
                 }
-            }
-            let m = re.is_match(&text).unwrap_or(false);
-            let g = gate(&text);
-            assert!(
-                g || !m,
-                "the gate stops a match: {:?}",
-                String::from_utf8_lossy(&text)
-            );
-            matched += usize::from(m);
-            stopped += usize::from(!g && !m);
-        }
+                text
+            });
         assert!(
             matched > 200 && stopped > 30_000,
             "{matched} matched, {stopped} stopped"
