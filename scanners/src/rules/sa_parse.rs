@@ -11,6 +11,8 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::OnceLock;
 
+use super::view::crlf_to_lf;
+
 /// `MAX_HEADER_KEY_LENGTH`.
 const MAX_HEADER_KEY_LENGTH: usize = 256;
 /// `MAX_HEADER_VALUE_LENGTH`.
@@ -222,7 +224,7 @@ fn parse_message<'a>(raw: &'a [u8], subparse: u32, flags: Option<&mut ParseFlags
         {
             let value = &text[colon + 1..];
             let value = if squash {
-                crlf_to_lf(value)
+                crlf_to_lf(value).into_owned()
             } else {
                 value.to_vec()
             };
@@ -236,7 +238,7 @@ fn parse_message<'a>(raw: &'a [u8], subparse: u32, flags: Option<&mut ParseFlags
         body = super::view::line_slices(&raw[next.min(raw.len())..])
             .map(|l| {
                 if squash {
-                    Cow::Owned(crlf_to_lf(l))
+                    crlf_to_lf(l)
                 } else {
                     Cow::Borrowed(l)
                 }
@@ -260,17 +262,6 @@ fn parse_message<'a>(raw: &'a [u8], subparse: u32, flags: Option<&mut ParseFlags
         subparse,
         encoding: encoding(&headers),
     }
-}
-
-/// `s/\015\012/\012/g`.
-fn crlf_to_lf(v: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len());
-    for (i, &b) in v.iter().enumerate() {
-        if !(b == b'\r' && v.get(i + 1) == Some(&b'\n')) {
-            out.push(b);
-        }
-    }
-    out
 }
 
 /// The last value of header `name` (lower case) as `Node::header` keeps it: folds unfolded,

@@ -38,10 +38,10 @@ pub struct Headers {
 
 type NameIndex = std::collections::HashMap<String, Vec<usize>, NameHashing>;
 
-/// How the name index (and `sa_html`'s table of tag names and count of open tags) hashes: one call of xxh3 with a seed
-/// drawn once per process. (The
-/// streaming `Xxh3Builder` set up its state for each of the 165 or so lookups a message makes; the
-/// seed keeps a sender from choosing names that collide beforehand.)
+/// How the name index (and `sa_html`'s table of tag names and its count of open tags) hashes:
+/// one call of xxh3 with a seed drawn once per process. (The streaming `Xxh3Builder` set up its
+/// state for each of the 165 or so lookups a message makes; the seed keeps a sender from
+/// choosing names that collide beforehand.)
 #[derive(Clone, Copy)]
 pub struct NameHashing(u64);
 
@@ -590,7 +590,7 @@ fn qp_decode(s: &[u8]) -> Vec<u8> {
 
 /// `d` with every CRLF made LF (a lone CR stays), borrowed when it has none. The text between
 /// two CRLFs is copied as one slice: a byte at a time cost a megabyte of CRLF text 0.6 ms.
-fn crlf_to_lf(d: &[u8]) -> Cow<'_, [u8]> {
+pub(super) fn crlf_to_lf(d: &[u8]) -> Cow<'_, [u8]> {
     let mut crlfs = memchr::memmem::find_iter(d, b"\r\n").peekable();
     if crlfs.peek().is_none() {
         return Cow::Borrowed(d);
