@@ -1,7 +1,7 @@
 //! Where a scope's Hyperscan time goes: each database of the body rules (or the `uri` or
-//! `rawbody` rules), then each of their patterns compiled alone, over the texts that scope
-//! reads from ham, hard_ham and spam in `MXGATE_CORPUS` (default `../shared/corpus`), costliest
-//! first.
+//! `rawbody` rules, or one header request) with its size in memory, then each of their
+//! patterns compiled alone, over the texts that scope reads from ham, hard_ham and spam in
+//! `MXGATE_CORPUS` (default `../shared/corpus`), costliest first.
 //!
 //! `MXGATE_CORPUS=../shared/corpus cargo run --release -p mxgate-scanners --example rule_costs
 //! [N] [body|uri|rawbody|header=REQUEST] [joined|sets]` prints the N costliest patterns (default 20), then the
@@ -90,14 +90,15 @@ fn main() {
     );
     for d in &costs.databases {
         println!(
-            "  {:4} patterns, {:20}: {:6.1} µs a message",
+            "  {:4} patterns, {:20}: {:6.1} µs a message, {:6} KiB",
             d.patterns,
             if d.regex_set {
                 "prefilter, regex set"
             } else {
                 kind(d.prefilter)
             },
-            per_msg(d.took)
+            per_msg(d.took),
+            d.bytes / 1024
         );
     }
     // A heading with the summed time, then the costliest `top` with what each is.
