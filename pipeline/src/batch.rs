@@ -1,16 +1,17 @@
 //! The rules stage for the messages a shard has ready at once.
 //!
-//! The rule engine's time is mostly memory traffic: about a hundred Hyperscan databases and
-//! the confirming automata, tens of MiB, each read for every message. Scanned together, each
-//! is brought into the CPU's caches once for all of them ([`rules::Engine::scan_batch`]): a
-//! third less CPU a message in batches of 16 (`mxgate scan --batch`). A shard's sessions reach
-//! the rules one at a time, so the first to arrive leads: it lets the shard's other ready
-//! tasks run (sessions whose data and offloaded work are complete join the queue) and, while
-//! other sessions of the shard are inside a transaction, waits for them up to [`WAIT`]; then
-//! it scans everything queued, up to a batch's size, and hands each session its outcome. With
-//! no other transaction open the batch is that one message, after one turn of the shard's task
-//! queue. How full the batches are depends on the sessions a shard serves at once:
-//! `mxgate_rules_batched_messages_total` over `mxgate_rules_batches_total` is the mean.
+//! The rule engine's time is mostly spent waiting on the CPU's caches: about a hundred
+//! Hyperscan databases, their engines' code and the confirming automata, each run for every
+//! message. Scanned together, each is brought into the caches once for all of them
+//! ([`rules::Engine::scan_batch`]): a third less CPU a message in batches of 16 (`mxgate scan
+//! --batch`). A shard's sessions reach the rules one at a time, so the first to arrive leads:
+//! it lets the shard's other ready tasks run (sessions whose data and offloaded work are
+//! complete join the queue) and, while other sessions of the shard are inside a transaction,
+//! waits for them up to [`WAIT`]; then it scans everything queued, up to a batch's size, and
+//! hands each session its outcome. With no other transaction open the batch is that one
+//! message, after one turn of the shard's task queue. How full the batches are depends on the
+//! sessions a shard serves at once: `mxgate_rules_batched_messages_total` over
+//! `mxgate_rules_batches_total` is the mean.
 //!
 //! A message over `[rules] offload_above` skips the queue: its rules run on a thread of a small
 //! pool of their own ([`offload`]), so that the tens of milliseconds a big message takes do not
