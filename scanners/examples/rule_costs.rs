@@ -73,7 +73,12 @@ fn main() {
         cache_dir: Some(std::env::temp_dir().join("mxgate-rule-costs-cache")),
         ..Options::default()
     };
-    let set = load_paths(&["/usr/share/spamassassin".into(), "/etc/spamassassin".into()]);
+    let paths: Vec<std::path::PathBuf> = mxgate_core::config::Rules::default()
+        .paths
+        .iter()
+        .map(Into::into)
+        .collect();
+    let set = load_paths(&paths);
     let engine = Engine::build(set.clone(), &options).expect("the ruleset compiles");
     let bytes: usize = texts.iter().map(Vec::len).sum();
     println!(
@@ -90,7 +95,7 @@ fn main() {
     );
     for d in &costs.databases {
         println!(
-            "  {:4} patterns, {:20}: {:6.1} µs a message, {:6} KiB",
+            "  {:4} patterns, {:20}: {:6.1} µs a message{}",
             d.patterns,
             if d.regex_set {
                 "prefilter, regex set"
@@ -98,7 +103,9 @@ fn main() {
                 kind(d.prefilter)
             },
             per_msg(d.took),
-            d.bytes / 1024
+            d.bytes
+                .map(|b| format!(", {:6} KiB", b / 1024))
+                .unwrap_or_default()
         );
     }
     // A heading with the summed time, then the costliest `top` with what each is.

@@ -1,8 +1,8 @@
 //! Times two views of the message that body and uri rules read, over message files and
 //! folders: the body lines with the HTML parts rendered (`view::body_lines_and_html`, MIME
 //! decoding included) and the URI list made from them (`view::uris_of`), without redirector
-//! patterns and with those of the installed ruleset (`/usr/share/spamassassin` and
-//! `/etc/spamassassin`), as the engine lists them.
+//! patterns and with those of the default ruleset (`[rules] paths` as the configuration's
+//! defaults have them), as the engine lists them.
 //!
 //! `cargo run --release -p mxgate-scanners --example view_costs -- PASSES PATH...`
 //! prints µs a message for each, three rounds of PASSES passes.
@@ -37,11 +37,14 @@ fn main() {
         .iter()
         .map(|m| view::body_lines_and_html(m, Some(b"x\n"), None))
         .collect();
-    // The ruleset's `redirector_pattern`s, as the engine lists URIs with them.
-    let set = mxgate_scanners::rules::load_paths(&[
-        "/usr/share/spamassassin".into(),
-        "/etc/spamassassin".into(),
-    ]);
+    // The default ruleset's `redirector_pattern`s, as the engine lists URIs with them.
+    let paths: Vec<std::path::PathBuf> = mxgate_core::config::Rules::default()
+        .paths
+        .iter()
+        .map(Into::into)
+        .collect();
+    let ruleset = mxgate_scanners::rules::load_paths(&paths).redirectors;
+    let per_msg = |t: Instant| t.elapsed().as_secs_f64() * 1e6 / (n * msgs.len()) as f64;
     for _ in 0..3 {
         let t = Instant::now();
         let mut k = 0;
@@ -50,23 +53,19 @@ fn main() {
                 k += view::body_lines_and_html(m, Some(b"x\n"), None).0.len();
             }
         }
-        let a = t.elapsed().as_secs_f64() * 1e6 / (n * msgs.len()) as f64;
-        let t = Instant::now();
-        for _ in 0..n {
-            for (l, h) in &views {
-                k += view::uris_of(l, h, &Default::default()).len();
+        print!("lines {:.1} µs", per_msg(t));
+        for (label, redirectors) in [
+            ("uris_of", &Default::default()),
+            ("with the ruleset's redirectors", &ruleset),
+        ] {
+            let t = Instant::now();
+            for _ in 0..n {
+                for (l, h) in &views {
+                    k += view::uris_of(l, h, redirectors).len();
+                }
             }
+            print!(", {label} {:.1} µs", per_msg(t));
         }
-        let b = t.elapsed().as_secs_f64() * 1e6 / (n * msgs.len()) as f64;
-        let t = Instant::now();
-        for _ in 0..n {
-            for (l, h) in &views {
-                k += view::uris_of(l, h, &set.redirectors).len();
-            }
-        }
-        let c = t.elapsed().as_secs_f64() * 1e6 / (n * msgs.len()) as f64;
-        println!(
-            "lines {a:.1} µs, uris_of {b:.1} µs, with the ruleset's redirectors {c:.1} µs ({k})"
-        );
+        println!(" ({k})");
     }
 }

@@ -409,8 +409,8 @@ pub struct DatabaseCost {
     /// Whether it is the scope's `regex` set of long prefilters rather than a Hyperscan
     /// database.
     pub regex_set: bool,
-    /// The Hyperscan database's size in memory (0 for the `regex` set).
-    pub bytes: usize,
+    /// The Hyperscan database's size in memory (`None` for the `regex` set).
+    pub bytes: Option<usize>,
     /// Scan time over the texts.
     pub took: Duration,
 }
@@ -1166,7 +1166,7 @@ impl Engine {
                 patterns: group.ids.len(),
                 prefilter,
                 regex_set: false,
-                bytes: group.db.size().unwrap_or(0),
+                bytes: group.db.size().ok(),
                 took: time_scan(&group.db).0,
             });
             for &r in &group.ids {
@@ -1190,7 +1190,7 @@ impl Engine {
                     patterns: set.ids.len(),
                     prefilter: true,
                     regex_set: true,
-                    bytes: 0,
+                    bytes: None,
                     took: second_of_two(|| {
                         let t = Instant::now();
                         let mut matched = PatternSet::new(set.ids.len());
