@@ -5,6 +5,9 @@
 //! Files: every attachment (non-text MIME leaf, transfer-decoded) of the corpus messages, and
 //! every file of the corpus's av/ folder. Each side scans them all, pass after pass, for
 //! `MXGATE_BENCH_SECONDS` (default 10) with `MXGATE_BENCH_THREADS` (default 2) threads.
+//! `MXGATE_BENCH_SETS` picks the inputs (a comma list of `all`, `small` (files under 16 KB),
+//! `large` (16 KB and more) and `messages`; default all four), and `MXGATE_BENCH_PEERS=0` runs
+//! the in-process side alone (for profiling it).
 //!
 //! `MXGATE_CORPUS=../shared/corpus cargo bench -p mxgate-scanners --bench av`
 
@@ -224,6 +227,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
+    let sets =
+        std::env::var("MXGATE_BENCH_SETS").unwrap_or_else(|_| "all,small,large,messages".into());
+    let sets: Vec<&str> = sets.split(',').map(str::trim).collect();
+    let peers = std::env::var("MXGATE_BENCH_PEERS").map_or(true, |v| v != "0");
     let all = attachments();
     let limits = av::Limits::default();
     let engine = Arc::new(
@@ -240,16 +247,29 @@ fn main() {
     );
     // clamd as installed (temporary files in /tmp) and with its temporary folder in memory,
     // as mxgate's default configuration has it.
-    let clamd_disk = Clamd::start(threads, &limits, Path::new("/tmp"));
-    let clamd_mem = Clamd::start(threads, &limits, Path::new("/dev/shm/mxgate-bench-clamd"));
-    let (port, port_mem) = (clamd_disk.port, clamd_mem.port);
-    // Two sets: every attachment and test file, most of them small (signatures, icons); and
-    // the documents and pictures of 16 KB and more that make up most attachment bytes.
-    for (label, min) in [
-        ("all files", 0usize),
-        ("files of 16 KB and more", 16 * 1024),
+    let clamds = peers.then(|| {
+        (
+            Clamd::start(threads, &limits, Path::new("/tmp")),
+            Clamd::start(threads, &limits, Path::new("/dev/shm/mxgate-bench-clamd")),
+        )
+    });
+    let ports = clamds.as_ref().map(|(disk, mem)| (disk.port, mem.port));
+    // Every attachment and test file, most of them small (signatures, icons); the small ones
+    // alone (where a scan's fixed costs show); and the documents and pictures of 16 KB and more
+    // that make up most attachment bytes.
+    for (key, label, range) in [
+        ("all", "all files", 0..usize::MAX),
+        ("small", "files under 16 KB", 0..16 * 1024),
+        ("large", "files of 16 KB and more", 16 * 1024..usize::MAX),
     ] {
-        let files: Vec<Bytes> = all.iter().filter(|f| f.len() >= min).cloned().collect();
+        if !sets.contains(&key) {
+            continue;
+        }
+        let files: Vec<Bytes> = all
+            .iter()
+            .filter(|f| range.contains(&f.len()))
+            .cloned()
+            .collect();
         let files = Arc::new(files);
         let total: usize = files.iter().map(|f| f.len()).sum();
         let mut sizes: Vec<usize> = files.iter().map(|f| f.len()).collect();
@@ -264,48 +284,42 @@ fn main() {
         let ours: ScanFn = Arc::new(move |d: &[u8]| {
             matches!(e.scan(d, None), Outcome::Virus(_) | Outcome::Limit(_))
         });
-        side_by_side(
-            &files,
-            threads,
-            secs,
-            ("mxgate in-process", ours),
-            (port, port_mem),
-        );
+        side_by_side(&files, threads, secs, ("mxgate in-process", ours), ports);
     }
-    // The gateway's job: is there a virus in this message? mxgate parses the MIME structure
-    // once and hands libclamav each decoded part from memory; clamd gets the message as a
-    // stream, as a filter hands it over, and parses the mail itself.
-    let messages = Arc::new(messages_with_attachments());
-    let total: usize = messages.iter().map(|f| f.len()).sum();
-    println!(
-        "\nmessages with attachments: {} messages, {:.1} MB; {threads} concurrent scans, {secs} s per side",
-        messages.len(),
-        total as f64 / 1e6
-    );
-    let engines = Arc::new(av::Engines::new(vec![engine.clone()]));
-    let ours: ScanFn = Arc::new(move |d: &[u8]| {
-        let r = engines.scan_message(&Message::parse(Bytes::copy_from_slice(d)));
-        !r.viruses.is_empty() || !r.limits.is_empty()
-    });
-    side_by_side(
-        &messages,
-        threads,
-        secs,
-        ("mxgate per part", ours),
-        (port, port_mem),
-    );
-    drop((clamd_disk, clamd_mem));
+    if sets.contains(&"messages") {
+        // The gateway's job: is there a virus in this message? mxgate parses the MIME
+        // structure once and hands libclamav each decoded part from memory; clamd gets the
+        // message as a stream, as a filter hands it over, and parses the mail itself.
+        let messages = Arc::new(messages_with_attachments());
+        let total: usize = messages.iter().map(|f| f.len()).sum();
+        println!(
+            "\nmessages with attachments: {} messages, {:.1} MB; {threads} concurrent scans, {secs} s per side",
+            messages.len(),
+            total as f64 / 1e6
+        );
+        let engines = Arc::new(av::Engines::new(vec![engine.clone()]));
+        let ours: ScanFn = Arc::new(move |d: &[u8]| {
+            let r = engines.scan_message(&Message::parse(Bytes::copy_from_slice(d)));
+            !r.viruses.is_empty() || !r.limits.is_empty()
+        });
+        side_by_side(&messages, threads, secs, ("mxgate per part", ours), ports);
+    }
+    drop(clamds);
 }
 
-/// Runs mxgate's side, then both clamds, on the same inputs; prints the three and the ratios.
+/// Runs mxgate's side, then both clamds (when they run), on the same inputs; prints the three
+/// and the ratios.
 fn side_by_side(
     inputs: &Arc<Vec<Bytes>>,
     threads: usize,
     secs: f64,
     (name, ours): (&str, ScanFn),
-    (port_disk, port_mem): (u16, u16),
+    ports: Option<(u16, u16)>,
 ) {
     let a = report(name, run(inputs, threads, secs, ours));
+    let Some((port_disk, port_mem)) = ports else {
+        return;
+    };
     let clamd = |port: u16| -> ScanFn { Arc::new(move |d: &[u8]| Clamd::scan(port, d)) };
     let b = report(
         "clamd, tmp on disk",
