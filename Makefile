@@ -54,13 +54,14 @@ bench: build
 
 fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	cd fuzz && mkdir -p corpus/mime corpus/smtp_session corpus/smtp_command corpus/rules corpus/content corpus/ocr_prepare
+	cd fuzz && mkdir -p corpus/mime corpus/smtp_session corpus/smtp_command corpus/rules corpus/content corpus/ocr_prepare corpus/bayes
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O mime corpus/mime $(MXGATE_CORPUS)/mime-edge -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O smtp_session corpus/smtp_session seeds/smtp -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O smtp_command corpus/smtp_command seeds/smtp -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O rules corpus/rules seeds/rules $(MXGATE_CORPUS)/mime-edge -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O content corpus/content $(MXGATE_CORPUS)/mime-edge $(MXGATE_CORPUS)/spam -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=4096
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O ocr_prepare corpus/ocr_prepare seeds/images -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=2048
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O bayes corpus/bayes seeds/bayes $(MXGATE_CORPUS)/mime-edge $(MXGATE_CORPUS)/spam -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=4096
 
 clean:
 	cargo clean

@@ -363,8 +363,15 @@ impl Model {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Model::default()),
             Err(source) => return Err(StoreError::Io { path: p, source }),
         }
+        Model::decode(&buf, &p)
+    }
+
+    /// A model from the bytes of a file [`Model::save`] wrote (`path` names it in errors): a
+    /// wrong header, a checksum that does not match or a truncated record is an error, and no
+    /// more is reserved up front than the bytes can hold.
+    pub fn decode(buf: &[u8], path: &str) -> Result<Model, StoreError> {
         let bad = |what| StoreError::Format {
-            path: p.clone(),
+            path: path.to_string(),
             what,
         };
         if buf.len() < 8 + 8 + 8 + 8 + 8 || (&buf[..8] != MAGIC && &buf[..8] != MAGIC_V1) {
@@ -382,7 +389,11 @@ impl Model {
             ..Model::default()
         };
         let n = r.u64().ok_or_else(|| bad("truncated"))? as usize;
-        m.tokens.reserve(n.min(50_000_000));
+        // A token record is 20 bytes: a count the rest of the file cannot hold is truncated.
+        if n > r.b.len().saturating_sub(r.pos) / 20 {
+            return Err(bad("truncated"));
+        }
+        m.tokens.reserve(n);
         for _ in 0..n {
             let id = r.u64().ok_or_else(|| bad("truncated"))?;
             let c = Counts {
@@ -594,5 +605,45 @@ mod expire_tests {
         assert!(m.forget(7, &[10, 11]));
         assert!(m.tokens.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file with a valid checksum whose token count its bytes cannot hold (a store written
+    /// by something else, or damaged before the checksum was taken) is refused as truncated,
+    /// before anything is reserved for the count it claims.
+    #[test]
+    fn a_token_count_the_file_cannot_hold_is_truncated() {
+        let file = |count: u64, records: u64| {
+            let mut body = MAGIC.to_vec();
+            body.extend_from_slice(&3u32.to_le_bytes()); // spam
+            body.extend_from_slice(&4u32.to_le_bytes()); // ham
+            body.extend_from_slice(&count.to_le_bytes());
+            for id in 0..records {
+                body.extend_from_slice(&id.to_le_bytes());
+                for n in [1u32, 0, 20_000] {
+                    body.extend_from_slice(&n.to_le_bytes());
+                }
+            }
+            body.extend_from_slice(&0u64.to_le_bytes()); // messages
+            let sum = xxhash_rust::xxh3::xxh3_64(&body);
+            body.extend_from_slice(&sum.to_le_bytes());
+            body
+        };
+        let m = Model::decode(&file(2, 2), "m").unwrap();
+        assert_eq!((m.nspam, m.nham, m.tokens.len()), (3, 4, 2));
+        for claimed in [3, 1 << 40, u64::MAX] {
+            match Model::decode(&file(claimed, 2), "m") {
+                Err(StoreError::Format { what, .. }) => assert_eq!(what, "truncated"),
+                other => panic!("{claimed} tokens claimed: {other:?}"),
+            }
+        }
+        let mut damaged = file(2, 2);
+        damaged[20] ^= 1;
+        assert!(matches!(
+            Model::decode(&damaged, "m"),
+            Err(StoreError::Format {
+                what: "checksum mismatch",
+                ..
+            })
+        ));
     }
 }

@@ -30,6 +30,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Format 2 keeps a message record as its class and the day it was learned; format 1 also kept
 /// the message's token ids. Format 1 stores are read, and rewritten whole at their next save.
 const FORMAT: u64 = 2;
+/// Most tokens a load reserves room for up front, whatever count the store claims (a store of
+/// SpamAssassin's default size holds 150,000).
+const LOAD_RESERVE_MAX: usize = 1 << 22;
 
 /// A model in a redb database file.
 #[derive(Debug, Clone)]
@@ -184,7 +187,10 @@ impl Store for RedbStore {
             }
         } else {
             let buckets = r.open_table(BUCKETS).map_err(|e| self.err(e))?;
-            m.tokens.reserve(get("tokens")? as usize);
+            // The count saved with the buckets sizes the map; a damaged one must not make the
+            // load fail (or abort) before the buckets are read: the map grows past it anyway.
+            let claimed = usize::try_from(get("tokens")?).unwrap_or(usize::MAX);
+            m.tokens.reserve(claimed.min(LOAD_RESERVE_MAX));
             for e in buckets.iter().map_err(|e| self.err(e))? {
                 let (_, v) = e.map_err(|e| self.err(e))?;
                 let records = v.value();
@@ -364,6 +370,31 @@ mod tests {
         };
         store.save(&mut sa).unwrap();
         assert_eq!(store.load().unwrap().scheme, Scheme::SpamAssassin);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// A token count in the store's metadata that does not match its buckets (a damaged
+    /// file) costs no more than the cap's reservation, and the buckets still load.
+    #[test]
+    fn a_damaged_token_count_does_not_size_the_load() {
+        let path = tmp("damaged-count");
+        let store = RedbStore::new(&path);
+        let mut m = Model::default();
+        m.learn(1, &[10, 11, 12], Class::Spam);
+        store.save(&mut m).unwrap();
+        for claimed in [u64::MAX, 1 << 40] {
+            {
+                let db = Database::open(&path).unwrap();
+                let w = db.begin_write().unwrap();
+                w.open_table(META)
+                    .unwrap()
+                    .insert("tokens", claimed)
+                    .unwrap();
+                w.commit().unwrap();
+            }
+            let back = store.load().unwrap();
+            assert_eq!(sorted_tokens(&back), sorted_tokens(&m));
+        }
         std::fs::remove_file(&path).unwrap();
     }
 
