@@ -308,15 +308,14 @@ impl Chain {
             )?);
             // The PCRE2 and regex matchers compile before the gateway serves with them (at a
             // start before it listens; on a reload before the new snapshot is published, the
-            // old one serving meanwhile), so no message waits for a compile; for `mxgate
-            // scan`, in the background.
+            // old one serving meanwhile), so no message waits for a compile. `mxgate scan`
+            // compiles each when a message first needs it: a pass over files needs a part of
+            // them (the lazy sub-rules most messages leave unrun among those it does not), and
+            // compiling them all beside it cost a pass over the corpus's ham and spam about a
+            // quarter more CPU (BENCHMARKS.md). The message that first needs one of the big
+            // ones waits for its compile, which its `elapsed_us` shows.
             if learn {
                 warm_matchers(&engine);
-            } else {
-                let warm = Arc::clone(&engine);
-                let _ = std::thread::Builder::new()
-                    .name("mxgate-rules-warm".into())
-                    .spawn(move || warm_matchers(&warm));
             }
             Some(engine)
         } else {
