@@ -86,11 +86,24 @@ impl Control {
             .clone()
     }
 
-    /// Reads the configuration again; on success the shards pick it up within 100 ms.
+    /// Reads the configuration again; on success the shards pick it up within 100 ms. The new
+    /// snapshot is built at low priority, as the final databases are (its rules load their
+    /// databases and compile every matcher, on every core): the shards keep serving with the
+    /// old one meanwhile and take the CPU they need first.
     pub fn reload(self: &Arc<Self>) -> anyhow::Result<()> {
-        let path = self.snapshot().path.clone();
+        let prev = self.snapshot();
+        let path = prev.path.clone();
         let cfg = settings::load(path.as_deref(), &self.overrides)?;
-        let snap = Snapshot::rebuild(cfg, path, Some(&self.snapshot()))?;
+        let snap = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("mxgate-reload".into())
+                .spawn_scoped(s, || {
+                    lower_thread_priority();
+                    Snapshot::rebuild(cfg, path, Some(&prev))
+                })?
+                .join()
+                .map_err(|_| anyhow::anyhow!("reload: building the new snapshot panicked"))?
+        })?;
         self.publish(snap);
         self.finish_rules();
         Ok(())
