@@ -1,8 +1,7 @@
 //! The Bayes filter on arbitrary bytes: a message tokenized both ways (mxgate's tokens, with
 //! and without the word pairs, and SpamAssassin's), learned, moved to the other class,
 //! classified and forgotten; the same bytes as an `sa-learn --backup` file; and as a model file
-//! (checksum added, so the records behind it are read). Errors, never a panic or a count
-//! taken on trust.
+//! (checksum added, so the records behind it are read). Errors, never a panic.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use mxgate_core::mime::Message;
