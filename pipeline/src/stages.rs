@@ -297,41 +297,72 @@ impl Chain {
         } else {
             None
         };
-        let rules = if let Some(set) = &source {
-            let engine = Arc::new(build_rules(
-                cfg,
-                set.clone(),
-                bayes.is_some(),
-                net_on,
-                !on("rules"),
-                rules_build,
-            )?);
-            // The PCRE2 and regex matchers compile before the gateway serves with them (at a
-            // start before it listens; on a reload before the new snapshot is published, the
-            // old one serving meanwhile), so no message waits for a compile. `mxgate scan`
-            // compiles each when a message first needs it: a pass over files needs a part of
-            // them (the lazy sub-rules most messages leave unrun among those it does not), and
-            // compiling them all beside it cost a pass over the corpus's ham and spam about a
-            // quarter more CPU (BENCHMARKS.md). The message that first needs one of the big
-            // ones waits for its compile, which its `elapsed_us` shows.
-            if learn {
-                warm_matchers(&engine);
-            }
-            Some(engine)
-        } else {
-            None
+        // A reload that changed neither the rule files (their digest) nor what the engine is
+        // built with keeps the running engine and its node copies: compiling the same rules
+        // again took about a second of CPU and left the shards on cold automata.
+        let evals_only = !on("rules");
+        let score_set = usize::from(bayes.is_some()) * 2 + usize::from(net_on);
+        let kept = match (prev, &source) {
+            (Some((pc, pch)), Some(set)) if learn => pch.rules.as_ref().and_then(|e| {
+                let was_evals_only = !pc.stages.enabled.iter().any(|s| s == "rules");
+                let same = e.set.source_digest == set.source_digest
+                    && pc.rules == cfg.rules
+                    && e.score_set() == score_set
+                    && was_evals_only == evals_only
+                    && pch
+                        .rules_by_node
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .eq(further.iter().map(|(n, _)| *n));
+                same.then_some(pch)
+            }),
+            _ => None,
         };
-        let rules_by_node = match &source {
-            Some(set) => rules_node_copies(
-                cfg,
-                set,
-                &further,
-                bayes.is_some(),
-                net_on,
-                !on("rules"),
-                rules_build,
-            )?,
-            None => Vec::new(),
+        let (rules, rules_by_node, kept_source) = if let Some(p) = kept {
+            tracing::info!("rules: the rule files and [rules] did not change; the engine is kept");
+            (
+                p.rules.clone(),
+                p.rules_by_node.clone(),
+                p.rules_source.clone(),
+            )
+        } else {
+            let rules = if let Some(set) = &source {
+                let engine = Arc::new(build_rules(
+                    cfg,
+                    set.clone(),
+                    bayes.is_some(),
+                    net_on,
+                    evals_only,
+                    rules_build,
+                )?);
+                // The PCRE2 and regex matchers compile before the gateway serves with them (at a
+                // start before it listens; on a reload before the new snapshot is published, the
+                // old one serving meanwhile), so no message waits for a compile. `mxgate scan`
+                // compiles each when a message first needs it: a pass over files needs a part of
+                // them (the lazy sub-rules most messages leave unrun among those it does not), and
+                // compiling them all beside it cost a pass over the corpus's ham and spam about a
+                // quarter more CPU (BENCHMARKS.md). The message that first needs one of the big
+                // ones waits for its compile, which its `elapsed_us` shows.
+                if learn {
+                    warm_matchers(&engine);
+                }
+                Some(engine)
+            } else {
+                None
+            };
+            let rules_by_node = match &source {
+                Some(set) => rules_node_copies(
+                    cfg,
+                    set,
+                    &further,
+                    bayes.is_some(),
+                    net_on,
+                    evals_only,
+                    rules_build,
+                )?,
+                None => Vec::new(),
+            };
+            (rules, rules_by_node, None)
         };
         let av = match prev {
             _ if !on("av") => None,
@@ -378,7 +409,7 @@ impl Chain {
             ocr,
             rules,
             rules_by_node,
-            rules_source: source.filter(|_| provisional).map(Arc::new),
+            rules_source: kept_source.or_else(|| source.filter(|_| provisional).map(Arc::new)),
             shard_nodes,
             net,
             greylist,

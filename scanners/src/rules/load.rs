@@ -218,6 +218,10 @@ pub struct RuleSet {
     pub skipped: HashMap<String, usize>,
     /// Files read, in order.
     pub files: Vec<PathBuf>,
+    /// A digest of what was read: each file's path and bytes in the order read (an unreadable
+    /// one by its path and error). Two loads with the same digest read the same text, so they
+    /// give the same rules: a reload keeps its compiled engine when it did not change.
+    pub source_digest: u128,
     /// DNS plugin definitions (`urirhssub NAME zone A subtest`, ...) by rule name, kept apart
     /// because the ruleset then redefines the rule as `eval:check_uridnsbl('NAME')`.
     pub net_defs: HashMap<String, Eval>,
@@ -744,7 +748,9 @@ pub fn load_paths(paths: &[PathBuf]) -> RuleSet {
             let mut names: Vec<PathBuf> = match std::fs::read_dir(p) {
                 Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
                 Err(e) => {
-                    loader.diag(p, 0, None, format!("cannot read folder: {e}"));
+                    let why = format!("cannot read folder: {e}");
+                    loader.digest(p.as_os_str().as_encoded_bytes(), why.as_bytes());
+                    loader.diag(p, 0, None, why);
                     continue;
                 }
             };
@@ -769,6 +775,7 @@ pub fn load_paths(paths: &[PathBuf]) -> RuleSet {
 /// Loads rules from text (tests, and rules embedded in a config).
 pub fn load_str(text: &str, name: &str) -> RuleSet {
     let mut loader = Loader::default();
+    loader.digest(name.as_bytes(), text.as_bytes());
     loader.text(text.as_bytes(), Path::new(name), 0);
     loader.finish()
 }
@@ -806,13 +813,28 @@ impl Loader {
     }
 
     fn file(&mut self, path: &Path, depth: usize) {
+        let name = path.as_os_str().as_encoded_bytes();
         match std::fs::read(path) {
             Ok(bytes) => {
+                self.digest(name, &bytes);
                 self.set.files.push(path.to_path_buf());
                 self.text(&bytes, path, depth);
             }
-            Err(e) => self.diag(path, 0, None, format!("cannot read: {e}")),
+            Err(e) => {
+                self.digest(name, format!("\0unreadable: {e}").as_bytes());
+                self.diag(path, 0, None, format!("cannot read: {e}"));
+            }
         }
+    }
+
+    /// Folds one source (its name and bytes) into [`RuleSet::source_digest`].
+    fn digest(&mut self, name: &[u8], bytes: &[u8]) {
+        use xxhash_rust::xxh3::xxh3_128;
+        let mut step = [0u8; 48];
+        step[..16].copy_from_slice(&self.set.source_digest.to_le_bytes());
+        step[16..32].copy_from_slice(&xxh3_128(name).to_le_bytes());
+        step[32..].copy_from_slice(&xxh3_128(bytes).to_le_bytes());
+        self.set.source_digest = xxh3_128(&step);
     }
 
     fn active(&self) -> bool {
@@ -1690,6 +1712,40 @@ mod tests {
         );
         assert_eq!(listed("BANKS *@a.example"), None);
         assert_eq!(listed("(BANKS)"), None);
+    }
+
+    #[test]
+    fn the_source_digest_follows_what_was_read() {
+        let dir = std::env::temp_dir().join(format!("mxgate-rules-digest-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+        let digest = || load_paths(std::slice::from_ref(&dir)).source_digest;
+        write("a.cf", "body A /a/\nscore A 1\n");
+        let first = digest();
+        // Written again, the same bytes: the same digest.
+        write("a.cf", "body A /a/\nscore A 1\n");
+        assert_eq!(digest(), first);
+        // A byte changed, a file added, a file included: each changes it.
+        write("a.cf", "body A /a/\nscore A 2\n");
+        let edited = digest();
+        assert_ne!(edited, first);
+        write("b.cf", "include inc.txt\n");
+        let added = digest();
+        assert_ne!(added, edited);
+        write("inc.txt", "score A 3\n");
+        assert_ne!(digest(), added);
+        // The same text under another name is another source.
+        std::fs::remove_file(dir.join("b.cf")).unwrap();
+        std::fs::remove_file(dir.join("inc.txt")).unwrap();
+        assert_eq!(digest(), edited);
+        std::fs::rename(dir.join("a.cf"), dir.join("c.cf")).unwrap();
+        assert_ne!(digest(), edited);
+        assert_ne!(
+            load_str("x", "a").source_digest,
+            load_str("y", "a").source_digest
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
