@@ -586,6 +586,39 @@ class Lifecycle(unittest.TestCase):
             mx.stop()
             sink.stop()
 
+    def test_a_closed_log_pipe_does_not_stop_the_gateway(self):
+        """When whoever read the log goes away (`mxgate serve 2>&1 | tee`, a journal's socket),
+        log lines are dropped: the gateway keeps relaying, reloads on SIGHUP and drains on
+        SIGTERM with status 0."""
+        sink = Sink(WORK)
+        port = free_port()
+        config = os.path.join(WORK, f"mxgate-pipe-{port}.toml")
+        with open(config, "w") as f:
+            f.write('[server]\nhostname = "mx.e2e.test"\n[stages]\nenabled = ["hops"]\n'
+                    '[metrics]\nlisten = ""\n[log]\nlevel = "debug"\n')
+        mx = subprocess.Popen([harness.MXGATE, "serve", "--config", config, "--listen", f"127.0.0.1:{port}",
+                               "--relay", f"127.0.0.1:{sink.port}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            # Read until the gateway says it is ready, then go away.
+            for raw in mx.stderr:
+                if b"mxgate ready" in raw:
+                    break
+            mx.stderr.close()
+            self.assertEqual(send_raw(port, plain_message("one", "before the reload")), {})
+            mx.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            self.assertIsNone(mx.poll(), "the gateway exited after a SIGHUP with its log gone")
+            self.assertEqual(send_raw(port, plain_message("two", "after the reload")), {})
+            sink.wait_messages(2)
+            mx.send_signal(signal.SIGTERM)
+            self.assertEqual(mx.wait(timeout=15), 0)
+        finally:
+            if mx.poll() is None:
+                mx.kill()
+                mx.wait()
+            sink.stop()
+
     def test_sigint_stops_fast(self):
         sink = Sink(WORK)
         mx = Mxgate(WORK, sink.port)

@@ -386,9 +386,14 @@ enum ConfigCmd {
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // A log line that cannot be written is dropped. By default the subscriber reports such a
+    // failure with `eprintln!`, which panics when stderr is what failed: once whoever read the
+    // log (a pipe, a journal's socket) went away, the next line killed the thread that logged
+    // it, and a SIGHUP's took the gateway down.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .try_init();
     // glommio logs through `log`; forward it, or its warnings are lost.
     let _ = tracing_log::LogTracer::init();
