@@ -288,8 +288,10 @@ impl Default for Stages {
 #[serde(default, deny_unknown_fields)]
 pub struct Rules {
     /// SpamAssassin rule folders (or files), read in order: every folder's `.pre` files first
-    /// (the plugins `ifplugin` tests), then each folder's `.cf` files in name order.
-    pub paths: Vec<String>,
+    /// (the plugins `ifplugin` tests), then each folder's `.cf` files in name order. An entry
+    /// that is a list stands for the first of its paths that exists, as SpamAssassin picks its
+    /// default rules: `sa-update`'s folder when there is one, else the installed ruleset.
+    pub paths: Vec<RulePath>,
     /// Folder where compiled Hyperscan databases are cached; empty compiles at every start.
     /// Files no start has used for 7 days are removed when a ruleset is compiled.
     pub cache_dir: String,
@@ -380,10 +382,54 @@ pub const CONFIRM_ONLY: &[&str] = &[
     "__SUBJ_HAS_TO_2",
 ];
 
+/// One entry of `[rules] paths`: a folder or file, or a list of them of which the first that
+/// exists is read (none existing: nothing read).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RulePath {
+    /// A folder or file.
+    One(String),
+    /// The first of these that exists.
+    FirstOf(Vec<String>),
+}
+
+impl From<&str> for RulePath {
+    fn from(p: &str) -> RulePath {
+        RulePath::One(p.to_string())
+    }
+}
+
+/// Where `sa-update` installs rule updates for the SpamAssassin release whose rules mxgate reads
+/// (4.0.1: `LOCAL_STATE_DIR/VERSION`, the version as SpamAssassin writes it).
+pub const SA_UPDATES_DIR: &str = "/var/lib/spamassassin/4.000001";
+
+impl Rules {
+    /// The rule folders and files to read, each list entry resolved to the first of its paths
+    /// that exists now (so a reload after `sa-update` reads the updates).
+    pub fn resolved_paths(&self) -> Vec<std::path::PathBuf> {
+        self.paths
+            .iter()
+            .filter_map(|p| match p {
+                RulePath::One(p) => Some(p.into()),
+                RulePath::FirstOf(ps) => ps
+                    .iter()
+                    .map(std::path::PathBuf::from)
+                    .find(|p| std::fs::metadata(p).is_ok()),
+            })
+            .collect()
+    }
+}
+
 impl Default for Rules {
     fn default() -> Self {
         Rules {
-            paths: vec!["/usr/share/spamassassin".into(), "/etc/spamassassin".into()],
+            paths: vec![
+                RulePath::FirstOf(vec![
+                    SA_UPDATES_DIR.into(),
+                    "/usr/share/spamassassin".into(),
+                ]),
+                "/etc/spamassassin".into(),
+            ],
             cache_dir: "/var/cache/mxgate/rules".into(),
             layout: "per-scope".into(),
             confirm_only: CONFIRM_ONLY.iter().map(|n| n.to_string()).collect(),

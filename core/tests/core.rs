@@ -790,3 +790,32 @@ fn auth_waits_for_tls_when_asked_to() {
     s.tls_started();
     assert_eq!(s.authenticated(), None);
 }
+
+#[test]
+fn a_rule_path_list_reads_the_first_that_exists() {
+    let dir = std::env::temp_dir().join(format!("mxgate-rule-paths-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (updates, stock, site) = (dir.join("updates"), dir.join("stock"), dir.join("site"));
+    std::fs::create_dir_all(&stock).unwrap();
+    let text = format!(
+        "[rules]\npaths = [[{:?}, {:?}], {:?}, [{:?}]]\n",
+        updates.to_str().unwrap(),
+        stock.to_str().unwrap(),
+        site.to_str().unwrap(),
+        dir.join("missing").to_str().unwrap(),
+    );
+    let cfg = Config::from_toml(&text, "f.toml").unwrap();
+    // Updates not installed: the stock folder; a plain path is kept whether or not it exists;
+    // a list none of whose paths exists reads nothing.
+    assert_eq!(
+        cfg.rules.resolved_paths(),
+        vec![stock.clone(), site.clone()]
+    );
+    std::fs::create_dir_all(&updates).unwrap();
+    assert_eq!(cfg.rules.resolved_paths(), vec![updates, site]);
+    // `mxgate config check` prints it back as written.
+    let again: Config = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+    assert_eq!(again.rules.paths, cfg.rules.paths);
+    assert!(Config::from_toml("[rules]\npaths = [1]\n", "f.toml").is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -893,7 +893,7 @@ fn warm_matchers(engine: &rules::Engine) {
 
 /// Reads the configured rule files, their load problems logged as warnings when `warn`.
 fn read_rules(cfg: &Config, warn: bool) -> anyhow::Result<rules::RuleSet> {
-    let paths: Vec<std::path::PathBuf> = cfg.rules.paths.iter().map(Into::into).collect();
+    let paths = cfg.rules.resolved_paths();
     let set = rules::load_paths(&paths);
     if warn {
         for d in &set.diagnostics {
@@ -903,7 +903,11 @@ fn read_rules(cfg: &Config, warn: bool) -> anyhow::Result<rules::RuleSet> {
     if set.rules.is_empty() {
         anyhow::bail!(
             "rules: no rules found in {} (install the spamassassin package, or set rules.paths)",
-            cfg.rules.paths.join(", ")
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(set)
@@ -1298,7 +1302,7 @@ mod tests {
         .unwrap();
         let mut cfg = Config::default();
         cfg.stages.enabled = vec!["rules".into()];
-        cfg.rules.paths = vec![dir.join("rules").display().to_string()];
+        cfg.rules.paths = vec![dir.join("rules").to_str().unwrap().into()];
         cfg.rules.cache_dir = dir.join("cache").display().to_string();
         let first = Chain::new(&cfg).unwrap();
         assert!(first.rules_provisional());

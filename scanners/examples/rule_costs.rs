@@ -73,11 +73,7 @@ fn main() {
         cache_dir: Some(std::env::temp_dir().join("mxgate-rule-costs-cache")),
         ..Options::default()
     };
-    let paths: Vec<std::path::PathBuf> = mxgate_core::config::Rules::default()
-        .paths
-        .iter()
-        .map(Into::into)
-        .collect();
+    let paths: Vec<std::path::PathBuf> = mxgate_core::config::Rules::default().resolved_paths();
     let set = load_paths(&paths);
     let engine = Engine::build(set.clone(), &options).expect("the ruleset compiles");
     let bytes: usize = texts.iter().map(Vec::len).sum();

@@ -38,11 +38,7 @@ fn main() {
         .map(|m| view::body_lines_and_html(m, Some(b"x\n"), None))
         .collect();
     // The default ruleset's `redirector_pattern`s, as the engine lists URIs with them.
-    let paths: Vec<std::path::PathBuf> = mxgate_core::config::Rules::default()
-        .paths
-        .iter()
-        .map(Into::into)
-        .collect();
+    let paths: Vec<std::path::PathBuf> = mxgate_core::config::Rules::default().resolved_paths();
     let ruleset = mxgate_scanners::rules::load_paths(&paths).redirectors;
     let per_msg = |t: Instant| t.elapsed().as_secs_f64() * 1e6 / (n * msgs.len()) as f64;
     for _ in 0..3 {

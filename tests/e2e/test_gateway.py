@@ -1551,6 +1551,61 @@ class RulesInTheGateway(unittest.TestCase):
             shutil.rmtree(local, ignore_errors=True)
             shutil.rmtree(cache, ignore_errors=True)
 
+    def test_rules_sa_update_installed_replace_the_stock_ruleset_at_a_reload(self):
+        """As SpamAssassin picks its default rules: the folder `sa-update` installs into when it
+        exists, else the installed ruleset. Real `sa-update --install` of an update made here;
+        a SIGHUP then reads the updates instead of the stock rules."""
+        work = tempfile.mkdtemp(prefix="sa-update-", dir=WORK)
+        updates = os.path.join(work, "4.000001")
+        src = os.path.join(work, "src")
+        os.mkdir(src)
+        with open(os.path.join(src, "50_local_update.cf"), "w") as f:
+            f.write("body MXG_UPDATED /updated ruleset marker/\nscore MXG_UPDATED 6.0\n")
+        # sa-update takes an update named by its 7-digit revision, with its digest beside it.
+        tarball = os.path.join(work, "1900001.tar.gz")
+        subprocess.run(["tar", "czf", tarball, "-C", src, "50_local_update.cf"], check=True)
+        digest = subprocess.run(["sha256sum", tarball], check=True, capture_output=True, text=True).stdout
+        with open(tarball + ".sha256", "w") as f:
+            f.write(digest)
+        sink = Sink(WORK)
+        # The default layout, with the updates in a folder of the test's; the shared cache holds
+        # the stock ruleset's databases.
+        mx = Mxgate(WORK, sink.port, stages="hops,rules",
+                    toml=f'[rules]\npaths = [["{updates}", "/usr/share/spamassassin"], "/etc/spamassassin"]\n'
+                         f'cache_dir = "{self.cache}"\n[scoring]\nreject_score = 20.0\n')
+
+        def log():
+            return re.sub(r"\x1b\[[0-9;]*m", "", mx.log())
+
+        marker = plain_message("Hello", "An updated ruleset marker, tag me.")
+        try:
+            with self.assertRaises(smtplib.SMTPDataError):
+                send_raw(mx.port, plain_message("test", GTUBE))
+            self.assertEqual(send_raw(mx.port, marker), {})
+            sink.wait_messages(1)
+            self.assertNotIn(b"MXG_UPDATED", sink.messages()[-1][1])
+            r = subprocess.run(["sa-update", "--nogpg", "--install", tarball, "--updatedir", updates],
+                               capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertTrue(os.path.isfile(os.path.join(updates, "updates_spamassassin_org.cf")))
+            seen = log().count("SIGHUP: configuration reloaded")
+            mx.kill_with(signal.SIGHUP)
+            deadline = time.time() + harness.START_TIMEOUT
+            while log().count("SIGHUP: configuration reloaded") == seen and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # the shards take up the new snapshot within 100 ms
+            self.assertNotIn("configuration not reloaded", log())
+            self.assertEqual(send_raw(mx.port, marker), {})
+            sink.wait_messages(2)
+            self.assertIn(b"X-Spam-Status: Yes, score=6.0 required=5.0 tests=MXG_UPDATED\r\n",
+                          sink.messages()[-1][1])
+            # The update is the ruleset now: the stock GTUBE rule is not in it.
+            self.assertEqual(send_raw(mx.port, plain_message("test", GTUBE)), {})
+        finally:
+            mx.stop()
+            sink.stop()
+            shutil.rmtree(work, ignore_errors=True)
+
     def test_big_messages_are_scanned_off_their_shard(self):
         """Messages over [rules] offload_above run the rules on a thread of their own, with the
         verdicts the shard would give; small ones stay on the shard."""

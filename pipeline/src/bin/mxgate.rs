@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use mxgate_core::config::RulePath;
 use mxgate_pipeline::server::Control;
 use mxgate_pipeline::settings::{self, Overrides, Snapshot};
 use mxgate_pipeline::tools;
@@ -457,7 +458,10 @@ fn ensure_start_env() {
 /// `--rules DIR...`, when given, instead of the configuration's `rules.paths`.
 fn use_rules(cfg: &mut mxgate_core::config::Config, rules: &[PathBuf]) {
     if !rules.is_empty() {
-        cfg.rules.paths = rules.iter().map(|p| p.display().to_string()).collect();
+        cfg.rules.paths = rules
+            .iter()
+            .map(|p| RulePath::One(p.display().to_string()))
+            .collect();
     }
 }
 
@@ -528,7 +532,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         return Ok(rules);
                     }
                     let cfg = settings::load(config.as_deref(), &Overrides::default())?;
-                    Ok(cfg.rules.paths.iter().map(PathBuf::from).collect())
+                    Ok(cfg.rules.resolved_paths())
                 };
             match cmd {
                 RulesCmd::Lint { rules, config } => {
@@ -553,8 +557,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     // compile.
                     let cache_dir = (config.is_some() && !cfg.rules.cache_dir.is_empty())
                         .then(|| PathBuf::from(&cfg.rules.cache_dir));
-                    let rule_paths: Vec<PathBuf> =
-                        cfg.rules.paths.iter().map(PathBuf::from).collect();
+                    let rule_paths = cfg.rules.resolved_paths();
                     tools::rules_stats(
                         &rule_paths,
                         cache_dir,

@@ -399,11 +399,12 @@ impl SaConfig {
     }
 }
 
-/// The configuration from SpamAssassin's default rule folders, read once.
+/// The configuration from SpamAssassin's default rule folders (`sa-update`'s when it has run,
+/// as `[rules] paths` resolves them by default), read once.
 pub fn default_config() -> &'static SaConfig {
     static CONF: std::sync::OnceLock<SaConfig> = std::sync::OnceLock::new();
     CONF.get_or_init(|| {
-        SaConfig::from_rules(&["/usr/share/spamassassin".into(), "/etc/spamassassin".into()])
+        SaConfig::from_rules(&mxgate_core::config::Rules::default().resolved_paths())
     })
 }
 

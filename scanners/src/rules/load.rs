@@ -1715,6 +1715,16 @@ mod tests {
     }
 
     #[test]
+    fn the_default_updates_folder_is_this_versions() {
+        // sa-update installs into LOCAL_STATE_DIR/VERSION, the version as SpamAssassin writes it.
+        let dir = mxgate_core::config::SA_UPDATES_DIR;
+        assert_eq!(
+            dir.rsplit('/').next(),
+            Some(format!("{SA_VERSION:.6}").as_str())
+        );
+    }
+
+    #[test]
     fn the_source_digest_follows_what_was_read() {
         let dir = std::env::temp_dir().join(format!("mxgate-rules-digest-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
