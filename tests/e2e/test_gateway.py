@@ -1087,6 +1087,57 @@ class RulesInTheGateway(unittest.TestCase):
         self.assertIn("TVD_STOCK1", ours["stock-tip"])
         self.assertIn("BLANK_LINES_80_90", ours["mostly-blank"])
 
+    def test_trusted_internal_and_msa_networks_as_spamassassin_reads_them(self):
+        """`trusted_networks`, `internal_networks` and `msa_networks` (and their `clear_`
+        forms) move where the relay analysis ends trust: which relays each pseudo-header lists
+        and ALL_TRUSTED, mxgate's hits against SpamAssassin's under each setting."""
+        relays = {"A": "203.0.113.5", "B": "198.51.100.7", "C": "192.0.2.9"}
+        rules = "".join(
+            f"header LOCAL_{kind}_{name} X-Spam-Relays-{header} =~ /ip={ip.replace('.', '[.]')} /\n"
+            f"score LOCAL_{kind}_{name} 0.1\n"
+            for name, ip in relays.items()
+            for kind, header in (("T", "Trusted"), ("U", "Untrusted"), ("I", "Internal"), ("E", "External")))
+        rules += "header LOCAL_MSA X-Spam-Relays-Trusted =~ /msa=1/\nscore LOCAL_MSA 0.1\n"
+        names = tuple(f"LOCAL_{k}_{n}" for n in relays for k in "TUIE") + ("LOCAL_MSA", "ALL_TRUSTED")
+
+        def message(auth_b=False):
+            # Newest first: A handed it to us, B to A, C to B.
+            hop = lambda frm, ip, by, with_: (f"Received: from {frm} ({frm} [{ip}]) by {by} (Postfix) with "
+                                              f"{with_} id {abs(hash(ip)) % 10**8:08d}; Mon, 2 Jun 2025 10:00:00 +0000\r\n")
+            return (hop("a.e2e-test.com", relays["A"], "mx.e2e-test.com", "ESMTP")
+                    + hop("b.e2e-test.com", relays["B"], "a.e2e-test.com", "ESMTPSA" if auth_b else "ESMTP")
+                    + hop("c.e2e-test.com", relays["C"], "b.e2e-test.com", "ESMTP")
+                    + "From: Alice <alice@e2e.test>\r\nTo: bob@e2e.test\r\nSubject: Relays\r\n"
+                    f"Date: Mon, 2 Jun 2025 10:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@e2e.test>\r\n"
+                    "\r\nHello\r\n").encode()
+
+        cases = {"plain": message(), "b-authenticated": message(auth_b=True)}
+        settings = {
+            "inferred": "",
+            "trusted": "trusted_networks 203.0.113.0/24\n",
+            "trusted-two": "trusted_networks 203.0.113. 198.51.100.7\n",
+            "trusted-and-internal": "trusted_networks 203.0.113.5 198.51.100/24\ninternal_networks 203.0.113.5\n",
+            "internal-only": "internal_networks 203.0.113.5 198.51.100.7 192.0.2.9\n",
+            "excluded": "trusted_networks !203.0.113.5 203.0.113.0/24\n",
+            "msa": "trusted_networks 203.0.113.5 198.51.100.7\nmsa_networks 198.51.100.7\n",
+            "cleared": "trusted_networks 203.0.113.0/24 198.51.100.7\nclear_trusted_networks\n",
+        }
+        seen = {}
+        for label, cf in settings.items():
+            with self.subTest(label):
+                seen[label] = self._hits_against_spamassassin(rules + cf, cases, names)
+        # What the settings are there for, beyond agreeing.
+        self.assertEqual(seen["inferred"]["plain"], {"LOCAL_U_A", "LOCAL_E_A", "LOCAL_U_B", "LOCAL_E_B",
+                                                     "LOCAL_U_C", "LOCAL_E_C"})
+        self.assertTrue({"LOCAL_T_A", "LOCAL_I_A", "LOCAL_U_B", "LOCAL_E_B"} <= seen["trusted"]["plain"])
+        self.assertTrue({"LOCAL_T_B", "LOCAL_I_B", "LOCAL_U_C"} <= seen["trusted-two"]["plain"])
+        self.assertTrue({"LOCAL_T_B", "LOCAL_E_B"} <= seen["trusted-and-internal"]["plain"])
+        self.assertIn("ALL_TRUSTED", seen["internal-only"]["plain"])
+        self.assertTrue({"LOCAL_U_A"} <= seen["excluded"]["plain"])
+        self.assertTrue({"LOCAL_MSA", "LOCAL_T_C"} <= seen["msa"]["plain"])
+        self.assertTrue({"LOCAL_T_B"} <= seen["trusted"]["b-authenticated"] - seen["trusted"]["plain"])
+        self.assertEqual(seen["cleared"], seen["inferred"])
+
     def test_relay_checked_welcomelists_as_spamassassin_reads_them(self):
         """`welcomelist_from_rcvd` and `def_welcomelist_from_rcvd` (a sender welcome only when
         the relay that handed the message over is the one named: a name its reverse DNS ends

@@ -2012,6 +2012,7 @@ impl Engine {
             msg,
             env,
             redirectors: &self.set.redirectors,
+            networks: &self.set.networks,
             headers: None,
             parts: None,
             body: None,
@@ -3705,6 +3706,7 @@ struct Ctx<'a> {
     env: Envelope<'a>,
     /// The ruleset's `redirector_pattern`s, for the URI list.
     redirectors: &'a super::sa_uris::Redirectors,
+    networks: &'a super::networks::Networks,
     headers: Option<Headers>,
     parts: Option<Vec<Headers>>,
     /// The body lines, once built (body rules and the body evals share them).
@@ -3770,9 +3772,11 @@ impl Ctx<'_> {
     fn relays(&mut self) -> &super::relays::Relays {
         if self.relays.is_none() {
             let handover = self.env.handover;
+            let networks = self.networks;
             self.relays = Some(super::relays::analyze_with(
                 self.headers(),
                 handover.as_ref(),
+                networks,
             ));
         }
         self.relays.as_ref().expect("analysed above")

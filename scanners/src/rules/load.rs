@@ -239,6 +239,9 @@ pub struct RuleSet {
     pub ok_locales: Option<Vec<String>>,
     /// `redirector_pattern`s, in order, for the URI list.
     pub redirectors: super::sa_uris::Redirectors,
+    /// `trusted_networks`, `internal_networks`, `msa_networks`: where the relay analysis ends
+    /// trust.
+    pub networks: super::networks::Networks,
 }
 
 /// Free mail providers (`freemail_domains`, wildcards allowed) and the addresses or domains
@@ -837,6 +840,16 @@ impl Loader {
         self.set.source_digest = xxh3_128(&step);
     }
 
+    /// A warning at `origin`: the line was read, part of it left out.
+    fn warn(&mut self, origin: &Origin, message: String) {
+        self.set.diagnostics.push(Diagnostic {
+            origin: origin.clone(),
+            rule: None,
+            message,
+            warning: true,
+        });
+    }
+
     fn active(&self) -> bool {
         self.cond.iter().all(|&c| c)
     }
@@ -1102,6 +1115,34 @@ impl Loader {
                 .tlds
                 .extend(rest.split_whitespace().map(str::to_ascii_lowercase)),
             "clear_util_rb" => self.set.freemail.tlds.clear(),
+            "trusted_networks" | "internal_networks" | "msa_networks" => {
+                let n = &mut self.set.networks;
+                let set = match word {
+                    "trusted_networks" => {
+                        n.trusted_configured = true;
+                        &mut n.trusted
+                    }
+                    "internal_networks" => {
+                        n.internal_configured = true;
+                        &mut n.internal
+                    }
+                    _ => &mut n.msa,
+                };
+                for why in set.add_line(rest) {
+                    self.warn(&origin, format!("{word}: {why}, left out"));
+                }
+            }
+            "clear_trusted_networks" => {
+                self.set.networks.trusted = super::networks::NetSet::with_loopback();
+                self.set.networks.trusted_configured = false;
+            }
+            "clear_internal_networks" => {
+                self.set.networks.internal = super::networks::NetSet::with_loopback();
+                self.set.networks.internal_configured = false;
+            }
+            "clear_msa_networks" => {
+                self.set.networks.msa = super::networks::NetSet::default();
+            }
             "ok_locales" => {
                 self.set.ok_locales = Some(rest.split_whitespace().map(str::to_string).collect())
             }

@@ -21,6 +21,7 @@ pub mod images;
 pub mod load;
 pub mod locales;
 pub mod meta;
+pub mod networks;
 pub mod regex;
 pub mod relays;
 pub mod sa_date;

@@ -6,10 +6,13 @@
 //!
 //! The parser is a port of SpamAssassin's: the same patterns (PCRE2 takes Perl's syntax as it
 //! is) tried in the same order, since MTAs write Received fields in dozens of shapes and a rule's
-//! hit depends on which field lands where. Trust follows SpamAssassin with `trusted_networks`
-//! unset, as the ruleset is run here: a relay is trusted while its client address is private
-//! or the handover was authenticated; the first public, unauthenticated one ends the trusted
-//! part, and everything after it is untrusted and external.
+//! hit depends on which field lands where. Trust follows SpamAssassin: with neither
+//! `trusted_networks` nor `internal_networks` configured, a relay is trusted while its client
+//! address is private or the handover was authenticated, and the first public, unauthenticated
+//! one ends the trusted part, everything after it untrusted and external. With them, a relay is
+//! trusted while it authenticated or its address is in `trusted_networks`, internal while it
+//! authenticated or is in `internal_networks` as well (one set configured stands for both), and
+//! a relay in `msa_networks` keeps the relays after it as trusted and internal as itself.
 
 use mxgate_core::mime::decode::{utf8_lossy, utf8_lossy_owned};
 use std::cell::OnceCell;
@@ -17,6 +20,7 @@ use std::sync::OnceLock;
 
 use pcre2::bytes::{Regex, RegexBuilder};
 
+use super::networks::Networks;
 use super::view::Headers;
 
 /// SpamAssassin's `IP_ADDRESS` (Constants.pm), as it interpolates: `(?^xi:...)`.
@@ -338,6 +342,8 @@ pub struct Relay {
     pub ip_private: bool,
     /// The relay is internal.
     pub internal: bool,
+    /// The relay is in `msa_networks`: the relays after it are trusted as it is.
+    pub msa: bool,
     /// `[ ip=... rdns=... ... ]`, as the pseudo-headers list it.
     pub as_string: String,
 }
@@ -376,7 +382,7 @@ impl Relay {
             out.push_str(name);
             out.push_str(value);
         }
-        out.push_str(" msa=0 ]");
+        out.push_str(if self.msa { " msa=1 ]" } else { " msa=0 ]" });
         self.as_string = out;
     }
 }
@@ -511,13 +517,16 @@ enum Parsed {
     Unparseable,
 }
 
-/// Analyses the Received fields of a message (top down, newest first).
+/// Analyses the Received fields of a message (top down, newest first), trust inferred.
 pub fn analyze(h: &Headers) -> Relays {
-    analyze_with(h, None)
+    analyze_with(h, None, &Networks::default())
 }
 
-/// [`analyze`], with this MTA's handover as the newest relay.
-pub fn analyze_with(h: &Headers, handover: Option<&Handover<'_>>) -> Relays {
+/// [`analyze`], with this MTA's handover as the newest relay and the ruleset's networks.
+pub fn analyze_with(h: &Headers, handover: Option<&Handover<'_>>, networks: &Networks) -> Relays {
+    let inferred = networks.inferred();
+    let (trusted, internal) = networks.effective();
+    let mut found_msa = false;
     let mut r = Relays {
         last_trusted_index: -1,
         last_internal_index: -1,
@@ -586,9 +595,26 @@ pub fn analyze_with(h: &Headers, handover: Option<&Handover<'_>>) -> Relays {
         if let Some(env) = carried {
             relay.envfrom = env;
         }
-        if in_trusted && !relay.ip_private && relay.auth.is_empty() {
-            in_trusted = false;
-            in_internal = false;
+        // Trust changes only inside the trusted part, and not after an MSA.
+        if in_trusted && !found_msa {
+            let authenticated = !relay.auth.is_empty();
+            if inferred {
+                if !relay.ip_private && !authenticated {
+                    in_trusted = false;
+                    in_internal = false;
+                }
+            } else if !authenticated && !trusted.contains_str(&relay.ip) {
+                in_trusted = false;
+                in_internal = false;
+            } else {
+                if in_internal && !authenticated && !internal.contains_str(&relay.ip) {
+                    in_internal = false;
+                }
+                if networks.msa.contains_str(&relay.ip) {
+                    found_msa = true;
+                    relay.msa = true;
+                }
+            }
         }
         relay.internal = in_internal;
         relay.make_string();
