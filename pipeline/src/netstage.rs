@@ -141,9 +141,10 @@ impl NetStage {
         !self.exclude_private || net::is_public(ip)
     }
 
-    /// Address list queries for relays: the first is the client (both last-external and
-    /// all-relay sets read it), the others only all-relay sets.
-    fn relay_queries(&self, relays: &[IpAddr], out: &mut Vec<Query>) {
+    /// Address list queries for relays, the client first: the gateway's own lists ask about
+    /// the client, the ruleset's last-external sets about relay `last` (the client unless the
+    /// ruleset's networks trust it), its other sets about every relay.
+    fn relay_queries(&self, relays: &[IpAddr], last: Option<usize>, out: &mut Vec<Query>) {
         for (k, &ip) in relays.iter().enumerate() {
             if !self.wanted(ip) {
                 continue;
@@ -153,8 +154,8 @@ impl NetStage {
                     push(out, lists::ip_query(ip, &l.zone), false);
                 }
             }
-            for (_, zone, txt, last) in &self.plan.ip {
-                if k == 0 || !last {
+            for (_, zone, txt, last_only) in &self.plan.ip {
+                if last == Some(k) || !last_only {
                     push(out, lists::ip_query(ip, zone), *txt);
                 }
             }
@@ -237,7 +238,8 @@ impl NetStage {
             return None;
         }
         let mut q = Vec::new();
-        self.relay_queries(&[client], &mut q);
+        // The client is the last external relay unless the ruleset's networks hold it.
+        self.relay_queries(&[client], self.plan.last_external(&[client]), &mut q);
         Some(Early {
             client,
             answers: (!q.is_empty()).then(|| self.dns.lookup_all(q)),
@@ -386,10 +388,11 @@ impl NetStage {
             // What connect already asked is not asked again.
             let skip_first = early.is_some_and(|e| relays.first() == Some(&e.client));
             let mut q = Vec::new();
-            self.relay_queries(&relays, &mut q);
+            self.relay_queries(&relays, self.plan.last_external(&relays), &mut q);
             if skip_first {
                 let mut first = Vec::new();
-                self.relay_queries(&relays[..1], &mut first);
+                let client = &relays[..1];
+                self.relay_queries(client, self.plan.last_external(client), &mut first);
                 q.retain(|x| !first.contains(x));
             }
             queries.extend(q);

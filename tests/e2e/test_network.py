@@ -644,6 +644,7 @@ class RulesetNetworkRules(unittest.TestCase):
     def setUpClass(cls):
         cls.dns = TestDns([
             "9.100.51.198.zen.spamhaus.org. A 127.0.0.2",
+            "77.100.51.198.zen.spamhaus.org. A 127.0.0.10",
             "1.0.0.127.zen.spamhaus.org. A 127.0.0.2",
             "listed-shop.com.dbl.spamhaus.org. A 127.0.1.2",
             "listed-shop.com.multi.uribl.com. A 127.0.0.2",
@@ -703,11 +704,43 @@ class RulesetNetworkRules(unittest.TestCase):
             self.assertGreater(a["symbols"]["URIBL_BLACK"], 0)
             self.assertEqual(a["dns"]["relays"], ["198.51.100.9"])
 
-    def test_serve_checks_the_client_address(self):
+    def test_trusted_networks_move_the_last_external_relay(self):
+        """With the relay that handed the message over in `trusted_networks`, the lists ask
+        about the one before it: the full `zen` set no longer sees the trusted relay's SBL
+        listing, and the last-external set (RCVD_IN_PBL) sees the next relay's PBL listing."""
+        path = os.path.join(WORK, "two-relays.eml")
+        with open(path, "wb") as f:
+            f.write(b"Received: from relay.example.org (relay.example.org [198.51.100.9])\n"
+                    b"\tby mx.example.org with ESMTP id 2; Sun, 29 Nov 2026 07:00:01 +0000\n"
+                    b"Received: from dsl-77.example.net (dsl-77.example.net [198.51.100.77])\n"
+                    b"\tby relay.example.org with ESMTP id 1; Sun, 29 Nov 2026 07:00:00 +0000\n"
+                    b"From: alice@sender.example\nTo: bob@example.org\nSubject: offer\n"
+                    b"Date: Sun, 29 Nov 2026 07:00:00 +0000\nMessage-ID: <a2@sender.example>\n\nHello\n")
+        local = tempfile.mkdtemp(prefix="trusted-", dir=WORK)
+        found = {}
+        for label, cf in (("inferred", ""), ("trusted", "trusted_networks 198.51.100.9\n")):
+            with open(os.path.join(local, "local.cf"), "w") as f:
+                f.write(cf)
+            r = subprocess.run([harness.MXGATE, "scan", "--config", self.cfg, "--stages", "dns,headers",
+                                "--rules", "/usr/share/spamassassin", "--rules", "/etc/spamassassin",
+                                "--rules", local, path], capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            found[label] = json.loads(r.stdout)["symbols"]
+        self.assertIn("RCVD_IN_SBL", found["inferred"])
+        self.assertNotIn("RCVD_IN_PBL", found["inferred"])
+        self.assertNotIn("RCVD_IN_SBL", found["trusted"])
+        self.assertIn("RCVD_IN_PBL", found["trusted"])
+
+    def test_serve_checks_the_relays_as_spamassassin_trusts_them(self):
+        """The ruleset's address lists ask about the relays SpamAssassin would: the client here
+        is on loopback, which SpamAssassin always trusts, so the last external relay is the one
+        that handed the message to it."""
         sink = Sink(WORK)
         mx = Mxgate(WORK, sink.port, stages="hops,dns,headers", toml=self.toml())
         try:
-            rc, out = swaks(mx.port, "--body", "Visit http://www.listed-shop.com/buy now.")
+            rc, out = swaks(mx.port, "--body", "Visit http://www.listed-shop.com/buy now.", "--add-header",
+                            "Received: from shop.example (shop.example [198.51.100.9]) by mx.e2e.test "
+                            "(Postfix) with ESMTP id 4F1A; Mon, 2 Jun 2025 10:00:00 +0000")
             self.assertEqual(rc, 0, out)
             sink.wait_messages(1)
             (_, got), = sink.messages()[-1:]

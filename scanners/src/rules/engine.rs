@@ -1589,6 +1589,7 @@ impl Engine {
         let mut plan =
             evals::DnsPlan::of(calls.iter().map(|(_, c)| c), set.uri_skip_domains.clone());
         plan.redirectors = set.redirectors.clone();
+        plan.networks = set.networks.clone();
         // For the `headers` stage: the native evals and the metas built only from them.
         let evals_only_keep = opts.evals_only.then(|| {
             let mut keep = vec![false; set.rules.len()];

@@ -1657,6 +1657,24 @@ pub struct DnsPlan {
     pub skip: HashSet<String>,
     /// `redirector_pattern`s: the URIs looked up are those the uri rules read.
     pub redirectors: super::sa_uris::Redirectors,
+    /// `trusted_networks` and kin: which relay is the last external one, the one the
+    /// last-external sets ask about.
+    pub networks: super::networks::Networks,
+}
+
+impl DnsPlan {
+    /// Of relay addresses (the client first, then the `Received:` relays, newest first), the
+    /// one the last-external sets ask about: the first with a public address (SpamAssassin's
+    /// `IP_PRIVATE` is not) that, when `internal_networks` (or `trusted_networks`) is
+    /// configured, is outside them. Authenticated handovers are not seen here (the rules'
+    /// relay analysis sees them); for them the answer is the same relay or an earlier one.
+    pub fn last_external(&self, relays: &[IpAddr]) -> Option<usize> {
+        let (_, internal) = self.networks.effective();
+        let inferred = self.networks.inferred();
+        relays.iter().position(|&ip| {
+            !super::relays::is_private(&ip.to_string()) && (inferred || !internal.contains(ip))
+        })
+    }
 }
 
 impl DnsPlan {
@@ -1986,9 +2004,11 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             ..
         } => input
             .net
-            .is_some_and(|n| rbl_listed(n, zone, *txt, last_only(set), subtest)),
+            .is_some_and(|n| rbl_listed(n, &rbl_ips(input.relays, set), zone, *txt, subtest)),
         Call::RblSub { set, subtest } => match (input.net, input.set_zones.get(set.as_str())) {
-            (Some(n), Some((zone, txt))) => rbl_listed(n, zone, *txt, last_only(set), subtest),
+            (Some(n), Some((zone, txt))) => {
+                rbl_listed(n, &rbl_ips(input.relays, set), zone, *txt, subtest)
+            }
             _ => false,
         },
         Call::UriBl { zone, subtest } => input.net.is_some_and(|n| {
@@ -3092,13 +3112,57 @@ fn ma_non_text(msg: &Message) -> bool {
     })
 }
 
-fn rbl_listed(n: &Facts, zone: &str, txt: bool, last: bool, subtest: &Subtest) -> bool {
-    let relays: &[IpAddr] = if last {
-        &n.relays[..n.relays.len().min(1)]
-    } else {
-        &n.relays
+/// The relay addresses a `check_rbl` set asks about (DNSEval's `_check_rbl_backend`): none when
+/// no untrusted relay has a public address; for `-lastexternal` the first public address of
+/// the external relays (those trusted but not internal, then the untrusted), for
+/// `-notfirsthop` those without the oldest (when there are two or more), for `-firsttrusted`
+/// the first public untrusted one, for `-untrusted` the others, and for any other set every
+/// public untrusted one.
+fn rbl_ips(relays: &super::relays::Relays, set: &str) -> Vec<IpAddr> {
+    fn public<'r>(rs: impl Iterator<Item = &'r super::relays::Relay>) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        for r in rs.filter(|r| !r.ip_private) {
+            let ip = r.ip.trim_start_matches("IPv6:");
+            if let Ok(ip) = ip.parse::<IpAddr>() {
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+        }
+        out
+    }
+    let untrusted = public(relays.untrusted.iter());
+    if untrusted.is_empty() {
+        return untrusted;
+    }
+    let external = || {
+        public(
+            relays
+                .trusted
+                .iter()
+                .filter(|r| !r.internal)
+                .chain(&relays.untrusted),
+        )
     };
-    relays.iter().any(|&ip| {
+    if set.ends_with("-lastexternal") {
+        external().into_iter().take(1).collect()
+    } else if set.ends_with("-notfirsthop") {
+        let mut ips = external();
+        if ips.len() > 1 {
+            ips.pop();
+        }
+        ips
+    } else if set.ends_with("-firsttrusted") {
+        untrusted.into_iter().take(1).collect()
+    } else if set.ends_with("-untrusted") {
+        untrusted.into_iter().skip(1).collect()
+    } else {
+        untrusted
+    }
+}
+
+fn rbl_listed(n: &Facts, ips: &[IpAddr], zone: &str, txt: bool, subtest: &Subtest) -> bool {
+    ips.iter().any(|&ip| {
         let q = lists::ip_query(ip, zone);
         if txt {
             n.txt
@@ -3889,5 +3953,68 @@ mod tests {
             Call::parse("check_rbl_sub", "'zen', '127.0.0.2'", &defs),
             Some(Call::RblSub { .. })
         ));
+    }
+
+    /// Relays newest first: 198.51.100.9 handed the message over, 203.0.113.7 before it, then
+    /// 10.1.2.3 (private) and 192.0.2.5.
+    fn analysed(cf: &str) -> (crate::rules::relays::Relays, DnsPlan) {
+        use crate::rules::{load::load_str, relays, view::Headers};
+        let text = [
+            ("relay.example.org", "198.51.100.9", "mx.example.org"),
+            ("out.example.net", "203.0.113.7", "relay.example.org"),
+            ("lan.example.net", "10.1.2.3", "out.example.net"),
+            ("pc.example.net", "192.0.2.5", "lan.example.net"),
+        ]
+        .iter()
+        .map(|(from, ip, by)| {
+            format!("Received: from {from} ({from} [{ip}]) by {by} with ESMTP id 1; Sun, 29 Nov 2026 07:00:00 +0000\r\n")
+        })
+        .collect::<String>()
+            + "Subject: x\r\n\r\nbody\r\n";
+        let msg = Message::parse(bytes::Bytes::from(text));
+        let set = load_str(cf, "local.cf");
+        let r = relays::analyze_with(&Headers::of_part(&msg, 0), None, &set.networks);
+        let plan = DnsPlan {
+            networks: set.networks,
+            ..DnsPlan::default()
+        };
+        (r, plan)
+    }
+
+    fn ips(v: &[&str]) -> Vec<IpAddr> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn each_set_reads_the_relays_dnseval_gives_it() {
+        let (r, plan) = analysed("");
+        let all = ["198.51.100.9", "203.0.113.7", "192.0.2.5"];
+        assert_eq!(rbl_ips(&r, "zen"), ips(&all));
+        assert_eq!(rbl_ips(&r, "zen-lastexternal"), ips(&all[..1]));
+        assert_eq!(rbl_ips(&r, "zen-firsttrusted"), ips(&all[..1]));
+        assert_eq!(rbl_ips(&r, "zen-untrusted"), ips(&all[1..]));
+        assert_eq!(rbl_ips(&r, "pdl-notfirsthop"), ips(&all[..2]));
+        assert_eq!(
+            plan.last_external(&ips(&["127.0.0.1", "198.51.100.9"])),
+            Some(1)
+        );
+
+        // Our relay trusted and internal: the lists start at the one before it.
+        let (r, plan) = analysed("trusted_networks 198.51.100.9\n");
+        let rest = ["203.0.113.7", "192.0.2.5"];
+        assert_eq!(rbl_ips(&r, "zen"), ips(&rest));
+        assert_eq!(rbl_ips(&r, "zen-lastexternal"), ips(&rest[..1]));
+        assert_eq!(plan.last_external(&ips(&all)), Some(1));
+
+        // Trusted but not internal: still external, so the last-external set reads it, while
+        // the full sets read only the untrusted relays.
+        let (r, plan) = analysed("trusted_networks 198.51.100.9\ninternal_networks 127.0.0.0/8\n");
+        assert_eq!(rbl_ips(&r, "zen"), ips(&rest));
+        assert_eq!(rbl_ips(&r, "zen-lastexternal"), ips(&all[..1]));
+        assert_eq!(plan.last_external(&ips(&all)), Some(0));
+
+        // Every relay trusted: no lookups at all.
+        let (r, _) = analysed("trusted_networks 0/0\n");
+        assert!(rbl_ips(&r, "zen-lastexternal").is_empty() && rbl_ips(&r, "zen").is_empty());
     }
 }
