@@ -1119,6 +1119,8 @@ class RulesInTheGateway(unittest.TestCase):
             "trusted-and-internal": "trusted_networks 203.0.113.5 198.51.100/24\ninternal_networks 203.0.113.5\n",
             "internal-only": "internal_networks 203.0.113.5 198.51.100.7 192.0.2.9\n",
             "excluded": "trusted_networks !203.0.113.5 203.0.113.0/24\n",
+            # Split on white space: a lone `!` is refused and the address after it included.
+            "lone-bang": "trusted_networks ! 203.0.113.5\n",
             "msa": "trusted_networks 203.0.113.5 198.51.100.7\nmsa_networks 198.51.100.7\n",
             "cleared": "trusted_networks 203.0.113.0/24 198.51.100.7\nclear_trusted_networks\n",
         }
@@ -1134,6 +1136,7 @@ class RulesInTheGateway(unittest.TestCase):
         self.assertTrue({"LOCAL_T_B", "LOCAL_E_B"} <= seen["trusted-and-internal"]["plain"])
         self.assertIn("ALL_TRUSTED", seen["internal-only"]["plain"])
         self.assertTrue({"LOCAL_U_A"} <= seen["excluded"]["plain"])
+        self.assertTrue({"LOCAL_T_A"} <= seen["lone-bang"]["plain"])
         self.assertTrue({"LOCAL_MSA", "LOCAL_T_C"} <= seen["msa"]["plain"])
         self.assertTrue({"LOCAL_T_B"} <= seen["trusted"]["b-authenticated"] - seen["trusted"]["plain"])
         self.assertEqual(seen["cleared"], seen["inferred"])

@@ -1115,6 +1115,10 @@ impl Loader {
                 .tlds
                 .extend(rest.split_whitespace().map(str::to_ascii_lowercase)),
             "clear_util_rb" => self.set.freemail.tlds.clear(),
+            "trusted_networks" | "internal_networks" | "msa_networks" if rest.trim().is_empty() => {
+                let message = format!("{word} needs networks");
+                self.diag(&origin.file, origin.line, None, message);
+            }
             "trusted_networks" | "internal_networks" | "msa_networks" => {
                 let n = &mut self.set.networks;
                 let set = match word {
@@ -1753,6 +1757,42 @@ mod tests {
         );
         assert_eq!(listed("BANKS *@a.example"), None);
         assert_eq!(listed("(BANKS)"), None);
+    }
+
+    #[test]
+    fn networks_settings_are_read_and_their_problems_named() {
+        let set = load_str(
+            "trusted_networks 192.0.2.0/24 ! 198.51.100.7 bogus\ninternal_networks\n\
+             msa_networks 192.0.2.9\n",
+            "local.cf",
+        );
+        let n = &set.networks;
+        assert!(n.trusted_configured && !n.internal_configured && !n.inferred());
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(n.trusted.contains(ip("192.0.2.200")));
+        // SpamAssassin splits on white space: a lone `!` is refused, the address after it kept.
+        assert!(n.trusted.contains(ip("198.51.100.7")));
+        assert!(n.trusted.contains(ip("127.0.0.1")) && n.internal.contains(ip("::1")));
+        assert!(n.msa.contains(ip("192.0.2.9")) && !n.msa.contains(ip("127.0.0.1")));
+        let (trusted, internal) = n.effective();
+        assert_eq!(trusted, internal);
+        let said: Vec<String> = set.diagnostics.iter().map(|d| d.to_string()).collect();
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(
+            said[0].starts_with("local.cf:1: ") && said[0].contains("\"!\""),
+            "{said:?}"
+        );
+        assert!(said[1].contains("\"bogus\""), "{said:?}");
+        assert!(
+            said[2].starts_with("local.cf:2: internal_networks needs networks"),
+            "{said:?}"
+        );
+        let cleared = load_str(
+            "trusted_networks 192.0.2.0/24\nclear_trusted_networks\n",
+            "x.cf",
+        );
+        assert!(cleared.networks.inferred());
+        assert!(!cleared.networks.trusted.contains(ip("192.0.2.1")));
     }
 
     #[test]

@@ -62,29 +62,13 @@ impl NetSet {
         s
     }
 
-    /// Adds the networks of one setting line (white space between them); returns what could
+    /// Adds the networks of one setting line, each word one network as SpamAssassin splits
+    /// it (so `! 10.0.0.1` is a lone `!`, refused, and `10.0.0.1` included); returns what could
     /// not be read, each with why, having added the rest.
     pub fn add_line(&mut self, line: &str) -> Vec<String> {
-        // `! 10.0.0.1` is one excluded network, as SpamAssassin reads it.
-        let mut problems = Vec::new();
-        let mut words = line.split_whitespace().peekable();
-        while let Some(w) = words.next() {
-            let owned;
-            let entry = if w == "!" {
-                let Some(next) = words.next() else {
-                    problems.push("a `!` with no network after it".to_string());
-                    break;
-                };
-                owned = format!("!{next}");
-                owned.as_str()
-            } else {
-                w
-            };
-            if let Err(e) = self.add(entry) {
-                problems.push(e);
-            }
-        }
-        problems
+        line.split_whitespace()
+            .filter_map(|w| self.add(w).err())
+            .collect()
     }
 
     /// Adds one network (`10.0.0.0/8`, `10/8`, `192.168.`, `!10.0.1.5`, `[2001:db8::]/32`,
@@ -311,12 +295,12 @@ mod tests {
         assert!(!has(&s, "2001:db8:1::2"));
         assert!(has(&s, "2001:db8:2::2"));
         assert!(!has(&s, "2001:db9::1"));
-        // Shortened forms, masks, brackets, zones, ranges, a lone `!`.
+        // Shortened forms, masks, brackets, zones, ranges.
         let s = set("10. 172.16/12 [::1] fe80::1%eth0 198.51.100.0/255.255.255.128");
         assert!(has(&s, "10.200.0.1") && has(&s, "172.31.255.255") && !has(&s, "172.32.0.1"));
         assert!(has(&s, "::1") && has(&s, "fe80::1") && has(&s, "198.51.100.127"));
         assert!(!has(&s, "198.51.100.128"));
-        let s = set("! 192.0.2.7 192.0.2.3-192.0.2.9");
+        let s = set("!192.0.2.7 192.0.2.3-192.0.2.9");
         let held: Vec<u8> = (0..=12)
             .filter(|i| has(&s, &format!("192.0.2.{i}")))
             .collect();
