@@ -844,20 +844,31 @@ impl Default for Tuning {
 #[serde(default, deny_unknown_fields)]
 pub struct Scoring {
     /// Score at or above which a message is spam: it is tagged (`X-Spam-Flag: YES`), as
-    /// SpamAssassin's `required_score`.
-    pub required_score: f64,
+    /// SpamAssassin's `required_score`. Unset: the ruleset's `required_score` (as `local.cf`
+    /// sets it), else [`Scoring::DEFAULT_REQUIRED`].
+    pub required_score: Option<f64>,
     /// Score at or above which a message is refused after DATA with `554 5.7.1`; 0 never refuses.
     pub reject_score: f64,
     /// Add `X-Spam-Status` (and `X-Spam-Flag` for spam) to every relayed message that was scored.
     pub add_headers: bool,
+    /// Text put before the Subject of spam, as SpamAssassin's `rewrite_header Subject`
+    /// (`_SCORE_` and `_REQD_` become the score and the required score). Unset: the ruleset's
+    /// `rewrite_header Subject` when it has one; empty: subjects are left alone.
+    pub subject_tag: Option<String>,
+}
+
+impl Scoring {
+    /// SpamAssassin's default `required_score`.
+    pub const DEFAULT_REQUIRED: f64 = 5.0;
 }
 
 impl Default for Scoring {
     fn default() -> Self {
         Scoring {
-            required_score: 5.0,
+            required_score: None,
             reject_score: 0.0,
             add_headers: true,
+            subject_tag: None,
         }
     }
 }
@@ -1005,7 +1016,7 @@ impl Config {
                 ));
             }
         }
-        if !self.scoring.required_score.is_finite()
+        if !self.scoring.required_score.unwrap_or(0.0).is_finite()
             || !self.scoring.reject_score.is_finite()
             || self.scoring.reject_score < 0.0
         {

@@ -819,3 +819,41 @@ fn a_rule_path_list_reads_the_first_that_exists() {
     assert!(Config::from_toml("[rules]\npaths = [1]\n", "f.toml").is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn spam_subjects_get_their_tag_as_spamassassin_rewrites_them() {
+    use mxgate_core::mime::{header::with_subject_tag, Message};
+    let tagged = |raw: &str| {
+        let msg = Message::parse(bytes::Bytes::from(raw.to_string()));
+        String::from_utf8(with_subject_tag(&msg, "[SPAM]")).unwrap()
+    };
+    assert_eq!(
+        tagged("From: a@b.example\r\nSubject: Hello\r\n\r\nbody\r\n"),
+        "From: a@b.example\r\nSubject: [SPAM] Hello\r\n\r\nbody\r\n"
+    );
+    // Folding, odd case, a second field, an empty value.
+    assert_eq!(
+        tagged("SUBJECT: Hello\r\n there\r\nsubject:\r\n\r\nbody"),
+        "SUBJECT: [SPAM] Hello\r\n there\r\nsubject: [SPAM] \r\n\r\nbody"
+    );
+    // Tagged already: as it was.
+    let once = "Subject: [SPAM] Hello\r\n\r\nbody";
+    assert_eq!(tagged(once), once);
+    // No Subject: one added at the end of the header block, with the block's line ending.
+    assert_eq!(
+        tagged("From: a@b.example\r\nTo: c@d.example\r\n\r\nbody\r\n"),
+        "From: a@b.example\r\nTo: c@d.example\r\nSubject: [SPAM]\r\n\r\nbody\r\n"
+    );
+    assert_eq!(
+        tagged("From: a\n\nbody\n"),
+        "From: a\nSubject: [SPAM]\n\nbody\n"
+    );
+    assert_eq!(tagged("From: a"), "From: a\r\nSubject: [SPAM]\r\n");
+    assert_eq!(tagged("\r\nbody"), "Subject: [SPAM]\r\n\r\nbody");
+    // A Subject inside an attached message is its own.
+    let inner = "From: a\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nx\r\n";
+    assert_eq!(
+        tagged(inner),
+        "From: a\r\nContent-Type: message/rfc822\r\nSubject: [SPAM]\r\n\r\nSubject: inner\r\n\r\nx\r\n"
+    );
+}

@@ -62,6 +62,9 @@ pub struct Context<'a> {
     pub times: StageTimes,
     /// Whether the score reached the spam score (set by the post-filter).
     pub spam: bool,
+    /// For spam, the text its Subject is to start with (`[scoring] subject_tag`), template
+    /// tags filled in (set by the post-filter).
+    pub subject_tag: Option<String>,
     /// The rules stage's outcome and time share when it ran ahead for a batch of messages
     /// ([`Chain::scan_rules`]); [`Chain::run`] then takes it instead of scanning.
     pub rules_done: Option<(rules::Outcome, Duration)>,
@@ -86,6 +89,7 @@ impl<'a> Context<'a> {
             shard: None,
             times: StageTimes::default(),
             spam: false,
+            subject_tag: None,
             rules_done: None,
         }
     }
@@ -403,6 +407,7 @@ impl Chain {
             )?)),
         };
         let provisional = rules.as_ref().is_some_and(|e| e.stats.provisional);
+        let scoring = resolved_scoring(&cfg.scoring, source.as_ref());
         Ok(Chain {
             max_hops: on("hops").then_some(stages.max_hops),
             av,
@@ -417,7 +422,7 @@ impl Chain {
             autolearn,
             explain: false,
             bayes_settings: cfg.bayes.clone(),
-            scoring: cfg.scoring.clone(),
+            scoring,
         })
     }
 
@@ -718,8 +723,15 @@ impl Chain {
         }
         // Phase: post-filter. Symbols become a score and the score an action.
         ctx.score = ctx.symbols.iter().map(|(_, s)| s).sum::<f64>() + 0.0; // no -0.0 for no symbols
-        let spam = ctx.score >= self.scoring.required_score;
+        let required = self.required_score();
+        let spam = ctx.score >= required;
         ctx.spam = spam;
+        if spam {
+            ctx.subject_tag = self.scoring.subject_tag.as_ref().map(|t| {
+                t.replace("_SCORE_", &format!("{:.1}", ctx.score))
+                    .replace("_REQD_", &format!("{required:.1}"))
+            });
+        }
         // Autolearning, as SpamAssassin decides it, on the rules' points without Bayes.
         if let (Some(t), Some(engine), Some(toks)) = (&self.autolearn, &self.rules, tokens) {
             let mut points = engine.autolearn_points(&ctx.rule_hits);
@@ -748,7 +760,7 @@ impl Chain {
                 "X-Spam-Status: {}, score={:.1} required={:.1} tests={}\r\n",
                 if spam { "Yes" } else { "No" },
                 ctx.score,
-                self.scoring.required_score,
+                required,
                 if tests.is_empty() {
                     "none".to_owned()
                 } else {
@@ -852,8 +864,27 @@ impl Chain {
 
     /// The score at which a message is spam.
     pub fn required_score(&self) -> f64 {
-        self.scoring.required_score
+        self.scoring
+            .required_score
+            .unwrap_or(config::Scoring::DEFAULT_REQUIRED)
     }
+}
+
+/// `[scoring]` with what it leaves unset taken from the ruleset, as SpamAssassin users set it
+/// in `local.cf`: its `required_score` and its `rewrite_header Subject` (an empty tag: none).
+fn resolved_scoring(cfg: &config::Scoring, set: Option<&rules::RuleSet>) -> config::Scoring {
+    let mut s = cfg.clone();
+    if s.required_score.is_none() {
+        s.required_score = Some(
+            set.and_then(|r| r.required_score)
+                .unwrap_or(config::Scoring::DEFAULT_REQUIRED),
+        );
+    }
+    if s.subject_tag.is_none() {
+        s.subject_tag = set.and_then(|r| r.subject_tag.clone());
+    }
+    s.subject_tag = s.subject_tag.filter(|t| !t.is_empty());
+    s
 }
 
 /// Which databases [`load_rules`] builds when the cache has none.

@@ -1,6 +1,7 @@
 """End-to-end tests of the mxgate gateway against real SMTP peers: swaks, Postfix's
 smtp-source and smtp-sink, a real Postfix on both sides, Python's smtplib and raw sockets."""
 
+import email
 import json
 import mailbox
 import os
@@ -1659,6 +1660,56 @@ class RulesInTheGateway(unittest.TestCase):
             mx.stop()
             sink.stop()
             shutil.rmtree(work, ignore_errors=True)
+
+    def test_local_cf_required_score_and_subject_rewrite_apply_unless_the_config_says_otherwise(self):
+        """`required_score` and `rewrite_header Subject` in the site rules count as they do for
+        SpamAssassin (the tag's _SCORE_ and _REQD_ filled in, the Subject of spam only); set in
+        `[scoring]`, the configuration's values win."""
+        local = tempfile.mkdtemp(prefix="rules-scoring-", dir=WORK)
+        cache = tempfile.mkdtemp(prefix="rules-scoring-cache-", dir=WORK)
+        with open(os.path.join(local, "local.cf"), "w") as f:
+            f.write("body LOCAL_TAG_ME /tag me please/i\nscore LOCAL_TAG_ME 4.0\n"
+                    "required_score 3.0\nrewrite_header Subject *****SPAM***** (_SCORE_/_REQD_)\n")
+        rules = f'[rules]\npaths = ["{local}"]\ncache_dir = "{cache}"\nstartup_chunk = 0\n'
+        sink = Sink(WORK)
+        mx = Mxgate(WORK, sink.port, stages="hops,rules", toml=rules)
+
+        def relayed(subject, body, n):
+            self.assertEqual(send_raw(mx.port, plain_message(subject, body)), {})
+            sink.wait_messages(n)
+            m = email.message_from_bytes(sink.messages()[-1][1])
+            return m["Subject"], m["X-Spam-Status"]
+
+        try:
+            subject, status = relayed("Hello", "Could you tag me please?", 1)
+            self.assertEqual(subject, "*****SPAM***** (4.0/3.0) Hello")
+            self.assertTrue(status.startswith("Yes, score=4.0 required=3.0 "), status)
+            subject, status = relayed("Lunch", "Shall we meet at noon?", 2)
+            self.assertEqual(subject, "Lunch")
+            # The configuration's own values win over local.cf's.
+            mx.write_config(rules + '[scoring]\nrequired_score = 3.5\nsubject_tag = "[spam _SCORE_]"\n')
+            mx.kill_with(signal.SIGHUP)
+            deadline = time.time() + harness.START_TIMEOUT
+            while "SIGHUP: configuration reloaded" not in mx.log() and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            subject, status = relayed("Hello", "Could you tag me please?", 3)
+            self.assertEqual(subject, "[spam 4.0] Hello")
+            self.assertTrue(status.startswith("Yes, score=4.0 required=3.5 "), status)
+            mx.write_config(rules + '[scoring]\nrequired_score = 5.0\nsubject_tag = ""\n')
+            mx.kill_with(signal.SIGHUP)
+            deadline = time.time() + harness.START_TIMEOUT
+            while mx.log().count("SIGHUP: configuration reloaded") < 2 and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            subject, status = relayed("Hello", "Could you tag me please?", 4)
+            self.assertEqual(subject, "Hello")
+            self.assertTrue(status.startswith("No, score=4.0 required=5.0 "), status)
+        finally:
+            mx.stop()
+            sink.stop()
+            shutil.rmtree(local, ignore_errors=True)
+            shutil.rmtree(cache, ignore_errors=True)
 
     def test_big_messages_are_scanned_off_their_shard(self):
         """Messages over [rules] offload_above run the rules on a thread of their own, with the

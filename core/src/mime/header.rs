@@ -394,6 +394,67 @@ fn q_decode(s: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The message with `tag` and a space put before the value of each top-level `Subject` field
+/// (one already starting so is left as it is), or with a `Subject: TAG` field added at the end
+/// of the header block when there is none: SpamAssassin's `rewrite_header Subject`. The fields'
+/// folding and line endings are kept; a tag holding a line break has it turned into a space.
+pub fn with_subject_tag(msg: &super::Message, tag: &str) -> Vec<u8> {
+    let raw: &[u8] = &msg.raw;
+    let tag = tag.replace(['\r', '\n'], " ");
+    let prefixed = format!("{tag} ");
+    let mut out = Vec::with_capacity(raw.len() + 2 * prefixed.len() + 16);
+    let mut at = 0;
+    let mut seen = false;
+    let fields = msg.parts.first().map_or(&[][..], |p| &p.fields[..]);
+    for f in fields {
+        if !f
+            .name(raw)
+            .trim_ascii_end()
+            .eq_ignore_ascii_case(b"subject")
+        {
+            continue;
+        }
+        seen = true;
+        let start = f.value.start as usize;
+        if raw[start..].starts_with(prefixed.as_bytes()) {
+            continue;
+        }
+        out.extend_from_slice(&raw[at..start]);
+        if raw[..start].ends_with(b":") {
+            out.push(b' ');
+        }
+        out.extend_from_slice(prefixed.as_bytes());
+        at = start;
+    }
+    if !seen {
+        // After the last field and its line ending (at the start when there is no field).
+        let (end, eol) = match fields.last() {
+            None => (0, Some(&b"\r\n"[..])),
+            Some(f) => {
+                let e = f.value.end as usize;
+                if raw[e..].starts_with(b"\r\n") {
+                    (e + 2, Some(&b"\r\n"[..]))
+                } else if raw[e..].starts_with(b"\n") {
+                    (e + 1, Some(&b"\n"[..]))
+                } else {
+                    (e, None)
+                }
+            }
+        };
+        out.extend_from_slice(&raw[..end]);
+        // A header block that ends without a line ending gets one before the new field.
+        let eol = eol.unwrap_or_else(|| {
+            out.extend_from_slice(b"\r\n");
+            b"\r\n"
+        });
+        out.extend_from_slice(format!("Subject: {tag}").as_bytes());
+        out.extend_from_slice(eol);
+        at = end;
+    }
+    out.extend_from_slice(&raw[at..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

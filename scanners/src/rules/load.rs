@@ -210,6 +210,8 @@ pub struct RuleSet {
     pub index: HashMap<String, usize>,
     /// `required_score`, if set.
     pub required_score: Option<f64>,
+    /// `rewrite_header Subject TEXT`: what spam's Subject starts with, if set.
+    pub subject_tag: Option<String>,
     /// Plugins loaded by `loadplugin`.
     pub plugins: HashSet<String>,
     /// Load problems.
@@ -997,6 +999,16 @@ impl Loader {
                 self.file(&p, depth + 1);
             }
             "lang" => {} // descriptions and reports in other languages
+            // Only the Subject is rewritten (From and To are left as they are, and said so).
+            "rewrite_header" => match rest.trim().split_once(char::is_whitespace) {
+                Some((h, tag)) if h.eq_ignore_ascii_case("subject") => {
+                    self.set.subject_tag = Some(tag.trim().to_string());
+                }
+                _ => self.warn(
+                    &origin,
+                    format!("rewrite_header {rest}: only the Subject is rewritten"),
+                ),
+            },
             "required_score" | "required_hits" => match rest.trim().parse::<f64>() {
                 Ok(v) => self.set.required_score = Some(v),
                 Err(_) => self.diag(
