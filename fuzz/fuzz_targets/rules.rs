@@ -53,7 +53,12 @@ fuzz_target!(|data: &[u8]| {
         let set = load_str(&text, "fuzz.cf");
         if set.rules.len() <= 8 {
             if let Ok(e) = Engine::build(set, &Options::default()) {
-                let m = Message::parse(bytes::Bytes::from_static(b"Subject: x\n\nbody http://a.b/c\n"));
+                // Relays for the relay analysis, which reads the text's network settings.
+                let m = Message::parse(bytes::Bytes::from_static(
+                    b"Received: from a.example (a.example [192.0.2.1]) by b.example with ESMTP id 1; Mon, 2 Jun 2025 10:00:00 +0000\n\
+                      Received: from c.example (c.example [10.1.2.3]) by a.example with ESMTPA id 2; Mon, 2 Jun 2025 10:00:00 +0000\n\
+                      Subject: x\n\nbody http://a.b/c\n",
+                ));
                 let mut s = e.scratch();
                 let _ = e.scan(&m, Envelope::default(), &mut s);
             }

@@ -325,6 +325,75 @@ mod tests {
         assert!(t.contains("::1".parse().unwrap()));
     }
 
+    /// Random entries never panic, and an IPv4 network holds exactly the addresses whose
+    /// first `len` bits are its own, whatever its spelling (`/len`, netmask, shortened form).
+    #[test]
+    fn random_networks_hold_what_their_prefix_says() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let alphabet: &[u8] = b"0123456789./:![]%-abcdef ";
+        for _ in 0..20_000 {
+            let n = rng.gen_range(0..24);
+            let junk: String = (0..n)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char)
+                .collect();
+            let _ = NetSet::default().add_line(&junk);
+        }
+        for _ in 0..20_000 {
+            let base: u32 = rng.gen();
+            let len: u32 = rng.gen_range(0..=32);
+            let ip: u32 = if rng.gen_bool(0.5) {
+                base ^ rng.gen_range(0..=u32::MAX >> len.min(31))
+            } else {
+                rng.gen()
+            };
+            let want = len == 0 || (ip ^ base) >> (32 - len) == 0;
+            let b = std::net::Ipv4Addr::from(base);
+            let mask = std::net::Ipv4Addr::from(if len == 0 { 0 } else { u32::MAX << (32 - len) });
+            let mut spellings = vec![format!("{b}/{len}"), format!("{b}/{mask}")];
+            if len.is_multiple_of(8) && len > 0 {
+                let o = b.octets();
+                let kept: Vec<String> = o[..(len / 8) as usize].iter().map(u8::to_string).collect();
+                spellings.push(format!("{}.", kept.join(".")));
+            }
+            for sp in spellings {
+                let s = set(&sp);
+                let ip = std::net::Ipv4Addr::from(ip);
+                assert_eq!(s.contains(ip.into()), want, "{sp} {ip}");
+                assert_eq!(
+                    s.contains(ip.to_ipv6_mapped().into()),
+                    want,
+                    "{sp} {ip} mapped"
+                );
+            }
+        }
+        // A range holds exactly the addresses between its ends.
+        for _ in 0..5_000 {
+            let lo: u32 = rng.gen();
+            let width = 1u32 << rng.gen_range(0..24);
+            let hi = lo.saturating_add(rng.gen_range(0..width));
+            let s = set(&format!(
+                "{}-{}",
+                std::net::Ipv4Addr::from(lo),
+                std::net::Ipv4Addr::from(hi)
+            ));
+            for ip in [
+                lo.wrapping_sub(1),
+                lo,
+                rng.gen_range(lo..=hi),
+                hi,
+                hi.wrapping_add(1),
+            ] {
+                let want = (lo..=hi).contains(&ip);
+                assert_eq!(
+                    s.contains(std::net::Ipv4Addr::from(ip).into()),
+                    want,
+                    "{lo}-{hi} {ip}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn bad_networks_are_named_and_the_rest_kept() {
         let mut s = NetSet::default();
