@@ -4,6 +4,7 @@ smtp-sink, and private Postfix instances on loopback; talk SMTP over raw sockets
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -153,6 +154,21 @@ class Mxgate(Proc):
     def write_config(self, toml):
         with open(self.config_path, "w") as f:
             f.write("[server]\nhostname = \"mx.e2e.test\"\nshutdown_grace_secs = 10\n" + self.server + toml)
+
+    def reload(self):
+        """SIGHUP, then waits until the gateway says the configuration was reloaded (a
+        rebuild of the rules may take seconds) and its shards took the new snapshot up (within
+        100 ms)."""
+        def reloads():
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", self.log())  # no colours
+            return plain.count("SIGHUP: configuration reloaded")
+
+        seen = reloads()
+        self.kill_with(signal.SIGHUP)
+        deadline = time.time() + START_TIMEOUT
+        while reloads() == seen and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
 
     def metrics(self):
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
