@@ -849,7 +849,8 @@ pub struct Scoring {
     pub required_score: Option<f64>,
     /// Score at or above which a message is refused after DATA with `554 5.7.1`; 0 never refuses.
     pub reject_score: f64,
-    /// Add `X-Spam-Status` (and `X-Spam-Flag` for spam) to every relayed message that was scored.
+    /// Add `X-Spam-Status`, `X-Spam-Score` and `X-Spam-Level` (and `X-Spam-Flag` for spam) to
+    /// every relayed message that was scored.
     pub add_headers: bool,
     /// Text put before the Subject of spam, as SpamAssassin's `rewrite_header Subject`
     /// (`_SCORE_` and `_REQD_` become the score and the required score). Unset: the ruleset's

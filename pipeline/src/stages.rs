@@ -756,6 +756,11 @@ impl Chain {
             }
             ctx.add_headers
                 .push_str(&format!("X-Spam-Score: {:.1}\r\n", ctx.score));
+            // SpamAssassin's `X-Spam-Level: _STARS(*)_`, which mail filters (Sieve, procmail)
+            // match: a star per whole point, at most 50, none below 1.
+            let stars = (ctx.score.max(0.0) as usize).min(50);
+            ctx.add_headers
+                .push_str(&format!("X-Spam-Level: {}\r\n", "*".repeat(stars)));
             ctx.add_headers.push_str(&format!(
                 "X-Spam-Status: {}, score={:.1} required={:.1} tests={}\r\n",
                 if spam { "Yes" } else { "No" },

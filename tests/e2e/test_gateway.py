@@ -1398,6 +1398,9 @@ class RulesInTheGateway(unittest.TestCase):
             self.assertIn(b"X-Spam-Score: ", body)
             self.assertRegex(body, rb"X-Spam-Status: No, score=-?\d+\.\d required=5\.0 tests=")
             self.assertNotIn(b"X-Spam-Flag", body)
+            score = float(re.search(rb"X-Spam-Score: (-?[\d.]+)\r\n", body).group(1))
+            stars = b"*" * int(max(score, 0))
+            self.assertIn(b"X-Spam-Level: " + stars + b"\r\n", body)
             self.assertIn(b"Shall we meet at noon?", body)
             m = mx.metrics()
             self.assertEqual(m['mxgate_messages_total{verdict="rejected"}'], 1)
@@ -1416,6 +1419,7 @@ class RulesInTheGateway(unittest.TestCase):
             (_, body), = sink.messages()[-1:]
             self.assertIn(b"X-Spam-Flag: YES\r\n", body)
             self.assertIn(b"X-Spam-Score: 6.0\r\n", body)
+            self.assertIn(b"X-Spam-Level: ******\r\n", body)
             self.assertIn(b"X-Spam-Status: Yes, score=6.0 required=5.0 tests=LOCAL_TAG_ME\r\n", body)
         finally:
             mx.stop()
