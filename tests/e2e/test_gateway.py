@@ -1969,6 +1969,15 @@ class MessageTools(unittest.TestCase):
         for i, r in enumerate(relays):
             self.assertIn(f"ip=192.0.2.{10 + i} rdns=mail{i}.example.org", r["untrusted"], r)
             self.assertIn(f"id=4AB{i}", r["untrusted"], r)
+        # The ruleset's trusted_networks move relays to the trusted side.
+        site = os.path.join(root, "site")
+        os.mkdir(site)
+        with open(os.path.join(site, "local.cf"), "w") as f:
+            f.write("trusted_networks 192.0.2.10 192.0.2.12\n")
+        trusted = lines("rules", "relays", "--rules", site)
+        self.assertEqual([bool(r["trusted"]) for r in trusted], [True, False, True, False])
+        self.assertIn("ip=192.0.2.10 ", trusted[0]["trusted"])
+        self.assertEqual(trusted[0]["untrusted"], "")
         # A path that does not exist is named in the error, and nothing is printed for it.
         r = subprocess.run([harness.MXGATE, "mime", os.path.join(root, "missing")],
                            capture_output=True, text=True, timeout=60)

@@ -365,8 +365,15 @@ enum RulesCmd {
         paths: Vec<PathBuf>,
     },
     /// How the Received fields of message files parse: the relays as SpamAssassin's
-    /// `X-Spam-Relays-*` pseudo-headers give them to rules, one JSON object per file.
+    /// `X-Spam-Relays-*` pseudo-headers give them to rules, one JSON object per file. Trust
+    /// ends as the ruleset's `trusted_networks`, `internal_networks` and `msa_networks` say.
     Relays {
+        /// Rule folder or file (repeatable); default: rules.paths of --config or the defaults.
+        #[arg(long = "rules")]
+        rules: Vec<PathBuf>,
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Message files, folders (read recursively, in name order) and mbox files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -568,7 +575,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         json,
                     )
                 }
-                RulesCmd::Relays { files } => json_lines(&files, relays_json),
+                RulesCmd::Relays {
+                    rules,
+                    config,
+                    files,
+                } => {
+                    let networks =
+                        mxgate_scanners::rules::load_paths(&paths(rules, config)?).networks;
+                    json_lines(&files, |name, raw| relays_json(name, raw, &networks))
+                }
                 RulesCmd::Profile {
                     config,
                     rules,
@@ -665,7 +680,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// and prints what `f` makes of each, one JSON object per line.
 fn json_lines(
     paths: &[std::path::PathBuf],
-    f: fn(&str, Vec<u8>) -> serde_json::Value,
+    f: impl Fn(&str, Vec<u8>) -> serde_json::Value,
 ) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
@@ -677,11 +692,15 @@ fn json_lines(
 }
 
 /// The `mxgate rules relays` report of one message: its Received chain as SpamAssassin parses
-/// and trusts it.
-fn relays_json(name: &str, raw: Vec<u8>) -> serde_json::Value {
+/// it and trusts it with the ruleset's `networks`.
+fn relays_json(
+    name: &str,
+    raw: Vec<u8>,
+    networks: &mxgate_scanners::rules::networks::Networks,
+) -> serde_json::Value {
     use mxgate_scanners::rules::{relays, view::Headers};
     let msg = mxgate_core::mime::Message::parse(bytes::Bytes::from(raw));
-    let r = relays::analyze(&Headers::of_part(&msg, 0));
+    let r = relays::analyze_with(&Headers::of_part(&msg, 0), None, networks);
     let list = |name: &str| r.pseudo_header(name).unwrap_or_default();
     serde_json::json!({
         "file": name,
