@@ -1091,8 +1091,11 @@ class RulesInTheGateway(unittest.TestCase):
     def test_trusted_internal_and_msa_networks_as_spamassassin_reads_them(self):
         """`trusted_networks`, `internal_networks` and `msa_networks` (and their `clear_`
         forms) move where the relay analysis ends trust: which relays each pseudo-header lists
-        and ALL_TRUSTED, mxgate's hits against SpamAssassin's under each setting."""
-        relays = {"A": "203.0.113.5", "B": "198.51.100.7", "C": "192.0.2.9"}
+        (originating-IP fields included) and ALL_TRUSTED, mxgate's hits against SpamAssassin's
+        under each setting."""
+        # D, E and F stand in originating-IP fields (`originating_ip_headers`, the stock list).
+        relays = {"A": "203.0.113.5", "B": "198.51.100.7", "C": "192.0.2.9",
+                  "D": "198.51.100.50", "E": "198.51.100.60", "F": "198.51.100.61"}
         rules = "".join(
             f"header LOCAL_{kind}_{name} X-Spam-Relays-{header} =~ /ip={ip.replace('.', '[.]')} /\n"
             f"score LOCAL_{kind}_{name} 0.1\n"
@@ -1101,18 +1104,22 @@ class RulesInTheGateway(unittest.TestCase):
         rules += "header LOCAL_MSA X-Spam-Relays-Trusted =~ /msa=1/\nscore LOCAL_MSA 0.1\n"
         names = tuple(f"LOCAL_{k}_{n}" for n in relays for k in "TUIE") + ("LOCAL_MSA", "ALL_TRUSTED")
 
-        def message(auth_b=False):
+        def message(auth_b=False, extra=""):
             # Newest first: A handed it to us, B to A, C to B.
             hop = lambda frm, ip, by, with_: (f"Received: from {frm} ({frm} [{ip}]) by {by} (Postfix) with "
                                               f"{with_} id {abs(hash(ip)) % 10**8:08d}; Mon, 2 Jun 2025 10:00:00 +0000\r\n")
             return (hop("a.e2e-test.com", relays["A"], "mx.e2e-test.com", "ESMTP")
                     + hop("b.e2e-test.com", relays["B"], "a.e2e-test.com", "ESMTPSA" if auth_b else "ESMTP")
                     + hop("c.e2e-test.com", relays["C"], "b.e2e-test.com", "ESMTP")
-                    + "From: Alice <alice@e2e.test>\r\nTo: bob@e2e.test\r\nSubject: Relays\r\n"
+                    + extra + "From: Alice <alice@e2e.test>\r\nTo: bob@e2e.test\r\nSubject: Relays\r\n"
                     f"Date: Mon, 2 Jun 2025 10:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@e2e.test>\r\n"
                     "\r\nHello\r\n").encode()
 
-        cases = {"plain": message(), "b-authenticated": message(auth_b=True)}
+        cases = {"plain": message(), "b-authenticated": message(auth_b=True),
+                 # The last field of a name counts: F's is followed by E's.
+                 "originating": message(extra="X-AOL-IP: 198.51.100.50\r\n"
+                                        "X-Originating-IP: [198.51.100.61]\r\n"
+                                        "X-Originating-IP: [198.51.100.60]\r\n")}
         settings = {
             "inferred": "",
             "trusted": "trusted_networks 203.0.113.0/24\n",
@@ -1141,6 +1148,8 @@ class RulesInTheGateway(unittest.TestCase):
         self.assertTrue({"LOCAL_MSA", "LOCAL_T_C"} <= seen["msa"]["plain"])
         self.assertTrue({"LOCAL_T_B"} <= seen["trusted"]["b-authenticated"] - seen["trusted"]["plain"])
         self.assertEqual(seen["cleared"], seen["inferred"])
+        self.assertTrue({"LOCAL_U_D", "LOCAL_U_E"} <= seen["inferred"]["originating"])
+        self.assertNotIn("LOCAL_U_F", seen["inferred"]["originating"])
 
     def test_relay_checked_welcomelists_as_spamassassin_reads_them(self):
         """`welcomelist_from_rcvd` and `def_welcomelist_from_rcvd` (a sender welcome only when

@@ -580,9 +580,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     config,
                     files,
                 } => {
-                    let networks =
-                        mxgate_scanners::rules::load_paths(&paths(rules, config)?).networks;
-                    json_lines(&files, |name, raw| relays_json(name, raw, &networks))
+                    let set = mxgate_scanners::rules::load_paths(&paths(rules, config)?);
+                    json_lines(&files, |name, raw| relays_json(name, raw, &set))
                 }
                 RulesCmd::Profile {
                     config,
@@ -692,15 +691,16 @@ fn json_lines(
 }
 
 /// The `mxgate rules relays` report of one message: its Received chain as SpamAssassin parses
-/// it and trusts it with the ruleset's `networks`.
+/// it and trusts it with the ruleset's networks and originating-IP fields.
 fn relays_json(
     name: &str,
     raw: Vec<u8>,
-    networks: &mxgate_scanners::rules::networks::Networks,
+    set: &mxgate_scanners::rules::RuleSet,
 ) -> serde_json::Value {
     use mxgate_scanners::rules::{relays, view::Headers};
     let msg = mxgate_core::mime::Message::parse(bytes::Bytes::from(raw));
-    let r = relays::analyze_with(&Headers::of_part(&msg, 0), None, networks);
+    let headers = Headers::of_part(&msg, 0);
+    let r = relays::analyze_with(&headers, None, &set.networks, &set.originating_ip_headers);
     let list = |name: &str| r.pseudo_header(name).unwrap_or_default();
     serde_json::json!({
         "file": name,

@@ -2014,6 +2014,7 @@ impl Engine {
             env,
             redirectors: &self.set.redirectors,
             networks: &self.set.networks,
+            originating: &self.set.originating_ip_headers,
             headers: None,
             parts: None,
             body: None,
@@ -3708,6 +3709,8 @@ struct Ctx<'a> {
     /// The ruleset's `redirector_pattern`s, for the URI list.
     redirectors: &'a super::sa_uris::Redirectors,
     networks: &'a super::networks::Networks,
+    /// The ruleset's `originating_ip_headers`.
+    originating: &'a [String],
     headers: Option<Headers>,
     parts: Option<Vec<Headers>>,
     /// The body lines, once built (body rules and the body evals share them).
@@ -3773,11 +3776,12 @@ impl Ctx<'_> {
     fn relays(&mut self) -> &super::relays::Relays {
         if self.relays.is_none() {
             let handover = self.env.handover;
-            let networks = self.networks;
+            let (networks, originating) = (self.networks, self.originating);
             self.relays = Some(super::relays::analyze_with(
                 self.headers(),
                 handover.as_ref(),
                 networks,
+                originating,
             ));
         }
         self.relays.as_ref().expect("analysed above")

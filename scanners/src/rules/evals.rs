@@ -3973,7 +3973,12 @@ mod tests {
             + "Subject: x\r\n\r\nbody\r\n";
         let msg = Message::parse(bytes::Bytes::from(text));
         let set = load_str(cf, "local.cf");
-        let r = relays::analyze_with(&Headers::of_part(&msg, 0), None, &set.networks);
+        let r = relays::analyze_with(
+            &Headers::of_part(&msg, 0),
+            None,
+            &set.networks,
+            &[] as &[&str],
+        );
         let plan = DnsPlan {
             networks: set.networks,
             ..DnsPlan::default()

@@ -244,6 +244,9 @@ pub struct RuleSet {
     /// `trusted_networks`, `internal_networks`, `msa_networks`: where the relay analysis ends
     /// trust.
     pub networks: super::networks::Networks,
+    /// `originating_ip_headers`: fields naming the originating client, read as one more relay
+    /// each (none unless the ruleset names them, as in SpamAssassin).
+    pub originating_ip_headers: Vec<String>,
 }
 
 /// Free mail providers (`freemail_domains`, wildcards allowed) and the addresses or domains
@@ -1156,6 +1159,23 @@ impl Loader {
                 self.set.networks.internal = super::networks::NetSet::with_loopback();
                 self.set.networks.internal_configured = false;
             }
+            "originating_ip_headers" if rest.trim().is_empty() => {
+                self.diag(
+                    &origin.file,
+                    origin.line,
+                    None,
+                    format!("{word} needs field names"),
+                );
+            }
+            "originating_ip_headers" => {
+                let list = &mut self.set.originating_ip_headers;
+                for name in rest.split_whitespace() {
+                    if !list.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                        list.push(name.to_string());
+                    }
+                }
+            }
+            "clear_originating_ip_headers" => self.set.originating_ip_headers.clear(),
             "clear_msa_networks" => {
                 self.set.networks.msa = super::networks::NetSet::default();
             }
@@ -1799,6 +1819,19 @@ mod tests {
             said[2].starts_with("local.cf:2: internal_networks needs networks"),
             "{said:?}"
         );
+        // Originating-IP fields: none by default, names once whatever their case, cleared.
+        assert!(load_str("", "x.cf").originating_ip_headers.is_empty());
+        let o = load_str(
+            "originating_ip_headers X-A x-b\noriginating_ip_headers X-B X-C\noriginating_ip_headers\n",
+            "x.cf",
+        );
+        assert_eq!(o.originating_ip_headers, ["X-A", "x-b", "X-C"]);
+        assert_eq!(o.diagnostics.len(), 1, "{:?}", o.diagnostics);
+        let o = load_str(
+            "originating_ip_headers X-A\nclear_originating_ip_headers\n",
+            "x.cf",
+        );
+        assert!(o.originating_ip_headers.is_empty());
         let cleared = load_str(
             "trusted_networks 192.0.2.0/24\nclear_trusted_networks\n",
             "x.cf",

@@ -517,13 +517,32 @@ enum Parsed {
     Unparseable,
 }
 
-/// Analyses the Received fields of a message (top down, newest first), trust inferred.
+/// The `originating_ip_headers` of the stock ruleset (`10_default_prefs.cf`), for analyses
+/// made without a ruleset.
+pub const STOCK_ORIGINATING_IP_HEADERS: &[&str] = &[
+    "X-Yahoo-Post-IP",
+    "X-Originating-IP",
+    "X-Apparently-From",
+    "X-SenderIP",
+    "X-AOL-IP",
+    "X-MS-Exchange-CrossTenant-OriginalAttributedTenantConnectingIp",
+];
+
+/// Analyses the Received fields of a message (top down, newest first), trust inferred, the
+/// stock ruleset's originating-IP fields read.
 pub fn analyze(h: &Headers) -> Relays {
-    analyze_with(h, None, &Networks::default())
+    analyze_with(h, None, &Networks::default(), STOCK_ORIGINATING_IP_HEADERS)
 }
 
-/// [`analyze`], with this MTA's handover as the newest relay and the ruleset's networks.
-pub fn analyze_with(h: &Headers, handover: Option<&Handover<'_>>, networks: &Networks) -> Relays {
+/// [`analyze`], with this MTA's handover as the newest relay, the ruleset's networks and its
+/// `originating_ip_headers`: single-line fields naming the originating client, each (its last
+/// instance, its first address) read as one more relay after the Received fields.
+pub fn analyze_with<S: AsRef<str>>(
+    h: &Headers,
+    handover: Option<&Handover<'_>>,
+    networks: &Networks,
+    originating: &[S],
+) -> Relays {
     let inferred = networks.inferred();
     let (trusted, internal) = networks.effective();
     let mut found_msa = false;
@@ -543,16 +562,12 @@ pub fn analyze_with(h: &Headers, handover: Option<&Handover<'_>>, networks: &Net
         .values("received", false)
         .map(|v| utf8_lossy(v).into_owned())
         .collect();
-    for name in [
-        "X-Yahoo-Post-IP",
-        "X-Originating-IP",
-        "X-Apparently-From",
-        "X-SenderIP",
-    ] {
-        let Some(first) = h.values(name, false).next().map(|v| utf8_lossy(v)) else {
+    // `get_header` in scalar context: the last field of the name.
+    for name in originating {
+        let Some(last) = h.values(name.as_ref(), false).last().map(|v| utf8_lossy(v)) else {
             continue;
         };
-        if let Some(c) = caps(re!(r"(", ip_address!(), r")"), &first) {
+        if let Some(c) = caps(re!(r"(", ip_address!(), r")"), &last) {
             lines.push(format!("from X-Originating-IP: {}\n", c.s(1)));
         }
     }
