@@ -2223,6 +2223,7 @@ impl Engine {
                 uppercase: Default::default(),
                 recipient_order: Default::default(),
                 relays: &relays,
+                rbl_relays: Default::default(),
                 images: Default::default(),
                 parse_flags: Default::default(),
             };

@@ -1779,6 +1779,8 @@ pub struct EvalInput<'a> {
     pub recipient_order: OnceCell<(bool, f64)>,
     /// The relays of the Received fields.
     pub relays: &'a super::relays::Relays,
+    /// Their public addresses as the `check_rbl` sets read them, computed on first use.
+    pub rbl_relays: OnceCell<RblRelays>,
     /// ImageInfo's reading of the image parts, computed on first use.
     pub images: OnceCell<super::images::ImageInfo>,
     /// The flags SpamAssassin's parser leaves on the message, computed on first use.
@@ -2004,11 +2006,9 @@ pub fn eval(call: &Call, input: &EvalInput<'_>) -> u32 {
             ..
         } => input
             .net
-            .is_some_and(|n| rbl_listed(n, &rbl_ips(input.relays, set), zone, *txt, subtest)),
+            .is_some_and(|n| rbl_listed(n, rbl_ips(input, set), zone, *txt, subtest)),
         Call::RblSub { set, subtest } => match (input.net, input.set_zones.get(set.as_str())) {
-            (Some(n), Some((zone, txt))) => {
-                rbl_listed(n, &rbl_ips(input.relays, set), zone, *txt, subtest)
-            }
+            (Some(n), Some((zone, txt))) => rbl_listed(n, rbl_ips(input, set), zone, *txt, subtest),
             _ => false,
         },
         Call::UriBl { zone, subtest } => input.net.is_some_and(|n| {
@@ -3112,53 +3112,64 @@ fn ma_non_text(msg: &Message) -> bool {
     })
 }
 
-/// The relay addresses a `check_rbl` set asks about (DNSEval's `_check_rbl_backend`): none when
-/// no untrusted relay has a public address; for `-lastexternal` the first public address of
-/// the external relays (those trusted but not internal, then the untrusted), for
-/// `-notfirsthop` those without the oldest (when there are two or more), for `-firsttrusted`
-/// the first public untrusted one, for `-untrusted` the others, and for any other set every
-/// public untrusted one.
-fn rbl_ips(relays: &super::relays::Relays, set: &str) -> Vec<IpAddr> {
-    fn public<'r>(rs: impl Iterator<Item = &'r super::relays::Relay>) -> Vec<IpAddr> {
-        let mut out: Vec<IpAddr> = Vec::new();
-        for r in rs.filter(|r| !r.ip_private) {
-            let ip = r.ip.trim_start_matches("IPv6:");
-            if let Ok(ip) = ip.parse::<IpAddr>() {
-                if !out.contains(&ip) {
-                    out.push(ip);
+/// A message's public relay addresses as DNSEval lists them once per message: the untrusted
+/// relays', and the external relays' (those trusted but not internal, then the untrusted),
+/// each without repeats, newest first.
+#[derive(Debug, Default)]
+pub struct RblRelays {
+    untrusted: Vec<IpAddr>,
+    external: Vec<IpAddr>,
+}
+
+impl RblRelays {
+    fn of(relays: &super::relays::Relays) -> RblRelays {
+        fn public<'r>(rs: impl Iterator<Item = &'r super::relays::Relay>) -> Vec<IpAddr> {
+            let mut out: Vec<IpAddr> = Vec::new();
+            for r in rs.filter(|r| !r.ip_private) {
+                if let Ok(ip) = r.ip.trim_start_matches("IPv6:").parse::<IpAddr>() {
+                    if !out.contains(&ip) {
+                        out.push(ip);
+                    }
                 }
             }
+            out
         }
-        out
-    }
-    let untrusted = public(relays.untrusted.iter());
-    if untrusted.is_empty() {
-        return untrusted;
-    }
-    let external = || {
-        public(
-            relays
-                .trusted
-                .iter()
-                .filter(|r| !r.internal)
-                .chain(&relays.untrusted),
-        )
-    };
-    if set.ends_with("-lastexternal") {
-        external().into_iter().take(1).collect()
-    } else if set.ends_with("-notfirsthop") {
-        let mut ips = external();
-        if ips.len() > 1 {
-            ips.pop();
+        let external = relays.trusted.iter().filter(|r| !r.internal);
+        RblRelays {
+            untrusted: public(relays.untrusted.iter()),
+            external: public(external.chain(&relays.untrusted)),
         }
-        ips
-    } else if set.ends_with("-firsttrusted") {
-        untrusted.into_iter().take(1).collect()
-    } else if set.ends_with("-untrusted") {
-        untrusted.into_iter().skip(1).collect()
-    } else {
-        untrusted
     }
+
+    /// The addresses a `check_rbl` set asks about (`_check_rbl_backend`): none when no
+    /// untrusted relay has a public address; for `-lastexternal` the first external one, for
+    /// `-notfirsthop` the external ones without the oldest (when there are two or more), for
+    /// `-firsttrusted` the first untrusted one, for `-untrusted` the others, and for any other
+    /// set every untrusted one.
+    fn for_set(&self, set: &str) -> &[IpAddr] {
+        let (u, e) = (&self.untrusted[..], &self.external[..]);
+        if u.is_empty() {
+            u
+        } else if set.ends_with("-lastexternal") {
+            &e[..e.len().min(1)]
+        } else if set.ends_with("-notfirsthop") {
+            &e[..e.len() - usize::from(e.len() > 1)]
+        } else if set.ends_with("-firsttrusted") {
+            &u[..1]
+        } else if set.ends_with("-untrusted") {
+            &u[1..]
+        } else {
+            u
+        }
+    }
+}
+
+/// [`RblRelays::for_set`] of the message `input` reads, the lists made on first use.
+fn rbl_ips<'i>(input: &'i EvalInput<'_>, set: &str) -> &'i [IpAddr] {
+    input
+        .rbl_relays
+        .get_or_init(|| RblRelays::of(input.relays))
+        .for_set(set)
 }
 
 fn rbl_listed(n: &Facts, ips: &[IpAddr], zone: &str, txt: bool, subtest: &Subtest) -> bool {
@@ -3994,11 +4005,17 @@ mod tests {
     fn each_set_reads_the_relays_dnseval_gives_it() {
         let (r, plan) = analysed("");
         let all = ["198.51.100.9", "203.0.113.7", "192.0.2.5"];
-        assert_eq!(rbl_ips(&r, "zen"), ips(&all));
-        assert_eq!(rbl_ips(&r, "zen-lastexternal"), ips(&all[..1]));
-        assert_eq!(rbl_ips(&r, "zen-firsttrusted"), ips(&all[..1]));
-        assert_eq!(rbl_ips(&r, "zen-untrusted"), ips(&all[1..]));
-        assert_eq!(rbl_ips(&r, "pdl-notfirsthop"), ips(&all[..2]));
+        assert_eq!(RblRelays::of(&r).for_set("zen"), ips(&all));
+        assert_eq!(
+            RblRelays::of(&r).for_set("zen-lastexternal"),
+            ips(&all[..1])
+        );
+        assert_eq!(
+            RblRelays::of(&r).for_set("zen-firsttrusted"),
+            ips(&all[..1])
+        );
+        assert_eq!(RblRelays::of(&r).for_set("zen-untrusted"), ips(&all[1..]));
+        assert_eq!(RblRelays::of(&r).for_set("pdl-notfirsthop"), ips(&all[..2]));
         assert_eq!(
             plan.last_external(&ips(&["127.0.0.1", "198.51.100.9"])),
             Some(1)
@@ -4007,19 +4024,28 @@ mod tests {
         // Our relay trusted and internal: the lists start at the one before it.
         let (r, plan) = analysed("trusted_networks 198.51.100.9\n");
         let rest = ["203.0.113.7", "192.0.2.5"];
-        assert_eq!(rbl_ips(&r, "zen"), ips(&rest));
-        assert_eq!(rbl_ips(&r, "zen-lastexternal"), ips(&rest[..1]));
+        assert_eq!(RblRelays::of(&r).for_set("zen"), ips(&rest));
+        assert_eq!(
+            RblRelays::of(&r).for_set("zen-lastexternal"),
+            ips(&rest[..1])
+        );
         assert_eq!(plan.last_external(&ips(&all)), Some(1));
 
         // Trusted but not internal: still external, so the last-external set reads it, while
         // the full sets read only the untrusted relays.
         let (r, plan) = analysed("trusted_networks 198.51.100.9\ninternal_networks 127.0.0.0/8\n");
-        assert_eq!(rbl_ips(&r, "zen"), ips(&rest));
-        assert_eq!(rbl_ips(&r, "zen-lastexternal"), ips(&all[..1]));
+        assert_eq!(RblRelays::of(&r).for_set("zen"), ips(&rest));
+        assert_eq!(
+            RblRelays::of(&r).for_set("zen-lastexternal"),
+            ips(&all[..1])
+        );
         assert_eq!(plan.last_external(&ips(&all)), Some(0));
 
         // Every relay trusted: no lookups at all.
         let (r, _) = analysed("trusted_networks 0/0\n");
-        assert!(rbl_ips(&r, "zen-lastexternal").is_empty() && rbl_ips(&r, "zen").is_empty());
+        assert!(
+            RblRelays::of(&r).for_set("zen-lastexternal").is_empty()
+                && RblRelays::of(&r).for_set("zen").is_empty()
+        );
     }
 }
