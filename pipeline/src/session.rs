@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_lite::AsyncWriteExt;
 use mxgate_core::smtp::session::{SHUTDOWN, TIMEOUT};
 use mxgate_core::smtp::{Envelope, Event, Message, Reply, Session};
@@ -454,13 +454,8 @@ async fn deliver(
     }
     let mut prepend = received_header(&snap.hostname, client, &msg.envelope, &id, tls);
     prepend.push_str(&ctx.add_headers);
-    // Spam's Subject tagged (`[scoring] subject_tag`): the one copy of a message the gateway
-    // makes, for spam only.
-    let tagged = ctx.subject_tag.as_deref().map(|tag| {
-        let parsed = mxgate_core::mime::Message::parse(msg.body.clone());
-        Bytes::from(mxgate_core::mime::header::with_subject_tag(&parsed, tag))
-    });
-    let body = tagged.as_ref().unwrap_or(&msg.body);
+    // Spam with its Subject tagged (`[scoring] subject_tag`), or the message as received.
+    let body = ctx.tagged_body.as_ref().unwrap_or(&msg.body);
     let started = Instant::now();
     let reply = match downstream {
         Downstream::Open(tx) => shard.relay.data(target, tx, prepend.as_bytes(), body).await,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::metrics::{StageTimes, Timed};
 use bytes::Bytes;
 use mxgate_core::config::{self, Config, Scoring, Stages};
-use mxgate_core::mime::Message;
+use mxgate_core::mime::{self, Message};
 use mxgate_core::smtp::{Envelope, Reply};
 use mxgate_scanners::greylist::{self, Greylist};
 use mxgate_scanners::net::Facts;
@@ -62,9 +62,9 @@ pub struct Context<'a> {
     pub times: StageTimes,
     /// Whether the score reached the spam score (set by the post-filter).
     pub spam: bool,
-    /// For spam, the text its Subject is to start with (`[scoring] subject_tag`), template
-    /// tags filled in (set by the post-filter).
-    pub subject_tag: Option<String>,
+    /// For spam with a `[scoring] subject_tag`, the message as it is to be relayed: its
+    /// Subject tagged (set by the post-filter, from the message it parsed).
+    pub tagged_body: Option<Bytes>,
     /// The rules stage's outcome and time share when it ran ahead for a batch of messages
     /// ([`Chain::scan_rules`]); [`Chain::run`] then takes it instead of scanning.
     pub rules_done: Option<(rules::Outcome, Duration)>,
@@ -89,7 +89,7 @@ impl<'a> Context<'a> {
             shard: None,
             times: StageTimes::default(),
             spam: false,
-            subject_tag: None,
+            tagged_body: None,
             rules_done: None,
         }
     }
@@ -726,11 +726,11 @@ impl Chain {
         let required = self.required_score();
         let spam = ctx.score >= required;
         ctx.spam = spam;
-        if spam {
-            ctx.subject_tag = self.scoring.subject_tag.as_ref().map(|t| {
-                t.replace("_SCORE_", &format!("{:.1}", ctx.score))
-                    .replace("_REQD_", &format!("{required:.1}"))
-            });
+        if let (true, Some(tag)) = (spam, &self.scoring.subject_tag) {
+            let tag = tag
+                .replace("_SCORE_", &format!("{:.1}", ctx.score))
+                .replace("_REQD_", &format!("{required:.1}"));
+            ctx.tagged_body = Some(Bytes::from(mime::header::with_subject_tag(&msg, &tag)));
         }
         // Autolearning, as SpamAssassin decides it, on the rules' points without Bayes.
         if let (Some(t), Some(engine), Some(toks)) = (&self.autolearn, &self.rules, tokens) {
@@ -758,9 +758,9 @@ impl Chain {
                 .push_str(&format!("X-Spam-Score: {:.1}\r\n", ctx.score));
             // SpamAssassin's `X-Spam-Level: _STARS(*)_`, which mail filters (Sieve, procmail)
             // match: a star per whole point, at most 50, none below 1.
-            let stars = (ctx.score.max(0.0) as usize).min(50);
+            let stars = (ctx.score.max(0.0) as usize).min(STARS.len());
             ctx.add_headers
-                .push_str(&format!("X-Spam-Level: {}\r\n", "*".repeat(stars)));
+                .push_str(&format!("X-Spam-Level: {}\r\n", &STARS[..stars]));
             ctx.add_headers.push_str(&format!(
                 "X-Spam-Status: {}, score={:.1} required={:.1} tests={}\r\n",
                 if spam { "Yes" } else { "No" },
@@ -874,6 +874,9 @@ impl Chain {
             .unwrap_or(config::Scoring::DEFAULT_REQUIRED)
     }
 }
+
+/// `X-Spam-Level`'s most stars.
+const STARS: &str = "**************************************************";
 
 /// `[scoring]` with what it leaves unset taken from the ruleset, as SpamAssassin users set it
 /// in `local.cf`: its `required_score` and its `rewrite_header Subject` (an empty tag: none).
