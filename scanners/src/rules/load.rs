@@ -1130,8 +1130,14 @@ impl Loader {
                 .tlds
                 .extend(rest.split_whitespace().map(str::to_ascii_lowercase)),
             "clear_util_rb" => self.set.freemail.tlds.clear(),
-            "trusted_networks" | "internal_networks" | "msa_networks" if rest.trim().is_empty() => {
-                let message = format!("{word} needs networks");
+            // SpamAssassin refuses these without a value (MISSING_REQUIRED_VALUE).
+            "trusted_networks"
+            | "internal_networks"
+            | "msa_networks"
+            | "originating_ip_headers"
+                if rest.trim().is_empty() =>
+            {
+                let message = format!("{word} needs a value");
                 self.diag(&origin.file, origin.line, None, message);
             }
             "trusted_networks" | "internal_networks" | "msa_networks" => {
@@ -1158,14 +1164,6 @@ impl Loader {
             "clear_internal_networks" => {
                 self.set.networks.internal = super::networks::NetSet::with_loopback();
                 self.set.networks.internal_configured = false;
-            }
-            "originating_ip_headers" if rest.trim().is_empty() => {
-                self.diag(
-                    &origin.file,
-                    origin.line,
-                    None,
-                    format!("{word} needs field names"),
-                );
             }
             "originating_ip_headers" => {
                 let list = &mut self.set.originating_ip_headers;
@@ -1816,7 +1814,7 @@ mod tests {
         );
         assert!(said[1].contains("\"bogus\""), "{said:?}");
         assert!(
-            said[2].starts_with("local.cf:2: internal_networks needs networks"),
+            said[2].starts_with("local.cf:2: internal_networks needs a value"),
             "{said:?}"
         );
         // Originating-IP fields: none by default, names once whatever their case, cleared.
